@@ -1,0 +1,244 @@
+"""The media plane's contract: serialisable requests from the control plane, events back.
+
+The control plane (signalling, billing) never touches an SFU object: it sends the requests below
+and listens to the events. Every message is a frozen dataclass of plain values that survives
+``to_dict``/``from_dict`` (and so JSON or msgpack), so that the SFU can run in this process today
+and as one worker process per core, or on another machine, later — with the same messages.
+
+A participant reaches the SFU over two peer connections ("transports"), as LiveKit does:
+``publish`` (the client offers its tracks, the SFU answers) and ``subscribe`` (the SFU offers the
+other participants' tracks, the client answers). Keeping the directions apart means the SFU can
+renegotiate a subscriber whenever someone publishes without ever racing the client's own offer.
+WHIP uses a publish transport, WHEP a subscribe transport whose offer comes from the client.
+
+See docs/media-api.md for the sequence of messages in a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, ClassVar, Literal, Protocol
+
+TransportKind = Literal["publish", "subscribe"]
+
+
+class MediaError(Exception):
+    """A request the media plane refused. ``code`` is stable and reaches clients as is."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_REGISTRY: dict[str, type["Message"]] = {}
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _REGISTRY[cls.kind] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["kind"] = self.kind
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Message":
+        data = dict(data)
+        cls = _REGISTRY.get(data.pop("kind", ""))
+        if cls is None:
+            raise MediaError("bad_message", f"unknown media message kind {data.get('kind')!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- requests (control plane -> media plane) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenRoom(Message):
+    """Create the room for a session; idempotent. Replies ``Ok``."""
+
+    kind: ClassVar[str] = "open_room"
+    room_id: str
+    app_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloseRoom(Message):
+    """Close a room and everything in it; idempotent. Replies ``Ok``."""
+
+    kind: ClassVar[str] = "close_room"
+    room_id: str
+    reason: str = "closed"
+
+
+@dataclass(frozen=True)
+class Offer(Message):
+    """A client's SDP offer for one of its transports. Replies ``Answer``.
+
+    On a publish transport it carries the client's tracks; on a subscribe transport (WHEP) it asks
+    for the room's tracks. An offer on a transport that exists is a renegotiation or an ICE
+    restart (resume after a network drop).
+    """
+
+    kind: ClassVar[str] = "offer"
+    room_id: str
+    participant_id: str
+    transport: TransportKind
+    sdp: str
+
+
+@dataclass(frozen=True)
+class AnswerToServerOffer(Message):
+    """The client's SDP answer to a ``ServerOffer`` event. Replies ``Ok``."""
+
+    kind: ClassVar[str] = "answer_to_server_offer"
+    room_id: str
+    participant_id: str
+    transport: TransportKind
+    sdp: str
+    offer_id: int
+
+
+@dataclass(frozen=True)
+class AddIceCandidate(Message):
+    """A trickled remote candidate (``candidate`` as in RTCIceCandidateInit, None = end). Replies ``Ok``."""
+
+    kind: ClassVar[str] = "add_ice_candidate"
+    room_id: str
+    participant_id: str
+    transport: TransportKind
+    candidate: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RequestKeyframe(Message):
+    """Ask every publisher in the room for a keyframe (after a resume, say). Replies ``Ok``."""
+
+    kind: ClassVar[str] = "request_keyframe"
+    room_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True)
+class Leave(Message):
+    """Close a participant's transports (or one of them). Replies ``Ok``."""
+
+    kind: ClassVar[str] = "leave"
+    room_id: str
+    participant_id: str
+    transport: TransportKind | None = None
+
+
+@dataclass(frozen=True)
+class GetStats(Message):
+    """Per-track statistics of a room. Replies ``Stats``."""
+
+    kind: ClassVar[str] = "get_stats"
+    room_id: str
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ok(Message):
+    kind: ClassVar[str] = "ok"
+
+
+@dataclass(frozen=True)
+class Answer(Message):
+    kind: ClassVar[str] = "answer"
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Stats(Message):
+    """``tracks``: one dict per track with participant_id, kind, direction, bitrate, packets,
+    packets_lost, jitter, rtt (seconds, where known)."""
+
+    kind: ClassVar[str] = "stats"
+    room_id: str
+    tracks: list[dict[str, Any]]
+
+
+# --- events (media plane -> control plane) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerOffer(Message):
+    """The SFU (re)negotiates a subscribe transport; answer with ``AnswerToServerOffer``."""
+
+    kind: ClassVar[str] = "server_offer"
+    room_id: str
+    participant_id: str
+    transport: TransportKind
+    sdp: str
+    offer_id: int
+
+
+@dataclass(frozen=True)
+class MediaState(Message):
+    """Whether a participant's published media is flowing, debounced.
+
+    ``flowing`` turns true when ICE/DTLS is connected and RTP arrives, false when it stops
+    (no RTP for the debounce time, ICE failed or the transport closed). ``at`` is a Unix time.
+    """
+
+    kind: ClassVar[str] = "media_state"
+    room_id: str
+    participant_id: str
+    flowing: bool
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ActiveSpeaker(Message):
+    """The loudest participant changed (RFC 6464 audio levels); ``level`` in -dBov, 0 is loudest."""
+
+    kind: ClassVar[str] = "active_speaker"
+    room_id: str
+    participant_id: str
+    level: int
+
+
+@dataclass(frozen=True)
+class TransportClosed(Message):
+    kind: ClassVar[str] = "transport_closed"
+    room_id: str
+    participant_id: str
+    transport: TransportKind
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoomClosed(Message):
+    kind: ClassVar[str] = "room_closed"
+    room_id: str
+    reason: str
+
+
+EventHandler = Callable[[Message], Awaitable[None] | None]
+
+
+class MediaPlane(Protocol):
+    """What the control plane holds: one of these, local or remote."""
+
+    async def request(self, message: Message) -> Message:
+        """Carry out one request; raises ``MediaError`` when it is refused."""
+        ...
+
+    def on_event(self, handler: EventHandler) -> None:
+        """Call ``handler`` with every event (``ServerOffer``, ``MediaState``, ...)."""
+        ...
+
+    async def close(self) -> None: ...

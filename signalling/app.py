@@ -1,0 +1,39 @@
+"""The application factory: ``create_app(settings)`` builds everything; ``expertcall serve`` runs it."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from . import keys
+from .auth import TokenIssuer
+from .metrics import CONTENT_TYPE, Metrics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_message_bytes * 16)
+    app[keys.SETTINGS] = settings
+    app[keys.TOKENS] = TokenIssuer(settings.resolve_secret())
+    app[keys.METRICS] = Metrics()
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[keys.METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,13 @@
+"""Every ``web.AppKey`` of the application, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .auth import TokenIssuer
+from .metrics import Metrics
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", TokenIssuer)
+METRICS = web.AppKey("metrics", Metrics)

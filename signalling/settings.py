@@ -1,0 +1,160 @@
+"""Server settings: one dataclass, filled from defaults, ``EXPERTCALL_*`` variables and the command line.
+
+Every option of ``expertcall serve`` has an environment equivalent: ``--billing-unit-seconds`` is
+``EXPERTCALL_BILLING_UNIT_SECONDS``. Values given on the command line win over the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "EXPERTCALL_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or unsafe; the message says which and why."""
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./var")
+    # HS256 secret for tokens. Left empty, a loopback server makes a random one per data dir
+    # (kept in data_dir/secret); any other bind refuses to start without one.
+    secret: str = ""
+    redis_url: str = ""
+    node_id: str = ""
+
+    # WebSocket protocol
+    ping_interval: float = 20.0
+    ping_timeout: float = 10.0
+    resume_grace: float = 30.0
+    max_message_bytes: int = 64 * 1024
+    max_messages_per_second: int = 20
+    ring_timeout: float = 30.0
+    reminder_lead_seconds: tuple[int, ...] = (600, 60)
+
+    # Billing
+    billing_unit_seconds: int = 60
+    platform_fee_bps: int = 2000
+    per_session_minimum_seconds: int = 60
+    refund_window_seconds: int = 72 * 3600
+    media_debounce_seconds: float = 2.0
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
+
+    # Media plane. loopback=True gathers and announces 127.0.0.1 only and contacts no STUN server:
+    # the mode for tests, benches and a laptop.
+    media_loopback: bool = False
+    media_interfaces: tuple[str, ...] = ()
+    media_announced_ip: str = ""
+    media_port_min: int = 0
+    media_port_max: int = 0
+    stun_urls: tuple[str, ...] = ()
+    max_publish_bitrate: int = 2_500_000
+
+    # TURN (the TURN REST API scheme shared with coturn's use-auth-secret)
+    turn_secret: str = ""
+    turn_urls: tuple[str, ...] = ()
+    turn_ttl: int = 6 * 3600
+    turn_max_ttl: int = 24 * 3600
+
+    # Serve the web demo at / and hand out dev tokens (only ever on a loopback bind).
+    demo: bool = True
+    dev_tokens: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not (0 < int(self.port) < 65536) and int(self.port) != 0:
+            raise SettingsError(f"port must be 1-65535 (or 0 for any), got {self.port}")
+        if self.billing_unit_seconds < 1:
+            raise SettingsError("billing_unit_seconds must be at least 1")
+        if not (0 <= self.platform_fee_bps <= 10_000):
+            raise SettingsError("platform_fee_bps must be between 0 and 10000")
+        if self.max_message_bytes < 1024:
+            raise SettingsError("max_message_bytes must be at least 1024")
+        if self.media_port_min or self.media_port_max:
+            if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
+                raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if not self.node_id:
+            self.node_id = f"{os.uname().nodename}-{os.getpid()}"
+        self.dev_tokens = self.demo and self.is_loopback
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    def resolve_secret(self) -> str:
+        """The token secret, refusing an implicit one on a non-loopback bind."""
+        if self.secret:
+            if len(self.secret) < 16:
+                raise SettingsError("the secret must be at least 16 characters long")
+            return self.secret
+        if not self.is_loopback:
+            raise SettingsError(
+                f"refusing to listen on {self.host} without an explicit secret: "
+                "pass --secret or set EXPERTCALL_SECRET (at least 16 characters). "
+                "Only a loopback bind (127.0.0.1) may run with a generated development secret."
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex())
+        self.secret = path.read_text().strip()
+        return self.secret
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then ``EXPERTCALL_*`` variables, then explicit overrides (None means unset)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse(name: str, type_: Any, raw: str) -> Any:
+    kind = str(type_)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("tuple[int"):
+            return tuple(int(x) for x in raw.split(",") if x.strip())
+        if kind.startswith("tuple[str"):
+            return tuple(x.strip() for x in raw.split(",") if x.strip())
+        return raw
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
