@@ -6,6 +6,8 @@ import logging
 
 from aiohttp import web
 
+import web_demo.routes
+
 from . import keys
 from .auth import TokenIssuer
 from .metrics import CONTENT_TYPE, Metrics
@@ -23,6 +25,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    web_demo.routes.setup(app)
     return app
 
 

@@ -1,0 +1,216 @@
+"""The web demo: its routes (pages, dev tokens) and the pages themselves in headless Chromium.
+
+The browser tests run the real server in-process on 127.0.0.1 and drive Debian's Chromium with
+fake camera and microphone. Screenshots of every step go to test-artifacts/web_demo/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from signalling.app import create_app
+from signalling.auth import Role, TokenIssuer
+from signalling.settings import Settings
+from tests.conftest import require
+from web_demo.routes import STATIC
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "web_demo"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+async def test_pages_and_assets_are_served_same_origin_only(client) -> None:  # type: ignore[no-untyped-def]
+    for path, marker in (("/", "start-form"), ("/client", "search-form"), ("/expert", "profile-form")):
+        resp = await client.get(path)
+        assert resp.status == 200, path
+        assert marker in await resp.text()
+        csp = resp.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp
+    resp = await client.get("/static/js/signalling.js")
+    assert resp.status == 200
+    assert "javascript" in resp.headers["Content-Type"]
+    assert (await client.get("/static/js/nope.js")).status == 404
+    assert (await client.get("/static/../routes.py")).status in (403, 404)
+
+
+def test_no_external_resources_in_the_static_files() -> None:
+    external = re.compile(r"""(?:src|href)\s*=\s*["'](?:https?:)?//|from\s+["']https?:|import\(\s*["']https?:|url\(\s*["']?https?:""")
+    files = [p for p in STATIC.rglob("*") if p.suffix in {".html", ".js", ".css"}]
+    assert len(files) >= 10
+    for path in files:
+        assert not external.search(path.read_text()), f"{path.name} loads something from another origin"
+
+
+async def test_dev_token_is_minted_with_the_apps_secret(client, settings) -> None:  # type: ignore[no-untyped-def]
+    resp = await client.post("/api/dev/token", json={"user": "alice", "role": "expert", "name": "Alice A."})
+    assert resp.status == 200
+    body = await resp.json()
+    assert resp.headers["Cache-Control"] == "no-store"
+    identity = TokenIssuer(settings.secret).verify(body["token"])
+    assert (identity.user_id, identity.role, identity.name) == ("alice", Role.EXPERT, "Alice A.")
+    resp = await client.post("/api/dev/token", json={"user": "bob", "role": "client"})
+    assert TokenIssuer(settings.secret).verify((await resp.json())["token"]).name == "bob"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("not json", "invalid_json"),
+        ([1, 2], "invalid_json"),
+        ({"role": "client"}, "invalid_user"),
+        ({"user": "", "role": "client"}, "invalid_user"),
+        ({"user": "x" * 129, "role": "client"}, "invalid_user"),
+        ({"user": "a\nb", "role": "client"}, "invalid_user"),
+        ({"user": "eve", "role": "admin"}, "invalid_role"),
+        ({"user": "eve", "role": "client", "name": "n" * 81}, "invalid_name"),
+        ({"user": "eve", "role": "client", "name": 7}, "invalid_name"),
+    ],
+)
+async def test_dev_token_refuses_bad_input_with_a_code(client, body, code) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(body, str):
+        resp = await client.post("/api/dev/token", data=body, headers={"Content-Type": "application/json"})
+    else:
+        resp = await client.post("/api/dev/token", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == code
+
+
+async def test_no_dev_tokens_on_a_public_bind(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(host="0.0.0.0", data_dir=tmp_path, secret="public-secret-0123456789")
+    assert settings.dev_tokens is False
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.post("/api/dev/token", json={"user": "mallory", "role": "client"})
+    assert resp.status in (404, 405)
+    assert (await client.get("/")).status == 200
+
+
+async def test_no_demo_means_no_pages_and_no_tokens(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(create_app(Settings(data_dir=tmp_path, demo=False)))
+    assert (await client.get("/")).status == 404
+    assert (await client.post("/api/dev/token", json={"user": "a", "role": "client"})).status in (404, 405)
+
+
+# --- the browser ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[str]:
+    """The whole app on a free 127.0.0.1 port, in this process, with a 2 s billing unit."""
+    settings = Settings(data_dir=tmp_path / "var", port=0, media_loopback=True, billing_unit_seconds=2)
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def browser():  # type: ignore[no-untyped-def]
+    require(os.path.exists(CHROMIUM), "chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP):  # type: ignore[no-untyped-def]
+    """A fresh browser context (its own storage) signed in through the start page."""
+    context = await browser.new_context(viewport=viewport, base_url=base, permissions=["camera", "microphone"])
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors  # type: ignore[attr-defined]
+    await page.goto("/")
+    await page.get_by_label("Give help" if role == "expert" else "Get help").check()
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_role("button", name="Continue").click()
+    await page.wait_for_url(f"**/{role}")
+    return page
+
+
+async def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((n) => n.type !== 'hidden' && n.getClientRects().length)
+  .filter((n) => !(n.labels && n.labels.length) && !n.getAttribute('aria-label')
+                 && !n.getAttribute('aria-labelledby') && !(n.tagName === 'BUTTON' && n.textContent.trim()))
+  .map((n) => n.outerHTML.slice(0, 120))"""
+
+HORIZONTAL_OVERFLOW = "() => document.scrollingElement.scrollWidth - window.innerWidth"
+
+
+async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # type: ignore[no-untyped-def]
+    start = await (await browser.new_context(viewport=PHONE, base_url=server)).new_page()
+    await start.goto("/")
+    await start.get_by_role("button", name="Continue").click()
+    assert await start.get_by_text("Please enter your name.").is_visible()
+    assert await start.get_by_label("Your name").get_attribute("aria-invalid") == "true"
+    await shoot(start, "00-start-phone")
+
+    expert = await sign_in(browser, server, "expert", "Ada Expert")
+    client = await sign_in(browser, server, "client", "Cleo Client", viewport=PHONE)
+    for page, name in ((expert, "expert"), (client, "client")):
+        assert await page.evaluate(UNLABELLED_CONTROLS) == [], name
+        assert await page.evaluate(HORIZONTAL_OVERFLOW) <= 0, name
+        assert page.errors == [], name  # type: ignore[attr-defined]
+    assert await expert.get_by_role("heading", name="Expert console").is_visible()
+    assert await expert.get_by_label("Online").count() == 1
+    assert await expert.get_by_label("Price", exact=True).input_value() == "1.00"
+    assert await client.get_by_role("search").is_visible()
+    assert await client.locator("#queue-position").get_attribute("aria-live") == "assertive"
+    assert await expert.locator("#incoming").get_attribute("aria-live") == "assertive"
+
+    # Keyboard: the skip link comes first; the view's heading takes focus and Tab goes on to the
+    # first control of the search form.
+    first = "document.querySelector('a[href], button, input, select, textarea').className"
+    assert await client.evaluate(first) == "skip-link"
+    assert await client.evaluate("document.activeElement.id") == "browse-heading"
+    await client.keyboard.press("Tab")
+    assert await client.evaluate("document.activeElement.id") == "search-skill"
+
+    # Money is formatted from integer minor units by the page's own module.
+    money = await client.evaluate(
+        """async () => { const m = await import('/static/js/money.js');
+           return [m.formatMoney(1999, 'USD', 'en-US'), m.formatMoney(500, 'JPY', 'en-US'),
+                   m.formatMoney(1234567, 'KWD', 'en-US'), m.parseMoneyInput('12.5', 'USD'),
+                   m.parseMoneyInput('0.1', 'JPY'), m.minorToDecimalString(-5, 'EUR')]; }"""
+    )
+    assert money == ["$19.99", "¥500", "KWD\u00a01,234.567", 1250, None, "-0.05"]
+    await shoot(expert, "01-expert-console")
+    await shoot(client, "01-client-phone")
+    await expert.set_viewport_size(PHONE)
+    assert await expert.evaluate(HORIZONTAL_OVERFLOW) <= 0
+    await shoot(expert, "01-expert-console-phone")

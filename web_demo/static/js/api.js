@@ -1,0 +1,133 @@
+// REST calls to this server. Every response is JSON; errors are {"error": {"code", "message"}}.
+// Normalisers at the bottom turn the server's shapes into what the pages render, so that a
+// renamed field is fixed in one place.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class Api {
+  constructor(token) {
+    this.token = token;
+  }
+
+  async call(method, path, body = undefined) {
+    const headers = { Accept: "application/json" };
+    const token = typeof this.token === "function" ? this.token() : this.token;
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = (data && data.error) || {};
+      throw new ApiError(response.status, error.code || `http_${response.status}`, error.message || response.statusText);
+    }
+    return data;
+  }
+
+  static async devToken(user, role, name) {
+    const response = await fetch("/api/dev/token", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user, role, name }),
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = data.error || {};
+      throw new ApiError(response.status, error.code || `http_${response.status}`, error.message || "could not get a token");
+    }
+    return data;
+  }
+
+  async experts(filters = {}) {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(filters)) {
+      if (value !== "" && value !== null && value !== undefined) query.set(key, value);
+    }
+    const data = await this.call("GET", `/api/experts${query.size ? `?${query}` : ""}`);
+    const list = Array.isArray(data) ? data : data.experts || data.items || [];
+    return list.map(normaliseExpert);
+  }
+
+  async expert(id) {
+    const data = await this.call("GET", `/api/experts/${encodeURIComponent(id)}`);
+    return normaliseExpert(data.expert || data);
+  }
+
+  async saveExpert(id, profile) {
+    const data = await this.call("PUT", `/api/experts/${encodeURIComponent(id)}`, profile);
+    return normaliseExpert((data && (data.expert || data)) || profile);
+  }
+
+  async bookings() {
+    const data = await this.call("GET", "/api/bookings");
+    return Array.isArray(data) ? data : data.bookings || data.items || [];
+  }
+
+  async book(expertId, start, durationMinutes) {
+    return this.call("POST", "/api/bookings", { expert_id: expertId, start, duration_minutes: durationMinutes });
+  }
+
+  async cancelBooking(id) {
+    return this.call("DELETE", `/api/bookings/${encodeURIComponent(id)}`);
+  }
+
+  async rate(sessionId, expertId, stars, review) {
+    return this.call("POST", `/api/sessions/${encodeURIComponent(sessionId)}/rating`, {
+      expert_id: expertId,
+      stars,
+      rating: stars,
+      review,
+    });
+  }
+
+  async earnings() {
+    return this.call("GET", "/api/earnings");
+  }
+
+  async iceServers() {
+    try {
+      const data = await this.call("GET", "/api/ice-servers");
+      return Array.isArray(data) ? data : data.iceServers || data.ice_servers || [];
+    } catch {
+      // No TURN configured (or the endpoint is absent): host candidates only, which is what a
+      // loopback or LAN demo needs. Never a public STUN server.
+      return [];
+    }
+  }
+}
+
+/** The page's view of an expert, whatever exact shape the REST API returns. */
+export function normaliseExpert(raw) {
+  const pricing = raw.pricing || raw.price || {};
+  const rating = raw.rating || {};
+  return {
+    id: raw.id ?? raw.expert_id ?? raw.user_id,
+    name: raw.display_name ?? raw.name ?? raw.id,
+    skills: raw.skills ?? raw.tags ?? [],
+    languages: raw.languages ?? [],
+    bio: raw.bio ?? raw.headline ?? "",
+    pricing: {
+      model: pricing.model ?? pricing.mode ?? pricing.kind ?? "free",
+      amount: pricing.amount ?? pricing.amount_minor ?? pricing.price ?? pricing.rate ?? 0,
+      currency: pricing.currency ?? raw.currency ?? "USD",
+    },
+    availability: raw.availability ?? raw.status ?? "offline",
+    ratingAverage: rating.average ?? raw.rating_average ?? raw.average_rating ?? null,
+    ratingCount: rating.count ?? raw.rating_count ?? raw.ratings ?? 0,
+    hours: raw.working_hours ?? raw.hours ?? null,
+    timezone: raw.working_hours?.time_zone ?? raw.time_zone ?? "UTC",
+    queueLength: raw.queue_length ?? null,
+    raw,
+  };
+}

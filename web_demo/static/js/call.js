@@ -1,0 +1,254 @@
+// Media for one session, per the SFU contract (sfu/api.py): two peer connections.
+//   publish:   we offer our camera + microphone (sendonly); the SFU answers.
+//   subscribe: the SFU offers the other participants' tracks; we answer (recvonly).
+// Trickle ICE both ways; an ICE restart of the publish transport after a socket resume or an
+// ICE failure; mute / camera toggles; device switching without renegotiation (replaceTrack);
+// a connection-quality estimate from getStats.
+//
+// The wire is abstracted by `media` (see signalling.js: MediaChannel), so this module never
+// builds protocol messages itself:
+//   media.offer(transport, sdp) -> Promise<answer sdp>
+//   media.answer(transport, sdp, offerId) -> Promise
+//   media.candidate(transport, candidateInit | null)
+//   media.onServerOffer(({transport, sdp, offerId}) => ...)
+//   media.onCandidate(({transport, candidate}) => ...)
+
+const STATS_INTERVAL_MS = 2000;
+
+export class Call extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {object} options.media  the signalling side of media (see above)
+   * @param {RTCIceServer[]} options.iceServers
+   */
+  constructor({ media, iceServers = [] }) {
+    super();
+    this.media = media;
+    this.iceServers = iceServers;
+    this.localStream = null;
+    this.remoteStream = new MediaStream();
+    this.publish = null;
+    this.subscribe = null;
+    this.audioMuted = false;
+    this.videoOff = false;
+    this.quality = { level: "unknown", rtt: null, loss: null, fps: null };
+    this.closed = false;
+    this._pendingCandidates = { publish: [], subscribe: [] };
+    this._statsTimer = null;
+    this._lastInbound = null;
+    this._unsubscribe = [];
+    this._restarting = false;
+  }
+
+  /** Ask for camera and microphone, then publish them and wait for the SFU's offers. */
+  async start({ audioDeviceId, videoDeviceId } = {}) {
+    this._unsubscribe.push(this.media.onServerOffer((offer) => this._onServerOffer(offer).catch((e) => this._fail(e))));
+    this._unsubscribe.push(this.media.onCandidate((c) => this._onRemoteCandidate(c)));
+    this.localStream = await navigator.mediaDevices.getUserMedia(constraints(audioDeviceId, videoDeviceId));
+    this._emit("localstream", { stream: this.localStream });
+    this.publish = this._peer("publish");
+    for (const track of this.localStream.getTracks()) {
+      this.publish.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+    }
+    await this._negotiatePublish(false);
+    this._statsTimer = setInterval(() => this._sampleStats().catch(() => {}), STATS_INTERVAL_MS);
+  }
+
+  /** After the signalling socket resumed: new ICE credentials so a changed network path is found. */
+  async restartIce() {
+    if (this.closed || !this.publish || this._restarting) return;
+    this._restarting = true;
+    try {
+      await this._negotiatePublish(true);
+    } finally {
+      this._restarting = false;
+    }
+  }
+
+  setAudioMuted(muted) {
+    this.audioMuted = muted;
+    for (const track of this.localStream?.getAudioTracks() ?? []) track.enabled = !muted;
+    this._emit("controls", {});
+  }
+
+  setVideoOff(off) {
+    this.videoOff = off;
+    for (const track of this.localStream?.getVideoTracks() ?? []) track.enabled = !off;
+    this._emit("controls", {});
+  }
+
+  /** Switch microphone or camera: a new track on the same sender, no renegotiation. */
+  async useDevice(kind, deviceId) {
+    if (!this.localStream || !this.publish) return;
+    const constraint = kind === "audio" ? { audio: { deviceId: { exact: deviceId } } } : { video: { deviceId: { exact: deviceId }, width: 640, height: 480 } };
+    const fresh = await navigator.mediaDevices.getUserMedia(constraint);
+    const track = kind === "audio" ? fresh.getAudioTracks()[0] : fresh.getVideoTracks()[0];
+    const sender = this.publish.getSenders().find((s) => s.track && s.track.kind === track.kind);
+    const old = kind === "audio" ? this.localStream.getAudioTracks()[0] : this.localStream.getVideoTracks()[0];
+    track.enabled = kind === "audio" ? !this.audioMuted : !this.videoOff;
+    if (sender) await sender.replaceTrack(track);
+    if (old) {
+      this.localStream.removeTrack(old);
+      old.stop();
+    }
+    this.localStream.addTrack(track);
+    this._emit("localstream", { stream: this.localStream });
+  }
+
+  /** Decoded inbound video frames (tests assert this grows) and other raw figures. */
+  async inboundVideo() {
+    if (!this.subscribe) return { framesDecoded: 0, bytesReceived: 0 };
+    const stats = await this.subscribe.getStats();
+    let framesDecoded = 0;
+    let bytesReceived = 0;
+    stats.forEach((report) => {
+      if (report.type === "inbound-rtp" && report.kind === "video") {
+        framesDecoded += report.framesDecoded || 0;
+        bytesReceived += report.bytesReceived || 0;
+      }
+    });
+    return { framesDecoded, bytesReceived };
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this._statsTimer);
+    for (const off of this._unsubscribe) off();
+    for (const pc of [this.publish, this.subscribe]) pc?.close();
+    for (const track of this.localStream?.getTracks() ?? []) track.stop();
+    this._emit("closed", {});
+  }
+
+  // --- internals ---------------------------------------------------------------------------
+
+  _peer(transport) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    pc.addEventListener("icecandidate", (event) => {
+      this.media.candidate(transport, event.candidate ? event.candidate.toJSON() : null);
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      this._emit("transportstate", { transport, state: pc.connectionState });
+      if (pc.connectionState === "failed" && transport === "publish") this.restartIce().catch((e) => this._fail(e));
+    });
+    if (transport === "subscribe") {
+      pc.addEventListener("track", (event) => {
+        const track = event.track;
+        for (const old of this.remoteStream.getTracks().filter((t) => t.kind === track.kind)) this.remoteStream.removeTrack(old);
+        this.remoteStream.addTrack(track);
+        track.addEventListener("ended", () => this.remoteStream.removeTrack(track));
+        this._emit("remotestream", { stream: this.remoteStream });
+      });
+    }
+    return pc;
+  }
+
+  async _negotiatePublish(iceRestart) {
+    const pc = this.publish;
+    const offer = await pc.createOffer(iceRestart ? { iceRestart: true } : {});
+    await pc.setLocalDescription(offer);
+    const sdp = await this.media.offer("publish", pc.localDescription.sdp);
+    if (this.closed) return;
+    await pc.setRemoteDescription({ type: "answer", sdp });
+    await this._flushCandidates("publish");
+  }
+
+  async _onServerOffer({ transport = "subscribe", sdp, offerId }) {
+    if (this.closed) return;
+    if (transport !== "subscribe") return;
+    if (!this.subscribe) this.subscribe = this._peer("subscribe");
+    const pc = this.subscribe;
+    await pc.setRemoteDescription({ type: "offer", sdp });
+    await this._flushCandidates("subscribe");
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    await this.media.answer("subscribe", pc.localDescription.sdp, offerId);
+  }
+
+  _onRemoteCandidate({ transport, candidate }) {
+    const pc = transport === "publish" ? this.publish : this.subscribe;
+    // Candidates can overtake the description they belong to: hold them until it is set.
+    if (!pc || !pc.remoteDescription) {
+      this._pendingCandidates[transport]?.push(candidate);
+      return;
+    }
+    pc.addIceCandidate(candidate ?? undefined).catch(() => {});
+  }
+
+  async _flushCandidates(transport) {
+    const pc = transport === "publish" ? this.publish : this.subscribe;
+    const queued = this._pendingCandidates[transport].splice(0);
+    for (const candidate of queued) await pc.addIceCandidate(candidate ?? undefined).catch(() => {});
+  }
+
+  async _sampleStats() {
+    if (!this.subscribe && !this.publish) return;
+    let rtt = null;
+    let packetsReceived = 0;
+    let packetsLost = 0;
+    let fps = null;
+    let framesDecoded = 0;
+    for (const pc of [this.publish, this.subscribe]) {
+      if (!pc) continue;
+      const stats = await pc.getStats();
+      stats.forEach((report) => {
+        if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded" && report.currentRoundTripTime != null) {
+          rtt = Math.max(rtt ?? 0, report.currentRoundTripTime);
+        }
+        if (report.type === "inbound-rtp") {
+          packetsReceived += report.packetsReceived || 0;
+          packetsLost += Math.max(0, report.packetsLost || 0);
+          if (report.kind === "video") {
+            framesDecoded += report.framesDecoded || 0;
+            if (report.framesPerSecond != null) fps = report.framesPerSecond;
+          }
+        }
+      });
+    }
+    const last = this._lastInbound;
+    this._lastInbound = { packetsReceived, packetsLost, framesDecoded };
+    let loss = null;
+    let flowing = false;
+    if (last) {
+      const received = packetsReceived - last.packetsReceived;
+      const lost = packetsLost - last.packetsLost;
+      loss = received + lost > 0 ? lost / (received + lost) : null;
+      flowing = framesDecoded > last.framesDecoded;
+    }
+    this.quality = { level: qualityLevel({ rtt, loss, flowing, started: Boolean(last) }), rtt, loss, fps };
+    this._emit("quality", this.quality);
+  }
+
+  _fail(error) {
+    this._emit("error", { error });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+function constraints(audioDeviceId, videoDeviceId) {
+  return {
+    audio: audioDeviceId ? { deviceId: { exact: audioDeviceId } } : true,
+    video: { width: 640, height: 480, ...(videoDeviceId ? { deviceId: { exact: videoDeviceId } } : {}) },
+  };
+}
+
+/** "good" | "fair" | "poor" | "no-media" | "unknown" from round-trip time and loss. */
+export function qualityLevel({ rtt, loss, flowing, started }) {
+  if (!started) return "unknown";
+  if (!flowing) return "no-media";
+  if ((loss ?? 0) > 0.08 || (rtt ?? 0) > 0.5) return "poor";
+  if ((loss ?? 0) > 0.02 || (rtt ?? 0) > 0.25) return "fair";
+  return "good";
+}
+
+/** Cameras and microphones for the device pickers (labels appear once permission is given). */
+export async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  return {
+    audio: devices.filter((d) => d.kind === "audioinput"),
+    video: devices.filter((d) => d.kind === "videoinput"),
+  };
+}

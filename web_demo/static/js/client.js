@@ -1,0 +1,286 @@
+// The client page: find an expert, ask for help now (and watch the queue), book a slot, hold
+// the call, then see the summary and rate the expert.
+import { formatMoney, formatPrice, parseMoneyInput } from "./money.js";
+import { startPage } from "./page.js";
+import { END_REASONS, renderSummary, SessionController } from "./session.js";
+import { $, announce, el, formatWhen, showView, stars, toast } from "./ui.js";
+
+const SEARCH_CURRENCY = "USD";
+const REFRESH_MS = 8000;
+
+const page = startPage("client");
+if (page) main(page);
+
+function main(page) {
+  const { api, signalling } = page;
+  let waitingFor = null; // the session we asked for, until it is accepted or ends
+  let lastEnded = null;
+  let refreshTimer = null;
+
+  const controller = new SessionController({
+    role: "client",
+    page,
+    container: $("#call"),
+    onEnded: (data) => showSummary(data),
+  });
+
+  // --- search ------------------------------------------------------------------------------
+
+  const form = $("#search-form");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    search();
+  });
+  for (const select of form.querySelectorAll("select")) select.addEventListener("change", () => search());
+
+  async function search({ quiet = false } = {}) {
+    const data = new FormData(form);
+    const filters = { skill: data.get("skill").trim().toLowerCase() };
+    const maxPrice = data.get("max_price").trim();
+    if (maxPrice) {
+      const minor = parseMoneyInput(maxPrice, SEARCH_CURRENCY);
+      if (minor === null) {
+        $("#search-price").setAttribute("aria-invalid", "true");
+        $("#results-status").textContent = "Enter a price such as 2 or 1.50.";
+        return;
+      }
+      $("#search-price").removeAttribute("aria-invalid");
+      filters.max_price = minor;
+      filters.currency = SEARCH_CURRENCY;
+    }
+    if (data.get("available")) filters.available = data.get("available");
+    if (data.get("min_rating")) filters.min_rating = data.get("min_rating");
+    try {
+      const experts = await api.experts(filters);
+      renderResults(experts);
+      if (!quiet) $("#results-status").textContent = experts.length ? `${experts.length} expert${experts.length === 1 ? "" : "s"} found.` : "No experts match. Try fewer filters.";
+    } catch (error) {
+      $("#results-status").textContent = `Could not load experts: ${error.message}`;
+    }
+  }
+
+  function renderResults(experts) {
+    const list = $("#results");
+    const focusedId = document.activeElement?.closest?.("[data-expert-id]")?.dataset.expertId;
+    list.replaceChildren(
+      ...experts.map((expert) => {
+        const available = expert.availability === "online";
+        const card = el(
+          "li",
+          { class: "card expert-card", dataset: { expertId: expert.id }, "aria-labelledby": `expert-${expert.id}` },
+          el("h3", { id: `expert-${expert.id}` }, expert.name),
+          el(
+            "div",
+            { class: "meta" },
+            el("span", { class: "availability", dataset: { state: expert.availability } }, labelFor(expert.availability)),
+            el("span", { class: "price" }, formatPrice(expert.pricing)),
+            el("span", {}, stars(expert.ratingAverage, expert.ratingCount)),
+          ),
+          expert.bio ? el("p", { class: "small" }, expert.bio) : null,
+          el("ul", { class: "tags", "aria-label": "Skills" }, expert.skills.map((s) => el("li", {}, s))),
+          el(
+            "div",
+            { class: "actions" },
+            el("button", { type: "button", class: "primary", disabled: !available && expert.availability !== "busy", onclick: () => askFor({ expertId: expert.id, name: expert.name }) }, expert.availability === "busy" ? "Join the queue" : "Ask for help now"),
+            el("button", { type: "button", class: "secondary", onclick: () => openBooking(expert) }, "Book a slot"),
+          ),
+        );
+        return card;
+      }),
+    );
+    if (focusedId) list.querySelector(`[data-expert-id="${CSS.escape(focusedId)}"] button`)?.focus();
+  }
+
+  function labelFor(availability) {
+    return { online: "Available now", busy: "In a session", away: "Away", offline: "Offline" }[availability] || availability;
+  }
+
+  $("#any-expert").addEventListener("click", () => {
+    const skill = $("#search-skill").value.trim().toLowerCase();
+    if (!skill) {
+      $("#search-skill").focus();
+      $("#results-status").textContent = "Type a skill first, then ask any available expert who has it.";
+      return;
+    }
+    askFor({ skill, name: `an expert in ${skill}` });
+  });
+
+  // --- instant help and the queue ----------------------------------------------------------
+
+  async function askFor({ expertId, skill, name }) {
+    $("#waiting-expert").textContent = name;
+    $("#queue-position").textContent = "Asking…";
+    showView("waiting");
+    stopRefresh();
+    try {
+      const session = await signalling.requestHelp({ expertId, skill });
+      waitingFor = session;
+      if (session.expert_name) $("#waiting-expert").textContent = session.expert_name;
+      onSession(session);
+    } catch (error) {
+      toast(`Could not ask for help: ${error.message}`, "error");
+      backToBrowse();
+    }
+  }
+
+  signalling.on("queue.position", ({ message }) => {
+    if (!waitingFor || message.session_id !== waitingFor.id) return;
+    const text = message.position === 1 ? `You are next in line (1 of ${message.length}).` : `You are number ${message.position} in line (of ${message.length}).`;
+    $("#queue-position").textContent = text;
+    $("#queue-position").dataset.position = message.position;
+  });
+
+  signalling.on("session.state", ({ message }) => {
+    const session = message.session;
+    if (waitingFor && session.id === waitingFor.id) onSession(session);
+  });
+
+  function onSession(session) {
+    waitingFor = session;
+    if (session.state === "ringing") {
+      $("#queue-position").textContent = `Ringing ${session.expert_name || "the expert"}…`;
+      delete $("#queue-position").dataset.position;
+    } else if (session.state === "ended") {
+      waitingFor = null;
+      if (!controller.call) {
+        toast(END_REASONS[session.reason] || `Request ended: ${session.reason}`);
+        backToBrowse();
+      }
+    } else if (session.state !== "requested") {
+      waitingFor = null; // accepted: the session controller takes over
+    }
+  }
+
+  $("#cancel-request").addEventListener("click", async () => {
+    if (!waitingFor) return backToBrowse();
+    try {
+      await signalling.cancelHelp(waitingFor.id);
+    } catch (error) {
+      toast(`Could not cancel: ${error.message}`, "error");
+    }
+  });
+
+  // --- booking -----------------------------------------------------------------------------
+
+  const dialog = $("#book-dialog");
+  let bookingExpert = null;
+  function openBooking(expert) {
+    bookingExpert = expert;
+    $("#book-expert").textContent = expert.name;
+    $("#book-error").textContent = "";
+    $("#book-hours").textContent = describeHours(expert);
+    const start = new Date(Date.now() + 3600_000);
+    start.setMinutes(0, 0, 0);
+    $("#book-start").value = toLocalInput(start);
+    dialog.showModal();
+  }
+  $("#book-cancel").addEventListener("click", () => dialog.close());
+  $("#book-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const start = new Date($("#book-start").value);
+    if (Number.isNaN(start.getTime())) {
+      $("#book-error").textContent = "Choose a start time.";
+      return;
+    }
+    try {
+      await api.book(bookingExpert.id, Math.floor(start.getTime() / 1000), Number($("#book-duration").value));
+      dialog.close();
+      toast(`Booked ${bookingExpert.name} for ${formatWhen(start.toISOString())}.`);
+      loadBookings();
+    } catch (error) {
+      $("#book-error").textContent = error.message;
+    }
+  });
+
+  async function loadBookings() {
+    const list = $("#my-bookings");
+    try {
+      const bookings = await api.bookings();
+      list.replaceChildren(...(bookings.length ? bookings.map(bookingItem) : [el("li", { class: "hint" }, "None yet.")]));
+    } catch {
+      list.replaceChildren(el("li", { class: "hint" }, "Bookings are not available on this server."));
+    }
+  }
+
+  function bookingItem(booking) {
+    const cancel = el("button", { type: "button", class: "secondary small" }, "Cancel");
+    cancel.addEventListener("click", async () => {
+      try {
+        await api.cancelBooking(booking.id);
+        loadBookings();
+      } catch (error) {
+        toast(error.message, "error");
+      }
+    });
+    return el("li", {}, el("span", { class: "grow" }, `${booking.expert_name || booking.expert_id} — ${formatWhen(booking.start ?? booking.starts_at)}`), cancel);
+  }
+
+  // --- summary and rating ------------------------------------------------------------------
+
+  function showSummary(data) {
+    lastEnded = data;
+    renderSummary($("#summary"), data, "client");
+    $("#rating-expert").textContent = data.peerName;
+    $("#rating-form").reset();
+    $("#rating-error").textContent = "";
+    $("#rating-form").hidden = !data.session.accepted_at && data.reason !== "hangup" && !data.seconds;
+    showView("summary");
+  }
+
+  $("#rating-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const chosen = $("#rating-form").elements.stars.value;
+    if (!chosen) {
+      $("#rating-error").textContent = "Choose from 1 to 5 stars.";
+      $("#star-1").focus();
+      return;
+    }
+    try {
+      await api.rate(lastEnded.session.id, lastEnded.session.expert_id, Number(chosen), $("#review").value.trim());
+      toast("Thank you for your rating.");
+      backToBrowse();
+    } catch (error) {
+      $("#rating-error").textContent = `Could not send the rating: ${error.message}`;
+    }
+  });
+  $("#summary-done").addEventListener("click", () => backToBrowse());
+
+  // --- page life ---------------------------------------------------------------------------
+
+  function backToBrowse() {
+    waitingFor = null;
+    showView("browse");
+    search({ quiet: true });
+    loadBookings();
+    startRefresh();
+  }
+
+  function startRefresh() {
+    stopRefresh();
+    refreshTimer = setInterval(() => {
+      if (!$("[data-view=browse]").hidden) search({ quiet: true });
+    }, REFRESH_MS);
+  }
+
+  function stopRefresh() {
+    clearInterval(refreshTimer);
+  }
+
+  signalling.connect().catch((error) => toast(`Could not connect: ${error.message}`, "error"));
+  backToBrowse();
+  page.hooks.search = () => search();
+  page.hooks.formatMoney = formatMoney;
+  announce("Find an expert.");
+}
+
+function describeHours(expert) {
+  const weekly = expert.hours?.weekly;
+  if (!weekly) return "Pick a time within the expert's working hours.";
+  const days = Object.entries(weekly).map(([day, spans]) => `${day} ${spans.map((s) => s.join("–")).join(", ")}`);
+  return `Working hours (${expert.timezone}): ${days.join("; ")}`;
+}
+
+function toLocalInput(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}

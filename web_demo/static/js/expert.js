@@ -1,0 +1,281 @@
+// The expert console: availability, profile / price / hours, incoming requests, the waiting
+// queue, scheduled sessions, earnings, and the call itself.
+import { formatMoney, minorToDecimalString, parseMoneyInput } from "./money.js";
+import { startPage } from "./page.js";
+import { renderSummary, SessionController } from "./session.js";
+import { $, announce, el, formatWhen, showView, toast } from "./ui.js";
+
+const DAYS = [["mon", "Mon"], ["tue", "Tue"], ["wed", "Wed"], ["thu", "Thu"], ["fri", "Fri"], ["sat", "Sat"], ["sun", "Sun"]];
+const STATUS_TEXT = {
+  online: "You are online: clients can ask you for help.",
+  busy: "You are in a session: new requests wait in your queue.",
+  away: "You are away: clients see you but cannot call right now.",
+  offline: "You are offline: clients cannot ask you for help.",
+};
+
+const page = startPage("expert");
+if (page) main(page);
+
+function main(page) {
+  const { api, signalling, identity } = page;
+  const ringing = new Map(); // session id -> {session, expiresAt, item}
+  const earnings = []; // {session id, amount, currency} from this console's sessions
+
+  const controller = new SessionController({
+    role: "expert",
+    page,
+    container: $("#call"),
+    onEnded: (data) => {
+      renderSummary($("#summary"), data, "expert");
+      if (data.charged) recordEarning(data.session.id, data.expertShare || data.charged);
+      showView("summary");
+    },
+  });
+  $("#summary-done").addEventListener("click", () => {
+    showView("console");
+    loadScheduled();
+    loadEarnings();
+  });
+
+  // --- availability ------------------------------------------------------------------------
+
+  for (const radio of document.querySelectorAll('input[name="availability"]')) {
+    radio.addEventListener("change", async () => {
+      try {
+        await signalling.setPresence(radio.value);
+      } catch (error) {
+        toast(`Could not change your status: ${error.message}`, "error");
+      }
+    });
+  }
+  function showPresence(status) {
+    const radio = document.querySelector(`input[name="availability"][value="${status}"]`);
+    if (radio) radio.checked = true;
+    $("#availability-status").textContent = STATUS_TEXT[status] || status;
+    $("#availability").dataset.status = status;
+  }
+  signalling.on("presence", ({ message }) => {
+    if (message.user_id === identity.user) showPresence(message.status);
+  });
+  signalling.on("open", ({ welcome }) => showPresence(welcome.presence || "offline"));
+  signalling.on("reset", ({ welcome }) => showPresence(welcome.presence || "offline"));
+
+  // --- incoming requests -------------------------------------------------------------------
+
+  signalling.on("ring", ({ message }) => {
+    const session = message.session;
+    if (ringing.has(session.id)) return;
+    const name = session.client_name || session.client_id;
+    const countdown = el("span", { class: "hint" });
+    const accept = el("button", { type: "button", class: "primary" }, "Accept");
+    const decline = el("button", { type: "button", class: "secondary" }, "Decline");
+    const item = el(
+      "li",
+      { class: "ringing", dataset: { sessionId: session.id } },
+      el("span", { class: "grow" }, el("strong", {}, name), session.skill ? ` · ${session.skill}` : "", session.note ? el("span", { class: "hint" }, session.note) : null),
+      countdown,
+      accept,
+      decline,
+    );
+    accept.setAttribute("aria-label", `Accept ${name}`);
+    decline.setAttribute("aria-label", `Decline ${name}`);
+    accept.addEventListener("click", async () => {
+      accept.disabled = decline.disabled = true;
+      try {
+        await signalling.acceptHelp(session.id);
+      } catch (error) {
+        toast(`Could not accept: ${error.message}`, "error");
+      }
+      removeRing(session.id);
+    });
+    decline.addEventListener("click", async () => {
+      accept.disabled = decline.disabled = true;
+      try {
+        await signalling.declineHelp(session.id);
+      } catch (error) {
+        toast(`Could not decline: ${error.message}`, "error");
+      }
+      removeRing(session.id);
+    });
+    const expiresAt = message.expires_at * 1000;
+    const tick = setInterval(() => {
+      const left = Math.max(0, Math.round((expiresAt - Date.now()) / 1000));
+      countdown.textContent = `${left} s`;
+      if (left <= 0) removeRing(session.id);
+    }, 500);
+    ringing.set(session.id, { item, tick });
+    renderIncoming();
+    accept.focus();
+    announce(`${name} is asking for help. Accept or decline.`, { assertive: true });
+  });
+
+  signalling.on("session.state", ({ message }) => {
+    if (message.session.state !== "ringing") removeRing(message.session.id);
+  });
+
+  function removeRing(sessionId) {
+    const entry = ringing.get(sessionId);
+    if (!entry) return;
+    clearInterval(entry.tick);
+    ringing.delete(sessionId);
+    renderIncoming();
+  }
+
+  function renderIncoming() {
+    const list = $("#incoming");
+    const items = [...ringing.values()].map((r) => r.item);
+    list.replaceChildren(...(items.length ? items : [el("li", { class: "hint" }, "No one is calling.")]));
+  }
+
+  // --- the waiting queue -------------------------------------------------------------------
+
+  signalling.on("queue.update", ({ message }) => {
+    if (message.expert_id !== identity.user) return;
+    const waiting = [...message.waiting].sort((a, b) => a.position - b.position);
+    $("#queue-count").textContent = String(waiting.length);
+    $("#queue").replaceChildren(
+      ...(waiting.length
+        ? waiting.map((w) => el("li", { dataset: { sessionId: w.session_id } }, el("span", { class: "grow" }, `${w.position}. ${w.client_name || w.client_id}`), w.skill ? el("span", { class: "hint" }, w.skill) : null, el("span", { class: "hint" }, `since ${formatWhen(w.since)}`)))
+        : [el("li", { class: "hint" }, "Nobody is waiting.")]),
+    );
+  });
+
+  // --- profile, price and hours ------------------------------------------------------------
+
+  const days = $("#p-days");
+  for (const [value, label] of DAYS) {
+    const id = `day-${value}`;
+    days.append(el("label", { for: id }, el("input", { type: "checkbox", id, name: "days", value, checked: !["sat", "sun"].includes(value) }), label));
+  }
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  $("#p-tz").value = zone;
+  const zones = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [zone];
+  $("#tz-list").replaceChildren(...zones.map((z) => el("option", { value: z })));
+  $("#p-name").value = identity.name;
+  $("#p-amount").value = "1.00";
+  $("#p-mode").addEventListener("change", syncAmount);
+  function syncAmount() {
+    const free = $("#p-mode").value === "free";
+    $("#p-amount").disabled = free;
+    $("#p-currency").disabled = free;
+  }
+
+  async function loadProfile() {
+    try {
+      const expert = await api.expert(identity.user);
+      $("#p-name").value = expert.name || identity.name;
+      $("#p-skills").value = expert.skills.join(", ");
+      $("#p-bio").value = expert.bio || "";
+      $("#p-mode").value = expert.pricing.model;
+      if (expert.pricing.model !== "free") {
+        ensureCurrency(expert.pricing.currency);
+        $("#p-currency").value = expert.pricing.currency;
+        $("#p-amount").value = minorToDecimalString(expert.pricing.amount, expert.pricing.currency);
+      }
+      if (expert.hours) {
+        $("#p-tz").value = expert.hours.time_zone || zone;
+        const weekly = expert.hours.weekly || {};
+        for (const [value] of DAYS) $(`#day-${value}`).checked = Boolean(weekly[value]?.length);
+        const first = Object.values(weekly).find((spans) => spans.length);
+        if (first) [$("#p-from").value, $("#p-to").value] = first[0];
+      }
+      syncAmount();
+    } catch (error) {
+      if (error.status !== 404) toast(`Could not load your profile: ${error.message}`, "error");
+    }
+  }
+
+  function ensureCurrency(code) {
+    const select = $("#p-currency");
+    if (![...select.options].some((o) => o.value === code)) select.append(el("option", {}, code));
+  }
+
+  $("#profile-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const error = $("#profile-error");
+    error.textContent = "";
+    for (const node of document.querySelectorAll("#profile-form [aria-invalid]")) node.removeAttribute("aria-invalid");
+    const mode = $("#p-mode").value;
+    const currency = $("#p-currency").value;
+    let amount = 0;
+    if (mode !== "free") {
+      amount = parseMoneyInput($("#p-amount").value, currency);
+      if (!amount) {
+        $("#p-amount").setAttribute("aria-invalid", "true");
+        error.textContent = "Enter a price above zero, such as 1.50.";
+        $("#p-amount").focus();
+        return;
+      }
+    }
+    const from = $("#p-from").value;
+    const to = $("#p-to").value === "00:00" ? "24:00" : $("#p-to").value;
+    const weekly = {};
+    for (const [value] of DAYS) if ($(`#day-${value}`).checked) weekly[value] = [[from, to]];
+    const profile = {
+      display_name: $("#p-name").value.trim(),
+      bio: $("#p-bio").value.trim(),
+      skills: $("#p-skills").value.split(",").map((s) => s.trim()).filter(Boolean),
+      languages: [navigator.language || "en"],
+      price: { mode, amount, currency },
+      working_hours: { time_zone: $("#p-tz").value.trim() || zone, weekly },
+    };
+    try {
+      await api.saveExpert(identity.user, profile);
+      toast("Profile saved.");
+    } catch (failure) {
+      error.textContent = `Not saved: ${failure.message}`;
+    }
+  });
+
+  // --- scheduled sessions and earnings -----------------------------------------------------
+
+  async function loadScheduled() {
+    const list = $("#scheduled");
+    try {
+      const bookings = await api.bookings();
+      list.replaceChildren(
+        ...(bookings.length
+          ? bookings.map((b) => el("li", {}, el("span", { class: "grow" }, b.client_name || b.client_id), el("span", {}, formatWhen(b.start ?? b.starts_at))))
+          : [el("li", { class: "hint" }, "No sessions booked.")]),
+      );
+    } catch {
+      list.replaceChildren(el("li", { class: "hint" }, "Scheduling is not available on this server."));
+    }
+  }
+
+  signalling.on("session.reminder", ({ message }) => {
+    announce(`Reminder: a scheduled session starts ${formatWhen(message.starts_at ?? message.start)}.`, { assertive: true });
+    loadScheduled();
+  });
+
+  async function loadEarnings() {
+    try {
+      const data = await api.earnings();
+      const total = data.total ?? data;
+      $("#earnings-total").textContent = formatMoney(total.amount, total.currency);
+    } catch {
+      renderLocalEarnings();
+    }
+  }
+
+  function recordEarning(sessionId, money) {
+    if (earnings.some((e) => e.sessionId === sessionId)) return;
+    earnings.push({ sessionId, amount: money.amount, currency: money.currency });
+    renderLocalEarnings();
+  }
+
+  function renderLocalEarnings() {
+    // Sum per currency in integer minor units.
+    const totals = new Map();
+    for (const e of earnings) totals.set(e.currency, (totals.get(e.currency) || 0) + e.amount);
+    $("#earnings-total").textContent = totals.size ? [...totals].map(([c, a]) => formatMoney(a, c)).join(" + ") : formatMoney(0, "USD");
+    $("#earnings-list").replaceChildren(...earnings.map((e) => el("li", {}, `Session ${e.sessionId.slice(0, 8)}: ${formatMoney(e.amount, e.currency)}`)));
+  }
+
+  signalling.connect().catch((error) => toast(`Could not connect: ${error.message}`, "error"));
+  showView("console");
+  loadProfile();
+  loadScheduled();
+  loadEarnings();
+  page.hooks.controller = controller;
+}

@@ -1,0 +1,242 @@
+// The in-call screen shared by the client page and the expert console: videos, controls, device
+// pickers, chat, running cost (and, for clients, a budget cap), connection quality, hang up.
+import { listDevices } from "./call.js";
+import { formatMoney, parseMoneyInput } from "./money.js";
+import { $, announce, el, formatDuration } from "./ui.js";
+
+const QUALITY_TEXT = {
+  unknown: "Connecting…",
+  good: "Good connection",
+  fair: "Fair connection",
+  poor: "Poor connection",
+  "no-media": "No video arriving",
+};
+
+const STATE_TEXT = {
+  requested: "Calling…",
+  ringing: "Ringing…",
+  accepted: "Connecting…",
+  connecting: "Connecting…",
+  live: "Live",
+  paused: "Reconnecting…",
+  ended: "Ended",
+};
+
+const TEMPLATE = `
+  <div class="call-stage">
+    <div class="video-remote-wrap">
+      <video class="video-remote" data-testid="remote-video" autoplay playsinline aria-label="Video of the other person"></video>
+      <p class="video-placeholder" data-ref="placeholder">Waiting for video…</p>
+      <div class="call-badges">
+        <span class="badge" data-ref="state" role="status">Connecting…</span>
+        <span class="quality" data-ref="quality" data-level="unknown" role="img" aria-label="Connection quality: unknown">
+          <span></span><span></span><span></span>
+        </span>
+        <span class="badge badge-muted" data-ref="elapsed" aria-label="Call length">0:00</span>
+      </div>
+    </div>
+    <video class="video-local" data-testid="local-video" autoplay playsinline muted aria-label="Your camera"></video>
+  </div>
+  <div class="call-meter card" data-ref="meter">
+    <div><span class="meter-label" data-ref="cost-label">Cost so far</span>
+      <strong class="meter-value" data-testid="running-cost" data-ref="cost" aria-live="polite">—</strong></div>
+    <form class="budget" data-ref="budget-form" hidden>
+      <label for="budget-input">Budget cap</label>
+      <input id="budget-input" data-ref="budget" inputmode="decimal" placeholder="none" size="6" aria-describedby="budget-hint">
+      <button type="submit" class="secondary small">Set</button>
+      <small id="budget-hint" class="hint" data-ref="budget-hint">The call ends when the cost reaches it.</small>
+    </form>
+  </div>
+  <div class="call-controls" role="toolbar" aria-label="Call controls">
+    <button type="button" class="control" data-ref="mute" aria-pressed="false">Mute</button>
+    <button type="button" class="control" data-ref="camera" aria-pressed="false">Stop camera</button>
+    <button type="button" class="control" data-ref="devices-toggle" aria-expanded="false" aria-controls="devices-panel">Devices</button>
+    <button type="button" class="control danger" data-ref="hangup">Hang up</button>
+  </div>
+  <div class="devices card" id="devices-panel" data-ref="devices" hidden>
+    <div class="field"><label for="mic-select">Microphone</label><select id="mic-select" data-ref="mic"></select></div>
+    <div class="field"><label for="cam-select">Camera</label><select id="cam-select" data-ref="cam"></select></div>
+  </div>
+  <section class="chat card" aria-labelledby="chat-heading">
+    <h3 id="chat-heading">Chat</h3>
+    <ol class="chat-log" data-ref="chat-log" role="log" aria-live="polite" aria-label="Chat messages"></ol>
+    <form class="chat-form" data-ref="chat-form">
+      <label for="chat-input" class="visually-hidden">Message</label>
+      <input id="chat-input" data-ref="chat-input" autocomplete="off" maxlength="2000" placeholder="Type a message">
+      <button type="submit" class="primary small">Send</button>
+    </form>
+  </section>`;
+
+export class InCallView {
+  /**
+   * @param {HTMLElement} root  an empty container
+   * @param {object} options
+   * @param {"client"|"expert"} options.role
+   * @param {string} options.peerName
+   * @param {() => void} options.onHangUp
+   * @param {(text: string) => Promise<void>} options.onChat
+   * @param {(minor: number|null) => void} [options.onBudget]  clients only
+   */
+  constructor(root, { role, peerName, onHangUp, onChat, onBudget }) {
+    this.root = root;
+    this.role = role;
+    this.options = { onHangUp, onChat, onBudget };
+    this.call = null;
+    this.startedAt = null;
+    this.currency = null;
+    this.budget = null;
+    this.lastCost = null;
+    root.replaceChildren();
+    root.append(el("h2", { class: "call-title" }, `In a session with ${peerName}`));
+    const body = el("div", { class: "call-layout" });
+    body.innerHTML = TEMPLATE;
+    root.append(body);
+    this.ref = Object.fromEntries([...root.querySelectorAll("[data-ref]")].map((n) => [n.dataset.ref, n]));
+    this.remoteVideo = $(".video-remote", root);
+    this.localVideo = $(".video-local", root);
+    this.ref["cost-label"].textContent = role === "expert" ? "Earned so far" : "Cost so far";
+    this.ref["budget-form"].hidden = role !== "client" || !onBudget;
+    this._bind();
+    this._tick = setInterval(() => this._updateElapsed(), 1000);
+  }
+
+  /** Wire a Call (call.js) to the view. */
+  attach(call) {
+    this.call = call;
+    call.addEventListener("localstream", (e) => {
+      this.localVideo.srcObject = e.detail.stream;
+      this._fillDevices();
+    });
+    call.addEventListener("remotestream", (e) => {
+      if (this.remoteVideo.srcObject !== e.detail.stream) this.remoteVideo.srcObject = e.detail.stream;
+      this.remoteVideo.play().catch(() => {});
+      this.ref.placeholder.hidden = true;
+    });
+    call.addEventListener("quality", (e) => this.setQuality(e.detail));
+    call.addEventListener("controls", () => this._syncControls());
+  }
+
+  setState(state) {
+    const text = STATE_TEXT[state] || state;
+    this.ref.state.textContent = text;
+    this.ref.state.dataset.state = state;
+    if (state === "live" && !this.startedAt) this.startedAt = Date.now();
+    if (state === "paused") announce("Connection lost — reconnecting…", { assertive: true });
+  }
+
+  setQuality({ level, rtt, loss }) {
+    const node = this.ref.quality;
+    node.dataset.level = level;
+    const details = [];
+    if (rtt != null) details.push(`${Math.round(rtt * 1000)} ms round trip`);
+    if (loss != null) details.push(`${(loss * 100).toFixed(1)}% loss`);
+    const label = `Connection quality: ${QUALITY_TEXT[level] || level}${details.length ? ` (${details.join(", ")})` : ""}`;
+    node.setAttribute("aria-label", label);
+    node.title = label;
+  }
+
+  /** Running cost from the server: integer minor units + currency, and seconds billed. */
+  setCost({ amount, currency, seconds }) {
+    this.currency = currency || this.currency;
+    this.lastCost = amount;
+    this.ref.cost.textContent = formatMoney(amount, this.currency);
+    if (seconds != null && !this.startedAt) this.startedAt = Date.now() - seconds * 1000;
+    this._checkBudget();
+  }
+
+  setBudget(minor) {
+    this.budget = minor;
+    this.ref["budget-hint"].textContent =
+      minor === null ? "The call ends when the cost reaches it." : `The call ends at ${formatMoney(minor, this.currency || "USD")}.`;
+    this._checkBudget();
+  }
+
+  addChat({ from, text, mine }) {
+    const item = el("li", { class: mine ? "chat-mine" : "chat-theirs" }, el("span", { class: "chat-from" }, mine ? "You" : from), el("span", { class: "chat-text" }, text));
+    this.ref["chat-log"].append(item);
+    item.scrollIntoView({ block: "nearest" });
+  }
+
+  destroy() {
+    clearInterval(this._tick);
+    this.remoteVideo.srcObject = null;
+    this.localVideo.srcObject = null;
+    this.root.replaceChildren();
+  }
+
+  // --- internals ---------------------------------------------------------------------------
+
+  _bind() {
+    this.ref.mute.addEventListener("click", () => this.call?.setAudioMuted(!this.call.audioMuted));
+    this.ref.camera.addEventListener("click", () => this.call?.setVideoOff(!this.call.videoOff));
+    this.ref.hangup.addEventListener("click", () => this.options.onHangUp());
+    this.ref["devices-toggle"].addEventListener("click", () => {
+      const open = this.ref.devices.hidden;
+      this.ref.devices.hidden = !open;
+      this.ref["devices-toggle"].setAttribute("aria-expanded", String(open));
+      if (open) this._fillDevices();
+    });
+    this.ref.mic.addEventListener("change", () => this.call?.useDevice("audio", this.ref.mic.value));
+    this.ref.cam.addEventListener("change", () => this.call?.useDevice("video", this.ref.cam.value));
+    this.ref["chat-form"].addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const input = this.ref["chat-input"];
+      const text = input.value.trim();
+      if (!text) return;
+      input.value = "";
+      try {
+        await this.options.onChat(text);
+        this.addChat({ from: "You", text, mine: true });
+      } catch (error) {
+        input.value = text;
+        announce(`Message not sent: ${error.message}`, { assertive: true });
+      }
+    });
+    this.ref["budget-form"].addEventListener("submit", (event) => {
+      event.preventDefault();
+      const raw = this.ref.budget.value.trim();
+      const minor = raw ? parseMoneyInput(raw, this.currency || "USD") : null;
+      if (raw && minor === null) {
+        this.ref.budget.setAttribute("aria-invalid", "true");
+        this.ref["budget-hint"].textContent = "Enter an amount such as 5 or 12.50.";
+        return;
+      }
+      this.ref.budget.removeAttribute("aria-invalid");
+      this.setBudget(minor);
+      this.options.onBudget?.(minor);
+    });
+  }
+
+  _syncControls() {
+    const { audioMuted, videoOff } = this.call;
+    this.ref.mute.setAttribute("aria-pressed", String(audioMuted));
+    this.ref.mute.textContent = audioMuted ? "Unmute" : "Mute";
+    this.ref.camera.setAttribute("aria-pressed", String(videoOff));
+    this.ref.camera.textContent = videoOff ? "Start camera" : "Stop camera";
+  }
+
+  async _fillDevices() {
+    const { audio, video } = await listDevices();
+    const current = (kind) => this.call?.localStream?.getTracks().find((t) => t.kind === kind)?.getSettings().deviceId;
+    for (const [select, devices, kind] of [[this.ref.mic, audio, "audio"], [this.ref.cam, video, "video"]]) {
+      const selected = current(kind);
+      select.replaceChildren(...devices.map((d, i) => el("option", { value: d.deviceId, selected: d.deviceId === selected }, d.label || `${kind === "audio" ? "Microphone" : "Camera"} ${i + 1}`)));
+    }
+  }
+
+  _updateElapsed() {
+    if (!this.startedAt) return;
+    this.ref.elapsed.textContent = formatDuration((Date.now() - this.startedAt) / 1000);
+  }
+
+  _checkBudget() {
+    if (this.budget === null || this.lastCost === null) return;
+    // Integer comparison of minor units: never floats for money.
+    if (this.lastCost >= this.budget) {
+      announce("Your budget cap was reached: ending the call.", { assertive: true });
+      this.options.onHangUp("budget_reached");
+    } else if (this.lastCost * 10 >= this.budget * 8) {
+      this.ref["budget-hint"].textContent = `Nearly at your cap of ${formatMoney(this.budget, this.currency)}.`;
+    }
+  }
+}
