@@ -74,21 +74,20 @@ export class Api {
     return Array.isArray(data) ? data : data.bookings || data.items || [];
   }
 
-  async book(expertId, start, durationMinutes) {
-    return this.call("POST", "/api/bookings", { expert_id: expertId, start, duration_minutes: durationMinutes });
+  /** start: a Date; the server takes RFC 3339 instants and answers in UTC. */
+  async book(expertId, start, durationMinutes, topic) {
+    const end = new Date(start.getTime() + durationMinutes * 60_000);
+    const body = { expert_id: expertId, start: start.toISOString(), end: end.toISOString() };
+    if (topic) body.topic = topic;
+    return this.call("POST", "/api/bookings", body);
   }
 
   async cancelBooking(id) {
     return this.call("DELETE", `/api/bookings/${encodeURIComponent(id)}`);
   }
 
-  async rate(sessionId, expertId, stars, review) {
-    return this.call("POST", `/api/sessions/${encodeURIComponent(sessionId)}/rating`, {
-      expert_id: expertId,
-      stars,
-      rating: stars,
-      review,
-    });
+  async rate(sessionId, stars, review) {
+    return this.call("POST", `/api/sessions/${encodeURIComponent(sessionId)}/rating`, review ? { stars, review } : { stars });
   }
 
   async earnings() {

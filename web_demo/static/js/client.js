@@ -183,7 +183,7 @@ function main(page) {
       return;
     }
     try {
-      await api.book(bookingExpert.id, Math.floor(start.getTime() / 1000), Number($("#book-duration").value));
+      await api.book(bookingExpert.id, start, Number($("#book-duration").value));
       dialog.close();
       toast(`Booked ${bookingExpert.name} for ${formatWhen(start.toISOString())}.`);
       loadBookings();
@@ -212,7 +212,8 @@ function main(page) {
         toast(error.message, "error");
       }
     });
-    return el("li", {}, el("span", { class: "grow" }, `${booking.expert_name || booking.expert_id} — ${formatWhen(booking.start ?? booking.starts_at)}`), cancel);
+    if (booking.state !== "booked") cancel.hidden = true;
+    return el("li", {}, el("span", { class: "grow" }, `${booking.expert_name || booking.expert_id} — ${formatWhen(booking.start)}`), el("span", { class: "hint" }, booking.state), cancel);
   }
 
   // --- summary and rating ------------------------------------------------------------------
@@ -236,7 +237,7 @@ function main(page) {
       return;
     }
     try {
-      await api.rate(lastEnded.session.id, lastEnded.session.expert_id, Number(chosen), $("#review").value.trim());
+      await api.rate(lastEnded.session.id, Number(chosen), $("#review").value.trim());
       toast("Thank you for your rating.");
       backToBrowse();
     } catch (error) {

@@ -11,12 +11,13 @@ const MEDIA_STATES = new Set(["accepted", "connecting", "live", "paused"]);
 export const END_REASONS = {
   hangup: "The call was ended.",
   declined: "The expert declined.",
-  timeout: "Nobody answered in time.",
-  ring_timeout: "Nobody answered in time.",
+  ring_timeout: "The expert did not answer in time.",
   cancelled: "The request was cancelled.",
-  budget_reached: "Your budget cap was reached.",
+  budget_reached: "The budget cap was reached.",
+  no_show: "The media never connected on both sides.",
   disconnected: "The connection was lost for too long.",
-  expert_offline: "The expert went offline.",
+  expert_unavailable: "The expert went offline.",
+  error: "The media server failed.",
 };
 
 /** The running cost from a server message, whatever its exact shape, as {amount, currency, seconds}. */
