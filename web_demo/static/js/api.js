@@ -90,8 +90,14 @@ export class Api {
     return this.call("POST", `/api/sessions/${encodeURIComponent(sessionId)}/rating`, review ? { stars, review } : { stars });
   }
 
-  async earnings() {
-    return this.call("GET", "/api/earnings");
+  /** The expert's statement: {lines: [{session_id, currency, gross, fee, payout}], totals: {CUR: {...}}}. */
+  async statement() {
+    return this.call("GET", "/api/billing/statement");
+  }
+
+  /** A session's running cost while open, its totals once ended (billing). */
+  async sessionCost(sessionId) {
+    return this.call("GET", `/api/billing/sessions/${encodeURIComponent(sessionId)}`);
   }
 
   async iceServers() {

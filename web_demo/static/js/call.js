@@ -3,7 +3,8 @@
 //   subscribe: the SFU offers the other participants' tracks; we answer (recvonly).
 // Trickle ICE both ways; an ICE restart of the publish transport after a socket resume or an
 // ICE failure; mute / camera toggles; device switching without renegotiation (replaceTrack);
-// a connection-quality estimate from getStats.
+// a connection-quality estimate from getStats; chat over the "chat" data channel that the SFU
+// opens on the subscribe transport (it relays text to the others as {"from", "message"}).
 //
 // The wire is abstracted by `media` (see signalling.js: MediaChannel), so this module never
 // builds protocol messages itself:
@@ -38,6 +39,7 @@ export class Call extends EventTarget {
     this._lastInbound = null;
     this._unsubscribe = [];
     this._restarting = false;
+    this.chat = null;
   }
 
   /** Ask for camera and microphone, then publish them and wait for the SFU's offers. */
@@ -110,6 +112,13 @@ export class Call extends EventTarget {
     return { framesDecoded, bytesReceived };
   }
 
+  /** Send a chat line to the others; false when the channel is not open (yet). */
+  sendChat(text) {
+    if (!this.chat || this.chat.readyState !== "open") return false;
+    this.chat.send(text);
+    return true;
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;
@@ -131,6 +140,7 @@ export class Call extends EventTarget {
       this._emit("transportstate", { transport, state: pc.connectionState });
       if (pc.connectionState === "failed" && transport === "publish") this.restartIce().catch((e) => this._fail(e));
     });
+    pc.addEventListener("datachannel", (event) => this._useChat(event.channel));
     if (transport === "subscribe") {
       pc.addEventListener("track", (event) => {
         const track = event.track;
@@ -156,6 +166,14 @@ export class Call extends EventTarget {
   async _onServerOffer({ transport = "subscribe", sdp, offerId }) {
     if (this.closed) return;
     if (transport !== "subscribe") return;
+    // After a resume the SFU replaces the subscribe transport (new ICE and DTLS): a new DTLS
+    // fingerprint cannot be applied to the old connection, so it gets a new one too.
+    const current = this.subscribe?.remoteDescription?.sdp;
+    if (current && fingerprint(current) !== fingerprint(sdp)) {
+      this.subscribe.close();
+      this.subscribe = null;
+      this._lastInbound = null;
+    }
     if (!this.subscribe) this.subscribe = this._peer("subscribe");
     const pc = this.subscribe;
     await pc.setRemoteDescription({ type: "offer", sdp });
@@ -163,6 +181,20 @@ export class Call extends EventTarget {
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
     await this.media.answer("subscribe", pc.localDescription.sdp, offerId);
+  }
+
+  _useChat(channel) {
+    if (channel.label !== "chat") return;
+    this.chat = channel;
+    channel.addEventListener("message", (event) => {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (data && typeof data.message === "string") this._emit("chat", { from: String(data.from ?? ""), text: data.message });
+    });
   }
 
   _onRemoteCandidate({ transport, candidate }) {
@@ -226,6 +258,11 @@ export class Call extends EventTarget {
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+function fingerprint(sdp) {
+  const match = /^a=fingerprint:(.+)$/m.exec(sdp);
+  return match ? match[1].trim() : "";
 }
 
 function constraints(audioDeviceId, videoDeviceId) {

@@ -219,12 +219,13 @@ function main(page) {
   // --- summary and rating ------------------------------------------------------------------
 
   function showSummary(data) {
+    const again = lastEnded?.session.id === data.session.id;
     lastEnded = data;
     renderSummary($("#summary"), data, "client");
+    if (again) return; // billing's final figures: keep what the user already typed
     $("#rating-expert").textContent = data.peerName;
     $("#rating-form").reset();
     $("#rating-error").textContent = "";
-    $("#rating-form").hidden = !data.session.accepted_at && data.reason !== "hangup" && !data.seconds;
     showView("summary");
   }
 

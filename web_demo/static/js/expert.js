@@ -19,7 +19,6 @@ if (page) main(page);
 function main(page) {
   const { api, signalling, identity } = page;
   const ringing = new Map(); // session id -> {session, expiresAt, item}
-  const earnings = []; // {session id, amount, currency} from this console's sessions
 
   const controller = new SessionController({
     role: "expert",
@@ -27,8 +26,8 @@ function main(page) {
     container: $("#call"),
     onEnded: (data) => {
       renderSummary($("#summary"), data, "expert");
-      if (data.charged) recordEarning(data.session.id, data.expertShare || data.charged);
       showView("summary");
+      if (data.final) loadEarnings();
     },
   });
   $("#summary-done").addEventListener("click", () => {
@@ -250,26 +249,17 @@ function main(page) {
 
   async function loadEarnings() {
     try {
-      const data = await api.earnings();
-      const total = data.total ?? data;
-      $("#earnings-total").textContent = formatMoney(total.amount, total.currency);
+      const statement = await api.statement();
+      const totals = Object.entries(statement.totals || {});
+      $("#earnings-total").textContent = totals.length ? totals.map(([currency, t]) => formatMoney(t.payout, currency)).join(" + ") : formatMoney(0, "USD");
+      $("#earnings-list").replaceChildren(
+        ...(statement.lines || []).slice(-5).reverse().map((line) =>
+          el("li", {}, el("span", { class: "grow" }, `${line.client_id} · ${formatWhen(line.from)}`), el("span", {}, formatMoney(line.payout, line.currency))),
+        ),
+      );
     } catch {
-      renderLocalEarnings();
+      $("#earnings-total").textContent = "—";
     }
-  }
-
-  function recordEarning(sessionId, money) {
-    if (earnings.some((e) => e.sessionId === sessionId)) return;
-    earnings.push({ sessionId, amount: money.amount, currency: money.currency });
-    renderLocalEarnings();
-  }
-
-  function renderLocalEarnings() {
-    // Sum per currency in integer minor units.
-    const totals = new Map();
-    for (const e of earnings) totals.set(e.currency, (totals.get(e.currency) || 0) + e.amount);
-    $("#earnings-total").textContent = totals.size ? [...totals].map(([c, a]) => formatMoney(a, c)).join(" + ") : formatMoney(0, "USD");
-    $("#earnings-list").replaceChildren(...earnings.map((e) => el("li", {}, `Session ${e.sessionId.slice(0, 8)}: ${formatMoney(e.amount, e.currency)}`)));
   }
 
   signalling.connect().catch((error) => toast(`Could not connect: ${error.message}`, "error"));

@@ -20,17 +20,22 @@ export const END_REASONS = {
   error: "The media server failed.",
 };
 
-/** The running cost from a server message, whatever its exact shape, as {amount, currency, seconds}. */
+/** The running cost from a server message or billing's REST reply, as {amount, currency, seconds}.
+ * Billing sends money as {amount, currency}; an ended session's totals as integers + currency. */
 export function costFromMessage(message) {
-  const total = message.total ?? message.cost ?? message.running_total ?? message;
-  if (total == null || total.amount == null) return null;
+  const total = message.total ?? message.cost ?? message.running_total;
+  if (total == null) return null;
+  const money = typeof total === "object" ? total : { amount: total, currency: message.currency };
+  if (money.amount == null || !money.currency) return null;
   return {
-    amount: total.amount,
-    currency: total.currency ?? message.currency,
-    seconds: message.live_seconds ?? message.seconds ?? null,
-    budget: message.budget_cap ?? null,
+    amount: money.amount,
+    currency: money.currency,
+    seconds: message.live_seconds ?? null,
+    payout: message.payout != null ? { amount: message.payout, currency: money.currency } : null,
   };
 }
+
+const COST_POLL_MS = 2000;
 
 export class SessionController {
   /**
@@ -38,7 +43,8 @@ export class SessionController {
    * @param {"client"|"expert"} options.role
    * @param {object} options.page   what startPage() returned
    * @param {HTMLElement} options.container  the call view's section
-   * @param {(summary) => void} options.onEnded
+   * @param {(summary) => void} options.onEnded  called once when the session ends, and again
+   *   when the final amounts arrive from billing
    */
   constructor({ role, page, container, onEnded }) {
     this.role = role;
@@ -49,9 +55,11 @@ export class SessionController {
     this.call = null;
     this.view = null;
     this.cost = null;
-    this.summary = null;
     this.liveSince = null;
     this.liveSeconds = 0;
+    this._costTimer = null;
+    this._pushedCostAt = 0;
+    this.budget = null;
     const s = page.signalling;
     s.on("session.state", ({ message }) => this.update(message.session));
     s.on("resumed", ({ welcome }) => this._afterResume(welcome));
@@ -60,14 +68,14 @@ export class SessionController {
       // A reload during a call: pick the session up again.
       if (welcome.session && MEDIA_STATES.has(welcome.session.state)) this.update(welcome.session);
     });
+    // Pushed running cost, if the server sends it; otherwise the cost is polled over REST.
     for (const type of ["billing.cost", "billing.unit", "session.cost"]) {
-      s.on(type, ({ message }) => this._onCost(message));
-    }
-    for (const type of ["billing.summary", "session.summary"]) {
-      s.on(type, ({ message }) => this._onSummary(message));
-    }
-    for (const type of ["chat", "chat.message"]) {
-      s.on(type, ({ message }) => this._onChat(message));
+      s.on(type, ({ message }) => {
+        if (this.session && message.session_id === this.session.id) {
+          this._pushedCostAt = Date.now();
+          this._onCost(message);
+        }
+      });
     }
   }
 
@@ -79,16 +87,16 @@ export class SessionController {
     return this.role === "client" ? session.expert_name || session.expert_id : session.client_name || session.client_id;
   }
 
-  /** Apply a session from session.state (or welcome). Ignores sessions we are not in. */
+  /** Apply a session from session.state (or welcome). Ignores other sessions while in a call. */
   update(session) {
     if (!session) return;
     if (this.session && this.session.id !== session.id && this.active) return;
     const previous = this.session && this.session.id === session.id ? this.session.state : null;
     this.session = session;
     if (MEDIA_STATES.has(session.state)) {
-      if (!this.call) this._enter().catch((error) => this._mediaFailed(error));
+      if (!this.view) this._enter().catch((error) => this._mediaFailed(error));
       this.view?.setState(session.state);
-      this._trackLive(session.state, previous);
+      this._trackLive(session.state);
     } else if (session.state === "ended" && this.view) {
       this._trackLive("ended", previous);
       this._finish(session);
@@ -105,30 +113,35 @@ export class SessionController {
   }
 
   async sendChat(text) {
-    if (!this.session) throw new Error("not in a session");
-    await this.page.signalling.request("chat.send", { session_id: this.session.id, text });
+    if (!this.call || !this.call.sendChat(text)) throw new Error("the chat is not connected yet");
   }
 
   // --- internals ---------------------------------------------------------------------------
 
   async _enter() {
     const session = this.session;
+    this.cost = null;
+    this.liveSeconds = 0;
+    this.liveSince = null;
     showView("call");
     this.view = new InCallView(this.container, {
       role: this.role,
       peerName: this.peerName(session),
       onHangUp: () => this.hangUp(),
       onChat: (text) => this.sendChat(text),
-      onBudget: this.role === "client" ? (minor) => this._setBudget(minor) : undefined,
+      // The cap is enforced here: the view hangs up once the running cost reaches it.
+      onBudget: this.role === "client" ? (minor) => (this.budget = minor) : undefined,
     });
+    if (this.budget != null) this.view.setBudget(this.budget);
     this.view.setState(session.state);
-    if (this.cost) this.view.setCost(this.cost);
+    this._costTimer = setInterval(() => this._pollCost(), COST_POLL_MS);
     const welcome = this.page.signalling.welcome || {};
     const iceServers = welcome.ice_servers?.length ? welcome.ice_servers : await this.page.api.iceServers();
     this.call = new Call({ media: this.page.signalling.mediaChannel(session.id), iceServers });
     this.page.hooks.call = this.call;
     this.view.attach(this.call);
     this.call.addEventListener("error", (e) => announce(`Media problem: ${e.detail.error.message}`));
+    this.call.addEventListener("chat", (e) => this._onChat(e.detail));
     await this.call.start();
     announce(`Connected to ${this.peerName(session)}.`, { assertive: true });
   }
@@ -143,32 +156,30 @@ export class SessionController {
     this.call.restartIce().catch((error) => announce(`Could not restore media: ${error.message}`));
   }
 
-  _setBudget(minor) {
-    if (!this.session) return;
-    this.page.signalling.notify("billing.budget", { session_id: this.session.id, budget_cap: minor });
+  async _pollCost() {
+    if (!this.session || Date.now() - this._pushedCostAt < 3 * COST_POLL_MS) return;
+    try {
+      this._onCost(await this.page.api.sessionCost(this.session.id));
+    } catch {
+      // Not metered (yet): the session has not gone live, or billing is not running.
+    }
   }
 
   _onCost(message) {
-    if (!this.session || (message.session_id && message.session_id !== this.session.id)) return;
     const cost = costFromMessage(message);
     if (!cost) return;
     this.cost = cost;
     this.view?.setCost(cost);
   }
 
-  _onSummary(message) {
-    if (this.session && message.session_id && message.session_id !== this.session.id) return;
-    this.summary = message;
-    if (this.session?.state === "ended") this.onEnded(this._summaryData(this.session));
+  _onChat({ from, text }) {
+    // The SFU names the sender by participant id: the other side's user id in a 1:1 session.
+    const session = this.session;
+    const name = from === session.expert_id ? session.expert_name : from === session.client_id ? session.client_name : null;
+    this.view?.addChat({ from: name || this.peerName(), text, mine: false });
   }
 
-  _onChat(message) {
-    if (!this.session || (message.session_id && message.session_id !== this.session.id)) return;
-    if (message.from === this.page.identity.user) return;
-    this.view?.addChat({ from: message.from_name || message.from || this.peerName(), text: message.text, mine: false });
-  }
-
-  _trackLive(state, previous) {
+  _trackLive(state) {
     if (state === "live" && !this.liveSince) this.liveSince = Date.now();
     if (state !== "live" && this.liveSince) {
       this.liveSeconds += (Date.now() - this.liveSince) / 1000;
@@ -182,6 +193,7 @@ export class SessionController {
   }
 
   _finish(session) {
+    clearInterval(this._costTimer);
     this.call?.close();
     this.view?.destroy();
     this.call = null;
@@ -189,18 +201,31 @@ export class SessionController {
     this.page.hooks.call = null;
     announce(END_REASONS[session.reason] || `The session ended (${session.reason}).`, { assertive: true });
     this.onEnded(this._summaryData(session));
+    this._fetchTotals(session);
   }
 
-  _summaryData(session) {
-    const summary = this.summary && (!this.summary.session_id || this.summary.session_id === session.id) ? this.summary : null;
-    const charged = summary ? costFromMessage(summary) : this.cost;
+  /** The final amounts from billing: the meter closes the session just after it ends. */
+  async _fetchTotals(session, attempt = 0) {
+    try {
+      const totals = await this.page.api.sessionCost(session.id);
+      if (totals.open) throw new Error("still open");
+      this.cost = costFromMessage(totals) || this.cost;
+      if (this.session?.id === session.id) this.onEnded(this._summaryData(session, totals));
+    } catch (error) {
+      if (error.status === 404 && attempt > 2) return; // never metered: nothing was charged
+      if (attempt < 8) setTimeout(() => this._fetchTotals(session, attempt + 1), 500 * (attempt + 1));
+    }
+  }
+
+  _summaryData(session, totals = null) {
     return {
       session,
       peerName: this.peerName(session),
       reason: session.reason,
-      seconds: summary?.live_seconds ?? Math.round(this.liveSeconds),
-      charged,
-      expertShare: summary?.expert_amount ?? summary?.payout ?? null,
+      seconds: Math.round(this.liveSeconds),
+      charged: this.cost,
+      final: Boolean(totals),
+      expertShare: this.cost?.payout ?? null,
     };
   }
 }
