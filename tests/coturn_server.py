@@ -94,8 +94,9 @@ def running_coturn(tmp_path: Path, allow_loopback_peers: bool = False) -> Iterat
     conf = tmp_path / "turnserver.conf"
     conf.write_text(config.render())
     # The user database defaults to /var/lib/turn: keep this coturn's own in the temporary directory.
+    # --verbose makes coturn log each session and its usage counters, which tests read.
     process = subprocess.Popen(
-        ["turnserver", "-c", str(conf), "--db", str(tmp_path / "turndb"), "--no-stdout-log"],
+        ["turnserver", "-c", str(conf), "--db", str(tmp_path / "turndb"), "--no-stdout-log", "--verbose"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
