@@ -42,6 +42,10 @@ class Coturn:
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.config.listening_port)
 
+    @property
+    def tls_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.config.tls_listening_port)
+
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
@@ -74,7 +78,10 @@ def _stun_answers(address: tuple[str, int]) -> bool:
 
 
 @contextmanager
-def running_coturn(tmp_path: Path, allow_loopback_peers: bool = False) -> Iterator[Coturn]:
+def running_coturn(
+    tmp_path: Path, allow_loopback_peers: bool = False, tls: tuple[Path, Path] | None = None
+) -> Iterator[Coturn]:
+    """coturn as ``expertcall turn-config`` would configure it; ``tls`` is (certificate, key)."""
     require(shutil.which("turnserver") is not None, "coturn")
     # Relay ports below Linux's ephemeral range, so that they do not collide with other tests' sockets.
     first = random.randrange(20000, 32000 - RELAY_PORTS)
@@ -87,6 +94,9 @@ def running_coturn(tmp_path: Path, allow_loopback_peers: bool = False) -> Iterat
         min_port=first,
         max_port=first + RELAY_PORTS - 1,
         allow_loopback_peers=allow_loopback_peers,
+        cert=tls[0] if tls else None,
+        pkey=tls[1] if tls else None,
+        tls_listening_port=free_udp_and_tcp_port() if tls else 443,
         log_file=log_file,
         pidfile=tmp_path / "turnserver.pid",
     )
