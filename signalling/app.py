@@ -7,6 +7,7 @@ import logging
 from aiohttp import web
 
 from . import keys
+from . import ice
 from .auth import TokenIssuer
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
@@ -23,6 +24,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    ice.setup(app)
     return app
 
 
