@@ -57,7 +57,7 @@ def setup(app: web.Application) -> None:
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     rules = BookingRules.from_settings(app[keys.SETTINGS])
     store = BookingStore(app[keys.DATABASE], app[keys.EXPERTS], rules)
-    scheduler = Scheduler(store, app.get(keys.BOOKING_LISTENER))
+    scheduler = Scheduler(store, app.get(keys.BOOKING_LISTENER), app[keys.METRICS])
     app[keys.SCHEDULER] = scheduler
     yield
     await scheduler.close()

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from .database import Database
 from .experts import ExpertDirectory, iso_utc
+from .metrics import Metrics
 from .rest_errors import ApiError, InvalidInput
 from .settings import Settings, SettingsError
 
@@ -374,9 +375,10 @@ def _booking(row: Any) -> Booking:
 class Scheduler:
     """Books and cancels through the store and drives the listener from one asyncio task."""
 
-    def __init__(self, store: BookingStore, listener: BookingListener | None = None) -> None:
+    def __init__(self, store: BookingStore, listener: BookingListener | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
         self.listener = listener or BookingListener()
+        self.metrics = metrics
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -429,6 +431,7 @@ class Scheduler:
                     await self._tell("on_due", opened)
                 elif opened is not None:
                     log.warning("booking %s missed: its slot ended while the server was down", booking.id)
+                    self._count("missed")
                 continue
             overdue = [lead for lead in leads if booking.start - lead <= now and lead not in handled]
             if overdue:
@@ -450,10 +453,16 @@ class Scheduler:
         return min(MAX_SLEEP, max(0.0, min(times) - now))
 
     async def _tell(self, method: str, *args: Any) -> None:
+        self._count(method.removeprefix("on_"))
         try:
             await getattr(self.listener, method)(*args)
         except Exception:
             log.exception("booking listener %s failed", method)
+
+
+    def _count(self, event: str) -> None:
+        if self.metrics is not None:
+            self.metrics.bookings.labels(event).inc()
 
 
 def parse_instant(raw: object, field_name: str) -> int:
