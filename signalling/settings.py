@@ -40,6 +40,12 @@ class Settings:
     ring_timeout: float = 30.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
 
+    # Scheduled sessions (bookings)
+    booking_max_days_ahead: int = 90
+    booking_min_notice_seconds: int = 300
+    booking_min_seconds: int = 300
+    booking_max_seconds: int = 4 * 3600
+
     # Billing
     billing_unit_seconds: int = 60
     platform_fee_bps: int = 2000
