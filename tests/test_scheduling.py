@@ -70,7 +70,7 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
     # Short reminders and no minimum notice, so that a booking a few seconds ahead runs its course.
     return Settings(
         data_dir=tmp_path / "var",
-        secret="test-secret-0123456789abcdef",
+        secret="test-secret-0123456789abcdef-0123456789",
         reminder_lead_seconds=(2, 1),
         booking_min_notice_seconds=0,
         booking_min_seconds=60,
