@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import AsyncIterator
 
 from aiohttp import web
 
 import web_demo.routes
 
 from . import keys
+from . import ice
+from . import rest_bookings, rest_experts
 from .auth import TokenIssuer
+from .database import Database
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
 
@@ -25,8 +29,19 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    ice.setup(app)
+    app.cleanup_ctx.append(database_ctx)
+    rest_experts.setup(app)
+    rest_bookings.setup(app)
     web_demo.routes.setup(app)
     return app
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    db = Database.in_dir(app[keys.SETTINGS].data_dir)
+    app[keys.DATABASE] = db
+    yield
+    db.close()
 
 
 async def healthz(request: web.Request) -> web.Response:

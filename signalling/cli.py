@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from turn_config.cli import turn_config
+
 from .auth import Role, TokenIssuer
 from .settings import Settings, SettingsError
 
@@ -72,6 +74,9 @@ def token(user: str, role: str, ttl: int, name: str | None, secret: str | None, 
         click.echo(issuer.mint(user, role, ttl=ttl, name=name))
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+main.add_command(turn_config)
 
 
 if __name__ == "__main__":

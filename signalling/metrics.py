@@ -16,6 +16,9 @@ class Metrics:
         )
         self.ws_errors = Counter("expertcall_ws_errors", "Protocol errors sent", ["code"], registry=r)
         self.sessions = Gauge("expertcall_sessions", "Sessions by state", ["state"], registry=r)
+        self.bookings = Counter(
+            "expertcall_bookings", "Booking events: booked, reminder, due, cancelled, missed", ["event"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

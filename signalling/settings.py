@@ -40,6 +40,12 @@ class Settings:
     ring_timeout: float = 30.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
 
+    # Scheduled sessions (bookings)
+    booking_max_days_ahead: int = 90
+    booking_min_notice_seconds: int = 300
+    booking_min_seconds: int = 300
+    booking_max_seconds: int = 4 * 3600
+
     # Billing
     billing_unit_seconds: int = 60
     platform_fee_bps: int = 2000
@@ -93,13 +99,13 @@ class Settings:
     def resolve_secret(self) -> str:
         """The token secret, refusing an implicit one on a non-loopback bind."""
         if self.secret:
-            if len(self.secret) < 16:
-                raise SettingsError("the secret must be at least 16 characters long")
+            if len(self.secret) < 32:
+                raise SettingsError("the secret must be at least 32 characters long (RFC 7518 asks HS256 keys to be 256 bits)")
             return self.secret
         if not self.is_loopback:
             raise SettingsError(
                 f"refusing to listen on {self.host} without an explicit secret: "
-                "pass --secret or set EXPERTCALL_SECRET (at least 16 characters). "
+                "pass --secret or set EXPERTCALL_SECRET (at least 32 characters). "
                 "Only a loopback bind (127.0.0.1) may run with a generated development secret."
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def require(available: bool, what: str) -> None:
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "var",
-        secret="test-secret-0123456789abcdef",
+        secret="test-secret-0123456789abcdef-0123456789",
         media_loopback=True,
         billing_unit_seconds=60,
     )

@@ -98,7 +98,7 @@ async def test_dev_token_refuses_bad_input_with_a_code(client, body, code) -> No
 
 
 async def test_no_dev_tokens_on_a_public_bind(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings(host="0.0.0.0", data_dir=tmp_path, secret="public-secret-0123456789")
+    settings = Settings(host="0.0.0.0", data_dir=tmp_path, secret="public-secret-0123456789abcdef-0123456789")
     assert settings.dev_tokens is False
     client = await aiohttp_client(create_app(settings))
     resp = await client.post("/api/dev/token", json={"user": "mallory", "role": "client"})
@@ -214,3 +214,4 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
     await expert.set_viewport_size(PHONE)
     assert await expert.evaluate(HORIZONTAL_OVERFLOW) <= 0
     await shoot(expert, "01-expert-console-phone")
+

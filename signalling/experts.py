@@ -1,0 +1,648 @@
+"""Experts: profile, pricing, weekly working hours in the expert's time zone, and ratings.
+
+``ExpertDirectory`` keeps them in the SQLite database. Availability (online / busy / away /
+offline) and queue lengths live in the presence and queueing layers; the directory only asks
+them through two injected callables, so that it never depends on which backend runs:
+
+- ``availability(expert_id) -> str`` (or an awaitable of it), default: everyone is offline;
+- ``waiting(expert_id) -> int`` (or an awaitable of it), default: nobody waits.
+
+Working hours are wall-clock intervals per weekday in an IANA time zone, so "Mon 09:00-17:00 in
+Europe/Berlin" stays 09:00 local on both sides of a daylight-saving change. Everything that
+leaves this module is in UTC (integer Unix seconds).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from fractions import Fraction
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .database import Database
+from .rest_errors import ApiError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+AVAILABILITY = ("online", "busy", "away", "offline")
+PRICE_MODES = ("free", "per_session", "per_minute")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+# Active ISO 4217 codes (2025), without funds, metals and testing codes.
+CURRENCIES = frozenset(
+    """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN
+    BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP
+    GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS
+    KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR
+    MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF
+    SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD
+    TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()
+)
+DEFAULT_CURRENCY = "USD"
+# Ten million major units of a two-decimal currency: far above any real price, low enough to
+# catch an amount sent in the wrong unit and to keep sums far from overflow.
+MAX_PRICE_AMOUNT = 1_000_000_000
+
+MAX_DISPLAY_NAME = 80
+MAX_BIO = 4000
+MAX_SKILLS = 30
+MAX_SKILL_LENGTH = 40
+MAX_LANGUAGES = 20
+MAX_INTERVALS_PER_DAY = 12
+MAX_REVIEW = 2000
+MAX_ID = 128
+
+_SKILL_SEPARATORS = re.compile(r"[\s_]+")
+_SKILL_OK = re.compile(r"^[^\W_](?:[\w+#.\-]*[\w+#])?$")
+_LANGUAGE_OK = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
+_CLOCK_OK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+Availability = Callable[[str], "str | Awaitable[str]"]
+Waiting = Callable[[str], "int | Awaitable[int]"]
+# session_id -> (expert_id, client_id, state) or None; the sessions layer provides it. A session
+# can be rated once its state is "ended".
+SessionParties = Callable[[str], "tuple[str, str, str] | None | Awaitable[tuple[str, str, str] | None]"]
+
+
+def everyone_offline(expert_id: str) -> str:
+    return "offline"
+
+
+def nobody_waiting(expert_id: str) -> int:
+    return 0
+
+
+async def maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+# -- profile parts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """The stored form of an expert's price; billing turns it into charges."""
+
+    mode: str = "free"
+    amount: int = 0
+    currency: str = DEFAULT_CURRENCY
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRICE_MODES:
+            raise InvalidInput("invalid_price_mode", f"price mode must be one of {', '.join(PRICE_MODES)}", "price.mode")
+        if not isinstance(self.amount, int) or isinstance(self.amount, bool):
+            raise InvalidInput("invalid_amount", "the amount must be an integer in minor units", "price.amount")
+        if self.mode == "free" and self.amount != 0:
+            raise InvalidInput("invalid_amount", "a free price has the amount 0", "price.amount")
+        if self.mode != "free" and not (0 < self.amount <= MAX_PRICE_AMOUNT):
+            raise InvalidInput(
+                "invalid_amount", f"a {self.mode} amount must be 1-{MAX_PRICE_AMOUNT} minor units", "price.amount"
+            )
+        validate_currency(self.currency, "price.currency")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Price":
+        if not isinstance(data, dict):
+            raise InvalidInput("invalid_type", 'the price is {"mode", "amount", "currency"}', "price")
+        mode = data.get("mode", "free")
+        return cls(mode=mode, amount=data.get("amount", 0), currency=data.get("currency", DEFAULT_CURRENCY))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "amount": self.amount, "currency": self.currency}
+
+
+def validate_currency(code: object, field_name: str) -> str:
+    if not isinstance(code, str) or code not in CURRENCIES:
+        raise InvalidInput("invalid_currency", f"{code!r} is not an ISO 4217 currency code (e.g. USD)", field_name)
+    return code
+
+
+def normalise_skill(raw: object, field_name: str = "skill") -> str:
+    """``"  Machine Learning "`` -> ``"machine-learning"``; ``"C++"`` -> ``"c++"``."""
+    if not isinstance(raw, str):
+        raise InvalidInput("invalid_skill", "a skill is a string", field_name)
+    tag = _SKILL_SEPARATORS.sub("-", unicodedata.normalize("NFKC", raw).strip().casefold())
+    if not tag or len(tag) > MAX_SKILL_LENGTH or not _SKILL_OK.match(tag):
+        raise InvalidInput(
+            "invalid_skill",
+            f"a skill is 1-{MAX_SKILL_LENGTH} letters, digits or + # . - and starts with a letter or digit",
+            field_name,
+        )
+    return tag
+
+
+def normalise_language(raw: object, field_name: str = "language") -> str:
+    """A BCP 47 tag in its canonical case: ``"PT-br"`` -> ``"pt-BR"``, ``"zh-hant"`` -> ``"zh-Hant"``."""
+    if not isinstance(raw, str) or not _LANGUAGE_OK.match(raw.strip()):
+        raise InvalidInput("invalid_language", "a language is a BCP 47 tag such as en, pt-BR or zh-Hant", field_name)
+    primary, *rest = raw.strip().split("-")
+    parts = [primary.lower()]
+    for sub in rest:
+        if len(sub) == 2 and sub.isalpha():
+            parts.append(sub.upper())
+        elif len(sub) == 4 and sub.isalpha():
+            parts.append(sub.title())
+        else:
+            parts.append(sub.lower())
+    return "-".join(parts)
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# -- working hours -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkingHours:
+    """Weekly wall-clock intervals in an IANA time zone.
+
+    ``weekly[d]`` holds (start, end) minutes after local midnight for weekday d (0 = Monday),
+    sorted and disjoint; end may be 1440 (24:00). Hours past midnight go on the next day: a
+    Friday 22:00-02:00 shift is fri 22:00-24:00 plus sat 00:00-02:00, merged when converted.
+    """
+
+    time_zone: str
+    weekly: tuple[tuple[tuple[int, int], ...], ...] = ((),) * 7
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.time_zone, str) or not self.time_zone:
+            raise InvalidInput("invalid_time_zone", "the time zone is an IANA name such as Europe/Berlin", "working_hours.time_zone")
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(
+                "invalid_time_zone", f"unknown IANA time zone {self.time_zone!r}", "working_hours.time_zone"
+            ) from None
+        if len(self.weekly) != 7:
+            raise InvalidInput("invalid_hours", "working hours have seven weekdays", "working_hours.weekly")
+        for day, intervals in zip(WEEKDAYS, self.weekly):
+            where = f"working_hours.weekly.{day}"
+            if len(intervals) > MAX_INTERVALS_PER_DAY:
+                raise InvalidInput("invalid_hours", f"at most {MAX_INTERVALS_PER_DAY} intervals a day", where)
+            previous_end = -1
+            for start, end in intervals:
+                if not (0 <= start < end <= 1440):
+                    raise InvalidInput("invalid_hours", "an interval starts before it ends, within 00:00-24:00", where)
+                if start < previous_end:
+                    raise InvalidInput("overlapping_hours", "a day's intervals must not overlap", where)
+                previous_end = end
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WorkingHours":
+        if not isinstance(data, dict):
+            raise InvalidInput("invalid_type", 'working hours are {"time_zone", "weekly"}', "working_hours")
+        weekly_in = data.get("weekly", {})
+        if not isinstance(weekly_in, dict) or set(weekly_in) - set(WEEKDAYS):
+            raise InvalidInput("invalid_hours", f"weekly maps {', '.join(WEEKDAYS)} to intervals", "working_hours.weekly")
+        weekly: list[tuple[tuple[int, int], ...]] = []
+        for day in WEEKDAYS:
+            intervals = []
+            for i, pair in enumerate(_list(weekly_in.get(day, []), f"working_hours.weekly.{day}")):
+                where = f"working_hours.weekly.{day}[{i}]"
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise InvalidInput("invalid_hours", 'an interval is ["HH:MM", "HH:MM"]', where)
+                intervals.append((_parse_clock(pair[0], where), _parse_clock(pair[1], where)))
+            weekly.append(tuple(sorted(intervals)))
+        return cls(time_zone=data.get("time_zone", ""), weekly=tuple(weekly))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time_zone": self.time_zone,
+            "weekly": {
+                day: [[_format_clock(s), _format_clock(e)] for s, e in intervals]
+                for day, intervals in zip(WEEKDAYS, self.weekly)
+                if intervals
+            },
+        }
+
+    def intervals(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The working time within [start, end) as merged UTC [from, to) pairs of Unix seconds."""
+        if end <= start:
+            return []
+        zone = self.zone
+        first = datetime.fromtimestamp(start, zone).date() - timedelta(days=1)
+        last = datetime.fromtimestamp(end, zone).date() + timedelta(days=1)
+        found: list[tuple[int, int]] = []
+        day = first
+        while day <= last:
+            for s, e in self.weekly[day.weekday()]:
+                found.append((_wall_to_utc(day, s, zone), _wall_to_utc(day, e, zone)))
+            day += timedelta(days=1)
+        merged: list[tuple[int, int]] = []
+        for s, e in sorted(found):
+            s, e = max(s, start), min(e, end)
+            if s >= e:
+                continue
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        return merged
+
+    def contains(self, start: int, end: int) -> bool:
+        """Whether [start, end) lies entirely inside working time."""
+        return self.intervals(start, end) == [(start, end)]
+
+
+def _list(value: object, field_name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidInput("invalid_type", "expected a list", field_name)
+    return value
+
+
+def _parse_clock(raw: object, where: str) -> int:
+    match = _CLOCK_OK.match(raw) if isinstance(raw, str) else None
+    minutes = int(match.group(1)) * 60 + int(match.group(2)) if match else -1
+    if not (0 <= minutes <= 1440):
+        raise InvalidInput("invalid_hours", "times are HH:MM between 00:00 and 24:00", where)
+    return minutes
+
+
+def _format_clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _wall_to_utc(day: date, minute: int, zone: ZoneInfo) -> int:
+    """The first instant at which the wall clock in ``zone`` reads ``day`` + ``minute``.
+
+    A repeated wall time (autumn) is its first occurrence. A skipped one (spring) is the moment
+    the clocks jump over it: work "from 02:30" on a day that jumps 02:00 -> 03:00 starts at 03:00.
+    """
+    naive = datetime(day.year, day.month, day.day) + timedelta(minutes=minute)
+    first = int(naive.replace(tzinfo=zone, fold=0).timestamp())
+    if datetime.fromtimestamp(first, zone).replace(tzinfo=None) == naive:
+        return first
+    lo = int(naive.replace(tzinfo=zone, fold=1).timestamp())
+    hi = first
+    before = datetime.fromtimestamp(lo, zone).utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+# -- profile, expert, rating ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What an expert edits. Constructing one validates and normalises it."""
+
+    display_name: str
+    bio: str = ""
+    skills: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    price: Price = field(default_factory=Price)
+    working_hours: WorkingHours | None = None
+
+    def __post_init__(self) -> None:
+        name = " ".join(self.display_name.split()) if isinstance(self.display_name, str) else ""
+        if not (0 < len(name) <= MAX_DISPLAY_NAME):
+            raise InvalidInput("invalid_display_name", f"the display name is 1-{MAX_DISPLAY_NAME} characters", "display_name")
+        if not isinstance(self.bio, str) or len(self.bio) > MAX_BIO:
+            raise InvalidInput("invalid_bio", f"the bio is at most {MAX_BIO} characters", "bio")
+        skills = _unique(normalise_skill(s, f"skills[{i}]") for i, s in enumerate(self.skills))
+        if len(skills) > MAX_SKILLS:
+            raise InvalidInput("too_many_skills", f"at most {MAX_SKILLS} skills", "skills")
+        languages = _unique(normalise_language(s, f"languages[{i}]") for i, s in enumerate(self.languages))
+        if len(languages) > MAX_LANGUAGES:
+            raise InvalidInput("too_many_languages", f"at most {MAX_LANGUAGES} languages", "languages")
+        object.__setattr__(self, "display_name", name)
+        object.__setattr__(self, "bio", self.bio.strip())
+        object.__setattr__(self, "skills", skills)
+        object.__setattr__(self, "languages", languages)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Profile":
+        hours = data.get("working_hours")
+        return cls(
+            display_name=data.get("display_name", ""),
+            bio=data.get("bio", ""),
+            skills=tuple(_list(data.get("skills", []), "skills")),
+            languages=tuple(_list(data.get("languages", []), "languages")),
+            price=Price.from_json(data.get("price", {})),
+            working_hours=WorkingHours.from_json(hours) if hours is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Expert:
+    id: str
+    profile: Profile
+    rating_count: int
+    rating_sum: int
+    created_at: int
+    updated_at: int
+
+    @property
+    def rating_average(self) -> float | None:
+        return round(self.rating_sum / self.rating_count, 2) if self.rating_count else None
+
+    def to_json(self, availability: str | None = None) -> dict[str, Any]:
+        p = self.profile
+        out: dict[str, Any] = {
+            "id": self.id,
+            "display_name": p.display_name,
+            "bio": p.bio,
+            "skills": list(p.skills),
+            "languages": list(p.languages),
+            "price": p.price.to_json(),
+            "working_hours": p.working_hours.to_json() if p.working_hours else None,
+            "rating": {"average": self.rating_average, "count": self.rating_count},
+            "updated_at": iso_utc(self.updated_at),
+        }
+        if availability is not None:
+            out["availability"] = availability
+        return out
+
+
+@dataclass(frozen=True)
+class Rating:
+    session_id: str
+    expert_id: str
+    client_id: str
+    stars: int
+    review: str | None
+    created_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "expert_id": self.expert_id,
+            "client_id": self.client_id,
+            "stars": self.stars,
+            "review": self.review,
+            "created_at": iso_utc(self.created_at),
+        }
+
+
+def iso_utc(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    skill: str | None = None
+    max_price: int | None = None
+    currency: str | None = None
+    mode: str | None = None
+    min_rating: Fraction | None = None
+    available: tuple[str, ...] = ()
+    language: str | None = None
+    limit: int = 20
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    experts: list[tuple[Expert, str]]
+    total: int
+
+
+# -- the directory --------------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experts (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    bio TEXT NOT NULL,
+    skills TEXT NOT NULL,
+    languages TEXT NOT NULL,
+    price_mode TEXT NOT NULL,
+    price_amount INTEGER NOT NULL,
+    price_currency TEXT NOT NULL,
+    working_hours TEXT,
+    rating_count INTEGER NOT NULL DEFAULT 0,
+    rating_sum INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS expert_skills (
+    skill TEXT NOT NULL,
+    expert_id TEXT NOT NULL REFERENCES experts(id) ON DELETE CASCADE,
+    PRIMARY KEY (skill, expert_id)
+);
+CREATE TABLE IF NOT EXISTS expert_languages (
+    language TEXT NOT NULL,
+    primary_language TEXT NOT NULL,
+    expert_id TEXT NOT NULL REFERENCES experts(id) ON DELETE CASCADE,
+    PRIMARY KEY (language, expert_id)
+);
+CREATE INDEX IF NOT EXISTS expert_languages_primary ON expert_languages (primary_language);
+CREATE TABLE IF NOT EXISTS expert_ratings (
+    session_id TEXT PRIMARY KEY,
+    expert_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    stars INTEGER NOT NULL CHECK (stars BETWEEN 1 AND 5),
+    review TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS expert_ratings_by_expert ON expert_ratings (expert_id, created_at);
+"""
+
+# Rated experts first, best average first, then the better-established one.
+_ORDER = (
+    "ORDER BY (e.rating_count = 0), CAST(e.rating_sum AS REAL) / MAX(e.rating_count, 1) DESC, "
+    "e.rating_count DESC, e.id"
+)
+
+
+class ExpertDirectory:
+    def __init__(
+        self,
+        db: Database,
+        availability: Availability = everyone_offline,
+        waiting: Waiting = nobody_waiting,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.availability = availability
+        self.waiting = waiting
+        self.clock = clock
+        db.migrate(SCHEMA)
+
+    # profiles
+
+    def get(self, expert_id: str) -> Expert | None:
+        row = self.db.fetchone("SELECT * FROM experts e WHERE id = ?", (expert_id,))
+        return _expert(row) if row else None
+
+    def upsert_profile(self, expert_id: str, profile: Profile) -> Expert:
+        """Create or replace the profile; ratings are kept."""
+        if not isinstance(expert_id, str) or not (0 < len(expert_id) <= MAX_ID):
+            raise InvalidInput("invalid_expert_id", f"an expert id is 1-{MAX_ID} characters", "id")
+        now = int(self.clock())
+        p = profile
+        hours = json.dumps(p.working_hours.to_json()) if p.working_hours else None
+        with self.db.transaction() as conn:
+            conn.execute(
+                """INSERT INTO experts (id, display_name, bio, skills, languages, price_mode, price_amount,
+                       price_currency, working_hours, rating_count, rating_sum, created_at, updated_at)
+                   SELECT :id, :name, :bio, :skills, :languages, :mode, :amount, :currency, :hours,
+                       COUNT(*), COALESCE(SUM(stars), 0), :now, :now FROM expert_ratings WHERE expert_id = :id
+                   ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, bio = excluded.bio,
+                       skills = excluded.skills, languages = excluded.languages,
+                       price_mode = excluded.price_mode, price_amount = excluded.price_amount,
+                       price_currency = excluded.price_currency, working_hours = excluded.working_hours,
+                       updated_at = excluded.updated_at""",
+                {
+                    "id": expert_id,
+                    "name": p.display_name,
+                    "bio": p.bio,
+                    "skills": json.dumps(p.skills),
+                    "languages": json.dumps(p.languages),
+                    "mode": p.price.mode,
+                    "amount": p.price.amount,
+                    "currency": p.price.currency,
+                    "hours": hours,
+                    "now": now,
+                },
+            )
+            conn.execute("DELETE FROM expert_skills WHERE expert_id = ?", (expert_id,))
+            conn.executemany("INSERT INTO expert_skills VALUES (?, ?)", [(s, expert_id) for s in p.skills])
+            conn.execute("DELETE FROM expert_languages WHERE expert_id = ?", (expert_id,))
+            conn.executemany(
+                "INSERT INTO expert_languages VALUES (?, ?, ?)",
+                [(lang, lang.split("-")[0], expert_id) for lang in p.languages],
+            )
+        expert = self.get(expert_id)
+        assert expert is not None
+        return expert
+
+    # search
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Experts matching every given filter, rated best first, each with its availability."""
+        where, params = _filters(query)
+        sql_where = f"WHERE {' AND '.join(where)}" if where else ""
+        if not query.available:
+            total = self.db.fetchone(f"SELECT COUNT(*) FROM experts e {sql_where}", params)[0]
+            rows = self.db.fetchall(
+                f"SELECT * FROM experts e {sql_where} {_ORDER} LIMIT ? OFFSET ?", [*params, query.limit, query.offset]
+            )
+            return SearchResult([(_expert(r), await self.availability_of(r["id"])) for r in rows], total)
+        # Availability lives outside SQLite: filter the ordered candidates, then page.
+        matches: list[tuple[Expert, str]] = []
+        for row in self.db.fetchall(f"SELECT * FROM experts e {sql_where} {_ORDER}", params):
+            state = await self.availability_of(row["id"])
+            if state in query.available:
+                matches.append((_expert(row), state))
+        return SearchResult(matches[query.offset : query.offset + query.limit], len(matches))
+
+    async def find_available(self, skill: str, states: Sequence[str] = ("online",), limit: int = 20) -> list[Expert]:
+        """Experts with ``skill`` whose availability is in ``states``: earlier states first, then
+        the best rated, then the one with the fewest clients waiting."""
+        rows = self.db.fetchall(
+            f"SELECT * FROM experts e WHERE e.id IN (SELECT expert_id FROM expert_skills WHERE skill = ?) {_ORDER}",
+            (normalise_skill(skill),),
+        )
+        ranked: list[tuple[int, tuple[bool, Fraction, int], int, str, Expert]] = []
+        for row in rows:
+            state = await self.availability_of(row["id"])
+            if state in states:
+                expert = _expert(row)
+                waiting = int(await maybe_await(self.waiting(expert.id)))
+                ranked.append((list(states).index(state), _rating_key(expert), waiting, expert.id, expert))
+        ranked.sort(key=lambda t: t[:4])
+        return [t[4] for t in ranked[:limit]]
+
+    async def availability_of(self, expert_id: str) -> str:
+        state = await maybe_await(self.availability(expert_id))
+        if state not in AVAILABILITY:
+            log.warning("availability(%r) returned %r; treating it as offline", expert_id, state)
+            return "offline"
+        return str(state)
+
+    # ratings
+
+    def add_rating(self, session_id: str, expert_id: str, client_id: str, stars: object, review: object = None) -> Rating:
+        """One rating per session. The caller has checked that ``client_id`` was that session's client."""
+        if not isinstance(stars, int) or isinstance(stars, bool) or not (1 <= stars <= 5):
+            raise InvalidInput("invalid_stars", "stars is a whole number from 1 to 5", "stars")
+        if review is not None and not isinstance(review, str):
+            raise InvalidInput("invalid_review", "the review is a string", "review")
+        text = review.strip() if review else ""
+        if len(text) > MAX_REVIEW:
+            raise InvalidInput("invalid_review", f"the review is at most {MAX_REVIEW} characters", "review")
+        now = int(self.clock())
+        with self.db.transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO expert_ratings VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING",
+                (session_id, expert_id, client_id, stars, text or None, now),
+            ).rowcount
+            if not inserted:
+                raise ApiError("already_rated", "this session has already been rated", "session_id", status=409)
+            conn.execute(
+                "UPDATE experts SET rating_count = rating_count + 1, rating_sum = rating_sum + ? WHERE id = ?",
+                (stars, expert_id),
+            )
+        return Rating(session_id, expert_id, client_id, stars, text or None, now)
+
+    def ratings(self, expert_id: str, limit: int = 20, offset: int = 0) -> list[Rating]:
+        """The newest ratings first."""
+        rows = self.db.fetchall(
+            "SELECT * FROM expert_ratings WHERE expert_id = ? ORDER BY created_at DESC, session_id LIMIT ? OFFSET ?",
+            (expert_id, limit, offset),
+        )
+        return [
+            Rating(r["session_id"], r["expert_id"], r["client_id"], r["stars"], r["review"], r["created_at"])
+            for r in rows
+        ]
+
+
+def _rating_key(expert: Expert) -> tuple[bool, Fraction, int]:
+    if not expert.rating_count:
+        return (True, Fraction(0), 0)
+    return (False, -Fraction(expert.rating_sum, expert.rating_count), -expert.rating_count)
+
+
+def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if q.skill is not None:
+        where.append("e.id IN (SELECT expert_id FROM expert_skills WHERE skill = ?)")
+        params.append(q.skill)
+    if q.language is not None:
+        # "pt" finds pt-BR and pt-PT speakers; "pt-BR" only the former.
+        column = "language" if "-" in q.language else "primary_language"
+        where.append(f"e.id IN (SELECT expert_id FROM expert_languages WHERE {column} = ?)")
+        params.append(q.language)
+    if q.mode is not None:
+        where.append("e.price_mode = ?")
+        params.append(q.mode)
+    if q.max_price is not None:
+        where.append("(e.price_mode = 'free' OR (e.price_currency = ? AND e.price_amount <= ?))")
+        params += [q.currency, q.max_price]
+    if q.min_rating is not None:
+        where.append("e.rating_count > 0 AND e.rating_sum * ? >= ? * e.rating_count")
+        params += [q.min_rating.denominator, q.min_rating.numerator]
+    return where, params
+
+
+def _expert(row: Any) -> Expert:
+    hours = json.loads(row["working_hours"]) if row["working_hours"] else None
+    profile = Profile(
+        display_name=row["display_name"],
+        bio=row["bio"],
+        skills=tuple(json.loads(row["skills"])),
+        languages=tuple(json.loads(row["languages"])),
+        price=Price(row["price_mode"], row["price_amount"], row["price_currency"]),
+        working_hours=WorkingHours.from_json(hours) if hours else None,
+    )
+    return Expert(row["id"], profile, row["rating_count"], row["rating_sum"], row["created_at"], row["updated_at"])

@@ -1,0 +1,98 @@
+"""Coded JSON errors for the REST API: ``{"error": {"code", "message", "field"}}``.
+
+Domain modules raise ``InvalidInput`` (or their own ``ApiError`` subclasses) with a stable code;
+the ``api_errors`` middleware turns them into HTTP responses. ``field`` names the request parameter or
+the JSON path (``working_hours.weekly.mon[0]``) that was wrong, or is null.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, overload
+
+import jsonschema
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status, a stable ``code`` and an optional offending ``field``."""
+
+    status = 400
+
+    def __init__(self, code: str, message: str, field: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        if status is not None:
+            self.status = status
+
+    def as_http(self) -> web.HTTPException:
+        return http_error(self.status, self.code, self.message, self.field)
+
+
+class InvalidInput(ApiError):
+    status = 400
+
+
+_BY_STATUS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    403: web.HTTPForbidden,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+    503: web.HTTPServiceUnavailable,
+}
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn an ``ApiError`` raised by any handler into its coded JSON response."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        raise exc.as_http() from None
+
+
+def install(app: web.Application) -> None:
+    if api_errors not in app.middlewares:
+        app.middlewares.append(api_errors)
+
+
+def http_error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
+    body = json.dumps({"error": {"code": code, "message": message, "field": field}})
+    return _BY_STATUS[status](text=body, content_type="application/json")
+
+
+async def read_json(request: web.Request, validator: jsonschema.protocols.Validator) -> dict[str, Any]:
+    """The request body as a JSON object valid against ``validator``, or a coded 400."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise http_error(400, "invalid_json", "the request body is not valid JSON") from None
+    errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        first = errors[0]
+        raise http_error(400, "schema_violation", first.message, json_path(first.absolute_path) or None)
+    return body  # type: ignore[no-any-return]
+
+
+@overload
+def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int: ...
+@overload
+def int_param(params: Mapping[str, str], name: str, default: None, lo: int, hi: int) -> int | None: ...
+def int_param(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """A whole-number query parameter within [lo, hi], or a coded 400."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not (lo <= int(raw) <= hi):
+        raise InvalidInput(f"invalid_{name}", f"{name} is a whole number from {lo} to {hi}", name)
+    return int(raw)
+
+
+def json_path(parts: Iterable[str | int]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
