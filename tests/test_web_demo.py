@@ -140,16 +140,30 @@ async def browser():  # type: ignore[no-untyped-def]
         try:
             yield browser
         finally:
+            # The last state of every page, and its console, for whoever reads a failure.
+            for i, context in enumerate(browser.contexts):
+                for j, page in enumerate(context.pages):
+                    await shoot(page, f"zz-last-{i}-{j}")
+                    log = getattr(page, "console_log", [])
+                    (ARTIFACTS / f"zz-last-{i}-{j}.log").write_text("\n".join(log))
             await browser.close()
 
 
 async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP):  # type: ignore[no-untyped-def]
     """A fresh browser context (its own storage) signed in through the start page."""
-    context = await browser.new_context(viewport=viewport, base_url=base, permissions=["camera", "microphone"])
+    # bypass_csp: Playwright's wait_for_function evaluates strings, which the demo's CSP forbids.
+    context = await browser.new_context(
+        viewport=viewport, base_url=base, permissions=["camera", "microphone"], bypass_csp=True
+    )
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors  # type: ignore[attr-defined]
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda f: console.append(f"ws< {str(f)[:300] if 'media.offer' not in str(f) else str(f)}")))
+    page.on("websocket", lambda ws: ws.on("framesent", lambda f: console.append(f"ws> {str(f)[:300]}")))
+    page.console_log = console  # type: ignore[attr-defined]
     await page.goto("/")
     await page.get_by_label("Give help" if role == "expert" else "Get help").check()
     await page.get_by_label("Your name").fill(name)

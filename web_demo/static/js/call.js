@@ -40,6 +40,8 @@ export class Call extends EventTarget {
     this._unsubscribe = [];
     this._restarting = false;
     this.chat = null;
+    this._chatOutbox = [];
+    this._subscribeOffer = null;
   }
 
   /** Ask for camera and microphone, then publish them and wait for the SFU's offers. */
@@ -112,10 +114,12 @@ export class Call extends EventTarget {
     return { framesDecoded, bytesReceived };
   }
 
-  /** Send a chat line to the others; false when the channel is not open (yet). */
+  /** Send a chat line to the others. Lines typed before the SFU's channel is open (or while it
+   * is being replaced after a resume) wait for it. */
   sendChat(text) {
-    if (!this.chat || this.chat.readyState !== "open") return false;
-    this.chat.send(text);
+    if (this.closed) return false;
+    if (this.chat?.readyState === "open") this.chat.send(text);
+    else this._chatOutbox.push(text);
     return true;
   }
 
@@ -168,7 +172,8 @@ export class Call extends EventTarget {
     if (transport !== "subscribe") return;
     // After a resume the SFU replaces the subscribe transport (new ICE and DTLS): a new DTLS
     // fingerprint cannot be applied to the old connection, so it gets a new one too.
-    const current = this.subscribe?.remoteDescription?.sdp;
+    // Compare with the last offer as received: Chromium re-serialises remoteDescription.
+    const current = this.subscribe && this._subscribeOffer;
     if (current && fingerprint(current) !== fingerprint(sdp)) {
       this.subscribe.close();
       this.subscribe = null;
@@ -176,6 +181,7 @@ export class Call extends EventTarget {
     }
     if (!this.subscribe) this.subscribe = this._peer("subscribe");
     const pc = this.subscribe;
+    this._subscribeOffer = sdp;
     await pc.setRemoteDescription({ type: "offer", sdp });
     await this._flushCandidates("subscribe");
     const answer = await pc.createAnswer();
@@ -186,6 +192,11 @@ export class Call extends EventTarget {
   _useChat(channel) {
     if (channel.label !== "chat") return;
     this.chat = channel;
+    const flush = () => {
+      for (const text of this._chatOutbox.splice(0)) channel.send(text);
+    };
+    if (channel.readyState === "open") flush();
+    else channel.addEventListener("open", flush, { once: true });
     channel.addEventListener("message", (event) => {
       let data;
       try {
@@ -260,9 +271,10 @@ export class Call extends EventTarget {
   }
 }
 
+/** The DTLS certificate fingerprints an SDP announces, in a canonical order. */
 function fingerprint(sdp) {
-  const match = /^a=fingerprint:(.+)$/m.exec(sdp);
-  return match ? match[1].trim() : "";
+  const found = new Set(sdp.split(/\r?\n/).filter((line) => line.startsWith("a=fingerprint:")).map((line) => line.slice(14).trim().toLowerCase()));
+  return [...found].sort().join(",");
 }
 
 function constraints(audioDeviceId, videoDeviceId) {

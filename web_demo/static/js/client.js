@@ -125,9 +125,11 @@ function main(page) {
 
   signalling.on("queue.position", ({ message }) => {
     if (!waitingFor || message.session_id !== waitingFor.id) return;
+    $("#queue-position").dataset.position = message.position;
+    // While the expert's phone rings, "Ringing" says more than "1 of 1".
+    if (waitingFor.state === "ringing") return;
     const text = message.position === 1 ? `You are next in line (1 of ${message.length}).` : `You are number ${message.position} in line (of ${message.length}).`;
     $("#queue-position").textContent = text;
-    $("#queue-position").dataset.position = message.position;
   });
 
   signalling.on("session.state", ({ message }) => {
@@ -139,7 +141,7 @@ function main(page) {
     waitingFor = session;
     if (session.state === "ringing") {
       $("#queue-position").textContent = `Ringing ${session.expert_name || "the expert"}…`;
-      delete $("#queue-position").dataset.position;
+      $("#queue-position").dataset.position = "1";
     } else if (session.state === "ended") {
       waitingFor = null;
       if (!controller.call) {
@@ -225,6 +227,7 @@ function main(page) {
     if (again) return; // billing's final figures: keep what the user already typed
     $("#rating-expert").textContent = data.peerName;
     $("#rating-form").reset();
+    delete $("#rating-stars").dataset.value;
     $("#rating-error").textContent = "";
     showView("summary");
   }
@@ -246,6 +249,9 @@ function main(page) {
     }
   });
   $("#summary-done").addEventListener("click", () => backToBrowse());
+  $("#rating-stars").addEventListener("change", (event) => {
+    $("#rating-stars").dataset.value = event.target.value;
+  });
 
   // --- page life ---------------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ export class InCallView {
     this.ref = Object.fromEntries([...root.querySelectorAll("[data-ref]")].map((n) => [n.dataset.ref, n]));
     this.remoteVideo = $(".video-remote", root);
     this.localVideo = $(".video-local", root);
-    this.ref["cost-label"].textContent = role === "expert" ? "Earned so far" : "Cost so far";
+    this.ref["cost-label"].textContent = role === "expert" ? "Billed so far" : "Cost so far";
     this.ref["budget-form"].hidden = role !== "client" || !onBudget;
     this._bind();
     this._tick = setInterval(() => this._updateElapsed(), 1000);

@@ -55,8 +55,8 @@ export class SessionController {
     this.call = null;
     this.view = null;
     this.cost = null;
-    this.liveSince = null;
-    this.liveSeconds = 0;
+    this.firstLiveAt = null;
+    this.endedAt = null;
     this._costTimer = null;
     this._pushedCostAt = 0;
     this.budget = null;
@@ -91,14 +91,13 @@ export class SessionController {
   update(session) {
     if (!session) return;
     if (this.session && this.session.id !== session.id && this.active) return;
-    const previous = this.session && this.session.id === session.id ? this.session.state : null;
     this.session = session;
     if (MEDIA_STATES.has(session.state)) {
       if (!this.view) this._enter().catch((error) => this._mediaFailed(error));
       this.view?.setState(session.state);
-      this._trackLive(session.state);
+      if (session.state === "live" && !this.firstLiveAt) this.firstLiveAt = Date.now();
     } else if (session.state === "ended" && this.view) {
-      this._trackLive("ended", previous);
+      this.endedAt = Date.now();
       this._finish(session);
     }
   }
@@ -121,8 +120,7 @@ export class SessionController {
   async _enter() {
     const session = this.session;
     this.cost = null;
-    this.liveSeconds = 0;
-    this.liveSince = null;
+    this.firstLiveAt = null;
     showView("call");
     this.view = new InCallView(this.container, {
       role: this.role,
@@ -179,14 +177,6 @@ export class SessionController {
     this.view?.addChat({ from: name || this.peerName(), text, mine: false });
   }
 
-  _trackLive(state) {
-    if (state === "live" && !this.liveSince) this.liveSince = Date.now();
-    if (state !== "live" && this.liveSince) {
-      this.liveSeconds += (Date.now() - this.liveSince) / 1000;
-      this.liveSince = null;
-    }
-  }
-
   _mediaFailed(error) {
     announce(`Could not start the call: ${error.message}`, { assertive: true });
     this.hangUp();
@@ -222,7 +212,8 @@ export class SessionController {
       session,
       peerName: this.peerName(session),
       reason: session.reason,
-      seconds: Math.round(this.liveSeconds),
+      // From the first live moment to the end, as the in-call clock showed it.
+      seconds: this.firstLiveAt ? Math.round((this.endedAt - this.firstLiveAt) / 1000) : 0,
       charged: this.cost,
       final: Boolean(totals),
       expertShare: this.cost?.payout ?? null,
@@ -239,6 +230,7 @@ export function renderSummary(root, data, role) {
     ["Ended", END_REASONS[data.reason] || data.reason],
   ];
   const amount = data.charged ? formatMoney(data.charged.amount, data.charged.currency) : "Nothing";
+  root.dataset.final = String(Boolean(data.final));
   const list = el("dl", {});
   for (const [term, value] of rows) list.append(el("dt", {}, term), el("dd", {}, value));
   list.append(el("dt", {}, amountLabel), el("dd", { class: "amount", "data-testid": "amount-charged" }, amount));
