@@ -229,3 +229,50 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
     assert await expert.evaluate(HORIZONTAL_OVERFLOW) <= 0
     await shoot(expert, "01-expert-console-phone")
 
+
+
+async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # type: ignore[no-untyped-def]
+    expert = await sign_in(browser, server, "expert", "Bo Booker")
+    await expert.get_by_label("Skills").fill("plumbing")
+    await expert.get_by_label("Pricing").select_option("per_session")
+    await expert.get_by_label("Price", exact=True).fill("30")
+    for day in ("Sat", "Sun"):
+        await expert.get_by_label(day, exact=True).check()
+    await expert.get_by_label("From").fill("00:00")
+    await expert.get_by_label("To").fill("00:00")  # midnight to midnight: every hour of the week
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("Profile saved.").wait_for()
+
+    client = await sign_in(browser, server, "client", "Pat Planner", viewport=PHONE)
+    await client.get_by_label("Availability").select_option("")
+    await client.get_by_label("Skill", exact=True).fill("plumbing")
+    await client.get_by_label("Max price per minute").fill("20")
+    await client.get_by_role("button", name="Search").click()
+    await client.get_by_text("No experts match").wait_for()
+    await client.get_by_label("Max price per minute").fill("30.00")
+    await client.get_by_role("button", name="Search").click()
+    card = client.locator("[data-expert-id=bo-booker]")
+    await card.wait_for()
+    assert "$30.00 per session" in await card.inner_text()
+    assert await card.get_by_role("button", name="Ask for help now").is_disabled()  # offline
+
+    await card.get_by_role("button", name="Book a slot").click()
+    dialog = client.get_by_role("dialog", name="Book Bo Booker")
+    await dialog.wait_for()
+    assert "Working hours (UTC)" in await dialog.inner_text()
+    await shoot(client, "10-client-booking-phone")
+    await dialog.get_by_role("button", name="Book").click()
+    await client.locator("#my-bookings li", has_text="bo-booker").wait_for()
+    assert "booked" in await client.locator("#my-bookings").inner_text()
+    await shoot(client, "11-client-booked-phone")
+
+    await expert.reload()
+    await expert.locator("#scheduled li", has_text="pat-planner").wait_for()
+    assert await expert.get_by_label("To").input_value() == "00:00"  # 24:00 as a time input shows it
+    await shoot(expert, "11-expert-scheduled")
+
+    # Cancelling from the client's list frees the slot on both sides.
+    await client.locator("#my-bookings li", has_text="bo-booker").get_by_role("button", name="Cancel").click()
+    await client.locator("#my-bookings li", has_text="cancelled").wait_for()
+    for page in (expert, client):
+        assert page.errors == []  # type: ignore[attr-defined]

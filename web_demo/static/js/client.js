@@ -274,7 +274,8 @@ function main(page) {
     clearInterval(refreshTimer);
   }
 
-  signalling.connect().catch((error) => toast(`Could not connect: ${error.message}`, "error"));
+  // A failed first attempt keeps retrying with backoff; the status badge shows it.
+  signalling.connect().catch(() => {});
   backToBrowse();
   page.hooks.search = () => search();
   page.hooks.formatMoney = formatMoney;

@@ -176,7 +176,8 @@ function main(page) {
         const weekly = expert.hours.weekly || {};
         for (const [value] of DAYS) $(`#day-${value}`).checked = Boolean(weekly[value]?.length);
         const first = Object.values(weekly).find((spans) => spans.length);
-        if (first) [$("#p-from").value, $("#p-to").value] = first[0];
+        // <input type=time> has no 24:00: midnight at the end of the day shows as 00:00.
+        if (first) [$("#p-from").value, $("#p-to").value] = first[0].map((t) => (t === "24:00" ? "00:00" : t));
       }
       syncAmount();
     } catch (error) {
@@ -262,7 +263,8 @@ function main(page) {
     }
   }
 
-  signalling.connect().catch((error) => toast(`Could not connect: ${error.message}`, "error"));
+  // A failed first attempt keeps retrying with backoff; the status badge shows it.
+  signalling.connect().catch(() => {});
   showView("console");
   loadProfile();
   loadScheduled();
