@@ -57,7 +57,9 @@ export class SignallingClient extends EventTarget {
     this._nextId = 1;
     this._pending = new Map();
     this._attempt = 0;
-    this._timers = { ping: null, pong: null, reconnect: null };
+    this._timers = { ping: null, pong: null, reconnect: null, pump: null };
+    this._outbox = [];
+    this._sentAt = [];
     this._wanted = false;
     this._handshake = null;
   }
@@ -263,8 +265,30 @@ export class SignallingClient extends EventTarget {
     this._timers.ping = this._timers.pong = null;
   }
 
+  // The server drops what goes over welcome.max_messages_per_second and closes the socket at
+  // twice that, and a browser can gather a burst of ICE candidates on two transports at once:
+  // so sending is paced to stay below the limit, in order.
   _send(message) {
-    this.ws.send(JSON.stringify(message));
+    this._outbox.push(JSON.stringify(message));
+    this._pump();
+  }
+
+  _pump() {
+    const limit = Math.max(1, Math.floor(0.8 * Number(this.welcome?.max_messages_per_second ?? 20)));
+    const now = performance.now();
+    this._sentAt = this._sentAt.filter((t) => now - t < 1000);
+    while (this._outbox.length && this._sentAt.length < limit) {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      this.ws.send(this._outbox.shift());
+      this._sentAt.push(now);
+    }
+    if (this._outbox.length && !this._timers.pump) {
+      const wait = 1000 - (now - this._sentAt[0]) + 5;
+      this._timers.pump = setTimeout(() => {
+        this._timers.pump = null;
+        this._pump();
+      }, wait);
+    }
   }
 
   _receive(data) {
@@ -323,6 +347,11 @@ export class SignallingClient extends EventTarget {
   _onClose(ws, event) {
     if (ws !== this.ws) return;
     this._stopTimers();
+    // What was not sent belonged to the old connection: its requests fail below and are retried
+    // by their callers; candidates are replaced by the ICE restart that follows a resume.
+    this._outbox = [];
+    clearTimeout(this._timers.pump);
+    this._timers.pump = null;
     this._failPending(new ProtocolError("connection_lost", "the connection dropped"));
     if (FATAL_CLOSE_CODES.has(event.code)) {
       this._wanted = false;
