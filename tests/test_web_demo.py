@@ -6,8 +6,11 @@ fake camera and microphone. Screenshots of every step go to test-artifacts/web_d
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -276,3 +279,149 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     await client.locator("#my-bookings li", has_text="cancelled").wait_for()
     for page in (expert, client):
         assert page.errors == []  # type: ignore[attr-defined]
+
+
+# --- signalling.js against a scripted server ------------------------------------------------
+
+
+class ScriptedServer:
+    """Speaks the /ws protocol as docs/protocol.md describes it, with knobs to misbehave, so that
+    the client library's handshake, replies, pacing, resume and close handling can be checked."""
+
+    RATE = 10
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, dict]] = []
+        self.sockets: list[web.WebSocketResponse] = []
+        self.valid_resume = ""
+        self.answer_pings = True
+        self.count = 0
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            self.received.append((time.monotonic(), msg))
+            await self.answer(ws, msg)
+        return ws
+
+    def welcome(self, ref: object, resumed: bool) -> dict:
+        self.count += 1
+        self.valid_resume = f"rt-{self.count}"
+        return {
+            "v": 1, "type": "welcome", "ref": ref, "protocol": 1, "resumed": resumed,
+            "user": {"id": "u", "role": "expert", "name": "U"}, "resume_token": self.valid_resume,
+            "ping_interval": 1, "ping_timeout": 0.5, "resume_grace": 30, "max_message_bytes": 65536,
+            "max_messages_per_second": self.RATE, "ice_servers": [], "session": None, "presence": None,
+        }
+
+    async def answer(self, ws: web.WebSocketResponse, msg: dict) -> None:
+        kind, ref = msg["type"], msg.get("id")
+        if kind == "hello":
+            await ws.send_json(self.welcome(ref, resumed=False))
+        elif kind == "resume":
+            if msg["resume_token"] == self.valid_resume:
+                await ws.send_json(self.welcome(ref, resumed=True))
+            else:
+                await ws.send_json({"v": 1, "type": "error", "code": "resume_invalid", "message": "no", "ref": ref})
+        elif kind == "ping" and self.answer_pings:
+            await ws.send_json({"v": 1, "type": "pong", "ref": ref, "time": time.time()})
+        elif kind == "presence.set":
+            await ws.send_json({"v": 1, "type": "presence", "ref": ref, "user_id": "u", "status": msg["status"]})
+        elif kind == "help.cancel":
+            await ws.send_json({"v": 1, "type": "error", "code": "session_not_found", "message": "none", "ref": ref})
+
+    def types(self) -> list[str]:
+        return [m["type"] for _, m in self.received if m["type"] != "ping"]
+
+
+async def blank_page(request: web.Request) -> web.Response:
+    return web.Response(text="<!doctype html><title>signalling.js</title>", content_type="text/html")
+
+
+@pytest.fixture
+async def scripted(browser):  # type: ignore[no-untyped-def]
+    server = ScriptedServer()
+    app = web.Application()
+    app.router.add_get("/ws", server.handle)
+    app.router.add_get("/", blank_page)
+    app.router.add_static("/static/", STATIC)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    page = await (await browser.new_context(base_url=f"http://{host}:{port}")).new_page()
+    await page.goto("/")
+    await page.evaluate(
+        """async () => {
+          const { SignallingClient, defaultSocketUrl } = await import('/static/js/signalling.js');
+          const client = new SignallingClient({ url: defaultSocketUrl(), token: () => 'tkn', backoff: { initial: 50, max: 200 } });
+          window.events = [];
+          for (const type of ['open', 'resumed', 'reset', 'fatal', 'connection'])
+            client.on(type, (detail) => window.events.push(type === 'connection' ? detail.state : type));
+          window.client = client;
+          await client.connect();
+        }"""
+    )
+    try:
+        yield server, page
+    finally:
+        await page.context.close()
+        await runner.cleanup()
+
+
+async def test_signalling_client_follows_the_protocol(scripted) -> None:  # type: ignore[no-untyped-def]
+    server, page = scripted
+    hello = server.received[0][1]
+    assert hello == {"v": 1, "type": "hello", "id": "c1", "client": {"name": "expertcall-web-demo", "version": "1"}}
+    assert await page.evaluate("window.events") == ["connecting", "open", "open"]
+
+    # A reply resolves its request by ref; an error with that ref rejects it with the code.
+    assert await page.evaluate("window.client.setPresence('away').then((m) => m.status)") == "away"
+    assert await page.evaluate("window.client.cancelHelp('s1').catch((e) => e.code)") == "session_not_found"
+
+    # A burst is paced below the announced rate (10/s: at most 8 in any second), in order.
+    await page.evaluate(
+        "for (let i = 0; i < 20; i++) window.client.notify('media.ice', {session_id: 's', transport: 'publish', candidate: null, n: i})"
+    )
+    for _ in range(40):
+        if sum(1 for _, m in server.received if m["type"] == "media.ice") == 20:
+            break
+        await asyncio.sleep(0.1)
+    stamps = [t for t, m in server.received if m["type"] in ("media.ice", "ping")]
+    assert [m["n"] for _, m in server.received if m["type"] == "media.ice"] == list(range(20))
+    assert max(sum(1 for u in stamps if t <= u < t + 0.95) for t in stamps) <= 8
+
+    # A dropped socket resumes with the last resume token.
+    token = server.valid_resume
+    await page.evaluate("window.client.simulateDrop()")
+    await page.wait_for_function("window.events.includes('resumed')")
+    resume = [m for _, m in server.received if m["type"] == "resume"][0]
+    assert resume["resume_token"] == token and set(resume) == {"v", "type", "id", "resume_token"}
+
+    # A refused resume falls back to hello: a fresh start the page is told about.
+    server.valid_resume = "expired"
+    await server.sockets[-1].close(code=1011)
+    await page.wait_for_function("window.events.includes('reset')")
+    assert server.types()[-2:] == ["resume", "hello"]
+
+    # No pong within ping_timeout: the client gives up on the socket and resumes on a new one.
+    server.answer_pings = False
+    sockets = len(server.sockets)
+    for _ in range(40):
+        if len(server.sockets) > sockets:
+            break
+        await asyncio.sleep(0.1)
+    assert len(server.sockets) > sockets
+    server.answer_pings = True
+
+    # Close 4001 (token refused) is final: a fatal event and no reconnect.
+    await page.wait_for_function("window.client.state === 'open'")
+    sockets = len(server.sockets)
+    await server.sockets[-1].close(code=4001, message=b"token expired")
+    await page.wait_for_function("window.events.includes('fatal')")
+    await asyncio.sleep(0.5)
+    assert len(server.sockets) == sockets
+    assert await page.evaluate("window.client.state") == "closed"

@@ -249,13 +249,20 @@ export class SignallingClient extends EventTarget {
     const interval = 1000 * Number(this.welcome.ping_interval ?? 20);
     const timeout = 1000 * Number(this.welcome.ping_timeout ?? 10);
     this._timers.ping = setInterval(() => {
-      if (!this.notify("ping")) return;
-      if (this._timers.pong) return;
-      this._timers.pong = setTimeout(() => {
-        // No pong in time: the path is dead even if the socket does not know it yet.
-        this._timers.pong = null;
-        if (this.ws) this.ws.close(4000, "pong timeout");
-      }, timeout);
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN || this._pingInFlight) return;
+      this._pingInFlight = true;
+      // Pings go first, and the pong is timed from when the ping actually left.
+      this._send({ v: PROTOCOL_VERSION, type: "ping", id: `c${this._nextId++}` }, {
+        urgent: true,
+        onSent: () => {
+          this._timers.pong = setTimeout(() => {
+            // No pong in time: the path is dead even if the socket does not know it yet.
+            this._timers.pong = null;
+            this._pingInFlight = false;
+            if (this.ws) this.ws.close(4000, "pong timeout");
+          }, timeout);
+        },
+      });
     }, interval);
   }
 
@@ -263,13 +270,16 @@ export class SignallingClient extends EventTarget {
     clearInterval(this._timers.ping);
     clearTimeout(this._timers.pong);
     this._timers.ping = this._timers.pong = null;
+    this._pingInFlight = false;
   }
 
   // The server drops what goes over welcome.max_messages_per_second and closes the socket at
   // twice that, and a browser can gather a burst of ICE candidates on two transports at once:
   // so sending is paced to stay below the limit, in order.
-  _send(message) {
-    this._outbox.push(JSON.stringify(message));
+  _send(message, { urgent = false, onSent = null } = {}) {
+    const entry = { text: JSON.stringify(message), onSent };
+    if (urgent) this._outbox.unshift(entry);
+    else this._outbox.push(entry);
     this._pump();
   }
 
@@ -279,8 +289,10 @@ export class SignallingClient extends EventTarget {
     this._sentAt = this._sentAt.filter((t) => now - t < 1000);
     while (this._outbox.length && this._sentAt.length < limit) {
       if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
-      this.ws.send(this._outbox.shift());
+      const entry = this._outbox.shift();
+      this.ws.send(entry.text);
       this._sentAt.push(now);
+      entry.onSent?.();
     }
     if (this._outbox.length && !this._timers.pump) {
       const wait = 1000 - (now - this._sentAt[0]) + 5;
@@ -302,6 +314,7 @@ export class SignallingClient extends EventTarget {
     if (message.type === "pong") {
       clearTimeout(this._timers.pong);
       this._timers.pong = null;
+      this._pingInFlight = false;
       return;
     }
     if (message.type === "error") {
