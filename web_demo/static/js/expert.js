@@ -104,7 +104,9 @@ function main(page) {
     }, 500);
     ringing.set(session.id, { item, tick });
     renderIncoming();
-    accept.focus();
+    // Keyboard users land on Accept, unless they are busy typing somewhere else.
+    const active = document.activeElement;
+    if (!active || active === document.body || active.closest("#incoming") || active.tagName === "H2") accept.focus();
     announce(`${name} is asking for help. Accept or decline.`, { assertive: true });
   });
 

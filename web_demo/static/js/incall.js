@@ -86,6 +86,7 @@ export class InCallView {
     this.currency = null;
     this.budget = null;
     this.lastCost = null;
+    this.budgetReached = false;
     root.replaceChildren();
     root.append(el("h2", { class: "call-title" }, `In a session with ${peerName}`));
     const body = el("div", { class: "call-layout" });
@@ -233,8 +234,10 @@ export class InCallView {
     if (this.budget === null || this.lastCost === null) return;
     // Integer comparison of minor units: never floats for money.
     if (this.lastCost >= this.budget) {
+      if (this.budgetReached) return;
+      this.budgetReached = true;
       announce("Your budget cap was reached: ending the call.", { assertive: true });
-      this.options.onHangUp("budget_reached");
+      this.options.onHangUp();
     } else if (this.lastCost * 10 >= this.budget * 8) {
       this.ref["budget-hint"].textContent = `Nearly at your cap of ${formatMoney(this.budget, this.currency)}.`;
     }
