@@ -144,13 +144,28 @@ function main(page) {
       $("#queue-position").dataset.position = "1";
     } else if (session.state === "ended") {
       waitingFor = null;
-      if (!controller.call) {
-        toast(END_REASONS[session.reason] || `Request ended: ${session.reason}`);
+      if (!controller.view) {
+        const why = END_REASONS[session.reason] || `Request ended: ${session.reason}`;
+        toast(session.message ? `${why} “${session.message}”` : why);
         backToBrowse();
       }
     } else if (session.state !== "requested") {
       waitingFor = null; // accepted: the session controller takes over
     }
+  }
+
+  // After a reload (or a resume the server no longer knew), the welcome says whether we still
+  // wait in a queue: pick the waiting screen up again.
+  for (const type of ["open", "reset"]) {
+    signalling.on(type, ({ welcome }) => {
+      const session = welcome.session;
+      if (!session || (session.state !== "requested" && session.state !== "ringing")) return;
+      $("#waiting-expert").textContent = session.expert_name || session.expert_id;
+      $("#queue-position").textContent = "Waiting in the queue…";
+      showView("waiting");
+      stopRefresh();
+      onSession(session);
+    });
   }
 
   $("#cancel-request").addEventListener("click", async () => {
