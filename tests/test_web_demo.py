@@ -226,6 +226,30 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
                    m.parseMoneyInput('0.1', 'JPY'), m.minorToDecimalString(-5, 'EUR')]; }"""
     )
     assert money == ["$19.99", "¥500", "KWD\u00a01,234.567", 1250, None, "-0.05"]
+
+    # The budget cap: integer comparison of minor units, a warning near it, one hang-up at it.
+    budget = await client.evaluate(
+        """async () => {
+          const { InCallView } = await import('/static/js/incall.js');
+          const root = document.createElement('div');
+          document.body.append(root);
+          const calls = [];
+          const view = new InCallView(root, { role: 'client', peerName: 'X', onHangUp: () => calls.push('hangup'),
+                                              onChat: async () => {}, onBudget: (minor) => calls.push(minor) });
+          view.setCost({ amount: 100, currency: 'USD' });
+          root.querySelector('#budget-input').value = '2.50';
+          root.querySelector('[data-ref=budget-form]').requestSubmit();
+          view.setCost({ amount: 200, currency: 'USD' });
+          const hint = root.querySelector('[data-ref=budget-hint]').textContent;
+          view.setCost({ amount: 250, currency: 'USD' });
+          view.setCost({ amount: 300, currency: 'USD' });
+          const shown = root.querySelector('[data-testid=running-cost]').textContent;
+          view.destroy();
+          root.remove();
+          return [calls, hint, shown];
+        }"""
+    )
+    assert budget == [[250, "hangup"], "Nearly at your cap of $2.50.", "$3.00"]
     await shoot(expert, "01-expert-console")
     await shoot(client, "01-client-phone")
     await expert.set_viewport_size(PHONE)
