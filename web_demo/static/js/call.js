@@ -15,6 +15,8 @@
 //   media.onCandidate(({transport, candidate}) => ...)
 
 const STATS_INTERVAL_MS = 2000;
+// Signalling failures that a resume repairs (see signalling.js).
+const LOST = new Set(["connection_lost", "not_connected", "timeout"]);
 
 export class Call extends EventTarget {
   /**
@@ -54,8 +56,13 @@ export class Call extends EventTarget {
     for (const track of this.localStream.getTracks()) {
       this.publish.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
     }
-    await this._negotiatePublish(false);
     this._statsTimer = setInterval(() => this._sampleStats().catch(() => {}), STATS_INTERVAL_MS);
+    try {
+      await this._negotiatePublish(false);
+    } catch (error) {
+      // The socket dropped mid-offer: the restart that follows the resume offers again.
+      if (!LOST.has(error.code)) throw error;
+    }
   }
 
   /** After the signalling socket resumed: new ICE credentials so a changed network path is found. */
@@ -63,7 +70,10 @@ export class Call extends EventTarget {
     if (this.closed || !this.publish || this._restarting) return;
     this._restarting = true;
     try {
-      await this._negotiatePublish(true);
+      // Never answered (the socket dropped mid-offer): a plain offer again; else an ICE restart.
+      await this._negotiatePublish(Boolean(this.publish.remoteDescription));
+    } catch (error) {
+      if (!LOST.has(error.code)) throw error;
     } finally {
       this._restarting = false;
     }

@@ -6,11 +6,12 @@
 //   "resumed"     {welcome}            socket came back and reattached to the same participant
 //   "reset"       {welcome, reason}    socket came back but the resume was refused (fresh start)
 //   "connection"  {state}              "connecting" | "open" | "reconnecting" | "closed"
+//   "fatal"       {code, message}      token refused or replaced: reconnecting will not help
 //   "message"     {message}            every server message but pong, welcome, ack and media.answer
 //   <type>        {message}            the same, under the message's own type
 // A reply resolves the request's promise and, when it reports state (session.state, presence),
 // is emitted as an event too, so that listeners see every state change in one place.
-//   "fatal"       {code, message}      auth refused: reconnecting will not help
+// Outgoing messages are paced below the announced rate limit; pings go first.
 
 export const PROTOCOL_VERSION = 1;
 
