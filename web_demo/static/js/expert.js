@@ -58,6 +58,7 @@ function main(page) {
   });
   signalling.on("open", ({ welcome }) => showPresence(welcome.presence || "offline"));
   signalling.on("reset", ({ welcome }) => showPresence(welcome.presence || "offline"));
+  signalling.on("resumed", ({ welcome }) => showPresence(welcome.presence || "offline"));
 
   // --- incoming requests -------------------------------------------------------------------
 
