@@ -3,8 +3,9 @@
 ``setup(app)`` checks the TURN settings at start-up (a misconfigured server refuses to start rather
 than hand out credentials coturn will reject) and keeps one ``IceServerProvider`` under
 ``keys.ICE_SERVERS``. The WebSocket layer calls ``ice_servers_for(app, user_id)`` for its welcome
-and join messages and again on resume, once ``IceServerList.refresh_at()`` has passed; WHIP and
-WHEP handlers pass the same list to ``add_link_headers``.
+and join messages and again on every resume (a fresh credential each time); ``refresh_at()`` says
+when a long-lived connection should be sent a new list. WHIP and WHEP handlers pass a list to
+``add_link_headers``.
 """
 
 from __future__ import annotations
