@@ -3,7 +3,9 @@
 ``setup(app)`` checks the TURN settings at start-up (a misconfigured server refuses to start rather
 than hand out credentials coturn will reject) and keeps one ``IceServerProvider`` under
 ``keys.ICE_SERVERS``. The WebSocket layer calls ``ice_servers_for(app, user_id)`` for its welcome
-and join messages and again on resume, once ``IceServerList.refresh_at()`` has passed.
+and join messages and again on every resume (a fresh credential each time); ``refresh_at()`` says
+when a long-lived connection should be sent a new list. WHIP and WHEP handlers pass a list to
+``add_link_headers``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def setup(app: web.Application) -> None:
 def ice_servers_for(app: web.Application, user_id: str, ttl: int | None = None) -> IceServerList:
     """The ICE servers (with a fresh TURN credential) for ``user_id``; ``.to_json()`` is the wire shape."""
     return app[keys.ICE_SERVERS].for_user(user_id, ttl=ttl)
+
+
+def add_link_headers(response: web.StreamResponse, ice: IceServerList) -> None:
+    """RFC 9725: a WHIP or WHEP response names its ICE servers in ``Link`` headers, one per URL."""
+    for value in ice.link_header_values():
+        response.headers.add("Link", value)
 
 
 async def get_ice_servers(request: web.Request) -> web.Response:

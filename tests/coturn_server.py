@@ -39,26 +39,40 @@ class Coturn:
         return self.config.listening_port
 
     @property
+    def host(self) -> str:
+        return self.config.listening_ips[0]
+
+    @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.config.listening_port)
+        return (self.host, self.config.listening_port)
 
     @property
     def tls_address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.config.tls_listening_port)
+        return (self.host, self.config.tls_listening_port)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
-def free_udp_and_tcp_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (coturn listens on both)."""
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def free_udp_and_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` (coturn listens on both)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
             port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
-                    tcp.bind(("127.0.0.1", port))
+                    tcp.bind((host, port))
                 except OSError:
                     continue
                 return port
@@ -67,7 +81,7 @@ def free_udp_and_tcp_port() -> int:
 
 def _stun_answers(address: tuple[str, int]) -> bool:
     request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.2)
         sock.sendto(bytes(request), address)
         try:
@@ -79,24 +93,27 @@ def _stun_answers(address: tuple[str, int]) -> bool:
 
 @contextmanager
 def running_coturn(
-    tmp_path: Path, allow_loopback_peers: bool = False, tls: tuple[Path, Path] | None = None
+    tmp_path: Path, allow_loopback_peers: bool = False, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1"
 ) -> Iterator[Coturn]:
-    """coturn as ``expertcall turn-config`` would configure it; ``tls`` is (certificate, key)."""
+    """coturn as ``expertcall turn-config`` would configure it; ``tls`` is (certificate, key);
+    ``host`` "::1" makes an IPv6 relay."""
     require(shutil.which("turnserver") is not None, "coturn")
+    if ":" in host:
+        require(has_ipv6_loopback(), "IPv6 on the loopback interface (::1)")
     # Relay ports below Linux's ephemeral range, so that they do not collide with other tests' sockets.
     first = random.randrange(20000, 32000 - RELAY_PORTS)
     log_file = tmp_path / "turnserver.log"
     config = dataclasses.replace(
-        CoturnConfig(realm=REALM, external_ips=("127.0.0.1",), secrets=(SECRET,)),
-        listening_ips=("127.0.0.1",),
-        relay_ips=("127.0.0.1",),
-        listening_port=free_udp_and_tcp_port(),
+        CoturnConfig(realm=REALM, external_ips=(host,), secrets=(SECRET,)),
+        listening_ips=(host,),
+        relay_ips=(host,),
+        listening_port=free_udp_and_tcp_port(host),
         min_port=first,
         max_port=first + RELAY_PORTS - 1,
         allow_loopback_peers=allow_loopback_peers,
         cert=tls[0] if tls else None,
         pkey=tls[1] if tls else None,
-        tls_listening_port=free_udp_and_tcp_port() if tls else 443,
+        tls_listening_port=free_udp_and_tcp_port(host) if tls else 443,
         log_file=log_file,
         pidfile=tmp_path / "turnserver.pid",
     )
@@ -104,9 +121,13 @@ def running_coturn(
     conf = tmp_path / "turnserver.conf"
     conf.write_text(config.render())
     # The user database defaults to /var/lib/turn: keep this coturn's own in the temporary directory.
-    # --verbose makes coturn log each session and its usage counters, which tests read.
+    # --verbose makes coturn log each session and its usage counters, which tests read. coturn
+    # allocates IPv4 relays unless told to follow the client's family (aioice cannot request one).
     process = subprocess.Popen(
-        ["turnserver", "-c", str(conf), "--db", str(tmp_path / "turndb"), "--no-stdout-log", "--verbose"],
+        [
+            "turnserver", "-c", str(conf), "--db", str(tmp_path / "turndb"), "--no-stdout-log", "--verbose",
+            "--allocation-default-address-family=keep",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

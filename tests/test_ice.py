@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from aiohttp import web
 
 from signalling import keys
 from signalling.app import create_app
 from signalling.auth import Role
-from signalling.ice import ice_servers_for
+from signalling.ice import add_link_headers, ice_servers_for
 from signalling.settings import Settings, SettingsError
 from turn_config.credentials import password_for
 
@@ -95,3 +96,17 @@ def test_settings_from_environment(settings: Settings) -> None:
     app = create_app(Settings.from_env(env, data_dir=settings.data_dir, secret=settings.secret))
     servers = ice_servers_for(app, "alice").to_json()["iceServers"]
     assert [s["urls"] for s in servers] == [["turn:a.example:3478?transport=udp"], ["turn:b.example:3478?transport=udp"]]
+
+
+async def test_whip_whep_link_headers(client) -> None:  # type: ignore[no-untyped-def]
+    ice = ice_servers_for(client.app, "publisher")
+    response = web.Response(status=201)
+    add_link_headers(response, ice)
+    links = response.headers.getall("Link")
+    assert links[0] == '<stun:127.0.0.1:3478>; rel="ice-server"'
+    username = ice.to_json()["iceServers"][1]["username"]
+    assert links[1] == (
+        f'<{TURN_URLS[0]}>; rel="ice-server"; username="{username}"; '
+        f'credential="{password_for(TURN_SECRET, username)}"; credential-type="password"'
+    )
+    assert len(links) == 3

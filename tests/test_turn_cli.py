@@ -78,3 +78,11 @@ def test_bad_values_give_a_coded_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*BASE, "--secret-file", str(secret_file(tmp_path, "short"))])
     assert result.exit_code == 1
     assert "turn_secret_too_short" in result.output
+
+
+def test_an_unreadable_secret_file_is_a_coded_error(tmp_path: Path) -> None:
+    path = tmp_path / "binary"
+    path.write_bytes(b"\xff\xfe\x00")
+    result = CliRunner().invoke(main, [*BASE, "--secret-file", str(path)])
+    assert result.exit_code == 1
+    assert "turn_secret_unreadable" in result.output

@@ -74,6 +74,14 @@ def test_every_listed_range_is_rendered() -> None:
     assert "denied-peer-ip=198.51.100.7" in lines
 
 
+def test_no_ipv6_range_starts_at_the_unspecified_address() -> None:
+    # coturn 4.6 would match every IPv4 peer against it and relay to nobody.
+    lines = settings_of(config(extra_denied_peer_ranges=("2001:db8:1::/48",)).render())
+    assert not [line for line in lines if line == "denied-peer-ip=::" or line.startswith("denied-peer-ip=::-")]
+    with pytest.raises(ConfigError):
+        config(extra_denied_peer_ranges=("::/1",))
+
+
 def test_loopback_opt_in_allows_loopback_only() -> None:
     lines = settings_of(config(allow_loopback_peers=True).render())
     assert "allow-loopback-peers" in lines

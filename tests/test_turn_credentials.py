@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from turn_config.credentials import MIN_TTL, CredentialError, check_secret, clamp_ttl, make_credential, password_for
 
@@ -66,3 +71,17 @@ def test_bad_user_ids_are_refused(user_id: str) -> None:
     with pytest.raises(CredentialError) as info:
         make_credential(SECRET, user_id, 600, 3600)
     assert info.value.code == "turn_user_invalid"
+
+
+@given(
+    user_id=st.text(min_size=1, max_size=128).filter(str.isprintable),
+    ttl=st.integers(min_value=-(10**6), max_value=10**7),
+    max_ttl=st.integers(min_value=MIN_TTL, max_value=10**6),
+    now=st.integers(min_value=0, max_value=2**32),
+)
+def test_every_credential_is_what_coturn_recomputes(user_id: str, ttl: int, max_ttl: int, now: int) -> None:
+    cred = make_credential(SECRET, user_id, ttl, max_ttl, now=now)
+    expiry, _, user = cred.username.partition(":")
+    assert (int(expiry), user) == (cred.expires_at, user_id)
+    assert MIN_TTL <= cred.ttl <= max_ttl and cred.expires_at == now + cred.ttl
+    assert cred.password == base64.b64encode(hmac.new(SECRET.encode(), cred.username.encode(), "sha1").digest()).decode()

@@ -67,6 +67,12 @@ def loopback_coturn(tmp_path: Path) -> Iterator[Coturn]:
 
 
 @pytest.fixture
+def ipv6_coturn(tmp_path: Path) -> Iterator[Coturn]:
+    with running_coturn(tmp_path / "coturn-ipv6", host="::1") as server:
+        yield server
+
+
+@pytest.fixture
 async def echo() -> AsyncIterator[tuple[Echo, tuple[str, int]]]:
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
     yield protocol, transport.get_extra_info("sockname")
@@ -146,6 +152,43 @@ async def test_default_config_refuses_internal_peers(coturn: Coturn, peer: tuple
         with pytest.raises(stun.TransactionFailed) as info:
             await create_permission(protocol, peer)
         assert info.value.response.attributes["ERROR-CODE"][0] == 403
+    finally:
+        await protocol.delete()
+
+
+async def test_default_config_permits_public_peers(coturn: Coturn) -> None:
+    # A relay that refuses everything would pass the tests above. CreatePermission sends nothing to
+    # the peer, so this stays on the machine.
+    protocol = await allocate(coturn, *credential())
+    try:
+        await create_permission(protocol, ("1.1.1.1", 9))
+    finally:
+        await protocol.delete()
+
+
+@pytest.mark.parametrize(
+    "peer, allowed",
+    [
+        ("2606:4700:4700::1111", True),
+        ("::1", False),
+        ("::", False),
+        ("fd00::1", False),
+        ("fe80::1", False),
+        ("ff02::1", False),
+        ("::ffff:10.0.0.1", False),
+        ("64:ff9b::a00:1", False),
+        ("2002:a00:1::1", False),
+    ],
+)
+async def test_default_config_ipv6_peers(ipv6_coturn: Coturn, peer: str, allowed: bool) -> None:
+    protocol = await allocate(ipv6_coturn, *credential())
+    try:
+        if allowed:
+            await create_permission(protocol, (peer, 9))
+        else:
+            with pytest.raises(stun.TransactionFailed) as info:
+                await create_permission(protocol, (peer, 9))
+            assert info.value.response.attributes["ERROR-CODE"][0] == 403
     finally:
         await protocol.delete()
 

@@ -18,10 +18,14 @@ def read_secret(secret_file: Path | None) -> str:
     """The shared secret from ``secret_file``, else from the environment; never from argv, where
     ``ps`` and shell history would show it."""
     if secret_file is not None:
-        mode = secret_file.stat().st_mode
+        try:
+            mode = secret_file.stat().st_mode
+            secret = secret_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"turn_secret_unreadable: cannot read {secret_file}: {exc}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             click.echo(f"warning: {secret_file} is readable by other users; chmod 600 it", err=True)
-        return secret_file.read_text().strip()
+        return secret
     secret = os.environ.get(SECRET_ENV, "").strip()
     if not secret:
         raise click.UsageError(f"no TURN secret: pass --secret-file FILE or set {SECRET_ENV}")

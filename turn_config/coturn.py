@@ -16,7 +16,9 @@ from pathlib import Path
 
 from .credentials import CredentialError, check_secret
 
-# (range, why). Rendered as coturn's ``first-last`` ranges.
+# (range, why). Rendered as coturn's ``first-last`` ranges. ``::/128`` is not listed: coturn 4.6
+# matches every IPv4 peer against an IPv6 range that starts at ``::`` (denying it denies the whole
+# internet), and since CVE-2020-26262 it refuses ``::`` and 0.0.0.0 as loopback addresses itself.
 DENIED_PEER_RANGES: tuple[tuple[str, str], ...] = (
     ("0.0.0.0/8", "'this' network"),
     ("10.0.0.0/8", "private (RFC 1918)"),
@@ -33,7 +35,6 @@ DENIED_PEER_RANGES: tuple[tuple[str, str], ...] = (
     ("203.0.113.0/24", "documentation (TEST-NET-3)"),
     ("224.0.0.0/4", "multicast"),
     ("240.0.0.0/4", "reserved, broadcast"),
-    ("::/128", "unspecified"),
     ("::1/128", "loopback"),
     ("::ffff:0:0/96", "IPv4-mapped"),
     ("64:ff9b::/96", "NAT64"),
@@ -131,9 +132,13 @@ class CoturnConfig:
             _ip(ip, "allowed peer IP")
         for cidr in self.extra_denied_peer_ranges:
             try:
-                ipaddress.ip_network(cidr)
+                network = ipaddress.ip_network(cidr)
             except ValueError:
                 raise ConfigError("turn_config_invalid", f"denied peer range must be a CIDR, got {cidr!r}") from None
+            if network.version == 6 and int(network.network_address) == 0:
+                raise ConfigError(
+                    "turn_config_invalid", f"{cidr}: coturn would match every IPv4 peer against a range starting at ::"
+                )
         for port, what in ((self.listening_port, "listening port"), (self.tls_listening_port, "TLS listening port")):
             if not (0 < port < 65536):
                 raise ConfigError("turn_config_invalid", f"{what} must be 1-65535, got {port}")
