@@ -195,10 +195,6 @@ class Router:
         participant = self.participants.get(transport.participant_id)
         if participant is not None:
             self._update_media_state(participant, self.now_ms())
-        if transport.connected:
-            for producer in self.producers_for(transport.participant_id):
-                if any(c in transport.consumers.values() for c in producer.consumers):
-                    producer.request_keyframe()
 
     def _update_media_state(self, participant: Participant, now_ms: int) -> None:
         window = self.options.media_state_debounce * 1000

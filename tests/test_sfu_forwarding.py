@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sfu.api import CloseRoom, OpenRoom
+from sfu.api import CloseRoom, GetStats, OpenRoom
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests.media_clients import EventHub, Publisher, Subscriber
@@ -39,3 +39,50 @@ async def test_vp8_and_opus_reach_the_subscriber_intact(plane: LocalMediaPlane) 
         await subscriber.close()
         await publisher.close()
         await plane.request(CloseRoom("room-1"))
+
+
+async def test_late_joiner_gets_its_first_frame_within_a_second(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("room-late"))
+    publisher = Publisher(plane, "room-late", "alice", audio=False)
+    early = Subscriber(plane, hub, "room-late", "bob")
+    late = Subscriber(plane, hub, "room-late", "carol")
+    try:
+        await publisher.start()
+        await early.start()
+        await early.wait_frames(30)
+        # Long after the publisher's first keyframe: only a keyframe requested on join helps.
+        await asyncio.sleep(1.5)
+        joined = asyncio.get_running_loop().time()
+        await late.start()
+        await late.wait_frames(1, timeout=5)
+        assert late.frames, "the late joiner decoded nothing"
+        first = late.frames[0][0] - joined
+        assert first < 1.0, f"first frame after {first:.3f} s"
+    finally:
+        for client in (late, early, publisher):
+            await client.close()
+
+
+async def test_video_survives_five_percent_loss_thanks_to_nack(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("room-loss"))
+    publisher = Publisher(plane, "room-loss", "alice", audio=False)
+    subscriber = Subscriber(plane, hub, "room-loss", "bob", loss=0.05)
+    try:
+        await publisher.start()
+        await subscriber.start()
+        await subscriber.wait_frames(10)
+        start = len(subscriber.frames)
+        await asyncio.sleep(2.0)
+        window = subscriber.frames[start:]
+        fps = len(window) / 2.0
+        assert fps >= 25, f"{fps:.1f} fps under 5% loss"
+        counters = [c for _, c in window]
+        assert counters == sorted(counters), "frames decoded out of order"
+        stats = (await plane.request(GetStats("room-loss"))).tracks
+        outbound = [t for t in stats if t["direction"] == "outbound"]
+        assert outbound and outbound[0]["retransmitted"] > 0, "no NACK was answered"
+    finally:
+        await subscriber.close()
+        await publisher.close()
