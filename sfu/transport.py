@@ -276,8 +276,8 @@ class Transport:
             return  # an empty candidate string also means end-of-candidates
         try:
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise MediaError("bad_candidate", f"unparsable candidate: {exc}") from exc
+        except Exception as exc:  # aiortc asserts on short lines, raises ValueError on others
+            raise MediaError("bad_candidate", f"unparsable candidate: {text[:80]!r}") from exc
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
