@@ -394,15 +394,15 @@ class Transport:
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         if len(data) < 12:
             return
+        offset = payload_offset(data)
+        if offset < 0:
+            return
         b0, b1, seq, ts, ssrc = unpack_fixed(data)
         handler = self._rtp.get(ssrc)
         if handler is None:
             handler = self._learn(data, ssrc, b1 & 0x7F)
             if handler is None:
                 return
-        offset = payload_offset(data)
-        if offset < 0:
-            return
         self.last_packet_ms = arrival_time_ms
         handler(data, b0, b1, seq, ts, offset, arrival_time_ms)
 
