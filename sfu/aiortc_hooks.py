@@ -222,3 +222,8 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
                 await _inner(data, arrival_time_ms=arrival_time_ms)
 
         dtls._handle_rtp_data = handle  # type: ignore[method-assign]
+
+
+def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
+    """The header extensions (with the remote side's ids) agreed for this m-line."""
+    return list(transceiver._headerExtensions)

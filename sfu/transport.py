@@ -24,11 +24,7 @@ from aiortc import (
     sdp as aiortc_sdp,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
-from aiortc.rtcrtpparameters import (
-    RTCRtpCodecParameters,
-    RTCRtpReceiveParameters,
-    RTCRtpSendParameters,
-)
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
 from sfu import aiortc_hooks, rtcp
 from sfu.api import MediaError, TransportKind
@@ -128,6 +124,7 @@ class Transport:
         self._remote_ufrag: str | None = None
         self._renegotiate = False
         self._lock = asyncio.Lock()
+        self._unconfigured: list[tuple[RTCRtpTransceiver, Consumer]] = []
         self.pc = self._new_pc()
         self._raw: aiortc_hooks.RawSender | None = None
 
@@ -161,6 +158,7 @@ class Transport:
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
             self._hook()
+            self._configure_consumers()
             return self.pc.localDescription.sdp
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
@@ -261,19 +259,18 @@ class Transport:
                 raise MediaError("stale_offer", f"offer {offer_id} is not the one outstanding")
             await self._set_remote(sdp, "answer")
             self._hook()
+            self._configure_consumers()
             return self._renegotiate
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
         from aiortc.sdp import candidate_from_sdp
 
-        if candidate is None:
+        text = candidate.get("candidate") if isinstance(candidate, dict) else None
+        if candidate is None or text == "":  # both spell end-of-candidates
             await self.pc.addIceCandidate(None)
             return
-        text = candidate.get("candidate") if isinstance(candidate, dict) else None
         if not isinstance(text, str):
             raise MediaError("bad_candidate", "candidate must be an RTCIceCandidateInit")
-        if not text:
-            return  # an empty candidate string also means end-of-candidates
         try:
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
         except Exception as exc:  # aiortc asserts on short lines, raises ValueError on others
@@ -314,32 +311,41 @@ class Transport:
             ssrc=ssrc, rtx_ssrc=rtx_ssrc, send_rtp=self._send_rtp, send_rtcp=self._send_rtcp,
         )
         self._rtcp_consumers[ssrc] = consumer
-        key = f"pending:{producer.id}"
-        self.consumers[key] = consumer
+        self._unconfigured.append((transceiver, consumer))
         consumer.on_close.append(lambda c, reason: self._consumer_closed(c, transceiver))
-        aiortc_hooks.disarm_sender(
-            transceiver.sender, lambda params: self._start_consumer(consumer, params)
-        )
+        # aiortc calls sender.send() only if DTLS is already up when an answer lands; a
+        # renegotiation during the handshake would leave the m-line silent. So the consumer is
+        # configured from the negotiated SDP (_configure_consumers) and the sender only disarmed.
+        aiortc_hooks.disarm_sender(transceiver.sender, lambda params: None)
         producer.add_consumer(consumer)
         return consumer
 
-    def _start_consumer(self, consumer: Consumer, params: RTCRtpSendParameters) -> None:
-        if consumer.closed or not params.codecs:
-            return
-        main = params.codecs[0]
-        rtx = next((c for c in params.codecs if c.mimeType.lower().endswith("/rtx")
-                    and c.parameters.get("apt") == main.payloadType), None)
-        extensions = ExtensionLayout(
-            mid_id=_extension_id(params.headerExtensions, URI_MID), mid=params.muxId or "",
-            abs_send_time_id=_extension_id(params.headerExtensions, URI_ABS_SEND_TIME),
-            audio_level_id=_extension_id(params.headerExtensions, URI_AUDIO_LEVEL),
-        )
-        consumer.configure(main.payloadType, rtx.payloadType if rtx else None, extensions)
-        for key, value in list(self.consumers.items()):
-            if value is consumer:
-                del self.consumers[key]
-        self.consumers[params.muxId or consumer.id] = consumer
-        consumer.resume()
+    def _configure_consumers(self) -> None:
+        """After a negotiation: give each newly negotiated consumer its payload types and header
+        extension ids, and start it if the connection is up (else when it comes up)."""
+        pending = []
+        for transceiver, consumer in self._unconfigured:
+            if consumer.closed:
+                continue
+            if transceiver.currentDirection not in ("sendonly", "sendrecv"):
+                pending.append((transceiver, consumer))
+                continue
+            codecs = aiortc_hooks.negotiated_codecs(transceiver)
+            main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+            if main is None:
+                continue
+            rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
+                        and c.parameters.get("apt") == main.payloadType), None)
+            headers = aiortc_hooks.negotiated_header_extensions(transceiver)
+            consumer.configure(main.payloadType, rtx.payloadType if rtx else None, ExtensionLayout(
+                mid_id=_extension_id(headers, URI_MID), mid=transceiver.mid or "",
+                abs_send_time_id=_extension_id(headers, URI_ABS_SEND_TIME),
+                audio_level_id=_extension_id(headers, URI_AUDIO_LEVEL),
+            ))
+            self.consumers[transceiver.mid or consumer.id] = consumer
+            if self.connected:
+                consumer.resume()
+        self._unconfigured = pending
 
     def _consumer_closed(self, consumer: Consumer, transceiver: RTCRtpTransceiver) -> None:
         self._rtcp_consumers.pop(consumer.ssrc, None)
@@ -353,8 +359,9 @@ class Transport:
     def _fill_whep(self, description: aiortc_sdp.SessionDescription) -> None:
         """WHEP: give each of the client's recvonly m-lines one of the room's tracks."""
         taken = {c.producer.id for c in self.consumers.values()}
+        taken |= {c.producer.id for _, c in self._unconfigured}
         for transceiver in self.pc.getTransceivers():
-            if transceiver.mid in self.consumers or transceiver.direction == "sendonly":
+            if transceiver.direction == "sendonly":
                 continue
             producer = next(
                 (p for p in self.router.producers_for(self.participant_id)
@@ -506,6 +513,9 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        if self.connected:
+            for consumer in self.consumers.values():
+                consumer.resume()
         self.router.transport_state_changed(self)
 
     @property

@@ -71,7 +71,12 @@ def test_transceiver_keeps_negotiated_codecs_in_codecs() -> None:
     assert "self._codecs" in _source(RTCRtpTransceiver.__init__), (
         "RTCRtpTransceiver._codecs is gone: negotiated_codecs/restrict_codecs must change"
     )
-    assert "transceiver._codecs = common" in _source(RTCPeerConnection.setRemoteDescription)
+    assert "self._headerExtensions" in _source(RTCRtpTransceiver.__init__), (
+        "RTCRtpTransceiver._headerExtensions is gone: negotiated_header_extensions must change"
+    )
+    remote = _source(RTCPeerConnection.setRemoteDescription)
+    assert "transceiver._codecs = common" in remote
+    assert "transceiver._headerExtensions = find_common_header_extensions" in remote
 
 
 def test_aioice_gathering_and_sending_internals() -> None:

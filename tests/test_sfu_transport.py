@@ -164,3 +164,37 @@ async def test_client_offered_subscribe_transport(plane: LocalMediaPlane) -> Non
     finally:
         await pc.close()
         await publisher.close()
+
+
+async def test_trickled_candidates_connect(plane: LocalMediaPlane) -> None:
+    """The client's offer carries no candidates; they arrive by AddIceCandidate. The viewer
+    subscribes just before, so its renegotiation lands while its first handshake still runs."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", video=False)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    await viewer.start()
+    pc = publisher.pc
+    from tests.media_clients import ToneTrack
+
+    pc.addTransceiver(ToneTrack(0.5), direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    lines = pc.localDescription.sdp.splitlines()
+    candidates = [l[2:] for l in lines if l.startswith("a=candidate:")]
+    assert candidates
+    bare = "\r\n".join(l for l in lines if not l.startswith("a=candidate:")
+                       and l != "a=end-of-candidates") + "\r\n"
+    answer = await plane.request(Offer("room", "alice", "publish", bare))
+    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+    for candidate in candidates:
+        await plane.request(AddIceCandidate(
+            "room", "alice", "publish", {"candidate": candidate, "sdpMid": "0"}))
+    await plane.request(AddIceCandidate("room", "alice", "publish", None))
+    try:
+        deadline = time.monotonic() + 10
+        while sum(viewer.packets.values()) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sum(viewer.packets.values()) >= 20
+    finally:
+        await viewer.close()
+        await publisher.close()
