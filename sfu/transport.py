@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_CODECS = {"audio/opus", "video/vp8", "video/h264"}
 MAX_SDP_BYTES = 64 * 1024
 MAX_CHAT_BYTES = 4096
+MAX_MEDIA_SECTIONS = 16  # per connection: bounds what one client can make every other renegotiate
 
 PacketHandler = Callable[[bytes, int, int, int, int, int, int], None]
 
@@ -69,6 +70,8 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
             raise MediaError("bad_sdp", "the SDP lacks a DTLS fingerprint")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
             raise MediaError("bad_sdp", "rtcp-mux is required")
+    if len(description.media) > MAX_MEDIA_SECTIONS:
+        raise MediaError("too_many_tracks", f"at most {MAX_MEDIA_SECTIONS} media sections")
     if len(description.media) > 1 and not any(
         g.semantic == "BUNDLE" and len(g.items) == len(description.media)
         for g in description.group

@@ -66,6 +66,17 @@ async def test_offer_without_rtcp_mux_is_refused(plane: LocalMediaPlane) -> None
     assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "bad_sdp"
 
 
+async def test_too_many_tracks_are_refused(plane: LocalMediaPlane) -> None:
+    pc = client_pc()
+    for _ in range(17):
+        pc.addTransceiver("audio", direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    assert await _refused(plane, Offer("room", "alice", "publish", offer)) == "too_many_tracks"
+
+
 async def test_other_bad_requests(plane: LocalMediaPlane) -> None:
     sdp = await _audio_offer()
     assert await _refused(plane, Offer("nope", "alice", "publish", sdp)) == "unknown_room"
