@@ -24,6 +24,7 @@ from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -143,13 +144,19 @@ class Publisher:
     video: bool = True
     audio: bool = True
     amplitude: float = 0.5
+    video_codec: str | None = None  # e.g. "video/H264"; default: aiortc's order (VP8 first)
     pc: RTCPeerConnection = field(default_factory=client_pc)
     chat_received: list[dict[str, Any]] = field(default_factory=list)
 
     async def start(self) -> None:
         if self.video:
             self.video_track = CounterTrack()
-            self.pc.addTransceiver(self.video_track, direction="sendonly")
+            transceiver = self.pc.addTransceiver(self.video_track, direction="sendonly")
+            if self.video_codec:
+                transceiver.setCodecPreferences([
+                    c for c in RTCRtpSender.getCapabilities("video").codecs
+                    if c.mimeType == self.video_codec
+                ][:1])
         if self.audio:
             self.pc.addTransceiver(ToneTrack(self.amplitude), direction="sendonly")
         self.chat = self.pc.createDataChannel("chat")

@@ -41,6 +41,26 @@ async def test_vp8_and_opus_reach_the_subscriber_intact(plane: LocalMediaPlane) 
         await plane.request(CloseRoom("room-1"))
 
 
+async def test_h264_is_forwarded_too(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("room-h264"))
+    publisher = Publisher(plane, "room-h264", "alice", audio=False, video_codec="video/H264")
+    subscriber = Subscriber(plane, hub, "room-h264", "bob")
+    try:
+        await publisher.start()
+        await subscriber.start()
+        await subscriber.wait_frames(20)
+        counters = subscriber.counters()
+        assert len(counters) >= 20, f"only {len(counters)} H.264 frames decoded"
+        assert counters == sorted(counters) and len(set(counters)) == len(counters)
+        (track,) = [t for t in (await plane.request(GetStats("room-h264"))).tracks
+                    if t["direction"] == "inbound"]
+        assert track["codec"] == "video/H264"
+    finally:
+        await subscriber.close()
+        await publisher.close()
+
+
 async def test_late_joiner_gets_its_first_frame_within_a_second(plane: LocalMediaPlane) -> None:
     hub = EventHub(plane)
     await plane.request(OpenRoom("room-late"))
