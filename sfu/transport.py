@@ -319,7 +319,7 @@ class Transport:
         # aiortc calls sender.send() only if DTLS is already up when an answer lands; a
         # renegotiation during the handshake would leave the m-line silent. So the consumer is
         # configured from the negotiated SDP (_configure_consumers) and the sender only disarmed.
-        aiortc_hooks.disarm_sender(transceiver.sender, lambda params: None)
+        aiortc_hooks.disarm_sender(transceiver.sender)
         producer.add_consumer(consumer)
         return consumer
 

@@ -109,9 +109,9 @@ async def test_hooks_apply_to_a_live_connection() -> None:
     aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp)
     dtls = aiortc_hooks.dtls_transports(pc)[0]
     assert dtls._handle_rtp_data is on_rtp
-    aiortc_hooks.disarm_sender(transceiver.sender, seen.append)
+    aiortc_hooks.disarm_sender(transceiver.sender)
     await transceiver.sender.send("parameters")  # type: ignore[arg-type]
-    assert seen == ["parameters"]
+    assert transceiver.sender._RTCRtpSender__rtp_task is None  # type: ignore[attr-defined]
     assert aiortc_hooks.sender_ssrcs(transceiver.sender)[0] == transceiver.sender._ssrc
     assert aiortc_hooks.negotiated_codecs(transceiver) == []
     await pc.close()

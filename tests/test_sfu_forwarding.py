@@ -103,6 +103,16 @@ async def test_video_survives_five_percent_loss_thanks_to_nack(plane: LocalMedia
         stats = (await plane.request(GetStats("room-loss"))).tracks
         outbound = [t for t in stats if t["direction"] == "outbound"]
         assert outbound and outbound[0]["retransmitted"] > 0, "no NACK was answered"
+        # Our sender reports came back in the subscriber's receiver reports (RTT), and its
+        # bandwidth estimate (REMB, from our abs-send-time) arrives once it has one.
+        assert outbound[0]["rtt"] is not None and 0 <= outbound[0]["rtt"] < 0.5
+        for _ in range(80):
+            stats = (await plane.request(GetStats("room-loss"))).tracks
+            remb = [t["remb"] for t in stats if t["direction"] == "outbound"][0]
+            if remb:
+                break
+            await asyncio.sleep(0.1)
+        assert remb > 0, "no REMB from the subscriber"
     finally:
         await subscriber.close()
         await publisher.close()

@@ -88,7 +88,7 @@ def test_subscriber_nack_missing_from_cache_goes_upstream() -> None:
 
 def test_remb_carries_the_lowest_subscriber_estimate_capped() -> None:
     producer, upstream = _producer(max_bitrate=1_000_000)
-    for estimate in (800_000, 300_000, 0):
+    for estimate in (800_000, 300_000, 0):  # 0: no estimate yet
         consumer = Consumer("c", producer, "x", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
                             send_rtcp=lambda d: True)
         consumer.remb_bitrate = estimate
@@ -101,7 +101,9 @@ def test_remb_carries_the_lowest_subscriber_estimate_capped() -> None:
     assert rtcp.remb_bitrate(remb) == (300_000, [1234])  # type: ignore[arg-type]
     for consumer in producer.consumers:
         consumer.remb_bitrate = 5_000_000
-    assert producer.target_bitrate() == 1_000_000
+    assert producer.target_bitrate() == 1_000_000  # capped by the allowed bitrate
+    producer.consumers[0].remb_bitrate = 20_000
+    assert producer.target_bitrate() == 150_000  # floored
 
 
 def test_publisher_above_its_allowed_bitrate_is_policed() -> None:
