@@ -90,7 +90,8 @@ class Router:
         return existing
 
     def existing_transport(self, participant_id: str, kind: TransportKind) -> Transport:
-        participant = self.participants.get(participant_id)
+        participant = self.participants.get(participant_id) if isinstance(participant_id, str) \
+            else None
         transport = getattr(participant, kind, None) if participant else None
         if transport is None:
             raise MediaError("unknown_transport", f"{participant_id} has no {kind} transport")
@@ -112,7 +113,10 @@ class Router:
         return [p for p in self.producers.values() if p.participant_id != participant_id]
 
     async def leave(self, participant_id: str, kind: TransportKind | None) -> None:
-        participant = self.participants.get(participant_id)
+        if kind not in (None, "publish", "subscribe"):
+            raise MediaError("bad_transport", "transport must be 'publish', 'subscribe' or null")
+        participant = self.participants.get(participant_id) if isinstance(participant_id, str) \
+            else None
         if participant is None:
             return
         for transport in participant.transports():
