@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_CODECS = {"audio/opus", "video/vp8", "video/h264"}
 MAX_SDP_BYTES = 64 * 1024
 MAX_CHAT_BYTES = 4096
+SSRC_SWITCH_MS = 1000  # a new SSRC on an m-line replaces the old one only after this silence
 MAX_MEDIA_SECTIONS = 16  # per connection: bounds what one client can make every other renegotiate
 
 PacketHandler = Callable[[bytes, int, int, int, int, int, int], None]
@@ -122,8 +123,8 @@ class Transport:
         self._rtp: dict[int, PacketHandler] = {}
         self._rtcp_consumers: dict[int, Consumer] = {}
         self._mid_ext_id = 0
-        self._rtx_pts: dict[int, Producer] = {}
-        self._pts: dict[int, Producer] = {}
+        self._rtx_pts: dict[int, Producer | None] = {}
+        self._pts: dict[int, Producer | None] = {}
         self._remote_ufrag: str | None = None
         self._renegotiate = False
         self._lock = asyncio.Lock()
@@ -228,9 +229,16 @@ class Transport:
             self._rtp[ssrc] = producer.receive
         if rtx is not None:
             self._rtp[rtx.ssrc] = producer.receive_rtx
-        self._pts[producer.codec.payload_type] = producer
-        if producer.codec.rtx_payload_type is not None:
-            self._rtx_pts[producer.codec.rtx_payload_type] = producer
+        # Browsers reuse payload type numbers across m-lines: a type shared by two producers
+        # identifies neither (None), and only the mid extension can tell them apart.
+        self._pts[producer.codec.payload_type] = (
+            producer if self._pts.get(producer.codec.payload_type, producer) is producer else None
+        )
+        rtx_pt = producer.codec.rtx_payload_type
+        if rtx_pt is not None:
+            self._rtx_pts[rtx_pt] = (
+                producer if self._rtx_pts.get(rtx_pt, producer) is producer else None
+            )
         self.router.producer_started(producer)
 
     async def create_offer(self) -> tuple[str, int] | None:
@@ -410,13 +418,13 @@ class Transport:
         b0, b1, seq, ts, ssrc = unpack_fixed(data)
         handler = self._rtp.get(ssrc)
         if handler is None:
-            handler = self._learn(data, ssrc, b1 & 0x7F)
+            handler = self._learn(data, ssrc, b1 & 0x7F, arrival_time_ms)
             if handler is None:
                 return
         self.last_packet_ms = arrival_time_ms
         handler(data, b0, b1, seq, ts, offset, arrival_time_ms)
 
-    def _learn(self, data: bytes, ssrc: int, pt: int) -> PacketHandler | None:
+    def _learn(self, data: bytes, ssrc: int, pt: int, arrival_ms: int) -> PacketHandler | None:
         """An SSRC the SDP did not announce (browsers' simulcast, or a changed SSRC): map it by
         its mid header extension, else by its payload type when that is unambiguous."""
         if self.kind != "publish" or len(self._rtp) > 64:
@@ -426,16 +434,20 @@ class Transport:
             mid = find_extension(data, self._mid_ext_id)
             if mid is not None:
                 producer = self.producers.get(mid.decode("ascii", "replace"))
-        rtx = pt in self._rtx_pts
         if producer is None:
-            producer = self._rtx_pts.get(pt) or self._pts.get(pt)
+            producer = self._rtx_pts.get(pt) if pt in self._rtx_pts else self._pts.get(pt)
         if producer is None or self._raw is None:
             return None
-        if rtx:
+        if pt == producer.codec.rtx_payload_type:
             handler = producer.receive_rtx
         else:
             if producer.ssrc not in (None, ssrc):
+                if arrival_ms - producer.last_arrival_ms < SSRC_SWITCH_MS:
+                    # A second live stream on one m-line (simulcast we declined): forwarding
+                    # both would interleave two pictures. Keep the one we have.
+                    return None
                 # the publisher switched SSRC: a new epoch for the consumers
+                self._rtp.pop(producer.ssrc, None)
                 producer.attach_source(ssrc, producer.rtx_ssrc, producer.audio_level_id,
                                        self._raw.send_rtcp)
             producer.ssrc = ssrc

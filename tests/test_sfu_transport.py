@@ -209,3 +209,33 @@ async def test_trickled_candidates_connect(plane: LocalMediaPlane) -> None:
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_unannounced_ssrc_is_learnt_only_as_a_replacement(plane: LocalMediaPlane) -> None:
+    """A second live SSRC on one m-line (declined simulcast) is dropped, not interleaved; once
+    the first has been silent, a new SSRC takes over as a new epoch."""
+    import struct
+
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    try:
+        await publisher.start()
+        transport = plane.rooms["room"].participants["alice"].publish
+        assert transport is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            p.packets for p in transport.producers.values()
+        ):
+            await asyncio.sleep(0.05)
+        (producer,) = transport.producers.values()
+        epoch, live = producer.epoch, producer.last_arrival_ms
+
+        def packet(ssrc: int) -> bytes:
+            return struct.pack("!BBHII", 0x80, producer.codec.payload_type, 1, 1, ssrc) + b"\x10\x00"
+
+        await transport._on_rtp(packet(0xC0FFEE), live + 10)
+        assert producer.epoch == epoch and 0xC0FFEE not in transport._rtp
+        await publisher.close()
+        await transport._on_rtp(packet(0xC0FFEE), producer.last_arrival_ms + 5000)
+        assert producer.epoch == epoch + 1 and producer.ssrc == 0xC0FFEE
+    finally:
+        await publisher.close()
