@@ -100,32 +100,48 @@ def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
 class RawSender:
     """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
-    the transport is not connected (a subscriber still handshaking, or gone)."""
+    the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
+    and address are cached until aioice nominates another pair."""
 
-    __slots__ = ("_dtls",)
+    __slots__ = ("_dtls", "_nominated", "_pair", "_sendto", "_addr")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
+        self._nominated: dict[int, Any] = dtls.transport._connection._nominated
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] = _no_sendto
+        self._addr: Any = None
+
+    def _route(self) -> bool:
+        pair = self._nominated.get(1)
+        if pair is None:
+            return False
+        self._pair = pair
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
+        return True
 
     def send_rtp(self, data: bytes) -> bool:
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
+        if self._nominated.get(1) is not self._pair and not self._route():
             return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        self._sendto(dtls._tx_srtp.protect(data), self._addr)
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
+        if self._nominated.get(1) is not self._pair and not self._route():
             return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+        self._sendto(dtls._tx_srtp.protect_rtcp(data), self._addr)
         return True
+
+
+def _no_sendto(data: bytes, addr: Any) -> None:
+    return None
 
 
 def replace_candidate_gathering(pc: RTCPeerConnection, gather: CandidateGatherer) -> None:

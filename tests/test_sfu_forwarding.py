@@ -31,8 +31,8 @@ async def test_vp8_and_opus_reach_the_subscriber_intact(plane: LocalMediaPlane) 
         counters = subscriber.counters()
         assert len(counters) >= 45, f"only {len(counters)} frames decoded"
         # Decoded pictures carry the numbers the publisher drew, in order, without repeats.
-        assert counters == sorted(counters)
-        assert len(set(counters)) == len(counters)
+        assert counters == sorted(counters), str(counters)
+        assert len(set(counters)) == len(counters), str(counters)
         assert max(counters) <= publisher.video_track.counter
         assert subscriber.audio_frames > 0
     finally:
