@@ -148,6 +148,9 @@ class Transport:
         async with self._lock:
             if self.closed:
                 raise MediaError("transport_closed", "the transport is closed")
+            if self.kind == "subscribe" and self.offer_id:
+                raise MediaError("bad_state", "the SFU offers on this subscribe transport: "
+                                 "answer its ServerOffer, or Leave it before offering (WHEP)")
             ufrag = description.media[0].ice.usernameFragment
             if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
                 await self._restart_ice()

@@ -107,6 +107,9 @@ async def test_stale_answer_is_refused(plane: LocalMediaPlane) -> None:
     await pc.setLocalDescription(await pc.createAnswer())
     stale = AnswerToServerOffer("room", "bob", "subscribe", pc.localDescription.sdp, 99)
     assert await _refused(plane, stale) == "stale_offer"
+    # The client may not offer on a transport the SFU offers on (glare).
+    assert await _refused(plane, Offer("room", "bob", "subscribe", await _audio_offer())) \
+        == "bad_state"
     await plane.request(AnswerToServerOffer(
         "room", "bob", "subscribe", pc.localDescription.sdp, offers[0].offer_id))
     await pc.close()
