@@ -8,6 +8,7 @@ from aiohttp import web
 
 from . import keys
 from .auth import TokenIssuer
+from .billing import service as billing_service
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
 
@@ -23,6 +24,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    billing_service.setup(app)
     return app
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from .auth import TokenIssuer
+from .billing.ledger import Ledger
+from .billing.meter import Meter
 from .metrics import Metrics
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenIssuer)
 METRICS = web.AppKey("metrics", Metrics)
+METER = web.AppKey("meter", Meter)
+LEDGER = web.AppKey("ledger", Ledger)

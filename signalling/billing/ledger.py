@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from ..database import Database
 from .money import Money
-from .outbox import rfc3339
+from .times import rfc3339
 
 CHARGE = "charge"
 REFUND = "refund"

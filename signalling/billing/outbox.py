@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from ..database import Database
+from .times import rfc3339
 
 SPEC_VERSION = "1.0"
 DEFAULT_SOURCE = "/expertcall/metering"
@@ -34,10 +34,6 @@ CREATE TABLE IF NOT EXISTS metering_outbox (
 );
 CREATE INDEX IF NOT EXISTS metering_outbox_unrelayed ON metering_outbox (seq) WHERE relayed = 0;
 """
-
-
-def rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def cloud_event(
