@@ -74,10 +74,11 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
             loop.add_signal_handler(sig, stop.set)
         try:
             await consumer.run(stop, idle_exit=idle_exit)
+            total = store.count()
         finally:
             await redis.aclose()
             store.close()
-        click.echo(json.dumps({"received": consumer.received, "counted": consumer.counted, "total_events": store.count()}))
+        click.echo(json.dumps({"received": consumer.received, "counted": consumer.counted, "total_events": total}))
 
     asyncio.run(run())
 
