@@ -118,6 +118,16 @@ class Outbox:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
 
+    @staticmethod
+    async def wait(waiter: asyncio.Event, timeout: float) -> None:
+        """Wait for ``waiter`` or ``timeout``. Not ``asyncio.wait_for``: on Python 3.11 it can
+        swallow a cancellation that arrives as the event is set, and a closing task never ends."""
+        handle = asyncio.get_running_loop().call_later(timeout, waiter.set)
+        try:
+            await waiter.wait()
+        finally:
+            handle.cancel()
+
     def notify(self) -> None:
         """Called by writers after their transaction committed."""
         for waiter in self._waiters:

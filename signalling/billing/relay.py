@@ -38,6 +38,7 @@ class RedisRelay:
         self.published = 0
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Event | None = None
+        self._stopping = False
 
     async def relay_once(self) -> int:
         rows = self.outbox.unrelayed(self.batch)
@@ -59,11 +60,16 @@ class RedisRelay:
         """Stop, then publish what is left (bounded: what fails stays in the outbox for next time)."""
         if self._task is None:
             return
-        self._task.cancel()
+        # A stop flag, not Task.cancel(): redis-py can swallow a cancellation that lands inside a
+        # pipeline, and the task would then never end.
+        self._stopping = True
+        if self._waiter is not None:
+            self._waiter.set()
         try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+            async with asyncio.timeout(flush_timeout):
+                await self._task
+        except TimeoutError:
+            self._task.cancel()
         self._task = None
         if self._waiter is not None:
             self.outbox.unsubscribe(self._waiter)
@@ -77,7 +83,7 @@ class RedisRelay:
     async def _run(self) -> None:
         assert self._waiter is not None
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 self._waiter.clear()
                 n = await self.relay_once()
@@ -90,7 +96,4 @@ class RedisRelay:
             if n == self.batch:
                 await asyncio.sleep(0)
                 continue
-            try:
-                await asyncio.wait_for(self._waiter.wait(), self.poll_seconds)
-            except TimeoutError:
-                pass
+            await self.outbox.wait(self._waiter, self.poll_seconds)

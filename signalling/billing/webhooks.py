@@ -126,10 +126,7 @@ class WebhookSender:
                         (url, cursor),
                     )
                 if len(rows) < self.batch:
-                    try:
-                        await asyncio.wait_for(waiter.wait(), 1.0)
-                    except TimeoutError:
-                        pass
+                    await self.outbox.wait(waiter, 1.0)
         finally:
             self.outbox.unsubscribe(waiter)
 
