@@ -19,6 +19,7 @@ from .. import keys
 from ..auth import Identity, Role, authenticate
 from ..database import Database
 from ..settings import SettingsError
+from .checkpointer import WalCheckpointer
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Meter
 from .outbox import Outbox
@@ -56,6 +57,8 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     meter = Meter(db, ledger, outbox, refund_window_seconds=settings.refund_window_seconds)
     app[keys.LEDGER] = ledger
     app[keys.METER] = meter
+    checkpointer = WalCheckpointer(db)
+    checkpointer.start()
     recovered = meter.start()
     if recovered:
         log.info("metering recovered %d open sessions", len(recovered))
@@ -75,6 +78,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         await webhooks.close()
         if redis is not None:
             await redis.aclose()
+        await checkpointer.close()
         db.close()
 
 
