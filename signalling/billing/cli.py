@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -89,7 +90,7 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write (default stdout).")
 @click.option("--data-dir", default=None)
-def export(start: float, end: float, fmt: str, output: click.utils.LazyFile, data_dir: str | None) -> None:
+def export(start: float, end: float, fmt: str, output: TextIO, data_dir: str | None) -> None:
     """Export the ledger entries posted between two instants."""
     ledger = Ledger(Database.in_dir(_settings(data_dir).data_dir))
     rows = ledger.export(start, end)

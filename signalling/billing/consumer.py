@@ -173,7 +173,7 @@ class MeteringConsumer:
         total = 0
         start = "0-0"
         while True:
-            reply = await self.redis.xautoclaim(
+            reply: Any = await self.redis.xautoclaim(
                 self.stream, self.group, self.name, self.claim_idle_ms, start_id=start, count=self.batch
             )
             start, messages = reply[0], reply[1]
@@ -182,7 +182,7 @@ class MeteringConsumer:
                 return total
 
     async def _read(self, start: str) -> int:
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.group, self.name, {self.stream: start}, count=self.batch,
             block=None if start == "0" else self.block_ms,
         )
