@@ -6,8 +6,8 @@ and listens to the events. Every message is a frozen dataclass of plain values t
 and as one worker process per core, or on another machine, later — with the same messages.
 
 A participant reaches the SFU over two peer connections ("transports"), as LiveKit does:
-``publish`` (the client offers its tracks, the SFU answers) and ``subscribe`` (the SFU offers the
-other participants' tracks, the client answers). Keeping the directions apart means the SFU can
+``publish`` (the client offers its tracks, the SFU answers) and ``subscribe`` (opened with
+``Subscribe``: the SFU offers the other participants' tracks, the client answers). Keeping the directions apart means the SFU can
 renegotiate a subscriber whenever someone publishes without ever racing the client's own offer.
 WHIP uses a publish transport, WHEP a subscribe transport whose offer comes from the client.
 
@@ -56,7 +56,10 @@ class Message:
         if cls is None:
             raise MediaError("bad_message", f"unknown media message kind {data.get('kind')!r}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # a required field is missing
+            raise MediaError("bad_message", f"{cls.kind}: {exc}") from exc
 
 
 # --- requests (control plane -> media plane) ------------------------------------------------
@@ -94,6 +97,17 @@ class Offer(Message):
     participant_id: str
     transport: TransportKind
     sdp: str
+
+
+@dataclass(frozen=True)
+class Subscribe(Message):
+    """Open the participant's subscribe transport; the SFU's offer (every other participant's
+    tracks plus a "chat" data channel) follows as a ``ServerOffer`` event. Sent again after a
+    resume, it replaces the transport (a fresh ICE/DTLS session). Replies ``Ok``."""
+
+    kind: ClassVar[str] = "subscribe"
+    room_id: str
+    participant_id: str
 
 
 @dataclass(frozen=True)

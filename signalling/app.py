@@ -14,6 +14,7 @@ from . import ice
 from . import rest_bookings, rest_experts
 from .auth import TokenIssuer
 from .database import Database
+from .billing import service as billing_service
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(database_ctx)
     rest_experts.setup(app)
     rest_bookings.setup(app)
+    billing_service.setup(app)
     web_demo.routes.setup(app)
     return app
 

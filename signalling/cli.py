@@ -78,6 +78,11 @@ def token(user: str, role: str, ttl: int, name: str | None, secret: str | None, 
 
 main.add_command(turn_config)
 
+from bench.cli import bench  # noqa: E402  (subcommand groups attach after main is defined)
+from .billing.cli import billing  # noqa: E402
+
+main.add_command(billing)
+main.add_command(bench)
 
 if __name__ == "__main__":
     sys.exit(main())

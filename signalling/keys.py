@@ -9,6 +9,8 @@ from turn_config.ice_servers import IceServerProvider
 from .auth import TokenIssuer
 from .database import Database
 from .experts import ExpertDirectory, SessionParties
+from .billing.ledger import Ledger
+from .billing.meter import Meter
 from .metrics import Metrics
 from .scheduling import BookingListener, Scheduler
 from .settings import Settings
@@ -24,3 +26,5 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 # and how a session id maps to (expert_id, client_id, state) for ratings.
 BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)
 SESSION_PARTIES = web.AppKey("session_parties", SessionParties)
+METER = web.AppKey("meter", Meter)
+LEDGER = web.AppKey("ledger", Ledger)

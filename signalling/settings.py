@@ -54,6 +54,8 @@ class Settings:
     media_debounce_seconds: float = 2.0
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = ""
+    billing_grace_seconds: int = 0
+    metering_stream: str = "expertcall:metering"
 
     # Media plane. loopback=True gathers and announces 127.0.0.1 only and contacts no STUN server:
     # the mode for tests, benches and a laptop.

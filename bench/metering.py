@@ -1,0 +1,185 @@
+"""``expertcall bench metering``: N concurrent metered sessions through the whole billing path.
+
+Sessions open over the first unit (spread so that their units do not all fall due at once), run
+for ``duration`` seconds, then end. Every unit goes through the Meter's timer heap, the ledger and
+the outbox (one SQLite transaction per tick), the Redis relay (XADD) and the reference consumer
+(XREADGROUP, its own SQLite, XACK). The meter, ledger, outbox and relay share this process and
+event loop, as on a single node; the consumer is its own process, as a billing system would be.
+
+Reported: unit lateness (callback time minus the instant the unit became due) as p50/p99/max,
+for all units and for the steady state after the ramp; events per second through the stream and
+the consumer during the steady state; and whether the consumer counted each event exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from signalling.billing.checkpointer import WalCheckpointer
+from signalling.billing.ledger import client_account
+from signalling.billing.meter import Meter, UnitCharged
+from signalling.billing.money import Money
+from signalling.billing.pricing import BillingPolicy, Price
+from signalling.billing.relay import RedisRelay
+from signalling.database import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def consumed(path: Path) -> int:
+    """Events the consumer process has committed so far (read from its own SQLite)."""
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM consumed_events").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "count": len(values),
+        "p50_ms": _ms(percentile(values, 50)),
+        "p99_ms": _ms(percentile(values, 99)),
+        "max_ms": _ms(max(values) if values else None),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="expertcall-bench-metering-"))
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
+    charged: list[tuple[float, float]] = []  # (due, lateness)
+
+    def on_unit(unit: UnitCharged) -> None:
+        now = time.time()
+        charged.append((unit.at, now - unit.at))
+
+    lags: list[float] = []
+    probing = True
+
+    async def probe_loop_lag() -> None:
+        # How late the event loop runs a 10 ms sleep: separates a busy loop from a slow meter.
+        while probing:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    probe = asyncio.get_running_loop().create_task(probe_loop_lag())
+    db = Database.in_dir(workdir)
+    checkpointer = WalCheckpointer(db)
+    checkpointer.start()
+    meter = Meter(db, on_unit=on_unit)
+    meter.start()
+    redis = relay = consumer = None
+    stream = f"bench:{uuid.uuid4().hex}:metering"
+    consumer_db = workdir / "consumer.sqlite3"
+    if redis_url:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_url)
+        relay = RedisRelay(meter.outbox, redis, stream, batch=2000, poll_seconds=0.05)
+        relay.start()
+        consumer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "signalling.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
+            "--db", str(consumer_db), "--stream", stream, "--name", "bench-1", "--batch", "2000",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+
+    policy = BillingPolicy(unit_seconds=unit_seconds)
+    price = Price.per_minute(Money(25, "USD"))
+    started = time.time()
+    slices = 50
+    for k in range(slices):
+        for i in range(k * sessions // slices, (k + 1) * sessions // slices):
+            now = time.time()
+            meter.started(f"b{i}", f"e{i % 100}", f"c{i}", price, policy, at=now)
+            meter.media_live(f"b{i}", at=now)
+            if i % 50 == 49:
+                await asyncio.sleep(0)  # sessions open on separate requests: let the timers in
+        await asyncio.sleep(max(0.0, started + (k + 1) * unit_seconds / slices - time.time()))
+    ramp_end = time.time()
+    published_at_ramp = relay.published if relay else 0
+    counted_at_ramp = consumed(consumer_db)
+    await asyncio.sleep(max(0.0, started + duration - time.time()))
+    steady_end = time.time()
+    published_steady = (relay.published if relay else 0) - published_at_ramp
+    counted_steady = consumed(consumer_db) - counted_at_ramp
+
+    probing = False
+    await probe
+    for i in range(sessions):
+        meter.ended(f"b{i}", reason="hangup")
+    await meter.close()
+    await checkpointer.close()
+    total_events = meter.outbox.last_seq()
+    consumer_report: dict[str, Any] = {}
+    if relay and consumer and redis:
+        await relay.close(flush_timeout=120)
+        deadline = time.time() + 120
+        while consumed(consumer_db) < total_events and time.time() < deadline and consumer.returncode is None:
+            await asyncio.sleep(0.2)
+        if consumer.returncode is None:
+            consumer.send_signal(signal.SIGTERM)
+        out, err = await consumer.communicate()
+        with sqlite3.connect(consumer_db) as conn:
+            gross = conn.execute("SELECT coalesce(sum(gross), 0) FROM expert_totals").fetchone()[0]
+        debited = -sum(meter.ledger.balance(client_account(f"c{i}"), "USD").amount for i in range(sessions))
+        counted = consumed(consumer_db)
+        consumer_report = {
+            "process": "expertcall billing consume",
+            "exit": consumer.returncode,
+            "summary": json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else err.decode()[-500:],
+            "events_in_outbox": total_events,
+            "events_counted": counted,
+            "exactly_once": counted == total_events and gross == debited,
+        }
+        await redis.delete(stream)
+        await redis.aclose()
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    window = max(1e-9, steady_end - ramp_end)
+    steady = [late for due, late in charged if ramp_end <= due < steady_end]
+    report = {
+        "bench": "metering",
+        "sessions": sessions,
+        "duration_s": duration,
+        "unit_seconds": unit_seconds,
+        "ramp_s": round(ramp_end - started, 3),
+        "units_charged": len(charged),
+        "ledger_units": db.fetchone("SELECT count(*) AS n FROM ledger_postings")["n"],  # type: ignore[index]
+        "lateness_all": summary([late for _, late in charged]),
+        "lateness_steady": summary(steady),
+        "event_loop_lag": summary(lags),
+        "units_per_second_steady": round(len(steady) / window, 1),
+        "stream_events_per_second": round(published_steady / window, 1) if relay else None,
+        "consumer_events_per_second": round(counted_steady / window, 1) if consumer else None,
+        "consumer": consumer_report,
+        "cpu_seconds_node": round(usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime, 2),
+        "event_loop": type(asyncio.get_running_loop()).__module__,
+    }
+    db.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report

@@ -1,0 +1,699 @@
+"""The Meter: turns a session's live time into ledger postings and metering events.
+
+The session layer drives it with ``started``, ``media_live``, ``media_paused`` and ``ended`` (each
+with the time ``at`` it happened) and hears back through three callbacks: ``on_unit``,
+``on_budget_warning`` and ``on_budget_reached`` (it must then end the session with the reason
+``budget_reached``). Billable time is live time only; every session keeps its timeline of live
+intervals, persisted with the events that open and close them.
+
+Charging rules (docs/billing.md):
+- per_minute: unit n starts when live time passes ``grace + n * unit`` and is charged then, for the
+  whole unit. So 0 s costs nothing, 1 s one unit, exactly one unit one unit, one unit + 1 s two.
+  A pause stops the clock mid-unit and a resume continues the same unit.
+- per_session: charged once live time reaches the minimum (a session that was never live, or
+  live for less, is free). It is posted as unit 0.
+- free: events only.
+
+All sessions share one timer heap served by one task; each session has at most one live entry in
+it (stale ones are skipped by a generation number), so many thousands of sessions cost a heap
+operation per unit. Everything due at once is committed in one SQLite transaction.
+
+After a crash ``recover()`` (called by ``start()``) reloads the open sessions and their timelines
+from SQLite, counts the units already in the ledger and charges exactly the ones due since:
+posting ids are deterministic, so none twice. A session recorded as live is taken as live through
+the outage until the session layer reports otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from ..database import Database
+from .ledger import CHARGE, REFUND, Ledger, Posting
+from .money import Money
+from .outbox import Outbox
+from .pricing import BillingPolicy, Price, PriceKind, split, split_increment
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+DDL = """
+CREATE TABLE IF NOT EXISTS billing_sessions (
+    session_id TEXT PRIMARY KEY,
+    expert_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    price TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    budget_cap INTEGER,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS billing_sessions_open ON billing_sessions (session_id) WHERE ended_at IS NULL;
+CREATE TABLE IF NOT EXISTS billing_intervals (
+    session_id TEXT NOT NULL REFERENCES billing_sessions (session_id),
+    idx INTEGER NOT NULL,
+    start REAL NOT NULL,
+    end REAL,
+    PRIMARY KEY (session_id, idx)
+);
+"""
+
+MAX_REASON = 64
+
+
+class BillingError(Exception):
+    """A call the meter refuses. ``code`` is stable and may reach clients as is."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class UnitCharged:
+    session_id: str
+    expert_id: str
+    client_id: str
+    unit_index: int
+    amount: Money
+    running_total: Money
+    budget_cap: Money | None
+    at: float  # when the unit started (the instant it became due)
+    charged_at: float  # when the meter charged it (at + timer lateness)
+
+
+@dataclass(frozen=True)
+class BudgetWarning:
+    """The unit just charged is the last the budget pays for: the session ends one unit from now."""
+
+    session_id: str
+    expert_id: str
+    client_id: str
+    running_total: Money
+    budget_cap: Money
+    ends_at_live_seconds: int
+
+
+@dataclass(frozen=True)
+class BudgetReached:
+    session_id: str
+    expert_id: str
+    client_id: str
+    running_total: Money
+    budget_cap: Money
+    at: float
+
+
+@dataclass(frozen=True)
+class RunningCost:
+    session_id: str
+    price: Price
+    units: int
+    total: Money
+    live: bool
+    live_seconds: float
+    budget_cap: Money | None
+    next_charge_at: float | None
+    timeline: tuple[tuple[float, float | None], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "price": self.price.to_dict(),
+            "units": self.units,
+            "total": self.total.to_dict(),
+            "live": self.live,
+            "live_seconds": self.live_seconds,
+            "budget_cap": self.budget_cap.to_dict() if self.budget_cap else None,
+            "next_charge_at": self.next_charge_at,
+        }
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    session_id: str
+    reason: str
+    units: int
+    total: Money
+    live_seconds: float
+    timeline: tuple[tuple[float, float | None], ...]
+
+
+@dataclass(frozen=True)
+class Refund:
+    session_id: str
+    posting: Posting
+    created: bool
+
+
+@dataclass
+class _Session:
+    session_id: str
+    expert_id: str
+    client_id: str
+    price: Price
+    policy: BillingPolicy
+    budget_cap: Money | None
+    started_at: float
+    intervals: list[list[Any]] = field(default_factory=list)  # [start, end | None]
+    closed_live: float = 0.0
+    units: int = 0
+    total: Money = Money(0, "USD")
+    warned: bool = False
+    capped: bool = False
+    generation: int = 0
+    last_at: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return bool(self.intervals) and self.intervals[-1][1] is None
+
+    def live_seconds(self, at: float) -> float:
+        if self.live:
+            return self.closed_live + max(0.0, at - self.intervals[-1][0])
+        return self.closed_live
+
+    def wall_time_at(self, live_seconds: float) -> float | None:
+        """When live time passed ``live_seconds`` (an instant inside an interval, never its end)."""
+        acc = 0.0
+        for start, end in self.intervals:
+            length = (end - start) if end is not None else None
+            if length is None or live_seconds < acc + length:
+                return start + max(0.0, live_seconds - acc)
+            acc += length
+        return None
+
+    def next_threshold(self) -> tuple[float, bool] | None:
+        """Live seconds at which the next charge (or the budget end) falls due; True: strictly after."""
+        kind = self.price.kind
+        if kind is PriceKind.PER_MINUTE and not self.capped:
+            return float(self.policy.grace_seconds + self.units * self.policy.unit_seconds), True
+        if kind is PriceKind.PER_SESSION and self.units == 0:
+            return float(self.policy.per_session_minimum_seconds), False
+        return None
+
+    def timeline(self) -> tuple[tuple[float, float | None], ...]:
+        return tuple((s, e) for s, e in self.intervals)
+
+    def same_terms(self, other: "_Session") -> bool:
+        return (self.expert_id, self.client_id, self.price, self.policy, self.budget_cap) == (
+            other.expert_id, other.client_id, other.price, other.policy, other.budget_cap,
+        )
+
+
+@dataclass
+class _Batch:
+    postings: list[Posting] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    notices: list[tuple[Callable[[Any], Any] | None, Any]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+Callback = Callable[[Any], "Awaitable[None] | None"]
+
+
+class Meter:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger | None = None,
+        outbox: Outbox | None = None,
+        *,
+        clock: Clock = time.time,
+        refund_window_seconds: int = 72 * 3600,
+        max_batch: int = 5000,
+        tick_seconds: float = 0.05,
+        on_unit: Callable[[UnitCharged], Awaitable[None] | None] | None = None,
+        on_budget_warning: Callable[[BudgetWarning], Awaitable[None] | None] | None = None,
+        on_budget_reached: Callable[[BudgetReached], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.db = db
+        self.ledger = ledger or Ledger(db)
+        self.outbox = outbox or Outbox(db)
+        self.clock = clock
+        self.refund_window_seconds = refund_window_seconds
+        self.max_batch = max_batch
+        # After a tick the timer task rests this long, so that units falling due meanwhile share
+        # one transaction: a commit costs far more than a row. Units are at most this much later.
+        self.tick_seconds = tick_seconds
+        # Callbacks run right after the commit that caused them; a coroutine result is scheduled
+        # as a task (awaited by close()). They must not raise into the meter: errors are logged.
+        self.on_unit = on_unit
+        self.on_budget_warning = on_budget_warning
+        self.on_budget_reached = on_budget_reached
+        self._sessions: dict[str, _Session] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = itertools.count()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._callbacks: set[asyncio.Future[Any]] = set()
+        self._closed = False
+        db.migrate(DDL)
+
+    # --- the session layer's calls -----------------------------------------------------------
+
+    def started(
+        self,
+        session_id: str,
+        expert_id: str,
+        client_id: str,
+        price: Price,
+        policy: BillingPolicy,
+        budget_cap: Money | None = None,
+        at: float | None = None,
+    ) -> RunningCost:
+        """Open metering for a session (not yet live). Idempotent for identical terms."""
+        at = self.clock() if at is None else at
+        for name, value in (("session_id", session_id), ("expert_id", expert_id), ("client_id", client_id)):
+            if not isinstance(value, str) or not 0 < len(value) <= 128:
+                raise BillingError("bad_request", f"{name} must be a 1-128 character string")
+        if budget_cap is not None:
+            if budget_cap.currency != price.currency:
+                raise BillingError("currency_mismatch", "the budget cap must be in the price's currency")
+            if price.kind is not PriceKind.FREE and budget_cap < price.amount:
+                raise BillingError("budget_too_low", f"a budget of {budget_cap} does not cover one charge of {price.amount}")
+        session = _Session(
+            session_id, expert_id, client_id, price, policy, budget_cap, at,
+            total=Money.zero(price.currency), last_at=at,
+        )
+        existing = self._sessions.get(session_id)
+        if existing is not None:
+            if not existing.same_terms(session):
+                raise BillingError("session_exists", f"session {session_id} is metered with other terms")
+            return self.running_cost(session_id)
+        if self.db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (session_id,)):
+            raise BillingError("session_ended", f"session {session_id} has already ended")
+        batch = _Batch()
+        batch.statements.append((
+            "INSERT INTO billing_sessions (session_id, expert_id, client_id, price, policy, budget_cap, started_at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (session_id, expert_id, client_id, json.dumps(price.to_dict()), json.dumps(policy.to_dict()),
+             budget_cap.amount if budget_cap else None, at),
+        ))
+        batch.events.append(self._event(session, f"{session_id}:started", "started", at, {
+            "price": price.to_dict(),
+            "policy": policy.to_dict(),
+            "budget_cap": budget_cap.amount if budget_cap else None,
+        }))
+        self._commit(batch)
+        self._sessions[session_id] = session
+        return self.running_cost(session_id)
+
+    def media_live(self, session_id: str, at: float | None = None) -> None:
+        """Both sides' media flows: the clock (re)starts. A no-op while already live."""
+        s = self._open(session_id)
+        if s.live:
+            return
+        at = self._clamp(s, at)
+        idx = len(s.intervals)
+        s.intervals.append([at, None])
+        s.last_at = at
+        batch = _Batch()
+        batch.statements.append((
+            "INSERT INTO billing_intervals (session_id, idx, start) VALUES (?,?,?)", (session_id, idx, at)
+        ))
+        batch.events.append(self._event(s, f"{session_id}:resumed:{idx}", "resumed", at, {
+            "interval": idx, "live_seconds": s.live_seconds(at), "units": s.units,
+        }))
+        self._advance(s, at, batch)
+        self._commit(batch)
+        self._schedule(s)
+
+    def media_paused(self, session_id: str, at: float | None = None) -> None:
+        """Either side's media stopped (debounced): the clock stops mid-unit. A no-op while paused."""
+        s = self._open(session_id)
+        if not s.live:
+            return
+        at = self._clamp(s, at)
+        batch = _Batch()
+        self._advance(s, at, batch)
+        self._close_interval(s, at, batch)
+        batch.events.append(self._event(s, f"{session_id}:paused:{len(s.intervals) - 1}", "paused", at, {
+            "interval": len(s.intervals) - 1, "live_seconds": s.live_seconds(at), "units": s.units,
+        }))
+        self._commit(batch)
+
+    def ended(self, session_id: str, at: float | None = None, reason: str = "hangup") -> SessionSummary:
+        """Stop metering for good: charge what is due at ``at``, record the end. Idempotent."""
+        if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON:
+            raise BillingError("bad_request", f"the reason must be a 1-{MAX_REASON} character string")
+        s = self._sessions.get(session_id)
+        if s is None:
+            return self._stored_summary(session_id)
+        at = self._clamp(s, at)
+        batch = _Batch()
+        self._advance(s, at, batch)
+        if s.live:
+            self._close_interval(s, at, batch)
+        batch.statements.append((
+            "UPDATE billing_sessions SET ended_at = ?, end_reason = ? WHERE session_id = ?", (at, reason, session_id)
+        ))
+        totals = split(s.total, s.policy.platform_fee_bps)
+        batch.events.append(self._event(s, f"{session_id}:ended", "ended", at, {
+            "reason": reason,
+            "units": s.units,
+            "live_seconds": s.live_seconds(at),
+            "total": s.total.amount,
+            "fee": totals.fee.amount,
+            "payout": totals.payout.amount,
+            "timeline": [list(iv) for iv in s.timeline()],
+        }))
+        s.generation += 1
+        self._commit(batch)
+        del self._sessions[session_id]
+        return SessionSummary(session_id, reason, s.units, s.total, s.live_seconds(at), s.timeline())
+
+    def running_cost(self, session_id: str) -> RunningCost:
+        s = self._open(session_id)
+        now = self.clock()
+        next_at = None
+        threshold = s.next_threshold()
+        if threshold is not None and s.live:
+            next_at = s.wall_time_at(threshold[0])
+        return RunningCost(
+            session_id, s.price, s.units, s.total, s.live, s.live_seconds(max(now, s.last_at)),
+            s.budget_cap, next_at, s.timeline(),
+        )
+
+    def is_open(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def open_sessions(self) -> list[str]:
+        return list(self._sessions)
+
+    def refund(self, session_id: str, *, by: str, reason: str = "", at: float | None = None) -> Refund:
+        """Reverse every charge of an ended session within the refund window. Idempotent."""
+        at = self.clock() if at is None else at
+        row = self.db.fetchone("SELECT * FROM billing_sessions WHERE session_id = ?", (session_id,))
+        if row is None:
+            raise BillingError("unknown_session", f"no metered session {session_id}")
+        if row["ended_at"] is None:
+            raise BillingError("session_open", "a session can be refunded once it has ended")
+        existing = self.ledger.get(f"{session_id}:refund")
+        if existing is not None:
+            return Refund(session_id, existing, created=False)
+        if at - row["ended_at"] > self.refund_window_seconds:
+            raise BillingError("refund_window_closed", f"refunds close {self.refund_window_seconds} s after the session")
+        totals = self.ledger.session_totals(session_id)
+        if not totals.gross or totals.currency is None:
+            raise BillingError("nothing_to_refund", "the session was not charged")
+        c = totals.currency
+        posting = Posting(
+            f"{session_id}:refund", session_id, REFUND, None, row["expert_id"], row["client_id"],
+            Money(totals.gross, c), Money(totals.fee, c), Money(totals.payout, c), at,
+            memo=json.dumps({"by": by, "reason": reason}),
+        )
+        event = self.outbox.event(f"{session_id}:refunded", "refunded", session_id, at, {
+            "expert_id": row["expert_id"], "client_id": row["client_id"], "currency": c,
+            "amount": totals.gross, "fee": totals.fee, "payout": totals.payout, "units": totals.units,
+            "by": by, "reason": reason,
+        })
+        with self.db.transaction():
+            self.ledger.post(posting)
+            self.outbox.add_many([event])
+        self.outbox.notify()
+        return Refund(session_id, posting, created=True)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Recover open sessions, then serve the timers on the running loop."""
+        recovered = self.recover()
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="meter")
+        return recovered
+
+    def recover(self) -> list[str]:
+        """Reload sessions left open by a previous process and charge the units due since."""
+        rows = self.db.fetchall("SELECT * FROM billing_sessions WHERE ended_at IS NULL")
+        now = self.clock()
+        batch = _Batch()
+        for row in rows:
+            if row["session_id"] in self._sessions:
+                continue
+            s = self._load(row)
+            self._sessions[s.session_id] = s
+            self._advance(s, max(now, s.last_at), batch)
+        self._commit(batch)
+        for row in rows:
+            self._schedule(self._sessions[row["session_id"]])
+        return [r["session_id"] for r in rows]
+
+    def fire_due(self, now: float | None = None) -> int:
+        """Charge everything due by ``now``; returns the number of units charged. The timer task
+        calls this; tests with a manual clock call it directly."""
+        now = self.clock() if now is None else now
+        batch = _Batch()
+        retry: list[_Session] = []
+        while self._heap and self._heap[0][0] <= now and len(batch.postings) < self.max_batch:
+            _, _, sid, gen = heapq.heappop(self._heap)
+            s = self._sessions.get(sid)
+            if s is None or s.generation != gen:
+                continue
+            charged = len(batch.postings)
+            self._advance(s, now, batch)
+            if len(batch.postings) == charged and not s.capped:
+                # Due exactly now under a strict rule: look again on the next tick.
+                retry.append(s)
+            else:
+                batch.touched.add(sid)
+        try:
+            self._commit(batch)
+        finally:
+            for sid in batch.touched:
+                if sid in self._sessions:
+                    self._schedule(self._sessions[sid])
+            for s in retry:
+                self._schedule(s)
+        return len(batch.postings)
+
+    async def close(self) -> None:
+        """Finish in-flight billing: stop the timer task, charge what is due now, await callbacks.
+        Open sessions stay open in SQLite and are recovered by the next start()."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.fire_due()
+        if self._callbacks:
+            await asyncio.gather(*self._callbacks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._heap and self._heap[0][0] <= self.clock():
+                try:
+                    self.fire_due()
+                except Exception:
+                    log.exception("metering tick failed; affected sessions reloaded from SQLite")
+                await asyncio.sleep(self.tick_seconds)
+                continue
+            self._wakeup.clear()
+            handle = None
+            if self._heap:
+                handle = loop.call_later(max(0.0, self._heap[0][0] - self.clock()), self._wakeup.set)
+            await self._wakeup.wait()
+            if handle is not None:
+                handle.cancel()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _open(self, session_id: str) -> _Session:
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise BillingError("unknown_session", f"session {session_id} is not being metered")
+        return s
+
+    def _clamp(self, s: _Session, at: float | None) -> float:
+        """Events apply in order: a time before what the meter already recorded or charged for the
+        session is taken as that time (charges are never retracted here; refunds correct)."""
+        at = self.clock() if at is None else at
+        return max(at, s.last_at)
+
+    def _event(self, s: _Session, event_id: str, short_type: str, at: float, data: dict[str, Any]) -> dict[str, Any]:
+        return self.outbox.event(event_id, short_type, s.session_id, at, {
+            "expert_id": s.expert_id, "client_id": s.client_id, "currency": s.price.currency, **data,
+        })
+
+    def _close_interval(self, s: _Session, at: float, batch: _Batch) -> None:
+        start = s.intervals[-1][0]
+        s.intervals[-1][1] = at
+        s.closed_live += at - start
+        s.last_at = at
+        s.generation += 1
+        batch.statements.append((
+            "UPDATE billing_intervals SET end = ? WHERE session_id = ? AND idx = ?",
+            (at, s.session_id, len(s.intervals) - 1),
+        ))
+
+    def _advance(self, s: _Session, now: float, batch: _Batch) -> None:
+        """Charge every unit of ``s`` due by ``now``, in order, and raise budget notices."""
+        live = s.live_seconds(now)
+        charged_at = self.clock()
+        while True:
+            threshold = s.next_threshold()
+            if threshold is None or not s.intervals:
+                return
+            limit, strict = threshold
+            if live < limit or (strict and live == limit):
+                return
+            at = s.wall_time_at(limit)
+            assert at is not None
+            amount = s.price.amount
+            cap = s.budget_cap
+            if cap is not None and s.total + amount > cap:
+                s.capped = True
+                batch.notices.append((self.on_budget_reached, BudgetReached(
+                    s.session_id, s.expert_id, s.client_id, s.total, cap, at,
+                )))
+                return
+            index = s.units
+            parts = split_increment(s.total, amount, s.policy.platform_fee_bps)
+            s.units += 1
+            s.total = s.total + amount
+            s.last_at = max(s.last_at, at)
+            batch.postings.append(Posting(
+                f"{s.session_id}:unit:{index}", s.session_id, CHARGE, index, s.expert_id, s.client_id,
+                parts.gross, parts.fee, parts.payout, at,
+            ))
+            batch.events.append(self._event(s, f"{s.session_id}:unit:{index}", "unit", at, {
+                "unit_index": index,
+                "price_kind": s.price.kind.value,
+                "amount": amount.amount,
+                "fee": parts.fee.amount,
+                "payout": parts.payout.amount,
+                "running_total": s.total.amount,
+                "live_seconds": limit,
+            }))
+            batch.notices.append((self.on_unit, UnitCharged(
+                s.session_id, s.expert_id, s.client_id, index, amount, s.total, cap, at, charged_at,
+            )))
+            if (
+                cap is not None and s.price.kind is PriceKind.PER_MINUTE and not s.warned
+                and s.total + amount > cap
+            ):
+                s.warned = True
+                batch.notices.append((self.on_budget_warning, BudgetWarning(
+                    s.session_id, s.expert_id, s.client_id, s.total, cap,
+                    s.policy.grace_seconds + s.units * s.policy.unit_seconds,
+                )))
+
+    def _schedule(self, s: _Session) -> None:
+        if not s.live or self._closed:
+            return
+        threshold = s.next_threshold()
+        if threshold is None:
+            return
+        due = s.wall_time_at(threshold[0])
+        if due is None:
+            return
+        s.generation += 1
+        heapq.heappush(self._heap, (due, next(self._seq), s.session_id, s.generation))
+        if self._wakeup is not None and self._heap[0][2] == s.session_id:
+            self._wakeup.set()
+        if len(self._heap) > 4 * len(self._sessions) + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        live = {(sid, s.generation) for sid, s in self._sessions.items()}
+        self._heap = [e for e in self._heap if (e[2], e[3]) in live]
+        heapq.heapify(self._heap)
+
+    def _commit(self, batch: _Batch) -> None:
+        if not (batch.postings or batch.events or batch.statements):
+            self._dispatch(batch)
+            return
+        try:
+            with self.db.transaction():
+                for sql, params in batch.statements:
+                    self.db.execute(sql, params)
+                if batch.postings:
+                    self.ledger.post_many(batch.postings)
+                self.outbox.add_many(batch.events)
+        except BaseException:
+            # Memory ran ahead of a transaction that did not commit: take SQLite's word for it.
+            for sid in {p.session_id for p in batch.postings} | {e["subject"] for e in batch.events}:
+                self._reload(sid)
+            raise
+        self.outbox.notify()
+        self._dispatch(batch)
+
+    def _dispatch(self, batch: _Batch) -> None:
+        for callback, notice in batch.notices:
+            if callback is None:
+                continue
+            try:
+                result = callback(notice)
+            except Exception:
+                log.exception("billing callback %r failed", callback)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._callbacks.add(task)
+                task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Future[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("billing callback failed", exc_info=task.exception())
+
+    def _reload(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+        row = self.db.fetchone(
+            "SELECT * FROM billing_sessions WHERE session_id = ? AND ended_at IS NULL", (session_id,)
+        )
+        if row is not None:
+            s = self._load(row)
+            self._sessions[session_id] = s
+            self._schedule(s)
+
+    def _load(self, row: Any) -> _Session:
+        price = Price.from_dict(json.loads(row["price"]))
+        policy = BillingPolicy.from_dict(json.loads(row["policy"]))
+        cap = Money(row["budget_cap"], price.currency) if row["budget_cap"] is not None else None
+        s = _Session(
+            row["session_id"], row["expert_id"], row["client_id"], price, policy, cap, row["started_at"],
+            total=Money.zero(price.currency), last_at=row["started_at"],
+        )
+        for iv in self.db.fetchall(
+            "SELECT start, end FROM billing_intervals WHERE session_id = ? ORDER BY idx", (s.session_id,)
+        ):
+            s.intervals.append([iv["start"], iv["end"]])
+            if iv["end"] is not None:
+                s.closed_live += iv["end"] - iv["start"]
+            s.last_at = max(s.last_at, iv["start"], iv["end"] or 0.0)
+        totals = self.ledger.session_totals(s.session_id)
+        s.units = totals.units
+        s.total = Money(totals.gross, price.currency)
+        if s.units:
+            last = self.ledger.get(f"{s.session_id}:unit:{s.units - 1}")
+            if last is not None:
+                s.last_at = max(s.last_at, last.at)
+        if cap is not None and s.price.kind is PriceKind.PER_MINUTE:
+            s.warned = s.units > 0 and s.total + price.amount > cap
+        return s
+
+    def _stored_summary(self, session_id: str) -> SessionSummary:
+        row = self.db.fetchone("SELECT * FROM billing_sessions WHERE session_id = ?", (session_id,))
+        if row is None or row["ended_at"] is None:
+            raise BillingError("unknown_session", f"session {session_id} is not being metered")
+        s = self._load(row)
+        return SessionSummary(session_id, row["end_reason"], s.units, s.total, s.closed_live, s.timeline())

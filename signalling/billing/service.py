@@ -1,0 +1,205 @@
+"""Billing inside the application: resources opened in a ``cleanup_ctx`` and the REST routes.
+
+``setup(app)`` is the one call ``create_app`` makes. At start-up the Meter recovers open sessions
+from SQLite and starts its timers, then the Redis relay (when ``redis_url`` is set) and the webhook
+sender (when ``webhook_urls`` are) start publishing the outbox. At shutdown, after the session
+layer has ended its sessions, the Meter charges what is due, the relay flushes and everything
+closes; what is not flushed stays in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .. import keys
+from ..auth import Identity, Role, authenticate
+from ..settings import SettingsError
+from .checkpointer import WalCheckpointer
+from .ledger import Ledger, to_csv
+from .meter import BillingError, Meter
+from .outbox import Outbox
+from .relay import RedisRelay
+from .times import END_OF_TIME, parse_instant
+from .webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+ERROR_STATUS = {
+    "unknown_session": 404,
+    "session_open": 409,
+    "refund_window_closed": 409,
+    "nothing_to_refund": 409,
+}
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(billing_ctx)
+    app.router.add_get("/api/metering", metering_feed)
+    app.router.add_get("/api/billing/sessions/{session_id}", session_cost)
+    app.router.add_post("/api/billing/sessions/{session_id}/refund", refund)
+    app.router.add_get("/api/billing/statement", statement)
+    app.router.add_get("/api/billing/export", export)
+
+
+async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if settings.webhook_urls and not settings.webhook_secret:
+        raise SettingsError("webhook_urls need a webhook_secret (EXPERTCALL_WEBHOOK_SECRET) to sign with")
+    db = app[keys.DATABASE]
+    ledger = Ledger(db)
+    outbox = Outbox(db)
+    meter = Meter(db, ledger, outbox, refund_window_seconds=settings.refund_window_seconds)
+    app[keys.LEDGER] = ledger
+    app[keys.METER] = meter
+    checkpointer = WalCheckpointer(db)
+    checkpointer.start()
+    recovered = meter.start()
+    if recovered:
+        log.info("metering recovered %d open sessions", len(recovered))
+    redis = relay = None
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url)
+        relay = RedisRelay(outbox, redis, settings.metering_stream)
+        relay.start()
+    webhooks = WebhookSender(outbox, settings.webhook_urls, settings.webhook_secret)
+    webhooks.start()
+    try:
+        yield
+    finally:
+        await meter.close()
+        if relay is not None:
+            await relay.close()
+        await webhooks.close()
+        if redis is not None:
+            await redis.aclose()
+        await checkpointer.close()
+
+
+def _error(status: int, code: str, message: str) -> web.HTTPException:
+    cls = web.HTTPException
+    for candidate in (web.HTTPBadRequest, web.HTTPForbidden, web.HTTPNotFound, web.HTTPConflict):
+        if candidate.status_code == status:
+            cls = candidate
+    return cls(text=web.json_response({"error": {"code": code, "message": message}}).text,
+               content_type="application/json")
+
+
+def _billing_error(exc: BillingError) -> web.HTTPException:
+    return _error(ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _error(400, "bad_request", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise _error(400, "bad_request", f"{name} must be between {low} and {high}")
+    return value
+
+
+def _instant_param(request: web.Request, name: str, default: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse_instant(raw)
+    except ValueError as exc:
+        raise _error(400, "bad_request", f"{name}: {exc}") from None
+
+
+def _me(request: web.Request, *roles: Role) -> Identity:
+    return authenticate(request, request.app[keys.TOKENS], *roles)
+
+
+async def metering_feed(request: web.Request) -> web.Response:
+    """``GET /api/metering?after=<cursor>&limit=<n>`` (admin): the feed from SQLite, in order."""
+    _me(request, Role.ADMIN)
+    after = _int_param(request, "after", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    rows = request.app[keys.METER].outbox.after(after, limit)
+    body = '{"events":[' + ",".join(r.body for r in rows) + '],"cursors":' + str([r.seq for r in rows])
+    body += ',"next":' + str(rows[-1].seq if rows else after) + "}"
+    return web.Response(text=body, content_type="application/json")
+
+
+def _session_row(request: web.Request, session_id: str) -> Any:
+    row = request.app[keys.METER].db.fetchone(
+        "SELECT expert_id, client_id, ended_at, end_reason FROM billing_sessions WHERE session_id = ?", (session_id,)
+    )
+    if row is None:
+        raise _error(404, "unknown_session", f"no metered session {session_id}")
+    return row
+
+
+async def session_cost(request: web.Request) -> web.Response:
+    """The running cost of an open session, or the totals of an ended one (its expert, client, admin)."""
+    me = _me(request)
+    session_id = request.match_info["session_id"]
+    row = _session_row(request, session_id)
+    if not me.is_admin and me.user_id not in (row["expert_id"], row["client_id"]):
+        raise _error(403, "forbidden", "only the session's expert, client or an admin may see its cost")
+    meter = request.app[keys.METER]
+    if meter.is_open(session_id):
+        return web.json_response({"open": True, **meter.running_cost(session_id).to_dict()})
+    totals = meter.ledger.session_totals(session_id)
+    return web.json_response({
+        "open": False, "session_id": session_id, "units": totals.units, "currency": totals.currency,
+        "total": totals.gross, "fee": totals.fee, "payout": totals.payout, "refunded": totals.refunded,
+        "end_reason": row["end_reason"],
+    })
+
+
+async def refund(request: web.Request) -> web.Response:
+    """``POST /api/billing/sessions/{id}/refund`` ``{"reason": "..."}``: an admin or the session's expert."""
+    me = _me(request, Role.EXPERT)
+    session_id = request.match_info["session_id"]
+    row = _session_row(request, session_id)
+    if not me.is_admin and me.user_id != row["expert_id"]:
+        raise _error(403, "forbidden", "only the session's expert or an admin may refund it")
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        raise _error(400, "bad_request", "the body must be JSON") from None
+    reason = body.get("reason", "") if isinstance(body, dict) else ""
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise _error(400, "bad_request", "reason must be a string of at most 500 characters")
+    try:
+        result = request.app[keys.METER].refund(session_id, by=f"{me.role.value}:{me.user_id}", reason=reason)
+    except BillingError as exc:
+        raise _billing_error(exc) from None
+    p = result.posting
+    return web.json_response({
+        "session_id": session_id, "created": result.created, "posting_id": p.id,
+        "amount": p.gross.amount, "fee": p.fee.amount, "payout": p.payout.amount, "currency": p.currency,
+    }, status=201 if result.created else 200)
+
+
+async def statement(request: web.Request) -> web.Response:
+    """``GET /api/billing/statement?expert=E&from=&to=``: an expert's own, or anyone's for an admin."""
+    me = _me(request, Role.EXPERT)
+    expert = request.query.get("expert") or me.user_id
+    if not me.is_admin and expert != me.user_id:
+        raise _error(403, "forbidden", "experts see their own statement only")
+    start = _instant_param(request, "from", 0.0)
+    end = _instant_param(request, "to", END_OF_TIME)
+    return web.json_response(request.app[keys.LEDGER].statement(expert, start, end))
+
+
+async def export(request: web.Request) -> web.Response:
+    """``GET /api/billing/export?from=&to=&format=csv|json`` (admin): ledger entries."""
+    _me(request, Role.ADMIN)
+    start = _instant_param(request, "from", 0.0)
+    end = _instant_param(request, "to", END_OF_TIME)
+    rows = request.app[keys.LEDGER].export(start, end)
+    if request.query.get("format", "json") == "csv":
+        return web.Response(text=to_csv(rows), content_type="text/csv")
+    return web.json_response(rows)

@@ -1,0 +1,52 @@
+"""A process that meters one scripted session in real time, for the SIGKILL test.
+
+``python -m tests.meter_runner DATA_DIR SESSION_ID T0``: per_minute at 1.00 USD per 1 s unit,
+live from T0, paused at T0+1.5, live again at T0+2, ended at T0+6. Started again after a crash,
+it lets the Meter recover the session and applies only the steps it had not applied before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from signalling.billing.meter import Meter
+from signalling.billing.money import Money
+from signalling.billing.pricing import BillingPolicy, Price
+from signalling.database import Database
+
+STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (6.0, "end"))
+
+
+async def main(data_dir: Path, sid: str, t0: float) -> None:
+    db = Database.in_dir(data_dir)
+    meter = Meter(db)
+    meter.start()
+    applied_until = float("-inf")
+    if meter.is_open(sid):
+        for start, end in meter.running_cost(sid).timeline:
+            applied_until = max(applied_until, start, end or start)
+    elif db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (sid,)) is None:
+        meter.started(sid, "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(unit_seconds=1), at=t0)
+    else:
+        return
+    for offset, action in STEPS:
+        at = t0 + offset
+        if at <= applied_until:
+            continue
+        await asyncio.sleep(max(0.0, at - time.time()))
+        if action == "live":
+            meter.media_live(sid, at=at)
+        elif action == "pause":
+            meter.media_paused(sid, at=at)
+        else:
+            meter.ended(sid, at=at, reason="hangup")
+    await meter.close()
+    db.close()
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])))

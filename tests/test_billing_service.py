@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import time
+
+from signalling import keys
+from signalling.billing.money import Money
+from signalling.billing.pricing import BillingPolicy, Price
+
+
+def auth(client, user: str, role: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"Authorization": "Bearer " + client.app[keys.TOKENS].mint(user, role)}
+
+
+def run_session(client, sid: str = "s1", seconds: float = 125) -> None:  # type: ignore[no-untyped-def]
+    meter = client.app[keys.METER]
+    t0 = time.time() - 3600
+    meter.started(sid, "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
+    meter.media_live(sid, at=t0)
+    meter.ended(sid, at=t0 + seconds, reason="hangup")
+
+
+async def test_metering_feed_pages_from_sqlite_for_admins(client) -> None:  # type: ignore[no-untyped-def]
+    run_session(client)
+    assert (await client.get("/api/metering")).status == 401
+    assert (await client.get("/api/metering", headers=auth(client, "alice", "expert"))).status == 403
+    admin = auth(client, "root", "admin")
+    resp = await client.get("/api/metering?after=0&limit=3", headers=admin)
+    page = await resp.json()
+    assert [e["id"] for e in page["events"]] == ["s1:started", "s1:resumed:0", "s1:unit:0"]
+    page2 = await (await client.get(f"/api/metering?after={page['next']}&limit=100", headers=admin)).json()
+    assert [e["id"] for e in page2["events"]] == ["s1:unit:1", "s1:unit:2", "s1:ended"]
+    assert page2["events"][-1]["data"]["total"] == 600
+    bad = await client.get("/api/metering?limit=0", headers=admin)
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_request"
+
+
+async def test_running_cost_and_refund_by_the_expert(client) -> None:  # type: ignore[no-untyped-def]
+    run_session(client)
+    cost = await (await client.get("/api/billing/sessions/s1", headers=auth(client, "bob", "client"))).json()
+    assert (cost["open"], cost["units"], cost["total"], cost["currency"]) == (False, 3, 600, "EUR")
+    assert (await client.get("/api/billing/sessions/s1", headers=auth(client, "eve", "client"))).status == 403
+    assert (await client.post("/api/billing/sessions/s1/refund", headers=auth(client, "bob", "client"))).status == 403
+    assert (await client.post("/api/billing/sessions/s1/refund", headers=auth(client, "carol", "expert"))).status == 403
+    resp = await client.post("/api/billing/sessions/s1/refund", json={"reason": "no show"},
+                             headers=auth(client, "alice", "expert"))
+    assert resp.status == 201 and (await resp.json())["amount"] == 600
+    again = await client.post("/api/billing/sessions/s1/refund", headers=auth(client, "root", "admin"))
+    assert again.status == 200 and (await again.json())["created"] is False
+    missing = await client.post("/api/billing/sessions/nope/refund", headers=auth(client, "root", "admin"))
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "unknown_session"
+
+
+async def test_statement_and_export(client) -> None:  # type: ignore[no-untyped-def]
+    run_session(client)
+    st = await (await client.get("/api/billing/statement", headers=auth(client, "alice", "expert"))).json()
+    assert st["totals"] == {"EUR": {"sessions": 1, "gross": 600, "fee": 120, "payout": 480}}
+    assert (await client.get("/api/billing/statement?expert=zed", headers=auth(client, "alice", "expert"))).status == 403
+    resp = await client.get("/api/billing/export?format=csv&from=2020-01-01", headers=auth(client, "root", "admin"))
+    lines = (await resp.text()).splitlines()
+    assert lines[0].startswith("entry_id,") and len(lines) == 1 + 9
+    bad = await client.get("/api/billing/export?from=yesterday", headers=auth(client, "root", "admin"))
+    assert bad.status == 400
