@@ -9,6 +9,7 @@ from aiohttp import web
 from . import keys
 from .auth import TokenIssuer
 from .metrics import CONTENT_TYPE, Metrics
+from .node import setup as setup_signalling
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    setup_signalling(app)
     return app
 
 

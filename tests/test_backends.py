@@ -165,3 +165,13 @@ async def test_lock_excludes_across_nodes(make_node) -> None:  # type: ignore[no
     async with a.lock("expert:e"):
         async with b.lock("expert:other"):
             pass
+
+
+async def test_node_liveness_and_dropped_connections(make_node) -> None:  # type: ignore[no-untyped-def]
+    a, b = make_node("a"), make_node("b")
+    await a.start(ignore)
+    assert await b.node_alive("a") is True
+    assert await a.node_alive("b") is False
+    await a.note_dropped("dora", "c7")
+    assert await b.take_dropped("dora") == "c7"
+    assert await a.take_dropped("dora") is None

@@ -60,6 +60,18 @@ class Backend(abc.ABC):
     async def locate(self, user_id: str) -> Location | None: ...
 
     @abc.abstractmethod
+    async def node_alive(self, node_id: str) -> bool:
+        """Whether a node is listening for envelopes (it hosts media rooms only while it is)."""
+
+    @abc.abstractmethod
+    async def note_dropped(self, user_id: str, conn_id: str) -> None:
+        """A user's socket ``conn_id`` dropped; remembered for ``stash_ttl`` so a resume can match it."""
+
+    @abc.abstractmethod
+    async def take_dropped(self, user_id: str) -> str | None:
+        """The connection id noted by ``note_dropped``, if still remembered; forgets it."""
+
+    @abc.abstractmethod
     async def deliver(self, user_id: str, message: dict[str, Any]) -> None:
         """Send to the user's socket wherever it is; stash it when the user has none."""
 

@@ -26,6 +26,7 @@ class MemoryHub:
         self.inboxes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.locations: dict[str, Location] = {}
         self.stashes: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self.dropped: dict[str, tuple[float, str]] = {}
         self.statuses: dict[str, str] = {}
         self.sessions: dict[str, str] = {}
         self.active: set[str] = set()
@@ -102,6 +103,16 @@ class MemoryBackend(Backend):
 
     async def locate(self, user_id: str) -> Location | None:
         return self.hub.locations.get(user_id)
+
+    async def node_alive(self, node_id: str) -> bool:
+        return node_id in self.hub.inboxes
+
+    async def note_dropped(self, user_id: str, conn_id: str) -> None:
+        self.hub.dropped[user_id] = (time.monotonic() + self.stash_ttl, conn_id)
+
+    async def take_dropped(self, user_id: str) -> str | None:
+        expires, conn_id = self.hub.dropped.pop(user_id, (0.0, ""))
+        return conn_id if expires > time.monotonic() else None
 
     async def deliver(self, user_id: str, message: dict[str, Any]) -> None:
         location = await self.locate(user_id)

@@ -4,7 +4,7 @@ It embeds the memory backend for the sockets this node holds and overrides every
 Keys live under one prefix (tests use a fresh one each): ``loc:<user>`` (node and connection,
 expiring unless touched by pings, so a crashed node's users do not stay "connected"),
 ``stash:<user>``, ``presence`` (a hash), ``session:<id>``, ``sessions:active`` (a set),
-``user_session:<user>``, ``queue:<expert>`` (a list) and ``lock:<key>``; each node listens on the
+``user_session:<user>``, ``dropped:<user>``, ``queue:<expert>`` (a list) and ``lock:<key>``; each node listens on the
 channel ``node:<node id>``.
 """
 
@@ -100,6 +100,16 @@ class RedisBackend(MemoryBackend):
 
     async def locate(self, user_id: str) -> Location | None:
         return _location(await self.redis.get(self._key("loc", user_id)))
+
+    async def node_alive(self, node_id: str) -> bool:
+        counts = await self.redis.pubsub_numsub(self._key("node", node_id))
+        return bool(counts and counts[0][1])
+
+    async def note_dropped(self, user_id: str, conn_id: str) -> None:
+        await self.redis.set(self._key("dropped", user_id), conn_id, px=max(1, int(self.stash_ttl * 1000)))
+
+    async def take_dropped(self, user_id: str) -> str | None:
+        return await self.redis.getdel(self._key("dropped", user_id))
 
     async def send_to_node(self, node_id: str, envelope: dict[str, Any]) -> None:
         receivers = await self.redis.publish(self._key("node", node_id), json.dumps(envelope))
