@@ -79,9 +79,9 @@ class Peer:
         self.welcome: dict[str, Any] = {}
 
     @classmethod
-    async def join(cls, client: TestClient, user: str, role: str, name: str | None = None, **hello: Any) -> "Peer":
-        token = client.app[keys.TOKENS].mint(user, role, name=name)
-        peer = cls(await client.ws_connect("/ws"))
+    async def join(cls, server: TestClient, user: str, role: str, name: str | None = None, **hello: Any) -> "Peer":
+        token = server.app[keys.TOKENS].mint(user, role, name=name)
+        peer = cls(await server.ws_connect("/ws"))
         peer.welcome = await peer.request("hello", token=token, **hello)
         assert peer.welcome["type"] == "welcome", peer.welcome
         return peer
@@ -144,3 +144,18 @@ class Peer:
 
     def types(self) -> list[str]:
         return [m["type"] for m in self.backlog]
+
+
+def kill(peer: Peer) -> None:
+    """Drop a socket without a closing handshake, as a lost network does."""
+    connection = peer.ws._conn  # aiohttp keeps no public handle on the transport
+    assert connection is not None and connection.transport is not None
+    connection.transport.abort()
+
+
+async def shut_down(server: TestClient, *peers: Peer) -> list[int | None]:
+    """Stop the server while the peers read, as live clients do; their close codes."""
+    stopping = asyncio.ensure_future(server.server.close())
+    codes = await asyncio.gather(*(peer.closed() for peer in peers))
+    await stopping
+    return list(codes)
