@@ -219,7 +219,7 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
     node = SignallingNode(
         settings,
         app[keys.TOKENS],
-        _make_backend(settings),
+        app[keys.BACKEND] if keys.BACKEND in app else _make_backend(settings),
         app[keys.DATABASE],
         app[keys.EXPERT_DIRECTORY],
         app[keys.METRICS],

@@ -138,7 +138,12 @@ class Peer:
         async with asyncio.timeout(timeout):
             while True:
                 frame = await self.ws.receive()
-                if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
+                if frame.type is WSMsgType.CLOSE:
+                    # The code the server sent. (aiohttp's client turns its own close_code into 1006
+                    # when the server drops the transport before the client's reply, which aiohttp's
+                    # server does when a socket is closed from another task.)
+                    return int(frame.data)
+                if frame.type in (WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
                     return self.ws.close_code
                 self.backlog.append(json.loads(frame.data))
 
