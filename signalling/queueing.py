@@ -72,6 +72,8 @@ class ExpertQueues:
                     ErrorCode.ALREADY_IN_SESSION,
                     f"you already take part in session {current.id} ({current.state.value}); cancel or end it first",
                 )
+            if expert_id == client_id:
+                raise ProtocolError(ErrorCode.FORBIDDEN, "you cannot ask yourself for help")
             if expert_id is not None:
                 expert = await self.directory.get(expert_id)
                 if expert is None:
@@ -81,7 +83,7 @@ class ExpertQueues:
                     raise ProtocolError(ErrorCode.EXPERT_UNAVAILABLE, f"{expert.display_name} is offline")
             else:
                 assert skill is not None
-                expert_id = await self._pick(skill)
+                expert_id = await self._pick(skill, client_id)
                 expert = await self.directory.get(expert_id)
             async with self.backend.lock(f"expert:{expert_id}"):
                 session = await self.sessions.create(
@@ -302,10 +304,12 @@ class ExpertQueues:
             raise ProtocolError(ErrorCode.NOT_PARTICIPANT, f"session {session_id!r} is not addressed to you")
         return session
 
-    async def _pick(self, skill: str) -> str:
+    async def _pick(self, skill: str, client_id: str) -> str:
         """The online expert with ``skill`` and the shortest queue (busy ones count one extra)."""
         best: tuple[int, int, str] | None = None
         for rank, expert_id in enumerate(await self.directory.find_available(skill)):
+            if expert_id == client_id:
+                continue
             availability = await self.presence.availability(expert_id)
             if availability not in (Availability.ONLINE, Availability.BUSY):
                 continue

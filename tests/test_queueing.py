@@ -163,4 +163,8 @@ async def test_requests_for_unknown_or_unavailable_experts(client) -> None:  # t
     again = await alice.request("help.request", expert_id="emma")
     assert again["code"] == "already_in_session"
     assert (await alice.request("help.cancel", session_id=session["id"]))["session"]["state"] == "ended"
+    # A user who is an expert elsewhere but signed in as a client cannot ring themselves.
+    erin = await Peer.join(client, "erin", "client")
+    assert (await erin.request("help.request", expert_id="erin"))["code"] == "forbidden"
+    await Peer.join(client, "ezra", "expert")
     await asyncio.sleep(0)
