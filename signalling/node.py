@@ -73,7 +73,10 @@ class SignallingNode:
         for session in sessions:
             if session.state in IN_PROGRESS and await self._adopts(session.media_node):
                 await self._adopt(session)
-        for user in sorted({u for s in sessions for u in s.participants if s.state in IN_PROGRESS or u == s.client_id}):
+        for session in sessions:
+            self.metrics.sessions.labels(session.state.value).inc()
+        # Whoever does not come back within the grace is gone, as if their socket had just dropped.
+        for user in sorted({u for s in sessions for u in s.participants}):
             if await self.backend.locate(user) is None:
                 self.timers.start(("gone", user), self.settings.resume_grace, self._gone_check, user)
         if sessions:
@@ -203,7 +206,12 @@ def _make_backend(settings: Settings) -> Backend:
         from .backends.redis import RedisBackend
 
         return RedisBackend(
-            settings.node_id, settings.redis_url, prefix=settings.redis_prefix, stash_ttl=settings.resume_grace
+            settings.node_id,
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            stash_ttl=settings.resume_grace,
+            # A location outlives several keepalive periods; a crashed node's users expire with it.
+            location_ttl=max(90, int(3 * (settings.ping_interval + settings.ping_timeout))),
         )
     return MemoryBackend(settings.node_id, stash_ttl=settings.resume_grace)
 

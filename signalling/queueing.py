@@ -252,8 +252,12 @@ class ExpertQueues:
                 current = await self.sessions.get(current.id)
                 if current is not None and current.state is not State.ENDED and user_id in current.participants:
                     await self._end(current, EndReason.DISCONNECTED, by=user_id)
-        if await self.presence.chosen(user_id) is not None:
+        # An expert who left: forget their presence, and release anyone still in their queue
+        # (after a restart the presence may be gone already while the queue was recovered).
+        chosen = await self.presence.chosen(user_id)
+        if chosen is not None:
             await self.presence.choose(user_id, None)
+        if chosen is not None or await self.backend.queue(user_id):
             await self.presence_changed(user_id)
 
     async def recover(self) -> list[Session]:

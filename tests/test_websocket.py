@@ -10,11 +10,17 @@ import time
 import jwt
 import pytest
 
-from signalling import keys
+from signalling import keys, protocol
 from signalling.auth import TokenIssuer
 from signalling.settings import Settings
 
 from .utils import FakePlane, Peer, build_app, kill, shut_down
+
+
+def test_every_client_message_type_has_a_route_and_a_schema() -> None:
+    from signalling.websocket import ROUTES
+
+    assert set(ROUTES) == protocol.client_types()
 
 
 @pytest.fixture
@@ -290,3 +296,19 @@ async def test_no_errors_are_logged_for_bad_input(client, caplog) -> None:  # ty
         await alice.ws.send_str(raw)
         await alice.expect("error")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_after_a_restart_an_expert_who_does_not_return_releases_the_queue(aiohttp_client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    settings.resume_grace = 0.3
+    first = await aiohttp_client(build_app(settings, FakePlane()))
+    expert = await Peer.join(first, "erin", "expert")
+    alice = await Peer.join(first, "alice", "client")
+    sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
+    await expert.expect("ring")
+    assert await shut_down(first, expert, alice) == [4012, 4012]
+
+    second = await aiohttp_client(build_app(settings, FakePlane()))
+    alice = await Peer.join(second, "alice", "client")
+    assert alice.welcome["session"]["id"] == sid and alice.welcome["session"]["state"] == "ringing"
+    ended = await alice.expect("session.state", state="ended")
+    assert ended["session"]["reason"] == "expert_unavailable"

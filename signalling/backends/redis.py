@@ -70,14 +70,20 @@ class RedisBackend(MemoryBackend):
             await self.redis.aclose()
 
     async def _listen(self) -> None:
-        async for item in self._pubsub.listen():
-            if item.get("type") != "message":
-                continue
+        while True:
             try:
-                await self.receive_envelope(json.loads(item["data"]))
-            except Exception:
-                # One bad envelope must not stop this node from hearing the others.
-                log.exception("failed to handle an envelope on node %s", self.node_id)
+                async for item in self._pubsub.listen():
+                    if item.get("type") != "message":
+                        continue
+                    try:
+                        await self.receive_envelope(json.loads(item["data"]))
+                    except Exception:
+                        # One bad envelope must not stop this node from hearing the others.
+                        log.exception("failed to handle an envelope on node %s", self.node_id)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                # redis-py resubscribes when the connection comes back; keep listening.
+                log.warning("node %s lost its Redis subscription (%s); retrying", self.node_id, exc)
+                await asyncio.sleep(1.0)
 
     # --- routing ------------------------------------------------------------------------------
 
