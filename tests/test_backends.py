@@ -175,3 +175,13 @@ async def test_node_liveness_and_dropped_connections(make_node) -> None:  # type
     await a.note_dropped("dora", "c7")
     assert await b.take_dropped("dora") == "c7"
     assert await a.take_dropped("dora") is None
+
+
+async def test_memory_stashes_of_users_who_never_return_are_purged() -> None:
+    from signalling.backends import memory
+
+    backend = memory.MemoryBackend("a", stash_ttl=0.0)
+    for i in range(memory.PURGE_ABOVE + 1):
+        await backend.stash(f"u{i}", {"n": i})
+    await backend.stash("last", {"n": -1})
+    assert len(backend.hub.stashes) == 1

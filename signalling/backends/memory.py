@@ -19,6 +19,8 @@ from .base import Backend, EnvelopeHandler, LocalSender, Location
 
 MAX_STASHED = 256
 MAX_ENDED_SESSIONS = 10_000
+# Expired stashes are swept when this many users have one (users who never return leave them).
+PURGE_ABOVE = 10_000
 
 
 class MemoryHub:
@@ -132,11 +134,18 @@ class MemoryBackend(Backend):
 
     async def stash(self, user_id: str, message: dict[str, Any]) -> None:
         now = time.monotonic()
+        if len(self.hub.stashes) + len(self.hub.dropped) > PURGE_ABOVE:
+            self._purge(now)
         expires, messages = self.hub.stashes.get(user_id, (0.0, []))
         if expires <= now:
             messages = []
         messages = (messages + [message])[-MAX_STASHED:]
         self.hub.stashes[user_id] = (now + self.stash_ttl, messages)
+
+    def _purge(self, now: float) -> None:
+        """Forget expired stashes and drops of users who never came back."""
+        self.hub.stashes = {u: v for u, v in self.hub.stashes.items() if v[0] > now}
+        self.hub.dropped = {u: v for u, v in self.hub.dropped.items() if v[0] > now}
 
     async def drain(self, user_id: str) -> list[dict[str, Any]]:
         expires, messages = self.hub.stashes.pop(user_id, (0.0, []))
