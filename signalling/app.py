@@ -14,6 +14,7 @@ from .auth import TokenIssuer
 from .database import Database
 from .billing import service as billing_service
 from .metrics import CONTENT_TYPE, Metrics
+from .node import setup as setup_signalling
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
     rest_experts.setup(app)
     rest_bookings.setup(app)
     billing_service.setup(app)
+    setup_signalling(app)
     return app
 
 

@@ -29,6 +29,8 @@ class Settings:
     # (kept in data_dir/secret); any other bind refuses to start without one.
     secret: str = ""
     redis_url: str = ""
+    # Every Redis key and channel starts with this, so that deployments (and tests) can share a server.
+    redis_prefix: str = "expertcall"
     node_id: str = ""
 
     # WebSocket protocol
@@ -38,6 +40,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     max_messages_per_second: int = 20
     ring_timeout: float = 30.0
+    # An accepted session whose media does not flow on both sides within this ends as a no-show.
+    connect_timeout: float = 60.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
 
     # Scheduled sessions (bookings)
