@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -10,6 +11,7 @@ from . import keys
 from .auth import TokenIssuer
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
+from .whip import setup_whip
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,17 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    setup_whip(app)
+    app.cleanup_ctx.append(media_plane)
     return app
+
+
+async def media_plane(app: web.Application) -> AsyncIterator[None]:
+    """Close the media plane (set in ``app[keys.MEDIA]`` before start-up) on shutdown."""
+    yield
+    media = app.get(keys.MEDIA)
+    if media is not None:
+        await media.close()
 
 
 async def healthz(request: web.Request) -> web.Response:
