@@ -74,5 +74,10 @@ def token(user: str, role: str, ttl: int, name: str | None, secret: str | None, 
         raise click.ClickException(str(exc)) from None
 
 
+from bench.cli import bench  # noqa: E402  (the bench commands hang off main)
+
+main.add_command(bench)
+
+
 if __name__ == "__main__":
     sys.exit(main())
