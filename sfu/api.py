@@ -97,6 +97,17 @@ class Offer(Message):
 
 
 @dataclass(frozen=True)
+class Subscribe(Message):
+    """Open the participant's subscribe transport; the SFU's offer (every other participant's
+    tracks plus a "chat" data channel) follows as a ``ServerOffer`` event. Sent again after a
+    resume, it replaces the transport (a fresh ICE/DTLS session). Replies ``Ok``."""
+
+    kind: ClassVar[str] = "subscribe"
+    room_id: str
+    participant_id: str
+
+
+@dataclass(frozen=True)
 class AnswerToServerOffer(Message):
     """The client's SDP answer to a ``ServerOffer`` event. Replies ``Ok``."""
 

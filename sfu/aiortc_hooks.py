@@ -1,0 +1,224 @@
+"""Every reach into aiortc's and aioice's private internals, in one place.
+
+The SFU keeps aiortc's RTCPeerConnection for SDP, ICE, DTLS and SRTP, but takes the packet path
+away from it: decrypted RTP and RTCP go to our handlers instead of RTCRtpReceiver (no jitter
+buffer, no decoder thread), and rewritten RTP leaves through the DTLS transport's SRTP context
+straight onto the nominated ICE pair's socket (no MediaStreamTrack, no encoder). aiortc is pinned
+to 1.16.0 in pyproject.toml; tests/test_aiortc_hooks.py fails loudly if any name used here moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Iterator
+
+import asyncio
+
+from aioice import Candidate
+from aioice import ice as aioice_ice
+from aioice import stun
+from aioice.candidate import candidate_foundation, candidate_priority
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+
+# Called as handler(data, arrival_time_ms=...) by RTCDtlsTransport._recv_next.
+RtpHandler = Callable[..., Awaitable[None]]
+RtcpHandler = Callable[[bytes], Awaitable[None]]
+RelayGatherer = Callable[[int], Awaitable[list[Candidate]]]
+CandidateGatherer = Callable[[Any, int, RelayGatherer], Awaitable[list[Candidate]]]
+
+_HOOKED = "_expertcall_hooked"
+
+
+def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
+    """The distinct DTLS transports of a connection (one when BUNDLE is used)."""
+    seen: list[RTCDtlsTransport] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls not in seen:
+            seen.append(dtls)
+    if pc.sctp is not None and pc.sctp.transport not in seen:
+        seen.append(pc.sctp.transport)
+    return seen
+
+
+def _ice_connections(pc: RTCPeerConnection) -> Iterator[Any]:
+    for dtls in dtls_transports(pc):
+        yield dtls.transport.iceGatherer._connection
+
+
+def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> None:
+    """Send every decrypted RTP/RTCP datagram of ``pc`` to our handlers instead of aiortc's
+    RtpRouter. Call after each setRemoteDescription/addTransceiver (new transports may appear);
+    repeated calls are harmless."""
+    for dtls in dtls_transports(pc):
+        if getattr(dtls, _HOOKED, False):
+            continue
+        # RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) and
+        # self._handle_rtcp_data(data) with plaintext after SRTP unprotect.
+        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
+        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
+        setattr(dtls, _HOOKED, True)
+
+
+def disarm_receiver(
+    receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
+) -> None:
+    """Replace ``receiver.receive`` so that the decoder thread, jitter buffer and RTCP task never
+    start; ``on_parameters`` gets the negotiated receive parameters instead."""
+    if getattr(receiver, _HOOKED, False):
+        return
+
+    async def receive(parameters: RTCRtpReceiveParameters) -> None:
+        on_parameters(parameters)
+
+    receiver.receive = receive  # type: ignore[method-assign]
+    setattr(receiver, _HOOKED, True)
+
+
+def disarm_sender(
+    sender: RTCRtpSender, on_parameters: Callable[[RTCRtpSendParameters], None]
+) -> None:
+    """Replace ``sender.send`` so that no encoder, RTP or RTCP task starts; ``on_parameters``
+    gets the negotiated send parameters (payload types, header extension ids, mid)."""
+    if getattr(sender, _HOOKED, False):
+        return
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        on_parameters(parameters)
+
+    sender.send = send  # type: ignore[method-assign]
+    setattr(sender, _HOOKED, True)
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """The (media, RTX) SSRCs aiortc announced in SDP for this sender."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+class RawSender:
+    """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
+    the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
+    the transport is not connected (a subscriber still handshaking, or gone)."""
+
+    __slots__ = ("_dtls",)
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+
+    def connected(self) -> bool:
+        return self._dtls._state == State.CONNECTED
+
+    def send_rtp(self, data: bytes) -> bool:
+        dtls = self._dtls
+        if dtls._state is not State.CONNECTED:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        return True
+
+    def send_rtcp(self, data: bytes) -> bool:
+        dtls = self._dtls
+        if dtls._state is not State.CONNECTED:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+        return True
+
+
+def replace_candidate_gathering(pc: RTCPeerConnection, gather: CandidateGatherer) -> None:
+    """Make every ICE gatherer of ``pc`` gather through ``gather(connection, component, relay)``
+    instead of aioice's own host-address discovery (which leaves out 127.0.0.1 and cannot be
+    limited to interfaces or a port range); ``relay(component)`` runs aioice's TURN allocation.
+    Call before setLocalDescription; repeated calls are harmless."""
+    for connection in _ice_connections(pc):
+        if getattr(connection, _HOOKED, False):
+            continue
+        original = connection.get_component_candidates
+
+        async def relay(component: int, _original: Any = original) -> list[Candidate]:
+            # With no addresses aioice binds no host socket and queries no STUN server; it only
+            # allocates on the TURN server, if one is configured.
+            return await _original(component=component, addresses=[])
+
+        async def get_component_candidates(
+            component: int, addresses: list[str], timeout: int = 5, _c: Any = connection,
+            _relay: RelayGatherer = relay,
+        ) -> list[Candidate]:
+            return await gather(_c, component, _relay)
+
+        connection.get_component_candidates = get_component_candidates
+        setattr(connection, _HOOKED, True)
+
+
+async def bind_host_candidate(
+    connection: Any, component: int, address: str, port: int, announced: str | None
+) -> Candidate:
+    """Bind a UDP socket for ``connection`` on (address, port) and register it as a host
+    candidate, announced as ``announced`` when the server sits behind a 1:1 NAT. Raises OSError
+    when the port is taken."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: aioice_ice.StunProtocol(connection), local_addr=(address, port)
+    )
+    bound = protocol.transport.get_extra_info("sockname")
+    host = announced or bound[0]
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=bound[1],
+        type="host",
+    )
+    connection._protocols.append(protocol)
+    return protocol.local_candidate
+
+
+async def server_reflexive_candidates(connection: Any) -> list[Candidate]:
+    """Ask the configured STUN server (if any) for our public address, per host socket."""
+    if not connection.stun_server:
+        return []
+    found = []
+    for protocol in list(connection._protocols):
+        try:
+            candidate, _ = await asyncio.wait_for(
+                aioice_ice.server_reflexive_candidate(protocol, connection.stun_server), 5
+            )
+        except (OSError, asyncio.TimeoutError, stun.TransactionFailed, stun.TransactionTimeout):
+            continue
+        found.append(candidate)
+    return found
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs common to both sides after setRemoteDescription, remote order."""
+    return list(transceiver._codecs)
+
+
+def restrict_codecs(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecParameters]) -> None:
+    """Answer with exactly ``codecs`` (one media codec and its RTX): a forwarding SFU cannot
+    let a publisher switch to a codec its subscribers were not offered."""
+    transceiver._codecs = list(codecs)
+
+
+def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> None:
+    """Drop decrypted RTP for which ``keep`` is false before aiortc (or our hooks) sees it: the
+    loss injection that tests and benches use."""
+    for dtls in dtls_transports(pc):
+        inner = dtls._handle_rtp_data
+
+        async def handle(data: bytes, arrival_time_ms: int, _inner: Any = inner) -> None:
+            if keep(data):
+                await _inner(data, arrival_time_ms=arrival_time_ms)
+
+        dtls._handle_rtp_data = handle  # type: ignore[method-assign]

@@ -1,0 +1,242 @@
+"""A consumer: one producer's track as one subscriber receives it.
+
+It owns the outgoing stream's identity (SSRC, payload type, header extension ids, sequence and
+timestamp spaces), so it rewrites every packet, keeps the last 512 for NACKs (answered with RTX
+where the subscriber negotiated it), starts on a keyframe, and writes the sender reports.
+``forward`` is the per-packet, per-subscriber hot path.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import TYPE_CHECKING, Callable
+
+from aiortc import clock
+
+from sfu import rtcp
+from sfu.forwarder import ExtensionLayout, payload_offset
+
+if TYPE_CHECKING:
+    from sfu.producer import Producer
+
+CACHE_SIZE = 512  # packets kept per subscriber stream for retransmission (~1 s of 4 Mbps video)
+_SEQ = struct.Struct("!H")
+
+
+class Consumer:
+    def __init__(
+        self,
+        consumer_id: str,
+        producer: Producer,
+        participant_id: str,
+        *,
+        ssrc: int,
+        rtx_ssrc: int,
+        send_rtp: Callable[[bytes], bool],
+        send_rtcp: Callable[[bytes], bool],
+    ) -> None:
+        self.id = consumer_id
+        self.producer = producer
+        self.participant_id = participant_id
+        self.kind = producer.kind
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.closed = False
+        self.on_close: list[Callable[[Consumer, str], None]] = []
+        self._send_rtp = send_rtp
+        self._send_rtcp = send_rtcp
+        self._cache: list[bytes | None] = [None] * CACHE_SIZE
+
+        # negotiated with the subscriber (set by configure(); until then nothing is sent)
+        self.payload_type = -1
+        self.rtx_payload_type: int | None = None
+        self._pack = struct.Struct("!BBHII").pack
+        self._ext_prefix = 0
+        self._ext_tail = b""
+        self._ext_words = 0
+        self._dynamic = ""
+
+        # outgoing sequence/timestamp spaces, re-based at each new producer epoch
+        self._epoch = -1
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_seq = random.getrandbits(15)
+        self._last_ts = random.getrandbits(32)
+        self._last_ms = 0
+        self._rtx_seq = random.getrandbits(15)
+        self._clock_per_ms = producer.codec.clock_rate // 1000
+        self.paused = True  # until configured and the subscriber's transport is connected
+        self._waiting = False
+
+        # statistics and feedback from the subscriber
+        self.packets = 0
+        self.bytes = 0
+        self.retransmitted = 0
+        self.nacks = 0
+        self.plis = 0
+        self.remb_bitrate = 0
+        self.bitrate = 0  # bps over the last second, set by the router
+        self.fraction_lost = 0
+        self.packets_lost = 0
+        self.jitter = 0
+        self.rtt: float | None = None
+        self._sr_sent: dict[int, float] = {}  # middle 32 bits of NTP -> when
+
+    def configure(self, payload_type: int, rtx_payload_type: int | None,
+                  extensions: ExtensionLayout) -> None:
+        self.payload_type = payload_type
+        self.rtx_payload_type = rtx_payload_type
+        fmt, prefix, tail, words = extensions.header()
+        self._pack = fmt.pack
+        self._ext_prefix = prefix
+        self._ext_tail = tail
+        self._ext_words = words
+        self._dynamic = (
+            "" if not words else "abs" if extensions.abs_send_time_id else
+            "level" if extensions.audio_level_id else "none"
+        )
+
+    def resume(self) -> None:
+        """Start (or restart) sending: from the next keyframe, with a fresh keyframe asked for."""
+        if self.closed or self.payload_type < 0:
+            return
+        if self.paused or self._waiting:
+            self.paused = False
+            self._epoch = -1  # re-base: whatever was skipped is not a gap to NACK
+            if self.kind == "video" and not self._waiting:
+                self._waiting = True
+                self.producer.waiting_for_keyframe += 1
+            self.producer.request_keyframe()
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.producer.waiting_for_keyframe -= 1
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_waiting()
+        self.paused = True
+        self.producer.remove_consumer(self)
+        self._cache = []
+        for callback in self.on_close:
+            callback(self, reason)
+        self.on_close.clear()
+
+    # --- the per-packet path -----------------------------------------------------------------
+
+    def forward(self, payload: bytes, padding: int, marker: int, seq: int, ts: int, level: int,
+                abs24: int, keyframe: bool, epoch: int, arrival_ms: int) -> None:
+        if self.paused:
+            return
+        if self._waiting:
+            if not keyframe:
+                return
+            self._stop_waiting()
+        if epoch != self._epoch:
+            self._rebase(seq, ts, epoch, arrival_ms)
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
+        b0 = 0x80 | padding
+        b1 = marker | self.payload_type
+        dynamic = self._dynamic
+        if dynamic == "abs":
+            header = self._pack(b0 | 0x10, b1, out_seq, out_ts, self.ssrc, 0xBEDE,
+                                self._ext_words, self._ext_prefix | abs24, self._ext_tail)
+        elif dynamic == "level":
+            header = self._pack(b0 | 0x10, b1, out_seq, out_ts, self.ssrc, 0xBEDE,
+                                self._ext_words, self._ext_prefix | level if level >= 0 else 0,
+                                self._ext_tail)
+        elif dynamic == "none":
+            header = self._pack(b0 | 0x10, b1, out_seq, out_ts, self.ssrc, 0xBEDE,
+                                self._ext_words, self._ext_tail)
+        else:
+            header = self._pack(b0, b1, out_seq, out_ts, self.ssrc)
+        packet = header + payload
+        self._cache[out_seq % CACHE_SIZE] = packet
+        if ((out_seq - self._last_seq) & 0xFFFF) < 0x8000:
+            self._last_seq = out_seq
+            self._last_ts = out_ts
+            self._last_ms = arrival_ms
+        if self._send_rtp(packet):
+            self.packets += 1
+            self.bytes += len(packet)
+
+    def _rebase(self, seq: int, ts: int, epoch: int, arrival_ms: int) -> None:
+        """Continue our sequence and timestamp spaces from where they stopped, whatever the
+        publisher's (new) numbering: one step on in sequence, and as many clock ticks as the
+        wall clock moved (at least one), so a subscriber sees one continuous stream."""
+        elapsed = (arrival_ms - self._last_ms) * self._clock_per_ms if self._last_ms else 0
+        self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
+        self._ts_offset = (self._last_ts + max(elapsed, 1) - ts) & 0xFFFFFFFF
+        self._epoch = epoch
+
+    # --- RTCP from the subscriber ------------------------------------------------------------
+
+    def retransmit(self, sequence_numbers: list[int]) -> None:
+        """Answer a NACK from the cache; ask the publisher for what the cache lacks."""
+        self.nacks += 1
+        upstream = []
+        for seq in sequence_numbers:
+            packet = self._cache[seq % CACHE_SIZE] if self._cache else None
+            if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
+                if self._epoch == self.producer.epoch:
+                    upstream.append((seq - self._seq_offset) & 0xFFFF)
+                continue
+            if self.rtx_payload_type is not None:
+                packet = self._wrap_rtx(packet)
+            if self._send_rtp(packet):
+                self.retransmitted += 1
+        if upstream:
+            self.producer.request_retransmission(upstream)
+
+    def _wrap_rtx(self, packet: bytes) -> bytes:
+        offset = payload_offset(packet)
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        header = bytearray(packet[:offset])
+        header[1] = (header[1] & 0x80) | (self.rtx_payload_type or 0)
+        struct.pack_into("!H", header, 2, self._rtx_seq)
+        struct.pack_into("!I", header, 8, self.rtx_ssrc)
+        return bytes(header) + packet[2:4] + packet[offset:]
+
+    def keyframe_requested(self) -> None:
+        self.plis += 1
+        self.producer.request_keyframe()
+
+    def handle_report(self, fraction_lost: int, packets_lost: int, jitter: int, lsr: int,
+                      dlsr: int) -> None:
+        self.fraction_lost = fraction_lost
+        self.packets_lost = packets_lost
+        self.jitter = jitter
+        sent = self._sr_sent.get(lsr)
+        if sent is not None and dlsr:
+            self.rtt = max(0.0, clock.current_ntp_time() / 2**32 - sent - dlsr / 65536)
+
+    def send_sender_report(self) -> None:
+        """An SR for our outgoing stream. The RTP time uses the publisher's own NTP↔RTP
+        mapping when it sent one (so audio and video of one publisher stay in sync at the
+        subscriber), else extrapolates from the last packet."""
+        if self.packets == 0 or self.closed:
+            return
+        ntp = clock.current_ntp_time()
+        now = ntp / 2**32
+        producer = self.producer
+        if producer.sr_ntp and self._epoch == producer.epoch:
+            rtp_ts = producer.sr_rtp + self._ts_offset + int(
+                (now - producer.sr_ntp / 2**32) * producer.codec.clock_rate
+            )
+        else:
+            rtp_ts = self._last_ts + int(
+                (clock.current_ms() - self._last_ms) * self._clock_per_ms
+            )
+        middle = (ntp >> 16) & 0xFFFFFFFF
+        self._sr_sent = {middle: now}
+        self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))

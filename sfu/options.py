@@ -1,0 +1,35 @@
+"""The media plane's options: plain values, so the control plane can map its own settings in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfu.api import MediaError
+from sfu.network import NetworkOptions
+
+
+@dataclass(frozen=True)
+class MediaOptions:
+    loopback: bool = False  # 127.0.0.1 host candidates only, no STUN/TURN: tests, benches, dev
+    interfaces: tuple[str, ...] = ()  # IPs to gather on; empty = all non-loopback IPv4
+    announced_ip: str | None = None  # public IP announced instead of the bound one (1:1 NAT)
+    port_min: int = 0  # UDP port range for media; 0/0 = ephemeral
+    port_max: int = 0
+    ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    max_publish_bitrate: int = 2_500_000  # bps per published track: REMB cap, policed at 1.5x
+    media_state_debounce: float = 2.0  # seconds without packets before "stopped"
+    keyframe_interval: float = 1.0  # at most one keyframe request per publisher per interval
+
+    def __post_init__(self) -> None:
+        if self.max_publish_bitrate < 0 or self.media_state_debounce <= 0 \
+                or self.keyframe_interval < 0:
+            raise MediaError("bad_options", "bitrate, debounce and interval must be positive")
+        self.network()  # validates the network part
+
+    def network(self) -> NetworkOptions:
+        return NetworkOptions(
+            loopback=self.loopback, interfaces=tuple(self.interfaces),
+            announced_ip=self.announced_ip, port_min=self.port_min, port_max=self.port_max,
+            ice_servers=tuple(self.ice_servers),
+        )

@@ -1,0 +1,319 @@
+"""A producer: one track a participant publishes, fanned out to its consumers.
+
+A producer outlives the publish transport that feeds it: when a publisher reconnects (ICE restart
+after a network drop), the new transport attaches to the same producer, ``epoch`` moves on, and
+each consumer re-bases its sequence numbers and timestamps so that subscribers see one continuous
+stream. ``receive`` is the per-packet entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from sfu import rtcp
+from sfu.forwarder import KEYFRAME_DETECTORS, find_extension
+
+if TYPE_CHECKING:
+    from sfu.consumer import Consumer
+
+MAX_MISSING = 256  # sequence numbers remembered for upstream NACK
+
+
+@dataclass(frozen=True)
+class Codec:
+    """The one codec a producer sends, as negotiated with its publisher."""
+
+    mime_type: str  # "video/VP8"
+    clock_rate: int
+    payload_type: int
+    rtx_payload_type: int | None = None
+    channels: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    nack: bool = False
+    pli: bool = False
+    remb: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.mime_type.split("/")[1].lower()
+
+
+class Producer:
+    def __init__(
+        self,
+        producer_id: str,
+        participant_id: str,
+        kind: str,
+        codec: Codec,
+        *,
+        max_bitrate: int,
+        keyframe_interval: float,
+        app_data: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = producer_id
+        self.participant_id = participant_id
+        self.kind = kind
+        self.codec = codec
+        self.app_data = app_data or {}
+        self.closed = False
+        self.consumers: list[Consumer] = []
+        self.on_close: list[Callable[[Producer], None]] = []
+
+        # Where the media comes from: set (again) by each publish transport that feeds us.
+        self.epoch = 0
+        self.ssrc: int | None = None
+        self.rtx_ssrc: int | None = None
+        self.audio_level_id = 0
+        self._send_rtcp: Callable[[bytes], bool] = _drop
+        self.rtcp_ssrc = random.getrandbits(32)
+
+        self._is_keyframe_start = KEYFRAME_DETECTORS[codec.name]
+        self._clock_per_ms = codec.clock_rate // 1000
+        self.waiting_for_keyframe = 0  # consumers that start on the next keyframe
+
+        # receive statistics (RFC 3550 A.1/A.8)
+        self.packets = 0
+        self.bytes = 0
+        self.packets_policed = 0
+        self.retransmissions = 0
+        self._base_seq = -1
+        self._max_seq = 0
+        self._cycles = 0
+        self._jitter = 0.0
+        self._transit = 0
+        self.last_arrival_ms = 0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self.level_sum = 0  # audio levels (-dBov) since the router last looked
+        self.level_count = 0
+        self.bitrate = 0  # bps over the last second, set by the router
+        self._missing: set[int] = set()
+
+        # sender report from the publisher: for RR's lsr/dlsr and for A/V sync downstream
+        self.sr_ntp = 0
+        self.sr_rtp = 0
+        self.sr_received_at = 0.0
+
+        # bitrate control: REMB down to the publisher, policing of anything above it
+        self.max_bitrate = max_bitrate
+        self._bytes_per_ms = max_bitrate * 1.5 / 8000 if max_bitrate else 0.0
+        self._bucket_size = max_bitrate * 1.5 / 8 if max_bitrate else 0.0
+        self._tokens = self._bucket_size
+        self._bucket_ms = 0
+
+        # keyframe requests: at most one per keyframe_interval towards the publisher
+        self._keyframe_interval = keyframe_interval
+        self._last_keyframe_request = -1e9
+        self._keyframe_timer: asyncio.TimerHandle | None = None
+
+    # --- wiring ------------------------------------------------------------------------------
+
+    def attach_source(
+        self,
+        ssrc: int | None,
+        rtx_ssrc: int | None,
+        audio_level_id: int,
+        send_rtcp: Callable[[bytes], bool],
+    ) -> None:
+        """A publish transport now feeds this producer (first time, or after a reconnect)."""
+        self.epoch += 1
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.audio_level_id = audio_level_id
+        self._send_rtcp = send_rtcp
+        self._base_seq = -1
+        self._missing.clear()
+
+    def detach_source(self) -> None:
+        self._send_rtcp = _drop
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._keyframe_timer is not None:
+            self._keyframe_timer.cancel()
+        for consumer in list(self.consumers):
+            consumer.close("producer_closed")
+        for callback in self.on_close:
+            callback(self)
+        self.on_close.clear()
+
+    # --- the per-packet path -----------------------------------------------------------------
+
+    def receive(self, data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int,
+                arrival_ms: int) -> None:
+        """One media packet from the publisher, header already split by the transport."""
+        size = len(data)
+        if self._bytes_per_ms:
+            tokens = self._tokens + (arrival_ms - self._bucket_ms) * self._bytes_per_ms
+            self._bucket_ms = arrival_ms
+            if tokens > self._bucket_size:
+                tokens = self._bucket_size
+            if tokens < size:
+                self._tokens = tokens
+                self.packets_policed += 1
+                return
+            self._tokens = tokens - size
+        self.packets += 1
+        self.bytes += size
+        self.last_arrival_ms = arrival_ms
+
+        if self._base_seq < 0:
+            self._base_seq = self._max_seq = seq
+        else:
+            delta = (seq - self._max_seq) & 0xFFFF
+            if delta == 0:
+                return  # duplicate
+            if delta < 0x8000:
+                if seq < self._max_seq:
+                    self._cycles += 0x10000
+                if delta > 1 and self.codec.nack:
+                    self._note_missing(delta)
+                self._max_seq = seq
+                transit = arrival_ms * self._clock_per_ms - ts
+                d = transit - self._transit
+                self._transit = transit
+                self._jitter += ((d if d > 0 else -d) - self._jitter) / 16
+            elif self._missing:
+                self._missing.discard(seq)
+
+        level = -1
+        if self.audio_level_id:
+            level = self._read_audio_level(data)
+
+        payload = data[offset:]
+        keyframe = self.waiting_for_keyframe and self._is_keyframe_start(payload)
+        abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
+        padding = b0 & 0x20
+        epoch = self.epoch
+        for consumer in self.consumers:
+            consumer.forward(payload, padding, b1 & 0x80, seq, ts, level, abs24, keyframe,
+                             epoch, arrival_ms)
+
+    def receive_rtx(self, data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int,
+                    arrival_ms: int) -> None:
+        """A retransmission on the RTX stream (RFC 4588): unwrap, then handle as media."""
+        if len(data) < offset + 2:
+            return
+        self.retransmissions += 1
+        original_seq = (data[offset] << 8) | data[offset + 1]
+        stripped = data[:offset] + data[offset + 2 :]
+        self._missing.discard(original_seq)
+        delta = (original_seq - self._max_seq) & 0xFFFF
+        if delta < 0x8000 and delta:
+            self.receive(stripped, b0, b1, original_seq, ts, offset, arrival_ms)
+            return
+        level = -1
+        payload = stripped[offset:]
+        keyframe = self.waiting_for_keyframe and self._is_keyframe_start(payload)
+        abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
+        for consumer in self.consumers:
+            consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,
+                             keyframe, self.epoch, arrival_ms)
+
+    def _read_audio_level(self, data: bytes) -> int:
+        value = find_extension(data, self.audio_level_id)
+        if value is None:
+            return -1
+        self.level_sum += value[0] & 0x7F
+        self.level_count += 1
+        return value[0]
+
+    def _note_missing(self, delta: int) -> None:
+        lost = [(self._max_seq + i) & 0xFFFF for i in range(1, min(delta, 64))]
+        self._missing.update(lost)
+        if len(self._missing) > MAX_MISSING:
+            self._missing = set(sorted(self._missing)[-MAX_MISSING // 2 :])
+        self.request_retransmission(lost)
+
+    # --- feedback towards the publisher ------------------------------------------------------
+
+    def request_retransmission(self, sequence_numbers: list[int]) -> None:
+        if self.ssrc is not None and sequence_numbers and self.codec.nack:
+            self._send_rtcp(rtcp.nack(self.rtcp_ssrc, self.ssrc, sequence_numbers))
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per keyframe_interval: a request
+        inside the interval is deferred to its end rather than lost."""
+        if self.kind != "video" or self.closed:
+            return
+        now = time.monotonic()
+        wait = self._last_keyframe_request + self._keyframe_interval - now
+        if wait <= 0:
+            self._send_keyframe_request()
+        elif self._keyframe_timer is None:
+            self._keyframe_timer = asyncio.get_running_loop().call_later(
+                wait, self._send_keyframe_request
+            )
+
+    def _send_keyframe_request(self) -> None:
+        self._keyframe_timer = None
+        if self.closed or self.ssrc is None:
+            return
+        self._last_keyframe_request = time.monotonic()
+        self._send_rtcp(rtcp.pli(self.rtcp_ssrc, self.ssrc))
+
+    def handle_sender_report(self, ntp: int, rtp_ts: int) -> None:
+        self.sr_ntp = ntp
+        self.sr_rtp = rtp_ts
+        self.sr_received_at = time.time()
+
+    def send_feedback(self) -> None:
+        """Periodic RTCP to the publisher: a receiver report, and REMB with the lowest estimate
+        among our subscribers (capped by the allowed bitrate), so that the publisher sends no
+        more than its worst viewer can take."""
+        if self.ssrc is None or self._base_seq < 0:
+            return
+        extended = self._cycles + self._max_seq
+        expected = extended - self._base_seq + 1
+        lost = max(0, expected - self.packets)
+        expected_interval = expected - self._expected_prior
+        received_interval = self.packets - self._received_prior
+        self._expected_prior = expected
+        self._received_prior = self.packets
+        lost_interval = expected_interval - received_interval
+        fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
+        lsr = (self.sr_ntp >> 16) & 0xFFFFFFFF
+        dlsr = int((time.time() - self.sr_received_at) * 65536) if self.sr_ntp else 0
+        packet = rtcp.receiver_report(
+            self.rtcp_ssrc, self.ssrc, min(fraction, 255), lost, extended,
+            int(self._jitter), lsr, dlsr,
+        )
+        if self.kind == "video" and self.codec.remb:
+            packet += rtcp.remb(self.rtcp_ssrc, self.target_bitrate(), [self.ssrc])
+        self._send_rtcp(packet)
+
+    def target_bitrate(self) -> int:
+        estimates = [c.remb_bitrate for c in self.consumers if c.remb_bitrate]
+        target = min(estimates) if estimates else self.max_bitrate or 0
+        if self.max_bitrate:
+            target = min(target, self.max_bitrate)
+        return target or 1_000_000
+
+    # --- statistics --------------------------------------------------------------------------
+
+    @property
+    def packets_lost(self) -> int:
+        if self._base_seq < 0:
+            return 0
+        return max(0, self._cycles + self._max_seq - self._base_seq + 1 - self.packets)
+
+    @property
+    def jitter_seconds(self) -> float:
+        return self._jitter / self.codec.clock_rate
+
+
+def _drop(data: bytes) -> bool:
+    return False

@@ -1,0 +1,315 @@
+"""A router: one room (one session) — its participants, their transports and tracks.
+
+Closing the router closes every transport, closing a transport closes its producers and
+consumers, closing a producer closes its consumers (mediasoup's cascade). A periodic task does
+the per-room bookkeeping that must not sit on the packet path: RTCP reports and REMB, bitrates,
+media state (debounced) and the active speaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiortc import clock
+
+from sfu.api import (
+    ActiveSpeaker,
+    MediaError,
+    MediaState,
+    Message,
+    RoomClosed,
+    ServerOffer,
+    TransportClosed,
+    TransportKind,
+)
+from sfu.network import NetworkOptions
+from sfu.options import MediaOptions
+from sfu.producer import Codec, Producer
+from sfu.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.25  # seconds between bookkeeping passes
+RTCP_EVERY = 4  # ticks between RTCP reports (1 s)
+SPEAKER_THRESHOLD = 70  # -dBov: quieter than this is not speaking
+
+
+@dataclass
+class Participant:
+    id: str
+    publish: Transport | None = None
+    subscribe: Transport | None = None
+    flowing: bool = False
+
+    def transports(self) -> list[Transport]:
+        return [t for t in (self.publish, self.subscribe) if t is not None]
+
+
+class Router:
+    def __init__(self, room_id: str, options: MediaOptions, emit: Callable[[Message], None],
+                 app_data: dict[str, Any] | None = None) -> None:
+        self.id = room_id
+        self.options = options
+        self.network: NetworkOptions = options.network()
+        self.app_data = app_data or {}
+        self.closed = False
+        self.participants: dict[str, Participant] = {}
+        self.producers: dict[str, Producer] = {}
+        self._emit = emit
+        self._speaker: str | None = None
+        self._levels: dict[str, float] = {}
+        self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
+        self._bytes: dict[object, int] = {}
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @staticmethod
+    def now_ms() -> int:
+        return clock.current_ms()  # the clock aiortc stamps packet arrivals with
+
+    # --- participants and transports ---------------------------------------------------------
+
+    def participant(self, participant_id: str) -> Participant:
+        if not isinstance(participant_id, str) or not participant_id:
+            raise MediaError("bad_participant", "participant_id must be a non-empty string")
+        if participant_id not in self.participants:
+            self.participants[participant_id] = Participant(participant_id)
+        return self.participants[participant_id]
+
+    def transport(self, participant_id: str, kind: TransportKind) -> Transport:
+        if kind not in ("publish", "subscribe"):
+            raise MediaError("bad_transport", "transport must be 'publish' or 'subscribe'")
+        participant = self.participant(participant_id)
+        existing = getattr(participant, kind)
+        if existing is None:
+            existing = Transport(self, participant_id, kind)
+            setattr(participant, kind, existing)
+        return existing
+
+    def existing_transport(self, participant_id: str, kind: TransportKind) -> Transport:
+        participant = self.participants.get(participant_id)
+        transport = getattr(participant, kind, None) if participant else None
+        if transport is None:
+            raise MediaError("unknown_transport", f"{participant_id} has no {kind} transport")
+        return transport
+
+    async def subscribe(self, participant_id: str) -> None:
+        """(Re)create the participant's subscribe transport, offering every track in the room.
+        A resume replaces the old transport: aiortc cannot restart ICE in place."""
+        participant = self.participant(participant_id)
+        if participant.subscribe is not None:
+            await self._close_transport(participant.subscribe, "replaced", announce=False)
+        transport = self.transport(participant_id, "subscribe")
+        for producer in self.producers_for(participant_id):
+            transport.add_consumer(producer)
+        await self._offer(transport)
+
+    def producers_for(self, participant_id: str) -> list[Producer]:
+        """The tracks a participant may receive: everyone's but its own."""
+        return [p for p in self.producers.values() if p.participant_id != participant_id]
+
+    async def leave(self, participant_id: str, kind: TransportKind | None) -> None:
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            return
+        for transport in participant.transports():
+            if kind is None or transport.kind == kind:
+                await self._close_transport(transport, "left")
+        if not participant.transports():
+            self.participants.pop(participant_id, None)
+            if participant.flowing:
+                self._emit(MediaState(self.id, participant_id, False, _now(), "left"))
+
+    async def _close_transport(self, transport: Transport, reason: str,
+                               announce: bool = True) -> None:
+        participant = self.participants.get(transport.participant_id)
+        if participant is not None and getattr(participant, transport.kind) is transport:
+            setattr(participant, transport.kind, None)
+        task = self._offer_tasks.pop(transport, None)
+        if task is not None:
+            task.cancel()
+        await transport.close(reason)
+        if announce:
+            self._emit(TransportClosed(self.id, transport.participant_id, transport.kind, reason))
+
+    # --- producers ---------------------------------------------------------------------------
+
+    def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer:
+        producer = Producer(
+            f"{participant_id}:{mid}", participant_id, kind, codec,
+            max_bitrate=self.options.max_publish_bitrate if kind == "video" else 0,
+            keyframe_interval=self.options.keyframe_interval,
+        )
+        self.producers[producer.id] = producer
+        producer.on_close.append(self._producer_closed)
+        for participant in self.participants.values():
+            sub = participant.subscribe
+            if participant.id != participant_id and sub is not None and not sub.closed:
+                if sub.add_consumer(producer) is not None:
+                    self.schedule_offer(sub)
+        return producer
+
+    def producer_started(self, producer: Producer) -> None:
+        """A (new or reconnected) publish connection feeds ``producer``: ask for a keyframe so
+        every consumer, waiting or re-based, gets a clean picture."""
+        if producer.consumers:
+            producer.request_keyframe()
+
+    def _producer_closed(self, producer: Producer) -> None:
+        self.producers.pop(producer.id, None)
+        self._levels.pop(producer.participant_id, None)
+
+    def schedule_offer(self, transport: Transport) -> None:
+        if self.closed or transport in self._offer_tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._offer(transport))
+        self._offer_tasks[transport] = task
+        task.add_done_callback(lambda _: self._offer_tasks.pop(transport, None))
+
+    async def _offer(self, transport: Transport) -> None:
+        # Let the other changes of this moment (a publisher adds audio and video) join the offer.
+        await asyncio.sleep(0)
+        offer = await transport.create_offer()
+        if offer is not None:
+            sdp, offer_id = offer
+            self._emit(ServerOffer(self.id, transport.participant_id, "subscribe", sdp, offer_id))
+
+    async def answer(self, transport: Transport, sdp: str, offer_id: int) -> None:
+        if await transport.handle_answer(sdp, offer_id):
+            self.schedule_offer(transport)
+
+    # --- chat, state, speaker ----------------------------------------------------------------
+
+    def relay_chat(self, sender: str, message: str) -> None:
+        for participant in self.participants.values():
+            if participant.id == sender:
+                continue
+            for transport in (participant.subscribe, participant.publish):
+                if transport is not None and transport.send_chat(sender, message):
+                    break
+
+    def transport_state_changed(self, transport: Transport) -> None:
+        participant = self.participants.get(transport.participant_id)
+        if participant is not None:
+            self._update_media_state(participant, self.now_ms())
+        if transport.connected:
+            for producer in self.producers_for(transport.participant_id):
+                if any(c in transport.consumers.values() for c in producer.consumers):
+                    producer.request_keyframe()
+
+    def _update_media_state(self, participant: Participant, now_ms: int) -> None:
+        window = self.options.media_state_debounce * 1000
+        transports = participant.transports()
+        connected = [t for t in transports if t.connected]
+        recent = any(now_ms - t.last_packet_ms < window for t in connected)
+        flowing = bool(connected) and recent
+        if flowing == participant.flowing:
+            return
+        participant.flowing = flowing
+        if flowing:
+            reason = "media"
+        elif any(t.state == "failed" for t in transports):
+            reason = "ice_failed"
+        elif not connected:
+            reason = "disconnected"
+        else:
+            reason = "no_media"
+        self._emit(MediaState(self.id, participant.id, flowing, _now(), reason))
+
+    def _update_speaker(self) -> None:
+        for producer in self.producers.values():
+            if producer.kind != "audio":
+                continue
+            if producer.level_count:
+                level = producer.level_sum / producer.level_count
+                producer.level_sum = producer.level_count = 0
+            else:
+                level = 127.0
+            previous = self._levels.get(producer.participant_id, 127.0)
+            self._levels[producer.participant_id] = previous * 0.5 + level * 0.5
+        if not self._levels:
+            return
+        loudest = min(self._levels, key=self._levels.__getitem__)
+        level = self._levels[loudest]
+        if level < SPEAKER_THRESHOLD and loudest != self._speaker:
+            self._speaker = loudest
+            self._emit(ActiveSpeaker(self.id, loudest, int(level)))
+
+    async def _run(self) -> None:
+        count = 0
+        while True:
+            await asyncio.sleep(TICK)
+            count += 1
+            try:
+                now_ms = self.now_ms()
+                for participant in list(self.participants.values()):
+                    self._update_media_state(participant, now_ms)
+                self._update_speaker()
+                if count % RTCP_EVERY == 0:
+                    self._report(TICK * RTCP_EVERY)
+            except Exception:  # bookkeeping must never die with the room still open
+                logger.exception("room %s: bookkeeping failed", self.id)
+
+    def _report(self, interval: float) -> None:
+        seen: dict[object, int] = {}
+        for producer in self.producers.values():
+            producer.send_feedback()
+            producer.bitrate = int((producer.bytes - self._bytes.get(producer, producer.bytes))
+                                   * 8 / interval)
+            seen[producer] = producer.bytes
+            for consumer in producer.consumers:
+                consumer.send_sender_report()
+                consumer.bitrate = int((consumer.bytes - self._bytes.get(consumer, consumer.bytes))
+                                       * 8 / interval)
+                seen[consumer] = consumer.bytes
+        self._bytes = seen
+
+    # --- statistics --------------------------------------------------------------------------
+
+    def stats(self) -> list[dict[str, Any]]:
+        tracks: list[dict[str, Any]] = []
+        for producer in self.producers.values():
+            tracks.append({
+                "track_id": producer.id, "participant_id": producer.participant_id,
+                "kind": producer.kind, "direction": "inbound", "codec": producer.codec.mime_type,
+                "bitrate": producer.bitrate, "packets": producer.packets,
+                "bytes": producer.bytes, "packets_lost": producer.packets_lost,
+                "packets_policed": producer.packets_policed,
+                "retransmissions": producer.retransmissions,
+                "jitter": round(producer.jitter_seconds, 6), "rtt": None,
+            })
+            for consumer in producer.consumers:
+                tracks.append({
+                    "track_id": producer.id, "participant_id": consumer.participant_id,
+                    "kind": consumer.kind, "direction": "outbound",
+                    "codec": producer.codec.mime_type, "bitrate": consumer.bitrate,
+                    "packets": consumer.packets, "bytes": consumer.bytes,
+                    "packets_lost": consumer.packets_lost,
+                    "retransmitted": consumer.retransmitted, "nacks": consumer.nacks,
+                    "plis": consumer.plis, "remb": consumer.remb_bitrate,
+                    "jitter": round(consumer.jitter / producer.codec.clock_rate, 6),
+                    "rtt": consumer.rtt,
+                })
+        return tracks
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._task.cancel()
+        for task in list(self._offer_tasks.values()):
+            task.cancel()
+        for participant in list(self.participants.values()):
+            for transport in participant.transports():
+                await self._close_transport(transport, reason)
+        self.participants.clear()
+        for producer in list(self.producers.values()):
+            producer.close()
+        self._emit(RoomClosed(self.id, reason))
+
+
+def _now() -> float:
+    return time.time()

@@ -1,0 +1,529 @@
+"""A transport: one participant's peer connection in one direction.
+
+``publish``: the client offers its tracks; each sending m-line becomes a producer. ``subscribe``:
+the SFU offers the other participants' tracks (a consumer per m-line) and renegotiates as
+producers come and go; when the client offers instead (WHEP), the SFU fills the client's recvonly
+m-lines with the room's tracks. aiortc keeps SDP, ICE, DTLS and SRTP; packets go through
+sfu.aiortc_hooks to our producers and consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+    sdp as aiortc_sdp,
+)
+from aiortc.exceptions import InvalidStateError, OperationError
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+
+from sfu import aiortc_hooks, rtcp
+from sfu.api import MediaError, TransportKind
+from sfu.consumer import Consumer
+from sfu.forwarder import (
+    URI_ABS_SEND_TIME,
+    URI_AUDIO_LEVEL,
+    URI_MID,
+    ExtensionLayout,
+    find_extension,
+    payload_offset,
+    unpack_fixed,
+)
+from sfu.producer import Codec, Producer
+
+if TYPE_CHECKING:
+    from sfu.router import Router
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_CODECS = {"audio/opus", "video/vp8", "video/h264"}
+MAX_SDP_BYTES = 64 * 1024
+MAX_CHAT_BYTES = 4096
+
+PacketHandler = Callable[[bytes, int, int, int, int, int, int], None]
+
+
+def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
+    """Validate an SDP before aiortc sees it: a clear ``bad_sdp`` instead of an exception."""
+    if not isinstance(sdp, str) or not sdp.strip() or len(sdp) > MAX_SDP_BYTES:
+        raise MediaError("bad_sdp", "the SDP is empty or too large")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
+        raise MediaError("bad_sdp", f"the SDP {expected} could not be parsed: {exc}") from exc
+    if not description.media:
+        raise MediaError("bad_sdp", f"the SDP {expected} has no media sections")
+    for media in description.media:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise MediaError("bad_sdp", "the SDP lacks ICE credentials")
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise MediaError("bad_sdp", "the SDP lacks a DTLS fingerprint")
+        if media.kind in ("audio", "video") and not media.rtcp_mux:
+            raise MediaError("bad_sdp", "rtcp-mux is required")
+    if len(description.media) > 1 and not any(
+        g.semantic == "BUNDLE" and len(g.items) == len(description.media)
+        for g in description.group
+    ):
+        raise MediaError("bundle_required", "every media section must be in one BUNDLE group")
+    return description
+
+
+def _codec(codecs: list[RTCRtpCodecParameters]) -> tuple[list[RTCRtpCodecParameters], Codec] | None:
+    """The first supported codec of a negotiated list, with its RTX, as (kept, Codec)."""
+    for codec in codecs:
+        if codec.mimeType.lower() not in SUPPORTED_CODECS:
+            continue
+        rtx = next(
+            (c for c in codecs if c.mimeType.lower().endswith("/rtx")
+             and c.parameters.get("apt") == codec.payloadType), None,
+        )
+        feedback = {(f.type, f.parameter) for f in codec.rtcpFeedback}
+        kept = [codec] + ([rtx] if rtx else [])
+        return kept, Codec(
+            mime_type=codec.mimeType, clock_rate=codec.clockRate,
+            payload_type=codec.payloadType,
+            rtx_payload_type=rtx.payloadType if rtx else None,
+            channels=codec.channels, parameters=dict(codec.parameters),
+            nack=("nack", None) in feedback, pli=("nack", "pli") in feedback,
+            remb=("goog-remb", None) in feedback,
+        )
+    return None
+
+
+def _extension_id(extensions: list[Any], uri: str) -> int:
+    return next((e.id for e in extensions if e.uri == uri), 0)
+
+
+class Transport:
+    def __init__(self, router: Router, participant_id: str, kind: TransportKind) -> None:
+        self.router = router
+        self.participant_id = participant_id
+        self.kind: TransportKind = kind
+        self.closed = False
+        self.client_offers = kind == "publish"  # flips to True for WHEP
+        self.state = "new"
+        self.last_packet_ms = 0
+        self.offer_id = 0
+        self.producers: dict[str, Producer] = {}  # by the client's mid
+        self.consumers: dict[str, Consumer] = {}  # by our mid (or by producer id until known)
+        self.chat: RTCDataChannel | None = None
+        self._rtp: dict[int, PacketHandler] = {}
+        self._rtcp_consumers: dict[int, Consumer] = {}
+        self._mid_ext_id = 0
+        self._rtx_pts: dict[int, Producer] = {}
+        self._pts: dict[int, Producer] = {}
+        self._remote_ufrag: str | None = None
+        self._renegotiate = False
+        self._lock = asyncio.Lock()
+        self.pc = self._new_pc()
+        self._raw: aiortc_hooks.RawSender | None = None
+
+    def _new_pc(self) -> RTCPeerConnection:
+        configuration = self.router.network.configuration()
+        configuration.bundlePolicy = RTCBundlePolicy.MAX_BUNDLE
+        pc = RTCPeerConnection(configuration)
+        pc.on("connectionstatechange", lambda: self._on_state(pc))
+        pc.on("datachannel", self._on_datachannel)
+        return pc
+
+    # --- negotiation -------------------------------------------------------------------------
+
+    async def handle_offer(self, sdp: str) -> str:
+        """A client's offer (publish, or WHEP on subscribe); returns our answer."""
+        description = parse_sdp(sdp, "offer")
+        async with self._lock:
+            if self.closed:
+                raise MediaError("transport_closed", "the transport is closed")
+            ufrag = description.media[0].ice.usernameFragment
+            if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
+                await self._restart_ice()
+            self._remote_ufrag = ufrag
+            self.client_offers = True
+            await self._set_remote(sdp, "offer")
+            if self.kind == "publish":
+                self._sync_producers(description)
+            else:
+                self._fill_whep(description)
+            self._hook()
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+            self._hook()
+            return self.pc.localDescription.sdp
+
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except OperationError as exc:
+            raise MediaError("unsupported_codec", f"no codec in common: {exc}") from exc
+        except InvalidStateError as exc:
+            raise MediaError("bad_state", f"cannot apply this {kind} now: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MediaError("bad_sdp", f"the SDP {kind} was refused: {exc}") from exc
+
+    async def _restart_ice(self) -> None:
+        """aiortc cannot restart ICE on a live connection, so a resume gets a fresh one; the
+        producers stay, and re-attach (new epoch) once the new connection delivers media."""
+        old = self.pc
+        for producer in self.producers.values():
+            producer.detach_source()
+        self._rtp.clear()
+        self._raw = None
+        self.pc = self._new_pc()
+        self.state = "new"
+        await old.close()
+
+    def _sync_producers(self, description: aiortc_sdp.SessionDescription) -> None:
+        sending = {}
+        for media in description.media:
+            if media.kind in ("audio", "video") and media.direction in ("sendonly", "sendrecv") \
+                    and media.port != 0:
+                sending[media.rtp.muxId] = media
+        for mid in [m for m in self.producers if m not in sending]:
+            self.producers.pop(mid).close()
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            if mid not in sending:
+                continue
+            picked = _codec(aiortc_hooks.negotiated_codecs(transceiver))
+            if picked is None:
+                raise MediaError("unsupported_codec",
+                                 f"m-line {mid}: none of opus, VP8, H.264 was offered")
+            kept, codec = picked
+            aiortc_hooks.restrict_codecs(transceiver, kept)
+            if mid not in self.producers:
+                self.producers[mid] = self.router.create_producer(
+                    self.participant_id, mid, transceiver.kind, codec
+                )
+            aiortc_hooks.disarm_receiver(
+                transceiver.receiver,
+                lambda params, mid=mid: self._attach_producer(mid, params),
+            )
+
+    def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
+        producer = self.producers.get(mid)
+        if producer is None or self._raw is None:
+            return
+        ssrc = params.encodings[0].ssrc if params.encodings else None
+        rtx = params.encodings[0].rtx if params.encodings else None
+        producer.attach_source(
+            ssrc, rtx.ssrc if rtx else None,
+            _extension_id(params.headerExtensions, URI_AUDIO_LEVEL), self._raw.send_rtcp,
+        )
+        self._mid_ext_id = self._mid_ext_id or _extension_id(params.headerExtensions, URI_MID)
+        if ssrc is not None:
+            self._rtp[ssrc] = producer.receive
+        if rtx is not None:
+            self._rtp[rtx.ssrc] = producer.receive_rtx
+        self._pts[producer.codec.payload_type] = producer
+        if producer.codec.rtx_payload_type is not None:
+            self._rtx_pts[producer.codec.rtx_payload_type] = producer
+        self.router.producer_started(producer)
+
+    async def create_offer(self) -> tuple[str, int] | None:
+        """Our (re)offer on a subscribe transport, or None while one is awaiting its answer
+        (the change is then offered once that answer arrives)."""
+        async with self._lock:
+            if self.closed:
+                return None
+            if self.pc.signalingState != "stable":
+                self._renegotiate = True
+                return None
+            self._renegotiate = False
+            if self.chat is None:
+                self._open_chat(self.pc.createDataChannel("chat"))
+            self._hook()
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(offer)
+            self._hook()
+            self.offer_id += 1
+            return self.pc.localDescription.sdp, self.offer_id
+
+    async def handle_answer(self, sdp: str, offer_id: int) -> bool:
+        """The client's answer to our offer; True when another offer is due."""
+        parse_sdp(sdp, "answer")
+        async with self._lock:
+            if self.closed:
+                raise MediaError("transport_closed", "the transport is closed")
+            if offer_id != self.offer_id or self.pc.signalingState != "have-local-offer":
+                raise MediaError("stale_offer", f"offer {offer_id} is not the one outstanding")
+            await self._set_remote(sdp, "answer")
+            self._hook()
+            return self._renegotiate
+
+    async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
+        from aiortc.sdp import candidate_from_sdp
+
+        if candidate is None:
+            await self.pc.addIceCandidate(None)
+            return
+        text = candidate.get("candidate") if isinstance(candidate, dict) else None
+        if not isinstance(text, str):
+            raise MediaError("bad_candidate", "candidate must be an RTCIceCandidateInit")
+        if not text:
+            return  # an empty candidate string also means end-of-candidates
+        try:
+            parsed = candidate_from_sdp(text.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise MediaError("bad_candidate", f"unparsable candidate: {exc}") from exc
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        try:
+            await self.pc.addIceCandidate(parsed)
+        except (ValueError, InvalidStateError) as exc:
+            raise MediaError("bad_candidate", f"candidate refused: {exc}") from exc
+
+    # --- consumers (subscribe side) ----------------------------------------------------------
+
+    def add_consumer(self, producer: Producer) -> Consumer | None:
+        """Add an m-line for ``producer`` to our next offer."""
+        if self.closed or self.client_offers:
+            return None
+        transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        self._prefer(transceiver, producer)
+        return self._bind_consumer(transceiver, producer)
+
+    def _prefer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> None:
+        capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
+        wanted = [
+            c for c in capabilities
+            if c.mimeType.lower() == producer.codec.mime_type.lower()
+            and (producer.kind == "audio" or c.parameters == producer.codec.parameters)
+        ][:1]
+        wanted += [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
+        transceiver.setCodecPreferences(wanted)
+
+    def _bind_consumer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> Consumer:
+        ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(transceiver.sender)
+        consumer = Consumer(
+            f"{producer.id}>{self.participant_id}", producer, self.participant_id,
+            ssrc=ssrc, rtx_ssrc=rtx_ssrc, send_rtp=self._send_rtp, send_rtcp=self._send_rtcp,
+        )
+        self._rtcp_consumers[ssrc] = consumer
+        key = f"pending:{producer.id}"
+        self.consumers[key] = consumer
+        consumer.on_close.append(lambda c, reason: self._consumer_closed(c, transceiver))
+        aiortc_hooks.disarm_sender(
+            transceiver.sender, lambda params: self._start_consumer(consumer, params)
+        )
+        producer.add_consumer(consumer)
+        return consumer
+
+    def _start_consumer(self, consumer: Consumer, params: RTCRtpSendParameters) -> None:
+        if consumer.closed or not params.codecs:
+            return
+        main = params.codecs[0]
+        rtx = next((c for c in params.codecs if c.mimeType.lower().endswith("/rtx")
+                    and c.parameters.get("apt") == main.payloadType), None)
+        extensions = ExtensionLayout(
+            mid_id=_extension_id(params.headerExtensions, URI_MID), mid=params.muxId or "",
+            abs_send_time_id=_extension_id(params.headerExtensions, URI_ABS_SEND_TIME),
+            audio_level_id=_extension_id(params.headerExtensions, URI_AUDIO_LEVEL),
+        )
+        consumer.configure(main.payloadType, rtx.payloadType if rtx else None, extensions)
+        for key, value in list(self.consumers.items()):
+            if value is consumer:
+                del self.consumers[key]
+        self.consumers[params.muxId or consumer.id] = consumer
+        consumer.resume()
+
+    def _consumer_closed(self, consumer: Consumer, transceiver: RTCRtpTransceiver) -> None:
+        self._rtcp_consumers.pop(consumer.ssrc, None)
+        for key, value in list(self.consumers.items()):
+            if value is consumer:
+                del self.consumers[key]
+        if not self.closed and not self.client_offers:
+            transceiver.direction = "inactive"
+            self.router.schedule_offer(self)
+
+    def _fill_whep(self, description: aiortc_sdp.SessionDescription) -> None:
+        """WHEP: give each of the client's recvonly m-lines one of the room's tracks."""
+        taken = {c.producer.id for c in self.consumers.values()}
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.mid in self.consumers or transceiver.direction == "sendonly":
+                continue
+            producer = next(
+                (p for p in self.router.producers_for(self.participant_id)
+                 if p.kind == transceiver.kind and p.id not in taken), None,
+            )
+            if producer is None:
+                continue
+            kept = [c for c in aiortc_hooks.negotiated_codecs(transceiver)
+                    if c.mimeType.lower() == producer.codec.mime_type.lower()][:1]
+            if not kept:
+                continue
+            rtx = [c for c in aiortc_hooks.negotiated_codecs(transceiver)
+                   if c.mimeType.lower().endswith("/rtx")
+                   and c.parameters.get("apt") == kept[0].payloadType]
+            aiortc_hooks.restrict_codecs(transceiver, kept + rtx)
+            transceiver.direction = "sendonly"
+            taken.add(producer.id)
+            self._bind_consumer(transceiver, producer)
+
+    # --- packets -----------------------------------------------------------------------------
+
+    def _hook(self) -> None:
+        self.router.network.prepare(self.pc)
+        aiortc_hooks.intercept_packets(self.pc, self._on_rtp, self._on_rtcp)
+        transports = aiortc_hooks.dtls_transports(self.pc)
+        if self._raw is None and transports:
+            self._raw = aiortc_hooks.RawSender(transports[0])
+
+    def _send_rtp(self, data: bytes) -> bool:
+        raw = self._raw
+        return raw is not None and raw.send_rtp(data)
+
+    def _send_rtcp(self, data: bytes) -> bool:
+        raw = self._raw
+        return raw is not None and raw.send_rtcp(data)
+
+    async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        if len(data) < 12:
+            return
+        b0, b1, seq, ts, ssrc = unpack_fixed(data)
+        handler = self._rtp.get(ssrc)
+        if handler is None:
+            handler = self._learn(data, ssrc, b1 & 0x7F)
+            if handler is None:
+                return
+        offset = payload_offset(data)
+        if offset < 0:
+            return
+        self.last_packet_ms = arrival_time_ms
+        handler(data, b0, b1, seq, ts, offset, arrival_time_ms)
+
+    def _learn(self, data: bytes, ssrc: int, pt: int) -> PacketHandler | None:
+        """An SSRC the SDP did not announce (browsers' simulcast, or a changed SSRC): map it by
+        its mid header extension, else by its payload type when that is unambiguous."""
+        if self.kind != "publish" or len(self._rtp) > 64:
+            return None
+        producer = None
+        if self._mid_ext_id:
+            mid = find_extension(data, self._mid_ext_id)
+            if mid is not None:
+                producer = self.producers.get(mid.decode("ascii", "replace"))
+        rtx = pt in self._rtx_pts
+        if producer is None:
+            producer = self._rtx_pts.get(pt) or self._pts.get(pt)
+        if producer is None or self._raw is None:
+            return None
+        if rtx:
+            handler = producer.receive_rtx
+        else:
+            if producer.ssrc not in (None, ssrc):
+                # the publisher switched SSRC: a new epoch for the consumers
+                producer.attach_source(ssrc, producer.rtx_ssrc, producer.audio_level_id,
+                                       self._raw.send_rtcp)
+            producer.ssrc = ssrc
+            handler = producer.receive
+        self._rtp[ssrc] = handler
+        return handler
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        self.last_packet_ms = self.router.now_ms()
+        for packet in rtcp.parse(data):
+            if isinstance(packet, rtcp.RtcpSrPacket):
+                self._on_sender_report(packet)
+                reports = packet.reports
+            elif isinstance(packet, rtcp.RtcpRrPacket):
+                reports = packet.reports
+            elif isinstance(packet, rtcp.RtcpRtpfbPacket):
+                consumer = self._rtcp_consumers.get(packet.media_ssrc)
+                if consumer is not None and packet.fmt == rtcp.FMT_NACK and packet.lost:
+                    consumer.retransmit(packet.lost[:128])
+                continue
+            elif isinstance(packet, rtcp.RtcpPsfbPacket):
+                self._on_psfb(packet)
+                continue
+            else:
+                continue
+            for report in reports:
+                consumer = self._rtcp_consumers.get(report.ssrc)
+                if consumer is not None:
+                    consumer.handle_report(report.fraction_lost, report.packets_lost,
+                                           report.jitter, report.lsr, report.dlsr)
+
+    def _on_sender_report(self, packet: rtcp.RtcpSrPacket) -> None:
+        for producer in self.producers.values():
+            if producer.ssrc == packet.ssrc:
+                producer.handle_sender_report(packet.sender_info.ntp_timestamp,
+                                              packet.sender_info.rtp_timestamp)
+
+    def _on_psfb(self, packet: rtcp.RtcpPsfbPacket) -> None:
+        if packet.fmt in (rtcp.FMT_PLI, rtcp.FMT_FIR):
+            ssrcs = [packet.media_ssrc]
+            if packet.fmt == rtcp.FMT_FIR and len(packet.fci) >= 4:
+                ssrcs.append(int.from_bytes(packet.fci[:4], "big"))
+            for ssrc in ssrcs:
+                consumer = self._rtcp_consumers.get(ssrc)
+                if consumer is not None:
+                    consumer.keyframe_requested()
+                    break
+        elif packet.fmt == rtcp.FMT_REMB:
+            remb = rtcp.remb_bitrate(packet)
+            if remb is not None:
+                bitrate, ssrcs = remb
+                for ssrc in ssrcs:
+                    consumer = self._rtcp_consumers.get(ssrc)
+                    if consumer is not None:
+                        consumer.remb_bitrate = bitrate
+
+    # --- chat and state ----------------------------------------------------------------------
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if self.chat is None:
+            self._open_chat(channel)
+
+    def _open_chat(self, channel: RTCDataChannel) -> None:
+        self.chat = channel
+
+        @channel.on("message")
+        def on_message(message: Any) -> None:
+            if isinstance(message, str) and len(message.encode()) <= MAX_CHAT_BYTES:
+                self.router.relay_chat(self.participant_id, message)
+
+    def send_chat(self, sender: str, message: str) -> bool:
+        if self.chat is None or self.chat.readyState != "open":
+            return False
+        self.chat.send(json.dumps({"from": sender, "message": message}))
+        return True
+
+    def _on_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self.pc or self.closed:
+            return
+        self.state = pc.connectionState
+        self.router.transport_state_changed(self)
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for producer in self.producers.values():
+            producer.close()
+        for consumer in list(self.consumers.values()):
+            consumer.close(reason)
+        self.producers.clear()
+        self.consumers.clear()
+        self._rtp.clear()
+        self._rtcp_consumers.clear()
+        self._raw = None
+        self.pc.remove_all_listeners()
+        await self.pc.close()

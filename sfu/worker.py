@@ -1,0 +1,152 @@
+"""LocalMediaPlane: the MediaPlane protocol served by routers in this process.
+
+The control plane holds one of these (built from plain MediaOptions), sends it the requests of
+sfu.api and listens to its events. Nothing here knows about users, tokens or money.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Awaitable, Callable
+
+from sfu.api import (
+    AddIceCandidate,
+    Answer,
+    AnswerToServerOffer,
+    CloseRoom,
+    EventHandler,
+    GetStats,
+    Leave,
+    MediaError,
+    Message,
+    Offer,
+    Ok,
+    OpenRoom,
+    RequestKeyframe,
+    Stats,
+    Subscribe,
+)
+from sfu.options import MediaOptions
+from sfu.router import Router
+
+logger = logging.getLogger(__name__)
+
+
+class LocalMediaPlane:
+    def __init__(self, options: MediaOptions | None = None) -> None:
+        self.options = options or MediaOptions()
+        self.rooms: dict[str, Router] = {}
+        self._handlers: list[EventHandler] = []
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._dispatch: dict[type[Message], Callable[[Any], Awaitable[Message]]] = {
+            OpenRoom: self._open_room,
+            CloseRoom: self._close_room,
+            Offer: self._offer,
+            Subscribe: self._subscribe,
+            AnswerToServerOffer: self._answer,
+            AddIceCandidate: self._candidate,
+            RequestKeyframe: self._keyframe,
+            Leave: self._leave,
+            GetStats: self._stats,
+        }
+
+    def on_event(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    async def request(self, message: Message) -> Message:
+        if self._closed:
+            raise MediaError("closed", "the media plane is shut down")
+        handler = self._dispatch.get(type(message))
+        if handler is None:
+            raise MediaError("bad_message", f"{type(message).__name__} is not a request")
+        return await handler(message)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for router in list(self.rooms.values()):
+            await router.close("shutdown")
+        self.rooms.clear()
+        for task in list(self._pending):
+            task.cancel()
+        self._handlers.clear()
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _emit(self, event: Message) -> None:
+        for handler in list(self._handlers):
+            try:
+                result = handler(event)
+            except Exception:
+                logger.exception("media event handler failed on %s", event.kind)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._pending.add(task)
+                task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        self._pending.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("media event handler failed", exc_info=task.exception())
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _room(self, room_id: str) -> Router:
+        router = self.rooms.get(room_id)
+        if router is None:
+            raise MediaError("unknown_room", f"no open room {room_id!r}")
+        return router
+
+    async def _open_room(self, message: OpenRoom) -> Message:
+        if not isinstance(message.room_id, str) or not message.room_id:
+            raise MediaError("bad_room", "room_id must be a non-empty string")
+        if message.room_id not in self.rooms:
+            self.rooms[message.room_id] = Router(
+                message.room_id, self.options, self._emit, dict(message.app_data)
+            )
+        return Ok()
+
+    async def _close_room(self, message: CloseRoom) -> Message:
+        router = self.rooms.pop(message.room_id, None)
+        if router is not None:
+            await router.close(message.reason)
+        return Ok()
+
+    async def _offer(self, message: Offer) -> Message:
+        router = self._room(message.room_id)
+        transport = router.transport(message.participant_id, message.transport)
+        return Answer(await transport.handle_offer(message.sdp))
+
+    async def _subscribe(self, message: Subscribe) -> Message:
+        await self._room(message.room_id).subscribe(message.participant_id)
+        return Ok()
+
+    async def _answer(self, message: AnswerToServerOffer) -> Message:
+        router = self._room(message.room_id)
+        transport = router.existing_transport(message.participant_id, message.transport)
+        await router.answer(transport, message.sdp, message.offer_id)
+        return Ok()
+
+    async def _candidate(self, message: AddIceCandidate) -> Message:
+        router = self._room(message.room_id)
+        transport = router.existing_transport(message.participant_id, message.transport)
+        await transport.add_candidate(message.candidate)
+        return Ok()
+
+    async def _keyframe(self, message: RequestKeyframe) -> Message:
+        router = self._room(message.room_id)
+        for producer in router.producers_for(message.participant_id):
+            producer.request_keyframe()
+        return Ok()
+
+    async def _leave(self, message: Leave) -> Message:
+        await self._room(message.room_id).leave(message.participant_id, message.transport)
+        return Ok()
+
+    async def _stats(self, message: GetStats) -> Message:
+        return Stats(message.room_id, self._room(message.room_id).stats())
