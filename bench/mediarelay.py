@@ -133,7 +133,7 @@ class MediaRelayPlane:
             await pc.setLocalDescription(await pc.createAnswer())
         except OperationError as exc:
             await self._leave(room, offer.room_id, offer.participant_id, offer.transport)
-            raise MediaError("no_supported_codec", str(exc)) from None
+            raise MediaError("unsupported_codec", str(exc)) from None
         except (ValueError, InternalError, InvalidAccessError, InvalidStateError) as exc:
             await self._leave(room, offer.room_id, offer.participant_id, offer.transport)
             raise MediaError("bad_sdp", f"the offer could not be applied: {exc}") from None

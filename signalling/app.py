@@ -7,6 +7,9 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from sfu.options import MediaOptions
+from sfu.worker import LocalMediaPlane
+
 from . import keys
 from .auth import TokenIssuer
 from .metrics import CONTENT_TYPE, Metrics
@@ -25,9 +28,23 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app[keys.MEDIA] = LocalMediaPlane(media_options(settings))
     setup_whip(app)
     app.cleanup_ctx.append(media_plane)
     return app
+
+
+def media_options(settings: Settings) -> MediaOptions:
+    return MediaOptions(
+        loopback=settings.media_loopback,
+        interfaces=settings.media_interfaces,
+        announced_ip=settings.media_announced_ip or None,
+        port_min=settings.media_port_min,
+        port_max=settings.media_port_max,
+        ice_servers=tuple({"urls": url} for url in settings.stun_urls),
+        max_publish_bitrate=settings.max_publish_bitrate,
+        media_state_debounce=settings.media_debounce_seconds,
+    )
 
 
 async def media_plane(app: web.Application) -> AsyncIterator[None]:

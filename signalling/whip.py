@@ -40,7 +40,7 @@ MAX_SDP_BYTES = 64 * 1024
 
 # MediaError codes that mean "your request is wrong" (400); the rest are the media plane's own
 # trouble (503), so a client knows whether retrying the same offer can help.
-_CLIENT_ERRORS = {"bad_sdp", "no_supported_codec", "unsupported_codec", "bad_message", "bad_request"}
+_CLIENT_ERRORS = {"bad_sdp", "unsupported_codec", "bundle_required", "bad_candidate", "bad_message"}
 _ENDPOINTS: dict[str, TransportKind] = {"whip": "publish", "whep": "subscribe"}
 
 

@@ -39,8 +39,16 @@ def settings(tmp_path: Any) -> Settings:
 
 @pytest.fixture
 async def app_client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[TestClient]:
+    """The real app, with the SFU (LocalMediaPlane) as its media plane."""
+    yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture(params=["sfu", "mediarelay"])
+async def any_client(request: pytest.FixtureRequest, aiohttp_client: Any, settings: Settings) -> AsyncIterator[TestClient]:
+    """The app on the SFU, and on the MediaRelay reference plane the media bench compares with."""
     app = create_app(settings)
-    app[keys.MEDIA] = MediaRelayPlane()
+    if request.param == "mediarelay":
+        app[keys.MEDIA] = MediaRelayPlane()
     yield await aiohttp_client(app)
 
 
@@ -64,7 +72,8 @@ async def post_sdp(client: TestClient, path: str, sdp: str, headers: dict[str, s
     return await client.post(path, data=sdp, headers={**headers, "Content-Type": "application/sdp"})
 
 
-async def test_publisher_reaches_viewer_and_delete_stops_it(app_client: TestClient, settings: Settings) -> None:
+async def test_publisher_reaches_viewer_and_delete_stops_it(any_client: TestClient, settings: Settings) -> None:
+    app_client = any_client
     admin = bearer(settings)
     created = await app_client.post("/api/broadcasts", headers=admin)
     assert created.status == 201
@@ -143,14 +152,15 @@ async def test_malformed_sdp_is_400(app_client: TestClient, settings: Settings, 
     assert (await response.json())["error"]["code"] == "bad_sdp"
 
 
-async def test_offer_without_a_supported_codec_is_400(app_client: TestClient, settings: Settings) -> None:
+async def test_offer_without_a_supported_codec_is_400(any_client: TestClient, settings: Settings) -> None:
+    app_client = any_client
     _, offer = await offer_sdp("video", send=True)
     # Rename every codec the offer carries to one nobody supports.
     unsupported = offer.replace("VP8/90000", "AV2/90000").replace("H264/90000", "AV2/90000")
     unsupported = unsupported.replace("rtx/90000", "AV2/90000")
     response = await post_sdp(app_client, "/whip/s1", unsupported, bearer(settings))
     assert response.status == 400
-    assert (await response.json())["error"]["code"] == "no_supported_codec"
+    assert (await response.json())["error"]["code"] == "unsupported_codec"
 
 
 async def test_unknown_resource_delete_is_404_and_patch_is_405(app_client: TestClient, settings: Settings) -> None:
@@ -184,7 +194,9 @@ async def test_options_lists_ice_servers(app_client: TestClient) -> None:
 
 
 async def test_without_a_media_plane_whip_is_503(aiohttp_client: Any, settings: Settings) -> None:
-    client = await aiohttp_client(create_app(settings))
+    app = create_app(settings)
+    del app[keys.MEDIA]
+    client = await aiohttp_client(app)
     _, offer = await offer_sdp("video", send=True)
     response = await post_sdp(client, "/whip/s1", offer, bearer(settings))
     assert response.status == 503
