@@ -18,6 +18,7 @@ Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc
 
 from __future__ import annotations
 
+import array
 import asyncio
 import struct
 import time
@@ -271,6 +272,10 @@ class Subscriber:
     _frame_start: int = -1
     _frame_packets: int = 0
     _frame_key: bool = False
+    # Wall-clock arrival of the last 256 RTP datagrams by sequence number, taken when the socket
+    # is read: later steps (SRTP, the other subscribers' packets in this process) are the
+    # bench's delay, not the server's.
+    _arrivals: array.array = field(default_factory=lambda: array.array("d", bytes(8 * 256)))
 
     def __post_init__(self) -> None:
         self.pc = RTCPeerConnection(no_ice_servers())
@@ -282,7 +287,7 @@ class Subscriber:
             self.pc.addTransceiver("audio", direction="recvonly")
         for transceiver in self.pc.getTransceivers():
             _hook_receiver(transceiver.receiver)
-            _hook_transport(transceiver.receiver.transport, self._on_rtp)
+            _hook_transport(transceiver.receiver.transport, self._on_rtp, self._arrivals, self.video_types)
         try:
             self.resource = await _exchange(http, self.url, self.token, self.pc)
         except Exception as exc:
@@ -341,7 +346,7 @@ class Subscriber:
             if self.measuring and picture_id >= 0:
                 sent = self.send_times[picture_id]
                 if sent:
-                    latency = time.time() - sent
+                    latency = self._arrivals[extended & 0xFF] - sent
                     if 0 <= latency < 10:
                         self.latencies.append(latency)
         if timestamp == self._frame_ts:
@@ -374,12 +379,23 @@ def _hook_receiver(receiver: Any) -> None:
     receiver.receive = receive
 
 
-def _hook_transport(transport: Any, on_rtp: Any) -> None:
+def _hook_transport(transport: Any, on_rtp: Any, arrivals: array.array, video_types: set[int]) -> None:
     """RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) with
-    the decrypted packet; SR/SDES from the sender are of no use to a counter."""
+    the decrypted packet; SR/SDES from the sender are of no use to a counter. aioice's
+    StunProtocol.datagram_received hands every non-STUN datagram to Connection.data_received,
+    where the arrival time of video packets is noted (an SRTP header is in clear)."""
 
     async def ignore_rtcp(data: bytes) -> None:
         return None
 
     transport._handle_rtp_data = on_rtp
     transport._handle_rtcp_data = ignore_rtcp
+    connection = transport.transport._connection
+    queue_datagram = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if len(data) > 12 and 127 < data[0] < 192 and data[1] & 0x7F in video_types:
+            arrivals[data[3]] = time.time()
+        queue_datagram(data, component)
+
+    connection.data_received = data_received
