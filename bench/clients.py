@@ -257,7 +257,9 @@ class Subscriber:
     pc: RTCPeerConnection = field(init=False)
     resource: str | None = None
     started_at: float = 0.0
-    first_frame_at: float = 0.0
+    answered_at: float = 0.0  # the WHEP answer arrived
+    connected_at: float = 0.0  # ICE and DTLS done
+    first_frame_at: float = 0.0  # the first complete keyframe arrived
     error: str = ""
     video_types: set[int] = field(default_factory=set)
     audio_types: set[int] = field(default_factory=set)
@@ -288,11 +290,17 @@ class Subscriber:
         for transceiver in self.pc.getTransceivers():
             _hook_receiver(transceiver.receiver)
             _hook_transport(transceiver.receiver.transport, self._on_rtp, self._arrivals, self.video_types)
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState == "connected" and not self.connected_at:
+                self.connected_at = time.time()
+
         try:
             self.resource = await _exchange(http, self.url, self.token, self.pc)
         except Exception as exc:
             self.error = str(exc)
             raise
+        self.answered_at = time.time()
         for media in SessionDescription.parse(self.pc.remoteDescription.sdp).media:
             for codec in media.rtp.codecs:
                 if codec.mimeType.lower() == "video/vp8":

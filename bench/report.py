@@ -35,6 +35,8 @@ def summarise(target: str, publishers: int, subscribers: list[dict[str, Any]], c
     expected_total = received_total = 0
     latencies: list[float] = []
     first_frames: list[float] = []
+    answers: list[float] = []
+    connects: list[float] = []
     for s in subscribers:
         b, a = s["before"], s["after"]
         span = a["at"] - b["at"] or window
@@ -56,6 +58,10 @@ def summarise(target: str, publishers: int, subscribers: list[dict[str, Any]], c
         latencies.extend(s["latencies"])
         if s["time_to_first_frame"] is not None:
             first_frames.append(s["time_to_first_frame"])
+        if s.get("time_to_answer") is not None:
+            answers.append(s["time_to_answer"])
+        if s.get("time_to_connected") is not None:
+            connects.append(s["time_to_connected"])
     count = len(subscribers)
     cpu_per_second = cpu_seconds / window
     loss_pct = 100.0 * (1 - received_total / expected_total) if expected_total else 100.0
@@ -76,6 +82,9 @@ def summarise(target: str, publishers: int, subscribers: list[dict[str, Any]], c
         "bitrate_kbps": _spread([p["bitrate_kbps"] for p in per_subscriber]),
         "packet_loss_pct": round(max(loss_pct, 0.0), 3),
         "time_to_first_frame_ms": {**_percentiles(first_frames, 50, 95), "missing": count - len(first_frames)},
+        # Where the first frame's time goes: the WHEP answer, then ICE + DTLS, then the keyframe.
+        "time_to_answer_ms": _percentiles(answers, 50, 95),
+        "time_to_connected_ms": _percentiles(connects, 50, 95),
         "added_latency_ms": {**_percentiles(latencies, 50, 99), "samples": len(latencies)},
         "clean": clean,
         "publisher_stats": publisher_stats,

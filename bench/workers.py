@@ -8,6 +8,7 @@ values and a result queue, never through the server under test.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -54,6 +55,8 @@ async def _publish(base_url: str, token: str, sessions: list[str], tables: Seque
         try:
             await asyncio.gather(*(p.start(http) for p in publishers))
             results.put(("publishers_ready", None))
+            gc.collect()
+            gc.freeze()
             while not shared.stop.is_set():
                 await asyncio.sleep(0.1)
             results.put(("publishers", [{"frames_sent": p.frames_sent,
@@ -98,6 +101,11 @@ async def _subscribe(worker: int, base_url: str, token: str, plan: list[tuple[in
         reporter = asyncio.ensure_future(progress())
         while not shared.window_start.value and not shared.stop.is_set():
             await asyncio.sleep(0.05)
+        # A full collection over hundreds of peer connections stalls this loop for tens of ms,
+        # which would be charged to the server as latency: collect now, not in the window.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         await asyncio.sleep(max(0.0, shared.window_start.value - time.time()))
         before = [s.snapshot() for s in subscribers]
         for s in subscribers:
@@ -106,6 +114,7 @@ async def _subscribe(worker: int, base_url: str, token: str, plan: list[tuple[in
         after = [s.snapshot() for s in subscribers]
         for s in subscribers:
             s.measuring = False
+        gc.enable()
         reporter.cancel()
         report = []
         for s, b, a in zip(subscribers, before, after):
@@ -113,6 +122,8 @@ async def _subscribe(worker: int, base_url: str, token: str, plan: list[tuple[in
                 "ok": not s.error and bool(s.resource),
                 "error": s.error,
                 "time_to_first_frame": (s.first_frame_at - s.started_at) if s.first_frame_at else None,
+                "time_to_answer": (s.answered_at - s.started_at) if s.answered_at else None,
+                "time_to_connected": (s.connected_at - s.started_at) if s.connected_at else None,
                 "before": asdict(b),
                 "after": asdict(a),
                 "latencies": s.latencies,
