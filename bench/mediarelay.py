@@ -129,7 +129,9 @@ class MediaRelayPlane:
                 for transceiver in pc.getTransceivers():
                     source = room.published(transceiver.kind)
                     if source is not None:
-                        pc.addTrack(self._relay.subscribe(source, buffered=False))
+                        # Buffered: the decoder hands frames over in bursts, and an unbuffered
+                        # proxy would drop some, flattering the relay with a lower frame rate.
+                        pc.addTrack(self._relay.subscribe(source, buffered=True))
             await pc.setLocalDescription(await pc.createAnswer())
         except OperationError as exc:
             await self._leave(room, offer.room_id, offer.participant_id, offer.transport)

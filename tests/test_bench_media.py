@@ -70,3 +70,42 @@ def test_server_cpu_and_pid_are_read_from_proc() -> None:
         s.listen()
         assert pid_listening_on(s.getsockname()[1]) == os.getpid()
     assert process_cpu_seconds(os.getpid()) > 0
+
+
+async def test_subscriber_counts_frames_keyframes_gaps_and_latency_without_decoding() -> None:
+    import struct
+    import time
+
+    from bench.clients import Subscriber
+
+    send_times = [0.0] * (1 << 15)
+    subscriber = Subscriber("http://127.0.0.1:1/whep/x", "token", send_times)
+    subscriber.video_types.add(96)
+    subscriber.started_at = time.time()
+    subscriber.measuring = True
+
+    def packet(seq: int, ts: int, marker: bool, start: bool, picture_id: int, vp8: bytes,
+               payload_type: int = 96) -> bytes:
+        header = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | payload_type, seq, ts, 1234)
+        descriptor = bytes((0x90 if start else 0x80, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF))
+        return header + descriptor + vp8
+
+    keyframe, delta = b"\x10" + b"k" * 99, b"\x11" + b"d" * 99  # VP8 P bit: 0 = keyframe
+    send_times[7] = time.time() - 0.004
+    subscriber._arrivals[10] = time.time()
+    for seq, marker, start in ((10, False, True), (11, False, False), (12, True, False)):
+        await subscriber._on_rtp(packet(seq, 3000, marker, start, 7, keyframe if start else b"k" * 100))
+    assert (subscriber.frames, subscriber.keyframes) == (1, 1)
+    assert subscriber.first_frame_at >= subscriber.started_at
+    assert len(subscriber.latencies) == 1 and 0.003 < subscriber.latencies[0] < 1
+
+    # A delta frame whose middle packet is lost is not a complete frame, and the gap is loss.
+    await subscriber._on_rtp(packet(13, 6000, False, True, 8, delta))
+    await subscriber._on_rtp(packet(15, 6000, True, False, 8, b"d" * 100))
+    # An unknown payload type (say RTX nobody asked for) is set aside, not counted as video.
+    await subscriber._on_rtp(packet(16, 6000, True, False, 8, b"x", payload_type=97))
+    snapshot = subscriber.snapshot()
+    assert (snapshot.frames, snapshot.keyframes) == (1, 1)
+    assert (snapshot.packets, snapshot.expected) == (5, 6)
+    assert subscriber.other_packets == 1
+    await subscriber.pc.close()
