@@ -23,8 +23,18 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from sfu.api import Answer, Leave, MediaError, MediaPlane, Message, Offer, OpenRoom, TransportClosed
-from sfu.api import TransportKind
+from sfu.api import (
+    Answer,
+    Leave,
+    MediaError,
+    MediaPlane,
+    Message,
+    Offer,
+    OpenRoom,
+    RoomClosed,
+    TransportClosed,
+    TransportKind,
+)
 
 from . import keys
 from .auth import Identity, Role, authenticate
@@ -33,7 +43,6 @@ from .grants import AdminOnlyGrants, SessionGrants
 log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
-TRICKLE_ICE = "application/trickle-ice-sdpfrag"
 SESSION_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 RESOURCE_PATTERN = r"[0-9a-f]{32}"
 MAX_SDP_BYTES = 64 * 1024
@@ -79,6 +88,9 @@ class WhipResources:
     async def on_media_event(self, event: Message) -> None:
         if isinstance(event, TransportClosed):
             self._by_participant.pop((event.room_id, event.participant_id), None)
+        elif isinstance(event, RoomClosed):
+            for key in [k for k in self._by_participant if k[0] == event.room_id]:
+                del self._by_participant[key]
 
 
 def setup_whip(app: web.Application, grants: SessionGrants | None = None) -> None:

@@ -201,3 +201,21 @@ async def test_without_a_media_plane_whip_is_503(aiohttp_client: Any, settings: 
     response = await post_sdp(client, "/whip/s1", offer, bearer(settings))
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "media_unavailable"
+
+
+async def test_resources_go_with_their_transport_or_room() -> None:
+    from sfu.api import RoomClosed, TransportClosed
+    from signalling.whip import WhipResource
+
+    resources = WhipResources()
+    a = WhipResource("whip", "s1", "a" * 32, "whip-" + "a" * 32, "u1")
+    b = WhipResource("whep", "s1", "b" * 32, "whep-" + "b" * 32, "u1")
+    c = WhipResource("whep", "s2", "c" * 32, "whep-" + "c" * 32, "u1")
+    for resource in (a, b, c):
+        resources.add(resource)
+    assert resources.get("whip", "s1", "a" * 32) == a
+    assert resources.get("whep", "s1", "a" * 32) is None  # the endpoint is part of the name
+    await resources.on_media_event(TransportClosed("s1", a.participant_id, "publish", "ice_failed"))
+    assert resources.get("whip", "s1", "a" * 32) is None and len(resources) == 2
+    await resources.on_media_event(RoomClosed("s1", "ended"))
+    assert len(resources) == 1 and resources.get("whep", "s2", "c" * 32) == c
