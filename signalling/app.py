@@ -44,6 +44,7 @@ def media_options(settings: Settings) -> MediaOptions:
         ice_servers=tuple({"urls": url} for url in settings.stun_urls),
         max_publish_bitrate=settings.max_publish_bitrate,
         media_state_debounce=settings.media_debounce_seconds,
+        keyframe_interval=settings.media_keyframe_interval,
     )
 
 
