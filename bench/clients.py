@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import random
 import struct
 import time
 from dataclasses import dataclass, field
@@ -191,8 +192,6 @@ class Publisher:
 
 
 def _outgoing(transceiver: Any) -> _Outgoing:
-    import random
-
     return _Outgoing(transceiver.sender, transceiver._codecs[0].payloadType,
                      sequence=random.randint(0, 0xFFFF), timestamp_base=random.randint(0, 0xFFFFFFFF))
 

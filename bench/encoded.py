@@ -16,6 +16,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import av
 import numpy as np
@@ -137,14 +138,17 @@ def encode_audio(seconds: int = 5, frame_ms: int = 20) -> EncodedAudio:
     return EncodedAudio(frame_ms, packets)
 
 
-def cached(name: str, build: "object", **params: object) -> object:
+T = TypeVar("T")
+
+
+def cached(name: str, build: Callable[..., T], **params: Any) -> T:
     """Build once per parameters and keep the result in the temp dir (a few MB)."""
     key = hashlib.sha256(repr(sorted(params.items())).encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"expertcall-bench-{name}-{key}.pickle"
     if path.exists():
         with path.open("rb") as f:
-            return pickle.load(f)
-    value = build(**params)  # type: ignore[operator]
+            return pickle.load(f)  # type: ignore[no-any-return]
+    value = build(**params)
     tmp = path.with_suffix(f".{key}.tmp")
     with tmp.open("wb") as f:
         pickle.dump(value, f)
@@ -152,9 +156,9 @@ def cached(name: str, build: "object", **params: object) -> object:
     return value
 
 
-def video(**params: object) -> EncodedVideo:
-    return cached("vp8", encode_video, **params)  # type: ignore[return-value]
+def video(**params: Any) -> EncodedVideo:
+    return cached("vp8", encode_video, **params)
 
 
-def audio(**params: object) -> EncodedAudio:
-    return cached("opus", encode_audio, **params)  # type: ignore[return-value]
+def audio(**params: Any) -> EncodedAudio:
+    return cached("opus", encode_audio, **params)

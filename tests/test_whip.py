@@ -6,7 +6,6 @@ import asyncio
 from typing import Any, AsyncIterator
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
