@@ -18,15 +18,15 @@ Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc
 
 from __future__ import annotations
 
-import array
 import asyncio
 import random
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import aiohttp
+import pylibsrtp
 from yarl import URL
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc import clock
@@ -57,9 +57,12 @@ class _Idle(MediaStreamTrack):
         return await self._never
 
 
-async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection) -> str:
+async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection,
+                    gathered: Callable[[], None] | None = None) -> str:
     """POST our offer (ICE gathered), apply the answer; returns the resource URL."""
     await pc.setLocalDescription(await pc.createOffer())
+    if gathered is not None:
+        gathered()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
     async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
         body = await response.text()
@@ -273,10 +276,6 @@ class Subscriber:
     _frame_start: int = -1
     _frame_packets: int = 0
     _frame_key: bool = False
-    # Wall-clock arrival of the last 256 RTP datagrams by sequence number, taken when the socket
-    # is read: later steps (SRTP, the other subscribers' packets in this process) are the
-    # bench's delay, not the server's.
-    _arrivals: array.array = field(default_factory=lambda: array.array("d", bytes(8 * 256)))
 
     def __post_init__(self) -> None:
         self.pc = RTCPeerConnection(no_ice_servers())
@@ -286,16 +285,22 @@ class Subscriber:
         self.pc.addTransceiver("video", direction="recvonly")
         if self.audio:
             self.pc.addTransceiver("audio", direction="recvonly")
+        transports = []
         for transceiver in self.pc.getTransceivers():
             _hook_receiver(transceiver.receiver)
-            _hook_transport(transceiver.receiver.transport, self._on_rtp, self._arrivals, self.video_types)
+            _hook_transport(transceiver.receiver.transport, self._on_rtp)
+            transports.append(transceiver.receiver.transport)
+
+        def gathered() -> None:
+            for transport in transports:
+                _hook_sockets(transport, self._on_datagram)
         @self.pc.on("connectionstatechange")
         def on_state() -> None:
             if self.pc.connectionState == "connected" and not self.connected_at:
                 self.connected_at = time.time()
 
         try:
-            self.resource = await _exchange(http, self.url, self.token, self.pc)
+            self.resource = await _exchange(http, self.url, self.token, self.pc, gathered)
         except Exception as exc:
             self.error = str(exc)
             raise
@@ -308,6 +313,19 @@ class Subscriber:
                     self.audio_types.add(codec.payloadType)
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
+        """Packets aiortc queued before our socket hook took over (the first few at most)."""
+        self._on_packet(data, time.time())
+
+    def _on_datagram(self, data: bytes, srtp: pylibsrtp.Session) -> None:
+        arrived = time.time()
+        if 191 < data[1] < 224:  # SRTCP: sender reports are of no use to a counter
+            return
+        try:
+            self._on_packet(srtp.unprotect(data), arrived)
+        except pylibsrtp.Error:
+            self.other_packets += 1
+
+    def _on_packet(self, data: bytes, arrived: float) -> None:
         # The per-packet path of the bench: keep it lean, it runs for every subscriber.
         if len(data) < 12:
             return
@@ -319,13 +337,14 @@ class Subscriber:
                 pos += 4 + 4 * int.from_bytes(data[pos + 2:pos + 4], "big")
             end = len(data) - (data[-1] if first & 0x20 else 0)
             extended = self.video.add(seq, end - pos)
-            self._on_vp8(data, pos, end, extended, timestamp, second & 0x80)
+            self._on_vp8(data, pos, end, extended, timestamp, second & 0x80, arrived)
         elif payload_type in self.audio_types:
             self.audio_counters.add(seq, len(data) - 12)
         else:
             self.other_packets += 1
 
-    def _on_vp8(self, data: bytes, pos: int, end: int, extended: int, timestamp: int, marker: int) -> None:
+    def _on_vp8(self, data: bytes, pos: int, end: int, extended: int, timestamp: int, marker: int,
+                arrived: float) -> None:
         if end - pos < 1:
             return
         descriptor = data[pos]
@@ -353,7 +372,7 @@ class Subscriber:
             if self.measuring and picture_id >= 0:
                 sent = self.send_times[picture_id]
                 if sent:
-                    latency = self._arrivals[extended & 0xFF] - sent
+                    latency = arrived - sent
                     if 0 <= latency < 10:
                         self.latencies.append(latency)
         if timestamp == self._frame_ts:
@@ -386,23 +405,31 @@ def _hook_receiver(receiver: Any) -> None:
     receiver.receive = receive
 
 
-def _hook_transport(transport: Any, on_rtp: Any, arrivals: array.array, video_types: set[int]) -> None:
+def _hook_transport(transport: Any, on_rtp: Any) -> None:
     """RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) with
-    the decrypted packet; SR/SDES from the sender are of no use to a counter. aioice's
-    StunProtocol.datagram_received hands every non-STUN datagram to Connection.data_received,
-    where the arrival time of video packets is noted (an SRTP header is in clear)."""
+    the decrypted packet; SR/SDES from the sender are of no use to a counter."""
 
     async def ignore_rtcp(data: bytes) -> None:
         return None
 
     transport._handle_rtp_data = on_rtp
     transport._handle_rtcp_data = ignore_rtcp
-    connection = transport.transport._connection
-    queue_datagram = connection.data_received
 
-    def data_received(data: bytes, component: int) -> None:
-        if len(data) > 12 and 127 < data[0] < 192 and data[1] & 0x7F in video_types:
-            arrivals[data[3]] = time.time()
-        queue_datagram(data, component)
 
-    connection.data_received = data_received
+def _hook_sockets(transport: Any, on_datagram: Callable[[bytes, pylibsrtp.Session], None]) -> None:
+    """Take SRTP straight from the sockets once DTLS has keyed it. aioice's
+    StunProtocol.datagram_received would first try to parse every datagram as STUN, then queue
+    it for RTCDtlsTransport._recv_next on another task; for a subscriber that only counts
+    packets that is most of its cost, and its queueing would be charged to the server as
+    latency. STUN and DTLS still take aiortc's path."""
+    for protocol in transport.transport._connection._protocols:
+        through_aioice = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any, through_aioice: Any = through_aioice) -> None:
+            srtp = transport._rx_srtp
+            if srtp is not None and 127 < data[0] < 192 and len(data) > 12:
+                on_datagram(data, srtp)
+            else:
+                through_aioice(data, addr)
+
+        protocol.datagram_received = datagram_received

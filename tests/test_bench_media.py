@@ -92,18 +92,17 @@ async def test_subscriber_counts_frames_keyframes_gaps_and_latency_without_decod
 
     keyframe, delta = b"\x10" + b"k" * 99, b"\x11" + b"d" * 99  # VP8 P bit: 0 = keyframe
     send_times[7] = time.time() - 0.004
-    subscriber._arrivals[10] = time.time()
     for seq, marker, start in ((10, False, True), (11, False, False), (12, True, False)):
-        await subscriber._on_rtp(packet(seq, 3000, marker, start, 7, keyframe if start else b"k" * 100))
+        subscriber._on_packet(packet(seq, 3000, marker, start, 7, keyframe if start else b"k" * 100), time.time())
     assert (subscriber.frames, subscriber.keyframes) == (1, 1)
     assert subscriber.first_frame_at >= subscriber.started_at
     assert len(subscriber.latencies) == 1 and 0.003 < subscriber.latencies[0] < 1
 
     # A delta frame whose middle packet is lost is not a complete frame, and the gap is loss.
-    await subscriber._on_rtp(packet(13, 6000, False, True, 8, delta))
+    subscriber._on_packet(packet(13, 6000, False, True, 8, delta), time.time())
     await subscriber._on_rtp(packet(15, 6000, True, False, 8, b"d" * 100))
     # An unknown payload type (say RTX nobody asked for) is set aside, not counted as video.
-    await subscriber._on_rtp(packet(16, 6000, True, False, 8, b"x", payload_type=97))
+    subscriber._on_packet(packet(16, 6000, True, False, 8, b"x", payload_type=97), time.time())
     snapshot = subscriber.snapshot()
     assert (snapshot.frames, snapshot.keyframes) == (1, 1)
     assert (snapshot.packets, snapshot.expected) == (5, 6)
