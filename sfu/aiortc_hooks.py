@@ -9,9 +9,8 @@ to 1.16.0 in pyproject.toml; tests/test_aiortc_hooks.py fails loudly if any name
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterator
-
 import asyncio
+from typing import Any, Awaitable, Callable, Iterator
 
 from aioice import Candidate
 from aioice import ice as aioice_ice
@@ -80,16 +79,14 @@ def disarm_receiver(
     setattr(receiver, _HOOKED, True)
 
 
-def disarm_sender(
-    sender: RTCRtpSender, on_parameters: Callable[[RTCRtpSendParameters], None]
-) -> None:
-    """Replace ``sender.send`` so that no encoder, RTP or RTCP task starts; ``on_parameters``
-    gets the negotiated send parameters (payload types, header extension ids, mid)."""
+def disarm_sender(sender: RTCRtpSender) -> None:
+    """Replace ``sender.send`` so that no encoder, RTP or RTCP task starts: the SFU writes this
+    m-line's packets itself."""
     if getattr(sender, _HOOKED, False):
         return
 
     async def send(parameters: RTCRtpSendParameters) -> None:
-        on_parameters(parameters)
+        return None
 
     sender.send = send  # type: ignore[method-assign]
     setattr(sender, _HOOKED, True)
@@ -109,9 +106,6 @@ class RawSender:
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
-
-    def connected(self) -> bool:
-        return self._dtls._state == State.CONNECTED
 
     def send_rtp(self, data: bytes) -> bool:
         dtls = self._dtls
@@ -222,3 +216,8 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
                 await _inner(data, arrival_time_ms=arrival_time_ms)
 
         dtls._handle_rtp_data = handle  # type: ignore[method-assign]
+
+
+def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
+    """The header extensions (with the remote side's ids) agreed for this m-line."""
+    return list(transceiver._headerExtensions)

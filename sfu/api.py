@@ -56,7 +56,10 @@ class Message:
         if cls is None:
             raise MediaError("bad_message", f"unknown media message kind {data.get('kind')!r}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # a required field is missing
+            raise MediaError("bad_message", f"{cls.kind}: {exc}") from exc
 
 
 # --- requests (control plane -> media plane) ------------------------------------------------

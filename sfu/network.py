@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import ifaddr
 from aioice import Candidate
+from aioice.ice import get_host_addresses
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from sfu import aiortc_hooks
@@ -51,12 +51,7 @@ class NetworkOptions:
             return [LOOPBACK]
         if self.interfaces:
             return list(self.interfaces)
-        return [
-            ip.ip
-            for adapter in ifaddr.get_adapters()
-            for ip in adapter.ips
-            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
-        ]
+        return get_host_addresses(use_ipv4=True, use_ipv6=False)
 
     def prepare(self, pc: RTCPeerConnection) -> None:
         """Apply these options to every ICE gatherer of ``pc``; call before setLocalDescription
@@ -78,17 +73,16 @@ class NetworkOptions:
 
     async def _bind(self, connection: Any, component: int, address: str) -> Candidate | None:
         announced = None if self.loopback else self.announced_ip
-        if not self.port_min:
-            return await aiortc_hooks.bind_host_candidate(
-                connection, component, address, 0, announced
-            )
-        ports = list(range(self.port_min, self.port_max + 1))
-        random.shuffle(ports)
+        if self.port_min:
+            ports = list(range(self.port_min, self.port_max + 1))
+            random.shuffle(ports)
+        else:
+            ports = [0]
         for port in ports[:64]:
             try:
                 return await aiortc_hooks.bind_host_candidate(
                     connection, component, address, port, announced
                 )
-            except OSError:
+            except OSError:  # port taken, or the address is not on this host
                 continue
         return None

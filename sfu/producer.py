@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sfu.consumer import Consumer
 
 MAX_MISSING = 256  # sequence numbers remembered for upstream NACK
+MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,9 @@ class Producer:
         target = min(estimates) if estimates else self.max_bitrate or 0
         if self.max_bitrate:
             target = min(target, self.max_bitrate)
-        return target or 1_000_000
+        # A fresh subscriber's estimate starts near what it receives and ramps up; below the
+        # floor, video is useless anyway, and the publisher must be able to climb back.
+        return max(target, MIN_REMB) if target else 1_000_000
 
     # --- statistics --------------------------------------------------------------------------
 

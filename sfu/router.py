@@ -90,7 +90,8 @@ class Router:
         return existing
 
     def existing_transport(self, participant_id: str, kind: TransportKind) -> Transport:
-        participant = self.participants.get(participant_id)
+        participant = self.participants.get(participant_id) if isinstance(participant_id, str) \
+            else None
         transport = getattr(participant, kind, None) if participant else None
         if transport is None:
             raise MediaError("unknown_transport", f"{participant_id} has no {kind} transport")
@@ -112,7 +113,10 @@ class Router:
         return [p for p in self.producers.values() if p.participant_id != participant_id]
 
     async def leave(self, participant_id: str, kind: TransportKind | None) -> None:
-        participant = self.participants.get(participant_id)
+        if kind not in (None, "publish", "subscribe"):
+            raise MediaError("bad_transport", "transport must be 'publish', 'subscribe' or null")
+        participant = self.participants.get(participant_id) if isinstance(participant_id, str) \
+            else None
         if participant is None:
             return
         for transport in participant.transports():
@@ -195,10 +199,6 @@ class Router:
         participant = self.participants.get(transport.participant_id)
         if participant is not None:
             self._update_media_state(participant, self.now_ms())
-        if transport.connected:
-            for producer in self.producers_for(transport.participant_id):
-                if any(c in transport.consumers.values() for c in producer.consumers):
-                    producer.request_keyframe()
 
     def _update_media_state(self, participant: Participant, now_ms: int) -> None:
         window = self.options.media_state_debounce * 1000

@@ -24,11 +24,7 @@ from aiortc import (
     sdp as aiortc_sdp,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
-from aiortc.rtcrtpparameters import (
-    RTCRtpCodecParameters,
-    RTCRtpReceiveParameters,
-    RTCRtpSendParameters,
-)
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
 from sfu import aiortc_hooks, rtcp
 from sfu.api import MediaError, TransportKind
@@ -52,6 +48,8 @@ logger = logging.getLogger(__name__)
 SUPPORTED_CODECS = {"audio/opus", "video/vp8", "video/h264"}
 MAX_SDP_BYTES = 64 * 1024
 MAX_CHAT_BYTES = 4096
+SSRC_SWITCH_MS = 1000  # a new SSRC on an m-line replaces the old one only after this silence
+MAX_MEDIA_SECTIONS = 16  # per connection: bounds what one client can make every other renegotiate
 
 PacketHandler = Callable[[bytes, int, int, int, int, int, int], None]
 
@@ -73,6 +71,8 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
             raise MediaError("bad_sdp", "the SDP lacks a DTLS fingerprint")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
             raise MediaError("bad_sdp", "rtcp-mux is required")
+    if len(description.media) > MAX_MEDIA_SECTIONS:
+        raise MediaError("too_many_tracks", f"at most {MAX_MEDIA_SECTIONS} media sections")
     if len(description.media) > 1 and not any(
         g.semantic == "BUNDLE" and len(g.items) == len(description.media)
         for g in description.group
@@ -123,11 +123,12 @@ class Transport:
         self._rtp: dict[int, PacketHandler] = {}
         self._rtcp_consumers: dict[int, Consumer] = {}
         self._mid_ext_id = 0
-        self._rtx_pts: dict[int, Producer] = {}
-        self._pts: dict[int, Producer] = {}
+        self._rtx_pts: dict[int, Producer | None] = {}
+        self._pts: dict[int, Producer | None] = {}
         self._remote_ufrag: str | None = None
         self._renegotiate = False
         self._lock = asyncio.Lock()
+        self._unconfigured: list[tuple[RTCRtpTransceiver, Consumer]] = []
         self.pc = self._new_pc()
         self._raw: aiortc_hooks.RawSender | None = None
 
@@ -161,6 +162,7 @@ class Transport:
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
             self._hook()
+            self._configure_consumers()
             return self.pc.localDescription.sdp
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
@@ -227,9 +229,16 @@ class Transport:
             self._rtp[ssrc] = producer.receive
         if rtx is not None:
             self._rtp[rtx.ssrc] = producer.receive_rtx
-        self._pts[producer.codec.payload_type] = producer
-        if producer.codec.rtx_payload_type is not None:
-            self._rtx_pts[producer.codec.rtx_payload_type] = producer
+        # Browsers reuse payload type numbers across m-lines: a type shared by two producers
+        # identifies neither (None), and only the mid extension can tell them apart.
+        self._pts[producer.codec.payload_type] = (
+            producer if self._pts.get(producer.codec.payload_type, producer) is producer else None
+        )
+        rtx_pt = producer.codec.rtx_payload_type
+        if rtx_pt is not None:
+            self._rtx_pts[rtx_pt] = (
+                producer if self._rtx_pts.get(rtx_pt, producer) is producer else None
+            )
         self.router.producer_started(producer)
 
     async def create_offer(self) -> tuple[str, int] | None:
@@ -261,23 +270,22 @@ class Transport:
                 raise MediaError("stale_offer", f"offer {offer_id} is not the one outstanding")
             await self._set_remote(sdp, "answer")
             self._hook()
+            self._configure_consumers()
             return self._renegotiate
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
         from aiortc.sdp import candidate_from_sdp
 
-        if candidate is None:
+        text = candidate.get("candidate") if isinstance(candidate, dict) else None
+        if candidate is None or text == "":  # both spell end-of-candidates
             await self.pc.addIceCandidate(None)
             return
-        text = candidate.get("candidate") if isinstance(candidate, dict) else None
         if not isinstance(text, str):
             raise MediaError("bad_candidate", "candidate must be an RTCIceCandidateInit")
-        if not text:
-            return  # an empty candidate string also means end-of-candidates
         try:
             parsed = candidate_from_sdp(text.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise MediaError("bad_candidate", f"unparsable candidate: {exc}") from exc
+        except Exception as exc:  # aiortc asserts on short lines, raises ValueError on others
+            raise MediaError("bad_candidate", f"unparsable candidate: {text[:80]!r}") from exc
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
@@ -314,32 +322,41 @@ class Transport:
             ssrc=ssrc, rtx_ssrc=rtx_ssrc, send_rtp=self._send_rtp, send_rtcp=self._send_rtcp,
         )
         self._rtcp_consumers[ssrc] = consumer
-        key = f"pending:{producer.id}"
-        self.consumers[key] = consumer
+        self._unconfigured.append((transceiver, consumer))
         consumer.on_close.append(lambda c, reason: self._consumer_closed(c, transceiver))
-        aiortc_hooks.disarm_sender(
-            transceiver.sender, lambda params: self._start_consumer(consumer, params)
-        )
+        # aiortc calls sender.send() only if DTLS is already up when an answer lands; a
+        # renegotiation during the handshake would leave the m-line silent. So the consumer is
+        # configured from the negotiated SDP (_configure_consumers) and the sender only disarmed.
+        aiortc_hooks.disarm_sender(transceiver.sender)
         producer.add_consumer(consumer)
         return consumer
 
-    def _start_consumer(self, consumer: Consumer, params: RTCRtpSendParameters) -> None:
-        if consumer.closed or not params.codecs:
-            return
-        main = params.codecs[0]
-        rtx = next((c for c in params.codecs if c.mimeType.lower().endswith("/rtx")
-                    and c.parameters.get("apt") == main.payloadType), None)
-        extensions = ExtensionLayout(
-            mid_id=_extension_id(params.headerExtensions, URI_MID), mid=params.muxId or "",
-            abs_send_time_id=_extension_id(params.headerExtensions, URI_ABS_SEND_TIME),
-            audio_level_id=_extension_id(params.headerExtensions, URI_AUDIO_LEVEL),
-        )
-        consumer.configure(main.payloadType, rtx.payloadType if rtx else None, extensions)
-        for key, value in list(self.consumers.items()):
-            if value is consumer:
-                del self.consumers[key]
-        self.consumers[params.muxId or consumer.id] = consumer
-        consumer.resume()
+    def _configure_consumers(self) -> None:
+        """After a negotiation: give each newly negotiated consumer its payload types and header
+        extension ids, and start it if the connection is up (else when it comes up)."""
+        pending = []
+        for transceiver, consumer in self._unconfigured:
+            if consumer.closed:
+                continue
+            if transceiver.currentDirection not in ("sendonly", "sendrecv"):
+                pending.append((transceiver, consumer))
+                continue
+            codecs = aiortc_hooks.negotiated_codecs(transceiver)
+            main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
+            if main is None:
+                continue
+            rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
+                        and c.parameters.get("apt") == main.payloadType), None)
+            headers = aiortc_hooks.negotiated_header_extensions(transceiver)
+            consumer.configure(main.payloadType, rtx.payloadType if rtx else None, ExtensionLayout(
+                mid_id=_extension_id(headers, URI_MID), mid=transceiver.mid or "",
+                abs_send_time_id=_extension_id(headers, URI_ABS_SEND_TIME),
+                audio_level_id=_extension_id(headers, URI_AUDIO_LEVEL),
+            ))
+            self.consumers[transceiver.mid or consumer.id] = consumer
+            if self.connected:
+                consumer.resume()
+        self._unconfigured = pending
 
     def _consumer_closed(self, consumer: Consumer, transceiver: RTCRtpTransceiver) -> None:
         self._rtcp_consumers.pop(consumer.ssrc, None)
@@ -353,8 +370,9 @@ class Transport:
     def _fill_whep(self, description: aiortc_sdp.SessionDescription) -> None:
         """WHEP: give each of the client's recvonly m-lines one of the room's tracks."""
         taken = {c.producer.id for c in self.consumers.values()}
+        taken |= {c.producer.id for _, c in self._unconfigured}
         for transceiver in self.pc.getTransceivers():
-            if transceiver.mid in self.consumers or transceiver.direction == "sendonly":
+            if transceiver.direction == "sendonly":
                 continue
             producer = next(
                 (p for p in self.router.producers_for(self.participant_id)
@@ -394,19 +412,19 @@ class Transport:
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         if len(data) < 12:
             return
-        b0, b1, seq, ts, ssrc = unpack_fixed(data)
-        handler = self._rtp.get(ssrc)
-        if handler is None:
-            handler = self._learn(data, ssrc, b1 & 0x7F)
-            if handler is None:
-                return
         offset = payload_offset(data)
         if offset < 0:
             return
+        b0, b1, seq, ts, ssrc = unpack_fixed(data)
+        handler = self._rtp.get(ssrc)
+        if handler is None:
+            handler = self._learn(data, ssrc, b1 & 0x7F, arrival_time_ms)
+            if handler is None:
+                return
         self.last_packet_ms = arrival_time_ms
         handler(data, b0, b1, seq, ts, offset, arrival_time_ms)
 
-    def _learn(self, data: bytes, ssrc: int, pt: int) -> PacketHandler | None:
+    def _learn(self, data: bytes, ssrc: int, pt: int, arrival_ms: int) -> PacketHandler | None:
         """An SSRC the SDP did not announce (browsers' simulcast, or a changed SSRC): map it by
         its mid header extension, else by its payload type when that is unambiguous."""
         if self.kind != "publish" or len(self._rtp) > 64:
@@ -416,16 +434,20 @@ class Transport:
             mid = find_extension(data, self._mid_ext_id)
             if mid is not None:
                 producer = self.producers.get(mid.decode("ascii", "replace"))
-        rtx = pt in self._rtx_pts
         if producer is None:
-            producer = self._rtx_pts.get(pt) or self._pts.get(pt)
+            producer = self._rtx_pts.get(pt) if pt in self._rtx_pts else self._pts.get(pt)
         if producer is None or self._raw is None:
             return None
-        if rtx:
+        if pt == producer.codec.rtx_payload_type:
             handler = producer.receive_rtx
         else:
             if producer.ssrc not in (None, ssrc):
+                if arrival_ms - producer.last_arrival_ms < SSRC_SWITCH_MS:
+                    # A second live stream on one m-line (simulcast we declined): forwarding
+                    # both would interleave two pictures. Keep the one we have.
+                    return None
                 # the publisher switched SSRC: a new epoch for the consumers
+                self._rtp.pop(producer.ssrc, None)
                 producer.attach_source(ssrc, producer.rtx_ssrc, producer.audio_level_id,
                                        self._raw.send_rtcp)
             producer.ssrc = ssrc
@@ -506,6 +528,9 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        if self.connected:
+            for consumer in self.consumers.values():
+                consumer.resume()
         self.router.transport_state_changed(self)
 
     @property

@@ -97,7 +97,7 @@ class LocalMediaPlane:
     # --- requests ----------------------------------------------------------------------------
 
     def _room(self, room_id: str) -> Router:
-        router = self.rooms.get(room_id)
+        router = self.rooms.get(room_id) if isinstance(room_id, str) else None
         if router is None:
             raise MediaError("unknown_room", f"no open room {room_id!r}")
         return router
@@ -105,6 +105,8 @@ class LocalMediaPlane:
     async def _open_room(self, message: OpenRoom) -> Message:
         if not isinstance(message.room_id, str) or not message.room_id:
             raise MediaError("bad_room", "room_id must be a non-empty string")
+        if not isinstance(message.app_data, dict):
+            raise MediaError("bad_message", "app_data must be an object")
         if message.room_id not in self.rooms:
             self.rooms[message.room_id] = Router(
                 message.room_id, self.options, self._emit, dict(message.app_data)
@@ -112,7 +114,7 @@ class LocalMediaPlane:
         return Ok()
 
     async def _close_room(self, message: CloseRoom) -> Message:
-        router = self.rooms.pop(message.room_id, None)
+        router = self.rooms.pop(message.room_id, None) if isinstance(message.room_id, str) else None
         if router is not None:
             await router.close(message.reason)
         return Ok()

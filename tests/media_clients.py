@@ -15,7 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable
 
 import av
 import numpy as np
@@ -24,6 +24,7 @@ from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -123,12 +124,13 @@ class EventHub:
     def register(self, participant_id: str, subscriber: Subscriber) -> None:
         self._clients[participant_id] = subscriber
 
-    async def _on_event(self, event: Message) -> None:
+    def _on_event(self, event: Message) -> Awaitable[None] | None:
         self.events.append(event)
         if isinstance(event, ServerOffer):
             client = self._clients.get(event.participant_id)
             if client is not None:
-                await client.handle_offer(event)
+                return client.handle_offer(event)
+        return None
 
     def of(self, kind: type[Message]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -142,13 +144,19 @@ class Publisher:
     video: bool = True
     audio: bool = True
     amplitude: float = 0.5
+    video_codec: str | None = None  # e.g. "video/H264"; default: aiortc's order (VP8 first)
     pc: RTCPeerConnection = field(default_factory=client_pc)
     chat_received: list[dict[str, Any]] = field(default_factory=list)
 
     async def start(self) -> None:
         if self.video:
             self.video_track = CounterTrack()
-            self.pc.addTransceiver(self.video_track, direction="sendonly")
+            transceiver = self.pc.addTransceiver(self.video_track, direction="sendonly")
+            if self.video_codec:
+                transceiver.setCodecPreferences([
+                    c for c in RTCRtpSender.getCapabilities("video").codecs
+                    if c.mimeType == self.video_codec
+                ][:1])
         if self.audio:
             self.pc.addTransceiver(ToneTrack(self.amplitude), direction="sendonly")
         self.chat = self.pc.createDataChannel("chat")
@@ -185,6 +193,8 @@ class Subscriber:
     first_packet_at: dict[int, float] = field(default_factory=dict)
     chat_received: list[dict[str, Any]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    record_sequence: bool = False
+    sequences: dict[int, list[int]] = field(default_factory=dict)
     _lossy: bool = False
 
     async def start(self) -> None:
@@ -217,7 +227,8 @@ class Subscriber:
             return
 
     async def handle_offer(self, event: ServerOffer) -> None:
-        assert self.pc is not None
+        if self.pc is None or self.pc.signalingState == "closed":
+            return
         await self.pc.setRemoteDescription(RTCSessionDescription(event.sdp, "offer"))
         if not self.decode:
             for transceiver in self.pc.getTransceivers():
@@ -238,6 +249,8 @@ class Subscriber:
         ssrc = int.from_bytes(data[8:12], "big")
         self.packets[ssrc] = self.packets.get(ssrc, 0) + 1
         self.first_packet_at.setdefault(ssrc, time.monotonic())
+        if self.record_sequence:
+            self.sequences.setdefault(ssrc, []).append(int.from_bytes(data[2:4], "big"))
 
     async def _ignore_rtcp(self, data: bytes) -> None:
         return None

@@ -1,0 +1,117 @@
+"""sfu/aiortc_hooks.py reaches into aiortc/aioice private internals. If an upgrade moves any of
+them, these tests say exactly which one, before the SFU silently decodes or drops media."""
+
+from __future__ import annotations
+
+import inspect
+
+import aioice
+import aiortc
+from aioice import ice as aioice_ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+
+from sfu import aiortc_hooks
+from tests.media_clients import client_pc
+
+
+def test_pinned_versions() -> None:
+    assert aiortc.__version__ == "1.16.0", (
+        f"aiortc {aiortc.__version__}: sfu/aiortc_hooks.py was written against 1.16.0; review "
+        "every hook there, then update the pin in pyproject.toml and this test"
+    )
+    assert aioice.__version__ == "0.13.0", f"aioice {aioice.__version__} is not the pinned 0.13.0"
+
+
+def _source(obj: object) -> str:
+    return inspect.getsource(obj)  # type: ignore[arg-type]
+
+
+def test_dtls_transport_delivers_decrypted_packets_through_overridable_methods() -> None:
+    recv = _source(RTCDtlsTransport._recv_next)
+    assert "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in recv, (
+        "RTCDtlsTransport._recv_next no longer calls self._handle_rtp_data(data, "
+        "arrival_time_ms=...): intercept_packets would not see RTP"
+    )
+    assert "await self._handle_rtcp_data(data)" in recv, (
+        "RTCDtlsTransport._recv_next no longer calls self._handle_rtcp_data(data)"
+    )
+    send = _source(RTCDtlsTransport._send_rtp)
+    assert "self._tx_srtp.protect(data)" in send and "self._tx_srtp.protect_rtcp(data)" in send, (
+        "RTCDtlsTransport no longer protects with self._tx_srtp: RawSender cannot encrypt"
+    )
+    assert "self._state" in _source(RTCDtlsTransport.state.fget), (
+        "RTCDtlsTransport._state is gone: RawSender checks it against State.CONNECTED"
+    )
+    assert State.CONNECTED.name == "CONNECTED"
+
+
+def test_receiver_starts_its_decoder_in_receive_only() -> None:
+    receive = _source(RTCRtpReceiver.receive)
+    assert "decoder_worker" in receive, (
+        "RTCRtpReceiver.receive no longer starts the decoder thread: check that "
+        "disarm_receiver still keeps every decoder and jitter buffer from starting"
+    )
+    assert "self.__transport._register_rtp_receiver" in receive
+    assert "self.__decoder_thread" in _source(RTCRtpReceiver.__init__)
+
+
+def test_sender_starts_its_encoder_in_send_only() -> None:
+    send = _source(RTCRtpSender.send)
+    assert "self._run_rtp" in send and "self._run_rtcp" in send, (
+        "RTCRtpSender.send no longer starts the RTP/RTCP tasks: review disarm_sender"
+    )
+    init = _source(RTCRtpSender.__init__)
+    assert "self._ssrc = " in init and "self._rtx_ssrc = " in init, (
+        "RTCRtpSender no longer keeps _ssrc/_rtx_ssrc: sender_ssrcs() reads them"
+    )
+
+
+def test_transceiver_keeps_negotiated_codecs_in_codecs() -> None:
+    assert "self._codecs" in _source(RTCRtpTransceiver.__init__), (
+        "RTCRtpTransceiver._codecs is gone: negotiated_codecs/restrict_codecs must change"
+    )
+    assert "self._headerExtensions" in _source(RTCRtpTransceiver.__init__), (
+        "RTCRtpTransceiver._headerExtensions is gone: negotiated_header_extensions must change"
+    )
+    remote = _source(RTCPeerConnection.setRemoteDescription)
+    assert "transceiver._codecs = common" in remote
+    assert "transceiver._headerExtensions = find_common_header_extensions" in remote
+
+
+def test_aioice_gathering_and_sending_internals() -> None:
+    connection = aioice_ice.Connection
+    assert "get_component_candidates" in _source(connection.gather_candidates), (
+        "aioice gathers without get_component_candidates: replace_candidate_gathering breaks"
+    )
+    init = _source(connection.__init__)
+    for name in ("self._protocols", "self._nominated", "self.stun_server"):
+        assert name in init, f"aioice Connection lost {name}"
+    assert "active_pair.protocol.send_data(data, active_pair.remote_addr)" in _source(
+        connection.sendto
+    ), "aioice no longer sends on _nominated[component].protocol: RawSender would break"
+    assert "self.transport.sendto(data, addr)" in _source(aioice_ice.StunProtocol.send_data)
+    assert callable(aioice_ice.server_reflexive_candidate)
+    assert "addresses" in inspect.signature(connection.get_component_candidates).parameters
+
+
+async def test_hooks_apply_to_a_live_connection() -> None:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    seen: list[object] = []
+
+    async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+        seen.append(data)
+
+    async def on_rtcp(data: bytes) -> None:
+        seen.append(data)
+
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp)
+    dtls = aiortc_hooks.dtls_transports(pc)[0]
+    assert dtls._handle_rtp_data is on_rtp
+    aiortc_hooks.disarm_sender(transceiver.sender)
+    await transceiver.sender.send("parameters")  # type: ignore[arg-type]
+    assert transceiver.sender._RTCRtpSender__rtp_task is None  # type: ignore[attr-defined]
+    assert aiortc_hooks.sender_ssrcs(transceiver.sender)[0] == transceiver.sender._ssrc
+    assert aiortc_hooks.negotiated_codecs(transceiver) == []
+    await pc.close()

@@ -1,0 +1,115 @@
+"""RTCP per hop: packet builders, keyframe-request throttling, REMB, NACK upstream, policing."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket
+
+from sfu import rtcp
+from sfu.consumer import Consumer
+from sfu.forwarder import ExtensionLayout, payload_offset
+from sfu.producer import Codec, Producer
+
+VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
+
+
+def _producer(max_bitrate: int = 0, interval: float = 1.0) -> tuple[Producer, list[bytes]]:
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=max_bitrate,
+                        keyframe_interval=interval)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    return producer, upstream
+
+
+def _receive(producer: Producer, seq: int, arrival_ms: int, size: int = 100) -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, 1234) + b"\x10\x01" + bytes(size)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+
+
+def test_nack_packs_runs_and_wraps_around() -> None:
+    (packet,) = RtcpPacket.parse(rtcp.nack(1, 2, [65534, 65535, 0, 1, 40]))
+    assert isinstance(packet, RtcpRtpfbPacket) and packet.media_ssrc == 2
+    assert [s & 0xFFFF for s in packet.lost] == [65534, 65535, 0, 1, 40]
+
+
+def test_builders_parse_back() -> None:
+    sr, rr, pli, remb = RtcpPacket.parse(
+        rtcp.sender_report(7, 1 << 40, 1234, 10, 1000)
+        + rtcp.receiver_report(7, 9, 25, 3, 70000, 12, 5, 6)
+        + rtcp.pli(7, 9)
+        + rtcp.remb(7, 300_000, [9])
+    )
+    assert isinstance(sr, RtcpSrPacket) and sr.sender_info.rtp_timestamp == 1234
+    assert isinstance(rr, RtcpRrPacket) and rr.reports[0].packets_lost == 3
+    assert rr.reports[0].highest_sequence == 70000 and rr.reports[0].fraction_lost == 25
+    assert isinstance(pli, RtcpPsfbPacket) and pli.fmt == rtcp.FMT_PLI
+    assert rtcp.remb_bitrate(remb)[0] == 300_000  # type: ignore[arg-type,index]
+    assert rtcp.parse(b"\x80\xc9garbage") == []
+
+
+async def test_keyframe_requests_are_throttled_but_never_lost() -> None:
+    producer, upstream = _producer(interval=0.3)
+    for _ in range(5):
+        producer.request_keyframe()
+    assert len(upstream) == 1  # the first goes at once, the rest wait for the interval
+    await asyncio.sleep(0.4)
+    assert len(upstream) == 2  # ... and then go as one
+    assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
+    producer.close()
+
+
+def test_gap_is_nacked_upstream_and_counted() -> None:
+    producer, upstream = _producer()
+    _receive(producer, 10, 0)
+    _receive(producer, 14, 10)
+    (nack,) = RtcpPacket.parse(upstream[-1])
+    assert isinstance(nack, RtcpRtpfbPacket) and nack.lost == [11, 12, 13]
+    assert producer.packets_lost == 3
+    _receive(producer, 12, 20)  # a late packet fills part of the gap
+    assert producer.packets_lost == 2
+
+
+def test_subscriber_nack_missing_from_cache_goes_upstream() -> None:
+    producer, upstream = _producer()
+    consumer = Consumer("c", producer, "bob", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                        send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    _receive(producer, 500, 0)
+    upstream.clear()
+    first = consumer._last_seq
+    consumer.retransmit([(first + 1) & 0xFFFF])  # never sent to this subscriber
+    (nack,) = RtcpPacket.parse(upstream[0])
+    assert nack.lost == [501]
+
+
+def test_remb_carries_the_lowest_subscriber_estimate_capped() -> None:
+    producer, upstream = _producer(max_bitrate=1_000_000)
+    for estimate in (800_000, 300_000, 0):  # 0: no estimate yet
+        consumer = Consumer("c", producer, "x", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                            send_rtcp=lambda d: True)
+        consumer.remb_bitrate = estimate
+        producer.add_consumer(consumer)
+    assert producer.target_bitrate() == 300_000
+    _receive(producer, 1, 0)
+    producer.send_feedback()
+    rr, remb = RtcpPacket.parse(upstream[-1])
+    assert isinstance(rr, RtcpRrPacket) and rr.reports[0].ssrc == 1234
+    assert rtcp.remb_bitrate(remb) == (300_000, [1234])  # type: ignore[arg-type]
+    for consumer in producer.consumers:
+        consumer.remb_bitrate = 5_000_000
+    assert producer.target_bitrate() == 1_000_000  # capped by the allowed bitrate
+    producer.consumers[0].remb_bitrate = 20_000
+    assert producer.target_bitrate() == 150_000  # floored
+
+
+def test_publisher_above_its_allowed_bitrate_is_policed() -> None:
+    producer, _ = _producer(max_bitrate=800_000)  # policed at 1.2 Mbps = 150 bytes/ms
+    for i in range(2000):  # 1200-byte packets every ms: 9.6 Mbps
+        _receive(producer, i, i, size=1200)
+    assert producer.packets_policed > 1500
+    forwarded_bits = producer.bytes * 8
+    assert forwarded_bits <= 1.2e6 * 2 + 1.2e6 * 1.0 + 20000  # 2 s at the limit + one bucket
