@@ -110,7 +110,10 @@ def _admin_token(secret: str) -> str:
     return TokenIssuer(secret).mint("bench", Role.ADMIN, ttl=6 * 3600, name="media bench")
 
 
-def start_server(name: str, data_dir: Path) -> Server:
+def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0) -> Server:
+    """Start a server on a free port; its output goes to ``log_path`` (kept for a post-mortem).
+    ``nice`` below 0 (root only) keeps a busy shared machine from starving the server of the
+    core whose capacity is being measured."""
     port, secret = _free_port(), secrets.token_hex(24)
     if name == "sfu":
         command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
@@ -119,13 +122,15 @@ def start_server(name: str, data_dir: Path) -> Server:
         command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,
                    "--data-dir", str(data_dir / name)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(data_dir / f"{name}.log", "wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=(lambda: os.nice(nice)) if nice else None)
     server = Server(name, f"http://127.0.0.1:{port}", _admin_token(secret), process.pid, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise click.ClickException(f"the {name} server exited: see {data_dir / f'{name}.log'}")
+            raise click.ClickException(f"the {name} server exited: see {log_path}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return server
@@ -285,9 +290,12 @@ def _counts(text: str) -> list[int]:
               help="Seconds between the last join and the measurement.")
 @click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
               help="Subscriber processes.")
+@click.option("--server-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
+              help="Niceness of the servers started (below 0 needs root): on a machine shared with "
+                   "other work, keeps the server from being starved of its core.")
 def media(publishers: int, subscribers: str, duration: float, json_path: Path, plot_path: Path | None,
           reference: str | None, url: str | None, server_pid: int | None, token: str | None, audio: bool,
-          join_rate: float, settle: float, workers: int) -> None:
+          join_rate: float, settle: float, workers: int, server_nice: int) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency)."""
     counts = _counts(subscribers)
     from . import encoded
@@ -309,9 +317,9 @@ def media(publishers: int, subscribers: str, duration: float, json_path: Path, p
             servers.append(Server("sfu", url.rstrip("/"), token or _admin_token(secret),
                                   server_pid or pid_listening_on(port)))
         else:
-            servers.append(start_server("sfu", data_dir))
+            servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice))
         if reference:
-            servers.append(start_server(reference, data_dir))
+            servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice))
         for server in servers:
             for count in counts:
                 load = Load(publishers, count, duration, audio, join_rate, settle, workers)
@@ -323,7 +331,7 @@ def media(publishers: int, subscribers: str, duration: float, json_path: Path, p
 
     result: dict[str, Any] = {
         "config": {"publishers": publishers, "subscribers": counts, "duration": duration, "audio": audio,
-                   "join_rate": join_rate, "settle": settle, "workers": workers,
+                   "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
                    "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
@@ -338,6 +346,10 @@ def media(publishers: int, subscribers: str, duration: float, json_path: Path, p
     if plot_path:
         report.plot(plot_path, runs)
     click.echo(f"wrote {json_path}" + (f" and {plot_path}" if plot_path else ""), err=True)
+
+
+def _log_path(json_path: Path, name: str) -> Path:
+    return json_path.with_name(f"{json_path.stem}.{name}.log")
 
 
 def _ratios(runs: list[dict[str, Any]], reference: str) -> dict[str, Any]:
