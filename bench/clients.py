@@ -128,6 +128,7 @@ class Publisher:
         self._keyframe = False
         self._tasks: list[asyncio.Task[None]] = []
         self.frames_sent = 0
+        self.frames_skipped = 0  # ticks missed because this process was late: a live encoder drops them
 
     def _request_keyframe(self) -> None:
         self.keyframe_requests += 1
@@ -151,14 +152,16 @@ class Publisher:
         step = VIDEO_CLOCK // self.video.fps
         frames = len(self.video.delta)
         start = loop.time()
-        n = 0
+        n, previous = 0, frames
         while True:
             index = n % frames
             chunks = self.video.delta[index]
-            if self._keyframe or index == 0:
+            # A keyframe when asked, and where the loop starts over (also when a skip crossed it).
+            if self._keyframe or index <= previous:
                 self._keyframe = False
                 chunks = self.video.keyframes[index] if index else chunks
-            picture_id = n % PICTURE_IDS
+            previous = index
+            picture_id = self.frames_sent % PICTURE_IDS  # consecutive, as from an encoder
             descriptor = bytes((0x90, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF))
             following = bytes((0x80, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF))
             timestamp = (out.timestamp_base + n * step) & 0xFFFFFFFF
@@ -167,8 +170,9 @@ class Publisher:
             for i, chunk in enumerate(chunks):
                 data = out.send_packet((descriptor if i == 0 else following) + chunk, timestamp, i == last)
                 await transport._send_rtp(data)
-            n += 1
-            self.frames_sent = n
+            self.frames_sent += 1
+            n = _next_tick(n, start, interval, loop.time())
+            self.frames_skipped = n - self.frames_sent
             await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
 
     async def _send_audio(self, out: _Outgoing) -> None:
@@ -183,7 +187,7 @@ class Publisher:
             payload = self.audio.packets[n % len(self.audio.packets)]
             timestamp = (out.timestamp_base + n * step) & 0xFFFFFFFF
             await transport._send_rtp(out.send_packet(payload, timestamp, n == 0))
-            n += 1
+            n = _next_tick(n, start, interval, loop.time())
             await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
 
     async def close(self, http: aiohttp.ClientSession) -> None:
@@ -192,6 +196,12 @@ class Publisher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await _delete(http, self.resource, self.token)
         await self.pc.close()
+
+
+def _next_tick(n: int, start: float, interval: float, now: float) -> int:
+    """The next frame to send: the one after ``n``, or, when this process fell behind, the one
+    the clock is at (bursting the missed ones out late would fake both frame rate and latency)."""
+    return max(n + 1, int((now - start) / interval))
 
 
 def _outgoing(transceiver: Any) -> _Outgoing:

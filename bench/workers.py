@@ -59,7 +59,7 @@ async def _publish(base_url: str, token: str, sessions: list[str], tables: Seque
             gc.freeze()
             while not shared.stop.is_set():
                 await asyncio.sleep(0.1)
-            results.put(("publishers", [{"frames_sent": p.frames_sent,
+            results.put(("publishers", [{"frames_sent": p.frames_sent, "frames_skipped": p.frames_skipped,
                                          "keyframe_requests": p.keyframe_requests} for p in publishers]))
         except Exception as exc:
             results.put(("publishers_failed", repr(exc)))
