@@ -118,9 +118,16 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for target in sorted({r["target"] for r in runs}):
-        points = sorted((r["subscribers"], r["server_cpu_seconds_per_second"]) for r in runs if r["target"] == target)
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=target)
+        points = sorted((r["subscribers"], r["server_cpu_seconds_per_second"], r["clean"])
+                        for r in runs if r["target"] == target)
+        xs, ys, clean = zip(*points)
+        line, = ax.plot(xs, ys, label=target)
+        # A run that missed 30 fps or lost 1 % is marked: its CPU is not the cost of the full load.
+        ax.scatter([x for x, c in zip(xs, clean) if c], [y for y, c in zip(ys, clean) if c],
+                   color=line.get_color(), marker="o")
+        ax.scatter([x for x, c in zip(xs, clean) if not c], [y for y, c in zip(ys, clean) if not c],
+                   color=line.get_color(), marker="x", s=60,
+                   label=f"{target}: not clean (< 29 fps or >= 1 % loss)" if not all(clean) else None)
     ax.set_xlabel("subscribers (one 640x480 30 fps VP8 stream each)")
     ax.set_ylabel("server CPU (cores)")
     ax.set_title("expertcall media bench: server CPU against subscribers")
