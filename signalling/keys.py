@@ -16,12 +16,14 @@ from .billing.meter import Meter
 from .database import Database
 from .directory import ExpertDirectory as ExpertLookup
 from .experts import ExpertDirectory, SessionParties
+from .grants import SessionGrants
 from .metrics import Metrics
 from .scheduling import BookingListener, Scheduler
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .node import SignallingNode
+    from .whip import WhipResources
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenIssuer)
@@ -37,9 +39,12 @@ SESSION_PARTIES = web.AppKey("session_parties", SessionParties)
 METER = web.AppKey("meter", Meter)
 LEDGER = web.AppKey("ledger", Ledger)
 EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
+# The media plane (sfu.api.MediaPlane): a LocalMediaPlane in this process, set by create_app.
 MEDIA_PLANE = web.AppKey("media_plane", MediaPlane)
 # Set before start-up to share one backend object (tests run several nodes on one memory hub).
 BACKEND = web.AppKey("backend", Backend)
 SIGNALLING: web.AppKey["SignallingNode"] = web.AppKey("signalling")
 # The ICE servers a socket's welcome lists for a user id (the TURN module provides it; default none).
 WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")
+SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
+WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")

@@ -63,7 +63,10 @@ class FakePlane:
 def build_app(settings: Settings, plane: FakePlane | None = None) -> web.Application:
     app = create_app(settings)
     app[keys.EXPERT_DIRECTORY] = MemoryExpertDirectory(EXPERTS)
-    if plane is not None:
+    # Signalling tests drive media through the fake plane; without one the node runs media-less.
+    if plane is None:
+        del app[keys.MEDIA_PLANE]
+    else:
         app[keys.MEDIA_PLANE] = plane
     return app
 
