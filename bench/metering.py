@@ -26,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import click
+
 from signalling.billing.checkpointer import WalCheckpointer
 from signalling.billing.ledger import client_account
 from signalling.billing.meter import Meter, UnitCharged
@@ -183,3 +185,22 @@ async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: s
     db.close()
     shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+@click.command()
+@click.option("--sessions", type=int, default=1000, show_default=True, help="Concurrent metered sessions.")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds to run.")
+@click.option("--unit-seconds", type=int, default=1, show_default=True, help="Billing unit.")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis for the stream; '' to skip it.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+def metering(sessions: int, duration: float, unit_seconds: int, redis_url: str, json_path: str | None) -> None:
+    """N metered sessions through the meter, ledger, outbox, Redis stream and consumer."""
+    from signalling.cli import install_event_loop
+
+    install_event_loop()
+    report = asyncio.run(run(sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url))
+    text = json.dumps(report, indent=1)
+    click.echo(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            f.write(text + "\n")

@@ -1,4 +1,9 @@
-"""The application factory: ``create_app(settings)`` builds everything; ``expertcall serve`` runs it."""
+"""The application factory: ``create_app(settings)`` builds everything; ``expertcall serve`` runs it.
+
+Resources open in ``cleanup_ctx`` order and close in reverse: the database first (everything
+keeps state in it), the media plane before the signalling node (so the node, closing first, can
+still close its rooms), billing before the node (so the node's last transitions are still metered).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ from typing import AsyncIterator
 from aiohttp import web
 
 import web_demo.routes
+from sfu.options import MediaOptions
+from sfu.worker import LocalMediaPlane
 
-from . import keys
-from . import ice
-from . import rest_bookings, rest_experts
+from . import ice, keys, rest_bookings, rest_experts
 from .auth import TokenIssuer
-from .database import Database
 from .billing import service as billing_service
+from .database import Database
 from .metrics import CONTENT_TYPE, Metrics
+from .node import setup as setup_signalling
 from .settings import Settings
+from .whip import setup_whip
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +42,26 @@ def create_app(settings: Settings) -> web.Application:
     rest_experts.setup(app)
     rest_bookings.setup(app)
     billing_service.setup(app)
+    app[keys.MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
+    app.cleanup_ctx.append(media_plane_ctx)
+    setup_whip(app)
+    setup_signalling(app)
     web_demo.routes.setup(app)
     return app
+
+
+def media_options(settings: Settings) -> MediaOptions:
+    return MediaOptions(
+        loopback=settings.media_loopback,
+        interfaces=settings.media_interfaces,
+        announced_ip=settings.media_announced_ip or None,
+        port_min=settings.media_port_min,
+        port_max=settings.media_port_max,
+        ice_servers=tuple({"urls": url} for url in settings.stun_urls),
+        max_publish_bitrate=settings.max_publish_bitrate,
+        media_state_debounce=settings.media_debounce_seconds,
+        keyframe_interval=settings.media_keyframe_interval,
+    )
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -44,6 +69,16 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[keys.DATABASE] = db
     yield
     db.close()
+
+
+async def media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The media plane is built with the app (handlers may subscribe to it early); close it last.
+
+    A signalling-only node (media hosted elsewhere) has none."""
+    yield
+    plane = app.get(keys.MEDIA_PLANE)
+    if plane is not None:
+        await plane.close()
 
 
 async def healthz(request: web.Request) -> web.Response:

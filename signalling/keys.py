@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable
+
 from aiohttp import web
 
+from sfu.api import MediaPlane
 from turn_config.ice_servers import IceServerProvider
 
 from .auth import TokenIssuer
-from .database import Database
-from .experts import ExpertDirectory, SessionParties
+from .backends.base import Backend
 from .billing.ledger import Ledger
 from .billing.meter import Meter
+from .database import Database
+from .directory import ExpertDirectory as ExpertLookup
+from .experts import ExpertDirectory, SessionParties
+from .grants import SessionGrants
 from .metrics import Metrics
 from .scheduling import BookingListener, Scheduler
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .node import SignallingNode
+    from .whip import WhipResources
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenIssuer)
@@ -28,3 +38,13 @@ BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)
 SESSION_PARTIES = web.AppKey("session_parties", SessionParties)
 METER = web.AppKey("meter", Meter)
 LEDGER = web.AppKey("ledger", Ledger)
+EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
+# The media plane (sfu.api.MediaPlane): a LocalMediaPlane in this process, set by create_app.
+MEDIA_PLANE = web.AppKey("media_plane", MediaPlane)
+# Set before start-up to share one backend object (tests run several nodes on one memory hub).
+BACKEND = web.AppKey("backend", Backend)
+SIGNALLING: web.AppKey["SignallingNode"] = web.AppKey("signalling")
+# The ICE servers a socket's welcome lists for a user id (the TURN module provides it; default none).
+WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")
+SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
+WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")

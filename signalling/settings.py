@@ -29,6 +29,8 @@ class Settings:
     # (kept in data_dir/secret); any other bind refuses to start without one.
     secret: str = ""
     redis_url: str = ""
+    # Every Redis key and channel starts with this, so that deployments (and tests) can share a server.
+    redis_prefix: str = "expertcall"
     node_id: str = ""
 
     # WebSocket protocol
@@ -38,6 +40,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     max_messages_per_second: int = 20
     ring_timeout: float = 30.0
+    # An accepted session whose media does not flow on both sides within this ends as a no-show.
+    connect_timeout: float = 60.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
 
     # Scheduled sessions (bookings)
@@ -66,6 +70,9 @@ class Settings:
     media_port_max: int = 0
     stun_urls: tuple[str, ...] = ()
     max_publish_bitrate: int = 2_500_000
+    # At most one keyframe request per publisher per interval (seconds): a joiner waits up to this
+    # long for its first frame, and a publisher sends at most 1/interval keyframes per second.
+    media_keyframe_interval: float = 1.0
 
     # TURN (the TURN REST API scheme shared with coturn's use-auth-secret)
     turn_secret: str = ""
@@ -90,6 +97,8 @@ class Settings:
         if self.media_port_min or self.media_port_max:
             if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if self.media_keyframe_interval < 0:
+            raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not self.node_id:
             self.node_id = f"{os.uname().nodename}-{os.getpid()}"
         self.dev_tokens = self.demo and self.is_loopback

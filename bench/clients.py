@@ -1,0 +1,445 @@
+"""Light WHIP publishers and WHEP subscribers for the media bench: no encoder, no decoder.
+
+aiortc does SDP, ICE, DTLS and SRTP for them; the media path is ours:
+
+- ``Publisher`` loops pre-encoded VP8 (and Opus) from ``bench.encoded`` as RTP through its
+  sender's DTLS transport, rewriting sequence numbers and timestamps, keeping aiortc's
+  retransmission history filled so NACKs are answered, and answering PLI/FIR with a keyframe.
+  Before the first packet of frame ``n`` it writes the wall-clock send time into a shared table at
+  ``n mod 2^15``, which is also the frame's VP8 PictureID: subscribers in other processes (same
+  machine, same clock) compute the added latency without any header extension the SFU could
+  rewrite.
+- ``Subscriber`` parses each decrypted RTP packet's header and VP8 payload descriptor only: it
+  counts packets, bytes, sequence gaps, complete frames and keyframes, and notes the time of its
+  first complete keyframe.
+
+Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc is pinned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import aiohttp
+import pylibsrtp
+from yarl import URL
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import clock
+from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+from aiortc.sdp import SessionDescription
+
+from .encoded import AUDIO_CLOCK, VIDEO_CLOCK, EncodedAudio, EncodedVideo
+from .loopback import no_ice_servers
+
+PICTURE_IDS = 1 << 15
+_HEADER = struct.Struct("!BBHII")
+
+
+class WhipError(Exception):
+    pass
+
+
+class _Idle(MediaStreamTrack):
+    """A track that never yields a frame: it gives the sender a codec to negotiate while the
+    packets come from our own loop."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
+
+    async def recv(self) -> Any:
+        return await self._never
+
+
+async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection,
+                    gathered: Callable[[], None] | None = None) -> str:
+    """POST our offer (ICE gathered), apply the answer; returns the resource URL."""
+    await pc.setLocalDescription(await pc.createOffer())
+    if gathered is not None:
+        gathered()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
+        body = await response.text()
+        if response.status != 201:
+            raise WhipError(f"{url}: {response.status} {body}")
+        location = response.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+    return str(URL(url).join(URL(location)))
+
+
+async def _delete(http: aiohttp.ClientSession, url: str | None, token: str) -> None:
+    if url:
+        try:
+            async with http.delete(url, headers={"Authorization": f"Bearer {token}"}):
+                pass
+        except aiohttp.ClientError:
+            pass
+
+
+# --- publisher ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outgoing:
+    """One sending stream and the aiortc sender whose transport, SSRC and history it uses."""
+
+    sender: Any
+    payload_type: int
+    sequence: int = 0
+    timestamp_base: int = 0
+    packets: int = 0
+
+    def send_packet(self, payload: bytes, timestamp: int, marker: bool) -> bytes:
+        sender = self.sender
+        packet = RtpPacket(payload_type=self.payload_type, marker=int(marker),
+                           sequence_number=self.sequence, timestamp=timestamp, ssrc=sender._ssrc)
+        packet.payload = payload
+        packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        packet.extensions.mid = sender._RTCRtpSender__mid
+        _hook_history(sender)[self.sequence % RTP_HISTORY_SIZE] = packet
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        self.packets += 1
+        sender._RTCRtpSender__packet_count += 1
+        sender._RTCRtpSender__octet_count += len(payload)
+        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()
+        sender._RTCRtpSender__rtp_timestamp = timestamp
+        return packet.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
+
+
+def _hook_history(sender: Any) -> dict[int, RtpPacket]:
+    return sender._RTCRtpSender__rtp_history  # type: ignore[no-any-return]
+
+
+class Publisher:
+    def __init__(self, url: str, token: str, video: EncodedVideo, audio: EncodedAudio | None,
+                 send_times: Sequence[float]) -> None:
+        self.url, self.token = url, token
+        self.video, self.audio = video, audio
+        self.send_times = send_times  # shared table indexed by PictureID
+        self.pc = RTCPeerConnection(no_ice_servers())
+        self.resource: str | None = None
+        self.keyframe_requests = 0
+        self._keyframe = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.frames_sent = 0
+        self.frames_skipped = 0  # ticks missed because this process was late: a live encoder drops them
+
+    def _request_keyframe(self) -> None:
+        self.keyframe_requests += 1
+        self._keyframe = True
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        video = self.pc.addTransceiver(_Idle("video"), direction="sendonly")
+        audio = self.pc.addTransceiver(_Idle("audio"), direction="sendonly") if self.audio else None
+        # RTCRtpSender._handle_rtcp_packet calls self._send_keyframe() on PLI and FIR.
+        video.sender._send_keyframe = self._request_keyframe
+        self.resource = await _exchange(http, self.url, self.token, self.pc)
+        await _connected(self.pc)
+        self._tasks.append(asyncio.ensure_future(self._send_video(_outgoing(video))))
+        if audio is not None:
+            self._tasks.append(asyncio.ensure_future(self._send_audio(_outgoing(audio))))
+
+    async def _send_video(self, out: _Outgoing) -> None:
+        loop = asyncio.get_running_loop()
+        transport = out.sender.transport
+        interval = 1 / self.video.fps
+        step = VIDEO_CLOCK // self.video.fps
+        frames = len(self.video.delta)
+        start = loop.time()
+        n, previous = 0, frames
+        while True:
+            index = n % frames
+            chunks = self.video.delta[index]
+            # A keyframe when asked, and where the loop starts over (also when a skip crossed it).
+            if self._keyframe or index <= previous:
+                self._keyframe = False
+                chunks = self.video.keyframes[index] if index else chunks
+            previous = index
+            picture_id = self.frames_sent % PICTURE_IDS  # consecutive, as from an encoder
+            descriptor = bytes((0x90, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF))
+            following = bytes((0x80, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF))
+            timestamp = (out.timestamp_base + n * step) & 0xFFFFFFFF
+            self.send_times[picture_id] = time.time()
+            last = len(chunks) - 1
+            for i, chunk in enumerate(chunks):
+                data = out.send_packet((descriptor if i == 0 else following) + chunk, timestamp, i == last)
+                await transport._send_rtp(data)
+            self.frames_sent += 1
+            n = _next_tick(n, start, interval, loop.time())
+            self.frames_skipped = n - self.frames_sent
+            await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
+
+    async def _send_audio(self, out: _Outgoing) -> None:
+        assert self.audio is not None
+        loop = asyncio.get_running_loop()
+        transport = out.sender.transport
+        interval = self.audio.frame_ms / 1000
+        step = AUDIO_CLOCK * self.audio.frame_ms // 1000
+        start = loop.time()
+        n = 0
+        while True:
+            payload = self.audio.packets[n % len(self.audio.packets)]
+            timestamp = (out.timestamp_base + n * step) & 0xFFFFFFFF
+            await transport._send_rtp(out.send_packet(payload, timestamp, n == 0))
+            n = _next_tick(n, start, interval, loop.time())
+            await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
+
+    async def close(self, http: aiohttp.ClientSession) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _delete(http, self.resource, self.token)
+        await self.pc.close()
+
+
+def _next_tick(n: int, start: float, interval: float, now: float) -> int:
+    """The next frame to send: the one after ``n``, or, when this process fell behind, the one
+    the clock is at (bursting the missed ones out late would fake both frame rate and latency)."""
+    return max(n + 1, int((now - start) / interval))
+
+
+def _outgoing(transceiver: Any) -> _Outgoing:
+    return _Outgoing(transceiver.sender, transceiver._codecs[0].payloadType,
+                     sequence=random.randint(0, 0xFFFF), timestamp_base=random.randint(0, 0xFFFFFFFF))
+
+
+async def _connected(pc: RTCPeerConnection, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while pc.connectionState != "connected":
+        if pc.connectionState in ("failed", "closed") or time.monotonic() > deadline:
+            raise WhipError(f"connection {pc.connectionState}")
+        await asyncio.sleep(0.02)
+
+
+# --- subscriber -----------------------------------------------------------------------------
+
+
+@dataclass
+class StreamCounters:
+    """Receive counters of one RTP stream (one SSRC)."""
+
+    received: int = 0
+    bytes: int = 0
+    highest: int = -1  # extended sequence number
+    cycles: int = 0
+    last_seq: int = -1
+    first: int = -1
+
+    def add(self, seq: int, size: int) -> int:
+        self.received += 1
+        self.bytes += size
+        if self.last_seq < 0:
+            self.first = self.highest = seq
+        else:
+            if seq < self.last_seq and self.last_seq - seq > 0x8000:
+                self.cycles += 0x10000
+            elif seq > self.last_seq and seq - self.last_seq > 0x8000:
+                # A late packet from before the wrap.
+                return self.cycles - 0x10000 + seq
+        self.last_seq = seq
+        extended = self.cycles + seq
+        if extended > self.highest:
+            self.highest = extended
+        return extended
+
+
+@dataclass
+class Snapshot:
+    at: float
+    packets: int  # video
+    bytes: int  # video payload
+    expected: int  # video, from the sequence numbers
+    frames: int  # complete video frames
+    keyframes: int
+    audio_packets: int
+
+
+@dataclass
+class Subscriber:
+    url: str
+    token: str
+    send_times: Sequence[float]
+    audio: bool = False
+    pc: RTCPeerConnection = field(init=False)
+    resource: str | None = None
+    started_at: float = 0.0
+    answered_at: float = 0.0  # the WHEP answer arrived
+    connected_at: float = 0.0  # ICE and DTLS done
+    first_frame_at: float = 0.0  # the first complete keyframe arrived
+    error: str = ""
+    video_types: set[int] = field(default_factory=set)
+    audio_types: set[int] = field(default_factory=set)
+    video: StreamCounters = field(default_factory=StreamCounters)
+    audio_counters: StreamCounters = field(default_factory=StreamCounters)
+    other_packets: int = 0
+    frames: int = 0
+    keyframes: int = 0
+    latencies: list[float] = field(default_factory=list)
+    measuring: bool = False
+    _frame_ts: int = -1
+    _frame_start: int = -1
+    _frame_packets: int = 0
+    _frame_key: bool = False
+
+    def __post_init__(self) -> None:
+        self.pc = RTCPeerConnection(no_ice_servers())
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        self.started_at = time.time()
+        self.pc.addTransceiver("video", direction="recvonly")
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        transports = []
+        for transceiver in self.pc.getTransceivers():
+            _hook_receiver(transceiver.receiver)
+            _hook_transport(transceiver.receiver.transport, self._on_rtp)
+            transports.append(transceiver.receiver.transport)
+
+        def gathered() -> None:
+            for transport in transports:
+                _hook_sockets(transport, self._on_datagram)
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState == "connected" and not self.connected_at:
+                self.connected_at = time.time()
+
+        try:
+            self.resource = await _exchange(http, self.url, self.token, self.pc, gathered)
+        except Exception as exc:
+            self.error = str(exc)
+            raise
+        self.answered_at = time.time()
+        for media in SessionDescription.parse(self.pc.remoteDescription.sdp).media:
+            for codec in media.rtp.codecs:
+                if codec.mimeType.lower() == "video/vp8":
+                    self.video_types.add(codec.payloadType)
+                elif media.kind == "audio" and codec.mimeType.lower() != "audio/rtx":
+                    self.audio_types.add(codec.payloadType)
+
+    async def _on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
+        """Packets aiortc queued before our socket hook took over (the first few at most)."""
+        self._on_packet(data, time.time())
+
+    def _on_datagram(self, data: bytes, srtp: pylibsrtp.Session) -> None:
+        arrived = time.time()
+        if 191 < data[1] < 224:  # SRTCP: sender reports are of no use to a counter
+            return
+        try:
+            self._on_packet(srtp.unprotect(data), arrived)
+        except pylibsrtp.Error:
+            self.other_packets += 1
+
+    def _on_packet(self, data: bytes, arrived: float) -> None:
+        # The per-packet path of the bench: keep it lean, it runs for every subscriber.
+        if len(data) < 12:
+            return
+        first, second, seq, timestamp, _ = _HEADER.unpack_from(data)
+        payload_type = second & 0x7F
+        if payload_type in self.video_types:
+            pos = 12 + 4 * (first & 0x0F)
+            if first & 0x10:
+                pos += 4 + 4 * int.from_bytes(data[pos + 2:pos + 4], "big")
+            end = len(data) - (data[-1] if first & 0x20 else 0)
+            extended = self.video.add(seq, end - pos)
+            self._on_vp8(data, pos, end, extended, timestamp, second & 0x80, arrived)
+        elif payload_type in self.audio_types:
+            self.audio_counters.add(seq, len(data) - 12)
+        else:
+            self.other_packets += 1
+
+    def _on_vp8(self, data: bytes, pos: int, end: int, extended: int, timestamp: int, marker: int,
+                arrived: float) -> None:
+        if end - pos < 1:
+            return
+        descriptor = data[pos]
+        if descriptor & 0x10 and not descriptor & 0x0F:  # S=1, partition 0: a frame starts
+            picture_id = -1
+            header = pos + 1
+            if descriptor & 0x80 and header < end:
+                extension = data[header]
+                header += 1
+                if extension & 0x80 and header < end:  # PictureID
+                    if data[header] & 0x80:
+                        picture_id = ((data[header] & 0x7F) << 8) | data[header + 1]
+                        header += 2
+                    else:
+                        picture_id = data[header]
+                        header += 1
+                if extension & 0x40:
+                    header += 1
+                if extension & 0x30:
+                    header += 1
+            self._frame_ts = timestamp
+            self._frame_start = extended
+            self._frame_packets = 0
+            self._frame_key = header < end and not data[header] & 0x01
+            if self.measuring and picture_id >= 0:
+                sent = self.send_times[picture_id]
+                if sent:
+                    latency = arrived - sent
+                    if 0 <= latency < 10:
+                        self.latencies.append(latency)
+        if timestamp == self._frame_ts:
+            self._frame_packets += 1
+            if marker and self._frame_packets == extended - self._frame_start + 1:
+                self.frames += 1
+                if self._frame_key:
+                    self.keyframes += 1
+                    if not self.first_frame_at:
+                        self.first_frame_at = time.time()
+                self._frame_ts = -1
+
+    def snapshot(self) -> Snapshot:
+        v = self.video
+        expected = v.highest - v.first + 1 if v.first >= 0 else 0
+        return Snapshot(time.time(), v.received, v.bytes, expected, self.frames, self.keyframes,
+                        self.audio_counters.received)
+
+    async def close(self, http: aiohttp.ClientSession) -> None:
+        await _delete(http, self.resource, self.token)
+        await self.pc.close()
+
+
+def _hook_receiver(receiver: Any) -> None:
+    """RTCRtpReceiver.receive would start a decoder thread and an RTCP task: do neither."""
+
+    async def receive(parameters: Any) -> None:
+        return None
+
+    receiver.receive = receive
+
+
+def _hook_transport(transport: Any, on_rtp: Any) -> None:
+    """RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) with
+    the decrypted packet; SR/SDES from the sender are of no use to a counter."""
+
+    async def ignore_rtcp(data: bytes) -> None:
+        return None
+
+    transport._handle_rtp_data = on_rtp
+    transport._handle_rtcp_data = ignore_rtcp
+
+
+def _hook_sockets(transport: Any, on_datagram: Callable[[bytes, pylibsrtp.Session], None]) -> None:
+    """Take SRTP straight from the sockets once DTLS has keyed it. aioice's
+    StunProtocol.datagram_received would first try to parse every datagram as STUN, then queue
+    it for RTCDtlsTransport._recv_next on another task; for a subscriber that only counts
+    packets that is most of its cost, and its queueing would be charged to the server as
+    latency. STUN and DTLS still take aiortc's path."""
+    for protocol in transport.transport._connection._protocols:
+        through_aioice = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any, through_aioice: Any = through_aioice) -> None:
+            srtp = transport._rx_srtp
+            if srtp is not None and 127 < data[0] < 192 and len(data) > 12:
+                on_datagram(data, srtp)
+            else:
+                through_aioice(data, addr)
+
+        protocol.datagram_received = datagram_received

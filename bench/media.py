@@ -1,0 +1,375 @@
+"""``expertcall bench media``: what forwarding costs the SFU, and what its subscribers get.
+
+The coordinator starts the server under test (``expertcall serve``, or uses ``--url``) and, with
+``--reference mediarelay``, the MediaRelay reference server (bench/mediarelay.py); then for each
+subscriber count it opens one broadcast session per publisher, starts a publisher process and
+subscriber processes (bench/workers.py) that reach the server over WHIP/WHEP, lets every
+subscriber join at ``--join-rate``, settles, and measures a window of ``--duration`` seconds:
+the server process's CPU time from /proc/<pid>/stat, and each subscriber's packets, frames, loss
+and latency. Subscribers are spread round-robin over the publishers' sessions, so each receives
+one video stream (and one audio stream with ``--audio``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+
+from . import report
+from .workers import Shared
+
+ROOT = Path(__file__).resolve().parent.parent
+PICTURE_IDS = 1 << 15
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    token: str
+    pid: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass(frozen=True)
+class Load:
+    publishers: int
+    subscribers: int
+    duration: float
+    audio: bool
+    join_rate: float
+    settle: float
+    workers: int
+    fps: int = 30
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pid_listening_on(port: int) -> int:
+    """The pid of the process with a TCP socket listening on 127.0.0.1/0.0.0.0:``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(parts[9])
+        except FileNotFoundError:
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return int(pid)
+        except OSError:
+            continue
+    raise click.ClickException(f"no process of ours listens on port {port}; pass --server-pid")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _admin_token(secret: str) -> str:
+    from signalling.auth import Role, TokenIssuer
+
+    return TokenIssuer(secret).mint("bench", Role.ADMIN, ttl=6 * 3600, name="media bench")
+
+
+def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0) -> Server:
+    """Start a server on a free port; its output goes to ``log_path`` (kept for a post-mortem).
+    ``nice`` below 0 (root only) keeps a busy shared machine from starving the server of the
+    core whose capacity is being measured."""
+    port, secret = _free_port(), secrets.token_hex(24)
+    if name == "sfu":
+        command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
+                   "--media-loopback", "--secret", secret, "--data-dir", str(data_dir / name), "--no-demo"]
+    else:
+        command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,
+                   "--data-dir", str(data_dir / name)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    server = Server(name, f"http://127.0.0.1:{port}", _admin_token(secret), process.pid, process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"the {name} server exited: see {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise click.ClickException(f"the {name} server did not listen within 30 s")
+
+
+async def _open_sessions(server: Server, count: int) -> list[str]:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    async with aiohttp.ClientSession() as http:
+        sessions = []
+        for _ in range(count):
+            async with http.post(f"{server.url}/api/broadcasts", headers=headers) as response:
+                if response.status != 201:
+                    raise click.ClickException(f"{server.name}: POST /api/broadcasts: {response.status} "
+                                               f"{await response.text()}")
+                sessions.append((await response.json())["session_id"])
+        return sessions
+
+
+def _progress(text: str) -> None:
+    click.echo(f"\r\033[K{text}", err=True, nl=False)
+
+
+def run_load(server: Server, load: Load) -> dict[str, Any]:
+    """One run of ``load`` against ``server``: its summary (bench/report.py)."""
+    from . import workers
+
+    ctx = multiprocessing.get_context("spawn")
+    sessions = asyncio.run(_open_sessions(server, load.publishers))
+    tables = [ctx.Array("d", PICTURE_IDS, lock=False) for _ in sessions]
+    n_workers = max(1, min(load.workers, load.subscribers))
+    shared = Shared(ctx.Event(), ctx.Value("d", 0.0, lock=False), ctx.Value("d", 0.0, lock=False),
+                    ctx.Array("i", n_workers), ctx.Array("i", n_workers), ctx.Array("q", n_workers))
+    results = ctx.Queue()
+    video_params = {"fps": load.fps}
+    label = f"[{server.name} {load.publishers}x{load.subscribers}]"
+
+    publisher = ctx.Process(target=workers.publish, daemon=True, args=(
+        server.url, server.token, sessions, tables, load.audio, video_params, shared, results))
+    procs = [publisher]
+    publisher.start()
+    kind, value = results.get(timeout=120)
+    if kind != "publishers_ready":
+        publisher.join(5)
+        raise click.ClickException(f"{label} publishers failed: {value}")
+
+    start = time.time() + 2.0  # time for the subscriber processes to import aiortc
+    plans: list[list[tuple[int, str, float]]] = [[] for _ in range(n_workers)]
+    for i in range(load.subscribers):
+        index = i % load.publishers
+        plans[i % n_workers].append((index, sessions[index], start + i / load.join_rate))
+    for worker, plan in enumerate(plans):
+        proc = ctx.Process(target=workers.subscribe, daemon=True, args=(
+            worker, server.url, server.token, plan, tables, load.audio, shared, results))
+        proc.start()
+        procs.append(proc)
+    try:
+        join_deadline = start + load.subscribers / load.join_rate + 30
+        while True:
+            joined, failed = sum(shared.joined), sum(shared.failed)
+            cpu = process_cpu_seconds(server.pid)
+            _progress(f"{label} joining: {joined}/{load.subscribers} connected, {failed} failed, "
+                      f"{sum(shared.packets)} packets received, server CPU {cpu:.1f} s")
+            if joined + failed >= load.subscribers or time.time() > join_deadline:
+                break
+            time.sleep(0.5)
+        window_start = time.time() + load.settle
+        shared.window_end.value = window_start + load.duration
+        shared.window_start.value = window_start
+        time.sleep(max(0.0, window_start - time.time()))
+        cpu_start, t_start = process_cpu_seconds(server.pid), time.time()
+        clients_start = sum(process_cpu_seconds(p.pid) for p in procs)
+        last_packets, last_t, last_cpu = sum(shared.packets), t_start, cpu_start
+        while time.time() < shared.window_end.value:
+            time.sleep(min(1.0, max(0.0, shared.window_end.value - time.time())))
+            now, cpu, packets = time.time(), process_cpu_seconds(server.pid), sum(shared.packets)
+            _progress(f"{label} measuring {now - t_start:4.1f}/{load.duration:.0f} s: "
+                      f"{(packets - last_packets) / (now - last_t):8.0f} packets/s received, "
+                      f"server {(cpu - last_cpu) / (now - last_t):.2f} cores")
+            last_packets, last_t, last_cpu = packets, now, cpu
+        cpu_end, t_end = process_cpu_seconds(server.pid), time.time()
+        clients_cpu = sum(process_cpu_seconds(p.pid) for p in procs) - clients_start
+        load_average = os.getloadavg()[0]
+        subscribers: list[dict[str, Any]] = []
+        publisher_stats: list[dict[str, Any]] = []
+        pending = n_workers
+        while pending:
+            kind, value = results.get(timeout=60)
+            if kind == "subscribers":
+                subscribers.extend(value)
+                pending -= 1
+        shared.stop.set()
+        while True:
+            kind, value = results.get(timeout=60)
+            if kind in ("publishers", "publishers_failed"):
+                publisher_stats = value if kind == "publishers" else [{"error": value}]
+                break
+    finally:
+        shared.stop.set()
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        click.echo("", err=True)
+    summary = report.summarise(server.name, load.publishers, subscribers, cpu_end - cpu_start,
+                               t_end - t_start, publisher_stats, load.fps)
+    # On a small machine the clients share the cores with the server: show what they took, and
+    # how busy the machine was, next to the figures they qualify.
+    summary["client_cpu_seconds_per_second"] = round(clients_cpu / (t_end - t_start), 3)
+    summary["loadavg_1min_after"] = round(load_average, 2)
+    click.echo(_one_line(summary), err=True)
+    return summary
+
+
+def _one_line(s: dict[str, Any]) -> str:
+    return (f"[{s['target']} {s['publishers']}x{s['subscribers']}] {s['connected']} connected, "
+            f"server {s['server_cpu_seconds_per_second']:.3f} cores, {s['forwarded_packets_per_second']:.0f} pkt/s, "
+            f"{s['cpu_us_per_forwarded_packet']} us/pkt, fps p50 {s['fps']['p50']} min {s['fps']['min']}, "
+            f"loss {s['packet_loss_pct']}%, first frame p50/p95 {s['time_to_first_frame_ms']['p50']}/"
+            f"{s['time_to_first_frame_ms']['p95']} ms, latency p50/p99 {s['added_latency_ms']['p50']}/"
+            f"{s['added_latency_ms']['p99']} ms{'' if s['clean'] else ' (not clean)'}")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter("a number or a comma-separated list, e.g. 8,16,32") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("subscriber counts must be at least 1")
+    return counts
+
+
+@click.command("media")
+@click.option("--publishers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Publishers, each in a broadcast session of its own.")
+@click.option("--subscribers", default="8", show_default=True,
+              help="Subscribers, or a sweep such as 8,16,32,64; spread over the publishers.")
+@click.option("--duration", type=click.FloatRange(1, 3600), default=10, show_default=True,
+              help="Seconds measured, after every subscriber joined and --settle passed.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG of server CPU against subscribers.")
+@click.option("--reference", type=click.Choice(["mediarelay"]), default=None,
+              help="Also run the same load against aiortc's MediaRelay (decode + re-encode per subscriber).")
+@click.option("--url", default=None, help="An SFU already running (http://127.0.0.1:PORT) instead of starting one.")
+@click.option("--server-pid", type=int, default=None, help="Its pid, if not the one listening on --url's port.")
+@click.option("--token", default=None, help="Admin token for --url (or EXPERTCALL_SECRET to mint one).")
+@click.option("--audio/--no-audio", default=False, show_default=True, help="Also send a 20 ms Opus stream.")
+@click.option("--join-rate", type=click.FloatRange(0.1, 1000), default=50, show_default=True,
+              help="Subscribers joining per second.")
+@click.option("--settle", type=click.FloatRange(0, 60), default=2, show_default=True,
+              help="Seconds between the last join and the measurement.")
+@click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
+              help="Subscriber processes.")
+@click.option("--server-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
+              help="Niceness of the servers started (below 0 needs root): on a machine shared with "
+                   "other work, keeps the server from being starved of its core.")
+def media(publishers: int, subscribers: str, duration: float, json_path: Path, plot_path: Path | None,
+          reference: str | None, url: str | None, server_pid: int | None, token: str | None, audio: bool,
+          join_rate: float, settle: float, workers: int, server_nice: int) -> None:
+    """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency)."""
+    counts = _counts(subscribers)
+    from . import encoded
+
+    click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
+    encoded.video(fps=30)
+    if audio:
+        encoded.audio()
+    data_dir = Path(tempfile.mkdtemp(prefix="expertcall-bench-"))
+    servers: list[Server] = []
+    runs: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    try:
+        if url:
+            secret = os.environ.get("EXPERTCALL_SECRET", "")
+            if not token and not secret:
+                raise click.ClickException("--url needs --token or EXPERTCALL_SECRET")
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            servers.append(Server("sfu", url.rstrip("/"), token or _admin_token(secret),
+                                  server_pid or pid_listening_on(port)))
+        else:
+            servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice))
+        if reference:
+            servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice))
+        for server in servers:
+            for count in counts:
+                load = Load(publishers, count, duration, audio, join_rate, settle, workers)
+                runs.append(run_load(server, load))
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    result: dict[str, Any] = {
+        "config": {"publishers": publishers, "subscribers": counts, "duration": duration, "audio": audio,
+                   "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
+                   "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "runs": runs,
+        "streams_per_core": report.streams_per_core([r for r in runs if r["target"] == "sfu"]),
+    }
+    if reference:
+        result["reference"] = _ratios(runs, reference)
+        for line in result["reference"]["lines"]:
+            click.echo(line, err=True)
+    report.write_json(json_path, result)
+    if plot_path:
+        report.plot(plot_path, runs)
+    click.echo(f"wrote {json_path}" + (f" and {plot_path}" if plot_path else ""), err=True)
+
+
+def _log_path(json_path: Path, name: str) -> Path:
+    return json_path.with_name(f"{json_path.stem}.{name}.log")
+
+
+def _ratios(runs: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """CPU per subscriber stream, reference over SFU, at each subscriber count both ran."""
+    sfu = {r["subscribers"]: r for r in runs if r["target"] == "sfu"}
+    ratios: dict[str, float] = {}
+    per_frame: dict[str, float] = {}
+    lines: list[str] = []
+    for r in runs:
+        base = sfu.get(r["subscribers"])
+        if r["target"] != reference or base is None or not base["cpu_per_subscriber_stream"]:
+            continue
+        ratio = r["cpu_per_subscriber_stream"] / base["cpu_per_subscriber_stream"]
+        ratios[str(r["subscribers"])] = round(ratio, 1)
+        # A saturated relay delivers fewer frames for its CPU: per frame delivered is the fairer
+        # figure then.
+        if r["fps"]["mean"] and base["fps"]["mean"]:
+            per_frame[str(r["subscribers"])] = round(ratio * base["fps"]["mean"] / r["fps"]["mean"], 1)
+        lines.append(f"{reference} costs {ratio:.1f}x the SFU's CPU per subscriber stream at "
+                     f"{r['subscribers']} subscribers ({r['cpu_per_subscriber_stream']:.4f} vs "
+                     f"{base['cpu_per_subscriber_stream']:.5f} cores; {r['fps']['mean']} vs "
+                     f"{base['fps']['mean']} fps)")
+    return {"ratio_per_subscriber_stream": ratios, "ratio_per_frame_delivered": per_frame, "lines": lines}

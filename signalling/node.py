@@ -1,0 +1,259 @@
+"""One signalling node: the backend, the session machine, queues, presence and the media bridge,
+wired together and opened/closed with the application (``setup(app)``).
+
+Everything a node does is location-transparent: state lives in the backend and every message to
+a user goes through ``Backend.deliver``, so a client on node A and an expert on node B pair as if
+they shared a process. Only a session's media stays on one node (the one that accepted it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Callable
+
+from aiohttp import web
+
+from sfu.api import MediaPlane
+
+from . import keys
+from .auth import Identity, TokenIssuer
+from .backends.base import Backend, Location
+from .backends.memory import MemoryBackend
+from .database import Database
+from .directory import ExpertDirectory, MemoryExpertDirectory
+from .media import MediaRelay
+from .metrics import Metrics
+from .presence import Presence
+from .protocol import CloseCode, message
+from .queueing import ExpertQueues
+from .resume import ResumeTokens
+from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition
+from .settings import Settings
+from .timers import Timers
+
+log = logging.getLogger(__name__)
+
+
+class SignallingNode:
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenIssuer,
+        backend: Backend,
+        db: Database,
+        directory: ExpertDirectory,
+        metrics: Metrics,
+        plane: MediaPlane | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.node_id = backend.node_id
+        self.tokens = tokens
+        self.resume_tokens = ResumeTokens(settings.resolve_secret())
+        self.backend = backend
+        self.metrics = metrics
+        self.timers = Timers()
+        self.sessions = SessionManager(backend, SessionStore(db), clock)
+        self.presence = Presence(backend, self.sessions)
+        self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)
+        self.media = MediaRelay(self.node_id, backend, self.queues, plane)
+        self.sessions.add_listener(self._notify)
+        self.sessions.add_listener(self._count)
+        self.sessions.add_listener(self.media.on_transition)
+        # Open sockets on this node by connection id; the websocket module adds and removes them.
+        self.connections: dict[str, Any] = {}
+        self.closing = False
+
+    async def start(self) -> None:
+        self.media.start()
+        await self.backend.start(self._on_envelope)
+        sessions = await self.queues.recover()
+        for session in sessions:
+            if session.state in IN_PROGRESS and await self._adopts(session.media_node):
+                await self._adopt(session)
+        for session in sessions:
+            self.metrics.sessions.labels(session.state.value).inc()
+        # Whoever does not come back within the grace is gone, as if their socket had just dropped.
+        for user in sorted({u for s in sessions for u in s.participants}):
+            if await self.backend.locate(user) is None:
+                self.timers.start(("gone", user), self.settings.resume_grace, self._gone_check, user)
+        if sessions:
+            log.info("node %s recovered %d unfinished sessions", self.node_id, len(sessions))
+
+    async def shutdown(self) -> None:
+        """Close every socket with GOING_AWAY (clients resume elsewhere or after the restart)."""
+        self.closing = True
+        connections = list(self.connections.values())
+        await asyncio.gather(
+            *(c.close(CloseCode.GOING_AWAY, "server shutting down") for c in connections), return_exceptions=True
+        )
+        if connections:
+            # Let the handlers unregister while the backend is still open.
+            waiters = [asyncio.ensure_future(c.finished.wait()) for c in connections]
+            await asyncio.wait(waiters, timeout=5)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def close(self) -> None:
+        self.closing = True
+        await self.timers.close()
+        await self.media.close()
+        await self.backend.close()
+
+    # --- connections --------------------------------------------------------------------------
+
+    async def connected(self, identity: Identity, conn: Any) -> None:
+        """A socket authenticated: route the user's messages to it, replacing any older socket."""
+        self.timers.cancel(("gone", identity.user_id))
+        previous = await self.backend.claim(identity.user_id, conn.conn_id, conn.send)
+        if previous is not None and previous.conn_id != conn.conn_id:
+            await self._kick(previous)
+
+    async def disconnected(self, identity: Identity, conn_id: str) -> None:
+        """A socket closed: if it was still the user's, wait ``resume_grace`` before giving up on them."""
+        if not await self.backend.release(identity.user_id, conn_id):
+            return
+        await self.backend.note_dropped(identity.user_id, conn_id)
+        if not self.closing:
+            self.timers.start(("gone", identity.user_id), self.settings.resume_grace, self._gone_check, identity.user_id)
+
+    async def _kick(self, location: Location) -> None:
+        if location.node_id == self.node_id:
+            old = self.connections.get(location.conn_id)
+            if old is not None:
+                await old.close(CloseCode.REPLACED, "connected again elsewhere")
+        else:
+            await self.backend.send_to_node(location.node_id, {"op": "kick", "conn_id": location.conn_id})
+
+    async def _gone_check(self, user_id: str) -> None:
+        if await self.backend.locate(user_id) is None:
+            await self.queues.user_gone(user_id)
+
+    async def _on_envelope(self, envelope: dict[str, Any]) -> None:
+        op = envelope.get("op")
+        if op == "kick":
+            await self._kick(Location(self.node_id, envelope["conn_id"]))
+        elif op in ("media", "close_room"):
+            await self.media.on_envelope(envelope)
+        else:
+            log.warning("node %s ignored an envelope with op %r", self.node_id, op)
+
+    # --- media rooms after a restart ----------------------------------------------------------
+
+    async def _adopts(self, media_node: str) -> bool:
+        return not media_node or media_node == self.node_id or not await self.backend.node_alive(media_node)
+
+    async def _adopt(self, session: Any) -> None:
+        """Host the room of a session whose media node restarted or died; its media starts over."""
+        async with self.backend.lock(f"expert:{session.expert_id}"):
+            session = await self.sessions.get(session.id)
+            if session is None or session.state not in IN_PROGRESS:
+                return
+            if session.state is State.LIVE:
+                session = await self.sessions.transition(
+                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id
+                )
+            else:
+                session = await self.sessions.save(session, flowing=[], media_node=self.node_id)
+            if self.media.plane is not None:
+                await self.media.open_room(session)
+
+    # --- transitions --------------------------------------------------------------------------
+
+    async def _notify(self, transition: Transition) -> None:
+        for user_id, msg in session_messages(transition):
+            await self.backend.deliver(user_id, msg)
+
+    def _count(self, transition: Transition) -> None:
+        if transition.previous is not None:
+            self.metrics.sessions.labels(transition.previous.value).dec()
+        if transition.state is not State.ENDED:
+            self.metrics.sessions.labels(transition.state.value).inc()
+
+
+def session_messages(transition: Transition) -> list[tuple[str, dict[str, Any]]]:
+    """Who hears of a transition, and how.
+
+    The client hears of every one. The expert hears once rung (a ``ring``) and of everything after,
+    but not of requests waiting in their queue (``queue.update`` shows those), unless they caused
+    the transition themselves. The participant whose request caused it gets its ``ref``.
+    """
+    session = transition.session
+    public = session.public()
+    previous = transition.previous.value if transition.previous else None
+
+    def state_message(user_id: str) -> dict[str, Any]:
+        ref = transition.origin_ref if user_id == transition.origin_user else None
+        return message("session.state", ref, session=public, previous=previous)
+
+    out = [(session.client_id, state_message(session.client_id))]
+    if transition.state is State.RINGING:
+        timeout = max(0.0, session.deadline - transition.at)
+        out.append((session.expert_id, message("ring", session=public, expires_at=session.deadline, timeout=timeout)))
+    elif (
+        transition.origin_user == session.expert_id
+        or transition.state not in (State.REQUESTED, State.ENDED)
+        or transition.previous not in (None, State.REQUESTED)
+    ):
+        out.append((session.expert_id, state_message(session.expert_id)))
+    return out
+
+
+def _make_backend(settings: Settings) -> Backend:
+    if settings.redis_url:
+        from .backends.redis import RedisBackend
+
+        return RedisBackend(
+            settings.node_id,
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            stash_ttl=settings.resume_grace,
+            # A location outlives several keepalive periods; a crashed node's users expire with it.
+            location_ttl=max(90, int(3 * (settings.ping_interval + settings.ping_timeout))),
+        )
+    return MemoryBackend(settings.node_id, stash_ttl=settings.resume_grace)
+
+
+async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open the database (unless another module has), the backend and the node."""
+    settings = app[keys.SETTINGS]
+    own_db = keys.DATABASE not in app
+    if own_db:
+        app[keys.DATABASE] = Database.in_dir(settings.data_dir)
+    if keys.EXPERT_DIRECTORY not in app:
+        app[keys.EXPERT_DIRECTORY] = MemoryExpertDirectory()
+    node = SignallingNode(
+        settings,
+        app[keys.TOKENS],
+        app[keys.BACKEND] if keys.BACKEND in app else _make_backend(settings),
+        app[keys.DATABASE],
+        app[keys.EXPERT_DIRECTORY],
+        app[keys.METRICS],
+        app.get(keys.MEDIA_PLANE),
+    )
+    app[keys.SIGNALLING] = node
+    await node.start()
+    try:
+        yield
+    finally:
+        await node.close()
+        if own_db:
+            app[keys.DATABASE].close()
+
+
+async def close_sockets(app: web.Application) -> None:
+    """on_shutdown: tell every client to go away (and resume) before the node closes."""
+    node = app.get(keys.SIGNALLING)
+    if node is not None:
+        await node.shutdown()
+
+
+def setup(app: web.Application) -> None:
+    from .websocket import websocket_handler
+
+    app.router.add_get("/ws", websocket_handler)
+    app.cleanup_ctx.append(signalling_ctx)
+    app.on_shutdown.append(close_sockets)
+

@@ -1,0 +1,392 @@
+"""The ``/ws`` handler: one ``Connection`` per socket, messages checked and dispatched in order.
+
+Shape: prepare -> register -> ``async for`` -> finally unregister. Every frame passes, in order:
+the size limit, the rate limit, JSON parsing, the type, the version, the type's JSON Schema, the
+hello/resume handshake, the sender's role, and only then a handler. A refused message gets an
+``error`` (with its ``ref``) and the connection carries on, except where docs/protocol.md names a
+close code. Handlers raise ``ProtocolError``; anything else is a bug, logged, answered with
+``internal_error``, and never allowed to take the connection or the server down.
+
+Other modules add message types with ``ROUTES[type] = Route(handler, roles)`` and a schema file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from aiohttp import WSMsgType, web
+
+from sfu.api import MediaError
+
+from . import keys
+from .auth import AuthError, Identity, Role, bearer_token
+from .presence import Availability
+from .protocol import (
+    VERSION,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    decode,
+    encode,
+    error,
+    message,
+    safe_ref,
+    validate_client,
+)
+from .sessions import InvalidTransition
+
+if TYPE_CHECKING:
+    from .node import SignallingNode
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    # Who may send it once authenticated; None: anyone.
+    roles: frozenset[Role] | None = None
+
+
+class Connection:
+    def __init__(self, node: "SignallingNode", ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.node = node
+        self.ws = ws
+        self.settings = node.settings
+        self.conn_id = uuid.uuid4().hex
+        self.identity: Identity | None = None
+        self.bearer = bearer_token(request)
+        self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(keys.WS_ICE_SERVERS, _no_ice_servers)
+        self.finished = asyncio.Event()
+        # Messages routed here before the welcome went out wait for it.
+        self._ready = False
+        self._early: list[dict[str, Any]] = []
+        self._window_start = 0.0
+        self._window_count = 0
+        self._touched = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def user_id(self) -> str:
+        assert self.identity is not None
+        return self.identity.user_id
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send(self, msg: dict[str, Any]) -> bool:
+        """Send one message; False when the socket is closing (the caller stashes it instead)."""
+        if not self._ready:
+            self._early.append(msg)
+            return True
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(encode(msg))
+        except (ConnectionError, RuntimeError):
+            return False
+        if msg.get("type") == "error":
+            self.node.metrics.ws_errors.labels(msg["code"]).inc()
+        return True
+
+    async def reply_error(self, code: ErrorCode | str, text: str, ref: Any) -> None:
+        await self.send(error(code, text, ref))
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        if not self.ws.closed:
+            await self.ws.close(code=int(code), message=reason.encode()[:120])
+
+    async def fail(self, code: ErrorCode | str, text: str, ref: Any, close: CloseCode) -> None:
+        """An error the connection does not survive."""
+        self._ready = True
+        await self.reply_error(code, text, ref)
+        await self.close(close, text)
+
+    def _close_later(self, delay: float, code: ErrorCode, text: str, close: CloseCode) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = asyncio.get_running_loop().call_later(
+            max(0.0, delay), lambda: asyncio.ensure_future(self.fail(code, text, None, close))
+        )
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._close_later(self.settings.ping_timeout, ErrorCode.HELLO_REQUIRED, "no hello in time", CloseCode.HELLO_TIMEOUT)
+        self._ready = True
+        try:
+            async for frame in self.ws:
+                if frame.type is WSMsgType.TEXT:
+                    await self.receive(frame.data, len(frame.data.encode()))
+                elif frame.type is WSMsgType.BINARY:
+                    if await self._admit(len(frame.data)):
+                        await self.reply_error(ErrorCode.INVALID_MESSAGE, "binary frames are not part of the protocol", None)
+        except asyncio.TimeoutError:
+            await self.close(CloseCode.PING_TIMEOUT, "nothing received within ping_interval + ping_timeout")
+
+    async def _admit(self, size: int) -> bool:
+        """The size and rate limits; False when the frame is dropped."""
+        if size > self.settings.max_message_bytes:
+            await self.fail(
+                ErrorCode.MESSAGE_TOO_BIG,
+                f"messages are limited to {self.settings.max_message_bytes} bytes",
+                None,
+                CloseCode.MESSAGE_TOO_BIG,
+            )
+            return False
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_count = now, 0
+        self._window_count += 1
+        limit = self.settings.max_messages_per_second
+        if self._window_count <= limit:
+            return True
+        if self._window_count == limit + 1:
+            await self.reply_error(ErrorCode.RATE_LIMITED, f"more than {limit} messages in a second: dropped", None)
+        elif self._window_count > 2 * limit:
+            await self.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+        return False
+
+    async def receive(self, text: str, size: int) -> None:
+        if not await self._admit(size):
+            return
+        try:
+            msg = decode(text)
+        except (ValueError, RecursionError) as exc:
+            await self.reply_error(ErrorCode.INVALID_JSON, f"not JSON: {str(exc)[:120]}", None)
+            return
+        if not isinstance(msg, dict):
+            await self.reply_error(ErrorCode.INVALID_MESSAGE, "a message is a JSON object", None)
+            return
+        ref = safe_ref(msg.get("id"))
+        type_ = msg.get("type")
+        route = ROUTES.get(type_) if isinstance(type_, str) else None
+        if route is None:
+            await self.reply_error(ErrorCode.UNKNOWN_TYPE, f"unknown message type {str(type_)[:64]!r}", ref)
+            return
+        self.node.metrics.ws_messages.labels(type_).inc()
+        if msg.get("v") != VERSION:
+            await self.reply_error(ErrorCode.UNSUPPORTED_VERSION, f"this server speaks protocol version {VERSION}", ref)
+            return
+        try:
+            validate_client(msg)
+            self._authorise(type_, route)
+            await self._keep_location()
+            await route.handler(self, msg)
+        except ProtocolError as exc:
+            await self.reply_error(exc.code, exc.message, ref)
+        except InvalidTransition as exc:
+            await self.reply_error(ErrorCode.INVALID_STATE, str(exc), ref)
+        except MediaError as exc:
+            await self.reply_error(exc.code, exc.message, ref)
+        except Exception:
+            log.exception("handler for %s failed", type_)
+            await self.reply_error(ErrorCode.INTERNAL_ERROR, "the server failed to handle this message", ref)
+
+    async def _keep_location(self) -> None:
+        """Refresh the user's location (it expires so that a crashed node's users do not linger),
+        at most once per ping interval, whatever the client sends."""
+        now = time.monotonic()
+        if self.identity is not None and now - self._touched >= self.settings.ping_interval:
+            self._touched = now
+            await self.node.backend.touch(self.identity.user_id, self.conn_id)
+
+    def _authorise(self, type_: str, route: Route) -> None:
+        handshake = type_ in ("hello", "resume")
+        if self.identity is None:
+            if not handshake:
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello (or resume) first")
+            return
+        if handshake:
+            raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "this connection has already said hello")
+        if route.roles is not None and self.identity.role not in route.roles:
+            allowed = " or ".join(sorted(r.value for r in route.roles))
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{type_} is for {allowed}s only")
+
+    # --- handshake ----------------------------------------------------------------------------
+
+    async def authenticate(self, msg: dict[str, Any]) -> Identity | None:
+        try:
+            return self.node.tokens.verify(msg.get("token") or self.bearer)
+        except AuthError as exc:
+            await self.fail(exc.code, exc.message, msg.get("id"), CloseCode.AUTH_FAILED)
+            return None
+
+    async def start(self, identity: Identity, ref: Any, resumed: bool) -> None:
+        node = self.node
+        self._ready = False
+        self.identity = identity
+        if self._deadline is not None:
+            self._deadline.cancel()
+        await node.connected(identity, self)
+        stashed = await node.backend.drain(identity.user_id)
+        presence_changed = False
+        availability = None
+        if identity.role is Role.EXPERT:
+            if await node.presence.chosen(identity.user_id) is None:
+                await node.presence.choose(identity.user_id, Availability.ONLINE)
+                presence_changed = True
+            availability = (await node.presence.availability(identity.user_id)).value
+        session = await node.queues.current(identity.user_id)
+        welcome = message(
+            "welcome",
+            ref,
+            protocol=VERSION,
+            user={"id": identity.user_id, "role": identity.role.value, "name": identity.name},
+            resumed=resumed,
+            resume_token=node.resume_tokens.issue(identity.user_id, self.conn_id),
+            ping_interval=self.settings.ping_interval,
+            ping_timeout=self.settings.ping_timeout,
+            resume_grace=self.settings.resume_grace,
+            max_message_bytes=self.settings.max_message_bytes,
+            max_messages_per_second=self.settings.max_messages_per_second,
+            ice_servers=self.ice_servers(identity.user_id),
+            session=session.public() if session else None,
+            presence=availability,
+        )
+        early, self._early = self._early, []
+        self._ready = True
+        await self.send(welcome)
+        # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
+        for msg in (stashed if resumed else []) + early:
+            await self.send(msg)
+        self._close_later(
+            identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
+        )
+        if presence_changed:
+            await node.queues.presence_changed(identity.user_id)
+
+    async def finish(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.identity is not None:
+            try:
+                await self.node.disconnected(self.identity, self.conn_id)
+            except Exception:
+                # Shutdown may have closed the backend already; the location then simply expires.
+                log.warning("could not unregister %s on node %s", self.identity.user_id, self.node.node_id)
+        self.finished.set()
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+async def on_hello(conn: Connection, msg: dict[str, Any]) -> None:
+    identity = await conn.authenticate(msg)
+    if identity is not None:
+        await conn.node.backend.take_dropped(identity.user_id)
+        await conn.start(identity, msg.get("id"), resumed=False)
+
+
+async def on_resume(conn: Connection, msg: dict[str, Any]) -> None:
+    identity = await conn.authenticate(msg)
+    if identity is None:
+        return
+    node = conn.node
+    claim = node.resume_tokens.verify(msg["resume_token"])
+    if claim is None or claim.user_id != identity.user_id:
+        raise ProtocolError(ErrorCode.RESUME_INVALID, "the resume token is not valid for you: send hello instead")
+    dropped = await node.backend.take_dropped(identity.user_id)
+    location = await node.backend.locate(identity.user_id)
+    # In time if the old socket dropped within the grace, or has not been noticed dropping yet.
+    resumed = dropped == claim.conn_id or (location is not None and location.conn_id == claim.conn_id)
+    await conn.start(identity, msg.get("id"), resumed=resumed)
+
+
+async def on_ping(conn: Connection, msg: dict[str, Any]) -> None:
+    await conn.send(message("pong", msg.get("id"), time=time.time()))
+
+
+async def on_presence_set(conn: Connection, msg: dict[str, Any]) -> None:
+    node = conn.node
+    await node.presence.choose(conn.user_id, Availability(msg["status"]))
+    await node.queues.presence_changed(conn.user_id)
+    status = await node.presence.availability(conn.user_id)
+    await conn.send(message("presence", msg.get("id"), user_id=conn.user_id, status=status.value))
+
+
+async def on_help_request(conn: Connection, msg: dict[str, Any]) -> None:
+    assert conn.identity is not None
+    await conn.node.queues.request(
+        conn.user_id,
+        conn.identity.name,
+        expert_id=msg.get("expert_id"),
+        skill=msg.get("skill"),
+        note=msg.get("note", ""),
+        origin=(conn.user_id, msg.get("id")),
+    )
+
+
+async def on_help_accept(conn: Connection, msg: dict[str, Any]) -> None:
+    await conn.node.queues.accept(conn.user_id, msg["session_id"], origin=(conn.user_id, msg.get("id")))
+
+
+async def on_help_decline(conn: Connection, msg: dict[str, Any]) -> None:
+    await conn.node.queues.decline(
+        conn.user_id, msg["session_id"], msg.get("message", ""), origin=(conn.user_id, msg.get("id"))
+    )
+
+
+async def on_help_cancel(conn: Connection, msg: dict[str, Any]) -> None:
+    await conn.node.queues.cancel(conn.user_id, msg["session_id"], origin=(conn.user_id, msg.get("id")))
+
+
+async def on_session_end(conn: Connection, msg: dict[str, Any]) -> None:
+    await conn.node.queues.hang_up(conn.user_id, msg["session_id"], origin=(conn.user_id, msg.get("id")))
+
+
+async def on_media(conn: Connection, msg: dict[str, Any]) -> None:
+    await conn.node.media.handle(conn.user_id, msg)
+
+
+EXPERT = frozenset({Role.EXPERT})
+CLIENT = frozenset({Role.CLIENT})
+PARTICIPANT = frozenset({Role.EXPERT, Role.CLIENT})
+
+ROUTES: dict[str, Route] = {
+    "hello": Route(on_hello),
+    "resume": Route(on_resume),
+    "ping": Route(on_ping),
+    "presence.set": Route(on_presence_set, EXPERT),
+    "help.request": Route(on_help_request, CLIENT),
+    "help.accept": Route(on_help_accept, EXPERT),
+    "help.decline": Route(on_help_decline, EXPERT),
+    "help.cancel": Route(on_help_cancel, PARTICIPANT),
+    "session.end": Route(on_session_end, PARTICIPANT),
+    "media.offer": Route(on_media, PARTICIPANT),
+    "media.answer": Route(on_media, PARTICIPANT),
+    "media.ice": Route(on_media, PARTICIPANT),
+}
+
+
+def _no_ice_servers(user_id: str) -> list[dict[str, Any]]:
+    return []
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    node = request.app[keys.SIGNALLING]
+    settings = node.settings
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_message_bytes * 4,
+        receive_timeout=settings.ping_interval + settings.ping_timeout,
+    )
+    await ws.prepare(request)
+    conn = Connection(node, ws, request)
+    node.connections[conn.conn_id] = conn
+    node.metrics.ws_connections.inc()
+    try:
+        if node.closing:
+            await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        else:
+            await conn.run()
+    finally:
+        node.connections.pop(conn.conn_id, None)
+        node.metrics.ws_connections.dec()
+        await conn.finish()
+    return ws

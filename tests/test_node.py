@@ -1,0 +1,100 @@
+"""Two signalling nodes on one backend pair a client on node A with an expert on node B."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from signalling import keys
+from signalling.backends.memory import MemoryBackend, MemoryHub
+from signalling.settings import Settings
+
+from .backends import REDIS_URL, delete_prefix, redis_available
+from .conftest import require
+from .utils import FakePlane, Peer, build_app
+
+SECRET = "two-node-secret-0123456789abcdef"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def two_nodes(request, aiohttp_client, tmp_path: Path) -> AsyncIterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+    prefix = f"test-{uuid.uuid4().hex}"
+    hub = MemoryHub()
+    if request.param == "redis":
+        require(redis_available(), "redis-server on 127.0.0.1:6379")
+    servers, planes = [], []
+    for name in ("a", "b"):
+        settings = Settings(
+            data_dir=tmp_path / name,
+            secret=SECRET,
+            node_id=f"node-{name}",
+            redis_url=REDIS_URL if request.param == "redis" else "",
+            redis_prefix=prefix,
+            ring_timeout=5.0,
+        )
+        plane = FakePlane()
+        app = build_app(settings, plane)
+        if request.param == "memory":
+            app[keys.BACKEND] = MemoryBackend(settings.node_id, hub, stash_ttl=settings.resume_grace)
+        servers.append(await aiohttp_client(app))
+        planes.append(plane)
+    yield servers[0], servers[1], planes[0], planes[1]
+    for server in servers:
+        await server.close()
+    if request.param == "redis":
+        delete_prefix(prefix)
+
+
+async def test_client_on_a_pairs_with_expert_on_b(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b, plane_a, plane_b = two_nodes
+    expert = await Peer.join(b, "erin", "expert")
+    alice = await Peer.join(a, "alice", "client")
+    reply = await alice.request("help.request", expert_id="erin")
+    sid = reply["session"]["id"]
+    assert (await alice.expect("queue.position"))["position"] == 1
+    ring = await expert.expect("ring")
+    assert ring["session"]["id"] == sid
+
+    await expert.request("help.accept", session_id=sid)
+    assert (await alice.expect("session.state", state="accepted"))["session"]["id"] == sid
+    # The room lives on the accepting node; alice's media is forwarded there from node A.
+    assert plane_b.kinds() == ["open_room"] and plane_a.kinds() == []
+    answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice")
+    assert answer["type"] == "media.answer" and answer["sdp"] == "answer-to:alice:publish"
+    assert plane_a.kinds() == [] and plane_b.kinds() == ["open_room", "offer"]
+
+    plane_b.flowing(sid, "alice", True)
+    plane_b.flowing(sid, "erin", True)
+    assert (await alice.expect("session.state", state="live"))["session"]["id"] == sid
+    await expert.expect("session.state", state="live")
+
+    ended = await alice.request("session.end", session_id=sid)
+    assert ended["session"]["reason"] == "hangup"
+    assert (await expert.expect("session.state", state="ended"))["session"]["ended_by"] == "alice"
+    await expert.request("ping")
+    assert plane_b.kinds()[-1] == "close_room"
+
+
+async def test_queue_and_replacement_across_nodes(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b, _, _ = two_nodes
+    expert = await Peer.join(a, "erin", "expert")
+    c1 = await Peer.join(a, "c1", "client")
+    c2 = await Peer.join(b, "c2", "client")
+    first = (await c1.request("help.request", expert_id="erin"))["session"]["id"]
+    second = (await c2.request("help.request", expert_id="erin"))["session"]["id"]
+    assert (await c2.expect("queue.position"))["position"] == 2
+    await expert.expect("ring", id=first)
+    await expert.request("help.decline", session_id=first, message="not my field")
+    assert (await c1.expect("session.state", state="ended"))["session"]["message"] == "not my field"
+    assert (await c2.expect("queue.position", position=1))["length"] == 1
+    await expert.expect("ring", id=second)
+
+    # c2 opens the app on node A: its node-B socket is replaced, its request survives.
+    again = await Peer.join(a, "c2", "client")
+    assert await c2.closed() == 4010
+    assert again.welcome["session"]["id"] == second and again.welcome["session"]["state"] == "ringing"
+    await expert.request("help.accept", session_id=second)
+    assert (await again.expect("session.state", state="accepted"))["session"]["id"] == second
