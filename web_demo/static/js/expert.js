@@ -124,6 +124,7 @@ function main(page) {
   }
 
   function renderIncoming() {
+    renderQueue();
     const list = $("#incoming");
     const items = [...ringing.values()].map((r) => r.item);
     list.replaceChildren(...(items.length ? items : [el("li", { class: "hint" }, "No one is calling.")]));
@@ -131,16 +132,46 @@ function main(page) {
 
   // --- the waiting queue -------------------------------------------------------------------
 
+  let waiting = [];
   signalling.on("queue.update", ({ message }) => {
     if (message.expert_id !== identity.user) return;
-    const waiting = [...message.waiting].sort((a, b) => a.position - b.position);
+    waiting = [...message.waiting].sort((a, b) => a.position - b.position);
+    renderQueue();
+  });
+
+  function renderQueue() {
     $("#queue-count").textContent = String(waiting.length);
     $("#queue").replaceChildren(
-      ...(waiting.length
-        ? waiting.map((w) => el("li", { dataset: { sessionId: w.session_id } }, el("span", { class: "grow" }, `${w.position}. ${w.client_name || w.client_id}`), w.skill ? el("span", { class: "hint" }, w.skill) : null, el("span", { class: "hint" }, `since ${formatWhen(w.since)}`)))
-        : [el("li", { class: "hint" }, "Nobody is waiting.")]),
+      ...(waiting.length ? waiting.map(queueItem) : [el("li", { class: "hint" }, "Nobody is waiting.")]),
     );
-  });
+  }
+
+  function queueItem(entry) {
+    const name = entry.client_name || entry.client_id;
+    // The one being rung is answered from "Incoming requests"; the others can be declined here.
+    const decline = ringing.has(entry.session_id)
+      ? el("span", { class: "hint" }, "ringing")
+      : el("button", { type: "button", class: "secondary small", "aria-label": `Decline ${name} (waiting)` }, "Decline");
+    if (decline.tagName === "BUTTON") {
+      decline.addEventListener("click", async () => {
+        decline.disabled = true;
+        try {
+          await signalling.declineHelp(entry.session_id);
+        } catch (error) {
+          decline.disabled = false;
+          toast(`Could not decline: ${error.message}`, "error");
+        }
+      });
+    }
+    return el(
+      "li",
+      { dataset: { sessionId: entry.session_id } },
+      el("span", { class: "grow" }, `${entry.position}. ${name}`),
+      entry.skill ? el("span", { class: "hint" }, entry.skill) : null,
+      el("span", { class: "hint" }, `since ${formatWhen(entry.since)}`),
+      decline,
+    );
+  }
 
   // --- profile, price and hours ------------------------------------------------------------
 
