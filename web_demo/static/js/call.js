@@ -1,9 +1,9 @@
 // Media for one session, per the SFU contract (sfu/api.py): two peer connections.
 //   publish:   we offer our camera + microphone (sendonly); the SFU answers.
 //   subscribe: the SFU offers the other participants' tracks; we answer (recvonly).
-// Trickle ICE both ways; an ICE restart of the publish transport after a socket resume or an
-// ICE failure; mute / camera toggles; device switching without renegotiation (replaceTrack);
-// a connection-quality estimate from getStats; chat over the "chat" data channel that the SFU
+// Trickle ICE both ways; after a socket resume or an ICE failure, a new publish connection
+// (the SFU's way to restart ICE); mute / camera toggles; device switching without
+// renegotiation (replaceTrack); a connection-quality estimate from getStats; chat over the "chat" data channel that the SFU
 // opens on the subscribe transport (it relays text to the others as {"from", "message"}).
 //
 // The wire is abstracted by `media` (see signalling.js: MediaChannel), so this module never
@@ -52,27 +52,31 @@ export class Call extends EventTarget {
     this._unsubscribe.push(this.media.onCandidate((c) => this._onRemoteCandidate(c)));
     this.localStream = await navigator.mediaDevices.getUserMedia(constraints(audioDeviceId, videoDeviceId));
     this._emit("localstream", { stream: this.localStream });
-    this.publish = this._peer("publish");
-    for (const track of this.localStream.getTracks()) {
-      this.publish.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
-    }
+    this.publish = this._newPublish();
     this._statsTimer = setInterval(() => this._sampleStats().catch(() => {}), STATS_INTERVAL_MS);
     try {
-      await this._negotiatePublish(false);
+      await this._negotiatePublish();
     } catch (error) {
       // The socket dropped mid-offer: the restart that follows the resume offers again.
       if (!LOST.has(error.code)) throw error;
     }
   }
 
-  /** After the signalling socket resumed: new ICE credentials so a changed network path is found. */
+  /** After a socket resume (or a failed publish connection): find a new network path.
+   * The SFU restarts a publish transport by replacing its connection (docs/media-api.md,
+   * "Resume"), so the offer comes from a new RTCPeerConnection with the same tracks, and the
+   * old one closes once the new one is answered. The subscribe side is re-offered by the SFU. */
   async restartIce() {
     if (this.closed || !this.publish || this._restarting) return;
     this._restarting = true;
+    const old = this.publish;
     try {
-      // Never answered (the socket dropped mid-offer): a plain offer again; else an ICE restart.
-      await this._negotiatePublish(Boolean(this.publish.remoteDescription));
+      this.publish = this._newPublish();
+      this._pendingCandidates.publish = [];
+      await this._negotiatePublish();
+      old.close();
     } catch (error) {
+      // The socket dropped again: the next resume restarts again.
       if (!LOST.has(error.code)) throw error;
     } finally {
       this._restarting = false;
@@ -145,12 +149,23 @@ export class Call extends EventTarget {
 
   // --- internals ---------------------------------------------------------------------------
 
+  _newPublish() {
+    const pc = this._peer("publish");
+    for (const track of this.localStream.getTracks()) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
+    }
+    return pc;
+  }
+
   _peer(transport) {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    // A replaced connection's late events must not act on its successor's transport.
+    const current = () => pc === (transport === "publish" ? this.publish : this.subscribe);
     pc.addEventListener("icecandidate", (event) => {
-      this.media.candidate(transport, event.candidate ? event.candidate.toJSON() : null);
+      if (current()) this.media.candidate(transport, event.candidate ? event.candidate.toJSON() : null);
     });
     pc.addEventListener("connectionstatechange", () => {
+      if (!current()) return;
       this._emit("transportstate", { transport, state: pc.connectionState });
       if (pc.connectionState === "failed" && transport === "publish") this.restartIce().catch((e) => this._fail(e));
     });
@@ -167,12 +182,11 @@ export class Call extends EventTarget {
     return pc;
   }
 
-  async _negotiatePublish(iceRestart) {
+  async _negotiatePublish() {
     const pc = this.publish;
-    const offer = await pc.createOffer(iceRestart ? { iceRestart: true } : {});
-    await pc.setLocalDescription(offer);
+    await pc.setLocalDescription(await pc.createOffer());
     const sdp = await this.media.offer("publish", pc.localDescription.sdp);
-    if (this.closed) return;
+    if (this.closed || pc !== this.publish) return;
     await pc.setRemoteDescription({ type: "answer", sdp });
     await this._flushCandidates("publish");
   }
