@@ -219,6 +219,19 @@ function main(page) {
     }
   }
 
+  // The expert may cancel; both get reminders before the start (docs/protocol.md).
+  signalling.on("booking.update", ({ message }) => {
+    if (message.event === "cancelled" && message.by !== page.identity.user) {
+      toast(`${message.by} cancelled your session of ${formatWhen(message.booking.start)}.`);
+    }
+    loadBookings();
+  });
+  signalling.on("booking.reminder", ({ message }) => {
+    const text = `Reminder: your session with ${message.booking.expert_id} starts ${formatWhen(message.booking.start)}.`;
+    announce(text, { assertive: true });
+    toast(text);
+  });
+
   function bookingItem(booking) {
     const cancel = el("button", { type: "button", class: "secondary small" }, "Cancel");
     cancel.addEventListener("click", async () => {

@@ -277,9 +277,15 @@ function main(page) {
     }
   }
 
-  signalling.on("session.reminder", ({ message }) => {
-    announce(`Reminder: a scheduled session starts ${formatWhen(message.starts_at ?? message.start)}.`, { assertive: true });
+  signalling.on("booking.update", ({ message }) => {
+    const b = message.booking;
+    if (message.event === "booked") toast(`${b.client_id} booked a session for ${formatWhen(b.start)}.`);
+    if (message.event === "cancelled" && message.by !== identity.user) toast(`${message.by} cancelled the session of ${formatWhen(b.start)}.`);
     loadScheduled();
+  });
+  signalling.on("booking.reminder", ({ message }) => {
+    announce(`Reminder: your session with ${message.booking.client_id} starts ${formatWhen(message.booking.start)}.`, { assertive: true });
+    toast(`Session with ${message.booking.client_id} at ${formatWhen(message.booking.start)}`);
   });
 
   async function loadEarnings() {
