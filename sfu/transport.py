@@ -320,9 +320,14 @@ class Transport:
 
     def _bind_consumer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> Consumer:
         ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(transceiver.sender)
+        self._hook()  # with max-bundle the one DTLS transport exists from the first m-line on
+        raw = self._raw
         consumer = Consumer(
             f"{producer.id}>{self.participant_id}", producer, self.participant_id,
-            ssrc=ssrc, rtx_ssrc=rtx_ssrc, send_rtp=self._send_rtp, send_rtcp=self._send_rtcp,
+            ssrc=ssrc, rtx_ssrc=rtx_ssrc,
+            # straight to the socket: one call less per packet and subscriber
+            send_rtp=raw.send_rtp if raw is not None else self._send_rtp,
+            send_rtcp=raw.send_rtcp if raw is not None else self._send_rtcp,
         )
         self._rtcp_consumers[ssrc] = consumer
         self._unconfigured.append((transceiver, consumer))
