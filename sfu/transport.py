@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiortc import (
     RTCBundlePolicy,
@@ -21,6 +22,8 @@ from aiortc import (
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
+)
+from aiortc import (
     sdp as aiortc_sdp,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
@@ -84,7 +87,7 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
 def _codec(codecs: list[RTCRtpCodecParameters]) -> tuple[list[RTCRtpCodecParameters], Codec] | None:
     """The first supported codec of a negotiated list, with its RTX, as (kept, Codec)."""
     for codec in codecs:
-        if codec.mimeType.lower() not in SUPPORTED_CODECS:
+        if codec.mimeType.lower() not in SUPPORTED_CODECS or codec.payloadType is None:
             continue
         rtx = next(
             (c for c in codecs if c.mimeType.lower().endswith("/rtx")
@@ -151,7 +154,7 @@ class Transport:
             if self.kind == "subscribe" and self.offer_id:
                 raise MediaError("bad_state", "the SFU offers on this subscribe transport: "
                                  "answer its ServerOffer, or Leave it before offering (WHEP)")
-            ufrag = description.media[0].ice.usernameFragment
+            ufrag = description.media[0].ice.usernameFragment  # type: ignore[union-attr]
             if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
                 await self._restart_ice()
             self._remote_ufrag = ufrag
@@ -196,11 +199,11 @@ class Transport:
             if media.kind in ("audio", "video") and media.direction in ("sendonly", "sendrecv") \
                     and media.port != 0:
                 sending[media.rtp.muxId] = media
-        for mid in [m for m in self.producers if m not in sending]:
-            self.producers.pop(mid).close()
+        for gone in [m for m in self.producers if m not in sending]:
+            self.producers.pop(gone).close()
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
-            if mid not in sending:
+            if mid is None or mid not in sending:
                 continue
             picked = _codec(aiortc_hooks.negotiated_codecs(transceiver))
             if picked is None:
@@ -212,10 +215,10 @@ class Transport:
                 self.producers[mid] = self.router.create_producer(
                     self.participant_id, mid, transceiver.kind, codec
                 )
-            aiortc_hooks.disarm_receiver(
-                transceiver.receiver,
-                lambda params, mid=mid: self._attach_producer(mid, params),
-            )
+            aiortc_hooks.disarm_receiver(transceiver.receiver, self._attacher(mid))
+
+    def _attacher(self, mid: str) -> Callable[[RTCRtpReceiveParameters], None]:
+        return lambda params: self._attach_producer(mid, params)
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
         producer = self.producers.get(mid)
@@ -351,7 +354,7 @@ class Transport:
                 continue
             codecs = aiortc_hooks.negotiated_codecs(transceiver)
             main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-            if main is None:
+            if main is None or main.payloadType is None:
                 continue
             rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
                         and c.parameters.get("apt") == main.payloadType), None)
