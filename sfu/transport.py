@@ -184,6 +184,8 @@ class Transport:
     async def _restart_ice(self) -> None:
         """aiortc cannot restart ICE on a live connection, so a resume gets a fresh one; the
         producers stay, and re-attach (new epoch) once the new connection delivers media."""
+        logger.info("room %s: %s publish transport resumes on a new connection",
+                    self.router.id, self.participant_id)
         old = self.pc
         for producer in self.producers.values():
             producer.detach_source()
@@ -539,6 +541,8 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        logger.info("room %s: %s %s transport %s", self.router.id, self.participant_id,
+                    self.kind, self.state)
         if self.connected:
             for consumer in self.consumers.values():
                 consumer.resume()
