@@ -131,6 +131,18 @@ async def test_chromium_publishes_and_subscribes_through_the_sfu() -> None:
                 )
                 assert viewer.audio_frames > 0
 
+                # Chromium resumes on a fresh connection (the SFU's ICE restart): the aiortc
+                # viewer keeps decoding on its stream, without renegotiating.
+                offers = len(hub.of(ServerOffer))
+                await page.evaluate("pub.close()")
+                before = len(viewer.frames)
+                offer = await page.evaluate("publish()")
+                answer = await plane.request(Offer("interop", "chrome", "publish", offer))
+                await page.evaluate("sdp => publishAnswer(sdp)", answer.sdp)
+                await viewer.wait_frames(before + 15, timeout=20)
+                assert len(viewer.frames) >= before + 15, "no video after Chromium resumed"
+                assert len(hub.of(ServerOffer)) == offers
+
                 # An aiortc publisher's video reaches Chromium, which decodes it.
                 async def on_offer(event: ServerOffer) -> None:
                     sdp = await page.evaluate("sdp => subscribe(sdp)", event.sdp)
