@@ -1,7 +1,7 @@
 """Interop with a real browser: headless Debian Chromium (fake camera and microphone) publishes
-through the SFU to an aiortc subscriber, and receives an aiortc publisher's video — Chromium's own
-SDP, with BUNDLE, rtcp-mux, its header extensions and a simulcast offer (answered as a single
-stream). SDP goes straight through LocalMediaPlane; the page is served on 127.0.0.1."""
+through the SFU to an aiortc subscriber (and resumes on a fresh connection without the subscriber
+noticing), and receives an aiortc publisher's video — Chromium's own SDP, with BUNDLE, rtcp-mux,
+its header extensions and a simulcast offer (answered as a single stream). SDP goes straight through LocalMediaPlane; the page is served on 127.0.0.1."""
 
 from __future__ import annotations
 
