@@ -156,6 +156,9 @@ class Transport:
                                  "answer its ServerOffer, or Leave it before offering (WHEP)")
             ufrag = description.media[0].ice.usernameFragment  # type: ignore[union-attr]
             if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
+                if self.kind == "subscribe":
+                    raise MediaError("bad_state", "a client-offered subscribe transport cannot "
+                                     "restart ICE: Leave it and offer a new one")
                 await self._restart_ice()
             self._remote_ufrag = ufrag
             self.client_offers = True
@@ -191,6 +194,7 @@ class Transport:
             producer.detach_source()
         self._rtp.clear()
         self._raw = None
+        self.chat = None  # the client opens its chat channel again on the new connection
         self.pc = self._new_pc()
         self.state = "new"
         await old.close()
