@@ -51,7 +51,6 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
     currency TEXT NOT NULL,
     at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_entries_posting ON ledger_entries (posting_id);
 CREATE INDEX IF NOT EXISTS ledger_entries_account ON ledger_entries (account, currency);
 CREATE TRIGGER IF NOT EXISTS ledger_postings_no_update BEFORE UPDATE ON ledger_postings
     BEGIN SELECT RAISE(ABORT, 'ledger postings are immutable'); END;
@@ -154,28 +153,36 @@ class Ledger:
 
     def post_many(self, postings: Iterable[Posting]) -> list[bool]:
         """Insert postings (inside one transaction, joining the caller's). True: new, False: replay."""
-        created: list[bool] = []
-        entries: list[tuple[Any, ...]] = []
+        batch = list(postings)
+        if len(batch) != len({p.id for p in batch}):
+            raise LedgerConflict("a batch holds the same posting id twice")
+        existing: dict[str, Posting] = {}
         with self.db.transaction():
-            for p in postings:
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO ledger_postings (id, session_id, kind, unit_index, expert_id,"
-                    " client_id, currency, gross, fee, payout, at, memo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    p._row(),
+            # One lookup for the whole batch: replays are rare, and a row-by-row INSERT OR IGNORE
+            # costs a statement per posting on the meter's hot path.
+            for start in range(0, len(batch), 500):
+                ids = [p.id for p in batch[start:start + 500]]
+                rows = self.db.fetchall(
+                    f"SELECT * FROM ledger_postings WHERE id IN ({','.join('?' * len(ids))})", ids
                 )
-                if cur.rowcount == 0:
-                    existing = self.get(p.id)
-                    if existing is None or not existing.same_effect(p):
-                        raise LedgerConflict(f"posting {p.id} exists with different content")
-                    created.append(False)
-                    continue
-                created.append(True)
-                entries.extend((eid, p.id, acct, amount, p.currency, p.at) for eid, acct, amount in p.entries())
+                existing.update((r["id"], Posting.from_row(r)) for r in rows)
+            new = []
+            for p in batch:
+                old = existing.get(p.id)
+                if old is None:
+                    new.append(p)
+                elif not old.same_effect(p):
+                    raise LedgerConflict(f"posting {p.id} exists with different content")
+            self.db.executemany(
+                "INSERT INTO ledger_postings (id, session_id, kind, unit_index, expert_id, client_id, currency,"
+                " gross, fee, payout, at, memo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [p._row() for p in new],
+            )
             self.db.executemany(
                 "INSERT INTO ledger_entries (id, posting_id, account, amount, currency, at) VALUES (?,?,?,?,?,?)",
-                entries,
+                [(eid, p.id, acct, amount, p.currency, p.at) for p in new for eid, acct, amount in p.entries()],
             )
-        return created
+        return [p.id not in existing for p in batch]
 
     def post(self, posting: Posting) -> bool:
         return self.post_many([posting])[0]
