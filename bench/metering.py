@@ -64,6 +64,15 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+def by_second(charged: list[tuple[float, float]], started: float) -> list[float]:
+    """The worst lateness of the units due in each second of the run: where a p99 comes from."""
+    worst: dict[int, float] = {}
+    for due, late in charged:
+        second = int(due - started)
+        worst[second] = max(worst.get(second, 0.0), late)
+    return [round(worst.get(s, 0.0) * 1000, 1) for s in range(max(worst, default=-1) + 1)]
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
@@ -172,6 +181,7 @@ async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: s
         "ledger_units": db.fetchone("SELECT count(*) AS n FROM ledger_postings")["n"],  # type: ignore[index]
         "lateness_all": summary([late for _, late in charged]),
         "lateness_steady": summary(steady),
+        "lateness_max_ms_by_second": by_second(charged, started),
         "event_loop_lag": summary(lags),
         "units_per_second_steady": round(len(steady) / window, 1),
         "stream_events_per_second": round(published_steady / window, 1) if relay else None,
