@@ -107,3 +107,10 @@ async def test_webhooks_without_a_secret_refuse_to_start(aiohttp_client, setting
     settings = dataclasses.replace(settings, webhook_urls=("http://127.0.0.1:9/hook",))
     with pytest.raises(SettingsError, match="webhook_secret"):
         await aiohttp_client(create_app(settings))
+
+
+async def test_metrics(client) -> None:  # type: ignore[no-untyped-def]
+    run_session(client)
+    text = await (await client.get("/metrics")).text()
+    assert "expertcall_billing_units_total 3.0" in text
+    assert "expertcall_billing_open_sessions 0.0" in text

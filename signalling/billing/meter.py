@@ -260,6 +260,7 @@ class Meter:
         self._task: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self.units_charged = 0  # by this process, for /metrics
         db.migrate(DDL)
 
     # --- the session layer's calls -----------------------------------------------------------
@@ -633,6 +634,7 @@ class Meter:
             for sid in {p.session_id for p in batch.postings} | {e["subject"] for e in batch.events}:
                 self._reload(sid)
             raise
+        self.units_charged += len(batch.postings)
         self.outbox.notify()
         self._dispatch(batch)
 

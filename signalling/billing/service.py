@@ -10,9 +10,11 @@ closes; what is not flushed stays in the outbox for the next start.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from .. import keys
@@ -69,9 +71,12 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         relay.start()
     webhooks = WebhookSender(outbox, settings.webhook_urls, settings.webhook_secret)
     webhooks.start()
+    collector = BillingCollector(meter, relay is not None)
+    app[keys.METRICS].registry.register(collector)
     try:
         yield
     finally:
+        app[keys.METRICS].registry.unregister(collector)
         await meter.close()
         if relay is not None:
             await relay.close()
@@ -80,6 +85,27 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
             await redis.aclose()
         await checkpointer.close()
         db.close()
+
+
+class BillingCollector(Collector):
+    """Billing figures for /metrics, read at scrape time."""
+
+    def __init__(self, meter: Meter, relaying: bool) -> None:
+        self.meter = meter
+        self.relaying = relaying
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "expertcall_billing_open_sessions", "Sessions being metered", value=len(self.meter.open_sessions())
+        )
+        yield CounterMetricFamily(
+            "expertcall_billing_units", "Units charged by this process", value=self.meter.units_charged
+        )
+        if self.relaying:
+            yield GaugeMetricFamily(
+                "expertcall_metering_outbox_unrelayed", "Metering events not yet in the Redis stream",
+                value=self.meter.outbox.count_unrelayed(),
+            )
 
 
 def _error(status: int, code: str, message: str) -> web.HTTPException:
