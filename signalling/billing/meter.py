@@ -246,7 +246,9 @@ class Meter:
         self.refund_window_seconds = refund_window_seconds
         self.max_batch = max_batch
         # After a tick the timer task rests this long, so that units falling due meanwhile share
-        # one transaction: a commit costs far more than a row. Units are at most this much later.
+        # one transaction (a commit costs far more than a row), and so that the relay and the
+        # session layer get the loop even when the meter is behind (tried without: the relay
+        # starved). Units are at most this much later.
         self.tick_seconds = tick_seconds
         # Callbacks run right after the commit that caused them; a coroutine result is scheduled
         # as a task (awaited by close()). They must not raise into the meter: errors are logged.
@@ -505,9 +507,7 @@ class Meter:
                     self.fire_due()
                 except Exception:
                     log.exception("metering tick failed; affected sessions reloaded from SQLite")
-                behind = bool(self._heap) and self._heap[0][0] <= self.clock()
-                # Behind (a tick hit max_batch): carry on, only letting other tasks in.
-                await asyncio.sleep(0 if behind else self.tick_seconds)
+                await asyncio.sleep(self.tick_seconds)
                 continue
             self._wakeup.clear()
             handle = None
