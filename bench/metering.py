@@ -1,8 +1,8 @@
 """``expertcall bench metering``: N concurrent metered sessions through the whole billing path.
 
 Sessions open over a ramp (at least one unit, and at most 1000 sessions a second, so that their
-units do not all fall due at once), run ``duration`` seconds more (the steady state), then end. Every unit goes through the Meter's timer heap, the ledger and
-the outbox (one SQLite transaction per tick), the Redis relay (XADD) and the reference consumer
+units do not all fall due at once), run ``duration`` seconds more (the steady state), then end.
+Every unit goes through the Meter's timer heap, the ledger and the outbox (one SQLite transaction per tick), the Redis relay (XADD) and the reference consumer
 (XREADGROUP, its own SQLite, XACK). The meter, ledger, outbox and relay share this process and
 event loop, as on a single node; the consumer is its own process, as a billing system would be.
 
@@ -25,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import click
 
 from signalling.billing.checkpointer import WalCheckpointer
 from signalling.billing.ledger import client_account
@@ -208,3 +210,27 @@ async def run(
     db.close()
     shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+@click.command()
+@click.option("--sessions", type=int, default=1000, show_default=True, help="Concurrent metered sessions.")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds to run once every session is open.")
+@click.option("--ramp-seconds", type=float, default=None, help="Seconds over which sessions open (default: max(unit, sessions/1000)).")
+@click.option("--unit-seconds", type=int, default=1, show_default=True, help="Billing unit.")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis for the stream; '' to skip it.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+def metering(
+    sessions: int, duration: float, ramp_seconds: float | None, unit_seconds: int, redis_url: str, json_path: str | None
+) -> None:
+    """N metered sessions through the meter, ledger, outbox, Redis stream and consumer."""
+    from signalling.cli import install_event_loop
+
+    install_event_loop()
+    report = asyncio.run(run(
+        sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url, ramp_seconds=ramp_seconds,
+    ))
+    text = json.dumps(report, indent=1)
+    click.echo(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            f.write(text + "\n")
