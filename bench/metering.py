@@ -2,8 +2,9 @@
 
 Sessions open over a ramp (at least one unit, and at most 1000 sessions a second, so that their
 units do not all fall due at once), run ``duration`` seconds more (the steady state), then end.
-Every unit goes through the Meter's timer heap, the ledger and the outbox (one SQLite transaction per tick), the Redis relay (XADD) and the reference consumer
-(XREADGROUP, its own SQLite, XACK). The meter, ledger, outbox and relay share this process and
+Every unit goes through the Meter's timer heap, the ledger and the outbox (one SQLite transaction
+per tick), the Redis relay (XADD) and the reference consumer (XREADGROUP, its own SQLite, XACK).
+The meter, ledger, outbox and relay share this process and
 event loop, as on a single node; the consumer is its own process, as a billing system would be.
 
 Reported: unit lateness (callback time minus the instant the unit became due) as p50/p99/max,
