@@ -221,9 +221,6 @@ class _Batch:
     touched: set[str] = field(default_factory=set)
 
 
-Callback = Callable[[Any], "Awaitable[None] | None"]
-
-
 class Meter:
     def __init__(
         self,
