@@ -1,9 +1,10 @@
 """``expertcall bench metering``: N concurrent metered sessions through the whole billing path.
 
-Sessions open over the first unit (spread so that their units do not all fall due at once), run
-for ``duration`` seconds, then end. Every unit goes through the Meter's timer heap, the ledger and
-the outbox (one SQLite transaction per tick), the Redis relay (XADD) and the reference consumer
-(XREADGROUP, its own SQLite, XACK). The meter, ledger, outbox and relay share this process and
+Sessions open over a ramp (at least one unit, and at most 1000 sessions a second, so that their
+units do not all fall due at once), run ``duration`` seconds more (the steady state), then end.
+Every unit goes through the Meter's timer heap, the ledger and the outbox (one SQLite transaction
+per tick), the Redis relay (XADD) and the reference consumer (XREADGROUP, its own SQLite, XACK).
+The meter, ledger, outbox and relay share this process and
 event loop, as on a single node; the consumer is its own process, as a billing system would be.
 
 Reported: unit lateness (callback time minus the instant the unit became due) as p50/p99/max,
@@ -66,16 +67,36 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+def by_second(charged: list[tuple[float, float]], started: float) -> list[float]:
+    """The worst lateness of the units due in each second of the run: where a p99 comes from."""
+    worst: dict[int, float] = {}
+    for due, late in charged:
+        second = int(due - started)
+        worst[second] = max(worst.get(second, 0.0), late)
+    return [round(worst.get(s, 0.0) * 1000, 1) for s in range(max(worst, default=-1) + 1)]
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: str) -> dict[str, Any]:
+async def run(
+    *, sessions: int, duration: float, unit_seconds: int, redis_url: str, ramp_seconds: float | None = None
+) -> dict[str, Any]:
+    # A node does not see 10,000 sessions start in the same second: open them at up to 1000/s.
+    ramp = ramp_seconds if ramp_seconds is not None else max(float(unit_seconds), sessions / 1000)
     workdir = Path(tempfile.mkdtemp(prefix="expertcall-bench-metering-"))
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     charged: list[tuple[float, float]] = []  # (due, lateness)
 
+    ending = False
+    charged_at_end = 0
+
     def on_unit(unit: UnitCharged) -> None:
+        nonlocal charged_at_end
+        if ending:
+            charged_at_end += 1  # settled by ended(), not by the timer: no lateness to measure
+            return
         now = time.time()
         charged.append((unit.at, now - unit.at))
 
@@ -113,7 +134,7 @@ async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: s
     policy = BillingPolicy(unit_seconds=unit_seconds)
     price = Price.per_minute(Money(25, "USD"))
     started = time.time()
-    slices = 50
+    slices = max(1, int(ramp * 20))
     for k in range(slices):
         for i in range(k * sessions // slices, (k + 1) * sessions // slices):
             now = time.time()
@@ -121,19 +142,22 @@ async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: s
             meter.media_live(f"b{i}", at=now)
             if i % 50 == 49:
                 await asyncio.sleep(0)  # sessions open on separate requests: let the timers in
-        await asyncio.sleep(max(0.0, started + (k + 1) * unit_seconds / slices - time.time()))
+        await asyncio.sleep(max(0.0, started + (k + 1) * ramp / slices - time.time()))
     ramp_end = time.time()
     published_at_ramp = relay.published if relay else 0
     counted_at_ramp = consumed(consumer_db)
-    await asyncio.sleep(max(0.0, started + duration - time.time()))
+    await asyncio.sleep(duration)
     steady_end = time.time()
     published_steady = (relay.published if relay else 0) - published_at_ramp
     counted_steady = consumed(consumer_db) - counted_at_ramp
 
     probing = False
+    ending = True
     await probe
     for i in range(sessions):
         meter.ended(f"b{i}", reason="hangup")
+        if i % 100 == 99:
+            await asyncio.sleep(0)
     await meter.close()
     await checkpointer.close()
     total_events = meter.outbox.last_seq()
@@ -170,10 +194,12 @@ async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: s
         "duration_s": duration,
         "unit_seconds": unit_seconds,
         "ramp_s": round(ramp_end - started, 3),
-        "units_charged": len(charged),
+        "units_charged_by_timer": len(charged),
+        "units_settled_at_end": charged_at_end,
         "ledger_units": db.fetchone("SELECT count(*) AS n FROM ledger_postings")["n"],  # type: ignore[index]
         "lateness_all": summary([late for _, late in charged]),
         "lateness_steady": summary(steady),
+        "lateness_max_ms_by_second": by_second(charged, started),
         "event_loop_lag": summary(lags),
         "units_per_second_steady": round(len(steady) / window, 1),
         "stream_events_per_second": round(published_steady / window, 1) if relay else None,
@@ -189,16 +215,21 @@ async def run(*, sessions: int, duration: float, unit_seconds: int, redis_url: s
 
 @click.command()
 @click.option("--sessions", type=int, default=1000, show_default=True, help="Concurrent metered sessions.")
-@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds to run.")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds to run once every session is open.")
+@click.option("--ramp-seconds", type=float, default=None, help="Seconds over which sessions open (default: max(unit, sessions/1000)).")
 @click.option("--unit-seconds", type=int, default=1, show_default=True, help="Billing unit.")
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis for the stream; '' to skip it.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
-def metering(sessions: int, duration: float, unit_seconds: int, redis_url: str, json_path: str | None) -> None:
+def metering(
+    sessions: int, duration: float, ramp_seconds: float | None, unit_seconds: int, redis_url: str, json_path: str | None
+) -> None:
     """N metered sessions through the meter, ledger, outbox, Redis stream and consumer."""
     from signalling.cli import install_event_loop
 
     install_event_loop()
-    report = asyncio.run(run(sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url))
+    report = asyncio.run(run(
+        sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url, ramp_seconds=ramp_seconds,
+    ))
     text = json.dumps(report, indent=1)
     click.echo(text)
     if json_path:

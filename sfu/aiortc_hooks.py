@@ -10,11 +10,11 @@ to 1.16.0 in pyproject.toml; tests/test_aiortc_hooks.py fails loudly if any name
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-from aioice import Candidate
+from aioice import Candidate, stun
 from aioice import ice as aioice_ice
-from aioice import stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -59,8 +59,8 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
             continue
         # RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) and
         # self._handle_rtcp_data(data) with plaintext after SRTP unprotect.
-        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
-        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
+        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
+        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
         setattr(dtls, _HOOKED, True)
 
 
@@ -103,7 +103,7 @@ class RawSender:
     the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
     and address are cached until aioice nominates another pair."""
 
-    __slots__ = ("_dtls", "_nominated", "_pair", "_sendto", "_addr")
+    __slots__ = ("_addr", "_dtls", "_nominated", "_pair", "_sendto")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -204,7 +204,7 @@ async def server_reflexive_candidates(connection: Any) -> list[Candidate]:
             candidate, _ = await asyncio.wait_for(
                 aioice_ice.server_reflexive_candidate(protocol, connection.stun_server), 5
             )
-        except (OSError, asyncio.TimeoutError, stun.TransactionFailed, stun.TransactionTimeout):
+        except (TimeoutError, OSError, stun.TransactionFailed, stun.TransactionTimeout):
             continue
         found.append(candidate)
     return found

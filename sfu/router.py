@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiortc import clock
 
@@ -136,6 +137,8 @@ class Router:
         if task is not None:
             task.cancel()
         await transport.close(reason)
+        logger.info("room %s: %s %s transport closed (%s)", self.id, transport.participant_id,
+                    transport.kind, reason)
         if announce:
             self._emit(TransportClosed(self.id, transport.participant_id, transport.kind, reason))
 
@@ -149,11 +152,12 @@ class Router:
         )
         self.producers[producer.id] = producer
         producer.on_close.append(self._producer_closed)
+        logger.info("room %s: %s publishes %s %s", self.id, participant_id, kind, codec.mime_type)
         for participant in self.participants.values():
             sub = participant.subscribe
-            if participant.id != participant_id and sub is not None and not sub.closed:
-                if sub.add_consumer(producer) is not None:
-                    self.schedule_offer(sub)
+            if (participant.id != participant_id and sub is not None and not sub.closed
+                    and sub.add_consumer(producer) is not None):
+                self.schedule_offer(sub)
         return producer
 
     def producer_started(self, producer: Producer) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiortc import (
     RTCBundlePolicy,
@@ -21,6 +22,8 @@ from aiortc import (
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
+)
+from aiortc import (
     sdp as aiortc_sdp,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
@@ -84,7 +87,7 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
 def _codec(codecs: list[RTCRtpCodecParameters]) -> tuple[list[RTCRtpCodecParameters], Codec] | None:
     """The first supported codec of a negotiated list, with its RTX, as (kept, Codec)."""
     for codec in codecs:
-        if codec.mimeType.lower() not in SUPPORTED_CODECS:
+        if codec.mimeType.lower() not in SUPPORTED_CODECS or codec.payloadType is None:
             continue
         rtx = next(
             (c for c in codecs if c.mimeType.lower().endswith("/rtx")
@@ -151,8 +154,11 @@ class Transport:
             if self.kind == "subscribe" and self.offer_id:
                 raise MediaError("bad_state", "the SFU offers on this subscribe transport: "
                                  "answer its ServerOffer, or Leave it before offering (WHEP)")
-            ufrag = description.media[0].ice.usernameFragment
+            ufrag = description.media[0].ice.usernameFragment  # type: ignore[union-attr]
             if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
+                if self.kind == "subscribe":
+                    raise MediaError("bad_state", "a client-offered subscribe transport cannot "
+                                     "restart ICE: Leave it and offer a new one")
                 await self._restart_ice()
             self._remote_ufrag = ufrag
             self.client_offers = True
@@ -181,11 +187,14 @@ class Transport:
     async def _restart_ice(self) -> None:
         """aiortc cannot restart ICE on a live connection, so a resume gets a fresh one; the
         producers stay, and re-attach (new epoch) once the new connection delivers media."""
+        logger.info("room %s: %s publish transport resumes on a new connection",
+                    self.router.id, self.participant_id)
         old = self.pc
         for producer in self.producers.values():
             producer.detach_source()
         self._rtp.clear()
         self._raw = None
+        self.chat = None  # the client opens its chat channel again on the new connection
         self.pc = self._new_pc()
         self.state = "new"
         await old.close()
@@ -196,11 +205,11 @@ class Transport:
             if media.kind in ("audio", "video") and media.direction in ("sendonly", "sendrecv") \
                     and media.port != 0:
                 sending[media.rtp.muxId] = media
-        for mid in [m for m in self.producers if m not in sending]:
-            self.producers.pop(mid).close()
+        for gone in [m for m in self.producers if m not in sending]:
+            self.producers.pop(gone).close()
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
-            if mid not in sending:
+            if mid is None or mid not in sending:
                 continue
             picked = _codec(aiortc_hooks.negotiated_codecs(transceiver))
             if picked is None:
@@ -212,10 +221,10 @@ class Transport:
                 self.producers[mid] = self.router.create_producer(
                     self.participant_id, mid, transceiver.kind, codec
                 )
-            aiortc_hooks.disarm_receiver(
-                transceiver.receiver,
-                lambda params, mid=mid: self._attach_producer(mid, params),
-            )
+            aiortc_hooks.disarm_receiver(transceiver.receiver, self._attacher(mid))
+
+    def _attacher(self, mid: str) -> Callable[[RTCRtpReceiveParameters], None]:
+        return lambda params: self._attach_producer(mid, params)
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
         producer = self.producers.get(mid)
@@ -320,9 +329,14 @@ class Transport:
 
     def _bind_consumer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> Consumer:
         ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(transceiver.sender)
+        self._hook()  # with max-bundle the one DTLS transport exists from the first m-line on
+        raw = self._raw
         consumer = Consumer(
             f"{producer.id}>{self.participant_id}", producer, self.participant_id,
-            ssrc=ssrc, rtx_ssrc=rtx_ssrc, send_rtp=self._send_rtp, send_rtcp=self._send_rtcp,
+            ssrc=ssrc, rtx_ssrc=rtx_ssrc,
+            # straight to the socket: one call less per packet and subscriber
+            send_rtp=raw.send_rtp if raw is not None else self._send_rtp,
+            send_rtcp=raw.send_rtcp if raw is not None else self._send_rtcp,
         )
         self._rtcp_consumers[ssrc] = consumer
         self._unconfigured.append((transceiver, consumer))
@@ -346,7 +360,7 @@ class Transport:
                 continue
             codecs = aiortc_hooks.negotiated_codecs(transceiver)
             main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-            if main is None:
+            if main is None or main.payloadType is None:
                 continue
             rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
                         and c.parameters.get("apt") == main.payloadType), None)
@@ -531,6 +545,8 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        logger.info("room %s: %s %s transport %s", self.router.id, self.participant_id,
+                    self.kind, self.state)
         if self.connected:
             for consumer in self.consumers.values():
                 consumer.resume()

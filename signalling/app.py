@@ -7,6 +7,7 @@ still close its rooms), billing before the node (so the node's last transitions 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import AsyncIterator
 
@@ -86,7 +87,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ready"})
+    """Ready while the node runs and its backend (Redis when scaled out) answers for it."""
+    node = request.app.get(keys.SIGNALLING)
+    if node is None or node.closing:
+        return web.json_response({"status": "not_ready", "reason": "shutting down"}, status=503)
+    try:
+        alive = await asyncio.wait_for(node.backend.node_alive(node.node_id), timeout=2)
+    except Exception as exc:  # any backend failure means "do not send traffic here"
+        return web.json_response({"status": "not_ready", "reason": f"backend: {exc!r}"}, status=503)
+    if not alive:
+        return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
+    return web.json_response({"status": "ready", "node": node.node_id})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from turn_config.ice_servers import IceServerProvider
 from .auth import TokenIssuer
 from .backends.base import Backend
 from .billing.ledger import Ledger
+from .billing.live import LiveTracker
 from .billing.meter import Meter
 from .database import Database
 from .directory import ExpertDirectory as ExpertLookup
@@ -48,3 +49,4 @@ SIGNALLING: web.AppKey["SignallingNode"] = web.AppKey("signalling")
 WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")
 SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
 WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")
+LIVE_TRACKER = web.AppKey("live_tracker", LiveTracker)

@@ -14,8 +14,9 @@ import fractions
 import json
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable
+from typing import Any
 
 import av
 import numpy as np
@@ -30,7 +31,14 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_hooks
-from sfu.api import AnswerToServerOffer, MediaPlane, Message, Offer, ServerOffer, Subscribe
+from sfu.api import (
+    AnswerToServerOffer,
+    MediaPlane,
+    Message,
+    Offer,
+    ServerOffer,
+    Subscribe,
+)
 from sfu.network import NetworkOptions
 
 WIDTH, HEIGHT, FPS = 160, 120, 30

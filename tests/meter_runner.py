@@ -2,7 +2,8 @@
 
 ``python -m tests.meter_runner DATA_DIR SESSION_ID T0``: per_minute at 1.00 USD per 1 s unit,
 live from T0, paused at T0+1.5, live again at T0+2, ended at T0+6. Started again after a crash,
-it lets the Meter recover the session and applies only the steps it had not applied before.
+it lets the Meter recover the session (paused where the dead meter last beat), resumes it as the
+session layer would on seeing media flow, and applies only the steps it had not applied before.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (6.0, "end"))
 
 async def main(data_dir: Path, sid: str, t0: float) -> None:
     db = Database.in_dir(data_dir)
-    meter = Meter(db)
+    meter = Meter(db, heartbeat_seconds=0.2)
     meter.start()
     applied_until = float("-inf")
     if meter.is_open(sid):
+        if not meter.running_cost(sid).live and time.time() < t0 + STEPS[-1][0]:
+            # Recovery paused the session at the crash; the media (another process) still flows.
+            meter.media_live(sid, at=time.time())
         for start, end in meter.running_cost(sid).timeline:
             applied_until = max(applied_until, start, end or start)
     elif db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (sid,)) is None:

@@ -9,6 +9,8 @@ from signalling.settings import Settings, SettingsError
 async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
     resp = await client.get("/healthz")
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ready"
     resp = await client.get("/metrics")
     assert resp.status == 200
     assert "expertcall_ws_connections" in await resp.text()
@@ -31,3 +33,11 @@ def test_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert s.port == 9000 and s.media_loopback is True
     with pytest.raises(SettingsError, match="EXPERTCALL_PORT"):
         Settings.from_env({"EXPERTCALL_PORT": "x"})
+
+
+async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
+    from signalling import keys
+
+    client.app[keys.SIGNALLING].closing = True
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["status"] == "not_ready"

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import time
+
+import pytest
 
 from signalling import keys
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
+
+from .redis_helpers import redis, stream  # noqa: F401  (fixtures)
 
 
 def auth(client, user: str, role: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -60,3 +65,53 @@ async def test_statement_and_export(client) -> None:  # type: ignore[no-untyped-
     assert lines[0].startswith("entry_id,") and len(lines) == 1 + 9
     bad = await client.get("/api/billing/export?from=yesterday", headers=auth(client, "root", "admin"))
     assert bad.status == 400
+
+
+async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    from signalling.app import create_app
+
+    first = await aiohttp_client(create_app(settings))
+    meter = first.app[keys.METER]
+    t0 = time.time() - 125
+    meter.started("live", "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
+    meter.media_live("live", at=t0)
+    await first.close()  # graceful shutdown: due units charged, the session left open
+
+    second = await aiohttp_client(create_app(settings))
+    meter = second.app[keys.METER]
+    assert meter.is_open("live")
+    cost = meter.running_cost("live")
+    assert (cost.units, cost.total) == (3, Money(600, "EUR"))
+    assert [p.unit_index for p in meter.ledger.postings("live")] == [0, 1, 2]
+
+
+async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, stream) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+    from signalling.app import create_app
+
+    settings = dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/0", metering_stream=stream)
+    client = await aiohttp_client(create_app(settings))
+    run_session(client, seconds=30)
+    deadline = time.time() + 10
+    while await redis.xlen(stream) < 4 and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    ids = [f[b"id"].decode() for _, f in await redis.xrange(stream)]
+    assert ids == ["s1:started", "s1:resumed:0", "s1:unit:0", "s1:ended"]
+
+
+async def test_webhooks_without_a_secret_refuse_to_start(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+    from signalling.app import create_app
+    from signalling.settings import SettingsError
+
+    settings = dataclasses.replace(settings, webhook_urls=("http://127.0.0.1:9/hook",))
+    with pytest.raises(SettingsError, match="webhook_secret"):
+        await aiohttp_client(create_app(settings))
+
+
+async def test_metrics(client) -> None:  # type: ignore[no-untyped-def]
+    run_session(client)
+    text = await (await client.get("/metrics")).text()
+    assert "expertcall_billing_units_total 3.0" in text
+    assert "expertcall_billing_open_sessions 0.0" in text
+    assert client.app[keys.LIVE_TRACKER].meter is client.app[keys.METER]

@@ -39,6 +39,8 @@ def test_a_conflict_rolls_back_the_whole_batch(ledger) -> None:  # type: ignore[
     with pytest.raises(LedgerConflict):
         ledger.post_many([charge("s:unit:1", 150), charge("s:unit:0", 999)])
     assert ledger.get("s:unit:1") is None
+    with pytest.raises(LedgerConflict, match="twice"):
+        ledger.post_many([charge("s:unit:2", 150), charge("s:unit:2", 150)])
 
 
 def test_entries_are_immutable(ledger) -> None:  # type: ignore[no-untyped-def]

@@ -229,7 +229,7 @@ def test_events_are_cloudevents_with_the_ledger_amounts(meter, clock) -> None:  
     )
 
 
-def test_recovery_charges_exactly_the_units_due(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+def test_recovery_charges_the_units_due_and_never_bills_the_outage(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
     first = make_meter(tmp_path, clock)
     first.started("s", "e", "c", RATE, BillingPolicy(), at=T0)
     first.media_live("s", at=T0)
@@ -237,15 +237,42 @@ def test_recovery_charges_exactly_the_units_due(tmp_path, clock) -> None:  # typ
     first.media_live("p", at=T0)
     first.media_paused("p", at=T0 + 30)
     advance(first, clock, T0 + 90)
+    first._beat(T0 + 150)  # alive at 150, but unit 2 (due at 120) was never charged: its timer was late
     first.db.close()  # the process dies here: nothing ended, nothing flushed by close()
     clock.t = T0 + 250
     rec = Recorder()
     second = make_meter(tmp_path, clock, rec)
     assert sorted(second.recover()) == ["p", "s"]
-    assert [u.unit_index for u in rec.units] == [2, 3, 4]  # units 0-1 were committed before
-    assert units_of(second, "s") == [0, 1, 2, 3, 4]
+    assert [u.unit_index for u in rec.units] == [2]  # units 0-1 were committed before the crash
+    assert units_of(second, "s") == [0, 1, 2]
     assert units_of(second, "p") == [0]
-    assert second.ended("s", at=T0 + 250).units == 5
+    cost = second.running_cost("s")
+    assert (cost.live, cost.live_seconds) == (False, 150)  # paused at the last heartbeat
+    paused = [r.event for r in second.outbox.after(0, 100) if r.id == "s:paused:0"][0]
+    assert paused["data"]["reason"] == "meter_restart" and paused["time"].endswith("08:02:30.000000Z")
+    second.media_live("s", at=T0 + 260)  # the session layer sees media flowing again
+    advance(second, clock, T0 + 300)
+    assert units_of(second, "s") == [0, 1, 2, 3]  # unit 3 started at 180 s live, 290 s wall
+    assert second.ended("s", at=T0 + 300).timeline == ((T0, T0 + 150), (T0 + 260, T0 + 300))
+
+
+async def test_heartbeat_and_graceful_close_bound_what_a_restart_bills(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = Meter(Database.in_dir(tmp_path), heartbeat_seconds=0.05)
+    first.start()
+    start = time.time() - 25
+    first.started("s", "e", "c", RATE, BillingPolicy(unit_seconds=10), at=start)
+    first.media_live("s", at=start)
+    await asyncio.sleep(0.2)
+    beat = first.db.fetchone("SELECT at FROM meter_heartbeat")["at"]  # type: ignore[index]
+    assert time.time() - 1 < beat <= time.time()
+    await first.close()
+    closed_at = time.time()
+    second = Meter(Database.in_dir(tmp_path))
+    second.start()
+    cost = second.running_cost("s")
+    assert not cost.live and 25 <= cost.live_seconds <= closed_at - start  # not a second more
+    assert units_of(second, "s") == [0, 1, 2]
+    await second.close()
 
 
 def test_one_heap_serves_many_sessions(meter, clock) -> None:  # type: ignore[no-untyped-def]

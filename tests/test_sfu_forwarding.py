@@ -108,7 +108,7 @@ async def test_video_survives_five_percent_loss_thanks_to_nack(plane: LocalMedia
         assert outbound[0]["rtt"] is not None and 0 <= outbound[0]["rtt"] < 0.5
         for _ in range(80):
             stats = (await plane.request(GetStats("room-loss"))).tracks
-            remb = [t["remb"] for t in stats if t["direction"] == "outbound"][0]
+            remb = next(t["remb"] for t in stats if t["direction"] == "outbound")
             if remb:
                 break
             await asyncio.sleep(0.1)

@@ -66,7 +66,7 @@ async def test_token_in_the_query_string(client) -> None:  # type: ignore[no-unt
     [
         (None, "auth_required"),
         ("garbage", "token_invalid"),
-        (TokenIssuer("another-secret-0123456789").mint("alice", "client"), "token_invalid"),
+        (TokenIssuer("another-secret-0123456789-0123456789abcdef").mint("alice", "client"), "token_invalid"),
         ("expired", "token_expired"),
     ],
 )

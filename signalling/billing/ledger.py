@@ -44,14 +44,14 @@ CREATE INDEX IF NOT EXISTS ledger_postings_session ON ledger_postings (session_i
 CREATE INDEX IF NOT EXISTS ledger_postings_expert ON ledger_postings (expert_id, at);
 CREATE INDEX IF NOT EXISTS ledger_postings_at ON ledger_postings (at);
 CREATE TABLE IF NOT EXISTS ledger_entries (
-    id TEXT PRIMARY KEY,
     posting_id TEXT NOT NULL REFERENCES ledger_postings (id),
+    leg TEXT NOT NULL CHECK (leg IN ('client', 'platform', 'expert')),
     account TEXT NOT NULL,
     amount INTEGER NOT NULL,
     currency TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_entries_posting ON ledger_entries (posting_id);
+    at REAL NOT NULL,
+    PRIMARY KEY (posting_id, leg)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_entries_account ON ledger_entries (account, currency);
 CREATE TRIGGER IF NOT EXISTS ledger_postings_no_update BEFORE UPDATE ON ledger_postings
     BEGIN SELECT RAISE(ABORT, 'ledger postings are immutable'); END;
@@ -108,12 +108,12 @@ class Posting:
         return self.gross.currency
 
     def entries(self) -> list[tuple[str, str, int]]:
-        """(entry id, account, signed amount); they sum to zero."""
+        """(leg, account, signed amount); they sum to zero. An entry's id is ``<posting id>:<leg>``."""
         sign = -1 if self.kind == CHARGE else 1
         return [
-            (f"{self.id}:client", client_account(self.client_id), sign * self.gross.amount),
-            (f"{self.id}:platform", PLATFORM_ACCOUNT, -sign * self.fee.amount),
-            (f"{self.id}:expert", expert_account(self.expert_id), -sign * self.payout.amount),
+            ("client", client_account(self.client_id), sign * self.gross.amount),
+            ("platform", PLATFORM_ACCOUNT, -sign * self.fee.amount),
+            ("expert", expert_account(self.expert_id), -sign * self.payout.amount),
         ]
 
     def _row(self) -> tuple[Any, ...]:
@@ -154,28 +154,36 @@ class Ledger:
 
     def post_many(self, postings: Iterable[Posting]) -> list[bool]:
         """Insert postings (inside one transaction, joining the caller's). True: new, False: replay."""
-        created: list[bool] = []
-        entries: list[tuple[Any, ...]] = []
+        batch = list(postings)
+        if len(batch) != len({p.id for p in batch}):
+            raise LedgerConflict("a batch holds the same posting id twice")
+        existing: dict[str, Posting] = {}
         with self.db.transaction():
-            for p in postings:
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO ledger_postings (id, session_id, kind, unit_index, expert_id,"
-                    " client_id, currency, gross, fee, payout, at, memo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    p._row(),
+            # One lookup for the whole batch: replays are rare, and a row-by-row INSERT OR IGNORE
+            # costs a statement per posting on the meter's hot path.
+            for start in range(0, len(batch), 500):
+                ids = [p.id for p in batch[start:start + 500]]
+                rows = self.db.fetchall(
+                    f"SELECT * FROM ledger_postings WHERE id IN ({','.join('?' * len(ids))})", ids
                 )
-                if cur.rowcount == 0:
-                    existing = self.get(p.id)
-                    if existing is None or not existing.same_effect(p):
-                        raise LedgerConflict(f"posting {p.id} exists with different content")
-                    created.append(False)
-                    continue
-                created.append(True)
-                entries.extend((eid, p.id, acct, amount, p.currency, p.at) for eid, acct, amount in p.entries())
+                existing.update((r["id"], Posting.from_row(r)) for r in rows)
+            new = []
+            for p in batch:
+                old = existing.get(p.id)
+                if old is None:
+                    new.append(p)
+                elif not old.same_effect(p):
+                    raise LedgerConflict(f"posting {p.id} exists with different content")
             self.db.executemany(
-                "INSERT INTO ledger_entries (id, posting_id, account, amount, currency, at) VALUES (?,?,?,?,?,?)",
-                entries,
+                "INSERT INTO ledger_postings (id, session_id, kind, unit_index, expert_id, client_id, currency,"
+                " gross, fee, payout, at, memo) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [p._row() for p in new],
             )
-        return created
+            self.db.executemany(
+                "INSERT INTO ledger_entries (posting_id, leg, account, amount, currency, at) VALUES (?,?,?,?,?,?)",
+                [(p.id, leg, acct, amount, p.currency, p.at) for p in new for leg, acct, amount in p.entries()],
+            )
+        return [p.id not in existing for p in batch]
 
     def post(self, posting: Posting) -> bool:
         return self.post_many([posting])[0]
@@ -261,10 +269,10 @@ class Ledger:
     def export(self, start: float, end: float) -> list[dict[str, Any]]:
         """Every entry posted in [start, end), in posting order: what an accounting system imports."""
         rows = self.db.fetchall(
-            "SELECT e.id AS entry_id, e.posting_id, p.session_id, p.kind, p.unit_index, e.account, e.amount,"
+            "SELECT e.posting_id || ':' || e.leg AS entry_id, e.posting_id, p.session_id, p.kind, p.unit_index, e.account, e.amount,"
             " e.currency, e.at, p.expert_id, p.client_id, p.memo FROM ledger_entries e"
             " JOIN ledger_postings p ON p.id = e.posting_id WHERE e.at >= ? AND e.at < ?"
-            " ORDER BY e.at, e.posting_id, e.id",
+            " ORDER BY e.at, e.posting_id, e.leg",
             (start, end),
         )
         return [{**dict(r), "at": rfc3339(r["at"])} for r in rows]

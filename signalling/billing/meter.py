@@ -19,9 +19,10 @@ it (stale ones are skipped by a generation number), so many thousands of session
 operation per unit. Everything due at once is committed in one SQLite transaction.
 
 After a crash ``recover()`` (called by ``start()``) reloads the open sessions and their timelines
-from SQLite, counts the units already in the ledger and charges exactly the ones due since:
-posting ids are deterministic, so none twice. A session recorded as live is taken as live through
-the outage until the session layer reports otherwise.
+from SQLite, counts the units already in the ledger and charges exactly the ones due by the dead
+meter's last heartbeat (posting ids are deterministic, so none twice), then pauses the sessions
+that were live there: an outage is never billed. The session layer resumes them with
+``media_live`` once it sees media flowing again.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS billing_sessions (
     end_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS billing_sessions_open ON billing_sessions (session_id) WHERE ended_at IS NULL;
+CREATE TABLE IF NOT EXISTS meter_heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS billing_intervals (
     session_id TEXT NOT NULL REFERENCES billing_sessions (session_id),
     idx INTEGER NOT NULL,
@@ -221,9 +226,6 @@ class _Batch:
     touched: set[str] = field(default_factory=set)
 
 
-Callback = Callable[[Any], "Awaitable[None] | None"]
-
-
 class Meter:
     def __init__(
         self,
@@ -235,6 +237,7 @@ class Meter:
         refund_window_seconds: int = 72 * 3600,
         max_batch: int = 5000,
         tick_seconds: float = 0.05,
+        heartbeat_seconds: float = 1.0,
         on_unit: Callable[[UnitCharged], Awaitable[None] | None] | None = None,
         on_budget_warning: Callable[[BudgetWarning], Awaitable[None] | None] | None = None,
         on_budget_reached: Callable[[BudgetReached], Awaitable[None] | None] | None = None,
@@ -246,8 +249,14 @@ class Meter:
         self.refund_window_seconds = refund_window_seconds
         self.max_batch = max_batch
         # After a tick the timer task rests this long, so that units falling due meanwhile share
-        # one transaction: a commit costs far more than a row. Units are at most this much later.
+        # one transaction (a commit costs far more than a row), and so that the relay and the
+        # session layer get the loop even when the meter is behind (tried without: the relay
+        # starved). Units are at most this much later.
         self.tick_seconds = tick_seconds
+        # The running meter records that it is alive this often: after a crash, live time is
+        # billed up to the last heartbeat, never through the outage.
+        self.heartbeat_seconds = heartbeat_seconds
+        self._next_beat = 0.0
         # Callbacks run right after the commit that caused them; a coroutine result is scheduled
         # as a task (awaited by close()). They must not raise into the meter: errors are logged.
         self.on_unit = on_unit
@@ -260,6 +269,7 @@ class Meter:
         self._task: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._closed = False
+        self.units_charged = 0  # by this process, for /metrics
         db.migrate(DDL)
 
     # --- the session layer's calls -----------------------------------------------------------
@@ -338,11 +348,7 @@ class Meter:
             return
         at = self._clamp(s, at)
         batch = _Batch()
-        self._advance(s, at, batch)
-        self._close_interval(s, at, batch)
-        batch.events.append(self._event(s, f"{session_id}:paused:{len(s.intervals) - 1}", "paused", at, {
-            "interval": len(s.intervals) - 1, "live_seconds": s.live_seconds(at), "units": s.units,
-        }))
+        self._pause(s, at, batch, "media")
         self._commit(batch)
 
     def ended(self, session_id: str, at: float | None = None, reason: str = "hangup") -> SessionSummary:
@@ -431,25 +437,38 @@ class Meter:
     def start(self) -> list[str]:
         """Recover open sessions, then serve the timers on the running loop."""
         recovered = self.recover()
+        self._beat()
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="meter")
         return recovered
 
     def recover(self) -> list[str]:
-        """Reload sessions left open by a previous process and charge the units due since."""
+        """Reload the sessions a previous process left open.
+
+        Nobody knows whether media flowed while no meter ran, so the client is not billed for it:
+        a session that was live is billed up to the previous meter's last sign of life (its
+        heartbeat, or its last record of the session), every unit started by then is charged
+        (ids are deterministic: a unit committed before the crash is not charged twice), and the
+        session is paused there with the reason ``meter_restart``. The session layer calls
+        ``media_live`` when it sees both sides' media flowing again.
+        """
         rows = self.db.fetchall("SELECT * FROM billing_sessions WHERE ended_at IS NULL")
-        now = self.clock()
+        beat = self.db.fetchone("SELECT at FROM meter_heartbeat WHERE id = 1")
         batch = _Batch()
+        recovered = []
         for row in rows:
             if row["session_id"] in self._sessions:
                 continue
             s = self._load(row)
             self._sessions[s.session_id] = s
-            self._advance(s, max(now, s.last_at), batch)
+            recovered.append(s.session_id)
+            if s.live:
+                alive_until = max(beat["at"] if beat else s.last_at, s.last_at)
+                self._pause(s, alive_until, batch, "meter_restart")
+            else:
+                self._advance(s, s.last_at, batch)
         self._commit(batch)
-        for row in rows:
-            self._schedule(self._sessions[row["session_id"]])
-        return [r["session_id"] for r in rows]
+        return recovered
 
     def fire_due(self, now: float | None = None) -> int:
         """Charge everything due by ``now``; returns the number of units charged. The timer task
@@ -492,6 +511,7 @@ class Meter:
             except asyncio.CancelledError:
                 pass
         self.fire_due()
+        self._beat()
         if self._callbacks:
             await asyncio.gather(*self._callbacks, return_exceptions=True)
 
@@ -499,7 +519,10 @@ class Meter:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            if self._heap and self._heap[0][0] <= self.clock():
+            now = self.clock()
+            if now >= self._next_beat:
+                self._beat(now)
+            if self._heap and self._heap[0][0] <= now:
                 try:
                     self.fire_due()
                 except Exception:
@@ -507,12 +530,21 @@ class Meter:
                 await asyncio.sleep(self.tick_seconds)
                 continue
             self._wakeup.clear()
-            handle = None
-            if self._heap:
-                handle = loop.call_later(max(0.0, self._heap[0][0] - self.clock()), self._wakeup.set)
+            wake_at = min(self._heap[0][0], self._next_beat) if self._heap else self._next_beat
+            handle = loop.call_later(max(0.0, wake_at - self.clock()), self._wakeup.set)
             await self._wakeup.wait()
-            if handle is not None:
-                handle.cancel()
+            handle.cancel()
+
+    def _beat(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        try:
+            self.db.execute(
+                "INSERT INTO meter_heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now,),
+            )
+        except Exception:
+            log.exception("meter heartbeat not recorded")
+        self._next_beat = now + self.heartbeat_seconds
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -532,6 +564,14 @@ class Meter:
         return self.outbox.event(event_id, short_type, s.session_id, at, {
             "expert_id": s.expert_id, "client_id": s.client_id, "currency": s.price.currency, **data,
         })
+
+    def _pause(self, s: _Session, at: float, batch: _Batch, reason: str) -> None:
+        self._advance(s, at, batch)
+        self._close_interval(s, at, batch)
+        idx = len(s.intervals) - 1
+        batch.events.append(self._event(s, f"{s.session_id}:paused:{idx}", "paused", at, {
+            "interval": idx, "live_seconds": s.live_seconds(at), "units": s.units, "reason": reason,
+        }))
 
     def _close_interval(self, s: _Session, at: float, batch: _Batch) -> None:
         start = s.intervals[-1][0]
@@ -633,6 +673,7 @@ class Meter:
             for sid in {p.session_id for p in batch.postings} | {e["subject"] for e in batch.events}:
                 self._reload(sid)
             raise
+        self.units_charged += len(batch.postings)
         self.outbox.notify()
         self._dispatch(batch)
 

@@ -104,6 +104,10 @@ class Outbox:
         with self.db.transaction():
             self.db.executemany("UPDATE metering_outbox SET relayed = 1 WHERE seq = ?", [(s,) for s in seqs])
 
+    def count_unrelayed(self) -> int:
+        row = self.db.fetchone("SELECT count(*) AS n FROM metering_outbox WHERE relayed = 0")
+        return int(row["n"]) if row else 0
+
     def last_seq(self) -> int:
         row = self.db.fetchone("SELECT coalesce(max(seq), 0) AS seq FROM metering_outbox")
         return int(row["seq"]) if row else 0

@@ -10,9 +10,11 @@ closes; what is not flushed stays in the outbox for the next start.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from .. import keys
@@ -20,6 +22,7 @@ from ..auth import Identity, Role, authenticate
 from ..settings import SettingsError
 from .checkpointer import WalCheckpointer
 from .ledger import Ledger, to_csv
+from .live import LiveTracker
 from .meter import BillingError, Meter
 from .outbox import Outbox
 from .relay import RedisRelay
@@ -56,6 +59,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     meter = Meter(db, ledger, outbox, refund_window_seconds=settings.refund_window_seconds)
     app[keys.LEDGER] = ledger
     app[keys.METER] = meter
+    app[keys.LIVE_TRACKER] = LiveTracker(meter)
     checkpointer = WalCheckpointer(db)
     checkpointer.start()
     recovered = meter.start()
@@ -68,9 +72,12 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         relay.start()
     webhooks = WebhookSender(outbox, settings.webhook_urls, settings.webhook_secret)
     webhooks.start()
+    collector = BillingCollector(meter, relay is not None)
+    app[keys.METRICS].registry.register(collector)
     try:
         yield
     finally:
+        app[keys.METRICS].registry.unregister(collector)
         await meter.close()
         if relay is not None:
             await relay.close()
@@ -78,6 +85,27 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         if redis is not None:
             await redis.aclose()
         await checkpointer.close()
+
+
+class BillingCollector(Collector):
+    """Billing figures for /metrics, read at scrape time."""
+
+    def __init__(self, meter: Meter, relaying: bool) -> None:
+        self.meter = meter
+        self.relaying = relaying
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "expertcall_billing_open_sessions", "Sessions being metered", value=len(self.meter.open_sessions())
+        )
+        yield CounterMetricFamily(
+            "expertcall_billing_units", "Units charged by this process", value=self.meter.units_charged
+        )
+        if self.relaying:
+            yield GaugeMetricFamily(
+                "expertcall_metering_outbox_unrelayed", "Metering events not yet in the Redis stream",
+                value=self.meter.outbox.count_unrelayed(),
+            )
 
 
 def _error(status: int, code: str, message: str) -> web.HTTPException:

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+from click.testing import CliRunner
+
+from signalling.billing.meter import Meter
+from signalling.billing.money import Money
+from signalling.billing.pricing import BillingPolicy, Price
+from signalling.cli import main
+from signalling.database import Database
+
+
+
+def seed(data_dir, t0: float) -> None:  # type: ignore[no-untyped-def]
+    meter = Meter(Database.in_dir(data_dir), clock=lambda: t0 + 100)
+    meter.started("s", "alice", "bob", Price.per_minute(Money(1000, "JPY")), BillingPolicy(), at=t0)
+    meter.media_live("s", at=t0)
+    meter.ended("s", at=t0 + 90)
+    meter.db.close()
+
+
+def test_export_statement_and_refund(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    t0 = int(time.time()) - 3600
+    seed(tmp_path, t0)
+    runner = CliRunner()
+    d = ["--data-dir", str(tmp_path)]
+    result = runner.invoke(main, ["billing", "export", "--from", str(t0), "--to", str(t0 + 3600), *d])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [(r["account"], r["amount"]) for r in rows[:3]] == [("client:bob", "-1000"), ("expert:alice", "800"), ("platform", "200")]
+    assert len(rows) == 6
+    empty = runner.invoke(main, ["billing", "export", "--from", "2020-01-01", "--to", "2020-01-02", "--format", "json", *d])
+    assert json.loads(empty.output) == []
+    bad = runner.invoke(main, ["billing", "export", "--from", "soon", "--to", "2020-01-02", *d])
+    assert bad.exit_code == 2 and "ISO 8601" in bad.output
+
+    st = json.loads(runner.invoke(main, ["billing", "statement", "--expert", "alice", *d]).output)
+    assert st["totals"] == {"JPY": {"sessions": 1, "gross": 2000, "fee": 400, "payout": 1600}}
+
+    refunded = runner.invoke(main, ["billing", "refund", "s", "--reason", "test", *d])
+    assert refunded.exit_code == 0, refunded.output
+    assert json.loads(refunded.output) == {"created": True, "posting_id": "s:refund", "amount": "2000 JPY"}
+    closed = runner.invoke(main, ["billing", "refund", "s", *d], env={"EXPERTCALL_REFUND_WINDOW_SECONDS": "60"})
+    assert json.loads(closed.output)["created"] is False  # already refunded: the same refund
+    missing = runner.invoke(main, ["billing", "refund", "nope", *d])
+    assert missing.exit_code == 1 and "unknown_session" in missing.output
+
+
+def test_consume_needs_redis(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("EXPERTCALL_REDIS_URL", raising=False)
+    result = CliRunner().invoke(main, ["billing", "consume", "--group", "g", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no Redis configured" in result.output
