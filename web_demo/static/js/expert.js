@@ -109,6 +109,7 @@ function main(page) {
     const active = document.activeElement;
     if (!active || active === document.body || active.closest("#incoming") || active.tagName === "H2") accept.focus();
     announce(`${name} is asking for help. Accept or decline.`, { assertive: true });
+    if ($("[data-view=console]").hidden) toast(`${name} is asking for help: answer from the console.`);
   });
 
   signalling.on("session.state", ({ message }) => {
