@@ -39,9 +39,15 @@ class RedisBackend(MemoryBackend):
         location_ttl: int = 90,
         ended_session_ttl: int = 24 * 3600,
         lock_ttl: float = 10.0,
+        max_connections: int = 64,
     ) -> None:
         super().__init__(node_id, stash_ttl=stash_ttl)
-        self.redis = aioredis.from_url(url, decode_responses=True)
+        # A blocking pool: a burst of requests waits for a connection instead of failing with
+        # "Too many connections" (each handler holds one only for a command or two).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, decode_responses=True
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.location_ttl = location_ttl
         self.ended_session_ttl = ended_session_ttl
@@ -67,7 +73,7 @@ class RedisBackend(MemoryBackend):
         if self._pubsub is not None:
             await self._pubsub.aclose()
             self._pubsub = None
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)
 
     async def _listen(self) -> None:
         while True:
