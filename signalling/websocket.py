@@ -219,11 +219,31 @@ class Connection:
             return None
 
     async def start(self, identity: Identity, ref: Any, resumed: bool) -> None:
-        node = self.node
         self._ready = False
         self.identity = identity
         if self._deadline is not None:
             self._deadline.cancel()
+        try:
+            welcome, stashed, presence_changed = await self._welcome(identity, ref, resumed)
+        except BaseException:
+            self._ready = True  # the error reply must go out, not wait for a welcome
+            raise
+        early, self._early = self._early, []
+        self._ready = True
+        await self.send(welcome)
+        # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
+        for msg in (stashed if resumed else []) + early:
+            await self.send(msg)
+        self._close_later(
+            identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
+        )
+        if presence_changed:
+            await self.node.queues.presence_changed(identity.user_id)
+
+    async def _welcome(self, identity: Identity, ref: Any, resumed: bool) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+        """Take over the user's routing and build their welcome; messages routed here meanwhile
+        wait in ``_early``."""
+        node = self.node
         await node.connected(identity, self)
         stashed = await node.backend.drain(identity.user_id)
         presence_changed = False
@@ -250,17 +270,7 @@ class Connection:
             session=session.public() if session else None,
             presence=availability,
         )
-        early, self._early = self._early, []
-        self._ready = True
-        await self.send(welcome)
-        # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
-        for msg in (stashed if resumed else []) + early:
-            await self.send(msg)
-        self._close_later(
-            identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
-        )
-        if presence_changed:
-            await node.queues.presence_changed(identity.user_id)
+        return welcome, stashed, presence_changed
 
     async def finish(self) -> None:
         if self._deadline is not None:
