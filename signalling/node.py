@@ -71,8 +71,10 @@ class SignallingNode:
         await self.backend.start(self._on_envelope)
         sessions = await self.queues.recover()
         for session in sessions:
-            if session.state in IN_PROGRESS and await self._adopts(session.media_node):
-                await self._adopt(session)
+            if session.state in IN_PROGRESS and (
+                session.media_node == self.node_id or not await self.backend.node_alive(session.media_node)
+            ):
+                await self.media.adopt(session.id)
         for session in sessions:
             self.metrics.sessions.labels(session.state.value).inc()
         # Whoever does not come back within the grace is gone, as if their socket had just dropped.
@@ -139,26 +141,6 @@ class SignallingNode:
             await self.media.on_envelope(envelope)
         else:
             log.warning("node %s ignored an envelope with op %r", self.node_id, op)
-
-    # --- media rooms after a restart ----------------------------------------------------------
-
-    async def _adopts(self, media_node: str) -> bool:
-        return not media_node or media_node == self.node_id or not await self.backend.node_alive(media_node)
-
-    async def _adopt(self, session: Any) -> None:
-        """Host the room of a session whose media node restarted or died; its media starts over."""
-        async with self.backend.lock(f"expert:{session.expert_id}"):
-            session = await self.sessions.get(session.id)
-            if session is None or session.state not in IN_PROGRESS:
-                return
-            if session.state is State.LIVE:
-                session = await self.sessions.transition(
-                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id
-                )
-            else:
-                session = await self.sessions.save(session, flowing=[], media_node=self.node_id)
-            if self.media.plane is not None:
-                await self.media.open_room(session)
 
     # --- transitions --------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class Connection:
         self._window_count = 0
         self._touched = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.Future[None] | None = None
 
     @property
     def user_id(self) -> str:
@@ -111,9 +112,11 @@ class Connection:
     def _close_later(self, delay: float, code: ErrorCode, text: str, close: CloseCode) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = asyncio.get_running_loop().call_later(
-            max(0.0, delay), lambda: asyncio.ensure_future(self.fail(code, text, None, close))
-        )
+        self._deadline = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, code, text, close)
+
+    def _expire(self, code: ErrorCode, text: str, close: CloseCode) -> None:
+        # Held on the connection so the task is not garbage-collected mid-close.
+        self._expiry = asyncio.ensure_future(self.fail(code, text, None, close))
 
     # --- receiving ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from signalling.settings import Settings
 
 from .backends import REDIS_URL, delete_prefix, redis_available
 from .conftest import require
-from .utils import FakePlane, Peer, build_app
+from .utils import FakePlane, Peer, build_app, shut_down
 
 SECRET = "two-node-secret-0123456789abcdef"
 
@@ -98,3 +98,20 @@ async def test_queue_and_replacement_across_nodes(two_nodes) -> None:  # type: i
     assert again.welcome["session"]["id"] == second and again.welcome["session"]["state"] == "ringing"
     await expert.request("help.accept", session_id=second)
     assert (await again.expect("session.state", state="accepted"))["session"]["id"] == second
+
+
+async def test_a_surviving_node_adopts_the_room_of_a_dead_one(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b, plane_a, plane_b = two_nodes
+    expert = await Peer.join(b, "erin", "expert")
+    alice = await Peer.join(a, "alice", "client")
+    sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
+    await expert.expect("ring")
+    await expert.request("help.accept", session_id=sid)
+    await alice.expect("session.state", state="accepted")
+    assert await shut_down(b, expert) == [4012]
+
+    answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice")
+    assert answer["type"] == "media.answer"
+    assert plane_a.kinds() == ["open_room", "offer"]
+    expert = await Peer.join(a, "erin", "expert")
+    assert expert.welcome["session"]["id"] == sid
