@@ -21,6 +21,7 @@ from . import keys
 from .auth import Identity, TokenIssuer
 from .backends.base import Backend, Location
 from .backends.memory import MemoryBackend
+from .booking_events import BookingNotifier
 from .database import Database
 from .directory import ExpertDirectory, MemoryExpertDirectory
 from .media import MediaRelay
@@ -59,6 +60,8 @@ class SignallingNode:
         self.presence = Presence(backend, self.sessions)
         self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)
         self.media = MediaRelay(self.node_id, backend, self.queues, plane)
+        # The scheduler's BookingListener: reminders over the socket, sessions opened on time.
+        self.bookings = BookingNotifier(backend, self.queues)
         self.sessions.add_listener(self._notify)
         self.sessions.add_listener(self._count)
         self.sessions.add_listener(self.media.on_transition)
@@ -141,6 +144,21 @@ class SignallingNode:
             await self.media.on_envelope(envelope)
         else:
             log.warning("node %s ignored an envelope with op %r", self.node_id, op)
+
+    # --- for the experts module (its injected callables) --------------------------------------
+
+    async def availability(self, expert_id: str) -> str:
+        """online / busy / away / offline, as a plain string."""
+        return (await self.presence.availability(expert_id)).value
+
+    async def waiting(self, expert_id: str) -> int:
+        """How many clients wait in the expert's queue."""
+        return len(await self.backend.queue(expert_id))
+
+    async def session_parties(self, session_id: str) -> tuple[str, str, str] | None:
+        """(expert_id, client_id, state) of a session, for ratings; None when there is none."""
+        session = await self.sessions.get(session_id)
+        return None if session is None else (session.expert_id, session.client_id, session.state.value)
 
     # --- transitions --------------------------------------------------------------------------
 

@@ -175,7 +175,7 @@ class ExpertQueues:
                     raise ProtocolError(ErrorCode.ALREADY_IN_SESSION, f"{user} is in session {current.id}")
                 if current is not None:
                     # The booked session wins over an instant request still waiting in a queue.
-                    await self.end(current.id, EndReason.CANCELLED, by=user)
+                    await self.end(current.id, EndReason.CANCELLED)
             async with self.backend.lock(f"expert:{expert_id}"):
                 session = await self.sessions.create(
                     expert_id,
