@@ -62,9 +62,10 @@ class SignallingNode:
         self.media = MediaRelay(self.node_id, backend, self.queues, plane)
         # The scheduler's BookingListener: reminders over the socket, sessions opened on time.
         self.bookings = BookingNotifier(backend, self.queues)
+        # The room opens before participants hear "accepted", so their first offer finds it.
+        self.sessions.add_listener(self.media.on_transition)
         self.sessions.add_listener(self._notify)
         self.sessions.add_listener(self._count)
-        self.sessions.add_listener(self.media.on_transition)
         # Open sockets on this node by connection id; the websocket module adds and removes them.
         self.connections: dict[str, Any] = {}
         self.closing = False

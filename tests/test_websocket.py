@@ -188,7 +188,7 @@ async def test_rate_limit_errors_then_closes_4008(aiohttp_client, settings: Sett
 
 
 async def test_hello_timeout_and_ping_timeout(aiohttp_client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    settings.ping_interval, settings.ping_timeout = 0.2, 0.2
+    settings.ping_interval, settings.ping_timeout = 0.5, 0.5
     client = await aiohttp_client(build_app(settings, FakePlane()))
     silent = Peer(await client.ws_connect("/ws"))
     assert await silent.closed() == 4002
