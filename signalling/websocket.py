@@ -170,7 +170,7 @@ class Connection:
         ref = safe_ref(msg.get("id"))
         type_ = msg.get("type")
         route = ROUTES.get(type_) if isinstance(type_, str) else None
-        if route is None:
+        if route is None or not isinstance(type_, str):
             await self.reply_error(ErrorCode.UNKNOWN_TYPE, f"unknown message type {str(type_)[:64]!r}", ref)
             return
         self.node.metrics.ws_messages.labels(type_).inc()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import jwt
 import pytest
@@ -146,14 +147,15 @@ async def test_foreign_sessions_are_off_limits(client, plane) -> None:  # type: 
     expert, alice, session_id = await accepted_session(client)
     mallory = await Peer.join(client, "mallory", "client")
     ezra = await Peer.join(client, "ezra", "expert")
-    for peer, type_, fields in [
+    attempts: list[tuple[Peer, str, dict[str, Any]]] = [
         (mallory, "help.cancel", {}),
         (mallory, "session.end", {}),
         (mallory, "media.offer", {"transport": "publish", "sdp": "v=0"}),
         (mallory, "media.ice", {"transport": "publish", "candidate": None}),
         (ezra, "help.accept", {}),
         (ezra, "session.end", {}),
-    ]:
+    ]
+    for peer, type_, fields in attempts:
         reply = await peer.request(type_, session_id=session_id, **fields)
         assert reply["code"] == "not_participant", (type_, reply)
     assert (await mallory.request("session.end", session_id="no-such-session"))["code"] == "session_not_found"
