@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import AsyncIterator
@@ -114,3 +115,19 @@ async def test_a_surviving_node_adopts_the_room_of_a_dead_one(two_nodes) -> None
     assert plane_a.kinds() == ["open_room", "offer"]
     expert = await Peer.join(a, "erin", "expert")
     assert expert.welcome["session"]["id"] == sid
+
+
+async def test_concurrent_requests_on_two_nodes_get_distinct_places(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b, _, _ = two_nodes
+    expert = await Peer.join(a, "erin", "expert")
+    await expert.request("presence.set", status="away")  # nobody is rung: the queue only grows
+    clients = [await Peer.join(a if i % 2 else b, f"c{i}", "client") for i in range(10)]
+    replies = await asyncio.gather(*(c.request("help.request", expert_id="erin") for c in clients))
+    assert all(r["type"] == "session.state" for r in replies)
+    positions = [(await c.expect("queue.position"))["position"] for c in clients]
+    assert sorted(positions) == list(range(1, 11))
+    update = await expert.expect("queue.update")
+    while len(update["waiting"]) < 10:
+        update = await expert.expect("queue.update")
+    by_session = {r["session"]["id"]: p for r, p in zip(replies, positions)}
+    assert [by_session[w["session_id"]] for w in update["waiting"]] == list(range(1, 11))
