@@ -28,7 +28,7 @@ from .media import MediaRelay
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import CloseCode, message
-from .queueing import ExpertQueues
+from .queueing import ExpertQueues, ring_message
 from .resume import ResumeTokens
 from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition
 from .settings import Settings
@@ -191,8 +191,7 @@ def session_messages(transition: Transition) -> list[tuple[str, dict[str, Any]]]
 
     out = [(session.client_id, state_message(session.client_id))]
     if transition.state is State.RINGING:
-        timeout = max(0.0, session.deadline - transition.at)
-        out.append((session.expert_id, message("ring", session=public, expires_at=session.deadline, timeout=timeout)))
+        out.append((session.expert_id, ring_message(session, transition.at)))
     elif (
         transition.origin_user == session.expert_id
         or transition.state not in (State.REQUESTED, State.ENDED)

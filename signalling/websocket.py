@@ -242,6 +242,8 @@ class Connection:
         )
         if presence_changed:
             await self.node.queues.presence_changed(identity.user_id)
+        if not resumed:
+            await self.node.queues.brief(identity.user_id)
 
     async def _welcome(self, identity: Identity, ref: Any, resumed: bool) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
         """Take over the user's routing and build their welcome; messages routed here meanwhile
