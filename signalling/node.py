@@ -113,17 +113,19 @@ class SignallingNode:
     async def connected(self, identity: Identity, conn: Any) -> None:
         """A socket authenticated: route the user's messages to it, replacing any older socket."""
         self.timers.cancel(("gone", identity.user_id))
-        previous = await self.backend.claim(identity.user_id, conn.conn_id, conn.send)
+        previous = await self.backend.claim(identity.user_id, conn.conn_id, conn.deliver)
         if previous is not None and previous.conn_id != conn.conn_id:
             await self._kick(previous)
 
-    async def disconnected(self, identity: Identity, conn_id: str) -> None:
-        """A socket closed: if it was still the user's, wait ``resume_grace`` before giving up on them."""
+    async def disconnected(self, identity: Identity, conn_id: str) -> bool:
+        """A socket closed: if it was still the user's, wait ``resume_grace`` before giving up on
+        them (and return True)."""
         if not await self.backend.release(identity.user_id, conn_id):
-            return
+            return False
         await self.backend.note_dropped(identity.user_id, conn_id)
         if not self.closing:
             self.timers.start(("gone", identity.user_id), self.settings.resume_grace, self._gone_check, identity.user_id)
+        return True
 
     async def _kick(self, location: Location) -> None:
         if location.node_id == self.node_id:

@@ -13,6 +13,7 @@ Other modules add message types with ``ROUTES[type] = Route(handler, roles)`` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
 
+# Messages waiting to be written to one socket before it counts as too slow and is closed: a
+# client that stops reading must not stall the handlers (and locks) of the users sending to it.
+OUTBOX_LIMIT = 256
+
 
 @dataclass(frozen=True)
 class Route:
@@ -73,6 +78,10 @@ class Connection:
         self._touched = 0.0
         self._deadline: asyncio.TimerHandle | None = None
         self._expiry: asyncio.Future[None] | None = None
+        # Outgoing messages are queued and written by one task, in order.
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._writer = asyncio.ensure_future(self._write())
+        self._slow = False
 
     @property
     def user_id(self) -> str:
@@ -82,26 +91,55 @@ class Connection:
     # --- sending ------------------------------------------------------------------------------
 
     async def send(self, msg: dict[str, Any]) -> bool:
-        """Send one message; False when the socket is closing (the caller stashes it instead)."""
+        """Queue one message for this socket; False when it is closing."""
         if not self._ready:
             self._early.append(msg)
             return True
-        if self.ws.closed:
+        if self.ws.closed or self._slow:
             return False
-        try:
-            await self.ws.send_str(encode(msg))
-        except (ConnectionError, RuntimeError):
-            return False
-        if msg.get("type") == "error":
-            self.node.metrics.ws_errors.labels(msg["code"]).inc()
+        self._outbox.put_nowait(msg)
         return True
+
+    async def deliver(self, msg: dict[str, Any]) -> bool:
+        """``send`` for messages routed here by the backend (others' doings): a socket that lets
+        them pile up is closed, and what it did not read is stashed, in order, for its resume.
+        False tells the backend to stash ``msg`` after them."""
+        if self._ready and not self._slow and self._outbox.qsize() >= OUTBOX_LIMIT:
+            self._slow = True
+            unread = []
+            while not self._outbox.empty():
+                unread.append(self._outbox.get_nowait())
+                self._outbox.task_done()
+            for queued in unread:
+                await self.node.backend.stash(self.user_id, queued)
+            self._expiry = asyncio.ensure_future(self.close(CloseCode.TOO_SLOW, "messages are not being read"))
+            return False
+        return await self.send(msg)
+
+    async def _write(self) -> None:
+        while True:
+            msg = await self._outbox.get()
+            try:
+                if not self.ws.closed:
+                    await self.ws.send_str(encode(msg))
+                    if msg.get("type") == "error":
+                        self.node.metrics.ws_errors.labels(msg["code"]).inc()
+            except (ConnectionError, RuntimeError):
+                pass
+            finally:
+                self._outbox.task_done()
 
     async def reply_error(self, code: ErrorCode | str, text: str, ref: Any) -> None:
         await self.send(error(code, text, ref))
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        if not self.ws.closed:
-            await self.ws.close(code=int(code), message=reason.encode()[:120])
+        if self.ws.closed:
+            return
+        if not self._slow:
+            # What was said before the close (an error explaining it) goes out first.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), 2.0)
+        await self.ws.close(code=int(code), message=reason.encode()[:120])
 
     async def fail(self, code: ErrorCode | str, text: str, ref: Any, close: CloseCode) -> None:
         """An error the connection does not survive."""
@@ -280,9 +318,16 @@ class Connection:
     async def finish(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        self._writer.cancel()
+        unsent = []
+        while not self._outbox.empty():
+            unsent.append(self._outbox.get_nowait())
         if self.identity is not None:
             try:
-                await self.node.disconnected(self.identity, self.conn_id)
+                if await self.node.disconnected(self.identity, self.conn_id):
+                    # Kept for a resume, like everything sent while the user is away.
+                    for msg in unsent:
+                        await self.node.backend.stash(self.identity.user_id, msg)
             except Exception:
                 # Shutdown may have closed the backend already; the location then simply expires.
                 log.warning("could not unregister %s on node %s", self.identity.user_id, self.node.node_id)

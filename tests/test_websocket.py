@@ -314,3 +314,32 @@ async def test_after_a_restart_an_expert_who_does_not_return_releases_the_queue(
     assert alice.welcome["session"]["id"] == sid and alice.welcome["session"]["state"] == "ringing"
     ended = await alice.expect("session.state", state="ended")
     assert ended["session"]["reason"] == "expert_unavailable"
+
+
+async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from signalling import websocket
+
+    monkeypatch.setattr(websocket, "OUTBOX_LIMIT", 16)
+    node = client.app[keys.SIGNALLING]
+    slow = await Peer.join(client, "slow", "client")
+    other = await Peer.join(client, "other", "client")
+    conn = next(c for c in node.connections.values() if c.identity and c.identity.user_id == "slow")
+
+    async def stuck(data: str) -> None:
+        await asyncio.Event().wait()
+
+    conn.ws.send_str = stuck  # type: ignore[method-assign]
+    async with asyncio.timeout(5):  # delivering never waits on the stuck socket
+        for i in range(26):
+            await node.backend.deliver("slow", {"v": 1, "type": "ack", "ref": i})
+    assert await slow.closed() == 4013
+    assert (await other.request("ping"))["type"] == "pong"
+    # What it never read is kept, in order, for its resume (ack 0 may have been on the wire).
+    back = Peer(await client.ws_connect("/ws"))
+    token = client.app[keys.TOKENS].mint("slow", "client")
+    welcome = await back.request("resume", token=token, resume_token=slow.welcome["resume_token"])
+    assert welcome["resumed"] is True
+    refs = [(await back.expect("ack"))["ref"]]
+    while refs[-1] != 25:
+        refs.append((await back.expect("ack"))["ref"])
+    assert refs[0] in (0, 1) and refs == list(range(refs[0], 26))
