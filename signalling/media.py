@@ -70,8 +70,12 @@ class MediaRelay:
         session = await self.queues.visible(user_id, msg["session_id"])
         self._check(session)
         if session.media_node and session.media_node != self.node_id:
-            await self.backend.send_to_node(session.media_node, {"op": "media", "user_id": user_id, "message": msg})
-            return
+            if await self.backend.node_alive(session.media_node):
+                await self.backend.send_to_node(session.media_node, {"op": "media", "user_id": user_id, "message": msg})
+                return
+            # The node hosting the room is gone: host it here; media starts over.
+            session = await self.adopt(session.id) or session
+            self._check(session)
         await self.perform(user_id, msg, session)
 
     async def on_envelope(self, envelope: dict[str, Any]) -> None:
@@ -159,6 +163,29 @@ class MediaRelay:
                 await self.backend.send_to_node(
                     session.media_node, {"op": "close_room", "room_id": session.id, "reason": session.reason}
                 )
+
+    async def adopt(self, session_id: str) -> Session | None:
+        """Host the room of a session whose media node restarted or died; its media starts over,
+        so a live session pauses until both sides flow again."""
+        sessions = self.queues.sessions
+        current = await sessions.get(session_id)
+        if current is None:
+            return None
+        async with self.backend.lock(f"expert:{current.expert_id}"):
+            session = await sessions.get(session_id)
+            if session is None or session.state not in IN_PROGRESS:
+                return session
+            if session.media_node != self.node_id and session.media_node and await self.backend.node_alive(session.media_node):
+                return session  # another node adopted it meanwhile
+            if session.state is State.LIVE:
+                session = await sessions.transition(
+                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id
+                )
+            else:
+                session = await sessions.save(session, flowing=[], media_node=self.node_id)
+            if self.plane is not None:
+                await self.open_room(session)
+            return session
 
     async def open_room(self, session: Session) -> None:
         assert self.plane is not None

@@ -21,13 +21,14 @@ from . import keys
 from .auth import Identity, TokenIssuer
 from .backends.base import Backend, Location
 from .backends.memory import MemoryBackend
+from .booking_events import BookingNotifier
 from .database import Database
 from .directory import ExpertDirectory, MemoryExpertDirectory
 from .media import MediaRelay
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import CloseCode, message
-from .queueing import ExpertQueues
+from .queueing import ExpertQueues, ring_message
 from .resume import ResumeTokens
 from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition
 from .settings import Settings
@@ -59,9 +60,12 @@ class SignallingNode:
         self.presence = Presence(backend, self.sessions)
         self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)
         self.media = MediaRelay(self.node_id, backend, self.queues, plane)
+        # The scheduler's BookingListener: reminders over the socket, sessions opened on time.
+        self.bookings = BookingNotifier(backend, self.queues)
+        # The room opens before participants hear "accepted", so their first offer finds it.
+        self.sessions.add_listener(self.media.on_transition)
         self.sessions.add_listener(self._notify)
         self.sessions.add_listener(self._count)
-        self.sessions.add_listener(self.media.on_transition)
         # Open sockets on this node by connection id; the websocket module adds and removes them.
         self.connections: dict[str, Any] = {}
         self.closing = False
@@ -71,8 +75,10 @@ class SignallingNode:
         await self.backend.start(self._on_envelope)
         sessions = await self.queues.recover()
         for session in sessions:
-            if session.state in IN_PROGRESS and await self._adopts(session.media_node):
-                await self._adopt(session)
+            if session.state in IN_PROGRESS and (
+                session.media_node == self.node_id or not await self.backend.node_alive(session.media_node)
+            ):
+                await self.media.adopt(session.id)
         for session in sessions:
             self.metrics.sessions.labels(session.state.value).inc()
         # Whoever does not come back within the grace is gone, as if their socket had just dropped.
@@ -107,17 +113,19 @@ class SignallingNode:
     async def connected(self, identity: Identity, conn: Any) -> None:
         """A socket authenticated: route the user's messages to it, replacing any older socket."""
         self.timers.cancel(("gone", identity.user_id))
-        previous = await self.backend.claim(identity.user_id, conn.conn_id, conn.send)
+        previous = await self.backend.claim(identity.user_id, conn.conn_id, conn.deliver)
         if previous is not None and previous.conn_id != conn.conn_id:
             await self._kick(previous)
 
-    async def disconnected(self, identity: Identity, conn_id: str) -> None:
-        """A socket closed: if it was still the user's, wait ``resume_grace`` before giving up on them."""
+    async def disconnected(self, identity: Identity, conn_id: str) -> bool:
+        """A socket closed: if it was still the user's, wait ``resume_grace`` before giving up on
+        them (and return True)."""
         if not await self.backend.release(identity.user_id, conn_id):
-            return
+            return False
         await self.backend.note_dropped(identity.user_id, conn_id)
         if not self.closing:
             self.timers.start(("gone", identity.user_id), self.settings.resume_grace, self._gone_check, identity.user_id)
+        return True
 
     async def _kick(self, location: Location) -> None:
         if location.node_id == self.node_id:
@@ -140,25 +148,20 @@ class SignallingNode:
         else:
             log.warning("node %s ignored an envelope with op %r", self.node_id, op)
 
-    # --- media rooms after a restart ----------------------------------------------------------
+    # --- for the experts module (its injected callables) --------------------------------------
 
-    async def _adopts(self, media_node: str) -> bool:
-        return not media_node or media_node == self.node_id or not await self.backend.node_alive(media_node)
+    async def availability(self, expert_id: str) -> str:
+        """online / busy / away / offline, as a plain string."""
+        return (await self.presence.availability(expert_id)).value
 
-    async def _adopt(self, session: Any) -> None:
-        """Host the room of a session whose media node restarted or died; its media starts over."""
-        async with self.backend.lock(f"expert:{session.expert_id}"):
-            session = await self.sessions.get(session.id)
-            if session is None or session.state not in IN_PROGRESS:
-                return
-            if session.state is State.LIVE:
-                session = await self.sessions.transition(
-                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id
-                )
-            else:
-                session = await self.sessions.save(session, flowing=[], media_node=self.node_id)
-            if self.media.plane is not None:
-                await self.media.open_room(session)
+    async def waiting(self, expert_id: str) -> int:
+        """How many clients wait in the expert's queue."""
+        return len(await self.backend.queue(expert_id))
+
+    async def session_parties(self, session_id: str) -> tuple[str, str, str] | None:
+        """(expert_id, client_id, state) of a session, for ratings; None when there is none."""
+        session = await self.sessions.get(session_id)
+        return None if session is None else (session.expert_id, session.client_id, session.state.value)
 
     # --- transitions --------------------------------------------------------------------------
 
@@ -190,8 +193,7 @@ def session_messages(transition: Transition) -> list[tuple[str, dict[str, Any]]]
 
     out = [(session.client_id, state_message(session.client_id))]
     if transition.state is State.RINGING:
-        timeout = max(0.0, session.deadline - transition.at)
-        out.append((session.expert_id, message("ring", session=public, expires_at=session.deadline, timeout=timeout)))
+        out.append((session.expert_id, ring_message(session, transition.at)))
     elif (
         transition.origin_user == session.expert_id
         or transition.state not in (State.REQUESTED, State.ENDED)

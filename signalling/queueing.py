@@ -175,7 +175,7 @@ class ExpertQueues:
                     raise ProtocolError(ErrorCode.ALREADY_IN_SESSION, f"{user} is in session {current.id}")
                 if current is not None:
                     # The booked session wins over an instant request still waiting in a queue.
-                    await self.end(current.id, EndReason.CANCELLED, by=user)
+                    await self.end(current.id, EndReason.CANCELLED)
             async with self.backend.lock(f"expert:{expert_id}"):
                 session = await self.sessions.create(
                     expert_id,
@@ -273,6 +273,29 @@ class ExpertQueues:
             async with self.backend.lock(f"expert:{expert_id}"):
                 await self._advance(expert_id)
         return sessions
+
+    async def brief(self, user_id: str) -> None:
+        """Tell a user who just said hello (not resumed) where they stand: an expert gets their
+        queue and any ring in progress, a waiting client their position."""
+        waiting = await self._waiting(user_id)
+        if waiting:
+            if waiting[0].state is State.RINGING:
+                await self.backend.deliver(user_id, ring_message(waiting[0], self.clock()))
+            await self.backend.deliver(user_id, queue_update(user_id, waiting))
+        current = await self._current(user_id)
+        if current is not None and current.client_id == user_id and current.state in WAITING:
+            queue = await self.backend.queue(current.expert_id)
+            if current.id in queue:
+                await self.backend.deliver(
+                    user_id,
+                    message(
+                        "queue.position",
+                        session_id=current.id,
+                        expert_id=current.expert_id,
+                        position=queue.index(current.id) + 1,
+                        length=len(queue),
+                    ),
+                )
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -421,3 +444,7 @@ def queue_update(expert_id: str, waiting: list[Session]) -> dict[str, Any]:
             for position, s in enumerate(waiting, 1)
         ],
     )
+
+
+def ring_message(session: Session, now: float) -> dict[str, Any]:
+    return message("ring", session=session.public(), expires_at=session.deadline, timeout=max(0.0, session.deadline - now))

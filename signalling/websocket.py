@@ -13,6 +13,7 @@ Other modules add message types with ``ROUTES[type] = Route(handler, roles)`` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
 
+# Messages waiting to be written to one socket before it counts as too slow and is closed: a
+# client that stops reading must not stall the handlers (and locks) of the users sending to it.
+OUTBOX_LIMIT = 256
+
 
 @dataclass(frozen=True)
 class Route:
@@ -72,6 +77,11 @@ class Connection:
         self._window_count = 0
         self._touched = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.Future[None] | None = None
+        # Outgoing messages are queued and written by one task, in order.
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._writer = asyncio.ensure_future(self._write())
+        self._slow = False
 
     @property
     def user_id(self) -> str:
@@ -81,26 +91,55 @@ class Connection:
     # --- sending ------------------------------------------------------------------------------
 
     async def send(self, msg: dict[str, Any]) -> bool:
-        """Send one message; False when the socket is closing (the caller stashes it instead)."""
+        """Queue one message for this socket; False when it is closing."""
         if not self._ready:
             self._early.append(msg)
             return True
-        if self.ws.closed:
+        if self.ws.closed or self._slow:
             return False
-        try:
-            await self.ws.send_str(encode(msg))
-        except (ConnectionError, RuntimeError):
-            return False
-        if msg.get("type") == "error":
-            self.node.metrics.ws_errors.labels(msg["code"]).inc()
+        self._outbox.put_nowait(msg)
         return True
+
+    async def deliver(self, msg: dict[str, Any]) -> bool:
+        """``send`` for messages routed here by the backend (others' doings): a socket that lets
+        them pile up is closed, and what it did not read is stashed, in order, for its resume.
+        False tells the backend to stash ``msg`` after them."""
+        if self._ready and not self._slow and self._outbox.qsize() >= OUTBOX_LIMIT:
+            self._slow = True
+            unread = []
+            while not self._outbox.empty():
+                unread.append(self._outbox.get_nowait())
+                self._outbox.task_done()
+            for queued in unread:
+                await self.node.backend.stash(self.user_id, queued)
+            self._expiry = asyncio.ensure_future(self.close(CloseCode.TOO_SLOW, "messages are not being read"))
+            return False
+        return await self.send(msg)
+
+    async def _write(self) -> None:
+        while True:
+            msg = await self._outbox.get()
+            try:
+                if not self.ws.closed:
+                    await self.ws.send_str(encode(msg))
+                    if msg.get("type") == "error":
+                        self.node.metrics.ws_errors.labels(msg["code"]).inc()
+            except (ConnectionError, RuntimeError):
+                pass
+            finally:
+                self._outbox.task_done()
 
     async def reply_error(self, code: ErrorCode | str, text: str, ref: Any) -> None:
         await self.send(error(code, text, ref))
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        if not self.ws.closed:
-            await self.ws.close(code=int(code), message=reason.encode()[:120])
+        if self.ws.closed:
+            return
+        if not self._slow:
+            # What was said before the close (an error explaining it) goes out first.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), 2.0)
+        await self.ws.close(code=int(code), message=reason.encode()[:120])
 
     async def fail(self, code: ErrorCode | str, text: str, ref: Any, close: CloseCode) -> None:
         """An error the connection does not survive."""
@@ -111,9 +150,11 @@ class Connection:
     def _close_later(self, delay: float, code: ErrorCode, text: str, close: CloseCode) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = asyncio.get_running_loop().call_later(
-            max(0.0, delay), lambda: asyncio.ensure_future(self.fail(code, text, None, close))
-        )
+        self._deadline = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, code, text, close)
+
+    def _expire(self, code: ErrorCode, text: str, close: CloseCode) -> None:
+        # Held on the connection so the task is not garbage-collected mid-close.
+        self._expiry = asyncio.ensure_future(self.fail(code, text, None, close))
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -167,7 +208,7 @@ class Connection:
         ref = safe_ref(msg.get("id"))
         type_ = msg.get("type")
         route = ROUTES.get(type_) if isinstance(type_, str) else None
-        if route is None:
+        if route is None or not isinstance(type_, str):
             await self.reply_error(ErrorCode.UNKNOWN_TYPE, f"unknown message type {str(type_)[:64]!r}", ref)
             return
         self.node.metrics.ws_messages.labels(type_).inc()
@@ -219,11 +260,33 @@ class Connection:
             return None
 
     async def start(self, identity: Identity, ref: Any, resumed: bool) -> None:
-        node = self.node
         self._ready = False
         self.identity = identity
         if self._deadline is not None:
             self._deadline.cancel()
+        try:
+            welcome, stashed, presence_changed = await self._welcome(identity, ref, resumed)
+        except BaseException:
+            self._ready = True  # the error reply must go out, not wait for a welcome
+            raise
+        early, self._early = self._early, []
+        self._ready = True
+        await self.send(welcome)
+        # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
+        for msg in (stashed if resumed else []) + early:
+            await self.send(msg)
+        self._close_later(
+            identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
+        )
+        if presence_changed:
+            await self.node.queues.presence_changed(identity.user_id)
+        if not resumed:
+            await self.node.queues.brief(identity.user_id)
+
+    async def _welcome(self, identity: Identity, ref: Any, resumed: bool) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+        """Take over the user's routing and build their welcome; messages routed here meanwhile
+        wait in ``_early``."""
+        node = self.node
         await node.connected(identity, self)
         stashed = await node.backend.drain(identity.user_id)
         presence_changed = False
@@ -250,24 +313,21 @@ class Connection:
             session=session.public() if session else None,
             presence=availability,
         )
-        early, self._early = self._early, []
-        self._ready = True
-        await self.send(welcome)
-        # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
-        for msg in (stashed if resumed else []) + early:
-            await self.send(msg)
-        self._close_later(
-            identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
-        )
-        if presence_changed:
-            await node.queues.presence_changed(identity.user_id)
+        return welcome, stashed, presence_changed
 
     async def finish(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        self._writer.cancel()
+        unsent = []
+        while not self._outbox.empty():
+            unsent.append(self._outbox.get_nowait())
         if self.identity is not None:
             try:
-                await self.node.disconnected(self.identity, self.conn_id)
+                if await self.node.disconnected(self.identity, self.conn_id):
+                    # Kept for a resume, like everything sent while the user is away.
+                    for msg in unsent:
+                        await self.node.backend.stash(self.identity.user_id, msg)
             except Exception:
                 # Shutdown may have closed the backend already; the location then simply expires.
                 log.warning("could not unregister %s on node %s", self.identity.user_id, self.node.node_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import AsyncIterator
@@ -14,7 +15,7 @@ from signalling.settings import Settings
 
 from .backends import REDIS_URL, delete_prefix, redis_available
 from .conftest import require
-from .utils import FakePlane, Peer, build_app
+from .utils import FakePlane, Peer, build_app, eventually, shut_down
 
 SECRET = "two-node-secret-0123456789abcdef"
 
@@ -74,8 +75,7 @@ async def test_client_on_a_pairs_with_expert_on_b(two_nodes) -> None:  # type: i
     ended = await alice.request("session.end", session_id=sid)
     assert ended["session"]["reason"] == "hangup"
     assert (await expert.expect("session.state", state="ended"))["session"]["ended_by"] == "alice"
-    await expert.request("ping")
-    assert plane_b.kinds()[-1] == "close_room"
+    await eventually(lambda: plane_b.kinds()[-1] == "close_room")
 
 
 async def test_queue_and_replacement_across_nodes(two_nodes) -> None:  # type: ignore[no-untyped-def]
@@ -98,3 +98,36 @@ async def test_queue_and_replacement_across_nodes(two_nodes) -> None:  # type: i
     assert again.welcome["session"]["id"] == second and again.welcome["session"]["state"] == "ringing"
     await expert.request("help.accept", session_id=second)
     assert (await again.expect("session.state", state="accepted"))["session"]["id"] == second
+
+
+async def test_a_surviving_node_adopts_the_room_of_a_dead_one(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b, plane_a, plane_b = two_nodes
+    expert = await Peer.join(b, "erin", "expert")
+    alice = await Peer.join(a, "alice", "client")
+    sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
+    await expert.expect("ring")
+    await expert.request("help.accept", session_id=sid)
+    await alice.expect("session.state", state="accepted")
+    assert await shut_down(b, expert) == [4012]
+
+    answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice")
+    assert answer["type"] == "media.answer"
+    assert plane_a.kinds() == ["open_room", "offer"]
+    expert = await Peer.join(a, "erin", "expert")
+    assert expert.welcome["session"]["id"] == sid
+
+
+async def test_concurrent_requests_on_two_nodes_get_distinct_places(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b, _, _ = two_nodes
+    expert = await Peer.join(a, "erin", "expert")
+    await expert.request("presence.set", status="away")  # nobody is rung: the queue only grows
+    clients = [await Peer.join(a if i % 2 else b, f"c{i}", "client") for i in range(10)]
+    replies = await asyncio.gather(*(c.request("help.request", expert_id="erin") for c in clients))
+    assert all(r["type"] == "session.state" for r in replies)
+    positions = [(await c.expect("queue.position"))["position"] for c in clients]
+    assert sorted(positions) == list(range(1, 11))
+    update = await expert.expect("queue.update")
+    while len(update["waiting"]) < 10:
+        update = await expert.expect("queue.update")
+    by_session = {r["session"]["id"]: p for r, p in zip(replies, positions)}
+    assert [by_session[w["session_id"]] for w in update["waiting"]] == list(range(1, 11))

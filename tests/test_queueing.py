@@ -168,3 +168,20 @@ async def test_requests_for_unknown_or_unavailable_experts(client) -> None:  # t
     assert (await erin.request("help.request", expert_id="erin"))["code"] == "forbidden"
     await Peer.join(client, "ezra", "expert")
     await asyncio.sleep(0)
+
+
+async def test_a_fresh_hello_tells_users_where_they_stand(client) -> None:  # type: ignore[no-untyped-def]
+    expert = await Peer.join(client, "erin", "expert")
+    alice = await Peer.join(client, "alice", "client")
+    bob = await Peer.join(client, "bob", "client")
+    first = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
+    second = (await bob.request("help.request", expert_id="erin"))["session"]["id"]
+    await expert.expect("ring")
+    # Both reopen the app (a new socket and hello, no resume): nothing to replay, yet they learn
+    # of the ring in progress, the queue, and the place in it.
+    expert = await Peer.join(client, "erin", "expert")
+    assert (await expert.expect("ring"))["session"]["id"] == first
+    assert [w["session_id"] for w in (await expert.expect("queue.update"))["waiting"]] == [first, second]
+    bob = await Peer.join(client, "bob", "client")
+    assert bob.welcome["session"]["id"] == second
+    assert (await bob.expect("queue.position"))["position"] == 2

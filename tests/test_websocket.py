@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import jwt
 import pytest
@@ -146,14 +147,15 @@ async def test_foreign_sessions_are_off_limits(client, plane) -> None:  # type: 
     expert, alice, session_id = await accepted_session(client)
     mallory = await Peer.join(client, "mallory", "client")
     ezra = await Peer.join(client, "ezra", "expert")
-    for peer, type_, fields in [
+    attempts: list[tuple[Peer, str, dict[str, Any]]] = [
         (mallory, "help.cancel", {}),
         (mallory, "session.end", {}),
         (mallory, "media.offer", {"transport": "publish", "sdp": "v=0"}),
         (mallory, "media.ice", {"transport": "publish", "candidate": None}),
         (ezra, "help.accept", {}),
         (ezra, "session.end", {}),
-    ]:
+    ]
+    for peer, type_, fields in attempts:
         reply = await peer.request(type_, session_id=session_id, **fields)
         assert reply["code"] == "not_participant", (type_, reply)
     assert (await mallory.request("session.end", session_id="no-such-session"))["code"] == "session_not_found"
@@ -188,7 +190,7 @@ async def test_rate_limit_errors_then_closes_4008(aiohttp_client, settings: Sett
 
 
 async def test_hello_timeout_and_ping_timeout(aiohttp_client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    settings.ping_interval, settings.ping_timeout = 0.2, 0.2
+    settings.ping_interval, settings.ping_timeout = 0.5, 0.5
     client = await aiohttp_client(build_app(settings, FakePlane()))
     silent = Peer(await client.ws_connect("/ws"))
     assert await silent.closed() == 4002
@@ -312,3 +314,32 @@ async def test_after_a_restart_an_expert_who_does_not_return_releases_the_queue(
     assert alice.welcome["session"]["id"] == sid and alice.welcome["session"]["state"] == "ringing"
     ended = await alice.expect("session.state", state="ended")
     assert ended["session"]["reason"] == "expert_unavailable"
+
+
+async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from signalling import websocket
+
+    monkeypatch.setattr(websocket, "OUTBOX_LIMIT", 16)
+    node = client.app[keys.SIGNALLING]
+    slow = await Peer.join(client, "slow", "client")
+    other = await Peer.join(client, "other", "client")
+    conn = next(c for c in node.connections.values() if c.identity and c.identity.user_id == "slow")
+
+    async def stuck(data: str) -> None:
+        await asyncio.Event().wait()
+
+    conn.ws.send_str = stuck  # type: ignore[method-assign]
+    async with asyncio.timeout(5):  # delivering never waits on the stuck socket
+        for i in range(26):
+            await node.backend.deliver("slow", {"v": 1, "type": "ack", "ref": i})
+    assert await slow.closed() == 4013
+    assert (await other.request("ping"))["type"] == "pong"
+    # What it never read is kept, in order, for its resume (ack 0 may have been on the wire).
+    back = Peer(await client.ws_connect("/ws"))
+    token = client.app[keys.TOKENS].mint("slow", "client")
+    welcome = await back.request("resume", token=token, resume_token=slow.welcome["resume_token"])
+    assert welcome["resumed"] is True
+    refs = [(await back.expect("ack"))["ref"]]
+    while refs[-1] != 25:
+        refs.append((await back.expect("ack"))["ref"])
+    assert refs[0] in (0, 1) and refs == list(range(refs[0], 26))

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import itertools
 import json
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
@@ -167,3 +167,10 @@ async def shut_down(server: TestClient, *peers: Peer) -> list[int | None]:
     codes = await asyncio.gather(*(peer.closed() for peer in peers))
     await stopping
     return list(codes)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds (for effects that travel between nodes with no reply to await)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)

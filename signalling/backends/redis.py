@@ -39,9 +39,15 @@ class RedisBackend(MemoryBackend):
         location_ttl: int = 90,
         ended_session_ttl: int = 24 * 3600,
         lock_ttl: float = 10.0,
+        max_connections: int = 64,
     ) -> None:
         super().__init__(node_id, stash_ttl=stash_ttl)
-        self.redis = aioredis.from_url(url, decode_responses=True)
+        # A blocking pool: a burst of requests waits for a connection instead of failing with
+        # "Too many connections" (each handler holds one only for a command or two).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, decode_responses=True
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.location_ttl = location_ttl
         self.ended_session_ttl = ended_session_ttl
@@ -67,7 +73,7 @@ class RedisBackend(MemoryBackend):
         if self._pubsub is not None:
             await self._pubsub.aclose()
             self._pubsub = None
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)
 
     async def _listen(self) -> None:
         while True:
@@ -92,7 +98,7 @@ class RedisBackend(MemoryBackend):
         previous = await self.redis.set(
             self._key("loc", user_id), f"{self.node_id}\n{conn_id}", ex=self.location_ttl, get=True
         )
-        return _location(previous)
+        return _location(_text(previous))
 
     async def release(self, user_id: str, conn_id: str) -> bool:
         self._release_local(user_id, conn_id)
@@ -105,7 +111,7 @@ class RedisBackend(MemoryBackend):
         )
 
     async def locate(self, user_id: str) -> Location | None:
-        return _location(await self.redis.get(self._key("loc", user_id)))
+        return _location(_text(await self.redis.get(self._key("loc", user_id))))
 
     async def node_alive(self, node_id: str) -> bool:
         counts = await self.redis.pubsub_numsub(self._key("node", node_id))
@@ -115,7 +121,7 @@ class RedisBackend(MemoryBackend):
         await self.redis.set(self._key("dropped", user_id), conn_id, px=max(1, int(self.stash_ttl * 1000)))
 
     async def take_dropped(self, user_id: str) -> str | None:
-        return await self.redis.getdel(self._key("dropped", user_id))
+        return _text(await self.redis.getdel(self._key("dropped", user_id)))
 
     async def send_to_node(self, node_id: str, envelope: dict[str, Any]) -> None:
         receivers = await self.redis.publish(self._key("node", node_id), json.dumps(envelope))
@@ -147,7 +153,7 @@ class RedisBackend(MemoryBackend):
             await self.redis.hset(self._key("presence"), user_id, status)
 
     async def get_status(self, user_id: str) -> str | None:
-        return await self.redis.hget(self._key("presence"), user_id)
+        return _text(await self.redis.hget(self._key("presence"), user_id))
 
     # --- sessions -----------------------------------------------------------------------------
 
@@ -167,7 +173,7 @@ class RedisBackend(MemoryBackend):
         return None if raw is None else json.loads(raw)
 
     async def active_session_ids(self) -> list[str]:
-        return sorted(await self.redis.smembers(self._key("sessions", "active")))
+        return sorted(str(_text(m)) for m in await self.redis.smembers(self._key("sessions", "active")))
 
     async def set_user_session(self, user_id: str, session_id: str | None) -> None:
         if session_id is None:
@@ -176,7 +182,7 @@ class RedisBackend(MemoryBackend):
             await self.redis.set(self._key("user_session", user_id), session_id)
 
     async def user_session(self, user_id: str) -> str | None:
-        return await self.redis.get(self._key("user_session", user_id))
+        return _text(await self.redis.get(self._key("user_session", user_id)))
 
     # --- queues -------------------------------------------------------------------------------
 
@@ -189,7 +195,7 @@ class RedisBackend(MemoryBackend):
         return bool(await self.redis.lrem(self._key("queue", expert_id), 0, session_id))
 
     async def queue(self, expert_id: str) -> list[str]:
-        return list(await self.redis.lrange(self._key("queue", expert_id), 0, -1))
+        return [str(_text(m)) for m in await self.redis.lrange(self._key("queue", expert_id), 0, -1)]
 
     # --- coordination -------------------------------------------------------------------------
 
@@ -204,6 +210,15 @@ class RedisBackend(MemoryBackend):
             yield
         finally:
             await self.redis.eval(_DELETE_IF, 1, name, token)
+
+
+def _text(value: object) -> str | None:
+    """A reply as text (the client decodes responses; the stubs cannot know that)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
 
 
 def _location(raw: str | None) -> Location | None:
