@@ -186,9 +186,11 @@ function main(page) {
     $("#book-expert").textContent = expert.name;
     $("#book-error").textContent = "";
     $("#book-hours").textContent = describeHours(expert);
-    const start = new Date(Date.now() + 3600_000);
-    start.setMinutes(0, 0, 0);
+    // Default: the first half-hour boundary at least an hour from now (the server wants notice).
+    const halfHour = 30 * 60_000;
+    const start = new Date(Math.ceil((Date.now() + 3600_000) / halfHour) * halfHour);
     $("#book-start").value = toLocalInput(start);
+    $("#book-start").min = toLocalInput(new Date());
     dialog.showModal();
   }
   $("#book-cancel").addEventListener("click", () => dialog.close());
