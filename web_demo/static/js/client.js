@@ -138,8 +138,12 @@ function main(page) {
   });
 
   function onSession(session) {
+    const wasRinging = waitingFor?.state === "ringing";
     waitingFor = session;
-    if (session.state === "ringing") {
+    if (session.state === "requested" && wasRinging) {
+      // The expert stepped away mid-ring: the request waits at the head of the queue again.
+      $("#queue-position").textContent = "The expert stepped away: you are still first in line.";
+    } else if (session.state === "ringing") {
       $("#queue-position").textContent = `Ringing ${session.expert_name || "the expert"}…`;
       $("#queue-position").dataset.position = "1";
     } else if (session.state === "ended") {
