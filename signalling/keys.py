@@ -22,6 +22,7 @@ from .scheduling import BookingListener, Scheduler
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .billing.session_billing import SessionBilling
     from .node import SignallingNode
     from .whip import WhipResources
 
@@ -48,3 +49,5 @@ SIGNALLING: web.AppKey["SignallingNode"] = web.AppKey("signalling")
 WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")
 SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
 WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")
+# Billing <-> sessions (signalling/billing/session_billing.py), set while the app runs.
+SESSION_BILLING: web.AppKey["SessionBilling"] = web.AppKey("session_billing")
