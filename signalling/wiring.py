@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -130,12 +131,14 @@ class ParticipantGrants:
         if identity.is_admin:
             return True
         node = self.app.get(keys.SIGNALLING)
-        session = node.sessions.store.get(session_id) if node is not None else None
+        if node is None:
+            return False
+        session = node.sessions.store.get(session_id)
         return (
             session is not None
             and identity.user_id in session.participants
             and session.state in IN_PROGRESS
-            and session.media_node == node.node_id  # type: ignore[union-attr]
+            and session.media_node == node.node_id
         )
 
 

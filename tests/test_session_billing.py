@@ -158,7 +158,7 @@ async def test_the_budget_warns_then_ends_the_session(aiohttp_client, settings) 
 async def test_who_may_ask_about_costs(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
     plane = FakePlane()
     client = await aiohttp_client(wired_app(settings, plane))
-    expert, alice, sid = await call(client, plane)
+    _, _, sid = await call(client, plane)
     mallory = await Peer.join(client, "mallory", "client")
     assert (await mallory.request("billing.cost.get", session_id=sid))["code"] == "not_participant"
     assert (await mallory.request("billing.budget", session_id=sid, budget=500))["code"] == "not_participant"

@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -44,16 +43,17 @@ class Server:
         self.data_dir = data_dir
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(data_dir.parent / "server.log", "ab")
+        self.log_path = data_dir.parent / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
         env = {**os.environ, "EXPERTCALL_SECRET": SECRET}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "signalling.cli", "serve", "--port", str(self.port), "--data-dir",
-             str(self.data_dir), "--billing-unit-seconds", "1", "--media-loopback", "--no-demo"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=self.log,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "signalling.cli", "serve", "--port", str(self.port), "--data-dir",
+                 str(self.data_dir), "--billing-unit-seconds", "1", "--media-loopback", "--no-demo"],
+                cwd=ROOT, env=env, stdout=log, stderr=log,
+            )
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
                 assert self.proc.poll() is None, self.tail()
@@ -72,8 +72,7 @@ class Server:
         self.proc.wait(timeout=30)
 
     def tail(self) -> str:
-        self.log.flush()
-        return (self.data_dir.parent / "server.log").read_bytes().decode(errors="replace")[-3000:]
+        return self.log_path.read_bytes().decode(errors="replace")[-3000:]
 
 
 class SocketPlane:

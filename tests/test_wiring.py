@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -134,7 +134,7 @@ async def test_participants_may_whip_into_their_own_session_only(aiohttp_client,
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 async def test_bookings_reach_both_parties_and_open_on_time(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]

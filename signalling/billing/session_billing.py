@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -31,7 +32,14 @@ from ..experts import Price as ProfilePrice
 from ..protocol import ErrorCode, ProtocolError, message
 from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
 from ..websocket import CLIENT, PARTICIPANT, ROUTES, Connection, Route
-from .meter import BillingError, BudgetReached, BudgetWarning, Meter, RunningCost, UnitCharged
+from .meter import (
+    BillingError,
+    BudgetReached,
+    BudgetWarning,
+    Meter,
+    RunningCost,
+    UnitCharged,
+)
 from .money import Money
 from .pricing import BillingPolicy, Price, PriceKind
 
@@ -159,6 +167,7 @@ class SessionBilling:
 
     def _summarise(self, session: Session, reason: str) -> None:
         row = self.meter.db.fetchone("SELECT price FROM billing_sessions WHERE session_id = ?", (session.id,))
+        assert row is not None  # the meter has just ended it
         currency = json.loads(row["price"])["currency"]
         totals = self.meter.ledger.session_totals(session.id)
         live_seconds = self._live_seconds(session.id)
@@ -176,7 +185,7 @@ class SessionBilling:
             "SELECT coalesce(sum(end - start), 0) AS live FROM billing_intervals WHERE session_id = ? AND end IS NOT NULL",
             (session_id,),
         )
-        return round(float(row["live"]), 3)
+        return round(float(row["live"]), 3) if row is not None else 0.0
 
     # --- the meter talks back -------------------------------------------------------------------
 
