@@ -79,6 +79,7 @@ async def test_profiles_presence_and_ratings_end_to_end(aiohttp_client, settings
     queued = await bob.request("help.request", expert_id="erin")
     assert queued["session"]["state"] == "requested"
     assert (await bob.expect("queue.position"))["position"] == 1
+    assert await client.app[keys.EXPERTS].waiting("erin") == 1  # ranks experts with a skill
 
     # A rating needs the session to have ended, and only its client may give it.
     rate = f"/api/sessions/{sid}/rating"
