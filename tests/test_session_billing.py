@@ -14,7 +14,7 @@ from signalling import keys
 from signalling.settings import Settings
 
 from .test_wiring import auth, make_expert, wired_app
-from .utils import FakePlane, Peer
+from .utils import FakePlane, Peer, shut_down
 
 PER_UNIT = {"mode": "per_minute", "amount": 100, "currency": "USD"}
 
@@ -169,3 +169,24 @@ async def test_who_may_ask_about_costs(aiohttp_client, settings) -> None:  # typ
     assert (await bob.request("billing.cost.get", session_id=waiting))["units"] == 0
     await bob.request("help.cancel", session_id=waiting)
     assert (await bob.request("billing.cost.get", session_id=waiting))["code"] == "invalid_state"
+
+
+async def test_a_budget_used_up_while_the_server_was_down_ends_the_session(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    plane = FakePlane()
+    first = await aiohttp_client(wired_app(settings, plane))
+    expert, alice, sid = await call(first, plane, budget=200)
+    go_live(plane, sid)
+    await units_seen(alice, 1)
+    await shut_down(first, expert, alice)
+    await asyncio.sleep(2.2)  # the Meter's recovery counts the outage as live: two units and more
+
+    second = await aiohttp_client(wired_app(settings, FakePlane()))
+    resp = await second.get(f"/api/billing/sessions/{sid}", headers=auth(second, "alice"))
+    async with asyncio.timeout(5):
+        while (body := await resp.json())["open"]:
+            await asyncio.sleep(0.05)
+            resp = await second.get(f"/api/billing/sessions/{sid}", headers=auth(second, "alice"))
+    assert (body["end_reason"], body["units"], body["total"]) == ("budget_reached", 2, 200)
+    alice = await Peer.join(second, "alice", "client")
+    assert alice.welcome["session"] is None
+    assert ledger(second, sid)[0] == [0, 1]

@@ -126,6 +126,8 @@ class RunningCost:
     budget_cap: Money | None
     next_charge_at: float | None
     timeline: tuple[tuple[float, float | None], ...]
+    # The budget is used up: nothing more will be charged (the session should end).
+    capped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -419,7 +421,7 @@ class Meter:
             next_at = s.wall_time_at(threshold[0])
         return RunningCost(
             session_id, s.price, s.units, s.total, s.live, s.live_seconds(max(now, s.last_at)),
-            s.budget_cap, next_at, s.timeline(),
+            s.budget_cap, next_at, s.timeline(), s.capped,
         )
 
     def is_open(self, session_id: str) -> bool:

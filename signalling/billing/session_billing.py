@@ -13,7 +13,8 @@ the Meter charged, whatever delivering one costs.
 
 After a restart the Meter reloads its open sessions before the session layer recovers; ``sync``
 then brings each in line with its session's state (a session the node paused on restart stops
-its clock; one that ended while the process was down is settled).
+its clock; one that ended while the process was down is settled; one whose budget ran out across
+the outage ends with ``budget_reached``).
 """
 
 from __future__ import annotations
@@ -113,10 +114,14 @@ class SessionBilling:
                 continue
             if session.state is State.ENDED:
                 self.meter.ended(session_id, at=session.updated_at, reason=session.reason or "ended")
-            elif session.state is State.LIVE:
+                continue
+            if session.state is State.LIVE:
                 self.meter.media_live(session_id, at=session.updated_at)
             else:
                 self.meter.media_paused(session_id, at=session.updated_at)
+            if self.meter.running_cost(session_id).capped:
+                # The budget ran out while the server was down, before anyone could be told.
+                self._end(session_id)
         for session_id in await self.node.backend.active_session_ids():
             session = await self.node.sessions.get(session_id)
             if session is None or session.state not in IN_PROGRESS or self.meter.is_open(session_id):
