@@ -16,9 +16,10 @@ from aiohttp import web
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, rest_bookings, rest_experts
+from . import ice, keys, rest_bookings, rest_experts, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
+from .billing import session_billing
 from .database import Database
 from .metrics import CONTENT_TYPE, Metrics
 from .node import setup as setup_signalling
@@ -46,6 +47,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(media_plane_ctx)
     setup_whip(app)
     setup_signalling(app)
+    wiring.setup(app)
+    session_billing.setup(app)
     return app
 
 
