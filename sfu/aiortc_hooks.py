@@ -10,11 +10,11 @@ to 1.16.0 in pyproject.toml; tests/test_aiortc_hooks.py fails loudly if any name
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-from aioice import Candidate
+from aioice import Candidate, stun
 from aioice import ice as aioice_ice
-from aioice import stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -59,8 +59,8 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
             continue
         # RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) and
         # self._handle_rtcp_data(data) with plaintext after SRTP unprotect.
-        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign]
-        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign]
+        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
+        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
         setattr(dtls, _HOOKED, True)
 
 
@@ -100,32 +100,48 @@ def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
 class RawSender:
     """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
-    the transport is not connected (a subscriber still handshaking, or gone)."""
+    the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
+    and address are cached until aioice nominates another pair."""
 
-    __slots__ = ("_dtls",)
+    __slots__ = ("_addr", "_dtls", "_nominated", "_pair", "_sendto")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
+        self._nominated: dict[int, Any] = dtls.transport._connection._nominated
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] = _no_sendto
+        self._addr: Any = None
+
+    def _route(self) -> bool:
+        pair = self._nominated.get(1)
+        if pair is None:
+            return False
+        self._pair = pair
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
+        return True
 
     def send_rtp(self, data: bytes) -> bool:
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
+        if self._nominated.get(1) is not self._pair and not self._route():
             return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        self._sendto(dtls._tx_srtp.protect(data), self._addr)
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
+        if self._nominated.get(1) is not self._pair and not self._route():
             return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+        self._sendto(dtls._tx_srtp.protect_rtcp(data), self._addr)
         return True
+
+
+def _no_sendto(data: bytes, addr: Any) -> None:
+    return None
 
 
 def replace_candidate_gathering(pc: RTCPeerConnection, gather: CandidateGatherer) -> None:
@@ -188,7 +204,7 @@ async def server_reflexive_candidates(connection: Any) -> list[Candidate]:
             candidate, _ = await asyncio.wait_for(
                 aioice_ice.server_reflexive_candidate(protocol, connection.stun_server), 5
             )
-        except (OSError, asyncio.TimeoutError, stun.TransactionFailed, stun.TransactionTimeout):
+        except (TimeoutError, OSError, stun.TransactionFailed, stun.TransactionTimeout):
             continue
         found.append(candidate)
     return found

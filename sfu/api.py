@@ -6,8 +6,8 @@ and listens to the events. Every message is a frozen dataclass of plain values t
 and as one worker process per core, or on another machine, later — with the same messages.
 
 A participant reaches the SFU over two peer connections ("transports"), as LiveKit does:
-``publish`` (the client offers its tracks, the SFU answers) and ``subscribe`` (the SFU offers the
-other participants' tracks, the client answers). Keeping the directions apart means the SFU can
+``publish`` (the client offers its tracks, the SFU answers) and ``subscribe`` (opened with
+``Subscribe``: the SFU offers the other participants' tracks, the client answers). Keeping the directions apart means the SFU can
 renegotiate a subscriber whenever someone publishes without ever racing the client's own offer.
 WHIP uses a publish transport, WHEP a subscribe transport whose offer comes from the client.
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiortc import clock
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sfu import rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, find_extension
@@ -160,8 +161,7 @@ class Producer:
         if self._bytes_per_ms:
             tokens = self._tokens + (arrival_ms - self._bucket_ms) * self._bytes_per_ms
             self._bucket_ms = arrival_ms
-            if tokens > self._bucket_size:
-                tokens = self._bucket_size
+            tokens = min(tokens, self._bucket_size)
             if tokens < size:
                 self._tokens = tokens
                 self.packets_policed += 1
@@ -195,7 +195,7 @@ class Producer:
             level = self._read_audio_level(data)
 
         payload = data[offset:]
-        keyframe = self.waiting_for_keyframe and self._is_keyframe_start(payload)
+        keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         padding = b0 & 0x20
         epoch = self.epoch
@@ -218,7 +218,7 @@ class Producer:
             return
         level = -1
         payload = stripped[offset:]
-        keyframe = self.waiting_for_keyframe and self._is_keyframe_start(payload)
+        keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         for consumer in self.consumers:
             consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiortc import clock
 
@@ -151,9 +152,9 @@ class Router:
         producer.on_close.append(self._producer_closed)
         for participant in self.participants.values():
             sub = participant.subscribe
-            if participant.id != participant_id and sub is not None and not sub.closed:
-                if sub.add_consumer(producer) is not None:
-                    self.schedule_offer(sub)
+            if (participant.id != participant_id and sub is not None and not sub.closed
+                    and sub.add_consumer(producer) is not None):
+                self.schedule_offer(sub)
         return producer
 
     def producer_started(self, producer: Producer) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiortc import (
     RTCBundlePolicy,
@@ -21,6 +22,8 @@ from aiortc import (
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
+)
+from aiortc import (
     sdp as aiortc_sdp,
 )
 from aiortc.exceptions import InvalidStateError, OperationError
@@ -84,7 +87,7 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
 def _codec(codecs: list[RTCRtpCodecParameters]) -> tuple[list[RTCRtpCodecParameters], Codec] | None:
     """The first supported codec of a negotiated list, with its RTX, as (kept, Codec)."""
     for codec in codecs:
-        if codec.mimeType.lower() not in SUPPORTED_CODECS:
+        if codec.mimeType.lower() not in SUPPORTED_CODECS or codec.payloadType is None:
             continue
         rtx = next(
             (c for c in codecs if c.mimeType.lower().endswith("/rtx")
@@ -148,7 +151,10 @@ class Transport:
         async with self._lock:
             if self.closed:
                 raise MediaError("transport_closed", "the transport is closed")
-            ufrag = description.media[0].ice.usernameFragment
+            if self.kind == "subscribe" and self.offer_id:
+                raise MediaError("bad_state", "the SFU offers on this subscribe transport: "
+                                 "answer its ServerOffer, or Leave it before offering (WHEP)")
+            ufrag = description.media[0].ice.usernameFragment  # type: ignore[union-attr]
             if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
                 await self._restart_ice()
             self._remote_ufrag = ufrag
@@ -193,11 +199,11 @@ class Transport:
             if media.kind in ("audio", "video") and media.direction in ("sendonly", "sendrecv") \
                     and media.port != 0:
                 sending[media.rtp.muxId] = media
-        for mid in [m for m in self.producers if m not in sending]:
-            self.producers.pop(mid).close()
+        for gone in [m for m in self.producers if m not in sending]:
+            self.producers.pop(gone).close()
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
-            if mid not in sending:
+            if mid is None or mid not in sending:
                 continue
             picked = _codec(aiortc_hooks.negotiated_codecs(transceiver))
             if picked is None:
@@ -209,10 +215,10 @@ class Transport:
                 self.producers[mid] = self.router.create_producer(
                     self.participant_id, mid, transceiver.kind, codec
                 )
-            aiortc_hooks.disarm_receiver(
-                transceiver.receiver,
-                lambda params, mid=mid: self._attach_producer(mid, params),
-            )
+            aiortc_hooks.disarm_receiver(transceiver.receiver, self._attacher(mid))
+
+    def _attacher(self, mid: str) -> Callable[[RTCRtpReceiveParameters], None]:
+        return lambda params: self._attach_producer(mid, params)
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
         producer = self.producers.get(mid)
@@ -317,9 +323,14 @@ class Transport:
 
     def _bind_consumer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> Consumer:
         ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(transceiver.sender)
+        self._hook()  # with max-bundle the one DTLS transport exists from the first m-line on
+        raw = self._raw
         consumer = Consumer(
             f"{producer.id}>{self.participant_id}", producer, self.participant_id,
-            ssrc=ssrc, rtx_ssrc=rtx_ssrc, send_rtp=self._send_rtp, send_rtcp=self._send_rtcp,
+            ssrc=ssrc, rtx_ssrc=rtx_ssrc,
+            # straight to the socket: one call less per packet and subscriber
+            send_rtp=raw.send_rtp if raw is not None else self._send_rtp,
+            send_rtcp=raw.send_rtcp if raw is not None else self._send_rtcp,
         )
         self._rtcp_consumers[ssrc] = consumer
         self._unconfigured.append((transceiver, consumer))
@@ -343,7 +354,7 @@ class Transport:
                 continue
             codecs = aiortc_hooks.negotiated_codecs(transceiver)
             main = next((c for c in codecs if not c.mimeType.lower().endswith("/rtx")), None)
-            if main is None:
+            if main is None or main.payloadType is None:
                 continue
             rtx = next((c for c in codecs if c.mimeType.lower().endswith("/rtx")
                         and c.parameters.get("apt") == main.payloadType), None)

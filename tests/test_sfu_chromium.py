@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from sfu.api import AnswerToServerOffer, Offer, OpenRoom, ServerOffer, Subscribe

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from aiortc.rtp import RtpPacket
-from aiortc.rtp import HeaderExtensionsMap
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -94,7 +93,7 @@ def _parse(data: bytes, ext_ids: dict[str, int]) -> RtpPacket:
 
 def test_rewrites_ssrc_pt_sequence_and_extensions() -> None:
     layout = ExtensionLayout(mid_id=4, mid="7", abs_send_time_id=9)
-    producer, consumer, sent = _consumer(VP8, layout)
+    producer, _, sent = _consumer(VP8, layout)
     for i in range(3):
         producer.receive(*_split(_packet(1000 + i, 5000 + 3000 * i, b"\x10\x00frame",
                                          extensions=bytes([0x50, 0x01, 0x02]))), 1000 + 33 * i)
@@ -111,7 +110,7 @@ def test_rewrites_ssrc_pt_sequence_and_extensions() -> None:
 
 def test_audio_level_is_carried_with_the_subscribers_id() -> None:
     layout = ExtensionLayout(mid_id=1, mid="0", audio_level_id=6)
-    producer, consumer, sent = _consumer(OPUS, layout)
+    producer, _, sent = _consumer(OPUS, layout)
     producer.receive(*_split(_packet(1, 960, b"opus", pt=111, extensions=bytes([0x20, 0x80 | 25]))), 10)
     packet = _parse(sent[0], {"urn:ietf:params:rtp-hdrext:ssrc-audio-level": 6,
                               "urn:ietf:params:rtp-hdrext:sdes:mid": 1})
@@ -120,7 +119,7 @@ def test_audio_level_is_carried_with_the_subscribers_id() -> None:
 
 
 def test_sequence_and_timestamp_continue_across_a_new_epoch() -> None:
-    producer, consumer, sent = _consumer(VP8, ExtensionLayout())
+    producer, _, sent = _consumer(VP8, ExtensionLayout())
     producer.receive(*_split(_packet(100, 9000, b"\x10\x00a")), 1000)
     producer.attach_source(999, None, 0, lambda d: True)  # the publisher reconnected
     producer.receive(*_split(_packet(50000, 123, b"\x10\x00b", ssrc=999)), 1100)

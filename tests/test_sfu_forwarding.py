@@ -31,8 +31,8 @@ async def test_vp8_and_opus_reach_the_subscriber_intact(plane: LocalMediaPlane) 
         counters = subscriber.counters()
         assert len(counters) >= 45, f"only {len(counters)} frames decoded"
         # Decoded pictures carry the numbers the publisher drew, in order, without repeats.
-        assert counters == sorted(counters)
-        assert len(set(counters)) == len(counters)
+        assert counters == sorted(counters), str(counters)
+        assert len(set(counters)) == len(counters), str(counters)
         assert max(counters) <= publisher.video_track.counter
         assert subscriber.audio_frames > 0
     finally:
@@ -108,7 +108,7 @@ async def test_video_survives_five_percent_loss_thanks_to_nack(plane: LocalMedia
         assert outbound[0]["rtt"] is not None and 0 <= outbound[0]["rtt"] < 0.5
         for _ in range(80):
             stats = (await plane.request(GetStats("room-loss"))).tracks
-            remb = [t["remb"] for t in stats if t["direction"] == "outbound"][0]
+            remb = next(t["remb"] for t in stats if t["direction"] == "outbound")
             if remb:
                 break
             await asyncio.sleep(0.1)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket
+from aiortc.rtp import (
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
 
 from sfu import rtcp
 from sfu.consumer import Consumer
