@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import queue
 import secrets
 import shutil
 import socket
@@ -175,7 +176,7 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         server.url, server.token, sessions, tables, load.audio, video_params, shared, results))
     procs = [publisher]
     publisher.start()
-    kind, value = results.get(timeout=120)
+    kind, value = _result(results, 120, label)
     if kind != "publishers_ready":
         publisher.join(5)
         raise click.ClickException(f"{label} publishers failed: {value}")
@@ -221,13 +222,13 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         publisher_stats: list[dict[str, Any]] = []
         pending = n_workers
         while pending:
-            kind, value = results.get(timeout=60)
+            kind, value = _result(results, 60, label)
             if kind == "subscribers":
                 subscribers.extend(value)
                 pending -= 1
         shared.stop.set()
         while True:
-            kind, value = results.get(timeout=60)
+            kind, value = _result(results, 60, label)
             if kind in ("publishers", "publishers_failed"):
                 publisher_stats = value if kind == "publishers" else [{"error": value}]
                 break
@@ -247,6 +248,15 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
     summary["loadavg_1min_after"] = round(load_average, 2)
     click.echo(_one_line(summary), err=True)
     return summary
+
+
+def _result(results: Any, timeout: float, label: str) -> tuple[str, Any]:
+    try:
+        kind, value = results.get(timeout=timeout)
+    except queue.Empty:
+        raise click.ClickException(f"{label} a client process sent nothing for {timeout:.0f} s: "
+                                   "it died or is stuck (see its output above)") from None
+    return kind, value
 
 
 def _one_line(s: dict[str, Any]) -> str:
