@@ -110,6 +110,13 @@ class Consumer:
                 self.producer.waiting_for_keyframe += 1
             self.producer.request_keyframe()
 
+    def restart(self) -> None:
+        """The producer's source changed (a publisher's reconnect): a new encoder's delta frames
+        mean nothing to the subscriber's decoder, so wait for its first keyframe."""
+        if not self.paused and not self._waiting and self.kind == "video":
+            self._waiting = True
+            self.producer.waiting_for_keyframe += 1
+
     def pause(self) -> None:
         if not self.paused:
             self.paused = True

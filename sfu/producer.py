@@ -129,6 +129,8 @@ class Producer:
         self._send_rtcp = send_rtcp
         self._base_seq = -1
         self._missing.clear()
+        for consumer in self.consumers:
+            consumer.restart()
 
     def detach_source(self) -> None:
         self._send_rtcp = _drop

@@ -137,6 +137,8 @@ class Router:
         if task is not None:
             task.cancel()
         await transport.close(reason)
+        logger.info("room %s: %s %s transport closed (%s)", self.id, transport.participant_id,
+                    transport.kind, reason)
         if announce:
             self._emit(TransportClosed(self.id, transport.participant_id, transport.kind, reason))
 
@@ -150,6 +152,7 @@ class Router:
         )
         self.producers[producer.id] = producer
         producer.on_close.append(self._producer_closed)
+        logger.info("room %s: %s publishes %s %s", self.id, participant_id, kind, codec.mime_type)
         for participant in self.participants.values():
             sub = participant.subscribe
             if (participant.id != participant_id and sub is not None and not sub.closed

@@ -156,6 +156,9 @@ class Transport:
                                  "answer its ServerOffer, or Leave it before offering (WHEP)")
             ufrag = description.media[0].ice.usernameFragment  # type: ignore[union-attr]
             if self._remote_ufrag is not None and ufrag != self._remote_ufrag:
+                if self.kind == "subscribe":
+                    raise MediaError("bad_state", "a client-offered subscribe transport cannot "
+                                     "restart ICE: Leave it and offer a new one")
                 await self._restart_ice()
             self._remote_ufrag = ufrag
             self.client_offers = True
@@ -184,11 +187,14 @@ class Transport:
     async def _restart_ice(self) -> None:
         """aiortc cannot restart ICE on a live connection, so a resume gets a fresh one; the
         producers stay, and re-attach (new epoch) once the new connection delivers media."""
+        logger.info("room %s: %s publish transport resumes on a new connection",
+                    self.router.id, self.participant_id)
         old = self.pc
         for producer in self.producers.values():
             producer.detach_source()
         self._rtp.clear()
         self._raw = None
+        self.chat = None  # the client opens its chat channel again on the new connection
         self.pc = self._new_pc()
         self.state = "new"
         await old.close()
@@ -539,6 +545,8 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        logger.info("room %s: %s %s transport %s", self.router.id, self.participant_id,
+                    self.kind, self.state)
         if self.connected:
             for consumer in self.consumers.values():
                 consumer.resume()

@@ -112,12 +112,14 @@ class LocalMediaPlane:
             self.rooms[message.room_id] = Router(
                 message.room_id, self.options, self._emit, dict(message.app_data)
             )
+            logger.info("room %s opened", message.room_id)
         return Ok()
 
     async def _close_room(self, message: CloseRoom) -> Message:
         router = self.rooms.pop(message.room_id, None) if isinstance(message.room_id, str) else None
         if router is not None:
             await router.close(message.reason)
+            logger.info("room %s closed (%s)", message.room_id, message.reason)
         return Ok()
 
     async def _offer(self, message: Offer) -> Message:

@@ -1,7 +1,7 @@
 """Interop with a real browser: headless Debian Chromium (fake camera and microphone) publishes
-through the SFU to an aiortc subscriber, and receives an aiortc publisher's video — Chromium's own
-SDP, with BUNDLE, rtcp-mux, its header extensions and a simulcast offer (answered as a single
-stream). SDP goes straight through LocalMediaPlane; the page is served on 127.0.0.1."""
+through the SFU to an aiortc subscriber (and resumes on a fresh connection without the subscriber
+noticing), and receives an aiortc publisher's video — Chromium's own SDP, with BUNDLE, rtcp-mux,
+its header extensions and a simulcast offer (answered as a single stream). SDP goes straight through LocalMediaPlane; the page is served on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -130,6 +130,18 @@ async def test_chromium_publishes_and_subscribes_through_the_sfu() -> None:
                     f"(chrome sent {await page.evaluate('outbound()')} packets)"
                 )
                 assert viewer.audio_frames > 0
+
+                # Chromium resumes on a fresh connection (the SFU's ICE restart): the aiortc
+                # viewer keeps decoding on its stream, without renegotiating.
+                offers = len(hub.of(ServerOffer))
+                await page.evaluate("pub.close()")
+                before = len(viewer.frames)
+                offer = await page.evaluate("publish()")
+                answer = await plane.request(Offer("interop", "chrome", "publish", offer))
+                await page.evaluate("sdp => publishAnswer(sdp)", answer.sdp)
+                await viewer.wait_frames(before + 15, timeout=20)
+                assert len(viewer.frames) >= before + 15, "no video after Chromium resumed"
+                assert len(hub.of(ServerOffer)) == offers
 
                 # An aiortc publisher's video reaches Chromium, which decodes it.
                 async def on_offer(event: ServerOffer) -> None:

@@ -148,3 +148,16 @@ def test_waits_for_a_keyframe_after_resume_and_answers_nacks_with_rtx() -> None:
 def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
     b0, b1, seq, ts, _ = struct.unpack_from("!BBHII", data)
     return data, b0, b1, seq, ts, payload_offset(data)
+
+
+def test_a_new_source_restarts_on_a_keyframe() -> None:
+    producer, _, sent = _consumer(VP8, ExtensionLayout())
+    producer.receive(*_split(_packet(10, 0, b"\x10\x01delta")), 0)
+    assert len(sent) == 1  # already running: deltas pass
+    producer.attach_source(777, None, 0, lambda d: True)  # the publisher reconnected
+    producer.receive(*_split(_packet(5000, 90, b"\x10\x01delta", ssrc=777)), 50)
+    assert len(sent) == 1  # the new encoder's deltas are held back ...
+    producer.receive(*_split(_packet(5001, 3090, b"\x10\x00key", ssrc=777)), 83)
+    assert len(sent) == 2  # ... until its keyframe, which follows on without a gap
+    first, second = (_parse(d, {}) for d in sent)
+    assert (second.sequence_number - first.sequence_number) & 0xFFFF == 1

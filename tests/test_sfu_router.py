@@ -94,6 +94,14 @@ async def test_chat_is_relayed_to_the_others_with_the_sender(plane: LocalMediaPl
         alice.chat.send("x" * 5000)
         await asyncio.sleep(0.3)
         assert alice.chat_received == [] and len(bob.chat_received) == 1
+        # After alice resumes on a fresh connection, her new chat channel is relayed too.
+        await alice.close()
+        alice = Publisher(plane, "chat", "alice", video=False)
+        await alice.start()
+        assert await _until(lambda: alice.chat.readyState == "open")
+        alice.chat.send("back again")
+        assert await _until(lambda: len(bob.chat_received) == 2)
+        assert bob.chat_received[-1] == {"from": "alice", "message": "back again"}
     finally:
         for client in (bob, bob_pub, alice):
             await client.close()
