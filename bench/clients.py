@@ -22,16 +22,16 @@ import asyncio
 import random
 import struct
 import time
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import aiohttp
 import pylibsrtp
-from yarl import URL
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc import clock
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, clock
 from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 from aiortc.sdp import SessionDescription
+from yarl import URL
 
 from .encoded import AUDIO_CLOCK, VIDEO_CLOCK, EncodedAudio, EncodedVideo
 from .loopback import no_ice_servers
@@ -118,7 +118,7 @@ def _hook_history(sender: Any) -> dict[int, RtpPacket]:
 
 class Publisher:
     def __init__(self, url: str, token: str, video: EncodedVideo, audio: EncodedAudio | None,
-                 send_times: Sequence[float]) -> None:
+                 send_times: MutableSequence[float]) -> None:
         self.url, self.token = url, token
         self.video, self.audio = video, audio
         self.send_times = send_times  # shared table indexed by PictureID
@@ -138,7 +138,7 @@ class Publisher:
         video = self.pc.addTransceiver(_Idle("video"), direction="sendonly")
         audio = self.pc.addTransceiver(_Idle("audio"), direction="sendonly") if self.audio else None
         # RTCRtpSender._handle_rtcp_packet calls self._send_keyframe() on PLI and FIR.
-        video.sender._send_keyframe = self._request_keyframe
+        video.sender._send_keyframe = self._request_keyframe  # type: ignore[method-assign]
         self.resource = await _exchange(http, self.url, self.token, self.pc)
         await _connected(self.pc)
         self._tasks.append(asyncio.ensure_future(self._send_video(_outgoing(video))))
@@ -244,8 +244,7 @@ class StreamCounters:
                 return self.cycles - 0x10000 + seq
         self.last_seq = seq
         extended = self.cycles + seq
-        if extended > self.highest:
-            self.highest = extended
+        self.highest = max(self.highest, extended)
         return extended
 
 
@@ -264,7 +263,7 @@ class Snapshot:
 class Subscriber:
     url: str
     token: str
-    send_times: Sequence[float]
+    send_times: MutableSequence[float]
     audio: bool = False
     pc: RTCPeerConnection = field(init=False)
     resource: str | None = None
@@ -317,6 +316,8 @@ class Subscriber:
         self.answered_at = time.time()
         for media in SessionDescription.parse(self.pc.remoteDescription.sdp).media:
             for codec in media.rtp.codecs:
+                if codec.payloadType is None:
+                    continue
                 if codec.mimeType.lower() == "video/vp8":
                     self.video_types.add(codec.payloadType)
                 elif media.kind == "audio" and codec.mimeType.lower() != "audio/rtx":

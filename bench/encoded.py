@@ -14,9 +14,10 @@ import fractions
 import hashlib
 import pickle
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -79,7 +80,7 @@ def _chunks(data: bytes) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
-def _vp8_encoder(width: int, height: int, fps: int, bitrate: int, gop: int) -> av.CodecContext:
+def _vp8_encoder(width: int, height: int, fps: int, bitrate: int, gop: int) -> Any:
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
@@ -93,7 +94,7 @@ def _vp8_encoder(width: int, height: int, fps: int, bitrate: int, gop: int) -> a
     return codec
 
 
-def _encode(codec: av.CodecContext, frames: list[av.VideoFrame]) -> list[bytes]:
+def _encode(codec: Any, frames: list[av.VideoFrame]) -> list[bytes]:
     out: list[bytes] = []
     for frame in frames:
         packets = codec.encode(frame)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import queue
 import secrets
 import shutil
 import socket
@@ -124,8 +125,10 @@ def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0) -> Se
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if nice:
+        # Right after exec, long before the server starts a thread: every thread inherits it.
+        os.setpriority(os.PRIO_PROCESS, process.pid, nice)
     server = Server(name, f"http://127.0.0.1:{port}", _admin_token(secret), process.pid, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -175,7 +178,7 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         server.url, server.token, sessions, tables, load.audio, video_params, shared, results))
     procs = [publisher]
     publisher.start()
-    kind, value = results.get(timeout=120)
+    kind, value = _result(results, 120, label)
     if kind != "publishers_ready":
         publisher.join(5)
         raise click.ClickException(f"{label} publishers failed: {value}")
@@ -205,7 +208,7 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         shared.window_start.value = window_start
         time.sleep(max(0.0, window_start - time.time()))
         cpu_start, t_start = process_cpu_seconds(server.pid), time.time()
-        clients_start = sum(process_cpu_seconds(p.pid) for p in procs)
+        clients_start = _cpu_of(procs)
         last_packets, last_t, last_cpu = sum(shared.packets), t_start, cpu_start
         while time.time() < shared.window_end.value:
             time.sleep(min(1.0, max(0.0, shared.window_end.value - time.time())))
@@ -215,19 +218,19 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
                       f"server {(cpu - last_cpu) / (now - last_t):.2f} cores")
             last_packets, last_t, last_cpu = packets, now, cpu
         cpu_end, t_end = process_cpu_seconds(server.pid), time.time()
-        clients_cpu = sum(process_cpu_seconds(p.pid) for p in procs) - clients_start
+        clients_cpu = _cpu_of(procs) - clients_start
         load_average = os.getloadavg()[0]
         subscribers: list[dict[str, Any]] = []
         publisher_stats: list[dict[str, Any]] = []
         pending = n_workers
         while pending:
-            kind, value = results.get(timeout=60)
+            kind, value = _result(results, 60, label)
             if kind == "subscribers":
                 subscribers.extend(value)
                 pending -= 1
         shared.stop.set()
         while True:
-            kind, value = results.get(timeout=60)
+            kind, value = _result(results, 60, label)
             if kind in ("publishers", "publishers_failed"):
                 publisher_stats = value if kind == "publishers" else [{"error": value}]
                 break
@@ -247,6 +250,19 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
     summary["loadavg_1min_after"] = round(load_average, 2)
     click.echo(_one_line(summary), err=True)
     return summary
+
+
+def _cpu_of(procs: list[Any]) -> float:
+    return sum(process_cpu_seconds(p.pid) for p in procs if p.pid is not None)
+
+
+def _result(results: Any, timeout: float, label: str) -> tuple[str, Any]:
+    try:
+        kind, value = results.get(timeout=timeout)
+    except queue.Empty:
+        raise click.ClickException(f"{label} a client process sent nothing for {timeout:.0f} s: "
+                                   "it died or is stuck (see its output above)") from None
+    return kind, value
 
 
 def _one_line(s: dict[str, Any]) -> str:

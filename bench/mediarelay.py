@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
-from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.exceptions import (
+    InternalError,
+    InvalidAccessError,
+    InvalidStateError,
+    OperationError,
+)
 
 from sfu.api import (
     AddIceCandidate,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -61,7 +62,7 @@ async def _publish(base_url: str, token: str, sessions: list[str], tables: Seque
                 await asyncio.sleep(0.1)
             results.put(("publishers", [{"frames_sent": p.frames_sent, "frames_skipped": p.frames_skipped,
                                          "keyframe_requests": p.keyframe_requests} for p in publishers]))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the coordinator must hear of it
             results.put(("publishers_failed", repr(exc)))
         finally:
             await asyncio.gather(*(p.close(http) for p in publishers), return_exceptions=True)
@@ -87,7 +88,7 @@ async def _subscribe(worker: int, base_url: str, token: str, plan: list[tuple[in
             try:
                 await subscriber.start(http)
                 shared.joined[worker] += 1
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed join is counted and reported, not fatal
                 subscriber.error = subscriber.error or repr(exc)
                 shared.failed[worker] += 1
 

@@ -17,9 +17,10 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, rest_bookings, rest_experts
+from . import ice, keys, rest_bookings, rest_experts, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
+from .billing import session_billing
 from .database import Database
 from .metrics import CONTENT_TYPE, Metrics
 from .node import setup as setup_signalling
@@ -47,6 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(media_plane_ctx)
     setup_whip(app)
     setup_signalling(app)
+    wiring.setup(app)
+    session_billing.setup(app)
     web_demo.routes.setup(app)
     return app
 

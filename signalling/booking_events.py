@@ -40,8 +40,11 @@ class BookingNotifier:
 
     async def on_due(self, booking: BookingLike) -> None:
         """Open the session; if a party is still in another session, both hear why it did not open."""
+        expert = await self.queues.directory.get(booking.expert_id)
         try:
-            await self.queues.open_scheduled(booking.expert_id, booking.client_id, booking.id)
+            await self.queues.open_scheduled(
+                booking.expert_id, booking.client_id, booking.id, expert_name=expert.display_name if expert else ""
+            )
         except ProtocolError as exc:
             log.info("booking %s could not open: %s", booking.id, exc.message)
             for user in (booking.expert_id, booking.client_id):

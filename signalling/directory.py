@@ -1,8 +1,8 @@
 """How signalling finds experts: the narrow interface the experts module implements.
 
 Signalling needs two things from the expert profiles: whether an expert exists (and their display
-name), and who has a given skill. ``MemoryExpertDirectory`` is the default until the profile store
-is wired in, and what the tests use.
+name), and who has a given skill. ``create_app`` backs it with the profile store
+(``wiring.ProfileDirectory``); ``MemoryExpertDirectory`` is what signalling tests use.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Who may publish into or watch a session's media, asked by WHIP/WHEP (and later by ``/ws``).
 
-The session store knows the participants of each session and implements ``SessionGrants``; until
-it is wired in, ``AdminOnlyGrants`` lets only admins in (broadcasts and load tests).
+``create_app`` grants a session's participants their own session (``wiring.ParticipantGrants``);
+``AdminOnlyGrants``, WHIP's default without it, lets only admins in (broadcasts and load tests).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class SessionGrants(Protocol):
 
 
 class AdminOnlyGrants:
-    """The default until a session store is wired in: only admins (broadcasts, load tests)."""
+    """Only admins (broadcasts, load tests): WHIP's default when no session store is wired in."""
 
     def may_publish(self, identity: Identity, session_id: str) -> bool:
         return identity.is_admin

@@ -23,6 +23,7 @@ from .scheduling import BookingListener, Scheduler
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .billing.session_billing import SessionBilling
     from .node import SignallingNode
     from .whip import WhipResources
 
@@ -50,3 +51,5 @@ WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("
 SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
 WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")
 LIVE_TRACKER = web.AppKey("live_tracker", LiveTracker)
+# Billing <-> sessions (signalling/billing/session_billing.py), set while the app runs.
+SESSION_BILLING: web.AppKey["SessionBilling"] = web.AppKey("session_billing")

@@ -68,6 +68,8 @@ class Connection:
         self.conn_id = uuid.uuid4().hex
         self.identity: Identity | None = None
         self.bearer = bearer_token(request)
+        # Handlers added by other modules (billing) find their app resources here.
+        self.app = request.app
         self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(keys.WS_ICE_SERVERS, _no_ice_servers)
         self.finished = asyncio.Event()
         # Messages routed here before the welcome went out wait for it.

@@ -269,6 +269,9 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     await expert.get_by_label("To").fill("00:00")  # midnight to midnight: every hour of the week
     await expert.get_by_role("button", name="Save profile").click()
     await expert.get_by_text("Profile saved.").wait_for()
+    await expert.locator("#connection[data-state=open]").wait_for()
+    await expert.get_by_text("Offline", exact=True).click()
+    await expert.get_by_text("You are offline").wait_for()
 
     client = await sign_in(browser, server, "client", "Pat Planner", viewport=PHONE)
     await client.get_by_label("Availability").select_option("")
@@ -281,7 +284,8 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     card = client.locator("[data-expert-id=bo-booker]")
     await card.wait_for()
     assert "$30.00 per session" in await card.inner_text()
-    assert await card.get_by_role("button", name="Ask for help now").is_disabled()  # offline
+    assert "Offline" in await card.inner_text()
+    assert await card.get_by_role("button", name="Ask for help now").is_disabled()
 
     await card.get_by_role("button", name="Book a slot").click()
     dialog = client.get_by_role("dialog", name="Book Bo Booker")

@@ -131,6 +131,8 @@ class RunningCost:
     budget_cap: Money | None
     next_charge_at: float | None
     timeline: tuple[tuple[float, float | None], ...]
+    # The budget is used up: nothing more will be charged (the session should end).
+    capped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -381,6 +383,41 @@ class Meter:
         del self._sessions[session_id]
         return SessionSummary(session_id, reason, s.units, s.total, s.live_seconds(at), s.timeline())
 
+    def set_budget(self, session_id: str, budget_cap: Money | None, at: float | None = None) -> RunningCost:
+        """Change the client's cap during the session (None: no cap). It cannot go below what was
+        charged already, nor below one charge. A lower cap may warn or end the session at once;
+        a higher one lifts a cap that was reached and warns again one unit before the new one."""
+        s = self._open(session_id)
+        price = s.price
+        if budget_cap is not None:
+            if budget_cap.currency != price.currency:
+                raise BillingError("currency_mismatch", "the budget cap must be in the price's currency")
+            if price.kind is not PriceKind.FREE and budget_cap < price.amount:
+                raise BillingError("budget_too_low", f"a budget of {budget_cap} does not cover one charge of {price.amount}")
+            if budget_cap < s.total:
+                raise BillingError("budget_below_spent", f"{s.total} has been charged already")
+        at = self._clamp(s, at)
+        s.budget_cap = budget_cap
+        s.capped = False
+        batch = _Batch()
+        batch.statements.append((
+            "UPDATE billing_sessions SET budget_cap = ? WHERE session_id = ?",
+            (budget_cap.amount if budget_cap else None, session_id),
+        ))
+        # As after a charge: warn (once) when the next unit would not fit under the cap.
+        next_over_cap = budget_cap is not None and price.kind is PriceKind.PER_MINUTE and s.total + price.amount > budget_cap
+        if next_over_cap and s.units and not s.warned:
+            batch.notices.append((self.on_budget_warning, BudgetWarning(
+                session_id, s.expert_id, s.client_id, s.total, budget_cap,  # type: ignore[arg-type]
+                s.policy.grace_seconds + s.units * s.policy.unit_seconds,
+            )))
+        s.warned = next_over_cap and s.units > 0
+        self._advance(s, at, batch)
+        s.generation += 1
+        self._commit(batch)
+        self._schedule(s)
+        return self.running_cost(session_id)
+
     def running_cost(self, session_id: str) -> RunningCost:
         s = self._open(session_id)
         now = self.clock()
@@ -390,7 +427,7 @@ class Meter:
             next_at = s.wall_time_at(threshold[0])
         return RunningCost(
             session_id, s.price, s.units, s.total, s.live, s.live_seconds(max(now, s.last_at)),
-            s.budget_cap, next_at, s.timeline(),
+            s.budget_cap, next_at, s.timeline(), s.capped,
         )
 
     def is_open(self, session_id: str) -> bool:

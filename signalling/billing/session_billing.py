@@ -1,0 +1,342 @@
+"""Billing <-> sessions: the session machine drives the Meter, the Meter talks to both parties.
+
+Transitions drive the Meter: ``accepted`` opens metering at the expert's price (from their profile,
+snapshotted then) under the server's ``BillingPolicy`` and the client's budget, ``live`` and
+``paused`` start and stop the clock, ``ended`` settles it. The Meter's callbacks become messages
+to both parties: ``billing.cost`` at every unit (and when metering opens or the budget changes),
+``billing.warning`` one unit before the budget, and ``billing.summary`` when the session ends; at
+the budget the session ends with ``budget_reached``. Clients send ``billing.budget`` (before or
+during the call) and either side ``billing.cost.get``.
+
+Messages leave through one queue served by one task, so that each party hears them in the order
+the Meter charged, whatever delivering one costs.
+
+After a restart the Meter reloads its open sessions before the session layer recovers; ``sync``
+then brings each in line with its session's state (a session the node paused on restart stops
+its clock; one that ended while the process was down is settled; one whose budget ran out across
+the outage ends with ``budget_reached``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from .. import keys
+from ..experts import Price as ProfilePrice
+from ..protocol import ErrorCode, ProtocolError, message
+from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
+from ..websocket import CLIENT, PARTICIPANT, ROUTES, Connection, Route
+from .meter import (
+    BillingError,
+    BudgetReached,
+    BudgetWarning,
+    Meter,
+    RunningCost,
+    UnitCharged,
+)
+from .money import Money
+from .pricing import BillingPolicy, Price, PriceKind
+
+log = logging.getLogger(__name__)
+
+
+def setup(app: web.Application) -> None:
+    """Register after the signalling node (its cleanup_ctx must have started)."""
+    app.cleanup_ctx.append(session_billing_ctx)
+
+
+async def session_billing_ctx(app: web.Application) -> AsyncIterator[None]:
+    billing = SessionBilling(app)
+    app[keys.SESSION_BILLING] = billing
+    await billing.start()
+    try:
+        yield
+    finally:
+        await billing.close()
+
+
+def billing_price(price: ProfilePrice) -> Price:
+    """An expert's stored price ({"mode", "amount", "currency"}) as billing's ``Price``."""
+    if price.mode == "free":
+        return Price.free(price.currency)
+    return Price(PriceKind(price.mode), Money(price.amount, price.currency))
+
+
+def money_json(money: Money | None) -> dict[str, Any] | None:
+    return None if money is None else {"amount": money.amount, "currency": money.currency}
+
+
+class SessionBilling:
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.settings = app[keys.SETTINGS]
+        self.meter: Meter = app[keys.METER]
+        self.node = app[keys.SIGNALLING]
+        self.policy = BillingPolicy.from_settings(self.settings)
+        # Budgets set while a request waits; they become the cap when the session is accepted.
+        self._budgets: dict[str, int] = {}
+        self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._endings: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        self.meter.on_unit = self.on_unit
+        self.meter.on_budget_warning = self.on_budget_warning
+        self.meter.on_budget_reached = self.on_budget_reached
+        self.node.sessions.add_listener(self.on_transition)
+        self._sender = asyncio.create_task(self._send_all(), name="billing-messages")
+        await self.sync()
+
+    async def close(self) -> None:
+        self._closed = True
+        self.meter.on_unit = self.meter.on_budget_warning = self.meter.on_budget_reached = None
+        if self._endings:
+            await asyncio.gather(*self._endings, return_exceptions=True)
+        await self._outgoing.join()
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+
+    async def sync(self) -> None:
+        """Bring the Meter in line with the sessions after a restart (see the module docstring)."""
+        for session_id in self.meter.open_sessions():
+            session = await self.node.sessions.get(session_id)
+            if session is None:
+                continue
+            if session.state is State.ENDED:
+                self.meter.ended(session_id, at=session.updated_at, reason=session.reason or "ended")
+                continue
+            if session.state is State.LIVE:
+                self.meter.media_live(session_id, at=session.updated_at)
+            else:
+                self.meter.media_paused(session_id, at=session.updated_at)
+            if self.meter.running_cost(session_id).capped:
+                # The budget ran out while the server was down, before anyone could be told.
+                self._end(session_id)
+        for session_id in await self.node.backend.active_session_ids():
+            session = await self.node.sessions.get(session_id)
+            if session is None or session.state not in IN_PROGRESS or self.meter.is_open(session_id):
+                continue
+            if self.meter.db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (session_id,)):
+                continue
+            # Accepted just before a crash, before metering opened.
+            self._start(session, session.updated_at)
+            if session.state is State.LIVE:
+                self.meter.media_live(session_id, at=session.updated_at)
+
+    # --- the session machine drives the meter ---------------------------------------------------
+
+    async def on_transition(self, transition: Transition) -> None:
+        if self._closed:
+            return
+        session, sid, at = transition.session, transition.session_id, transition.at
+        if transition.state is State.ACCEPTED:
+            self._start(session, at)
+        elif transition.state is State.LIVE and self.meter.is_open(sid):
+            self.meter.media_live(sid, at=at)
+        elif transition.state is State.PAUSED and self.meter.is_open(sid):
+            self.meter.media_paused(sid, at=at)
+        elif transition.state is State.ENDED:
+            self._budgets.pop(sid, None)
+            if self.meter.is_open(sid):
+                self.meter.ended(sid, at=at, reason=transition.reason)
+                self._summarise(session, transition.reason)
+
+    def price_of(self, expert_id: str) -> Price:
+        """The expert's current price; an expert without a profile charges nothing."""
+        expert = self.app[keys.EXPERTS].get(expert_id)
+        return billing_price(expert.profile.price) if expert is not None else Price.free()
+
+    def _start(self, session: Session, at: float) -> None:
+        price = self.price_of(session.expert_id)
+        budget = self._budgets.pop(session.id, None)
+        cap = Money(budget, price.currency) if budget is not None else None
+        try:
+            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, self.policy, cap, at=at)
+        except BillingError as exc:
+            if exc.code != "budget_too_low":
+                raise
+            # The price rose above the budget since it was set: the budget cannot pay one charge.
+            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, self.policy, at=at)
+            self._end(session.id)
+        self._both(session.expert_id, session.client_id, cost_message(cost))
+
+    def _summarise(self, session: Session, reason: str) -> None:
+        row = self.meter.db.fetchone("SELECT price FROM billing_sessions WHERE session_id = ?", (session.id,))
+        assert row is not None  # the meter has just ended it
+        currency = json.loads(row["price"])["currency"]
+        totals = self.meter.ledger.session_totals(session.id)
+        live_seconds = self._live_seconds(session.id)
+        common = {"session_id": session.id, "reason": reason, "units": totals.units, "live_seconds": live_seconds}
+        self._send(session.client_id, message(
+            "billing.summary", role="client", charged=money_json(Money(totals.gross, currency)), **common,
+        ))
+        self._send(session.expert_id, message(
+            "billing.summary", role="expert", gross=money_json(Money(totals.gross, currency)),
+            fee=money_json(Money(totals.fee, currency)), payout=money_json(Money(totals.payout, currency)), **common,
+        ))
+
+    def _live_seconds(self, session_id: str) -> float:
+        row = self.meter.db.fetchone(
+            "SELECT coalesce(sum(end - start), 0) AS live FROM billing_intervals WHERE session_id = ? AND end IS NOT NULL",
+            (session_id,),
+        )
+        return round(float(row["live"]), 3) if row is not None else 0.0
+
+    # --- the meter talks back -------------------------------------------------------------------
+
+    def on_unit(self, notice: UnitCharged) -> None:
+        if not self.meter.is_open(notice.session_id):
+            return
+        cost = self.meter.running_cost(notice.session_id)
+        msg = cost_message(cost)
+        msg.update(units=notice.unit_index + 1, total=money_json(notice.running_total))
+        self._both(notice.expert_id, notice.client_id, msg)
+
+    def on_budget_warning(self, notice: BudgetWarning) -> None:
+        ends_at = None
+        if self.meter.is_open(notice.session_id):
+            ends_at = self.meter.running_cost(notice.session_id).next_charge_at
+        self._both(notice.expert_id, notice.client_id, message(
+            "billing.warning",
+            session_id=notice.session_id,
+            total=money_json(notice.running_total),
+            budget_cap=money_json(notice.budget_cap),
+            ends_at_live_seconds=notice.ends_at_live_seconds,
+            ends_at=ends_at,
+        ))
+
+    def on_budget_reached(self, notice: BudgetReached) -> None:
+        self._end(notice.session_id)
+
+    def _end(self, session_id: str) -> None:
+        # Not from inside the meter's call: that may run under the expert's lock, which end() takes.
+        task = asyncio.ensure_future(self.node.queues.end(session_id, EndReason.BUDGET_REACHED))
+        self._endings.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Future[Any]) -> None:
+        self._endings.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ending a session at its budget failed", exc_info=task.exception())
+
+    # --- what clients ask -------------------------------------------------------------------------
+
+    async def set_budget(self, session: Session, budget: int) -> dict[str, Any]:
+        """The client's cap for ``session``; returns the ``billing.cost`` fields that follow from it."""
+        if session.state in WAITING:
+            price = self.price_of(session.expert_id)
+            if price.kind is not PriceKind.FREE and budget < price.amount.amount:
+                raise ProtocolError("budget_too_low", f"a budget of {budget} does not cover one charge of {price.amount}")
+            self._budgets[session.id] = budget
+            return self.cost(session)
+        if session.state not in IN_PROGRESS or not self.meter.is_open(session.id):
+            raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} is {session.state.value}: its budget is final")
+        currency = self.meter.running_cost(session.id).price.currency
+        try:
+            cost = self.meter.set_budget(session.id, Money(budget, currency))
+        except BillingError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        msg = cost_message(cost)
+        self._send(session.expert_id, msg)
+        return msg
+
+    def cost(self, session: Session) -> dict[str, Any]:
+        """The ``billing.cost`` of any session a participant may ask about."""
+        if self.meter.is_open(session.id):
+            return cost_message(self.meter.running_cost(session.id))
+        if session.state in WAITING:
+            price = self.price_of(session.expert_id)
+            budget = self._budgets.get(session.id)
+            return message(
+                "billing.cost",
+                session_id=session.id,
+                price=price.to_dict(),
+                units=0,
+                total=money_json(Money.zero(price.currency)),
+                live=False,
+                live_seconds=0.0,
+                budget_cap=money_json(Money(budget, price.currency)) if budget is not None else None,
+                next_charge_at=None,
+            )
+        row = self.meter.db.fetchone("SELECT price, budget_cap FROM billing_sessions WHERE session_id = ?", (session.id,))
+        if row is None:
+            raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} was never metered")
+        price = Price.from_dict(json.loads(row["price"]))
+        totals = self.meter.ledger.session_totals(session.id)
+        cap = row["budget_cap"]
+        return message(
+            "billing.cost",
+            session_id=session.id,
+            price=price.to_dict(),
+            units=totals.units,
+            total=money_json(Money(totals.gross, price.currency)),
+            live=False,
+            live_seconds=self._live_seconds(session.id),
+            budget_cap=money_json(Money(cap, price.currency)) if cap is not None else None,
+            next_charge_at=None,
+        )
+
+    # --- delivery -------------------------------------------------------------------------------
+
+    def _both(self, expert_id: str, client_id: str, msg: dict[str, Any]) -> None:
+        self._send(client_id, msg)
+        self._send(expert_id, msg)
+
+    def _send(self, user_id: str, msg: dict[str, Any]) -> None:
+        self._outgoing.put_nowait((user_id, msg))
+
+    async def _send_all(self) -> None:
+        while True:
+            user_id, msg = await self._outgoing.get()
+            try:
+                await self.node.backend.deliver(user_id, msg)
+            except Exception:
+                log.exception("could not deliver %s to %s", msg.get("type"), user_id)
+            finally:
+                self._outgoing.task_done()
+
+
+def cost_message(cost: RunningCost, ref: Any = None) -> dict[str, Any]:
+    return message(
+        "billing.cost",
+        ref,
+        session_id=cost.session_id,
+        price=cost.price.to_dict(),
+        units=cost.units,
+        total=money_json(cost.total),
+        live=cost.live,
+        live_seconds=round(cost.live_seconds, 3),
+        budget_cap=money_json(cost.budget_cap),
+        next_charge_at=cost.next_charge_at,
+    )
+
+
+# --- protocol handlers ----------------------------------------------------------------------------
+
+
+async def on_billing_budget(conn: Connection, msg: dict[str, Any]) -> None:
+    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
+    if session.client_id != conn.user_id:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "only the session's client sets its budget")
+    reply = await conn.app[keys.SESSION_BILLING].set_budget(session, msg["budget"])
+    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
+
+
+async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
+    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
+    reply = conn.app[keys.SESSION_BILLING].cost(session)
+    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
+
+
+ROUTES["billing.budget"] = Route(on_billing_budget, CLIENT)
+ROUTES["billing.cost.get"] = Route(on_billing_cost_get, PARTICIPANT)

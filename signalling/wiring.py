@@ -1,0 +1,209 @@
+"""Glue between modules built apart: expert profiles, presence, bookings, grants and media stats.
+
+``setup(app)`` (called by ``create_app`` after every module has registered) sets the app keys the
+other modules read lazily, so that a test can still replace any of them after ``create_app``:
+
+- ``EXPERT_DIRECTORY``: signalling finds experts in the profile store (``ProfileDirectory``);
+- ``SESSION_PARTIES``: ratings check the session store (only a session's client, once ended);
+- ``WS_ICE_SERVERS``: ``welcome`` lists the TURN module's servers, with a fresh credential;
+- ``SESSION_GRANTS``: a session's participants may WHIP/WHEP into it while it is in progress;
+
+Its ``cleanup_ctx`` (after the node has started) gives the profile store the node's presence and
+queue lengths, hands the scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's per-track stats into ``/metrics`` while rooms exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
+from sfu.metrics import MediaMetrics
+
+from . import ice, keys
+from .auth import Identity
+from .directory import ExpertRef
+from .experts import normalise_skill
+from .rest_errors import ApiError
+from .sessions import IN_PROGRESS, State, Transition
+
+log = logging.getLogger(__name__)
+
+# How often the media plane's stats are read into /metrics while a room is open.
+MEDIA_STATS_INTERVAL = 5.0
+
+
+def setup(app: web.Application) -> None:
+    app[keys.EXPERT_DIRECTORY] = ProfileDirectory(app)
+    app[keys.SESSION_PARTIES] = SessionParties(app)
+    app[keys.WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
+    app[keys.SESSION_GRANTS] = ParticipantGrants(app)
+    app.cleanup_ctx.append(wiring_ctx)
+
+
+async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app[keys.SIGNALLING]
+    experts = app[keys.EXPERTS]
+    if keys.BOOKING_LISTENER not in app:  # tests may listen in place of the sockets
+        app[keys.SCHEDULER].listener = node.bookings
+
+    async def availability(expert_id: str) -> str:
+        return (await node.presence.availability(expert_id)).value
+
+    async def waiting(expert_id: str) -> int:
+        return len(await node.backend.queue(expert_id))
+
+    experts.availability = availability
+    experts.waiting = waiting
+    poller = None
+    plane = app.get(keys.MEDIA_PLANE)
+    if plane is not None:
+        poller = MediaStatsPoller(plane, MediaMetrics(app[keys.METRICS].registry), node.node_id, MEDIA_STATS_INTERVAL)
+        plane.on_event(poller.on_event)
+        node.sessions.add_listener(poller.on_transition)
+        for session_id in await node.backend.active_session_ids():
+            session = await node.sessions.get(session_id)
+            if session is not None and session.state in IN_PROGRESS and session.media_node == node.node_id:
+                poller.watch(session.id)
+        poller.start()
+    try:
+        yield
+    finally:
+        if poller is not None:
+            await poller.close()
+
+
+class ProfileDirectory:
+    """``directory.ExpertDirectory`` (what signalling asks) backed by the profile store."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def get(self, expert_id: str) -> ExpertRef | None:
+        expert = self.app[keys.EXPERTS].get(expert_id)
+        if expert is None:
+            return None
+        return ExpertRef(expert.id, expert.profile.display_name, expert.profile.skills)
+
+    async def find_available(self, skill: str) -> list[str]:
+        try:
+            tag = normalise_skill(skill)
+        except ApiError:
+            return []  # no expert has a skill that cannot be written
+        found = await self.app[keys.EXPERTS].find_available(tag, states=("online", "busy"), limit=100)
+        return [expert.id for expert in found]
+
+
+class SessionParties:
+    """session id -> (expert_id, client_id, state), for ratings."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def __call__(self, session_id: str) -> tuple[str, str, str] | None:
+        session = await self.app[keys.SIGNALLING].sessions.get(session_id)
+        return None if session is None else (session.expert_id, session.client_id, session.state.value)
+
+
+class ParticipantGrants:
+    """Admins anywhere; a participant into their own session while it is in progress on this node.
+
+    WHIP/WHEP ask synchronously, so this reads the node's durable session store (SQLite), which
+    holds every session this node accepted - the only ones whose room it hosts."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def may_publish(self, identity: Identity, session_id: str) -> bool:
+        return self._allowed(identity, session_id)
+
+    def may_view(self, identity: Identity, session_id: str) -> bool:
+        return self._allowed(identity, session_id)
+
+    def _allowed(self, identity: Identity, session_id: str) -> bool:
+        if identity.is_admin:
+            return True
+        node = self.app.get(keys.SIGNALLING)
+        if node is None:
+            return False
+        session = node.sessions.store.get(session_id)
+        return (
+            session is not None
+            and identity.user_id in session.participants
+            and session.state in IN_PROGRESS
+            and session.media_node == node.node_id
+        )
+
+
+class MediaStatsPoller:
+    """Reads ``GetStats`` of every open room into ``MediaMetrics`` every few seconds; idle (no
+    task wake-ups) while no room is open. Rooms are learned from the sessions this node hosts and
+    from media events (WHIP broadcasts), and forgotten when they close."""
+
+    def __init__(self, plane: Any, metrics: MediaMetrics, node_id: str, interval: float = MEDIA_STATS_INTERVAL) -> None:
+        self.plane = plane
+        self.metrics = metrics
+        self.node_id = node_id
+        self.interval = interval
+        self.rooms: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="media-stats")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def watch(self, room_id: str) -> None:
+        self.rooms.add(room_id)
+        self._wake.set()
+
+    def forget(self, room_id: str) -> None:
+        self.rooms.discard(room_id)
+        self.metrics.forget(room_id)
+
+    def on_transition(self, transition: Transition) -> None:
+        session = transition.session
+        if transition.state is State.ACCEPTED and session.media_node == self.node_id:
+            self.watch(session.id)
+        elif transition.state is State.ENDED:
+            self.forget(session.id)
+
+    def on_event(self, event: Message) -> None:
+        room_id = getattr(event, "room_id", None)
+        if isinstance(event, RoomClosed):
+            self.forget(event.room_id)
+        elif isinstance(room_id, str) and room_id not in self.rooms:
+            self.watch(room_id)
+
+    async def poll(self) -> None:
+        for room_id in sorted(self.rooms):
+            try:
+                reply = await self.plane.request(GetStats(room_id))
+            except MediaError:
+                self.forget(room_id)  # closed meanwhile
+                continue
+            if isinstance(reply, Stats) and room_id in self.rooms:
+                self.metrics.update(reply)
+
+    async def _run(self) -> None:
+        while True:
+            if not self.rooms:
+                self._wake.clear()
+                await self._wake.wait()
+            # A room just opened has no media yet: the first read is one interval in.
+            await asyncio.sleep(self.interval)
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("reading media stats failed")
