@@ -227,29 +227,47 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
     )
     assert money == ["$19.99", "¥500", "KWD\u00a01,234.567", 1250, None, "-0.05"]
 
-    # The budget cap: integer comparison of minor units, a warning near it, one hang-up at it.
+    # The budget cap: asked of the server (which enforces it), shown from its billing.cost, a
+    # warning near it by integer comparison of minor units, and the server's refusals explained.
     budget = await client.evaluate(
         """async () => {
           const { InCallView } = await import('/static/js/incall.js');
           const root = document.createElement('div');
           document.body.append(root);
-          const calls = [];
-          const view = new InCallView(root, { role: 'client', peerName: 'X', onHangUp: () => calls.push('hangup'),
-                                              onChat: async () => {}, onBudget: (minor) => calls.push(minor) });
-          view.setCost({ amount: 100, currency: 'USD' });
-          root.querySelector('#budget-input').value = '2.50';
-          root.querySelector('[data-ref=budget-form]').requestSubmit();
+          const asked = [];
+          const onBudget = async (minor) => {
+            asked.push(minor);
+            if (minor < 200) throw Object.assign(new Error('no'), { code: 'budget_below_spent' });
+          };
+          const view = new InCallView(root, { role: 'client', peerName: 'X', onHangUp: () => {}, onChat: async () => {}, onBudget });
+          const hint = () => root.querySelector('[data-ref=budget-hint]').textContent;
+          const submit = async (text) => {
+            root.querySelector('#budget-input').value = text;
+            root.querySelector('[data-ref=budget-form]').requestSubmit();
+            await new Promise((r) => setTimeout(r, 0));
+          };
+          view.setCost({ amount: 150, currency: 'USD', budget: null });
+          await submit('2.50');
+          view.setCost({ amount: 150, currency: 'USD', budget: { amount: 250, currency: 'USD' } });
+          const set = hint();
           view.setCost({ amount: 200, currency: 'USD' });
-          const hint = root.querySelector('[data-ref=budget-hint]').textContent;
-          view.setCost({ amount: 250, currency: 'USD' });
-          view.setCost({ amount: 300, currency: 'USD' });
-          const shown = root.querySelector('[data-testid=running-cost]').textContent;
+          const near = hint();
+          await submit('1');
+          const refused = [hint(), root.querySelector('#budget-input').getAttribute('aria-invalid')];
+          await submit('abc');
+          const invalid = hint();
           view.destroy();
           root.remove();
-          return [calls, hint, shown];
+          return [asked, set, near, refused, invalid];
         }"""
     )
-    assert budget == [[250, "hangup"], "Nearly at your cap of $2.50.", "$3.00"]
+    assert budget == [
+        [250, 100],
+        "The call ends at $2.50.",
+        "Nearly at your cap of $2.50.",
+        ["That is less than the call has cost already.", "true"],
+        "Enter an amount such as 5 or 12.50.",
+    ]
     await shoot(expert, "01-expert-console")
     await shoot(client, "01-client-phone")
     await expert.set_viewport_size(PHONE)

@@ -12,6 +12,11 @@ const QUALITY_TEXT = {
   "no-media": "No video arriving",
 };
 
+const BUDGET_ERRORS = {
+  budget_too_low: "That does not cover one charge of the expert's price.",
+  budget_below_spent: "That is less than the call has cost already.",
+};
+
 const STATE_TEXT = {
   requested: "Calling…",
   ringing: "Ringing…",
@@ -44,7 +49,7 @@ const TEMPLATE = `
       <label for="budget-input">Budget cap</label>
       <input id="budget-input" data-ref="budget" inputmode="decimal" placeholder="none" size="6" aria-describedby="budget-hint">
       <button type="submit" class="secondary small">Set</button>
-      <small id="budget-hint" class="hint" data-ref="budget-hint">The call ends when the cost reaches it.</small>
+      <small id="budget-hint" class="hint" data-ref="budget-hint" aria-live="polite">The call ends when the cost reaches it.</small>
     </form>
   </div>
   <div class="call-controls" role="toolbar" aria-label="Call controls">
@@ -75,7 +80,8 @@ export class InCallView {
    * @param {string} options.peerName
    * @param {() => void} options.onHangUp
    * @param {(text: string) => Promise<void>} options.onChat
-   * @param {(minor: number|null) => void} [options.onBudget]  clients only
+   * @param {(minor: number) => Promise<void>} [options.onBudget]  clients only: ask the server
+   *   (billing.budget), which enforces the cap; rejects with the server's coded error
    */
   constructor(root, { role, peerName, onHangUp, onChat, onBudget }) {
     this.root = root;
@@ -86,7 +92,6 @@ export class InCallView {
     this.currency = null;
     this.budget = null;
     this.lastCost = null;
-    this.budgetReached = false;
     root.replaceChildren();
     root.append(el("h2", { class: "call-title" }, `In a session with ${peerName}`));
     const body = el("div", { class: "call-layout" });
@@ -136,20 +141,20 @@ export class InCallView {
     node.title = label;
   }
 
-  /** Running cost from the server: integer minor units + currency, and seconds billed. */
-  setCost({ amount, currency, seconds }) {
+  /** Running cost from the server: integer minor units + currency, and the budget cap (if any). */
+  setCost({ amount, currency, budget }) {
     this.currency = currency || this.currency;
     this.lastCost = amount;
     this.ref.cost.textContent = formatMoney(amount, this.currency);
-    if (seconds != null && !this.startedAt) this.startedAt = Date.now() - seconds * 1000;
-    this._checkBudget();
+    if (budget !== undefined) this.budget = budget?.amount ?? null;
+    this._describeBudget();
   }
 
-  setBudget(minor) {
-    this.budget = minor;
-    this.ref["budget-hint"].textContent =
-      minor === null ? "The call ends when the cost reaches it." : `The call ends at ${formatMoney(minor, this.currency || "USD")}.`;
-    this._checkBudget();
+  /** billing.warning: the unit just charged is the last the budget pays for. */
+  budgetWarning(endsInSeconds) {
+    const text = `Your budget is used up: the call ends in about ${Math.max(0, Math.round(endsInSeconds))} s unless you raise it.`;
+    this.ref["budget-hint"].textContent = text;
+    announce(text, { assertive: true });
   }
 
   addChat({ from, text, mine }) {
@@ -193,18 +198,21 @@ export class InCallView {
         announce(`Message not sent: ${error.message}`, { assertive: true });
       }
     });
-    this.ref["budget-form"].addEventListener("submit", (event) => {
+    this.ref["budget-form"].addEventListener("submit", async (event) => {
       event.preventDefault();
-      const raw = this.ref.budget.value.trim();
-      const minor = raw ? parseMoneyInput(raw, this.currency || "USD") : null;
-      if (raw && minor === null) {
+      const minor = parseMoneyInput(this.ref.budget.value, this.currency || "USD");
+      if (minor === null) {
         this.ref.budget.setAttribute("aria-invalid", "true");
         this.ref["budget-hint"].textContent = "Enter an amount such as 5 or 12.50.";
         return;
       }
       this.ref.budget.removeAttribute("aria-invalid");
-      this.setBudget(minor);
-      this.options.onBudget?.(minor);
+      try {
+        await this.options.onBudget?.(minor);
+      } catch (error) {
+        this.ref.budget.setAttribute("aria-invalid", "true");
+        this.ref["budget-hint"].textContent = BUDGET_ERRORS[error.code] || error.message;
+      }
     });
   }
 
@@ -230,16 +238,16 @@ export class InCallView {
     this.ref.elapsed.textContent = formatDuration((Date.now() - this.startedAt) / 1000);
   }
 
-  _checkBudget() {
-    if (this.budget === null || this.lastCost === null) return;
-    // Integer comparison of minor units: never floats for money.
-    if (this.lastCost >= this.budget) {
-      if (this.budgetReached) return;
-      this.budgetReached = true;
-      announce("Your budget cap was reached: ending the call.", { assertive: true });
-      this.options.onHangUp();
-    } else if (this.lastCost * 10 >= this.budget * 8) {
-      this.ref["budget-hint"].textContent = `Nearly at your cap of ${formatMoney(this.budget, this.currency)}.`;
+  _describeBudget() {
+    const hint = this.ref["budget-hint"];
+    if (this.budget === null) {
+      hint.textContent = "The call ends when the cost reaches it.";
+    } else if (this.lastCost !== null && this.lastCost * 10 >= this.budget * 8) {
+      // Integer comparison of minor units: never floats for money.
+      hint.textContent = `Nearly at your cap of ${formatMoney(this.budget, this.currency)}.`;
+    } else {
+      hint.textContent = `The call ends at ${formatMoney(this.budget, this.currency)}.`;
     }
   }
+
 }

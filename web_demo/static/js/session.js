@@ -32,6 +32,8 @@ export function costFromMessage(message) {
     currency: money.currency,
     seconds: message.live_seconds ?? null,
     payout: message.payout != null ? { amount: message.payout, currency: money.currency } : null,
+    // undefined: this message does not say; null: no cap.
+    budget: "budget_cap" in message ? message.budget_cap : undefined,
   };
 }
 
@@ -59,7 +61,7 @@ export class SessionController {
     this.endedAt = null;
     this._costTimer = null;
     this._pushedCostAt = 0;
-    this.budget = null;
+    this.summary = null;
     const s = page.signalling;
     s.on("session.state", ({ message }) => this.update(message.session));
     s.on("resumed", ({ welcome }) => this._afterResume(welcome));
@@ -68,15 +70,21 @@ export class SessionController {
       // A reload during a call: pick the session up again.
       if (welcome.session && MEDIA_STATES.has(welcome.session.state)) this.update(welcome.session);
     });
-    // Pushed running cost, if the server sends it; otherwise the cost is polled over REST.
-    for (const type of ["billing.cost", "billing.unit", "session.cost"]) {
-      s.on(type, ({ message }) => {
-        if (this.session && message.session_id === this.session.id) {
-          this._pushedCostAt = Date.now();
-          this._onCost(message);
-        }
-      });
-    }
+    // The running cost is pushed (billing.cost); REST polling covers a server that does not.
+    const mine = (message) => this.session && message.session_id === this.session.id;
+    s.on("billing.cost", ({ message }) => {
+      if (!mine(message)) return;
+      this._pushedCostAt = Date.now();
+      this._onCost(message);
+    });
+    s.on("billing.warning", ({ message }) => {
+      if (mine(message) && this.role === "client") this.view?.budgetWarning(message.ends_at - Date.now() / 1000);
+    });
+    s.on("billing.summary", ({ message }) => {
+      if (!mine(message)) return;
+      this.summary = message;
+      if (this.session.state === "ended") this.onEnded(this._summaryData(this.session, true));
+    });
   }
 
   get active() {
@@ -120,6 +128,7 @@ export class SessionController {
   async _enter() {
     const session = this.session;
     this.cost = null;
+    this.summary = null;
     this.firstLiveAt = null;
     showView("call");
     this.view = new InCallView(this.container, {
@@ -127,10 +136,9 @@ export class SessionController {
       peerName: this.peerName(session),
       onHangUp: () => this.hangUp(),
       onChat: (text) => this.sendChat(text),
-      // The cap is enforced here: the view hangs up once the running cost reaches it.
-      onBudget: this.role === "client" ? (minor) => (this.budget = minor) : undefined,
+      // The server enforces the cap (billing.budget): the session ends with budget_reached.
+      onBudget: this.role === "client" ? (minor) => this._setBudget(minor) : undefined,
     });
-    if (this.budget != null) this.view.setBudget(this.budget);
     this.view.setState(session.state);
     this._costTimer = setInterval(() => this._pollCost(), COST_POLL_MS);
     const welcome = this.page.signalling.welcome || {};
@@ -152,6 +160,11 @@ export class SessionController {
     if (welcome.session && welcome.session.id === this.session.id) this.update(welcome.session);
     // The socket may have dropped because the network changed: find a new media path too.
     this.call.restartIce().catch((error) => announce(`Could not restore media: ${error.message}`));
+  }
+
+  async _setBudget(minor) {
+    // The answer is a billing.cost with the new budget_cap, which also reaches _onCost.
+    await this.page.signalling.request("billing.budget", { session_id: this.session.id, budget: minor });
   }
 
   async _pollCost() {
@@ -194,29 +207,34 @@ export class SessionController {
     this._fetchTotals(session);
   }
 
-  /** The final amounts from billing: the meter closes the session just after it ends. */
+  /** Billing's final figures: billing.summary over the socket, or REST when none arrives. */
   async _fetchTotals(session, attempt = 0) {
+    await new Promise((resolve) => setTimeout(resolve, 1000 * (attempt + 1)));
+    if (this.summary || this.session?.id !== session.id) return;
     try {
       const totals = await this.page.api.sessionCost(session.id);
       if (totals.open) throw new Error("still open");
       this.cost = costFromMessage(totals) || this.cost;
-      if (this.session?.id === session.id) this.onEnded(this._summaryData(session, totals));
+      if (!this.summary) this.onEnded(this._summaryData(session, true));
     } catch (error) {
       if (error.status === 404 && attempt > 2) return; // never metered: nothing was charged
-      if (attempt < 8) setTimeout(() => this._fetchTotals(session, attempt + 1), 500 * (attempt + 1));
+      if (attempt < 6) this._fetchTotals(session, attempt + 1);
     }
   }
 
-  _summaryData(session, totals = null) {
+  _summaryData(session, final = false) {
+    const summary = this.summary;
+    const money = (m) => (m && typeof m === "object" ? m : null);
+    const charged = money(summary?.charged) || money(summary?.gross) || this.cost;
     return {
       session,
       peerName: this.peerName(session),
       reason: session.reason,
       // From the first live moment to the end, as the in-call clock showed it.
       seconds: this.firstLiveAt ? Math.round((this.endedAt - this.firstLiveAt) / 1000) : 0,
-      charged: this.cost,
-      final: Boolean(totals),
-      expertShare: this.cost?.payout ?? null,
+      charged,
+      final,
+      expertShare: money(summary?.payout) || this.cost?.payout || null,
     };
   }
 }
