@@ -30,6 +30,7 @@ from sfu.api import (
     OpenRoom,
     RoomClosed,
     ServerOffer,
+    Subscribe,
 )
 
 from .backends.base import Backend
@@ -102,6 +103,13 @@ class MediaRelay:
                 if not isinstance(reply, Answer):
                     raise MediaError("media_failed", f"the media plane answered {reply.kind!r} to an offer")
                 out = message("media.answer", ref, session_id=room, transport=transport, sdp=reply.sdp)
+                if transport == "publish":
+                    # docs/media-api.md: the control plane opens the participant's subscribe
+                    # transport, and replaces it when a resume restarts publish from a new
+                    # connection; the SFU's offer follows as a ServerOffer (a media.offer).
+                    await self.backend.deliver(user_id, out)
+                    await self.plane.request(Subscribe(room, user_id))
+                    return
             elif type_ == "media.answer":
                 await self.plane.request(AnswerToServerOffer(room, user_id, transport, msg["sdp"], msg["offer_id"]))
                 out = message("ack", ref)

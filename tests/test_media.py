@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.api import AddIceCandidate, AnswerToServerOffer, MediaError, RoomClosed, ServerOffer
+from sfu.api import AddIceCandidate, AnswerToServerOffer, MediaError, RoomClosed, ServerOffer, Subscribe
 from signalling.settings import Settings
 
 from .utils import FakePlane, Peer, build_app
@@ -95,3 +95,16 @@ async def test_without_a_media_plane_media_is_refused(aiohttp_client, settings) 
     expert, alice, sid = await paired(client)
     reply = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0")
     assert reply["code"] == "media_unavailable"
+
+
+async def test_a_publish_offer_opens_the_subscribe_transport(aiohttp_client, settings, plane) -> None:  # type: ignore[no-untyped-def]
+    """The SFU offers the other side's tracks only once asked (Subscribe): after each publish offer,
+    which is also how a resumed client, offering from a new connection, gets a fresh subscribe."""
+    client = await aiohttp_client(build_app(settings, plane))
+    expert, alice, sid = await paired(client)
+    for _ in range(2):
+        answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 offer")
+        assert answer["type"] == "media.answer"
+        assert plane.requests[-1] == Subscribe(sid, "alice")
+    await alice.request("media.offer", session_id=sid, transport="subscribe", sdp="v=0 whep")
+    assert plane.kinds()[-1] == "offer"
