@@ -471,3 +471,160 @@ async def test_signalling_client_follows_the_protocol(scripted) -> None:  # type
     await asyncio.sleep(0.5)
     assert len(server.sockets) == sockets
     assert await page.evaluate("window.client.state") == "closed"
+
+
+# --- the whole flow -------------------------------------------------------------------------
+
+FRAMES = "async () => (await window.expertcall.inboundVideo()).framesDecoded"
+
+
+async def frames_increasing(page, timeout: float = 20.0) -> int:  # type: ignore[no-untyped-def]
+    """Wait until the page decodes inbound video frames and their count keeps growing."""
+    first = None
+    for _ in range(int(timeout / 0.25)):
+        frames = int(await page.evaluate(FRAMES))
+        if first is None and frames > 0:
+            first = frames
+        elif first is not None and frames > first:
+            return frames
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"inbound video frames did not grow (first {first})")
+
+
+async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: ignore[no-untyped-def]
+    # The expert sets a price and goes online.
+    expert = await sign_in(browser, server, "expert", "Ada Expert")
+    await expert.get_by_label("Skills").fill("python, debugging")
+    await expert.get_by_label("Pricing").select_option("per_minute")
+    await expert.get_by_label("Price", exact=True).fill("1.50")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("Profile saved.").wait_for()
+    await expert.locator("#connection[data-state=open]").wait_for()
+    # A fresh expert socket starts online (docs/protocol.md); step away and back through presence.set.
+    await expert.get_by_text("Away", exact=True).click()
+    await expert.get_by_text("You are away").wait_for()
+    await expert.get_by_text("Online", exact=True).click()
+    await expert.get_by_text("You are online").wait_for()
+    await shoot(expert, "02-expert-online")
+
+    # A client finds them by skill and asks for help; a second client (on a phone) queues behind.
+    client = await sign_in(browser, server, "client", "Cleo Client")
+    second = await sign_in(browser, server, "client", "Sam Second", viewport=PHONE)
+    await client.get_by_label("Skill", exact=True).fill("python")
+    await client.get_by_role("button", name="Search").click()
+    card = client.locator("[data-expert-id=ada-expert]")
+    await card.get_by_text("Available now").wait_for()
+    assert "$1.50 / min" in await card.inner_text()
+    await shoot(client, "02-client-search")
+    await card.get_by_role("button", name="Ask for help now").click()
+    await client.get_by_text("Ringing Ada Expert").wait_for()
+    await expert.get_by_role("button", name="Accept Cleo Client").wait_for()
+    await shoot(client, "03-client-ringing")
+    await shoot(expert, "03-expert-incoming")
+
+    await second.get_by_label("Skill", exact=True).fill("python")
+    await second.get_by_role("button", name="Ask any available expert with this skill").click()
+    await second.locator("[data-testid=queue-position][data-position='2']").wait_for()
+    assert "number 2" in await second.get_by_test_id("queue-position").inner_text()
+    await expert.locator("#queue li[data-session-id]").nth(1).wait_for()
+    assert await expert.get_by_role("button", name="Decline Sam Second (waiting)").is_visible()
+    assert "ringing" in await expert.locator("#queue li[data-session-id]").nth(0).inner_text()
+    await shoot(second, "03-second-queued-phone")
+    # A reload while waiting keeps the place: the welcome brings the waiting session back.
+    await second.reload()
+    await second.get_by_role("heading", name="Waiting for Ada Expert").wait_for()
+
+    # The expert accepts: the second client moves up; both sides of the call see video.
+    await expert.get_by_role("button", name="Accept Cleo Client").click()
+    await second.locator("[data-testid=queue-position][data-position='1']").wait_for()
+    assert "next in line" in await second.get_by_test_id("queue-position").inner_text()
+    await shoot(second, "04-second-moved-up-phone")
+    await frames_increasing(client)
+    await frames_increasing(expert)
+    await client.locator("[data-ref=state][data-state=live]").wait_for()
+    await shoot(client, "04-client-in-call")
+    await shoot(expert, "04-expert-in-call")
+
+    # Mute and camera toggles say their state to assistive technology and act on the tracks.
+    mute = client.get_by_role("button", name="Mute")
+    await mute.click()
+    await client.get_by_role("button", name="Unmute").wait_for()
+    assert await client.get_by_role("button", name="Unmute").get_attribute("aria-pressed") == "true"
+    assert await client.evaluate("window.expertcall.call.localStream.getAudioTracks()[0].enabled") is False
+    await client.get_by_role("button", name="Unmute").click()
+    await client.get_by_role("button", name="Stop camera").click()
+    assert await client.evaluate("window.expertcall.call.localStream.getVideoTracks()[0].enabled") is False
+    await client.get_by_role("button", name="Start camera").click()
+
+    # Chat both ways over the SFU's data channel.
+    await client.get_by_role("textbox", name="Message").fill("Hello, my build is broken")
+    await client.get_by_role("button", name="Send").click()
+    await expert.locator(".chat-theirs", has_text="Hello, my build is broken").wait_for()
+    await expert.get_by_role("textbox", name="Message").fill("Show me the traceback")
+    await expert.get_by_role("button", name="Send").click()
+    await client.locator(".chat-theirs", has_text="Show me the traceback").wait_for()
+
+    # A budget cap goes to the server, whose billing.cost answer shows it.
+    await client.get_by_label("Budget cap").fill("100")
+    await client.get_by_role("button", name="Set").click()
+    await client.get_by_text("The call ends at $100.00.").wait_for()
+
+    # The running cost grows with each 2 s billing unit.
+    cost = client.get_by_test_id("running-cost")
+    await client.wait_for_function("document.querySelector('[data-testid=running-cost]')?.textContent.startsWith('$')")
+    first_cost = await cost.inner_text()
+    await client.wait_for_function(
+        f"document.querySelector('[data-testid=running-cost]')?.textContent !== {first_cost!r}", timeout=15000
+    )
+    await shoot(client, "05-client-cost-and-chat")
+    await shoot(expert, "05-expert-cost-and-chat")
+    await client.set_viewport_size(PHONE)
+    assert await client.evaluate(HORIZONTAL_OVERFLOW) <= 0
+    await shoot(client, "05-client-in-call-phone")
+    await client.set_viewport_size(DESKTOP)
+
+    # The client's socket drops: it resumes, restarts ICE, and video keeps coming on both sides.
+    await client.evaluate("window.expertcall.dropSocket()")
+    await client.locator("#connection[data-state=reconnecting]").wait_for()
+    await client.locator("#connection[data-state=open]").wait_for(timeout=15000)
+    await frames_increasing(client)
+    await frames_increasing(expert)
+    for page in (client, expert):  # the same session carries on, live again
+        await page.locator("[data-ref=state][data-state=live]").wait_for()
+    await shoot(client, "06-client-resumed")
+
+    # The client hangs up; both see the summary with the amount charged.
+    await client.get_by_role("button", name="Hang up").click()
+    for page in (client, expert):
+        await page.get_by_role("heading", name="Session summary").wait_for()
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=amount-charged]')?.textContent.startsWith('$')"
+        )
+    # Then billing's final totals: the same amount on both sides, and the expert's share.
+    for page in (client, expert):
+        await page.locator("[data-testid=summary][data-final=true]").wait_for()
+    charged = await client.get_by_test_id("amount-charged").inner_text()
+    assert charged != "$0.00" and charged == await expert.get_by_test_id("amount-charged").inner_text()
+    assert "Your share" in await expert.get_by_test_id("summary").inner_text()
+    await shoot(client, "07-client-summary")
+    await shoot(expert, "07-expert-summary")
+    await client.set_viewport_size(PHONE)
+    await shoot(client, "07-client-summary-phone")
+
+    # Free again, the expert is rung for the second client and declines: they are told why.
+    await expert.get_by_role("button", name="Back to the console").click()
+    await expert.get_by_role("button", name="Decline Sam Second").click()
+    await second.get_by_text("The expert declined.").wait_for()
+    await second.get_by_role("heading", name="Find an expert").wait_for()
+    await shoot(second, "08-second-declined-phone")
+
+    # The client rates the session; the expert's earnings show it.
+    await client.locator("label[for=star-5]").click()
+    await client.get_by_label("Review (optional)").fill("Fixed in ten minutes.")
+    await client.get_by_role("button", name="Send rating").click()
+    await client.get_by_text("Thank you for your rating.").wait_for()
+    await expert.wait_for_function("document.querySelector('[data-testid=earnings]').textContent.startsWith('$')")
+    await shoot(expert, "08-expert-earnings")
+
+    for page, name in ((expert, "expert"), (client, "client"), (second, "second")):
+        assert page.errors == [], name  # type: ignore[attr-defined]
