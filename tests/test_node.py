@@ -65,7 +65,9 @@ async def test_client_on_a_pairs_with_expert_on_b(two_nodes) -> None:  # type: i
     assert plane_b.kinds() == ["open_room"] and plane_a.kinds() == []
     answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice")
     assert answer["type"] == "media.answer" and answer["sdp"] == "answer-to:alice:publish"
-    assert plane_a.kinds() == [] and plane_b.kinds() == ["open_room", "offer"]
+    # The publish offer is followed by a Subscribe, on the room's node too.
+    await eventually(lambda: plane_b.kinds() == ["open_room", "offer", "subscribe"])
+    assert plane_a.kinds() == []
 
     plane_b.flowing(sid, "alice", True)
     plane_b.flowing(sid, "erin", True)
@@ -112,7 +114,7 @@ async def test_a_surviving_node_adopts_the_room_of_a_dead_one(two_nodes) -> None
 
     answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice")
     assert answer["type"] == "media.answer"
-    assert plane_a.kinds() == ["open_room", "offer"]
+    await eventually(lambda: plane_a.kinds() == ["open_room", "offer", "subscribe"])
     expert = await Peer.join(a, "erin", "expert")
     assert expert.welcome["session"]["id"] == sid
 
