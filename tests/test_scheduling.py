@@ -408,3 +408,18 @@ async def test_catching_up_after_downtime(tmp_path) -> None:  # type: ignore[no-
     r = await run_once(store)
     assert r.of(b.id) == [("due", "open")]
     assert (await run_once(store)).events == []
+
+
+async def test_slots_start_at_round_times_and_respect_notice(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    client = await serve(aiohttp_client, replace(settings, booking_min_notice_seconds=3600))
+    await make_expert(client, "ada", ALL_DAY)
+    resp = await client.get("/api/experts/ada/slots", params={"duration": "900"}, headers=auth(client, "eve"))
+    body = await resp.json()
+    first = datetime.fromisoformat(body["free"][0]["start"]).timestamp()
+    assert first % 300 == 0 and time.time() + 3600 <= first < time.time() + 3600 + 300 + 5
+    to = datetime.fromisoformat(body["to"]).timestamp()
+    assert body["free"][-1]["end"] == body["to"] and len(body["slots"]) == (to - first) // 900
+    resp = await client.get("/api/experts/nobody/slots", headers=auth(client, "eve"))
+    assert await error_of(resp) == (404, "expert_not_found")
+    resp = await client.get("/api/experts/ada/slots", params={"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"}, headers=auth(client, "eve"))
+    assert await error_of(resp) == (400, "invalid_window")
