@@ -37,7 +37,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 # Optional, set by create_app before start-up: who hears about bookings (reminders, openings),
 # and how a session id maps to (expert_id, client_id, state) for ratings.
 BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)
-SESSION_PARTIES = web.AppKey("session_parties", SessionParties)
+SESSION_PARTIES: web.AppKey[SessionParties] = web.AppKey("session_parties")
 METER = web.AppKey("meter", Meter)
 LEDGER = web.AppKey("ledger", Ledger)
 EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
