@@ -51,7 +51,6 @@ SERVER_ENV = {"EXPERTCALL_MAX_MESSAGES_PER_SECOND": "100000"}
 WAIT_SECONDS = 30.0  # any one expected message (the server's own ring timeout is 30 s)
 CONNECT_CONCURRENCY = 64  # handshakes in flight per worker: a burst, not a SYN flood
 IDLE_SETTLE_SECONDS = 2.0
-IDLE_HOLD_SECONDS = 5.0
 
 
 # --- the servers ------------------------------------------------------------------------------
@@ -475,7 +474,8 @@ def _rss_mb(nodes: list[Node]) -> float:
     return round(sum(rss_kb(n.pid)[0] for n in nodes) / 1024, 1)
 
 
-def run_idle(nodes: list[Node], secret: str, idle: int, workers: int, errors: Counter[str]) -> dict[str, Any]:
+def run_idle(nodes: list[Node], secret: str, idle: int, hold: float, workers: int,
+             errors: Counter[str]) -> dict[str, Any]:
     urls = tuple(n.url for n in nodes)
     before_kb = sum(rss_kb(n.pid)[0] for n in nodes)
     phase = Phase([Job(w, "idle", first, count, 0, urls, secret)
@@ -484,12 +484,12 @@ def run_idle(nodes: list[Node], secret: str, idle: int, workers: int, errors: Co
     time.sleep(IDLE_SETTLE_SECONDS)
     open_sockets = sum(phase.shared.ready)
     cpu_before, started = _cpu(nodes), time.monotonic()
-    time.sleep(IDLE_HOLD_SECONDS)
+    time.sleep(hold)
     cpu = _cpu(nodes) - cpu_before
     window = time.monotonic() - started
     after_kb = sum(rss_kb(n.pid)[0] for n in nodes)
     phase.shared.stop.set()
-    results = phase.collect("idle", lambda: f"idle: {open_sockets} sockets held {IDLE_HOLD_SECONDS:g} s, closing")
+    results = phase.collect("idle", lambda: f"idle: {open_sockets} sockets held {hold:g} s, closing")
     for r in results:
         errors.update(r.errors)
     return {
@@ -498,7 +498,8 @@ def run_idle(nodes: list[Node], secret: str, idle: int, workers: int, errors: Co
         "server_rss_before_mb": round(before_kb / 1024, 1),
         "server_rss_after_mb": round(after_kb / 1024, 1),
         "rss_per_connection_kb": round((after_kb - before_kb) / open_sockets, 2) if open_sockets else None,
-        # Keepalive pings only: what holding the sockets open costs.
+        # Keepalive pings only (one per socket per ping_interval, 20 s): what holding sockets costs.
+        "hold_seconds": round(window, 2),
         "server_cpu_seconds_per_second": round(cpu / window, 4),
     }
 
@@ -511,7 +512,8 @@ def run_pairs(nodes: list[Node], secret: str, pairs: int, rounds: int, workers: 
     phase.wait_connected("pairs", 2 * pairs)
     cpu_before, started = _cpu(nodes), time.monotonic()
     phase.shared.go.set()
-    results = phase.collect("pairs", lambda: f"pairs: {pairs} pairs, pairings: {sum(phase.shared.done)}/{pairs * rounds}")
+    target = pairs * rounds
+    results = phase.collect("pairs", lambda: f"pairs: {pairs} pairs, pairings: {sum(phase.shared.done)}/{target}")
     window = time.monotonic() - started
     cpu = _cpu(nodes) - cpu_before
     pairings = sum(r.pairings for r in results)
@@ -521,7 +523,7 @@ def run_pairs(nodes: list[Node], secret: str, pairs: int, rounds: int, workers: 
         "pairs": pairs,
         "rounds": rounds,
         "pairings": pairings,
-        "pairings_expected": pairs * rounds,
+        "pairings_expected": target,
         "window_seconds": round(window, 3),
         "pairings_per_second": round(pairings / window, 1),
         "connect_hello_ms": latency([x for r in results for x in r.connect_hello]),
@@ -532,7 +534,7 @@ def run_pairs(nodes: list[Node], secret: str, pairs: int, rounds: int, workers: 
     }
 
 
-def run(*, pairs: int, rounds: int, idle: int, backend: str, nodes: int, workers: int,
+def run(*, pairs: int, rounds: int, idle: int, idle_hold: float, backend: str, nodes: int, workers: int,
         redis_url: str) -> dict[str, Any]:
     from signalling.auth import Role, TokenIssuer
 
@@ -550,11 +552,12 @@ def run(*, pairs: int, rounds: int, idle: int, backend: str, nodes: int, workers
         asyncio.run(register_experts(servers, admin, [f"e{i}" for i in range(pairs)]))
         started_rss = _rss_mb(servers)
         report: dict[str, Any] = {
-            "config": {"pairs": pairs, "rounds": rounds, "idle": idle, "backend": backend, "nodes": nodes,
+            "config": {"pairs": pairs, "rounds": rounds, "idle": idle, "idle_hold": idle_hold,
+                       "backend": backend, "nodes": nodes,
                        "workers": workers, "server_env": SERVER_ENV, "cpu_count": os.cpu_count()},
             "server_rss_at_start_mb": started_rss,
         }
-        report["idle"] = run_idle(servers, secret, idle, workers, errors) if idle else None
+        report["idle"] = run_idle(servers, secret, idle, idle_hold, workers, errors) if idle else None
         report["pairing"] = run_pairs(servers, secret, pairs, rounds, workers, errors) if pairs else None
         report["servers"] = [{"node": n.name, "pid": n.pid, "rss_mb": round(rss_kb(n.pid)[0] / 1024, 1),
                               "rss_peak_mb": round(rss_kb(n.pid)[1] / 1024, 1),
@@ -580,6 +583,8 @@ def run(*, pairs: int, rounds: int, idle: int, backend: str, nodes: int, workers
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Pairings per pair.")
 @click.option("--idle", type=click.IntRange(0), default=0, show_default=True,
               help="Sockets that only keep alive (memory per connection).")
+@click.option("--idle-hold", type=click.FloatRange(0.5), default=25.0, show_default=True,
+              help="Seconds the idle sockets are held and measured (a ping interval is 20 s).")
 @click.option("--backend", type=click.Choice(["memory", "redis"]), default="memory", show_default=True)
 @click.option("--nodes", type=click.IntRange(1, 2), default=1, show_default=True,
               help="Server processes (2 needs --backend redis); a pair's two ends sit on different nodes.")
@@ -587,13 +592,13 @@ def run(*, pairs: int, rounds: int, idle: int, backend: str, nodes: int, workers
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Client processes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here.")
-def signalling(pairs: int, rounds: int, idle: int, backend: str, nodes: int, redis_url: str, workers: int,
-               json_path: Path | None) -> None:
+def signalling(pairs: int, rounds: int, idle: int, idle_hold: float, backend: str, nodes: int, redis_url: str,
+               workers: int, json_path: Path | None) -> None:
     """Pairing latency and throughput over /ws, and server memory per idle connection."""
     if not pairs and not idle:
         raise click.UsageError("nothing to do: give --pairs or --idle")
-    report = run(pairs=pairs, rounds=rounds, idle=idle, backend=backend, nodes=nodes, workers=workers,
-                 redis_url=redis_url)
+    report = run(pairs=pairs, rounds=rounds, idle=idle, idle_hold=idle_hold, backend=backend, nodes=nodes,
+                 workers=workers, redis_url=redis_url)
     text = json.dumps(report, indent=2)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

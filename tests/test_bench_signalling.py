@@ -23,8 +23,8 @@ def assert_latency(figure: dict[str, Any], count: int) -> None:
 def test_tiny_run_pairs_every_pair_and_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "signalling.json"
     result = CliRunner().invoke(main, [
-        "bench", "signalling", "--pairs", "3", "--rounds", "2", "--idle", "4", "--backend", "memory",
-        "--workers", "2", "--json", str(out),
+        "bench", "signalling", "--pairs", "3", "--rounds", "2", "--idle", "4", "--idle-hold", "1",
+        "--backend", "memory", "--workers", "2", "--json", str(out),
     ])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -44,7 +44,7 @@ def test_tiny_run_pairs_every_pair_and_reports_every_figure(tmp_path: Path) -> N
     assert idle["connections"] == 4
     assert_latency(idle["connect_hello_ms"], 4)
     assert idle["server_rss_after_mb"] > 0 and idle["rss_per_connection_kb"] is not None
-    assert idle["server_cpu_seconds_per_second"] >= 0
+    assert idle["hold_seconds"] >= 1 and idle["server_cpu_seconds_per_second"] >= 0
 
     [server] = report["servers"]
     assert server["rss_peak_mb"] >= server["rss_mb"] > 20 and server["cpu_seconds"] > 0
