@@ -6,6 +6,7 @@ import click
 
 from .media import media
 from .metering import metering
+from .signalling import signalling
 
 
 @click.group()
@@ -15,3 +16,4 @@ def bench() -> None:
 
 bench.add_command(media)
 bench.add_command(metering)
+bench.add_command(signalling)

@@ -1,44 +1,35 @@
 """Bookings on the socket: what the scheduling module hears (``BookingListener``) becomes messages
 and, when a booking is due, a session.
 
-``BookingNotifier`` implements the scheduler's listener by duck typing (a booking has ``id``,
-``expert_id``, ``client_id`` and ``to_json()``), so this module does not import the scheduler.
+The scheduler (signalling/scheduling.py) calls ``BookingNotifier`` one event at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
 
 from .backends.base import Backend
 from .protocol import ProtocolError, error, message
 from .queueing import ExpertQueues
+from .scheduling import Booking, BookingListener
 
 log = logging.getLogger(__name__)
 
 
-class BookingLike(Protocol):
-    id: str
-    expert_id: str
-    client_id: str
-
-    def to_json(self) -> dict[str, Any]: ...
-
-
-class BookingNotifier:
+class BookingNotifier(BookingListener):
     def __init__(self, backend: Backend, queues: ExpertQueues) -> None:
         self.backend = backend
         self.queues = queues
 
-    async def on_booked(self, booking: BookingLike) -> None:
+    async def on_booked(self, booking: Booking) -> None:
         await self.backend.deliver(booking.expert_id, message("booking.update", event="booked", booking=booking.to_json(), by=""))
 
-    async def on_reminder(self, booking: BookingLike, seconds_before: int) -> None:
+    async def on_reminder(self, booking: Booking, seconds_before: int) -> None:
         reminder = message("booking.reminder", booking=booking.to_json(), seconds_before=max(0, int(seconds_before)))
         for user in (booking.expert_id, booking.client_id):
             await self.backend.deliver(user, reminder)
 
-    async def on_due(self, booking: BookingLike) -> None:
+    async def on_due(self, booking: Booking) -> None:
         """Open the session; if a party is still in another session, both hear why it did not open."""
         expert = await self.queues.directory.get(booking.expert_id)
         try:
@@ -50,7 +41,7 @@ class BookingNotifier:
             for user in (booking.expert_id, booking.client_id):
                 await self.backend.deliver(user, error(exc.code, f"booking {booking.id} could not open: {exc.message}"))
 
-    async def on_cancelled(self, booking: BookingLike, by: str) -> None:
+    async def on_cancelled(self, booking: Booking, by: str) -> None:
         update = message("booking.update", event="cancelled", booking=booking.to_json(), by=by)
         for user in (booking.expert_id, booking.client_id):
             await self.backend.deliver(user, update)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -43,7 +44,7 @@ def main(verbose: bool) -> None:
 @click.option("--media-loopback/--no-media-loopback", default=None, help="Gather and announce 127.0.0.1 only. [EXPERTCALL_MEDIA_LOOPBACK]")
 @click.option("--announced-ip", "media_announced_ip", default=None, help="Public IP announced in ICE candidates. [EXPERTCALL_MEDIA_ANNOUNCED_IP]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
-def serve(**options: object) -> None:
+def serve(**options: Any) -> None:
     """Run signalling, the SFU and the web demo in one process."""
     from aiohttp import web
 

@@ -7,12 +7,8 @@ name), and who has a given skill. ``create_app`` backs it with the profile store
 
 from __future__ import annotations
 
-import inspect
-import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-log = logging.getLogger(__name__)
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -49,29 +45,3 @@ class MemoryExpertDirectory:
     async def find_available(self, skill: str) -> list[str]:
         wanted = skill.casefold()
         return [e.expert_id for e in self._experts.values() if wanted in (s.casefold() for s in e.skills)]
-
-
-class ProfileDirectory:
-    """``ExpertDirectory`` over the experts module's profile store (``signalling.experts``), whose
-    ``get`` returns an ``Expert`` (``.id``, ``.profile.display_name``, ``.profile.skills``), sync or
-    async, and whose ``find_available(skill, states)`` returns ranked ``Expert``s."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    async def get(self, expert_id: str) -> ExpertRef | None:
-        expert = self.store.get(expert_id)
-        if inspect.isawaitable(expert):
-            expert = await expert
-        if expert is None:
-            return None
-        return ExpertRef(expert.id, expert.profile.display_name, tuple(expert.profile.skills))
-
-    async def find_available(self, skill: str) -> list[str]:
-        try:
-            experts = await self.store.find_available(skill, states=("online", "busy"))
-        except Exception as exc:
-            # The store refuses skills it cannot normalise: for a client that is "nobody has it".
-            log.info("no experts for skill %r: %s", skill, exc)
-            return []
-        return [expert.id for expert in experts]

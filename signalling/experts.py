@@ -532,7 +532,7 @@ class ExpertDirectory:
         where, params = _filters(query)
         sql_where = f"WHERE {' AND '.join(where)}" if where else ""
         if not query.available:
-            total = self.db.fetchone(f"SELECT COUNT(*) FROM experts e {sql_where}", params)[0]
+            total = self.db.fetchall(f"SELECT COUNT(*) FROM experts e {sql_where}", params)[0][0]
             rows = self.db.fetchall(
                 f"SELECT * FROM experts e {sql_where} {_ORDER} LIMIT ? OFFSET ?", [*params, query.limit, query.offset]
             )

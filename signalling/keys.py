@@ -12,7 +12,6 @@ from turn_config.ice_servers import IceServerProvider
 from .auth import TokenIssuer
 from .backends.base import Backend
 from .billing.ledger import Ledger
-from .billing.live import LiveTracker
 from .billing.meter import Meter
 from .database import Database
 from .directory import ExpertDirectory as ExpertLookup
@@ -37,7 +36,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 # Optional, set by create_app before start-up: who hears about bookings (reminders, openings),
 # and how a session id maps to (expert_id, client_id, state) for ratings.
 BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)
-SESSION_PARTIES = web.AppKey("session_parties", SessionParties)
+SESSION_PARTIES: web.AppKey[SessionParties] = web.AppKey("session_parties")
 METER = web.AppKey("meter", Meter)
 LEDGER = web.AppKey("ledger", Ledger)
 EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
@@ -50,6 +49,5 @@ SIGNALLING: web.AppKey["SignallingNode"] = web.AppKey("signalling")
 WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")
 SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
 WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")
-LIVE_TRACKER = web.AppKey("live_tracker", LiveTracker)
 # Billing <-> sessions (signalling/billing/session_billing.py), set while the app runs.
 SESSION_BILLING: web.AppKey["SessionBilling"] = web.AppKey("session_billing")

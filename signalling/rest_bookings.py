@@ -126,7 +126,7 @@ async def get_slots(request: web.Request) -> web.Response:
     duration = int_param(request.query, "duration", default, rules.min_seconds, rules.max_seconds)
     expert_id = request.match_info["id"]
     free = store.free_intervals(expert_id, start, end)
-    slots = []
+    slots: list[dict[str, str]] = []
     for s, e in free:
         while s + duration <= e and len(slots) < MAX_SLOTS:
             slots.append({"start": iso_utc(s), "end": iso_utc(s + duration)})

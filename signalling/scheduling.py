@@ -40,6 +40,8 @@ STATES = (BOOKED, OPEN, CANCELLED, MISSED)
 
 MAX_TOPIC = 500
 MAX_REASON = 500
+# Free time that starts "now" is offered from the next multiple of this.
+SLOT_ALIGN_SECONDS = 300
 # Wake up at least this often, so that a jump of the wall clock is noticed.
 MAX_SLEEP = 30.0
 
@@ -286,7 +288,10 @@ class BookingStore:
         if hours is None:
             return []
         now = int(self.clock())
-        start = max(start, now + self.rules.min_notice_seconds)
+        earliest = now + self.rules.min_notice_seconds
+        if start < earliest:
+            # Offer round times, not "10:03:27".
+            start = -(-earliest // SLOT_ALIGN_SECONDS) * SLOT_ALIGN_SECONDS
         end = min(end, now + self.rules.max_days_ahead * 86400 + self.rules.max_seconds)
         busy = self.db.fetchall(
             f'SELECT start, "end" FROM bookings WHERE expert_id = ? AND start < ? AND "end" > ? AND {_ACTIVE} ORDER BY start',

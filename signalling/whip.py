@@ -36,8 +36,8 @@ from sfu.api import (
     TransportKind,
 )
 
-from . import keys
-from .auth import Identity, Role, authenticate
+from . import ice, keys
+from .auth import AuthError, Identity, Role, authenticate, bearer_token
 from .grants import AdminOnlyGrants, SessionGrants
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,9 @@ def error(status: type[web.HTTPException], code: str, message: str, **kwargs: ob
     return status(text=body, content_type="application/json", **kwargs)  # type: ignore[arg-type]
 
 
-def ice_server_links(request: web.Request) -> list[str]:
-    settings = request.app[keys.SETTINGS]
-    return [f'<{url}>; rel="ice-server"' for url in settings.stun_urls]
+def add_ice_server_links(response: web.StreamResponse, request: web.Request, user_id: str) -> None:
+    """RFC 9725 section 4.6: the ICE servers (TURN with a fresh credential for this user) as Links."""
+    ice.add_link_headers(response, ice.ice_servers_for(request.app, user_id))
 
 
 def _endpoint(request: web.Request) -> str:
@@ -176,8 +176,7 @@ async def create_resource(request: web.Request) -> web.Response:
     log.info("%s resource %s opened in session %s by %s", endpoint, resource_id, session_id, identity.user_id)
     headers = {"Location": resource.location, "ETag": f'"{resource_id}"'}
     response = web.Response(status=201, text=reply.sdp, content_type=SDP, headers=headers)
-    for link in ice_server_links(request):
-        response.headers.add("Link", link)
+    add_ice_server_links(response, request, identity.user_id)
     return response
 
 
@@ -203,8 +202,12 @@ async def patch_resource(request: web.Request) -> web.Response:
 
 async def options(request: web.Request) -> web.Response:
     response = web.Response(status=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP})
-    for link in ice_server_links(request):
-        response.headers.add("Link", link)
+    # TURN credentials only go to a caller with a valid token; an anonymous pre-flight gets none.
+    try:
+        identity = request.app[keys.TOKENS].verify(bearer_token(request))
+    except AuthError:
+        return response
+    add_ice_server_links(response, request, identity.user_id)
     return response
 
 

@@ -40,7 +40,7 @@ MEDIA_STATS_INTERVAL = 5.0
 
 def setup(app: web.Application) -> None:
     app[keys.EXPERT_DIRECTORY] = ProfileDirectory(app)
-    app[keys.SESSION_PARTIES] = SessionParties(app)
+    app[keys.SESSION_PARTIES] = lambda session_id: app[keys.SIGNALLING].session_parties(session_id)
     app[keys.WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
     app[keys.SESSION_GRANTS] = ParticipantGrants(app)
     app.cleanup_ctx.append(wiring_ctx)
@@ -52,14 +52,8 @@ async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
     if keys.BOOKING_LISTENER not in app:  # tests may listen in place of the sockets
         app[keys.SCHEDULER].listener = node.bookings
 
-    async def availability(expert_id: str) -> str:
-        return (await node.presence.availability(expert_id)).value
-
-    async def waiting(expert_id: str) -> int:
-        return len(await node.backend.queue(expert_id))
-
-    experts.availability = availability
-    experts.waiting = waiting
+    experts.availability = node.availability
+    experts.waiting = node.waiting
     poller = None
     plane = app.get(keys.MEDIA_PLANE)
     if plane is not None:
@@ -97,17 +91,6 @@ class ProfileDirectory:
             return []  # no expert has a skill that cannot be written
         found = await self.app[keys.EXPERTS].find_available(tag, states=("online", "busy"), limit=100)
         return [expert.id for expert in found]
-
-
-class SessionParties:
-    """session id -> (expert_id, client_id, state), for ratings."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-
-    async def __call__(self, session_id: str) -> tuple[str, str, str] | None:
-        session = await self.app[keys.SIGNALLING].sessions.get(session_id)
-        return None if session is None else (session.expert_id, session.client_id, session.state.value)
 
 
 class ParticipantGrants:

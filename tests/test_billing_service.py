@@ -114,4 +114,3 @@ async def test_metrics(client) -> None:  # type: ignore[no-untyped-def]
     text = await (await client.get("/metrics")).text()
     assert "expertcall_billing_units_total 3.0" in text
     assert "expertcall_billing_open_sessions 0.0" in text
-    assert client.app[keys.LIVE_TRACKER].meter is client.app[keys.METER]

@@ -282,7 +282,7 @@ async def test_reminders_then_the_session_opens_on_time(aiohttp_client, settings
     recorder = Recorder()
     client = await serve(aiohttp_client, settings, recorder)
     await make_expert(client, "ada", ALL_DAY)
-    start_at = math.ceil(time.time()) + 4
+    start_at = math.ceil(time.time()) + 6  # seconds of slack for a loaded machine before the first reminder
     resp = await book(client, "carl", "ada", start_at, start_at + 60)
     booking_id = (await resp.json())["id"]
 
@@ -308,7 +308,7 @@ async def test_cancel_before_start_by_either_party(aiohttp_client, settings) -> 
     recorder = Recorder()
     client = await serve(aiohttp_client, settings, recorder)
     await make_expert(client, "ada", ALL_DAY)
-    soon = math.ceil(time.time()) + 3
+    soon = math.ceil(time.time()) + 6
     later = soon + 3600
 
     by_expert = (await (await book(client, "carl", "ada", soon, soon + 60)).json())["id"]
@@ -340,11 +340,11 @@ async def test_cancel_before_start_by_either_party(aiohttp_client, settings) -> 
 
 
 async def test_restart_keeps_bookings_and_sends_nothing_twice(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
-    settings = replace(settings, reminder_lead_seconds=(3,))
+    settings = replace(settings, reminder_lead_seconds=(4,))
     first = Recorder()
     client = await serve(aiohttp_client, settings, first)
     await make_expert(client, "ada", ALL_DAY)
-    start_at = math.ceil(time.time()) + 5
+    start_at = math.ceil(time.time()) + 8
     soon = (await (await book(client, "carl", "ada", start_at, start_at + 60)).json())["id"]
     later = (await (await book(client, "carl", "ada", start_at + 3600, start_at + 3660)).json())["id"]
 
@@ -408,3 +408,18 @@ async def test_catching_up_after_downtime(tmp_path) -> None:  # type: ignore[no-
     r = await run_once(store)
     assert r.of(b.id) == [("due", "open")]
     assert (await run_once(store)).events == []
+
+
+async def test_slots_start_at_round_times_and_respect_notice(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    client = await serve(aiohttp_client, replace(settings, booking_min_notice_seconds=3600))
+    await make_expert(client, "ada", ALL_DAY)
+    resp = await client.get("/api/experts/ada/slots", params={"duration": "900"}, headers=auth(client, "eve"))
+    body = await resp.json()
+    first = datetime.fromisoformat(body["free"][0]["start"]).timestamp()
+    assert first % 300 == 0 and time.time() + 3600 <= first < time.time() + 3600 + 300 + 5
+    to = datetime.fromisoformat(body["to"]).timestamp()
+    assert body["free"][-1]["end"] == body["to"] and len(body["slots"]) == (to - first) // 900
+    resp = await client.get("/api/experts/nobody/slots", headers=auth(client, "eve"))
+    assert await error_of(resp) == (404, "expert_not_found")
+    resp = await client.get("/api/experts/ada/slots", params={"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"}, headers=auth(client, "eve"))
+    assert await error_of(resp) == (400, "invalid_window")

@@ -34,6 +34,8 @@ def settings(tmp_path: Any) -> Settings:
         secret="test-secret-0123456789abcdef-0123456789",
         media_loopback=True,
         stun_urls=("stun:127.0.0.1:3478",),
+        turn_secret="turn-secret-0123456789abcdef",
+        turn_urls=("turn:127.0.0.1:3478?transport=udp",),
     )
 
 
@@ -85,7 +87,11 @@ async def test_publisher_reaches_viewer_and_delete_stops_it(any_client: TestClie
     assert response.content_type == "application/sdp"
     whip_location = response.headers["Location"]
     assert whip_location.startswith(f"/whip/{session}/")
-    assert response.headers.getall("Link") == ['<stun:127.0.0.1:3478>; rel="ice-server"']
+    links = response.headers.getall("Link")
+    assert '<stun:127.0.0.1:3478>; rel="ice-server"' in links
+    # RFC 9725: the TURN server with a credential minted for this caller.
+    (turn,) = [link for link in links if link.startswith("<turn:127.0.0.1:3478?transport=udp>")]
+    assert 'username="' in turn and ':admin-1"' in turn and 'credential="' in turn
     await publisher.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
 
     viewer, offer = await offer_sdp("video", send=False)
@@ -187,10 +193,14 @@ async def test_unknown_resource_delete_is_404_and_patch_is_405(app_client: TestC
         await publisher.close()
 
 
-async def test_options_lists_ice_servers(app_client: TestClient) -> None:
+async def test_options_lists_ice_servers_to_token_holders_only(app_client: TestClient, settings: Settings) -> None:
     response = await app_client.options("/whep/s1")
+    assert response.status == 204 and "Link" not in response.headers
+    response = await app_client.options("/whep/s1", headers=bearer(settings, Role.CLIENT, "viewer"))
     assert response.status == 204
-    assert response.headers["Link"] == '<stun:127.0.0.1:3478>; rel="ice-server"'
+    links = response.headers.getall("Link")
+    assert '<stun:127.0.0.1:3478>; rel="ice-server"' in links
+    assert any(link.startswith("<turn:127.0.0.1:3478") and ':viewer"' in link for link in links)
 
 
 async def test_without_a_media_plane_whip_is_503(aiohttp_client: Any, settings: Settings) -> None:

@@ -154,8 +154,8 @@ class CoturnConfig:
                 raise ConfigError("turn_config_invalid", f"{what} must not be negative")
         if (self.cert is None) != (self.pkey is None):
             raise ConfigError("turn_config_invalid", "TLS needs both a certificate and its private key")
-        for value, what in ((self.cert, "cert"), (self.pkey, "pkey"), (self.log_file, "log file"), (self.pidfile, "pidfile")):
-            _path(value, what)
+        for path, name in ((self.cert, "cert"), (self.pkey, "pkey"), (self.log_file, "log file"), (self.pidfile, "pidfile")):
+            _path(path, name)
 
     @property
     def tls(self) -> bool:

@@ -22,7 +22,6 @@ from ..auth import Identity, Role, authenticate
 from ..settings import SettingsError
 from .checkpointer import WalCheckpointer
 from .ledger import Ledger, to_csv
-from .live import LiveTracker
 from .meter import BillingError, Meter
 from .outbox import Outbox
 from .relay import RedisRelay
@@ -59,7 +58,6 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     meter = Meter(db, ledger, outbox, refund_window_seconds=settings.refund_window_seconds)
     app[keys.LEDGER] = ledger
     app[keys.METER] = meter
-    app[keys.LIVE_TRACKER] = LiveTracker(meter)
     checkpointer = WalCheckpointer(db)
     checkpointer.start()
     recovered = meter.start()
