@@ -129,6 +129,7 @@ export class SessionController {
     const session = this.session;
     this.cost = null;
     this.summary = null;
+    this._pushedCostAt = 0;
     this.firstLiveAt = null;
     showView("call");
     this.view = new InCallView(this.container, {
@@ -168,7 +169,8 @@ export class SessionController {
   }
 
   async _pollCost() {
-    if (!this.session || Date.now() - this._pushedCostAt < 3 * COST_POLL_MS) return;
+    // A server that pushes billing.cost (at accepted and at every unit) needs no polling.
+    if (!this.session || this._pushedCostAt) return;
     try {
       this._onCost(await this.page.api.sessionCost(this.session.id));
     } catch {
