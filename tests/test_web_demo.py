@@ -626,5 +626,19 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await expert.wait_for_function("document.querySelector('[data-testid=earnings]').textContent.startsWith('$')")
     await shoot(expert, "08-expert-earnings")
 
+    # A second session with a budget cap: the server ends it when the budget is used up.
+    await client.locator("[data-expert-id=ada-expert]").get_by_role("button", name="Ask for help now").click()
+    await expert.get_by_role("button", name="Accept Cleo Client").click()
+    await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
+    await client.wait_for_function("document.querySelector('[data-testid=running-cost]')?.textContent.startsWith('$')")
+    await client.get_by_label("Budget cap").fill("6")
+    await client.get_by_role("button", name="Set").click()
+    for page in (client, expert):
+        await page.get_by_role("heading", name="Session summary").wait_for(timeout=30000)
+        assert "The budget cap was reached." in await page.get_by_test_id("summary").inner_text()
+    await client.locator("[data-testid=summary][data-final=true]").wait_for()
+    assert await client.get_by_test_id("amount-charged").inner_text() == "$6.00"  # never past the cap
+    await shoot(client, "09-client-budget-reached")
+
     for page, name in ((expert, "expert"), (client, "client"), (second, "second")):
         assert page.errors == [], name  # type: ignore[attr-defined]
