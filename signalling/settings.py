@@ -39,6 +39,9 @@ class Settings:
     resume_grace: float = 30.0
     max_message_bytes: int = 64 * 1024
     max_messages_per_second: int = 20
+    # A socket may send this many at once (a browser trickling its ICE candidates) before the
+    # per-second rate applies: a token bucket, not a fixed window.
+    max_message_burst: int = 60
     ring_timeout: float = 30.0
     # An accepted session whose media does not flow on both sides within this ends as a no-show.
     connect_timeout: float = 60.0
@@ -92,6 +95,8 @@ class Settings:
             raise SettingsError("billing_unit_seconds must be at least 1")
         if not (0 <= self.platform_fee_bps <= 10_000):
             raise SettingsError("platform_fee_bps must be between 0 and 10000")
+        if self.max_messages_per_second < 1 or self.max_message_burst < 1:
+            raise SettingsError("max_messages_per_second and max_message_burst must be at least 1")
         if self.max_message_bytes < 1024:
             raise SettingsError("max_message_bytes must be at least 1024")
         if self.media_port_min or self.media_port_max:

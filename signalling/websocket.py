@@ -75,8 +75,10 @@ class Connection:
         # Messages routed here before the welcome went out wait for it.
         self._ready = False
         self._early: list[dict[str, Any]] = []
-        self._window_start = 0.0
-        self._window_count = 0
+        # Rate limit: a token bucket of max_message_burst tokens refilled at max_messages_per_second.
+        self._tokens = float(self.settings.max_message_burst)
+        self._refilled_at = time.monotonic()
+        self._dropped = 0  # messages dropped since the last one admitted
         self._touched = 0.0
         self._deadline: asyncio.TimerHandle | None = None
         self._expiry: asyncio.Future[None] | None = None
@@ -184,15 +186,18 @@ class Connection:
             )
             return False
         now = time.monotonic()
-        if now - self._window_start >= 1.0:
-            self._window_start, self._window_count = now, 0
-        self._window_count += 1
-        limit = self.settings.max_messages_per_second
-        if self._window_count <= limit:
+        rate = self.settings.max_messages_per_second
+        self._tokens = min(float(self.settings.max_message_burst), self._tokens + (now - self._refilled_at) * rate)
+        self._refilled_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._dropped = 0
             return True
-        if self._window_count == limit + 1:
-            await self.reply_error(ErrorCode.RATE_LIMITED, f"more than {limit} messages in a second: dropped", None)
-        elif self._window_count > 2 * limit:
+        self._dropped += 1
+        if self._dropped == 1:
+            await self.reply_error(ErrorCode.RATE_LIMITED, f"more than {rate} messages a second: dropped", None)
+        elif self._dropped > rate:
+            # Still flooding after a second's worth of refused messages.
             await self.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
         return False
 

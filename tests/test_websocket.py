@@ -175,8 +175,19 @@ async def test_too_big_closes_4009_and_others_carry_on(client) -> None:  # type:
     assert again.welcome["session"]["id"] == session_id and again.welcome["session"]["state"] == "accepted"
 
 
+async def test_a_burst_within_the_bucket_is_served(aiohttp_client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    # A browser trickles its ICE candidates in a burst above the per-second rate.
+    settings.max_messages_per_second, settings.max_message_burst = 5, 30
+    client = await aiohttp_client(build_app(settings, FakePlane()))
+    alice = await Peer.join(client, "alice", "client")  # hello took one token
+    for n in range(29):
+        await alice.ws.send_str(json.dumps({"v": 1, "type": "ping", "id": n}))
+    assert [(await alice.expect("pong"))["ref"] for _ in range(29)] == list(range(29))
+    assert not [m for m in alice.backlog if m["type"] == "error"]
+
+
 async def test_rate_limit_errors_then_closes_4008(aiohttp_client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    settings.max_messages_per_second = 5
+    settings.max_messages_per_second, settings.max_message_burst = 5, 5
     client = await aiohttp_client(build_app(settings, FakePlane()))
     alice = await Peer.join(client, "alice", "client")
     bob = await Peer.join(client, "bob", "client")
