@@ -13,10 +13,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import pylibsrtp
 from aioice import Candidate, stun
 from aioice import ice as aioice_ice
 from aioice.candidate import candidate_foundation, candidate_priority
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -27,10 +28,13 @@ from aiortc.rtcrtpparameters import (
 # Called as handler(data, arrival_time_ms=...) by RTCDtlsTransport._recv_next.
 RtpHandler = Callable[..., Awaitable[None]]
 RtcpHandler = Callable[[bytes], Awaitable[None]]
+# Called as sink(plaintext, arrival_ms) from the socket's datagram callback: must not block.
+RtpSink = Callable[[bytes, int], None]
 RelayGatherer = Callable[[int], Awaitable[list[Candidate]]]
 CandidateGatherer = Callable[[Any, int, RelayGatherer], Awaitable[list[Candidate]]]
 
 _HOOKED = "_expertcall_hooked"
+_SINK = "_expertcall_rtp_sink"  # on an aioice Connection: (its DTLS transport, RtpSink)
 
 
 def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
@@ -50,10 +54,14 @@ def _ice_connections(pc: RTCPeerConnection) -> Iterator[Any]:
         yield dtls.transport.iceGatherer._connection
 
 
-def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler) -> None:
+def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler,
+                      rtp_sink: RtpSink | None = None) -> None:
     """Send every decrypted RTP/RTCP datagram of ``pc`` to our handlers instead of aiortc's
-    RtpRouter. Call after each setRemoteDescription/addTransceiver (new transports may appear);
-    repeated calls are harmless."""
+    RtpRouter. With ``rtp_sink``, SRTP arriving on sockets bound by ``bind_host_candidate`` is
+    decrypted and handed to it right in the datagram callback (see SrtpStunProtocol); ``on_rtp``
+    then only sees what takes aioice's queue (TURN-relayed media). Call after each
+    setRemoteDescription/addTransceiver (new transports may appear); repeated calls are
+    harmless."""
     for dtls in dtls_transports(pc):
         if getattr(dtls, _HOOKED, False):
             continue
@@ -61,7 +69,32 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
         # self._handle_rtcp_data(data) with plaintext after SRTP unprotect.
         dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
         dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
+        if rtp_sink is not None:
+            setattr(dtls.transport.iceGatherer._connection, _SINK, (dtls, rtp_sink))
         setattr(dtls, _HOOKED, True)
+
+
+class SrtpStunProtocol(aioice_ice.StunProtocol):
+    """aioice's socket protocol, with a short cut for SRTP once DTLS has keyed the transport:
+    aioice would try to parse each datagram as STUN, queue it, and wake the DTLS transport's
+    receive task, which decrypts and awaits our handler; here the datagram callback decrypts and
+    calls the connection's RtpSink at once. SRTCP, STUN and DTLS still take aioice's path."""
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        sink = self.receiver.__dict__.get(_SINK)
+        # RTP: version 2 (first byte 128-191), and not SRTCP (second byte 192-223, RFC 5761)
+        if sink is not None and 127 < data[0] < 192 and len(data) > 12 \
+                and not 191 < data[1] < 224:  # type: ignore[operator]
+            dtls, rtp_sink = sink
+            srtp = dtls._rx_srtp
+            if srtp is not None and dtls._state is State.CONNECTED:
+                try:
+                    plain = srtp.unprotect(data)
+                except pylibsrtp.Error:
+                    return  # replayed or forged: dropped, as aiortc does
+                rtp_sink(plain, clock.current_ms())
+                return
+        super().datagram_received(data, addr)
 
 
 def disarm_receiver(
@@ -177,7 +210,7 @@ async def bind_host_candidate(
     when the port is taken."""
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: aioice_ice.StunProtocol(connection), local_addr=(address, port)
+        lambda: SrtpStunProtocol(connection), local_addr=(address, port)
     )
     bound = protocol.transport.get_extra_info("sockname")
     host = announced or bound[0]
@@ -232,6 +265,15 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
                 await _inner(data, arrival_time_ms=arrival_time_ms)
 
         dtls._handle_rtp_data = handle  # type: ignore[method-assign]
+        connection = dtls.transport.iceGatherer._connection
+        sink = connection.__dict__.get(_SINK)
+        if sink is not None:
+
+            def filtered(data: bytes, arrival_ms: int, _sink: RtpSink = sink[1]) -> None:
+                if keep(data):
+                    _sink(data, arrival_ms)
+
+            setattr(connection, _SINK, (dtls, filtered))
 
 
 def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:

@@ -108,7 +108,7 @@ class Consumer:
             if self.kind == "video" and not self._waiting:
                 self._waiting = True
                 self.producer.waiting_for_keyframe += 1
-            self.producer.request_keyframe()
+            self.producer.request_join_keyframe()
 
     def restart(self) -> None:
         """The producer's source changed (a publisher's reconnect): a new encoder's delta frames

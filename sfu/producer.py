@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu import rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, find_extension
@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 
 MAX_MISSING = 256  # sequence numbers remembered for upstream NACK
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
+JOIN_KEYFRAME_WINDOW = 0.15  # s: joiners within this window share one keyframe request
+
+
+class Scheduler(Protocol):
+    """The part of an event loop that keyframe requests use: a clock and timers (tests pass
+    a fake one)."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class Producer:
         max_bitrate: int,
         keyframe_interval: float,
         app_data: dict[str, Any] | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.id = producer_id
         self.participant_id = participant_id
@@ -109,8 +120,15 @@ class Producer:
 
         # keyframe requests: at most one per keyframe_interval towards the publisher
         self._keyframe_interval = keyframe_interval
+        self._scheduler = scheduler  # None: the running event loop
         self._last_keyframe_request = -1e9
-        self._keyframe_timer: asyncio.TimerHandle | None = None
+        self._keyframe_timer: Any = None
+        # keyframe requests on join/resume: their own, short coalescing window, so a joiner
+        # need not wait out the PLI throttle and a join storm still costs few keyframes
+        self._join_window = min(JOIN_KEYFRAME_WINDOW, keyframe_interval)
+        self._last_join_request = -1e9
+        self._join_timer: Any = None
+        self._keyframe_awaited = False  # a request went out and no keyframe has been seen since
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -148,6 +166,8 @@ class Producer:
         self.closed = True
         if self._keyframe_timer is not None:
             self._keyframe_timer.cancel()
+        if self._join_timer is not None:
+            self._join_timer.cancel()
         for consumer in list(self.consumers):
             consumer.close("producer_closed")
         for callback in self.on_close:
@@ -198,6 +218,8 @@ class Producer:
 
         payload = data[offset:]
         keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
+        if keyframe:
+            self._keyframe_awaited = False
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         padding = b0 & 0x20
         epoch = self.epoch
@@ -252,21 +274,48 @@ class Producer:
         inside the interval is deferred to its end rather than lost."""
         if self.kind != "video" or self.closed:
             return
-        now = time.monotonic()
-        wait = self._last_keyframe_request + self._keyframe_interval - now
+        wait = self._last_keyframe_request + self._keyframe_interval - self._now()
         if wait <= 0:
             self._send_keyframe_request()
         elif self._keyframe_timer is None:
-            self._keyframe_timer = asyncio.get_running_loop().call_later(
-                wait, self._send_keyframe_request
-            )
+            self._keyframe_timer = self._call_later(wait, self._send_keyframe_request)
 
     def _send_keyframe_request(self) -> None:
         self._keyframe_timer = None
         if self.closed or self.ssrc is None:
             return
-        self._last_keyframe_request = time.monotonic()
+        self._last_keyframe_request = self._now()
+        self._keyframe_awaited = True
         self._send_rtcp(rtcp.pli(self.rtcp_ssrc, self.ssrc))
+
+    def request_join_keyframe(self) -> None:
+        """Ask for a keyframe for a consumer that starts (or resumes) waiting for one. Apart from
+        the subscribers' PLI throttle: a join is served within the short join window. A request
+        still in flight serves the joiner already (consumers start on any keyframe); joins
+        inside the window share one request sent at its end."""
+        if self.kind != "video" or self.closed:
+            return
+        now = self._now()
+        if self._keyframe_awaited and now - self._last_keyframe_request < self._join_window:
+            return
+        wait = self._last_join_request + self._join_window - now
+        if wait <= 0:
+            self._send_join_request()
+        elif self._join_timer is None:
+            self._join_timer = self._call_later(wait, self._send_join_request)
+
+    def _send_join_request(self) -> None:
+        self._join_timer = None
+        if self.waiting_for_keyframe <= 0:
+            return  # a keyframe came meanwhile and started every waiting consumer
+        self._last_join_request = self._now()
+        self._send_keyframe_request()
+
+    def _now(self) -> float:
+        return self._scheduler.time() if self._scheduler else time.monotonic()
+
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        return (self._scheduler or asyncio.get_running_loop()).call_later(delay, callback)
 
     def handle_sender_report(self, ntp: int, rtp_ts: int) -> None:
         self.sr_ntp = ntp

@@ -413,7 +413,7 @@ class Transport:
 
     def _hook(self) -> None:
         self.router.network.prepare(self.pc)
-        aiortc_hooks.intercept_packets(self.pc, self._on_rtp, self._on_rtcp)
+        aiortc_hooks.intercept_packets(self.pc, self._on_rtp, self._on_rtcp, self._receive_rtp)
         transports = aiortc_hooks.dtls_transports(self.pc)
         if self._raw is None and transports:
             self._raw = aiortc_hooks.RawSender(transports[0])
@@ -427,6 +427,10 @@ class Transport:
         return raw is not None and raw.send_rtcp(data)
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        self._receive_rtp(data, arrival_time_ms)
+
+    def _receive_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        """Decrypted RTP, mostly straight from the socket's datagram callback."""
         if len(data) < 12:
             return
         offset = payload_offset(data)

@@ -53,23 +53,34 @@ def client_pc() -> RTCPeerConnection:
     )
 
 
+def _square(bit: int, complement: int) -> tuple[int, int]:
+    row, col = divmod(bit, 6)
+    return 20 + (row + 2 * complement) * 2 * BLOCK, 20 + col * 2 * BLOCK
+
+
 def draw_counter(counter: int) -> np.ndarray:
+    """Each bit twice: as itself, and inverted two rows below."""
     image = np.full((HEIGHT, WIDTH, 3), 96, dtype=np.uint8)
     for bit in range(BITS):
-        row, col = divmod(bit, 6)
-        y, x = 20 + row * 2 * BLOCK, 20 + col * 2 * BLOCK
-        image[y : y + BLOCK, x : x + BLOCK] = 255 if counter >> bit & 1 else 0
+        for complement in (0, 1):
+            y, x = _square(bit, complement)
+            image[y : y + BLOCK, x : x + BLOCK] = 255 if (counter >> bit & 1) ^ complement else 0
     return image
 
 
 def read_counter(frame: av.VideoFrame) -> int:
+    """A bit is set when its square is brighter than its inverted twin. aiortc's VP8 encoder,
+    restarted mid-stream by a REMB change, renders some changed squares half-way for a frame
+    (121 of 255): a fixed threshold would misread those, the pair does not."""
     gray = frame.reformat(width=WIDTH, height=HEIGHT).to_ndarray(format="gray")
     value = 0
     for bit in range(BITS):
-        row, col = divmod(bit, 6)
-        y, x = 20 + row * 2 * BLOCK, 20 + col * 2 * BLOCK
-        # the block's interior, averaged: codec ringing at the edges must not flip a bit
-        if gray[y + 3 : y + BLOCK - 3, x + 3 : x + BLOCK - 3].mean() > 128:
+        # the squares' interiors, averaged: codec ringing at the edges must not flip a bit
+        plain, inverted = (
+            gray[y + 3 : y + BLOCK - 3, x + 3 : x + BLOCK - 3].mean()
+            for y, x in (_square(bit, 0), _square(bit, 1))
+        )
+        if plain > inverted:
             value |= 1 << bit
     return value
 

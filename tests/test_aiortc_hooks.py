@@ -4,9 +4,11 @@ them, these tests say exactly which one, before the SFU silently decodes or drop
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 
 import aioice
 import aiortc
+import pylibsrtp
 from aioice import ice as aioice_ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -44,6 +46,57 @@ def test_dtls_transport_delivers_decrypted_packets_through_overridable_methods()
         "RTCDtlsTransport._state is gone: RawSender checks it against State.CONNECTED"
     )
     assert State.CONNECTED.name == "CONNECTED"
+
+
+def test_srtp_arrives_through_the_stun_protocol_of_each_socket() -> None:
+    received = _source(aioice_ice.StunProtocol.datagram_received)
+    assert "self.receiver.data_received(data, self.local_candidate.component)" in received, (
+        "aioice StunProtocol.datagram_received no longer hands non-STUN to "
+        "receiver.data_received: SrtpStunProtocol's short cut would bypass something new"
+    )
+    assert "self._queue.put_nowait((data, component))" in _source(
+        aioice_ice.Connection.data_received
+    ), "aioice Connection.data_received no longer just queues: review SrtpStunProtocol"
+    assert "self._rx_srtp: Session = None" in _source(RTCDtlsTransport.__init__), (
+        "RTCDtlsTransport._rx_srtp is gone: SrtpStunProtocol cannot decrypt"
+    )
+    recv = _source(RTCDtlsTransport._recv_next)
+    assert "data = self._rx_srtp.unprotect(data)" in recv and "clock.current_ms()" in recv, (
+        "RTCDtlsTransport._recv_next handles SRTP differently: SrtpStunProtocol copies it"
+    )
+    assert "self._connection = " in _source(aiortc.rtcicetransport.RTCIceGatherer.__init__)
+
+
+class _FakeSrtp:
+    def unprotect(self, data: bytes) -> bytes:
+        if data.endswith(b"forged"):
+            raise pylibsrtp.Error("authentication failed")
+        return data[:-4]  # the "auth tag"
+
+
+async def test_srtp_stun_protocol_decrypts_rtp_in_the_callback_and_passes_the_rest_on() -> None:
+    queued: list[bytes] = []
+    sunk: list[bytes] = []
+    connection = SimpleNamespace(data_received=lambda data, component: queued.append(data))
+    protocol = aiortc_hooks.SrtpStunProtocol(connection)
+    protocol.local_candidate = SimpleNamespace(component=1)
+    rtp = bytes([0x80, 96]) + bytes(14) + b"auth"
+    rtcp = bytes([0x80, 200]) + bytes(14) + b"auth"
+
+    protocol.datagram_received(rtp, ("127.0.0.1", 1))  # no sink: aioice's path
+    assert queued == [rtp]
+    dtls = SimpleNamespace(_rx_srtp=None, _state=State.CONNECTING)
+    connection._expertcall_rtp_sink = (dtls, lambda data, ms: sunk.append(data))
+    protocol.datagram_received(rtp, ("127.0.0.1", 1))  # not keyed yet: aioice's path
+    assert len(queued) == 2 and not sunk
+
+    dtls._rx_srtp, dtls._state = _FakeSrtp(), State.CONNECTED
+    protocol.datagram_received(rtp, ("127.0.0.1", 1))
+    assert sunk == [rtp[:-4]] and len(queued) == 2  # decrypted, not queued
+    protocol.datagram_received(rtp[:-4] + b"forged", ("127.0.0.1", 1))
+    assert len(sunk) == 1 and len(queued) == 2  # dropped
+    protocol.datagram_received(rtcp, ("127.0.0.1", 1))
+    assert queued[-1] == rtcp and len(sunk) == 1  # SRTCP takes aiortc's path
 
 
 def test_receiver_starts_its_decoder_in_receive_only() -> None:
@@ -106,9 +159,17 @@ async def test_hooks_apply_to_a_live_connection() -> None:
     async def on_rtcp(data: bytes) -> None:
         seen.append(data)
 
-    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp)
+    def sink(data: bytes, arrival_ms: int) -> None:
+        seen.append(data)
+
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp, sink)
     dtls = aiortc_hooks.dtls_transports(pc)[0]
     assert dtls._handle_rtp_data is on_rtp
+    connection = dtls.transport.iceGatherer._connection
+    assert connection._expertcall_rtp_sink == (dtls, sink)
+    candidate = await aiortc_hooks.bind_host_candidate(connection, 1, "127.0.0.1", 0, None)
+    assert isinstance(connection._protocols[-1], aiortc_hooks.SrtpStunProtocol)
+    assert candidate.host == "127.0.0.1"
     aiortc_hooks.disarm_sender(transceiver.sender)
     await transceiver.sender.send("parameters")  # type: ignore[arg-type]
     assert transceiver.sender._RTCRtpSender__rtp_task is None  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 from aiortc.rtp import (
     RtcpPacket,
@@ -64,6 +65,84 @@ async def test_keyframe_requests_are_throttled_but_never_lost() -> None:
     assert len(upstream) == 2  # ... and then go as one
     assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
     producer.close()
+
+
+class FakeScheduler:
+    """A clock that moves only when told to, with the timers it owes."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeScheduler:
+        self.timers.append((self.now + delay, callback))
+        return self
+
+    def cancel(self) -> None:
+        self.timers.clear()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, callback in due:
+            callback()
+
+
+def test_joiners_share_a_keyframe_without_waiting_out_the_pli_throttle() -> None:
+    clock = FakeScheduler()
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=clock)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+
+    producer.request_keyframe()  # a subscriber's PLI: the 1 s throttle starts
+    assert len(upstream) == 1
+    _receive(producer, 1, 0)
+    clock.advance(0.2)
+
+    producer.waiting_for_keyframe = 1
+    producer.request_join_keyframe()  # a joiner is not held back by the PLI throttle
+    assert len(upstream) == 2
+    for _ in range(50):  # a join storm inside the window: no request while one is in flight
+        clock.advance(0.001)
+        producer.waiting_for_keyframe += 1
+        producer.request_join_keyframe()
+    assert len(upstream) == 2 and not clock.timers
+
+    _receive_keyframe(producer, 2, 60)  # the keyframe arrives and starts everyone waiting
+    producer.waiting_for_keyframe = 1  # one more joiner, just after that keyframe
+    producer.request_join_keyframe()
+    producer.waiting_for_keyframe = 2
+    producer.request_join_keyframe()
+    assert len(upstream) == 2 and len(clock.timers) == 1  # deferred to the window's end, once
+    clock.advance(0.15)
+    assert len(upstream) == 3
+    assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
+
+    # a deferred request that a keyframe made needless is dropped
+    _receive_keyframe(producer, 3, 300)
+    producer.waiting_for_keyframe = 1
+    producer.request_join_keyframe()
+    assert len(clock.timers) == 1
+    producer.waiting_for_keyframe = 0
+    clock.advance(0.2)
+    assert len(upstream) == 3
+
+    # subscribers' PLIs stay at one per second, join requests included
+    producer.request_keyframe()
+    assert len(upstream) == 3 and len(clock.timers) == 1
+    clock.advance(1.0)
+    assert len(upstream) == 4
+    producer.close()
+
+
+def _receive_keyframe(producer: Producer, seq: int, arrival_ms: int) -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, 1234) + b"\x10\x00" + bytes(100)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
 
 
 def test_gap_is_nacked_upstream_and_counted() -> None:
