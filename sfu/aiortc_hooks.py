@@ -83,8 +83,8 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         sink = self.receiver.__dict__.get(_SINK)
         # RTP: version 2 (first byte 128-191), and not SRTCP (second byte 192-223, RFC 5761)
-        if sink is not None and 127 < data[0] < 192 and len(data) > 12 \
-                and not 191 < data[1] < 224:  # type: ignore[operator]
+        if sink is not None and type(data) is bytes and 127 < data[0] < 192 and len(data) > 12 \
+                and not 191 < data[1] < 224:
             dtls, rtp_sink = sink
             srtp = dtls._rx_srtp
             if srtp is not None and dtls._state is State.CONNECTED:
