@@ -11,6 +11,7 @@ from turn_config.ice_servers import IceServerProvider
 
 from .auth import TokenIssuer
 from .backends.base import Backend
+from .billing.fees import PlatformFees
 from .billing.ledger import Ledger
 from .billing.meter import Meter
 from .database import Database
@@ -39,6 +40,8 @@ BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)
 SESSION_PARTIES: web.AppKey[SessionParties] = web.AppKey("session_parties")
 METER = web.AppKey("meter", Meter)
 LEDGER = web.AppKey("ledger", Ledger)
+# Per-expert platform fee overrides (admin-set), applied when a session opens.
+PLATFORM_FEES = web.AppKey("platform_fees", PlatformFees)
 EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
 # The media plane (sfu.api.MediaPlane): a LocalMediaPlane in this process, set by create_app.
 MEDIA_PLANE = web.AppKey("media_plane", MediaPlane)

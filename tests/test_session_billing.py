@@ -192,3 +192,30 @@ async def test_the_outage_is_not_billed(aiohttp_client, settings) -> None:  # ty
     assert ledger(second, sid)[0] == charged
     alice = await Peer.join(second, "alice", "client")
     assert alice.welcome["session"]["state"] == "paused"
+
+
+async def test_an_admin_set_fee_applies_to_the_experts_next_sessions(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    plane = FakePlane()
+    client = await aiohttp_client(wired_app(settings, plane))
+    url = "/api/billing/experts/erin/fee"
+    assert (await (await client.get(url, headers=auth(client, "erin", "expert"))).json()) == {
+        "expert_id": "erin", "platform_fee_bps": 2000, "default": True}
+    refused = await client.put(url, json={"platform_fee_bps": 0}, headers=auth(client, "erin", "expert"))
+    assert refused.status == 403
+    assert (await client.get(url, headers=auth(client, "ezra", "expert"))).status == 403
+    for bad in ({"platform_fee_bps": 10_001}, {"platform_fee_bps": 12.5}, {"fee": 1000}, [1000]):
+        resp = await client.put(url, json=bad, headers=auth(client, "root", "admin"))
+        assert resp.status == 400, bad
+    resp = await client.put(url, json={"platform_fee_bps": 1250}, headers=auth(client, "root", "admin"))
+    assert (await resp.json())["platform_fee_bps"] == 1250
+
+    expert, alice, sid = await call(client, plane)
+    go_live(plane, sid)
+    await units_seen(alice, 2)
+    await alice.request("session.end", session_id=sid)
+    earned = await expert.expect("billing.summary")
+    gross = earned["gross"]["amount"]
+    # floor(gross * 1250 / 10000): 12.5%, not the server's 20%
+    assert earned["fee"]["amount"] == gross * 1250 // 10_000 and earned["payout"]["amount"] == gross - earned["fee"]["amount"]
+    reset = await client.put(url, json={"platform_fee_bps": None}, headers=auth(client, "root", "admin"))
+    assert (await reset.json()) == {"expert_id": "erin", "platform_fee_bps": 2000, "default": True}

@@ -21,6 +21,7 @@ from .. import keys
 from ..auth import Identity, Role, authenticate
 from ..settings import SettingsError
 from .checkpointer import WalCheckpointer
+from .fees import PlatformFees
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Meter
 from .outbox import Outbox
@@ -46,6 +47,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/billing/sessions/{session_id}/refund", refund)
     app.router.add_get("/api/billing/statement", statement)
     app.router.add_get("/api/billing/export", export)
+    app.router.add_get("/api/billing/experts/{expert_id}/fee", get_fee)
+    app.router.add_put("/api/billing/experts/{expert_id}/fee", put_fee)
 
 
 async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -58,6 +61,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     meter = Meter(db, ledger, outbox, refund_window_seconds=settings.refund_window_seconds)
     app[keys.LEDGER] = ledger
     app[keys.METER] = meter
+    app[keys.PLATFORM_FEES] = PlatformFees(db, settings.platform_fee_bps)
     checkpointer = WalCheckpointer(db)
     checkpointer.start()
     recovered = meter.start()
@@ -207,6 +211,39 @@ async def refund(request: web.Request) -> web.Response:
         "session_id": session_id, "created": result.created, "posting_id": p.id,
         "amount": p.gross.amount, "fee": p.fee.amount, "payout": p.payout.amount, "currency": p.currency,
     }, status=201 if result.created else 200)
+
+
+async def get_fee(request: web.Request) -> web.Response:
+    """``GET /api/billing/experts/{id}/fee``: the platform fee of that expert's next sessions."""
+    me = _me(request, Role.EXPERT)
+    expert_id = request.match_info["expert_id"]
+    if not me.is_admin and me.user_id != expert_id:
+        raise _error(403, "forbidden", "experts see their own fee only")
+    return web.json_response(_fee_json(request, expert_id))
+
+
+async def put_fee(request: web.Request) -> web.Response:
+    """``PUT /api/billing/experts/{id}/fee`` ``{"platform_fee_bps": int | null}`` (admins only);
+    null goes back to the server's default."""
+    me = _me(request, Role.ADMIN)
+    expert_id = request.match_info["expert_id"]
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _error(400, "bad_request", "the body must be JSON") from None
+    if not isinstance(body, dict) or set(body) != {"platform_fee_bps"}:
+        raise _error(400, "bad_request", 'the body must be {"platform_fee_bps": <0-10000 or null>}')
+    try:
+        request.app[keys.PLATFORM_FEES].set(expert_id, body["platform_fee_bps"], by=f"admin:{me.user_id}")
+    except BillingError as exc:
+        raise _billing_error(exc) from None
+    return web.json_response(_fee_json(request, expert_id))
+
+
+def _fee_json(request: web.Request, expert_id: str) -> dict[str, object]:
+    fees = request.app[keys.PLATFORM_FEES]
+    override = fees.override(expert_id)
+    return {"expert_id": expert_id, "platform_fee_bps": fees.fee_bps(expert_id), "default": override is None}
 
 
 async def statement(request: web.Request) -> web.Response:

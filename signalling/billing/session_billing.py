@@ -79,7 +79,6 @@ class SessionBilling:
         self.settings = app[keys.SETTINGS]
         self.meter: Meter = app[keys.METER]
         self.node = app[keys.SIGNALLING]
-        self.policy = BillingPolicy.from_settings(self.settings)
         # Budgets set while a request waits; they become the cap when the session is accepted.
         self._budgets: dict[str, int] = {}
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -160,13 +159,15 @@ class SessionBilling:
         price = self.price_of(session.expert_id)
         budget = self._budgets.pop(session.id, None)
         cap = Money(budget, price.currency) if budget is not None else None
+        fee = self.app[keys.PLATFORM_FEES].override(session.expert_id)
+        policy = BillingPolicy.from_settings(self.settings, platform_fee_bps=fee)
         try:
-            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, self.policy, cap, at=at)
+            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, policy, cap, at=at)
         except BillingError as exc:
             if exc.code != "budget_too_low":
                 raise
             # The price rose above the budget since it was set: the budget cannot pay one charge.
-            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, self.policy, at=at)
+            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, policy, at=at)
             self._end(session.id)
         self._both(session.expert_id, session.client_id, cost_message(cost))
 
