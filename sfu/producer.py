@@ -23,7 +23,12 @@ if TYPE_CHECKING:
 
 MAX_MISSING = 256  # sequence numbers remembered for upstream NACK
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
-JOIN_KEYFRAME_WINDOW = 0.15  # s: joiners within this window share one keyframe request
+# libwebrtc drops a keyframe request that comes within 300 ms of the previous one
+# (EncoderRtcpFeedback), so keyframe requests for joiners are spaced at least this far apart...
+MIN_KEYFRAME_SPACING = 0.3
+# ...and repeated while anyone still waits: a dropped request or a lost keyframe must not leave a
+# subscriber black until someone else asks.
+JOIN_KEYFRAME_RETRY = 0.5
 
 
 class Scheduler(Protocol):
@@ -123,12 +128,10 @@ class Producer:
         self._scheduler = scheduler  # None: the running event loop
         self._last_keyframe_request = -1e9
         self._keyframe_timer: Any = None
-        # keyframe requests on join/resume: their own, short coalescing window, so a joiner
-        # need not wait out the PLI throttle and a join storm still costs few keyframes
-        self._join_window = min(JOIN_KEYFRAME_WINDOW, keyframe_interval)
-        self._last_join_request = -1e9
+        # keyframe requests on join/resume: not held back by the subscribers' PLI throttle; a
+        # join storm shares the one pending request
+        self._join_spacing = min(MIN_KEYFRAME_SPACING, keyframe_interval)
         self._join_timer: Any = None
-        self._keyframe_awaited = False  # a request went out and no keyframe has been seen since
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -218,8 +221,6 @@ class Producer:
 
         payload = data[offset:]
         keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
-        if keyframe:
-            self._keyframe_awaited = False
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         padding = b0 & 0x20
         epoch = self.epoch
@@ -285,31 +286,26 @@ class Producer:
         if self.closed or self.ssrc is None:
             return
         self._last_keyframe_request = self._now()
-        self._keyframe_awaited = True
         self._send_rtcp(rtcp.pli(self.rtcp_ssrc, self.ssrc))
 
     def request_join_keyframe(self) -> None:
-        """Ask for a keyframe for a consumer that starts (or resumes) waiting for one. Apart from
-        the subscribers' PLI throttle: a join is served within the short join window. A request
-        still in flight serves the joiner already (consumers start on any keyframe); joins
-        inside the window share one request sent at its end."""
-        if self.kind != "video" or self.closed:
+        """Ask for a keyframe for a consumer that starts (or resumes) waiting for one: at once
+        unless a request went out less than the spacing ago, and again every retry period while
+        anyone waits. Joiners meanwhile share the pending request."""
+        if self.kind != "video" or self.closed or self._join_timer is not None:
             return
-        now = self._now()
-        if self._keyframe_awaited and now - self._last_keyframe_request < self._join_window:
-            return
-        wait = self._last_join_request + self._join_window - now
+        wait = self._last_keyframe_request + self._join_spacing - self._now()
         if wait <= 0:
             self._send_join_request()
-        elif self._join_timer is None:
+        else:
             self._join_timer = self._call_later(wait, self._send_join_request)
 
     def _send_join_request(self) -> None:
         self._join_timer = None
-        if self.waiting_for_keyframe <= 0:
-            return  # a keyframe came meanwhile and started every waiting consumer
-        self._last_join_request = self._now()
+        if self.closed or self.waiting_for_keyframe <= 0:
+            return  # a keyframe came and started every waiting consumer
         self._send_keyframe_request()
+        self._join_timer = self._call_later(JOIN_KEYFRAME_RETRY, self._send_join_request)
 
     def _now(self) -> float:
         return self._scheduler.time() if self._scheduler else time.monotonic()
