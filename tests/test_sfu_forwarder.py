@@ -128,7 +128,8 @@ def test_sequence_and_timestamp_continue_across_a_new_epoch() -> None:
     assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 100 * 90
 
 
-def test_waits_for_a_keyframe_after_resume_and_answers_nacks_with_rtx() -> None:
+async def test_waits_for_a_keyframe_after_resume_and_answers_nacks_with_rtx() -> None:
+    # async: resume() arms the producer's join-keyframe retry on the running loop
     producer, consumer, sent = _consumer(VP8, ExtensionLayout())
     consumer.paused = True
     consumer.resume()
@@ -143,6 +144,7 @@ def test_waits_for_a_keyframe_after_resume_and_answers_nacks_with_rtx() -> None:
     assert rtx.ssrc == 0xBEEF and rtx.payload_type == 101
     assert rtx.payload == struct.pack("!H", first.sequence_number) + b"\x10\x00key"
     assert consumer.retransmitted == 1
+    producer.close()
 
 
 def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
