@@ -132,6 +132,7 @@ class Producer:
         # join storm shares the one pending request
         self._join_spacing = min(MIN_KEYFRAME_SPACING, keyframe_interval)
         self._join_timer: Any = None
+        self._join_due = 0.0  # when the pending join request (or retry) fires
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -289,22 +290,30 @@ class Producer:
         self._send_rtcp(rtcp.pli(self.rtcp_ssrc, self.ssrc))
 
     def request_join_keyframe(self) -> None:
-        """Ask for a keyframe for a consumer that starts (or resumes) waiting for one: at once
-        unless a request went out less than the spacing ago, and again every retry period while
-        anyone waits. Joiners meanwhile share the pending request."""
-        if self.kind != "video" or self.closed or self._join_timer is not None:
+        """Ask for a keyframe for a consumer that starts (or resumes) waiting for one: as soon as
+        the spacing since the last request allows, and again every retry period while anyone
+        waits. Joiners meanwhile share the pending request."""
+        if self.kind != "video" or self.closed:
             return
-        wait = self._last_keyframe_request + self._join_spacing - self._now()
-        if wait <= 0:
+        now = self._now()
+        due = max(now, self._last_keyframe_request + self._join_spacing)
+        if self._join_timer is not None:
+            if self._join_due <= due:
+                return  # the pending request (or retry) comes soon enough
+            self._join_timer.cancel()  # a retry further off than this joiner should wait
+            self._join_timer = None
+        if due <= now:
             self._send_join_request()
         else:
-            self._join_timer = self._call_later(wait, self._send_join_request)
+            self._join_due = due
+            self._join_timer = self._call_later(due - now, self._send_join_request)
 
     def _send_join_request(self) -> None:
         self._join_timer = None
         if self.closed or self.waiting_for_keyframe <= 0:
             return  # a keyframe came and started every waiting consumer
         self._send_keyframe_request()
+        self._join_due = self._now() + JOIN_KEYFRAME_RETRY
         self._join_timer = self._call_later(JOIN_KEYFRAME_RETRY, self._send_join_request)
 
     def _now(self) -> float:

@@ -128,8 +128,13 @@ def test_joiners_share_a_keyframe_without_waiting_out_the_pli_throttle() -> None
     assert len(upstream) == 3
     clock.advance(0.5)
     assert len(upstream) == 4
+    # A new joiner does not wait out the retry: its request comes after the 300 ms spacing.
+    clock.advance(0.3)
+    producer.waiting_for_keyframe = 2
+    producer.request_join_keyframe()
+    assert len(upstream) == 5 and len(clock.timers) == 1
     clock.advance(0.5)
-    assert len(upstream) == 5
+    assert len(upstream) == 6
     assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
     producer.waiting_for_keyframe = 0
     clock.advance(0.5)
@@ -137,9 +142,9 @@ def test_joiners_share_a_keyframe_without_waiting_out_the_pli_throttle() -> None
 
     # subscribers' PLIs stay at one per second, join requests included
     producer.request_keyframe()
-    assert len(upstream) == 5 and len(clock.timers) == 1
+    assert len(upstream) == 6 and len(clock.timers) == 1
     clock.advance(0.5)
-    assert len(upstream) == 6
+    assert len(upstream) == 7
     producer.close()
 
 
