@@ -345,3 +345,22 @@ async def test_timer_task_charges_in_real_time_and_close_flushes(tmp_path) -> No
     assert all(u.charged_at >= u.at for u in rec.units)
     assert units_of(meter, "s") == [0, 1, 2]
     assert meter.is_open("s")  # left open for the next process to recover
+
+
+async def test_an_idle_meter_keeps_no_heartbeat_going(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database.in_dir(tmp_path)
+    meter = Meter(db, heartbeat_seconds=0.02)
+    meter.start()
+
+    def beat() -> float:
+        return db.fetchone("SELECT at FROM meter_heartbeat WHERE id = 1")["at"]  # type: ignore[index]
+
+    at_start = beat()
+    await asyncio.sleep(0.15)
+    assert beat() == at_start  # no open session: no writes, no wake-ups
+    meter.started("s", "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(unit_seconds=60))
+    meter.media_live("s")
+    await asyncio.sleep(0.15)
+    assert beat() > at_start  # a running clock is bounded by the heartbeat again
+    await meter.close()
+    db.close()

@@ -557,7 +557,9 @@ class Meter:
         loop = asyncio.get_running_loop()
         while True:
             now = self.clock()
-            if now >= self._next_beat:
+            # The heartbeat bounds what a restart bills: only open sessions need it, so a meter
+            # with none neither writes nor wakes.
+            if self._sessions and now >= self._next_beat:
                 self._beat(now)
             if self._heap and self._heap[0][0] <= now:
                 try:
@@ -567,10 +569,13 @@ class Meter:
                 await asyncio.sleep(self.tick_seconds)
                 continue
             self._wakeup.clear()
-            wake_at = min(self._heap[0][0], self._next_beat) if self._heap else self._next_beat
-            handle = loop.call_later(max(0.0, wake_at - self.clock()), self._wakeup.set)
+            handle = None
+            if self._sessions:
+                wake_at = min(self._heap[0][0], self._next_beat) if self._heap else self._next_beat
+                handle = loop.call_later(max(0.0, wake_at - self.clock()), self._wakeup.set)
             await self._wakeup.wait()
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
 
     def _beat(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
