@@ -21,6 +21,7 @@ from .. import keys
 from ..auth import Identity, Role, authenticate
 from ..settings import SettingsError
 from .checkpointer import WalCheckpointer
+from ..rest_errors import http_error
 from .fees import PlatformFees
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Meter
@@ -110,17 +111,8 @@ class BillingCollector(Collector):
             )
 
 
-def _error(status: int, code: str, message: str) -> web.HTTPException:
-    cls = web.HTTPException
-    for candidate in (web.HTTPBadRequest, web.HTTPForbidden, web.HTTPNotFound, web.HTTPConflict):
-        if candidate.status_code == status:
-            cls = candidate
-    return cls(text=web.json_response({"error": {"code": code, "message": message}}).text,
-               content_type="application/json")
-
-
 def _billing_error(exc: BillingError) -> web.HTTPException:
-    return _error(ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
+    return http_error(ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -130,9 +122,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     try:
         value = int(raw)
     except ValueError:
-        raise _error(400, "bad_request", f"{name} must be an integer") from None
+        raise http_error(400, "bad_request", f"{name} must be an integer") from None
     if not low <= value <= high:
-        raise _error(400, "bad_request", f"{name} must be between {low} and {high}")
+        raise http_error(400, "bad_request", f"{name} must be between {low} and {high}")
     return value
 
 
@@ -143,7 +135,7 @@ def _instant_param(request: web.Request, name: str, default: float) -> float:
     try:
         return parse_instant(raw)
     except ValueError as exc:
-        raise _error(400, "bad_request", f"{name}: {exc}") from None
+        raise http_error(400, "bad_request", f"{name}: {exc}") from None
 
 
 def _me(request: web.Request, *roles: Role) -> Identity:
@@ -166,7 +158,7 @@ def _session_row(request: web.Request, session_id: str) -> Any:
         "SELECT expert_id, client_id, ended_at, end_reason FROM billing_sessions WHERE session_id = ?", (session_id,)
     )
     if row is None:
-        raise _error(404, "unknown_session", f"no metered session {session_id}")
+        raise http_error(404, "unknown_session", f"no metered session {session_id}")
     return row
 
 
@@ -176,7 +168,7 @@ async def session_cost(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     row = _session_row(request, session_id)
     if not me.is_admin and me.user_id not in (row["expert_id"], row["client_id"]):
-        raise _error(403, "forbidden", "only the session's expert, client or an admin may see its cost")
+        raise http_error(403, "forbidden", "only the session's expert, client or an admin may see its cost")
     meter = request.app[keys.METER]
     if meter.is_open(session_id):
         return web.json_response({"open": True, **meter.running_cost(session_id).to_dict()})
@@ -194,14 +186,14 @@ async def refund(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     row = _session_row(request, session_id)
     if not me.is_admin and me.user_id != row["expert_id"]:
-        raise _error(403, "forbidden", "only the session's expert or an admin may refund it")
+        raise http_error(403, "forbidden", "only the session's expert or an admin may refund it")
     try:
         body = await request.json() if request.can_read_body else {}
     except ValueError:
-        raise _error(400, "bad_request", "the body must be JSON") from None
+        raise http_error(400, "bad_request", "the body must be JSON") from None
     reason = body.get("reason", "") if isinstance(body, dict) else ""
     if not isinstance(reason, str) or len(reason) > 500:
-        raise _error(400, "bad_request", "reason must be a string of at most 500 characters")
+        raise http_error(400, "bad_request", "reason must be a string of at most 500 characters")
     try:
         result = request.app[keys.METER].refund(session_id, by=f"{me.role.value}:{me.user_id}", reason=reason)
     except BillingError as exc:
@@ -218,7 +210,7 @@ async def get_fee(request: web.Request) -> web.Response:
     me = _me(request, Role.EXPERT)
     expert_id = request.match_info["expert_id"]
     if not me.is_admin and me.user_id != expert_id:
-        raise _error(403, "forbidden", "experts see their own fee only")
+        raise http_error(403, "forbidden", "experts see their own fee only")
     return web.json_response(_fee_json(request, expert_id))
 
 
@@ -230,9 +222,9 @@ async def put_fee(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except ValueError:
-        raise _error(400, "bad_request", "the body must be JSON") from None
+        raise http_error(400, "bad_request", "the body must be JSON") from None
     if not isinstance(body, dict) or set(body) != {"platform_fee_bps"}:
-        raise _error(400, "bad_request", 'the body must be {"platform_fee_bps": <0-10000 or null>}')
+        raise http_error(400, "bad_request", 'the body must be {"platform_fee_bps": <0-10000 or null>}')
     try:
         request.app[keys.PLATFORM_FEES].set(expert_id, body["platform_fee_bps"], by=f"admin:{me.user_id}")
     except BillingError as exc:
@@ -251,7 +243,7 @@ async def statement(request: web.Request) -> web.Response:
     me = _me(request, Role.EXPERT)
     expert = request.query.get("expert") or me.user_id
     if not me.is_admin and expert != me.user_id:
-        raise _error(403, "forbidden", "experts see their own statement only")
+        raise http_error(403, "forbidden", "experts see their own statement only")
     start = _instant_param(request, "from", 0.0)
     end = _instant_param(request, "to", END_OF_TIME)
     return web.json_response(request.app[keys.LEDGER].statement(expert, start, end))
