@@ -99,12 +99,15 @@ class Consumer:
         )
 
     def resume(self) -> None:
-        """Start (or restart) sending: from the next keyframe, with a fresh keyframe asked for."""
+        """Start (or restart) sending: video from the producer's cached run since its newest
+        keyframe when it has one, else from the next keyframe, with a fresh one asked for."""
         if self.closed or self.payload_type < 0:
             return
         if self.paused or self._waiting:
             self.paused = False
             self._epoch = -1  # re-base: whatever was skipped is not a gap to NACK
+            if self.kind == "video" and self.producer.replay_gop(self):
+                return
             if self.kind == "video" and not self._waiting:
                 self._waiting = True
                 self.producer.waiting_for_keyframe += 1

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aiortc import clock
+
 from sfu import rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, find_extension
 
@@ -29,6 +31,14 @@ MIN_KEYFRAME_SPACING = 0.3
 # ...and repeated while anyone still waits: a dropped request or a lost keyframe must not leave a
 # subscriber black until someone else asks.
 JOIN_KEYFRAME_RETRY = 0.5
+# A video joiner starts on the newest keyframe and what followed it, sent in one burst, instead of
+# waiting for a fresh keyframe (a 300 ms spacing and a round trip to the encoder): the producer
+# keeps that run of packets while it is short and recent enough to be worth a burst...
+GOP_MAX_PACKETS = 256
+GOP_MAX_AGE_MS = 1000  # ...so a joiner starts at most this far behind, then catches up
+# A joiner served from a run older than this asks for a fresh keyframe (PLI-throttled), so that
+# during a stream of joins the next ones find a young run.
+GOP_REFRESH_MS = 500
 
 
 class Scheduler(Protocol):
@@ -92,6 +102,14 @@ class Producer:
         self._is_keyframe_start = KEYFRAME_DETECTORS[codec.name]
         self._clock_per_ms = codec.clock_rate // 1000
         self.waiting_for_keyframe = 0  # consumers that start on the next keyframe
+        # the run of video packets from the newest keyframe on, as forward() takes them:
+        # (payload, padding, marker, seq, ts); None when there is none worth replaying
+        self._gop: list[tuple[bytes, int, int, int, int]] | None = None
+        self._gop_ms = 0  # arrival of its keyframe (packet clock)
+        self._gop_at = 0.0  # the same, on the scheduler's clock
+        self._gop_ts = -1
+        self._gop_seq = 0
+        self._caching = kind == "video"
 
         # receive statistics (RFC 3550 A.1/A.8)
         self.packets = 0
@@ -151,6 +169,7 @@ class Producer:
         self._send_rtcp = send_rtcp
         self._base_seq = -1
         self._missing.clear()
+        self._gop = None  # the new encoder's frames do not follow the old one's
         for consumer in self.consumers:
             consumer.restart()
 
@@ -172,6 +191,7 @@ class Producer:
             self._keyframe_timer.cancel()
         if self._join_timer is not None:
             self._join_timer.cancel()
+        self._gop = None
         for consumer in list(self.consumers):
             consumer.close("producer_closed")
         for callback in self.on_close:
@@ -221,13 +241,55 @@ class Producer:
             level = self._read_audio_level(data)
 
         payload = data[offset:]
-        keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
-        abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         padding = b0 & 0x20
+        marker = b1 & 0x80
+        if self._caching:
+            keyframe = self._cache_gop(payload, padding, marker, seq, ts, arrival_ms)
+        else:
+            keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
+        abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
         for consumer in self.consumers:
-            consumer.forward(payload, padding, b1 & 0x80, seq, ts, level, abs24, keyframe,
+            consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,
                              epoch, arrival_ms)
+
+    def _cache_gop(self, payload: bytes, padding: int, marker: int, seq: int, ts: int,
+                   arrival_ms: int) -> bool:
+        """Keep the run from the newest keyframe on; True when this packet starts a keyframe."""
+        gop = self._gop
+        if self._is_keyframe_start(payload):
+            if gop is None or ts != self._gop_ts:  # (an H.264 IDR after its SPS is one picture)
+                self._gop = [(payload, padding, marker, seq, ts)]
+                self._gop_ms = arrival_ms
+                self._gop_at = self._now()
+                self._gop_ts = ts
+                self._gop_seq = seq
+                return True
+        elif gop is None:
+            return False
+        if len(gop) < GOP_MAX_PACKETS and arrival_ms - self._gop_ms <= GOP_MAX_AGE_MS:
+            gop.append((payload, padding, marker, seq, ts))
+        else:
+            self._gop = None
+        return False
+
+    def replay_gop(self, consumer: Consumer) -> bool:
+        """Start ``consumer`` right away on the cached run from the newest keyframe, if there is
+        one young enough; False when it must wait for a new keyframe instead."""
+        gop = self._gop
+        if gop is None or (self._now() - self._gop_at) * 1000 > GOP_MAX_AGE_MS:
+            return False
+        now_ms = clock.current_ms()
+        abs24 = (now_ms * 262144 // 1000) & 0xFFFFFF
+        epoch = self.epoch
+        keyframe = True  # the run's first packet: a waiting consumer starts on it
+        for payload, padding, marker, seq, ts in gop:
+            consumer.forward(payload, padding, marker, seq, ts, -1, abs24, keyframe, epoch,
+                             now_ms)
+            keyframe = False
+        if (self._now() - self._gop_at) * 1000 > GOP_REFRESH_MS:
+            self.request_keyframe()
+        return True
 
     def receive_rtx(self, data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int,
                     arrival_ms: int) -> None:
@@ -244,6 +306,10 @@ class Producer:
             return
         level = -1
         payload = stripped[offset:]
+        gop = self._gop
+        if gop is not None and ((original_seq - self._gop_seq) & 0xFFFF) < 0x8000 \
+                and len(gop) < GOP_MAX_PACKETS:
+            gop.append((payload, b0 & 0x20, b1 & 0x80, original_seq, ts))  # a repaired hole
         keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         for consumer in self.consumers:

@@ -17,7 +17,9 @@ from sfu.forwarder import (
     payload_offset,
     vp8_keyframe_start,
 )
-from sfu.producer import Codec, Producer
+from sfu.producer import GOP_MAX_AGE_MS, GOP_MAX_PACKETS, Codec, Producer
+
+from .test_sfu_rtcp import FakeScheduler
 
 VP8 = Codec("video/VP8", 90000, 97, rtx_payload_type=98, nack=True, pli=True, remb=True)
 OPUS = Codec("audio/opus", 48000, 111)
@@ -163,3 +165,118 @@ def test_a_new_source_restarts_on_a_keyframe() -> None:
     assert len(sent) == 2  # ... until its keyframe, which follows on without a gap
     first, second = (_parse(d, {}) for d in sent)
     assert (second.sequence_number - first.sequence_number) & 0xFFFF == 1
+
+
+H264 = Codec("video/H264", 90000, 102, nack=True, pli=True)
+
+
+def _joiner(producer: Producer, name: str) -> tuple[Consumer, list[bytes]]:
+    sent: list[bytes] = []
+    consumer = Consumer(name, producer, name, ssrc=0x5151, rtx_ssrc=0x5152,
+                        send_rtp=lambda d: sent.append(d) or True, send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    return consumer, sent
+
+
+def _gop_producer() -> tuple[Producer, FakeScheduler, list[bytes]]:
+    scheduler = FakeScheduler()
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=scheduler)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    return producer, scheduler, upstream
+
+
+def test_a_joiner_starts_at_once_on_the_run_since_the_newest_keyframe() -> None:
+    producer, scheduler, upstream = _gop_producer()
+    producer.receive(*_split(_packet(9, 0, b"\x10\x01old-delta")), 0)
+    producer.receive(*_split(_packet(10, 3000, b"\x10\x00key")), 33)
+    producer.receive(*_split(_packet(11, 3000, b"\x00\x00key-2", marker=1)), 34)
+    producer.receive(*_split(_packet(12, 6000, b"\x10\x01delta", marker=1)), 66)
+    scheduler.advance(0.1)
+    consumer, sent = _joiner(producer, "bob")
+    consumer.resume()
+    # the keyframe and what followed it, no earlier, without asking the publisher
+    assert [_parse(d, {}).payload for d in sent] == [b"\x10\x00key", b"\x00\x00key-2",
+                                                     b"\x10\x01delta"]
+    assert upstream == [] and not scheduler.timers
+    producer.receive(*_split(_packet(13, 9000, b"\x10\x01live")), 99)  # live continues the run
+    packets = [_parse(d, {}) for d in sent]
+    assert [(p.sequence_number - packets[0].sequence_number) & 0xFFFF for p in packets] == [0, 1, 2, 3]
+    assert [(p.timestamp - packets[0].timestamp) & 0xFFFFFFFF for p in packets] == [0, 0, 3000, 6000]
+    assert packets[1].marker == 1 and packets[0].marker == 0
+    # a replayed packet is in the NACK cache like any other
+    consumer.retransmit([packets[1].sequence_number])
+    assert sent[-1] == sent[1]
+    producer.close()
+
+
+def test_a_stale_or_overlong_run_is_not_replayed_and_the_joiner_waits() -> None:
+    producer, scheduler, upstream = _gop_producer()
+    producer.receive(*_split(_packet(10, 0, b"\x10\x00key")), 0)
+    scheduler.advance(GOP_MAX_AGE_MS / 1000 + 0.1)  # nothing came since: too far behind to replay
+    late, late_sent = _joiner(producer, "late")
+    late.resume()
+    assert late_sent == [] and len(upstream) == 1  # a keyframe is asked for instead
+    producer.receive(*_split(_packet(11, 3000, b"\x10\x00key")), 1100)
+    assert len(late_sent) == 1  # ... and starts it
+
+    # a run longer than a burst should be is dropped as it grows
+    for i in range(GOP_MAX_PACKETS):
+        producer.receive(*_split(_packet(12 + i, 6000 + i, b"\x10\x01delta")), 1101)
+    joiner, sent = _joiner(producer, "joiner")
+    joiner.resume()
+    assert sent == []
+    # and a run that spans more than the age limit in arrival time
+    producer.receive(*_split(_packet(1000, 10**6, b"\x10\x00key")), 5000)
+    producer.receive(*_split(_packet(1001, 10**6 + 1, b"\x10\x01delta")),
+                     5000 + GOP_MAX_AGE_MS + 1)
+    assert len(sent) == 2  # (the waiting joiner started on that keyframe)
+    other, other_sent = _joiner(producer, "other")
+    other.resume()
+    assert other_sent == []
+    producer.close()
+
+
+def test_a_joiner_on_an_ageing_run_asks_for_a_fresh_keyframe_for_the_next_ones() -> None:
+    producer, scheduler, upstream = _gop_producer()
+    producer.receive(*_split(_packet(10, 0, b"\x10\x00key")), 0)
+    scheduler.advance(0.2)
+    _joiner(producer, "a")[0].resume()
+    assert upstream == []
+    scheduler.advance(0.4)
+    consumer, sent = _joiner(producer, "b")
+    consumer.resume()
+    assert len(sent) == 1 and len(upstream) == 1  # served, and a refresh requested
+    producer.close()
+
+
+def test_a_publisher_reconnect_drops_the_run() -> None:
+    producer, scheduler, upstream = _gop_producer()
+    producer.receive(*_split(_packet(10, 0, b"\x10\x00key")), 0)
+    producer.attach_source(777, None, 0, lambda d: upstream.append(d) or True)
+    consumer, sent = _joiner(producer, "bob")
+    consumer.resume()
+    assert sent == [] and len(upstream) == 1
+    producer.close()
+
+
+def test_h264_sps_and_idr_of_one_picture_stay_one_run() -> None:
+    scheduler = FakeScheduler()
+    producer = Producer("p", "alice", "video", H264, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=scheduler)
+    producer.attach_source(1234, None, 0, lambda d: True)
+    producer.receive(*_split(_packet(1, 90, bytes([0x67, 1]), pt=102)), 0)  # SPS
+    producer.receive(*_split(_packet(2, 90, bytes([0x7C, 0x85, 2]), pt=102)), 1)  # FU-A IDR start
+    producer.receive(*_split(_packet(3, 90, bytes([0x7C, 0x45, 3]), pt=102, marker=1)), 2)
+    consumer, sent = _joiner(producer, "bob")
+    consumer.resume()
+    assert [_parse(d, {}).payload[-1] for d in sent] == [1, 2, 3]
+    producer.close()
+
+
+def test_audio_keeps_no_run() -> None:
+    producer, consumer, sent = _consumer(OPUS, ExtensionLayout())
+    producer.receive(*_split(_packet(1, 960, b"opus", pt=111)), 10)
+    assert producer.replay_gop(consumer) is False
