@@ -11,7 +11,9 @@ aiortc does SDP, ICE, DTLS and SRTP for them; the media path is ours:
   rewrite.
 - ``Subscriber`` parses each decrypted RTP packet's header and VP8 payload descriptor only: it
   counts packets, bytes, sequence gaps, complete frames and keyframes, and notes the time of its
-  first complete keyframe.
+  first complete keyframe. A frame's latency is taken twice: when the kernel received its first
+  packet on the subscriber's socket (SIOCGSTAMP: what the SFU added, on the wire) and when this
+  process got to it (that plus the client processes' own queueing on a shared machine).
 
 Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc is pinned).
 """
@@ -19,6 +21,7 @@ Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
 import struct
 import time
@@ -38,6 +41,20 @@ from .loopback import no_ice_servers
 
 PICTURE_IDS = 1 << 15
 _HEADER = struct.Struct("!BBHII")
+SIOCGSTAMP = 0x8906  # linux/sockios.h: when the kernel received the last datagram read
+_TIMEVAL = struct.Struct("@ll")
+_TIMEVAL_BUFFER = bytes(_TIMEVAL.size)
+
+
+def kernel_arrival(fd: int) -> float:
+    """The kernel's receive time of the datagram last read from socket ``fd`` (0.0 if none).
+    The first call on a socket turns its timestamps on and answers with the time of the call:
+    make it before the datagrams that count arrive."""
+    try:
+        seconds, micros = _TIMEVAL.unpack(fcntl.ioctl(fd, SIOCGSTAMP, _TIMEVAL_BUFFER))
+    except OSError:
+        return 0.0
+    return seconds + micros / 1e6
 
 
 class WhipError(Exception):
@@ -279,8 +296,10 @@ class Subscriber:
     other_packets: int = 0
     frames: int = 0
     keyframes: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # to the kernel's receive time
+    delivered_latencies: list[float] = field(default_factory=list)  # to this process's
     measuring: bool = False
+    _fd: int = -1  # the socket the packet in hand came from, -1 when not straight off one
     _frame_ts: int = -1
     _frame_start: int = -1
     _frame_packets: int = 0
@@ -325,12 +344,14 @@ class Subscriber:
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
         """Packets aiortc queued before our socket hook took over (the first few at most)."""
+        self._fd = -1
         self._on_packet(data, time.time())
 
-    def _on_datagram(self, data: bytes, srtp: pylibsrtp.Session) -> None:
+    def _on_datagram(self, data: bytes, srtp: pylibsrtp.Session, fd: int) -> None:
         arrived = time.time()
         if 191 < data[1] < 224:  # SRTCP: sender reports are of no use to a counter
             return
+        self._fd = fd
         try:
             self._on_packet(srtp.unprotect(data), arrived)
         except pylibsrtp.Error:
@@ -385,7 +406,9 @@ class Subscriber:
                 if sent:
                     latency = arrived - sent
                     if 0 <= latency < 10:
-                        self.latencies.append(latency)
+                        self.delivered_latencies.append(latency)
+                        on_wire = kernel_arrival(self._fd) - sent if self._fd >= 0 else latency
+                        self.latencies.append(on_wire if 0 <= on_wire <= latency else latency)
         if timestamp == self._frame_ts:
             self._frame_packets += 1
             if marker and self._frame_packets == extended - self._frame_start + 1:
@@ -427,7 +450,8 @@ def _hook_transport(transport: Any, on_rtp: Any) -> None:
     transport._handle_rtcp_data = ignore_rtcp
 
 
-def _hook_sockets(transport: Any, on_datagram: Callable[[bytes, pylibsrtp.Session], None]) -> None:
+def _hook_sockets(transport: Any,
+                  on_datagram: Callable[[bytes, pylibsrtp.Session, int], None]) -> None:
     """Take SRTP straight from the sockets once DTLS has keyed it. aioice's
     StunProtocol.datagram_received would first try to parse every datagram as STUN, then queue
     it for RTCDtlsTransport._recv_next on another task; for a subscriber that only counts
@@ -435,11 +459,14 @@ def _hook_sockets(transport: Any, on_datagram: Callable[[bytes, pylibsrtp.Sessio
     latency. STUN and DTLS still take aiortc's path."""
     for protocol in transport.transport._connection._protocols:
         through_aioice = protocol.datagram_received
+        fd = protocol.transport.get_extra_info("socket").fileno()
+        kernel_arrival(fd)  # from now on, the kernel stamps what this socket receives
 
-        def datagram_received(data: bytes, addr: Any, through_aioice: Any = through_aioice) -> None:
+        def datagram_received(data: bytes, addr: Any, through_aioice: Any = through_aioice,
+                              fd: int = fd) -> None:
             srtp = transport._rx_srtp
             if srtp is not None and 127 < data[0] < 192 and len(data) > 12:
-                on_datagram(data, srtp)
+                on_datagram(data, srtp, fd)
             else:
                 through_aioice(data, addr)
 

@@ -34,6 +34,7 @@ def summarise(target: str, publishers: int, subscribers: list[dict[str, Any]], c
     forwarded = 0
     expected_total = received_total = 0
     latencies: list[float] = []
+    delivered: list[float] = []
     first_frames: list[float] = []
     answers: list[float] = []
     connects: list[float] = []
@@ -56,6 +57,7 @@ def summarise(target: str, publishers: int, subscribers: list[dict[str, Any]], c
             **({"error": s["error"]} if s["error"] else {}),
         })
         latencies.extend(s["latencies"])
+        delivered.extend(s.get("delivered_latencies", ()))
         if s["time_to_first_frame"] is not None:
             first_frames.append(s["time_to_first_frame"])
         if s.get("time_to_answer") is not None:
@@ -85,7 +87,10 @@ def summarise(target: str, publishers: int, subscribers: list[dict[str, Any]], c
         # Where the first frame's time goes: the WHEP answer, then ICE + DTLS, then the keyframe.
         "time_to_answer_ms": _percentiles(answers, 50, 95),
         "time_to_connected_ms": _percentiles(connects, 50, 95),
+        # Publisher's send → the kernel's receive at the subscriber: what the SFU adds. The
+        # delivered figure adds the client processes' own queueing on the shared cores.
         "added_latency_ms": {**_percentiles(latencies, 50, 99), "samples": len(latencies)},
+        "delivered_latency_ms": _percentiles(delivered, 50, 99),
         "clean": clean,
         "publisher_stats": publisher_stats,
         "per_subscriber": per_subscriber,

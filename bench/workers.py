@@ -128,6 +128,7 @@ async def _subscribe(worker: int, base_url: str, token: str, plan: list[tuple[in
                 "before": asdict(b),
                 "after": asdict(a),
                 "latencies": s.latencies,
+                "delivered_latencies": s.delivered_latencies,
                 "other_packets": s.other_packets,
             })
         results.put(("subscribers", report))

@@ -110,3 +110,31 @@ async def test_subscriber_counts_frames_keyframes_gaps_and_latency_without_decod
     assert (snapshot.packets, snapshot.expected) == (5, 6)
     assert subscriber.other_packets == 1
     await subscriber.pc.close()
+
+
+async def test_latency_on_the_wire_is_taken_from_the_kernels_receive_time() -> None:
+    import socket
+    import struct
+    import time
+
+    from bench.clients import Subscriber, kernel_arrival
+
+    send_times = [0.0] * (1 << 15)
+    subscriber = Subscriber("http://127.0.0.1:1/whep/x", "token", send_times)
+    subscriber.video_types.add(96)
+    subscriber.measuring = True
+    header = struct.pack("!BBHII", 0x80, 0x80 | 96, 1, 3000, 1234)
+    data = header + bytes((0x90, 0x80, 0x80, 9)) + b"\x10" + b"k" * 50
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        kernel_arrival(rx.fileno())
+        send_times[9] = time.time()
+        tx.sendto(b"srtp", rx.getsockname())
+        time.sleep(0.05)  # the client is busy: the datagram waits in the socket
+        rx.recv(100)
+        subscriber._fd = rx.fileno()
+        subscriber._on_packet(data, time.time())
+    (wire,), (delivered,) = subscriber.latencies, subscriber.delivered_latencies
+    assert delivered >= 0.05 and 0 <= wire < 0.02
+    await subscriber.pc.close()
