@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,8 @@ class Router:
         self._speaker: str | None = None
         self._levels: dict[str, float] = {}
         self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
-        self._bytes: dict[object, int] = {}
+        # bytes of each producer and consumer at its last report (gone with it)
+        self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     @staticmethod
@@ -252,24 +254,28 @@ class Router:
                 for participant in list(self.participants.values()):
                     self._update_media_state(participant, now_ms)
                 self._update_speaker()
-                if count % RTCP_EVERY == 0:
-                    self._report(TICK * RTCP_EVERY)
+                self._report(count % RTCP_EVERY)
             except Exception:  # bookkeeping must never die with the room still open
                 logger.exception("room %s: bookkeeping failed", self.id)
 
-    def _report(self, interval: float) -> None:
-        seen: dict[object, int] = {}
+    def _report(self, slot: int) -> None:
+        """RTCP and bitrates, once every RTCP_EVERY ticks for each stream, but for one slice of
+        the consumers per tick (by SSRC): sender reports to a few hundred subscribers take
+        milliseconds, and a packet arriving behind one burst of them would wait all of it."""
+        interval = TICK * RTCP_EVERY
+        before = self._bytes
         for producer in self.producers.values():
-            producer.send_feedback()
-            producer.bitrate = int((producer.bytes - self._bytes.get(producer, producer.bytes))
-                                   * 8 / interval)
-            seen[producer] = producer.bytes
-            for consumer in producer.consumers:
-                consumer.send_sender_report()
-                consumer.bitrate = int((consumer.bytes - self._bytes.get(consumer, consumer.bytes))
+            if slot == 0:
+                producer.send_feedback()
+                producer.bitrate = int((producer.bytes - before.get(producer, producer.bytes))
                                        * 8 / interval)
-                seen[consumer] = consumer.bytes
-        self._bytes = seen
+                before[producer] = producer.bytes
+            for consumer in producer.consumers:
+                if consumer.ssrc % RTCP_EVERY == slot:
+                    consumer.send_sender_report()
+                    consumer.bitrate = int(
+                        (consumer.bytes - before.get(consumer, consumer.bytes)) * 8 / interval)
+                    before[consumer] = consumer.bytes
 
     # --- statistics --------------------------------------------------------------------------
 

@@ -150,3 +150,34 @@ async def test_media_state_follows_rtp_and_close_cascades(plane: LocalMediaPlane
         }
     finally:
         await bob.close()
+
+
+async def test_sender_reports_are_spread_over_the_second_not_sent_in_one_burst() -> None:
+    from sfu.consumer import Consumer
+    from sfu.producer import Codec, Producer
+    from sfu.router import RTCP_EVERY, Router
+
+    router = Router("room", MediaOptions(loopback=True), lambda message: None)
+    producer = Producer("p", "alice", "video", Codec("video/VP8", 90000, 96), max_bitrate=0,
+                        keyframe_interval=1.0)
+    router.producers[producer.id] = producer
+    reports: dict[int, int] = {}
+    for ssrc in range(1000, 1064):
+        consumer = Consumer(f"c{ssrc}", producer, f"bob{ssrc}", ssrc=ssrc, rtx_ssrc=ssrc + 5000,
+                            send_rtp=lambda d: True,
+                            send_rtcp=lambda d, s=ssrc: reports.__setitem__(s, reports.get(s, 0) + 1) or True)
+        consumer.packets, consumer.bytes = 1, 1000  # it has sent something, so it reports
+        producer.add_consumer(consumer)
+    per_tick = []
+    for slot in range(RTCP_EVERY):
+        before = sum(reports.values())
+        router._report(slot)
+        per_tick.append(sum(reports.values()) - before)
+    assert sorted(reports) == list(range(1000, 1064)) and set(reports.values()) == {1}
+    assert max(per_tick) == 64 // RTCP_EVERY  # each tick carries its slice only
+    for consumer in producer.consumers:
+        consumer.bytes += 12_500
+    for slot in range(RTCP_EVERY):
+        router._report(slot)
+    assert {c.bitrate for c in producer.consumers} == {100_000}  # 12.5 kB over the 1 s period
+    await router.close()
