@@ -59,6 +59,11 @@ class Database:
         finally:
             self._depth = 0
 
+    @property
+    def total_changes(self) -> int:
+        """Rows changed through this connection since it opened: moves with every write."""
+        return self._conn.total_changes
+
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
         return self._conn.execute(sql, params)
 

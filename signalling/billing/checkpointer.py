@@ -5,7 +5,8 @@ WAL is checkpointed into the database file, which SQLite by default does inside 
 crosses 1000 pages. On a busy disk that one commit can stall the event loop for hundreds of ms,
 and every unit falling due meanwhile is charged late. The checkpointer turns automatic
 checkpoints off for the billing connection and runs passive ones (which never block writers)
-from a worker thread on its own connection.
+from a worker thread on its own connection, and only when something was written since the last
+one (an idle server makes no thread hop).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class WalCheckpointer:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._changes = -1  # the database's total_changes at the last checkpoint
+        self.checkpoints = 0
 
     def start(self) -> None:
         self._conn = sqlite3.connect(self.db.path, isolation_level=None, check_same_thread=False)
@@ -47,10 +50,13 @@ class WalCheckpointer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            try:
-                await asyncio.to_thread(self._checkpoint)
-            except sqlite3.Error as exc:
-                log.warning("WAL checkpoint failed: %s", exc)
+            changes = self.db.total_changes
+            if changes != self._changes:
+                try:
+                    await asyncio.to_thread(self._checkpoint)
+                    self._changes = changes
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
             handle = loop.call_later(self.interval, self._wake.set)
             try:
                 await self._wake.wait()
@@ -61,3 +67,4 @@ class WalCheckpointer:
     def _checkpoint(self) -> None:
         assert self._conn is not None
         self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self.checkpoints += 1
