@@ -17,13 +17,15 @@ import pylibsrtp
 from aioice import Candidate, stun
 from aioice import ice as aioice_ice
 from aioice.candidate import candidate_foundation, candidate_priority
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
+
+from sfu.forwarder import current_ms
 
 # Called as handler(data, arrival_time_ms=...) by RTCDtlsTransport._recv_next.
 RtpHandler = Callable[..., Awaitable[None]]
@@ -92,7 +94,7 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
                     plain = srtp.unprotect(data)
                 except pylibsrtp.Error:
                     return  # replayed or forged: dropped, as aiortc does
-                rtp_sink(plain, clock.current_ms())
+                rtp_sink(plain, current_ms())
                 return
         super().datagram_received(data, addr)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiortc import clock
 
 from sfu import rtcp
-from sfu.forwarder import ExtensionLayout, payload_offset
+from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
 
 if TYPE_CHECKING:
     from sfu.producer import Producer
@@ -246,7 +246,7 @@ class Consumer:
             )
         else:
             rtp_ts = self._last_ts + int(
-                (clock.current_ms() - self._last_ms) * self._clock_per_ms
+                (current_ms() - self._last_ms) * self._clock_per_ms
             )
         middle = (ntp >> 16) & 0xFFFFFFFF
         self._sr_sent = {middle: now}

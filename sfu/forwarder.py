@@ -7,15 +7,23 @@ bytes with precompiled ``struct`` formats: no RtpPacket objects, no logging, no 
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 RTP_FIXED = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence number, timestamp, SSRC
 unpack_fixed = RTP_FIXED.unpack_from
 ONE_BYTE_PROFILE = 0xBEDE
+NTP_UNIX_OFFSET_MS = 2_208_988_800_000  # from 1900-01-01 to 1970-01-01
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+def current_ms() -> int:
+    """aiortc.clock.current_ms() (milliseconds since the NTP epoch, the clock aiortc stamps
+    packet arrivals with) without building datetime objects: every packet is stamped."""
+    return int(time.time() * 1000) + NTP_UNIX_OFFSET_MS
 
 
 def payload_offset(data: bytes) -> int:

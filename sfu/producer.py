@@ -15,10 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiortc import clock
-
 from sfu import rtcp
-from sfu.forwarder import KEYFRAME_DETECTORS, find_extension
+from sfu.forwarder import KEYFRAME_DETECTORS, current_ms, find_extension
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
@@ -279,7 +277,7 @@ class Producer:
         gop = self._gop
         if gop is None or (self._now() - self._gop_at) * 1000 > GOP_MAX_AGE_MS:
             return False
-        now_ms = clock.current_ms()
+        now_ms = current_ms()
         abs24 = (now_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
         keyframe = True  # the run's first packet: a waiting consumer starts on it

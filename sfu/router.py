@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import clock
-
 from sfu.api import (
     ActiveSpeaker,
     MediaError,
@@ -28,6 +26,7 @@ from sfu.api import (
     TransportClosed,
     TransportKind,
 )
+from sfu.forwarder import current_ms
 from sfu.network import NetworkOptions
 from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
@@ -71,7 +70,7 @@ class Router:
 
     @staticmethod
     def now_ms() -> int:
-        return clock.current_ms()  # the clock aiortc stamps packet arrivals with
+        return current_ms()  # the clock packet arrivals are stamped with
 
     # --- participants and transports ---------------------------------------------------------
 

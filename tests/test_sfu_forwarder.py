@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sfu.consumer import Consumer
 from sfu.forwarder import (
     ExtensionLayout,
+    current_ms,
     find_extension,
     h264_keyframe_start,
     payload_offset,
@@ -280,3 +281,11 @@ def test_audio_keeps_no_run() -> None:
     producer, consumer, sent = _consumer(OPUS, ExtensionLayout())
     producer.receive(*_split(_packet(1, 960, b"opus", pt=111)), 10)
     assert producer.replay_gop(consumer) is False
+
+
+def test_packet_clock_is_aiortcs_without_the_datetimes() -> None:
+    from aiortc import clock
+
+    before = clock.current_ms()
+    ours = current_ms()
+    assert before - 1 <= ours <= clock.current_ms() + 1
