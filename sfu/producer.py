@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sfu import rtcp
-from sfu.forwarder import KEYFRAME_DETECTORS, current_ms, find_extension
+from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
@@ -113,6 +113,7 @@ class Producer:
         self.packets = 0
         self.bytes = 0
         self.packets_policed = 0
+        self.packets_oversized = 0
         self.retransmissions = 0
         self._base_seq = -1
         self._max_seq = 0
@@ -202,6 +203,9 @@ class Producer:
                 arrival_ms: int) -> None:
         """One media packet from the publisher, header already split by the transport."""
         size = len(data)
+        if size - offset > MAX_FORWARDED_PAYLOAD:
+            self.packets_oversized += 1  # no subscriber could be sent it
+            return
         if self._bytes_per_ms:
             tokens = self._tokens + (arrival_ms - self._bucket_ms) * self._bytes_per_ms
             self._bucket_ms = arrival_ms
@@ -297,6 +301,9 @@ class Producer:
         self.retransmissions += 1
         original_seq = (data[offset] << 8) | data[offset + 1]
         stripped = data[:offset] + data[offset + 2 :]
+        if len(stripped) - offset > MAX_FORWARDED_PAYLOAD:
+            self.packets_oversized += 1
+            return
         self._missing.discard(original_seq)
         delta = (original_seq - self._max_seq) & 0xFFFF
         if delta < 0x8000 and delta:

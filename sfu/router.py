@@ -287,6 +287,7 @@ class Router:
                 "bitrate": producer.bitrate, "packets": producer.packets,
                 "bytes": producer.bytes, "packets_lost": producer.packets_lost,
                 "packets_policed": producer.packets_policed,
+                "packets_oversized": producer.packets_oversized,
                 "retransmissions": producer.retransmissions,
                 "jitter": round(producer.jitter_seconds, 6), "rtt": None,
             })

@@ -176,3 +176,28 @@ async def test_hooks_apply_to_a_live_connection() -> None:
     assert aiortc_hooks.sender_ssrcs(transceiver.sender)[0] == transceiver.sender._ssrc
     assert aiortc_hooks.negotiated_codecs(transceiver) == []
     await pc.close()
+
+
+def test_fast_protect_is_pylibsrtps_protect() -> None:
+    import os
+    import struct
+
+    import pytest
+
+    assert pylibsrtp.__version__ == "1.0.0", (
+        f"pylibsrtp {pylibsrtp.__version__}: aiortc_hooks.fast_protect reaches into Session's "
+        "_srtp, _cdata and _buffer; review it, then update the pin"
+    )
+    key = os.urandom(30)
+
+    def session() -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        return pylibsrtp.Session(policy)
+
+    reference, ours = session(), session()
+    protect = aiortc_hooks.fast_protect(ours)
+    for seq in range(3):
+        packet = struct.pack("!BBHII", 0x80, 96, seq, 1000, 1234) + os.urandom(1200)
+        assert protect(packet) == reference.protect(packet)
+    with pytest.raises(ValueError):
+        protect(bytes(aiortc_hooks.MAX_PROTECTED_RTP + 1))

@@ -289,3 +289,15 @@ def test_packet_clock_is_aiortcs_without_the_datetimes() -> None:
     before = clock.current_ms()
     ours = current_ms()
     assert before - 1 <= ours <= clock.current_ms() + 1
+
+
+def test_a_payload_too_large_to_protect_is_dropped_and_counted_not_raised() -> None:
+    from sfu.forwarder import MAX_FORWARDED_PAYLOAD, MAX_PROTECTED_RTP
+
+    producer, _, sent = _consumer(VP8, ExtensionLayout(mid_id=4, mid="x" * 16, abs_send_time_id=9))
+    producer.receive(*_split(_packet(1, 0, b"\x10\x00" + bytes(MAX_FORWARDED_PAYLOAD + 1))), 0)
+    assert sent == [] and producer.packets_oversized == 1
+    # the largest accepted payload still fits, with the longest header, and as RTX
+    producer.receive(*_split(_packet(2, 0, b"\x10\x00" + bytes(MAX_FORWARDED_PAYLOAD - 2))), 1)
+    assert len(sent) == 1 and producer.packets_oversized == 1
+    assert len(sent[0]) + 2 <= MAX_PROTECTED_RTP
