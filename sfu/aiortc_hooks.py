@@ -19,6 +19,7 @@ from aioice import Candidate, stun
 from aioice import ice as aioice_ice
 from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -98,6 +99,34 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
                 rtp_sink(plain, current_ms())
                 return
         super().datagram_received(data, addr)
+
+
+class LazyRemoteBitrateEstimator:
+    """Stands in for aiortc's RemoteBitrateEstimator, built on its first packet. aiortc builds one
+    for every video RTCRtpReceiver, with 1,000 rate buckets: about 1,000 objects that the SFU's
+    receivers (which never see a packet) would keep per connection, costing ~0.4 ms to make and
+    lengthening every full garbage collection. A receiver that does get packets (a test client,
+    say) gets the real estimator on the first one and behaves as before."""
+
+    __slots__ = ("_estimator",)
+
+    def __init__(self) -> None:
+        self._estimator: Any = None
+
+    def add(self, **kwargs: Any) -> Any:
+        if self._estimator is None:
+            self._estimator = _RemoteBitrateEstimator()
+        return self._estimator.add(**kwargs)
+
+
+_RemoteBitrateEstimator = aiortc_rtcrtpreceiver.RemoteBitrateEstimator
+
+
+def lazy_bitrate_estimators() -> None:
+    """Make every RTCRtpReceiver created from now on in this process build its bitrate estimator
+    lazily (process-wide and idempotent; RTCRtpReceiver.__init__ looks the name up in its module
+    and _handle_rtp_packet only calls ``add``)."""
+    aiortc_rtcrtpreceiver.RemoteBitrateEstimator = LazyRemoteBitrateEstimator  # type: ignore[misc,assignment]
 
 
 def disarm_receiver(

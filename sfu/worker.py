@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sfu import aiortc_hooks
 from sfu.api import (
     AddIceCandidate,
     Answer,
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 class LocalMediaPlane:
     def __init__(self, options: MediaOptions | None = None) -> None:
+        aiortc_hooks.lazy_bitrate_estimators()
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
         self._handlers: list[EventHandler] = []

@@ -201,3 +201,29 @@ def test_fast_protect_is_pylibsrtps_protect() -> None:
         assert protect(packet) == reference.protect(packet)
     with pytest.raises(ValueError):
         protect(bytes(aiortc_hooks.MAX_PROTECTED_RTP + 1))
+
+
+def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> None:
+    from aiortc import rtcrtpreceiver
+
+    init = _source(RTCRtpReceiver.__init__)
+    assert "RemoteBitrateEstimator()" in init, (
+        "RTCRtpReceiver.__init__ no longer builds RemoteBitrateEstimator() by its module-level "
+        "name: lazy_bitrate_estimators would not take effect"
+    )
+    uses = _source(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator.add(" in uses and uses.count("remote_bitrate_estimator") == 2, (
+        "RTCRtpReceiver uses its bitrate estimator for more than add(): LazyRemoteBitrateEstimator "
+        "stands in for add() only"
+    )
+    aiortc_hooks.lazy_bitrate_estimators()
+    assert rtcrtpreceiver.RemoteBitrateEstimator is aiortc_hooks.LazyRemoteBitrateEstimator
+    lazy = aiortc_hooks.LazyRemoteBitrateEstimator()
+    real = aiortc_hooks._RemoteBitrateEstimator()
+    assert lazy._estimator is None
+    results = []
+    for i in range(1000):  # 5 s of 1000-byte packets, with jitter: the estimator answers REMB
+        packet = {"arrival_time_ms": 5 * i + i % 7, "abs_send_time": (5 * i * 262144 // 1000) & 0xFFFFFF,
+                  "payload_size": 1000, "ssrc": 5}
+        results.append((lazy.add(**packet), real.add(**packet)))
+    assert all(a == b for a, b in results) and any(a is not None for a, _ in results)
