@@ -29,7 +29,9 @@ from sfu.api import (
     RequestKeyframe,
     Stats,
     Subscribe,
+    TransportClosed,
 )
+from sfu.gc_policy import CollectAfterDepartures
 from sfu.options import MediaOptions
 from sfu.router import Router
 
@@ -41,6 +43,8 @@ class LocalMediaPlane:
         aiortc_hooks.lazy_bitrate_estimators()
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
+        self.collector = CollectAfterDepartures(self._open_transports)
+        self.collector.install()
         self._handlers: list[EventHandler] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -74,13 +78,19 @@ class LocalMediaPlane:
         for router in list(self.rooms.values()):
             await router.close("shutdown")
         self.rooms.clear()
+        self.collector.uninstall()
         for task in list(self._pending):
             task.cancel()
         self._handlers.clear()
 
+    def _open_transports(self) -> int:
+        return sum(len(p.transports()) for r in self.rooms.values() for p in r.participants.values())
+
     # --- events ------------------------------------------------------------------------------
 
     def _emit(self, event: Message) -> None:
+        if isinstance(event, TransportClosed):
+            self.collector.transport_closed()
         for handler in list(self._handlers):
             try:
                 result = handler(event)
@@ -110,6 +120,7 @@ class LocalMediaPlane:
             raise MediaError("bad_room", "room_id must be a non-empty string")
         if not isinstance(message.app_data, dict):
             raise MediaError("bad_message", "app_data must be an object")
+        self.collector.start()
         if message.room_id not in self.rooms:
             self.rooms[message.room_id] = Router(
                 message.room_id, self.options, self._emit, dict(message.app_data)
