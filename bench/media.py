@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import click
+import numpy as np
 
 from . import report
 from .workers import Shared
@@ -306,12 +307,16 @@ def _counts(text: str) -> list[int]:
               help="Seconds between the last join and the measurement.")
 @click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
               help="Subscriber processes.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Measure every subscriber count this many times, the SFU and the reference "
+                   "alternating, and report medians: on a machine whose speed drifts (a VM on a "
+                   "shared host), a reference run minutes after the SFU's is not a fair ratio.")
 @click.option("--server-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
               help="Niceness of the servers started (below 0 needs root): on a machine shared with "
                    "other work, keeps the server from being starved of its core.")
 def media(publishers: int, subscribers: str, duration: float, json_path: Path, plot_path: Path | None,
           reference: str | None, url: str | None, server_pid: int | None, token: str | None, audio: bool,
-          join_rate: float, settle: float, workers: int, server_nice: int) -> None:
+          join_rate: float, settle: float, workers: int, rounds: int, server_nice: int) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency)."""
     counts = _counts(subscribers)
     from . import encoded
@@ -336,17 +341,19 @@ def media(publishers: int, subscribers: str, duration: float, json_path: Path, p
             servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice))
         if reference:
             servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice))
-        for server in servers:
+        for round_ in range(1, rounds + 1):
             for count in counts:
-                load = Load(publishers, count, duration, audio, join_rate, settle, workers)
-                runs.append(run_load(server, load))
+                for server in servers:  # back to back, so that both see the machine alike
+                    load = Load(publishers, count, duration, audio, join_rate, settle, workers)
+                    runs.append({**run_load(server, load), "round": round_})
     finally:
         for server in servers:
             server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
     result: dict[str, Any] = {
-        "config": {"publishers": publishers, "subscribers": counts, "duration": duration, "audio": audio,
+        "config": {"publishers": publishers, "subscribers": counts, "duration": duration, "rounds": rounds,
+                   "audio": audio,
                    "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
                    "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
@@ -369,23 +376,32 @@ def _log_path(json_path: Path, name: str) -> Path:
 
 
 def _ratios(runs: list[dict[str, Any]], reference: str) -> dict[str, Any]:
-    """CPU per subscriber stream, reference over SFU, at each subscriber count both ran."""
-    sfu = {r["subscribers"]: r for r in runs if r["target"] == "sfu"}
-    ratios: dict[str, float] = {}
-    per_frame: dict[str, float] = {}
+    """CPU per subscriber stream, reference over SFU, at each subscriber count both ran: each
+    round's reference run against the same round's SFU run, then the median over the rounds."""
+    sfu = {(r["round"], r["subscribers"]): r for r in runs if r["target"] == "sfu"}
+    by_count: dict[str, list[float]] = {}
+    per_frame: dict[str, list[float]] = {}
     lines: list[str] = []
     for r in runs:
-        base = sfu.get(r["subscribers"])
+        base = sfu.get((r["round"], r["subscribers"]))
         if r["target"] != reference or base is None or not base["cpu_per_subscriber_stream"]:
             continue
+        count = str(r["subscribers"])
         ratio = r["cpu_per_subscriber_stream"] / base["cpu_per_subscriber_stream"]
-        ratios[str(r["subscribers"])] = round(ratio, 1)
+        by_count.setdefault(count, []).append(round(ratio, 1))
         # A saturated relay delivers fewer frames for its CPU: per frame delivered is the fairer
         # figure then.
         if r["fps"]["mean"] and base["fps"]["mean"]:
-            per_frame[str(r["subscribers"])] = round(ratio * base["fps"]["mean"] / r["fps"]["mean"], 1)
+            per_frame.setdefault(count, []).append(ratio * base["fps"]["mean"] / r["fps"]["mean"])
         lines.append(f"{reference} costs {ratio:.1f}x the SFU's CPU per subscriber stream at "
                      f"{r['subscribers']} subscribers ({r['cpu_per_subscriber_stream']:.4f} vs "
                      f"{base['cpu_per_subscriber_stream']:.5f} cores; {r['fps']['mean']} vs "
-                     f"{base['fps']['mean']} fps)")
-    return {"ratio_per_subscriber_stream": ratios, "ratio_per_frame_delivered": per_frame, "lines": lines}
+                     f"{base['fps']['mean']} fps), round {r['round']}")
+    medians = {n: round(float(np.median(v)), 1) for n, v in by_count.items()}
+    for n, values in by_count.items():
+        if len(values) > 1:
+            lines.append(f"{reference} costs {medians[n]}x the SFU's CPU per subscriber stream at "
+                         f"{n} subscribers: median of {len(values)} rounds {values}")
+    return {"ratio_per_subscriber_stream": medians,
+            "ratio_per_frame_delivered": {n: round(float(np.median(v)), 1) for n, v in per_frame.items()},
+            "ratio_per_round": by_count, "lines": lines}

@@ -25,6 +25,7 @@ def test_tiny_run_reports_every_figure_for_both_targets(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert png.stat().st_size > 1000
     assert [r["target"] for r in report["runs"]] == ["sfu", "mediarelay"]
+    assert [r["round"] for r in report["runs"]] == [1, 1]
     for run in report["runs"]:
         assert run["subscribers"] == run["connected"] == 2
         assert 2.5 < run["window_seconds"] < 10
@@ -138,3 +139,26 @@ async def test_latency_on_the_wire_is_taken_from_the_kernels_receive_time() -> N
     (wire,), (delivered,) = subscriber.latencies, subscriber.delivered_latencies
     assert delivered >= 0.05 and 0 <= wire < 0.02
     await subscriber.pc.close()
+
+
+def test_rounds_pair_each_reference_run_with_the_same_rounds_sfu_run() -> None:
+    from bench.media import _ratios
+    from bench.report import streams_per_core
+
+    def run(target: str, round_: int, count: int, cpu: float, clean: bool = True) -> dict[str, object]:
+        return {"target": target, "round": round_, "subscribers": count, "clean": clean,
+                "server_cpu_seconds_per_second": cpu, "cpu_per_subscriber_stream": cpu / count,
+                "fps": {"mean": 30.0}}
+
+    runs = [run("sfu", 1, 8, 0.016), run("mediarelay", 1, 8, 0.8),  # a fast machine: 50x
+            run("sfu", 2, 8, 0.020), run("mediarelay", 2, 8, 0.8),  # 40x
+            run("sfu", 3, 8, 0.024), run("mediarelay", 3, 8, 0.8)]  # a slow one: 33.3x
+    ratios = _ratios(runs, "mediarelay")
+    assert ratios["ratio_per_round"]["8"] == [50.0, 40.0, 33.3]
+    assert ratios["ratio_per_subscriber_stream"]["8"] == 40.0
+
+    sweep = [run("sfu", 1, 256, 0.4), run("sfu", 1, 600, 0.8),
+             run("sfu", 2, 256, 0.5), run("sfu", 2, 600, 0.9, clean=False)]
+    # 600 was not clean in every round: the figure comes from 256, at the median of its rounds
+    assert streams_per_core(sweep) == {"largest_clean_run": 256, "server_cpu_at_largest": 0.45,
+                                       "streams_per_core": 569}
