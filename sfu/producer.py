@@ -279,7 +279,8 @@ class Producer:
         """Start ``consumer`` right away on the cached run from the newest keyframe, if there is
         one young enough; False when it must wait for a new keyframe instead."""
         gop = self._gop
-        if gop is None or (self._now() - self._gop_at) * 1000 > GOP_MAX_AGE_MS:
+        age_ms = (self._now() - self._gop_at) * 1000
+        if gop is None or age_ms > GOP_MAX_AGE_MS:
             return False
         now_ms = current_ms()
         abs24 = (now_ms * 262144 // 1000) & 0xFFFFFF
@@ -289,7 +290,7 @@ class Producer:
             consumer.forward(payload, padding, marker, seq, ts, -1, abs24, keyframe, epoch,
                              now_ms)
             keyframe = False
-        if (self._now() - self._gop_at) * 1000 > GOP_REFRESH_MS:
+        if age_ms > GOP_REFRESH_MS:
             self.request_keyframe()
         return True
 
