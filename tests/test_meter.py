@@ -364,3 +364,32 @@ async def test_an_idle_meter_keeps_no_heartbeat_going(tmp_path) -> None:  # type
     assert beat() > at_start  # a running clock is bounded by the heartbeat again
     await meter.close()
     db.close()
+
+
+@pytest.mark.parametrize("second_live_after", [0.0, 1.0])
+async def test_a_session_after_an_ended_one_wakes_the_timer(tmp_path, second_live_after) -> None:  # type: ignore[no-untyped-def]
+    """An ended session's entry stays in the heap; a later session's first unit must still wake
+    the timer task, which sleeps without a timer while no session is open. (Before the fix the
+    stale entry sat at the head, the new one was not "at the head", and its units waited for
+    some unrelated event: call 2 on a node was charged only at hang-up.) A heartbeat wakes the
+    task after the end, so that it goes to sleep with no session open and the entry still queued."""
+    rec = Recorder()
+    meter = Meter(Database.in_dir(tmp_path), on_unit=rec.units.append, heartbeat_seconds=0.1)
+    meter.start()
+    policy = BillingPolicy(unit_seconds=1)
+    start = time.time()
+    meter.started("first", "e", "c", RATE, policy, at=start)
+    meter.media_live("first", at=start)
+    await asyncio.sleep(0.3)  # unit 0 charged; unit 1's entry (due at start + 1) stays queued
+    meter.ended("first", reason="hangup")
+    await asyncio.sleep(second_live_after)
+    second = time.time()
+    meter.started("second", "e", "c", RATE, policy, at=second)
+    meter.media_live("second", at=second)
+    deadline = time.time() + 5
+    while len([u for u in rec.units if u.session_id == "second"]) < 3 and time.time() < deadline:
+        await asyncio.sleep(0.02)
+    await meter.close()
+    charged = [u for u in rec.units if u.session_id == "second"]
+    assert [u.unit_index for u in charged] == [0, 1, 2]
+    assert all(u.charged_at - u.at < 0.5 for u in charged), [u.charged_at - u.at for u in charged]

@@ -268,6 +268,8 @@ class Meter:
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
         self._wakeup: asyncio.Event | None = None
+        # When the sleeping timer task wakes by itself (inf: not before an event; -inf: awake).
+        self._sleeping_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._closed = False
@@ -569,13 +571,31 @@ class Meter:
                 await asyncio.sleep(self.tick_seconds)
                 continue
             self._wakeup.clear()
+            self._drop_stale_head()
             handle = None
             if self._sessions:
                 wake_at = min(self._heap[0][0], self._next_beat) if self._heap else self._next_beat
                 handle = loop.call_later(max(0.0, wake_at - self.clock()), self._wakeup.set)
+                self._sleeping_until = wake_at
+            else:
+                self._sleeping_until = float("inf")
             await self._wakeup.wait()
+            self._sleeping_until = float("-inf")
             if handle is not None:
                 handle.cancel()
+
+    def _drop_stale_head(self) -> None:
+        """Pop entries of ended or rescheduled sessions off the top of the heap, so that the
+        timer is set for a live entry (or not at all when there is none)."""
+        if not self._sessions:
+            self._heap.clear()
+            return
+        while self._heap:
+            _, _, sid, gen = self._heap[0]
+            s = self._sessions.get(sid)
+            if s is not None and s.generation == gen:
+                return
+            heapq.heappop(self._heap)
 
     def _beat(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
@@ -689,7 +709,10 @@ class Meter:
             return
         s.generation += 1
         heapq.heappush(self._heap, (due, next(self._seq), s.session_id, s.generation))
-        if self._wakeup is not None and self._heap[0][2] == s.session_id:
+        # Wake the timer task when this entry falls due before the time it sleeps until. (Not
+        # "when it is at the head of the heap": an ended session's stale entry can sit there, and
+        # a task sleeping without a timer, as it does while no session is open, never woke up.)
+        if self._wakeup is not None and due < self._sleeping_until:
             self._wakeup.set()
         if len(self._heap) > 4 * len(self._sessions) + 1024:
             self._compact()
