@@ -34,7 +34,8 @@ class BookingNotifier(BookingListener):
         expert = await self.queues.directory.get(booking.expert_id)
         try:
             await self.queues.open_scheduled(
-                booking.expert_id, booking.client_id, booking.id, expert_name=expert.display_name if expert else ""
+                booking.expert_id, booking.client_id, booking.id,
+                expert_name=expert.display_name if expert else "", quote=booking.quote,
             )
         except ProtocolError as exc:
             log.info("booking %s could not open: %s", booking.id, exc.message)

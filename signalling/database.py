@@ -37,6 +37,11 @@ class Database:
         """Run idempotent DDL (CREATE ... IF NOT EXISTS)."""
         self._conn.executescript(ddl)
 
+    def add_column(self, table: str, column: str, decl: str) -> None:
+        """Add a column that a newer version of a table has, to a table made by an older one."""
+        if column not in {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}:
+            self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; nests by joining the outer one."""

@@ -1,7 +1,10 @@
 """Who may publish into or watch a session's media, asked by WHIP/WHEP (and later by ``/ws``).
 
-``create_app`` grants a session's participants their own session (``wiring.ParticipantGrants``);
-``AdminOnlyGrants``, WHIP's default without it, lets only admins in (broadcasts and load tests).
+``AdminOnlyGrants``, what ``create_app`` uses, lets only admins in (broadcasts and load tests).
+A paid session's participants are refused: their media is metered from their ``/ws`` transports
+(both sides flowing makes the session live), and a WHIP publisher or WHEP viewer in the same room
+would be a second, unmetered path - a client could stop its ``/ws`` media, pausing the meter,
+and go on through WHIP/WHEP. Admins are the operator, not a party to the call.
 """
 
 from __future__ import annotations

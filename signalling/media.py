@@ -187,7 +187,8 @@ class MediaRelay:
                 return session  # another node adopted it meanwhile
             if session.state is State.LIVE:
                 session = await sessions.transition(
-                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id
+                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id,
+                    deadline=self.queues.clock() + self.queues.settings.paused_timeout,
                 )
             else:
                 session = await sessions.save(session, flowing=[], media_node=self.node_id)

@@ -66,6 +66,7 @@ class SignallingNode:
         self.sessions.add_listener(self.media.on_transition)
         self.sessions.add_listener(self._notify)
         self.sessions.add_listener(self._count)
+        self.sessions.add_listener(self.queues.on_transition)
         # Open sockets on this node by connection id; the websocket module adds and removes them.
         self.connections: dict[str, Any] = {}
         self.closing = False

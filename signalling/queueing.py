@@ -21,7 +21,7 @@ from .backends.base import Backend
 from .directory import ExpertDirectory
 from .presence import Availability, Presence
 from .protocol import ErrorCode, ProtocolError, message
-from .sessions import IN_PROGRESS, WAITING, EndReason, Session, SessionManager, State
+from .sessions import IN_PROGRESS, WAITING, EndReason, Session, SessionManager, State, Transition
 from .settings import Settings
 from .timers import Timers
 
@@ -51,6 +51,9 @@ class ExpertQueues:
         self.directory = directory
         self.timers = timers
         self.clock = clock
+        # expert_id -> the terms of a session asked for now (billing's quote as a dict), fixed on
+        # the session at request time; set by the application's wiring (None: no quote).
+        self.quoter: Callable[[str], dict[str, Any] | None] | None = None
 
     # --- requests from participants -----------------------------------------------------------
 
@@ -94,6 +97,7 @@ class ExpertQueues:
                     expert_name=expert.display_name if expert else expert_id,
                     skill=skill or "",
                     note=note,
+                    quote=self.quoter(expert_id) if self.quoter is not None else None,
                 )
                 await self.backend.set_user_session(client_id, session.id)
                 await self.backend.queue_push(expert_id, session.id)
@@ -165,9 +169,19 @@ class ExpertQueues:
             return await self._end(session, reason, by=by)
 
     async def open_scheduled(
-        self, expert_id: str, client_id: str, booking_id: str, *, expert_name: str = "", client_name: str = ""
+        self,
+        expert_id: str,
+        client_id: str,
+        booking_id: str,
+        *,
+        expert_name: str = "",
+        client_name: str = "",
+        quote: dict[str, Any] | None = None,
     ) -> Session:
-        """Open a booked session at its time: both sides agreed, so it starts ``accepted``."""
+        """Open a booked session at its time: both sides agreed, so it starts ``accepted``, with
+        the quote fixed when it was booked (a fresh one for a booking that has none)."""
+        if quote is None and self.quoter is not None:
+            quote = self.quoter(expert_id)
         async with self.backend.lock(f"client:{client_id}"):
             for user in (expert_id, client_id):
                 current = await self._current(user)
@@ -187,6 +201,7 @@ class ExpertQueues:
                     client_name=client_name or client_id,
                     deadline=self.clock() + self.settings.connect_timeout,
                     media_node=self.node_id,
+                    quote=quote,
                 )
                 await self.backend.set_user_session(expert_id, session.id)
                 await self.backend.set_user_session(client_id, session.id)
@@ -223,7 +238,10 @@ class ExpertQueues:
                 self.timers.cancel(("connect", session_id))
                 await self.sessions.transition(session, State.LIVE, "media_flowing", flowing=ordered, deadline=0.0)
             elif not both and session.state is State.LIVE:
-                await self.sessions.transition(session, State.PAUSED, f"media_stopped:{participant_id}", flowing=ordered)
+                await self.sessions.transition(
+                    session, State.PAUSED, f"media_stopped:{participant_id}", flowing=ordered,
+                    deadline=self.clock() + self.settings.paused_timeout,
+                )
             elif ordered != session.flowing:
                 await self.sessions.save(session, flowing=ordered)
 
@@ -269,6 +287,8 @@ class ExpertQueues:
                 self.timers.start(("ring", session.id), session.deadline - now, self._ring_expired, session.id)
             elif session.state in (State.ACCEPTED, State.CONNECTING):
                 self.timers.start(("connect", session.id), session.deadline - now, self._connect_expired, session.id)
+            elif session.state is State.PAUSED:
+                self._arm_paused(session)
         for expert_id in sorted({s.expert_id for s in sessions if s.state in WAITING}):
             async with self.backend.lock(f"expert:{expert_id}"):
                 await self._advance(expert_id)
@@ -416,6 +436,26 @@ class ExpertQueues:
             session = await self.sessions.get(session_id)
             if session is not None and session.state is State.RINGING:
                 await self._end(session, EndReason.RING_TIMEOUT)
+
+    def on_transition(self, transition: Transition) -> None:
+        """The paused-session limit follows every transition this node makes."""
+        if transition.state is State.PAUSED:
+            self._arm_paused(transition.session)
+        else:
+            self.timers.cancel(("paused", transition.session_id))
+
+    def _arm_paused(self, session: Session) -> None:
+        deadline = session.deadline or session.updated_at + self.settings.paused_timeout
+        self.timers.start(("paused", session.id), deadline - self.clock(), self._paused_expired, session.id)
+
+    async def _paused_expired(self, session_id: str) -> None:
+        session = await self.sessions.get(session_id)
+        if session is None:
+            return
+        async with self.backend.lock(f"expert:{session.expert_id}"):
+            session = await self.sessions.get(session_id)
+            if session is not None and session.state is State.PAUSED and session.deadline <= self.clock():
+                await self._end(session, EndReason.PAUSED_TIMEOUT)
 
     async def _connect_expired(self, session_id: str) -> None:
         session = await self.sessions.get(session_id)

@@ -16,6 +16,7 @@ was down opens late if its slot has not ended yet (otherwise it becomes ``missed
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -90,6 +91,8 @@ class Booking:
     cancelled_at: int | None = None
     cancelled_by: str | None = None
     cancel_reason: str | None = None
+    # The terms fixed at booking time (billing's quote as a dict): the session opens with them.
+    quote: dict[str, Any] | None = None
 
     def has_party(self, user_id: str) -> bool:
         return user_id in (self.expert_id, self.client_id)
@@ -111,6 +114,7 @@ class Booking:
             "cancelled_at": iso_utc(self.cancelled_at) if self.cancelled_at is not None else None,
             "cancelled_by": self.cancelled_by,
             "cancel_reason": self.cancel_reason,
+            "quote": self.quote,
         }
 
 
@@ -148,7 +152,8 @@ CREATE TABLE IF NOT EXISTS bookings (
     opened_at INTEGER,
     cancelled_at INTEGER,
     cancelled_by TEXT,
-    cancel_reason TEXT
+    cancel_reason TEXT,
+    quote TEXT
 );
 CREATE INDEX IF NOT EXISTS bookings_by_expert ON bookings (expert_id, start);
 CREATE INDEX IF NOT EXISTS bookings_by_client ON bookings (client_id, start);
@@ -177,7 +182,11 @@ class BookingStore:
         self.directory = directory
         self.rules = rules
         self.clock = clock
+        # expert_id -> the terms of a session booked now (billing's quote as a dict), stored with
+        # the booking; set by the application's wiring (None: bookings carry no quote).
+        self.quoter: Callable[[str], dict[str, Any] | None] | None = None
         db.migrate(SCHEMA)
+        db.add_column("bookings", "quote", "TEXT")
 
     def create(
         self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None
@@ -227,11 +236,12 @@ class BookingStore:
                 raise ApiError("slot_taken", "the expert already has a booking at that time", "start", status=409)
             if conn.execute(f"SELECT 1 FROM bookings WHERE client_id = ? AND {overlap}", (client_id, end, start)).fetchone():
                 raise ApiError("client_busy", "you already have a booking at that time", "start", status=409)
-            booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now)
+            quote = self.quoter(expert_id) if self.quoter is not None else None
+            booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
             conn.execute(
-                "INSERT INTO bookings (id, expert_id, client_id, start, \"end\", state, topic, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (booking.id, expert_id, client_id, start, end, BOOKED, topic, now),
+                "INSERT INTO bookings (id, expert_id, client_id, start, \"end\", state, topic, created_at, quote) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (booking.id, expert_id, client_id, start, end, BOOKED, topic, now, json.dumps(quote) if quote else None),
             )
             # A reminder whose time has already passed would only repeat what the client just did.
             conn.executemany(
@@ -374,6 +384,7 @@ def _booking(row: Any) -> Booking:
         cancelled_at=row["cancelled_at"],
         cancelled_by=row["cancelled_by"],
         cancel_reason=row["cancel_reason"],
+        quote=json.loads(row["quote"]) if row["quote"] else None,
     )
 
 

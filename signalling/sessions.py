@@ -18,6 +18,7 @@ which ``recover`` restores what the backend lost (the memory backend loses every
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import inspect
@@ -54,6 +55,7 @@ class EndReason(str, enum.Enum):
     DISCONNECTED = "disconnected"  # a participant's socket stayed away longer than the resume grace
     EXPERT_UNAVAILABLE = "expert_unavailable"  # the expert went offline with clients waiting
     ERROR = "error"  # the media room failed
+    PAUSED_TIMEOUT = "paused_timeout"  # paused (either side's media stopped) longer than Settings.paused_timeout
 
 
 WAITING = frozenset({State.REQUESTED, State.RINGING})
@@ -88,7 +90,8 @@ class Session:
     skill: str = ""
     note: str = ""
     booking_id: str = ""
-    # When a ringing session times out, or an accepted/connecting one becomes a no-show (0: none).
+    # When a ringing session times out, an accepted/connecting one becomes a no-show, or a paused
+    # one ends for having been paused too long (0: none).
     deadline: float = 0.0
     # The node whose media plane hosts the room (set on accept).
     media_node: str = ""
@@ -99,6 +102,11 @@ class Session:
     ended_by: str = ""
     message: str = ""
     version: int = 0
+    # The terms fixed when the client asked (or booked): billing's ``Quote.to_dict()``, shown to
+    # the client before the expert is rung and charged whatever the profile says later.
+    quote: dict[str, Any] | None = None
+    # The client's budget cap in minor units of the quote's currency (None: no cap).
+    budget: int | None = None
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
@@ -142,6 +150,8 @@ class Session:
         }
         if self.booking_id:
             out["booking_id"] = self.booking_id
+        if self.quote is not None:
+            out["quote"] = self.quote
         if self.state is State.ENDED:
             out["ended_by"] = self.ended_by
             out["message"] = self.message
@@ -178,6 +188,17 @@ class Transition:
 
 
 Listener = Callable[[Transition], Awaitable[None] | None]
+
+# A critical listener (billing) that fails is tried this many times, these seconds apart, before
+# the transition fails with ``ListenerFailed``.
+CRITICAL_ATTEMPTS = 3
+CRITICAL_RETRY_DELAY = 0.1
+
+
+class ListenerFailed(RuntimeError):
+    """A critical listener failed on a committed transition every time it was tried: the state
+    changed, and what that listener keeps (billing) may not know. Raised to the transition's
+    caller so that it is never silent."""
 
 DDL = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -267,11 +288,16 @@ class SessionManager:
         self.backend = backend
         self.store = store
         self.clock = clock
-        self._listeners: list[Listener] = []
+        self._listeners: list[tuple[Listener, bool]] = []
 
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener`` with every ``Transition`` this node makes, in order."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Listener, critical: bool = False) -> None:
+        """Call ``listener`` with every ``Transition`` this node makes, in order.
+
+        A listener that raises is logged and the others still run. A ``critical`` one (billing:
+        a lost ``ended`` would leave a meter charging) is retried, and if it fails every time the
+        transition raises ``ListenerFailed`` after the other listeners ran; it must therefore be
+        idempotent."""
+        self._listeners.append((listener, critical))
 
     async def get(self, session_id: str) -> Session | None:
         record = await self.backend.load_session(session_id)
@@ -348,11 +374,25 @@ class SessionManager:
         session = transition.session
         self.store.save(session, transition)
         await self.backend.save_session(session.to_dict(), active=session.state is not State.ENDED)
-        for listener in self._listeners:
-            try:
-                result = listener(transition)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                # A listener (billing, metrics) must not undo or block a committed transition.
-                log.exception("session listener failed on %s -> %s", session.id, transition.state.value)
+        failed: list[BaseException] = []
+        for listener, critical in self._listeners:
+            for attempt in range(1, CRITICAL_ATTEMPTS + 1 if critical else 2):
+                try:
+                    result = listener(transition)
+                    if inspect.isawaitable(result):
+                        await result
+                    break
+                except Exception as exc:
+                    # A listener must not undo a committed transition, nor keep the others from it.
+                    log.exception(
+                        "session listener %r failed on %s -> %s (attempt %d)",
+                        listener, session.id, transition.state.value, attempt,
+                    )
+                    if critical and attempt == CRITICAL_ATTEMPTS:
+                        failed.append(exc)
+                    elif critical:
+                        await asyncio.sleep(CRITICAL_RETRY_DELAY * attempt)
+        if failed:
+            raise ListenerFailed(
+                f"session {session.id} -> {transition.state.value}: a critical listener failed {CRITICAL_ATTEMPTS} times"
+            ) from failed[0]

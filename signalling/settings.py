@@ -45,6 +45,9 @@ class Settings:
     ring_timeout: float = 30.0
     # An accepted session whose media does not flow on both sides within this ends as a no-show.
     connect_timeout: float = 60.0
+    # A session paused (either side's media stopped) this long ends with the reason
+    # ``paused_timeout``: nobody is charged while paused, and nobody may hold an expert forever.
+    paused_timeout: float = 300.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
 
     # Scheduled sessions (bookings)
@@ -102,6 +105,8 @@ class Settings:
         if self.media_port_min or self.media_port_max:
             if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if self.paused_timeout <= 0:
+            raise SettingsError("paused_timeout must be above 0 seconds")
         if self.media_keyframe_interval < 0:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not self.node_id:

@@ -144,7 +144,11 @@ async def create_resource(request: web.Request) -> web.Response:
     allowed = grants.may_publish if endpoint == "whip" else grants.may_view
     if not allowed(identity, session_id):
         verb = "publish into" if endpoint == "whip" else "watch"
-        raise error(web.HTTPForbidden, "forbidden", f"this token may not {verb} session {session_id}")
+        raise error(
+            web.HTTPForbidden, "forbidden",
+            f"this token may not {verb} session {session_id}: WHIP/WHEP are for admins (broadcasts);"
+            " a session's participants send and receive media over /ws, where it is metered",
+        )
     if request.content_type != SDP:
         raise error(web.HTTPUnsupportedMediaType, "bad_content_type", f"the offer must be sent as {SDP}")
     if (request.content_length or 0) > MAX_SDP_BYTES:

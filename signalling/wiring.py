@@ -6,10 +6,12 @@ other modules read lazily, so that a test can still replace any of them after ``
 - ``EXPERT_DIRECTORY``: signalling finds experts in the profile store (``ProfileDirectory``);
 - ``SESSION_PARTIES``: ratings check the session store (only a session's client, once ended);
 - ``WS_ICE_SERVERS``: ``welcome`` lists the TURN module's servers, with a fresh credential;
-- ``SESSION_GRANTS``: a session's participants may WHIP/WHEP into it while it is in progress;
+
+WHIP/WHEP keep their default grants (``grants.AdminOnlyGrants``): a paid session's participants
+send and receive media over ``/ws`` only, where it is metered (docs/billing.md).
 
 Its ``cleanup_ctx`` (after the node has started) gives the profile store the node's presence and
-queue lengths, hands the scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's per-track stats into ``/metrics`` while rooms exist.
+queue lengths, fixes quotes through billing's ``quote_for`` (sessions and bookings), hands the scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's per-track stats into ``/metrics`` while rooms exist.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +30,7 @@ from sfu.metrics import MediaMetrics
 
 from . import ice, keys
 from .auth import Identity
+from .billing.quote import quote_for
 from .directory import ExpertRef
 from .experts import normalise_skill
 from .rest_errors import ApiError
@@ -42,7 +46,6 @@ def setup(app: web.Application) -> None:
     app[keys.EXPERT_DIRECTORY] = ProfileDirectory(app)
     app[keys.SESSION_PARTIES] = lambda session_id: app[keys.SIGNALLING].session_parties(session_id)
     app[keys.WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
-    app[keys.SESSION_GRANTS] = ParticipantGrants(app)
     app.cleanup_ctx.append(wiring_ctx)
 
 
@@ -54,6 +57,14 @@ async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
 
     experts.availability = node.availability
     experts.waiting = node.waiting
+    # The quote is fixed when the client asks (on the session) or books (on the booking).
+    settings, fees = app[keys.SETTINGS], app[keys.PLATFORM_FEES]
+
+    def quoter(expert_id: str) -> dict[str, Any]:
+        return quote_for(settings, experts, fees, expert_id, time.time()).to_dict()
+
+    node.queues.quoter = quoter
+    app[keys.SCHEDULER].store.quoter = quoter
     poller = None
     plane = app.get(keys.MEDIA_PLANE)
     if plane is not None:
@@ -91,36 +102,6 @@ class ProfileDirectory:
             return []  # no expert has a skill that cannot be written
         found = await self.app[keys.EXPERTS].find_available(tag, states=("online", "busy"), limit=100)
         return [expert.id for expert in found]
-
-
-class ParticipantGrants:
-    """Admins anywhere; a participant into their own session while it is in progress on this node.
-
-    WHIP/WHEP ask synchronously, so this reads the node's durable session store (SQLite), which
-    holds every session this node accepted - the only ones whose room it hosts."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-
-    def may_publish(self, identity: Identity, session_id: str) -> bool:
-        return self._allowed(identity, session_id)
-
-    def may_view(self, identity: Identity, session_id: str) -> bool:
-        return self._allowed(identity, session_id)
-
-    def _allowed(self, identity: Identity, session_id: str) -> bool:
-        if identity.is_admin:
-            return True
-        node = self.app.get(keys.SIGNALLING)
-        if node is None:
-            return False
-        session = node.sessions.store.get(session_id)
-        return (
-            session is not None
-            and identity.user_id in session.participants
-            and session.state in IN_PROGRESS
-            and session.media_node == node.node_id
-        )
 
 
 class MediaStatsPoller:

@@ -17,6 +17,7 @@ class Booking:
     id: str
     expert_id: str
     client_id: str
+    quote: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "expert_id": self.expert_id, "client_id": self.client_id, "start": "2026-11-30T15:00:00Z"}

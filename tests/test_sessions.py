@@ -98,3 +98,36 @@ async def test_recover_restores_what_the_backend_lost(tmp_path: Path) -> None:
     assert await second.backend.user_session("alice") == waiting.id
     assert await second.backend.user_session("ezra") == running.id
     assert (await second.get(done.id)).state is State.ENDED  # type: ignore[union-attr]
+
+
+async def test_a_critical_listener_is_retried_then_fails_the_transition_loudly(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Billing listens critically: a failure is never swallowed (a lost ``ended`` would leave a
+    meter charging). It is retried; if it fails every time, the transition raises, after every
+    other listener has heard it."""
+    import signalling.sessions as sessions_module
+
+    monkeypatch.setattr(sessions_module, "CRITICAL_RETRY_DELAY", 0.0)
+    mgr = manager(tmp_path, [100.0])
+    failures = {"flaky": 2, "broken": 10**6}
+    heard: dict[str, list[State]] = {"flaky": [], "broken": [], "plain": []}
+
+    def listener(name: str):  # type: ignore[no-untyped-def]
+        def hear(t: Transition) -> None:
+            if failures.get(name, 0) > 0:
+                failures[name] -= 1
+                raise RuntimeError(f"{name} failed")
+            heard[name].append(t.state)
+        return hear
+
+    mgr.add_listener(listener("flaky"), critical=True)
+    mgr.add_listener(listener("plain"))
+    session = await mgr.create("e", "c")
+    assert heard["flaky"] == [State.REQUESTED] and failures["flaky"] == 0  # third attempt
+
+    mgr.add_listener(listener("broken"), critical=True)
+    with pytest.raises(sessions_module.ListenerFailed):
+        await mgr.transition(session, State.ENDED, "cancelled")
+    # The transition itself is committed and the other listeners heard it.
+    assert (await mgr.get(session.id)).state is State.ENDED  # type: ignore[union-attr]
+    assert heard["plain"] == [State.REQUESTED, State.ENDED] and heard["flaky"][-1] is State.ENDED
+    assert failures["broken"] == 10**6 - sessions_module.CRITICAL_ATTEMPTS

@@ -112,26 +112,33 @@ async def test_welcome_lists_the_turn_modules_ice_servers(aiohttp_client, tmp_pa
     assert servers[1]["username"].endswith(":alice") and servers[1]["credential"]
 
 
-async def test_participants_may_whip_into_their_own_session_only(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_participants_may_not_open_a_whip_whep_side_door_into_their_session(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    """A paid session's media is metered on /ws: a participant's WHIP publisher or WHEP viewer
+    would go on while their /ws media stops and the session counts as paused. Only admins
+    (broadcasts, the operator) may open WHIP/WHEP resources."""
     plane = FakePlane()
     client = await aiohttp_client(wired_app(settings, plane))
-    await make_expert(client, "erin", skills=["python"])
+    await make_expert(client, "erin", skills=["python"], price=PER_MINUTE)
     expert = await Peer.join(client, "erin", "expert")
     alice = await Peer.join(client, "alice", "client")
     sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
 
-    async def whip(user: str, endpoint: str = "whip") -> int:
-        headers = {**auth(client, user), "Content-Type": "application/sdp"}
-        return (await client.post(f"/{endpoint}/{sid}", data="v=0\r\n", headers=headers)).status
+    async def whip(user: str, endpoint: str = "whip", role: str = "client") -> tuple[int, str]:
+        headers = {**auth(client, user, role), "Content-Type": "application/sdp"}
+        resp = await client.post(f"/{endpoint}/{sid}", data="v=0\r\n", headers=headers)
+        return resp.status, (await resp.json())["error"]["message"] if resp.status != 201 else ""
 
-    assert await whip("alice") == 403  # not accepted yet
+    assert (await whip("alice"))[0] == 403  # not accepted yet
     await expert.expect("ring")
     await expert.request("help.accept", session_id=sid)
-    assert await whip("alice") == 201
-    assert await whip("erin", "whep") == 201
-    assert await whip("mallory") == 403
+    for user, endpoint, role in (("alice", "whip", "client"), ("alice", "whep", "client"),
+                                 ("erin", "whip", "expert"), ("erin", "whep", "expert"), ("mallory", "whip", "client")):
+        status, text = await whip(user, endpoint, role)
+        assert status == 403 and "/ws" in text, (user, endpoint, status)
+    assert not [m for m in plane.requests if m.kind == "offer"]
+    assert (await whip("root", "whep", "admin"))[0] == 201
     await alice.request("session.end", session_id=sid)
-    assert await whip("alice") == 403
+    assert (await whip("alice"))[0] == 403
 
 
 def iso(ts: float) -> str:

@@ -1,8 +1,9 @@
 """Billing <-> sessions: the session machine drives the Meter, the Meter talks to both parties.
 
-Transitions drive the Meter: ``accepted`` opens metering at the expert's price (from their profile,
-snapshotted then) under the server's ``BillingPolicy`` and the client's budget, ``live`` and
-``paused`` start and stop the clock, ``ended`` settles it. The Meter's callbacks become messages
+Transitions drive the Meter: ``accepted`` opens metering with the session's quote (the price and
+policy fixed when the client asked, or booked: ``billing/quote.py``) and the client's budget from
+the session record, ``live`` and ``paused`` start and stop the clock, ``ended`` settles it. The
+Meter listens as a critical listener: a failure is retried and then fails the transition loudly. The Meter's callbacks become messages
 to both parties: ``billing.cost`` at every unit (and when metering opens or the budget changes),
 ``billing.warning`` one unit before the budget, and ``billing.summary`` when the session ends; at
 the budget the session ends with ``budget_reached``. Clients send ``billing.budget`` (before or
@@ -29,7 +30,6 @@ from typing import Any
 from aiohttp import web
 
 from .. import keys
-from ..experts import Price as ProfilePrice
 from ..protocol import ErrorCode, ProtocolError, message
 from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
 from ..websocket import CLIENT, PARTICIPANT, ROUTES, Connection, Route
@@ -42,7 +42,8 @@ from .meter import (
     UnitCharged,
 )
 from .money import Money
-from .pricing import BillingPolicy, Price, PriceKind
+from .pricing import Price, PriceKind
+from .quote import Quote, quote_for
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,6 @@ async def session_billing_ctx(app: web.Application) -> AsyncIterator[None]:
         await billing.close()
 
 
-def billing_price(price: ProfilePrice) -> Price:
-    """An expert's stored price ({"mode", "amount", "currency"}) as billing's ``Price``."""
-    if price.mode == "free":
-        return Price.free(price.currency)
-    return Price(PriceKind(price.mode), Money(price.amount, price.currency))
-
-
 def money_json(money: Money | None) -> dict[str, Any] | None:
     return None if money is None else {"amount": money.amount, "currency": money.currency}
 
@@ -79,8 +73,6 @@ class SessionBilling:
         self.settings = app[keys.SETTINGS]
         self.meter: Meter = app[keys.METER]
         self.node = app[keys.SIGNALLING]
-        # Budgets set while a request waits; they become the cap when the session is accepted.
-        self._budgets: dict[str, int] = {}
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._endings: set[asyncio.Task[Any]] = set()
@@ -90,7 +82,7 @@ class SessionBilling:
         self.meter.on_unit = self.on_unit
         self.meter.on_budget_warning = self.on_budget_warning
         self.meter.on_budget_reached = self.on_budget_reached
-        self.node.sessions.add_listener(self.on_transition)
+        self.node.sessions.add_listener(self.on_transition, critical=True)
         self._sender = asyncio.create_task(self._send_all(), name="billing-messages")
         await self.sync()
 
@@ -145,28 +137,28 @@ class SessionBilling:
         elif transition.state is State.PAUSED and self.meter.is_open(sid):
             self.meter.media_paused(sid, at=at)
         elif transition.state is State.ENDED:
-            self._budgets.pop(sid, None)
             if self.meter.is_open(sid):
                 self.meter.ended(sid, at=at, reason=transition.reason)
                 self._summarise(session, transition.reason)
 
-    def price_of(self, expert_id: str) -> Price:
-        """The expert's current price; an expert without a profile charges nothing."""
-        expert = self.app[keys.EXPERTS].get(expert_id)
-        return billing_price(expert.profile.price) if expert is not None else Price.free()
+    def terms(self, session: Session) -> Quote:
+        """The session's quote; a session that has none (made before quotes existed) is quoted now."""
+        if session.quote is not None:
+            return Quote.from_dict(session.quote)
+        return quote_for(
+            self.settings, self.app[keys.EXPERTS], self.app[keys.PLATFORM_FEES], session.expert_id, self.meter.clock()
+        )
 
     def _start(self, session: Session, at: float) -> None:
-        price = self.price_of(session.expert_id)
-        budget = self._budgets.pop(session.id, None)
-        cap = Money(budget, price.currency) if budget is not None else None
-        fee = self.app[keys.PLATFORM_FEES].override(session.expert_id)
-        policy = BillingPolicy.from_settings(self.settings, platform_fee_bps=fee)
+        quote = self.terms(session)
+        price, policy = quote.price, quote.policy
+        cap = Money(session.budget, price.currency) if session.budget is not None else None
         try:
             cost = self.meter.started(session.id, session.expert_id, session.client_id, price, policy, cap, at=at)
         except BillingError as exc:
             if exc.code != "budget_too_low":
                 raise
-            # The price rose above the budget since it was set: the budget cannot pay one charge.
+            # Only a session without a quote can get here (its price was looked up at accept).
             cost = self.meter.started(session.id, session.expert_id, session.client_id, price, policy, at=at)
             self._end(session.id)
         self._both(session.expert_id, session.client_id, cost_message(cost))
@@ -235,11 +227,15 @@ class SessionBilling:
     async def set_budget(self, session: Session, budget: int) -> dict[str, Any]:
         """The client's cap for ``session``; returns the ``billing.cost`` fields that follow from it."""
         if session.state in WAITING:
-            price = self.price_of(session.expert_id)
+            price = self.terms(session).price
             if price.kind is not PriceKind.FREE and budget < price.amount.amount:
                 raise ProtocolError("budget_too_low", f"a budget of {budget} does not cover one charge of {price.amount}")
-            self._budgets[session.id] = budget
-            return self.cost(session)
+            # On the session record, so that whichever node accepts it meters with the cap.
+            async with self.node.backend.lock(f"expert:{session.expert_id}"):
+                current = await self.node.sessions.get(session.id)
+                if current is not None and current.state in WAITING:
+                    return self.cost(await self.node.sessions.save(current, budget=budget))
+            session = current or session  # accepted meanwhile: the cap of a running session
         if session.state not in IN_PROGRESS or not self.meter.is_open(session.id):
             raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} is {session.state.value}: its budget is final")
         currency = self.meter.running_cost(session.id).price.currency
@@ -247,6 +243,10 @@ class SessionBilling:
             cost = self.meter.set_budget(session.id, Money(budget, currency))
         except BillingError as exc:
             raise ProtocolError(exc.code, exc.message) from None
+        async with self.node.backend.lock(f"expert:{session.expert_id}"):
+            current = await self.node.sessions.get(session.id)
+            if current is not None and current.state in IN_PROGRESS:
+                await self.node.sessions.save(current, budget=budget)
         msg = cost_message(cost)
         self._send(session.expert_id, msg)
         return msg
@@ -256,8 +256,8 @@ class SessionBilling:
         if self.meter.is_open(session.id):
             return cost_message(self.meter.running_cost(session.id))
         if session.state in WAITING:
-            price = self.price_of(session.expert_id)
-            budget = self._budgets.get(session.id)
+            price = self.terms(session).price
+            budget = session.budget
             return message(
                 "billing.cost",
                 session_id=session.id,
