@@ -40,6 +40,8 @@ def main(verbose: bool) -> None:
 @click.option("--data-dir", default=None, help="Where state is kept (default ./var). [EXPERTCALL_DATA_DIR]")
 @click.option("--secret", default=None, help="Token signing secret. [EXPERTCALL_SECRET]")
 @click.option("--redis", "redis_url", default=None, help="redis:// URL to scale out. [EXPERTCALL_REDIS_URL]")
+@click.option("--database", "database_url", default=None,
+              help="postgresql:// URL of the database every node shares (default: SQLite in the data dir). [EXPERTCALL_DATABASE_URL]")
 @click.option("--billing-unit-seconds", type=int, default=None, help="Billing unit (default 60). [EXPERTCALL_BILLING_UNIT_SECONDS]")
 @click.option("--media-loopback/--no-media-loopback", default=None, help="Gather and announce 127.0.0.1 only. [EXPERTCALL_MEDIA_LOOPBACK]")
 @click.option("--announced-ip", "media_announced_ip", default=None, help="Public IP announced in ICE candidates. [EXPERTCALL_MEDIA_ANNOUNCED_IP]")

@@ -9,6 +9,7 @@ Writes are small and local, so they run inline rather than in a thread pool.
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -36,6 +37,28 @@ class Database:
     def migrate(self, ddl: str) -> None:
         """Run idempotent DDL (CREATE ... IF NOT EXISTS)."""
         self._conn.executescript(ddl)
+
+    def migrate_versions(self, component: str, migrations: Sequence[tuple[int, str]]) -> None:
+        """Apply ``component``'s numbered migrations that this file has not had yet, in order,
+        each in its own transaction with its record in ``schema_migrations``."""
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
+            " applied_at REAL NOT NULL, PRIMARY KEY (component, version))"
+        )
+        done = {r[0] for r in self._conn.execute(
+            "SELECT version FROM schema_migrations WHERE component = ?", (component,))}
+        for version, sql in sorted(migrations):
+            if version in done:
+                continue
+            record = (
+                f"INSERT INTO schema_migrations VALUES ('{component}', {int(version)}, {time.time()!r});"
+            )
+            try:
+                self._conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{record}\nCOMMIT;")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def add_column(self, table: str, column: str, decl: str) -> None:
         """Add a column that a newer version of a table has, to a table made by an older one."""

@@ -13,7 +13,8 @@ from .auth import TokenIssuer
 from .backends.base import Backend
 from .billing.fees import PlatformFees
 from .billing.ledger import Ledger
-from .billing.meter import Meter
+from .billing.meter import Claim, Meter
+from .billing.store import BillingStore
 from .database import Database
 from .directory import ExpertDirectory as ExpertLookup
 from .experts import ExpertDirectory, SessionParties
@@ -39,6 +40,10 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)
 SESSION_PARTIES: web.AppKey[SessionParties] = web.AppKey("session_parties")
 METER = web.AppKey("meter", Meter)
+# Billing's tables (SQLite, or the PostgreSQL every node shares), opened by billing's cleanup_ctx.
+BILLING_STORE = web.AppKey("billing_store", BillingStore)
+# Set before start-up to decide which open sessions a starting Meter takes over (see Meter.recover).
+METER_CLAIM: web.AppKey[Claim] = web.AppKey("meter_claim")
 LEDGER = web.AppKey("ledger", Ledger)
 # Per-expert platform fee overrides (admin-set), applied when a session opens.
 PLATFORM_FEES = web.AppKey("platform_fees", PlatformFees)

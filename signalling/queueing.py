@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .backends.base import Backend
 from .directory import ExpertDirectory
@@ -53,7 +53,7 @@ class ExpertQueues:
         self.clock = clock
         # expert_id -> the terms of a session asked for now (billing's quote as a dict), fixed on
         # the session at request time; set by the application's wiring (None: no quote).
-        self.quoter: Callable[[str], dict[str, Any] | None] | None = None
+        self.quoter: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
 
     # --- requests from participants -----------------------------------------------------------
 
@@ -97,7 +97,7 @@ class ExpertQueues:
                     expert_name=expert.display_name if expert else expert_id,
                     skill=skill or "",
                     note=note,
-                    quote=self.quoter(expert_id) if self.quoter is not None else None,
+                    quote=await self.quoter(expert_id) if self.quoter is not None else None,
                 )
                 await self.backend.set_user_session(client_id, session.id)
                 await self.backend.queue_push(expert_id, session.id)
@@ -181,7 +181,7 @@ class ExpertQueues:
         """Open a booked session at its time: both sides agreed, so it starts ``accepted``, with
         the quote fixed when it was booked (a fresh one for a booking that has none)."""
         if quote is None and self.quoter is not None:
-            quote = self.quoter(expert_id)
+            quote = await self.quoter(expert_id)
         async with self.backend.lock(f"client:{client_id}"):
             for user in (expert_id, client_id):
                 current = await self._current(user)

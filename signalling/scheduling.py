@@ -23,7 +23,7 @@ import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .database import Database
 from .experts import ExpertDirectory, iso_utc
@@ -184,12 +184,13 @@ class BookingStore:
         self.clock = clock
         # expert_id -> the terms of a session booked now (billing's quote as a dict), stored with
         # the booking; set by the application's wiring (None: bookings carry no quote).
-        self.quoter: Callable[[str], dict[str, Any] | None] | None = None
+        self.quoter: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
         db.migrate(SCHEMA)
         db.add_column("bookings", "quote", "TEXT")
 
     def create(
-        self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None
+        self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None,
+        quote: dict[str, Any] | None = None,
     ) -> tuple[Booking, bool]:
         """Book [start, end) with the expert: the booking and whether it is new (a retry of the
         same request returns the existing booking)."""
@@ -236,7 +237,6 @@ class BookingStore:
                 raise ApiError("slot_taken", "the expert already has a booking at that time", "start", status=409)
             if conn.execute(f"SELECT 1 FROM bookings WHERE client_id = ? AND {overlap}", (client_id, end, start)).fetchone():
                 raise ApiError("client_busy", "you already have a booking at that time", "start", status=409)
-            quote = self.quoter(expert_id) if self.quoter is not None else None
             booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
             conn.execute(
                 "INSERT INTO bookings (id, expert_id, client_id, start, \"end\", state, topic, created_at, quote) "
@@ -411,7 +411,8 @@ class Scheduler:
             await task
 
     async def book(self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None) -> tuple[Booking, bool]:
-        booking, created = self.store.create(client_id, expert_id, start, end, topic)
+        quote = await self.store.quoter(expert_id) if self.store.quoter is not None else None
+        booking, created = self.store.create(client_id, expert_id, start, end, topic, quote)
         if created:
             self._wake.set()
             await self._tell("on_booked", booking)

@@ -29,6 +29,9 @@ class Settings:
     # (kept in data_dir/secret); any other bind refuses to start without one.
     secret: str = ""
     redis_url: str = ""
+    # The shared database of every node (postgresql://...): the ledger and every billing record.
+    # Empty: the embedded SQLite file in data_dir, for one node.
+    database_url: str = ""
     # Every Redis key and channel starts with this, so that deployments (and tests) can share a server.
     redis_prefix: str = "expertcall"
     node_id: str = ""
@@ -105,6 +108,8 @@ class Settings:
         if self.media_port_min or self.media_port_max:
             if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("database_url must be a postgresql:// URL (or empty for the embedded SQLite)")
         if self.paused_timeout <= 0:
             raise SettingsError("paused_timeout must be above 0 seconds")
         if self.media_keyframe_interval < 0:

@@ -60,8 +60,8 @@ async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
     # The quote is fixed when the client asks (on the session) or books (on the booking).
     settings, fees = app[keys.SETTINGS], app[keys.PLATFORM_FEES]
 
-    def quoter(expert_id: str) -> dict[str, Any]:
-        return quote_for(settings, experts, fees, expert_id, time.time()).to_dict()
+    async def quoter(expert_id: str) -> dict[str, Any]:
+        return (await quote_for(settings, experts, fees, expert_id, time.time())).to_dict()
 
     node.queues.quoter = quoter
     app[keys.SCHEDULER].store.quoter = quoter

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from signalling.billing.meter import Meter
+from signalling.billing.store_sqlite import SqliteBillingStore
 from signalling.database import Database
 
 T0 = 1_800_000_000.0
@@ -30,7 +31,7 @@ class Recorder:
 def make_meter(path: Path, clock: ManualClock, recorder: Recorder | None = None, **kwargs: Any) -> Meter:
     recorder = recorder or Recorder()
     return Meter(
-        Database.in_dir(path),
+        SqliteBillingStore(Database.in_dir(path)),
         clock=clock,
         on_unit=recorder.units.append,
         on_budget_warning=recorder.warnings.append,
@@ -39,6 +40,6 @@ def make_meter(path: Path, clock: ManualClock, recorder: Recorder | None = None,
     )
 
 
-def advance(meter: Meter, clock: ManualClock, to: float) -> int:
+async def advance(meter: Meter, clock: ManualClock, to: float) -> int:
     clock.t = to
-    return meter.fire_due()
+    return await meter.fire_due()

@@ -16,6 +16,7 @@ from pathlib import Path
 from signalling.billing.meter import Meter
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
+from signalling.billing.store_sqlite import SqliteBillingStore
 from signalling.database import Database
 
 STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (6.0, "end"))
@@ -23,17 +24,18 @@ STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (6.0, "end"))
 
 async def main(data_dir: Path, sid: str, t0: float) -> None:
     db = Database.in_dir(data_dir)
-    meter = Meter(db, heartbeat_seconds=0.2)
-    meter.start()
+    store = SqliteBillingStore(db)
+    meter = Meter(store, heartbeat_seconds=0.2)
+    await meter.start()
     applied_until = float("-inf")
     if meter.is_open(sid):
         if not meter.running_cost(sid).live and time.time() < t0 + STEPS[-1][0]:
             # Recovery paused the session at the crash; the media (another process) still flows.
-            meter.media_live(sid, at=time.time())
+            await meter.media_live(sid, at=time.time())
         for start, end in meter.running_cost(sid).timeline:
             applied_until = max(applied_until, start, end or start)
-    elif db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (sid,)) is None:
-        meter.started(sid, "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(unit_seconds=1), at=t0)
+    elif await store.session(sid) is None:
+        await meter.started(sid, "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(unit_seconds=1), at=t0)
     else:
         return
     for offset, action in STEPS:
@@ -42,11 +44,11 @@ async def main(data_dir: Path, sid: str, t0: float) -> None:
             continue
         await asyncio.sleep(max(0.0, at - time.time()))
         if action == "live":
-            meter.media_live(sid, at=at)
+            await meter.media_live(sid, at=at)
         elif action == "pause":
-            meter.media_paused(sid, at=at)
+            await meter.media_paused(sid, at=at)
         else:
-            meter.ended(sid, at=at, reason="hangup")
+            await meter.ended(sid, at=at, reason="hangup")
     await meter.close()
     db.close()
     print("done", flush=True)

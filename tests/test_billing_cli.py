@@ -6,21 +6,27 @@ import json
 import time
 
 from click.testing import CliRunner
+import asyncio
 
 from signalling.billing.meter import Meter
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
+from signalling.billing.store_sqlite import SqliteBillingStore
 from signalling.cli import main
 from signalling.database import Database
 
 
 
 def seed(data_dir, t0: float) -> None:  # type: ignore[no-untyped-def]
-    meter = Meter(Database.in_dir(data_dir), clock=lambda: t0 + 100)
-    meter.started("s", "alice", "bob", Price.per_minute(Money(1000, "JPY")), BillingPolicy(), at=t0)
-    meter.media_live("s", at=t0)
-    meter.ended("s", at=t0 + 90)
-    meter.db.close()
+    async def run() -> None:
+        db = Database.in_dir(data_dir)
+        meter = Meter(SqliteBillingStore(db), clock=lambda: t0 + 100)
+        await meter.started("s", "alice", "bob", Price.per_minute(Money(1000, "JPY")), BillingPolicy(), at=t0)
+        await meter.media_live("s", at=t0)
+        await meter.ended("s", at=t0 + 90)
+        db.close()
+
+    asyncio.run(run())
 
 
 def test_export_statement_and_refund(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from signalling import keys
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 
+from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
 from .redis_helpers import redis, stream  # noqa: F401  (fixtures)
 
 
@@ -16,16 +17,16 @@ def auth(client, user: str, role: str) -> dict[str, str]:  # type: ignore[no-unt
     return {"Authorization": "Bearer " + client.app[keys.TOKENS].mint(user, role)}
 
 
-def run_session(client, sid: str = "s1", seconds: float = 125) -> None:  # type: ignore[no-untyped-def]
+async def run_session(client, sid: str = "s1", seconds: float = 125) -> None:  # type: ignore[no-untyped-def]
     meter = client.app[keys.METER]
     t0 = time.time() - 3600
-    meter.started(sid, "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
-    meter.media_live(sid, at=t0)
-    meter.ended(sid, at=t0 + seconds, reason="hangup")
+    await meter.started(sid, "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
+    await meter.media_live(sid, at=t0)
+    await meter.ended(sid, at=t0 + seconds, reason="hangup")
 
 
 async def test_metering_feed_pages_from_sqlite_for_admins(client) -> None:  # type: ignore[no-untyped-def]
-    run_session(client)
+    await run_session(client)
     assert (await client.get("/api/metering")).status == 401
     assert (await client.get("/api/metering", headers=auth(client, "alice", "expert"))).status == 403
     admin = auth(client, "root", "admin")
@@ -40,7 +41,7 @@ async def test_metering_feed_pages_from_sqlite_for_admins(client) -> None:  # ty
 
 
 async def test_running_cost_and_refund_by_the_expert(client) -> None:  # type: ignore[no-untyped-def]
-    run_session(client)
+    await run_session(client)
     cost = await (await client.get("/api/billing/sessions/s1", headers=auth(client, "bob", "client"))).json()
     assert (cost["open"], cost["units"], cost["total"], cost["currency"]) == (False, 3, 600, "EUR")
     assert (await client.get("/api/billing/sessions/s1", headers=auth(client, "eve", "client"))).status == 403
@@ -56,7 +57,7 @@ async def test_running_cost_and_refund_by_the_expert(client) -> None:  # type: i
 
 
 async def test_statement_and_export(client) -> None:  # type: ignore[no-untyped-def]
-    run_session(client)
+    await run_session(client)
     st = await (await client.get("/api/billing/statement", headers=auth(client, "alice", "expert"))).json()
     assert st["totals"] == {"EUR": {"sessions": 1, "gross": 600, "fee": 120, "payout": 480}}
     assert (await client.get("/api/billing/statement?expert=zed", headers=auth(client, "alice", "expert"))).status == 403
@@ -73,8 +74,8 @@ async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) ->
     first = await aiohttp_client(create_app(settings))
     meter = first.app[keys.METER]
     t0 = time.time() - 125
-    meter.started("live", "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
-    meter.media_live("live", at=t0)
+    await meter.started("live", "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
+    await meter.media_live("live", at=t0)
     await first.close()  # graceful shutdown: due units charged, the session left open
 
     second = await aiohttp_client(create_app(settings))
@@ -82,7 +83,7 @@ async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) ->
     assert meter.is_open("live")
     cost = meter.running_cost("live")
     assert (cost.units, cost.total) == (3, Money(600, "EUR"))
-    assert [p.unit_index for p in meter.ledger.postings("live")] == [0, 1, 2]
+    assert [p.unit_index for p in await meter.ledger.postings("live")] == [0, 1, 2]
 
 
 async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, stream) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +92,7 @@ async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, s
 
     settings = dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/0", metering_stream=stream)
     client = await aiohttp_client(create_app(settings))
-    run_session(client, seconds=30)
+    await run_session(client, seconds=30)
     deadline = time.time() + 10
     while await redis.xlen(stream) < 4 and time.time() < deadline:
         await asyncio.sleep(0.05)
@@ -110,7 +111,36 @@ async def test_webhooks_without_a_secret_refuse_to_start(aiohttp_client, setting
 
 
 async def test_metrics(client) -> None:  # type: ignore[no-untyped-def]
-    run_session(client)
+    await run_session(client)
     text = await (await client.get("/metrics")).text()
     assert "expertcall_billing_units_total 3.0" in text
     assert "expertcall_billing_open_sessions 0.0" in text
+
+
+async def test_two_apps_on_one_postgresql_give_one_billing_view(aiohttp_client, settings, postgres_url) -> None:  # type: ignore[no-untyped-def]
+    """With --database postgresql://, every node answers the billing REST from the same ledger:
+    a session metered on one is seen, refunded and exported on the other; fee overrides too."""
+    import dataclasses
+
+    from signalling.app import create_app
+
+    one = await aiohttp_client(create_app(dataclasses.replace(
+        settings, database_url=postgres_url, node_id="n1", data_dir=settings.data_dir / "n1")))
+    two = await aiohttp_client(create_app(dataclasses.replace(
+        settings, database_url=postgres_url, node_id="n2", data_dir=settings.data_dir / "n2")))
+    await run_session(one)
+    admin = auth(two, "root", "admin")
+    views = [await (await c.get("/api/billing/sessions/s1", headers=admin)).json() for c in (one, two)]
+    assert views[0] == views[1] and (views[1]["open"], views[1]["units"], views[1]["total"]) == (False, 3, 600)
+    feeds = [await (await c.get("/api/metering?limit=100", headers=admin)).json() for c in (one, two)]
+    assert feeds[0] == feeds[1] and len(feeds[1]["events"]) == 6
+    resp = await two.post("/api/billing/sessions/s1/refund", json={"reason": "test"}, headers=admin)
+    assert resp.status == 201
+    again = await one.post("/api/billing/sessions/s1/refund", headers=admin)
+    assert again.status == 200 and (await again.json())["created"] is False
+    statements = [await (await c.get("/api/billing/statement?expert=alice", headers=admin)).json() for c in (one, two)]
+    assert statements[0] == statements[1] and statements[1]["totals"]["EUR"]["gross"] == 0
+    put = await one.put("/api/billing/experts/alice/fee", json={"platform_fee_bps": 1000}, headers=admin)
+    assert put.status == 200
+    fee = await (await two.get("/api/billing/experts/alice/fee", headers=admin)).json()
+    assert (fee["platform_fee_bps"], fee["default"]) == (1000, False)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from signalling.billing.consumer import ConsumerStore, MeteringConsumer
@@ -14,28 +16,32 @@ from .redis_helpers import redis, stream  # noqa: F401  (fixtures)
 async def test_relay_publishes_in_order_and_marks_only_after_xadd(tmp_path, redis, stream) -> None:  # type: ignore[no-untyped-def]
     clock = ManualClock()
     meter = make_meter(tmp_path, clock)
-    meter.started("s", "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(), at=T0)
-    meter.media_live("s", at=T0)
-    advance(meter, clock, T0 + 150)
-    meter.ended("s", at=T0 + 150)
+    await meter.started("s", "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(), at=T0)
+    await meter.media_live("s", at=T0)
+    await advance(meter, clock, T0 + 150)
+    await meter.ended("s", at=T0 + 150)
     relay = RedisRelay(meter.outbox, redis, stream, batch=2)
-    ids = [r.id for r in meter.outbox.after(0, 100)]
+    ids = [r.id for r in await meter.outbox.after(0, 100)]
 
     # Redis accepts the first batch but the process dies before marking it: it is sent again.
-    original = meter.outbox.mark_relayed
-    def crash(seqs):  # type: ignore[no-untyped-def]
-        raise RuntimeError("killed")
-    meter.outbox.mark_relayed = crash  # type: ignore[method-assign]
+    original = meter.store.relay_batch
+
+    @contextlib.asynccontextmanager
+    async def crash(limit):  # type: ignore[no-untyped-def]
+        async with original(limit) as rows:
+            yield rows
+            raise RuntimeError("killed")
+    meter.store.relay_batch = crash  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         await relay.relay_once()
-    meter.outbox.mark_relayed = original  # type: ignore[method-assign]
+    meter.store.relay_batch = original  # type: ignore[method-assign]
     while await relay.relay_once():
         pass
     assert await relay.relay_once() == 0
     entries = await redis.xrange(stream)
     published = [f[b"id"].decode() for _, f in entries]
     assert published == ids[:2] + ids  # at least once, in outbox order
-    assert meter.outbox.unrelayed(10) == []
+    assert await meter.outbox.count_unrelayed() == 0
 
     store = ConsumerStore(tmp_path / "consumer.sqlite3")
     consumer = MeteringConsumer(redis, store, stream=stream, group="g", name="c1", block_ms=50)
@@ -47,10 +53,10 @@ async def test_relay_publishes_in_order_and_marks_only_after_xadd(tmp_path, redi
 async def test_consumer_crash_between_commit_and_ack_counts_once(tmp_path, redis, stream) -> None:  # type: ignore[no-untyped-def]
     clock = ManualClock()
     meter = make_meter(tmp_path, clock)
-    meter.started("s", "e", "c", Price.per_session(Money(900, "JPY")), BillingPolicy(), at=T0)
-    meter.media_live("s", at=T0)
-    meter.ended("s", at=T0 + 61)
-    meter.refund("s", by="admin", at=T0 + 100)
+    await meter.started("s", "e", "c", Price.per_session(Money(900, "JPY")), BillingPolicy(), at=T0)
+    await meter.media_live("s", at=T0)
+    await meter.ended("s", at=T0 + 61)
+    await meter.refund("s", by="admin", at=T0 + 100)
     await RedisRelay(meter.outbox, redis, stream).relay_once()
     store = ConsumerStore(tmp_path / "consumer.sqlite3")
     consumer = MeteringConsumer(redis, store, stream=stream, group="g", name="c1", block_ms=50)

@@ -49,12 +49,12 @@ async def test_receiver_sees_every_event_at_least_once_with_stable_ids(tmp_path,
     clock = ManualClock()
     meter = make_meter(tmp_path, clock)
     for sid in ("a", "b", "c"):
-        meter.started(sid, "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(), at=T0)
-        meter.media_live(sid, at=T0)
-    advance(meter, clock, T0 + 200)
+        await meter.started(sid, "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(), at=T0)
+        await meter.media_live(sid, at=T0)
+    await advance(meter, clock, T0 + 200)
     for sid in ("a", "b", "c"):
-        meter.ended(sid, at=T0 + 200)
-    expected = {r.id: r.body for r in meter.outbox.after(0, 1000)}
+        await meter.ended(sid, at=T0 + 200)
+    expected = {r.id: r.body for r in await meter.outbox.after(0, 1000)}
 
     received: list[tuple[str, str]] = []
     attempts: Counter[str] = Counter()
@@ -82,7 +82,7 @@ async def test_receiver_sees_every_event_at_least_once_with_stable_ids(tmp_path,
     sender = WebhookSender(meter.outbox, [url], SECRET, base_delay=0.01, max_delay=0.05)
     sender.start()
     deadline = time.time() + 30
-    while sender.cursor(url) < meter.outbox.last_seq() and time.time() < deadline:
+    while await sender.cursor(url) < await meter.outbox.last_seq() and time.time() < deadline:
         await asyncio.sleep(0.02)
     await sender.close()
 

@@ -8,19 +8,22 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Awaitable, Callable, TextIO, TypeVar
 
 import click
 
 from ..database import Database
 from ..settings import Settings, SettingsError
 from .ledger import Ledger, to_csv, to_json
+from .store import BillingStore, open_store
 from .times import END_OF_TIME, parse_instant
 
+T = TypeVar("T")
 
-def _settings(data_dir: str | None) -> Settings:
+
+def _settings(data_dir: str | None, database_url: str | None = None) -> Settings:
     try:
-        return Settings.from_env(data_dir=data_dir)
+        return Settings.from_env(data_dir=data_dir, database_url=database_url)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -84,16 +87,40 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
     asyncio.run(run())
 
 
+def _run_with_store(settings: Settings, work: Callable[[BillingStore], Awaitable[T]]) -> T:
+    """Open the billing store the settings choose (the node's SQLite, or the shared PostgreSQL
+    with --database), run ``work`` on it and close it."""
+
+    async def run() -> T:
+        db = Database.in_dir(settings.data_dir)
+        try:
+            store, close = await open_store(settings, db)
+            try:
+                return await work(store)
+            finally:
+                await close()
+        finally:
+            db.close()
+
+    return asyncio.run(run())
+
+
+_DATABASE = click.option(
+    "--database", "database_url", default=None,
+    help="postgresql:// URL of the shared database (default: the SQLite file in the data dir). [EXPERTCALL_DATABASE_URL]",
+)
+
+
 @billing.command()
 @click.option("--from", "start", required=True, callback=_instant, help="ISO 8601 date/time or Unix seconds (inclusive).")
 @click.option("--to", "end", required=True, callback=_instant, help="ISO 8601 date/time or Unix seconds (exclusive).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--output", "-o", type=click.File("w"), default="-", help="File to write (default stdout).")
 @click.option("--data-dir", default=None)
-def export(start: float, end: float, fmt: str, output: TextIO, data_dir: str | None) -> None:
+@_DATABASE
+def export(start: float, end: float, fmt: str, output: TextIO, data_dir: str | None, database_url: str | None) -> None:
     """Export the ledger entries posted between two instants."""
-    ledger = Ledger(Database.in_dir(_settings(data_dir).data_dir))
-    rows = ledger.export(start, end)
+    rows = _run_with_store(_settings(data_dir, database_url), lambda store: Ledger(store).export(start, end))
     output.write(to_csv(rows) if fmt == "csv" else to_json(rows) + "\n")
 
 
@@ -102,10 +129,13 @@ def export(start: float, end: float, fmt: str, output: TextIO, data_dir: str | N
 @click.option("--from", "start", default=None, callback=_instant, help="Start (default: the beginning).")
 @click.option("--to", "end", default=None, callback=_instant, help="End, exclusive (default: no end).")
 @click.option("--data-dir", default=None)
-def statement(expert: str, start: float | None, end: float | None, data_dir: str | None) -> None:
+@_DATABASE
+def statement(expert: str, start: float | None, end: float | None, data_dir: str | None, database_url: str | None) -> None:
     """An expert's earnings statement as JSON: one line per session, totals per currency."""
-    ledger = Ledger(Database.in_dir(_settings(data_dir).data_dir))
-    click.echo(json.dumps(ledger.statement(expert, start or 0.0, end or END_OF_TIME), indent=1))
+    result = _run_with_store(
+        _settings(data_dir, database_url), lambda store: Ledger(store).statement(expert, start or 0.0, end or END_OF_TIME)
+    )
+    click.echo(json.dumps(result, indent=1))
 
 
 @billing.command()
@@ -113,14 +143,20 @@ def statement(expert: str, start: float | None, end: float | None, data_dir: str
 @click.option("--by", default="admin", show_default=True, help="Who refunds (recorded in the ledger).")
 @click.option("--reason", default="", help="Why (recorded in the ledger and the event).")
 @click.option("--data-dir", default=None)
-def refund(session_id: str, by: str, reason: str, data_dir: str | None) -> None:
+@_DATABASE
+def refund(session_id: str, by: str, reason: str, data_dir: str | None, database_url: str | None) -> None:
     """Refund an ended session within the refund window (reversing entries + a refunded event)."""
-    from .meter import BillingError, Meter
+    from .meter import BillingError, Meter, Refund
 
-    settings = _settings(data_dir)
-    meter = Meter(Database.in_dir(settings.data_dir), refund_window_seconds=settings.refund_window_seconds)
+    settings = _settings(data_dir, database_url)
+
+    async def work(store: BillingStore) -> Refund:
+        return await Meter(store, refund_window_seconds=settings.refund_window_seconds).refund(
+            session_id, by=by, reason=reason
+        )
+
     try:
-        result = meter.refund(session_id, by=by, reason=reason)
+        result = _run_with_store(settings, work)
     except BillingError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     p = result.posting

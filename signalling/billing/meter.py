@@ -16,12 +16,19 @@ Charging rules (docs/billing.md):
 
 All sessions share one timer heap served by one task; each session has at most one live entry in
 it (stale ones are skipped by a generation number), so many thousands of sessions cost a heap
-operation per unit. Everything due at once is committed in one SQLite transaction.
+operation per unit. Everything due at once is committed in one transaction of the
+``BillingStore`` (SQLite for one node, PostgreSQL for many). The Meter's calls are coroutines
+and run one at a time (a lock), so each commits in the order it was made.
 
-After a crash ``recover()`` (called by ``start()``) reloads the open sessions and their timelines
-from SQLite, counts the units already in the ledger and charges exactly the ones due by the dead
-meter's last heartbeat (posting ids are deterministic, so none twice), then pauses the sessions
-that were live there: an outage is never billed. The session layer resumes them with
+Every session is metered by one Meter at a time, whose writes carry that session's fencing
+token (``fence``): the store refuses a write with an older token than it has seen, and the Meter
+then forgets the session (``on_lost``): another node's Meter owns it.
+
+After a crash ``recover()`` (called by ``start()``) reloads the open sessions it may own and
+their timelines from the store, counts the units already in the ledger and charges exactly the
+ones due by the dead meter's last heartbeat (posting ids are deterministic, so none twice), then
+pauses the sessions that were live there: an outage is never billed. ``adopt()`` does the same
+for one session whose meter died on another node. The session layer resumes them with
 ``media_live`` once it sees media flowing again.
 """
 
@@ -29,49 +36,24 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import inspect
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from ..database import Database
 from .ledger import CHARGE, REFUND, Ledger, Posting
 from .money import Money
 from .outbox import Outbox
 from .pricing import BillingPolicy, Price, PriceKind, split, split_increment
+from .store import BillingStore, SessionOpened, StaleOwner, StoredSession, WriteBatch
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-DDL = """
-CREATE TABLE IF NOT EXISTS billing_sessions (
-    session_id TEXT PRIMARY KEY,
-    expert_id TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    price TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    budget_cap INTEGER,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    end_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS billing_sessions_open ON billing_sessions (session_id) WHERE ended_at IS NULL;
-CREATE TABLE IF NOT EXISTS meter_heartbeat (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS billing_intervals (
-    session_id TEXT NOT NULL REFERENCES billing_sessions (session_id),
-    idx INTEGER NOT NULL,
-    start REAL NOT NULL,
-    end REAL,
-    PRIMARY KEY (session_id, idx)
-);
-"""
 
 MAX_REASON = 64
 
@@ -155,6 +137,8 @@ class SessionSummary:
     total: Money
     live_seconds: float
     timeline: tuple[tuple[float, float | None], ...]
+    fee: Money  # the platform's part of total (the ledger's fee rule on the whole total)
+    payout: Money
 
 
 @dataclass(frozen=True)
@@ -221,20 +205,27 @@ class _Session:
 
 @dataclass
 class _Batch:
-    postings: list[Posting] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    write: WriteBatch = field(default_factory=WriteBatch)
     notices: list[tuple[Callable[[Any], Any] | None, Any]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+
+    @property
+    def postings(self) -> list[Posting]:
+        return self.write.postings
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.write.events
 
 
 class Meter:
     def __init__(
         self,
-        db: Database,
+        store: BillingStore,
         ledger: Ledger | None = None,
         outbox: Outbox | None = None,
         *,
+        node_id: str = "",
         clock: Clock = time.time,
         refund_window_seconds: int = 72 * 3600,
         max_batch: int = 5000,
@@ -243,10 +234,13 @@ class Meter:
         on_unit: Callable[[UnitCharged], Awaitable[None] | None] | None = None,
         on_budget_warning: Callable[[BudgetWarning], Awaitable[None] | None] | None = None,
         on_budget_reached: Callable[[BudgetReached], Awaitable[None] | None] | None = None,
+        on_lost: Callable[[str], Awaitable[None] | None] | None = None,
     ) -> None:
-        self.db = db
-        self.ledger = ledger or Ledger(db)
-        self.outbox = outbox or Outbox(db)
+        self.store = store
+        self.ledger = ledger or Ledger(store)
+        self.outbox = outbox or Outbox(store)
+        # This node's name: its heartbeat and the owner recorded on the sessions it opens.
+        self.node_id = node_id
         self.clock = clock
         self.refund_window_seconds = refund_window_seconds
         self.max_batch = max_batch
@@ -264,7 +258,12 @@ class Meter:
         self.on_unit = on_unit
         self.on_budget_warning = on_budget_warning
         self.on_budget_reached = on_budget_reached
+        # Called with a session id when the store fenced this Meter off it (another owns it now).
+        self.on_lost = on_lost
         self._sessions: dict[str, _Session] = {}
+        # session -> the fencing token this Meter writes it with
+        self._fences: dict[str, int] = {}
+        self._lock = asyncio.Lock()
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
         self._wakeup: asyncio.Event | None = None
@@ -274,11 +273,10 @@ class Meter:
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.units_charged = 0  # by this process, for /metrics
-        db.migrate(DDL)
 
     # --- the session layer's calls -----------------------------------------------------------
 
-    def started(
+    async def started(
         self,
         session_id: str,
         expert_id: str,
@@ -287,6 +285,7 @@ class Meter:
         policy: BillingPolicy,
         budget_cap: Money | None = None,
         at: float | None = None,
+        fence: int = 0,
     ) -> RunningCost:
         """Open metering for a session (not yet live). Idempotent for identical terms."""
         at = self.clock() if at is None else at
@@ -302,74 +301,86 @@ class Meter:
             session_id, expert_id, client_id, price, policy, budget_cap, at,
             total=Money.zero(price.currency), last_at=at,
         )
-        existing = self._sessions.get(session_id)
-        if existing is not None:
-            if not existing.same_terms(session):
-                raise BillingError("session_exists", f"session {session_id} is metered with other terms")
+        async with self._lock:
+            existing = self._sessions.get(session_id)
+            if existing is not None:
+                if not existing.same_terms(session):
+                    raise BillingError("session_exists", f"session {session_id} is metered with other terms")
+                return self.running_cost(session_id)
+            stored = await self.store.session(session_id)
+            if stored is not None and stored.ended_at is not None:
+                raise BillingError("session_ended", f"session {session_id} has already ended")
+            if stored is not None:
+                raise BillingError("session_exists", f"session {session_id} is metered by {stored.owner or 'another meter'}")
+            batch = _Batch()
+            batch.write.opened.append(SessionOpened(
+                session_id, expert_id, client_id, price.to_dict(), policy.to_dict(),
+                budget_cap.amount if budget_cap else None, at, self.node_id,
+            ))
+            batch.events.append(self._event(session, f"{session_id}:started", "started", at, {
+                "price": price.to_dict(),
+                "policy": policy.to_dict(),
+                "budget_cap": budget_cap.amount if budget_cap else None,
+            }))
+            self._fences[session_id] = fence
+            self._sessions[session_id] = session
+            try:
+                await self._commit(batch)
+            except BaseException:
+                self._sessions.pop(session_id, None)
+                self._fences.pop(session_id, None)
+                raise
             return self.running_cost(session_id)
-        if self.db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (session_id,)):
-            raise BillingError("session_ended", f"session {session_id} has already ended")
-        batch = _Batch()
-        batch.statements.append((
-            "INSERT INTO billing_sessions (session_id, expert_id, client_id, price, policy, budget_cap, started_at)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (session_id, expert_id, client_id, json.dumps(price.to_dict()), json.dumps(policy.to_dict()),
-             budget_cap.amount if budget_cap else None, at),
-        ))
-        batch.events.append(self._event(session, f"{session_id}:started", "started", at, {
-            "price": price.to_dict(),
-            "policy": policy.to_dict(),
-            "budget_cap": budget_cap.amount if budget_cap else None,
-        }))
-        self._commit(batch)
-        self._sessions[session_id] = session
-        return self.running_cost(session_id)
 
-    def media_live(self, session_id: str, at: float | None = None) -> None:
+    async def media_live(self, session_id: str, at: float | None = None) -> None:
         """Both sides' media flows: the clock (re)starts. A no-op while already live."""
-        s = self._open(session_id)
-        if s.live:
-            return
-        at = self._clamp(s, at)
-        idx = len(s.intervals)
-        s.intervals.append([at, None])
-        s.last_at = at
-        batch = _Batch()
-        batch.statements.append((
-            "INSERT INTO billing_intervals (session_id, idx, start) VALUES (?,?,?)", (session_id, idx, at)
-        ))
-        batch.events.append(self._event(s, f"{session_id}:resumed:{idx}", "resumed", at, {
-            "interval": idx, "live_seconds": s.live_seconds(at), "units": s.units,
-        }))
-        self._advance(s, at, batch)
-        self._commit(batch)
-        self._schedule(s)
+        async with self._lock:
+            s = self._open(session_id)
+            if s.live:
+                return
+            at = self._clamp(s, at)
+            idx = len(s.intervals)
+            s.intervals.append([at, None])
+            s.last_at = at
+            batch = _Batch()
+            batch.write.intervals_opened.append((session_id, idx, at))
+            batch.events.append(self._event(s, f"{session_id}:resumed:{idx}", "resumed", at, {
+                "interval": idx, "live_seconds": s.live_seconds(at), "units": s.units,
+            }))
+            self._advance(s, at, batch)
+            await self._commit(batch)
+            if session_id in self._sessions:
+                self._schedule(s)
 
-    def media_paused(self, session_id: str, at: float | None = None) -> None:
+    async def media_paused(self, session_id: str, at: float | None = None) -> None:
         """Either side's media stopped (debounced): the clock stops mid-unit. A no-op while paused."""
-        s = self._open(session_id)
-        if not s.live:
-            return
-        at = self._clamp(s, at)
-        batch = _Batch()
-        self._pause(s, at, batch, "media")
-        self._commit(batch)
+        async with self._lock:
+            s = self._open(session_id)
+            if not s.live:
+                return
+            at = self._clamp(s, at)
+            batch = _Batch()
+            self._pause(s, at, batch, "media")
+            await self._commit(batch)
 
-    def ended(self, session_id: str, at: float | None = None, reason: str = "hangup") -> SessionSummary:
+    async def ended(self, session_id: str, at: float | None = None, reason: str = "hangup") -> SessionSummary:
         """Stop metering for good: charge what is due at ``at``, record the end. Idempotent."""
         if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON:
             raise BillingError("bad_request", f"the reason must be a 1-{MAX_REASON} character string")
-        s = self._sessions.get(session_id)
-        if s is None:
-            return self._stored_summary(session_id)
+        async with self._lock:
+            s = self._sessions.get(session_id)
+            if s is None:
+                return await self._stored_summary(session_id)
+            return await self._end(s, at, reason)
+
+    async def _end(self, s: _Session, at: float | None, reason: str) -> SessionSummary:
+        session_id = s.session_id
         at = self._clamp(s, at)
         batch = _Batch()
         self._advance(s, at, batch)
         if s.live:
             self._close_interval(s, at, batch)
-        batch.statements.append((
-            "UPDATE billing_sessions SET ended_at = ?, end_reason = ? WHERE session_id = ?", (at, reason, session_id)
-        ))
+        batch.write.ended.append((session_id, at, reason))
         totals = split(s.total, s.policy.platform_fee_bps)
         batch.events.append(self._event(s, f"{session_id}:ended", "ended", at, {
             "reason": reason,
@@ -381,14 +392,21 @@ class Meter:
             "timeline": [list(iv) for iv in s.timeline()],
         }))
         s.generation += 1
-        self._commit(batch)
-        del self._sessions[session_id]
-        return SessionSummary(session_id, reason, s.units, s.total, s.live_seconds(at), s.timeline())
+        await self._commit(batch)
+        self._sessions.pop(session_id, None)
+        self._fences.pop(session_id, None)
+        return SessionSummary(
+            session_id, reason, s.units, s.total, s.live_seconds(at), s.timeline(), totals.fee, totals.payout,
+        )
 
-    def set_budget(self, session_id: str, budget_cap: Money | None, at: float | None = None) -> RunningCost:
+    async def set_budget(self, session_id: str, budget_cap: Money | None, at: float | None = None) -> RunningCost:
         """Change the client's cap during the session (None: no cap). It cannot go below what was
         charged already, nor below one charge. A lower cap may warn or end the session at once;
         a higher one lifts a cap that was reached and warns again one unit before the new one."""
+        async with self._lock:
+            return await self._set_budget(session_id, budget_cap, at)
+
+    async def _set_budget(self, session_id: str, budget_cap: Money | None, at: float | None) -> RunningCost:
         s = self._open(session_id)
         price = s.price
         if budget_cap is not None:
@@ -402,10 +420,7 @@ class Meter:
         s.budget_cap = budget_cap
         s.capped = False
         batch = _Batch()
-        batch.statements.append((
-            "UPDATE billing_sessions SET budget_cap = ? WHERE session_id = ?",
-            (budget_cap.amount if budget_cap else None, session_id),
-        ))
+        batch.write.budgets.append((session_id, budget_cap.amount if budget_cap else None))
         # As after a charge: warn (once) when the next unit would not fit under the cap.
         next_over_cap = budget_cap is not None and price.kind is PriceKind.PER_MINUTE and s.total + price.amount > budget_cap
         if next_over_cap and s.units and not s.warned:
@@ -416,21 +431,30 @@ class Meter:
         s.warned = next_over_cap and s.units > 0
         self._advance(s, at, batch)
         s.generation += 1
-        self._commit(batch)
+        await self._commit(batch)
         self._schedule(s)
         return self.running_cost(session_id)
 
     def running_cost(self, session_id: str) -> RunningCost:
-        s = self._open(session_id)
+        return self._cost(self._open(session_id))
+
+    def _cost(self, s: _Session) -> RunningCost:
         now = self.clock()
         next_at = None
         threshold = s.next_threshold()
         if threshold is not None and s.live:
             next_at = s.wall_time_at(threshold[0])
         return RunningCost(
-            session_id, s.price, s.units, s.total, s.live, s.live_seconds(max(now, s.last_at)),
+            s.session_id, s.price, s.units, s.total, s.live, s.live_seconds(max(now, s.last_at)),
             s.budget_cap, next_at, s.timeline(), s.capped,
         )
+
+    def cost_of(self, stored: StoredSession) -> RunningCost:
+        """The running cost of a session as the store has it (any node, metered here or not)."""
+        s = self._load(stored)
+        if stored.ended_at is not None:
+            s.capped = True  # nothing more will be charged
+        return self._cost(s)
 
     def is_open(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -438,51 +462,58 @@ class Meter:
     def open_sessions(self) -> list[str]:
         return list(self._sessions)
 
-    def refund(self, session_id: str, *, by: str, reason: str = "", at: float | None = None) -> Refund:
-        """Reverse every charge of an ended session within the refund window. Idempotent."""
+    async def refund(self, session_id: str, *, by: str, reason: str = "", at: float | None = None) -> Refund:
+        """Reverse every charge of an ended session within the refund window. Idempotent, on any
+        node: the posting id is the session's, so a second refund cannot be written."""
         at = self.clock() if at is None else at
-        row = self.db.fetchone("SELECT * FROM billing_sessions WHERE session_id = ?", (session_id,))
+        row = await self.store.session(session_id)
         if row is None:
             raise BillingError("unknown_session", f"no metered session {session_id}")
-        if row["ended_at"] is None:
+        if row.ended_at is None:
             raise BillingError("session_open", "a session can be refunded once it has ended")
-        existing = self.ledger.get(f"{session_id}:refund")
+        existing = await self.ledger.get(f"{session_id}:refund")
         if existing is not None:
             return Refund(session_id, existing, created=False)
-        if at - row["ended_at"] > self.refund_window_seconds:
+        if at - row.ended_at > self.refund_window_seconds:
             raise BillingError("refund_window_closed", f"refunds close {self.refund_window_seconds} s after the session")
-        totals = self.ledger.session_totals(session_id)
+        totals = await self.ledger.session_totals(session_id)
         if not totals.gross or totals.currency is None:
             raise BillingError("nothing_to_refund", "the session was not charged")
         c = totals.currency
         posting = Posting(
-            f"{session_id}:refund", session_id, REFUND, None, row["expert_id"], row["client_id"],
+            f"{session_id}:refund", session_id, REFUND, None, row.expert_id, row.client_id,
             Money(totals.gross, c), Money(totals.fee, c), Money(totals.payout, c), at,
             memo=json.dumps({"by": by, "reason": reason}),
         )
         event = self.outbox.event(f"{session_id}:refunded", "refunded", session_id, at, {
-            "expert_id": row["expert_id"], "client_id": row["client_id"], "currency": c,
+            "expert_id": row.expert_id, "client_id": row.client_id, "currency": c,
             "amount": totals.gross, "fee": totals.fee, "payout": totals.payout, "units": totals.units,
             "by": by, "reason": reason,
         })
-        with self.db.transaction():
-            self.ledger.post(posting)
-            self.outbox.add_many([event])
+        created = (await self.ledger.post_many([posting], [event]))[0]
         self.outbox.notify()
+        if not created:  # another node refunded it meanwhile
+            stored = await self.ledger.get(posting.id)
+            assert stored is not None
+            return Refund(session_id, stored, created=False)
         return Refund(session_id, posting, created=True)
 
     # --- running ---------------------------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Recover open sessions, then serve the timers on the running loop."""
-        recovered = self.recover()
-        self._beat()
+    async def start(self, claim: "Claim | None" = None) -> list[str]:
+        """Recover open sessions (those ``claim`` grants, see ``recover``), then serve the timers."""
+        recovered = await self.recover(claim)
+        await self._beat()
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="meter")
         return recovered
 
-    def recover(self) -> list[str]:
-        """Reload the sessions a previous process left open.
+    async def recover(self, claim: "Claim | None" = None) -> list[str]:
+        """Reload the open sessions a previous meter left, and meter them from now on.
+
+        ``claim(stored)`` says whether this Meter may take a session over, with which fencing
+        token (None: leave it, another node's Meter owns it). Without it, every open session is
+        taken (one node: whatever is open was this node's).
 
         Nobody knows whether media flowed while no meter ran, so the client is not billed for it:
         a session that was live is billed up to the previous meter's last sign of life (its
@@ -491,27 +522,54 @@ class Meter:
         session is paused there with the reason ``meter_restart``. The session layer calls
         ``media_live`` when it sees both sides' media flowing again.
         """
-        rows = self.db.fetchall("SELECT * FROM billing_sessions WHERE ended_at IS NULL")
-        beat = self.db.fetchone("SELECT at FROM meter_heartbeat WHERE id = 1")
-        batch = _Batch()
         recovered = []
-        for row in rows:
-            if row["session_id"] in self._sessions:
-                continue
-            s = self._load(row)
-            self._sessions[s.session_id] = s
-            recovered.append(s.session_id)
-            if s.live:
-                alive_until = max(beat["at"] if beat else s.last_at, s.last_at)
-                self._pause(s, alive_until, batch, "meter_restart")
-            else:
-                self._advance(s, s.last_at, batch)
-        self._commit(batch)
+        async with self._lock:
+            batch = _Batch()
+            for stored in await self.store.open_sessions():
+                if stored.session_id in self._sessions:
+                    continue
+                fence = stored.fence if claim is None else await claim(stored)
+                if fence is None:
+                    continue
+                await self._take_over(stored, fence, batch)
+                recovered.append(stored.session_id)
+            await self._commit(batch)
         return recovered
 
-    def fire_due(self, now: float | None = None) -> int:
+    async def adopt(self, session_id: str, fence: int) -> bool:
+        """Meter a session whose meter was on a node that died (the caller holds its lease with
+        ``fence``): as ``recover`` does for one session. False when it is not open in the store."""
+        async with self._lock:
+            if session_id in self._sessions:
+                self._fences[session_id] = max(fence, self._fences.get(session_id, 0))
+                return True
+            stored = await self.store.session(session_id)
+            if stored is None or stored.ended_at is not None:
+                return False
+            batch = _Batch()
+            await self._take_over(stored, fence, batch)
+            await self._commit(batch)
+            return session_id in self._sessions
+
+    async def _take_over(self, stored: StoredSession, fence: int, batch: _Batch) -> None:
+        s = self._load(stored)
+        self._sessions[s.session_id] = s
+        self._fences[s.session_id] = fence
+        batch.touched.add(s.session_id)
+        if s.live:
+            beat = await self.store.last_beat(stored.owner)
+            alive_until = max(beat if beat is not None else s.last_at, s.last_at)
+            self._pause(s, alive_until, batch, "meter_restart")
+        else:
+            self._advance(s, s.last_at, batch)
+
+    async def fire_due(self, now: float | None = None) -> int:
         """Charge everything due by ``now``; returns the number of units charged. The timer task
         calls this; tests with a manual clock call it directly."""
+        async with self._lock:
+            return await self._fire_due(now)
+
+    async def _fire_due(self, now: float | None) -> int:
         now = self.clock() if now is None else now
         batch = _Batch()
         retry: list[_Session] = []
@@ -528,18 +586,24 @@ class Meter:
             else:
                 batch.touched.add(sid)
         try:
-            self._commit(batch)
+            await self._commit(batch)
         finally:
             for sid in batch.touched:
                 if sid in self._sessions:
                     self._schedule(self._sessions[sid])
             for s in retry:
-                self._schedule(s)
+                if s.session_id in self._sessions:
+                    self._schedule(s)
         return len(batch.postings)
+
+    async def settle(self) -> None:
+        """Wait until the callbacks of everything committed so far have run."""
+        while self._callbacks:
+            await asyncio.gather(*list(self._callbacks), return_exceptions=True)
 
     async def close(self) -> None:
         """Finish in-flight billing: stop the timer task, charge what is due now, await callbacks.
-        Open sessions stay open in SQLite and are recovered by the next start()."""
+        Open sessions stay open in the store and are recovered by the next start()."""
         if self._closed:
             return
         self._closed = True
@@ -549,8 +613,11 @@ class Meter:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self.fire_due()
-        self._beat()
+        try:
+            await self.fire_due()
+            await self._beat()
+        except Exception:
+            log.exception("the meter's last charges at close failed; the next start recovers them")
         if self._callbacks:
             await asyncio.gather(*self._callbacks, return_exceptions=True)
 
@@ -562,12 +629,12 @@ class Meter:
             # The heartbeat bounds what a restart bills: only open sessions need it, so a meter
             # with none neither writes nor wakes.
             if self._sessions and now >= self._next_beat:
-                self._beat(now)
+                await self._beat(now)
             if self._heap and self._heap[0][0] <= now:
                 try:
-                    self.fire_due()
+                    await self.fire_due()
                 except Exception:
-                    log.exception("metering tick failed; affected sessions reloaded from SQLite")
+                    log.exception("metering tick failed; affected sessions reloaded from the store")
                 await asyncio.sleep(self.tick_seconds)
                 continue
             self._wakeup.clear()
@@ -597,13 +664,10 @@ class Meter:
                 return
             heapq.heappop(self._heap)
 
-    def _beat(self, now: float | None = None) -> None:
+    async def _beat(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         try:
-            self.db.execute(
-                "INSERT INTO meter_heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                (now,),
-            )
+            await self.store.beat(self.node_id, now)
         except Exception:
             log.exception("meter heartbeat not recorded")
         self._next_beat = now + self.heartbeat_seconds
@@ -641,10 +705,7 @@ class Meter:
         s.closed_live += at - start
         s.last_at = at
         s.generation += 1
-        batch.statements.append((
-            "UPDATE billing_intervals SET end = ? WHERE session_id = ? AND idx = ?",
-            (at, s.session_id, len(s.intervals) - 1),
-        ))
+        batch.write.intervals_closed.append((s.session_id, len(s.intervals) - 1, at))
 
     def _advance(self, s: _Session, now: float, batch: _Batch) -> None:
         """Charge every unit of ``s`` due by ``now``, in order, and raise budget notices."""
@@ -722,25 +783,39 @@ class Meter:
         self._heap = [e for e in self._heap if (e[2], e[3]) in live]
         heapq.heapify(self._heap)
 
-    def _commit(self, batch: _Batch) -> None:
-        if not (batch.postings or batch.events or batch.statements):
+    async def _commit(self, batch: _Batch) -> None:
+        write = batch.write
+        if write.empty():
             self._dispatch(batch)
             return
+        write.fences = {sid: self._fences.get(sid, 0) for sid in write.touched()}
         try:
-            with self.db.transaction():
-                for sql, params in batch.statements:
-                    self.db.execute(sql, params)
-                if batch.postings:
-                    self.ledger.post_many(batch.postings)
-                self.outbox.add_many(batch.events)
-        except BaseException:
-            # Memory ran ahead of a transaction that did not commit: take SQLite's word for it.
-            for sid in {p.session_id for p in batch.postings} | {e["subject"] for e in batch.events}:
-                self._reload(sid)
+            await self.store.commit(write)
+        except StaleOwner as exc:
+            # Another node's Meter took these sessions over: forget them; the rest reload.
+            for sid in exc.session_ids:
+                self._forget(sid)
+            for sid in write.touched() - set(exc.session_ids):
+                await self._reload(sid)
             raise
-        self.units_charged += len(batch.postings)
+        except BaseException:
+            # Memory ran ahead of a transaction that did not commit: take the store's word for it.
+            for sid in write.touched():
+                await self._reload(sid)
+            raise
+        self.units_charged += len(write.postings)
         self.outbox.notify()
         self._dispatch(batch)
+
+    def _forget(self, session_id: str) -> None:
+        s = self._sessions.pop(session_id, None)
+        self._fences.pop(session_id, None)
+        if s is None:
+            return
+        s.generation += 1
+        log.warning("session %s: fenced off by a newer meter; no longer metered here", session_id)
+        if self.on_lost is not None:
+            self._dispatch(_Batch(notices=[(self.on_lost, session_id)]))
 
     def _dispatch(self, batch: _Batch) -> None:
         for callback, notice in batch.notices:
@@ -761,45 +836,49 @@ class Meter:
         if not task.cancelled() and task.exception() is not None:
             log.error("billing callback failed", exc_info=task.exception())
 
-    def _reload(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
-        row = self.db.fetchone(
-            "SELECT * FROM billing_sessions WHERE session_id = ? AND ended_at IS NULL", (session_id,)
-        )
-        if row is not None:
-            s = self._load(row)
-            self._sessions[session_id] = s
-            self._schedule(s)
+    async def _reload(self, session_id: str) -> None:
+        s = self._sessions.pop(session_id, None)
+        if s is None:
+            return
+        s.generation += 1
+        stored = await self.store.session(session_id)
+        if stored is not None and stored.ended_at is None:
+            fresh = self._load(stored)
+            self._sessions[session_id] = fresh
+            self._schedule(fresh)
+        else:
+            self._fences.pop(session_id, None)
 
-    def _load(self, row: Any) -> _Session:
-        price = Price.from_dict(json.loads(row["price"]))
-        policy = BillingPolicy.from_dict(json.loads(row["policy"]))
-        cap = Money(row["budget_cap"], price.currency) if row["budget_cap"] is not None else None
+    def _load(self, stored: StoredSession) -> _Session:
+        price = Price.from_dict(stored.price)
+        policy = BillingPolicy.from_dict(stored.policy)
+        cap = Money(stored.budget_cap, price.currency) if stored.budget_cap is not None else None
         s = _Session(
-            row["session_id"], row["expert_id"], row["client_id"], price, policy, cap, row["started_at"],
-            total=Money.zero(price.currency), last_at=row["started_at"],
+            stored.session_id, stored.expert_id, stored.client_id, price, policy, cap, stored.started_at,
+            total=Money.zero(price.currency), last_at=stored.started_at,
         )
-        for iv in self.db.fetchall(
-            "SELECT start, end FROM billing_intervals WHERE session_id = ? ORDER BY idx", (s.session_id,)
-        ):
-            s.intervals.append([iv["start"], iv["end"]])
-            if iv["end"] is not None:
-                s.closed_live += iv["end"] - iv["start"]
-            s.last_at = max(s.last_at, iv["start"], iv["end"] or 0.0)
-        totals = self.ledger.session_totals(s.session_id)
-        s.units = totals.units
-        s.total = Money(totals.gross, price.currency)
-        if s.units:
-            last = self.ledger.get(f"{s.session_id}:unit:{s.units - 1}")
-            if last is not None:
-                s.last_at = max(s.last_at, last.at)
+        for start, end in stored.intervals:
+            s.intervals.append([start, end])
+            if end is not None:
+                s.closed_live += end - start
+            s.last_at = max(s.last_at, start, end or 0.0)
+        s.units = stored.units
+        s.total = Money(stored.gross, price.currency)
+        if stored.last_unit_at is not None:
+            s.last_at = max(s.last_at, stored.last_unit_at)
         if cap is not None and s.price.kind is PriceKind.PER_MINUTE:
             s.warned = s.units > 0 and s.total + price.amount > cap
         return s
 
-    def _stored_summary(self, session_id: str) -> SessionSummary:
-        row = self.db.fetchone("SELECT * FROM billing_sessions WHERE session_id = ?", (session_id,))
-        if row is None or row["ended_at"] is None:
+    async def _stored_summary(self, session_id: str) -> SessionSummary:
+        stored = await self.store.session(session_id)
+        if stored is None or stored.ended_at is None:
             raise BillingError("unknown_session", f"session {session_id} is not being metered")
-        s = self._load(row)
-        return SessionSummary(session_id, row["end_reason"], s.units, s.total, s.closed_live, s.timeline())
+        s = self._load(stored)
+        totals = split(s.total, s.policy.platform_fee_bps)
+        return SessionSummary(
+            session_id, stored.end_reason or "", s.units, s.total, s.closed_live, s.timeline(), totals.fee, totals.payout,
+        )
+
+
+Claim = Callable[[StoredSession], Awaitable["int | None"]]

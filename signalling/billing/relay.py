@@ -1,7 +1,9 @@
 """Publishes the metering outbox to the Redis Stream ``expertcall:metering``, at least once.
 
 Rows are XADDed in outbox order and marked relayed only after Redis accepted them; a crash in
-between re-publishes them with the same event ids, which consumers deduplicate. Nothing is trimmed
+between re-publishes them with the same event ids, which consumers deduplicate. Every node runs a
+relay, but the store hands the outbox to one at a time (``BillingStore.relay_batch``: an advisory
+lock in PostgreSQL), so the stream keeps the outbox's order. Nothing is trimmed
 here: billing data stays in the stream until an operator trims what every group has acknowledged.
 """
 
@@ -36,19 +38,21 @@ class RedisRelay:
         self.poll_seconds = poll_seconds
         self.max_backoff = max_backoff
         self.published = 0
+        # Events not yet in the stream, as last counted (at most once a second), for /metrics.
+        self.backlog = 0
+        self._counted_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Event | None = None
         self._stopping = False
 
     async def relay_once(self) -> int:
-        rows = self.outbox.unrelayed(self.batch)
-        if not rows:
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for row in rows:
-            pipe.xadd(self.stream, {"id": row.id, "type": row.type, "event": row.body})
-        await pipe.execute()
-        self.outbox.mark_relayed([row.seq for row in rows])
+        async with self.outbox.store.relay_batch(self.batch) as rows:
+            if not rows:
+                return 0
+            pipe = self.redis.pipeline(transaction=False)
+            for row in rows:
+                pipe.xadd(self.stream, {"id": row.id, "type": row.type, "event": row.body})
+            await pipe.execute()
         self.published += len(rows)
         return len(rows)
 
@@ -93,6 +97,13 @@ class RedisRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
                 continue
+            loop_time = asyncio.get_running_loop().time()
+            if loop_time - self._counted_at >= 1.0:
+                self._counted_at = loop_time
+                try:
+                    self.backlog = await self.outbox.count_unrelayed()
+                except Exception as exc:  # a gauge: never stop relaying for it
+                    log.warning("metering relay: could not count the backlog (%s)", exc)
             if n == self.batch:
                 await asyncio.sleep(0)
                 continue

@@ -1,7 +1,8 @@
 """Billing inside the application: resources opened in a ``cleanup_ctx`` and the REST routes.
 
-``setup(app)`` is the one call ``create_app`` makes. At start-up the Meter recovers open sessions
-from SQLite and starts its timers, then the Redis relay (when ``redis_url`` is set) and the webhook
+``setup(app)`` is the one call ``create_app`` makes. At start-up the billing store opens (SQLite in
+the data dir, or the PostgreSQL every node shares with ``database_url``), the Meter recovers the
+open sessions it may own and starts its timers, then the Redis relay (when ``redis_url`` is set) and the webhook
 sender (when ``webhook_urls`` are) start publishing the outbox. At shutdown, after the session
 layer has ended its sessions, the Meter charges what is due, the relay flushes and everything
 closes; what is not flushed stays in the outbox for the next start.
@@ -26,6 +27,8 @@ from .fees import PlatformFees
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Meter
 from .outbox import Outbox
+from .store import StoredSession, open_store
+from .views import session_view
 from .relay import RedisRelay
 from .times import END_OF_TIME, parse_instant
 from .webhooks import WebhookSender
@@ -57,15 +60,19 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_urls and not settings.webhook_secret:
         raise SettingsError("webhook_urls need a webhook_secret (EXPERTCALL_WEBHOOK_SECRET) to sign with")
     db = app[keys.DATABASE]
-    ledger = Ledger(db)
-    outbox = Outbox(db)
-    meter = Meter(db, ledger, outbox, refund_window_seconds=settings.refund_window_seconds)
+    store, close_store = await open_store(settings, db)
+    ledger = Ledger(store)
+    outbox = Outbox(store)
+    meter = Meter(
+        store, ledger, outbox, node_id=settings.node_id, refund_window_seconds=settings.refund_window_seconds,
+    )
+    app[keys.BILLING_STORE] = store
     app[keys.LEDGER] = ledger
     app[keys.METER] = meter
-    app[keys.PLATFORM_FEES] = PlatformFees(db, settings.platform_fee_bps)
+    app[keys.PLATFORM_FEES] = PlatformFees(store, settings.platform_fee_bps)
     checkpointer = WalCheckpointer(db)
     checkpointer.start()
-    recovered = meter.start()
+    recovered = await meter.start(app.get(keys.METER_CLAIM))
     if recovered:
         log.info("metering recovered %d open sessions", len(recovered))
     redis = relay = None
@@ -75,7 +82,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         relay.start()
     webhooks = WebhookSender(outbox, settings.webhook_urls, settings.webhook_secret)
     webhooks.start()
-    collector = BillingCollector(meter, relay is not None)
+    collector = BillingCollector(meter, relay)
     app[keys.METRICS].registry.register(collector)
     try:
         yield
@@ -88,14 +95,16 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         if redis is not None:
             await redis.aclose()
         await checkpointer.close()
+        await close_store()
 
 
 class BillingCollector(Collector):
-    """Billing figures for /metrics, read at scrape time."""
+    """Billing figures for /metrics, read at scrape time (the outbox backlog is sampled by the
+    relay, which reads the store off the scrape's thread)."""
 
-    def __init__(self, meter: Meter, relaying: bool) -> None:
+    def __init__(self, meter: Meter, relay: RedisRelay | None) -> None:
         self.meter = meter
-        self.relaying = relaying
+        self.relay = relay
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -104,10 +113,10 @@ class BillingCollector(Collector):
         yield CounterMetricFamily(
             "expertcall_billing_units", "Units charged by this process", value=self.meter.units_charged
         )
-        if self.relaying:
+        if self.relay is not None:
             yield GaugeMetricFamily(
                 "expertcall_metering_outbox_unrelayed", "Metering events not yet in the Redis stream",
-                value=self.meter.outbox.count_unrelayed(),
+                value=self.relay.backlog,
             )
 
 
@@ -143,20 +152,19 @@ def _me(request: web.Request, *roles: Role) -> Identity:
 
 
 async def metering_feed(request: web.Request) -> web.Response:
-    """``GET /api/metering?after=<cursor>&limit=<n>`` (admin): the feed from SQLite, in order."""
+    """``GET /api/metering?after=<cursor>&limit=<n>`` (admin): the feed from the billing store, in
+    order: the same on every node."""
     _me(request, Role.ADMIN)
     after = _int_param(request, "after", 0, 0, 2**62)
     limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-    rows = request.app[keys.METER].outbox.after(after, limit)
+    rows = await request.app[keys.METER].outbox.after(after, limit)
     body = '{"events":[' + ",".join(r.body for r in rows) + '],"cursors":' + str([r.seq for r in rows])
     body += ',"next":' + str(rows[-1].seq if rows else after) + "}"
     return web.Response(text=body, content_type="application/json")
 
 
-def _session_row(request: web.Request, session_id: str) -> Any:
-    row = request.app[keys.METER].db.fetchone(
-        "SELECT expert_id, client_id, ended_at, end_reason FROM billing_sessions WHERE session_id = ?", (session_id,)
-    )
+async def _session_row(request: web.Request, session_id: str) -> StoredSession:
+    row = await request.app[keys.BILLING_STORE].session(session_id)
     if row is None:
         raise http_error(404, "unknown_session", f"no metered session {session_id}")
     return row
@@ -166,26 +174,18 @@ async def session_cost(request: web.Request) -> web.Response:
     """The running cost of an open session, or the totals of an ended one (its expert, client, admin)."""
     me = _me(request)
     session_id = request.match_info["session_id"]
-    row = _session_row(request, session_id)
-    if not me.is_admin and me.user_id not in (row["expert_id"], row["client_id"]):
+    row = await _session_row(request, session_id)
+    if not me.is_admin and me.user_id not in (row.expert_id, row.client_id):
         raise http_error(403, "forbidden", "only the session's expert, client or an admin may see its cost")
-    meter = request.app[keys.METER]
-    if meter.is_open(session_id):
-        return web.json_response({"open": True, **meter.running_cost(session_id).to_dict()})
-    totals = meter.ledger.session_totals(session_id)
-    return web.json_response({
-        "open": False, "session_id": session_id, "units": totals.units, "currency": totals.currency,
-        "total": totals.gross, "fee": totals.fee, "payout": totals.payout, "refunded": totals.refunded,
-        "end_reason": row["end_reason"],
-    })
+    return web.json_response(await session_view(request.app[keys.METER], row))
 
 
 async def refund(request: web.Request) -> web.Response:
     """``POST /api/billing/sessions/{id}/refund`` ``{"reason": "..."}``: an admin or the session's expert."""
     me = _me(request, Role.EXPERT)
     session_id = request.match_info["session_id"]
-    row = _session_row(request, session_id)
-    if not me.is_admin and me.user_id != row["expert_id"]:
+    row = await _session_row(request, session_id)
+    if not me.is_admin and me.user_id != row.expert_id:
         raise http_error(403, "forbidden", "only the session's expert or an admin may refund it")
     try:
         body = await request.json() if request.can_read_body else {}
@@ -195,7 +195,7 @@ async def refund(request: web.Request) -> web.Response:
     if not isinstance(reason, str) or len(reason) > 500:
         raise http_error(400, "bad_request", "reason must be a string of at most 500 characters")
     try:
-        result = request.app[keys.METER].refund(session_id, by=f"{me.role.value}:{me.user_id}", reason=reason)
+        result = await request.app[keys.METER].refund(session_id, by=f"{me.role.value}:{me.user_id}", reason=reason)
     except BillingError as exc:
         raise _billing_error(exc) from None
     p = result.posting
@@ -211,7 +211,7 @@ async def get_fee(request: web.Request) -> web.Response:
     expert_id = request.match_info["expert_id"]
     if not me.is_admin and me.user_id != expert_id:
         raise http_error(403, "forbidden", "experts see their own fee only")
-    return web.json_response(_fee_json(request, expert_id))
+    return web.json_response(await _fee_json(request, expert_id))
 
 
 async def put_fee(request: web.Request) -> web.Response:
@@ -226,16 +226,19 @@ async def put_fee(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) != {"platform_fee_bps"}:
         raise http_error(400, "bad_request", 'the body must be {"platform_fee_bps": <0-10000 or null>}')
     try:
-        request.app[keys.PLATFORM_FEES].set(expert_id, body["platform_fee_bps"], by=f"admin:{me.user_id}")
+        await request.app[keys.PLATFORM_FEES].set(expert_id, body["platform_fee_bps"], by=f"admin:{me.user_id}")
     except BillingError as exc:
         raise _billing_error(exc) from None
-    return web.json_response(_fee_json(request, expert_id))
+    return web.json_response(await _fee_json(request, expert_id))
 
 
-def _fee_json(request: web.Request, expert_id: str) -> dict[str, object]:
+async def _fee_json(request: web.Request, expert_id: str) -> dict[str, object]:
     fees = request.app[keys.PLATFORM_FEES]
-    override = fees.override(expert_id)
-    return {"expert_id": expert_id, "platform_fee_bps": fees.fee_bps(expert_id), "default": override is None}
+    override = await fees.override(expert_id)
+    return {
+        "expert_id": expert_id, "platform_fee_bps": fees.default_bps if override is None else override,
+        "default": override is None,
+    }
 
 
 async def statement(request: web.Request) -> web.Response:
@@ -246,7 +249,7 @@ async def statement(request: web.Request) -> web.Response:
         raise http_error(403, "forbidden", "experts see their own statement only")
     start = _instant_param(request, "from", 0.0)
     end = _instant_param(request, "to", END_OF_TIME)
-    return web.json_response(request.app[keys.LEDGER].statement(expert, start, end))
+    return web.json_response(await request.app[keys.LEDGER].statement(expert, start, end))
 
 
 async def export(request: web.Request) -> web.Response:
@@ -254,7 +257,7 @@ async def export(request: web.Request) -> web.Response:
     _me(request, Role.ADMIN)
     start = _instant_param(request, "from", 0.0)
     end = _instant_param(request, "to", END_OF_TIME)
-    rows = request.app[keys.LEDGER].export(start, end)
+    rows = await request.app[keys.LEDGER].export(start, end)
     if request.query.get("format", "json") == "csv":
         return web.Response(text=to_csv(rows), content_type="text/csv")
     return web.json_response(rows)

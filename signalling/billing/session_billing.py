@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,6 +38,7 @@ from .meter import (
     BudgetWarning,
     Meter,
     RunningCost,
+    SessionSummary,
     UnitCharged,
 )
 from .money import Money
@@ -104,12 +104,12 @@ class SessionBilling:
             if session is None:
                 continue
             if session.state is State.ENDED:
-                self.meter.ended(session_id, at=session.updated_at, reason=session.reason or "ended")
+                await self.meter.ended(session_id, at=session.updated_at, reason=session.reason or "ended")
                 continue
             if session.state is State.LIVE:
-                self.meter.media_live(session_id, at=session.updated_at)
+                await self.meter.media_live(session_id, at=session.updated_at)
             else:
-                self.meter.media_paused(session_id, at=session.updated_at)
+                await self.meter.media_paused(session_id, at=session.updated_at)
             if self.meter.running_cost(session_id).capped:
                 # The budget ran out while the server was down, before anyone could be told.
                 self._end(session_id)
@@ -117,12 +117,12 @@ class SessionBilling:
             session = await self.node.sessions.get(session_id)
             if session is None or session.state not in IN_PROGRESS or self.meter.is_open(session_id):
                 continue
-            if self.meter.db.fetchone("SELECT 1 FROM billing_sessions WHERE session_id = ?", (session_id,)):
+            if await self.meter.store.session(session_id) is not None:
                 continue
             # Accepted just before a crash, before metering opened.
-            self._start(session, session.updated_at)
+            await self._start(session, session.updated_at)
             if session.state is State.LIVE:
-                self.meter.media_live(session_id, at=session.updated_at)
+                await self.meter.media_live(session_id, at=session.updated_at)
 
     # --- the session machine drives the meter ---------------------------------------------------
 
@@ -131,59 +131,50 @@ class SessionBilling:
             return
         session, sid, at = transition.session, transition.session_id, transition.at
         if transition.state is State.ACCEPTED:
-            self._start(session, at)
+            await self._start(session, at)
         elif transition.state is State.LIVE and self.meter.is_open(sid):
-            self.meter.media_live(sid, at=at)
+            await self.meter.media_live(sid, at=at)
         elif transition.state is State.PAUSED and self.meter.is_open(sid):
-            self.meter.media_paused(sid, at=at)
+            await self.meter.media_paused(sid, at=at)
         elif transition.state is State.ENDED:
             if self.meter.is_open(sid):
-                self.meter.ended(sid, at=at, reason=transition.reason)
-                self._summarise(session, transition.reason)
+                self._summarise(session, await self.meter.ended(sid, at=at, reason=transition.reason))
 
-    def terms(self, session: Session) -> Quote:
+    async def terms(self, session: Session) -> Quote:
         """The session's quote; a session that has none (made before quotes existed) is quoted now."""
         if session.quote is not None:
             return Quote.from_dict(session.quote)
-        return quote_for(
+        return await quote_for(
             self.settings, self.app[keys.EXPERTS], self.app[keys.PLATFORM_FEES], session.expert_id, self.meter.clock()
         )
 
-    def _start(self, session: Session, at: float) -> None:
-        quote = self.terms(session)
+    async def _start(self, session: Session, at: float) -> None:
+        quote = await self.terms(session)
         price, policy = quote.price, quote.policy
         cap = Money(session.budget, price.currency) if session.budget is not None else None
+        args = (session.id, session.expert_id, session.client_id, price, policy)
         try:
-            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, policy, cap, at=at)
+            cost = await self.meter.started(*args, cap, at=at)
         except BillingError as exc:
             if exc.code != "budget_too_low":
                 raise
             # Only a session without a quote can get here (its price was looked up at accept).
-            cost = self.meter.started(session.id, session.expert_id, session.client_id, price, policy, at=at)
+            cost = await self.meter.started(*args, at=at)
             self._end(session.id)
         self._both(session.expert_id, session.client_id, cost_message(cost))
 
-    def _summarise(self, session: Session, reason: str) -> None:
-        row = self.meter.db.fetchone("SELECT price FROM billing_sessions WHERE session_id = ?", (session.id,))
-        assert row is not None  # the meter has just ended it
-        currency = json.loads(row["price"])["currency"]
-        totals = self.meter.ledger.session_totals(session.id)
-        live_seconds = self._live_seconds(session.id)
-        common = {"session_id": session.id, "reason": reason, "units": totals.units, "live_seconds": live_seconds}
+    def _summarise(self, session: Session, summary: SessionSummary) -> None:
+        common = {
+            "session_id": session.id, "reason": summary.reason, "units": summary.units,
+            "live_seconds": round(summary.live_seconds, 3),
+        }
         self._send(session.client_id, message(
-            "billing.summary", role="client", charged=money_json(Money(totals.gross, currency)), **common,
+            "billing.summary", role="client", charged=money_json(summary.total), **common,
         ))
         self._send(session.expert_id, message(
-            "billing.summary", role="expert", gross=money_json(Money(totals.gross, currency)),
-            fee=money_json(Money(totals.fee, currency)), payout=money_json(Money(totals.payout, currency)), **common,
+            "billing.summary", role="expert", gross=money_json(summary.total),
+            fee=money_json(summary.fee), payout=money_json(summary.payout), **common,
         ))
-
-    def _live_seconds(self, session_id: str) -> float:
-        row = self.meter.db.fetchone(
-            "SELECT coalesce(sum(end - start), 0) AS live FROM billing_intervals WHERE session_id = ? AND end IS NOT NULL",
-            (session_id,),
-        )
-        return round(float(row["live"]), 3) if row is not None else 0.0
 
     # --- the meter talks back -------------------------------------------------------------------
 
@@ -227,20 +218,20 @@ class SessionBilling:
     async def set_budget(self, session: Session, budget: int) -> dict[str, Any]:
         """The client's cap for ``session``; returns the ``billing.cost`` fields that follow from it."""
         if session.state in WAITING:
-            price = self.terms(session).price
+            price = (await self.terms(session)).price
             if price.kind is not PriceKind.FREE and budget < price.amount.amount:
                 raise ProtocolError("budget_too_low", f"a budget of {budget} does not cover one charge of {price.amount}")
             # On the session record, so that whichever node accepts it meters with the cap.
             async with self.node.backend.lock(f"expert:{session.expert_id}"):
                 current = await self.node.sessions.get(session.id)
                 if current is not None and current.state in WAITING:
-                    return self.cost(await self.node.sessions.save(current, budget=budget))
+                    return await self.cost(await self.node.sessions.save(current, budget=budget))
             session = current or session  # accepted meanwhile: the cap of a running session
         if session.state not in IN_PROGRESS or not self.meter.is_open(session.id):
             raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} is {session.state.value}: its budget is final")
         currency = self.meter.running_cost(session.id).price.currency
         try:
-            cost = self.meter.set_budget(session.id, Money(budget, currency))
+            cost = await self.meter.set_budget(session.id, Money(budget, currency))
         except BillingError as exc:
             raise ProtocolError(exc.code, exc.message) from None
         async with self.node.backend.lock(f"expert:{session.expert_id}"):
@@ -251,12 +242,12 @@ class SessionBilling:
         self._send(session.expert_id, msg)
         return msg
 
-    def cost(self, session: Session) -> dict[str, Any]:
+    async def cost(self, session: Session) -> dict[str, Any]:
         """The ``billing.cost`` of any session a participant may ask about."""
         if self.meter.is_open(session.id):
             return cost_message(self.meter.running_cost(session.id))
         if session.state in WAITING:
-            price = self.terms(session).price
+            price = (await self.terms(session)).price
             budget = session.budget
             return message(
                 "billing.cost",
@@ -269,23 +260,10 @@ class SessionBilling:
                 budget_cap=money_json(Money(budget, price.currency)) if budget is not None else None,
                 next_charge_at=None,
             )
-        row = self.meter.db.fetchone("SELECT price, budget_cap FROM billing_sessions WHERE session_id = ?", (session.id,))
-        if row is None:
+        stored = await self.meter.store.session(session.id)
+        if stored is None:
             raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} was never metered")
-        price = Price.from_dict(json.loads(row["price"]))
-        totals = self.meter.ledger.session_totals(session.id)
-        cap = row["budget_cap"]
-        return message(
-            "billing.cost",
-            session_id=session.id,
-            price=price.to_dict(),
-            units=totals.units,
-            total=money_json(Money(totals.gross, price.currency)),
-            live=False,
-            live_seconds=self._live_seconds(session.id),
-            budget_cap=money_json(Money(cap, price.currency)) if cap is not None else None,
-            next_charge_at=None,
-        )
+        return cost_message(self.meter.cost_of(stored))
 
     # --- delivery -------------------------------------------------------------------------------
 
@@ -335,7 +313,7 @@ async def on_billing_budget(conn: Connection, msg: dict[str, Any]) -> None:
 
 async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
     session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
-    reply = conn.app[keys.SESSION_BILLING].cost(session)
+    reply = await conn.app[keys.SESSION_BILLING].cost(session)
     await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
 
 

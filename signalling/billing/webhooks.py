@@ -4,7 +4,7 @@ The body is the CloudEvent's canonical JSON (``application/cloudevents+json``); 
 ``Expertcall-Signature: t=<unix>,v1=<hex>`` carries HMAC-SHA256(secret, f"{t}.{body}"). A receiver
 checks it with ``verify`` (constant-time, with a freshness window against replays) and
 deduplicates on the event ``id``: a retry is the same event with the same id and a new signature.
-Each URL has its own cursor in SQLite, advanced only after a 2xx; failures are retried with
+Each URL has its own cursor in the billing store, advanced only after a 2xx; failures are retried with
 exponential backoff, forever, so a receiver that is down for a day still gets everything.
 """
 
@@ -18,7 +18,6 @@ import time
 
 import aiohttp
 
-from ..database import Database
 from .outbox import Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -27,12 +26,6 @@ SIGNATURE_HEADER = "Expertcall-Signature"
 CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_TOLERANCE = 300
 
-DDL = """
-CREATE TABLE IF NOT EXISTS webhook_cursors (
-    url TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL
-);
-"""
 
 
 class WebhookSignatureError(Exception):
@@ -78,7 +71,6 @@ class WebhookSender:
         if urls and not secret:
             raise ValueError("webhooks need a secret to sign with (webhook_secret)")
         self.outbox = outbox
-        self.db: Database = outbox.db
         self.urls = tuple(urls)
         self.secret = secret
         self.base_delay = base_delay
@@ -88,11 +80,9 @@ class WebhookSender:
         self.attempts = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self.db.migrate(DDL)
 
-    def cursor(self, url: str) -> int:
-        row = self.db.fetchone("SELECT seq FROM webhook_cursors WHERE url = ?", (url,))
-        return int(row["seq"]) if row else 0
+    async def cursor(self, url: str) -> int:
+        return await self.outbox.store.webhook_cursor(url)
 
     def start(self) -> None:
         if not self.urls:
@@ -113,18 +103,14 @@ class WebhookSender:
     async def _run(self, url: str) -> None:
         waiter = self.outbox.subscribe()
         try:
-            cursor = self.cursor(url)
+            cursor = await self.cursor(url)
             while True:
                 waiter.clear()
-                rows = self.outbox.after(cursor, self.batch)
+                rows = await self.outbox.after(cursor, self.batch)
                 for row in rows:
                     await self._deliver(url, row)
                     cursor = row.seq
-                    self.db.execute(
-                        "INSERT INTO webhook_cursors (url, seq) VALUES (?, ?)"
-                        " ON CONFLICT (url) DO UPDATE SET seq = excluded.seq",
-                        (url, cursor),
-                    )
+                    await self.outbox.store.set_webhook_cursor(url, cursor)
                 if len(rows) < self.batch:
                     await self.outbox.wait(waiter, 1.0)
         finally:
