@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -69,6 +69,8 @@ class SignallingNode:
         self.sessions.add_listener(self.queues.on_transition)
         # Open sockets on this node by connection id; the websocket module adds and removes them.
         self.connections: dict[str, Any] = {}
+        # Envelopes other modules handle, by op (billing: transitions for the sessions it meters).
+        self.envelope_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
         self.closing = False
 
     async def start(self) -> None:
@@ -146,6 +148,8 @@ class SignallingNode:
             await self._kick(Location(self.node_id, envelope["conn_id"]))
         elif op in ("media", "close_room"):
             await self.media.on_envelope(envelope)
+        elif isinstance(op, str) and op in self.envelope_handlers:
+            await self.envelope_handlers[op](envelope)
         else:
             log.warning("node %s ignored an envelope with op %r", self.node_id, op)
 

@@ -185,3 +185,25 @@ async def test_memory_stashes_of_users_who_never_return_are_purged() -> None:
         await backend.stash(f"u{i}", {"n": i})
     await backend.stash("last", {"n": -1})
     assert len(backend.hub.stashes) == 1
+
+
+async def test_one_metering_lease_per_session_with_growing_fencing_tokens(make_node) -> None:  # type: ignore[no-untyped-def]
+    a, b, c = make_node("a"), make_node("b"), make_node("c")
+    for node in (a, b, c):
+        await node.start(ignore)
+    first = await a.meter_lease("s")
+    assert first is not None and await a.meter_lease("s") == first  # holding it: the same token
+    assert await b.meter_lease("s") is None  # a is alive
+    assert await b.meter_lease_holder("s") == "a"
+    await a.close()  # a dies: its lease may be taken over, once
+    taken = await asyncio.gather(b.meter_lease("s"), c.meter_lease("s"))
+    winners = [t for t in taken if t is not None]
+    assert len(winners) == 1 and winners[0] > first
+    holder = b if taken[0] is not None else c
+    await (c if holder is b else b).release_meter_lease("s")  # not theirs: stays
+    assert await a.meter_lease_holder("s") == holder.node_id
+    await holder.release_meter_lease("s")
+    assert await holder.meter_lease_holder("s") is None
+    # A new lease never goes back below what the store has seen (a backend that lost its count).
+    assert await holder.meter_lease("s", floor=100) == 101
+    assert await holder.meter_lease("other", floor=7) == 8

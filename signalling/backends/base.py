@@ -131,3 +131,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def lock(self, key: str) -> AsyncContextManager[None]:
         """Mutual exclusion on ``key`` across every node sharing this backend (not reentrant)."""
+
+    # --- metering leases ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def meter_lease(self, session_id: str, floor: int = 0) -> int | None:
+        """Hold the metering lease of a session for this node; its fencing token, or None while
+        another node that is alive holds it. A lease held by a node that is no longer alive is
+        taken over. Every acquisition gets a new token above every earlier one and above
+        ``floor`` (the highest token the billing store has seen, should the backend have lost
+        its count); holding it already returns the same token."""
+
+    @abc.abstractmethod
+    async def meter_lease_holder(self, session_id: str) -> str | None:
+        """The node holding a session's metering lease, if any."""
+
+    @abc.abstractmethod
+    async def release_meter_lease(self, session_id: str) -> None:
+        """Give up this node's lease (the session ended); a lease held by another node stays."""

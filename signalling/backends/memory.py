@@ -36,6 +36,8 @@ class MemoryHub:
         self.user_sessions: dict[str, str] = {}
         self.queues: dict[str, list[str]] = {}
         self.locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self.meter_leases: dict[str, tuple[str, int]] = {}  # session -> (node, token)
+        self.meter_tokens: dict[str, int] = {}  # session -> the last token handed out
 
 
 class MemoryBackend(Backend):
@@ -210,6 +212,29 @@ class MemoryBackend(Backend):
 
     async def queue(self, expert_id: str) -> list[str]:
         return list(self.hub.queues.get(expert_id, []))
+
+    # --- metering leases ------------------------------------------------------------------------
+
+    async def meter_lease(self, session_id: str, floor: int = 0) -> int | None:
+        held = self.hub.meter_leases.get(session_id)
+        if held is not None:
+            if held[0] == self.node_id:
+                return held[1]
+            if await self.node_alive(held[0]):
+                return None
+        token = max(self.hub.meter_tokens.get(session_id, 0), floor) + 1
+        self.hub.meter_tokens[session_id] = token
+        self.hub.meter_leases[session_id] = (self.node_id, token)
+        return token
+
+    async def meter_lease_holder(self, session_id: str) -> str | None:
+        held = self.hub.meter_leases.get(session_id)
+        return None if held is None else held[0]
+
+    async def release_meter_lease(self, session_id: str) -> None:
+        held = self.hub.meter_leases.get(session_id)
+        if held is not None and held[0] == self.node_id:
+            del self.hub.meter_leases[session_id]
 
     # --- coordination -------------------------------------------------------------------------
 

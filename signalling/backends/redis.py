@@ -4,8 +4,9 @@ It embeds the memory backend for the sockets this node holds and overrides every
 Keys live under one prefix (tests use a fresh one each): ``loc:<user>`` (node and connection,
 expiring unless touched by pings, so a crashed node's users do not stay "connected"),
 ``stash:<user>``, ``presence`` (a hash), ``session:<id>``, ``sessions:active`` (a set),
-``user_session:<user>``, ``dropped:<user>``, ``queue:<expert>`` (a list) and ``lock:<key>``; each node listens on the
-channel ``node:<node id>``.
+``user_session:<user>``, ``dropped:<user>``, ``queue:<expert>`` (a list), ``lock:<key>``, and
+``meter:<session>`` (the metering lease: node and fencing token) with ``meter_token:<session>``
+(its counter); each node listens on the channel ``node:<node id>``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,23 @@ log = logging.getLogger(__name__)
 # Delete or refresh a key only while it still holds our value.
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 _EXPIRE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
+# The metering lease (KEYS[1] = "<node>\n<token>") and its token counter (KEYS[2]). ARGV: this node,
+# the holder it may replace ("" when the lease must be free), the floor for a new token. Returns
+# the token held, or -1 when another holder is in the way.
+_METER_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local sep = string.find(current, '\\n', 1, true)
+    local holder = string.sub(current, 1, sep - 1)
+    if holder == ARGV[1] then return tonumber(string.sub(current, sep + 1)) end
+    if holder ~= ARGV[2] then return -1 end
+end
+local floor = tonumber(ARGV[3])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < floor then redis.call('SET', KEYS[2], floor) end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. token)
+return token
+"""
 
 
 class RedisBackend(MemoryBackend):
@@ -196,6 +214,33 @@ class RedisBackend(MemoryBackend):
 
     async def queue(self, expert_id: str) -> list[str]:
         return [str(_text(m)) for m in await self.redis.lrange(self._key("queue", expert_id), 0, -1)]
+
+    # --- metering leases ------------------------------------------------------------------------
+
+    async def meter_lease(self, session_id: str, floor: int = 0) -> int | None:
+        holder = await self.meter_lease_holder(session_id)
+        replaceable = ""
+        if holder is not None and holder != self.node_id:
+            if await self.node_alive(holder):
+                return None
+            replaceable = holder  # its node is gone: take it over (unless another node just did)
+        token = await self.redis.eval(
+            _METER_LEASE, 2, self._key("meter", session_id), self._key("meter_token", session_id),
+            self.node_id, replaceable, floor,
+        )
+        return None if int(token) < 0 else int(token)
+
+    async def meter_lease_holder(self, session_id: str) -> str | None:
+        raw = _text(await self.redis.get(self._key("meter", session_id)))
+        return None if not raw else raw.partition("\n")[0]
+
+    async def release_meter_lease(self, session_id: str) -> None:
+        key = self._key("meter", session_id)
+        raw = _text(await self.redis.get(key))
+        if raw and raw.partition("\n")[0] == self.node_id:
+            await self.redis.eval(_DELETE_IF, 1, key, raw)
+            # The counter outlives the lease a while: a late write of the old token stays refusable.
+            await self.redis.expire(self._key("meter_token", session_id), self.ended_session_ttl)
 
     # --- coordination -------------------------------------------------------------------------
 

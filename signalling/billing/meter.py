@@ -456,6 +456,14 @@ class Meter:
             s.capped = True  # nothing more will be charged
         return self._cost(s)
 
+    async def release(self, session_id: str) -> None:
+        """Stop metering a session here without writing anything: another node meters it now."""
+        async with self._lock:
+            s = self._sessions.pop(session_id, None)
+            self._fences.pop(session_id, None)
+            if s is not None:
+                s.generation += 1
+
     def is_open(self, session_id: str) -> bool:
         return session_id in self._sessions
 
@@ -503,7 +511,10 @@ class Meter:
     async def start(self, claim: "Claim | None" = None) -> list[str]:
         """Recover open sessions (those ``claim`` grants, see ``recover``), then serve the timers."""
         recovered = await self.recover(claim)
-        await self._beat()
+        if recovered:
+            # Not before: a node restarting under the same name would overwrite the beat that
+            # bounds what its previous incarnation's sessions are billed (adopt() reads it).
+            await self._beat()
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="meter")
         return recovered
