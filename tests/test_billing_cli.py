@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import time
 
 from click.testing import CliRunner
@@ -60,3 +61,41 @@ def test_consume_needs_redis(tmp_path, monkeypatch) -> None:  # type: ignore[no-
     monkeypatch.delenv("EXPERTCALL_REDIS_URL", raising=False)
     result = CliRunner().invoke(main, ["billing", "consume", "--group", "g", "--data-dir", str(tmp_path)])
     assert result.exit_code == 1 and "no Redis configured" in result.output
+
+
+def test_reconcile_finds_what_the_consumer_missed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from signalling.billing.consumer import ConsumerStore, Delivery
+
+    t0 = int(time.time()) - 3600
+    seed(tmp_path, t0)  # two units and their events
+    with sqlite3.connect(tmp_path / Database.FILENAME) as conn:
+        events = [json.loads(body) for (body,) in conn.execute("SELECT body FROM metering_outbox ORDER BY seq")]
+    runner = CliRunner()
+    d = ["--data-dir", str(tmp_path)]
+
+    def consumer_with(evts: list[dict]) -> str:  # type: ignore[type-arg]
+        path = tmp_path / f"consumer-{len(evts)}.sqlite3"
+        store = ConsumerStore(path)
+        store.apply([Delivery(f"{n}-0", {"id": e["id"], "type": e["type"], "event": json.dumps(e)})
+                     for n, e in enumerate(evts)])
+        store.close()
+        return str(path)
+
+    ok = runner.invoke(main, ["billing", "reconcile", "--group", "g", "--db", consumer_with(events + events), *d])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads(ok.output)
+    assert (report["ok"], report["ledger_units"], report["consumer_units"]) == (True, 2, 2)
+
+    lost = [e for e in events if e["id"] != "s:unit:1"]
+    forged = {**events[2], "id": "x:unit:0", "subject": "x"}
+    bad = runner.invoke(main, ["billing", "reconcile", "--group", "g", "--db", consumer_with(lost + [forged]), *d])
+    assert bad.exit_code == 1
+    report = json.loads(bad.output)
+    assert report["missing_from_consumer"] == ["s:unit:1"] and report["unknown_to_ledger"] == ["x:unit:0"]
+    assert report["differences"] == []  # a lost unit and a forged one add up the same: only ids tell
+    only_lost = runner.invoke(main, ["billing", "reconcile", "--group", "g", "--db", consumer_with(lost), *d])
+    report = json.loads(only_lost.output)
+    assert only_lost.exit_code == 1 and {(x["field"], x["ledger"], x["consumer"]) for x in report["differences"]} == {
+        ("units", 2, 1), ("gross", 2000, 1000), ("fee", 400, 200), ("payout", 1600, 800)}
+    missing_store = runner.invoke(main, ["billing", "reconcile", "--group", "nobody", *d])
+    assert missing_store.exit_code == 1 and "no consumer store" in missing_store.output

@@ -163,5 +163,29 @@ def refund(session_id: str, by: str, reason: str, data_dir: str | None, database
     click.echo(json.dumps({"created": result.created, "posting_id": p.id, "amount": p.gross.format()}))
 
 
+@billing.command()
+@click.option("--group", required=True, help="The consumer group whose counts to check.")
+@click.option("--db", "db_path", default=None, help="The consumer's SQLite (default DATA_DIR/metering-consumer-GROUP.sqlite3).")
+@click.option("--data-dir", default=None)
+@_DATABASE
+def reconcile(group: str, db_path: str | None, data_dir: str | None, database_url: str | None) -> None:
+    """Compare the ledger with what the reference consumer counted; print any difference (exit 1)."""
+    from .consumer import ConsumerStore
+    from .reconcile import reconcile as compare
+
+    settings = _settings(data_dir, database_url)
+    path = Path(db_path) if db_path else settings.data_dir / f"metering-consumer-{group}.sqlite3"
+    if not path.exists():
+        raise click.ClickException(f"no consumer store at {path}")
+    consumer = ConsumerStore(path)
+    try:
+        report = _run_with_store(settings, lambda store: compare(store, consumer))
+    finally:
+        consumer.close()
+    click.echo(json.dumps(report, indent=1))
+    if not report["ok"]:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     sys.exit(billing())

@@ -107,6 +107,10 @@ class ConsumerStore:
         row = self.db.fetchone("SELECT count(*) AS n FROM consumed_events")
         return int(row["n"]) if row else 0
 
+    def event_ids(self, event_type: str) -> set[str]:
+        """The ids of the events of one type counted so far."""
+        return {r["id"] for r in self.db.fetchall("SELECT id FROM consumed_events WHERE type = ?", (event_type,))}
+
     def totals(self) -> dict[tuple[str, str], dict[str, int]]:
         return {
             (r["expert_id"], r["currency"]): {k: r[k] for k in ("units", "gross", "fee", "payout")}

@@ -30,7 +30,7 @@ async def session_view(meter: Meter, stored: StoredSession) -> dict[str, Any]:
         "payout": totals.payout,
         "live": cost.live,
         "live_seconds": round(cost.live_seconds, 3),
-        "budget_cap": cost.budget_cap.amount if cost.budget_cap is not None else None,
+        "budget_cap": cost.budget_cap.to_dict() if cost.budget_cap is not None else None,
         "next_charge_at": cost.next_charge_at,
         "started_at": stored.started_at,
         "ended_at": stored.ended_at,

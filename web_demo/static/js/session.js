@@ -14,6 +14,7 @@ export const END_REASONS = {
   ring_timeout: "The expert did not answer in time.",
   cancelled: "The request was cancelled.",
   budget_reached: "The budget cap was reached.",
+  paused_timeout: "The call was paused for too long.",
   no_show: "The media never connected on both sides.",
   disconnected: "The connection was lost for too long.",
   expert_unavailable: "The expert went offline.",
