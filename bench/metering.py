@@ -220,17 +220,33 @@ async def run(
 @click.option("--ramp-seconds", type=float, default=None, help="Seconds over which sessions open (default: max(unit, sessions/1000)).")
 @click.option("--unit-seconds", type=int, default=1, show_default=True, help="Billing unit.")
 @click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True, help="Redis for the stream; '' to skip it.")
+@click.option("--database", default=None, help="postgresql:// URL: meter into a shared PostgreSQL (default: SQLite in a temp dir).")
+@click.option("--nodes", type=int, default=1, show_default=True, help="Node processes sharing the sessions (needs --database).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 def metering(
-    sessions: int, duration: float, ramp_seconds: float | None, unit_seconds: int, redis_url: str, json_path: str | None
+    sessions: int, duration: float, ramp_seconds: float | None, unit_seconds: int, redis_url: str,
+    database: str | None, nodes: int, json_path: str | None,
 ) -> None:
     """N metered sessions through the meter, ledger, outbox, Redis stream and consumer."""
     from signalling.cli import install_event_loop
 
+    if nodes < 1 or (nodes > 1 and not database):
+        raise click.UsageError("--nodes above 1 needs --database postgresql://...")
+    if database and not redis_url:
+        raise click.UsageError("--database needs --redis (each node relays the shared outbox)")
     install_event_loop()
-    report = asyncio.run(run(
-        sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url, ramp_seconds=ramp_seconds,
-    ))
+    if database:
+        from .metering_nodes import run as run_nodes
+
+        report = asyncio.run(run_nodes(
+            sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url,
+            database=database, nodes=nodes, ramp_seconds=ramp_seconds,
+        ))
+    else:
+        report = asyncio.run(run(
+            sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url,
+            ramp_seconds=ramp_seconds,
+        ))
     text = json.dumps(report, indent=1)
     click.echo(text)
     if json_path:
