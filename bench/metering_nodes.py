@@ -67,7 +67,8 @@ async def node(args: dict[str, Any]) -> dict[str, Any]:
             await meter.started(sid, f"e{i % 100}", f"c{i}", price, policy, at=now, fence=1)
             await meter.media_live(sid, at=now)
         await asyncio.sleep(max(0.0, started + (k + 1) * ramp / slices - time.time()))
-    ramp_end = args["start_at"] + ramp
+    ramp_done = time.time()  # later than start_at + ramp when the node could not open them that fast
+    ramp_end = max(args["start_at"] + ramp, ramp_done)
     await asyncio.sleep(max(0.0, ramp_end + args["duration"] - time.time()))
     ending = True
     for i in range(first, first + count):
@@ -79,6 +80,8 @@ async def node(args: dict[str, Any]) -> dict[str, Any]:
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "node_id": args["node_id"],
+        "ramp_done": ramp_done,
+        "steady_end": ramp_end + args["duration"],
         "charged": charged,
         "cpu_seconds": round(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime, 2),
         "published": relay.published,
@@ -142,8 +145,11 @@ async def run(
     await pool.close()
     await Redis.from_url(redis_url).delete(stream)
     charged = [tuple(c) for r in results for c in r["charged"]]
-    ramp_end = start_at + ramp
-    steady = [late for due, late in charged if ramp_end <= due < ramp_end + duration]
+    # The steady state: every session open on every node (a node that opened its sessions slower
+    # than the ramp asked starts its steady state when it is done) until the first node ends.
+    ramp_end = max(start_at + ramp, *(r["ramp_done"] for r in results))
+    steady_end = min(r["steady_end"] for r in results)
+    steady = [late for due, late in charged if ramp_end <= due < steady_end]
     return {
         "bench": "metering",
         "database": "postgresql",
@@ -152,13 +158,15 @@ async def run(
         "duration_s": duration,
         "unit_seconds": unit_seconds,
         "ramp_s": ramp,
+        "ramp_achieved_s": round(ramp_end - start_at, 2),
+        "steady_s": round(steady_end - ramp_end, 2),
         "units_charged_by_timer": len(charged),
         "ledger_units": postings["n"],
         "units_doubled": postings["n"] - postings["ids"],
         "lateness_all": summary([late for _, late in charged]),
         "lateness_steady": summary(steady),
         "lateness_max_ms_by_second": by_second([(d, late) for d, late in charged], start_at),
-        "units_per_second_steady": round(len(steady) / duration, 1),
+        "units_per_second_steady": round(len(steady) / max(1e-9, steady_end - ramp_end), 1),
         "consumer_events_per_second": round((counted_at_end - counted_at_ramp) / duration, 1),
         "consumer": {
             "events_in_outbox": total_events,

@@ -307,11 +307,11 @@ class Meter:
                 if not existing.same_terms(session):
                     raise BillingError("session_exists", f"session {session_id} is metered with other terms")
                 return self.running_cost(session_id)
-            stored = await self.store.session(session_id)
-            if stored is not None and stored.ended_at is not None:
+            ended = await self.store.session_ended(session_id)
+            if ended:
                 raise BillingError("session_ended", f"session {session_id} has already ended")
-            if stored is not None:
-                raise BillingError("session_exists", f"session {session_id} is metered by {stored.owner or 'another meter'}")
+            if ended is not None:
+                raise BillingError("session_exists", f"session {session_id} is metered by another meter")
             batch = _Batch()
             batch.write.opened.append(SessionOpened(
                 session_id, expert_id, client_id, price.to_dict(), policy.to_dict(),

@@ -135,6 +135,10 @@ class BillingStore(abc.ABC):
     async def session(self, session_id: str) -> StoredSession | None: ...
 
     @abc.abstractmethod
+    async def session_ended(self, session_id: str) -> bool | None:
+        """Whether a metered session has ended (None: never metered); one cheap lookup."""
+
+    @abc.abstractmethod
     async def open_sessions(self) -> list[StoredSession]:
         """Every session whose metering has not ended, oldest first."""
 

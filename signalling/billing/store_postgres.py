@@ -232,6 +232,10 @@ class PostgresBillingStore(BillingStore):
             row = await conn.fetchrow("SELECT * FROM billing_sessions WHERE session_id = $1", session_id)
             return None if row is None else await self._stored(conn, row)
 
+    async def session_ended(self, session_id: str) -> bool | None:
+        row = await self.pool.fetchrow("SELECT ended_at FROM billing_sessions WHERE session_id = $1", session_id)
+        return None if row is None else row["ended_at"] is not None
+
     async def open_sessions(self) -> list[StoredSession]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(

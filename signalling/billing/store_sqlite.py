@@ -210,6 +210,10 @@ class SqliteBillingStore(BillingStore):
         row = self.db.fetchone("SELECT * FROM billing_sessions WHERE session_id = ?", (session_id,))
         return None if row is None else self._stored(row)
 
+    async def session_ended(self, session_id: str) -> bool | None:
+        row = self.db.fetchone("SELECT ended_at FROM billing_sessions WHERE session_id = ?", (session_id,))
+        return None if row is None else row["ended_at"] is not None
+
     async def open_sessions(self) -> list[StoredSession]:
         rows = self.db.fetchall("SELECT * FROM billing_sessions WHERE ended_at IS NULL ORDER BY started_at, session_id")
         return [self._stored(r) for r in rows]
