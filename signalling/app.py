@@ -69,10 +69,22 @@ def media_options(settings: Settings) -> MediaOptions:
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-    db = Database.in_dir(app[keys.SETTINGS].data_dir)
+    """The node's SQLite file, and the PostgreSQL pool every shared store uses (database_url)."""
+    settings = app[keys.SETTINGS]
+    db = Database.in_dir(settings.data_dir)
     app[keys.DATABASE] = db
-    yield
-    db.close()
+    pool = None
+    if settings.database_url:
+        from .postgres import connect
+
+        pool = await connect(settings.database_url)
+        app[keys.POSTGRES] = pool
+    try:
+        yield
+    finally:
+        if pool is not None:
+            await pool.close()
+        db.close()
 
 
 async def media_plane_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,6 +1,7 @@
 """Experts: profile, pricing, weekly working hours in the expert's time zone, and ratings.
 
-``ExpertDirectory`` keeps them in the SQLite database. Availability (online / busy / away /
+``ExpertDirectory`` keeps them in an ``expert_store.ExpertStore`` (the node's SQLite, or the
+PostgreSQL database every node shares). Availability (online / busy / away /
 offline) and queue lengths live in the presence and queueing layers; the directory only asks
 them through two injected callables, so that it never depends on which backend runs:
 
@@ -23,11 +24,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .database import Database
 from .rest_errors import ApiError, InvalidInput
+
+if TYPE_CHECKING:
+    from .expert_store import ExpertStore
 
 log = logging.getLogger(__name__)
 
@@ -417,146 +420,56 @@ class SearchResult:
 
 # -- the directory --------------------------------------------------------------------------------
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS experts (
-    id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    bio TEXT NOT NULL,
-    skills TEXT NOT NULL,
-    languages TEXT NOT NULL,
-    price_mode TEXT NOT NULL,
-    price_amount INTEGER NOT NULL,
-    price_currency TEXT NOT NULL,
-    working_hours TEXT,
-    rating_count INTEGER NOT NULL DEFAULT 0,
-    rating_sum INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS expert_skills (
-    skill TEXT NOT NULL,
-    expert_id TEXT NOT NULL REFERENCES experts(id) ON DELETE CASCADE,
-    PRIMARY KEY (skill, expert_id)
-);
-CREATE TABLE IF NOT EXISTS expert_languages (
-    language TEXT NOT NULL,
-    primary_language TEXT NOT NULL,
-    expert_id TEXT NOT NULL REFERENCES experts(id) ON DELETE CASCADE,
-    PRIMARY KEY (language, expert_id)
-);
-CREATE INDEX IF NOT EXISTS expert_languages_primary ON expert_languages (primary_language);
-CREATE TABLE IF NOT EXISTS expert_ratings (
-    session_id TEXT PRIMARY KEY,
-    expert_id TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    stars INTEGER NOT NULL CHECK (stars BETWEEN 1 AND 5),
-    review TEXT,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS expert_ratings_by_expert ON expert_ratings (expert_id, created_at);
-"""
-
-# Rated experts first, best average first, then the better-established one.
-_ORDER = (
-    "ORDER BY (e.rating_count = 0), CAST(e.rating_sum AS REAL) / MAX(e.rating_count, 1) DESC, "
-    "e.rating_count DESC, e.id"
-)
-
 
 class ExpertDirectory:
+    """Profiles, search and ratings over an ``expert_store.ExpertStore`` (SQLite for one node,
+    PostgreSQL for many), with availability and queue lengths asked of the signalling layer."""
+
     def __init__(
         self,
-        db: Database,
+        store: "ExpertStore",
         availability: Availability = everyone_offline,
         waiting: Waiting = nobody_waiting,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db = db
+        self.store = store
         self.availability = availability
         self.waiting = waiting
         self.clock = clock
-        db.migrate(SCHEMA)
 
     # profiles
 
-    def get(self, expert_id: str) -> Expert | None:
-        row = self.db.fetchone("SELECT * FROM experts e WHERE id = ?", (expert_id,))
-        return _expert(row) if row else None
+    async def get(self, expert_id: str) -> Expert | None:
+        return await self.store.get(expert_id)
 
-    def upsert_profile(self, expert_id: str, profile: Profile) -> Expert:
+    async def upsert_profile(self, expert_id: str, profile: Profile) -> Expert:
         """Create or replace the profile; ratings are kept."""
         if not isinstance(expert_id, str) or not (0 < len(expert_id) <= MAX_ID):
             raise InvalidInput("invalid_expert_id", f"an expert id is 1-{MAX_ID} characters", "id")
-        now = int(self.clock())
-        p = profile
-        hours = json.dumps(p.working_hours.to_json()) if p.working_hours else None
-        with self.db.transaction() as conn:
-            conn.execute(
-                """INSERT INTO experts (id, display_name, bio, skills, languages, price_mode, price_amount,
-                       price_currency, working_hours, rating_count, rating_sum, created_at, updated_at)
-                   SELECT :id, :name, :bio, :skills, :languages, :mode, :amount, :currency, :hours,
-                       COUNT(*), COALESCE(SUM(stars), 0), :now, :now FROM expert_ratings WHERE expert_id = :id
-                   ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, bio = excluded.bio,
-                       skills = excluded.skills, languages = excluded.languages,
-                       price_mode = excluded.price_mode, price_amount = excluded.price_amount,
-                       price_currency = excluded.price_currency, working_hours = excluded.working_hours,
-                       updated_at = excluded.updated_at""",
-                {
-                    "id": expert_id,
-                    "name": p.display_name,
-                    "bio": p.bio,
-                    "skills": json.dumps(p.skills),
-                    "languages": json.dumps(p.languages),
-                    "mode": p.price.mode,
-                    "amount": p.price.amount,
-                    "currency": p.price.currency,
-                    "hours": hours,
-                    "now": now,
-                },
-            )
-            conn.execute("DELETE FROM expert_skills WHERE expert_id = ?", (expert_id,))
-            conn.executemany("INSERT INTO expert_skills VALUES (?, ?)", [(s, expert_id) for s in p.skills])
-            conn.execute("DELETE FROM expert_languages WHERE expert_id = ?", (expert_id,))
-            conn.executemany(
-                "INSERT INTO expert_languages VALUES (?, ?, ?)",
-                [(lang, lang.split("-")[0], expert_id) for lang in p.languages],
-            )
-        expert = self.get(expert_id)
-        assert expert is not None
-        return expert
+        return await self.store.upsert(expert_id, profile, int(self.clock()))
 
     # search
 
     async def search(self, query: SearchQuery) -> SearchResult:
         """Experts matching every given filter, rated best first, each with its availability."""
-        where, params = _filters(query)
-        sql_where = f"WHERE {' AND '.join(where)}" if where else ""
         if not query.available:
-            total = self.db.fetchall(f"SELECT COUNT(*) FROM experts e {sql_where}", params)[0][0]
-            rows = self.db.fetchall(
-                f"SELECT * FROM experts e {sql_where} {_ORDER} LIMIT ? OFFSET ?", [*params, query.limit, query.offset]
-            )
-            return SearchResult([(_expert(r), await self.availability_of(r["id"])) for r in rows], total)
-        # Availability lives outside SQLite: filter the ordered candidates, then page.
+            experts, total = await self.store.search(query, page=True)
+            return SearchResult([(e, await self.availability_of(e.id)) for e in experts], total)
+        # Availability lives outside the store: filter the ordered candidates, then page.
         matches: list[tuple[Expert, str]] = []
-        for row in self.db.fetchall(f"SELECT * FROM experts e {sql_where} {_ORDER}", params):
-            state = await self.availability_of(row["id"])
+        for expert in (await self.store.search(query, page=False))[0]:
+            state = await self.availability_of(expert.id)
             if state in query.available:
-                matches.append((_expert(row), state))
+                matches.append((expert, state))
         return SearchResult(matches[query.offset : query.offset + query.limit], len(matches))
 
     async def find_available(self, skill: str, states: Sequence[str] = ("online",), limit: int = 20) -> list[Expert]:
         """Experts with ``skill`` whose availability is in ``states``: earlier states first, then
         the best rated, then the one with the fewest clients waiting."""
-        rows = self.db.fetchall(
-            f"SELECT * FROM experts e WHERE e.id IN (SELECT expert_id FROM expert_skills WHERE skill = ?) {_ORDER}",
-            (normalise_skill(skill),),
-        )
         ranked: list[tuple[int, tuple[bool, Fraction, int], int, str, Expert]] = []
-        for row in rows:
-            state = await self.availability_of(row["id"])
+        for expert in await self.store.with_skill(normalise_skill(skill)):
+            state = await self.availability_of(expert.id)
             if state in states:
-                expert = _expert(row)
                 waiting = int(await maybe_await(self.waiting(expert.id)))
                 ranked.append((list(states).index(state), _rating_key(expert), waiting, expert.id, expert))
         ranked.sort(key=lambda t: t[:4])
@@ -571,7 +484,9 @@ class ExpertDirectory:
 
     # ratings
 
-    def add_rating(self, session_id: str, expert_id: str, client_id: str, stars: object, review: object = None) -> Rating:
+    async def add_rating(
+        self, session_id: str, expert_id: str, client_id: str, stars: object, review: object = None
+    ) -> Rating:
         """One rating per session. The caller has checked that ``client_id`` was that session's client."""
         if not isinstance(stars, int) or isinstance(stars, bool) or not (1 <= stars <= 5):
             raise InvalidInput("invalid_stars", "stars is a whole number from 1 to 5", "stars")
@@ -580,69 +495,17 @@ class ExpertDirectory:
         text = review.strip() if review else ""
         if len(text) > MAX_REVIEW:
             raise InvalidInput("invalid_review", f"the review is at most {MAX_REVIEW} characters", "review")
-        now = int(self.clock())
-        with self.db.transaction() as conn:
-            inserted = conn.execute(
-                "INSERT INTO expert_ratings VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING",
-                (session_id, expert_id, client_id, stars, text or None, now),
-            ).rowcount
-            if not inserted:
-                raise ApiError("already_rated", "this session has already been rated", "session_id", status=409)
-            conn.execute(
-                "UPDATE experts SET rating_count = rating_count + 1, rating_sum = rating_sum + ? WHERE id = ?",
-                (stars, expert_id),
-            )
-        return Rating(session_id, expert_id, client_id, stars, text or None, now)
+        rating = Rating(session_id, expert_id, client_id, stars, text or None, int(self.clock()))
+        if not await self.store.add_rating(rating):
+            raise ApiError("already_rated", "this session has already been rated", "session_id", status=409)
+        return rating
 
-    def ratings(self, expert_id: str, limit: int = 20, offset: int = 0) -> list[Rating]:
+    async def ratings(self, expert_id: str, limit: int = 20, offset: int = 0) -> list[Rating]:
         """The newest ratings first."""
-        rows = self.db.fetchall(
-            "SELECT * FROM expert_ratings WHERE expert_id = ? ORDER BY created_at DESC, session_id LIMIT ? OFFSET ?",
-            (expert_id, limit, offset),
-        )
-        return [
-            Rating(r["session_id"], r["expert_id"], r["client_id"], r["stars"], r["review"], r["created_at"])
-            for r in rows
-        ]
+        return await self.store.ratings(expert_id, limit, offset)
 
 
 def _rating_key(expert: Expert) -> tuple[bool, Fraction, int]:
     if not expert.rating_count:
         return (True, Fraction(0), 0)
     return (False, -Fraction(expert.rating_sum, expert.rating_count), -expert.rating_count)
-
-
-def _filters(q: SearchQuery) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    if q.skill is not None:
-        where.append("e.id IN (SELECT expert_id FROM expert_skills WHERE skill = ?)")
-        params.append(q.skill)
-    if q.language is not None:
-        # "pt" finds pt-BR and pt-PT speakers; "pt-BR" only the former.
-        column = "language" if "-" in q.language else "primary_language"
-        where.append(f"e.id IN (SELECT expert_id FROM expert_languages WHERE {column} = ?)")
-        params.append(q.language)
-    if q.mode is not None:
-        where.append("e.price_mode = ?")
-        params.append(q.mode)
-    if q.max_price is not None:
-        where.append("(e.price_mode = 'free' OR (e.price_currency = ? AND e.price_amount <= ?))")
-        params += [q.currency, q.max_price]
-    if q.min_rating is not None:
-        where.append("e.rating_count > 0 AND e.rating_sum * ? >= ? * e.rating_count")
-        params += [q.min_rating.denominator, q.min_rating.numerator]
-    return where, params
-
-
-def _expert(row: Any) -> Expert:
-    hours = json.loads(row["working_hours"]) if row["working_hours"] else None
-    profile = Profile(
-        display_name=row["display_name"],
-        bio=row["bio"],
-        skills=tuple(json.loads(row["skills"])),
-        languages=tuple(json.loads(row["languages"])),
-        price=Price(row["price_mode"], row["price_amount"], row["price_currency"]),
-        working_hours=WorkingHours.from_json(hours) if hours else None,
-    )
-    return Expert(row["id"], profile, row["rating_count"], row["rating_sum"], row["created_at"], row["updated_at"])

@@ -33,6 +33,8 @@ TOKENS = web.AppKey("tokens", TokenIssuer)
 METRICS = web.AppKey("metrics", Metrics)
 ICE_SERVERS = web.AppKey("ice_servers", IceServerProvider)
 DATABASE = web.AppKey("database", Database)
+# The asyncpg pool of the PostgreSQL database every node shares (set when database_url is).
+POSTGRES: web.AppKey[Any] = web.AppKey("postgres")
 EXPERTS = web.AppKey("experts", ExpertDirectory)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 # Optional, set by create_app before start-up: who hears about bookings (reminders, openings),

@@ -20,6 +20,7 @@ from aiohttp import web
 from . import keys, rest_errors
 from .auth import Identity, Role, authenticate
 from .experts import iso_utc
+from .booking_tables import open_booking_tables
 from .rest_errors import InvalidInput, http_error, int_param, read_json
 from .scheduling import STATES, Booking, BookingRules, BookingStore, Scheduler, parse_instant
 
@@ -56,7 +57,8 @@ def setup(app: web.Application) -> None:
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     rules = BookingRules.from_settings(app[keys.SETTINGS])
-    store = BookingStore(app[keys.DATABASE], app[keys.EXPERTS], rules)
+    tables = await open_booking_tables(app[keys.DATABASE], app.get(keys.POSTGRES))
+    store = BookingStore(tables, app[keys.EXPERTS], rules)
     scheduler = Scheduler(store, app.get(keys.BOOKING_LISTENER), app[keys.METRICS])
     app[keys.SCHEDULER] = scheduler
     yield
@@ -71,10 +73,10 @@ def _scheduler(request: web.Request) -> Scheduler:
     return request.app[keys.SCHEDULER]
 
 
-def _visible(request: web.Request, identity: Identity) -> Booking:
+async def _visible(request: web.Request, identity: Identity) -> Booking:
     """The booking in the path if the caller is a party or an admin; otherwise 404, so that
     strangers learn nothing about other people's bookings."""
-    booking = _scheduler(request).store.get(request.match_info["id"])
+    booking = await _scheduler(request).store.get(request.match_info["id"])
     if booking is None or not (identity.is_admin or booking.has_party(identity.user_id)):
         raise http_error(404, "booking_not_found", "no such booking", "id")
     return booking
@@ -97,18 +99,18 @@ async def list_bookings(request: web.Request) -> web.Response:
     limit = int_param(request.query, "limit", 50, 1, 200)
     offset = int_param(request.query, "offset", 0, 0, 10**9)
     user = None if identity.is_admin else identity.user_id
-    bookings = _scheduler(request).store.list_for(user, state, limit, offset)
+    bookings = await _scheduler(request).store.list_for(user, state, limit, offset)
     return web.json_response({"bookings": [b.to_json() for b in bookings], "limit": limit, "offset": offset})
 
 
 async def get_booking(request: web.Request) -> web.Response:
     identity = authenticate(request, request.app[keys.TOKENS])
-    return web.json_response(_visible(request, identity).to_json())
+    return web.json_response((await _visible(request, identity)).to_json())
 
 
 async def delete_booking(request: web.Request) -> web.Response:
     identity = authenticate(request, request.app[keys.TOKENS])
-    booking = _visible(request, identity)
+    booking = await _visible(request, identity)
     booking, _ = await _scheduler(request).cancel(booking.id, identity.user_id, request.query.get("reason"))
     return web.json_response(booking.to_json())
 
@@ -125,13 +127,13 @@ async def get_slots(request: web.Request) -> web.Response:
     default = min(max(DEFAULT_SLOT_SECONDS, rules.min_seconds), rules.max_seconds)
     duration = int_param(request.query, "duration", default, rules.min_seconds, rules.max_seconds)
     expert_id = request.match_info["id"]
-    free = store.free_intervals(expert_id, start, end)
+    free = await store.free_intervals(expert_id, start, end)
     slots: list[dict[str, str]] = []
     for s, e in free:
         while s + duration <= e and len(slots) < MAX_SLOTS:
             slots.append({"start": iso_utc(s), "end": iso_utc(s + duration)})
             s += duration
-    expert = store.directory.get(expert_id)
+    expert = await store.directory.get(expert_id)
     hours = expert.profile.working_hours if expert else None
     return web.json_response(
         {

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import keys, rest_errors
 from .auth import Role, authenticate
+from .expert_store import open_expert_store
 from .experts import (
     AVAILABILITY,
     PRICE_MODES,
@@ -94,7 +95,7 @@ def setup(app: web.Application) -> None:
 
 
 async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[keys.EXPERTS] = ExpertDirectory(app[keys.DATABASE])
+    app[keys.EXPERTS] = ExpertDirectory(await open_expert_store(app[keys.DATABASE], app.get(keys.POSTGRES)))
     yield
 
 
@@ -158,7 +159,7 @@ def search_query(params: Any) -> SearchQuery:
 async def get_expert(request: web.Request) -> web.Response:
     authenticate(request, request.app[keys.TOKENS])
     directory = _directory(request)
-    expert = directory.get(request.match_info["id"])
+    expert = await directory.get(request.match_info["id"])
     if expert is None:
         raise http_error(404, "expert_not_found", "no such expert", "id")
     return web.json_response(expert.to_json(await directory.availability_of(expert.id)))
@@ -171,15 +172,15 @@ async def put_expert(request: web.Request) -> web.Response:
         raise http_error(403, "forbidden", "experts can only edit their own profile", "id")
     body = await read_json(request, PROFILE_SCHEMA)
     directory = _directory(request)
-    created = directory.get(expert_id) is None
-    expert = directory.upsert_profile(expert_id, Profile.from_json(body))
+    created = await directory.get(expert_id) is None
+    expert = await directory.upsert_profile(expert_id, Profile.from_json(body))
     return web.json_response(expert.to_json(await directory.availability_of(expert.id)), status=201 if created else 200)
 
 
 async def list_ratings(request: web.Request) -> web.Response:
     authenticate(request, request.app[keys.TOKENS])
     directory = _directory(request)
-    expert = directory.get(request.match_info["id"])
+    expert = await directory.get(request.match_info["id"])
     if expert is None:
         raise http_error(404, "expert_not_found", "no such expert", "id")
     limit = int_param(request.query, "limit", 20, 1, MAX_PAGE)
@@ -187,7 +188,7 @@ async def list_ratings(request: web.Request) -> web.Response:
     # Reviews are public; who wrote them is not.
     ratings = [
         {k: v for k, v in r.to_json().items() if k != "client_id"}
-        for r in directory.ratings(expert.id, limit, offset)
+        for r in await directory.ratings(expert.id, limit, offset)
     ]
     return web.json_response(
         {"rating": {"average": expert.rating_average, "count": expert.rating_count}, "ratings": ratings}
@@ -208,7 +209,7 @@ async def post_rating(request: web.Request) -> web.Response:
         raise http_error(409, "session_not_ended", "a session can be rated once it has ended", "session_id")
     body = await read_json(request, RATING_SCHEMA)
     directory = _directory(request)
-    rating = directory.add_rating(session_id, expert_id, client_id, body["stars"], body.get("review"))
-    expert = directory.get(expert_id)
+    rating = await directory.add_rating(session_id, expert_id, client_id, body["stars"], body.get("review"))
+    expert = await directory.get(expert_id)
     summary = {"average": expert.rating_average, "count": expert.rating_count} if expert else None
     return web.json_response({"rating": rating.to_json(), "expert_rating": summary}, status=201)

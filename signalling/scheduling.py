@@ -1,12 +1,14 @@
 """Scheduled sessions: bookings of a slot in an expert's working hours, reminders, and the opening.
 
-``BookingStore`` keeps bookings in SQLite and enforces the rules (inside the expert's hours, no
-overlap for the expert or the client, notice and horizon) in one ``BEGIN IMMEDIATE`` transaction,
-so two requests for the same slot - even from two processes - cannot both succeed.
+``BookingStore`` enforces the rules (inside the expert's hours, no overlap for the expert or the
+client, notice and horizon) over ``booking_tables.BookingTables`` - the node's SQLite, or the
+PostgreSQL every node shares - which makes the overlap check and the insert one atomic step, so
+two requests for the same slot - even on two processes or two nodes - cannot both succeed.
 
 ``Scheduler`` is one asyncio task that tells a ``BookingListener`` when reminders and openings are
-due. It keeps no state of its own: every wake-up reads the pending bookings from SQLite, so a
-restart picks up where the last process stopped. Each reminder and each opening is recorded
+due. It keeps no state of its own: every wake-up reads the pending bookings from the store, so a
+restart picks up where the last process stopped (and several nodes' schedulers share the work:
+each reminder and opening is recorded by one of them only). Each reminder and each opening is recorded
 before the listener hears of it, so none is delivered twice, even across a restart; the price is
 that one interrupted mid-delivery is lost rather than repeated. After downtime, only the most
 recent overdue reminder of a booking is sent, and a booking whose start passed while the server
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from .database import Database
+from .booking_tables import BOOKED, CANCELLED, MISSED, OPEN, BookingTables
 from .experts import ExpertDirectory, iso_utc
 from .metrics import Metrics
 from .rest_errors import ApiError, InvalidInput
@@ -33,10 +35,8 @@ from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
-BOOKED = "booked"  # waiting for its start
-OPEN = "open"  # its start came and the listener was told to open the session
-CANCELLED = "cancelled"
-MISSED = "missed"  # its whole slot passed while the server was down
+# booked: waiting for its start; open: its start came and the listener was told to open the
+# session; cancelled; missed: its whole slot passed while the server was down.
 STATES = (BOOKED, OPEN, CANCELLED, MISSED)
 
 MAX_TOPIC = 500
@@ -139,56 +139,26 @@ class BookingListener:
         """``by`` (a party or an admin) cancelled ``booking`` before its start."""
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS bookings (
-    id TEXT PRIMARY KEY,
-    expert_id TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    start INTEGER NOT NULL,
-    "end" INTEGER NOT NULL CHECK ("end" > start),
-    state TEXT NOT NULL,
-    topic TEXT,
-    created_at INTEGER NOT NULL,
-    opened_at INTEGER,
-    cancelled_at INTEGER,
-    cancelled_by TEXT,
-    cancel_reason TEXT,
-    quote TEXT
-);
-CREATE INDEX IF NOT EXISTS bookings_by_expert ON bookings (expert_id, start);
-CREATE INDEX IF NOT EXISTS bookings_by_client ON bookings (client_id, start);
-CREATE INDEX IF NOT EXISTS bookings_by_state ON bookings (state, start);
-CREATE TABLE IF NOT EXISTS booking_reminders (
-    booking_id TEXT NOT NULL REFERENCES bookings(id),
-    lead_seconds INTEGER NOT NULL,
-    outcome TEXT NOT NULL,  -- 'sent', or 'skipped' when its time had passed
-    at INTEGER NOT NULL,
-    PRIMARY KEY (booking_id, lead_seconds)
-);
-"""
-
-_ACTIVE = f"state IN ('{BOOKED}', '{OPEN}')"
-
 
 class BookingStore:
+    """The booking rules over ``booking_tables.BookingTables`` (SQLite, or PostgreSQL for many nodes)."""
+
     def __init__(
         self,
-        db: Database,
+        tables: BookingTables,
         directory: ExpertDirectory,
         rules: BookingRules,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db = db
+        self.tables = tables
         self.directory = directory
         self.rules = rules
         self.clock = clock
         # expert_id -> the terms of a session booked now (billing's quote as a dict), stored with
         # the booking; set by the application's wiring (None: bookings carry no quote).
         self.quoter: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
-        db.migrate(SCHEMA)
-        db.add_column("bookings", "quote", "TEXT")
 
-    def create(
+    async def create(
         self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None,
         quote: dict[str, Any] | None = None,
     ) -> tuple[Booking, bool]:
@@ -201,7 +171,7 @@ class BookingStore:
         topic = topic.strip() or None if topic else None
         if client_id == expert_id:
             raise InvalidInput("self_booking", "an expert cannot book themselves", "expert_id")
-        expert = self.directory.get(expert_id)
+        expert = await self.directory.get(expert_id)
         if expert is None:
             raise ApiError("expert_not_found", f"no expert {expert_id!r}", "expert_id", status=404)
         hours = expert.profile.working_hours
@@ -225,73 +195,35 @@ class BookingStore:
                 f"the slot is not inside the expert's working hours ({hours.time_zone})",
                 "start",
             )
-        with self.db.transaction() as conn:
-            same = conn.execute(
-                f"SELECT * FROM bookings WHERE client_id = ? AND expert_id = ? AND start = ? AND \"end\" = ? AND {_ACTIVE}",
-                (client_id, expert_id, start, end),
-            ).fetchone()
-            if same:
-                return _booking(same), False
-            overlap = f'start < ? AND "end" > ? AND {_ACTIVE}'
-            if conn.execute(f"SELECT 1 FROM bookings WHERE expert_id = ? AND {overlap}", (expert_id, end, start)).fetchone():
-                raise ApiError("slot_taken", "the expert already has a booking at that time", "start", status=409)
-            if conn.execute(f"SELECT 1 FROM bookings WHERE client_id = ? AND {overlap}", (client_id, end, start)).fetchone():
-                raise ApiError("client_busy", "you already have a booking at that time", "start", status=409)
-            booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
-            conn.execute(
-                "INSERT INTO bookings (id, expert_id, client_id, start, \"end\", state, topic, created_at, quote) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (booking.id, expert_id, client_id, start, end, BOOKED, topic, now, json.dumps(quote) if quote else None),
-            )
-            # A reminder whose time has already passed would only repeat what the client just did.
-            conn.executemany(
-                "INSERT INTO booking_reminders VALUES (?, ?, 'skipped', ?)",
-                [(booking.id, lead, now) for lead in rules.reminder_leads if start - lead <= now],
-            )
-        return booking, True
+        booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
+        # A reminder whose time has already passed would only repeat what the client just did.
+        skipped = [lead for lead in rules.reminder_leads if start - lead <= now]
+        return await self.tables.insert_if_free(booking, skipped)
 
-    def cancel(self, booking_id: str, by: str, reason: str | None = None) -> tuple[Booking, bool]:
+    async def cancel(self, booking_id: str, by: str, reason: str | None = None) -> tuple[Booking, bool]:
         """Cancel before the start: the booking and whether this call cancelled it (a repeated
         cancel is harmless). The caller has checked that ``by`` may cancel it."""
         if reason is not None and len(reason) > MAX_REASON:
             raise InvalidInput("invalid_reason", f"the reason is at most {MAX_REASON} characters", "reason")
-        now = int(self.clock())
-        with self.db.transaction() as conn:
-            changed = conn.execute(
-                f"UPDATE bookings SET state = '{CANCELLED}', cancelled_at = ?, cancelled_by = ?, cancel_reason = ? "
-                f"WHERE id = ? AND state = '{BOOKED}' AND start > ?",
-                (now, by, reason.strip() or None if reason else None, booking_id, now),
-            ).rowcount
-            booking = self.get(booking_id)
+        changed = await self.tables.cancel(booking_id, by, reason.strip() or None if reason else None, int(self.clock()))
+        booking = await self.get(booking_id)
         if booking is None:
             raise ApiError("booking_not_found", f"no booking {booking_id!r}", "id", status=404)
         if not changed and booking.state != CANCELLED:
             raise ApiError("booking_started", "a booking can only be cancelled before it starts", "id", status=409)
-        return booking, bool(changed)
+        return booking, changed
 
-    def get(self, booking_id: str) -> Booking | None:
-        row = self.db.fetchone("SELECT * FROM bookings WHERE id = ?", (booking_id,))
-        return _booking(row) if row else None
+    async def get(self, booking_id: str) -> Booking | None:
+        return await self.tables.get(booking_id)
 
-    def list_for(self, user_id: str | None, state: str | None = None, limit: int = 50, offset: int = 0) -> list[Booking]:
+    async def list_for(self, user_id: str | None, state: str | None = None, limit: int = 50, offset: int = 0) -> list[Booking]:
         """A user's bookings as client or expert (everyone's for None), by start time."""
-        where, params = [], []
-        if user_id is not None:
-            where.append("(client_id = ? OR expert_id = ?)")
-            params += [user_id, user_id]
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        sql_where = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.db.fetchall(
-            f"SELECT * FROM bookings {sql_where} ORDER BY start, id LIMIT ? OFFSET ?", [*params, limit, offset]
-        )
-        return [_booking(r) for r in rows]
+        return await self.tables.list_for(user_id, state, limit, offset)
 
-    def free_intervals(self, expert_id: str, start: int, end: int) -> list[tuple[int, int]]:
+    async def free_intervals(self, expert_id: str, start: int, end: int) -> list[tuple[int, int]]:
         """The expert's bookable time in [start, end): working hours within the notice and the
         horizon, minus active bookings."""
-        expert = self.directory.get(expert_id)
+        expert = await self.directory.get(expert_id)
         if expert is None:
             raise ApiError("expert_not_found", f"no expert {expert_id!r}", "id", status=404)
         hours = expert.profile.working_hours
@@ -303,89 +235,40 @@ class BookingStore:
             # Offer round times, not "10:03:27".
             start = -(-earliest // SLOT_ALIGN_SECONDS) * SLOT_ALIGN_SECONDS
         end = min(end, now + self.rules.max_days_ahead * 86400 + self.rules.max_seconds)
-        busy = self.db.fetchall(
-            f'SELECT start, "end" FROM bookings WHERE expert_id = ? AND start < ? AND "end" > ? AND {_ACTIVE} ORDER BY start',
-            (expert_id, end, start),
-        )
+        busy = await self.tables.busy(expert_id, start, end)
         free: list[tuple[int, int]] = []
         for s, e in hours.intervals(start, end):
-            for row in busy:
-                if row["end"] <= s or row["start"] >= e:
+            for b_start, b_end in busy:
+                if b_end <= s or b_start >= e:
                     continue
-                if row["start"] > s:
-                    free.append((s, row["start"]))
-                s = max(s, row["end"])
+                if b_start > s:
+                    free.append((s, b_start))
+                s = max(s, b_end)
             if s < e:
                 free.append((s, e))
         return free
 
     # What the scheduler reads and records.
 
-    def pending(self, until: float) -> list[tuple[Booking, set[int]]]:
+    async def pending(self, until: float) -> list[tuple[Booking, set[int]]]:
         """Bookings still waiting for their start that start by ``until``, with the reminder leads
         already handled."""
-        rows = self.db.fetchall(
-            f"SELECT * FROM bookings WHERE state = '{BOOKED}' AND start <= ? ORDER BY start", (until,)
-        )
-        out = []
-        for row in rows:
-            handled = {r[0] for r in self.db.fetchall(
-                "SELECT lead_seconds FROM booking_reminders WHERE booking_id = ?", (row["id"],)
-            )}
-            out.append((_booking(row), handled))
-        return out
+        return await self.tables.pending(until)
 
-    def next_start(self) -> int | None:
-        row = self.db.fetchone(f"SELECT MIN(start) FROM bookings WHERE state = '{BOOKED}'")
-        return row[0] if row else None
+    async def next_start(self) -> int | None:
+        return await self.tables.next_start()
 
-    def record_reminder(self, booking_id: str, lead: int, skipped: list[int]) -> bool:
+    async def record_reminder(self, booking_id: str, lead: int, skipped: list[int]) -> bool:
         """Record ``lead`` as sent and ``skipped`` as passed; False if the booking is no longer
-        waiting or the reminder was already recorded."""
-        now = int(self.clock())
-        with self.db.transaction() as conn:
-            if not conn.execute(f"SELECT 1 FROM bookings WHERE id = ? AND state = '{BOOKED}'", (booking_id,)).fetchone():
-                return False
-            sent = conn.execute(
-                "INSERT INTO booking_reminders VALUES (?, ?, 'sent', ?) ON CONFLICT DO NOTHING",
-                (booking_id, lead, now),
-            ).rowcount
-            conn.executemany(
-                "INSERT INTO booking_reminders VALUES (?, ?, 'skipped', ?) ON CONFLICT DO NOTHING",
-                [(booking_id, s, now) for s in skipped],
-            )
-        return bool(sent)
+        waiting or the reminder was already recorded (by this node or another)."""
+        return await self.tables.record_reminder(booking_id, lead, skipped, int(self.clock()))
 
-    def record_start(self, booking_id: str) -> Booking | None:
+    async def record_start(self, booking_id: str) -> Booking | None:
         """Move a waiting booking whose start has come to ``open`` (or ``missed`` if its slot is
         over); the updated booking, or None if it was no longer waiting."""
-        now = int(self.clock())
-        with self.db.transaction() as conn:
-            changed = conn.execute(
-                f"UPDATE bookings SET state = CASE WHEN \"end\" > :now THEN '{OPEN}' ELSE '{MISSED}' END, "
-                f"opened_at = CASE WHEN \"end\" > :now THEN :now END "
-                f"WHERE id = :id AND state = '{BOOKED}' AND start <= :now",
-                {"now": now, "id": booking_id},
-            ).rowcount
-        return self.get(booking_id) if changed else None
-
-
-def _booking(row: Any) -> Booking:
-    return Booking(
-        id=row["id"],
-        expert_id=row["expert_id"],
-        client_id=row["client_id"],
-        start=row["start"],
-        end=row["end"],
-        state=row["state"],
-        topic=row["topic"],
-        created_at=row["created_at"],
-        opened_at=row["opened_at"],
-        cancelled_at=row["cancelled_at"],
-        cancelled_by=row["cancelled_by"],
-        cancel_reason=row["cancel_reason"],
-        quote=json.loads(row["quote"]) if row["quote"] else None,
-    )
+        if not await self.tables.record_start(booking_id, int(self.clock())):
+            return None
+        return await self.get(booking_id)
 
 
 class Scheduler:
@@ -412,14 +295,14 @@ class Scheduler:
 
     async def book(self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None) -> tuple[Booking, bool]:
         quote = await self.store.quoter(expert_id) if self.store.quoter is not None else None
-        booking, created = self.store.create(client_id, expert_id, start, end, topic, quote)
+        booking, created = await self.store.create(client_id, expert_id, start, end, topic, quote)
         if created:
             self._wake.set()
             await self._tell("on_booked", booking)
         return booking, created
 
     async def cancel(self, booking_id: str, by: str, reason: str | None = None) -> tuple[Booking, bool]:
-        booking, changed = self.store.cancel(booking_id, by, reason)
+        booking, changed = await self.store.cancel(booking_id, by, reason)
         if changed:
             self._wake.set()
             await self._tell("on_cancelled", booking, by)
@@ -430,7 +313,7 @@ class Scheduler:
             self._wake.clear()
             try:
                 await self._fire_due()
-                delay = self._delay()
+                delay = await self._delay()
             except Exception:
                 # The database can be briefly locked by another process; try again shortly.
                 log.exception("booking scheduler pass failed")
@@ -441,9 +324,9 @@ class Scheduler:
     async def _fire_due(self) -> None:
         leads = self.store.rules.reminder_leads
         now = self.store.clock()
-        for booking, handled in self.store.pending(now + max(leads, default=0)):
+        for booking, handled in await self.store.pending(now + max(leads, default=0)):
             if booking.start <= now:
-                opened = self.store.record_start(booking.id)
+                opened = await self.store.record_start(booking.id)
                 if opened is not None and opened.state == OPEN:
                     await self._tell("on_due", opened)
                 elif opened is not None:
@@ -453,18 +336,18 @@ class Scheduler:
             overdue = [lead for lead in leads if booking.start - lead <= now and lead not in handled]
             if overdue:
                 lead = min(overdue)
-                if self.store.record_reminder(booking.id, lead, [x for x in overdue if x != lead]):
+                if await self.store.record_reminder(booking.id, lead, [x for x in overdue if x != lead]):
                     await self._tell("on_reminder", booking, lead)
 
-    def _delay(self) -> float:
+    async def _delay(self) -> float:
         """Seconds until the next reminder or start."""
-        first = self.store.next_start()
+        first = await self.store.next_start()
         if first is None:
             return MAX_SLEEP
         now = self.store.clock()
         leads = self.store.rules.reminder_leads
         times = []
-        for booking, handled in self.store.pending(first + max(leads, default=0)):
+        for booking, handled in await self.store.pending(first + max(leads, default=0)):
             times.append(booking.start)
             times += [booking.start - lead for lead in leads if lead not in handled]
         return min(MAX_SLEEP, max(0.0, min(times) - now))

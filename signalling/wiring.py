@@ -90,7 +90,7 @@ class ProfileDirectory:
         self.app = app
 
     async def get(self, expert_id: str) -> ExpertRef | None:
-        expert = self.app[keys.EXPERTS].get(expert_id)
+        expert = await self.app[keys.EXPERTS].get(expert_id)
         if expert is None:
             return None
         return ExpertRef(expert.id, expert.profile.display_name, expert.profile.skills)

@@ -110,16 +110,17 @@ class Cluster:
             if node.proc is not None and node.proc.poll() is None:
                 node.stop(signal.SIGTERM)
 
-    async def set_price(self, price: dict[str, Any]) -> None:
-        # Profiles are still kept per node (docs/signalling.md): every node gets the same one.
+    async def set_price(self, price: dict[str, Any], via: str = "n1") -> None:
+        """Saved through one node, the profile (and its price) is what every node shows."""
         assert self.http is not None
         headers = {"Authorization": f"Bearer {TokenIssuer(SECRET).mint('erin', 'expert')}"}
+        body = {"display_name": "Erin", "skills": ["python"], "price": price}
+        async with self.http.put(f"{self.nodes[via].url}/api/experts/erin", json=body, headers=headers) as resp:
+            assert resp.status in (200, 201), await resp.text()
         for node in self.nodes.values():
-            if node.proc is None or node.proc.poll() is not None:
-                continue
-            body = {"display_name": "Erin", "skills": ["python"], "price": price}
-            async with self.http.put(f"{node.url}/api/experts/erin", json=body, headers=headers) as resp:
-                assert resp.status in (200, 201), await resp.text()
+            if node.proc is not None and node.proc.poll() is None:
+                async with self.http.get(f"{node.url}/api/experts/erin", headers=headers) as resp:
+                    assert resp.status == 200 and (await resp.json())["price"] == price, node.name
 
     async def join(self, node: str, user: str, role: str) -> Peer:
         assert self.http is not None
@@ -265,7 +266,7 @@ async def test_calls_across_three_nodes_are_charged_exactly(cluster: Cluster) ->
 
     # 4. The price is raised after the request: the call is charged the price the client saw.
     async def raise_price() -> None:
-        await cluster.set_price({**PRICE, "amount": 1_000_000_000})
+        await cluster.set_price({**PRICE, "amount": 1_000_000_000}, via="n3")
 
     expert, dave, sid = await cluster.call(expert_on="n2", client_on="n3", client="dave", before_accept=raise_price)
     await dave.expect("billing.cost", timeout=10, units=2)

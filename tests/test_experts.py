@@ -1,15 +1,30 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
-from typing import Any
+from fractions import Fraction
+from typing import Any, AsyncIterator
 
 import pytest
 
 from signalling import keys
 from signalling.app import create_app
 from signalling.database import Database
-from signalling.experts import ExpertDirectory, Price, Profile, WorkingHours, normalise_language, normalise_skill
-from signalling.rest_errors import InvalidInput
+from signalling.expert_store import SqliteExpertStore
+from signalling.expert_store_postgres import PostgresExpertStore
+from signalling.experts import (
+    ExpertDirectory,
+    Price,
+    Profile,
+    SearchQuery,
+    WorkingHours,
+    normalise_language,
+    normalise_skill,
+)
+from signalling.postgres import connect
+from signalling.rest_errors import ApiError, InvalidInput
+
+from .conftest import require
+from .postgres_helpers import create_database, drop_database
 
 PROFILE = {
     "display_name": "Ada",
@@ -267,16 +282,28 @@ async def test_ratings_without_a_sessions_layer_find_no_session(aiohttp_client, 
 # -- the directory without HTTP -------------------------------------------------------------------
 
 
-@pytest.fixture
-def directory(tmp_path) -> ExpertDirectory:  # type: ignore[no-untyped-def]
-    return ExpertDirectory(Database.in_dir(tmp_path))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def directory(request, tmp_path) -> AsyncIterator[ExpertDirectory]:  # type: ignore[no-untyped-def]
+    """The directory on each store: the same contract for one node's SQLite and the shared PostgreSQL."""
+    if request.param == "sqlite":
+        yield ExpertDirectory(SqliteExpertStore(Database.in_dir(tmp_path)))
+        return
+    url = await create_database()
+    require(url is not None, "PostgreSQL on 127.0.0.1:5432")
+    assert url is not None
+    pool = await connect(url)
+    try:
+        yield ExpertDirectory(await PostgresExpertStore.open(pool))
+    finally:
+        await pool.close()
+        await drop_database(url)
 
 
 async def test_find_available_orders_by_rating_then_fewest_waiting(directory) -> None:  # type: ignore[no-untyped-def]
     for expert_id in ("a", "b", "c", "d", "e"):
-        directory.upsert_profile(expert_id, Profile(display_name=expert_id, skills=("Go",)))
+        await directory.upsert_profile(expert_id, Profile(display_name=expert_id, skills=("Go",)))
     for expert_id, stars in (("a", 4), ("b", 5), ("c", 5), ("d", 5)):
-        directory.add_rating(f"{expert_id}-1", expert_id, "x", stars)
+        await directory.add_rating(f"{expert_id}-1", expert_id, "x", stars)
     states = {"a": "online", "b": "online", "c": "online", "d": "busy", "e": "online"}
     queues = {"b": 3, "c": 1}
     directory.availability = states.__getitem__
@@ -286,13 +313,45 @@ async def test_find_available_orders_by_rating_then_fewest_waiting(directory) ->
     assert await directory.find_available("rust") == []
 
 
-def test_ratings_kept_when_profile_created_later_and_replaced(directory) -> None:  # type: ignore[no-untyped-def]
-    directory.add_rating("s1", "late", "x", 4, "")
-    expert = directory.upsert_profile("late", Profile(display_name="Late"))
+async def test_ratings_kept_when_profile_created_later_and_replaced(directory) -> None:  # type: ignore[no-untyped-def]
+    await directory.add_rating("s1", "late", "x", 4, "")
+    expert = await directory.upsert_profile("late", Profile(display_name="Late"))
     assert (expert.rating_count, expert.rating_average) == (1, 4.0)
-    expert = directory.upsert_profile("late", Profile(display_name="Late", skills=("a",)))
+    expert = await directory.upsert_profile("late", Profile(display_name="Late", skills=("a",)))
     assert (expert.rating_count, expert.rating_average) == (1, 4.0)
-    assert directory.ratings("late")[0].review is None
+    assert (await directory.ratings("late"))[0].review is None
+    with pytest.raises(ApiError) as exc:
+        await directory.add_rating("s1", "late", "x", 5)
+    assert exc.value.code == "already_rated"
+
+
+async def test_search_filters_and_pages_alike_on_both_stores(directory) -> None:  # type: ignore[no-untyped-def]
+    for expert_id, mode, amount, langs, skills in (
+        ("ada", "per_minute", 150, ("en", "pt-BR"), ("Python", "go")),
+        ("bea", "per_session", 5000, ("pt-PT",), ("python",)),
+        ("cid", "free", 0, ("en",), ("python",)),
+        ("dan", "per_minute", 90, ("de",), ("rust",)),
+    ):
+        await directory.upsert_profile(expert_id, Profile(
+            display_name=expert_id.title(), skills=skills, languages=langs, price=Price(mode, amount, "USD")))
+    for sid, expert_id, stars in (("1", "bea", 5), ("2", "ada", 4), ("3", "ada", 5), ("4", "cid", 3)):
+        await directory.add_rating(sid, expert_id, "x", stars)
+
+    async def ids(**query: Any) -> tuple[list[str], int]:
+        result = await directory.search(SearchQuery(**query))
+        return [e.id for e, _ in result.experts], result.total
+
+    assert await ids(skill="python") == (["bea", "ada", "cid"], 3)  # rated best first
+    assert await ids(skill="python", limit=1, offset=1) == (["ada"], 3)
+    assert await ids(language="pt") == (["bea", "ada"], 2)
+    assert await ids(language="pt-BR") == (["ada"], 1)
+    assert await ids(max_price=100, currency="USD") == (["cid", "dan"], 2)
+    assert await ids(mode="per_minute") == (["ada", "dan"], 2)
+    assert await ids(min_rating=Fraction(9, 2)) == (["bea", "ada"], 2)
+    directory.availability = {"ada": "online", "cid": "busy"}.get  # type: ignore[assignment]
+    assert await ids(skill="python", available=("online", "busy")) == (["ada", "cid"], 2)
+    assert (await directory.get("ada")).rating_average == 4.5  # type: ignore[union-attr]
+    assert await directory.get("nobody") is None
 
 
 def test_normalisation() -> None:

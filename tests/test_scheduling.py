@@ -14,10 +14,17 @@ import pytest
 from signalling import keys
 from signalling.app import create_app
 from signalling.database import Database
+from signalling.booking_tables import SqliteBookingTables
+from signalling.booking_tables_postgres import PostgresBookingTables
+from signalling.expert_store import SqliteExpertStore
+from signalling.expert_store_postgres import PostgresExpertStore
+from signalling.postgres import connect
 from signalling.experts import ExpertDirectory, Profile, WorkingHours
 from signalling.rest_errors import ApiError
 from signalling.scheduling import Booking, BookingListener, BookingRules, BookingStore, Scheduler
 from signalling.settings import Settings, SettingsError
+
+from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
 
 ALL_DAY = {"time_zone": "UTC", "weekly": {d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}}
 OFFICE = {"time_zone": "Europe/Berlin", "weekly": {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}}
@@ -244,9 +251,12 @@ async def test_concurrent_requests_for_one_slot(aiohttp_client, settings) -> Non
 def test_two_processes_cannot_take_one_slot(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two connections to one file, racing in threads: the IMMEDIATE transaction lets one win."""
     rules = BookingRules(min_notice_seconds=0, min_seconds=60)
-    setup_dir = ExpertDirectory(Database.in_dir(tmp_path))
-    setup_dir.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY)))
-    stores = [BookingStore(Database.in_dir(tmp_path), ExpertDirectory(Database.in_dir(tmp_path)), rules) for _ in range(4)]
+    setup_dir = ExpertDirectory(SqliteExpertStore(Database.in_dir(tmp_path)))
+    asyncio.run(setup_dir.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY))))
+    stores = [
+        BookingStore(SqliteBookingTables(Database.in_dir(tmp_path)), ExpertDirectory(SqliteExpertStore(Database.in_dir(tmp_path))), rules)
+        for _ in range(4)
+    ]
     t = math.ceil(time.time()) + 3600
     barrier = threading.Barrier(len(stores))
     outcomes: list[str] = []
@@ -254,7 +264,7 @@ def test_two_processes_cannot_take_one_slot(tmp_path) -> None:  # type: ignore[n
     def race(i: int) -> None:
         barrier.wait()
         try:
-            stores[i].create(f"client{i}", "ada", t, t + 3600)
+            asyncio.run(stores[i].create(f"client{i}", "ada", t, t + 3600))
             outcomes.append("booked")
         except ApiError as exc:
             outcomes.append(exc.code)
@@ -265,6 +275,41 @@ def test_two_processes_cannot_take_one_slot(tmp_path) -> None:  # type: ignore[n
     for th in threads:
         th.join()
     assert sorted(outcomes) == ["booked"] + ["slot_taken"] * (len(stores) - 1)
+
+
+async def test_nodes_on_one_postgresql_cannot_take_one_slot(postgres_url) -> None:  # type: ignore[no-untyped-def]
+    """Four nodes (a pool each) on the shared database: one booking per slot, and one per client."""
+    rules = BookingRules(min_notice_seconds=0, min_seconds=60)
+    pools = [await connect(postgres_url) for _ in range(4)]
+    try:
+        directory = ExpertDirectory(await PostgresExpertStore.open(pools[0]))
+        await directory.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY)))
+        await directory.upsert_profile("bob", Profile("Bob", working_hours=WorkingHours.from_json(ALL_DAY)))
+        stores = [BookingStore(await PostgresBookingTables.open(p), ExpertDirectory(PostgresExpertStore(p)), rules)
+                  for p in pools]
+        t = math.ceil(time.time()) + 3600
+
+        async def attempt(store: BookingStore, client: str, expert: str, start: int = t) -> str:
+            try:
+                await store.create(client, expert, start, start + 3600)
+                return "booked"
+            except ApiError as exc:
+                return exc.code
+
+        outcomes = await asyncio.gather(*(attempt(s, f"client{i}", "ada") for i, s in enumerate(stores)))
+        assert sorted(outcomes) == ["booked"] + ["slot_taken"] * 3
+        # One client, two experts, the same hour, two nodes: only one.
+        later = t + 7200
+        outcomes = await asyncio.gather(attempt(stores[1], "carl", "ada", later), attempt(stores[2], "carl", "bob", later))
+        assert sorted(outcomes) == ["booked", "client_busy"]
+        # What one node booked, every node sees; a reminder or an opening is recorded once.
+        booked = await stores[3].list_for("ada", state="booked", limit=1)
+        assert len(await stores[3].list_for(None)) == 2 and (await stores[0].get(booked[0].id)) == booked[0]
+        recorded = await asyncio.gather(*(s.record_reminder(booked[0].id, 600, []) for s in stores))
+        assert sorted(recorded) == [False, False, False, True]
+    finally:
+        for pool in pools:
+            await pool.close()
 
 
 def test_rules_are_validated() -> None:
@@ -386,13 +431,13 @@ async def run_once(store: BookingStore) -> Recorder:
 async def test_catching_up_after_downtime(tmp_path) -> None:  # type: ignore[no-untyped-def]
     clock = Clock(1_900_000_000)
     db = Database.in_dir(tmp_path)
-    directory = ExpertDirectory(db, clock=clock)
-    directory.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY)))
-    store = BookingStore(db, directory, BookingRules(min_notice_seconds=0, min_seconds=60, reminder_leads=(600, 60)), clock)
+    directory = ExpertDirectory(SqliteExpertStore(db), clock=clock)
+    await directory.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY)))
+    store = BookingStore(SqliteBookingTables(db), directory, BookingRules(min_notice_seconds=0, min_seconds=60, reminder_leads=(600, 60)), clock)
     t0 = int(clock.now)
-    a, _ = store.create("carl", "ada", t0 + 1000, t0 + 2000)  # both reminders ahead
-    b, _ = store.create("dana", "ada", t0 + 3000, t0 + 4000)
-    c, _ = store.create("eve", "ada", t0 + 300, t0 + 950)  # booked inside its 600 s lead
+    a, _ = await store.create("carl", "ada", t0 + 1000, t0 + 2000)  # both reminders ahead
+    b, _ = await store.create("dana", "ada", t0 + 3000, t0 + 4000)
+    c, _ = await store.create("eve", "ada", t0 + 300, t0 + 950)  # booked inside its 600 s lead
 
     clock.now = t0 + 1000 - 100  # down through a's 600 s reminder, c's 60 s one and c's start
     r = await run_once(store)
@@ -402,7 +447,7 @@ async def test_catching_up_after_downtime(tmp_path) -> None:  # type: ignore[no-
     clock.now = t0 + 3000 - 30  # down through b's 600 s and 60 s reminders and a's whole slot
     r = await run_once(store)
     assert r.of(a.id) == [] and r.of(b.id) == [("reminder", 60)]
-    assert store.get(a.id).state == "missed"  # type: ignore[union-attr]
+    assert (await store.get(a.id)).state == "missed"  # type: ignore[union-attr]
 
     clock.now = t0 + 3000
     r = await run_once(store)

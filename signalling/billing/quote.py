@@ -48,7 +48,7 @@ def billing_price(price: ProfilePrice) -> Price:
 async def quote_for(settings: Settings, experts: ExpertDirectory, fees: PlatformFees, expert_id: str, at: float) -> Quote:
     """The terms of a session with ``expert_id`` asked for at ``at``: their current profile price
     (free without a profile) and the server's policy with any fee set for them."""
-    expert = experts.get(expert_id)
+    expert = await experts.get(expert_id)
     price = billing_price(expert.profile.price) if expert is not None else Price.free()
     policy = BillingPolicy.from_settings(settings, platform_fee_bps=await fees.override(expert_id))
     return Quote(price, policy, at)

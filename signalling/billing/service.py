@@ -60,7 +60,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_urls and not settings.webhook_secret:
         raise SettingsError("webhook_urls need a webhook_secret (EXPERTCALL_WEBHOOK_SECRET) to sign with")
     db = app[keys.DATABASE]
-    store, close_store = await open_store(settings, db)
+    store, close_store = await open_store(settings, db, app.get(keys.POSTGRES))
     ledger = Ledger(store)
     outbox = Outbox(store)
     meter = Meter(

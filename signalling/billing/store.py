@@ -236,9 +236,17 @@ def stored_session(row: Any, intervals: list[tuple[float, float | None]], totals
     )
 
 
-async def open_store(settings: Any, db: Any) -> tuple[BillingStore, Any]:
-    """The store ``settings`` choose, once, at start-up: PostgreSQL for ``database_url``, else
-    the embedded SQLite ``db``. Returns it and an async callable that releases what it opened."""
+async def open_store(settings: Any, db: Any, pool: Any = None) -> tuple[BillingStore, Any]:
+    """The store ``settings`` choose, once, at start-up: PostgreSQL for ``database_url`` (on the
+    application's ``pool``, or one of its own), else the embedded SQLite ``db``. Returns it and
+    an async callable that releases what it opened."""
+    if settings.database_url and pool is not None:
+        from .store_postgres import PostgresBillingStore
+
+        async def keep() -> None:
+            return None  # the application closes its pool
+
+        return await PostgresBillingStore.open(pool), keep
     if settings.database_url:
         from ..postgres import connect
         from .store_postgres import PostgresBillingStore
