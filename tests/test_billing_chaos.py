@@ -259,6 +259,7 @@ async def test_calls_across_three_nodes_are_charged_exactly(cluster: Cluster) ->
     expert, carol, sid = await cluster.call(expert_on="n1", client_on="n2", client="carol", budget=300)
     ended = await carol.expect("session.state", timeout=15, state="ended")
     assert ended["session"]["reason"] == "budget_reached"
+    await carol.expect("billing.summary", timeout=10)  # after the meter settled it
     book = await ledger(cluster, sid)
     live = assert_settled(book, cap_units=3)
     assert book["units"] == [0, 1, 2] and 3.0 <= live < 4.0  # ended within a second of the cap

@@ -47,7 +47,8 @@ class Cluster:
         app = wired_app(settings, plane)
         app[keys.BACKEND] = MemoryBackend(name, self.hub, stash_ttl=5)
         client = await self.aiohttp_client(app)
-        await make_expert(client, "erin", skills=["python"], price=PER_UNIT)
+        if not self.nodes:  # one profile in the shared database: every node shows it
+            await make_expert(client, "erin", skills=["python"], price=PER_UNIT)
         self.nodes[name], self.planes[name] = client, plane
         return client
 
