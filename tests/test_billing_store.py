@@ -193,3 +193,16 @@ async def test_recovery_takes_only_what_it_may_claim(billing_store) -> None:  # 
     cost = second.running_cost("mine")
     assert (cost.live, cost.live_seconds, cost.units) == (False, 8, 1)  # billed to n1's last beat
     assert (await billing_store.session("mine")).fence == 2  # type: ignore[union-attr]
+
+
+async def test_one_node_at_a_time_holds_an_exclusive_turn(billing_store) -> None:  # type: ignore[no-untyped-def]
+    """Webhook senders take turns per URL: one node sends, from the shared cursor."""
+    async with billing_store.exclusive("webhook:http://h/1") as first:
+        assert first
+        async with billing_store.exclusive("webhook:http://h/1") as second:
+            # Another node's attempt (another pool connection) while the first holds it.
+            assert second is isinstance(billing_store, SqliteBillingStore)
+        async with billing_store.exclusive("webhook:http://h/2") as other_url:
+            assert other_url
+    async with billing_store.exclusive("webhook:http://h/1") as again:
+        assert again

@@ -201,6 +201,11 @@ class BillingStore(abc.ABC):
         the block exits without an exception."""
 
     @abc.abstractmethod
+    def exclusive(self, name: str) -> AsyncContextManager[bool]:
+        """Hold ``name`` for as long as the block runs, across every node sharing the store; the
+        block gets False (and should not do the work) while another node holds it."""
+
+    @abc.abstractmethod
     async def webhook_cursor(self, url: str) -> int: ...
 
     @abc.abstractmethod

@@ -347,6 +347,19 @@ class PostgresBillingStore(BillingStore):
                     await conn.execute(
                         "UPDATE metering_outbox SET relayed = TRUE WHERE seq = ANY($1::bigint[])", [r.seq for r in rows])
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        # A session-level advisory lock on a connection kept for the whole block: released when
+        # the block ends, or when the node dies and its connection closes.
+        async with self.pool.acquire() as conn:
+            key = lock_key(f"expertcall:{name}")
+            mine = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            try:
+                yield mine
+            finally:
+                if mine:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
     async def webhook_cursor(self, url: str) -> int:
         value = await self.pool.fetchval("SELECT seq FROM webhook_cursors WHERE url = $1", url)
         return int(value) if value is not None else 0

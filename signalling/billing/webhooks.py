@@ -4,7 +4,8 @@ The body is the CloudEvent's canonical JSON (``application/cloudevents+json``); 
 ``Expertcall-Signature: t=<unix>,v1=<hex>`` carries HMAC-SHA256(secret, f"{t}.{body}"). A receiver
 checks it with ``verify`` (constant-time, with a freshness window against replays) and
 deduplicates on the event ``id``: a retry is the same event with the same id and a new signature.
-Each URL has its own cursor in the billing store, advanced only after a 2xx; failures are retried with
+Each URL has its own cursor in the billing store, advanced only after a 2xx, and one node at a
+time sends to it (``BillingStore.exclusive``), so several nodes do not each send every event; failures are retried with
 exponential backoff, forever, so a receiver that is down for a day still gets everything.
 """
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Expertcall-Signature"
 CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_TOLERANCE = 300
+# A node whose turn to send to a URL is taken by another looks again this often.
+TURN_RETRY_SECONDS = 5.0
 
 
 
@@ -101,6 +104,15 @@ class WebhookSender:
             self._session = None
 
     async def _run(self, url: str) -> None:
+        """Deliver to ``url`` while this node holds its turn (one node at a time sends to a URL,
+        from the shared cursor); a node without it looks again every few seconds."""
+        while True:
+            async with self.outbox.store.exclusive(f"webhook:{url}") as mine:
+                if mine:
+                    await self._send_from_cursor(url)
+            await asyncio.sleep(TURN_RETRY_SECONDS)
+
+    async def _send_from_cursor(self, url: str) -> None:
         waiter = self.outbox.subscribe()
         try:
             cursor = await self.cursor(url)
