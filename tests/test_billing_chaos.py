@@ -17,7 +17,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -53,36 +52,6 @@ class PatientSocketPlane(SocketPlane):
         return Answer(reply["sdp"])
 
 
-class Node(Server):
-    """``expertcall serve`` on the shared Redis and PostgreSQL, under a fixed node id."""
-
-    def __init__(self, name: str, data_dir: Path, env: dict[str, str]) -> None:
-        super().__init__(data_dir, free_port())
-        self.name = name
-        self.log_path = data_dir.parent / f"{name}.log"
-        self.env = env
-
-    async def start(self) -> None:
-        env = {**os.environ, **self.env, "EXPERTCALL_SECRET": SECRET, "EXPERTCALL_NODE_ID": self.name}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "signalling.cli", "serve", "--port", str(self.port), "--data-dir",
-                 str(self.data_dir), "--billing-unit-seconds", "1", "--media-loopback", "--no-demo"],
-                cwd=ROOT, env=env, stdout=log, stderr=log,
-            )
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                assert self.proc.poll() is None, self.tail()
-                try:
-                    async with http.get(f"{self.url}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} did not start: {self.tail()}")
-
-
 class Cluster:
     def __init__(self, tmp: Path, database_url: str, prefix: str) -> None:
         self.tmp = tmp
@@ -92,7 +61,11 @@ class Cluster:
             "EXPERTCALL_REDIS_URL": REDIS_URL, "EXPERTCALL_REDIS_PREFIX": prefix,
             "EXPERTCALL_DATABASE_URL": database_url, "EXPERTCALL_METERING_STREAM": self.stream,
         }
-        self.nodes = {name: Node(name, tmp / name, self.env) for name in ("n1", "n2", "n3")}
+        # Fixed node ids: a restarted node comes back under its name; ready once its backend answers.
+        self.nodes = {
+            name: Server(tmp / name, free_port(), name=name, env={**self.env, "EXPERTCALL_NODE_ID": name}, ready="/readyz")
+            for name in ("n1", "n2", "n3")
+        }
         self.publishers: list[Publisher] = []
         self.http: aiohttp.ClientSession | None = None
 

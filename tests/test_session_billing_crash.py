@@ -39,15 +39,24 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int) -> None:
+    """``expertcall serve`` in a process of its own (1 s units, loopback media); ``env`` adds
+    settings, and it counts as started once ``ready`` answers 200."""
+
+    def __init__(
+        self, data_dir: Path, port: int, *, name: str = "server", env: dict[str, str] | None = None,
+        ready: str = "/healthz",
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.name = name
         self.url = f"http://127.0.0.1:{port}"
-        self.log_path = data_dir.parent / "server.log"
+        self.log_path = data_dir.parent / f"{name}.log"
+        self.env = env or {}
+        self.ready = ready
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, "EXPERTCALL_SECRET": SECRET}
+        env = {**os.environ, **self.env, "EXPERTCALL_SECRET": SECRET}
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "signalling.cli", "serve", "--port", str(self.port), "--data-dir",
@@ -58,13 +67,13 @@ class Server:
             for _ in range(300):
                 assert self.proc.poll() is None, self.tail()
                 try:
-                    async with http.get(f"{self.url}/healthz") as resp:
+                    async with http.get(f"{self.url}{self.ready}") as resp:
                         if resp.status == 200:
                             return
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-        raise AssertionError(f"the server did not start: {self.tail()}")
+        raise AssertionError(f"{self.name} did not start: {self.tail()}")
 
     def stop(self, sig: int) -> None:
         assert self.proc is not None
