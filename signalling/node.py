@@ -30,7 +30,7 @@ from .presence import Presence
 from .protocol import CloseCode, message
 from .queueing import ExpertQueues, ring_message
 from .resume import ResumeTokens
-from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition
+from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition, open_session_store
 from .settings import Settings
 from .timers import Timers
 
@@ -43,7 +43,7 @@ class SignallingNode:
         settings: Settings,
         tokens: TokenIssuer,
         backend: Backend,
-        db: Database,
+        session_store: SessionStore,
         directory: ExpertDirectory,
         metrics: Metrics,
         plane: MediaPlane | None = None,
@@ -56,7 +56,7 @@ class SignallingNode:
         self.backend = backend
         self.metrics = metrics
         self.timers = Timers()
-        self.sessions = SessionManager(backend, SessionStore(db), clock)
+        self.sessions = SessionManager(backend, session_store, clock)
         self.presence = Presence(backend, self.sessions)
         self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)
         self.media = MediaRelay(self.node_id, backend, self.queues, plane)
@@ -235,7 +235,7 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
         settings,
         app[keys.TOKENS],
         app[keys.BACKEND] if keys.BACKEND in app else _make_backend(settings),
-        app[keys.DATABASE],
+        await open_session_store(app[keys.DATABASE], app.get(keys.POSTGRES)),
         app[keys.EXPERT_DIRECTORY],
         app[keys.METRICS],
         app.get(keys.MEDIA_PLANE),

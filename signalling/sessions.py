@@ -10,14 +10,17 @@ expert (it falls back to ``requested`` when the expert steps away); ``accepted``
 but no media yet; ``connecting`` once a participant starts media; ``live`` while both sides' media
 flows; ``paused`` while either side's does not. A scheduled session starts at ``accepted``.
 
-Every transition is written to SQLite (the ``sessions`` row and a ``session_transitions`` log)
-before it is published to the backend and to listeners, so that a restarted server forgets no
-session. The backend holds the records every node reads; SQLite is this node's durable copy, from
-which ``recover`` restores what the backend lost (the memory backend loses everything on restart).
+Every transition is written to the durable store (the ``sessions`` row and a
+``session_transitions`` log) before it is published to the backend and to listeners, so that a
+restarted server forgets no session. The backend holds the records every node reads; the store
+is the durable copy - the node's SQLite, or with ``database_url`` the PostgreSQL every node
+shares - from which ``recover`` restores what the backend lost (the memory backend loses
+everything on restart; Redis may too).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import enum
@@ -224,61 +227,85 @@ CREATE TABLE IF NOT EXISTS session_transitions (
 """
 
 
-class SessionStore:
-    """This node's durable copy of sessions and their transition log, in SQLite."""
+class SessionStore(abc.ABC):
+    """The durable copy of sessions and their transition log: the node's SQLite
+    (``SqliteSessionStore``) or the PostgreSQL database every node shares
+    (``session_store_postgres.PostgresSessionStore``)."""
 
+    @abc.abstractmethod
+    async def save(self, session: Session, transition: Transition | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, session_id: str) -> Session | None: ...
+
+    @abc.abstractmethod
+    async def unfinished(self) -> list[Session]:
+        """Every session not ended, oldest first."""
+
+    @abc.abstractmethod
+    async def history(self, session_id: str) -> list[tuple[str | None, str, str, float]]:
+        """(previous, state, reason, at) of every transition, oldest first."""
+
+
+async def open_session_store(db: Database, pool: Any) -> SessionStore:
+    """The shared PostgreSQL store when the application has a pool, else the node's SQLite."""
+    if pool is not None:
+        from .session_store_postgres import PostgresSessionStore
+
+        return await PostgresSessionStore.open(pool)
+    return SqliteSessionStore(db)
+
+
+class SqliteSessionStore(SessionStore):
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.migrate(DDL)
+        db.migrate_versions("sessions", [(1, DDL)])
 
-    def save(self, session: Session, transition: Transition | None = None) -> None:
+    async def save(self, session: Session, transition: Transition | None = None) -> None:
         with self.db.transaction():
             self.db.execute(
                 "INSERT INTO sessions (id, expert_id, client_id, state, reason, created_at, updated_at, record)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
                 " reason = excluded.reason, updated_at = excluded.updated_at, record = excluded.record",
-                (
-                    session.id,
-                    session.expert_id,
-                    session.client_id,
-                    session.state.value,
-                    session.reason,
-                    session.created_at,
-                    session.updated_at,
-                    json.dumps(session.to_dict()),
-                ),
+                session_row(session),
             )
             if transition is not None:
                 self.db.execute(
                     "INSERT OR REPLACE INTO session_transitions (session_id, version, previous, state, reason, at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        session.id,
-                        session.version,
-                        transition.previous.value if transition.previous else None,
-                        transition.state.value,
-                        transition.reason,
-                        transition.at,
-                    ),
+                    transition_row(session, transition),
                 )
 
-    def get(self, session_id: str) -> Session | None:
+    async def get(self, session_id: str) -> Session | None:
         row = self.db.fetchone("SELECT record FROM sessions WHERE id = ?", (session_id,))
         return None if row is None else Session.from_dict(json.loads(row["record"]))
 
-    def unfinished(self) -> list[Session]:
+    async def unfinished(self) -> list[Session]:
         rows = self.db.fetchall(
             "SELECT record FROM sessions WHERE state != ? ORDER BY created_at, id", (State.ENDED.value,)
         )
         return [Session.from_dict(json.loads(r["record"])) for r in rows]
 
-    def history(self, session_id: str) -> list[tuple[str | None, str, str, float]]:
-        """(previous, state, reason, at) of every transition, oldest first."""
+    async def history(self, session_id: str) -> list[tuple[str | None, str, str, float]]:
         rows = self.db.fetchall(
             "SELECT previous, state, reason, at FROM session_transitions WHERE session_id = ? ORDER BY version",
             (session_id,),
         )
         return [(r["previous"], r["state"], r["reason"], r["at"]) for r in rows]
+
+
+def session_row(session: Session) -> tuple[Any, ...]:
+    return (
+        session.id, session.expert_id, session.client_id, session.state.value, session.reason,
+        session.created_at, session.updated_at, json.dumps(session.to_dict()),
+    )
+
+
+def transition_row(session: Session, transition: Transition) -> tuple[Any, ...]:
+    return (
+        session.id, session.version, transition.previous.value if transition.previous else None,
+        transition.state.value, transition.reason, transition.at,
+    )
 
 
 class SessionManager:
@@ -303,7 +330,7 @@ class SessionManager:
         record = await self.backend.load_session(session_id)
         if record is not None:
             return Session.from_dict(record)
-        return self.store.get(session_id)
+        return await self.store.get(session_id)
 
     async def create(
         self,
@@ -352,13 +379,13 @@ class SessionManager:
     async def save(self, session: Session, **changes: Any) -> Session:
         """Store a change that is not a transition (the flowing set, the told position)."""
         updated = dataclasses.replace(session, **changes)
-        self.store.save(updated)
+        await self.store.save(updated)
         await self.backend.save_session(updated.to_dict(), active=updated.state is not State.ENDED)
         return updated
 
     async def recover(self) -> list[Session]:
         """Every unfinished session, restoring into the backend those it does not have."""
-        for session in self.store.unfinished():
+        for session in await self.store.unfinished():
             if await self.backend.load_session(session.id) is not None:
                 continue
             await self.backend.save_session(session.to_dict(), active=True)
@@ -372,7 +399,7 @@ class SessionManager:
 
     async def _commit(self, transition: Transition) -> None:
         session = transition.session
-        self.store.save(session, transition)
+        await self.store.save(session, transition)
         await self.backend.save_session(session.to_dict(), active=session.state is not State.ENDED)
         failed: list[BaseException] = []
         for listener, critical in self._listeners:

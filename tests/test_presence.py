@@ -7,12 +7,12 @@ import pytest
 from signalling.backends.memory import MemoryBackend
 from signalling.database import Database
 from signalling.presence import Availability, Presence
-from signalling.sessions import SessionManager, SessionStore, State
+from signalling.sessions import SessionManager, SqliteSessionStore, State
 
 
 async def test_busy_follows_the_session_and_choices_are_checked(tmp_path: Path) -> None:
     backend = MemoryBackend("n1")
-    sessions = SessionManager(backend, SessionStore(Database.in_dir(tmp_path)))
+    sessions = SessionManager(backend, SqliteSessionStore(Database.in_dir(tmp_path)))
     presence = Presence(backend, sessions)
     assert await presence.availability("erin") is Availability.OFFLINE
     await presence.choose("erin", Availability.ONLINE)

@@ -8,19 +8,23 @@ import pytest
 
 from signalling.backends.memory import MemoryBackend
 from signalling.database import Database
+from signalling.postgres import connect
+from signalling.session_store_postgres import PostgresSessionStore
 from signalling.sessions import (
     TRANSITIONS,
     InvalidTransition,
     Session,
     SessionManager,
-    SessionStore,
+    SqliteSessionStore,
     State,
     Transition,
 )
 
+from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
+
 
 def manager(tmp_path: Path, clock: list[float]) -> SessionManager:
-    return SessionManager(MemoryBackend("n1"), SessionStore(Database.in_dir(tmp_path)), lambda: clock[0])
+    return SessionManager(MemoryBackend("n1"), SqliteSessionStore(Database.in_dir(tmp_path)), lambda: clock[0])
 
 
 def test_the_transition_table_is_the_documented_machine() -> None:
@@ -75,9 +79,9 @@ async def test_transitions_are_validated_persisted_and_heard(tmp_path: Path) -> 
         (s.id, "live", 106.0, "erin", "alice"),
         (s.id, "ended", 107.0, "erin", "alice"),
     ]
-    history = sessions.store.history(s.id)
+    history = await sessions.store.history(s.id)
     assert [h[1] for h in history] == ["requested", "ringing", "accepted", "connecting", "live", "paused", "live", "ended"]
-    assert sessions.store.get(s.id) == s and s.version == 7
+    assert await sessions.store.get(s.id) == s and s.version == 7
 
 
 async def test_recover_restores_what_the_backend_lost(tmp_path: Path) -> None:
@@ -131,3 +135,25 @@ async def test_a_critical_listener_is_retried_then_fails_the_transition_loudly(t
     assert (await mgr.get(session.id)).state is State.ENDED  # type: ignore[union-attr]
     assert heard["plain"] == [State.REQUESTED, State.ENDED] and heard["flaky"][-1] is State.ENDED
     assert failures["broken"] == 10**6 - sessions_module.CRITICAL_ATTEMPTS
+
+
+async def test_nodes_recover_from_the_shared_durable_copy(postgres_url) -> None:  # type: ignore[no-untyped-def]
+    """With PostgreSQL every node writes the same durable copy: a node that never saw a session
+    restores it when the backend lost it (here: a fresh memory backend)."""
+    pool = await connect(postgres_url)
+    try:
+        clock = [0.0]
+        one = SessionManager(MemoryBackend("n1"), await PostgresSessionStore.open(pool), lambda: clock[0])
+        waiting = await one.create("erin", "alice")
+        running = await one.create("ezra", "bob")
+        running = await one.transition(running, State.RINGING, "rung")
+        running = await one.transition(running, State.ACCEPTED, "accepted", media_node="n1")
+        done = await one.create("erin", "carol")
+        await one.transition(done, State.ENDED, "cancelled")
+        other = SessionManager(MemoryBackend("n2"), await PostgresSessionStore.open(pool), lambda: clock[0])
+        assert [s.id for s in await other.recover()] == [waiting.id, running.id]
+        assert await other.backend.queue("erin") == [waiting.id]
+        assert (await other.get(done.id)).state is State.ENDED  # type: ignore[union-attr]
+        assert [h[1] for h in await other.store.history(running.id)] == ["requested", "ringing", "accepted"]
+    finally:
+        await pool.close()
