@@ -100,6 +100,7 @@ class SessionBilling:
         self._watcher: asyncio.Task[None] | None = None
         self._endings: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._stop_watching = asyncio.Event()
 
     async def start(self) -> None:
         self.meter.on_unit = self.on_unit
@@ -117,11 +118,15 @@ class SessionBilling:
         self.meter.on_unit = self.meter.on_budget_warning = self.meter.on_budget_reached = None
         self.meter.on_lost = None
         self.node.envelope_handlers.pop("billing", None)
-        for task in (self._watcher,):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._watcher is not None:
+            # A stop flag, not Task.cancel(): redis-py can swallow a cancellation that lands in a
+            # command, and a watcher that never ends would hold the shutdown forever.
+            self._stop_watching.set()
+            try:
+                async with asyncio.timeout(5):
+                    await self._watcher
+            except TimeoutError:
+                self._watcher.cancel()
         if self._endings:
             await asyncio.gather(*self._endings, return_exceptions=True)
         await self._outgoing.join()
@@ -228,8 +233,12 @@ class SessionBilling:
 
     async def _watch(self) -> None:
         """Settle what an envelope may not have said: the owner reads its sessions' records."""
-        while True:
-            await asyncio.sleep(WATCH_SECONDS)
+        while not self._stop_watching.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_SECONDS):
+                    await self._stop_watching.wait()
+            if self._stop_watching.is_set():
+                return
             for session_id in self.meter.open_sessions():
                 try:
                     session = await self.node.sessions.get(session_id)
