@@ -145,6 +145,7 @@ async def test_nodes_recover_from_the_shared_durable_copy(postgres_url) -> None:
         clock = [0.0]
         one = SessionManager(MemoryBackend("n1"), await PostgresSessionStore.open(pool), lambda: clock[0])
         waiting = await one.create("erin", "alice")
+        clock[0] = 1.0  # recovered sessions come oldest first
         running = await one.create("ezra", "bob")
         running = await one.transition(running, State.RINGING, "rung")
         running = await one.transition(running, State.ACCEPTED, "accepted", media_node="n1")
