@@ -17,7 +17,7 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, rest_bookings, rest_experts, wiring
+from . import ice, keys, rest_bookings, rest_experts, rest_tokens, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_message_bytes * 16)
     app[keys.SETTINGS] = settings
-    app[keys.TOKENS] = TokenIssuer(settings.resolve_secret())
+    app[keys.TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
     app[keys.METRICS] = Metrics()
 
     app.router.add_get("/healthz", healthz)
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(database_ctx)
     rest_experts.setup(app)
     rest_bookings.setup(app)
+    rest_tokens.setup(app)
     billing_service.setup(app)
     app[keys.MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
     app.cleanup_ctx.append(media_plane_ctx)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 
 import click
@@ -48,6 +51,7 @@ def serve(**options: Any) -> None:
     """Run signalling, the SFU and the web demo in one process."""
     from aiohttp import web
 
+    from .access_log import RedactedAccessLogger
     from .app import create_app
 
     try:
@@ -57,24 +61,79 @@ def serve(**options: Any) -> None:
         raise click.ClickException(str(exc)) from None
     install_event_loop()
     click.echo(f"expertcall listening on http://{settings.host}:{settings.port}/", err=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15,
+                access_log_class=RedactedAccessLogger)
 
 
-@main.command()
-@click.option("--user", required=True, help="User id (the token's sub).")
-@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
-@click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
+@main.group(invoke_without_command=True)
+@click.option("--user", default=None, help="User id (the token's sub).")
+@click.option("--role", type=click.Choice([r.value for r in Role]), default=None)
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds (at most token_max_ttl).")
 @click.option("--name", default=None, help="Display name.")
 @click.option("--secret", default=None, help="Signing secret. [EXPERTCALL_SECRET]")
 @click.option("--data-dir", default=None, help="Data dir holding a generated dev secret.")
-def token(user: str, role: str, ttl: int, name: str | None, secret: str | None, data_dir: str | None) -> None:
-    """Mint a bearer token."""
+@click.pass_context
+def token(ctx: click.Context, user: str | None, role: str | None, ttl: int, name: str | None,
+          secret: str | None, data_dir: str | None) -> None:
+    """Mint a bearer token (its jti goes to stderr); `expertcall token revoke` refuses one."""
+    ctx.obj = {"secret": secret, "data_dir": data_dir}
+    if ctx.invoked_subcommand is not None:
+        return
+    if not user or not role:
+        raise click.UsageError("minting a token needs --user and --role")
     try:
-        settings = Settings.from_env(secret=secret, data_dir=data_dir)
-        issuer = TokenIssuer(settings.resolve_secret())
-        click.echo(issuer.mint(user, role, ttl=ttl, name=name))
+        issuer = _issuer(secret, data_dir)
+        minted = issuer.mint(user, role, ttl=ttl, name=name)
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    click.echo(minted)
+    click.echo(f"jti: {issuer.claims(minted)['jti']}", err=True)
+
+
+@token.command()
+@click.argument("token_or_jti")
+@click.option("--url", default=None, help="The running server (default: http://127.0.0.1:PORT from the settings).")
+@click.pass_obj
+def revoke(obj: dict[str, Any], token_or_jti: str, url: str | None) -> None:
+    """Revoke a token (the token itself, or the jti printed when it was minted) on a running server.
+
+    Every node refuses it from then on and closes the sockets it opened (4001 token_revoked)."""
+    try:
+        settings = Settings.from_env(secret=obj["secret"], data_dir=obj["data_dir"])
+        issuer = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
+    except (SettingsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    admin = issuer.mint("expertcall-cli", Role.ADMIN, ttl=60, name="expertcall token revoke")
+    body = {"token": token_or_jti} if token_or_jti.count(".") == 2 else {"jti": token_or_jti}
+    base = url or f"http://{_local_host(settings.host)}:{settings.port}"
+    request = urllib.request.Request(
+        base.rstrip("/") + "/api/tokens/revocations",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            reply = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"{base} refused: {exc.code} {exc.read().decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach the server at {base}: {exc}") from None
+    click.echo(f"revoked {reply['jti']} (kept until {reply['expires_at']})")
+
+
+def _issuer(secret: str | None, data_dir: str | None) -> TokenIssuer:
+    settings = Settings.from_env(secret=secret, data_dir=data_dir)
+    return TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
+
+
+def _local_host(host: str) -> str:
+    """Where a command on this machine reaches a server bound to ``host``."""
+    if host in ("0.0.0.0", "", "localhost"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 main.add_command(turn_config)

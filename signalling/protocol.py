@@ -37,6 +37,7 @@ class ErrorCode(str, enum.Enum):
     AUTH_REQUIRED = "auth_required"
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"
     RESUME_INVALID = "resume_invalid"
     FORBIDDEN = "forbidden"
     SESSION_NOT_FOUND = "session_not_found"
@@ -53,7 +54,7 @@ class ErrorCode(str, enum.Enum):
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the server uses (RFC 6455 leaves 4000-4999 to applications)."""
 
-    AUTH_FAILED = 4001  # missing, forged or expired token (also when a token expires mid-connection)
+    AUTH_FAILED = 4001  # missing, forged, expired or revoked token (also when that happens mid-connection)
     HELLO_TIMEOUT = 4002  # no hello/resume in time
     RATE_LIMITED = 4008  # kept flooding after rate_limited errors
     MESSAGE_TOO_BIG = 4009  # a frame over max_message_bytes

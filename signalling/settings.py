@@ -28,6 +28,8 @@ class Settings:
     # HS256 secret for tokens. Left empty, a loopback server makes a random one per data dir
     # (kept in data_dir/secret); any other bind refuses to start without one.
     secret: str = ""
+    # No bearer token may live longer than this (seconds), whoever minted it.
+    token_max_ttl: int = 24 * 3600
     redis_url: str = ""
     # Every Redis key and channel starts with this, so that deployments (and tests) can share a server.
     redis_prefix: str = "expertcall"
@@ -102,6 +104,8 @@ class Settings:
         if self.media_port_min or self.media_port_max:
             if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if not (60 <= self.token_max_ttl <= 30 * 86400):
+            raise SettingsError("token_max_ttl must be between 60 seconds and 30 days")
         if self.media_keyframe_interval < 0:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not self.node_id:

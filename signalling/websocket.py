@@ -67,7 +67,9 @@ class Connection:
         self.settings = node.settings
         self.conn_id = uuid.uuid4().hex
         self.identity: Identity | None = None
-        self.bearer = bearer_token(request)
+        # Browsers cannot set headers on a WebSocket: the upgrade (and only it) may carry ?token=.
+        # Better still, the token goes in hello; the access log never shows query strings.
+        self.bearer = bearer_token(request) or request.query.get("token") or None
         # Handlers added by other modules (billing) find their app resources here.
         self.app = request.app
         self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(keys.WS_ICE_SERVERS, _no_ice_servers)
@@ -155,6 +157,12 @@ class Connection:
         if self._deadline is not None:
             self._deadline.cancel()
         self._deadline = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, code, text, close)
+
+    def revoke(self) -> None:
+        """The token this socket authenticated with was revoked: close it as a refused token."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._expire(ErrorCode.TOKEN_REVOKED, "the token has been revoked", CloseCode.AUTH_FAILED)
 
     def _expire(self, code: ErrorCode, text: str, close: CloseCode) -> None:
         # Held on the connection so the task is not garbage-collected mid-close.

@@ -350,6 +350,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.received: list[tuple[float, dict]] = []
         self.sockets: list[web.WebSocketResponse] = []
+        self.upgrade_urls: list[str] = []
         self.valid_resume = ""
         self.answer_pings = True
         self.count = 0
@@ -357,6 +358,7 @@ class ScriptedServer:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        self.upgrade_urls.append(str(request.rel_url))
         self.sockets.append(ws)
         async for frame in ws:
             msg = json.loads(frame.data)
@@ -432,7 +434,9 @@ async def scripted(browser):  # type: ignore[no-untyped-def]
 async def test_signalling_client_follows_the_protocol(scripted) -> None:  # type: ignore[no-untyped-def]
     server, page = scripted
     hello = server.received[0][1]
-    assert hello == {"v": 1, "type": "hello", "id": "c1", "client": {"name": "expertcall-web-demo", "version": "1"}}
+    assert hello == {"v": 1, "type": "hello", "id": "c1", "token": "tkn", "client": {"name": "expertcall-web-demo", "version": "1"}}
+    # The token travels in hello, never in the URL (which logs and browser histories keep).
+    assert server.upgrade_urls == ["/ws"]
     assert await page.evaluate("window.events") == ["connecting", "open", "open"]
 
     # A reply resolves its request by ref; an error with that ref rejects it with the code.
@@ -456,7 +460,8 @@ async def test_signalling_client_follows_the_protocol(scripted) -> None:  # type
     await page.evaluate("window.client.simulateDrop()")
     await page.wait_for_function("window.events.includes('resumed')")
     resume = [m for _, m in server.received[seen:] if m["type"] == "resume"][0]
-    assert resume["resume_token"] == token and set(resume) == {"v", "type", "id", "resume_token"}
+    assert resume["resume_token"] == token and set(resume) == {"v", "type", "id", "token", "resume_token"}
+    assert resume["token"] == "tkn" and set(server.upgrade_urls) == {"/ws"}
 
     # A refused resume falls back to hello: a fresh start the page is told about.
     server.valid_resume = "expired"

@@ -74,7 +74,9 @@ async def test_token_in_the_query_string(client) -> None:  # type: ignore[no-unt
 async def test_bad_tokens_get_an_error_and_close_4001(client, token, code) -> None:  # type: ignore[no-untyped-def]
     if token == "expired":
         secret = client.app[keys.SETTINGS].secret
-        token = jwt.encode({"sub": "alice", "role": "client", "exp": int(time.time()) - 5}, secret, "HS256")
+        now = int(time.time())
+        claims = {"sub": "alice", "role": "client", "iat": now - 3600, "exp": now - 120, "jti": "j-expired"}
+        token = jwt.encode(claims, secret, "HS256")
     peer = Peer(await client.ws_connect("/ws"))
     fields = {} if token is None else {"token": token}
     reply = await peer.request("hello", **fields)

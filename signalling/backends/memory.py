@@ -36,6 +36,7 @@ class MemoryHub:
         self.user_sessions: dict[str, str] = {}
         self.queues: dict[str, list[str]] = {}
         self.locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self.revoked: dict[str, int] = {}
 
 
 class MemoryBackend(Backend):
@@ -210,6 +211,19 @@ class MemoryBackend(Backend):
 
     async def queue(self, expert_id: str) -> list[str]:
         return list(self.hub.queues.get(expert_id, []))
+
+    # --- revoked tokens -----------------------------------------------------------------------
+
+    async def revoke_token(self, jti: str, expires_at: int) -> None:
+        now = time.time()
+        self.hub.revoked = {j: until for j, until in self.hub.revoked.items() if until > now}
+        self.hub.revoked[jti] = max(expires_at, self.hub.revoked.get(jti, 0))
+        for inbox in self.hub.inboxes.values():
+            inbox.put_nowait({"op": "revoked", "jti": jti, "expires_at": expires_at})
+
+    async def revoked_tokens(self) -> dict[str, int]:
+        now = time.time()
+        return {jti: until for jti, until in self.hub.revoked.items() if until > now}
 
     # --- coordination -------------------------------------------------------------------------
 
