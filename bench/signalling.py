@@ -105,9 +105,11 @@ def start_nodes(count: int, workdir: Path, secret: str, redis_url: str, prefix: 
     try:
         for i in range(count):
             port = free_port()
-            command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port), "--secret", secret,
+            command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
                        "--data-dir", str(workdir / f"node{i}"), "--no-demo"]
-            env = {**os.environ, **SERVER_ENV, "PYTHONPATH": str(ROOT), "EXPERTCALL_NODE_ID": f"bench-node{i}"}
+            # The secret in the environment, not in argv, where every user's ps shows it.
+            env = {**os.environ, **SERVER_ENV, "PYTHONPATH": str(ROOT), "EXPERTCALL_NODE_ID": f"bench-node{i}",
+                   "EXPERTCALL_SECRET": secret}
             if redis_url:
                 command += ["--redis", redis_url]
                 env["EXPERTCALL_REDIS_PREFIX"] = prefix

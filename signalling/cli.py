@@ -41,7 +41,8 @@ def main(verbose: bool) -> None:
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1). [EXPERTCALL_HOST]")
 @click.option("--port", type=int, default=None, help="Port (default 8080). [EXPERTCALL_PORT]")
 @click.option("--data-dir", default=None, help="Where state is kept (default ./var). [EXPERTCALL_DATA_DIR]")
-@click.option("--secret", default=None, help="Token signing secret. [EXPERTCALL_SECRET]")
+@click.option("--secret-file", default=None, help="File (mode 600) holding the token signing secret. [EXPERTCALL_SECRET_FILE]")
+@click.option("--secret", default=None, help="The secret itself: loopback development only (ps shows it). [EXPERTCALL_SECRET]")
 @click.option("--redis", "redis_url", default=None, help="redis:// URL to scale out. [EXPERTCALL_REDIS_URL]")
 @click.option("--billing-unit-seconds", type=int, default=None, help="Billing unit (default 60). [EXPERTCALL_BILLING_UNIT_SECONDS]")
 @click.option("--media-loopback/--no-media-loopback", default=None, help="Gather and announce 127.0.0.1 only. [EXPERTCALL_MEDIA_LOOPBACK]")
@@ -56,6 +57,7 @@ def serve(**options: Any) -> None:
 
     try:
         settings = Settings.from_env(**options)
+        _check_secret_flag(options.get("secret"), settings)
         app = create_app(settings)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
@@ -65,24 +67,42 @@ def serve(**options: Any) -> None:
                 access_log_class=RedactedAccessLogger)
 
 
+def _check_secret_flag(flag: str | None, settings: Settings) -> None:
+    """``--secret`` shows the secret to every user of the machine (ps, /proc, shell history):
+    tolerated for loopback development, with a warning, and refused on any other bind."""
+    if flag is None:
+        return
+    if not settings.is_loopback:
+        raise SettingsError(
+            "--secret puts the signing secret where every user of this machine can read it (ps): "
+            "on a non-loopback bind pass --secret-file FILE (mode 600) or set EXPERTCALL_SECRET"
+        )
+    click.echo("warning: --secret is visible to other users (ps, shell history); "
+               "use --secret-file FILE or EXPERTCALL_SECRET", err=True)
+
+
 @main.group(invoke_without_command=True)
 @click.option("--user", default=None, help="User id (the token's sub).")
 @click.option("--role", type=click.Choice([r.value for r in Role]), default=None)
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds (at most token_max_ttl).")
 @click.option("--name", default=None, help="Display name.")
-@click.option("--secret", default=None, help="Signing secret. [EXPERTCALL_SECRET]")
+@click.option("--secret-file", default=None, help="File (mode 600) holding the signing secret. [EXPERTCALL_SECRET_FILE]")
+@click.option("--secret", default=None, help="The secret itself: loopback development only (ps shows it). [EXPERTCALL_SECRET]")
 @click.option("--data-dir", default=None, help="Data dir holding a generated dev secret.")
 @click.pass_context
 def token(ctx: click.Context, user: str | None, role: str | None, ttl: int, name: str | None,
-          secret: str | None, data_dir: str | None) -> None:
+          secret_file: str | None, secret: str | None, data_dir: str | None) -> None:
     """Mint a bearer token (its jti goes to stderr); `expertcall token revoke` refuses one."""
-    ctx.obj = {"secret": secret, "data_dir": data_dir}
+    ctx.obj = {"secret": secret, "secret_file": secret_file, "data_dir": data_dir}
+    if secret is not None:
+        click.echo("warning: --secret is visible to other users (ps, shell history); "
+                   "use --secret-file FILE or EXPERTCALL_SECRET", err=True)
     if ctx.invoked_subcommand is not None:
         return
     if not user or not role:
         raise click.UsageError("minting a token needs --user and --role")
     try:
-        issuer = _issuer(secret, data_dir)
+        issuer = _issuer(ctx.obj)
         minted = issuer.mint(user, role, ttl=ttl, name=name)
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -99,8 +119,8 @@ def revoke(obj: dict[str, Any], token_or_jti: str, url: str | None) -> None:
 
     Every node refuses it from then on and closes the sockets it opened (4001 token_revoked)."""
     try:
-        settings = Settings.from_env(secret=obj["secret"], data_dir=obj["data_dir"])
-        issuer = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
+        settings = Settings.from_env(**obj)
+        issuer = _issuer(obj)
     except (SettingsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     admin = issuer.mint("expertcall-cli", Role.ADMIN, ttl=60, name="expertcall token revoke")
@@ -122,8 +142,8 @@ def revoke(obj: dict[str, Any], token_or_jti: str, url: str | None) -> None:
     click.echo(f"revoked {reply['jti']} (kept until {reply['expires_at']})")
 
 
-def _issuer(secret: str | None, data_dir: str | None) -> TokenIssuer:
-    settings = Settings.from_env(secret=secret, data_dir=data_dir)
+def _issuer(options: dict[str, Any]) -> TokenIssuer:
+    settings = Settings.from_env(**options)
     return TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
 
 

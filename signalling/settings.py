@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .files import UnsafeFile, private_dir, read_secret_file
+
 ENV_PREFIX = "EXPERTCALL_"
 
 
@@ -25,9 +27,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("./var")
-    # HS256 secret for tokens. Left empty, a loopback server makes a random one per data dir
-    # (kept in data_dir/secret); any other bind refuses to start without one.
-    secret: str = ""
+    # HS256 secret for tokens: EXPERTCALL_SECRET, or a file only its owner may read
+    # (--secret-file). Left empty, a loopback server makes a random one per data dir (kept in
+    # data_dir/secret); any other bind refuses to start without one.
+    secret: str = field(default="", repr=False)
+    secret_file: Path | None = None
     # No bearer token may live longer than this (seconds), whoever minted it.
     token_max_ttl: int = 24 * 3600
     redis_url: str = ""
@@ -62,7 +66,7 @@ class Settings:
     refund_window_seconds: int = 72 * 3600
     media_debounce_seconds: float = 2.0
     webhook_urls: tuple[str, ...] = ()
-    webhook_secret: str = ""
+    webhook_secret: str = field(default="", repr=False)
     billing_grace_seconds: int = 0
     metering_stream: str = "expertcall:metering"
 
@@ -80,7 +84,7 @@ class Settings:
     media_keyframe_interval: float = 1.0
 
     # TURN (the TURN REST API scheme shared with coturn's use-auth-secret)
-    turn_secret: str = ""
+    turn_secret: str = field(default="", repr=False)
     turn_urls: tuple[str, ...] = ()
     turn_ttl: int = 6 * 3600
     turn_max_ttl: int = 24 * 3600
@@ -88,9 +92,12 @@ class Settings:
     # Serve the web demo at / and hand out dev tokens (only ever on a loopback bind).
     demo: bool = True
     dev_tokens: bool = field(default=False, init=False)
+    _resolved_secret: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        if self.secret_file is not None:
+            self.secret_file = Path(self.secret_file)
         if not (0 < int(self.port) < 65536) and int(self.port) != 0:
             raise SettingsError(f"port must be 1-65535 (or 0 for any), got {self.port}")
         if self.billing_unit_seconds < 1:
@@ -117,25 +124,39 @@ class Settings:
         return is_loopback_host(self.host)
 
     def resolve_secret(self) -> str:
-        """The token secret, refusing an implicit one on a non-loopback bind."""
-        if self.secret:
-            if len(self.secret) < 32:
+        """The token secret: given, read from a private file, or (loopback only) generated."""
+        if self._resolved_secret:
+            return self._resolved_secret
+        if self.secret and self.secret_file is not None:
+            raise SettingsError("give the secret once: EXPERTCALL_SECRET or a secret file, not both")
+        secret = self.secret
+        if self.secret_file is not None:
+            try:
+                secret = read_secret_file(self.secret_file)
+            except UnsafeFile as exc:
+                raise SettingsError(str(exc)) from None
+        if secret:
+            if len(secret) < 32:
                 raise SettingsError("the secret must be at least 32 characters long (RFC 7518 asks HS256 keys to be 256 bits)")
-            return self.secret
-        if not self.is_loopback:
+        elif not self.is_loopback:
             raise SettingsError(
                 f"refusing to listen on {self.host} without an explicit secret: "
-                "pass --secret or set EXPERTCALL_SECRET (at least 32 characters). "
+                "pass --secret-file FILE (mode 600) or set EXPERTCALL_SECRET (at least 32 characters). "
                 "Only a loopback bind (127.0.0.1) may run with a generated development secret."
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / "secret"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(os.urandom(32).hex())
-        self.secret = path.read_text().strip()
-        return self.secret
+        else:
+            private_dir(self.data_dir)
+            path = self.data_dir / "secret"
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(os.urandom(32).hex())
+            try:
+                secret = read_secret_file(path)
+            except UnsafeFile as exc:
+                raise SettingsError(str(exc)) from None
+        self.secret = self._resolved_secret = secret
+        return secret
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -175,7 +196,7 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(raw)
         if kind.startswith("tuple[int"):
             return tuple(int(x) for x in raw.split(",") if x.strip())
