@@ -17,12 +17,12 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, rest_bookings, rest_experts, rest_tokens, wiring
+from . import ice, keys, metrics_http, rest_bookings, rest_experts, rest_tokens, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
 from .database import Database
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .node import setup as setup_signalling
 from .settings import Settings
 from .whip import setup_whip
@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    metrics_http.setup(app)
     ice.setup(app)
     app.cleanup_ctx.append(database_ctx)
     rest_experts.setup(app)
@@ -103,7 +103,3 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
     return web.json_response({"status": "ready", "node": node.node_id})
 
-
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[keys.METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

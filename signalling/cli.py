@@ -47,6 +47,8 @@ def main(verbose: bool) -> None:
 @click.option("--billing-unit-seconds", type=int, default=None, help="Billing unit (default 60). [EXPERTCALL_BILLING_UNIT_SECONDS]")
 @click.option("--media-loopback/--no-media-loopback", default=None, help="Gather and announce 127.0.0.1 only. [EXPERTCALL_MEDIA_LOOPBACK]")
 @click.option("--announced-ip", "media_announced_ip", default=None, help="Public IP announced in ICE candidates. [EXPERTCALL_MEDIA_ANNOUNCED_IP]")
+@click.option("--metrics-host", default=None, help="Loopback address of the token-less /metrics listener (default 127.0.0.1). [EXPERTCALL_METRICS_HOST]")
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics without a token on this loopback port. [EXPERTCALL_METRICS_PORT]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
 def serve(**options: Any) -> None:
     """Run signalling, the SFU and the web demo in one process."""

@@ -39,6 +39,12 @@ class Settings:
     redis_prefix: str = "expertcall"
     node_id: str = ""
 
+    # /metrics takes an admin token or this static one (at least 32 characters, for scrapers)...
+    metrics_token: str = field(default="", repr=False)
+    # ... and, with a port, is also served without a token on a second listener, loopback only.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
     # WebSocket protocol
     ping_interval: float = 20.0
     ping_timeout: float = 10.0
@@ -113,6 +119,16 @@ class Settings:
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
         if not (60 <= self.token_max_ttl <= 30 * 86400):
             raise SettingsError("token_max_ttl must be between 60 seconds and 30 days")
+        if self.metrics_token and len(self.metrics_token) < 32:
+            raise SettingsError("metrics_token must be at least 32 characters long")
+        if self.metrics_port:
+            if not (0 < int(self.metrics_port) < 65536):
+                raise SettingsError(f"metrics_port must be 1-65535, got {self.metrics_port}")
+            if not is_loopback_host(self.metrics_host):
+                raise SettingsError(
+                    f"the metrics listener takes no token, so it binds to loopback only, not {self.metrics_host}: "
+                    "scrape the main port's /metrics with EXPERTCALL_METRICS_TOKEN from elsewhere"
+                )
         if self.media_keyframe_interval < 0:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not self.node_id:
