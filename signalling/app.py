@@ -17,7 +17,7 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, metrics_http, rest_bookings, rest_experts, rest_tokens, wiring
+from . import ice, keys, metrics_http, origins, rest_bookings, rest_experts, rest_tokens, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
     app[keys.METRICS] = Metrics()
+    origins.setup(app, settings.allowed_origins)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

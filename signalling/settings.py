@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import origins as origins_module
 from .files import UnsafeFile, private_dir, read_secret_file
 
 ENV_PREFIX = "EXPERTCALL_"
@@ -44,6 +45,10 @@ class Settings:
     # ... and, with a port, is also served without a token on a second listener, loopback only.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+
+    # Web pages on other origins that may use /ws and the REST API (http(s)://host[:port]);
+    # the server's own origin always may. Requests without Origin (apps, encoders) are not affected.
+    allowed_origins: tuple[str, ...] = ()
 
     # WebSocket protocol
     ping_interval: float = 20.0
@@ -119,6 +124,13 @@ class Settings:
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
         if not (60 <= self.token_max_ttl <= 30 * 86400):
             raise SettingsError("token_max_ttl must be between 60 seconds and 30 days")
+        origins = []
+        for origin in self.allowed_origins:
+            normalised = origins_module.normalise(origin)
+            if normalised is None:
+                raise SettingsError(f"allowed_origins: {origin!r} is not an origin like https://app.example.com[:port]")
+            origins.append(normalised)
+        self.allowed_origins = tuple(origins)
         if self.metrics_token and len(self.metrics_token) < 32:
             raise SettingsError("metrics_token must be at least 32 characters long")
         if self.metrics_port:

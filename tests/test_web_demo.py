@@ -100,6 +100,33 @@ async def test_dev_token_refuses_bad_input_with_a_code(client, body, code) -> No
     assert (await resp.json())["error"]["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        # A cross-site form can post text/plain without a preflight; it gets nothing.
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        # DNS rebinding: the attacker's name now points at 127.0.0.1, but the browser still sends it.
+        ({"Host": "attacker.example:8080"}, 403, "forbidden_host"),
+        ({"Host": "127.0.0.1.attacker.example"}, 403, "forbidden_host"),
+        ({"Origin": "http://attacker.example"}, 403, "origin_forbidden"),
+        ({"Origin": "null"}, 403, "origin_forbidden"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "origin_forbidden"),
+    ],
+)
+async def test_dev_tokens_only_for_this_machines_own_pages(client, headers, status, code) -> None:  # type: ignore[no-untyped-def]
+    sent = {"Content-Type": "application/json", **headers}
+    resp = await client.post("/api/dev/token", data=json.dumps({"user": "erin", "role": "expert"}), headers=sent)
+    assert resp.status == status and (await resp.json())["error"]["code"] == code
+
+
+async def test_dev_tokens_for_the_servers_own_page_and_for_curl(client) -> None:  # type: ignore[no-untyped-def]
+    own = f"http://127.0.0.1:{client.server.port}"
+    for headers in ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, {"Host": f"localhost:{client.server.port}"}, {}):
+        resp = await client.post("/api/dev/token", json={"user": "erin", "role": "expert"}, headers=headers)
+        assert resp.status == 200, (headers, await resp.text())
+
+
 async def test_no_dev_tokens_on_a_public_bind(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(host="0.0.0.0", data_dir=tmp_path, secret="public-secret-0123456789abcdef-0123456789")
     assert settings.dev_tokens is False

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling import keys
+from signalling import keys, origins
 from signalling.auth import Role
+from signalling.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/client": "client.html", "/expert": "expert.html"}
@@ -58,11 +59,25 @@ async def dev_token(request: web.Request) -> web.Response:
     """``{"user", "role", "name"}`` → ``{"token", "user", "role", "name", "expires_in"}``.
 
     Only registered on a loopback bind with the demo on, so that anyone able to reach it is
-    already on this machine. Admin tokens are never handed out this way.
+    already on this machine - or is a web page that machine's browser is showing. So it also
+    wants a loopback ``Host`` (a page on another site that re-points its own name at 127.0.0.1,
+    DNS rebinding, still sends that name), ``application/json`` (a plain form cannot send it)
+    and, from a browser, an ``Origin`` that is this server's own. Admin tokens are never handed
+    out this way.
     """
+    host = request.url.host or ""
+    if not is_loopback_host(host):
+        return _error(403, "forbidden_host", "dev tokens are handed out to http://127.0.0.1 or http://localhost only")
+    origin = request.headers.get("Origin")
+    if origin is not None and not origins.same_origin(request, origin):
+        return _error(403, "origin_forbidden", "dev tokens are handed out to this server's own pages only")
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return _error(403, "origin_forbidden", "dev tokens are handed out to this server's own pages only")
+    if request.content_type != "application/json":
+        return _error(415, "unsupported_media_type", "send the body as application/json")
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return _error(400, "invalid_json", "the body must be a JSON object")
     if not isinstance(body, dict):
         return _error(400, "invalid_json", "the body must be a JSON object")
@@ -82,4 +97,4 @@ async def dev_token(request: web.Request) -> web.Response:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return web.json_response({"error": {"code": code, "message": message, "field": None}}, status=status)
