@@ -46,8 +46,14 @@ from .media import process_cpu_seconds
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # A pair sends two messages a round, far above the default 20 a second per socket once rounds take
-# a few milliseconds: the bench measures the server's pairing path, not its flood limit.
-SERVER_ENV = {"EXPERTCALL_MAX_MESSAGES_PER_SECOND": "100000"}
+# a few milliseconds, and every simulated user connects from 127.0.0.1: the bench measures the
+# server's pairing path and memory, not its flood and per-address limits.
+SERVER_ENV = {
+    "EXPERTCALL_MAX_MESSAGES_PER_SECOND": "100000",
+    "EXPERTCALL_WS_MAX_CONNECTIONS": "1000000",
+    "EXPERTCALL_WS_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
+    "EXPERTCALL_WS_MAX_UNAUTHENTICATED_PER_ADDRESS": "1000000",
+}
 WAIT_SECONDS = 30.0  # any one expected message (the server's own ring timeout is 30 s)
 CONNECT_CONCURRENCY = 64  # handshakes in flight per worker: a burst, not a SYN flood
 IDLE_SETTLE_SECONDS = 2.0

@@ -22,6 +22,7 @@ from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
 from .database import Database
+from .limits import body_limit_middleware
 from .metrics import Metrics
 from .node import setup as setup_signalling
 from .settings import Settings
@@ -31,11 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_message_bytes * 16)
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
     app[keys.TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
     app[keys.METRICS] = Metrics()
     origins.setup(app, settings.allowed_origins)
+    app.middlewares.append(body_limit_middleware(settings.max_body_bytes))
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -24,6 +24,7 @@ from .backends.memory import MemoryBackend
 from .booking_events import BookingNotifier
 from .database import Database
 from .directory import ExpertDirectory, MemoryExpertDirectory
+from .limits import SocketCounts, parse_networks
 from .media import MediaRelay
 from .metrics import Metrics
 from .presence import Presence
@@ -58,6 +59,12 @@ class SignallingNode:
         self.metrics = metrics
         self.timers = Timers()
         self.revoked = RevocationStore(db)
+        self.sockets = SocketCounts(
+            settings.ws_max_connections,
+            settings.ws_max_connections_per_address,
+            settings.ws_max_unauthenticated_per_address,
+        )
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.sessions = SessionManager(backend, SessionStore(db), clock)
         self.presence = Presence(backend, self.sessions)
         self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)

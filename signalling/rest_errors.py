@@ -40,7 +40,10 @@ _BY_STATUS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest,
     403: web.HTTPForbidden,
     404: web.HTTPNotFound,
+    401: web.HTTPUnauthorized,
     409: web.HTTPConflict,
+    415: web.HTTPUnsupportedMediaType,
+    429: web.HTTPTooManyRequests,
     503: web.HTTPServiceUnavailable,
 }
 
@@ -61,6 +64,8 @@ def install(app: web.Application) -> None:
 
 def http_error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
     body = json.dumps({"error": {"code": code, "message": message, "field": field}})
+    if status == 413:  # its constructor wants the sizes, for a text we replace
+        return web.HTTPRequestEntityTooLarge(0, 0, text=body, content_type="application/json")
     return _BY_STATUS[status](text=body, content_type="application/json")
 
 

@@ -53,6 +53,9 @@ class BookingRules:
     min_seconds: int = 300
     max_seconds: int = 4 * 3600
     reminder_leads: tuple[int, ...] = (600, 60)
+    # Bookings still waiting for their start that one client, and one expert, may hold.
+    max_open_per_client: int = 10
+    max_open_per_expert: int = 500
 
     def __post_init__(self) -> None:
         if self.max_days_ahead < 1:
@@ -73,6 +76,8 @@ class BookingRules:
             min_seconds=settings.booking_min_seconds,
             max_seconds=settings.booking_max_seconds,
             reminder_leads=tuple(settings.reminder_lead_seconds),
+            max_open_per_client=settings.booking_max_open_per_client,
+            max_open_per_expert=settings.booking_max_open_per_expert,
         )
 
 
@@ -222,6 +227,15 @@ class BookingStore:
             ).fetchone()
             if same:
                 return _booking(same), False
+            held = f"SELECT COUNT(*) FROM bookings WHERE {{}} = ? AND state = '{BOOKED}'"
+            if conn.execute(held.format("client_id"), (client_id,)).fetchone()[0] >= rules.max_open_per_client:
+                raise ApiError("too_many_bookings",
+                               f"you already hold {rules.max_open_per_client} bookings that have not started: cancel one first",
+                               None, status=429)
+            if conn.execute(held.format("expert_id"), (expert_id,)).fetchone()[0] >= rules.max_open_per_expert:
+                raise ApiError("too_many_bookings",
+                               f"this expert already has {rules.max_open_per_expert} bookings that have not started",
+                               "expert_id", status=429)
             overlap = f'start < ? AND "end" > ? AND {_ACTIVE}'
             if conn.execute(f"SELECT 1 FROM bookings WHERE expert_id = ? AND {overlap}", (expert_id, end, start)).fetchone():
                 raise ApiError("slot_taken", "the expert already has a booking at that time", "start", status=409)

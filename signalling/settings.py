@@ -15,8 +15,14 @@ from typing import Any, Mapping
 
 from . import origins as origins_module
 from .files import UnsafeFile, private_dir, read_secret_file
+from .limits import parse_networks
 
 ENV_PREFIX = "EXPERTCALL_"
+LIMITS = (
+    "ws_max_connections", "ws_max_connections_per_address", "ws_max_unauthenticated_per_address",
+    "ws_outbox_limit", "whip_max_resources_per_participant", "whip_max_resources_per_session",
+    "booking_max_open_per_client", "booking_max_open_per_expert",
+)
 
 
 class SettingsError(ValueError):
@@ -63,6 +69,20 @@ class Settings:
     # An accepted session whose media does not flow on both sides within this ends as a no-show.
     connect_timeout: float = 60.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
+
+    # Limits: signalling/limits.py lists each with the error a client sees when it hits it.
+    ws_max_connections: int = 10_000
+    ws_max_connections_per_address: int = 50
+    ws_max_unauthenticated_per_address: int = 10
+    ws_outbox_limit: int = 256
+    whip_max_resources_per_participant: int = 4
+    whip_max_resources_per_session: int = 16
+    booking_max_open_per_client: int = 10
+    booking_max_open_per_expert: int = 500
+    max_body_bytes: int = 64 * 1024
+    max_sdp_bytes: int = 64 * 1024
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client the limits count.
+    trusted_proxies: tuple[str, ...] = ()
 
     # Scheduled sessions (bookings)
     booking_max_days_ahead: int = 90
@@ -131,6 +151,15 @@ class Settings:
                 raise SettingsError(f"allowed_origins: {origin!r} is not an origin like https://app.example.com[:port]")
             origins.append(normalised)
         self.allowed_origins = tuple(origins)
+        for name in LIMITS:
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+        if self.max_body_bytes < 4096 or self.max_sdp_bytes < 4096:
+            raise SettingsError("max_body_bytes and max_sdp_bytes must be at least 4096")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"trusted_proxies: {exc}") from None
         if self.metrics_token and len(self.metrics_token) < 32:
             raise SettingsError("metrics_token must be at least 32 characters long")
         if self.metrics_port:

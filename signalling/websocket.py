@@ -26,6 +26,7 @@ from sfu.api import MediaError
 
 from . import keys
 from .auth import AuthError, Identity, Role, bearer_token
+from .limits import LimitReached, client_address
 from .presence import Availability
 from .protocol import (
     VERSION,
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
 
-# Messages waiting to be written to one socket before it counts as too slow and is closed: a
-# client that stops reading must not stall the handlers (and locks) of the users sending to it.
-OUTBOX_LIMIT = 256
-
 
 @dataclass(frozen=True)
 class Route:
@@ -61,11 +58,13 @@ class Route:
 
 
 class Connection:
-    def __init__(self, node: "SignallingNode", ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, node: "SignallingNode", ws: web.WebSocketResponse, request: web.Request, address: str = "") -> None:
         self.node = node
         self.ws = ws
         self.settings = node.settings
         self.conn_id = uuid.uuid4().hex
+        # What the socket limits count it against (limits.client_address).
+        self.address = address
         self.identity: Identity | None = None
         # Browsers cannot set headers on a WebSocket: the upgrade (and only it) may carry ?token=.
         # Better still, the token goes in hello; the access log never shows query strings.
@@ -97,30 +96,41 @@ class Connection:
     # --- sending ------------------------------------------------------------------------------
 
     async def send(self, msg: dict[str, Any]) -> bool:
-        """Queue one message for this socket; False when it is closing."""
+        """Queue one message for this socket (a reply, or a message routed here); False when it
+        is closing. A client that lets ``ws_outbox_limit`` messages pile up unread, whatever
+        they are, is closed as too slow: it must not stall the handlers (and locks) of the users
+        sending to it, nor grow the server's memory. What it did not read is stashed, in order,
+        for its resume."""
         if not self._ready:
             self._early.append(msg)
             return True
         if self.ws.closed or self._slow:
             return False
+        if self._outbox.qsize() >= self.settings.ws_outbox_limit:
+            await self._too_slow()
+            if self.identity is not None:
+                await self.node.backend.stash(self.user_id, msg)
+            return True
         self._outbox.put_nowait(msg)
         return True
 
     async def deliver(self, msg: dict[str, Any]) -> bool:
-        """``send`` for messages routed here by the backend (others' doings): a socket that lets
-        them pile up is closed, and what it did not read is stashed, in order, for its resume.
-        False tells the backend to stash ``msg`` after them."""
-        if self._ready and not self._slow and self._outbox.qsize() >= OUTBOX_LIMIT:
-            self._slow = True
-            unread = []
-            while not self._outbox.empty():
-                unread.append(self._outbox.get_nowait())
-                self._outbox.task_done()
-            for queued in unread:
-                await self.node.backend.stash(self.user_id, queued)
-            self._expiry = asyncio.ensure_future(self.close(CloseCode.TOO_SLOW, "messages are not being read"))
+        """``send`` for messages routed here by the backend; False tells the backend to stash it."""
+        if self._ready and not self._slow and self._outbox.qsize() >= self.settings.ws_outbox_limit:
+            await self._too_slow()
             return False
         return await self.send(msg)
+
+    async def _too_slow(self) -> None:
+        self._slow = True
+        unread = []
+        while not self._outbox.empty():
+            unread.append(self._outbox.get_nowait())
+            self._outbox.task_done()
+        if self.identity is not None:
+            for queued in unread:
+                await self.node.backend.stash(self.user_id, queued)
+        self._expiry = asyncio.ensure_future(self.close(CloseCode.TOO_SLOW, "messages are not being read"))
 
     async def _write(self) -> None:
         while True:
@@ -276,6 +286,8 @@ class Connection:
 
     async def start(self, identity: Identity, ref: Any, resumed: bool) -> None:
         self._ready = False
+        if self.identity is None:
+            self.node.sockets.authenticated(self.address)
         self.identity = identity
         if self._deadline is not None:
             self._deadline.cancel()
@@ -286,10 +298,11 @@ class Connection:
             raise
         early, self._early = self._early, []
         self._ready = True
-        await self.send(welcome)
         # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
-        for msg in (stashed if resumed else []) + early:
-            await self.send(msg)
+        # The replay is bounded by the stash (MAX_STASHED) and never counts as a slow reader.
+        if not self.ws.closed:
+            for msg in [welcome] + (stashed if resumed else []) + early:
+                self._outbox.put_nowait(msg)
         self._close_later(
             identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
         )
@@ -451,17 +464,26 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=settings.max_message_bytes * 4,
         receive_timeout=settings.ping_interval + settings.ping_timeout,
     )
-    await ws.prepare(request)
-    conn = Connection(node, ws, request)
-    node.connections[conn.conn_id] = conn
-    node.metrics.ws_connections.inc()
+    # Counted before the upgrade, so that a refusal costs one HTTP answer (limits.py).
+    address = client_address(request, node.trusted_proxies)
     try:
+        node.sockets.admit(address)
+    except LimitReached as exc:
+        raise exc.as_http() from None
+    conn = None
+    try:
+        await ws.prepare(request)
+        conn = Connection(node, ws, request, address)
+        node.connections[conn.conn_id] = conn
+        node.metrics.ws_connections.inc()
         if node.closing:
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         else:
             await conn.run()
     finally:
-        node.connections.pop(conn.conn_id, None)
-        node.metrics.ws_connections.dec()
-        await conn.finish()
+        node.sockets.release(address, authenticated=conn is not None and conn.identity is not None)
+        if conn is not None:
+            node.connections.pop(conn.conn_id, None)
+            node.metrics.ws_connections.dec()
+            await conn.finish()
     return ws

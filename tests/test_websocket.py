@@ -329,10 +329,8 @@ async def test_after_a_restart_an_expert_who_does_not_return_releases_the_queue(
     assert ended["session"]["reason"] == "expert_unavailable"
 
 
-async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from signalling import websocket
-
-    monkeypatch.setattr(websocket, "OUTBOX_LIMIT", 16)
+async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client) -> None:  # type: ignore[no-untyped-def]
+    client.app[keys.SETTINGS].ws_outbox_limit = 16
     node = client.app[keys.SIGNALLING]
     slow = await Peer.join(client, "slow", "client")
     other = await Peer.join(client, "other", "client")
