@@ -62,7 +62,7 @@ MAX_ID = 128
 _SKILL_SEPARATORS = re.compile(r"[\s_]+")
 _SKILL_OK = re.compile(r"^[^\W_](?:[\w+#.\-]*[\w+#])?$")
 _LANGUAGE_OK = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
-_CLOCK_OK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+_CLOCK_OK = re.compile(r"([01][0-9]|2[0-4]):([0-5][0-9])")
 
 Availability = Callable[[str], "str | Awaitable[str]"]
 Waiting = Callable[[str], "int | Awaitable[int]"]
@@ -264,7 +264,7 @@ def _list(value: object, field_name: str) -> list[Any]:
 
 
 def _parse_clock(raw: object, where: str) -> int:
-    match = _CLOCK_OK.match(raw) if isinstance(raw, str) else None
+    match = _CLOCK_OK.fullmatch(raw) if isinstance(raw, str) else None
     minutes = int(match.group(1)) * 60 + int(match.group(2)) if match else -1
     if not (0 <= minutes <= 1440):
         raise InvalidInput("invalid_hours", "times are HH:MM between 00:00 and 24:00", where)

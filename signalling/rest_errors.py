@@ -8,11 +8,16 @@ the JSON path (``working_hours.weekly.mon[0]``) that was wrong, or is null.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, Mapping, overload
 
 import jsonschema
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from . import json_bounds
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class ApiError(Exception):
@@ -69,12 +74,30 @@ def http_error(status: int, code: str, message: str, field: str | None = None) -
     return _BY_STATUS[status](text=body, content_type="application/json")
 
 
+async def read_json_value(request: web.Request) -> Any:
+    """The request body as JSON, or a coded 400: ``invalid_json`` (not UTF-8, not JSON, NaN),
+    ``json_too_deep`` (nested deeper than json_bounds.MAX_DEPTH) or ``invalid_text`` (a string
+    that is not Unicode text, such as a lone surrogate, with its ``field``)."""
+    try:
+        body = json.loads((await request.read()).decode("utf-8"), parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        raise http_error(400, "invalid_json", "the request body is not valid JSON in UTF-8") from None
+    except RecursionError:
+        raise http_error(400, "json_too_deep", f"the request body is nested deeper than {json_bounds.MAX_DEPTH} levels") from None
+    problem = json_bounds.inspect(body)
+    if problem is not None:
+        code = "json_too_deep" if problem.code == "too_deep" else problem.code
+        raise http_error(400, code, problem.message, json_path(problem.path) or None)
+    return body
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json(request: web.Request, validator: jsonschema.protocols.Validator) -> dict[str, Any]:
     """The request body as a JSON object valid against ``validator``, or a coded 400."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise http_error(400, "invalid_json", "the request body is not valid JSON") from None
+    body = await read_json_value(request)
     errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         first = errors[0]
@@ -91,7 +114,8 @@ def int_param(params: Mapping[str, str], name: str, default: int | None, lo: int
     raw = params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not (lo <= int(raw) <= hi):
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses, and int() takes "٣".
+    if not _DIGITS.fullmatch(raw) or not (lo <= int(raw) <= hi):
         raise InvalidInput(f"invalid_{name}", f"{name} is a whole number from {lo} to {hi}", name)
     return int(raw)
 

@@ -484,16 +484,26 @@ class Scheduler:
             self.metrics.bookings.labels(event).inc()
 
 
+# Instants are taken between these (Unix seconds): 1970-01-01 and 9000-01-01, so that a window
+# of days around any of them stays within the years datetime can represent.
+EARLIEST_INSTANT = 0
+LATEST_INSTANT = 221845392000
+
+
 def parse_instant(raw: object, field_name: str) -> int:
     """An RFC 3339 time with an offset (``2027-03-28T09:00:00+02:00`` or ``...Z``) as Unix seconds."""
     try:
-        if not isinstance(raw, str):
+        if not isinstance(raw, str) or len(raw) > 64:
             raise ValueError
         moment = datetime.fromisoformat(raw)
-    except ValueError:
+        if moment.tzinfo is None:
+            raise InvalidInput("invalid_time", "a time needs a UTC offset or Z", field_name)
+        if moment.microsecond:
+            raise InvalidInput("invalid_time", "times are in whole seconds", field_name)
+        # 9999-12-31T23:59:59-23:59 is a valid RFC 3339 time past what datetime can hold in UTC.
+        seconds = int(moment.astimezone(timezone.utc).timestamp())
+    except (ValueError, OverflowError):
         raise InvalidInput("invalid_time", "times are RFC 3339, e.g. 2027-03-28T09:00:00Z", field_name) from None
-    if moment.tzinfo is None:
-        raise InvalidInput("invalid_time", "a time needs a UTC offset or Z", field_name)
-    if moment.microsecond:
-        raise InvalidInput("invalid_time", "times are in whole seconds", field_name)
-    return int(moment.astimezone(timezone.utc).timestamp())
+    if not (EARLIEST_INSTANT <= seconds <= LATEST_INSTANT):
+        raise InvalidInput("invalid_time", "times are between 1970-01-01 and 9000-01-01", field_name)
+    return seconds

@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 
 from sfu.api import MediaError
 
-from . import keys
+from . import json_bounds, keys
 from .auth import AuthError, Identity, Role, bearer_token
 from .limits import LimitReached, client_address
 from .presence import Availability
@@ -231,6 +231,10 @@ class Connection:
             await self.reply_error(ErrorCode.INVALID_MESSAGE, "a message is a JSON object", None)
             return
         ref = safe_ref(msg.get("id"))
+        deep = json_bounds.inspect(msg, text=False)
+        if deep is not None:
+            await self.reply_error(ErrorCode.INVALID_MESSAGE, deep.message, ref)
+            return
         type_ = msg.get("type")
         route = ROUTES.get(type_) if isinstance(type_, str) else None
         if route is None or not isinstance(type_, str):
@@ -242,6 +246,12 @@ class Connection:
             return
         try:
             validate_client(msg)
+            if json_bounds.may_hold_surrogates(text):
+                # A bearer token is the auth layer's to refuse (token_invalid, close 4001).
+                bad = json_bounds.inspect(msg, skip=_TOKEN if type_ in ("hello", "resume") else frozenset())
+                if bad is not None:
+                    where = "/".join(map(str, bad.path)) or "(message)"
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{where}: {bad.message}")
             self._authorise(type_, route)
             await self._keep_location()
             await route.handler(self, msg)
@@ -432,6 +442,9 @@ async def on_session_end(conn: Connection, msg: dict[str, Any]) -> None:
 async def on_media(conn: Connection, msg: dict[str, Any]) -> None:
     await conn.node.media.handle(conn.user_id, msg)
 
+
+# hello/resume leave their token to TokenIssuer (json_bounds.inspect's skip).
+_TOKEN: frozenset[tuple[str | int, ...]] = frozenset({("token",)})
 
 EXPERT = frozenset({Role.EXPERT})
 CLIENT = frozenset({Role.CLIENT})

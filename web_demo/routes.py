@@ -6,13 +6,13 @@ another origin (the Content-Security-Policy below enforces that in the browser t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aiohttp import web
 
 from signalling import keys, origins
 from signalling.auth import Role
+from signalling.rest_errors import read_json_value
 from signalling.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
@@ -65,7 +65,10 @@ async def dev_token(request: web.Request) -> web.Response:
     and, from a browser, an ``Origin`` that is this server's own. Admin tokens are never handed
     out this way.
     """
-    host = request.url.host or ""
+    try:
+        host = request.url.host or ""
+    except ValueError:  # a Host that is no name at all (non-UTF-8 bytes: IDNA refuses them)
+        host = ""
     if not is_loopback_host(host):
         return _error(403, "forbidden_host", "dev tokens are handed out to http://127.0.0.1 or http://localhost only")
     origin = request.headers.get("Origin")
@@ -75,10 +78,7 @@ async def dev_token(request: web.Request) -> web.Response:
         return _error(403, "origin_forbidden", "dev tokens are handed out to this server's own pages only")
     if request.content_type != "application/json":
         return _error(415, "unsupported_media_type", "send the body as application/json")
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        return _error(400, "invalid_json", "the body must be a JSON object")
+    body = await read_json_value(request)
     if not isinstance(body, dict):
         return _error(400, "invalid_json", "the body must be a JSON object")
     user, role, name = body.get("user"), body.get("role"), body.get("name", "")
