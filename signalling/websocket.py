@@ -347,7 +347,9 @@ class Connection:
             resume_grace=self.settings.resume_grace,
             max_message_bytes=self.settings.max_message_bytes,
             max_messages_per_second=self.settings.max_messages_per_second,
+            max_message_burst=self.settings.max_message_burst,
             ice_servers=self.ice_servers(identity.user_id),
+            billing_unit_seconds=self.settings.billing_unit_seconds,
             session=session.public() if session else None,
             presence=availability,
         )

@@ -400,7 +400,8 @@ class ScriptedServer:
             "v": 1, "type": "welcome", "ref": ref, "protocol": 1, "resumed": resumed,
             "user": {"id": "u", "role": "expert", "name": "U"}, "resume_token": self.valid_resume,
             "ping_interval": 1, "ping_timeout": 2, "resume_grace": 30, "max_message_bytes": 65536,
-            "max_messages_per_second": self.RATE, "ice_servers": [], "session": None, "presence": None,
+            "max_messages_per_second": self.RATE, "max_message_burst": self.RATE, "ice_servers": [],
+            "billing_unit_seconds": 60, "session": None, "presence": None,
         }
 
     async def answer(self, ws: web.WebSocketResponse, msg: dict) -> None:

@@ -354,3 +354,22 @@ async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client) -
     while refs[-1] != 25:
         refs.append((await back.expect("ack"))["ref"])
     assert refs[0] in (0, 1) and refs == list(range(refs[0], 26))
+
+
+async def test_help_request_is_answered_in_the_documented_order(client) -> None:  # type: ignore[no-untyped-def]
+    """docs/protocol.md: requested, then queue.position, then ringing (main sent ringing second)."""
+    await Peer.join(client, "erin", "expert")
+    alice = await Peer.join(client, "alice", "client")
+    msg_id = await alice.send("help.request", expert_id="erin")
+    received = [await alice.recv() for _ in range(3)]
+    assert [(m["type"], m.get("session", {}).get("state")) for m in received] == [
+        ("session.state", "requested"), ("queue.position", None), ("session.state", "ringing"),
+    ]
+    assert received[0]["ref"] == msg_id and received[1]["position"] == 1 and "ref" not in received[2]
+
+
+async def test_welcome_announces_the_billing_unit_and_the_burst(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.billing_unit_seconds, settings.max_message_burst = 30, 45
+    client = await aiohttp_client(build_app(settings, FakePlane()))
+    welcome = (await Peer.join(client, "alice", "client")).welcome
+    assert welcome["billing_unit_seconds"] == 30 and welcome["max_message_burst"] == 45

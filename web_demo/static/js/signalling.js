@@ -174,7 +174,9 @@ export class SignallingClient extends EventTarget {
       },
       onServerOffer: (handler) =>
         this.on("media.offer", ({ message }) => {
-          if (mine(message)) handler({ transport: message.transport, sdp: message.sdp, offerId: message.offer_id });
+          if (mine(message)) {
+            handler({ transport: message.transport, sdp: message.sdp, offerId: message.offer_id, newConnection: message.new_connection });
+          }
         }),
       onCandidate: (handler) =>
         this.on("media.ice", ({ message }) => {
