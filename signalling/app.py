@@ -17,7 +17,7 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, metrics_http, origins, rest_bookings, rest_experts, rest_tokens, wiring
+from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     metrics_http.setup(app)
     ice.setup(app)
+    openapi.setup(app)
     app.cleanup_ctx.append(database_ctx)
     rest_experts.setup(app)
     rest_bookings.setup(app)

@@ -53,13 +53,27 @@ _BY_STATUS: dict[int, type[web.HTTPException]] = {
 }
 
 
+# Paths whose every error is coded JSON, the router's own 404 and 405 included.
+API_PREFIXES = ("/api/", "/whip/", "/whep/")
+
+
 @web.middleware
 async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn an ``ApiError`` raised by any handler into its coded JSON response."""
+    """Turn an ``ApiError`` raised by any handler into its coded JSON response, and the router's
+    plain-text "404: Not Found" / "405: Method Not Allowed" under the API into the same shape."""
     try:
         return await handler(request)
     except ApiError as exc:
         raise exc.as_http() from None
+    except web.HTTPNotFound as exc:
+        if exc.content_type != "text/plain" or not request.path.startswith(API_PREFIXES):
+            raise
+        raise http_error(404, "not_found", "no such resource") from None
+    except web.HTTPMethodNotAllowed as exc:
+        if exc.content_type != "text/plain" or not request.path.startswith(API_PREFIXES):
+            raise
+        body = json.dumps({"error": {"code": "method_not_allowed", "message": f"{exc.method} is not allowed here", "field": None}})
+        raise web.HTTPMethodNotAllowed(exc.method, exc.allowed_methods, text=body, content_type="application/json") from None
 
 
 def install(app: web.Application) -> None:

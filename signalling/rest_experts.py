@@ -139,7 +139,7 @@ def search_query(params: Any) -> SearchQuery:
         min_rating = Fraction(params["min_rating"])
     available: tuple[str, ...] = ()
     if "available" in params:
-        available = tuple(s.strip() for s in params["available"].split(","))
+        available = tuple(params["available"].split(","))
         if not available or any(s not in AVAILABILITY for s in available):
             raise InvalidInput("invalid_availability", f"available lists some of {', '.join(AVAILABILITY)}", "available")
     return SearchQuery(

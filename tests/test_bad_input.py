@@ -181,3 +181,23 @@ async def test_deep_nesting_on_the_socket(ws_client, depth: int) -> None:  # typ
 
 def test_every_expert_in_the_fixture_is_plain_text() -> None:
     assert all(json.dumps(e.display_name).isascii() for e in EXPERTS)
+
+
+# --- found by schemathesis ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zone", ["a" * 300, "Europe/", "/", "..", "Europe/../Berlin", "Ṱ̺̺o͞ ̷i̲n", "\x00"])
+async def test_time_zones_that_are_no_zone_names(client, zone: str) -> None:  # type: ignore[no-untyped-def]
+    body = {"display_name": "E", "working_hours": {"time_zone": zone, "weekly": {}}}
+    resp = await client.put("/api/experts/erin", json=body, headers=bearer(client, "erin", "expert"))
+    assert await coded(resp) == (400, "invalid_time_zone")
+
+
+async def test_export_formats_other_than_json_and_csv(client) -> None:  # type: ignore[no-untyped-def]
+    resp = await client.get("/api/billing/export", params={"format": "-1e-05"}, headers=bearer(client, "root", "admin"))
+    assert await coded(resp) == (400, "bad_request")
+
+
+async def test_dev_token_bodies_with_unknown_fields(client) -> None:  # type: ignore[no-untyped-def]
+    resp = await client.post("/api/dev/token", json={"user": "ann", "role": "client", "admin": True})
+    assert await coded(resp) == (400, "unknown_field")

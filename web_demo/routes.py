@@ -81,6 +81,9 @@ async def dev_token(request: web.Request) -> web.Response:
     body = await read_json_value(request)
     if not isinstance(body, dict):
         return _error(400, "invalid_json", "the body must be a JSON object")
+    unknown = sorted(set(body) - {"user", "role", "name"})
+    if unknown:
+        return _error(400, "unknown_field", f"unknown field {unknown[0]!r}: the body is {{user, role, name}}")
     user, role, name = body.get("user"), body.get("role"), body.get("name", "")
     if not isinstance(user, str) or not (1 <= len(user) <= 128) or not user.isprintable():
         return _error(400, "invalid_user", "user must be a 1-128 character printable string")

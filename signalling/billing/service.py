@@ -248,7 +248,10 @@ async def export(request: web.Request) -> web.Response:
     _me(request, Role.ADMIN)
     start = _instant_param(request, "from", 0.0)
     end = _instant_param(request, "to", END_OF_TIME)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise http_error(400, "bad_request", "format is json or csv")
     rows = request.app[keys.LEDGER].export(start, end)
-    if request.query.get("format", "json") == "csv":
+    if fmt == "csv":
         return web.Response(text=to_csv(rows), content_type="text/csv")
     return web.json_response(rows)
