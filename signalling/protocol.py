@@ -61,7 +61,7 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4010  # the same user connected again elsewhere
     PING_TIMEOUT = 4011  # nothing received for ping_interval + ping_timeout
     GOING_AWAY = 4012  # the server is shutting down: reconnect and resume
-    TOO_SLOW = 4013  # the client let OUTBOX_LIMIT messages pile up unread
+    TOO_SLOW = 4013  # the client let Settings.ws_outbox_limit messages pile up unread
 
 
 class ProtocolError(Exception):

@@ -9,7 +9,7 @@ other modules read lazily, so that a test can still replace any of them after ``
 - ``SESSION_GRANTS``: a session's participants may WHIP/WHEP into it while it is in progress;
 
 Its ``cleanup_ctx`` (after the node has started) gives the profile store the node's presence and
-queue lengths, hands the scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's per-track stats into ``/metrics`` while rooms exist.
+queue lengths, hands the scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's stats into ``/metrics`` (aggregated, sfu/metrics.py) while rooms exist.
 """
 
 from __future__ import annotations
