@@ -127,6 +127,12 @@ async def test_dev_tokens_for_the_servers_own_page_and_for_curl(client) -> None:
         assert resp.status == 200, (headers, await resp.text())
 
 
+async def test_dev_tokens_live_no_longer_than_the_servers_cap(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(create_app(Settings(data_dir=tmp_path, token_max_ttl=600)))
+    resp = await client.post("/api/dev/token", json={"user": "ann", "role": "client"})
+    assert resp.status == 200 and (await resp.json())["expires_in"] == 600
+
+
 async def test_no_dev_tokens_on_a_public_bind(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(host="0.0.0.0", data_dir=tmp_path, secret="public-secret-0123456789abcdef-0123456789")
     assert settings.dev_tokens is False

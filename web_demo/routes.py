@@ -92,9 +92,11 @@ async def dev_token(request: web.Request) -> web.Response:
     if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
         return _error(400, "invalid_name", f"name must be a printable string of at most {MAX_NAME} characters")
     name = name.strip() or user
-    token = request.app[keys.TOKENS].mint(user, role, ttl=DEV_TOKEN_TTL, name=name)
+    issuer = request.app[keys.TOKENS]
+    ttl = min(DEV_TOKEN_TTL, issuer.max_ttl)  # never past the server's own lifetime cap
+    token = issuer.mint(user, role, ttl=ttl, name=name)
     return web.json_response(
-        {"token": token, "user": user, "role": role, "name": name, "expires_in": DEV_TOKEN_TTL},
+        {"token": token, "user": user, "role": role, "name": name, "expires_in": ttl},
         headers={"Cache-Control": "no-store"},
     )
 
