@@ -119,11 +119,12 @@ def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0) -> Se
     port, secret = _free_port(), secrets.token_hex(24)
     if name == "sfu":
         command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
-                   "--media-loopback", "--secret", secret, "--data-dir", str(data_dir / name), "--no-demo"]
+                   "--media-loopback", "--data-dir", str(data_dir / name), "--no-demo"]
     else:
         command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,
                    "--data-dir", str(data_dir / name)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The secret in the environment, not in argv, where every user's ps shows it.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPERTCALL_SECRET": secret}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

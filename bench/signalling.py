@@ -46,8 +46,14 @@ from .media import process_cpu_seconds
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # A pair sends two messages a round, far above the default 20 a second per socket once rounds take
-# a few milliseconds: the bench measures the server's pairing path, not its flood limit.
-SERVER_ENV = {"EXPERTCALL_MAX_MESSAGES_PER_SECOND": "100000"}
+# a few milliseconds, and every simulated user connects from 127.0.0.1: the bench measures the
+# server's pairing path and memory, not its flood and per-address limits.
+SERVER_ENV = {
+    "EXPERTCALL_MAX_MESSAGES_PER_SECOND": "100000",
+    "EXPERTCALL_WS_MAX_CONNECTIONS": "1000000",
+    "EXPERTCALL_WS_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
+    "EXPERTCALL_WS_MAX_UNAUTHENTICATED_PER_ADDRESS": "1000000",
+}
 WAIT_SECONDS = 30.0  # any one expected message (the server's own ring timeout is 30 s)
 CONNECT_CONCURRENCY = 64  # handshakes in flight per worker: a burst, not a SYN flood
 IDLE_SETTLE_SECONDS = 2.0
@@ -105,9 +111,11 @@ def start_nodes(count: int, workdir: Path, secret: str, redis_url: str, prefix: 
     try:
         for i in range(count):
             port = free_port()
-            command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port), "--secret", secret,
+            command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
                        "--data-dir", str(workdir / f"node{i}"), "--no-demo"]
-            env = {**os.environ, **SERVER_ENV, "PYTHONPATH": str(ROOT), "EXPERTCALL_NODE_ID": f"bench-node{i}"}
+            # The secret in the environment, not in argv, where every user's ps shows it.
+            env = {**os.environ, **SERVER_ENV, "PYTHONPATH": str(ROOT), "EXPERTCALL_NODE_ID": f"bench-node{i}",
+                   "EXPERTCALL_SECRET": secret}
             if redis_url:
                 command += ["--redis", redis_url]
                 env["EXPERTCALL_REDIS_PREFIX"] = prefix

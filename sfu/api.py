@@ -189,7 +189,11 @@ class Stats(Message):
 
 @dataclass(frozen=True)
 class ServerOffer(Message):
-    """The SFU (re)negotiates a subscribe transport; answer with ``AnswerToServerOffer``."""
+    """The SFU (re)negotiates a subscribe transport; answer with ``AnswerToServerOffer``.
+
+    ``offer_id`` counts from 1 on each transport: 1 is the first offer of a new transport (a new
+    ICE/DTLS connection, as after a ``Subscribe`` that replaced the old one), higher ids
+    renegotiate the transport that exists. The signalling protocol tells clients so."""
 
     kind: ClassVar[str] = "server_offer"
     room_id: str

@@ -1,61 +1,77 @@
-"""Per-track media statistics as Prometheus gauges, on a registry the caller owns.
+"""Media statistics for Prometheus, aggregated by track kind and direction.
 
 The control plane polls ``GetStats`` per room (every few seconds, not per packet) and hands the
-reply to ``MediaMetrics.update``; tracks that are gone disappear from /metrics with ``forget``
-or at the next update of their room.
+reply to ``MediaMetrics.update``; a closed room is dropped with ``forget``. /metrics shows sums
+and extremes over every open track, labelled only by ``kind`` (audio, video) and ``direction``
+(inbound, outbound): no room (a session id) and no participant (a user id), so a scrape reveals
+nobody's calls and the number of series stays fixed however many rooms are open.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sfu.api import Stats
 
-LABELS = ["room", "participant", "track", "kind", "direction"]
-FIELDS = {
-    "bitrate": ("expertcall_media_bitrate_bps", "Bitrate over the last second"),
-    "packets": ("expertcall_media_packets", "RTP packets received (inbound) or sent (outbound)"),
-    "packets_lost": ("expertcall_media_packets_lost", "RTP packets lost"),
+LABELS = ["kind", "direction"]
+# Summed over tracks.
+SUMS = {
+    "bitrate": ("expertcall_media_bitrate_bps", "Bitrate over the last second, summed over tracks"),
+    "packets": ("expertcall_media_packets", "RTP packets received (inbound) or sent (outbound), summed over open tracks"),
+    "packets_lost": ("expertcall_media_packets_lost", "RTP packets lost, summed over open tracks"),
+}
+# Largest and mean over the tracks that report them.
+SPREADS = {
     "jitter": ("expertcall_media_jitter_seconds", "Interarrival jitter"),
     "rtt": ("expertcall_media_rtt_seconds", "Round-trip time to the subscriber"),
 }
 
 
-class MediaMetrics:
+class MediaMetrics(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._gauges = {
-            key: Gauge(name, help_text, LABELS, registry=registry)
-            for key, (name, help_text) in FIELDS.items()
-        }
-        self._seen: dict[str, set[tuple[str, ...]]] = {}
+        self._rooms: dict[str, list[dict[str, Any]]] = {}
+        registry.register(self)
 
     def update(self, stats: Stats) -> None:
-        current: set[tuple[str, ...]] = set()
-        for track in stats.tracks:
-            labels = self._labels(stats.room_id, track)
-            current.add(labels)
-            for key, gauge in self._gauges.items():
-                value = track.get(key)
-                if isinstance(value, (int, float)):
-                    gauge.labels(*labels).set(value)
-        for labels in self._seen.get(stats.room_id, set()) - current:
-            self._remove(labels)
-        self._seen[stats.room_id] = current
+        self._rooms[stats.room_id] = list(stats.tracks)
 
     def forget(self, room_id: str) -> None:
-        for labels in self._seen.pop(room_id, set()):
-            self._remove(labels)
+        self._rooms.pop(room_id, None)
 
-    def _remove(self, labels: tuple[str, ...]) -> None:
-        for gauge in self._gauges.values():
-            try:
-                gauge.remove(*labels)
-            except KeyError:
-                pass
-
-    @staticmethod
-    def _labels(room_id: str, track: dict[str, Any]) -> tuple[str, ...]:
-        return (room_id, str(track.get("participant_id", "")), str(track.get("track_id", "")),
-                str(track.get("kind", "")), str(track.get("direction", "")))
+    def collect(self) -> Iterator[Metric]:
+        tracks: dict[tuple[str, str], int] = {}
+        sums: dict[str, dict[tuple[str, str], float]] = {key: {} for key in SUMS}
+        spreads: dict[str, dict[tuple[str, str], list[float]]] = {key: {} for key in SPREADS}
+        for room in self._rooms.values():
+            for track in room:
+                labels = (str(track.get("kind", "")), str(track.get("direction", "")))
+                tracks[labels] = tracks.get(labels, 0) + 1
+                for key in SUMS:
+                    value = track.get(key)
+                    if isinstance(value, (int, float)):
+                        sums[key][labels] = sums[key].get(labels, 0.0) + value
+                for key in SPREADS:
+                    value = track.get(key)
+                    if isinstance(value, (int, float)):
+                        spreads[key].setdefault(labels, []).append(float(value))
+        family = GaugeMetricFamily("expertcall_media_tracks", "Open tracks", labels=LABELS)
+        for labels, count in sorted(tracks.items()):
+            family.add_metric(labels, count)
+        yield family
+        for key, (name, help_text) in SUMS.items():
+            family = GaugeMetricFamily(name, help_text, labels=LABELS)
+            for labels, total in sorted(sums[key].items()):
+                family.add_metric(labels, total)
+            yield family
+        for key, (name, help_text) in SPREADS.items():
+            largest = GaugeMetricFamily(f"{name}_max", f"{help_text}, the largest over tracks", labels=LABELS)
+            mean = GaugeMetricFamily(f"{name}_mean", f"{help_text}, the mean over tracks", labels=LABELS)
+            for labels, values in sorted(spreads[key].items()):
+                largest.add_metric(labels, max(values))
+                mean.add_metric(labels, sum(values) / len(values))
+            yield largest
+            yield mean

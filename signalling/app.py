@@ -17,12 +17,13 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, rest_bookings, rest_experts, wiring
+from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
 from .database import Database
-from .metrics import CONTENT_TYPE, Metrics
+from .limits import body_limit_middleware
+from .metrics import Metrics
 from .node import setup as setup_signalling
 from .settings import Settings
 from .whip import setup_whip
@@ -31,18 +32,22 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_message_bytes * 16)
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
-    app[keys.TOKENS] = TokenIssuer(settings.resolve_secret())
+    app[keys.TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
     app[keys.METRICS] = Metrics()
+    origins.setup(app, settings.allowed_origins)
+    app.middlewares.append(body_limit_middleware(settings.max_body_bytes))
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    metrics_http.setup(app)
     ice.setup(app)
+    openapi.setup(app)
     app.cleanup_ctx.append(database_ctx)
     rest_experts.setup(app)
     rest_bookings.setup(app)
+    rest_tokens.setup(app)
     billing_service.setup(app)
     app[keys.MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
     app.cleanup_ctx.append(media_plane_ctx)
@@ -114,7 +119,3 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
     return web.json_response({"status": "ready", "node": node.node_id})
 
-
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[keys.METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -57,9 +57,12 @@ CREATE TABLE IF NOT EXISTS booking_reminders (
 
 class BookingTables(abc.ABC):
     @abc.abstractmethod
-    async def insert_if_free(self, booking: "Booking", skipped_leads: list[int]) -> tuple["Booking", bool]:
+    async def insert_if_free(
+        self, booking: "Booking", skipped_leads: list[int], max_per_client: int, max_per_expert: int
+    ) -> tuple["Booking", bool]:
         """Insert ``booking`` unless the same client already booked the same slot (that booking,
-        False); ``slot_taken`` / ``client_busy`` when it overlaps an active one."""
+        False); ``too_many_bookings`` when the client or the expert already holds that many not
+        started; ``slot_taken`` / ``client_busy`` when it overlaps an active one."""
 
     @abc.abstractmethod
     async def cancel(self, booking_id: str, by: str, reason: str | None, now: int) -> bool:
@@ -97,6 +100,16 @@ async def open_booking_tables(db: Database, pool: Any) -> BookingTables:
     return SqliteBookingTables(db)
 
 
+def too_many_for_client(limit: int) -> ApiError:
+    return ApiError("too_many_bookings", f"you already hold {limit} bookings that have not started: cancel one first",
+                    None, status=429)
+
+
+def too_many_for_expert(limit: int) -> ApiError:
+    return ApiError("too_many_bookings", f"this expert already has {limit} bookings that have not started",
+                    "expert_id", status=429)
+
+
 def booking_from_row(row: Any) -> "Booking":
     from .scheduling import Booking
 
@@ -119,7 +132,9 @@ class SqliteBookingTables(BookingTables):
         db.migrate_versions("bookings", SQLITE_MIGRATIONS)
         db.add_column("bookings", "quote", "TEXT")  # the quote fixed at booking time
 
-    async def insert_if_free(self, booking: "Booking", skipped_leads: list[int]) -> tuple["Booking", bool]:
+    async def insert_if_free(
+        self, booking: "Booking", skipped_leads: list[int], max_per_client: int, max_per_expert: int
+    ) -> tuple["Booking", bool]:
         b = booking
         with self.db.transaction() as conn:
             same = conn.execute(
@@ -128,6 +143,11 @@ class SqliteBookingTables(BookingTables):
             ).fetchone()
             if same:
                 return booking_from_row(same), False
+            held = f"SELECT COUNT(*) FROM bookings WHERE {{}} = ? AND state = '{BOOKED}'"
+            if conn.execute(held.format("client_id"), (b.client_id,)).fetchone()[0] >= max_per_client:
+                raise too_many_for_client(max_per_client)
+            if conn.execute(held.format("expert_id"), (b.expert_id,)).fetchone()[0] >= max_per_expert:
+                raise too_many_for_expert(max_per_expert)
             overlap = f'start < ? AND "end" > ? AND {ACTIVE}'
             if conn.execute(f"SELECT 1 FROM bookings WHERE expert_id = ? AND {overlap}", (b.expert_id, b.end, b.start)).fetchone():
                 raise ApiError("slot_taken", "the expert already has a booking at that time", "start", status=409)

@@ -20,6 +20,8 @@ from .booking_tables import (
     booking_from_row,
     booking_row,
     list_filters,
+    too_many_for_client,
+    too_many_for_expert,
 )
 from .expert_store_postgres import numbered
 from .postgres import lock_key, migrate
@@ -68,7 +70,9 @@ class PostgresBookingTables(BookingTables):
         await migrate(pool, "bookings", MIGRATIONS)
         return cls(pool)
 
-    async def insert_if_free(self, booking: "Booking", skipped_leads: list[int]) -> tuple["Booking", bool]:
+    async def insert_if_free(
+        self, booking: "Booking", skipped_leads: list[int], max_per_client: int, max_per_expert: int
+    ) -> tuple["Booking", bool]:
         b = booking
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -80,6 +84,11 @@ class PostgresBookingTables(BookingTables):
                 )
                 if same:
                     return booking_from_row(same), False
+                held = f"SELECT count(*) FROM bookings WHERE {{}} = $1 AND state = '{BOOKED}'"
+                if await conn.fetchval(held.format("client_id"), b.client_id) >= max_per_client:
+                    raise too_many_for_client(max_per_client)
+                if await conn.fetchval(held.format("expert_id"), b.expert_id) >= max_per_expert:
+                    raise too_many_for_expert(max_per_expert)
                 overlap = f'start < $2 AND "end" > $3 AND {ACTIVE}'
                 if await conn.fetchval(f"SELECT 1 FROM bookings WHERE expert_id = $1 AND {overlap}", b.expert_id, b.end, b.start):
                     raise ApiError("slot_taken", "the expert already has a booking at that time", "start", status=409)

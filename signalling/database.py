@@ -14,13 +14,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .files import private_dir, private_file
+
 
 class Database:
     FILENAME = "expertcall.sqlite3"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds the ledger and everyone's sessions: the owner's alone (its -wal and -shm
+        # files take its mode).
+        private_dir(self.path.parent)
+        private_file(self.path)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")

@@ -65,7 +65,9 @@ MAX_ID = 128
 _SKILL_SEPARATORS = re.compile(r"[\s_]+")
 _SKILL_OK = re.compile(r"^[^\W_](?:[\w+#.\-]*[\w+#])?$")
 _LANGUAGE_OK = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
-_CLOCK_OK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+# IANA zone names: letters, digits and - + _ in /-separated parts (Europe/Berlin, Etc/GMT+5).
+_ZONE_OK = re.compile(r"[A-Za-z0-9_+-]{1,30}(/[A-Za-z0-9_+-]{1,30}){0,2}")
+_CLOCK_OK = re.compile(r"([01][0-9]|2[0-4]):([0-5][0-9])")
 
 Availability = Callable[[str], "str | Awaitable[str]"]
 Waiting = Callable[[str], "int | Awaitable[int]"]
@@ -177,11 +179,12 @@ class WorkingHours:
     weekly: tuple[tuple[tuple[int, int], ...], ...] = ((),) * 7
 
     def __post_init__(self) -> None:
-        if not isinstance(self.time_zone, str) or not self.time_zone:
+        if not isinstance(self.time_zone, str) or not _ZONE_OK.fullmatch(self.time_zone):
             raise InvalidInput("invalid_time_zone", "the time zone is an IANA name such as Europe/Berlin", "working_hours.time_zone")
         try:
             ZoneInfo(self.time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        # OSError: a name that is no file name at all (too long, or naming a directory).
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise InvalidInput(
                 "invalid_time_zone", f"unknown IANA time zone {self.time_zone!r}", "working_hours.time_zone"
             ) from None
@@ -267,7 +270,7 @@ def _list(value: object, field_name: str) -> list[Any]:
 
 
 def _parse_clock(raw: object, where: str) -> int:
-    match = _CLOCK_OK.match(raw) if isinstance(raw, str) else None
+    match = _CLOCK_OK.fullmatch(raw) if isinstance(raw, str) else None
     minutes = int(match.group(1)) * 60 + int(match.group(2)) if match else -1
     if not (0 <= minutes <= 1440):
         raise InvalidInput("invalid_hours", "times are HH:MM between 00:00 and 24:00", where)

@@ -148,6 +148,8 @@ class MediaRelay:
                         transport=event.transport,
                         sdp=event.sdp,
                         offer_id=event.offer_id,
+                        # sfu.api.ServerOffer: a transport's offers count from 1.
+                        new_connection=event.offer_id == 1,
                     ),
                 )
             elif isinstance(event, RoomClosed):

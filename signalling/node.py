@@ -24,12 +24,14 @@ from .backends.memory import MemoryBackend
 from .booking_events import BookingNotifier
 from .database import Database
 from .directory import ExpertDirectory, MemoryExpertDirectory
+from .limits import SocketCounts, parse_networks
 from .media import MediaRelay
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import CloseCode, message
 from .queueing import ExpertQueues, ring_message
 from .resume import ResumeTokens
+from .revocation import RevocationStore
 from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition, open_session_store
 from .settings import Settings
 from .timers import Timers
@@ -43,6 +45,7 @@ class SignallingNode:
         settings: Settings,
         tokens: TokenIssuer,
         backend: Backend,
+        db: Database,
         session_store: SessionStore,
         directory: ExpertDirectory,
         metrics: Metrics,
@@ -56,6 +59,13 @@ class SignallingNode:
         self.backend = backend
         self.metrics = metrics
         self.timers = Timers()
+        self.revoked = RevocationStore(db)
+        self.sockets = SocketCounts(
+            settings.ws_max_connections,
+            settings.ws_max_connections_per_address,
+            settings.ws_max_unauthenticated_per_address,
+        )
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.sessions = SessionManager(backend, session_store, clock)
         self.presence = Presence(backend, self.sessions)
         self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)
@@ -76,6 +86,7 @@ class SignallingNode:
     async def start(self) -> None:
         self.media.start()
         await self.backend.start(self._on_envelope)
+        await self._load_revocations()
         sessions = await self.queues.recover()
         for session in sessions:
             if session.state in IN_PROGRESS and (
@@ -90,6 +101,29 @@ class SignallingNode:
                 self.timers.start(("gone", user), self.settings.resume_grace, self._gone_check, user)
         if sessions:
             log.info("node %s recovered %d unfinished sessions", self.node_id, len(sessions))
+
+    async def _load_revocations(self) -> None:
+        """Share what this node's SQLite remembers (the memory backend forgets on restart), then
+        refuse every token revoked anywhere."""
+        shared = await self.backend.revoked_tokens()
+        for jti, until in self.revoked.active().items():
+            if jti not in shared:
+                await self.backend.revoke_token(jti, until)
+                shared[jti] = until
+        for jti, until in shared.items():
+            self.tokens.revocations.add(jti, until)
+
+    async def revoke(self, jti: str, expires_at: int, by: str) -> bool:
+        """Revoke a token on every node (its sockets close with 4001); True when it is new."""
+        new = self.revoked.add(jti, expires_at, by)
+        await self.backend.revoke_token(jti, expires_at)
+        return new
+
+    def _on_revoked(self, jti: str, expires_at: int) -> None:
+        self.tokens.revocations.add(jti, expires_at)
+        for conn in list(self.connections.values()):
+            if conn.identity is not None and conn.identity.token_id == jti:
+                conn.revoke()
 
     async def shutdown(self) -> None:
         """Close every socket with GOING_AWAY (clients resume elsewhere or after the restart)."""
@@ -146,6 +180,8 @@ class SignallingNode:
         op = envelope.get("op")
         if op == "kick":
             await self._kick(Location(self.node_id, envelope["conn_id"]))
+        elif op == "revoked":
+            self._on_revoked(str(envelope["jti"]), int(envelope["expires_at"]))
         elif op in ("media", "close_room"):
             await self.media.on_envelope(envelope)
         elif isinstance(op, str) and op in self.envelope_handlers:
@@ -235,6 +271,7 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
         settings,
         app[keys.TOKENS],
         app[keys.BACKEND] if keys.BACKEND in app else _make_backend(settings),
+        app[keys.DATABASE],
         await open_session_store(app[keys.DATABASE], app.get(keys.POSTGRES)),
         app[keys.EXPERT_DIRECTORY],
         app[keys.METRICS],

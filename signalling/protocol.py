@@ -37,6 +37,7 @@ class ErrorCode(str, enum.Enum):
     AUTH_REQUIRED = "auth_required"
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"
     RESUME_INVALID = "resume_invalid"
     FORBIDDEN = "forbidden"
     SESSION_NOT_FOUND = "session_not_found"
@@ -53,14 +54,14 @@ class ErrorCode(str, enum.Enum):
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the server uses (RFC 6455 leaves 4000-4999 to applications)."""
 
-    AUTH_FAILED = 4001  # missing, forged or expired token (also when a token expires mid-connection)
+    AUTH_FAILED = 4001  # missing, forged, expired or revoked token (also when that happens mid-connection)
     HELLO_TIMEOUT = 4002  # no hello/resume in time
     RATE_LIMITED = 4008  # kept flooding after rate_limited errors
     MESSAGE_TOO_BIG = 4009  # a frame over max_message_bytes
     REPLACED = 4010  # the same user connected again elsewhere
     PING_TIMEOUT = 4011  # nothing received for ping_interval + ping_timeout
     GOING_AWAY = 4012  # the server is shutting down: reconnect and resume
-    TOO_SLOW = 4013  # the client let OUTBOX_LIMIT messages pile up unread
+    TOO_SLOW = 4013  # the client let Settings.ws_outbox_limit messages pile up unread
 
 
 class ProtocolError(Exception):

@@ -404,18 +404,14 @@ class ExpertQueues:
         return session
 
     async def _advance(self, expert_id: str) -> None:
-        """Ring the head of the queue if the expert is free, then tell everyone where they stand."""
+        """Tell everyone waiting where they stand, then ring the head of the queue if the expert
+        is free: a new request hears ``requested``, ``queue.position``, ``ringing``, in that
+        order (docs/protocol.md). Last, the expert gets the whole queue."""
         waiting = await self._waiting(expert_id)
-        if waiting and waiting[0].state is State.REQUESTED and not any(s.state is State.RINGING for s in waiting):
-            if await self.presence.availability(expert_id) is Availability.ONLINE:
-                timeout = self.settings.ring_timeout
-                waiting[0] = await self.sessions.transition(
-                    waiting[0], State.RINGING, "rung", deadline=self.clock() + timeout
-                )
-                self.timers.start(("ring", waiting[0].id), timeout, self._ring_expired, waiting[0].id)
-        for position, session in enumerate(waiting, 1):
+        for index, session in enumerate(waiting):
+            position = index + 1
             if session.position != position:
-                await self.sessions.save(session, position=position)
+                waiting[index] = await self.sessions.save(session, position=position)
                 await self.backend.deliver(
                     session.client_id,
                     message(
@@ -426,6 +422,13 @@ class ExpertQueues:
                         length=len(waiting),
                     ),
                 )
+        if waiting and waiting[0].state is State.REQUESTED and not any(s.state is State.RINGING for s in waiting):
+            if await self.presence.availability(expert_id) is Availability.ONLINE:
+                timeout = self.settings.ring_timeout
+                waiting[0] = await self.sessions.transition(
+                    waiting[0], State.RINGING, "rung", deadline=self.clock() + timeout
+                )
+                self.timers.start(("ring", waiting[0].id), timeout, self._ring_expired, waiting[0].id)
         await self.backend.deliver(expert_id, queue_update(expert_id, waiting))
 
     async def _ring_expired(self, session_id: str) -> None:

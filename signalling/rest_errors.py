@@ -8,11 +8,16 @@ the JSON path (``working_hours.weekly.mon[0]``) that was wrong, or is null.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, Mapping, overload
 
 import jsonschema
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from . import json_bounds
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class ApiError(Exception):
@@ -40,18 +45,35 @@ _BY_STATUS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest,
     403: web.HTTPForbidden,
     404: web.HTTPNotFound,
+    401: web.HTTPUnauthorized,
     409: web.HTTPConflict,
+    415: web.HTTPUnsupportedMediaType,
+    429: web.HTTPTooManyRequests,
     503: web.HTTPServiceUnavailable,
 }
 
 
+# Paths whose every error is coded JSON, the router's own 404 and 405 included.
+API_PREFIXES = ("/api/", "/whip/", "/whep/")
+
+
 @web.middleware
 async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn an ``ApiError`` raised by any handler into its coded JSON response."""
+    """Turn an ``ApiError`` raised by any handler into its coded JSON response, and the router's
+    plain-text "404: Not Found" / "405: Method Not Allowed" under the API into the same shape."""
     try:
         return await handler(request)
     except ApiError as exc:
         raise exc.as_http() from None
+    except web.HTTPNotFound as exc:
+        if exc.content_type != "text/plain" or not request.path.startswith(API_PREFIXES):
+            raise
+        raise http_error(404, "not_found", "no such resource") from None
+    except web.HTTPMethodNotAllowed as exc:
+        if exc.content_type != "text/plain" or not request.path.startswith(API_PREFIXES):
+            raise
+        body = json.dumps({"error": {"code": "method_not_allowed", "message": f"{exc.method} is not allowed here", "field": None}})
+        raise web.HTTPMethodNotAllowed(exc.method, exc.allowed_methods, text=body, content_type="application/json") from None
 
 
 def install(app: web.Application) -> None:
@@ -61,15 +83,35 @@ def install(app: web.Application) -> None:
 
 def http_error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
     body = json.dumps({"error": {"code": code, "message": message, "field": field}})
+    if status == 413:  # its constructor wants the sizes, for a text we replace
+        return web.HTTPRequestEntityTooLarge(0, 0, text=body, content_type="application/json")
     return _BY_STATUS[status](text=body, content_type="application/json")
+
+
+async def read_json_value(request: web.Request) -> Any:
+    """The request body as JSON, or a coded 400: ``invalid_json`` (not UTF-8, not JSON, NaN),
+    ``json_too_deep`` (nested deeper than json_bounds.MAX_DEPTH) or ``invalid_text`` (a string
+    that is not Unicode text, such as a lone surrogate, with its ``field``)."""
+    try:
+        body = json.loads((await request.read()).decode("utf-8"), parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        raise http_error(400, "invalid_json", "the request body is not valid JSON in UTF-8") from None
+    except RecursionError:
+        raise http_error(400, "json_too_deep", f"the request body is nested deeper than {json_bounds.MAX_DEPTH} levels") from None
+    problem = json_bounds.inspect(body)
+    if problem is not None:
+        code = "json_too_deep" if problem.code == "too_deep" else problem.code
+        raise http_error(400, code, problem.message, json_path(problem.path) or None)
+    return body
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def read_json(request: web.Request, validator: jsonschema.protocols.Validator) -> dict[str, Any]:
     """The request body as a JSON object valid against ``validator``, or a coded 400."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise http_error(400, "invalid_json", "the request body is not valid JSON") from None
+    body = await read_json_value(request)
     errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         first = errors[0]
@@ -86,7 +128,8 @@ def int_param(params: Mapping[str, str], name: str, default: int | None, lo: int
     raw = params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not (lo <= int(raw) <= hi):
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses, and int() takes "٣".
+    if not _DIGITS.fullmatch(raw) or not (lo <= int(raw) <= hi):
         raise InvalidInput(f"invalid_{name}", f"{name} is a whole number from {lo} to {hi}", name)
     return int(raw)
 

@@ -79,8 +79,8 @@ RATING_SCHEMA = jsonschema.Draft202012Validator(
         "properties": {"stars": {"type": "integer"}, "review": {"type": ["string", "null"]}},
     }
 )
-_SEARCH_PARAMS = {"skill", "language", "max_price", "currency", "mode", "min_rating", "available", "limit", "offset", "token"}
-_RATING_TEXT = re.compile(r"^[1-5](\.\d{1,2})?$")
+_SEARCH_PARAMS = {"skill", "language", "max_price", "currency", "mode", "min_rating", "available", "limit", "offset"}
+_RATING_TEXT = re.compile(r"[1-5](\.[0-9]{1,2})?")
 MAX_PAGE = 100
 
 
@@ -135,12 +135,12 @@ def search_query(params: Any) -> SearchQuery:
         validate_currency(currency, "currency")
     min_rating = None
     if "min_rating" in params:
-        if not _RATING_TEXT.match(params["min_rating"]) or Fraction(params["min_rating"]) > 5:
+        if not _RATING_TEXT.fullmatch(params["min_rating"]) or Fraction(params["min_rating"]) > 5:
             raise InvalidInput("invalid_min_rating", "min_rating is a number from 1 to 5 (e.g. 4.5)", "min_rating")
         min_rating = Fraction(params["min_rating"])
     available: tuple[str, ...] = ()
     if "available" in params:
-        available = tuple(s.strip() for s in params["available"].split(","))
+        available = tuple(params["available"].split(","))
         if not available or any(s not in AVAILABILITY for s in available):
             raise InvalidInput("invalid_availability", f"available lists some of {', '.join(AVAILABILITY)}", "available")
     return SearchQuery(

@@ -54,6 +54,9 @@ class BookingRules:
     min_seconds: int = 300
     max_seconds: int = 4 * 3600
     reminder_leads: tuple[int, ...] = (600, 60)
+    # Bookings still waiting for their start that one client, and one expert, may hold.
+    max_open_per_client: int = 10
+    max_open_per_expert: int = 500
 
     def __post_init__(self) -> None:
         if self.max_days_ahead < 1:
@@ -74,6 +77,8 @@ class BookingRules:
             min_seconds=settings.booking_min_seconds,
             max_seconds=settings.booking_max_seconds,
             reminder_leads=tuple(settings.reminder_lead_seconds),
+            max_open_per_client=settings.booking_max_open_per_client,
+            max_open_per_expert=settings.booking_max_open_per_expert,
         )
 
 
@@ -198,7 +203,7 @@ class BookingStore:
         booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
         # A reminder whose time has already passed would only repeat what the client just did.
         skipped = [lead for lead in rules.reminder_leads if start - lead <= now]
-        return await self.tables.insert_if_free(booking, skipped)
+        return await self.tables.insert_if_free(booking, skipped, rules.max_open_per_client, rules.max_open_per_expert)
 
     async def cancel(self, booking_id: str, by: str, reason: str | None = None) -> tuple[Booking, bool]:
         """Cancel before the start: the booking and whether this call cancelled it (a repeated
@@ -365,16 +370,26 @@ class Scheduler:
             self.metrics.bookings.labels(event).inc()
 
 
+# Instants are taken between these (Unix seconds): 1970-01-01 and 9000-01-01, so that a window
+# of days around any of them stays within the years datetime can represent.
+EARLIEST_INSTANT = 0
+LATEST_INSTANT = 221845392000
+
+
 def parse_instant(raw: object, field_name: str) -> int:
     """An RFC 3339 time with an offset (``2027-03-28T09:00:00+02:00`` or ``...Z``) as Unix seconds."""
     try:
-        if not isinstance(raw, str):
+        if not isinstance(raw, str) or len(raw) > 64:
             raise ValueError
         moment = datetime.fromisoformat(raw)
-    except ValueError:
+        if moment.tzinfo is None:
+            raise InvalidInput("invalid_time", "a time needs a UTC offset or Z", field_name)
+        if moment.microsecond:
+            raise InvalidInput("invalid_time", "times are in whole seconds", field_name)
+        # 9999-12-31T23:59:59-23:59 is a valid RFC 3339 time past what datetime can hold in UTC.
+        seconds = int(moment.astimezone(timezone.utc).timestamp())
+    except (ValueError, OverflowError):
         raise InvalidInput("invalid_time", "times are RFC 3339, e.g. 2027-03-28T09:00:00Z", field_name) from None
-    if moment.tzinfo is None:
-        raise InvalidInput("invalid_time", "a time needs a UTC offset or Z", field_name)
-    if moment.microsecond:
-        raise InvalidInput("invalid_time", "times are in whole seconds", field_name)
-    return int(moment.astimezone(timezone.utc).timestamp())
+    if not (EARLIEST_INSTANT <= seconds <= LATEST_INSTANT):
+        raise InvalidInput("invalid_time", "times are between 1970-01-01 and 9000-01-01", field_name)
+    return seconds

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import origins as origins_module
+from .files import UnsafeFile, private_dir, read_secret_file
+from .limits import parse_networks
+
 ENV_PREFIX = "EXPERTCALL_"
+LIMITS = (
+    "ws_max_connections", "ws_max_connections_per_address", "ws_max_unauthenticated_per_address",
+    "ws_outbox_limit", "whip_max_resources_per_participant", "whip_max_resources_per_session",
+    "booking_max_open_per_client", "booking_max_open_per_expert",
+)
 
 
 class SettingsError(ValueError):
@@ -25,9 +34,13 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("./var")
-    # HS256 secret for tokens. Left empty, a loopback server makes a random one per data dir
-    # (kept in data_dir/secret); any other bind refuses to start without one.
-    secret: str = ""
+    # HS256 secret for tokens: EXPERTCALL_SECRET, or a file only its owner may read
+    # (--secret-file). Left empty, a loopback server makes a random one per data dir (kept in
+    # data_dir/secret); any other bind refuses to start without one.
+    secret: str = field(default="", repr=False)
+    secret_file: Path | None = None
+    # No bearer token may live longer than this (seconds), whoever minted it.
+    token_max_ttl: int = 24 * 3600
     redis_url: str = ""
     # The shared database of every node (postgresql://...): the ledger and every billing record.
     # Empty: the embedded SQLite file in data_dir, for one node.
@@ -35,6 +48,16 @@ class Settings:
     # Every Redis key and channel starts with this, so that deployments (and tests) can share a server.
     redis_prefix: str = "expertcall"
     node_id: str = ""
+
+    # /metrics takes an admin token or this static one (at least 32 characters, for scrapers)...
+    metrics_token: str = field(default="", repr=False)
+    # ... and, with a port, is also served without a token on a second listener, loopback only.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
+    # Web pages on other origins that may use /ws and the REST API (http(s)://host[:port]);
+    # the server's own origin always may. Requests without Origin (apps, encoders) are not affected.
+    allowed_origins: tuple[str, ...] = ()
 
     # WebSocket protocol
     ping_interval: float = 20.0
@@ -53,6 +76,20 @@ class Settings:
     paused_timeout: float = 300.0
     reminder_lead_seconds: tuple[int, ...] = (600, 60)
 
+    # Limits: signalling/limits.py lists each with the error a client sees when it hits it.
+    ws_max_connections: int = 10_000
+    ws_max_connections_per_address: int = 50
+    ws_max_unauthenticated_per_address: int = 10
+    ws_outbox_limit: int = 256
+    whip_max_resources_per_participant: int = 4
+    whip_max_resources_per_session: int = 16
+    booking_max_open_per_client: int = 10
+    booking_max_open_per_expert: int = 500
+    max_body_bytes: int = 64 * 1024
+    max_sdp_bytes: int = 64 * 1024
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client the limits count.
+    trusted_proxies: tuple[str, ...] = ()
+
     # Scheduled sessions (bookings)
     booking_max_days_ahead: int = 90
     booking_min_notice_seconds: int = 300
@@ -66,7 +103,7 @@ class Settings:
     refund_window_seconds: int = 72 * 3600
     media_debounce_seconds: float = 2.0
     webhook_urls: tuple[str, ...] = ()
-    webhook_secret: str = ""
+    webhook_secret: str = field(default="", repr=False)
     billing_grace_seconds: int = 0
     metering_stream: str = "expertcall:metering"
 
@@ -84,7 +121,7 @@ class Settings:
     media_keyframe_interval: float = 1.0
 
     # TURN (the TURN REST API scheme shared with coturn's use-auth-secret)
-    turn_secret: str = ""
+    turn_secret: str = field(default="", repr=False)
     turn_urls: tuple[str, ...] = ()
     turn_ttl: int = 6 * 3600
     turn_max_ttl: int = 24 * 3600
@@ -92,9 +129,12 @@ class Settings:
     # Serve the web demo at / and hand out dev tokens (only ever on a loopback bind).
     demo: bool = True
     dev_tokens: bool = field(default=False, init=False)
+    _resolved_secret: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        if self.secret_file is not None:
+            self.secret_file = Path(self.secret_file)
         if not (0 < int(self.port) < 65536) and int(self.port) != 0:
             raise SettingsError(f"port must be 1-65535 (or 0 for any), got {self.port}")
         if self.billing_unit_seconds < 1:
@@ -112,6 +152,34 @@ class Settings:
             raise SettingsError("database_url must be a postgresql:// URL (or empty for the embedded SQLite)")
         if self.paused_timeout <= 0:
             raise SettingsError("paused_timeout must be above 0 seconds")
+        if not (60 <= self.token_max_ttl <= 30 * 86400):
+            raise SettingsError("token_max_ttl must be between 60 seconds and 30 days")
+        origins = []
+        for origin in self.allowed_origins:
+            normalised = origins_module.normalise(origin)
+            if normalised is None:
+                raise SettingsError(f"allowed_origins: {origin!r} is not an origin like https://app.example.com[:port]")
+            origins.append(normalised)
+        self.allowed_origins = tuple(origins)
+        for name in LIMITS:
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+        if self.max_body_bytes < 4096 or self.max_sdp_bytes < 4096:
+            raise SettingsError("max_body_bytes and max_sdp_bytes must be at least 4096")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"trusted_proxies: {exc}") from None
+        if self.metrics_token and len(self.metrics_token) < 32:
+            raise SettingsError("metrics_token must be at least 32 characters long")
+        if self.metrics_port:
+            if not (0 < int(self.metrics_port) < 65536):
+                raise SettingsError(f"metrics_port must be 1-65535, got {self.metrics_port}")
+            if not is_loopback_host(self.metrics_host):
+                raise SettingsError(
+                    f"the metrics listener takes no token, so it binds to loopback only, not {self.metrics_host}: "
+                    "scrape the main port's /metrics with EXPERTCALL_METRICS_TOKEN from elsewhere"
+                )
         if self.media_keyframe_interval < 0:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not self.node_id:
@@ -123,25 +191,39 @@ class Settings:
         return is_loopback_host(self.host)
 
     def resolve_secret(self) -> str:
-        """The token secret, refusing an implicit one on a non-loopback bind."""
-        if self.secret:
-            if len(self.secret) < 32:
+        """The token secret: given, read from a private file, or (loopback only) generated."""
+        if self._resolved_secret:
+            return self._resolved_secret
+        if self.secret and self.secret_file is not None:
+            raise SettingsError("give the secret once: EXPERTCALL_SECRET or a secret file, not both")
+        secret = self.secret
+        if self.secret_file is not None:
+            try:
+                secret = read_secret_file(self.secret_file)
+            except UnsafeFile as exc:
+                raise SettingsError(str(exc)) from None
+        if secret:
+            if len(secret) < 32:
                 raise SettingsError("the secret must be at least 32 characters long (RFC 7518 asks HS256 keys to be 256 bits)")
-            return self.secret
-        if not self.is_loopback:
+        elif not self.is_loopback:
             raise SettingsError(
                 f"refusing to listen on {self.host} without an explicit secret: "
-                "pass --secret or set EXPERTCALL_SECRET (at least 32 characters). "
+                "pass --secret-file FILE (mode 600) or set EXPERTCALL_SECRET (at least 32 characters). "
                 "Only a loopback bind (127.0.0.1) may run with a generated development secret."
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / "secret"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(os.urandom(32).hex())
-        self.secret = path.read_text().strip()
-        return self.secret
+        else:
+            private_dir(self.data_dir)
+            path = self.data_dir / "secret"
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(os.urandom(32).hex())
+            try:
+                secret = read_secret_file(path)
+            except UnsafeFile as exc:
+                raise SettingsError(str(exc)) from None
+        self.secret = self._resolved_secret = secret
+        return secret
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -181,7 +263,7 @@ def _parse(name: str, type_: Any, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(raw)
         if kind.startswith("tuple[int"):
             return tuple(int(x) for x in raw.split(",") if x.strip())

@@ -24,8 +24,9 @@ from aiohttp import WSMsgType, web
 
 from sfu.api import MediaError
 
-from . import keys
+from . import json_bounds, keys
 from .auth import AuthError, Identity, Role, bearer_token
+from .limits import LimitReached, client_address
 from .presence import Availability
 from .protocol import (
     VERSION,
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
 
-# Messages waiting to be written to one socket before it counts as too slow and is closed: a
-# client that stops reading must not stall the handlers (and locks) of the users sending to it.
-OUTBOX_LIMIT = 256
-
 
 @dataclass(frozen=True)
 class Route:
@@ -61,13 +58,17 @@ class Route:
 
 
 class Connection:
-    def __init__(self, node: "SignallingNode", ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, node: "SignallingNode", ws: web.WebSocketResponse, request: web.Request, address: str = "") -> None:
         self.node = node
         self.ws = ws
         self.settings = node.settings
         self.conn_id = uuid.uuid4().hex
+        # What the socket limits count it against (limits.client_address).
+        self.address = address
         self.identity: Identity | None = None
-        self.bearer = bearer_token(request)
+        # Browsers cannot set headers on a WebSocket: the upgrade (and only it) may carry ?token=.
+        # Better still, the token goes in hello; the access log never shows query strings.
+        self.bearer = bearer_token(request) or request.query.get("token") or None
         # Handlers added by other modules (billing) find their app resources here.
         self.app = request.app
         self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(keys.WS_ICE_SERVERS, _no_ice_servers)
@@ -95,30 +96,41 @@ class Connection:
     # --- sending ------------------------------------------------------------------------------
 
     async def send(self, msg: dict[str, Any]) -> bool:
-        """Queue one message for this socket; False when it is closing."""
+        """Queue one message for this socket (a reply, or a message routed here); False when it
+        is closing. A client that lets ``ws_outbox_limit`` messages pile up unread, whatever
+        they are, is closed as too slow: it must not stall the handlers (and locks) of the users
+        sending to it, nor grow the server's memory. What it did not read is stashed, in order,
+        for its resume."""
         if not self._ready:
             self._early.append(msg)
             return True
         if self.ws.closed or self._slow:
             return False
+        if self._outbox.qsize() >= self.settings.ws_outbox_limit:
+            await self._too_slow()
+            if self.identity is not None:
+                await self.node.backend.stash(self.user_id, msg)
+            return True
         self._outbox.put_nowait(msg)
         return True
 
     async def deliver(self, msg: dict[str, Any]) -> bool:
-        """``send`` for messages routed here by the backend (others' doings): a socket that lets
-        them pile up is closed, and what it did not read is stashed, in order, for its resume.
-        False tells the backend to stash ``msg`` after them."""
-        if self._ready and not self._slow and self._outbox.qsize() >= OUTBOX_LIMIT:
-            self._slow = True
-            unread = []
-            while not self._outbox.empty():
-                unread.append(self._outbox.get_nowait())
-                self._outbox.task_done()
-            for queued in unread:
-                await self.node.backend.stash(self.user_id, queued)
-            self._expiry = asyncio.ensure_future(self.close(CloseCode.TOO_SLOW, "messages are not being read"))
+        """``send`` for messages routed here by the backend; False tells the backend to stash it."""
+        if self._ready and not self._slow and self._outbox.qsize() >= self.settings.ws_outbox_limit:
+            await self._too_slow()
             return False
         return await self.send(msg)
+
+    async def _too_slow(self) -> None:
+        self._slow = True
+        unread = []
+        while not self._outbox.empty():
+            unread.append(self._outbox.get_nowait())
+            self._outbox.task_done()
+        if self.identity is not None:
+            for queued in unread:
+                await self.node.backend.stash(self.user_id, queued)
+        self._expiry = asyncio.ensure_future(self.close(CloseCode.TOO_SLOW, "messages are not being read"))
 
     async def _write(self) -> None:
         while True:
@@ -155,6 +167,12 @@ class Connection:
         if self._deadline is not None:
             self._deadline.cancel()
         self._deadline = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire, code, text, close)
+
+    def revoke(self) -> None:
+        """The token this socket authenticated with was revoked: close it as a refused token."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._expire(ErrorCode.TOKEN_REVOKED, "the token has been revoked", CloseCode.AUTH_FAILED)
 
     def _expire(self, code: ErrorCode, text: str, close: CloseCode) -> None:
         # Held on the connection so the task is not garbage-collected mid-close.
@@ -213,6 +231,10 @@ class Connection:
             await self.reply_error(ErrorCode.INVALID_MESSAGE, "a message is a JSON object", None)
             return
         ref = safe_ref(msg.get("id"))
+        deep = json_bounds.inspect(msg, text=False)
+        if deep is not None:
+            await self.reply_error(ErrorCode.INVALID_MESSAGE, deep.message, ref)
+            return
         type_ = msg.get("type")
         route = ROUTES.get(type_) if isinstance(type_, str) else None
         if route is None or not isinstance(type_, str):
@@ -224,6 +246,12 @@ class Connection:
             return
         try:
             validate_client(msg)
+            if json_bounds.may_hold_surrogates(text):
+                # A bearer token is the auth layer's to refuse (token_invalid, close 4001).
+                bad = json_bounds.inspect(msg, skip=_TOKEN if type_ in ("hello", "resume") else frozenset())
+                if bad is not None:
+                    where = "/".join(map(str, bad.path)) or "(message)"
+                    raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{where}: {bad.message}")
             self._authorise(type_, route)
             await self._keep_location()
             await route.handler(self, msg)
@@ -268,6 +296,8 @@ class Connection:
 
     async def start(self, identity: Identity, ref: Any, resumed: bool) -> None:
         self._ready = False
+        if self.identity is None:
+            self.node.sockets.authenticated(self.address)
         self.identity = identity
         if self._deadline is not None:
             self._deadline.cancel()
@@ -278,10 +308,11 @@ class Connection:
             raise
         early, self._early = self._early, []
         self._ready = True
-        await self.send(welcome)
         # Missed messages are replayed only on a resume; a fresh hello starts from the welcome.
-        for msg in (stashed if resumed else []) + early:
-            await self.send(msg)
+        # The replay is bounded by the stash (MAX_STASHED) and never counts as a slow reader.
+        if not self.ws.closed:
+            for msg in [welcome] + (stashed if resumed else []) + early:
+                self._outbox.put_nowait(msg)
         self._close_later(
             identity.expires_at - time.time(), ErrorCode.TOKEN_EXPIRED, "the token has expired", CloseCode.AUTH_FAILED
         )
@@ -316,8 +347,9 @@ class Connection:
             resume_grace=self.settings.resume_grace,
             max_message_bytes=self.settings.max_message_bytes,
             max_messages_per_second=self.settings.max_messages_per_second,
-            billing_unit_seconds=self.settings.billing_unit_seconds,
+            max_message_burst=self.settings.max_message_burst,
             ice_servers=self.ice_servers(identity.user_id),
+            billing_unit_seconds=self.settings.billing_unit_seconds,
             session=session.public() if session else None,
             presence=availability,
         )
@@ -413,6 +445,9 @@ async def on_media(conn: Connection, msg: dict[str, Any]) -> None:
     await conn.node.media.handle(conn.user_id, msg)
 
 
+# hello/resume leave their token to TokenIssuer (json_bounds.inspect's skip).
+_TOKEN: frozenset[tuple[str | int, ...]] = frozenset({("token",)})
+
 EXPERT = frozenset({Role.EXPERT})
 CLIENT = frozenset({Role.CLIENT})
 PARTICIPANT = frozenset({Role.EXPERT, Role.CLIENT})
@@ -444,17 +479,26 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=settings.max_message_bytes * 4,
         receive_timeout=settings.ping_interval + settings.ping_timeout,
     )
-    await ws.prepare(request)
-    conn = Connection(node, ws, request)
-    node.connections[conn.conn_id] = conn
-    node.metrics.ws_connections.inc()
+    # Counted before the upgrade, so that a refusal costs one HTTP answer (limits.py).
+    address = client_address(request, node.trusted_proxies)
     try:
+        node.sockets.admit(address)
+    except LimitReached as exc:
+        raise exc.as_http() from None
+    conn = None
+    try:
+        await ws.prepare(request)
+        conn = Connection(node, ws, request, address)
+        node.connections[conn.conn_id] = conn
+        node.metrics.ws_connections.inc()
         if node.closing:
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         else:
             await conn.run()
     finally:
-        node.connections.pop(conn.conn_id, None)
-        node.metrics.ws_connections.dec()
-        await conn.finish()
+        node.sockets.release(address, authenticated=conn is not None and conn.identity is not None)
+        if conn is not None:
+            node.connections.pop(conn.conn_id, None)
+            node.metrics.ws_connections.dec()
+            await conn.finish()
     return ws

@@ -39,13 +39,13 @@ from sfu.api import (
 from . import ice, keys
 from .auth import AuthError, Identity, Role, authenticate, bearer_token
 from .grants import AdminOnlyGrants, SessionGrants
+from .limits import LimitReached, read_limited
 
 log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 SESSION_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 RESOURCE_PATTERN = r"[0-9a-f]{32}"
-MAX_SDP_BYTES = 64 * 1024
 
 # MediaError codes that mean "your request is wrong" (400); the rest are the media plane's own
 # trouble (503), so a client knows whether retrying the same offer can help.
@@ -74,6 +74,17 @@ class WhipResources:
 
     def add(self, resource: WhipResource) -> None:
         self._by_participant[(resource.session_id, resource.participant_id)] = resource
+
+    def reserve(self, resource: WhipResource, per_owner: int, per_session: int) -> None:
+        """Hold a place for ``resource`` while the media plane answers (so that a burst of posts
+        cannot all pass the count before the first lands), or raise ``LimitReached``."""
+        in_session = [r for r in self._by_participant.values() if r.session_id == resource.session_id]
+        if sum(r.owner == resource.owner for r in in_session) >= per_owner:
+            raise LimitReached(429, "too_many_resources",
+                               f"at most {per_owner} WHIP/WHEP resources per participant and session: DELETE one first")
+        if len(in_session) >= per_session:
+            raise LimitReached(429, "too_many_resources", f"at most {per_session} WHIP/WHEP resources per session")
+        self.add(resource)
 
     def get(self, endpoint: str, session_id: str, resource_id: str) -> WhipResource | None:
         resource = self._by_participant.get((session_id, f"{endpoint}-{resource_id}"))
@@ -123,7 +134,7 @@ def _media(request: web.Request) -> MediaPlane:
 
 
 def error(status: type[web.HTTPException], code: str, message: str, **kwargs: object) -> web.HTTPException:
-    body = json.dumps({"error": {"code": code, "message": message}})
+    body = json.dumps({"error": {"code": code, "message": message, "field": None}})
     return status(text=body, content_type="application/json", **kwargs)  # type: ignore[arg-type]
 
 
@@ -151,11 +162,9 @@ async def create_resource(request: web.Request) -> web.Response:
         )
     if request.content_type != SDP:
         raise error(web.HTTPUnsupportedMediaType, "bad_content_type", f"the offer must be sent as {SDP}")
-    if (request.content_length or 0) > MAX_SDP_BYTES:
-        raise error(web.HTTPRequestEntityTooLarge, "too_large", "the offer is too large",
-                    max_size=MAX_SDP_BYTES, actual_size=request.content_length or 0)
+    settings = request.app[keys.SETTINGS]
     try:
-        offer = await request.text()
+        offer = (await read_limited(request, settings.max_sdp_bytes)).decode()
     except UnicodeDecodeError:
         raise error(web.HTTPBadRequest, "bad_sdp", "the offer is not UTF-8 text") from None
     if not offer.lstrip().startswith("v=0"):
@@ -164,6 +173,16 @@ async def create_resource(request: web.Request) -> web.Response:
     resource_id = uuid.uuid4().hex
     resource = WhipResource(endpoint, session_id, resource_id, f"{endpoint}-{resource_id}", identity.user_id)
     media = _media(request)
+    resources = request.app[keys.WHIP_RESOURCES]
+    if identity.is_admin:  # broadcasts and load tests: hundreds of viewers on one token
+        resources.add(resource)
+    else:
+        try:
+            resources.reserve(
+                resource, settings.whip_max_resources_per_participant, settings.whip_max_resources_per_session
+            )
+        except LimitReached as exc:
+            raise exc.as_http() from None
     try:
         # Idempotent: the session store may have opened the room already; an admin's broadcast
         # or load test opens it here.
@@ -171,12 +190,15 @@ async def create_resource(request: web.Request) -> web.Response:
         reply = await media.request(
             Offer(session_id, resource.participant_id, _ENDPOINTS[endpoint], offer)
         )
+        if not isinstance(reply, Answer):
+            raise MediaError("media_unavailable", "the media plane did not answer")
     except MediaError as exc:
+        resources.remove(resource)
         status = web.HTTPBadRequest if exc.code in _CLIENT_ERRORS else web.HTTPServiceUnavailable
         raise error(status, exc.code, exc.message) from None
-    if not isinstance(reply, Answer):
-        raise error(web.HTTPServiceUnavailable, "media_unavailable", "the media plane did not answer")
-    request.app[keys.WHIP_RESOURCES].add(resource)
+    except BaseException:
+        resources.remove(resource)
+        raise
     log.info("%s resource %s opened in session %s by %s", endpoint, resource_id, session_id, identity.user_id)
     headers = {"Location": resource.location, "ETag": f'"{resource_id}"'}
     response = web.Response(status=201, text=reply.sdp, content_type=SDP, headers=headers)

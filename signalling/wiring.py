@@ -11,7 +11,9 @@ WHIP/WHEP keep their default grants (``grants.AdminOnlyGrants``): a paid session
 send and receive media over ``/ws`` only, where it is metered (docs/billing.md).
 
 Its ``cleanup_ctx`` (after the node has started) gives the profile store the node's presence and
-queue lengths, fixes quotes through billing's ``quote_for`` (sessions and bookings), hands the scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's per-track stats into ``/metrics`` while rooms exist.
+queue lengths, fixes quotes through billing's ``quote_for`` (sessions and bookings), hands the
+scheduler the node's booking notifier (signalling/booking_events.py), and polls the media plane's
+stats into ``/metrics`` (aggregated, sfu/metrics.py) while rooms exist.
 """
 
 from __future__ import annotations

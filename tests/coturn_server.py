@@ -116,18 +116,19 @@ def running_coturn(
         tls_listening_port=free_udp_and_tcp_port(host) if tls else 443,
         log_file=log_file,
         pidfile=tmp_path / "turnserver.pid",
+        userdb=tmp_path / "turndb",
     )
     tmp_path.mkdir(parents=True, exist_ok=True)
     conf = tmp_path / "turnserver.conf"
     conf.write_text(config.render())
-    # The user database defaults to /var/lib/turn: keep this coturn's own in the temporary directory.
-    # --verbose makes coturn log each session and its usage counters, which tests read. coturn
-    # allocates IPv4 relays unless told to follow the client's family (aioice cannot request one).
+    # The documented command, `turnserver -c FILE`: the file names its own database and turns on
+    # the per-session log lines tests read. For an IPv6 relay coturn must follow the client's
+    # address family (it allocates IPv4 otherwise, and aioice cannot ask for IPv6).
+    command = ["turnserver", "-c", str(conf)]
+    if ":" in host:
+        command.append("--allocation-default-address-family=keep")
     process = subprocess.Popen(
-        [
-            "turnserver", "-c", str(conf), "--db", str(tmp_path / "turndb"), "--no-stdout-log", "--verbose",
-            "--allocation-default-address-family=keep",
-        ],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
+from signalling import keys
 from signalling.app import create_app
 from signalling.settings import Settings, SettingsError
+
+from .served import free_port
 
 
 async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
@@ -11,9 +15,37 @@ async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-de
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
     resp = await client.get("/readyz")
     assert resp.status == 200 and (await resp.json())["status"] == "ready"
-    resp = await client.get("/metrics")
+    admin = client.app[keys.TOKENS].mint("ops", "admin")
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
     assert resp.status == 200
     assert "expertcall_ws_connections" in await resp.text()
+
+
+async def test_metrics_answer_an_admin_or_the_scrape_token_only(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.metrics_token = "scrape-" + "s" * 32
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/metrics")
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "auth_required"
+    user = client.app[keys.TOKENS].mint("alice", "client")
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {user}"})
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden"
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer scrape-" + "s" * 31 + "x"})
+    assert resp.status == 401
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {settings.metrics_token}"})
+    assert resp.status == 200 and "expertcall_ws_connections" in await resp.text()
+
+
+async def test_a_loopback_metrics_listener_needs_no_token(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.metrics_port = free_port()
+    client = await aiohttp_client(create_app(settings))
+    assert (await client.get("/metrics")).status == 401
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{settings.metrics_port}/metrics") as resp:
+            assert resp.status == 200 and "expertcall_sessions" in await resp.text()
+        async with http.get(f"http://127.0.0.1:{settings.metrics_port}/api/experts") as resp:
+            assert resp.status == 404  # nothing else on that port
+    with pytest.raises(SettingsError, match="loopback only"):
+        Settings(data_dir=settings.data_dir, metrics_host="0.0.0.0", metrics_port=9100)
 
 
 def test_public_bind_without_secret_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -36,8 +68,6 @@ def test_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
-    from signalling import keys
-
     client.app[keys.SIGNALLING].closing = True
     resp = await client.get("/readyz")
     assert resp.status == 503 and (await resp.json())["status"] == "not_ready"

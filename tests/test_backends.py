@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator, Callable
 
 import pytest
@@ -207,3 +208,28 @@ async def test_one_metering_lease_per_session_with_growing_fencing_tokens(make_n
     # A new lease never goes back below what the store has seen (a backend that lost its count).
     assert await holder.meter_lease("s", floor=100) == 101
     assert await holder.meter_lease("other", floor=7) == 8
+
+
+async def test_a_revoked_token_reaches_every_node_and_is_kept_until_it_expires(make_node) -> None:  # type: ignore[no-untyped-def]
+    heard: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+
+    def listener(name: str) -> Callable[[dict[str, Any]], Any]:
+        async def on_envelope(envelope: dict[str, Any]) -> None:
+            heard[name].append(envelope)
+
+        return on_envelope
+
+    a, b = make_node("a"), make_node("b")
+    await a.start(listener("a"))
+    await b.start(listener("b"))
+    now = int(time.time())
+    await a.revoke_token("j1", now + 3600)
+    await a.revoke_token("gone", now - 1)  # its token has expired: nothing to keep
+    async with asyncio.timeout(5):
+        while not all(any(e.get("jti") == "j1" for e in heard[n]) for n in heard):
+            await asyncio.sleep(0.01)
+    assert {"op": "revoked", "jti": "j1", "expires_at": now + 3600} in heard["b"]
+    assert await b.revoked_tokens() == {"j1": now + 3600}
+    # A later, shorter revocation of the same token never shortens the first.
+    await b.revoke_token("j1", now + 60)
+    assert await a.revoked_tokens() == {"j1": now + 3600}

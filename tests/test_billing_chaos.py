@@ -218,7 +218,8 @@ async def test_calls_across_three_nodes_are_charged_exactly(cluster: Cluster) ->
     cluster.nodes["n3"].stop(signal.SIGTERM)
     await cluster.nodes["n3"].start()
     assert cluster.http is not None
-    async with cluster.http.get(f"{cluster.nodes['n3'].url}/metrics") as resp:
+    admin = {"Authorization": f"Bearer {TokenIssuer(SECRET).mint('ops', 'admin')}"}
+    async with cluster.http.get(f"{cluster.nodes['n3'].url}/metrics", headers=admin) as resp:
         assert "expertcall_billing_open_sessions 0.0" in await resp.text()
     await bob.expect("billing.cost", timeout=10, units=3)
     await expert.request("session.end", session_id=sid)

@@ -112,7 +112,7 @@ async def test_webhooks_without_a_secret_refuse_to_start(aiohttp_client, setting
 
 async def test_metrics(client) -> None:  # type: ignore[no-untyped-def]
     await run_session(client)
-    text = await (await client.get("/metrics")).text()
+    text = await (await client.get("/metrics", headers=auth(client, "ops", "admin"))).text()
     assert "expertcall_billing_units_total 3.0" in text
     assert "expertcall_billing_open_sessions 0.0" in text
 

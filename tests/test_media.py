@@ -36,9 +36,14 @@ async def test_media_drives_connecting_live_and_paused(aiohttp_client, settings,
     assert ack["type"] == "ack"
     assert isinstance(plane.requests[-1], AddIceCandidate) and plane.requests[-1].participant_id == "alice"
 
+    # A transport's first offer opens a new connection; a later one renegotiates it.
+    plane.emit(ServerOffer(sid, "alice", "subscribe", "v=0 first", offer_id=1))
+    offer = await alice.expect("media.offer")
+    assert (offer["offer_id"], offer["new_connection"]) == (1, True)
     plane.emit(ServerOffer(sid, "alice", "subscribe", "v=0 server", offer_id=3))
     offer = await alice.expect("media.offer")
     assert (offer["transport"], offer["offer_id"], offer["sdp"]) == ("subscribe", 3, "v=0 server")
+    assert offer["new_connection"] is False
     assert (await alice.request("media.answer", session_id=sid, transport="subscribe", sdp="v=0 ans", offer_id=3))["type"] == "ack"
     assert plane.requests[-1] == AnswerToServerOffer(sid, "alice", "subscribe", "v=0 ans", 3)
 

@@ -344,7 +344,7 @@ async def test_reminders_then_the_session_opens_on_time(aiohttp_client, settings
     # Once started, it can no longer be cancelled.
     resp = await client.delete(f"/api/bookings/{booking_id}", headers=auth(client, "carl"))
     assert await error_of(resp) == (409, "booking_started")
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await (await client.get("/metrics", headers=auth(client, "ops", "admin"))).text()
     assert 'expertcall_bookings_total{event="reminder"} 2.0' in metrics
     assert 'expertcall_bookings_total{event="due"} 1.0' in metrics
 

@@ -116,6 +116,15 @@ async def test_stale_answer_is_refused(plane: LocalMediaPlane) -> None:
     await pc.close()
 
 
+async def test_offer_ids_count_from_one_on_each_subscribe_transport(plane: LocalMediaPlane) -> None:
+    """sfu.api.ServerOffer's contract, which the signalling protocol's new_connection rests on."""
+    hub = EventHub(plane)
+    await plane.request(Subscribe("room", "bob"))
+    await plane.request(Subscribe("room", "bob"))  # a resume replaces the transport
+    offers = hub.of(ServerOffer)
+    assert [o.offer_id for o in offers] == [1, 1]
+
+
 async def test_publisher_reconnect_is_one_continuous_stream(plane: LocalMediaPlane) -> None:
     """A resume (new connection, new ICE credentials, new SSRCs) on the same publish transport:
     the subscriber keeps its stream — same SSRC, sequence numbers running on by one — and keeps

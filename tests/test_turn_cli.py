@@ -48,12 +48,21 @@ def test_secret_from_the_environment() -> None:
     assert f"static-auth-secret={SECRET}\n" in result.stdout
 
 
-def test_a_readable_secret_file_is_warned_about(tmp_path: Path) -> None:
+def test_a_secret_file_others_may_read_is_refused(tmp_path: Path) -> None:
     path = secret_file(tmp_path)
-    path.chmod(0o644)
-    result = CliRunner().invoke(main, [*BASE, "--secret-file", str(path)])
-    assert result.exit_code == 0
-    assert "readable by other users" in result.stderr
+    for mode in (0o644, 0o640, 0o604, 0o620):
+        path.chmod(mode)
+        result = CliRunner().invoke(main, [*BASE, "--secret-file", str(path)])
+        assert result.exit_code != 0 and "turn_secret_unsafe" in result.output and "chmod 600" in result.output
+        assert "static-auth-secret" not in result.output
+
+
+def test_logging_and_the_database_are_explicit(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, BASE, env={"EXPERTCALL_TURN_SECRET": SECRET})
+    assert "\nverbose\n" in result.stdout and "\nuserdb=/var/lib/turn/turndb\n" in result.stdout
+    result = CliRunner().invoke(main, [*BASE, "--quiet", "--db", str(tmp_path / "turndb")],
+                                env={"EXPERTCALL_TURN_SECRET": SECRET})
+    assert "verbose" not in result.stdout and f"\nuserdb={tmp_path / 'turndb'}\n" in result.stdout
 
 
 def test_output_file_is_private_and_rotation_keeps_the_old_secret(tmp_path: Path) -> None:

@@ -100,6 +100,39 @@ async def test_dev_token_refuses_bad_input_with_a_code(client, body, code) -> No
     assert (await resp.json())["error"]["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        # A cross-site form can post text/plain without a preflight; it gets nothing.
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        # DNS rebinding: the attacker's name now points at 127.0.0.1, but the browser still sends it.
+        ({"Host": "attacker.example:8080"}, 403, "forbidden_host"),
+        ({"Host": "127.0.0.1.attacker.example"}, 403, "forbidden_host"),
+        ({"Origin": "http://attacker.example"}, 403, "origin_forbidden"),
+        ({"Origin": "null"}, 403, "origin_forbidden"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "origin_forbidden"),
+    ],
+)
+async def test_dev_tokens_only_for_this_machines_own_pages(client, headers, status, code) -> None:  # type: ignore[no-untyped-def]
+    sent = {"Content-Type": "application/json", **headers}
+    resp = await client.post("/api/dev/token", data=json.dumps({"user": "erin", "role": "expert"}), headers=sent)
+    assert resp.status == status and (await resp.json())["error"]["code"] == code
+
+
+async def test_dev_tokens_for_the_servers_own_page_and_for_curl(client) -> None:  # type: ignore[no-untyped-def]
+    own = f"http://127.0.0.1:{client.server.port}"
+    for headers in ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, {"Host": f"localhost:{client.server.port}"}, {}):
+        resp = await client.post("/api/dev/token", json={"user": "erin", "role": "expert"}, headers=headers)
+        assert resp.status == 200, (headers, await resp.text())
+
+
+async def test_dev_tokens_live_no_longer_than_the_servers_cap(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(create_app(Settings(data_dir=tmp_path, token_max_ttl=600)))
+    resp = await client.post("/api/dev/token", json={"user": "ann", "role": "client"})
+    assert resp.status == 200 and (await resp.json())["expires_in"] == 600
+
+
 async def test_no_dev_tokens_on_a_public_bind(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(host="0.0.0.0", data_dir=tmp_path, secret="public-secret-0123456789abcdef-0123456789")
     assert settings.dev_tokens is False
@@ -350,6 +383,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.received: list[tuple[float, dict]] = []
         self.sockets: list[web.WebSocketResponse] = []
+        self.upgrade_urls: list[str] = []
         self.valid_resume = ""
         self.answer_pings = True
         self.count = 0
@@ -357,6 +391,7 @@ class ScriptedServer:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        self.upgrade_urls.append(str(request.rel_url))
         self.sockets.append(ws)
         async for frame in ws:
             msg = json.loads(frame.data)
@@ -371,7 +406,8 @@ class ScriptedServer:
             "v": 1, "type": "welcome", "ref": ref, "protocol": 1, "resumed": resumed,
             "user": {"id": "u", "role": "expert", "name": "U"}, "resume_token": self.valid_resume,
             "ping_interval": 1, "ping_timeout": 2, "resume_grace": 30, "max_message_bytes": 65536,
-            "max_messages_per_second": self.RATE, "ice_servers": [], "session": None, "presence": None,
+            "max_messages_per_second": self.RATE, "max_message_burst": self.RATE, "ice_servers": [],
+            "billing_unit_seconds": 60, "session": None, "presence": None,
         }
 
     async def answer(self, ws: web.WebSocketResponse, msg: dict) -> None:
@@ -432,7 +468,9 @@ async def scripted(browser):  # type: ignore[no-untyped-def]
 async def test_signalling_client_follows_the_protocol(scripted) -> None:  # type: ignore[no-untyped-def]
     server, page = scripted
     hello = server.received[0][1]
-    assert hello == {"v": 1, "type": "hello", "id": "c1", "client": {"name": "expertcall-web-demo", "version": "1"}}
+    assert hello == {"v": 1, "type": "hello", "id": "c1", "token": "tkn", "client": {"name": "expertcall-web-demo", "version": "1"}}
+    # The token travels in hello, never in the URL (which logs and browser histories keep).
+    assert server.upgrade_urls == ["/ws"]
     assert await page.evaluate("window.events") == ["connecting", "open", "open"]
 
     # A reply resolves its request by ref; an error with that ref rejects it with the code.
@@ -456,7 +494,8 @@ async def test_signalling_client_follows_the_protocol(scripted) -> None:  # type
     await page.evaluate("window.client.simulateDrop()")
     await page.wait_for_function("window.events.includes('resumed')")
     resume = [m for _, m in server.received[seen:] if m["type"] == "resume"][0]
-    assert resume["resume_token"] == token and set(resume) == {"v", "type", "id", "resume_token"}
+    assert resume["resume_token"] == token and set(resume) == {"v", "type", "id", "token", "resume_token"}
+    assert resume["token"] == "tkn" and set(server.upgrade_urls) == {"/ws"}
 
     # A refused resume falls back to hello: a fresh start the page is told about.
     server.valid_resume = "expired"

@@ -74,7 +74,9 @@ async def test_token_in_the_query_string(client) -> None:  # type: ignore[no-unt
 async def test_bad_tokens_get_an_error_and_close_4001(client, token, code) -> None:  # type: ignore[no-untyped-def]
     if token == "expired":
         secret = client.app[keys.SETTINGS].secret
-        token = jwt.encode({"sub": "alice", "role": "client", "exp": int(time.time()) - 5}, secret, "HS256")
+        now = int(time.time())
+        claims = {"sub": "alice", "role": "client", "iat": now - 3600, "exp": now - 120, "jti": "j-expired"}
+        token = jwt.encode(claims, secret, "HS256")
     peer = Peer(await client.ws_connect("/ws"))
     fields = {} if token is None else {"token": token}
     reply = await peer.request("hello", **fields)
@@ -327,10 +329,8 @@ async def test_after_a_restart_an_expert_who_does_not_return_releases_the_queue(
     assert ended["session"]["reason"] == "expert_unavailable"
 
 
-async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from signalling import websocket
-
-    monkeypatch.setattr(websocket, "OUTBOX_LIMIT", 16)
+async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client) -> None:  # type: ignore[no-untyped-def]
+    client.app[keys.SETTINGS].ws_outbox_limit = 16
     node = client.app[keys.SIGNALLING]
     slow = await Peer.join(client, "slow", "client")
     other = await Peer.join(client, "other", "client")
@@ -354,3 +354,22 @@ async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client, m
     while refs[-1] != 25:
         refs.append((await back.expect("ack"))["ref"])
     assert refs[0] in (0, 1) and refs == list(range(refs[0], 26))
+
+
+async def test_help_request_is_answered_in_the_documented_order(client) -> None:  # type: ignore[no-untyped-def]
+    """docs/protocol.md: requested, then queue.position, then ringing (main sent ringing second)."""
+    await Peer.join(client, "erin", "expert")
+    alice = await Peer.join(client, "alice", "client")
+    msg_id = await alice.send("help.request", expert_id="erin")
+    received = [await alice.recv() for _ in range(3)]
+    assert [(m["type"], m.get("session", {}).get("state")) for m in received] == [
+        ("session.state", "requested"), ("queue.position", None), ("session.state", "ringing"),
+    ]
+    assert received[0]["ref"] == msg_id and received[1]["position"] == 1 and "ref" not in received[2]
+
+
+async def test_welcome_announces_the_billing_unit_and_the_burst(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.billing_unit_seconds, settings.max_message_burst = 30, 45
+    client = await aiohttp_client(build_app(settings, FakePlane()))
+    welcome = (await Peer.join(client, "alice", "client")).welcome
+    assert welcome["billing_unit_seconds"] == 30 and welcome["max_message_burst"] == 45

@@ -24,7 +24,9 @@ def read_secret(secret_file: Path | None) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise click.ClickException(f"turn_secret_unreadable: cannot read {secret_file}: {exc}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            click.echo(f"warning: {secret_file} is readable by other users; chmod 600 it", err=True)
+            raise click.ClickException(
+                f"turn_secret_unsafe: {secret_file} is open to other users (mode {stat.S_IMODE(mode):o}): chmod 600 it"
+            )
         return secret
     secret = os.environ.get(SECRET_ENV, "").strip()
     if not secret:
@@ -65,6 +67,10 @@ def _refuse_secret_argument(ctx: click.Context, param: click.Parameter, value: s
 @click.option("--allow-peer", "allowed_peer_ips", multiple=True, help="A peer IP to allow despite the denied ranges.")
 @click.option("--allow-loopback-peers", is_flag=True, help="Relay to 127.0.0.1 and ::1. For local testing only.")
 @click.option("--log-file", type=click.Path(path_type=Path), default=None, help="Log file (default syslog).")
+@click.option("--quiet", "verbose", flag_value=False, default=True,
+              help="Log refusals only, not a line per allocation (with its traffic counters).")
+@click.option("--db", "userdb", type=click.Path(dir_okay=False, path_type=Path), default=Path("/var/lib/turn/turndb"),
+              show_default=True, help="coturn's own SQLite database (opened even with use-auth-secret).")
 @click.option("--pidfile", type=click.Path(path_type=Path), default=None, help="PID file.")
 @click.option("--public-host", default=None, help="Name clients use for the server (the TLS certificate's); default the external IP.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -104,6 +104,12 @@ class CoturnConfig:
     allow_loopback_peers: bool = False
     allowed_peer_ips: tuple[str, ...] = ()
     log_file: Path | None = None  # None: syslog
+    # A line per allocation, refresh, refusal and closing, with its byte counters: what an
+    # operator verifies the relay with. Without it coturn logs refused credentials and nothing else.
+    verbose: bool = True
+    # coturn opens this SQLite database even with use-auth-secret (it holds nothing of ours), and
+    # without the setting falls back to a system-wide default that another coturn may share.
+    userdb: Path = Path("/var/lib/turn/turndb")
     pidfile: Path | None = None
     extra_denied_peer_ranges: tuple[str, ...] = field(default=())
 
@@ -154,7 +160,8 @@ class CoturnConfig:
                 raise ConfigError("turn_config_invalid", f"{what} must not be negative")
         if (self.cert is None) != (self.pkey is None):
             raise ConfigError("turn_config_invalid", "TLS needs both a certificate and its private key")
-        for path, name in ((self.cert, "cert"), (self.pkey, "pkey"), (self.log_file, "log file"), (self.pidfile, "pidfile")):
+        for path, name in ((self.cert, "cert"), (self.pkey, "pkey"), (self.log_file, "log file"), (self.pidfile, "pidfile"),
+                           (self.userdb, "userdb")):
             _path(path, name)
 
     @property
@@ -229,11 +236,15 @@ class CoturnConfig:
         if allowed:
             lines += ["", "# Explicitly allowed peers (these override the denied ranges)."]
             lines += [f"allowed-peer-ip={ip}" for ip in allowed]
+        lines += ["", "# coturn's own SQLite database (unused by use-auth-secret, but always opened)."]
+        lines.append(f"userdb={self.userdb}")
         lines += ["", "# Logging."]
         if self.log_file is None:
             lines.append("syslog")
         else:
             lines += [f"log-file={self.log_file}", "simple-log"]
+        if self.verbose:
+            lines.append("verbose")
         if self.pidfile is not None:
             lines.append(f"pidfile={self.pidfile}")
         return "\n".join(lines) + "\n"

@@ -6,13 +6,14 @@ another origin (the Content-Security-Policy below enforces that in the browser t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aiohttp import web
 
-from signalling import keys
+from signalling import keys, origins
 from signalling.auth import Role
+from signalling.rest_errors import read_json_value
+from signalling.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/client": "client.html", "/expert": "expert.html"}
@@ -58,14 +59,31 @@ async def dev_token(request: web.Request) -> web.Response:
     """``{"user", "role", "name"}`` → ``{"token", "user", "role", "name", "expires_in"}``.
 
     Only registered on a loopback bind with the demo on, so that anyone able to reach it is
-    already on this machine. Admin tokens are never handed out this way.
+    already on this machine - or is a web page that machine's browser is showing. So it also
+    wants a loopback ``Host`` (a page on another site that re-points its own name at 127.0.0.1,
+    DNS rebinding, still sends that name), ``application/json`` (a plain form cannot send it)
+    and, from a browser, an ``Origin`` that is this server's own. Admin tokens are never handed
+    out this way.
     """
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "the body must be a JSON object")
+        host = request.url.host or ""
+    except ValueError:  # a Host that is no name at all (non-UTF-8 bytes: IDNA refuses them)
+        host = ""
+    if not is_loopback_host(host):
+        return _error(403, "forbidden_host", "dev tokens are handed out to http://127.0.0.1 or http://localhost only")
+    origin = request.headers.get("Origin")
+    if origin is not None and not origins.same_origin(request, origin):
+        return _error(403, "origin_forbidden", "dev tokens are handed out to this server's own pages only")
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return _error(403, "origin_forbidden", "dev tokens are handed out to this server's own pages only")
+    if request.content_type != "application/json":
+        return _error(415, "unsupported_media_type", "send the body as application/json")
+    body = await read_json_value(request)
     if not isinstance(body, dict):
         return _error(400, "invalid_json", "the body must be a JSON object")
+    unknown = sorted(set(body) - {"user", "role", "name"})
+    if unknown:
+        return _error(400, "unknown_field", f"unknown field {unknown[0]!r}: the body is {{user, role, name}}")
     user, role, name = body.get("user"), body.get("role"), body.get("name", "")
     if not isinstance(user, str) or not (1 <= len(user) <= 128) or not user.isprintable():
         return _error(400, "invalid_user", "user must be a 1-128 character printable string")
@@ -74,12 +92,14 @@ async def dev_token(request: web.Request) -> web.Response:
     if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
         return _error(400, "invalid_name", f"name must be a printable string of at most {MAX_NAME} characters")
     name = name.strip() or user
-    token = request.app[keys.TOKENS].mint(user, role, ttl=DEV_TOKEN_TTL, name=name)
+    issuer = request.app[keys.TOKENS]
+    ttl = min(DEV_TOKEN_TTL, issuer.max_ttl)  # never past the server's own lifetime cap
+    token = issuer.mint(user, role, ttl=ttl, name=name)
     return web.json_response(
-        {"token": token, "user": user, "role": role, "name": name, "expires_in": DEV_TOKEN_TTL},
+        {"token": token, "user": user, "role": role, "name": name, "expires_in": ttl},
         headers={"Cache-Control": "no-store"},
     )
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return web.json_response({"error": {"code": code, "message": message, "field": None}}, status=status)

@@ -2,7 +2,7 @@
 
 A ``Backend`` holds what every node must see alike: experts' chosen presence, which node holds
 each user's socket, the live session records and each expert's queue, short-lived stashes of
-messages for users who dropped and may resume, and locks. It also routes messages: ``deliver``
+messages for users who dropped and may resume, revoked tokens, and locks. It also routes messages: ``deliver``
 reaches the user's socket on whichever node holds it, and ``send_to_node`` carries an envelope to
 one node. ``MemoryBackend`` serves one process; ``RedisBackend`` embeds it for the local sockets
 and overrides the shared parts, as LiveKit's RedisRouter does with its LocalRouter.
@@ -125,6 +125,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def queue(self, expert_id: str) -> list[str]:
         """The expert's waiting session ids, first come first."""
+
+    # --- revoked tokens -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def revoke_token(self, jti: str, expires_at: int) -> None:
+        """Share a token revocation until ``expires_at`` and tell every node: each one's envelope
+        handler gets ``{"op": "revoked", "jti": ..., "expires_at": ...}``."""
+
+    @abc.abstractmethod
+    async def revoked_tokens(self) -> dict[str, int]:
+        """jti -> expiry of every shared revocation whose token has not expired yet."""
 
     # --- coordination -------------------------------------------------------------------------
 

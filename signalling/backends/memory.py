@@ -38,6 +38,7 @@ class MemoryHub:
         self.locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.meter_leases: dict[str, tuple[str, int]] = {}  # session -> (node, token)
         self.meter_tokens: dict[str, int] = {}  # session -> the last token handed out
+        self.revoked: dict[str, int] = {}
 
 
 class MemoryBackend(Backend):
@@ -235,6 +236,19 @@ class MemoryBackend(Backend):
         held = self.hub.meter_leases.get(session_id)
         if held is not None and held[0] == self.node_id:
             del self.hub.meter_leases[session_id]
+
+    # --- revoked tokens -----------------------------------------------------------------------
+
+    async def revoke_token(self, jti: str, expires_at: int) -> None:
+        now = time.time()
+        self.hub.revoked = {j: until for j, until in self.hub.revoked.items() if until > now}
+        self.hub.revoked[jti] = max(expires_at, self.hub.revoked.get(jti, 0))
+        for inbox in self.hub.inboxes.values():
+            inbox.put_nowait({"op": "revoked", "jti": jti, "expires_at": expires_at})
+
+    async def revoked_tokens(self) -> dict[str, int]:
+        now = time.time()
+        return {jti: until for jti, until in self.hub.revoked.items() if until > now}
 
     # --- coordination -------------------------------------------------------------------------
 

@@ -4,9 +4,10 @@ It embeds the memory backend for the sockets this node holds and overrides every
 Keys live under one prefix (tests use a fresh one each): ``loc:<user>`` (node and connection,
 expiring unless touched by pings, so a crashed node's users do not stay "connected"),
 ``stash:<user>``, ``presence`` (a hash), ``session:<id>``, ``sessions:active`` (a set),
-``user_session:<user>``, ``dropped:<user>``, ``queue:<expert>`` (a list), ``lock:<key>``, and
-``meter:<session>`` (the metering lease: node and fencing token) with ``meter_token:<session>``
-(its counter); each node listens on the channel ``node:<node id>``.
+``user_session:<user>``, ``dropped:<user>``, ``queue:<expert>`` (a list), ``revoked`` (a sorted set of
+token ids by expiry), ``lock:<key>``, and ``meter:<session>`` (the metering lease: node and fencing
+token) with ``meter_token:<session>`` (its counter); each node listens on the channel
+``node:<node id>`` and on ``broadcast``, which carries what every node must hear (a revoked token).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Any, AsyncIterator
 
@@ -79,7 +81,7 @@ class RedisBackend(MemoryBackend):
     async def start(self, on_envelope: EnvelopeHandler) -> None:
         self._handler = on_envelope
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._key("node", self.node_id))
+        await self._pubsub.subscribe(self._key("node", self.node_id), self._key("broadcast"))
         self._listener = asyncio.create_task(self._listen(), name=f"redis-listener-{self.node_id}")
 
     async def close(self) -> None:
@@ -241,6 +243,21 @@ class RedisBackend(MemoryBackend):
             await self.redis.eval(_DELETE_IF, 1, key, raw)
             # The counter outlives the lease a while: a late write of the old token stays refusable.
             await self.redis.expire(self._key("meter_token", session_id), self.ended_session_ttl)
+
+    # --- revoked tokens -----------------------------------------------------------------------
+
+    async def revoke_token(self, jti: str, expires_at: int) -> None:
+        key = self._key("revoked")
+        envelope = {"op": "revoked", "jti": jti, "expires_at": expires_at}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {jti: expires_at}, gt=True)  # adds a new one too; never shortens one
+            pipe.zremrangebyscore(key, "-inf", time.time())
+            pipe.publish(self._key("broadcast"), json.dumps(envelope))
+            await pipe.execute()
+
+    async def revoked_tokens(self) -> dict[str, int]:
+        found = await self.redis.zrangebyscore(self._key("revoked"), f"({time.time()}", "+inf", withscores=True)
+        return {str(_text(pair[0])): int(pair[1]) for pair in found}
 
     # --- coordination -------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from .. import keys
 from ..auth import Identity, Role, authenticate
 from ..settings import SettingsError
 from .checkpointer import WalCheckpointer
-from ..rest_errors import http_error
+from ..rest_errors import http_error, read_json_value
 from .fees import PlatformFees
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Meter
@@ -187,10 +187,7 @@ async def refund(request: web.Request) -> web.Response:
     row = await _session_row(request, session_id)
     if not me.is_admin and me.user_id != row.expert_id:
         raise http_error(403, "forbidden", "only the session's expert or an admin may refund it")
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        raise http_error(400, "bad_request", "the body must be JSON") from None
+    body = await read_json_value(request) if request.can_read_body else {}
     reason = body.get("reason", "") if isinstance(body, dict) else ""
     if not isinstance(reason, str) or len(reason) > 500:
         raise http_error(400, "bad_request", "reason must be a string of at most 500 characters")
@@ -219,10 +216,7 @@ async def put_fee(request: web.Request) -> web.Response:
     null goes back to the server's default."""
     me = _me(request, Role.ADMIN)
     expert_id = request.match_info["expert_id"]
-    try:
-        body = await request.json()
-    except ValueError:
-        raise http_error(400, "bad_request", "the body must be JSON") from None
+    body = await read_json_value(request)
     if not isinstance(body, dict) or set(body) != {"platform_fee_bps"}:
         raise http_error(400, "bad_request", 'the body must be {"platform_fee_bps": <0-10000 or null>}')
     try:
@@ -257,7 +251,10 @@ async def export(request: web.Request) -> web.Response:
     _me(request, Role.ADMIN)
     start = _instant_param(request, "from", 0.0)
     end = _instant_param(request, "to", END_OF_TIME)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise http_error(400, "bad_request", "format is json or csv")
     rows = await request.app[keys.LEDGER].export(start, end)
-    if request.query.get("format", "json") == "csv":
+    if fmt == "csv":
         return web.Response(text=to_csv(rows), content_type="text/csv")
     return web.json_response(rows)

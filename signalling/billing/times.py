@@ -14,16 +14,18 @@ def parse_instant(text: str) -> float:
     a date or time without a zone is UTC."""
     text = text.strip()
     try:
-        return float(int(text))
+        seconds = float(int(text))
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 date or time, nor Unix seconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+        except (ValueError, OverflowError):  # 0001-01-01T00:00:00+23:59 is before year 1 in UTC
+            raise ValueError(f"{text[:64]!r} is not an ISO 8601 date or time, nor Unix seconds") from None
+    if not (0 <= seconds <= END_OF_TIME):
+        raise ValueError("times are between 1970-01-01 and 9999-12-31T23:59:59Z")
+    return seconds
 
 # 9999-12-31T23:59:59Z: the default end of an open-ended period.
 END_OF_TIME = 253402300799.0

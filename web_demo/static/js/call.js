@@ -43,7 +43,6 @@ export class Call extends EventTarget {
     this._restarting = false;
     this.chat = null;
     this._chatOutbox = [];
-    this._subscribeOffer = null;
   }
 
   /** Ask for camera and microphone, then publish them and wait for the SFU's offers. */
@@ -191,21 +190,18 @@ export class Call extends EventTarget {
     await this._flushCandidates("publish");
   }
 
-  async _onServerOffer({ transport = "subscribe", sdp, offerId }) {
+  async _onServerOffer({ transport = "subscribe", sdp, offerId, newConnection }) {
     if (this.closed) return;
     if (transport !== "subscribe") return;
-    // After a resume the SFU replaces the subscribe transport (new ICE and DTLS): a new DTLS
-    // fingerprint cannot be applied to the old connection, so it gets a new one too.
-    // Compare with the last offer as received: Chromium re-serialises remoteDescription.
-    const current = this.subscribe && this._subscribeOffer;
-    if (current && fingerprint(current) !== fingerprint(sdp)) {
+    // The server says whether this offer opens a new connection (after a resume the SFU
+    // replaces the subscribe transport: new ICE and DTLS) or renegotiates the one we have.
+    if (newConnection && this.subscribe) {
       this.subscribe.close();
       this.subscribe = null;
       this._lastInbound = null;
     }
     if (!this.subscribe) this.subscribe = this._peer("subscribe");
     const pc = this.subscribe;
-    this._subscribeOffer = sdp;
     await pc.setRemoteDescription({ type: "offer", sdp });
     await this._flushCandidates("subscribe");
     const answer = await pc.createAnswer();
@@ -293,12 +289,6 @@ export class Call extends EventTarget {
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
-}
-
-/** The DTLS certificate fingerprints an SDP announces, in a canonical order. */
-function fingerprint(sdp) {
-  const found = new Set(sdp.split(/\r?\n/).filter((line) => line.startsWith("a=fingerprint:")).map((line) => line.slice(14).trim().toLowerCase()));
-  return [...found].sort().join(",");
 }
 
 function constraints(audioDeviceId, videoDeviceId) {

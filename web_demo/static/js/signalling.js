@@ -28,7 +28,7 @@ export const CLOSE_CODES = {
   GOING_AWAY: 4012,
 };
 const FATAL_CLOSE_CODES = new Set([CLOSE_CODES.AUTH_FAILED, CLOSE_CODES.REPLACED]);
-const FATAL_ERROR_CODES = new Set(["auth_required", "token_invalid", "token_expired", "unsupported_version"]);
+const FATAL_ERROR_CODES = new Set(["auth_required", "token_invalid", "token_expired", "token_revoked", "unsupported_version"]);
 
 export class ProtocolError extends Error {
   constructor(code, message, details = {}) {
@@ -174,7 +174,9 @@ export class SignallingClient extends EventTarget {
       },
       onServerOffer: (handler) =>
         this.on("media.offer", ({ message }) => {
-          if (mine(message)) handler({ transport: message.transport, sdp: message.sdp, offerId: message.offer_id });
+          if (mine(message)) {
+            handler({ transport: message.transport, sdp: message.sdp, offerId: message.offer_id, newConnection: message.new_connection });
+          }
         }),
       onCandidate: (handler) =>
         this.on("media.ice", ({ message }) => {
@@ -187,9 +189,8 @@ export class SignallingClient extends EventTarget {
 
   _open() {
     this._setState(this._attempt === 0 && !this.resumeToken ? "connecting" : "reconnecting");
-    const url = new URL(this.url, location.href);
-    url.searchParams.set("token", this.token());
-    const ws = new WebSocket(url);
+    // The token goes in hello/resume, never in the URL (URLs end up in logs and histories).
+    const ws = new WebSocket(new URL(this.url, location.href));
     this.ws = ws;
     this._handshake = new Promise((resolve, reject) => {
       ws.addEventListener("open", () => this._greet(ws).then(resolve, reject));
@@ -209,7 +210,7 @@ export class SignallingClient extends EventTarget {
       let welcome = null;
       let refused = "resume_invalid";
       try {
-        welcome = await this.request("resume", { resume_token: this.resumeToken });
+        welcome = await this.request("resume", { token: this.token(), resume_token: this.resumeToken });
       } catch (error) {
         if (ws !== this.ws || error.code === "connection_lost" || error.code === "timeout") throw error;
         refused = error.code;
@@ -233,7 +234,7 @@ export class SignallingClient extends EventTarget {
   }
 
   _hello() {
-    return this.request("hello", { client: { name: "expertcall-web-demo", version: "1" } });
+    return this.request("hello", { token: this.token(), client: { name: "expertcall-web-demo", version: "1" } });
   }
 
   _accept(welcome) {
