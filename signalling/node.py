@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
@@ -37,6 +37,13 @@ from .settings import Settings
 from .timers import Timers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _report_orphan(task: asyncio.Future[Any]) -> None:
+    """A request whose socket went away while it ran: its outcome has nobody to reach."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a request failed after its socket went away: %r", task.exception())
 
 
 class SignallingNode:
@@ -79,6 +86,7 @@ class SignallingNode:
         self.sessions.add_listener(self.queues.on_transition)
         # Open sockets on this node by connection id; the websocket module adds and removes them.
         self.connections: dict[str, Any] = {}
+        self._operations: set[asyncio.Future[Any]] = set()
         # Envelopes other modules handle, by op (billing: transitions for the sessions it meters).
         self.envelope_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
         self.closing = False
@@ -125,6 +133,20 @@ class SignallingNode:
             if conn.identity is not None and conn.identity.token_id == jti:
                 conn.revoke()
 
+    async def run_to_completion(self, operation: Awaitable[T]) -> T:
+        """Run a client's request so that its socket going away (the client left, or this node
+        is shutting down) cannot cancel it half done: an accept that told the expert "accepted"
+        but had not yet recorded the session as theirs left them with no session to resume.
+        The caller may be cancelled; the operation goes on, and ``shutdown`` waits for it."""
+        task = asyncio.ensure_future(operation)
+        self._operations.add(task)
+        task.add_done_callback(self._operations.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_orphan)
+            raise
+
     async def shutdown(self) -> None:
         """Close every socket with GOING_AWAY (clients resume elsewhere or after the restart)."""
         self.closing = True
@@ -138,6 +160,8 @@ class SignallingNode:
             await asyncio.wait(waiters, timeout=5)
             for waiter in waiters:
                 waiter.cancel()
+        if self._operations:
+            await asyncio.wait(set(self._operations), timeout=5)
 
     async def close(self) -> None:
         self.closing = True

@@ -254,7 +254,7 @@ class Connection:
                     raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{where}: {bad.message}")
             self._authorise(type_, route)
             await self._keep_location()
-            await route.handler(self, msg)
+            await self.node.run_to_completion(route.handler(self, msg))
         except ProtocolError as exc:
             await self.reply_error(exc.code, exc.message, ref)
         except InvalidTransition as exc:

@@ -119,6 +119,31 @@ async def test_a_surviving_node_adopts_the_room_of_a_dead_one(two_nodes) -> None
     assert expert.welcome["session"]["id"] == sid
 
 
+async def test_a_node_shutting_down_finishes_the_accept_it_is_running(two_nodes) -> None:  # type: ignore[no-untyped-def]
+    """The expert heard "accepted" while node B was still recording the session as theirs; B
+    shutting down then cancelled the accept half done, and the expert, back on node A, found no
+    session to resume."""
+    a, b, _, _ = two_nodes
+    slow = asyncio.Event()
+
+    async def slow_listener(transition) -> None:  # type: ignore[no-untyped-def]
+        if transition.state.value == "accepted":
+            slow.set()
+            await asyncio.sleep(0.3)
+
+    b.app[keys.SIGNALLING].sessions.add_listener(slow_listener)
+    expert = await Peer.join(b, "erin", "expert")
+    alice = await Peer.join(a, "alice", "client")
+    sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
+    await expert.expect("ring")
+    await expert.send("help.accept", session_id=sid)
+    await slow.wait()
+    assert await shut_down(b, expert) == [4012]
+    await alice.expect("session.state", state="accepted")
+    expert = await Peer.join(a, "erin", "expert")
+    assert expert.welcome["session"] is not None and expert.welcome["session"]["id"] == sid
+
+
 async def test_concurrent_requests_on_two_nodes_get_distinct_places(two_nodes) -> None:  # type: ignore[no-untyped-def]
     a, b, _, _ = two_nodes
     expert = await Peer.join(a, "erin", "expert")
