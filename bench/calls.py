@@ -59,6 +59,7 @@ class Servers:
     log_stem: Path  # logs go to <stem>.<target>.<calls>.<round>.log
     nice: int = 0
     cpus: str = ""  # taskset CPU list, "" for all
+    janus_event_loops: int = 0  # 0: Janus's default, a loop and thread per handle
 
 
 def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
@@ -74,7 +75,7 @@ def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
         return server
     from .janus import start_janus
 
-    url, process = start_janus(directory, log, servers.nice, servers.cpus)
+    url, process = start_janus(directory, log, servers.nice, servers.cpus, servers.janus_event_loops)
     return Server("janus", url, "", process.pid, process)
 
 
@@ -210,6 +211,8 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
         "config": {"calls": counts, "rounds": rounds, "duration": load.duration, "join_rate": load.join_rate,
                    "settle": load.settle, "client_processes": load.workers, "server_cpus": servers.cpus or "all",
                    "server_nice": servers.nice, "targets": targets,
+                   **({"janus_event_loops": servers.janus_event_loops or "one per handle"}
+                      if reference == "janus" else {}),
                    "call": "2 participants, each VP8 640x480 30 fps ~500 kbps + Opus 20 ms, watching the other"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],

@@ -82,14 +82,16 @@ def loopback_shim(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def write_config(directory: Path, ws_port: int, library: Path) -> Path:
-    """A configuration folder that loads the VideoRoom plugin and the WebSocket transport only."""
+def write_config(directory: Path, ws_port: int, library: Path, event_loops: int = 0) -> Path:
+    """A configuration folder that loads the VideoRoom plugin and the WebSocket transport only.
+    ``event_loops`` 0 keeps Janus's default, a thread and loop per handle; N shares N loops."""
     for sub in ("plugins", "transports", "none"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (directory / "plugins" / "libjanus_videoroom.so").symlink_to(library / "plugins" / "libjanus_videoroom.so")
     (directory / "transports" / "libjanus_websockets.so").symlink_to(
         library / "transports" / "libjanus_websockets.so")
     main = directory / "janus.jcfg"
+    loops = f"\n\tevent_loops = {event_loops}" if event_loops else ""
     main.write_text(f"""general: {{
 	configs_folder = "{directory}"
 	plugins_folder = "{directory / 'plugins'}"
@@ -97,7 +99,7 @@ def write_config(directory: Path, ws_port: int, library: Path) -> Path:
 	events_folder = "{directory / 'none'}"
 	loggers_folder = "{directory / 'none'}"
 	debug_level = 4
-	interface = "127.0.0.1"
+	interface = "127.0.0.1"{loops}
 	protected_folders = ["/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/sbin", "/sys", "/usr", "/var"]
 }}
 media: {{
@@ -133,10 +135,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_janus(directory: Path, log_path: Path, nice: int = 0, cpus: str = "") -> tuple[str, subprocess.Popen[bytes]]:
+def start_janus(directory: Path, log_path: Path, nice: int = 0, cpus: str = "",
+                event_loops: int = 0) -> tuple[str, subprocess.Popen[bytes]]:
     """Start Janus; returns its WebSocket URL and process once it accepts connections."""
     port = _free_port()
-    config = write_config(directory, port, janus_library_dir())
+    config = write_config(directory, port, janus_library_dir(), event_loops)
     env = {**os.environ, "LD_PRELOAD": str(loopback_shim())}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:

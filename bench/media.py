@@ -305,7 +305,7 @@ def _check_cpus(cpus: str) -> None:
 
 def _media_calls(counts: list[int], reference: str | None, duration: float, json_path: Path,
                  plot_path: Path | None, join_rate: float, settle: float, workers: int, rounds: int,
-                 server_nice: int, pin_server: str) -> None:
+                 server_nice: int, pin_server: str, janus_event_loops: int) -> None:
     from . import calls, encoded
 
     click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
@@ -314,7 +314,8 @@ def _media_calls(counts: list[int], reference: str | None, duration: float, json
     data_dir = Path(tempfile.mkdtemp(prefix="expertcall-bench-calls-"))
     try:
         result = calls.sweep(counts, reference, calls.CallLoad(0, duration, join_rate, settle, workers),
-                             calls.Servers(data_dir, json_path.with_suffix(""), server_nice, pin_server), rounds)
+                             calls.Servers(data_dir, json_path.with_suffix(""), server_nice, pin_server,
+                                           janus_event_loops), rounds)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     report.write_json(json_path, result)
@@ -368,13 +369,16 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
 @click.option("--server-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
               help="Niceness of the servers started (below 0 needs root): on a machine shared with "
                    "other work, keeps the server from being starved of its core.")
+@click.option("--janus-event-loops", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="With --reference janus: event loops its handles share (Janus's event_loops); "
+                   "0 keeps Janus's default, a loop and thread per handle.")
 @click.option("--pin-server", "pin_server", default="",
               help="Pin the servers started (and every process they start) to these CPUs, a taskset list "
                    "such as 1 or 0-3; the clients stay unpinned. [default: not pinned]")
 def media(calls: str | None, publishers: int, subscribers: str, duration: float, json_path: Path,
           plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
           token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
-          server_nice: int, pin_server: str) -> None:
+          server_nice: int, janus_event_loops: int, pin_server: str) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
     with --calls, carrying two-party calls."""
     if pin_server:
@@ -387,7 +391,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
         if reference == "mediarelay":
             raise click.UsageError("--reference mediarelay is for the fan-out bench; with --calls use janus")
         _media_calls(_counts(calls, "call"), reference, duration, json_path, plot_path, join_rate or 10.0,
-                     settle, workers, rounds, server_nice, pin_server)
+                     settle, workers, rounds, server_nice, pin_server, janus_event_loops)
         return
     if reference == "janus":
         raise click.UsageError("--reference janus runs with --calls (two-party calls)")

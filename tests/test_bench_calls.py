@@ -95,6 +95,10 @@ async def test_light_subscriber_answers_a_servers_offer_and_reports_reception(mo
         while time.monotonic() < deadline and not (subscriber.frames > 30 and remb):
             await asyncio.sleep(0.1)
         stats = await video_sender.getStats()
+        # What a NACK would get back from our history: the packet as aiortc would have written it.
+        history = video_sender._RTCRtpSender__rtp_history
+        sent = history.get(next(iter(dict(history))))
+        mid = publisher.pc.getTransceivers()[0].mid
     finally:
         await subscriber.stop()
         await publisher.stop()
@@ -102,9 +106,20 @@ async def test_light_subscriber_answers_a_servers_offer_and_reports_reception(mo
     assert subscriber.frames > 30 and subscriber.audio_counters.received > 20
     assert subscriber.latencies and max(subscriber.latencies) < 1
     assert subscriber.video_ssrc and subscriber.audio_ssrc
+    assert sent.ssrc == subscriber.video_ssrc and sent.payload_type in subscriber.video_types
+    assert sent.extensions.mid == mid and sent.extensions.abs_send_time > 0 and sent.payload[0] & 0x80
     assert remb, "no REMB reached the publisher"
     # aiortc's sender turns a receiver report about its stream into remote-inbound stats.
     assert any(s.type == "remote-inbound-rtp" for s in stats.values())
+
+
+def test_ntp_time_is_aiortcs_without_datetime() -> None:
+    from aiortc import clock
+
+    from bench.clients import _ntp_now
+
+    ours, theirs = _ntp_now(), clock.current_ntp_time()
+    assert abs(theirs - ours) < (1 << 32) // 100  # 10 ms apart at most, measured one after the other
 
 
 def test_process_tree_cpu_and_memory_count_children() -> None:
