@@ -20,12 +20,12 @@ round and the calls a core would carry at its CPU, and Janus's figures over expe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import click
 
 from . import report
 from .call_workers import PRICE
-from .media import Server, cpu_of, next_result, show_progress, start_server, stop_clients
+from .media import Server, cpu_of, next_result, renice, show_progress, start_server, stop_clients
 from .procfs import process_tree, tree_cpu_seconds, tree_memory
 from .signalling import SERVER_ENV, register_experts, split
 from .workers import Shared
@@ -42,16 +42,17 @@ TARGETS = ("expertcall", "janus")
 IDLE_SECONDS = 2.0  # after start-up, before the calls: the idle server's CPU and memory
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CallLoad:
     calls: int
     duration: float
     join_rate: float  # calls per second
     settle: float
     workers: int  # client processes
+    client_nice: int = 0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Servers:
     """How the servers under test are started."""
 
@@ -105,6 +106,7 @@ def run_calls(target: str, servers: Servers, load: CallLoad, round_: int) -> dic
             proc = ctx.Process(target=call_workers.run, daemon=True, args=(
                 worker, target, server.url, server.secret, plan, shared, results))
             proc.start()
+            renice(proc, load.client_nice)
             procs.append(proc)
 
         join_deadline = start_at + load.calls / load.join_rate + call_workers.JOIN_TIMEOUT + 5
@@ -193,7 +195,8 @@ def janus_version() -> str | None:
 
 def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Servers, rounds: int) -> dict[str, Any]:
     """Every count, ``rounds`` times, each target back to back (so that both meet the machine in
-    the same mood): the runs and what they add up to."""
+    the same mood): the runs and what they add up to. ``load`` is each run's, but for its
+    ``calls``."""
     targets = ["expertcall"] + ([reference] if reference else [])
     if reference == "janus":
         from .janus import janus_library_dir, loopback_shim
@@ -205,11 +208,11 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
     for round_ in range(1, rounds + 1):
         for count in counts:
             for target in targets:
-                runs.append(run_calls(target, servers, CallLoad(count, load.duration, load.join_rate, load.settle,
-                                                                load.workers), round_))
+                runs.append(run_calls(target, servers, dataclasses.replace(load, calls=count), round_))
     result: dict[str, Any] = {
         "config": {"calls": counts, "rounds": rounds, "duration": load.duration, "join_rate": load.join_rate,
-                   "settle": load.settle, "client_processes": load.workers, "server_cpus": servers.cpus or "all",
+                   "settle": load.settle, "client_processes": load.workers, "client_nice": load.client_nice,
+                   "server_cpus": servers.cpus or "all",
                    "server_nice": servers.nice, "targets": targets,
                    **({"janus_event_loops": servers.janus_event_loops or "one per handle"}
                       if reference == "janus" else {}),

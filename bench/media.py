@@ -68,6 +68,7 @@ class Load:
     settle: float
     workers: int
     fps: int = 30
+    client_nice: int = 0
 
 
 def pid_listening_on(port: int) -> int:
@@ -177,6 +178,7 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         server.url, server.token, sessions, tables, load.audio, video_params, shared, results))
     procs = [publisher]
     publisher.start()
+    renice(publisher, load.client_nice)
     kind, value = next_result(results, 120, label)
     if kind != "publishers_ready":
         publisher.join(5)
@@ -191,6 +193,7 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         proc = ctx.Process(target=workers.subscribe, daemon=True, args=(
             worker, server.url, server.token, plan, tables, load.audio, shared, results))
         proc.start()
+        renice(proc, load.client_nice)
         procs.append(proc)
     try:
         join_deadline = start + load.subscribers / load.join_rate + 30
@@ -244,6 +247,12 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
     summary["loadavg_1min_after"] = round(load_average, 2)
     click.echo(_one_line(summary), err=True)
     return summary
+
+
+def renice(proc: Any, nice: int) -> None:
+    """Set a just started client process's niceness (before it starts threads: they inherit it)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
 
 
 def stop_clients(shared: Shared, procs: list[Any], wait: float) -> None:
@@ -305,7 +314,7 @@ def _check_cpus(cpus: str) -> None:
 
 def _media_calls(counts: list[int], reference: str | None, duration: float, json_path: Path,
                  plot_path: Path | None, join_rate: float, settle: float, workers: int, rounds: int,
-                 server_nice: int, pin_server: str, janus_event_loops: int) -> None:
+                 server_nice: int, client_nice: int, pin_server: str, janus_event_loops: int) -> None:
     from . import calls, encoded
 
     click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
@@ -313,7 +322,8 @@ def _media_calls(counts: list[int], reference: str | None, duration: float, json
     encoded.audio()
     data_dir = Path(tempfile.mkdtemp(prefix="expertcall-bench-calls-"))
     try:
-        result = calls.sweep(counts, reference, calls.CallLoad(0, duration, join_rate, settle, workers),
+        load = calls.CallLoad(0, duration, join_rate, settle, workers, client_nice)  # calls: each count's
+        result = calls.sweep(counts, reference, load,
                              calls.Servers(data_dir, json_path.with_suffix(""), server_nice, pin_server,
                                            janus_event_loops), rounds)
     finally:
@@ -369,6 +379,10 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
 @click.option("--server-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
               help="Niceness of the servers started (below 0 needs root): on a machine shared with "
                    "other work, keeps the server from being starved of its core.")
+@click.option("--client-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
+              help="Niceness of the client processes (below 0 needs root): on a busy machine, keeps "
+                   "other work from starving the clients, so that the server, not the machine, sets "
+                   "the ceiling.")
 @click.option("--janus-event-loops", type=click.IntRange(0, 256), default=0, show_default=True,
               help="With --reference janus: event loops its handles share (Janus's event_loops); "
                    "0 keeps Janus's default, a loop and thread per handle.")
@@ -378,7 +392,7 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
 def media(calls: str | None, publishers: int, subscribers: str, duration: float, json_path: Path,
           plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
           token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
-          server_nice: int, janus_event_loops: int, pin_server: str) -> None:
+          server_nice: int, client_nice: int, janus_event_loops: int, pin_server: str) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
     with --calls, carrying two-party calls."""
     if pin_server:
@@ -391,7 +405,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
         if reference == "mediarelay":
             raise click.UsageError("--reference mediarelay is for the fan-out bench; with --calls use janus")
         _media_calls(_counts(calls, "call"), reference, duration, json_path, plot_path, join_rate or 10.0,
-                     settle, workers, rounds, server_nice, pin_server, janus_event_loops)
+                     settle, workers, rounds, server_nice, client_nice, pin_server, janus_event_loops)
         return
     if reference == "janus":
         raise click.UsageError("--reference janus runs with --calls (two-party calls)")
@@ -423,7 +437,8 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
         for round_ in range(1, rounds + 1):
             for count in counts:
                 for server in servers:  # back to back, so that both see the machine alike
-                    load = Load(publishers, count, duration, audio, join_rate, settle, workers)
+                    load = Load(publishers, count, duration, audio, join_rate, settle, workers,
+                                client_nice=client_nice)
                     runs.append({**run_load(server, load), "round": round_})
     finally:
         for server in servers:
@@ -434,6 +449,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
         "config": {"publishers": publishers, "subscribers": counts, "duration": duration, "rounds": rounds,
                    "audio": audio,
                    "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
+                   "client_nice": client_nice,
                    "server_cpus": pin_server or "all",
                    "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],

@@ -31,13 +31,14 @@ def test_two_calls_through_expertcall_and_janus_report_every_figure(tmp_path: Pa
     out, png = tmp_path / "calls.json", tmp_path / "calls.png"
     result = CliRunner().invoke(main, [
         "bench", "media", "--calls", "2", "--duration", "3", "--settle", "1", "--reference", "janus",
-        "--pin-server", "0", "--json", str(out), "--plot", str(png),
+        "--pin-server", "0", "--client-nice", "1", "--json", str(out), "--plot", str(png),
     ])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert png.stat().st_size > 1000
     assert [(r["target"], r["calls"], r["round"]) for r in report["runs"]] == [("expertcall", 2, 1), ("janus", 2, 1)]
-    assert report["config"]["server_cpus"] == "0" and report["machine"]["janus"]
+    assert report["config"]["server_cpus"] == "0" and report["config"]["client_nice"] == 1
+    assert report["machine"]["janus"]
     for run in report["runs"]:
         assert run["calls_up"] == 2 and run["connected"] == 4 and not run["call_errors"], run["call_errors"]
         assert run["server_processes"] >= 1
@@ -111,6 +112,23 @@ async def test_light_subscriber_answers_a_servers_offer_and_reports_reception(mo
     assert remb, "no REMB reached the publisher"
     # aiortc's sender turns a receiver report about its stream into remote-inbound stats.
     assert any(s.type == "remote-inbound-rtp" for s in stats.values())
+
+
+def test_client_processes_are_reniced_as_asked() -> None:
+    import multiprocessing
+
+    from bench.media import renice
+
+    proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(10,), daemon=True)
+    proc.start()
+    try:
+        assert proc.pid is not None
+        target = min(19, os.getpriority(os.PRIO_PROCESS, proc.pid) + 3)  # raising it needs no root
+        renice(proc, target)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == target
+    finally:
+        proc.terminate()
+        proc.join()
 
 
 def test_ntp_time_is_aiortcs_without_datetime() -> None:
