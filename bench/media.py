@@ -358,7 +358,7 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
               help="Seconds measured, after every subscriber joined and --settle passed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG of server CPU against subscribers (with --calls: CPU per call and loss against calls).")
+              help="PNG of server CPU against subscribers (with --calls: CPU per call, loss and fps against calls).")
 @click.option("--reference", type=click.Choice(["mediarelay", "janus"]), default=None,
               help="Also run the same load against aiortc's MediaRelay (decode + re-encode per subscriber), "
                    "or, with --calls, against Janus's VideoRoom (apt-get install janus).")

@@ -275,19 +275,20 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
 
 
 def plot_calls(path: Path, runs: list[dict[str, Any]]) -> None:
-    """CPU per call and loss against the number of calls, a line per server (through the median
-    of the rounds), every run a point; a run that was not clean is a cross."""
+    """CPU per call, loss and the lowest fps against the number of calls, a line per server
+    (through the median of the rounds), every run a point; a run that was not clean is a cross."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (cpu_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (cpu_ax, loss_ax, fps_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
     for target in sorted({r["target"] for r in runs}):
         mine = sorted((r for r in runs if r["target"] == target), key=lambda r: r["calls"])
         counts = sorted({r["calls"] for r in mine})
         for ax, read in ((cpu_ax, CALL_FIGURES["cpu_ms_per_call"]),
-                         (loss_ax, lambda r: max(r["packet_loss_pct"], r.get("audio_packet_loss_pct") or 0.0))):
+                         (loss_ax, lambda r: max(r["packet_loss_pct"], r.get("audio_packet_loss_pct") or 0.0)),
+                         (fps_ax, CALL_FIGURES["fps_min"])):
             medians = [float(np.median([read(r) for r in mine if r["calls"] == n])) for n in counts]
             line, = ax.plot(counts, medians, label=target)
             for clean, marker in ((True, "o"), (False, "x")):
@@ -298,7 +299,9 @@ def plot_calls(path: Path, runs: list[dict[str, Any]]) -> None:
     cpu_ax.set_ylabel("server CPU per call (ms per second)")
     loss_ax.set_ylabel("packet loss, worse of video and audio (%)")
     loss_ax.axhline(CLEAN_LOSS_PCT, color="grey", linestyle=":", linewidth=1)
-    for ax in (cpu_ax, loss_ax):
+    fps_ax.set_ylabel("lowest subscriber fps")
+    fps_ax.axhline(CLEAN_FPS, color="grey", linestyle=":", linewidth=1)
+    for ax in (cpu_ax, loss_ax, fps_ax):
         ax.set_xlabel("concurrent two-party calls")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
