@@ -13,7 +13,13 @@ aiortc does SDP, ICE, DTLS and SRTP for them; the media path is ours:
   counts packets, bytes, sequence gaps, complete frames and keyframes, and notes the time of its
   first complete keyframe. A frame's latency is taken twice: when the kernel received its first
   packet on the subscriber's socket (SIOCGSTAMP: what the SFU added, on the wire) and when this
-  process got to it (that plus the client processes' own queueing on a shared machine).
+  process got to it (that plus the client processes' own queueing on a shared machine). With
+  ``receiver_reports`` it sends what a browser's receiver sends once a second (RR and REMB).
+
+Either negotiates over WHIP/WHEP (``start``, the client offers), or through any other signalling:
+``Publisher.negotiate`` takes a function from our offer to the server's answer, and
+``Subscriber.answer`` answers an offer the server makes (expertcall's subscribe transport, a
+Janus VideoRoom subscription).
 
 Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc is pinned).
 """
@@ -25,14 +31,22 @@ import fcntl
 import random
 import struct
 import time
-from collections.abc import Callable, MutableSequence
+from collections.abc import Awaitable, Callable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pylibsrtp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, clock
-from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 from aiortc.sdp import SessionDescription
 from yarl import URL
 
@@ -40,6 +54,7 @@ from .encoded import AUDIO_CLOCK, VIDEO_CLOCK, EncodedAudio, EncodedVideo
 from .loopback import no_ice_servers
 
 PICTURE_IDS = 1 << 15
+REMB_BPS = 1_500_000  # what a subscriber with room to spare reports
 _HEADER = struct.Struct("!BBHII")
 SIOCGSTAMP = 0x8906  # linux/sockios.h: when the kernel received the last datagram read
 _TIMEVAL = struct.Struct("@ll")
@@ -74,20 +89,31 @@ class _Idle(MediaStreamTrack):
         return await self._never
 
 
+Exchange = Callable[[str], Awaitable[str]]
+"""How a client-offered transport is negotiated: our offer's SDP in, the server's answer's SDP out
+(a WHIP/WHEP POST, a /ws ``media.offer``, a Janus ``publish``)."""
+
+
+async def _post_offer(http: aiohttp.ClientSession, url: str, token: str, offer: str) -> tuple[str, str]:
+    """POST an SDP offer to a WHIP/WHEP endpoint: (the answer, the resource URL)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+    async with http.post(url, data=offer, headers=headers) as response:
+        body = await response.text()
+        if response.status != 201:
+            raise WhipError(f"{url}: {response.status} {body}")
+        location = response.headers["Location"]
+    return body, str(URL(url).join(URL(location)))
+
+
 async def _exchange(http: aiohttp.ClientSession, url: str, token: str, pc: RTCPeerConnection,
                     gathered: Callable[[], None] | None = None) -> str:
     """POST our offer (ICE gathered), apply the answer; returns the resource URL."""
     await pc.setLocalDescription(await pc.createOffer())
     if gathered is not None:
         gathered()
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
-    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as response:
-        body = await response.text()
-        if response.status != 201:
-            raise WhipError(f"{url}: {response.status} {body}")
-        location = response.headers["Location"]
-    await pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
-    return str(URL(url).join(URL(location)))
+    answer, resource = await _post_offer(http, url, token, pc.localDescription.sdp)
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return resource
 
 
 async def _delete(http: aiohttp.ClientSession, url: str | None, token: str) -> None:
@@ -102,35 +128,81 @@ async def _delete(http: aiohttp.ClientSession, url: str | None, token: str) -> N
 # --- publisher ------------------------------------------------------------------------------
 
 
-@dataclass
+NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900 (NTP's epoch) to 1970
+
+
+def _ntp_now() -> int:
+    """aiortc's clock.current_ntp_time() (64-bit NTP time), from time.time() rather than
+    through datetime objects: a few µs less per frame."""
+    seconds, fraction = divmod(time.time() + NTP_UNIX_OFFSET, 1.0)
+    return int(seconds) << 32 | int(fraction * (1 << 32))
+
+
+class _History(dict):  # type: ignore[type-arg]
+    """aiortc's retransmission history of one sender, holding each packet as it was sent and
+    parsing one back into an RtpPacket only when a NACK asks for it (on loopback, almost never)."""
+
+    def __init__(self, extensions_map: Any) -> None:
+        super().__init__()
+        self.extensions_map = extensions_map
+
+    def get(self, key: int, default: Any = None) -> Any:
+        data = super().get(key)
+        return default if data is None else RtpPacket.parse(data, self.extensions_map)
+
+
 class _Outgoing:
-    """One sending stream and the aiortc sender whose transport, SSRC and history it uses."""
+    """One sending stream: packets built here and written straight onto the transport's socket
+    (sfu.aiortc_hooks.RawSender: SRTP, then sendto, no await), while the aiortc sender keeps
+    what its RTCP needs (SSRC, sender-report counters) and answers NACKs from our history."""
 
-    sender: Any
-    payload_type: int
-    sequence: int = 0
-    timestamp_base: int = 0
-    packets: int = 0
+    def __init__(self, sender: Any, payload_type: int) -> None:
+        from sfu.aiortc_hooks import RawSender
 
-    def send_packet(self, payload: bytes, timestamp: int, marker: bool) -> bytes:
+        self.sender = sender
+        self.payload_type = payload_type
+        self.sequence = random.randint(0, 0xFFFF)
+        self.timestamp_base = random.randint(0, 0xFFFFFFFF)
+        self.packets = 0
+        self._raw = RawSender(sender.transport)
+        extensions_map = sender._RTCRtpSender__rtp_header_extensions_map
+        self._history = _History(extensions_map)
+        sender._RTCRtpSender__rtp_history = self._history
+        # The one-byte header extensions aiortc would write (RFC 8285): mid, then abs-send-time,
+        # whose 3 bytes are filled in per frame.
+        ids = extensions_map._HeaderExtensionsMap__ids
+        mid = sender._RTCRtpSender__mid.encode()
+        self._ext_head = bytes((ids.mid << 4 | len(mid) - 1,)) + mid if ids.mid and mid else b""
+        self._abs_id = ids.abs_send_time
+        size = len(self._ext_head) + (4 if self._abs_id else 0)
+        self._ext_pad = bytes(-size % 4)
+        self._ext_profile = struct.pack("!HH", 0xBEDE, (size + len(self._ext_pad)) // 4) if size else b""
+        self._first_byte = 0x90 if size else 0x80
+        self._ssrc = sender._ssrc
+
+    def send_frame(self, payloads: list[bytes], timestamp: int, marker: bool) -> None:
+        """One frame's packets, the marker bit on the last if ``marker``."""
+        ntp = _ntp_now()
+        extension = self._ext_profile + self._ext_head
+        if self._abs_id:
+            extension += bytes((self._abs_id << 4 | 2,)) + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big")
+        extension += self._ext_pad
+        last = len(payloads) - 1
+        octets = 0
+        history = self._history
+        for i, payload in enumerate(payloads):
+            data = _HEADER.pack(self._first_byte, self.payload_type | (0x80 if marker and i == last else 0),
+                                self.sequence, timestamp, self._ssrc) + extension + payload
+            dict.__setitem__(history, self.sequence % RTP_HISTORY_SIZE, data)
+            self._raw.send_rtp(data)
+            self.sequence = (self.sequence + 1) & 0xFFFF
+            octets += len(payload)
+        self.packets += len(payloads)
         sender = self.sender
-        packet = RtpPacket(payload_type=self.payload_type, marker=int(marker),
-                           sequence_number=self.sequence, timestamp=timestamp, ssrc=sender._ssrc)
-        packet.payload = payload
-        packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        packet.extensions.mid = sender._RTCRtpSender__mid
-        _hook_history(sender)[self.sequence % RTP_HISTORY_SIZE] = packet
-        self.sequence = (self.sequence + 1) & 0xFFFF
-        self.packets += 1
-        sender._RTCRtpSender__packet_count += 1
-        sender._RTCRtpSender__octet_count += len(payload)
-        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()
+        sender._RTCRtpSender__packet_count += len(payloads)
+        sender._RTCRtpSender__octet_count += octets
+        sender._RTCRtpSender__ntp_timestamp = ntp
         sender._RTCRtpSender__rtp_timestamp = timestamp
-        return packet.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
-
-
-def _hook_history(sender: Any) -> dict[int, RtpPacket]:
-    return sender._RTCRtpSender__rtp_history  # type: ignore[no-any-return]
 
 
 class Publisher:
@@ -152,11 +224,23 @@ class Publisher:
         self._keyframe = True
 
     async def start(self, http: aiohttp.ClientSession) -> None:
+        """Publish over WHIP to ``url``."""
+
+        async def whip(offer: str) -> str:
+            answer, self.resource = await _post_offer(http, self.url, self.token, offer)
+            return answer
+
+        await self.negotiate(whip)
+
+    async def negotiate(self, exchange: Exchange) -> None:
+        """Offer our tracks through ``exchange``, wait for ICE and DTLS, start sending."""
         video = self.pc.addTransceiver(_Idle("video"), direction="sendonly")
         audio = self.pc.addTransceiver(_Idle("audio"), direction="sendonly") if self.audio else None
         # RTCRtpSender._handle_rtcp_packet calls self._send_keyframe() on PLI and FIR.
         video.sender._send_keyframe = self._request_keyframe  # type: ignore[method-assign]
-        self.resource = await _exchange(http, self.url, self.token, self.pc)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer = await exchange(self.pc.localDescription.sdp)
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         await _connected(self.pc)
         self._tasks.append(asyncio.ensure_future(self._send_video(_outgoing(video))))
         if audio is not None:
@@ -164,7 +248,6 @@ class Publisher:
 
     async def _send_video(self, out: _Outgoing) -> None:
         loop = asyncio.get_running_loop()
-        transport = out.sender.transport
         interval = 1 / self.video.fps
         step = VIDEO_CLOCK // self.video.fps
         frames = len(self.video.delta)
@@ -183,10 +266,8 @@ class Publisher:
             following = bytes((0x80, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF))
             timestamp = (out.timestamp_base + n * step) & 0xFFFFFFFF
             self.send_times[picture_id] = time.time()
-            last = len(chunks) - 1
-            for i, chunk in enumerate(chunks):
-                data = out.send_packet((descriptor if i == 0 else following) + chunk, timestamp, i == last)
-                await transport._send_rtp(data)
+            out.send_frame([(descriptor if i == 0 else following) + chunk for i, chunk in enumerate(chunks)],
+                           timestamp, True)
             self.frames_sent += 1
             n = _next_tick(n, start, interval, loop.time())
             self.frames_skipped = n - self.frames_sent
@@ -195,7 +276,6 @@ class Publisher:
     async def _send_audio(self, out: _Outgoing) -> None:
         assert self.audio is not None
         loop = asyncio.get_running_loop()
-        transport = out.sender.transport
         interval = self.audio.frame_ms / 1000
         step = AUDIO_CLOCK * self.audio.frame_ms // 1000
         start = loop.time()
@@ -203,16 +283,25 @@ class Publisher:
         while True:
             payload = self.audio.packets[n % len(self.audio.packets)]
             timestamp = (out.timestamp_base + n * step) & 0xFFFFFFFF
-            await transport._send_rtp(out.send_packet(payload, timestamp, n == 0))
+            out.send_frame([payload], timestamp, n == 0)
             n = _next_tick(n, start, interval, loop.time())
             await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
 
     async def close(self, http: aiohttp.ClientSession) -> None:
+        """Stop sending, DELETE the WHIP resource, close the connection."""
+        await self._stop_sending()
+        await _delete(http, self.resource, self.token)
+        await self.pc.close()
+
+    async def stop(self) -> None:
+        """Stop sending and close the connection (a transport negotiated by ``negotiate``)."""
+        await self._stop_sending()
+        await self.pc.close()
+
+    async def _stop_sending(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await _delete(http, self.resource, self.token)
-        await self.pc.close()
 
 
 def _next_tick(n: int, start: float, interval: float, now: float) -> int:
@@ -222,8 +311,7 @@ def _next_tick(n: int, start: float, interval: float, now: float) -> int:
 
 
 def _outgoing(transceiver: Any) -> _Outgoing:
-    return _Outgoing(transceiver.sender, transceiver._codecs[0].payloadType,
-                     sequence=random.randint(0, 0xFFFF), timestamp_base=random.randint(0, 0xFFFFFFFF))
+    return _Outgoing(transceiver.sender, transceiver._codecs[0].payloadType)
 
 
 async def _connected(pc: RTCPeerConnection, timeout: float = 20) -> None:
@@ -274,6 +362,7 @@ class Snapshot:
     frames: int  # complete video frames
     keyframes: int
     audio_packets: int
+    audio_expected: int = 0
 
 
 @dataclass
@@ -282,6 +371,9 @@ class Subscriber:
     token: str
     send_times: MutableSequence[float]
     audio: bool = False
+    # Send what a browser's receiver sends once a second (a receiver report per stream, a REMB
+    # for the video), so that the server's RTCP input costs what it costs in a real call.
+    receiver_reports: bool = False
     pc: RTCPeerConnection = field(init=False)
     resource: str | None = None
     started_at: float = 0.0
@@ -299,7 +391,11 @@ class Subscriber:
     latencies: list[float] = field(default_factory=list)  # to the kernel's receive time
     delivered_latencies: list[float] = field(default_factory=list)  # to this process's
     measuring: bool = False
+    video_ssrc: int = 0
+    audio_ssrc: int = 0
     _fd: int = -1  # the socket the packet in hand came from, -1 when not straight off one
+    _hooked: set[int] = field(default_factory=set)  # id() of the DTLS transports hooked
+    _reports: asyncio.Task[None] | None = None
     _frame_ts: int = -1
     _frame_start: int = -1
     _frame_packets: int = 0
@@ -309,30 +405,68 @@ class Subscriber:
         self.pc = RTCPeerConnection(no_ice_servers())
 
     async def start(self, http: aiohttp.ClientSession) -> None:
+        """Watch over WHEP: we offer recvonly media to ``url``."""
         self.started_at = time.time()
         self.pc.addTransceiver("video", direction="recvonly")
         if self.audio:
             self.pc.addTransceiver("audio", direction="recvonly")
-        transports = []
-        for transceiver in self.pc.getTransceivers():
-            _hook_receiver(transceiver.receiver)
-            _hook_transport(transceiver.receiver.transport, self._on_rtp)
-            transports.append(transceiver.receiver.transport)
+        transports = self._hook_transceivers()
 
         def gathered() -> None:
-            for transport in transports:
-                _hook_sockets(transport, self._on_datagram)
-        @self.pc.on("connectionstatechange")
-        def on_state() -> None:
-            if self.pc.connectionState == "connected" and not self.connected_at:
-                self.connected_at = time.time()
+            self._hook_sockets(transports)
 
+        self._watch_state()
         try:
             self.resource = await _exchange(http, self.url, self.token, self.pc, gathered)
         except Exception as exc:
             self.error = str(exc)
             raise
         self.answered_at = time.time()
+        self._learn_payload_types()
+        self._start_reports()
+
+    async def answer(self, offer: str) -> str:
+        """Answer an offer the server made for this subscriber's transport (the first one or a
+        renegotiation adding the other side's tracks): the SDP of our answer."""
+        first = self.pc.remoteDescription is None
+        if first:
+            self._watch_state()
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            transports = self._hook_transceivers()
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as exc:
+            self.error = str(exc)
+            raise
+        # Gathered now, and aiortc's connect task has not run yet.
+        self._hook_sockets(transports)
+        if first:
+            self.answered_at = time.time()
+            self._start_reports()
+        self._learn_payload_types()
+        return str(self.pc.localDescription.sdp)
+
+    def _hook_transceivers(self) -> list[Any]:
+        transports = []
+        for transceiver in self.pc.getTransceivers():
+            _hook_receiver(transceiver.receiver)
+            _hook_transport(transceiver.receiver.transport, self._on_rtp)
+            transports.append(transceiver.receiver.transport)
+        return transports
+
+    def _hook_sockets(self, transports: list[Any]) -> None:
+        for transport in transports:
+            if id(transport) not in self._hooked:
+                self._hooked.add(id(transport))
+                _hook_sockets(transport, self._on_datagram)
+
+    def _watch_state(self) -> None:
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState == "connected" and not self.connected_at:
+                self.connected_at = time.time()
+
+    def _learn_payload_types(self) -> None:
         for media in SessionDescription.parse(self.pc.remoteDescription.sdp).media:
             for codec in media.rtp.codecs:
                 if codec.payloadType is None:
@@ -341,6 +475,43 @@ class Subscriber:
                     self.video_types.add(codec.payloadType)
                 elif media.kind == "audio" and codec.mimeType.lower() != "audio/rtx":
                     self.audio_types.add(codec.payloadType)
+
+    def _start_reports(self) -> None:
+        if self.receiver_reports and self._reports is None:
+            self._reports = asyncio.ensure_future(self._send_reports())
+
+    async def _send_reports(self) -> None:
+        own_ssrc = random.getrandbits(32)
+        previous: dict[int, tuple[int, int]] = {}  # ssrc: (expected, received) at the last report
+        while True:
+            await asyncio.sleep(0.5 + random.random())  # RFC 3550's randomised interval, as aiortc's
+            transports = [t.receiver.transport for t in self.pc.getTransceivers()]
+            if not transports or transports[0].state != "connected":
+                continue
+            reports = []
+            for ssrc, counters in ((self.video_ssrc, self.video), (self.audio_ssrc, self.audio_counters)):
+                if not ssrc or counters.first < 0:
+                    continue
+                expected = counters.highest - counters.first + 1
+                last_expected, last_received = previous.get(ssrc, (0, 0))
+                interval_expected = expected - last_expected
+                interval_lost = interval_expected - (counters.received - last_received)
+                fraction = 0 if interval_expected <= 0 or interval_lost <= 0 \
+                    else min(255, (interval_lost << 8) // interval_expected)
+                previous[ssrc] = (expected, counters.received)
+                reports.append(RtcpReceiverInfo(
+                    ssrc=ssrc, fraction_lost=fraction, packets_lost=max(0, expected - counters.received),
+                    highest_sequence=counters.highest & 0xFFFFFFFF, jitter=0, lsr=0, dlsr=0))
+            if not reports:
+                continue
+            data = bytes(RtcpRrPacket(ssrc=own_ssrc, reports=reports))
+            if self.video_ssrc:
+                data += bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=own_ssrc, media_ssrc=0,
+                                             fci=pack_remb_fci(REMB_BPS, [self.video_ssrc])))
+            try:
+                await transports[0]._send_rtp(data)
+            except ConnectionError:
+                return
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
         """Packets aiortc queued before our socket hook took over (the first few at most)."""
@@ -361,9 +532,10 @@ class Subscriber:
         # The per-packet path of the bench: keep it lean, it runs for every subscriber.
         if len(data) < 12:
             return
-        first, second, seq, timestamp, _ = _HEADER.unpack_from(data)
+        first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
         payload_type = second & 0x7F
         if payload_type in self.video_types:
+            self.video_ssrc = ssrc
             pos = 12 + 4 * (first & 0x0F)
             if first & 0x10:
                 pos += 4 + 4 * int.from_bytes(data[pos + 2:pos + 4], "big")
@@ -371,6 +543,7 @@ class Subscriber:
             extended = self.video.add(seq, end - pos)
             self._on_vp8(data, pos, end, extended, timestamp, second & 0x80, arrived)
         elif payload_type in self.audio_types:
+            self.audio_ssrc = ssrc
             self.audio_counters.add(seq, len(data) - 12)
         else:
             self.other_packets += 1
@@ -420,13 +593,21 @@ class Subscriber:
                 self._frame_ts = -1
 
     def snapshot(self) -> Snapshot:
-        v = self.video
+        v, a = self.video, self.audio_counters
         expected = v.highest - v.first + 1 if v.first >= 0 else 0
+        audio_expected = a.highest - a.first + 1 if a.first >= 0 else 0
         return Snapshot(time.time(), v.received, v.bytes, expected, self.frames, self.keyframes,
-                        self.audio_counters.received)
+                        a.received, audio_expected)
 
     async def close(self, http: aiohttp.ClientSession) -> None:
+        """DELETE the WHEP resource and close the connection."""
         await _delete(http, self.resource, self.token)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Close the connection (a transport the server offered)."""
+        if self._reports is not None:
+            self._reports.cancel()
         await self.pc.close()
 
 

@@ -32,11 +32,11 @@ import click
 import numpy as np
 
 from . import report
+from .procfs import process_cpu_seconds
 from .workers import Shared
 
 ROOT = Path(__file__).resolve().parent.parent
 PICTURE_IDS = 1 << 15
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Server:
     token: str
     pid: int
     process: subprocess.Popen[bytes] | None = None
+    secret: str = ""  # what its tokens are signed with, when the bench started it
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -67,13 +68,7 @@ class Load:
     settle: float
     workers: int
     fps: int = 30
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    client_nice: int = 0
 
 
 def pid_listening_on(port: int) -> int:
@@ -112,26 +107,29 @@ def _admin_token(secret: str) -> str:
     return TokenIssuer(secret).mint("bench", Role.ADMIN, ttl=6 * 3600, name="media bench")
 
 
-def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0) -> Server:
+def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0, cpus: str = "",
+                 env: dict[str, str] | None = None) -> Server:
     """Start a server on a free port; its output goes to ``log_path`` (kept for a post-mortem).
     ``nice`` below 0 (root only) keeps a busy shared machine from starving the server of the
-    core whose capacity is being measured."""
+    core whose capacity is being measured; ``cpus`` (a taskset list) pins it and its children."""
     port, secret = _free_port(), secrets.token_hex(24)
-    if name == "sfu":
+    if name in ("sfu", "expertcall"):
         command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
                    "--media-loopback", "--data-dir", str(data_dir / name), "--no-demo"]
     else:
         command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,
                    "--data-dir", str(data_dir / name)]
+    if cpus:
+        command = ["taskset", "--cpu-list", cpus, *command]
     # The secret in the environment, not in argv, where every user's ps shows it.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPERTCALL_SECRET": secret}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "EXPERTCALL_SECRET": secret}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if nice:
         # Right after exec, long before the server starts a thread: every thread inherits it.
         os.setpriority(os.PRIO_PROCESS, process.pid, nice)
-    server = Server(name, f"http://127.0.0.1:{port}", _admin_token(secret), process.pid, process)
+    server = Server(name, f"http://127.0.0.1:{port}", _admin_token(secret), process.pid, process, secret)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -158,7 +156,7 @@ async def _open_sessions(server: Server, count: int) -> list[str]:
         return sessions
 
 
-def _progress(text: str) -> None:
+def show_progress(text: str) -> None:
     click.echo(f"\r\033[K{text}", err=True, nl=False)
 
 
@@ -180,7 +178,8 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         server.url, server.token, sessions, tables, load.audio, video_params, shared, results))
     procs = [publisher]
     publisher.start()
-    kind, value = _result(results, 120, label)
+    renice(publisher, load.client_nice)
+    kind, value = next_result(results, 120, label)
     if kind != "publishers_ready":
         publisher.join(5)
         raise click.ClickException(f"{label} publishers failed: {value}")
@@ -194,13 +193,14 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         proc = ctx.Process(target=workers.subscribe, daemon=True, args=(
             worker, server.url, server.token, plan, tables, load.audio, shared, results))
         proc.start()
+        renice(proc, load.client_nice)
         procs.append(proc)
     try:
         join_deadline = start + load.subscribers / load.join_rate + 30
         while True:
             joined, failed = sum(shared.joined), sum(shared.failed)
             cpu = process_cpu_seconds(server.pid)
-            _progress(f"{label} joining: {joined}/{load.subscribers} connected, {failed} failed, "
+            show_progress(f"{label} joining: {joined}/{load.subscribers} connected, {failed} failed, "
                       f"{sum(shared.packets)} packets received, server CPU {cpu:.1f} s")
             if joined + failed >= load.subscribers or time.time() > join_deadline:
                 break
@@ -210,39 +210,34 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
         shared.window_start.value = window_start
         time.sleep(max(0.0, window_start - time.time()))
         cpu_start, t_start = process_cpu_seconds(server.pid), time.time()
-        clients_start = _cpu_of(procs)
+        clients_start = cpu_of(procs)
         last_packets, last_t, last_cpu = sum(shared.packets), t_start, cpu_start
         while time.time() < shared.window_end.value:
             time.sleep(min(1.0, max(0.0, shared.window_end.value - time.time())))
             now, cpu, packets = time.time(), process_cpu_seconds(server.pid), sum(shared.packets)
-            _progress(f"{label} measuring {now - t_start:4.1f}/{load.duration:.0f} s: "
+            show_progress(f"{label} measuring {now - t_start:4.1f}/{load.duration:.0f} s: "
                       f"{(packets - last_packets) / (now - last_t):8.0f} packets/s received, "
                       f"server {(cpu - last_cpu) / (now - last_t):.2f} cores")
             last_packets, last_t, last_cpu = packets, now, cpu
         cpu_end, t_end = process_cpu_seconds(server.pid), time.time()
-        clients_cpu = _cpu_of(procs) - clients_start
+        clients_cpu = cpu_of(procs) - clients_start
         load_average = os.getloadavg()[0]
         subscribers: list[dict[str, Any]] = []
         publisher_stats: list[dict[str, Any]] = []
         pending = n_workers
         while pending:
-            kind, value = _result(results, 60, label)
+            kind, value = next_result(results, 60, label)
             if kind == "subscribers":
                 subscribers.extend(value)
                 pending -= 1
         shared.stop.set()
         while True:
-            kind, value = _result(results, 60, label)
+            kind, value = next_result(results, 60, label)
             if kind in ("publishers", "publishers_failed"):
                 publisher_stats = value if kind == "publishers" else [{"error": value}]
                 break
     finally:
-        shared.stop.set()
-        for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        stop_clients(shared, procs, 30)
         click.echo("", err=True)
     summary = report.summarise(server.name, load.publishers, subscribers, cpu_end - cpu_start,
                                t_end - t_start, publisher_stats, load.fps)
@@ -254,11 +249,27 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
     return summary
 
 
-def _cpu_of(procs: list[Any]) -> float:
+def renice(proc: Any, nice: int) -> None:
+    """Set a just started client process's niceness (before it starts threads: they inherit it)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+
+
+def stop_clients(shared: Shared, procs: list[Any], wait: float) -> None:
+    """Tell the client processes to stop; whichever is not gone ``wait`` seconds later is ended."""
+    shared.stop.set()
+    for proc in procs:
+        proc.join(wait)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+
+
+def cpu_of(procs: list[Any]) -> float:
     return sum(process_cpu_seconds(p.pid) for p in procs if p.pid is not None)
 
 
-def _result(results: Any, timeout: float, label: str) -> tuple[str, Any]:
+def next_result(results: Any, timeout: float, label: str) -> tuple[str, Any]:
     try:
         kind, value = results.get(timeout=timeout)
     except queue.Empty:
@@ -276,17 +287,69 @@ def _one_line(s: dict[str, Any]) -> str:
             f"{s['added_latency_ms']['p99']} ms{'' if s['clean'] else ' (not clean)'}")
 
 
-def _counts(text: str) -> list[int]:
+def _counts(text: str, what: str = "subscriber") -> list[int]:
     try:
         counts = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise click.BadParameter("a number or a comma-separated list, e.g. 8,16,32") from None
     if not counts or min(counts) < 1:
-        raise click.BadParameter("subscriber counts must be at least 1")
+        raise click.BadParameter(f"{what} counts must be at least 1")
     return counts
 
 
+def _check_cpus(cpus: str) -> None:
+    """A taskset CPU list naming only CPUs this process may run on."""
+    try:
+        wanted: set[int] = set()
+        for part in cpus.split(","):
+            first, _, last = part.partition("-")
+            wanted.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise click.BadParameter(f"{cpus!r} is not a CPU list such as 1 or 0-3", param_hint="--pin-server") from None
+    allowed = os.sched_getaffinity(0)
+    if not wanted or not wanted <= allowed:
+        raise click.BadParameter(f"CPUs {sorted(wanted)} are not all among this machine's {sorted(allowed)}",
+                                 param_hint="--pin-server")
+
+
+def _media_calls(counts: list[int], reference: str | None, duration: float, json_path: Path,
+                 plot_path: Path | None, join_rate: float, settle: float, workers: int, rounds: int,
+                 server_nice: int, client_nice: int, pin_server: str, janus_event_loops: int) -> None:
+    from . import calls, encoded
+
+    click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
+    encoded.video(fps=30)
+    encoded.audio()
+    data_dir = Path(tempfile.mkdtemp(prefix="expertcall-bench-calls-"))
+    try:
+        load = calls.CallLoad(0, duration, join_rate, settle, workers, client_nice)  # calls: each count's
+        result = calls.sweep(counts, reference, load,
+                             calls.Servers(data_dir, json_path.with_suffix(""), server_nice, pin_server,
+                                           janus_event_loops), rounds)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    report.write_json(json_path, result)
+    if plot_path:
+        report.plot_calls(plot_path, result["runs"])
+    for target, ceiling in result["clean_ceiling"].items():
+        click.echo(f"{target}: " + (f"{ceiling['largest_clean_calls']} calls clean in every round at "
+                                    f"{ceiling['server_cpu_at_largest']} cores: {ceiling['calls_per_core']} calls "
+                                    "per core" if ceiling else "no count was clean in every round"), err=True)
+    for count, figures in result.get("reference", {}).get("per_count", {}).items():
+        cpu = figures.get("cpu_ms_per_call")
+        if cpu:
+            click.echo(f"{reference} needs {cpu['median']}x expertcall's CPU per call at {count} calls "
+                       f"(rounds: {cpu['rounds']})", err=True)
+    click.echo(f"wrote {json_path}" + (f" and {plot_path}" if plot_path else ""), err=True)
+
+
+# Options of the fan-out bench alone: with --calls, giving one is an error, not silently ignored.
+FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audio")
+
+
 @click.command("media")
+@click.option("--calls", "calls", default=None,
+              help="Two-party calls instead of the fan-out, or a sweep such as 10,25,50 (docs/bench.md).")
 @click.option("--publishers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Publishers, each in a broadcast session of its own.")
 @click.option("--subscribers", default="8", show_default=True,
@@ -295,19 +358,20 @@ def _counts(text: str) -> list[int]:
               help="Seconds measured, after every subscriber joined and --settle passed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG of server CPU against subscribers.")
-@click.option("--reference", type=click.Choice(["mediarelay"]), default=None,
-              help="Also run the same load against aiortc's MediaRelay (decode + re-encode per subscriber).")
+              help="PNG of server CPU against subscribers (with --calls: CPU per call, loss and fps against calls).")
+@click.option("--reference", type=click.Choice(["mediarelay", "janus"]), default=None,
+              help="Also run the same load against aiortc's MediaRelay (decode + re-encode per subscriber), "
+                   "or, with --calls, against Janus's VideoRoom (apt-get install janus).")
 @click.option("--url", default=None, help="An SFU already running (http://127.0.0.1:PORT) instead of starting one.")
 @click.option("--server-pid", type=int, default=None, help="Its pid, if not the one listening on --url's port.")
 @click.option("--token", default=None, help="Admin token for --url (or EXPERTCALL_SECRET to mint one).")
 @click.option("--audio/--no-audio", default=False, show_default=True, help="Also send a 20 ms Opus stream.")
-@click.option("--join-rate", type=click.FloatRange(0.1, 1000), default=50, show_default=True,
-              help="Subscribers joining per second.")
+@click.option("--join-rate", type=click.FloatRange(0.1, 1000), default=None,
+              help="Subscribers joining per second [default: 50]; with --calls, calls per second [default: 10].")
 @click.option("--settle", type=click.FloatRange(0, 60), default=2, show_default=True,
               help="Seconds between the last join and the measurement.")
 @click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
-              help="Subscriber processes.")
+              help="Subscriber processes (with --calls: client processes, each running whole calls).")
 @click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Measure every subscriber count this many times, the SFU and the reference "
                    "alternating, and report medians: on a machine whose speed drifts (a VM on a "
@@ -315,10 +379,37 @@ def _counts(text: str) -> list[int]:
 @click.option("--server-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
               help="Niceness of the servers started (below 0 needs root): on a machine shared with "
                    "other work, keeps the server from being starved of its core.")
-def media(publishers: int, subscribers: str, duration: float, json_path: Path, plot_path: Path | None,
-          reference: str | None, url: str | None, server_pid: int | None, token: str | None, audio: bool,
-          join_rate: float, settle: float, workers: int, rounds: int, server_nice: int) -> None:
-    """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency)."""
+@click.option("--client-nice", type=click.IntRange(-20, 19), default=0, show_default=True,
+              help="Niceness of the client processes (below 0 needs root): on a busy machine, keeps "
+                   "other work from starving the clients, so that the server, not the machine, sets "
+                   "the ceiling.")
+@click.option("--janus-event-loops", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="With --reference janus: event loops its handles share (Janus's event_loops); "
+                   "0 keeps Janus's default, a loop and thread per handle.")
+@click.option("--pin-server", "pin_server", default="",
+              help="Pin the servers started (and every process they start) to these CPUs, a taskset list "
+                   "such as 1 or 0-3; the clients stay unpinned. [default: not pinned]")
+def media(calls: str | None, publishers: int, subscribers: str, duration: float, json_path: Path,
+          plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
+          token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
+          server_nice: int, client_nice: int, janus_event_loops: int, pin_server: str) -> None:
+    """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
+    with --calls, carrying two-party calls."""
+    if pin_server:
+        _check_cpus(pin_server)
+    if calls is not None:
+        context = click.get_current_context()
+        for name in FAN_OUT_ONLY:
+            if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"--{name.replace('_', '-')} is for the fan-out bench, not --calls")
+        if reference == "mediarelay":
+            raise click.UsageError("--reference mediarelay is for the fan-out bench; with --calls use janus")
+        _media_calls(_counts(calls, "call"), reference, duration, json_path, plot_path, join_rate or 10.0,
+                     settle, workers, rounds, server_nice, client_nice, pin_server, janus_event_loops)
+        return
+    if reference == "janus":
+        raise click.UsageError("--reference janus runs with --calls (two-party calls)")
+    join_rate = join_rate or 50.0
     counts = _counts(subscribers)
     from . import encoded
 
@@ -339,13 +430,15 @@ def media(publishers: int, subscribers: str, duration: float, json_path: Path, p
             servers.append(Server("sfu", url.rstrip("/"), token or _admin_token(secret),
                                   server_pid or pid_listening_on(port)))
         else:
-            servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice))
+            servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice, pin_server))
         if reference:
-            servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice))
+            servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice,
+                                        pin_server))
         for round_ in range(1, rounds + 1):
             for count in counts:
                 for server in servers:  # back to back, so that both see the machine alike
-                    load = Load(publishers, count, duration, audio, join_rate, settle, workers)
+                    load = Load(publishers, count, duration, audio, join_rate, settle, workers,
+                                client_nice=client_nice)
                     runs.append({**run_load(server, load), "round": round_})
     finally:
         for server in servers:
@@ -356,6 +449,8 @@ def media(publishers: int, subscribers: str, duration: float, json_path: Path, p
         "config": {"publishers": publishers, "subscribers": counts, "duration": duration, "rounds": rounds,
                    "audio": audio,
                    "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
+                   "client_nice": client_nice,
+                   "server_cpus": pin_server or "all",
                    "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},

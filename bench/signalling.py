@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 import click
 
-from .media import process_cpu_seconds
+from .procfs import process_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -149,20 +149,24 @@ async def _wait_ready(nodes: list[Node]) -> None:
                 await asyncio.sleep(0.1)
 
 
-async def register_experts(nodes: list[Node], admin_token: str, expert_ids: list[str]) -> None:
-    """Give every expert a profile on every node: signalling only pairs clients with known experts."""
+async def register_experts(urls: list[str], admin_token: str, expert_ids: list[str],
+                           price: dict[str, Any] | None = None) -> None:
+    """Give every expert a profile on every node (at ``urls``): signalling only pairs clients with
+    known experts. ``price`` as in the profile (free when left out)."""
     headers = {"Authorization": f"Bearer {admin_token}"}
     limit = asyncio.Semaphore(32)
     async with aiohttp.ClientSession() as http:
 
-        async def put(node: Node, expert_id: str) -> None:
-            body = {"display_name": f"Bench expert {expert_id}", "skills": ["bench"]}
-            async with limit, http.put(f"{node.url}/api/experts/{expert_id}", json=body, headers=headers) as response:
+        async def put(url: str, expert_id: str) -> None:
+            body: dict[str, Any] = {"display_name": f"Bench expert {expert_id}", "skills": ["bench"]}
+            if price is not None:
+                body["price"] = price
+            async with limit, http.put(f"{url}/api/experts/{expert_id}", json=body, headers=headers) as response:
                 if response.status not in (200, 201):
-                    raise click.ClickException(f"{node.name}: PUT /api/experts/{expert_id}: {response.status} "
+                    raise click.ClickException(f"{url}: PUT /api/experts/{expert_id}: {response.status} "
                                                f"{await response.text()}")
 
-        await asyncio.gather(*(put(node, e) for node in nodes for e in expert_ids))
+        await asyncio.gather(*(put(url, e) for url in urls for e in expert_ids))
 
 
 def delete_redis_prefix(redis_url: str, prefix: str) -> None:
@@ -199,13 +203,21 @@ class Socket:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.inbox: asyncio.Queue[tuple[float, dict[str, Any]] | None] = asyncio.Queue()
+        # Messages the server sends unasked (a server media.offer), by type: handled as they come
+        # rather than queued, where an ``expect`` for something else would pass them over.
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.next_id = 0
         self.tasks = [asyncio.create_task(self._read())]
 
     async def _read(self) -> None:
         async for msg in self.ws:
             if msg.type is aiohttp.WSMsgType.TEXT:
-                self.inbox.put_nowait((time.perf_counter(), json.loads(msg.data)))
+                data = json.loads(msg.data)
+                handler = self.handlers.get(data.get("type"))
+                if handler is not None:
+                    handler(data)
+                else:
+                    self.inbox.put_nowait((time.perf_counter(), data))
         self.inbox.put_nowait(None)
 
     async def _keepalive(self, interval: float) -> None:
@@ -557,7 +569,7 @@ def run(*, pairs: int, rounds: int, idle: int, idle_hold: float, backend: str, n
     servers = start_nodes(nodes, workdir, secret, url, prefix)
     try:
         admin = TokenIssuer(secret).mint("bench", Role.ADMIN, ttl=6 * 3600, name="signalling bench")
-        asyncio.run(register_experts(servers, admin, [f"e{i}" for i in range(pairs)]))
+        asyncio.run(register_experts([n.url for n in servers], admin, [f"e{i}" for i in range(pairs)]))
         started_rss = _rss_mb(servers)
         report: dict[str, Any] = {
             "config": {"pairs": pairs, "rounds": rounds, "idle": idle, "idle_hold": idle_hold,

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from .clients import Publisher, Subscriber
 
 
 @dataclass(frozen=True)
@@ -100,40 +103,53 @@ async def _subscribe(worker: int, base_url: str, token: str, plan: list[tuple[in
                 await asyncio.sleep(0.5)
 
         reporter = asyncio.ensure_future(progress())
-        while not shared.window_start.value and not shared.stop.is_set():
-            await asyncio.sleep(0.05)
-        # A full collection over hundreds of peer connections stalls this loop for tens of ms,
-        # which would be charged to the server as latency: collect now, not in the window.
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        await asyncio.sleep(max(0.0, shared.window_start.value - time.time()))
-        before = [s.snapshot() for s in subscribers]
-        for s in subscribers:
-            s.measuring = True
-        await asyncio.sleep(max(0.0, shared.window_end.value - time.time()))
-        after = [s.snapshot() for s in subscribers]
-        for s in subscribers:
-            s.measuring = False
-        gc.enable()
+        report = await measure(subscribers, shared, lambda s: not s.error and bool(s.resource))
         reporter.cancel()
-        report = []
-        for s, b, a in zip(subscribers, before, after):
-            report.append({
-                "ok": not s.error and bool(s.resource),
-                "error": s.error,
-                "time_to_first_frame": (s.first_frame_at - s.started_at) if s.first_frame_at else None,
-                "time_to_answer": (s.answered_at - s.started_at) if s.answered_at else None,
-                "time_to_connected": (s.connected_at - s.started_at) if s.connected_at else None,
-                "before": asdict(b),
-                "after": asdict(a),
-                "latencies": s.latencies,
-                "delivered_latencies": s.delivered_latencies,
-                "other_packets": s.other_packets,
-            })
         results.put(("subscribers", report))
         while not shared.stop.is_set():
             await asyncio.sleep(0.05)
         for task in joins:
             task.cancel()
         await asyncio.gather(*(s.close(http) for s in subscribers), return_exceptions=True)
+
+
+async def measure(subscribers: Sequence[Subscriber], shared: Shared, ok: Callable[[Subscriber], bool],
+                  sources: Sequence[Publisher] = ()) -> list[dict[str, Any]]:
+    """Wait for the coordinator's window, take every subscriber's counters at its start and end;
+    one dict per subscriber for bench/report.py (``ok``: it joined as it should). ``sources[i]``,
+    when given, is the publisher whose frames ``subscribers[i]`` watches, in this process: what
+    it sent and skipped in the window tells a server that drops frames from clients too busy to
+    send them."""
+    while not shared.window_start.value and not shared.stop.is_set():
+        await asyncio.sleep(0.05)
+    # A full collection over hundreds of peer connections stalls this loop for tens of ms,
+    # which would be charged to the server as latency: collect now, not in the window.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    await asyncio.sleep(max(0.0, shared.window_start.value - time.time()))
+    before = [s.snapshot() for s in subscribers]
+    sent_before = [(p.frames_sent, p.frames_skipped) for p in sources]
+    for s in subscribers:
+        s.measuring = True
+    await asyncio.sleep(max(0.0, shared.window_end.value - time.time()))
+    after = [s.snapshot() for s in subscribers]
+    sent_after = [(p.frames_sent, p.frames_skipped) for p in sources]
+    for s in subscribers:
+        s.measuring = False
+    gc.enable()
+    source = [{"source_frames_sent": a[0] - b[0], "source_frames_skipped": a[1] - b[1]}
+              for b, a in zip(sent_before, sent_after)] or [{} for _ in subscribers]
+    return [{
+        "ok": ok(s),
+        "error": s.error,
+        "time_to_first_frame": (s.first_frame_at - s.started_at) if s.first_frame_at else None,
+        "time_to_answer": (s.answered_at - s.started_at) if s.answered_at else None,
+        "time_to_connected": (s.connected_at - s.started_at) if s.connected_at else None,
+        "before": asdict(b),
+        "after": asdict(a),
+        "latencies": s.latencies,
+        "delivered_latencies": s.delivered_latencies,
+        "other_packets": s.other_packets,
+        **extra,
+    } for s, b, a, extra in zip(subscribers, before, after, source)]
