@@ -17,13 +17,14 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, wiring
+from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, websocket, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
 from .database import Database
 from .limits import body_limit_middleware
 from .metrics import Metrics
+from .node import SIGNALLING
 from .node import setup as setup_signalling
 from .settings import Settings
 from .whip import setup_whip
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(media_plane_ctx)
     setup_whip(app)
     setup_signalling(app)
+    websocket.setup(app)
     wiring.setup(app)
     session_billing.setup(app)
     web_demo.routes.setup(app)
@@ -108,7 +110,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready while the node runs and its backend (Redis when scaled out) answers for it."""
-    node = request.app.get(keys.SIGNALLING)
+    node = request.app.get(SIGNALLING)
     if node is None or node.closing:
         return web.json_response({"status": "not_ready", "reason": "shutting down"}, status=503)
     try:

@@ -1,8 +1,10 @@
-"""Every ``web.AppKey`` of the application, in one place."""
+"""The application's shared ``web.AppKey``s. A key whose value is an object of one module lives
+beside it (``node.SIGNALLING``, ``whip.WHIP_RESOURCES``, ``session_billing.SESSION_BILLING``), so
+that this module imports none of the modules that read it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -22,11 +24,6 @@ from .grants import SessionGrants
 from .metrics import Metrics
 from .scheduling import BookingListener, Scheduler
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .billing.session_billing import SessionBilling
-    from .node import SignallingNode
-    from .whip import WhipResources
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenIssuer)
@@ -54,10 +51,6 @@ EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
 MEDIA_PLANE = web.AppKey("media_plane", MediaPlane)
 # Set before start-up to share one backend object (tests run several nodes on one memory hub).
 BACKEND = web.AppKey("backend", Backend)
-SIGNALLING: web.AppKey["SignallingNode"] = web.AppKey("signalling")
 # The ICE servers a socket's welcome lists for a user id (the TURN module provides it; default none).
 WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")
 SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)
-WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")
-# Billing <-> sessions (signalling/billing/session_billing.py), set while the app runs.
-SESSION_BILLING: web.AppKey["SessionBilling"] = web.AppKey("session_billing")

@@ -241,6 +241,10 @@ class SignallingNode:
             self.metrics.sessions.labels(transition.state.value).inc()
 
 
+# The node of this application, set while it runs.
+SIGNALLING = web.AppKey("signalling", SignallingNode)
+
+
 def session_messages(transition: Transition) -> list[tuple[str, dict[str, Any]]]:
     """Who hears of a transition, and how.
 
@@ -301,7 +305,7 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.METRICS],
         app.get(keys.MEDIA_PLANE),
     )
-    app[keys.SIGNALLING] = node
+    app[SIGNALLING] = node
     await node.start()
     try:
         yield
@@ -313,15 +317,13 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def close_sockets(app: web.Application) -> None:
     """on_shutdown: tell every client to go away (and resume) before the node closes."""
-    node = app.get(keys.SIGNALLING)
+    node = app.get(SIGNALLING)
     if node is not None:
         await node.shutdown()
 
 
 def setup(app: web.Application) -> None:
-    from .websocket import websocket_handler
-
-    app.router.add_get("/ws", websocket_handler)
+    """Open the node with the application (the socket layer's ``websocket.setup`` serves it)."""
     app.cleanup_ctx.append(signalling_ctx)
     app.on_shutdown.append(close_sockets)
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import keys, rest_errors
 from .auth import AuthError, Role, authenticate
+from .node import SIGNALLING
 from .rest_errors import http_error, read_json
 
 REVOCATION_SCHEMA = jsonschema.Draft202012Validator(
@@ -48,5 +49,5 @@ async def revoke(request: web.Request) -> web.Response:
         jti, expires_at = str(claims["jti"]), int(claims["exp"])  # type: ignore[call-overload]
     else:
         jti, expires_at = body["jti"], int(time.time()) + issuer.max_ttl
-    created = await request.app[keys.SIGNALLING].revoke(jti, expires_at, by=f"admin:{identity.user_id}")
+    created = await request.app[SIGNALLING].revoke(jti, expires_at, by=f"admin:{identity.user_id}")
     return web.json_response({"jti": jti, "expires_at": expires_at}, status=201 if created else 200)

@@ -7,7 +7,8 @@ hello/resume handshake, the sender's role, and only then a handler. A refused me
 close code. Handlers raise ``ProtocolError``; anything else is a bug, logged, answered with
 ``internal_error``, and never allowed to take the connection or the server down.
 
-Other modules add message types with ``ROUTES[type] = Route(handler, roles)`` and a schema file.
+Every message type a client may send is in ``ROUTES`` (with its schema file in schemas/); billing's
+are answered by ``session_billing.SessionBilling``. ``setup(app)`` serves ``/ws``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
 from sfu.api import MediaError
 
 from . import json_bounds, keys
+from .billing.session_billing import SESSION_BILLING
 from .auth import AuthError, Identity, Role, bearer_token
 from .limits import LimitReached, client_address
+from .node import SIGNALLING, SignallingNode
 from .presence import Availability
 from .protocol import (
     VERSION,
@@ -42,9 +45,6 @@ from .protocol import (
 )
 from .sessions import InvalidTransition
 
-if TYPE_CHECKING:
-    from .node import SignallingNode
-
 log = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
@@ -58,7 +58,7 @@ class Route:
 
 
 class Connection:
-    def __init__(self, node: "SignallingNode", ws: web.WebSocketResponse, request: web.Request, address: str = "") -> None:
+    def __init__(self, node: SignallingNode, ws: web.WebSocketResponse, request: web.Request, address: str = "") -> None:
         self.node = node
         self.ws = ws
         self.settings = node.settings
@@ -69,7 +69,7 @@ class Connection:
         # Browsers cannot set headers on a WebSocket: the upgrade (and only it) may carry ?token=.
         # Better still, the token goes in hello; the access log never shows query strings.
         self.bearer = bearer_token(request) or request.query.get("token") or None
-        # Handlers added by other modules (billing) find their app resources here.
+        # Handlers that ask another part of the application (billing) find it here.
         self.app = request.app
         self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(keys.WS_ICE_SERVERS, _no_ice_servers)
         self.finished = asyncio.Event()
@@ -445,6 +445,20 @@ async def on_media(conn: Connection, msg: dict[str, Any]) -> None:
     await conn.node.media.handle(conn.user_id, msg)
 
 
+async def on_billing_budget(conn: Connection, msg: dict[str, Any]) -> None:
+    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
+    if session.client_id != conn.user_id:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "only the session's client sets its budget")
+    reply = await conn.app[SESSION_BILLING].set_budget(session, msg["budget"])
+    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
+
+
+async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
+    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
+    reply = await conn.app[SESSION_BILLING].cost(session)
+    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
+
+
 # hello/resume leave their token to TokenIssuer (json_bounds.inspect's skip).
 _TOKEN: frozenset[tuple[str | int, ...]] = frozenset({("token",)})
 
@@ -465,6 +479,8 @@ ROUTES: dict[str, Route] = {
     "media.offer": Route(on_media, PARTICIPANT),
     "media.answer": Route(on_media, PARTICIPANT),
     "media.ice": Route(on_media, PARTICIPANT),
+    "billing.budget": Route(on_billing_budget, CLIENT),
+    "billing.cost.get": Route(on_billing_cost_get, PARTICIPANT),
 }
 
 
@@ -473,7 +489,7 @@ def _no_ice_servers(user_id: str) -> list[dict[str, Any]]:
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    node = request.app[keys.SIGNALLING]
+    node = request.app[SIGNALLING]
     settings = node.settings
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_message_bytes * 4,
@@ -502,3 +518,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             node.metrics.ws_connections.dec()
             await conn.finish()
     return ws
+
+
+def setup(app: web.Application) -> None:
+    """Serve ``/ws`` (the node itself opens with ``node.setup``)."""
+    app.router.add_get("/ws", websocket_handler)

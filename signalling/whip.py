@@ -104,11 +104,15 @@ class WhipResources:
                 del self._by_participant[key]
 
 
+# The WHIP/WHEP resources this node serves.
+WHIP_RESOURCES = web.AppKey("whip_resources", WhipResources)
+
+
 def setup_whip(app: web.Application, grants: SessionGrants | None = None) -> None:
     """Add the WHIP/WHEP routes. Set ``app[keys.MEDIA_PLANE]`` before start-up; without a media plane
     the endpoints answer 503."""
     app[keys.SESSION_GRANTS] = grants or AdminOnlyGrants()
-    app[keys.WHIP_RESOURCES] = WhipResources()
+    app[WHIP_RESOURCES] = WhipResources()
     for endpoint in _ENDPOINTS:
         base = f"/{endpoint}/{{session:{SESSION_PATTERN}}}"
         resource = f"{base}/{{resource:{RESOURCE_PATTERN}}}"
@@ -123,7 +127,7 @@ def setup_whip(app: web.Application, grants: SessionGrants | None = None) -> Non
 async def _listen_for_transport_close(app: web.Application) -> None:
     media = app.get(keys.MEDIA_PLANE)
     if media is not None:
-        media.on_event(app[keys.WHIP_RESOURCES].on_media_event)
+        media.on_event(app[WHIP_RESOURCES].on_media_event)
 
 
 def _media(request: web.Request) -> MediaPlane:
@@ -173,7 +177,7 @@ async def create_resource(request: web.Request) -> web.Response:
     resource_id = uuid.uuid4().hex
     resource = WhipResource(endpoint, session_id, resource_id, f"{endpoint}-{resource_id}", identity.user_id)
     media = _media(request)
-    resources = request.app[keys.WHIP_RESOURCES]
+    resources = request.app[WHIP_RESOURCES]
     if identity.is_admin:  # broadcasts and load tests: hundreds of viewers on one token
         resources.add(resource)
     else:
@@ -209,7 +213,7 @@ async def create_resource(request: web.Request) -> web.Response:
 async def delete_resource(request: web.Request) -> web.Response:
     identity = authenticate(request, request.app[keys.TOKENS])
     resource = _find(request, identity)
-    request.app[keys.WHIP_RESOURCES].remove(resource)
+    request.app[WHIP_RESOURCES].remove(resource)
     try:
         await _media(request).request(Leave(resource.session_id, resource.participant_id))
     except MediaError as exc:
@@ -238,7 +242,7 @@ async def options(request: web.Request) -> web.Response:
 
 
 def _find(request: web.Request, identity: Identity) -> WhipResource:
-    resource = request.app[keys.WHIP_RESOURCES].get(
+    resource = request.app[WHIP_RESOURCES].get(
         _endpoint(request), request.match_info["session"], request.match_info["resource"]
     )
     # Someone else's resource is reported as unknown: its URL is not a secret to probe for.

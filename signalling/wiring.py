@@ -35,6 +35,7 @@ from .auth import Identity
 from .billing.quote import quote_for
 from .directory import ExpertRef
 from .experts import normalise_skill
+from .node import SIGNALLING
 from .rest_errors import ApiError
 from .sessions import IN_PROGRESS, State, Transition
 
@@ -46,13 +47,13 @@ MEDIA_STATS_INTERVAL = 5.0
 
 def setup(app: web.Application) -> None:
     app[keys.EXPERT_DIRECTORY] = ProfileDirectory(app)
-    app[keys.SESSION_PARTIES] = lambda session_id: app[keys.SIGNALLING].session_parties(session_id)
+    app[keys.SESSION_PARTIES] = lambda session_id: app[SIGNALLING].session_parties(session_id)
     app[keys.WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
     app.cleanup_ctx.append(wiring_ctx)
 
 
 async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
-    node = app[keys.SIGNALLING]
+    node = app[SIGNALLING]
     experts = app[keys.EXPERTS]
     if keys.BOOKING_LISTENER not in app:  # tests may listen in place of the sockets
         app[keys.SCHEDULER].listener = node.bookings

@@ -3,6 +3,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from signalling.node import SIGNALLING
 from signalling import keys
 from signalling.app import create_app
 from signalling.settings import Settings, SettingsError
@@ -68,6 +69,6 @@ def test_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
-    client.app[keys.SIGNALLING].closing = True
+    client.app[SIGNALLING].closing = True
     resp = await client.get("/readyz")
     assert resp.status == 503 and (await resp.json())["status"] == "not_ready"

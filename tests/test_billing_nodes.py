@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from signalling.node import SIGNALLING
 from signalling import keys
 from signalling.backends.memory import MemoryBackend, MemoryHub
 from signalling.billing import session_billing
@@ -176,7 +177,7 @@ async def test_an_end_whose_envelope_was_lost_is_settled_from_the_record(aiohttp
     cluster = Cluster(aiohttp_client, settings)
     await cluster.start("n1")
     n2 = await cluster.start("n2")
-    backend = n2.app[keys.SIGNALLING].backend
+    backend = n2.app[SIGNALLING].backend
     send = backend.send_to_node
 
     async def lossy(node_id, envelope):  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from signalling import keys
+from signalling.node import SIGNALLING
 from signalling.settings import Settings
 
 from .test_session_billing import PER_UNIT, go_live, ledger
@@ -104,7 +104,7 @@ async def test_a_budget_set_while_waiting_survives_a_restart_before_accept(aioht
     alice = await Peer.join(first, "alice", "client")
     sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]
     assert (await alice.request("billing.budget", session_id=sid, budget=300))["budget_cap"]["amount"] == 300
-    assert (await first.app[keys.SIGNALLING].sessions.get(sid)).budget == 300  # type: ignore[union-attr]
+    assert (await first.app[SIGNALLING].sessions.get(sid)).budget == 300  # type: ignore[union-attr]
     await shut_down(first, expert, alice)
 
     plane = FakePlane()

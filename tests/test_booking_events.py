@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from signalling import keys
+from signalling.node import SIGNALLING
 
 from .utils import FakePlane, Peer, build_app
 
@@ -29,7 +29,7 @@ async def client(aiohttp_client, settings):  # type: ignore[no-untyped-def]
 
 
 async def test_reminders_cancellations_and_opening_on_time(client) -> None:  # type: ignore[no-untyped-def]
-    node = client.app[keys.SIGNALLING]
+    node = client.app[SIGNALLING]
     expert = await Peer.join(client, "erin", "expert")
     alice = await Peer.join(client, "alice", "client")
     booking = Booking("b-1", "erin", "alice")

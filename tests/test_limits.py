@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from signalling.node import SIGNALLING
 from signalling import keys
 from signalling.app import create_app
 from signalling.auth import Identity
@@ -68,9 +69,9 @@ async def test_sockets_per_address_and_in_total(aiohttp_client, settings) -> Non
     assert resp.status == 429 and (await resp.json())["error"]["code"] == "too_many_connections"
     # Sockets from elsewhere (a trusted proxy's clients would be) count on their own until the total.
     await peers[0].ws.close()
-    await eventually(lambda: client.app[keys.SIGNALLING].sockets.total == 2)
+    await eventually(lambda: client.app[SIGNALLING].sockets.total == 2)
     await Peer.join(client, "again", "client")
-    node = client.app[keys.SIGNALLING]
+    node = client.app[SIGNALLING]
     node.sockets.by_address["198.51.100.7"] = 2
     node.sockets.total += 2
     resp = await client.get("/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
@@ -100,7 +101,7 @@ def test_the_address_a_limit_counts() -> None:
 async def test_a_client_that_reads_none_of_its_replies_is_closed(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
     client = await aiohttp_client(create_app(settings_with(settings, ws_outbox_limit=16)))
     slow = await Peer.join(client, "slow", "client")
-    node = client.app[keys.SIGNALLING]
+    node = client.app[SIGNALLING]
     conn = next(c for c in node.connections.values() if c.identity and c.identity.user_id == "slow")
 
     async def stuck(data: str) -> None:
@@ -246,7 +247,7 @@ async def test_a_resume_replays_a_full_stash_without_counting_as_slow(client) ->
 
     alice = await Peer.join(client, "alice", "client")
     kill(alice)
-    node = client.app[keys.SIGNALLING]
+    node = client.app[SIGNALLING]
     await eventually(lambda: not node.connections)
     for i in range(MAX_STASHED):
         await node.backend.deliver("alice", {"v": 1, "type": "ack", "ref": i})

@@ -9,6 +9,7 @@ from typing import AsyncIterator
 
 import pytest
 
+from signalling.node import SIGNALLING
 from signalling import keys
 from signalling.backends.memory import MemoryBackend, MemoryHub
 from signalling.settings import Settings
@@ -131,7 +132,7 @@ async def test_a_node_shutting_down_finishes_the_accept_it_is_running(two_nodes)
             slow.set()
             await asyncio.sleep(0.3)
 
-    b.app[keys.SIGNALLING].sessions.add_listener(slow_listener)
+    b.app[SIGNALLING].sessions.add_listener(slow_listener)
     expert = await Peer.join(b, "erin", "expert")
     alice = await Peer.join(a, "alice", "client")
     sid = (await alice.request("help.request", expert_id="erin"))["session"]["id"]

@@ -13,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from signalling.node import SIGNALLING
 from signalling import keys, protocol
 from signalling.protocol import CloseCode, ErrorCode, ProtocolError
 
@@ -132,7 +133,7 @@ async def test_random_and_mutated_messages(fuzz_client, caplog, role, user, say_
     if say_hello:
         token = fuzz_client.app[keys.TOKENS].mint(user, role)
         assert (await peer.request("hello", token=token))["type"] == "welcome"
-        session = await fuzz_client.app[keys.SIGNALLING].queues.current(user)
+        session = await fuzz_client.app[SIGNALLING].queues.current(user)
         sid = session.id if session else "0" * 32
     else:
         sid = "0" * 32

@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 import pytest
 
+from signalling.node import SIGNALLING
 from signalling import keys, protocol
 from signalling.auth import TokenIssuer
 from signalling.settings import Settings
@@ -331,7 +332,7 @@ async def test_after_a_restart_an_expert_who_does_not_return_releases_the_queue(
 
 async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client) -> None:  # type: ignore[no-untyped-def]
     client.app[keys.SETTINGS].ws_outbox_limit = 16
-    node = client.app[keys.SIGNALLING]
+    node = client.app[SIGNALLING]
     slow = await Peer.join(client, "slow", "client")
     other = await Peer.join(client, "other", "client")
     conn = next(c for c in node.connections.values() if c.identity and c.identity.user_id == "slow")

@@ -12,6 +12,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from bench.loopback import no_ice_servers, use_loopback_ice
 from bench.mediarelay import MediaRelayPlane
+from signalling.whip import WHIP_RESOURCES
 from signalling import keys
 from signalling.app import create_app
 from signalling.auth import Role, TokenIssuer
@@ -114,7 +115,7 @@ async def test_publisher_reaches_viewer_and_delete_stops_it(any_client: TestClie
         frame = await asyncio.wait_for(frames.get(), timeout=15)
         assert (frame.width, frame.height) == (640, 480)
 
-        resources: WhipResources = app_client.app[keys.WHIP_RESOURCES]
+        resources: WhipResources = app_client.app[WHIP_RESOURCES]
         assert len(resources) == 2
         assert (await app_client.delete(whep_location, headers=admin)).status == 200
         assert (await app_client.delete(whep_location, headers=admin)).status == 404

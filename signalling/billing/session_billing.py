@@ -40,9 +40,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import keys
+from ..node import SIGNALLING
 from ..protocol import ErrorCode, ProtocolError, message
 from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
-from ..websocket import CLIENT, PARTICIPANT, ROUTES, Connection, Route
 from .meter import (
     BillingError,
     BudgetReached,
@@ -76,7 +76,7 @@ async def claim_nothing(stored: StoredSession) -> int | None:
 
 async def session_billing_ctx(app: web.Application) -> AsyncIterator[None]:
     billing = SessionBilling(app)
-    app[keys.SESSION_BILLING] = billing
+    app[SESSION_BILLING] = billing
     await billing.start()
     try:
         yield
@@ -93,7 +93,7 @@ class SessionBilling:
         self.app = app
         self.settings = app[keys.SETTINGS]
         self.meter: Meter = app[keys.METER]
-        self.node = app[keys.SIGNALLING]
+        self.node = app[SIGNALLING]
         self.node_id = self.node.node_id
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -429,6 +429,10 @@ class SessionBilling:
                 self._outgoing.task_done()
 
 
+# Set while the app runs; the socket layer's ``billing.*`` messages are answered by it.
+SESSION_BILLING = web.AppKey("session_billing", SessionBilling)
+
+
 def cost_message(cost: RunningCost, ref: Any = None) -> dict[str, Any]:
     return message(
         "billing.cost",
@@ -442,24 +446,3 @@ def cost_message(cost: RunningCost, ref: Any = None) -> dict[str, Any]:
         budget_cap=money_json(cost.budget_cap),
         next_charge_at=cost.next_charge_at,
     )
-
-
-# --- protocol handlers ----------------------------------------------------------------------------
-
-
-async def on_billing_budget(conn: Connection, msg: dict[str, Any]) -> None:
-    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
-    if session.client_id != conn.user_id:
-        raise ProtocolError(ErrorCode.FORBIDDEN, "only the session's client sets its budget")
-    reply = await conn.app[keys.SESSION_BILLING].set_budget(session, msg["budget"])
-    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
-
-
-async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
-    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
-    reply = await conn.app[keys.SESSION_BILLING].cost(session)
-    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
-
-
-ROUTES["billing.budget"] = Route(on_billing_budget, CLIENT)
-ROUTES["billing.cost.get"] = Route(on_billing_cost_get, PARTICIPANT)
