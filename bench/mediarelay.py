@@ -183,7 +183,7 @@ def main() -> None:
 
     from signalling import keys
     from signalling.app import create_app
-    from signalling.cli import install_event_loop
+    from signalling.event_loop import install_event_loop
     from signalling.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)

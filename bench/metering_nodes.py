@@ -28,9 +28,10 @@ from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
 from signalling.billing.store_postgres import PostgresBillingStore
+from signalling.event_loop import install_event_loop
 from signalling.postgres import connect
 
-from .metering import by_second, consumed, summary
+from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,8 +181,6 @@ async def run(
 
 
 if __name__ == "__main__":
-    from signalling.cli import install_event_loop
-
     install_event_loop()
     result = asyncio.run(node(json.loads(sys.argv[1])))
     Path(sys.argv[2]).write_text(json.dumps(result))

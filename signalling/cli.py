@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -15,16 +14,8 @@ import click
 from turn_config.cli import turn_config
 
 from .auth import Role, TokenIssuer
+from .event_loop import install_event_loop
 from .settings import Settings, SettingsError
-
-
-def install_event_loop() -> None:
-    """uvloop when it is installed: the SFU's per-packet path runs on this loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @click.group()

@@ -117,7 +117,7 @@ async def test_light_subscriber_answers_a_servers_offer_and_reports_reception(mo
 def test_client_processes_are_reniced_as_asked() -> None:
     import multiprocessing
 
-    from bench.media import renice
+    from bench.workers import renice
 
     proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(10,), daemon=True)
     proc.start()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bench.media import pid_listening_on, process_cpu_seconds
+from bench.procfs import process_cpu_seconds
 from bench.report import summarise
+from bench.server import pid_listening_on
 from signalling.cli import main
 
 
