@@ -11,7 +11,8 @@ import logging
 from .backends.base import Backend
 from .protocol import ProtocolError, error, message
 from .queueing import ExpertQueues
-from .scheduling import Booking, BookingListener
+from .booking_tables import Booking
+from .scheduling import BookingListener
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,56 @@ from __future__ import annotations
 
 import abc
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from .database import Database
+from .experts import iso_utc
 from .rest_errors import ApiError
-
-if TYPE_CHECKING:
-    from .scheduling import Booking
 
 BOOKED, OPEN, CANCELLED, MISSED = "booked", "open", "cancelled", "missed"
 ACTIVE = f"state IN ('{BOOKED}', '{OPEN}')"
+
+
+@dataclass(frozen=True)
+class Booking:
+    id: str
+    expert_id: str
+    client_id: str
+    start: int  # Unix seconds, UTC
+    end: int
+    state: str
+    topic: str | None
+    created_at: int
+    opened_at: int | None = None
+    cancelled_at: int | None = None
+    cancelled_by: str | None = None
+    cancel_reason: str | None = None
+    # The terms fixed at booking time (billing's quote as a dict): the session opens with them.
+    quote: dict[str, Any] | None = None
+
+    def has_party(self, user_id: str) -> bool:
+        return user_id in (self.expert_id, self.client_id)
+
+    def other_party(self, user_id: str) -> str:
+        return self.client_id if user_id == self.expert_id else self.expert_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "expert_id": self.expert_id,
+            "client_id": self.client_id,
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "state": self.state,
+            "topic": self.topic,
+            "created_at": iso_utc(self.created_at),
+            "opened_at": iso_utc(self.opened_at) if self.opened_at is not None else None,
+            "cancelled_at": iso_utc(self.cancelled_at) if self.cancelled_at is not None else None,
+            "cancelled_by": self.cancelled_by,
+            "cancel_reason": self.cancel_reason,
+            "quote": self.quote,
+        }
 
 SQLITE_MIGRATIONS: list[tuple[int, str]] = [
     # 1: the tables as the single-node scheduler made them (IF NOT EXISTS: old data dirs adopt it).
@@ -58,8 +98,8 @@ CREATE TABLE IF NOT EXISTS booking_reminders (
 class BookingTables(abc.ABC):
     @abc.abstractmethod
     async def insert_if_free(
-        self, booking: "Booking", skipped_leads: list[int], max_per_client: int, max_per_expert: int
-    ) -> tuple["Booking", bool]:
+        self, booking: Booking, skipped_leads: list[int], max_per_client: int, max_per_expert: int
+    ) -> tuple[Booking, bool]:
         """Insert ``booking`` unless the same client already booked the same slot (that booking,
         False); ``too_many_bookings`` when the client or the expert already holds that many not
         started; ``slot_taken`` / ``client_busy`` when it overlaps an active one."""
@@ -72,14 +112,14 @@ class BookingTables(abc.ABC):
     async def get(self, booking_id: str) -> "Booking | None": ...
 
     @abc.abstractmethod
-    async def list_for(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list["Booking"]: ...
+    async def list_for(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list[Booking]: ...
 
     @abc.abstractmethod
     async def busy(self, expert_id: str, start: int, end: int) -> list[tuple[int, int]]:
         """The expert's active bookings overlapping [start, end), by start."""
 
     @abc.abstractmethod
-    async def pending(self, until: float) -> list[tuple["Booking", set[int]]]: ...
+    async def pending(self, until: float) -> list[tuple[Booking, set[int]]]: ...
 
     @abc.abstractmethod
     async def next_start(self) -> int | None: ...
@@ -92,14 +132,6 @@ class BookingTables(abc.ABC):
         """``booked`` -> ``open`` (``missed`` when its slot is over); whether this call moved it."""
 
 
-async def open_booking_tables(db: Database, pool: Any) -> BookingTables:
-    if pool is not None:
-        from .booking_tables_postgres import PostgresBookingTables
-
-        return await PostgresBookingTables.open(pool)
-    return SqliteBookingTables(db)
-
-
 def too_many_for_client(limit: int) -> ApiError:
     return ApiError("too_many_bookings", f"you already hold {limit} bookings that have not started: cancel one first",
                     None, status=429)
@@ -110,9 +142,7 @@ def too_many_for_expert(limit: int) -> ApiError:
                     "expert_id", status=429)
 
 
-def booking_from_row(row: Any) -> "Booking":
-    from .scheduling import Booking
-
+def booking_from_row(row: Any) -> Booking:
     return Booking(
         id=row["id"], expert_id=row["expert_id"], client_id=row["client_id"], start=row["start"], end=row["end"],
         state=row["state"], topic=row["topic"], created_at=row["created_at"], opened_at=row["opened_at"],
@@ -121,7 +151,7 @@ def booking_from_row(row: Any) -> "Booking":
     )
 
 
-def booking_row(b: "Booking") -> tuple[Any, ...]:
+def booking_row(b: Booking) -> tuple[Any, ...]:
     return (b.id, b.expert_id, b.client_id, b.start, b.end, b.state, b.topic, b.created_at,
             json.dumps(b.quote) if b.quote else None)
 
@@ -133,8 +163,8 @@ class SqliteBookingTables(BookingTables):
         db.add_column("bookings", "quote", "TEXT")  # the quote fixed at booking time
 
     async def insert_if_free(
-        self, booking: "Booking", skipped_leads: list[int], max_per_client: int, max_per_expert: int
-    ) -> tuple["Booking", bool]:
+        self, booking: Booking, skipped_leads: list[int], max_per_client: int, max_per_expert: int
+    ) -> tuple[Booking, bool]:
         b = booking
         with self.db.transaction() as conn:
             same = conn.execute(
@@ -176,7 +206,7 @@ class SqliteBookingTables(BookingTables):
         row = self.db.fetchone("SELECT * FROM bookings WHERE id = ?", (booking_id,))
         return booking_from_row(row) if row else None
 
-    async def list_for(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list["Booking"]:
+    async def list_for(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list[Booking]:
         where, params = list_filters(user_id, state)
         rows = self.db.fetchall(
             f"SELECT * FROM bookings {where} ORDER BY start, id LIMIT ? OFFSET ?", [*params, limit, offset]
@@ -190,7 +220,7 @@ class SqliteBookingTables(BookingTables):
         )
         return [(r["start"], r["end"]) for r in rows]
 
-    async def pending(self, until: float) -> list[tuple["Booking", set[int]]]:
+    async def pending(self, until: float) -> list[tuple[Booking, set[int]]]:
         rows = self.db.fetchall(f"SELECT * FROM bookings WHERE state = '{BOOKED}' AND start <= ? ORDER BY start", (until,))
         out = []
         for row in rows:

@@ -8,7 +8,7 @@ waits for the first and then sees it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .booking_tables import (
     ACTIVE,
@@ -16,6 +16,7 @@ from .booking_tables import (
     CANCELLED,
     MISSED,
     OPEN,
+    Booking,
     BookingTables,
     booking_from_row,
     booking_row,
@@ -26,9 +27,6 @@ from .booking_tables import (
 from .expert_store_postgres import numbered
 from .postgres import lock_key, migrate
 from .rest_errors import ApiError
-
-if TYPE_CHECKING:
-    from .scheduling import Booking
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -71,8 +69,8 @@ class PostgresBookingTables(BookingTables):
         return cls(pool)
 
     async def insert_if_free(
-        self, booking: "Booking", skipped_leads: list[int], max_per_client: int, max_per_expert: int
-    ) -> tuple["Booking", bool]:
+        self, booking: Booking, skipped_leads: list[int], max_per_client: int, max_per_expert: int
+    ) -> tuple[Booking, bool]:
         b = booking
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -117,7 +115,7 @@ class PostgresBookingTables(BookingTables):
         row = await self.pool.fetchrow("SELECT * FROM bookings WHERE id = $1", booking_id)
         return booking_from_row(row) if row else None
 
-    async def list_for(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list["Booking"]:
+    async def list_for(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list[Booking]:
         where, params = list_filters(user_id, state)
         rows = await self.pool.fetch(
             numbered(f"SELECT * FROM bookings {where} ORDER BY start, id LIMIT ? OFFSET ?"), *params, limit, offset
@@ -132,7 +130,7 @@ class PostgresBookingTables(BookingTables):
         )
         return [(r["start"], r["end"]) for r in rows]
 
-    async def pending(self, until: float) -> list[tuple["Booking", set[int]]]:
+    async def pending(self, until: float) -> list[tuple[Booking, set[int]]]:
         rows = await self.pool.fetch(
             f"SELECT b.*, coalesce(array_agg(r.lead_seconds) FILTER (WHERE r.lead_seconds IS NOT NULL), '{{}}')"
             " AS handled FROM bookings b LEFT JOIN booking_reminders r ON r.booking_id = b.id"

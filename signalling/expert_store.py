@@ -91,15 +91,6 @@ class ExpertStore(abc.ABC):
         """The newest first."""
 
 
-async def open_expert_store(db: Database, pool: Any) -> ExpertStore:
-    """The shared PostgreSQL store when the application has a pool, else the node's SQLite."""
-    if pool is not None:
-        from .expert_store_postgres import PostgresExpertStore
-
-        return await PostgresExpertStore.open(pool)
-    return SqliteExpertStore(db)
-
-
 class SqliteExpertStore(ExpertStore):
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -18,8 +18,9 @@ from .billing.ledger import Ledger
 from .billing.meter import Claim, Meter
 from .billing.store import BillingStore
 from .database import Database
-from .directory import ExpertDirectory as ExpertLookup
-from .experts import ExpertDirectory, SessionParties
+from .directory import ExpertDirectory
+from .expert_profiles import ExpertProfiles
+from .experts import SessionParties
 from .grants import SessionGrants
 from .metrics import Metrics
 from .scheduling import BookingListener, Scheduler
@@ -32,7 +33,7 @@ ICE_SERVERS = web.AppKey("ice_servers", IceServerProvider)
 DATABASE = web.AppKey("database", Database)
 # The asyncpg pool of the PostgreSQL database every node shares (set when database_url is).
 POSTGRES: web.AppKey[Any] = web.AppKey("postgres")
-EXPERTS = web.AppKey("experts", ExpertDirectory)
+EXPERTS = web.AppKey("experts", ExpertProfiles)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 # Optional, set by create_app before start-up: who hears about bookings (reminders, openings),
 # and how a session id maps to (expert_id, client_id, state) for ratings.
@@ -46,7 +47,7 @@ METER_CLAIM: web.AppKey[Claim] = web.AppKey("meter_claim")
 LEDGER = web.AppKey("ledger", Ledger)
 # Per-expert platform fee overrides (admin-set), applied when a session opens.
 PLATFORM_FEES = web.AppKey("platform_fees", PlatformFees)
-EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertLookup)
+EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertDirectory)
 # The media plane (sfu.api.MediaPlane): a LocalMediaPlane in this process, set by create_app.
 MEDIA_PLANE = web.AppKey("media_plane", MediaPlane)
 # Set before start-up to share one backend object (tests run several nodes on one memory hub).

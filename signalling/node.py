@@ -32,7 +32,8 @@ from .protocol import CloseCode, message
 from .queueing import ExpertQueues, ring_message
 from .resume import ResumeTokens
 from .revocation import RevocationStore
-from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition, open_session_store
+from .session_storage import open_session_store
+from .sessions import IN_PROGRESS, SessionManager, SessionStore, State, Transition
 from .settings import Settings
 from .timers import Timers
 

@@ -20,9 +20,10 @@ from aiohttp import web
 from . import keys, rest_errors
 from .auth import Identity, Role, authenticate
 from .experts import iso_utc
-from .booking_tables import open_booking_tables
+from .booking_storage import open_booking_tables
+from .booking_tables import Booking
 from .rest_errors import InvalidInput, http_error, int_param, read_json
-from .scheduling import STATES, Booking, BookingRules, BookingStore, Scheduler, parse_instant
+from .scheduling import STATES, BookingRules, BookingStore, Scheduler, parse_instant
 
 BOOKING_SCHEMA = jsonschema.Draft202012Validator(
     {

@@ -19,12 +19,12 @@ from aiohttp import web
 
 from . import keys, rest_errors
 from .auth import Role, authenticate
-from .expert_store import open_expert_store
+from .expert_profiles import ExpertProfiles
+from .expert_storage import open_expert_store
 from .experts import (
     AVAILABILITY,
     PRICE_MODES,
     WEEKDAYS,
-    ExpertDirectory,
     Profile,
     SearchQuery,
     maybe_await,
@@ -95,11 +95,11 @@ def setup(app: web.Application) -> None:
 
 
 async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[keys.EXPERTS] = ExpertDirectory(await open_expert_store(app[keys.DATABASE], app.get(keys.POSTGRES)))
+    app[keys.EXPERTS] = ExpertProfiles(await open_expert_store(app[keys.DATABASE], app.get(keys.POSTGRES)))
     yield
 
 
-def _directory(request: web.Request) -> ExpertDirectory:
+def _directory(request: web.Request) -> ExpertProfiles:
     return request.app[keys.EXPERTS]
 
 

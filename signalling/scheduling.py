@@ -18,7 +18,6 @@ was down opens late if its slot has not ended yet (otherwise it becomes ``missed
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -27,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from .booking_tables import BOOKED, CANCELLED, MISSED, OPEN, BookingTables
-from .experts import ExpertDirectory, iso_utc
+from .booking_tables import BOOKED, CANCELLED, MISSED, OPEN, Booking, BookingTables
+from .expert_profiles import ExpertProfiles
 from .metrics import Metrics
 from .rest_errors import ApiError, InvalidInput
 from .settings import Settings, SettingsError
@@ -82,47 +81,6 @@ class BookingRules:
         )
 
 
-@dataclass(frozen=True)
-class Booking:
-    id: str
-    expert_id: str
-    client_id: str
-    start: int  # Unix seconds, UTC
-    end: int
-    state: str
-    topic: str | None
-    created_at: int
-    opened_at: int | None = None
-    cancelled_at: int | None = None
-    cancelled_by: str | None = None
-    cancel_reason: str | None = None
-    # The terms fixed at booking time (billing's quote as a dict): the session opens with them.
-    quote: dict[str, Any] | None = None
-
-    def has_party(self, user_id: str) -> bool:
-        return user_id in (self.expert_id, self.client_id)
-
-    def other_party(self, user_id: str) -> str:
-        return self.client_id if user_id == self.expert_id else self.expert_id
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "expert_id": self.expert_id,
-            "client_id": self.client_id,
-            "start": iso_utc(self.start),
-            "end": iso_utc(self.end),
-            "state": self.state,
-            "topic": self.topic,
-            "created_at": iso_utc(self.created_at),
-            "opened_at": iso_utc(self.opened_at) if self.opened_at is not None else None,
-            "cancelled_at": iso_utc(self.cancelled_at) if self.cancelled_at is not None else None,
-            "cancelled_by": self.cancelled_by,
-            "cancel_reason": self.cancel_reason,
-            "quote": self.quote,
-        }
-
-
 class BookingListener:
     """What the rest of the server hears about bookings; override what you need.
 
@@ -151,7 +109,7 @@ class BookingStore:
     def __init__(
         self,
         tables: BookingTables,
-        directory: ExpertDirectory,
+        directory: ExpertProfiles,
         rules: BookingRules,
         clock: Callable[[], float] = time.time,
     ) -> None:

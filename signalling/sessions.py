@@ -247,15 +247,6 @@ class SessionStore(abc.ABC):
         """(previous, state, reason, at) of every transition, oldest first."""
 
 
-async def open_session_store(db: Database, pool: Any) -> SessionStore:
-    """The shared PostgreSQL store when the application has a pool, else the node's SQLite."""
-    if pool is not None:
-        from .session_store_postgres import PostgresSessionStore
-
-        return await PostgresSessionStore.open(pool)
-    return SqliteSessionStore(db)
-
-
 class SqliteSessionStore(SessionStore):
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -9,10 +9,10 @@ import pytest
 from signalling import keys
 from signalling.app import create_app
 from signalling.database import Database
+from signalling.expert_profiles import ExpertProfiles
 from signalling.expert_store import SqliteExpertStore
 from signalling.expert_store_postgres import PostgresExpertStore
 from signalling.experts import (
-    ExpertDirectory,
     Price,
     Profile,
     SearchQuery,
@@ -283,17 +283,17 @@ async def test_ratings_without_a_sessions_layer_find_no_session(aiohttp_client, 
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def directory(request, tmp_path) -> AsyncIterator[ExpertDirectory]:  # type: ignore[no-untyped-def]
+async def directory(request, tmp_path) -> AsyncIterator[ExpertProfiles]:  # type: ignore[no-untyped-def]
     """The directory on each store: the same contract for one node's SQLite and the shared PostgreSQL."""
     if request.param == "sqlite":
-        yield ExpertDirectory(SqliteExpertStore(Database.in_dir(tmp_path)))
+        yield ExpertProfiles(SqliteExpertStore(Database.in_dir(tmp_path)))
         return
     url = await create_database()
     require(url is not None, "PostgreSQL on 127.0.0.1:5432")
     assert url is not None
     pool = await connect(url)
     try:
-        yield ExpertDirectory(await PostgresExpertStore.open(pool))
+        yield ExpertProfiles(await PostgresExpertStore.open(pool))
     finally:
         await pool.close()
         await drop_database(url)

@@ -19,9 +19,11 @@ from signalling.booking_tables_postgres import PostgresBookingTables
 from signalling.expert_store import SqliteExpertStore
 from signalling.expert_store_postgres import PostgresExpertStore
 from signalling.postgres import connect
-from signalling.experts import ExpertDirectory, Profile, WorkingHours
+from signalling.expert_profiles import ExpertProfiles
+from signalling.experts import Profile, WorkingHours
 from signalling.rest_errors import ApiError
-from signalling.scheduling import Booking, BookingListener, BookingRules, BookingStore, Scheduler
+from signalling.booking_tables import Booking
+from signalling.scheduling import BookingListener, BookingRules, BookingStore, Scheduler
 from signalling.settings import Settings, SettingsError
 
 from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
@@ -251,10 +253,10 @@ async def test_concurrent_requests_for_one_slot(aiohttp_client, settings) -> Non
 def test_two_processes_cannot_take_one_slot(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two connections to one file, racing in threads: the IMMEDIATE transaction lets one win."""
     rules = BookingRules(min_notice_seconds=0, min_seconds=60)
-    setup_dir = ExpertDirectory(SqliteExpertStore(Database.in_dir(tmp_path)))
+    setup_dir = ExpertProfiles(SqliteExpertStore(Database.in_dir(tmp_path)))
     asyncio.run(setup_dir.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY))))
     stores = [
-        BookingStore(SqliteBookingTables(Database.in_dir(tmp_path)), ExpertDirectory(SqliteExpertStore(Database.in_dir(tmp_path))), rules)
+        BookingStore(SqliteBookingTables(Database.in_dir(tmp_path)), ExpertProfiles(SqliteExpertStore(Database.in_dir(tmp_path))), rules)
         for _ in range(4)
     ]
     t = math.ceil(time.time()) + 3600
@@ -282,10 +284,10 @@ async def test_nodes_on_one_postgresql_cannot_take_one_slot(postgres_url) -> Non
     rules = BookingRules(min_notice_seconds=0, min_seconds=60)
     pools = [await connect(postgres_url) for _ in range(4)]
     try:
-        directory = ExpertDirectory(await PostgresExpertStore.open(pools[0]))
+        directory = ExpertProfiles(await PostgresExpertStore.open(pools[0]))
         await directory.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY)))
         await directory.upsert_profile("bob", Profile("Bob", working_hours=WorkingHours.from_json(ALL_DAY)))
-        stores = [BookingStore(await PostgresBookingTables.open(p), ExpertDirectory(PostgresExpertStore(p)), rules)
+        stores = [BookingStore(await PostgresBookingTables.open(p), ExpertProfiles(PostgresExpertStore(p)), rules)
                   for p in pools]
         t = math.ceil(time.time()) + 3600
 
@@ -431,7 +433,7 @@ async def run_once(store: BookingStore) -> Recorder:
 async def test_catching_up_after_downtime(tmp_path) -> None:  # type: ignore[no-untyped-def]
     clock = Clock(1_900_000_000)
     db = Database.in_dir(tmp_path)
-    directory = ExpertDirectory(SqliteExpertStore(db), clock=clock)
+    directory = ExpertProfiles(SqliteExpertStore(db), clock=clock)
     await directory.upsert_profile("ada", Profile("Ada", working_hours=WorkingHours.from_json(ALL_DAY)))
     store = BookingStore(SqliteBookingTables(db), directory, BookingRules(min_notice_seconds=0, min_seconds=60, reminder_leads=(600, 60)), clock)
     t0 = int(clock.now)

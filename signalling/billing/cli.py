@@ -15,7 +15,8 @@ import click
 from ..database import Database
 from ..settings import Settings, SettingsError
 from .ledger import Ledger, to_csv, to_json
-from .store import BillingStore, open_store
+from .storage import open_store
+from .store import BillingStore
 from .times import END_OF_TIME, parse_instant
 
 T = TypeVar("T")

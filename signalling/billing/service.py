@@ -27,7 +27,8 @@ from .fees import PlatformFees
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Meter
 from .outbox import Outbox
-from .store import StoredSession, open_store
+from .storage import open_store
+from .store import StoredSession
 from .views import session_view
 from .relay import RedisRelay
 from .times import END_OF_TIME, parse_instant

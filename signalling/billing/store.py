@@ -239,33 +239,3 @@ def stored_session(row: Any, intervals: list[tuple[float, float | None]], totals
         gross=int(totals[1]),
         last_unit_at=totals[2],
     )
-
-
-async def open_store(settings: Any, db: Any, pool: Any = None) -> tuple[BillingStore, Any]:
-    """The store ``settings`` choose, once, at start-up: PostgreSQL for ``database_url`` (on the
-    application's ``pool``, or one of its own), else the embedded SQLite ``db``. Returns it and
-    an async callable that releases what it opened."""
-    if settings.database_url and pool is not None:
-        from .store_postgres import PostgresBillingStore
-
-        async def keep() -> None:
-            return None  # the application closes its pool
-
-        return await PostgresBillingStore.open(pool), keep
-    if settings.database_url:
-        from ..postgres import connect
-        from .store_postgres import PostgresBillingStore
-
-        pool = await connect(settings.database_url)
-        try:
-            store: BillingStore = await PostgresBillingStore.open(pool)
-        except BaseException:
-            await pool.close()
-            raise
-        return store, pool.close
-    from .store_sqlite import SqliteBillingStore
-
-    async def nothing() -> None:
-        return None
-
-    return SqliteBillingStore(db), nothing
