@@ -181,9 +181,9 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
 
-    from signalling import keys
     from signalling.app import create_app
     from signalling.event_loop import install_event_loop
+    from signalling.node import MEDIA_PLANE
     from signalling.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
@@ -192,7 +192,7 @@ def main() -> None:
     settings = Settings(port=args.port, secret=args.secret, data_dir=args.data_dir,
                         media_loopback=True, demo=False)
     app = create_app(settings)
-    app[keys.MEDIA_PLANE] = MediaRelayPlane()
+    app[MEDIA_PLANE] = MediaRelayPlane()
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, shutdown_timeout=5)
 
 

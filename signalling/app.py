@@ -18,13 +18,13 @@ from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
 from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, websocket, wiring
-from .auth import TokenIssuer
+from .auth import TOKENS, TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
 from .database import Database
 from .limits import body_limit_middleware
 from .metrics import Metrics
-from .node import SIGNALLING
+from .node import MEDIA_PLANE, SIGNALLING
 from .node import setup as setup_signalling
 from .settings import Settings
 from .whip import setup_whip
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[keys.SETTINGS] = settings
-    app[keys.TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
+    app[TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
     app[keys.METRICS] = Metrics()
     origins.setup(app, settings.allowed_origins)
     app.middlewares.append(body_limit_middleware(settings.max_body_bytes))
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
     rest_bookings.setup(app)
     rest_tokens.setup(app)
     billing_service.setup(app)
-    app[keys.MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
+    app[MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
     app.cleanup_ctx.append(media_plane_ctx)
     setup_whip(app)
     setup_signalling(app)
@@ -99,7 +99,7 @@ async def media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
 
     A signalling-only node (media hosted elsewhere) has none."""
     yield
-    plane = app.get(keys.MEDIA_PLANE)
+    plane = app.get(MEDIA_PLANE)
     if plane is not None:
         await plane.close()
 

@@ -157,3 +157,6 @@ def authenticate(request: web.Request, issuer: TokenIssuer, *roles: Role) -> Ide
 
 def _error_json(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message, "field": None}})
+
+
+TOKENS = web.AppKey("tokens", TokenIssuer)

@@ -2,7 +2,7 @@
 
 ``setup(app)`` checks the TURN settings at start-up (a misconfigured server refuses to start rather
 than hand out credentials coturn will reject) and keeps one ``IceServerProvider`` under
-``keys.ICE_SERVERS``. The WebSocket layer calls ``ice_servers_for(app, user_id)`` for its welcome
+``ICE_SERVERS``. The WebSocket layer calls ``ice_servers_for(app, user_id)`` for its welcome
 and join messages and again on every resume (a fresh credential each time); ``refresh_at()`` says
 when a long-lived connection should be sent a new list. WHIP and WHEP handlers pass a list to
 ``add_link_headers``.
@@ -18,7 +18,7 @@ from turn_config.credentials import MIN_TTL, CredentialError
 from turn_config.ice_servers import IceServerList, IceServerProvider
 
 from . import keys
-from .auth import authenticate
+from .auth import TOKENS, authenticate
 from .settings import Settings, SettingsError
 
 
@@ -40,13 +40,13 @@ def provider_from_settings(settings: Settings) -> IceServerProvider:
 
 
 def setup(app: web.Application) -> None:
-    app[keys.ICE_SERVERS] = provider_from_settings(app[keys.SETTINGS])
+    app[ICE_SERVERS] = provider_from_settings(app[keys.SETTINGS])
     app.router.add_get("/api/ice-servers", get_ice_servers)
 
 
 def ice_servers_for(app: web.Application, user_id: str, ttl: int | None = None) -> IceServerList:
     """The ICE servers (with a fresh TURN credential) for ``user_id``; ``.to_json()`` is the wire shape."""
-    return app[keys.ICE_SERVERS].for_user(user_id, ttl=ttl)
+    return app[ICE_SERVERS].for_user(user_id, ttl=ttl)
 
 
 def add_link_headers(response: web.StreamResponse, ice: IceServerList) -> None:
@@ -57,7 +57,7 @@ def add_link_headers(response: web.StreamResponse, ice: IceServerList) -> None:
 
 async def get_ice_servers(request: web.Request) -> web.Response:
     """``{"iceServers": [...], "ttl": s, "expiresAt": unix time}``; ``?ttl=`` asks for a shorter life."""
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     ttl: int | None = None
     if "ttl" in request.query:
         try:
@@ -76,3 +76,7 @@ async def get_ice_servers(request: web.Request) -> web.Response:
 
 def _error(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message}})
+
+
+# Who hands out TURN credentials and ICE server lists (set by ``setup``).
+ICE_SERVERS = web.AppKey("ice_servers", IceServerProvider)

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from . import keys
-from .auth import Role, authenticate, bearer_token
+from .auth import TOKENS, Role, authenticate, bearer_token
 from .metrics import CONTENT_TYPE
 
 
@@ -27,7 +27,7 @@ async def scrape_with_token(request: web.Request) -> web.Response:
     expected = request.app[keys.SETTINGS].metrics_token
     given = bearer_token(request)
     if not (expected and given and hmac.compare_digest(given.encode(), expected.encode())):
-        authenticate(request, request.app[keys.TOKENS], Role.ADMIN)
+        authenticate(request, request.app[TOKENS], Role.ADMIN)
     return _render(request.app)
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from sfu.api import MediaPlane
 
 from . import keys
-from .auth import Identity, TokenIssuer
+from .auth import TOKENS, Identity, TokenIssuer
 from .backends.base import Backend, Location
 from .backends.memory import MemoryBackend
 from .booking_events import BookingNotifier
@@ -294,17 +294,17 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
     own_db = keys.DATABASE not in app
     if own_db:
         app[keys.DATABASE] = Database.in_dir(settings.data_dir)
-    if keys.EXPERT_DIRECTORY not in app:
-        app[keys.EXPERT_DIRECTORY] = MemoryExpertDirectory()
+    if EXPERT_DIRECTORY not in app:
+        app[EXPERT_DIRECTORY] = MemoryExpertDirectory()
     node = SignallingNode(
         settings,
-        app[keys.TOKENS],
-        app[keys.BACKEND] if keys.BACKEND in app else _make_backend(settings),
+        app[TOKENS],
+        app[BACKEND] if BACKEND in app else _make_backend(settings),
         app[keys.DATABASE],
         await open_session_store(app[keys.DATABASE], app.get(keys.POSTGRES)),
-        app[keys.EXPERT_DIRECTORY],
+        app[EXPERT_DIRECTORY],
         app[keys.METRICS],
-        app.get(keys.MEDIA_PLANE),
+        app.get(MEDIA_PLANE),
     )
     app[SIGNALLING] = node
     await node.start()
@@ -328,3 +328,10 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(signalling_ctx)
     app.on_shutdown.append(close_sockets)
 
+
+# How the node finds experts (set by create_app; an empty in-memory directory otherwise).
+EXPERT_DIRECTORY = web.AppKey("expert_directory", ExpertDirectory)
+# The media plane (sfu.api.MediaPlane) this node hosts rooms on; a signalling-only node has none.
+MEDIA_PLANE = web.AppKey("media_plane", MediaPlane)
+# Set before start-up to share one backend object (tests run several nodes on one memory hub).
+BACKEND = web.AppKey("backend", Backend)

@@ -18,12 +18,13 @@ import jsonschema
 from aiohttp import web
 
 from . import keys, rest_errors
-from .auth import Identity, Role, authenticate
-from .experts import iso_utc
+from .auth import TOKENS, Identity, Role, authenticate
 from .booking_storage import open_booking_tables
 from .booking_tables import Booking
+from .experts import iso_utc
 from .rest_errors import InvalidInput, http_error, int_param, read_json
-from .scheduling import STATES, BookingRules, BookingStore, Scheduler, parse_instant
+from .rest_experts import EXPERTS
+from .scheduling import STATES, BookingListener, BookingRules, BookingStore, Scheduler, parse_instant
 
 BOOKING_SCHEMA = jsonschema.Draft202012Validator(
     {
@@ -59,19 +60,19 @@ def setup(app: web.Application) -> None:
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     rules = BookingRules.from_settings(app[keys.SETTINGS])
     tables = await open_booking_tables(app[keys.DATABASE], app.get(keys.POSTGRES))
-    store = BookingStore(tables, app[keys.EXPERTS], rules)
-    scheduler = Scheduler(store, app.get(keys.BOOKING_LISTENER), app[keys.METRICS])
-    app[keys.SCHEDULER] = scheduler
+    store = BookingStore(tables, app[EXPERTS], rules)
+    scheduler = Scheduler(store, app.get(BOOKING_LISTENER), app[keys.METRICS])
+    app[SCHEDULER] = scheduler
     yield
     await scheduler.close()
 
 
 async def _start_scheduler(app: web.Application) -> None:
-    app[keys.SCHEDULER].start()
+    app[SCHEDULER].start()
 
 
 def _scheduler(request: web.Request) -> Scheduler:
-    return request.app[keys.SCHEDULER]
+    return request.app[SCHEDULER]
 
 
 async def _visible(request: web.Request, identity: Identity) -> Booking:
@@ -84,7 +85,7 @@ async def _visible(request: web.Request, identity: Identity) -> Booking:
 
 
 async def post_booking(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS], Role.CLIENT)
+    identity = authenticate(request, request.app[TOKENS], Role.CLIENT)
     body = await read_json(request, BOOKING_SCHEMA)
     start = parse_instant(body["start"], "start")
     end = parse_instant(body["end"], "end")
@@ -93,7 +94,7 @@ async def post_booking(request: web.Request) -> web.Response:
 
 
 async def list_bookings(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise InvalidInput("invalid_state", f"state is one of {', '.join(STATES)}", "state")
@@ -105,19 +106,19 @@ async def list_bookings(request: web.Request) -> web.Response:
 
 
 async def get_booking(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     return web.json_response((await _visible(request, identity)).to_json())
 
 
 async def delete_booking(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     booking = await _visible(request, identity)
     booking, _ = await _scheduler(request).cancel(booking.id, identity.user_id, request.query.get("reason"))
     return web.json_response(booking.to_json())
 
 
 async def get_slots(request: web.Request) -> web.Response:
-    authenticate(request, request.app[keys.TOKENS])
+    authenticate(request, request.app[TOKENS])
     store = _scheduler(request).store
     now = int(store.clock())
     start = parse_instant(request.query["from"], "from") if "from" in request.query else now
@@ -147,3 +148,8 @@ async def get_slots(request: web.Request) -> web.Response:
             "slots": slots,
         }
     )
+
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+# Optional, set before start-up: who hears about bookings (reminders, openings).
+BOOKING_LISTENER = web.AppKey("booking_listener", BookingListener)

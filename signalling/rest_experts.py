@@ -18,7 +18,7 @@ import jsonschema
 from aiohttp import web
 
 from . import keys, rest_errors
-from .auth import Role, authenticate
+from .auth import TOKENS, Role, authenticate
 from .expert_profiles import ExpertProfiles
 from .expert_storage import open_expert_store
 from .experts import (
@@ -27,6 +27,7 @@ from .experts import (
     WEEKDAYS,
     Profile,
     SearchQuery,
+    SessionParties,
     maybe_await,
     normalise_language,
     normalise_skill,
@@ -95,16 +96,16 @@ def setup(app: web.Application) -> None:
 
 
 async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[keys.EXPERTS] = ExpertProfiles(await open_expert_store(app[keys.DATABASE], app.get(keys.POSTGRES)))
+    app[EXPERTS] = ExpertProfiles(await open_expert_store(app[keys.DATABASE], app.get(keys.POSTGRES)))
     yield
 
 
 def _directory(request: web.Request) -> ExpertProfiles:
-    return request.app[keys.EXPERTS]
+    return request.app[EXPERTS]
 
 
 async def list_experts(request: web.Request) -> web.Response:
-    authenticate(request, request.app[keys.TOKENS])
+    authenticate(request, request.app[TOKENS])
     query = search_query(request.query)
     result = await _directory(request).search(query)
     return web.json_response(
@@ -157,7 +158,7 @@ def search_query(params: Any) -> SearchQuery:
 
 
 async def get_expert(request: web.Request) -> web.Response:
-    authenticate(request, request.app[keys.TOKENS])
+    authenticate(request, request.app[TOKENS])
     directory = _directory(request)
     expert = await directory.get(request.match_info["id"])
     if expert is None:
@@ -166,7 +167,7 @@ async def get_expert(request: web.Request) -> web.Response:
 
 
 async def put_expert(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS], Role.EXPERT)
+    identity = authenticate(request, request.app[TOKENS], Role.EXPERT)
     expert_id = request.match_info["id"]
     if not identity.is_admin and identity.user_id != expert_id:
         raise http_error(403, "forbidden", "experts can only edit their own profile", "id")
@@ -178,7 +179,7 @@ async def put_expert(request: web.Request) -> web.Response:
 
 
 async def list_ratings(request: web.Request) -> web.Response:
-    authenticate(request, request.app[keys.TOKENS])
+    authenticate(request, request.app[TOKENS])
     directory = _directory(request)
     expert = await directory.get(request.match_info["id"])
     if expert is None:
@@ -196,9 +197,9 @@ async def list_ratings(request: web.Request) -> web.Response:
 
 
 async def post_rating(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     session_id = request.match_info["session_id"]
-    lookup = request.app.get(keys.SESSION_PARTIES)
+    lookup = request.app.get(SESSION_PARTIES)
     parties = await maybe_await(lookup(session_id)) if lookup is not None else None
     if parties is None:
         raise http_error(404, "session_not_found", "no such session", "session_id")
@@ -213,3 +214,9 @@ async def post_rating(request: web.Request) -> web.Response:
     expert = await directory.get(expert_id)
     summary = {"average": expert.rating_average, "count": expert.rating_count} if expert else None
     return web.json_response({"rating": rating.to_json(), "expert_rating": summary}, status=201)
+
+
+# The expert profiles (set at start-up by ``setup``'s cleanup_ctx).
+EXPERTS = web.AppKey("experts", ExpertProfiles)
+# How a session id maps to (expert_id, client_id, state) for ratings (set by create_app).
+SESSION_PARTIES: web.AppKey[SessionParties] = web.AppKey("session_parties")

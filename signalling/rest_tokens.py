@@ -13,8 +13,8 @@ import time
 import jsonschema
 from aiohttp import web
 
-from . import keys, rest_errors
-from .auth import AuthError, Role, authenticate
+from . import rest_errors
+from .auth import TOKENS, AuthError, Role, authenticate
 from .node import SIGNALLING
 from .rest_errors import http_error, read_json
 
@@ -38,9 +38,9 @@ def setup(app: web.Application) -> None:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS], Role.ADMIN)
+    identity = authenticate(request, request.app[TOKENS], Role.ADMIN)
     body = await read_json(request, REVOCATION_SCHEMA)
-    issuer = request.app[keys.TOKENS]
+    issuer = request.app[TOKENS]
     if "token" in body:
         try:
             claims = issuer.claims(body["token"], verify_exp=False)

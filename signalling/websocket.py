@@ -8,7 +8,7 @@ close code. Handlers raise ``ProtocolError``; anything else is a bug, logged, an
 ``internal_error``, and never allowed to take the connection or the server down.
 
 Every message type a client may send is in ``ROUTES`` (with its schema file in schemas/); billing's
-are answered by ``session_billing.SessionBilling``. ``setup(app)`` serves ``/ws``.
+are answered through ``billing_desk.BillingDesk``. ``setup(app)`` serves ``/ws``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from aiohttp import WSMsgType, web
 
 from sfu.api import MediaError
 
-from . import json_bounds, keys
-from .billing.session_billing import SESSION_BILLING
+from . import json_bounds
 from .auth import AuthError, Identity, Role, bearer_token
+from .billing_desk import BILLING_DESK
 from .limits import LimitReached, client_address
 from .node import SIGNALLING, SignallingNode
 from .presence import Availability
@@ -71,7 +71,7 @@ class Connection:
         self.bearer = bearer_token(request) or request.query.get("token") or None
         # Handlers that ask another part of the application (billing) find it here.
         self.app = request.app
-        self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(keys.WS_ICE_SERVERS, _no_ice_servers)
+        self.ice_servers: Callable[[str], list[dict[str, Any]]] = request.app.get(WS_ICE_SERVERS, _no_ice_servers)
         self.finished = asyncio.Event()
         # Messages routed here before the welcome went out wait for it.
         self._ready = False
@@ -449,13 +449,13 @@ async def on_billing_budget(conn: Connection, msg: dict[str, Any]) -> None:
     session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
     if session.client_id != conn.user_id:
         raise ProtocolError(ErrorCode.FORBIDDEN, "only the session's client sets its budget")
-    reply = await conn.app[SESSION_BILLING].set_budget(session, msg["budget"])
+    reply = await conn.app[BILLING_DESK].set_budget(session, msg["budget"])
     await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
 
 
 async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
     session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
-    reply = await conn.app[SESSION_BILLING].cost(session)
+    reply = await conn.app[BILLING_DESK].cost(session)
     await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
 
 
@@ -523,3 +523,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
 def setup(app: web.Application) -> None:
     """Serve ``/ws`` (the node itself opens with ``node.setup``)."""
     app.router.add_get("/ws", websocket_handler)
+
+
+# The ICE servers a socket's welcome lists for a user id (the TURN module provides it; default none).
+WS_ICE_SERVERS: web.AppKey[Callable[[str], list[dict[str, Any]]]] = web.AppKey("ws_ice_servers")

@@ -11,7 +11,7 @@ several (a broadcaster's camera and a monitor view). Trickle ICE and ICE restart
 are not supported (405): the answer carries every server candidate and clients gather theirs
 before posting, which standard clients do when PATCH is refused.
 
-The handlers reach the media plane only through ``sfu.api`` requests on ``app[keys.MEDIA_PLANE]``.
+The handlers reach the media plane only through ``sfu.api`` requests on ``app[MEDIA_PLANE]``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from sfu.api import (
 )
 
 from . import ice, keys
-from .auth import AuthError, Identity, Role, authenticate, bearer_token
+from .auth import TOKENS, AuthError, Identity, Role, authenticate, bearer_token
 from .grants import AdminOnlyGrants, SessionGrants
 from .limits import LimitReached, read_limited
+from .node import MEDIA_PLANE
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ WHIP_RESOURCES = web.AppKey("whip_resources", WhipResources)
 
 
 def setup_whip(app: web.Application, grants: SessionGrants | None = None) -> None:
-    """Add the WHIP/WHEP routes. Set ``app[keys.MEDIA_PLANE]`` before start-up; without a media plane
+    """Add the WHIP/WHEP routes. Set ``app[MEDIA_PLANE]`` before start-up; without a media plane
     the endpoints answer 503."""
-    app[keys.SESSION_GRANTS] = grants or AdminOnlyGrants()
+    app[SESSION_GRANTS] = grants or AdminOnlyGrants()
     app[WHIP_RESOURCES] = WhipResources()
     for endpoint in _ENDPOINTS:
         base = f"/{endpoint}/{{session:{SESSION_PATTERN}}}"
@@ -125,13 +126,13 @@ def setup_whip(app: web.Application, grants: SessionGrants | None = None) -> Non
 
 
 async def _listen_for_transport_close(app: web.Application) -> None:
-    media = app.get(keys.MEDIA_PLANE)
+    media = app.get(MEDIA_PLANE)
     if media is not None:
         media.on_event(app[WHIP_RESOURCES].on_media_event)
 
 
 def _media(request: web.Request) -> MediaPlane:
-    media = request.app.get(keys.MEDIA_PLANE)
+    media = request.app.get(MEDIA_PLANE)
     if media is None:
         raise error(web.HTTPServiceUnavailable, "media_unavailable", "this node runs no media plane")
     return media
@@ -154,8 +155,8 @@ def _endpoint(request: web.Request) -> str:
 async def create_resource(request: web.Request) -> web.Response:
     endpoint = _endpoint(request)
     session_id = request.match_info["session"]
-    identity = authenticate(request, request.app[keys.TOKENS])
-    grants = request.app[keys.SESSION_GRANTS]
+    identity = authenticate(request, request.app[TOKENS])
+    grants = request.app[SESSION_GRANTS]
     allowed = grants.may_publish if endpoint == "whip" else grants.may_view
     if not allowed(identity, session_id):
         verb = "publish into" if endpoint == "whip" else "watch"
@@ -211,7 +212,7 @@ async def create_resource(request: web.Request) -> web.Response:
 
 
 async def delete_resource(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     resource = _find(request, identity)
     request.app[WHIP_RESOURCES].remove(resource)
     try:
@@ -223,7 +224,7 @@ async def delete_resource(request: web.Request) -> web.Response:
 
 
 async def patch_resource(request: web.Request) -> web.Response:
-    identity = authenticate(request, request.app[keys.TOKENS])
+    identity = authenticate(request, request.app[TOKENS])
     _find(request, identity)
     raise error(web.HTTPMethodNotAllowed, "trickle_unsupported",
                 "trickle ICE and ICE restarts over PATCH are not supported: put every candidate in the offer",
@@ -234,7 +235,7 @@ async def options(request: web.Request) -> web.Response:
     response = web.Response(status=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP})
     # TURN credentials only go to a caller with a valid token; an anonymous pre-flight gets none.
     try:
-        identity = request.app[keys.TOKENS].verify(bearer_token(request))
+        identity = request.app[TOKENS].verify(bearer_token(request))
     except AuthError:
         return response
     add_ice_server_links(response, request, identity.user_id)
@@ -253,7 +254,7 @@ def _find(request: web.Request, identity: Identity) -> WhipResource:
 
 async def create_broadcast(request: web.Request) -> web.Response:
     """An admin opens a session for a broadcast or a load test: ``201`` with its WHIP/WHEP URLs."""
-    authenticate(request, request.app[keys.TOKENS], Role.ADMIN)
+    authenticate(request, request.app[TOKENS], Role.ADMIN)
     session_id = f"bc-{uuid.uuid4().hex}"
     try:
         await _media(request).request(OpenRoom(session_id, {"broadcast": True}))
@@ -261,3 +262,7 @@ async def create_broadcast(request: web.Request) -> web.Response:
         raise error(web.HTTPServiceUnavailable, exc.code, exc.message) from None
     body = {"session_id": session_id, "whip": f"/whip/{session_id}", "whep": f"/whep/{session_id}"}
     return web.json_response(body, status=201, headers={"Location": f"/whip/{session_id}"})
+
+
+# Who may publish into or watch a session over WHIP/WHEP (admins only by default).
+SESSION_GRANTS = web.AppKey("session_grants", SessionGrants)

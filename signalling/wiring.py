@@ -31,13 +31,16 @@ from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
 from sfu.metrics import MediaMetrics
 
 from . import ice, keys
-from .auth import Identity
 from .billing.quote import quote_for
+from .billing.service import PLATFORM_FEES
 from .directory import ExpertRef
 from .experts import normalise_skill
-from .node import SIGNALLING
+from .node import EXPERT_DIRECTORY, MEDIA_PLANE, SIGNALLING
+from .rest_bookings import BOOKING_LISTENER, SCHEDULER
 from .rest_errors import ApiError
+from .rest_experts import EXPERTS, SESSION_PARTIES
 from .sessions import IN_PROGRESS, State, Transition
+from .websocket import WS_ICE_SERVERS
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +49,30 @@ MEDIA_STATS_INTERVAL = 5.0
 
 
 def setup(app: web.Application) -> None:
-    app[keys.EXPERT_DIRECTORY] = ProfileDirectory(app)
-    app[keys.SESSION_PARTIES] = lambda session_id: app[SIGNALLING].session_parties(session_id)
-    app[keys.WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
+    app[EXPERT_DIRECTORY] = ProfileDirectory(app)
+    app[SESSION_PARTIES] = lambda session_id: app[SIGNALLING].session_parties(session_id)
+    app[WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
     app.cleanup_ctx.append(wiring_ctx)
 
 
 async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
     node = app[SIGNALLING]
-    experts = app[keys.EXPERTS]
-    if keys.BOOKING_LISTENER not in app:  # tests may listen in place of the sockets
-        app[keys.SCHEDULER].listener = node.bookings
+    experts = app[EXPERTS]
+    if BOOKING_LISTENER not in app:  # tests may listen in place of the sockets
+        app[SCHEDULER].listener = node.bookings
 
     experts.availability = node.availability
     experts.waiting = node.waiting
     # The quote is fixed when the client asks (on the session) or books (on the booking).
-    settings, fees = app[keys.SETTINGS], app[keys.PLATFORM_FEES]
+    settings, fees = app[keys.SETTINGS], app[PLATFORM_FEES]
 
     async def quoter(expert_id: str) -> dict[str, Any]:
         return (await quote_for(settings, experts, fees, expert_id, time.time())).to_dict()
 
     node.queues.quoter = quoter
-    app[keys.SCHEDULER].store.quoter = quoter
+    app[SCHEDULER].store.quoter = quoter
     poller = None
-    plane = app.get(keys.MEDIA_PLANE)
+    plane = app.get(MEDIA_PLANE)
     if plane is not None:
         poller = MediaStatsPoller(plane, MediaMetrics(app[keys.METRICS].registry), node.node_id, MEDIA_STATS_INTERVAL)
         plane.on_event(poller.on_event)
@@ -93,7 +96,7 @@ class ProfileDirectory:
         self.app = app
 
     async def get(self, expert_id: str) -> ExpertRef | None:
-        expert = await self.app[keys.EXPERTS].get(expert_id)
+        expert = await self.app[EXPERTS].get(expert_id)
         if expert is None:
             return None
         return ExpertRef(expert.id, expert.profile.display_name, expert.profile.skills)
@@ -103,7 +106,7 @@ class ProfileDirectory:
             tag = normalise_skill(skill)
         except ApiError:
             return []  # no expert has a skill that cannot be written
-        found = await self.app[keys.EXPERTS].find_available(tag, states=("online", "busy"), limit=100)
+        found = await self.app[EXPERTS].find_available(tag, states=("online", "busy"), limit=100)
         return [expert.id for expert in found]
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from signalling.node import SIGNALLING
-from signalling import keys
 from signalling.app import create_app
+from signalling.auth import TOKENS
+from signalling.node import SIGNALLING
 from signalling.settings import Settings, SettingsError
 
 from .served import free_port
@@ -16,7 +16,7 @@ async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-de
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
     resp = await client.get("/readyz")
     assert resp.status == 200 and (await resp.json())["status"] == "ready"
-    admin = client.app[keys.TOKENS].mint("ops", "admin")
+    admin = client.app[TOKENS].mint("ops", "admin")
     resp = await client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
     assert resp.status == 200
     assert "expertcall_ws_connections" in await resp.text()
@@ -27,7 +27,7 @@ async def test_metrics_answer_an_admin_or_the_scrape_token_only(aiohttp_client, 
     client = await aiohttp_client(create_app(settings))
     resp = await client.get("/metrics")
     assert resp.status == 401 and (await resp.json())["error"]["code"] == "auth_required"
-    user = client.app[keys.TOKENS].mint("alice", "client")
+    user = client.app[TOKENS].mint("alice", "client")
     resp = await client.get("/metrics", headers={"Authorization": f"Bearer {user}"})
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden"
     resp = await client.get("/metrics", headers={"Authorization": "Bearer scrape-" + "s" * 31 + "x"})

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from signalling import keys
+from signalling.auth import TOKENS
 
 from .utils import EXPERTS, FakePlane, Peer, build_app
 
 
 def bearer(client: Any, user: str, role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {client.app[keys.TOKENS].mint(user, role)}"}
+    return {"Authorization": f"Bearer {client.app[TOKENS].mint(user, role)}"}
 
 
 async def coded(resp: Any) -> tuple[int, str]:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from signalling.node import SIGNALLING
-from signalling import keys
 from signalling.backends.memory import MemoryBackend, MemoryHub
 from signalling.billing import session_billing
+from signalling.billing.service import METER
+from signalling.node import BACKEND, SIGNALLING
 from signalling.settings import Settings
 
 from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
@@ -46,7 +46,7 @@ class Cluster:
         settings = dataclasses.replace(self.settings, node_id=name, data_dir=self.settings.data_dir / name)
         plane = FakePlane()
         app = wired_app(settings, plane)
-        app[keys.BACKEND] = MemoryBackend(name, self.hub, stash_ttl=5)
+        app[BACKEND] = MemoryBackend(name, self.hub, stash_ttl=5)
         client = await self.aiohttp_client(app)
         if not self.nodes:  # one profile in the shared database: every node shows it
             await make_expert(client, "erin", skills=["python"], price=PER_UNIT)
@@ -74,7 +74,7 @@ async def call(cluster: Cluster, expert_on: str, client_on: str, budget: int | N
 
 async def ledger(cluster: Cluster, sid: str) -> tuple[list[int], float]:
     """Unit indexes charged (any node's view: one database) and the stored live seconds."""
-    meter = next(iter(cluster.nodes.values())).app[keys.METER]
+    meter = next(iter(cluster.nodes.values())).app[METER]
     units = [p.unit_index for p in await meter.ledger.postings(sid) if p.kind == "charge"]
     stored = await meter.store.session(sid)
     return units, stored.live_seconds if stored else 0.0
@@ -97,13 +97,13 @@ async def test_a_hang_up_on_the_node_without_the_room_ends_the_meter(aiohttp_cli
     units, live = await ledger(cluster, sid)
     # n1 heard of it at once (an envelope), not at its next look at the record: the end is the
     # hang-up, and no unit started after it.
-    stored = await cluster.nodes["n1"].app[keys.METER].store.session(sid)
+    stored = await cluster.nodes["n1"].app[METER].store.session(sid)
     assert stored is not None and stored.ended_at is not None and stored.ended_at - end < 0.2
-    postings = await cluster.nodes["n1"].app[keys.METER].ledger.postings(sid)
+    postings = await cluster.nodes["n1"].app[METER].ledger.postings(sid)
     assert all(p.at <= end for p in postings)
     await asyncio.sleep(2.5)  # n1's meter would have charged two more by now
     assert (await ledger(cluster, sid))[0] == units == list(range(summary["units"]))
-    assert len(units) == math.ceil(live) and not cluster.nodes["n1"].app[keys.METER].is_open(sid)
+    assert len(units) == math.ceil(live) and not cluster.nodes["n1"].app[METER].is_open(sid)
     # The same answer on both nodes.
     views = [await (await n.get(f"/api/billing/sessions/{sid}", headers=auth(n, "alice"))).json()
              for n in cluster.nodes.values()]
@@ -147,7 +147,7 @@ async def test_the_room_node_dies_and_the_call_is_settled_elsewhere_without_the_
     summary = await alice.expect("billing.summary", session_id=sid)
     units, live = await ledger(cluster, sid)
     assert units == list(range(summary["units"])) and len(units) == math.ceil(live)
-    stored = await cluster.nodes["n2"].app[keys.METER].store.session(sid)
+    stored = await cluster.nodes["n2"].app[METER].store.session(sid)
     assert stored is not None and stored.owner == "n1" and stored.fence >= 2  # n2 took it over
     # Billed only up to n1's last sign of life, not through the 1.5 s outage.
     assert live < stored.ended_at - stored.intervals[0][0] - 1.0
@@ -161,15 +161,15 @@ async def test_a_node_starting_mid_call_meters_nothing_twice(aiohttp_client, set
     cluster.live("n1", sid)
     await alice.expect("billing.cost", units=1)
     n3 = await cluster.start("n3")  # sync() over every active session: none is its to meter
-    assert n3.app[keys.METER].open_sessions() == []
+    assert n3.app[METER].open_sessions() == []
     await alice.expect("billing.cost", units=3)
     await expert.request("session.end", session_id=sid)
     await alice.expect("billing.summary")
     units, live = await ledger(cluster, sid)
     assert units == list(range(len(units))) and len(units) == math.ceil(live)
-    ids = [r.id for r in await n3.app[keys.METER].outbox.after(0, 1000)]
+    ids = [r.id for r in await n3.app[METER].outbox.after(0, 1000)]
     assert len(ids) == len(set(ids))
-    await eventually(lambda: not cluster.nodes["n1"].app[keys.METER].is_open(sid))
+    await eventually(lambda: not cluster.nodes["n1"].app[METER].is_open(sid))
 
 
 async def test_an_end_whose_envelope_was_lost_is_settled_from_the_record(aiohttp_client, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]

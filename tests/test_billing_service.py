@@ -5,20 +5,21 @@ import time
 
 import pytest
 
-from signalling import keys
+from signalling.auth import TOKENS
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
+from signalling.billing.service import METER
 
 from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
 from .redis_helpers import redis, stream  # noqa: F401  (fixtures)
 
 
 def auth(client, user: str, role: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"Authorization": "Bearer " + client.app[keys.TOKENS].mint(user, role)}
+    return {"Authorization": "Bearer " + client.app[TOKENS].mint(user, role)}
 
 
 async def run_session(client, sid: str = "s1", seconds: float = 125) -> None:  # type: ignore[no-untyped-def]
-    meter = client.app[keys.METER]
+    meter = client.app[METER]
     t0 = time.time() - 3600
     await meter.started(sid, "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
     await meter.media_live(sid, at=t0)
@@ -72,14 +73,14 @@ async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) ->
     from signalling.app import create_app
 
     first = await aiohttp_client(create_app(settings))
-    meter = first.app[keys.METER]
+    meter = first.app[METER]
     t0 = time.time() - 125
     await meter.started("live", "alice", "bob", Price.per_minute(Money(200, "EUR")), BillingPolicy(), at=t0)
     await meter.media_live("live", at=t0)
     await first.close()  # graceful shutdown: due units charged, the session left open
 
     second = await aiohttp_client(create_app(settings))
-    meter = second.app[keys.METER]
+    meter = second.app[METER]
     assert meter.is_open("live")
     cost = meter.running_cost("live")
     assert (cost.units, cost.total) == (3, Money(600, "EUR"))
@@ -88,6 +89,7 @@ async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) ->
 
 async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, stream) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
+
     from signalling.app import create_app
 
     settings = dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/0", metering_stream=stream)
@@ -102,6 +104,7 @@ async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, s
 
 async def test_webhooks_without_a_secret_refuse_to_start(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
+
     from signalling.app import create_app
     from signalling.settings import SettingsError
 

@@ -6,8 +6,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from signalling import keys
 from signalling.app import create_app
+from signalling.auth import TOKENS
 from signalling.database import Database
 from signalling.expert_profiles import ExpertProfiles
 from signalling.expert_store import SqliteExpertStore
@@ -22,6 +22,7 @@ from signalling.experts import (
 )
 from signalling.postgres import connect
 from signalling.rest_errors import ApiError, InvalidInput
+from signalling.rest_experts import EXPERTS, SESSION_PARTIES
 
 from .conftest import require
 from .postgres_helpers import create_database, drop_database
@@ -54,12 +55,12 @@ def sessions() -> Sessions:
 @pytest.fixture
 async def api(aiohttp_client, settings, sessions):  # type: ignore[no-untyped-def]
     app = create_app(settings)
-    app[keys.SESSION_PARTIES] = sessions
+    app[SESSION_PARTIES] = sessions
     return await aiohttp_client(app)
 
 
 def auth(client: Any, user: str, role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {client.app[keys.TOKENS].mint(user, role)}"}
+    return {"Authorization": f"Bearer {client.app[TOKENS].mint(user, role)}"}
 
 
 async def put_profile(client: Any, expert_id: str, body: dict[str, Any], as_user: str | None = None, role: str = "expert") -> Any:
@@ -221,7 +222,7 @@ async def test_bad_search_parameters(api, query, code, field) -> None:  # type: 
 async def test_search_by_availability_from_the_presence_layer(api, sessions) -> None:  # type: ignore[no-untyped-def]
     await seed(api, sessions)
     states = {"ada": "online", "bob": "busy", "cyd": "online"}
-    api.app[keys.EXPERTS].availability = lambda expert_id: states.get(expert_id, "offline")
+    api.app[EXPERTS].availability = lambda expert_id: states.get(expert_id, "offline")
     assert await search(api, "available=online") == ["ada", "cyd"]
     assert await search(api, "skill=python&available=online,busy") == ["ada", "bob", "cyd"]
     assert await search(api, "available=offline") == ["dee"]
@@ -229,7 +230,7 @@ async def test_search_by_availability_from_the_presence_layer(api, sessions) -> 
     async def from_redis(expert_id: str) -> str:  # an async presence backend works the same way
         return "away" if expert_id == "dee" else "offline"
 
-    api.app[keys.EXPERTS].availability = from_redis
+    api.app[EXPERTS].availability = from_redis
     resp = await api.get("/api/experts?available=away", headers=auth(api, "zed", "client"))
     body = await resp.json()
     assert body["total"] == 1 and body["experts"][0]["id"] == "dee" and body["experts"][0]["availability"] == "away"

@@ -7,9 +7,8 @@ import dataclasses
 import pytest
 from aiohttp import web
 
-from signalling import keys
 from signalling.app import create_app
-from signalling.auth import Role
+from signalling.auth import TOKENS, Role
 from signalling.ice import add_link_headers, ice_servers_for
 from signalling.settings import Settings, SettingsError
 from turn_config.credentials import password_for
@@ -26,7 +25,7 @@ def settings(settings: Settings) -> Settings:
 
 
 def bearer(client, user: str = "alice") -> dict[str, str]:  # type: ignore[no-untyped-def]
-    token = client.app[keys.TOKENS].mint(user, Role.CLIENT)
+    token = client.app[TOKENS].mint(user, Role.CLIENT)
     return {"Authorization": f"Bearer {token}"}
 
 

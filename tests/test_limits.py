@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from signalling.node import SIGNALLING
-from signalling import keys
 from signalling.app import create_app
-from signalling.auth import Identity
+from signalling.auth import TOKENS, Identity
 from signalling.limits import client_address, parse_networks
+from signalling.node import MEDIA_PLANE, SIGNALLING
 from signalling.settings import Settings
+from signalling.whip import SESSION_GRANTS
 
 from .test_scheduling import auth, book, error_of, local, make_expert, next_weekday
 from .utils import FakePlane, Peer, eventually, kill
@@ -53,7 +53,7 @@ async def test_sixty_sockets_that_never_say_hello_get_ten(client) -> None:  # ty
                                              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
     assert resp.status == 429 and (await resp.json())["error"]["code"] == "too_many_unauthenticated"
     # One says hello: it no longer waits, so another may connect.
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     peer = Peer(sockets[0])
     assert (await peer.request("hello", token=token))["type"] == "welcome"
     await (await client.ws_connect("/ws")).close()  # admitted
@@ -127,8 +127,8 @@ class Everyone:
 @pytest.fixture
 async def whip(aiohttp_client, settings):  # type: ignore[no-untyped-def]
     app = create_app(settings)
-    app[keys.MEDIA_PLANE] = FakePlane()
-    app[keys.SESSION_GRANTS] = Everyone()
+    app[MEDIA_PLANE] = FakePlane()
+    app[SESSION_GRANTS] = Everyone()
     return await aiohttp_client(app)
 
 
@@ -217,7 +217,7 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(client) -> Non
 
 
 async def test_a_900_kib_sdp_is_refused_after_at_most_the_limit(whip) -> None:  # type: ignore[no-untyped-def]
-    token = whip.app[keys.TOKENS].mint("alice", "client")
+    token = whip.app[TOKENS].mint("alice", "client")
     reader, writer = await asyncio.open_connection("127.0.0.1", whip.server.port)
     writer.write(
         f"POST /whip/s1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
@@ -252,7 +252,7 @@ async def test_a_resume_replays_a_full_stash_without_counting_as_slow(client) ->
     for i in range(MAX_STASHED):
         await node.backend.deliver("alice", {"v": 1, "type": "ack", "ref": i})
     back = Peer(await client.ws_connect("/ws"))
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     welcome = await back.request("resume", token=token, resume_token=alice.welcome["resume_token"])
     assert welcome["resumed"] is True
     refs = [(await back.expect("ack"))["ref"] for _ in range(MAX_STASHED)]

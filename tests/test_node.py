@@ -9,9 +9,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from signalling.node import SIGNALLING
-from signalling import keys
 from signalling.backends.memory import MemoryBackend, MemoryHub
+from signalling.node import BACKEND, SIGNALLING
 from signalling.settings import Settings
 
 from .backends import REDIS_URL, delete_prefix, redis_available
@@ -40,7 +39,7 @@ async def two_nodes(request, aiohttp_client, tmp_path: Path) -> AsyncIterator[tu
         plane = FakePlane()
         app = build_app(settings, plane)
         if request.param == "memory":
-            app[keys.BACKEND] = MemoryBackend(settings.node_id, hub, stash_ttl=settings.resume_grace)
+            app[BACKEND] = MemoryBackend(settings.node_id, hub, stash_ttl=settings.resume_grace)
         servers.append(await aiohttp_client(app))
         planes.append(plane)
     yield servers[0], servers[1], planes[0], planes[1]

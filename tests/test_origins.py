@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from signalling import keys
 from signalling.app import create_app
+from signalling.auth import TOKENS
 from signalling.origins import normalise
 from signalling.settings import Settings, SettingsError
 
@@ -51,7 +51,7 @@ async def test_ws_refuses_a_page_from_another_origin(aiohttp_client, settings) -
 
 
 async def test_rest_refuses_a_page_from_another_origin(client) -> None:  # type: ignore[no-untyped-def]
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     auth = {"Authorization": f"Bearer {token}"}
     resp = await client.get("/api/experts", headers={**auth, "Origin": "https://attacker.example"})
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "origin_forbidden"

@@ -13,8 +13,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from signalling import protocol
+from signalling.auth import TOKENS
 from signalling.node import SIGNALLING
-from signalling import keys, protocol
 from signalling.protocol import CloseCode, ErrorCode, ProtocolError
 
 from .utils import FakePlane, Peer, build_app
@@ -131,7 +132,7 @@ async def test_random_and_mutated_messages(fuzz_client, caplog, role, user, say_
     caplog.set_level(logging.WARNING)
     peer = Peer(await fuzz_client.ws_connect("/ws"))
     if say_hello:
-        token = fuzz_client.app[keys.TOKENS].mint(user, role)
+        token = fuzz_client.app[TOKENS].mint(user, role)
         assert (await peer.request("hello", token=token))["type"] == "welcome"
         session = await fuzz_client.app[SIGNALLING].queues.current(user)
         sid = session.id if session else "0" * 32

@@ -11,18 +11,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from signalling import keys
 from signalling.app import create_app
-from signalling.database import Database
-from signalling.booking_tables import SqliteBookingTables
+from signalling.auth import TOKENS
+from signalling.booking_tables import Booking, SqliteBookingTables
 from signalling.booking_tables_postgres import PostgresBookingTables
+from signalling.database import Database
+from signalling.expert_profiles import ExpertProfiles
 from signalling.expert_store import SqliteExpertStore
 from signalling.expert_store_postgres import PostgresExpertStore
-from signalling.postgres import connect
-from signalling.expert_profiles import ExpertProfiles
 from signalling.experts import Profile, WorkingHours
+from signalling.postgres import connect
+from signalling.rest_bookings import BOOKING_LISTENER
 from signalling.rest_errors import ApiError
-from signalling.booking_tables import Booking
 from signalling.scheduling import BookingListener, BookingRules, BookingStore, Scheduler
 from signalling.settings import Settings, SettingsError
 
@@ -91,12 +91,12 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
 async def serve(aiohttp_client: Any, settings: Settings, listener: BookingListener | None = None) -> Any:
     app = create_app(settings)
     if listener is not None:
-        app[keys.BOOKING_LISTENER] = listener
+        app[BOOKING_LISTENER] = listener
     return await aiohttp_client(app)
 
 
 def auth(client: Any, user: str, role: str = "client") -> dict[str, str]:
-    return {"Authorization": f"Bearer {client.app[keys.TOKENS].mint(user, role)}"}
+    return {"Authorization": f"Bearer {client.app[TOKENS].mint(user, role)}"}
 
 
 async def make_expert(client: Any, expert_id: str, hours: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType
 
-from signalling import keys
 from signalling.app import create_app
+from signalling.auth import TOKENS
 
 from .served import run_cli, serve
 from .test_node import two_nodes  # noqa: F401  (the two-node fixture, memory and Redis)
@@ -23,7 +23,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def test_rest_takes_the_token_from_the_authorization_header_only(client) -> None:  # type: ignore[no-untyped-def]
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     assert (await client.get("/api/experts", headers=bearer(token))).status == 200
     resp = await client.get("/api/experts", params={"token": token})
     assert resp.status == 401 and (await resp.json())["error"]["code"] == "auth_required"
@@ -53,13 +53,13 @@ async def test_hello_with_a_token_that_is_not_text_fails_with_4001(client) -> No
 
 
 async def revoke(client, body: dict[str, str], as_user: str = "root", role: str = "admin") -> tuple[int, dict]:  # type: ignore[no-untyped-def,type-arg]
-    admin = client.app[keys.TOKENS].mint(as_user, role)
+    admin = client.app[TOKENS].mint(as_user, role)
     resp = await client.post("/api/tokens/revocations", json=body, headers=bearer(admin))
     return resp.status, await resp.json()
 
 
 async def test_a_revoked_token_is_refused_everywhere_and_its_socket_closes(client) -> None:  # type: ignore[no-untyped-def]
-    tokens = client.app[keys.TOKENS]
+    tokens = client.app[TOKENS]
     token, other = tokens.mint("alice", "client"), tokens.mint("alice", "client")
     jti = tokens.verify(token).token_id
     peer = Peer(await client.ws_connect("/ws"))
@@ -87,7 +87,7 @@ async def test_a_revoked_token_is_refused_everywhere_and_its_socket_closes(clien
 
 async def test_revocations_survive_a_restart(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
     first = await aiohttp_client(create_app(settings))
-    token = first.app[keys.TOKENS].mint("alice", "client")
+    token = first.app[TOKENS].mint("alice", "client")
     assert (await revoke(first, {"token": token}))[0] == 201
     await first.close()
     second = await aiohttp_client(create_app(settings))
@@ -97,7 +97,7 @@ async def test_revocations_survive_a_restart(aiohttp_client, settings) -> None: 
 
 async def test_a_token_revoked_on_one_node_is_refused_on_the_other(two_nodes) -> None:  # type: ignore[no-untyped-def]
     a, b, _, _ = two_nodes
-    token = a.app[keys.TOKENS].mint("alice", "client")
+    token = a.app[TOKENS].mint("alice", "client")
     on_b = Peer(await b.ws_connect("/ws"))
     assert (await on_b.request("hello", token=token))["type"] == "welcome"
     assert (await revoke(a, {"token": token}))[0] == 201

@@ -14,9 +14,8 @@ import pytest
 from aioice import stun
 from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
 
-from signalling import keys
 from signalling.app import create_app
-from signalling.auth import Role
+from signalling.auth import TOKENS, Role
 from signalling.settings import Settings
 from turn_config.credentials import password_for
 
@@ -111,7 +110,7 @@ async def test_allocation_with_credentials_from_the_api(aiohttp_client: Any, set
         turn_urls=(f"turn:127.0.0.1:{coturn.port}?transport=udp", f"turn:127.0.0.1:{coturn.port}?transport=tcp"),
     )
     client = await aiohttp_client(create_app(settings))
-    token = client.app[keys.TOKENS].mint("expert-1", Role.EXPERT)
+    token = client.app[TOKENS].mint("expert-1", Role.EXPERT)
     response = await client.get("/api/ice-servers", headers={"Authorization": f"Bearer {token}"})
     assert response.status == 200
     (server,) = (await response.json())["iceServers"]

@@ -11,9 +11,9 @@ from typing import Any
 import jwt
 import pytest
 
-from signalling.node import SIGNALLING
 from signalling import keys, protocol
-from signalling.auth import TokenIssuer
+from signalling.auth import TOKENS, TokenIssuer
+from signalling.node import SIGNALLING
 from signalling.settings import Settings
 
 from .utils import FakePlane, Peer, build_app, kill, shut_down
@@ -58,7 +58,7 @@ async def test_welcome_announces_what_a_client_needs(client) -> None:  # type: i
 
 
 async def test_token_in_the_query_string(client) -> None:  # type: ignore[no-untyped-def]
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     peer = Peer(await client.ws_connect(f"/ws?token={token}"))
     assert (await peer.request("hello"))["type"] == "welcome"
 
@@ -86,7 +86,7 @@ async def test_bad_tokens_get_an_error_and_close_4001(client, token, code) -> No
 
 
 async def test_a_token_expiring_mid_connection_closes_it(client) -> None:  # type: ignore[no-untyped-def]
-    token = client.app[keys.TOKENS].mint("alice", "client", ttl=1)
+    token = client.app[TOKENS].mint("alice", "client", ttl=1)
     peer = Peer(await client.ws_connect("/ws"))
     await peer.request("hello", token=token)
     assert await peer.closed(timeout=5) == 4001
@@ -96,7 +96,7 @@ async def test_a_token_expiring_mid_connection_closes_it(client) -> None:  # typ
 async def test_handshake_order(client) -> None:  # type: ignore[no-untyped-def]
     peer = Peer(await client.ws_connect("/ws"))
     assert (await peer.request("ping"))["code"] == "hello_required"
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     assert (await peer.request("hello", token=token))["type"] == "welcome"
     assert (await peer.request("hello", token=token))["code"] == "already_authenticated"
 
@@ -228,7 +228,7 @@ async def test_resume_after_a_killed_socket_keeps_the_same_participant(client, p
     assert (await expert.request("media.offer", session_id=session_id, transport="publish", sdp="v=0 e"))["sdp"]
     await expert.expect("session.state", state="connecting")
 
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     back = Peer(await client.ws_connect("/ws"))
     welcome = await back.request("resume", token=token, resume_token=resume_token)
     assert welcome["type"] == "welcome" and welcome["resumed"] is True
@@ -248,7 +248,7 @@ async def test_resume_after_a_killed_socket_keeps_the_same_participant(client, p
 async def test_resume_tokens_are_checked(client) -> None:  # type: ignore[no-untyped-def]
     alice = await Peer.join(client, "alice", "client")
     bob = await Peer.join(client, "bob", "client")
-    token = client.app[keys.TOKENS].mint("bob", "client")
+    token = client.app[TOKENS].mint("bob", "client")
     thief = Peer(await client.ws_connect("/ws"))
     stolen = await thief.request("resume", token=token, resume_token=alice.welcome["resume_token"])
     assert stolen["code"] == "resume_invalid"
@@ -267,7 +267,7 @@ async def test_grace_expiry_ends_the_session_of_whoever_left(aiohttp_client, set
     kill(alice)
     ended = await expert.expect("session.state", state="ended")
     assert ended["session"]["reason"] == "disconnected" and ended["session"]["ended_by"] == "alice"
-    token = client.app[keys.TOKENS].mint("alice", "client")
+    token = client.app[TOKENS].mint("alice", "client")
     late = Peer(await client.ws_connect("/ws"))
     welcome = await late.request("resume", token=token, resume_token=alice.welcome["resume_token"])
     assert welcome["resumed"] is False and welcome["session"] is None
@@ -348,7 +348,7 @@ async def test_a_client_that_stops_reading_is_closed_and_stalls_nobody(client) -
     assert (await other.request("ping"))["type"] == "pong"
     # What it never read is kept, in order, for its resume (ack 0 may have been on the wire).
     back = Peer(await client.ws_connect("/ws"))
-    token = client.app[keys.TOKENS].mint("slow", "client")
+    token = client.app[TOKENS].mint("slow", "client")
     welcome = await back.request("resume", token=token, resume_token=slow.welcome["resume_token"])
     assert welcome["resumed"] is True
     refs = [(await back.expect("ack"))["ref"]]

@@ -12,12 +12,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from bench.loopback import no_ice_servers, use_loopback_ice
 from bench.mediarelay import MediaRelayPlane
-from signalling.whip import WHIP_RESOURCES
-from signalling import keys
 from signalling.app import create_app
 from signalling.auth import Role, TokenIssuer
+from signalling.node import MEDIA_PLANE
 from signalling.settings import Settings
-from signalling.whip import WhipResources
+from signalling.whip import WHIP_RESOURCES, WhipResources
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +50,7 @@ async def any_client(request: pytest.FixtureRequest, aiohttp_client: Any, settin
     """The app on the SFU, and on the MediaRelay reference plane the media bench compares with."""
     app = create_app(settings)
     if request.param == "mediarelay":
-        app[keys.MEDIA_PLANE] = MediaRelayPlane()
+        app[MEDIA_PLANE] = MediaRelayPlane()
     yield await aiohttp_client(app)
 
 
@@ -206,7 +205,7 @@ async def test_options_lists_ice_servers_to_token_holders_only(app_client: TestC
 
 async def test_without_a_media_plane_whip_is_503(aiohttp_client: Any, settings: Settings) -> None:
     app = create_app(settings)
-    del app[keys.MEDIA_PLANE]
+    del app[MEDIA_PLANE]
     client = await aiohttp_client(app)
     _, offer = await offer_sdp("video", send=True)
     response = await post_sdp(client, "/whip/s1", offer, bearer(settings))

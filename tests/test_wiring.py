@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
 from sfu.metrics import MediaMetrics
-from signalling import keys
 from signalling.app import create_app
+from signalling.auth import TOKENS
+from signalling.node import MEDIA_PLANE
+from signalling.rest_experts import EXPERTS
 from signalling.settings import Settings
 from signalling.wiring import MediaStatsPoller
 
@@ -29,12 +31,12 @@ PER_MINUTE = {"mode": "per_minute", "amount": 100, "currency": "USD"}
 def wired_app(settings: Settings, plane: FakePlane) -> web.Application:
     """The real app, every module connected; only the media plane is a fake."""
     app = create_app(settings)
-    app[keys.MEDIA_PLANE] = plane
+    app[MEDIA_PLANE] = plane
     return app
 
 
 def auth(client: Any, user: str, role: str = "client") -> dict[str, str]:
-    return {"Authorization": f"Bearer {client.app[keys.TOKENS].mint(user, role)}"}
+    return {"Authorization": f"Bearer {client.app[TOKENS].mint(user, role)}"}
 
 
 async def make_expert(client: Any, expert_id: str, **profile: Any) -> None:
@@ -79,7 +81,7 @@ async def test_profiles_presence_and_ratings_end_to_end(aiohttp_client, settings
     queued = await bob.request("help.request", expert_id="erin")
     assert queued["session"]["state"] == "requested"
     assert (await bob.expect("queue.position"))["position"] == 1
-    assert await client.app[keys.EXPERTS].waiting("erin") == 1  # ranks experts with a skill
+    assert await client.app[EXPERTS].waiting("erin") == 1  # ranks experts with a skill
 
     # A rating needs the session to have ended, and only its client may give it.
     rate = f"/api/sessions/{sid}/rating"
@@ -252,5 +254,5 @@ async def test_the_app_exports_media_stats_for_a_session_room(aiohttp_client, se
 
 
 async def scrape(client) -> str:  # type: ignore[no-untyped-def]
-    admin = client.app[keys.TOKENS].mint("ops", "admin")
+    admin = client.app[TOKENS].mint("ops", "admin")
     return await (await client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})).text()

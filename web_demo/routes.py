@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from signalling import keys, origins
-from signalling.auth import Role
+from signalling.auth import TOKENS, Role
 from signalling.rest_errors import read_json_value
 from signalling.settings import is_loopback_host
 
@@ -92,7 +92,7 @@ async def dev_token(request: web.Request) -> web.Response:
     if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
         return _error(400, "invalid_name", f"name must be a printable string of at most {MAX_NAME} characters")
     name = name.strip() or user
-    issuer = request.app[keys.TOKENS]
+    issuer = request.app[TOKENS]
     ttl = min(DEV_TOKEN_TTL, issuer.max_ttl)  # never past the server's own lifetime cap
     token = issuer.mint(user, role, ttl=ttl, name=name)
     return web.json_response(

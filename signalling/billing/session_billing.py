@@ -22,7 +22,7 @@ retried and then fails the transition loudly.
 Messages leave through one queue served by one task, so that each party hears them in the order
 the Meter charged, whatever delivering one costs.
 
-At start-up the Meter takes nothing over by itself (``keys.METER_CLAIM``); once the node has
+At start-up the Meter takes nothing over by itself (``METER_CLAIM``); once the node has
 recovered its sessions and adopted the rooms of dead nodes, ``sync`` takes over the metering of
 the sessions whose room is here (paused where their last meter was last alive), settles those
 that ended while nobody metered them, and opens metering for a session accepted just before a
@@ -40,8 +40,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import keys
+from ..billing_desk import BILLING_DESK
 from ..node import SIGNALLING
 from ..protocol import ErrorCode, ProtocolError, message
+from ..rest_experts import EXPERTS
 from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
 from .meter import (
     BillingError,
@@ -55,6 +57,7 @@ from .meter import (
 from .money import Money
 from .pricing import PriceKind
 from .quote import Quote, quote_for
+from .service import METER, METER_CLAIM, PLATFORM_FEES
 from .store import StoredSession
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ WATCH_SECONDS = 2.0
 
 def setup(app: web.Application) -> None:
     """Register after the signalling node (its cleanup_ctx must have started)."""
-    app[keys.METER_CLAIM] = claim_nothing
+    app[METER_CLAIM] = claim_nothing
     app.cleanup_ctx.append(session_billing_ctx)
 
 
@@ -76,7 +79,7 @@ async def claim_nothing(stored: StoredSession) -> int | None:
 
 async def session_billing_ctx(app: web.Application) -> AsyncIterator[None]:
     billing = SessionBilling(app)
-    app[SESSION_BILLING] = billing
+    app[BILLING_DESK] = billing
     await billing.start()
     try:
         yield
@@ -92,7 +95,7 @@ class SessionBilling:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.settings = app[keys.SETTINGS]
-        self.meter: Meter = app[keys.METER]
+        self.meter: Meter = app[METER]
         self.node = app[SIGNALLING]
         self.node_id = self.node.node_id
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -257,7 +260,7 @@ class SessionBilling:
         if session.quote is not None:
             return Quote.from_dict(session.quote)
         return await quote_for(
-            self.settings, self.app[keys.EXPERTS], self.app[keys.PLATFORM_FEES], session.expert_id, self.meter.clock()
+            self.settings, self.app[EXPERTS], self.app[PLATFORM_FEES], session.expert_id, self.meter.clock()
         )
 
     async def _start(self, session: Session, at: float) -> None:
@@ -427,10 +430,6 @@ class SessionBilling:
                 log.exception("could not deliver %s to %s", msg.get("type"), user_id)
             finally:
                 self._outgoing.task_done()
-
-
-# Set while the app runs; the socket layer's ``billing.*`` messages are answered by it.
-SESSION_BILLING = web.AppKey("session_billing", SessionBilling)
 
 
 def cost_message(cost: RunningCost, ref: Any = None) -> dict[str, Any]:
