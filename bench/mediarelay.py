@@ -181,10 +181,10 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
 
-    from signalling.app import create_app
-    from signalling.event_loop import install_event_loop
-    from signalling.node import MEDIA_PLANE
-    from signalling.settings import Settings
+    from signalling.app.factory import create_app
+    from signalling.calls.node import MEDIA_PLANE
+    from signalling.core.event_loop import install_event_loop
+    from signalling.core.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
     use_loopback_ice()

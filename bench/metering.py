@@ -36,8 +36,8 @@ from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.database import Database
-from signalling.event_loop import install_event_loop
+from signalling.core.database import Database
+from signalling.core.event_loop import install_event_loop
 
 from . import metering_nodes
 from .metering_report import by_second, consumed, summary
@@ -91,7 +91,7 @@ async def run(
         relay = RedisRelay(meter.outbox, redis, stream, batch=2000, poll_seconds=0.05)
         relay.start()
         consumer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "signalling.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
+            sys.executable, "-m", "signalling.app.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
             "--db", str(consumer_db), "--stream", stream, "--name", "bench-1", "--batch", "2000",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )

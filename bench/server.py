@@ -68,7 +68,7 @@ def free_port() -> int:
 
 
 def admin_token(secret: str) -> str:
-    from signalling.auth import Role, TokenIssuer
+    from signalling.auth.tokens import Role, TokenIssuer
 
     return TokenIssuer(secret).mint("bench", Role.ADMIN, ttl=6 * 3600, name="media bench")
 
@@ -80,7 +80,7 @@ def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0, cpus:
     core whose capacity is being measured; ``cpus`` (a taskset list) pins it and its children."""
     port, secret = free_port(), secrets.token_hex(24)
     if name in ("sfu", "expertcall"):
-        command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
+        command = [sys.executable, "-m", "signalling.app.cli", "serve", "--port", str(port),
                    "--media-loopback", "--data-dir", str(data_dir / name), "--no-demo"]
     else:
         command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,

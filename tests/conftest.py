@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from signalling.app import create_app
-from signalling.settings import Settings
+from signalling.app.factory import create_app
+from signalling.core.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

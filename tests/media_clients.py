@@ -31,14 +31,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_hooks
-from sfu.api import (
-    AnswerToServerOffer,
-    MediaPlane,
-    Message,
-    Offer,
-    ServerOffer,
-    Subscribe,
-)
+from sfu.api import AnswerToServerOffer, MediaPlane, Message, Offer, ServerOffer, Subscribe
 from sfu.network import NetworkOptions
 
 WIDTH, HEIGHT, FPS = 160, 120, 30

@@ -9,8 +9,8 @@ import pytest
 from signalling.billing.store import BillingStore
 from signalling.billing.store_postgres import PostgresBillingStore
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.database import Database
-from signalling.postgres import connect
+from signalling.core.database import Database
+from signalling.core.postgres import connect
 
 from .conftest import require
 from .postgres_helpers import ADMIN_URL, create_database, drop_database

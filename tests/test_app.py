@@ -3,10 +3,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from signalling.app import create_app
-from signalling.auth import TOKENS
-from signalling.node import SIGNALLING
-from signalling.settings import Settings, SettingsError
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.calls.node import SIGNALLING
+from signalling.core.settings import Settings, SettingsError
 
 from .served import free_port
 

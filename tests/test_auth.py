@@ -6,8 +6,8 @@ import uuid
 import jwt
 import pytest
 
-from signalling.auth import AuthError, Role, TokenIssuer
-from signalling.revocation import Revocations
+from signalling.auth.revocation import Revocations
+from signalling.auth.tokens import AuthError, Role, TokenIssuer
 
 SECRET = "s" * 32
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from signalling.auth import TOKENS
+from signalling.auth.tokens import TOKENS
 
 from .utils import EXPERTS, FakePlane, Peer, build_app
 

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.report import call_ratios, calls_per_core, calls_table, summarise
-from signalling.cli import main
+from signalling.app.cli import main
 from tests.conftest import require
 
 

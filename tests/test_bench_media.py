@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from bench.procfs import process_cpu_seconds
 from bench.report import summarise
 from bench.server import pid_listening_on
-from signalling.cli import main
+from signalling.app.cli import main
 
 
 def test_tiny_run_reports_every_figure_for_both_targets(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from bench.signalling import latency, split
-from signalling.cli import main
+from signalling.app.cli import main
 
 
 def assert_latency(figure: dict[str, Any], count: int) -> None:

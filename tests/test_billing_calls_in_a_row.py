@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from signalling import keys
-from signalling.settings import Settings
+from signalling.core import keys
+from signalling.core.settings import Settings
 
 from .test_session_billing import PER_UNIT, go_live
 from .test_wiring import make_expert, wired_app

@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 
 from sfu.api import Answer, Message, Offer
-from signalling.auth import TokenIssuer
+from signalling.auth.tokens import TokenIssuer
 
 from .backends import delete_prefix, redis_available
 from .conftest import require
@@ -173,14 +173,14 @@ async def consume_and_reconcile(cluster: Cluster) -> dict[str, Any]:
     db = cluster.tmp / "consumer.sqlite3"
     common = {**os.environ, **cluster.env}
     consume = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signalling.cli", "billing", "consume", "--group", "billing", "--db", str(db),
+        sys.executable, "-m", "signalling.app.cli", "billing", "consume", "--group", "billing", "--db", str(db),
         "--name", "c1", "--idle-exit", "2", "--data-dir", str(cluster.tmp / "consumer"),
         cwd=ROOT, env=common, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(consume.communicate(), 120)
     assert consume.returncode == 0, err.decode()[-2000:]
     reconcile = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signalling.cli", "billing", "reconcile", "--group", "billing", "--db", str(db),
+        sys.executable, "-m", "signalling.app.cli", "billing", "reconcile", "--group", "billing", "--db", str(db),
         "--data-dir", str(cluster.tmp / "consumer"),
         cwd=ROOT, env=common, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -7,15 +8,13 @@ import sqlite3
 import time
 
 from click.testing import CliRunner
-import asyncio
 
+from signalling.app.cli import main
 from signalling.billing.meter import Meter
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.cli import main
-from signalling.database import Database
-
+from signalling.core.database import Database
 
 
 def seed(data_dir, t0: float) -> None:  # type: ignore[no-untyped-def]

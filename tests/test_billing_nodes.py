@@ -15,10 +15,10 @@ import pytest
 from signalling.backends.memory import MemoryBackend, MemoryHub
 from signalling.billing import session_billing
 from signalling.billing.service import METER
-from signalling.node import BACKEND, SIGNALLING
-from signalling.settings import Settings
+from signalling.calls.node import BACKEND, SIGNALLING
+from signalling.core.settings import Settings
 
-from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
+from .postgres_helpers import postgres_url
 from .test_session_billing import PER_UNIT
 from .test_wiring import auth, make_expert, wired_app
 from .utils import FakePlane, Peer, eventually

@@ -5,13 +5,13 @@ import time
 
 import pytest
 
-from signalling.auth import TOKENS
+from signalling.auth.tokens import TOKENS
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.service import METER
 
-from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
-from .redis_helpers import redis, stream  # noqa: F401  (fixtures)
+from .postgres_helpers import postgres_url
+from .redis_helpers import redis, stream
 
 
 def auth(client, user: str, role: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -70,7 +70,7 @@ async def test_statement_and_export(client) -> None:  # type: ignore[no-untyped-
 
 
 async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
-    from signalling.app import create_app
+    from signalling.app.factory import create_app
 
     first = await aiohttp_client(create_app(settings))
     meter = first.app[METER]
@@ -90,7 +90,7 @@ async def test_open_sessions_survive_an_app_restart(aiohttp_client, settings) ->
 async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, stream) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from signalling.app import create_app
+    from signalling.app.factory import create_app
 
     settings = dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/0", metering_stream=stream)
     client = await aiohttp_client(create_app(settings))
@@ -105,8 +105,8 @@ async def test_app_relays_the_outbox_to_redis(aiohttp_client, settings, redis, s
 async def test_webhooks_without_a_secret_refuse_to_start(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from signalling.app import create_app
-    from signalling.settings import SettingsError
+    from signalling.app.factory import create_app
+    from signalling.core.settings import SettingsError
 
     settings = dataclasses.replace(settings, webhook_urls=("http://127.0.0.1:9/hook",))
     with pytest.raises(SettingsError, match="webhook_secret"):
@@ -125,7 +125,7 @@ async def test_two_apps_on_one_postgresql_give_one_billing_view(aiohttp_client, 
     a session metered on one is seen, refunded and exported on the other; fee overrides too."""
     import dataclasses
 
-    from signalling.app import create_app
+    from signalling.app.factory import create_app
 
     one = await aiohttp_client(create_app(dataclasses.replace(
         settings, database_url=postgres_url, node_id="n1", data_dir=settings.data_dir / "n1")))

@@ -17,7 +17,7 @@ from signalling.billing.store_postgres import PostgresBillingStore
 from signalling.billing.store_sqlite import SqliteBillingStore
 
 from .billing_helpers import T0, ManualClock, Recorder
-from .stores import billing_store  # noqa: F401  (fixture)
+from .stores import billing_store
 
 USD = "USD"
 RATE = Price.per_minute(Money(100, USD))

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from signalling.node import SIGNALLING
-from signalling.settings import Settings
+from signalling.calls.node import SIGNALLING
+from signalling.core.settings import Settings
 
 from .test_session_billing import PER_UNIT, go_live, ledger
 from .test_wiring import ALL_DAY, auth, make_expert, wired_app

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from signalling.node import SIGNALLING
+from signalling.calls.node import SIGNALLING
 
 from .utils import FakePlane, Peer, build_app
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 
 from signalling.billing.checkpointer import WalCheckpointer
-from signalling.database import Database
+from signalling.core.database import Database
 
 
 async def test_checkpoints_run_off_the_loop_and_keep_the_wal_small(tmp_path) -> None:  # type: ignore[no-untyped-def]

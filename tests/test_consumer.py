@@ -13,7 +13,7 @@ from pathlib import Path
 
 from signalling.billing.outbox import cloud_event, encode
 
-from .redis_helpers import REDIS_URL, redis, stream  # noqa: F401  (fixtures)
+from .redis_helpers import REDIS_URL, redis, stream
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 12_000
@@ -22,7 +22,7 @@ DUPLICATES = 1_000  # re-published by a relay that crashed before marking them r
 
 def consumer(db: Path, stream: str, name: str, claim_idle_ms: int = 30_000) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "signalling.cli", "billing", "consume", "--group", "g", "--redis", REDIS_URL,
+        [sys.executable, "-m", "signalling.app.cli", "billing", "consume", "--group", "g", "--redis", REDIS_URL,
          "--db", str(db), "--stream", stream, "--name", name, "--batch", "10", "--idle-exit", "2",
          "--claim-idle-ms", str(claim_idle_ms)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from signalling.database import Database
+from signalling.core.database import Database
 
 
 def test_transaction_rolls_back_and_nests(tmp_path) -> None:  # type: ignore[no-untyped-def]

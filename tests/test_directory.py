@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from signalling.directory import ExpertRef, MemoryExpertDirectory
+from signalling.calls.directory import ExpertRef, MemoryExpertDirectory
 
 
 async def test_lookup_and_skill_search() -> None:

@@ -6,13 +6,12 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from signalling.app import create_app
-from signalling.auth import TOKENS
-from signalling.database import Database
-from signalling.expert_profiles import ExpertProfiles
-from signalling.expert_store import SqliteExpertStore
-from signalling.expert_store_postgres import PostgresExpertStore
-from signalling.experts import (
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.core.database import Database
+from signalling.core.errors import ApiError, InvalidInput
+from signalling.core.postgres import connect
+from signalling.experts.model import (
     Price,
     Profile,
     SearchQuery,
@@ -20,9 +19,10 @@ from signalling.experts import (
     normalise_language,
     normalise_skill,
 )
-from signalling.postgres import connect
-from signalling.rest_errors import ApiError, InvalidInput
-from signalling.rest_experts import EXPERTS, SESSION_PARTIES
+from signalling.experts.profiles import ExpertProfiles
+from signalling.experts.rest import EXPERTS, SESSION_PARTIES
+from signalling.experts.store import SqliteExpertStore
+from signalling.experts.store_postgres import PostgresExpertStore
 
 from .conftest import require
 from .postgres_helpers import create_database, drop_database

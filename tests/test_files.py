@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from signalling.app import create_app
-from signalling.database import Database
-from signalling.settings import Settings, SettingsError
+from signalling.app.factory import create_app
+from signalling.core.database import Database
+from signalling.core.settings import Settings, SettingsError
 
 from .served import run_cli, serve
 

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 from aiohttp import web
 
-from signalling.app import create_app
-from signalling.auth import TOKENS, Role
-from signalling.ice import add_link_headers, ice_servers_for
-from signalling.settings import Settings, SettingsError
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS, Role
+from signalling.calls.ice import add_link_headers, ice_servers_for
+from signalling.core.settings import Settings, SettingsError
 from turn_config.credentials import password_for
 
 TURN_SECRET = "north-sea-shared-secret"

@@ -11,7 +11,7 @@ from signalling.billing.money import Money
 from signalling.billing.pricing import split
 
 from .billing_helpers import T0
-from .stores import billing_store, raw_execute  # noqa: F401  (fixture)
+from .stores import billing_store, raw_execute
 
 
 def charge(pid: str, gross: int, at: float = T0, expert: str = "e", session: str = "s") -> Posting:

@@ -1,4 +1,4 @@
-"""Every limit of signalling/limits.py: its default, and what a client sees when it hits it."""
+"""Every limit of signalling/core/limits.py: its default, and what a client sees when it hits it."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from signalling.app import create_app
-from signalling.auth import TOKENS, Identity
-from signalling.limits import client_address, parse_networks
-from signalling.node import MEDIA_PLANE, SIGNALLING
-from signalling.settings import Settings
-from signalling.whip import SESSION_GRANTS
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS, Identity
+from signalling.calls.node import MEDIA_PLANE, SIGNALLING
+from signalling.calls.whip import SESSION_GRANTS
+from signalling.core.limits import client_address, parse_networks
+from signalling.core.settings import Settings
 
 from .test_scheduling import auth, book, error_of, local, make_expert, next_weekday
 from .utils import FakePlane, Peer, eventually, kill

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sfu.api import AddIceCandidate, AnswerToServerOffer, MediaError, RoomClosed, ServerOffer, Subscribe
-from signalling.settings import Settings
+from signalling.core.settings import Settings
 
 from .utils import FakePlane, Peer, build_app
 

@@ -11,7 +11,7 @@ from signalling.billing.meter import BillingError, Meter
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price, platform_fee
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.database import Database
+from signalling.core.database import Database
 
 from .billing_helpers import T0, ManualClock, Recorder, advance, make_meter
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from signalling.database import Database
+from signalling.core.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ from typing import AsyncIterator
 import pytest
 
 from signalling.backends.memory import MemoryBackend, MemoryHub
-from signalling.node import BACKEND, SIGNALLING
-from signalling.settings import Settings
+from signalling.calls.node import BACKEND, SIGNALLING
+from signalling.core.settings import Settings
 
 from .backends import REDIS_URL, delete_prefix, redis_available
 from .conftest import require

@@ -7,9 +7,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from signalling import openapi
-from signalling.app import create_app
-from signalling.settings import Settings
+from signalling.app import openapi
+from signalling.app.factory import create_app
+from signalling.core.settings import Settings
 
 # Not REST: the WebSocket (docs/protocol.md) and the demo's pages and files.
 NOT_REST = re.compile(r"^/(ws|client|expert|static.*)?$")

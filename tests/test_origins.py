@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from signalling.app import create_app
-from signalling.auth import TOKENS
-from signalling.origins import normalise
-from signalling.settings import Settings, SettingsError
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.core.origins import normalise
+from signalling.core.settings import Settings, SettingsError
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from signalling.backends.memory import MemoryBackend
-from signalling.database import Database
-from signalling.presence import Availability, Presence
-from signalling.sessions import SessionManager, SqliteSessionStore, State
+from signalling.calls.presence import Availability, Presence
+from signalling.calls.sessions import SessionManager, SqliteSessionStore, State
+from signalling.core.database import Database
 
 
 async def test_busy_follows_the_session_and_choices_are_checked(tmp_path: Path) -> None:

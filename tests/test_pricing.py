@@ -14,7 +14,7 @@ from signalling.billing.pricing import (
     split,
     split_increment,
 )
-from signalling.settings import Settings
+from signalling.core.settings import Settings
 
 amounts = st.integers(0, 10**12)
 fees = st.integers(0, 10_000)

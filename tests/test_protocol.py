@@ -13,10 +13,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from signalling import protocol
-from signalling.auth import TOKENS
-from signalling.node import SIGNALLING
-from signalling.protocol import CloseCode, ErrorCode, ProtocolError
+from signalling.auth.tokens import TOKENS
+from signalling.calls.node import SIGNALLING
+from signalling.core import protocol
+from signalling.core.protocol import CloseCode, ErrorCode, ProtocolError
 
 from .utils import FakePlane, Peer, build_app
 

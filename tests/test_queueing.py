@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from signalling.settings import Settings
+from signalling.core.settings import Settings
 
 from .utils import FakePlane, Peer, build_app
 

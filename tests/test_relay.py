@@ -10,7 +10,7 @@ from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
 
 from .billing_helpers import T0, ManualClock, advance, make_meter
-from .redis_helpers import redis, stream  # noqa: F401  (fixtures)
+from .redis_helpers import redis, stream
 
 
 async def test_relay_publishes_in_order_and_marks_only_after_xadd(tmp_path, redis, stream) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from signalling.resume import MAX_AGE, ResumeTokens
+from signalling.calls.resume import MAX_AGE, ResumeTokens
 
 
 def test_tokens_name_the_user_and_connection_and_resist_forgery() -> None:

@@ -11,22 +11,22 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from signalling.app import create_app
-from signalling.auth import TOKENS
-from signalling.booking_tables import Booking, SqliteBookingTables
-from signalling.booking_tables_postgres import PostgresBookingTables
-from signalling.database import Database
-from signalling.expert_profiles import ExpertProfiles
-from signalling.expert_store import SqliteExpertStore
-from signalling.expert_store_postgres import PostgresExpertStore
-from signalling.experts import Profile, WorkingHours
-from signalling.postgres import connect
-from signalling.rest_bookings import BOOKING_LISTENER
-from signalling.rest_errors import ApiError
-from signalling.scheduling import BookingListener, BookingRules, BookingStore, Scheduler
-from signalling.settings import Settings, SettingsError
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.bookings.rest import BOOKING_LISTENER
+from signalling.bookings.scheduling import BookingListener, BookingRules, BookingStore, Scheduler
+from signalling.bookings.tables import Booking, SqliteBookingTables
+from signalling.bookings.tables_postgres import PostgresBookingTables
+from signalling.core.database import Database
+from signalling.core.errors import ApiError
+from signalling.core.postgres import connect
+from signalling.core.settings import Settings, SettingsError
+from signalling.experts.model import Profile, WorkingHours
+from signalling.experts.profiles import ExpertProfiles
+from signalling.experts.store import SqliteExpertStore
+from signalling.experts.store_postgres import PostgresExpertStore
 
-from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
+from .postgres_helpers import postgres_url
 
 ALL_DAY = {"time_zone": "UTC", "weekly": {d: [["00:00", "24:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}}
 OFFICE = {"time_zone": "Europe/Berlin", "weekly": {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from signalling import keys
-from signalling.settings import Settings
+from signalling.core import keys
+from signalling.core.settings import Settings
 
 from .test_wiring import auth, make_expert, wired_app
 from .utils import FakePlane, Peer, shut_down

@@ -22,8 +22,8 @@ from pathlib import Path
 import aiohttp
 
 from sfu.api import Answer, Message, Offer
-from signalling.auth import TokenIssuer
-from signalling.database import Database
+from signalling.auth.tokens import TokenIssuer
+from signalling.core.database import Database
 
 from .media_clients import Publisher
 from .utils import Peer
@@ -59,7 +59,7 @@ class Server:
         env = {**os.environ, **self.env, "EXPERTCALL_SECRET": SECRET}
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "signalling.cli", "serve", "--port", str(self.port), "--data-dir",
+                [sys.executable, "-m", "signalling.app.cli", "serve", "--port", str(self.port), "--data-dir",
                  str(self.data_dir), "--billing-unit-seconds", "1", "--media-loopback", "--no-demo"],
                 cwd=ROOT, env=env, stdout=log, stderr=log,
             )

@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 
 from signalling.backends.memory import MemoryBackend
-from signalling.database import Database
-from signalling.postgres import connect
-from signalling.session_store_postgres import PostgresSessionStore
-from signalling.sessions import (
+from signalling.calls.session_store_postgres import PostgresSessionStore
+from signalling.calls.sessions import (
     TRANSITIONS,
     InvalidTransition,
     Session,
@@ -19,8 +17,10 @@ from signalling.sessions import (
     State,
     Transition,
 )
+from signalling.core.database import Database
+from signalling.core.postgres import connect
 
-from .postgres_helpers import postgres_url  # noqa: F401  (fixture)
+from .postgres_helpers import postgres_url
 
 
 def manager(tmp_path: Path, clock: list[float]) -> SessionManager:
@@ -108,7 +108,7 @@ async def test_a_critical_listener_is_retried_then_fails_the_transition_loudly(t
     """Billing listens critically: a failure is never swallowed (a lost ``ended`` would leave a
     meter charging). It is retried; if it fails every time, the transition raises, after every
     other listener has heard it."""
-    import signalling.sessions as sessions_module
+    import signalling.calls.sessions as sessions_module
 
     monkeypatch.setattr(sessions_module, "CRITICAL_RETRY_DELAY", 0.0)
     mgr = manager(tmp_path, [100.0])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from signalling.timers import Timers
+from signalling.core.timers import Timers
 
 
 async def test_rearming_replaces_and_close_cancels() -> None:

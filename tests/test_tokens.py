@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType
 
-from signalling.app import create_app
-from signalling.auth import TOKENS
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
 
 from .served import run_cli, serve
-from .test_node import two_nodes  # noqa: F401  (the two-node fixture, memory and Redis)
+from .test_node import two_nodes
 from .utils import Peer
 
 

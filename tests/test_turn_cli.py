@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from signalling.cli import main
+from signalling.app.cli import main
 
 SECRET = "north-sea-shared-secret"
 BASE = ["turn-config", "--realm", "example.com", "--external-ip", "203.0.113.5"]

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turn_config.credentials import MIN_TTL, CredentialError, check_secret, clamp_ttl, make_credential, password_for
+from turn_config.credentials import (
+    MIN_TTL,
+    CredentialError,
+    check_secret,
+    clamp_ttl,
+    make_credential,
+    password_for,
+)
 
 SECRET = "north-sea-shared-secret"
 

@@ -14,9 +14,9 @@ import pytest
 from aioice import stun
 from aioice.turn import TurnClientUdpProtocol, create_turn_endpoint
 
-from signalling.app import create_app
-from signalling.auth import TOKENS, Role
-from signalling.settings import Settings
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS, Role
+from signalling.core.settings import Settings
 from turn_config.credentials import password_for
 
 from .coturn_server import SECRET, Coturn, running_coturn

@@ -17,9 +17,9 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 
-from signalling.app import create_app
-from signalling.auth import Role, TokenIssuer
-from signalling.settings import Settings
+from signalling.app.factory import create_app
+from signalling.auth.tokens import Role, TokenIssuer
+from signalling.core.settings import Settings
 from tests.conftest import require
 from web_demo.routes import STATIC
 

@@ -9,13 +9,7 @@ from aiohttp import web
 
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
-from signalling.billing.webhooks import (
-    SIGNATURE_HEADER,
-    WebhookSender,
-    WebhookSignatureError,
-    sign,
-    verify,
-)
+from signalling.billing.webhooks import SIGNATURE_HEADER, WebhookSender, WebhookSignatureError, sign, verify
 
 from .billing_helpers import T0, ManualClock, advance, make_meter
 

@@ -11,16 +11,16 @@ from typing import Any
 import jwt
 import pytest
 
-from signalling import keys, protocol
-from signalling.auth import TOKENS, TokenIssuer
-from signalling.node import SIGNALLING
-from signalling.settings import Settings
+from signalling.auth.tokens import TOKENS, TokenIssuer
+from signalling.calls.node import SIGNALLING
+from signalling.core import keys, protocol
+from signalling.core.settings import Settings
 
 from .utils import FakePlane, Peer, build_app, kill, shut_down
 
 
 def test_every_client_message_type_has_a_route_and_a_schema() -> None:
-    from signalling.websocket import ROUTES
+    from signalling.calls.websocket import ROUTES
 
     assert set(ROUTES) == protocol.client_types()
 

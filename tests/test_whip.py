@@ -12,11 +12,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from bench.loopback import no_ice_servers, use_loopback_ice
 from bench.mediarelay import MediaRelayPlane
-from signalling.app import create_app
-from signalling.auth import Role, TokenIssuer
-from signalling.node import MEDIA_PLANE
-from signalling.settings import Settings
-from signalling.whip import WHIP_RESOURCES, WhipResources
+from signalling.app.factory import create_app
+from signalling.auth.tokens import Role, TokenIssuer
+from signalling.calls.node import MEDIA_PLANE
+from signalling.calls.whip import WHIP_RESOURCES, WhipResources
+from signalling.core.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -215,7 +215,7 @@ async def test_without_a_media_plane_whip_is_503(aiohttp_client: Any, settings: 
 
 async def test_resources_go_with_their_transport_or_room() -> None:
     from sfu.api import RoomClosed, TransportClosed
-    from signalling.whip import WhipResource
+    from signalling.calls.whip import WhipResource
 
     resources = WhipResources()
     a = WhipResource("whip", "s1", "a" * 32, "whip-" + "a" * 32, "u1")

@@ -1,4 +1,4 @@
-"""The glue of signalling/wiring.py over real sockets: profiles behind /ws, presence in the expert
+"""The glue of signalling/app/wiring.py over real sockets: profiles behind /ws, presence in the expert
 listings, ratings of real sessions, ICE servers in welcome, WHIP grants, bookings over /ws, and
 media stats in /metrics."""
 
@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
 from sfu.metrics import MediaMetrics
-from signalling.app import create_app
-from signalling.auth import TOKENS
-from signalling.node import MEDIA_PLANE
-from signalling.rest_experts import EXPERTS
-from signalling.settings import Settings
-from signalling.wiring import MediaStatsPoller
+from signalling.app.factory import create_app
+from signalling.app.wiring import MediaStatsPoller
+from signalling.auth.tokens import TOKENS
+from signalling.calls.node import MEDIA_PLANE
+from signalling.core.settings import Settings
+from signalling.experts.rest import EXPERTS
 
 from .utils import FakePlane, Peer
 
@@ -232,7 +232,7 @@ async def test_media_stats_reach_metrics_while_rooms_are_open(aiohttp_client, se
 
 
 async def test_the_app_exports_media_stats_for_a_session_room(aiohttp_client, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr("signalling.wiring.MEDIA_STATS_INTERVAL", 0.05)
+    monkeypatch.setattr("signalling.app.factory.wiring.MEDIA_STATS_INTERVAL", 0.05)
     plane = StatsPlane()
     client = await aiohttp_client(wired_app(settings, plane))
     await make_expert(client, "erin", skills=["python"])

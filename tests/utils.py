@@ -12,12 +12,12 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from sfu.api import Answer, EventHandler, MediaError, MediaState, Message, Offer, Ok
-from signalling.app import create_app
-from signalling.auth import TOKENS
-from signalling.directory import ExpertRef, MemoryExpertDirectory
-from signalling.node import EXPERT_DIRECTORY, MEDIA_PLANE
-from signalling.protocol import server_errors
-from signalling.settings import Settings
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.calls.directory import ExpertRef, MemoryExpertDirectory
+from signalling.calls.node import EXPERT_DIRECTORY, MEDIA_PLANE
+from signalling.core.protocol import server_errors
+from signalling.core.settings import Settings
 
 EXPERTS = [
     ExpertRef("erin", "Erin Expert", ("plumbing", "python")),

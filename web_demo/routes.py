@@ -10,10 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling import keys, origins
-from signalling.auth import TOKENS, Role
-from signalling.rest_errors import read_json_value
-from signalling.settings import is_loopback_host
+from signalling.auth.tokens import TOKENS, Role
+from signalling.core import keys, origins
+from signalling.core.errors import read_json_value
+from signalling.core.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/client": "client.html", "/expert": "expert.html"}

@@ -12,8 +12,8 @@ from typing import Awaitable, Callable, TextIO, TypeVar
 
 import click
 
-from ..database import Database
-from ..settings import Settings, SettingsError
+from ..core.database import Database
+from ..core.settings import Settings, SettingsError
 from .ledger import Ledger, to_csv, to_json
 from .storage import open_store
 from .store import BillingStore

@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ..database import Database
+from ..core.database import Database
 from .outbox import EVENT_TYPES, TYPE_PREFIX
 
 log = logging.getLogger(__name__)

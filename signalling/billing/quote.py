@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..expert_profiles import ExpertProfiles
-from ..experts import Price as ProfilePrice
-from ..settings import Settings
+from ..core.settings import Settings
+from ..experts.model import Price as ProfilePrice
+from ..experts.profiles import ExpertProfiles
 from .fees import PlatformFees
 from .money import Money
 from .pricing import BillingPolicy, Price, PriceKind, PricingError

@@ -18,10 +18,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from .. import keys
-from ..auth import TOKENS, Identity, Role, authenticate
-from ..rest_errors import http_error, read_json_value
-from ..settings import SettingsError
+from ..auth.tokens import TOKENS, Identity, Role, authenticate
+from ..core import keys
+from ..core.errors import http_error, read_json_value
+from ..core.settings import SettingsError
 from .checkpointer import WalCheckpointer
 from .fees import PlatformFees
 from .ledger import Ledger, to_csv

@@ -39,21 +39,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import keys
-from ..billing_desk import BILLING_DESK
-from ..node import SIGNALLING
-from ..protocol import ErrorCode, ProtocolError, message
-from ..rest_experts import EXPERTS
-from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
-from .meter import (
-    BillingError,
-    BudgetReached,
-    BudgetWarning,
-    Meter,
-    RunningCost,
-    SessionSummary,
-    UnitCharged,
-)
+from ..calls.billing_desk import BILLING_DESK
+from ..calls.node import SIGNALLING
+from ..calls.sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
+from ..core import keys
+from ..core.protocol import ErrorCode, ProtocolError, message
+from ..experts.rest import EXPERTS
+from .meter import BillingError, BudgetReached, BudgetWarning, Meter, RunningCost, SessionSummary, UnitCharged
 from .money import Money
 from .pricing import PriceKind
 from .quote import Quote, quote_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..postgres import connect
+from ..core.postgres import connect
 from .store import BillingStore
 from .store_postgres import PostgresBillingStore
 from .store_sqlite import SqliteBillingStore
