@@ -63,7 +63,7 @@ def test_consume_needs_redis(tmp_path, monkeypatch) -> None:  # type: ignore[no-
 
 
 def test_reconcile_finds_what_the_consumer_missed(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from signalling.billing.consumer import ConsumerStore, Delivery
+    from signalling.billing.feed_reader import FeedReaderStore, Delivery
 
     t0 = int(time.time()) - 3600
     seed(tmp_path, t0)  # two units and their events
@@ -74,7 +74,7 @@ def test_reconcile_finds_what_the_consumer_missed(tmp_path) -> None:  # type: ig
 
     def consumer_with(evts: list[dict]) -> str:  # type: ignore[type-arg]
         path = tmp_path / f"consumer-{len(evts)}.sqlite3"
-        store = ConsumerStore(path)
+        store = FeedReaderStore(path)
         store.apply([Delivery(f"{n}-0", {"id": e["id"], "type": e["type"], "event": json.dumps(e)})
                      for n, e in enumerate(evts)])
         store.close()

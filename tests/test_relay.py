@@ -4,7 +4,7 @@ import contextlib
 
 import pytest
 
-from signalling.billing.consumer import ConsumerStore, MeteringConsumer
+from signalling.billing.feed_reader import FeedReaderStore, MeteringFeedReader
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
@@ -43,8 +43,8 @@ async def test_relay_publishes_in_order_and_marks_only_after_xadd(tmp_path, redi
     assert published == ids[:2] + ids  # at least once, in outbox order
     assert await meter.outbox.count_unrelayed() == 0
 
-    store = ConsumerStore(tmp_path / "consumer.sqlite3")
-    consumer = MeteringConsumer(redis, store, stream=stream, group="g", name="c1", block_ms=50)
+    store = FeedReaderStore(tmp_path / "consumer.sqlite3")
+    consumer = MeteringFeedReader(redis, store, stream=stream, group="g", name="c1", block_ms=50)
     await consumer.run(idle_exit=0.1)
     assert store.count() == len(ids) and consumer.received == len(ids) + 2
     assert store.totals() == {("e", "USD"): {"units": 3, "gross": 300, "fee": 60, "payout": 240}}
@@ -58,8 +58,8 @@ async def test_consumer_crash_between_commit_and_ack_counts_once(tmp_path, redis
     await meter.ended("s", at=T0 + 61)
     await meter.refund("s", by="admin", at=T0 + 100)
     await RedisRelay(meter.outbox, redis, stream).relay_once()
-    store = ConsumerStore(tmp_path / "consumer.sqlite3")
-    consumer = MeteringConsumer(redis, store, stream=stream, group="g", name="c1", block_ms=50)
+    store = FeedReaderStore(tmp_path / "consumer.sqlite3")
+    consumer = MeteringFeedReader(redis, store, stream=stream, group="g", name="c1", block_ms=50)
 
     async def lost_ack(*args):  # type: ignore[no-untyped-def]
         raise ConnectionError("killed after commit")
@@ -70,7 +70,7 @@ async def test_consumer_crash_between_commit_and_ack_counts_once(tmp_path, redis
     with pytest.raises(ConnectionError):
         await consumer.run(idle_exit=0.1)
     assert store.count() == 5
-    restarted = MeteringConsumer(redis, store, stream=stream, group="g", name="c1", block_ms=50)
+    restarted = MeteringFeedReader(redis, store, stream=stream, group="g", name="c1", block_ms=50)
     await restarted.run(idle_exit=0.1)
     assert (restarted.received, restarted.counted, store.count()) == (5, 0, 5)
     assert store.totals() == {("e", "JPY"): {"units": 1, "gross": 0, "fee": 0, "payout": 0}}

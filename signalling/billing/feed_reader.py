@@ -1,4 +1,4 @@
-"""The reference consumer of ``expertcall:metering``: counts every event exactly once.
+"""The reference reader of the metering feed ``expertcall:metering``: counts every event exactly once.
 
 It reads with a consumer group (XREADGROUP), and for each batch commits, in one transaction of
 its own SQLite store, the event ids it has seen and the totals they add up to; only then does it
@@ -55,7 +55,7 @@ class Delivery:
     fields: dict[str, str]
 
 
-class ConsumerStore:
+class FeedReaderStore:
     """The consumer's own SQLite: processed event ids and the totals they add up to."""
 
     def __init__(self, path: Path | str) -> None:
@@ -121,11 +121,11 @@ class ConsumerStore:
         self.db.close()
 
 
-class MeteringConsumer:
+class MeteringFeedReader:
     def __init__(
         self,
         redis: Redis,
-        store: ConsumerStore,
+        store: FeedReaderStore,
         *,
         stream: str = "expertcall:metering",
         group: str,

@@ -1,4 +1,4 @@
-"""The reference consumer, killed with SIGKILL and replaced, against a real redis-server."""
+"""The metering feed's reference reader, killed with SIGKILL and replaced, against a real redis-server."""
 
 from __future__ import annotations
 
