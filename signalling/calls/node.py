@@ -30,7 +30,7 @@ from ..core.settings import Settings
 from ..core.timers import Timers
 from .booking_events import BookingNotifier
 from .directory import ExpertDirectory, MemoryExpertDirectory
-from .media import MediaRelay
+from .media_bridge import MediaBridge
 from .presence import Presence
 from .queueing import ExpertQueues, ring_message
 from .resume import ResumeTokens
@@ -77,7 +77,7 @@ class SignallingNode:
         self.sessions = SessionManager(backend, session_store, clock)
         self.presence = Presence(backend, self.sessions)
         self.queues = ExpertQueues(self.node_id, settings, backend, self.sessions, self.presence, directory, self.timers, clock)
-        self.media = MediaRelay(self.node_id, backend, self.queues, plane)
+        self.media = MediaBridge(self.node_id, backend, self.queues, plane)
         # The scheduler's BookingListener: reminders over the socket, sessions opened on time.
         self.bookings = BookingNotifier(backend, self.queues)
         # The room opens before participants hear "accepted", so their first offer finds it.

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MEDIA_TYPES = frozenset({"media.offer", "media.answer", "media.ice"})
 
 
-class MediaRelay:
+class MediaBridge:
     def __init__(self, node_id: str, backend: Backend, queues: ExpertQueues, plane: MediaPlane | None) -> None:
         self.node_id = node_id
         self.backend = backend
