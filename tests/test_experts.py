@@ -12,8 +12,8 @@ from signalling.core.database import Database
 from signalling.core.errors import ApiError, InvalidInput
 from signalling.core.postgres import connect
 from signalling.experts.model import (
-    Price,
     Profile,
+    ProfilePrice,
     SearchQuery,
     WorkingHours,
     normalise_language,
@@ -334,7 +334,7 @@ async def test_search_filters_and_pages_alike_on_both_stores(directory) -> None:
         ("dan", "per_minute", 90, ("de",), ("rust",)),
     ):
         await directory.upsert_profile(expert_id, Profile(
-            display_name=expert_id.title(), skills=skills, languages=langs, price=Price(mode, amount, "USD")))
+            display_name=expert_id.title(), skills=skills, languages=langs, price=ProfilePrice(mode, amount, "USD")))
     for sid, expert_id, stars in (("1", "bea", 5), ("2", "ada", 4), ("3", "ada", 5), ("4", "cid", 3)):
         await directory.add_rating(sid, expert_id, "x", stars)
 
@@ -365,8 +365,8 @@ def test_normalisation() -> None:
     assert normalise_language("zh-hant-tw") == "zh-Hant-TW"
     assert normalise_language("ES-419") == "es-419"
     with pytest.raises(InvalidInput):
-        Price("per_minute", True, "USD")  # type: ignore[arg-type]
-    assert Price("per_session", 2500, "JPY").to_json() == {"mode": "per_session", "amount": 2500, "currency": "JPY"}
+        ProfilePrice("per_minute", True, "USD")  # type: ignore[arg-type]
+    assert ProfilePrice("per_session", 2500, "JPY").to_json() == {"mode": "per_session", "amount": 2500, "currency": "JPY"}
 
 
 # -- working hours and daylight saving ------------------------------------------------------------

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signalling.billing.money import EXPONENTS, MAX_AMOUNT, Money, MoneyError
+from signalling.billing.money import Money, MoneyError
+from signalling.core.currencies import EXPONENTS, MAX_AMOUNT
 
 
 def test_exponents_follow_iso_4217() -> None:

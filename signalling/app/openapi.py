@@ -16,13 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from ..bookings.scheduling import MAX_REASON, MAX_TOPIC, STATES
+from ..core.currencies import MAX_PRICE_AMOUNT, PRICE_CURRENCIES
 from ..experts.model import (
     AVAILABILITY,
-    CURRENCIES,
     MAX_BIO,
     MAX_DISPLAY_NAME,
     MAX_ID,
-    MAX_PRICE_AMOUNT,
     MAX_REVIEW,
     PRICE_MODES,
     WEEKDAYS,
@@ -75,7 +74,7 @@ SCHEMAS: dict[str, Schema] = {
         required=["mode"],
         mode={"enum": list(PRICE_MODES)},
         amount={"type": "integer", "minimum": 0, "maximum": MAX_PRICE_AMOUNT, "description": "Minor units"},
-        currency={"enum": sorted(CURRENCIES)},
+        currency={"enum": sorted(PRICE_CURRENCIES)},
     ),
     "WorkingHours": _obj(
         required=["time_zone"],
@@ -370,7 +369,7 @@ def _paths() -> dict[str, Any]:
                     _query("skill", STRING),
                     _query("language", STRING, "A BCP 47 tag: pt finds pt-BR too"),
                     _query("max_price", _int(0, 10**12), "Minor units of currency; free experts always match"),
-                    _query("currency", {"enum": sorted(CURRENCIES)}),
+                    _query("currency", {"enum": sorted(PRICE_CURRENCIES)}),
                     _query("mode", {"enum": list(PRICE_MODES)}),
                     _query("min_rating", {"type": "string", "pattern": "^[1-5](\\.[0-9]{1,2})?$"}),
                     _query("available", {"type": "string", "pattern": f"^{AVAILABLE}(,{AVAILABLE})*$"},

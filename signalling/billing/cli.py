@@ -17,7 +17,7 @@ from ..core.settings import Settings, SettingsError
 from .ledger import Ledger, to_csv, to_json
 from .storage import open_store
 from .store import BillingStore
-from .times import END_OF_TIME, parse_instant
+from .times import END_OF_TIME, parse_date_or_time
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     if value is None:
         return None
     try:
-        return parse_instant(value)
+        return parse_date_or_time(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 

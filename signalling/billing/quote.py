@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.settings import Settings
-from ..experts.model import Price as ProfilePrice
+from ..experts.model import ProfilePrice
 from ..experts.profiles import ExpertProfiles
 from .fees import PlatformFees
 from .money import Money

@@ -30,7 +30,7 @@ from .outbox import Outbox
 from .relay import RedisRelay
 from .storage import open_store
 from .store import BillingStore, StoredSession
-from .times import END_OF_TIME, parse_instant
+from .times import END_OF_TIME, parse_date_or_time
 from .views import session_view
 from .webhooks import WebhookSender
 
@@ -143,7 +143,7 @@ def _instant_param(request: web.Request, name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        return parse_instant(raw)
+        return parse_date_or_time(raw)
     except ValueError as exc:
         raise http_error(400, "bad_request", f"{name}: {exc}") from None
 

@@ -23,7 +23,7 @@ from ..core import keys
 from ..core.errors import InvalidInput, http_error, int_param, read_json
 from ..experts.model import iso_utc
 from ..experts.rest import EXPERTS
-from .scheduling import STATES, BookingListener, BookingRules, BookingStore, Scheduler, parse_instant
+from .scheduling import STATES, BookingListener, BookingRules, BookingStore, Scheduler, parse_rfc3339
 from .storage import open_booking_tables
 from .tables import Booking
 
@@ -88,8 +88,8 @@ async def _visible(request: web.Request, identity: Identity) -> Booking:
 async def post_booking(request: web.Request) -> web.Response:
     identity = authenticate(request, request.app[TOKENS], Role.CLIENT)
     body = await read_json(request, BOOKING_SCHEMA)
-    start = parse_instant(body["start"], "start")
-    end = parse_instant(body["end"], "end")
+    start = parse_rfc3339(body["start"], "start")
+    end = parse_rfc3339(body["end"], "end")
     booking, created = await _scheduler(request).book(identity.user_id, body["expert_id"], start, end, body.get("topic"))
     return web.json_response(booking.to_json(), status=201 if created else 200)
 
@@ -122,8 +122,8 @@ async def get_slots(request: web.Request) -> web.Response:
     authenticate(request, request.app[TOKENS])
     store = _scheduler(request).store
     now = int(store.clock())
-    start = parse_instant(request.query["from"], "from") if "from" in request.query else now
-    end = parse_instant(request.query["to"], "to") if "to" in request.query else start + 7 * 86400
+    start = parse_rfc3339(request.query["from"], "from") if "from" in request.query else now
+    end = parse_rfc3339(request.query["to"], "to") if "to" in request.query else start + 7 * 86400
     if not (0 < end - start <= MAX_SLOT_WINDOW):
         raise InvalidInput("invalid_window", f"from is before to, at most {MAX_SLOT_WINDOW // 86400} days apart", "to")
     rules = store.rules

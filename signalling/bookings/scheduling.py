@@ -334,7 +334,7 @@ EARLIEST_INSTANT = 0
 LATEST_INSTANT = 221845392000
 
 
-def parse_instant(raw: object, field_name: str) -> int:
+def parse_rfc3339(raw: object, field_name: str) -> int:
     """An RFC 3339 time with an offset (``2027-03-28T09:00:00+02:00`` or ``...Z``) as Unix seconds."""
     try:
         if not isinstance(raw, str) or len(raw) > 64:

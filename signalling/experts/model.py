@@ -24,26 +24,12 @@ from fractions import Fraction
 from typing import Any, Awaitable, Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..core.currencies import DEFAULT_CURRENCY, MAX_PRICE_AMOUNT, PRICE_CURRENCIES
 from ..core.errors import InvalidInput
 
 AVAILABILITY = ("online", "busy", "away", "offline")
 PRICE_MODES = ("free", "per_session", "per_minute")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-# Active ISO 4217 codes (2025), without funds, metals and testing codes.
-CURRENCIES = frozenset(
-    """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN
-    BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP
-    GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS
-    KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR
-    MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF
-    SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD
-    TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()
-)
-DEFAULT_CURRENCY = "USD"
-# Ten million major units of a two-decimal currency: far above any real price, low enough to
-# catch an amount sent in the wrong unit and to keep sums far from overflow.
-MAX_PRICE_AMOUNT = 1_000_000_000
 
 MAX_DISPLAY_NAME = 80
 MAX_BIO = 4000
@@ -84,7 +70,7 @@ async def maybe_await(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Price:
+class ProfilePrice:
     """The stored form of an expert's price; billing turns it into charges."""
 
     mode: str = "free"
@@ -105,7 +91,7 @@ class Price:
         validate_currency(self.currency, "price.currency")
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Price":
+    def from_json(cls, data: dict[str, Any]) -> "ProfilePrice":
         if not isinstance(data, dict):
             raise InvalidInput("invalid_type", 'the price is {"mode", "amount", "currency"}', "price")
         mode = data.get("mode", "free")
@@ -116,7 +102,7 @@ class Price:
 
 
 def validate_currency(code: object, field_name: str) -> str:
-    if not isinstance(code, str) or code not in CURRENCIES:
+    if not isinstance(code, str) or code not in PRICE_CURRENCIES:
         raise InvalidInput("invalid_currency", f"{code!r} is not an ISO 4217 currency code (e.g. USD)", field_name)
     return code
 
@@ -306,7 +292,7 @@ class Profile:
     bio: str = ""
     skills: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
-    price: Price = field(default_factory=Price)
+    price: ProfilePrice = field(default_factory=ProfilePrice)
     working_hours: WorkingHours | None = None
 
     def __post_init__(self) -> None:
@@ -334,7 +320,7 @@ class Profile:
             bio=data.get("bio", ""),
             skills=tuple(_list(data.get("skills", []), "skills")),
             languages=tuple(_list(data.get("languages", []), "languages")),
-            price=Price.from_json(data.get("price", {})),
+            price=ProfilePrice.from_json(data.get("price", {})),
             working_hours=WorkingHours.from_json(hours) if hours is not None else None,
         )
 

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from ..core.database import Database
-from .model import Expert, Price, Profile, Rating, SearchQuery, WorkingHours
+from .model import Expert, Profile, ProfilePrice, Rating, SearchQuery, WorkingHours
 
 MIGRATIONS: list[tuple[int, str]] = [
     # 1: the tables as the single-node directory made them (IF NOT EXISTS: old data dirs adopt it).
@@ -214,7 +214,7 @@ def expert_from_row(row: Any) -> Expert:
         bio=row["bio"],
         skills=tuple(json.loads(row["skills"])),
         languages=tuple(json.loads(row["languages"])),
-        price=Price(row["price_mode"], row["price_amount"], row["price_currency"]),
+        price=ProfilePrice(row["price_mode"], row["price_amount"], row["price_currency"]),
         working_hours=WorkingHours.from_json(hours) if hours else None,
     )
     return Expert(row["id"], profile, row["rating_count"], row["rating_sum"], row["created_at"], row["updated_at"])
