@@ -12,7 +12,7 @@ from aiohttp import web
 
 from signalling.auth.tokens import TOKENS, Role
 from signalling.core import keys, origins
-from signalling.core.errors import read_json_value
+from signalling.core.errors import error_body, read_json_value
 from signalling.core.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
@@ -102,4 +102,4 @@ async def dev_token(request: web.Request) -> web.Response:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, "field": None}}, status=status)
+    return web.Response(text=error_body(code, message), status=status, content_type="application/json")

@@ -9,7 +9,6 @@ for browsers, whose WebSocket API cannot set headers; see websocket.py.)
 from __future__ import annotations
 
 import enum
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import jwt
 from aiohttp import web
 
+from ..core.errors import CodedError, error_body
 from .revocation import Revocations
 
 ALGORITHM = "HS256"
@@ -34,13 +34,8 @@ class Role(str, enum.Enum):
     ADMIN = "admin"
 
 
-class AuthError(Exception):
+class AuthError(CodedError):
     """A token is missing, malformed, forged, expired or revoked. ``code`` is the protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -143,20 +138,16 @@ def authenticate(request: web.Request, issuer: TokenIssuer, *roles: Role) -> Ide
         identity = issuer.verify(bearer_token(request))
     except AuthError as exc:
         raise web.HTTPUnauthorized(
-            text=_error_json(exc.code, exc.message),
+            text=error_body(exc.code, exc.message),
             content_type="application/json",
             headers={"WWW-Authenticate": 'Bearer realm="expertcall"'},
         ) from None
     if roles and identity.role not in roles and not identity.is_admin:
         raise web.HTTPForbidden(
-            text=_error_json("forbidden", f"this needs the role {' or '.join(r.value for r in roles)}"),
+            text=error_body("forbidden", f"this needs the role {' or '.join(r.value for r in roles)}"),
             content_type="application/json",
         )
     return identity
-
-
-def _error_json(code: str, message: str) -> str:
-    return json.dumps({"error": {"code": code, "message": message, "field": None}})
 
 
 TOKENS = web.AppKey("tokens", TokenIssuer)

@@ -11,16 +11,13 @@ import re
 from dataclasses import dataclass
 
 from ..core.currencies import EXPONENTS, MAX_AMOUNT
+from ..core.errors import CodedError
 
 _DECIMAL = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
 
 
-class MoneyError(ValueError):
+class MoneyError(CodedError, ValueError):
     """A malformed amount or currency, or a mix of currencies. ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def exponent(currency: str) -> int:

@@ -10,8 +10,6 @@ when a long-lived connection should be sent a new list. WHIP and WHEP handlers p
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from turn_config.credentials import MIN_TTL, CredentialError
@@ -19,6 +17,7 @@ from turn_config.ice_servers import IceServerList, IceServerProvider
 
 from ..auth.tokens import TOKENS, authenticate
 from ..core import keys
+from ..core.errors import http_error
 from ..core.settings import Settings, SettingsError
 
 
@@ -65,17 +64,10 @@ async def get_ice_servers(request: web.Request) -> web.Response:
         except ValueError:
             ttl = 0
         if ttl < MIN_TTL:
-            raise web.HTTPBadRequest(
-                text=_error("bad_ttl", f"ttl must be a whole number of seconds, at least {MIN_TTL}"),
-                content_type="application/json",
-            )
+            raise http_error(400, "bad_ttl", f"ttl must be a whole number of seconds, at least {MIN_TTL}")
     ice = ice_servers_for(request.app, identity.user_id, ttl=ttl)
     # Credentials: never cached by the browser or a proxy.
     return web.json_response(ice.to_json(), headers={"Cache-Control": "no-store"})
-
-
-def _error(code: str, message: str) -> str:
-    return json.dumps({"error": {"code": code, "message": message}})
 
 
 # Who hands out TURN credentials and ICE server lists (set by ``setup``).

@@ -16,7 +16,6 @@ The handlers reach the media plane only through ``sfu.api`` requests on ``app[ME
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from sfu.api import (
 
 from ..auth.tokens import TOKENS, AuthError, Identity, Role, authenticate, bearer_token
 from ..core import keys
+from ..core.errors import error_body
 from ..core.limits import LimitReached, read_limited
 from . import ice
 from .grants import AdminOnlyGrants, SessionGrants
@@ -140,8 +140,7 @@ def _media(request: web.Request) -> MediaPlane:
 
 
 def error(status: type[web.HTTPException], code: str, message: str, **kwargs: object) -> web.HTTPException:
-    body = json.dumps({"error": {"code": code, "message": message, "field": None}})
-    return status(text=body, content_type="application/json", **kwargs)  # type: ignore[arg-type]
+    return status(text=error_body(code, message), content_type="application/json", **kwargs)  # type: ignore[arg-type]
 
 
 def add_ice_server_links(response: web.StreamResponse, request: web.Request, user_id: str) -> None:

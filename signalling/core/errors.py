@@ -1,12 +1,17 @@
-"""Coded JSON errors for the REST API: ``{"error": {"code", "message", "field"}}``.
+"""Coded errors: one hierarchy, and the one JSON body ``{"error": {"code", "message", "field"}}``.
 
-Domain modules raise ``InvalidInput`` (or their own ``ApiError`` subclasses) with a stable code;
-the ``api_errors`` middleware turns them into HTTP responses. ``field`` names the request parameter or
-the JSON path (``working_hours.weekly.mon[0]``) that was wrong, or is null.
+Every refusal a client can see is a ``CodedError``: a stable ``code`` and a ``message``. Its kinds:
+``ApiError`` (REST, with an HTTP status and the offending ``field``; ``InvalidInput`` for a 400),
+``protocol.ProtocolError`` (an ``error`` message on ``/ws``), ``auth.tokens.AuthError``,
+``limits.LimitReached``, and billing's ``MoneyError``, ``PricingError`` and ``BillingError``.
+Domain modules raise them; the ``api_errors`` middleware turns an ``ApiError`` into its HTTP
+response, and every HTTP error body is built by ``error_body``. ``field`` names the request
+parameter or the JSON path (``working_hours.weekly.mon[0]``) that was wrong, or is null.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from typing import Any, Iterable, Mapping, overload
@@ -20,15 +25,27 @@ from . import json_bounds
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
-class ApiError(Exception):
+class CodedError(Exception):
+    """A refusal with a stable ``code`` (an enum's value, or a string) and a ``message``."""
+
+    def __init__(self, code: str | enum.Enum, message: str) -> None:
+        super().__init__(message)
+        self.code: str = code.value if isinstance(code, enum.Enum) else code
+        self.message = message
+
+
+def error_body(code: str, message: str, field: str | None = None) -> str:
+    """The JSON body of every HTTP error."""
+    return json.dumps({"error": {"code": code, "message": message, "field": field}})
+
+
+class ApiError(CodedError):
     """A refusal with an HTTP status, a stable ``code`` and an optional offending ``field``."""
 
     status = 400
 
     def __init__(self, code: str, message: str, field: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.field = field
         if status is not None:
             self.status = status
@@ -72,7 +89,7 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPMethodNotAllowed as exc:
         if exc.content_type != "text/plain" or not request.path.startswith(API_PREFIXES):
             raise
-        body = json.dumps({"error": {"code": "method_not_allowed", "message": f"{exc.method} is not allowed here", "field": None}})
+        body = error_body("method_not_allowed", f"{exc.method} is not allowed here")
         raise web.HTTPMethodNotAllowed(exc.method, exc.allowed_methods, text=body, content_type="application/json") from None
 
 
@@ -82,7 +99,7 @@ def install(app: web.Application) -> None:
 
 
 def http_error(status: int, code: str, message: str, field: str | None = None) -> web.HTTPException:
-    body = json.dumps({"error": {"code": code, "message": message, "field": field}})
+    body = error_body(code, message, field)
     if status == 413:  # its constructor wants the sizes, for a text we replace
         return web.HTTPRequestEntityTooLarge(0, 0, text=body, content_type="application/json")
     return _BY_STATUS[status](text=body, content_type="application/json")

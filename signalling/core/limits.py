@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .errors import http_error
+from .errors import CodedError, http_error
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,14 +69,12 @@ def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
-class LimitReached(Exception):
+class LimitReached(CodedError):
     """A limit refused a request: HTTP ``status`` with a stable ``code``."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(code, message)
         self.status = status
-        self.code = code
-        self.message = message
 
     def as_http(self) -> web.HTTPException:
         error = http_error(self.status, self.code, self.message)

@@ -17,6 +17,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from .errors import CodedError
+
 VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_BASE = "https://expertcall.invalid/schemas/"
@@ -64,13 +66,8 @@ class CloseCode(enum.IntEnum):
     TOO_SLOW = 4013  # the client let Settings.ws_outbox_limit messages pile up unread
 
 
-class ProtocolError(Exception):
+class ProtocolError(CodedError):
     """A request the server refuses; becomes an ``error`` message and the connection carries on."""
-
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
-        super().__init__(message)
-        self.code = code.value if isinstance(code, ErrorCode) else code
-        self.message = message
 
 
 def client_types() -> frozenset[str]:
