@@ -182,7 +182,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from signalling.app.factory import create_app
-    from signalling.calls.node import MEDIA_PLANE
     from signalling.core.event_loop import install_event_loop
     from signalling.core.settings import Settings
 
@@ -191,8 +190,7 @@ def main() -> None:
     install_event_loop()
     settings = Settings(port=args.port, secret=args.secret, data_dir=args.data_dir,
                         media_loopback=True, demo=False)
-    app = create_app(settings)
-    app[MEDIA_PLANE] = MediaRelayPlane()
+    app = create_app(settings, media=lambda _: MediaRelayPlane())
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, shutdown_timeout=5)
 
 

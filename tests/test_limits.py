@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import date, timedelta
 from typing import Any
 
 import aiohttp
@@ -13,7 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from signalling.app.factory import create_app
 from signalling.auth.tokens import TOKENS, Identity
-from signalling.calls.node import MEDIA_PLANE, SIGNALLING
+from signalling.calls.node import SIGNALLING
 from signalling.calls.whip import SESSION_GRANTS
 from signalling.core.limits import client_address, parse_networks
 from signalling.core.settings import Settings
@@ -126,8 +125,7 @@ class Everyone:
 
 @pytest.fixture
 async def whip(aiohttp_client, settings):  # type: ignore[no-untyped-def]
-    app = create_app(settings)
-    app[MEDIA_PLANE] = FakePlane()
+    app = create_app(settings, media=lambda _: FakePlane())
     app[SESSION_GRANTS] = Everyone()
     return await aiohttp_client(app)
 

@@ -12,9 +12,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from bench.loopback import no_ice_servers, use_loopback_ice
 from bench.mediarelay import MediaRelayPlane
-from signalling.app.factory import create_app
+from signalling.app.factory import create_app, no_media_plane
 from signalling.auth.tokens import Role, TokenIssuer
-from signalling.calls.node import MEDIA_PLANE
 from signalling.calls.whip import WHIP_RESOURCES, WhipResources
 from signalling.core.settings import Settings
 
@@ -48,10 +47,10 @@ async def app_client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[T
 @pytest.fixture(params=["sfu", "mediarelay"])
 async def any_client(request: pytest.FixtureRequest, aiohttp_client: Any, settings: Settings) -> AsyncIterator[TestClient]:
     """The app on the SFU, and on the MediaRelay reference plane the media bench compares with."""
-    app = create_app(settings)
     if request.param == "mediarelay":
-        app[MEDIA_PLANE] = MediaRelayPlane()
-    yield await aiohttp_client(app)
+        yield await aiohttp_client(create_app(settings, media=lambda _: MediaRelayPlane()))
+    else:
+        yield await aiohttp_client(create_app(settings))
 
 
 def bearer(settings: Settings, role: Role = Role.ADMIN, user: str = "admin-1") -> dict[str, str]:
@@ -204,9 +203,7 @@ async def test_options_lists_ice_servers_to_token_holders_only(app_client: TestC
 
 
 async def test_without_a_media_plane_whip_is_503(aiohttp_client: Any, settings: Settings) -> None:
-    app = create_app(settings)
-    del app[MEDIA_PLANE]
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(create_app(settings, media=no_media_plane))
     _, offer = await offer_sdp("video", send=True)
     response = await post_sdp(client, "/whip/s1", offer, bearer(settings))
     assert response.status == 503

@@ -18,7 +18,6 @@ from sfu.metrics import MediaMetrics
 from signalling.app.factory import create_app
 from signalling.app.wiring import MediaStatsPoller
 from signalling.auth.tokens import TOKENS
-from signalling.calls.node import MEDIA_PLANE
 from signalling.core.settings import Settings
 from signalling.experts.rest import EXPERTS
 
@@ -30,9 +29,7 @@ PER_MINUTE = {"mode": "per_minute", "amount": 100, "currency": "USD"}
 
 def wired_app(settings: Settings, plane: FakePlane) -> web.Application:
     """The real app, every module connected; only the media plane is a fake."""
-    app = create_app(settings)
-    app[MEDIA_PLANE] = plane
-    return app
+    return create_app(settings, media=lambda _: plane)
 
 
 def auth(client: Any, user: str, role: str = "client") -> dict[str, str]:

@@ -15,7 +15,7 @@ from sfu.api import Answer, EventHandler, MediaError, MediaState, Message, Offer
 from signalling.app.factory import create_app
 from signalling.auth.tokens import TOKENS
 from signalling.calls.directory import ExpertRef, MemoryExpertDirectory
-from signalling.calls.node import EXPERT_DIRECTORY, MEDIA_PLANE
+from signalling.calls.node import EXPERT_DIRECTORY
 from signalling.core.protocol import server_errors
 from signalling.core.settings import Settings
 
@@ -62,13 +62,9 @@ class FakePlane:
 
 
 def build_app(settings: Settings, plane: FakePlane | None = None) -> web.Application:
-    app = create_app(settings)
-    app[EXPERT_DIRECTORY] = MemoryExpertDirectory(EXPERTS)
     # Signalling tests drive media through the fake plane; without one the node runs media-less.
-    if plane is None:
-        del app[MEDIA_PLANE]
-    else:
-        app[MEDIA_PLANE] = plane
+    app = create_app(settings, media=lambda _: plane)
+    app[EXPERT_DIRECTORY] = MemoryExpertDirectory(EXPERTS)
     return app
 
 

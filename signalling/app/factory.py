@@ -1,19 +1,23 @@
 """The application factory: ``create_app(settings)`` builds everything; ``expertcall serve`` runs it.
 
-Resources open in ``cleanup_ctx`` order and close in reverse: the database first (everything
-keeps state in it), the media plane before the signalling node (so the node, closing first, can
-still close its rooms), billing before the node (so the node's last transitions are still metered).
+Every part is set up here, in one place, and nothing is set up by an import. Resources open in
+``cleanup_ctx`` order and close in reverse: the database first (everything keeps state in it),
+the media plane before the signalling node (so the node, closing first, can still close its
+rooms), billing before the node (so the node's last transitions are still metered). The media
+plane is made at start-up by the ``media`` factory (a ``LocalMediaPlane`` unless a caller, such as
+a test or the media bench's reference server, passes another), never when the app is built.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
 import web_demo.routes
+from sfu.api import MediaPlane
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
@@ -36,31 +40,45 @@ from . import metrics_http, openapi, wiring
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> web.Application:
+# Makes the media plane at start-up; None for a node that hosts no media.
+MediaPlaneFactory = Callable[[Settings], "MediaPlane | None"]
+
+
+def local_media_plane(settings: Settings) -> MediaPlane:
+    return LocalMediaPlane(media_options(settings))
+
+
+def no_media_plane(settings: Settings) -> None:
+    return None
+
+
+def create_app(settings: Settings, media: MediaPlaneFactory = local_media_plane) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
+    # What every part reads.
     app[keys.SETTINGS] = settings
     app[TOKENS] = TokenIssuer(settings.resolve_secret(), settings.token_max_ttl)
     app[keys.METRICS] = Metrics()
     origins.setup(app, settings.allowed_origins)
     app.middlewares.append(body_limit_middleware(settings.max_body_bytes))
 
+    # Endpoints that keep no state of their own.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     metrics_http.setup(app)
     ice.setup(app)
     openapi.setup(app)
+    # The parts, in the order their resources open at start-up.
     app.cleanup_ctx.append(database_ctx)
-    rest_experts.setup(app)
-    rest_bookings.setup(app)
+    rest_experts.setup(app)  # profiles
+    rest_bookings.setup(app)  # bookings and their scheduler
     rest_tokens.setup(app)
-    billing_service.setup(app)
-    app[MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
-    app.cleanup_ctx.append(media_plane_ctx)
+    billing_service.setup(app)  # meter, ledger, outbox, relay, webhooks
+    app.cleanup_ctx.append(media_plane_ctx(media))
     setup_whip(app)
-    setup_signalling(app)
+    setup_signalling(app)  # the node: sessions, queues, presence, the media bridge
     websocket.setup(app)
-    wiring.setup(app)
-    session_billing.setup(app)
+    wiring.setup(app)  # once the node runs: profiles, bookings and quotes joined to it
+    session_billing.setup(app)  # once the node runs: billing follows its transitions
     web_demo.routes.setup(app)
     return app
 
@@ -98,14 +116,22 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         db.close()
 
 
-async def media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The media plane is built with the app (handlers may subscribe to it early); close it last.
+def media_plane_ctx(media: MediaPlaneFactory) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx: make the media plane before the parts that use it start, close it after them.
 
     A signalling-only node (media hosted elsewhere) has none."""
-    yield
-    plane = app.get(MEDIA_PLANE)
-    if plane is not None:
-        await plane.close()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        plane = media(app[keys.SETTINGS])
+        if plane is not None:
+            app[MEDIA_PLANE] = plane
+        try:
+            yield
+        finally:
+            if plane is not None:
+                await plane.close()
+
+    return ctx
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ from ..core.protocol import CloseCode, message
 from ..core.settings import Settings
 from ..core.timers import Timers
 from .booking_events import BookingNotifier
-from .directory import ExpertDirectory, MemoryExpertDirectory
+from .directory import ExpertDirectory
 from .media_bridge import MediaBridge
 from .presence import Presence
 from .queueing import ExpertQueues, ring_message
@@ -289,13 +289,8 @@ def _make_backend(settings: Settings) -> Backend:
 
 
 async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: open the database (unless another module has), the backend and the node."""
+    """cleanup_ctx: open the backend and the node (on the database and directory set before)."""
     settings = app[keys.SETTINGS]
-    own_db = keys.DATABASE not in app
-    if own_db:
-        app[keys.DATABASE] = Database.in_dir(settings.data_dir)
-    if EXPERT_DIRECTORY not in app:
-        app[EXPERT_DIRECTORY] = MemoryExpertDirectory()
     node = SignallingNode(
         settings,
         app[TOKENS],
@@ -312,8 +307,6 @@ async def signalling_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await node.close()
-        if own_db:
-            app[keys.DATABASE].close()
 
 
 async def close_sockets(app: web.Application) -> None:
