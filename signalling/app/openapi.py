@@ -1,6 +1,6 @@
 """The REST API as an OpenAPI 3.1 document, served at ``GET /api/openapi.json``.
 
-Written by hand next to the handlers it describes, and held to them twice: tests/test_openapi.py
+Written by hand next to the handlers it describes, and held to them twice: tests/signalling/app/test_openapi.py
 checks that its operations are exactly the application's routes, and schemathesis (a property
 based fuzzer, run against a live server in scripts/test) checks that every response the server
 gives is one this document allows - status, content type and body. The WebSocket protocol on

@@ -6,7 +6,7 @@ fee overrides. ``SqliteBillingStore`` (``store_sqlite.py``) keeps them in the no
 SQLite file, for one node; ``PostgresBillingStore`` (``store_postgres.py``) in a PostgreSQL
 database that every node shares. Nothing outside this package runs SQL on these tables: other code
 asks ``Meter``, ``Ledger``, ``Outbox`` and ``PlatformFees``, which ask the store.
-``tests/test_billing_store.py`` is one contract suite run against both.
+``tests/signalling/billing/test_store.py`` is one contract suite run against both.
 
 Writes the Meter makes come as one ``WriteBatch`` committed in one transaction: the sessions it
 opens, the live intervals it opens and closes, the sessions it ends, budget changes, ledger

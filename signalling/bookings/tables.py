@@ -6,7 +6,7 @@ node two racing requests reach (SQLite: an IMMEDIATE transaction on one file; Po
 transaction-scoped advisory locks on the expert and the client, taken in order). The
 scheduler's bookkeeping (a reminder sent, a booking opened) is a conditional write, so with
 several nodes running a scheduler each reminder and each opening still happens once.
-``tests/test_scheduling.py`` runs the race against both.
+``tests/signalling/bookings/test_scheduling.py`` runs the race against both.
 """
 
 from __future__ import annotations

@@ -1,0 +1,256 @@
+"""Transports: bad input gets coded errors, a publisher's reconnect is seamless downstream, and a
+client-offered subscribe transport (the WHEP shape) works."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from aiortc import RTCRtpSender, RTCSessionDescription
+
+from sfu.api import (
+    AddIceCandidate,
+    AnswerToServerOffer,
+    MediaError,
+    Message,
+    Offer,
+    OpenRoom,
+    RequestKeyframe,
+    ServerOffer,
+    Subscribe,
+)
+from sfu.options import MediaOptions
+from sfu.worker import LocalMediaPlane
+from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, client_pc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def plane():
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    await plane.request(OpenRoom("room"))
+    yield plane
+    await plane.close()
+
+
+async def _audio_offer() -> str:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("audio", direction="sendonly")
+    opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"]
+    transceiver.setCodecPreferences(opus)
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _refused(plane: LocalMediaPlane, message: Message) -> str:
+    with pytest.raises(MediaError) as info:
+        await plane.request(message)
+    return info.value.code
+
+
+@pytest.mark.parametrize("sdp", ["", "garbage", "v=0\r\nm=audio x\r\n", "v=0\r\n" * 20000])
+async def test_malformed_sdp_is_refused_with_a_code(plane: LocalMediaPlane, sdp: str) -> None:
+    assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "bad_sdp"
+
+
+async def test_offer_without_a_supported_codec_is_refused(plane: LocalMediaPlane) -> None:
+    sdp = (await _audio_offer()).replace("opus/48000/2", "speex/16000")
+    assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "unsupported_codec"
+
+
+async def test_offer_without_rtcp_mux_is_refused(plane: LocalMediaPlane) -> None:
+    sdp = (await _audio_offer()).replace("a=rtcp-mux\r\n", "")
+    assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "bad_sdp"
+
+
+async def test_too_many_tracks_are_refused(plane: LocalMediaPlane) -> None:
+    pc = client_pc()
+    for _ in range(17):
+        pc.addTransceiver("audio", direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    assert await _refused(plane, Offer("room", "alice", "publish", offer)) == "too_many_tracks"
+
+
+async def test_other_bad_requests(plane: LocalMediaPlane) -> None:
+    sdp = await _audio_offer()
+    assert await _refused(plane, Offer("nope", "alice", "publish", sdp)) == "unknown_room"
+    assert await _refused(plane, Offer("room", "", "publish", sdp)) == "bad_participant"
+    assert await _refused(plane, Offer("room", "a", "sideways", sdp)) == "bad_transport"  # type: ignore[arg-type]
+    assert await _refused(
+        plane, AnswerToServerOffer("room", "alice", "subscribe", sdp, 1)
+    ) == "unknown_transport"
+    await plane.request(Offer("room", "alice", "publish", sdp))
+    for candidate in ({"candidate": 5}, {"candidate": "candidate:garbage"}, {}):
+        assert await _refused(
+            plane, AddIceCandidate("room", "alice", "publish", candidate)
+        ) == "bad_candidate"
+    with pytest.raises(MediaError) as info:
+        Message.from_dict({"kind": "launch_missiles"})
+    assert info.value.code == "bad_message"
+    await plane.request(RequestKeyframe("room", "alice"))  # nothing to ask: still fine
+
+
+async def test_stale_answer_is_refused(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(Subscribe("room", "bob"))
+    offers = hub.of(ServerOffer)
+    assert offers, "no ServerOffer after Subscribe"
+    pc = client_pc()
+    await pc.setRemoteDescription(RTCSessionDescription(offers[0].sdp, "offer"))
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createAnswer())
+    stale = AnswerToServerOffer("room", "bob", "subscribe", pc.localDescription.sdp, 99)
+    assert await _refused(plane, stale) == "stale_offer"
+    # The client may not offer on a transport the SFU offers on (glare).
+    assert await _refused(plane, Offer("room", "bob", "subscribe", await _audio_offer())) \
+        == "bad_state"
+    await plane.request(AnswerToServerOffer(
+        "room", "bob", "subscribe", pc.localDescription.sdp, offers[0].offer_id))
+    await pc.close()
+
+
+async def test_offer_ids_count_from_one_on_each_subscribe_transport(plane: LocalMediaPlane) -> None:
+    """sfu.api.ServerOffer's contract, which the signalling protocol's new_connection rests on."""
+    hub = EventHub(plane)
+    await plane.request(Subscribe("room", "bob"))
+    await plane.request(Subscribe("room", "bob"))  # a resume replaces the transport
+    offers = hub.of(ServerOffer)
+    assert [o.offer_id for o in offers] == [1, 1]
+
+
+async def test_publisher_reconnect_is_one_continuous_stream(plane: LocalMediaPlane) -> None:
+    """A resume (new connection, new ICE credentials, new SSRCs) on the same publish transport:
+    the subscriber keeps its stream — same SSRC, sequence numbers running on by one — and keeps
+    decoding, without any renegotiation."""
+    hub = EventHub(plane)
+    first = Publisher(plane, "room", "alice", audio=False)
+    watcher = Subscriber(plane, hub, "room", "bob", decode=False, record_sequence=True)
+    viewer = Subscriber(plane, hub, "room", "carol")
+    second = Publisher(plane, "room", "alice", audio=False)
+    try:
+        await first.start()
+        await watcher.start()
+        await viewer.start()
+        await viewer.wait_frames(20)
+        offers_before = len(hub.events)
+        await first.close()
+        await asyncio.sleep(0.3)
+        before = len(viewer.frames)
+        await second.start()  # same participant, same transport, fresh connection
+        deadline = time.monotonic() + 10
+        while len(viewer.frames) < before + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(viewer.frames) >= before + 20, "no video after the publisher reconnected"
+        assert len([e for e in hub.events[offers_before:] if e.kind == "server_offer"]) == 0
+        (sequence,) = watcher.sequences.values()
+        steps = {(b - a) & 0xFFFF for a, b in itertools.pairwise(sequence)}
+        assert steps == {1}, f"sequence jumps {sorted(steps)[:5]} across the reconnect"
+    finally:
+        for client in (viewer, watcher, second):
+            await client.close()
+
+
+async def test_client_offered_subscribe_transport(plane: LocalMediaPlane) -> None:
+    """WHEP's shape: the viewer offers recvonly m-lines and gets the room's tracks in them."""
+    publisher = Publisher(plane, "room", "alice")
+    pc = client_pc()
+    frames: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        if track.kind == "video":
+            asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    try:
+        await publisher.start()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert "a=sendonly" in answer.sdp
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        deadline = time.monotonic() + 10
+        while len(frames) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 10
+    finally:
+        await pc.close()
+        await publisher.close()
+
+
+async def test_trickled_candidates_connect(plane: LocalMediaPlane) -> None:
+    """The client's offer carries no candidates; they arrive by AddIceCandidate. The viewer
+    subscribes just before, so its renegotiation lands while its first handshake still runs."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", video=False)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    await viewer.start()
+    pc = publisher.pc
+    from tests.media_clients import ToneTrack
+
+    pc.addTransceiver(ToneTrack(0.5), direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    lines = pc.localDescription.sdp.splitlines()
+    candidates = [l[2:] for l in lines if l.startswith("a=candidate:")]
+    assert candidates
+    bare = "\r\n".join(l for l in lines if not l.startswith("a=candidate:")
+                       and l != "a=end-of-candidates") + "\r\n"
+    answer = await plane.request(Offer("room", "alice", "publish", bare))
+    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+    for candidate in candidates:
+        await plane.request(AddIceCandidate(
+            "room", "alice", "publish", {"candidate": candidate, "sdpMid": "0"}))
+    await plane.request(AddIceCandidate("room", "alice", "publish", None))
+    try:
+        deadline = time.monotonic() + 10
+        while sum(viewer.packets.values()) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sum(viewer.packets.values()) >= 20
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_unannounced_ssrc_is_learnt_only_as_a_replacement(plane: LocalMediaPlane) -> None:
+    """A second live SSRC on one m-line (declined simulcast) is dropped, not interleaved; once
+    the first has been silent, a new SSRC takes over as a new epoch."""
+    import struct
+
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    try:
+        await publisher.start()
+        transport = plane.rooms["room"].participants["alice"].publish
+        assert transport is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            p.packets for p in transport.producers.values()
+        ):
+            await asyncio.sleep(0.05)
+        (producer,) = transport.producers.values()
+        epoch, live = producer.epoch, producer.last_arrival_ms
+
+        def packet(ssrc: int) -> bytes:
+            return struct.pack("!BBHII", 0x80, producer.codec.payload_type, 1, 1, ssrc) + b"\x10\x00"
+
+        await transport._on_rtp(packet(0xC0FFEE), live + 10)
+        assert producer.epoch == epoch and 0xC0FFEE not in transport._rtp
+        await publisher.close()
+        await transport._on_rtp(packet(0xC0FFEE), producer.last_arrival_ms + 5000)
+        assert producer.epoch == epoch + 1 and producer.ssrc == 0xC0FFEE
+    finally:
+        await publisher.close()
