@@ -8,6 +8,7 @@ through the currency's exponent with integer and string operations only.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core.currencies import EXPONENTS, MAX_AMOUNT
@@ -81,7 +82,7 @@ class Money:
         return {"amount": self.amount, "currency": self.currency}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "Money":
+    def from_dict(cls, data: Mapping[str, object]) -> "Money":
         amount, currency = data.get("amount"), data.get("currency")
         if not isinstance(currency, str):
             raise MoneyError("bad_currency", "currency must be a string")

@@ -93,13 +93,13 @@ async def test_light_subscriber_answers_a_servers_offer_and_reports_reception(mo
                 remb.append(len(packet.fci))
             await handle_rtcp(packet)
 
-        video_sender._handle_rtcp_packet = spy
+        setattr(video_sender, "_handle_rtcp_packet", spy)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not (subscriber.frames > 30 and remb):
             await asyncio.sleep(0.1)
         stats = await video_sender.getStats()
         # What a NACK would get back from our history: the packet as aiortc would have written it.
-        history = video_sender._RTCRtpSender__rtp_history
+        history = getattr(video_sender, "_RTCRtpSender__rtp_history")
         sent = history.get(next(iter(dict(history))))
         mid = publisher.pc.getTransceivers()[0].mid
     finally:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
 import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import VideoStreamTrack
@@ -39,7 +40,12 @@ async def test_media_flows_through_the_relay(coturn: Coturn) -> None:
     sender = RTCPeerConnection(relay_only(coturn, "expert-1"))
     receiver = RTCPeerConnection(relay_only(coturn, "client-1"))
     received: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-    receiver.on("track", lambda track: received.done() or received.set_result(track))
+
+    @receiver.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if not received.done():
+            received.set_result(track)
+
     try:
         sender.addTrack(VideoStreamTrack())
         await sender.setLocalDescription(await sender.createOffer())
@@ -52,7 +58,7 @@ async def test_media_flows_through_the_relay(coturn: Coturn) -> None:
         track = await asyncio.wait_for(received, 30)
         for _ in range(10):
             frame = await asyncio.wait_for(track.recv(), 30)
-            assert frame.width == 640
+            assert isinstance(frame, av.VideoFrame) and frame.width == 640
         assert sender.iceConnectionState == receiver.iceConnectionState == "completed"
         stats = await receiver.getStats()
         rtp_packets = sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")

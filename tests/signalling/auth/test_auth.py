@@ -37,7 +37,7 @@ def test_roundtrip() -> None:
         (jwt.encode(claims(role="god"), SECRET, "HS256"), "token_invalid"),
         (jwt.encode(claims(exp=int(time.time()) - 120), SECRET, "HS256"), "token_expired"),
         (jwt.encode(claims(exp=None), SECRET, "HS256"), "token_invalid"),
-        (jwt.encode(claims(), None, "none"), "token_invalid"),
+        (jwt.encode(claims(), "", "none"), "token_invalid"),
         # No jti (nothing to revoke it by), no iat (no way to bound its lifetime).
         (jwt.encode(claims(jti=None), SECRET, "HS256"), "token_invalid"),
         (jwt.encode(claims(iat=None), SECRET, "HS256"), "token_invalid"),

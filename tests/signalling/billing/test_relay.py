@@ -65,7 +65,7 @@ async def test_consumer_crash_between_commit_and_ack_counts_once(tmp_path, redis
     consumer.redis = type("R", (), {})()  # only xack fails: delegate the rest
     for name in ("xgroup_create", "xreadgroup", "xautoclaim"):
         setattr(consumer.redis, name, getattr(redis, name))
-    consumer.redis.xack = lost_ack
+    setattr(consumer.redis, "xack", lost_ack)
     with pytest.raises(ConnectionError):
         await consumer.run(idle_exit=0.1)
     assert store.count() == 5

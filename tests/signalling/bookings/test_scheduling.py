@@ -302,8 +302,8 @@ async def test_nodes_on_one_postgresql_cannot_take_one_slot(postgres_url) -> Non
         assert sorted(outcomes) == ["booked"] + ["slot_taken"] * 3
         # One client, two experts, the same hour, two nodes: only one.
         later = t + 7200
-        outcomes = await asyncio.gather(attempt(stores[1], "carl", "ada", later), attempt(stores[2], "carl", "bob", later))
-        assert sorted(outcomes) == ["booked", "client_busy"]
+        pair = await asyncio.gather(attempt(stores[1], "carl", "ada", later), attempt(stores[2], "carl", "bob", later))
+        assert sorted(pair) == ["booked", "client_busy"]
         # What one node booked, every node sees; a reminder or an opening is recorded once.
         booked = await stores[3].list_for("ada", state="booked", limit=1)
         assert len(await stores[3].list_for(None)) == 2 and (await stores[0].get(booked[0].id)) == booked[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from unittest.mock import ANY
 
 import pytest
@@ -66,7 +67,8 @@ async def test_bad_ttl_is_a_coded_400(client, ttl: str) -> None:  # type: ignore
 async def test_websocket_layer_helper(client) -> None:  # type: ignore[no-untyped-def]
     ice = ice_servers_for(client.app, "bob")
     assert ice.to_json()["iceServers"][1]["username"].endswith(":bob")
-    assert ice.refresh_at() is not None and ice.refresh_at() < ice.expires_at
+    refresh_at, expires_at = ice.refresh_at(), ice.expires_at
+    assert refresh_at is not None and expires_at is not None and refresh_at < expires_at
 
 
 def test_without_turn_settings_only_stun_is_served(settings: Settings) -> None:
@@ -83,7 +85,7 @@ def test_without_turn_settings_only_stun_is_served(settings: Settings) -> None:
         ({"turn_ttl": 7200, "turn_max_ttl": 3600}, "must not exceed"),
     ],
 )
-def test_bad_turn_settings_stop_start_up(settings: Settings, overrides: dict[str, object], message: str) -> None:
+def test_bad_turn_settings_stop_start_up(settings: Settings, overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         create_app(dataclasses.replace(settings, **overrides))
 
