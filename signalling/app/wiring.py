@@ -91,7 +91,7 @@ async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 class ProfileDirectory:
-    """``directory.ExpertDirectory`` (what signalling asks) backed by the profile store."""
+    """``calls.directory.ExpertDirectory`` (what the calls ask) backed by the profile store."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
