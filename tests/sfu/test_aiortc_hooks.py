@@ -3,14 +3,13 @@ them, these tests say exactly which one, before the SFU silently decodes or drop
 
 from __future__ import annotations
 
-import pytest
-
 import inspect
 from types import SimpleNamespace
 
 import aioice
 import aiortc
 import pylibsrtp
+import pytest
 from aioice import ice as aioice_ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State

@@ -5,14 +5,13 @@ its header extensions and a simulcast offer (answered as a single stream). SDP g
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import os
 import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from sfu.api import AnswerToServerOffer, Offer, OpenRoom, ServerOffer, Subscribe

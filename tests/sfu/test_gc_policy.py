@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import gc
+
+import pytest
 
 from sfu.api import TransportClosed
 from sfu.gc_policy import NEVER, CollectAfterDepartures

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 
+import pytest
 import uvloop
 
 from sfu.api import OpenRoom
