@@ -115,6 +115,7 @@ class Producer:
         self.packets_policed = 0
         self.packets_oversized = 0
         self.retransmissions = 0
+        self.rtx_padding = 0  # padding-only RTX (bandwidth probes): dropped
         self._base_seq = -1
         self._max_seq = 0
         self._cycles = 0
@@ -297,7 +298,13 @@ class Producer:
     def receive_rtx(self, data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int,
                     arrival_ms: int) -> None:
         """A retransmission on the RTX stream (RFC 4588): unwrap, then handle as media."""
-        if len(data) < offset + 2:
+        content = len(data) - offset
+        if b0 & 0x20:
+            content -= data[-1]  # RFC 3550 5.1: the last octet counts the padding
+        if content < 2:
+            # No original sequence number: a padding-only probe (libwebrtc's bandwidth
+            # probing) or a truncated packet. Reading one would corrupt the sequence state.
+            self.rtx_padding += 1
             return
         self.retransmissions += 1
         original_seq = (data[offset] << 8) | data[offset + 1]
@@ -305,7 +312,9 @@ class Producer:
         if len(stripped) - offset > MAX_FORWARDED_PAYLOAD:
             self.packets_oversized += 1
             return
-        self._missing.discard(original_seq)
+        if original_seq in self._missing:
+            self._missing.discard(original_seq)
+            self.packets += 1  # a repaired hole is a packet received (RFC 3550 A.3)
         delta = (original_seq - self._max_seq) & 0xFFFF
         if delta < 0x8000 and delta:
             self.receive(stripped, b0, b1, original_seq, ts, offset, arrival_ms)

@@ -289,6 +289,7 @@ class Router:
                 "packets_policed": producer.packets_policed,
                 "packets_oversized": producer.packets_oversized,
                 "retransmissions": producer.retransmissions,
+                "rtx_padding": producer.rtx_padding,
                 "jitter": round(producer.jitter_seconds, 6), "rtt": None,
             })
             for consumer in producer.consumers:

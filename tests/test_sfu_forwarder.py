@@ -301,3 +301,34 @@ def test_a_payload_too_large_to_protect_is_dropped_and_counted_not_raised() -> N
     producer.receive(*_split(_packet(2, 0, b"\x10\x00" + bytes(MAX_FORWARDED_PAYLOAD - 2))), 1)
     assert len(sent) == 1 and producer.packets_oversized == 1
     assert len(sent[0]) + 2 <= MAX_PROTECTED_RTP
+
+
+def _rtx(seq: int, ts: int, payload: bytes, padding: int = 0) -> bytes:
+    """An RTX packet (RFC 4588) on SSRC 4321, pt 98; ``padding`` bytes of RTP padding."""
+    b0 = 0x80 | (0x20 if padding else 0)
+    tail = bytes(padding - 1) + bytes([padding]) if padding else b""
+    return struct.pack("!BBHII", b0, 98, seq, ts, 4321) + payload + tail
+
+
+def test_padding_only_rtx_is_dropped_without_touching_the_sequence_state() -> None:
+    producer, consumer, sent = _consumer(VP8, ExtensionLayout())
+    upstream: list[bytes] = []
+    producer.attach_source(1234, 4321, 0, lambda d: upstream.append(d) or True)
+    producer.receive(*_split(_packet(40049, 0, b"\x10\x00key")), 0)
+    producer.receive(*_split(_packet(40050, 0, b"\x10\x01delta")), 1)
+    before = (producer._max_seq, producer._cycles, producer.packets, len(sent))
+    # libwebrtc's bandwidth probes: the whole payload is padding, no original sequence number
+    for i in range(5):
+        producer.receive_rtx(*_split(_rtx(7 + i, 0, b"", padding=224)), 2 + i)
+    producer.receive_rtx(*_split(_rtx(12, 0, b"", padding=1)), 8)
+    producer.receive_rtx(*_split(_rtx(13, 0, b"\x00", padding=0)), 9)  # truncated
+    assert (producer._max_seq, producer._cycles, producer.packets, len(sent)) == before
+    assert producer.rtx_padding == 7 and producer.retransmissions == 0
+    assert producer.packets_lost == 0 and upstream == []  # no bogus loss, no bogus NACK
+    # a real retransmission with padding after its payload is still one
+    producer.receive(*_split(_packet(40052, 0, b"\x10\x01d2")), 10)
+    producer.receive_rtx(*_split(_rtx(14, 0, struct.pack("!H", 40051) + b"\x10\x01d1",
+                                      padding=4)), 11)
+    assert producer.retransmissions == 1 and producer.packets_lost == 0
+    assert _parse(sent[-1], {}).payload.startswith(b"\x10\x01d1")
+    producer.close()
