@@ -82,7 +82,24 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
     """aioice's socket protocol, with a short cut for SRTP once DTLS has keyed the transport:
     aioice would try to parse each datagram as STUN, queue it, and wake the DTLS transport's
     receive task, which decrypts and awaits our handler; here the datagram callback decrypts and
-    calls the connection's RtpSink at once. SRTCP, STUN and DTLS still take aioice's path."""
+    calls the connection's RtpSink at once. SRTCP, STUN and DTLS still take aioice's path.
+
+    ``writable`` follows asyncio's flow control: False while the socket's send buffer is full
+    (the event loop then queues datagrams without bound) and once the socket is gone (sendto on a
+    closed asyncio datagram transport raises from inside its own error handler). RawSender drops
+    media for that one subscriber instead."""
+
+    writable = True
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writable = False
+        super().connection_lost(exc)
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         sink = self.receiver.__dict__.get(_SINK)
@@ -192,7 +209,7 @@ class RawSender:
     the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
     and address are cached until aioice nominates another pair."""
 
-    __slots__ = ("_addr", "_dtls", "_nominated", "_pair", "_protect", "_sendto", "_srtp")
+    __slots__ = ("_addr", "_dtls", "_gate", "_nominated", "_pair", "_protect", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -200,6 +217,7 @@ class RawSender:
         self._pair: Any = None
         self._sendto: Callable[[bytes, Any], None] = _no_sendto
         self._addr: Any = None
+        self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
 
@@ -210,13 +228,18 @@ class RawSender:
         self._pair = pair
         self._sendto = pair.protocol.transport.sendto
         self._addr = pair.remote_addr
+        # a TURN-relayed pair's protocol has no flow control of ours: always open
+        self._gate = pair.protocol if isinstance(pair.protocol, SrtpStunProtocol) else _OPEN
         return True
 
     def send_rtp(self, data: bytes) -> bool:
+        """True when sent; False when dropped (not connected, or the socket is full or gone)."""
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
         if self._nominated.get(1) is not self._pair and not self._route():
+            return False
+        if not self._gate.writable:
             return False
         if dtls._tx_srtp is not self._srtp:
             self._srtp = dtls._tx_srtp
@@ -230,8 +253,18 @@ class RawSender:
             return False
         if self._nominated.get(1) is not self._pair and not self._route():
             return False
+        if not self._gate.writable:
+            return False
         self._sendto(dtls._tx_srtp.protect_rtcp(data), self._addr)
         return True
+
+
+class _Open:
+    __slots__ = ()
+    writable = True
+
+
+_OPEN = _Open()
 
 
 def _no_sendto(data: bytes, addr: Any) -> None:

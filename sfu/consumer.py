@@ -8,6 +8,7 @@ where the subscriber negotiated it), starts on a keyframe, and writes the sender
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
 
 if TYPE_CHECKING:
     from sfu.producer import Producer
+
+logger = logging.getLogger(__name__)
 
 CACHE_SIZE = 512  # packets kept per subscriber stream for retransmission (~1 s of 4 Mbps video)
 _SEQ = struct.Struct("!H")
@@ -73,6 +76,8 @@ class Consumer:
         # statistics and feedback from the subscriber
         self.packets = 0
         self.bytes = 0
+        self.packets_dropped = 0  # not sent: the subscriber's socket full, closed or not keyed
+        self.send_errors = 0  # forward() raised: counted here, logged once
         self.retransmitted = 0
         self.nacks = 0
         self.plis = 0
@@ -180,6 +185,16 @@ class Consumer:
         if self._send_rtp(packet):
             self.packets += 1
             self.bytes += len(packet)
+        else:
+            self.packets_dropped += 1
+
+    def failed(self, exc: Exception) -> None:
+        """Sending to this subscriber raised: the producer's fan-out carries on with the others.
+        Counted, and logged once per consumer rather than once per packet."""
+        self.send_errors += 1
+        if self.send_errors == 1:
+            logger.warning("consumer %s: sending failed (counted in send_errors from now on)",
+                           self.id, exc_info=exc)
 
     def _rebase(self, seq: int, ts: int, epoch: int, arrival_ms: int) -> None:
         """Continue our sequence and timestamp spaces from where they stopped, whatever the
@@ -204,8 +219,12 @@ class Consumer:
                 continue
             if self.rtx_payload_type is not None:
                 packet = self._wrap_rtx(packet)
-            if self._send_rtp(packet):
-                self.retransmitted += 1
+            try:
+                if self._send_rtp(packet):
+                    self.retransmitted += 1
+            except Exception as exc:
+                self.failed(exc)
+                break
         if upstream:
             self.producer.request_retransmission(upstream)
 

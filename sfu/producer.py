@@ -253,8 +253,11 @@ class Producer:
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
         for consumer in self.consumers:
-            consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,
-                             epoch, arrival_ms)
+            try:  # (free in CPython 3.11 until something raises)
+                consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,
+                                 epoch, arrival_ms)
+            except Exception as exc:  # one subscriber's fault is its own
+                consumer.failed(exc)
 
     def _cache_gop(self, payload: bytes, padding: int, marker: int, seq: int, ts: int,
                    arrival_ms: int) -> bool:
@@ -287,10 +290,13 @@ class Producer:
         abs24 = (now_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
         keyframe = True  # the run's first packet: a waiting consumer starts on it
-        for payload, padding, marker, seq, ts in gop:
-            consumer.forward(payload, padding, marker, seq, ts, -1, abs24, keyframe, epoch,
-                             now_ms)
-            keyframe = False
+        try:
+            for payload, padding, marker, seq, ts in gop:
+                consumer.forward(payload, padding, marker, seq, ts, -1, abs24, keyframe, epoch,
+                                 now_ms)
+                keyframe = False
+        except Exception as exc:
+            consumer.failed(exc)
         if age_ms > GOP_REFRESH_MS:
             self.request_keyframe()
         return True
@@ -328,8 +334,11 @@ class Producer:
         keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         for consumer in self.consumers:
-            consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,
-                             keyframe, self.epoch, arrival_ms)
+            try:
+                consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,
+                                 keyframe, self.epoch, arrival_ms)
+            except Exception as exc:
+                consumer.failed(exc)
 
     def _read_audio_level(self, data: bytes) -> int:
         value = find_extension(data, self.audio_level_id)

@@ -298,6 +298,8 @@ class Router:
                     "kind": consumer.kind, "direction": "outbound",
                     "codec": producer.codec.mime_type, "bitrate": consumer.bitrate,
                     "packets": consumer.packets, "bytes": consumer.bytes,
+                    "packets_dropped": consumer.packets_dropped,
+                    "send_errors": consumer.send_errors,
                     "packets_lost": consumer.packets_lost,
                     "retransmitted": consumer.retransmitted, "nacks": consumer.nacks,
                     "plis": consumer.plis, "remb": consumer.remb_bitrate,

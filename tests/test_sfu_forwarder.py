@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 
+import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from hypothesis import given
@@ -332,3 +334,80 @@ def test_padding_only_rtx_is_dropped_without_touching_the_sequence_state() -> No
     assert producer.retransmissions == 1 and producer.packets_lost == 0
     assert _parse(sent[-1], {}).payload.startswith(b"\x10\x01d1")
     producer.close()
+
+
+def test_one_failing_subscriber_hurts_nobody_else(caplog: pytest.LogCaptureFixture) -> None:
+    producer, first, first_sent = _consumer(VP8, ExtensionLayout())
+
+    def broken(data: bytes) -> bool:
+        raise RuntimeError("srtp_protect failed (10)")
+
+    bad = Consumer("bad", producer, "mallory", ssrc=0x1111, rtx_ssrc=0x1112, send_rtp=broken,
+                   send_rtcp=lambda d: True)
+    bad.configure(100, 101, ExtensionLayout())
+    bad.paused = False
+    producer.add_consumer(bad)
+    last, last_sent = _joiner(producer, "carol")
+    last.paused = False
+    full = Consumer("full", producer, "dave", ssrc=0x2222, rtx_ssrc=0x2223,
+                    send_rtp=lambda d: False, send_rtcp=lambda d: True)  # socket full or gone
+    full.configure(100, 101, ExtensionLayout())
+    full.paused = False
+    producer.add_consumer(full)
+    with caplog.at_level(logging.WARNING, logger="sfu.consumer"):
+        for i in range(10):
+            producer.receive(*_split(_packet(100 + i, 0, b"\x10\x00k")), i)
+        producer.receive_rtx(*_split(_rtx(1, 0, struct.pack("!H", 95) + b"\x10\x01old")), 20)
+        bad.retransmit([bad._last_seq])
+    assert len(first_sent) == len(last_sent) == 11  # every packet, after the failing one too
+    assert bad.send_errors == 12 and bad.packets == 0
+    assert full.packets_dropped == 11 and full.send_errors == 0
+    assert len([r for r in caplog.records if "bad" in r.getMessage()]) == 1  # logged once
+    producer.close()
+
+
+async def test_raw_sender_drops_for_a_full_or_closed_socket_without_raising() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    import pylibsrtp
+    from aiortc.rtcdtlstransport import State
+
+    from sfu.aiortc_hooks import RawSender, SrtpStunProtocol
+
+    loop = asyncio.get_running_loop()
+    received: list[bytes] = []
+
+    class Sink(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            received.append(data)
+
+    sink, _ = await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", 0))
+    lost: list[object] = []
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: SrtpStunProtocol(SimpleNamespace(protocol_lost=lost.append)),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0))
+    pair = SimpleNamespace(protocol=protocol, remote_addr=sink.get_extra_info("sockname"))
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=pylibsrtp.Session(policy=policy),
+                           transport=SimpleNamespace(_connection=SimpleNamespace(
+                               _nominated={1: pair})))
+    raw = RawSender(dtls)  # type: ignore[arg-type]
+    assert raw.send_rtp(_packet(1, 0, b"\x10\x00key"))
+    protocol.pause_writing()  # asyncio: the socket's buffer is over its high-water mark
+    assert not raw.send_rtp(_packet(2, 0, b"\x10\x00key"))
+    protocol.resume_writing()
+    assert raw.send_rtp(_packet(3, 0, b"\x10\x00key"))
+    transport.close()
+    await asyncio.sleep(0.01)
+    assert lost == [protocol]
+    assert not raw.send_rtp(_packet(4, 0, b"\x10\x00key")) and not raw.send_rtcp(rtcp_pli())  # gone: dropped, no raise
+    await asyncio.sleep(0.05)
+    assert len(received) == 2
+    sink.close()
+
+
+def rtcp_pli() -> bytes:
+    from sfu import rtcp
+
+    return rtcp.pli(1, 2)
