@@ -124,6 +124,8 @@ class Producer:
         self.last_arrival_ms = 0
         self._expected_prior = 0
         self._received_prior = 0
+        self._received_base = 0  # self.packets when the current source attached
+        self._lost_before = 0  # packets lost by earlier sources (for stats)
         self.level_sum = 0  # audio levels (-dBov) since the router last looked
         self.level_count = 0
         self.bitrate = 0  # bps over the last second, set by the router
@@ -167,11 +169,24 @@ class Producer:
         self.rtx_ssrc = rtx_ssrc
         self.audio_level_id = audio_level_id
         self._send_rtcp = send_rtcp
+        # A new source is a new RTP session for the receive statistics (RFC 3550 A.1): the
+        # old cycle count, counters and NTP/RTP mapping would make receiver reports go
+        # backwards, hide the new source's losses, and give subscribers a wrong A/V sync.
+        self._lost_before += self.packets_lost
         self._base_seq = -1
+        self._cycles = 0
+        self._received_base = self.packets
+        self._expected_prior = self._received_prior = 0
+        self._jitter = 0.0
+        self._transit = 0
+        self.sr_ntp = self.sr_rtp = 0
+        self.sr_received_at = 0.0
         self._missing.clear()
         self._gop = None  # the new encoder's frames do not follow the old one's
         for consumer in self.consumers:
             consumer.restart()
+        if self.waiting_for_keyframe:
+            self.request_join_keyframe()  # (an SSRC switch too: nothing else would ask)
 
     def detach_source(self) -> None:
         self._send_rtcp = _drop
@@ -425,11 +440,12 @@ class Producer:
             return
         extended = self._cycles + self._max_seq
         expected = extended - self._base_seq + 1
-        lost = max(0, expected - self.packets)
+        received = self.packets - self._received_base
+        lost = max(0, expected - received)
         expected_interval = expected - self._expected_prior
-        received_interval = self.packets - self._received_prior
+        received_interval = received - self._received_prior
         self._expected_prior = expected
-        self._received_prior = self.packets
+        self._received_prior = received
         lost_interval = expected_interval - received_interval
         fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
         lsr = (self.sr_ntp >> 16) & 0xFFFFFFFF
@@ -456,8 +472,10 @@ class Producer:
     @property
     def packets_lost(self) -> int:
         if self._base_seq < 0:
-            return 0
-        return max(0, self._cycles + self._max_seq - self._base_seq + 1 - self.packets)
+            return self._lost_before
+        received = self.packets - self._received_base
+        return self._lost_before + max(0, self._cycles + self._max_seq - self._base_seq + 1
+                                       - received)
 
     @property
     def jitter_seconds(self) -> float:

@@ -161,11 +161,6 @@ class Router:
                 self.schedule_offer(sub)
         return producer
 
-    def producer_started(self, producer: Producer) -> None:
-        """A (new or reconnected) publish connection feeds ``producer``: ask for a keyframe so
-        every consumer, waiting or re-based, gets a clean picture."""
-        if producer.consumers:
-            producer.request_keyframe()
 
     def _producer_closed(self, producer: Producer) -> None:
         self.producers.pop(producer.id, None)

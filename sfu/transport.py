@@ -251,7 +251,6 @@ class Transport:
             self._rtx_pts[rtx_pt] = (
                 producer if self._rtx_pts.get(rtx_pt, producer) is producer else None
             )
-        self.router.producer_started(producer)
 
     async def create_offer(self) -> tuple[str, int] | None:
         """Our (re)offer on a subscribe transport, or None while one is awaiting its answer

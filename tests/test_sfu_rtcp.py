@@ -206,3 +206,51 @@ def test_publisher_above_its_allowed_bitrate_is_policed() -> None:
     assert producer.packets_policed > 1500
     forwarded_bits = producer.bytes * 8
     assert forwarded_bits <= 1.2e6 * 2 + 1.2e6 * 1.0 + 20000  # 2 s at the limit + one bucket
+
+
+def _receive_from(producer: Producer, ssrc: int, seq: int, arrival_ms: int,
+                  payload: bytes = b"\x10\x01") -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, ssrc) + payload + bytes(100)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+
+
+def test_a_new_source_starts_fresh_receive_statistics_and_asks_for_a_keyframe() -> None:
+    clock = FakeScheduler()
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=clock)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    consumer = Consumer("c", producer, "bob", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                        send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    # the old source wrapped its sequence numbers once, and sent an SR
+    for i, seq in enumerate(range(65000, 65536 + 100)):
+        _receive_from(producer, 1234, seq & 0xFFFF, i)
+    producer.handle_sender_report(5 << 32, 12345)
+    producer.send_feedback()
+    upstream.clear()
+
+    # the publisher reconnects (or switches SSRC): new numbering, 20% loss
+    producer.attach_source(0xC0FFEE, None, 0, lambda d: upstream.append(d) or True)
+    (pli,) = (RtcpPacket.parse(p)[0] for p in upstream)  # the running subscriber needs one
+    assert isinstance(pli, RtcpPsfbPacket) and pli.fmt == rtcp.FMT_PLI
+    assert pli.media_ssrc == 0xC0FFEE
+    upstream.clear()
+    _receive_from(producer, 0xC0FFEE, 1000, 1000, b"\x10\x00")  # its keyframe
+    for seq in range(1001, 1100):
+        if seq % 5:
+            _receive_from(producer, 0xC0FFEE, seq, 1000 + seq)
+    producer.send_feedback()
+    rr, _ = RtcpPacket.parse(upstream[-1])
+    assert isinstance(rr, RtcpRrPacket)
+    (report,) = rr.reports
+    assert report.ssrc == 0xC0FFEE
+    assert report.highest_sequence == 1099  # not the old source's cycles
+    assert report.packets_lost == 19  # the new source's losses are seen
+    assert report.fraction_lost == 19 * 256 // 100
+    assert report.lsr == 0 and report.dlsr == 0  # no SR from this source yet
+    assert producer.sr_ntp == 0  # subscribers' SRs do not use the old NTP/RTP mapping
+    assert producer.packets_lost == 19  # stats: what every source lost
+    producer.close()
