@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_SIZE = 512  # packets kept per subscriber stream for retransmission (~1 s of 4 Mbps video)
+# A subscriber's NACKs are answered at most once per round trip per packet (a NACK repeated
+# sooner is a duplicate: the answer is still on its way), and within a budget of retransmitted
+# packets per second, so that a subscriber cannot turn the SFU into an amplifier.
+MIN_RTX_GAP_MS = 10
+RTX_PER_SECOND = 500
+RTX_BURST = 128
+# libwebrtc ignores a keyframe request within 300 ms of the last one; so do we, per subscriber.
+MIN_PLI_SPACING_MS = 300
 _SEQ = struct.Struct("!H")
 
 
@@ -80,7 +88,15 @@ class Consumer:
         self.send_errors = 0  # forward() raised: counted here, logged once
         self.retransmitted = 0
         self.nacks = 0
+        self.nacks_ignored = 0  # asked again within a round trip, or over the budget
         self.plis = 0
+        self.plis_ignored = 0  # within MIN_PLI_SPACING_MS of the last one passed on
+        self._pli_ms = 0
+        # per cache slot: (when it was last resent << 16) | its sequence number, so that a new
+        # packet in the slot needs no reset on the per-packet path
+        self._rtx_ms: list[int] = [0] * CACHE_SIZE
+        self._rtx_tokens = float(RTX_BURST)
+        self._rtx_refill_ms = 0
         self.remb_bitrate = 0
         self.bitrate = 0  # bps over the last second, set by the router
         self.fraction_lost = 0
@@ -208,15 +224,31 @@ class Consumer:
     # --- RTCP from the subscriber ------------------------------------------------------------
 
     def retransmit(self, sequence_numbers: list[int]) -> None:
-        """Answer a NACK from the cache; ask the publisher for what the cache lacks."""
+        """Answer a NACK from the cache; ask the publisher for what the cache lacks. A packet
+        resent less than a round trip ago, or over the budget, is not resent."""
         self.nacks += 1
+        if not self._cache:
+            return
+        now_ms = current_ms()
+        tokens = min(float(RTX_BURST),
+                     self._rtx_tokens + (now_ms - self._rtx_refill_ms) * RTX_PER_SECOND / 1000)
+        self._rtx_refill_ms = now_ms
+        gap = max(MIN_RTX_GAP_MS, int(self.rtt * 1000) if self.rtt else 0)
+        resent = self._rtx_ms
         upstream = []
         for seq in sequence_numbers:
-            packet = self._cache[seq % CACHE_SIZE] if self._cache else None
+            slot = seq % CACHE_SIZE
+            packet = self._cache[slot]
             if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
                 if self._epoch == self.producer.epoch:
                     upstream.append((seq - self._seq_offset) & 0xFFFF)
                 continue
+            last = resent[slot]
+            if (last & 0xFFFF == seq and now_ms - (last >> 16) < gap) or tokens < 1:
+                self.nacks_ignored += 1
+                continue
+            tokens -= 1
+            resent[slot] = (now_ms << 16) | seq
             if self.rtx_payload_type is not None:
                 packet = self._wrap_rtx(packet)
             try:
@@ -225,8 +257,9 @@ class Consumer:
             except Exception as exc:
                 self.failed(exc)
                 break
+        self._rtx_tokens = tokens
         if upstream:
-            self.producer.request_retransmission(upstream)
+            self.producer.request_retransmission(upstream, self)
 
     def _wrap_rtx(self, packet: bytes) -> bytes:
         offset = payload_offset(packet)
@@ -238,7 +271,14 @@ class Consumer:
         return bytes(header) + packet[2:4] + packet[offset:]
 
     def keyframe_requested(self) -> None:
+        """A PLI or FIR from the subscriber: passed on (throttled again, per publisher) unless it
+        repeats one passed on less than MIN_PLI_SPACING_MS ago."""
         self.plis += 1
+        now_ms = current_ms()
+        if now_ms - self._pli_ms < MIN_PLI_SPACING_MS:
+            self.plis_ignored += 1
+            return
+        self._pli_ms = now_ms
         self.producer.request_keyframe()
 
     def handle_report(self, fraction_lost: int, packets_lost: int, jitter: int, lsr: int,

@@ -148,7 +148,8 @@ class Router:
     def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer:
         producer = Producer(
             f"{participant_id}:{mid}", participant_id, kind, codec,
-            max_bitrate=self.options.max_publish_bitrate if kind == "video" else 0,
+            max_bitrate=self.options.max_publish_bitrate if kind == "video"
+            else self.options.max_audio_bitrate,
             keyframe_interval=self.options.keyframe_interval,
         )
         self.producers[producer.id] = producer
@@ -285,6 +286,7 @@ class Router:
                 "packets_oversized": producer.packets_oversized,
                 "retransmissions": producer.retransmissions,
                 "rtx_padding": producer.rtx_padding,
+                "rtx_unasked": producer.rtx_unasked,
                 "jitter": round(producer.jitter_seconds, 6), "rtt": None,
             })
             for consumer in producer.consumers:
@@ -298,6 +300,8 @@ class Router:
                     "packets_lost": consumer.packets_lost,
                     "retransmitted": consumer.retransmitted, "nacks": consumer.nacks,
                     "plis": consumer.plis, "remb": consumer.remb_bitrate,
+                    "nacks_ignored": consumer.nacks_ignored,
+                    "plis_ignored": consumer.plis_ignored,
                     "jitter": round(consumer.jitter / producer.codec.clock_rate, 6),
                     "rtt": consumer.rtt,
                 })
