@@ -64,6 +64,7 @@ class Router:
         self._speaker: str | None = None
         self._levels: dict[str, float] = {}
         self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         # bytes of each producer and consumer at its last report (gone with it)
         self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -195,6 +196,24 @@ class Router:
             for transport in (participant.subscribe, participant.publish):
                 if transport is not None and transport.send_chat(sender, message):
                     break
+
+    def connection_closed(self, transport: Transport) -> None:
+        """A transport's connection closed for good: the transport leaves the room."""
+        if self.closed or transport.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._drop(transport))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _drop(self, transport: Transport) -> None:
+        if transport.closed:
+            return
+        await self._close_transport(transport, "closed")
+        participant = self.participants.get(transport.participant_id)
+        if participant is not None and not participant.transports():
+            self.participants.pop(participant.id, None)
+            if participant.flowing:
+                self._emit(MediaState(self.id, participant.id, False, _now(), "disconnected"))
 
     def transport_state_changed(self, transport: Transport) -> None:
         participant = self.participants.get(transport.participant_id)

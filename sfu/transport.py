@@ -57,8 +57,25 @@ MAX_MEDIA_SECTIONS = 16  # per connection: bounds what one client can make every
 PacketHandler = Callable[[bytes, int, int, int, int, int, int], None]
 
 
-def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
-    """Validate an SDP before aiortc sees it: a clear ``bad_sdp`` instead of an exception."""
+def bundle_only(sdp: str) -> list[bool]:
+    """Per m-line: does it carry ``a=bundle-only`` (RFC 9143)? aiortc's parser drops it."""
+    return ["\na=bundle-only" in section.replace("\r\n", "\n")
+            for section in sdp.split("\nm=")[1:]]
+
+
+def in_use(description: aiortc_sdp.SessionDescription, sdp: str) -> list[bool]:
+    """Per m-line: not rejected. Port 0 rejects an m-line (RFC 3264) unless it is bundle-only
+    (RFC 9143: its media rides on the BUNDLE's transport, as webrtcbin offers audio)."""
+    only = bundle_only(sdp)
+    return [media.port != 0 or (i < len(only) and only[i])
+            for i, media in enumerate(description.media)]
+
+
+def parse_sdp(sdp: str, expected: str,
+              max_sections: int = MAX_MEDIA_SECTIONS) -> aiortc_sdp.SessionDescription:
+    """Validate an SDP before aiortc sees it: a clear ``bad_sdp`` instead of an exception.
+    ``max_sections``: the most m-lines allowed (a client's offer is bounded; an answer to one of
+    our offers has as many m-lines as that offer)."""
     if not isinstance(sdp, str) or not sdp.strip() or len(sdp) > MAX_SDP_BYTES:
         raise MediaError("bad_sdp", "the SDP is empty or too large")
     try:
@@ -74,11 +91,12 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
             raise MediaError("bad_sdp", "the SDP lacks a DTLS fingerprint")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
             raise MediaError("bad_sdp", "rtcp-mux is required")
-    if len(description.media) > MAX_MEDIA_SECTIONS:
-        raise MediaError("too_many_tracks", f"at most {MAX_MEDIA_SECTIONS} media sections")
-    if len(description.media) > 1 and not any(
-        g.semantic == "BUNDLE" and len(g.items) == len(description.media)
-        for g in description.group
+    if len(description.media) > max_sections:
+        raise MediaError("too_many_tracks", f"at most {max_sections} media sections")
+    # A rejected m-line leaves the BUNDLE group (RFC 8843 7.3.3): only the others must be in it.
+    used = {m.rtp.muxId for m, ok in zip(description.media, in_use(description, sdp)) if ok}
+    if len(used) > 1 and not any(
+        g.semantic == "BUNDLE" and used <= set(g.items) for g in description.group
     ):
         raise MediaError("bundle_required", "every media section must be in one BUNDLE group")
     return description
@@ -164,7 +182,7 @@ class Transport:
             self.client_offers = True
             await self._set_remote(sdp, "offer")
             if self.kind == "publish":
-                self._sync_producers(description)
+                self._sync_producers(description, in_use(description, sdp))
             else:
                 self._fill_whep(description)
             self._hook()
@@ -199,11 +217,12 @@ class Transport:
         self.state = "new"
         await old.close()
 
-    def _sync_producers(self, description: aiortc_sdp.SessionDescription) -> None:
+    def _sync_producers(self, description: aiortc_sdp.SessionDescription,
+                        used: list[bool]) -> None:
         sending = {}
-        for media in description.media:
+        for media, ok in zip(description.media, used):
             if media.kind in ("audio", "video") and media.direction in ("sendonly", "sendrecv") \
-                    and media.port != 0:
+                    and ok:
                 sending[media.rtp.muxId] = media
         for gone in [m for m in self.producers if m not in sending]:
             self.producers.pop(gone).close()
@@ -273,7 +292,9 @@ class Transport:
 
     async def handle_answer(self, sdp: str, offer_id: int) -> bool:
         """The client's answer to our offer; True when another offer is due."""
-        parse_sdp(sdp, "answer")
+        local = self.pc.localDescription
+        offered = len(aiortc_sdp.SessionDescription.parse(local.sdp).media) if local else 0
+        parse_sdp(sdp, "answer", max_sections=max(offered, 1))
         async with self._lock:
             if self.closed:
                 raise MediaError("transport_closed", "the transport is closed")
@@ -310,7 +331,7 @@ class Transport:
 
     def add_consumer(self, producer: Producer) -> Consumer | None:
         """Add an m-line for ``producer`` to our next offer."""
-        if self.closed or self.client_offers:
+        if self.closed or self.client_offers or self.pc.connectionState == "closed":
             return None
         transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
         self._prefer(transceiver, producer)
@@ -548,6 +569,13 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        if self.state == "closed" and self.kind == "subscribe":
+            # The client closed its connection (DTLS close_notify: aiortc then closes ours). A
+            # subscribe connection never comes back (a resume makes a new one), and a closed one
+            # left in the room would refuse every later track. (A publish transport stays: its
+            # producers wait for the client's resume on a new connection.)
+            self.router.connection_closed(self)
+            return
         logger.info("room %s: %s %s transport %s", self.router.id, self.participant_id,
                     self.kind, self.state)
         if self.connected:

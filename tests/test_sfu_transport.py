@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 from aiortc import RTCRtpSender, RTCSessionDescription
@@ -20,6 +21,7 @@ from sfu.api import (
     RequestKeyframe,
     ServerOffer,
     Subscribe,
+    TransportClosed,
 )
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
@@ -250,5 +252,117 @@ async def test_unannounced_ssrc_is_learnt_only_as_a_replacement(plane: LocalMedi
         await publisher.close()
         await transport._on_rtp(packet(0xC0FFEE), producer.last_arrival_ms + 5000)
         assert producer.epoch == epoch + 1 and producer.ssrc == 0xC0FFEE
+    finally:
+        await publisher.close()
+
+
+async def _sendonly_offer(*kinds: str) -> str:
+    """A publisher's offer with tracks of ``kinds`` (no media is ever sent)."""
+    pc = client_pc()
+    for kind in kinds:
+        pc.addTransceiver(kind, direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _answer(offer: ServerOffer, edit: Any = None) -> tuple[Any, str]:
+    pc = client_pc()
+    await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createAnswer())
+    sdp = pc.localDescription.sdp
+    return pc, edit(sdp) if edit else sdp
+
+
+def _sections(sdp: str) -> list[str]:
+    head, *media = sdp.split("m=")
+    return [head] + ["m=" + m for m in media]
+
+
+async def test_answers_to_our_offers_are_not_held_to_the_offer_limit(
+        plane: LocalMediaPlane) -> None:
+    """Nine participants with audio and video: the SFU's offer to a tenth has 19 m-lines."""
+    hub = EventHub(plane)
+    for i in range(9):
+        await plane.request(Offer("room", f"p{i}", "publish", await _sendonly_offer("audio", "video")))
+    await plane.request(Subscribe("room", "viewer"))
+    (offer,) = hub.of(ServerOffer)
+    assert offer.sdp.count("\nm=") == 19
+    pc, answer = await _answer(offer)
+    try:
+        await plane.request(AnswerToServerOffer("room", "viewer", "subscribe", answer,
+                                                offer.offer_id))
+        # ... while an answer with more m-lines than our offer is still refused
+        await plane.request(Subscribe("room", "viewer"))
+        offer = hub.of(ServerOffer)[-1]
+        extra = answer + "".join(_sections(answer)[-1:])
+        assert await _refused(plane, AnswerToServerOffer("room", "viewer", "subscribe", extra,
+                                                         offer.offer_id)) == "too_many_tracks"
+    finally:
+        await pc.close()
+
+
+async def test_bundle_only_audio_is_published(plane: LocalMediaPlane) -> None:
+    """webrtcbin offers its audio as ``m=audio 0 ... a=bundle-only`` (RFC 9143)."""
+    sections = _sections(await _sendonly_offer("video", "audio"))
+    audio = next(i for i, s in enumerate(sections) if s.startswith("m=audio"))
+    port = sections[audio].split()[1]
+    sections[audio] = sections[audio].replace(f"m=audio {port} ", "m=audio 0 ", 1) \
+        .replace("a=mid:", "a=bundle-only\r\na=mid:", 1)
+    await plane.request(Offer("room", "gst", "publish", "".join(sections)))
+    transport = plane.rooms["room"].participants["gst"].publish
+    assert transport is not None
+    assert sorted(p.kind for p in transport.producers.values()) == ["audio", "video"]
+
+
+async def test_a_rejected_m_line_in_an_answer_needs_no_bundle(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(Offer("room", "alice", "publish", await _sendonly_offer("audio", "video")))
+    await plane.request(Subscribe("room", "bob"))
+    (offer,) = hub.of(ServerOffer)
+
+    def reject_video(sdp: str) -> str:
+        sections = _sections(sdp)
+        video = next(i for i, s in enumerate(sections) if s.startswith("m=video"))
+        mid = sections[video].split("a=mid:")[1].split("\r\n")[0]
+        port = sections[video].split()[1]
+        sections[video] = sections[video].replace(f"m=video {port} ", "m=video 0 ", 1)
+        group = next(line for line in sections[0].split("\r\n") if line.startswith("a=group:BUNDLE"))
+        kept = " ".join(m for m in group.split()[1:] if m != mid)
+        sections[0] = sections[0].replace(group, f"a=group:BUNDLE {kept}")
+        return "".join(sections)
+
+    pc, answer = await _answer(offer, reject_video)
+    try:
+        await plane.request(AnswerToServerOffer("room", "bob", "subscribe", answer,
+                                                offer.offer_id))
+    finally:
+        await pc.close()
+
+
+async def test_a_closed_subscriber_connection_leaves_the_room(plane: LocalMediaPlane) -> None:
+    """A subscriber that closes its RTCPeerConnection (DTLS close_notify) without Leave: its
+    transport leaves the room, and later publishers are not refused because of it."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await publisher.start()
+        await viewer.start()
+        router = plane.rooms["room"]
+        deadline = time.monotonic() + 10
+        while not viewer.packets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert viewer.packets
+        await viewer.close()
+        deadline = time.monotonic() + 10
+        while "bob" in router.participants and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert "bob" not in router.participants
+        assert [e.reason for e in hub.of(TransportClosed)] == ["closed"]
+        await plane.request(Offer("room", "carol", "publish", await _sendonly_offer("video")))
     finally:
         await publisher.close()
