@@ -11,6 +11,7 @@ loudly if any name used here moves.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.utils import random32
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
@@ -177,6 +179,14 @@ def disarm_sender(sender: RTCRtpSender) -> None:
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     """The (media, RTX) SSRCs aiortc announced in SDP for this sender."""
     return sender._ssrc, sender._rtx_ssrc
+
+
+def renew_sender(sender: RTCRtpSender) -> None:
+    """Give a reused m-line's sender new SSRCs and a new track id (msid), announced in the next
+    offer: the subscriber sees a new stream, not the old one's numbering jumping."""
+    sender._ssrc = random32()
+    sender._rtx_ssrc = random32()
+    sender._track_id = str(uuid.uuid4())
 
 
 def fast_protect(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:

@@ -333,9 +333,24 @@ class Transport:
         """Add an m-line for ``producer`` to our next offer."""
         if self.closed or self.client_offers or self.pc.connectionState == "closed":
             return None
-        transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        transceiver = self._free_m_line(producer.kind)
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        else:
+            transceiver.direction = "sendonly"
+            aiortc_hooks.renew_sender(transceiver.sender)
         self._prefer(transceiver, producer)
         return self._bind_consumer(transceiver, producer)
+
+    def _free_m_line(self, kind: str) -> RTCRtpTransceiver | None:
+        """An m-line of ``kind`` whose consumer closed and that the client has agreed is
+        inactive: reused (RFC 8829 5.2.2 lets an offerer recycle it), so that the offer does not
+        grow with every track that ever came and went."""
+        for transceiver in self.pc.getTransceivers():  # (inactive: set so by _consumer_closed)
+            if transceiver.kind == kind and transceiver.direction == "inactive" \
+                    and transceiver.currentDirection == "inactive":
+                return transceiver
+        return None
 
     def _prefer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> None:
         capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs

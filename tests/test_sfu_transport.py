@@ -14,6 +14,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 from sfu.api import (
     AddIceCandidate,
     AnswerToServerOffer,
+    Leave,
     MediaError,
     Message,
     Offer,
@@ -366,3 +367,37 @@ async def test_a_closed_subscriber_connection_leaves_the_room(plane: LocalMediaP
         await plane.request(Offer("room", "carol", "publish", await _sendonly_offer("video")))
     finally:
         await publisher.close()
+
+
+async def test_the_sfus_offers_reuse_the_m_lines_of_closed_tracks(plane: LocalMediaPlane) -> None:
+    """Tracks come and go: the subscriber's offer does not grow with each, and a reused m-line
+    carries a new SSRC."""
+    hub = EventHub(plane)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await viewer.start()
+        router = plane.rooms["room"]
+        transport = router.participants["bob"].subscribe
+        assert transport is not None
+        ssrcs = set()
+        for i in range(4):
+            await plane.request(Offer("room", f"p{i}", "publish",
+                                      await _sendonly_offer("audio", "video")))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    len(transport.consumers) < 2 or transport.pc.signalingState != "stable"):
+                await asyncio.sleep(0.02)
+            assert len(transport.consumers) == 2
+            ssrcs |= {c.ssrc for c in transport.consumers.values()}
+            await plane.request(Leave("room", f"p{i}", None))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    transport.consumers or transport.pc.signalingState != "stable"
+                    or any(t.currentDirection != "inactive" for t in transport.pc.getTransceivers())):
+                await asyncio.sleep(0.02)
+        assert len(transport.pc.getTransceivers()) == 2  # one audio, one video m-line, reused
+        assert len(ssrcs) == 8  # each track its own SSRC
+        last_offer = hub.of(ServerOffer)[-1].sdp
+        assert last_offer.count("\nm=") == 3  # audio, video, chat
+    finally:
+        await viewer.close()
