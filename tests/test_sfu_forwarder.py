@@ -418,3 +418,25 @@ def rtcp_pli() -> bytes:
     from sfu import rtcp
 
     return rtcp.pli(1, 2)
+
+
+def test_a_full_mtu_payload_is_forwarded_and_protected_even_as_rtx() -> None:
+    """A publisher on a 1,500-byte MTU (webrtcbin's default is 1,400 bytes of RTP) sends
+    payloads up to ~1,450 bytes: each reaches the subscriber, with our longest header and as
+    RTX, through SRTP."""
+    import pylibsrtp
+
+    from sfu.aiortc_hooks import fast_protect
+
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    protect = fast_protect(pylibsrtp.Session(policy))
+    producer, consumer, sent = _consumer(VP8, ExtensionLayout(mid_id=4, mid="x" * 16,
+                                                              abs_send_time_id=9))
+    payload = b"\x10\x00" + bytes(1500 - 20 - 8 - 10 - 12 - 2)  # IP, UDP, SRTP tag, RTP header
+    producer.receive(*_split(_packet(1, 0, payload)), 0)
+    assert producer.packets_oversized == 0 and len(sent) == 1
+    consumer.retransmit([_parse(sent[0], {}).sequence_number])
+    assert len(sent) == 2  # the RTX, 2 bytes longer
+    for packet in sent:
+        assert len(protect(packet)) == len(packet) + 10  # the HMAC-SHA1-80 tag
+    producer.close()
