@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from aiortc import clock
 
 from sfu import rtcp
+from sfu.congestion import VideoGate
 from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Consumer:
         self._rtx_seq = random.getrandbits(15)
         self._clock_per_ms = producer.codec.clock_rate // 1000
         self.paused = True  # until configured and the subscriber's transport is connected
+        self.gate = VideoGate()  # paused for congestion (sfu/congestion.py): for video only
         self._waiting = False
 
         # statistics and feedback from the subscriber
@@ -122,7 +124,7 @@ class Consumer:
     def resume(self) -> None:
         """Start (or restart) sending: video from the producer's cached run since its newest
         keyframe when it has one, else from the next keyframe, with a fresh one asked for."""
-        if self.closed or self.payload_type < 0:
+        if self.closed or self.payload_type < 0 or self.gate.paused:
             return
         if self.paused or self._waiting:
             self.paused = False
@@ -140,6 +142,16 @@ class Consumer:
         if not self.paused and not self._waiting and self.kind == "video":
             self._waiting = True
             self.producer.waiting_for_keyframe += 1
+
+    def suspend(self) -> None:
+        """Stop this subscriber's video for congestion (the gate says when to resume)."""
+        self.gate.paused = True
+        self.pause()
+
+    def unsuspend(self) -> None:
+        """Congestion is over: send again, starting on a keyframe."""
+        self.gate.paused = False
+        self.resume()
 
     def pause(self) -> None:
         if not self.paused:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sfu import rtcp
+from sfu import congestion, rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
 from sfu.nack import UpstreamNacks
 
@@ -492,9 +492,7 @@ class Producer:
         self.sr_received_at = time.time()
 
     def send_feedback(self) -> None:
-        """Periodic RTCP to the publisher: a receiver report, and REMB with the lowest estimate
-        among our subscribers (capped by the allowed bitrate), so that the publisher sends no
-        more than its worst viewer can take."""
+        """Periodic RTCP to the publisher: a receiver report, and REMB with target_bitrate()."""
         if self.ssrc is None or self._base_seq < 0:
             return
         extended = self._cycles + self._max_seq
@@ -518,13 +516,12 @@ class Producer:
         self._send_rtcp(packet)
 
     def target_bitrate(self) -> int:
-        estimates = [c.remb_bitrate for c in self.consumers if c.remb_bitrate]
-        target = min(estimates) if estimates else self.max_bitrate or 0
-        if self.max_bitrate:
-            target = min(target, self.max_bitrate)
-        # A fresh subscriber's estimate starts near what it receives and ramps up; below the
-        # floor, video is useless anyway, and the publisher must be able to climb back.
-        return max(target, MIN_REMB) if target else 1_000_000
+        """What the publisher is asked for: the subscribers that can take the stream decide,
+        not the weakest (sfu/congestion.py). The floor: a fresh subscriber's estimate starts
+        near what it receives and ramps up, and the publisher must be able to climb back."""
+        return congestion.remb_target(
+            [c.remb_bitrate for c in self.consumers if not c.gate.paused], self.max_bitrate,
+            MIN_REMB)
 
     # --- statistics --------------------------------------------------------------------------
 

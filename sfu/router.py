@@ -19,6 +19,7 @@ from typing import Any
 from sfu.api import (
     ActiveSpeaker,
     MediaError,
+    MediaQuality,
     MediaState,
     Message,
     RoomClosed,
@@ -284,12 +285,36 @@ class Router:
                 producer.bitrate = int((producer.bytes - before.get(producer, producer.bytes))
                                        * 8 / interval)
                 before[producer] = producer.bytes
+                if producer.kind == "video":
+                    self._gate_video(producer, time.monotonic())
             for consumer in producer.consumers:
                 if consumer.ssrc % RTCP_EVERY == slot:
                     consumer.send_sender_report()
                     consumer.bitrate = int(
                         (consumer.bytes - before.get(consumer, consumer.bytes)) * 8 / interval)
                     before[consumer] = consumer.bytes
+
+    def _gate_video(self, producer: Producer, now: float) -> None:
+        """Pause or resume each subscriber's video of ``producer`` for congestion."""
+        for consumer in list(producer.consumers):
+            if consumer.paused and not consumer.gate.paused:
+                continue  # not connected yet, or reconnecting: not a congestion matter
+            decision = consumer.gate.update(consumer.remb_bitrate, consumer.fraction_lost,
+                                            producer.bitrate, now)
+            if decision is None:
+                continue
+            if decision:
+                consumer.suspend()
+            else:
+                consumer.unsuspend()
+            logger.info("room %s: %s's video of %s %s (estimate %d, stream %d bps, loss %d/256)",
+                        self.id, consumer.participant_id, producer.id,
+                        "paused" if decision else "resumed", consumer.remb_bitrate,
+                        producer.bitrate, consumer.fraction_lost)
+            self._emit(MediaQuality(
+                self.id, consumer.participant_id, producer.participant_id, producer.id,
+                decision, "congestion" if decision else "recovered", consumer.remb_bitrate,
+                producer.bitrate, consumer.fraction_lost))
 
     # --- statistics --------------------------------------------------------------------------
 
@@ -320,6 +345,7 @@ class Router:
                     "retransmitted": consumer.retransmitted, "nacks": consumer.nacks,
                     "plis": consumer.plis, "remb": consumer.remb_bitrate,
                     "nacks_ignored": consumer.nacks_ignored,
+                    "video_paused": consumer.gate.paused,
                     "plis_ignored": consumer.plis_ignored,
                     "jitter": round(consumer.jitter / producer.codec.clock_rate, 6),
                     "rtt": consumer.rtt,

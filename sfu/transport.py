@@ -29,7 +29,7 @@ from aiortc import (
 from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
-from sfu import aiortc_hooks, rtcp
+from sfu import aiortc_hooks, congestion, rtcp
 from sfu.api import MediaError, TransportKind
 from sfu.consumer import Consumer
 from sfu.forwarder import (
@@ -555,10 +555,11 @@ class Transport:
             remb = rtcp.remb_bitrate(packet)
             if remb is not None:
                 bitrate, ssrcs = remb
-                for ssrc in ssrcs:
-                    consumer = self._rtcp_consumers.get(ssrc)
-                    if consumer is not None:
-                        consumer.remb_bitrate = bitrate
+                consumers = [c for c in map(self._rtcp_consumers.get, ssrcs) if c is not None]
+                # one estimate for all those streams: each gets its share, not the whole
+                shares = congestion.share(bitrate, [c.producer.bitrate for c in consumers])
+                for consumer, estimate in zip(consumers, shares):
+                    consumer.remb_bitrate = estimate
 
     # --- chat and state ----------------------------------------------------------------------
 

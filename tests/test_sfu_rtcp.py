@@ -179,23 +179,26 @@ def test_subscriber_nack_missing_from_cache_goes_upstream() -> None:
     assert nack.lost == [501]
 
 
-def test_remb_carries_the_lowest_subscriber_estimate_capped() -> None:
+def test_remb_follows_the_subscribers_that_can_take_the_stream_capped() -> None:
     producer, upstream = _producer(max_bitrate=1_000_000)
-    for estimate in (800_000, 300_000, 0):  # 0: no estimate yet
+    for estimate in (800_000, 600_000, 0):  # 0: no estimate yet
         consumer = Consumer("c", producer, "x", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
                             send_rtcp=lambda d: True)
         consumer.remb_bitrate = estimate
         producer.add_consumer(consumer)
-    assert producer.target_bitrate() == 300_000
+    assert producer.target_bitrate() == 600_000
     _receive(producer, 1, 0)
     producer.send_feedback()
     rr, remb = RtcpPacket.parse(upstream[-1])
     assert isinstance(rr, RtcpRrPacket) and rr.reports[0].ssrc == 1234
-    assert rtcp.remb_bitrate(remb) == (300_000, [1234])  # type: ignore[arg-type]
+    assert rtcp.remb_bitrate(remb) == (600_000, [1234])  # type: ignore[arg-type]
     for consumer in producer.consumers:
         consumer.remb_bitrate = 5_000_000
     assert producer.target_bitrate() == 1_000_000  # capped by the allowed bitrate
-    producer.consumers[0].remb_bitrate = 20_000
+    producer.consumers[0].remb_bitrate = 20_000  # one who cannot take video: left out
+    assert producer.target_bitrate() == 1_000_000
+    for consumer in producer.consumers:
+        consumer.remb_bitrate = 20_000
     assert producer.target_bitrate() == 150_000  # floored
 
 
