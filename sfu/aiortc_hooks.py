@@ -176,6 +176,34 @@ def disarm_sender(sender: RTCRtpSender) -> None:
     setattr(sender, _HOOKED, True)
 
 
+# aiortc offers only ECDHE-ECDSA suites (its certificates are ECDSA). That is all a DTLS
+# *server* with our certificate can use, but as a DTLS *client* (the SFU answers offers with
+# a=setup:active) it must also offer the suites of a server with an RSA certificate, such as
+# GStreamer's webrtcbin, or the handshake ends in "no shared cipher".
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+def accept_rsa_dtls_peers(pc: RTCPeerConnection) -> None:
+    """Make ``pc``'s DTLS handshakes offer RSA suites too (see DTLS_CIPHERS). The connection
+    keeps its own certificate: only the SSL context built from it changes."""
+    for certificate in pc._RTCPeerConnection__certificates:  # type: ignore[attr-defined]
+        if getattr(certificate, _HOOKED, False):
+            continue
+        original = certificate._create_ssl_context
+
+        def create(srtp_profiles: Any, _original: Any = original) -> Any:
+            context = _original(srtp_profiles)
+            context.set_cipher_list(DTLS_CIPHERS)
+            return context
+
+        certificate._create_ssl_context = create
+        setattr(certificate, _HOOKED, True)
+
+
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     """The (media, RTX) SSRCs aiortc announced in SDP for this sender."""
     return sender._ssrc, sender._rtx_ssrc

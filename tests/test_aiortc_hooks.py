@@ -243,3 +243,13 @@ def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> Non
                   "payload_size": 1000, "ssrc": 5}
         results.append((lazy.add(**packet), real.add(**packet)))
     assert all(a == b for a, b in results) and any(a is not None for a, _ in results)
+
+
+def test_peer_connections_keep_their_certificates_where_accept_rsa_dtls_peers_looks() -> None:
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    assert "self.__certificates = [RTCCertificate.generateCertificate()]" in _source(
+        RTCPeerConnection.__init__), "RTCPeerConnection.__certificates moved: review accept_rsa_dtls_peers"
+    assert "ctx.set_cipher_list(" in _source(RTCCertificate._create_ssl_context), (
+        "RTCCertificate._create_ssl_context no longer sets the cipher list: review DTLS_CIPHERS"
+    )
