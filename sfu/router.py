@@ -160,7 +160,7 @@ class Router:
         for participant in self.participants.values():
             sub = participant.subscribe
             if (participant.id != participant_id and sub is not None and not sub.closed
-                    and sub.add_consumer(producer) is not None):
+                    and sub.add_consumer(producer) is not None and not sub.client_offers):
                 self.schedule_offer(sub)
         return producer
 

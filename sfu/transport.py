@@ -124,6 +124,29 @@ def _codec(codecs: list[RTCRtpCodecParameters]) -> tuple[list[RTCRtpCodecParamet
     return None
 
 
+def _h264_key(parameters: dict[str, Any]) -> tuple[str, str]:
+    """(packetization-mode, profile-level-id): the packetization mode must agree between a
+    publisher's H.264 and a subscriber's; the closer the profile, the better."""
+    return (str(parameters.get("packetization-mode", "0")),
+            str(parameters.get("profile-level-id", "42001f")).lower())
+
+
+def _matching(codecs: list[Any], codec: Codec) -> Any:
+    """The first of ``codecs`` (RTCRtpCodecParameters or capabilities) that carries ``codec``'s
+    packets as they are: same MIME type; for H.264 the same packetization mode, and the same
+    profile-level-id, else the same profile and constraints, else the same profile_idc."""
+    same = [c for c in codecs if c.mimeType.lower() == codec.mime_type.lower()]
+    if codec.name != "h264":
+        return same[0] if same else None
+    mode, profile = _h264_key(codec.parameters)
+    fitting = [(p, c) for c in same for m, p in [_h264_key(c.parameters)] if m == mode]
+    for digits in (6, 4, 2):
+        for candidate_profile, candidate in fitting:
+            if candidate_profile[:digits] == profile[:digits]:
+                return candidate
+    return None
+
+
 def _extension_id(extensions: list[Any], uri: str) -> int:
     return next((e.id for e in extensions if e.uri == uri), 0)
 
@@ -150,6 +173,7 @@ class Transport:
         self._renegotiate = False
         self._lock = asyncio.Lock()
         self._unconfigured: list[tuple[RTCRtpTransceiver, Consumer]] = []
+        self._waiting: list[RTCRtpTransceiver] = []  # WHEP m-lines answered before their track
         self.pc = self._new_pc()
         self._raw: aiortc_hooks.RawSender | None = None
 
@@ -331,9 +355,12 @@ class Transport:
     # --- consumers (subscribe side) ----------------------------------------------------------
 
     def add_consumer(self, producer: Producer) -> Consumer | None:
-        """Add an m-line for ``producer`` to our next offer."""
-        if self.closed or self.client_offers or self.pc.connectionState == "closed":
+        """Add an m-line for ``producer`` to our next offer; on a client-offered (WHEP)
+        transport, fill an m-line that waits for a track, if one fits."""
+        if self.closed or self.pc.connectionState == "closed":
             return None
+        if self.client_offers:
+            return self._fill_waiting(producer)
         transceiver = self._free_m_line(producer.kind)
         if transceiver is None:
             transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
@@ -355,11 +382,8 @@ class Transport:
 
     def _prefer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> None:
         capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
-        wanted = [
-            c for c in capabilities
-            if c.mimeType.lower() == producer.codec.mime_type.lower()
-            and (producer.kind == "audio" or c.parameters == producer.codec.parameters)
-        ][:1]
+        found = _matching(capabilities, producer.codec)
+        wanted = [found] if found is not None else []
         wanted += [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
         transceiver.setCodecPreferences(wanted)
 
@@ -416,34 +440,56 @@ class Transport:
         for key, value in list(self.consumers.items()):
             if value is consumer:
                 del self.consumers[key]
-        if not self.closed and not self.client_offers:
+        if self.closed:
+            return
+        if self.client_offers:
+            self._waiting.append(transceiver)  # for the next track that fits
+        else:
             transceiver.direction = "inactive"
             self.router.schedule_offer(self)
 
     def _fill_whep(self, description: aiortc_sdp.SessionDescription) -> None:
-        """WHEP: give each of the client's recvonly m-lines one of the room's tracks."""
+        """WHEP: give each of the client's recvonly m-lines one of the room's tracks, with the
+        one codec (and its RTX) that track is sent in. An m-line no track fits yet is answered
+        sendonly with the client's first codec we support, and waits for a track (a viewer may
+        come before the publisher: WHEP has no way to offer it later)."""
         taken = {c.producer.id for c in self.consumers.values()}
         taken |= {c.producer.id for _, c in self._unconfigured}
         for transceiver in self.pc.getTransceivers():
-            if transceiver.direction == "sendonly":
+            if transceiver.direction == "sendonly" or transceiver in self._waiting:
                 continue
-            producer = next(
-                (p for p in self.router.producers_for(self.participant_id)
-                 if p.kind == transceiver.kind and p.id not in taken), None,
-            )
-            if producer is None:
-                continue
-            kept = [c for c in aiortc_hooks.negotiated_codecs(transceiver)
-                    if c.mimeType.lower() == producer.codec.mime_type.lower()][:1]
-            if not kept:
-                continue
-            rtx = [c for c in aiortc_hooks.negotiated_codecs(transceiver)
-                   if c.mimeType.lower().endswith("/rtx")
-                   and c.parameters.get("apt") == kept[0].payloadType]
-            aiortc_hooks.restrict_codecs(transceiver, kept + rtx)
+            codecs = aiortc_hooks.negotiated_codecs(transceiver)
+            producer, kept = None, None
+            for candidate in self.router.producers_for(self.participant_id):
+                if candidate.kind == transceiver.kind and candidate.id not in taken:
+                    kept = _matching(codecs, candidate.codec)
+                    if kept is not None:
+                        producer = candidate
+                        break
+            if kept is None:
+                kept = next((c for c in codecs if c.mimeType.lower() in SUPPORTED_CODECS), None)
+                if kept is None:
+                    continue
+            rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx")
+                   and c.parameters.get("apt") == kept.payloadType]
+            aiortc_hooks.restrict_codecs(transceiver, [kept] + rtx)
             transceiver.direction = "sendonly"
-            taken.add(producer.id)
-            self._bind_consumer(transceiver, producer)
+            if producer is None:
+                self._waiting.append(transceiver)
+            else:
+                taken.add(producer.id)
+                self._bind_consumer(transceiver, producer)
+
+    def _fill_waiting(self, producer: Producer) -> Consumer | None:
+        """A track arrived: put it on a WHEP m-line that waits for one and whose codec fits."""
+        for transceiver in self._waiting:
+            codecs = aiortc_hooks.negotiated_codecs(transceiver)
+            if transceiver.kind == producer.kind and _matching(codecs, producer.codec):
+                self._waiting.remove(transceiver)
+                consumer = self._bind_consumer(transceiver, producer)
+                self._configure_consumers()
+                return consumer
+        return None
 
     # --- packets -----------------------------------------------------------------------------
 

@@ -401,3 +401,55 @@ async def test_the_sfus_offers_reuse_the_m_lines_of_closed_tracks(plane: LocalMe
         assert last_offer.count("\nm=") == 3  # audio, video, chat
     finally:
         await viewer.close()
+
+
+def _rtpmaps(sdp: str) -> list[list[str]]:
+    """Per m-line, the codec names of its a=rtpmap lines."""
+    return [[line.split()[1].split("/")[0] for line in section.split("\r\n")
+             if line.startswith("a=rtpmap:")] for section in _sections(sdp)[1:]]
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_a_whep_viewer_before_the_publisher_gets_media_when_it_comes(
+        plane: LocalMediaPlane, codec: str) -> None:
+    """The viewer's answer into an empty room is sendonly with one codec per m-line (and its
+    RTX), and the publisher's tracks fill those m-lines when they arrive, without a new offer."""
+    pc = client_pc()
+    frames: list[object] = []
+    audio: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                (frames if track.kind == "video" else audio).append(await track.recv())
+
+        asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    publisher = Publisher(plane, "room", "alice", video_codec=codec)
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert "a=inactive" not in answer.sdp
+        video_codecs, audio_codecs = _rtpmaps(answer.sdp)
+        assert video_codecs == ["VP8", "rtx"] and audio_codecs == ["opus"]
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        if codec == "video/H264":
+            # the viewer answered VP8 for video before any track: only audio can fill it now
+            await publisher.start()
+            deadline = time.monotonic() + 10
+            while len(audio) < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(audio) >= 10 and frames == []
+            return
+        await publisher.start()
+        deadline = time.monotonic() + 15
+        while (len(frames) < 10 or len(audio) < 10) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 10 and len(audio) >= 10
+    finally:
+        await pc.close()
+        await publisher.close()
