@@ -121,6 +121,15 @@ class Consumer:
             "level" if extensions.audio_level_id else "none"
         )
 
+    def continue_from(self, previous: Consumer) -> None:
+        """Send on from where ``previous`` stopped: the same SSRCs on a reused m-line (a WHEP
+        m-line that gets a new track) must not go back in sequence, or SRTP refuses to protect
+        every packet as a replay (srtp_protect error 10, replay_old)."""
+        self._last_seq = previous._last_seq
+        self._last_ts = previous._last_ts
+        self._last_ms = previous._last_ms
+        self._rtx_seq = previous._rtx_seq
+
     def resume(self) -> None:
         """Start (or restart) sending: video from the producer's cached run since its newest
         keyframe when it has one, else from the next keyframe, with a fresh one asked for."""

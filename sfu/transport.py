@@ -174,6 +174,7 @@ class Transport:
         self._lock = asyncio.Lock()
         self._unconfigured: list[tuple[RTCRtpTransceiver, Consumer]] = []
         self._waiting: list[RTCRtpTransceiver] = []  # WHEP m-lines answered before their track
+        self._last_on: dict[RTCRtpTransceiver, Consumer] = {}  # a waiting m-line's last consumer
         self.pc = self._new_pc()
         self._raw: aiortc_hooks.RawSender | None = None
 
@@ -444,6 +445,7 @@ class Transport:
             return
         if self.client_offers:
             self._waiting.append(transceiver)  # for the next track that fits
+            self._last_on[transceiver] = consumer
         else:
             transceiver.direction = "inactive"
             self.router.schedule_offer(self)
@@ -487,6 +489,9 @@ class Transport:
             if transceiver.kind == producer.kind and _matching(codecs, producer.codec):
                 self._waiting.remove(transceiver)
                 consumer = self._bind_consumer(transceiver, producer)
+                previous = self._last_on.pop(transceiver, None)
+                if previous is not None:
+                    consumer.continue_from(previous)
                 self._configure_consumers()
                 return consumer
         return None

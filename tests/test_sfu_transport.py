@@ -453,3 +453,50 @@ async def test_a_whep_viewer_before_the_publisher_gets_media_when_it_comes(
     finally:
         await pc.close()
         await publisher.close()
+
+
+async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_comes_back(
+        plane: LocalMediaPlane) -> None:
+    """A WHEP viewer's m-line keeps its SSRC from one publisher to the next (WHEP cannot
+    renegotiate): the next track's packets must continue its sequence, or SRTP refuses every
+    one of them as a replay (srtp_protect error 10) and the viewer stays frozen."""
+    pc = client_pc()
+    frames: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        if track.kind == "video":
+            asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    first = Publisher(plane, "room", "alice", audio=False)
+    second = Publisher(plane, "room", "carol", audio=False)
+    try:
+        await first.start()
+        pc.addTransceiver("video", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        deadline = time.monotonic() + 10
+        while len(frames) < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 30
+        await plane.request(Leave("room", "alice", None))
+        await first.close()
+        before = len(frames)
+        await second.start()
+        deadline = time.monotonic() + 10
+        while len(frames) < before + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= before + 20, "the viewer froze when the next publisher came"
+        viewer = plane.rooms["room"].participants["viewer"].subscribe
+        assert viewer is not None
+        assert all(c.send_errors == 0 for c in viewer.consumers.values())
+    finally:
+        await pc.close()
+        await first.close()
+        await second.close()
