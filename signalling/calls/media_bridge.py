@@ -24,6 +24,7 @@ from sfu.api import (
     CloseRoom,
     MediaError,
     MediaPlane,
+    MediaQuality,
     MediaState,
     Message,
     Offer,
@@ -152,6 +153,17 @@ class MediaBridge:
                         new_connection=event.offer_id == 1,
                     ),
                 )
+            elif isinstance(event, MediaQuality):
+                # the subscriber whose video paused or resumed, and the publisher it watches
+                quality = message(
+                    "media.quality", session_id=event.room_id, subscriber=event.participant_id,
+                    publisher=event.publisher_id, track_id=event.track_id,
+                    video_paused=event.video_paused, reason=event.reason,
+                    estimate=event.estimate, bitrate=event.bitrate,
+                    fraction_lost=event.fraction_lost,
+                )
+                for user in dict.fromkeys((event.participant_id, event.publisher_id)):
+                    await self.backend.deliver(user, quality)
             elif isinstance(event, RoomClosed):
                 await self.queues.end(event.room_id, EndReason.ERROR)
         except Exception:

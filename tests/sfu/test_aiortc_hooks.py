@@ -123,6 +123,22 @@ def test_sender_starts_its_encoder_in_send_only() -> None:
     )
 
 
+async def test_a_renewed_sender_is_announced_with_its_new_ssrcs_and_track_id() -> None:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    aiortc_hooks.renew_sender(transceiver.sender)
+    ssrc, rtx = aiortc_hooks.sender_ssrcs(transceiver.sender)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    assert f"a=ssrc:{ssrc} " in sdp and f"a=ssrc-group:FID {ssrc} {rtx}" in sdp, (
+        "aiortc no longer announces RTCRtpSender._ssrc/_rtx_ssrc: review renew_sender"
+    )
+    assert transceiver.sender._track_id in sdp, (
+        "aiortc no longer announces RTCRtpSender._track_id in msid: review renew_sender"
+    )
+
+
 def test_transceiver_keeps_negotiated_codecs_in_codecs() -> None:
     assert "self._codecs" in _source(RTCRtpTransceiver.__init__), (
         "RTCRtpTransceiver._codecs is gone: negotiated_codecs/restrict_codecs must change"
@@ -230,3 +246,13 @@ def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> Non
                   "payload_size": 1000, "ssrc": 5}
         results.append((lazy.add(**packet), real.add(**packet)))
     assert all(a == b for a, b in results) and any(a is not None for a, _ in results)
+
+
+def test_peer_connections_keep_their_certificates_where_accept_rsa_dtls_peers_looks() -> None:
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    assert "self.__certificates = [RTCCertificate.generateCertificate()]" in _source(
+        RTCPeerConnection.__init__), "RTCPeerConnection.__certificates moved: review accept_rsa_dtls_peers"
+    assert "ctx.set_cipher_list(" in _source(RTCCertificate._create_ssl_context), (
+        "RTCCertificate._create_ssl_context no longer sets the cipher list: review DTLS_CIPHERS"
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 
+import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from hypothesis import given
@@ -121,7 +123,8 @@ def test_audio_level_is_carried_with_the_subscribers_id() -> None:
     assert packet.extensions.mid == "0"
 
 
-def test_sequence_and_timestamp_continue_across_a_new_epoch() -> None:
+async def test_sequence_and_timestamp_continue_across_a_new_epoch() -> None:
+    # async: a new source's keyframe request arms its retry on the running loop
     producer, _, sent = _consumer(VP8, ExtensionLayout())
     producer.receive(*_split(_packet(100, 9000, b"\x10\x00a")), 1000)
     producer.attach_source(999, None, 0, lambda d: True)  # the publisher reconnected
@@ -129,6 +132,7 @@ def test_sequence_and_timestamp_continue_across_a_new_epoch() -> None:
     first, second = (_parse(d, {}) for d in sent)
     assert (second.sequence_number - first.sequence_number) & 0xFFFF == 1
     assert (second.timestamp - first.timestamp) & 0xFFFFFFFF == 100 * 90
+    producer.close()
 
 
 async def test_waits_for_a_keyframe_after_resume_and_answers_nacks_with_rtx() -> None:
@@ -155,7 +159,8 @@ def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
     return data, b0, b1, seq, ts, payload_offset(data)
 
 
-def test_a_new_source_restarts_on_a_keyframe() -> None:
+async def test_a_new_source_restarts_on_a_keyframe() -> None:
+    # async: a new source's keyframe request arms its retry on the running loop
     producer, _, sent = _consumer(VP8, ExtensionLayout())
     producer.receive(*_split(_packet(10, 0, b"\x10\x01delta")), 0)
     assert len(sent) == 1  # already running: deltas pass
@@ -166,6 +171,7 @@ def test_a_new_source_restarts_on_a_keyframe() -> None:
     assert len(sent) == 2  # ... until its keyframe, which follows on without a gap
     first, second = (_parse(d, {}) for d in sent)
     assert (second.sequence_number - first.sequence_number) & 0xFFFF == 1
+    producer.close()
 
 
 H264 = Codec("video/H264", 90000, 102, nack=True, pli=True)
@@ -301,3 +307,136 @@ def test_a_payload_too_large_to_protect_is_dropped_and_counted_not_raised() -> N
     producer.receive(*_split(_packet(2, 0, b"\x10\x00" + bytes(MAX_FORWARDED_PAYLOAD - 2))), 1)
     assert len(sent) == 1 and producer.packets_oversized == 1
     assert len(sent[0]) + 2 <= MAX_PROTECTED_RTP
+
+
+def _rtx(seq: int, ts: int, payload: bytes, padding: int = 0) -> bytes:
+    """An RTX packet (RFC 4588) on SSRC 4321, pt 98; ``padding`` bytes of RTP padding."""
+    b0 = 0x80 | (0x20 if padding else 0)
+    tail = bytes(padding - 1) + bytes([padding]) if padding else b""
+    return struct.pack("!BBHII", b0, 98, seq, ts, 4321) + payload + tail
+
+
+async def test_padding_only_rtx_is_dropped_without_touching_the_sequence_state() -> None:
+    # async: a new source's keyframe request arms its retry on the running loop
+    producer, consumer, sent = _consumer(VP8, ExtensionLayout())
+    upstream: list[bytes] = []
+    producer.attach_source(1234, 4321, 0, lambda d: upstream.append(d) or True)
+    producer.receive(*_split(_packet(40049, 0, b"\x10\x00key")), 0)
+    producer.receive(*_split(_packet(40050, 0, b"\x10\x01delta")), 1)
+    before = (producer._max_seq, producer._cycles, producer.packets, len(sent))
+    # libwebrtc's bandwidth probes: the whole payload is padding, no original sequence number
+    for i in range(5):
+        producer.receive_rtx(*_split(_rtx(7 + i, 0, b"", padding=224)), 2 + i)
+    producer.receive_rtx(*_split(_rtx(12, 0, b"", padding=1)), 8)
+    producer.receive_rtx(*_split(_rtx(13, 0, b"\x00", padding=0)), 9)  # truncated
+    assert (producer._max_seq, producer._cycles, producer.packets, len(sent)) == before
+    assert producer.rtx_padding == 7 and producer.retransmissions == 0
+    assert producer.packets_lost == 0
+    assert not [p for p in upstream if p[1] == 205]  # no bogus NACK (RTPFB)
+    # a real retransmission with padding after its payload is still one
+    producer.receive(*_split(_packet(40052, 0, b"\x10\x01d2")), 10)
+    producer.receive_rtx(*_split(_rtx(14, 0, struct.pack("!H", 40051) + b"\x10\x01d1",
+                                      padding=4)), 11)
+    assert producer.retransmissions == 1 and producer.packets_lost == 0
+    assert _parse(sent[-1], {}).payload.startswith(b"\x10\x01d1")
+    producer.close()
+
+
+def test_one_failing_subscriber_hurts_nobody_else(caplog: pytest.LogCaptureFixture) -> None:
+    producer, first, first_sent = _consumer(VP8, ExtensionLayout())
+
+    def broken(data: bytes) -> bool:
+        raise RuntimeError("srtp_protect failed (10)")
+
+    bad = Consumer("bad", producer, "mallory", ssrc=0x1111, rtx_ssrc=0x1112, send_rtp=broken,
+                   send_rtcp=lambda d: True)
+    bad.configure(100, 101, ExtensionLayout())
+    bad.paused = False
+    producer.add_consumer(bad)
+    last, last_sent = _joiner(producer, "carol")
+    last.paused = False
+    full = Consumer("full", producer, "dave", ssrc=0x2222, rtx_ssrc=0x2223,
+                    send_rtp=lambda d: False, send_rtcp=lambda d: True)  # socket full or gone
+    full.configure(100, 101, ExtensionLayout())
+    full.paused = False
+    producer.add_consumer(full)
+    with caplog.at_level(logging.WARNING, logger="sfu.consumer"):
+        for i in range(10):
+            if i != 5:  # a hole, repaired below
+                producer.receive(*_split(_packet(100 + i, 0, b"\x10\x00k")), i)
+        producer.receive_rtx(*_split(_rtx(1, 0, struct.pack("!H", 105) + b"\x10\x01old")), 20)
+        bad.retransmit([bad._last_seq])
+    assert len(first_sent) == len(last_sent) == 10  # every packet, after the failing one too
+    assert bad.send_errors == 11 and bad.packets == 0
+    assert full.packets_dropped == 10 and full.send_errors == 0
+    assert len([r for r in caplog.records if "bad" in r.getMessage()]) == 1  # logged once
+    producer.close()
+
+
+async def test_raw_sender_drops_for_a_full_or_closed_socket_without_raising() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    import pylibsrtp
+    from aiortc.rtcdtlstransport import State
+
+    from sfu.aiortc_hooks import RawSender, SrtpStunProtocol
+
+    loop = asyncio.get_running_loop()
+    received: list[bytes] = []
+
+    class Sink(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            received.append(data)
+
+    sink, _ = await loop.create_datagram_endpoint(Sink, local_addr=("127.0.0.1", 0))
+    lost: list[object] = []
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: SrtpStunProtocol(SimpleNamespace(protocol_lost=lost.append)),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0))
+    pair = SimpleNamespace(protocol=protocol, remote_addr=sink.get_extra_info("sockname"))
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=pylibsrtp.Session(policy=policy),
+                           transport=SimpleNamespace(_connection=SimpleNamespace(
+                               _nominated={1: pair})))
+    raw = RawSender(dtls)  # type: ignore[arg-type]
+    assert raw.send_rtp(_packet(1, 0, b"\x10\x00key"))
+    protocol.pause_writing()  # asyncio: the socket's buffer is over its high-water mark
+    assert not raw.send_rtp(_packet(2, 0, b"\x10\x00key"))
+    protocol.resume_writing()
+    assert raw.send_rtp(_packet(3, 0, b"\x10\x00key"))
+    transport.close()
+    await asyncio.sleep(0.01)
+    assert lost == [protocol]
+    assert not raw.send_rtp(_packet(4, 0, b"\x10\x00key")) and not raw.send_rtcp(rtcp_pli())  # gone: dropped, no raise
+    await asyncio.sleep(0.05)
+    assert len(received) == 2
+    sink.close()
+
+
+def rtcp_pli() -> bytes:
+    from sfu import rtcp
+
+    return rtcp.pli(1, 2)
+
+
+def test_a_full_mtu_payload_is_forwarded_and_protected_even_as_rtx() -> None:
+    """A publisher on a 1,500-byte MTU (webrtcbin's default is 1,400 bytes of RTP) sends
+    payloads up to ~1,450 bytes: each reaches the subscriber, with our longest header and as
+    RTX, through SRTP."""
+    import pylibsrtp
+
+    from sfu.aiortc_hooks import fast_protect
+
+    policy = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    protect = fast_protect(pylibsrtp.Session(policy))
+    producer, consumer, sent = _consumer(VP8, ExtensionLayout(mid_id=4, mid="x" * 16,
+                                                              abs_send_time_id=9))
+    payload = b"\x10\x00" + bytes(1500 - 20 - 8 - 10 - 12 - 2)  # IP, UDP, SRTP tag, RTP header
+    producer.receive(*_split(_packet(1, 0, payload)), 0)
+    assert producer.packets_oversized == 0 and len(sent) == 1
+    consumer.retransmit([_parse(sent[0], {}).sequence_number])
+    assert len(sent) == 2  # the RTX, 2 bytes longer
+    for packet in sent:
+        assert len(protect(packet)) == len(packet) + 10  # the HMAC-SHA1-80 tag
+    producer.close()

@@ -15,7 +15,7 @@ from aiortc.rtp import (
 )
 
 from sfu import rtcp
-from sfu.consumer import Consumer
+from sfu.consumer import RTX_BURST, Consumer
 from sfu.forwarder import ExtensionLayout, payload_offset
 from sfu.producer import Codec, Producer
 
@@ -179,23 +179,26 @@ def test_subscriber_nack_missing_from_cache_goes_upstream() -> None:
     assert nack.lost == [501]
 
 
-def test_remb_carries_the_lowest_subscriber_estimate_capped() -> None:
+def test_remb_follows_the_subscribers_that_can_take_the_stream_capped() -> None:
     producer, upstream = _producer(max_bitrate=1_000_000)
-    for estimate in (800_000, 300_000, 0):  # 0: no estimate yet
+    for estimate in (800_000, 600_000, 0):  # 0: no estimate yet
         consumer = Consumer("c", producer, "x", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
                             send_rtcp=lambda d: True)
         consumer.remb_bitrate = estimate
         producer.add_consumer(consumer)
-    assert producer.target_bitrate() == 300_000
+    assert producer.target_bitrate() == 600_000
     _receive(producer, 1, 0)
     producer.send_feedback()
     rr, remb = RtcpPacket.parse(upstream[-1])
     assert isinstance(rr, RtcpRrPacket) and rr.reports[0].ssrc == 1234
-    assert rtcp.remb_bitrate(remb) == (300_000, [1234])  # type: ignore[arg-type]
+    assert rtcp.remb_bitrate(remb) == (600_000, [1234])  # type: ignore[arg-type]
     for consumer in producer.consumers:
         consumer.remb_bitrate = 5_000_000
     assert producer.target_bitrate() == 1_000_000  # capped by the allowed bitrate
-    producer.consumers[0].remb_bitrate = 20_000
+    producer.consumers[0].remb_bitrate = 20_000  # one who cannot take video: left out
+    assert producer.target_bitrate() == 1_000_000
+    for consumer in producer.consumers:
+        consumer.remb_bitrate = 20_000
     assert producer.target_bitrate() == 150_000  # floored
 
 
@@ -206,3 +209,169 @@ def test_publisher_above_its_allowed_bitrate_is_policed() -> None:
     assert producer.packets_policed > 1500
     forwarded_bits = producer.bytes * 8
     assert forwarded_bits <= 1.2e6 * 2 + 1.2e6 * 1.0 + 20000  # 2 s at the limit + one bucket
+
+
+def _receive_from(producer: Producer, ssrc: int, seq: int, arrival_ms: int,
+                  payload: bytes = b"\x10\x01") -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, ssrc) + payload + bytes(100)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+
+
+def test_a_new_source_starts_fresh_receive_statistics_and_asks_for_a_keyframe() -> None:
+    clock = FakeScheduler()
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=clock)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    consumer = Consumer("c", producer, "bob", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                        send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    # the old source wrapped its sequence numbers once, and sent an SR
+    for i, seq in enumerate(range(65000, 65536 + 100)):
+        _receive_from(producer, 1234, seq & 0xFFFF, i)
+    producer.handle_sender_report(5 << 32, 12345)
+    producer.send_feedback()
+    upstream.clear()
+
+    # the publisher reconnects (or switches SSRC): new numbering, 20% loss
+    producer.attach_source(0xC0FFEE, None, 0, lambda d: upstream.append(d) or True)
+    (pli,) = (RtcpPacket.parse(p)[0] for p in upstream)  # the running subscriber needs one
+    assert isinstance(pli, RtcpPsfbPacket) and pli.fmt == rtcp.FMT_PLI
+    assert pli.media_ssrc == 0xC0FFEE
+    upstream.clear()
+    _receive_from(producer, 0xC0FFEE, 1000, 1000, b"\x10\x00")  # its keyframe
+    for seq in range(1001, 1100):
+        if seq % 5:
+            _receive_from(producer, 0xC0FFEE, seq, 1000 + seq)
+    producer.send_feedback()
+    rr, _ = RtcpPacket.parse(upstream[-1])
+    assert isinstance(rr, RtcpRrPacket)
+    (report,) = rr.reports
+    assert report.ssrc == 0xC0FFEE
+    assert report.highest_sequence == 1099  # not the old source's cycles
+    assert report.packets_lost == 19  # the new source's losses are seen
+    assert report.fraction_lost == 19 * 256 // 100
+    assert report.lsr == 0 and report.dlsr == 0  # no SR from this source yet
+    assert producer.sr_ntp == 0  # subscribers' SRs do not use the old NTP/RTP mapping
+    assert producer.packets_lost == 19  # stats: what every source lost
+    producer.close()
+
+
+def _rtx_of(seq: int, rtx_seq: int = 1, size: int = 100) -> tuple[bytes, int, int, int, int, int]:
+    data = struct.pack("!BBHII", 0x80, 98, rtx_seq, seq * 3000, 4321) \
+        + struct.pack("!H", seq) + b"\x10\x01" + bytes(size)
+    return data, 0x80, 98, rtx_seq, seq * 3000, 12
+
+
+def _nacked(upstream: list[bytes]) -> list[list[int]]:
+    return [[s & 0xFFFF for s in p.lost] for d in upstream for p in RtcpPacket.parse(d)
+            if isinstance(p, RtcpRtpfbPacket)]
+
+
+def _sink(producer: Producer, name: str) -> tuple[Consumer, list[bytes]]:
+    sent: list[bytes] = []
+    consumer = Consumer(name, producer, name, ssrc=hash(name) & 0xFFFF, rtx_ssrc=2,
+                        send_rtp=lambda d: sent.append(d) or True, send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    return consumer, sent
+
+
+def test_retransmissions_go_only_to_the_subscribers_that_asked() -> None:
+    producer, upstream = _producer()
+    asker, asker_sent = _sink(producer, "asker")
+    other, other_sent = _sink(producer, "other")
+    for seq in range(1, 601):  # packet 1 is older than the subscribers' caches now
+        _receive(producer, seq, seq)
+    first_out = (asker._last_seq - 599) & 0xFFFF
+    asker.retransmit([first_out])
+    other.retransmit([(other._last_seq - 599) & 0xFFFF])  # the same packet: one upstream NACK
+    assert _nacked(upstream) == [[1]]
+    before = len(asker_sent), len(other_sent)
+    producer.receive_rtx(*_rtx_of(1), 700)
+    assert (len(asker_sent), len(other_sent)) == (before[0] + 1, before[1] + 1)
+    third, third_sent = _sink(producer, "third")
+    producer.receive_rtx(*_rtx_of(1, rtx_seq=2), 701)  # a duplicate nobody waits for
+    assert third_sent == [] and producer.rtx_unasked == 1
+    assert len(asker_sent) == before[0] + 1
+
+    # a hole in what the SFU received: everyone missed it, everyone gets it
+    _receive(producer, 603, 710)
+    assert _nacked(upstream)[-1] == [601, 602]
+    producer.receive_rtx(*_rtx_of(601, rtx_seq=3), 720)
+    assert len(asker_sent) == before[0] + 3 and len(third_sent) == 2
+    producer.close()
+
+
+def test_upstream_nacks_are_retried_per_round_trip_then_given_up() -> None:
+    producer, upstream = _producer()
+    _receive(producer, 10, 0)
+    _receive(producer, 12, 0)
+    assert _nacked(upstream) == [[11]]
+    _receive(producer, 13, 50)  # within the retry interval (1.5 x 100 ms before any sample)
+    assert len(_nacked(upstream)) == 1
+    _receive(producer, 14, 160)
+    assert _nacked(upstream)[-1] == [11]  # asked again
+    for i, seq in enumerate(range(15, 40)):  # never answered: at most 5 requests, then given up
+        _receive(producer, seq, 300 + i * 200)
+    assert [n for n in _nacked(upstream) if n == [11]] == [[11]] * 5
+    assert 11 not in producer._nacks.pending and producer._nacks.given_up == 1
+
+    # quick answers shorten the retry interval to the measured round trip
+    seq = 40
+    for k in range(10):  # ten holes, each answered 20 ms after its request
+        _receive(producer, seq + 1, 6000 + k * 100)
+        producer.receive_rtx(*_rtx_of(seq, rtx_seq=k), 6000 + k * 100 + 20)
+        seq += 2
+    assert producer._nacks.rtt_ms < 60
+    upstream.clear()
+    _receive(producer, 70, 8000)  # 60..69 missing
+    _receive(producer, 71, 8000 + producer._nacks.retry_ms)
+    assert len(_nacked(upstream)) == 2 and producer._nacks.retry_ms < 100
+    producer.close()
+
+
+def test_subscriber_nacks_and_plis_are_deduplicated_and_rate_limited() -> None:
+    producer, upstream = _producer()
+    consumer, sent = _sink(producer, "bob")
+    for seq in range(1, 501):
+        _receive(producer, seq, seq)
+    sent.clear()
+    last = consumer._last_seq
+    consumer.retransmit([last])
+    consumer.retransmit([last])  # again before a round trip: its answer is on the way
+    assert len(sent) == 1 and consumer.nacks_ignored == 1
+    consumer.retransmit([(last - i) & 0xFFFF for i in range(1, 400)])
+    assert len(sent) <= 1 + RTX_BURST + 2  # the budget holds, a NACK flood is not amplified
+    assert consumer.nacks_ignored >= 399 - RTX_BURST - 1
+
+    consumer.keyframe_requested()
+    consumer.keyframe_requested()
+    consumer.keyframe_requested()
+    plis = [d for d in upstream if isinstance(RtcpPacket.parse(d)[0], RtcpPsfbPacket)]
+    assert len(plis) == 1 and consumer.plis == 3 and consumer.plis_ignored == 2
+    producer.close()
+
+
+async def test_audio_and_retransmissions_are_policed() -> None:
+    from sfu.options import MediaOptions
+    from sfu.router import Router
+
+    router = Router("r", MediaOptions(loopback=True, max_audio_bitrate=64_000), lambda m: None)
+    audio = router.create_producer("alice", "0", "audio", Codec("audio/opus", 48000, 111))
+    audio.attach_source(1, None, 0, lambda d: True)
+    for i in range(1000):  # 1000-byte packets every ms: 8 Mbps of "audio"
+        data = struct.pack("!BBHII", 0x80, 111, i, i * 48, 1) + bytes(1000)
+        audio.receive(data, 0x80, 111, i, i * 48, 12, i)
+    assert audio.packets_policed > 900
+    await router.close()
+
+    producer, _ = _producer(max_bitrate=800_000)  # 150 bytes/ms
+    _receive(producer, 1, 0)
+    for i in range(2000):  # retransmissions flooding at 9.6 Mbps
+        producer.receive_rtx(*_rtx_of(1, rtx_seq=i, size=1200), i)
+    assert producer.packets_policed > 1500
+    producer.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 from aiortc import RTCRtpSender, RTCSessionDescription
@@ -13,6 +14,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 from sfu.api import (
     AddIceCandidate,
     AnswerToServerOffer,
+    Leave,
     MediaError,
     Message,
     Offer,
@@ -20,6 +22,7 @@ from sfu.api import (
     RequestKeyframe,
     ServerOffer,
     Subscribe,
+    TransportClosed,
 )
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
@@ -254,3 +257,248 @@ async def test_unannounced_ssrc_is_learnt_only_as_a_replacement(plane: LocalMedi
         assert producer.epoch == epoch + 1 and producer.ssrc == 0xC0FFEE
     finally:
         await publisher.close()
+
+
+async def _sendonly_offer(*kinds: str) -> str:
+    """A publisher's offer with tracks of ``kinds`` (no media is ever sent)."""
+    pc = client_pc()
+    for kind in kinds:
+        pc.addTransceiver(kind, direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _answer(offer: ServerOffer, edit: Any = None) -> tuple[Any, str]:
+    pc = client_pc()
+    await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createAnswer())
+    sdp = pc.localDescription.sdp
+    return pc, edit(sdp) if edit else sdp
+
+
+def _sections(sdp: str) -> list[str]:
+    head, *media = sdp.split("m=")
+    return [head] + ["m=" + m for m in media]
+
+
+async def test_answers_to_our_offers_are_not_held_to_the_offer_limit(
+        plane: LocalMediaPlane) -> None:
+    """Nine participants with audio and video: the SFU's offer to a tenth has 19 m-lines."""
+    hub = EventHub(plane)
+    for i in range(9):
+        await plane.request(Offer("room", f"p{i}", "publish", await _sendonly_offer("audio", "video")))
+    await plane.request(Subscribe("room", "viewer"))
+    (offer,) = hub.of(ServerOffer)
+    assert offer.sdp.count("\nm=") == 19
+    pc, answer = await _answer(offer)
+    try:
+        await plane.request(AnswerToServerOffer("room", "viewer", "subscribe", answer,
+                                                offer.offer_id))
+        # ... while an answer with more m-lines than our offer is still refused
+        await plane.request(Subscribe("room", "viewer"))
+        offer = hub.of(ServerOffer)[-1]
+        extra = answer + "".join(_sections(answer)[-1:])
+        assert await _refused(plane, AnswerToServerOffer("room", "viewer", "subscribe", extra,
+                                                         offer.offer_id)) == "too_many_tracks"
+    finally:
+        await pc.close()
+
+
+async def test_bundle_only_audio_is_published(plane: LocalMediaPlane) -> None:
+    """webrtcbin offers its audio as ``m=audio 0 ... a=bundle-only`` (RFC 9143)."""
+    sections = _sections(await _sendonly_offer("video", "audio"))
+    audio = next(i for i, s in enumerate(sections) if s.startswith("m=audio"))
+    port = sections[audio].split()[1]
+    sections[audio] = sections[audio].replace(f"m=audio {port} ", "m=audio 0 ", 1) \
+        .replace("a=mid:", "a=bundle-only\r\na=mid:", 1)
+    await plane.request(Offer("room", "gst", "publish", "".join(sections)))
+    transport = plane.rooms["room"].participants["gst"].publish
+    assert transport is not None
+    assert sorted(p.kind for p in transport.producers.values()) == ["audio", "video"]
+
+
+async def test_a_rejected_m_line_in_an_answer_needs_no_bundle(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(Offer("room", "alice", "publish", await _sendonly_offer("audio", "video")))
+    await plane.request(Subscribe("room", "bob"))
+    (offer,) = hub.of(ServerOffer)
+
+    def reject_video(sdp: str) -> str:
+        sections = _sections(sdp)
+        video = next(i for i, s in enumerate(sections) if s.startswith("m=video"))
+        mid = sections[video].split("a=mid:")[1].split("\r\n")[0]
+        port = sections[video].split()[1]
+        sections[video] = sections[video].replace(f"m=video {port} ", "m=video 0 ", 1)
+        group = next(line for line in sections[0].split("\r\n") if line.startswith("a=group:BUNDLE"))
+        kept = " ".join(m for m in group.split()[1:] if m != mid)
+        sections[0] = sections[0].replace(group, f"a=group:BUNDLE {kept}")
+        return "".join(sections)
+
+    pc, answer = await _answer(offer, reject_video)
+    try:
+        await plane.request(AnswerToServerOffer("room", "bob", "subscribe", answer,
+                                                offer.offer_id))
+    finally:
+        await pc.close()
+
+
+async def test_a_closed_subscriber_connection_leaves_the_room(plane: LocalMediaPlane) -> None:
+    """A subscriber that closes its RTCPeerConnection (DTLS close_notify) without Leave: its
+    transport leaves the room, and later publishers are not refused because of it."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await publisher.start()
+        await viewer.start()
+        router = plane.rooms["room"]
+        deadline = time.monotonic() + 10
+        while not viewer.packets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert viewer.packets
+        await viewer.close()
+        deadline = time.monotonic() + 10
+        while "bob" in router.participants and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert "bob" not in router.participants
+        assert [e.reason for e in hub.of(TransportClosed)] == ["closed"]
+        await plane.request(Offer("room", "carol", "publish", await _sendonly_offer("video")))
+    finally:
+        await publisher.close()
+
+
+async def test_the_sfus_offers_reuse_the_m_lines_of_closed_tracks(plane: LocalMediaPlane) -> None:
+    """Tracks come and go: the subscriber's offer does not grow with each, and a reused m-line
+    carries a new SSRC."""
+    hub = EventHub(plane)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await viewer.start()
+        router = plane.rooms["room"]
+        transport = router.participants["bob"].subscribe
+        assert transport is not None
+        ssrcs = set()
+        for i in range(4):
+            await plane.request(Offer("room", f"p{i}", "publish",
+                                      await _sendonly_offer("audio", "video")))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    len(transport.consumers) < 2 or transport.pc.signalingState != "stable"):
+                await asyncio.sleep(0.02)
+            assert len(transport.consumers) == 2
+            ssrcs |= {c.ssrc for c in transport.consumers.values()}
+            await plane.request(Leave("room", f"p{i}", None))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    transport.consumers or transport.pc.signalingState != "stable"
+                    or any(t.currentDirection != "inactive" for t in transport.pc.getTransceivers())):
+                await asyncio.sleep(0.02)
+        assert len(transport.pc.getTransceivers()) == 2  # one audio, one video m-line, reused
+        assert len(ssrcs) == 8  # each track its own SSRC
+        last_offer = hub.of(ServerOffer)[-1].sdp
+        assert last_offer.count("\nm=") == 3  # audio, video, chat
+    finally:
+        await viewer.close()
+
+
+def _rtpmaps(sdp: str) -> list[list[str]]:
+    """Per m-line, the codec names of its a=rtpmap lines."""
+    return [[line.split()[1].split("/")[0] for line in section.split("\r\n")
+             if line.startswith("a=rtpmap:")] for section in _sections(sdp)[1:]]
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_a_whep_viewer_before_the_publisher_gets_media_when_it_comes(
+        plane: LocalMediaPlane, codec: str) -> None:
+    """The viewer's answer into an empty room is sendonly with one codec per m-line (and its
+    RTX), and the publisher's tracks fill those m-lines when they arrive, without a new offer."""
+    pc = client_pc()
+    frames: list[object] = []
+    audio: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                (frames if track.kind == "video" else audio).append(await track.recv())
+
+        asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    publisher = Publisher(plane, "room", "alice", video_codec=codec)
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert "a=inactive" not in answer.sdp
+        video_codecs, audio_codecs = _rtpmaps(answer.sdp)
+        assert video_codecs == ["VP8", "rtx"] and audio_codecs == ["opus"]
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        if codec == "video/H264":
+            # the viewer answered VP8 for video before any track: only audio can fill it now
+            await publisher.start()
+            deadline = time.monotonic() + 10
+            while len(audio) < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(audio) >= 10 and frames == []
+            return
+        await publisher.start()
+        deadline = time.monotonic() + 15
+        while (len(frames) < 10 or len(audio) < 10) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 10 and len(audio) >= 10
+    finally:
+        await pc.close()
+        await publisher.close()
+
+
+async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_comes_back(
+        plane: LocalMediaPlane) -> None:
+    """A WHEP viewer's m-line keeps its SSRC from one publisher to the next (WHEP cannot
+    renegotiate): the next track's packets must continue its sequence, or SRTP refuses every
+    one of them as a replay (srtp_protect error 10) and the viewer stays frozen."""
+    pc = client_pc()
+    frames: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        if track.kind == "video":
+            asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    first = Publisher(plane, "room", "alice", audio=False)
+    second = Publisher(plane, "room", "carol", audio=False)
+    try:
+        await first.start()
+        pc.addTransceiver("video", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        deadline = time.monotonic() + 10
+        while len(frames) < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 30
+        await plane.request(Leave("room", "alice", None))
+        await first.close()
+        before = len(frames)
+        await second.start()
+        deadline = time.monotonic() + 10
+        while len(frames) < before + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= before + 20, "the viewer froze when the next publisher came"
+        viewer = plane.rooms["room"].participants["viewer"].subscribe
+        assert viewer is not None
+        assert all(c.send_errors == 0 for c in viewer.consumers.values())
+    finally:
+        await pc.close()
+        await first.close()
+        await second.close()

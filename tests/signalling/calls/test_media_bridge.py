@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.api import AddIceCandidate, AnswerToServerOffer, MediaError, RoomClosed, ServerOffer, Subscribe
+from sfu.api import AddIceCandidate, AnswerToServerOffer, MediaError, MediaQuality, RoomClosed, ServerOffer, Subscribe
 from signalling.core.settings import Settings
 
 from ...utils import FakePlane, Peer, build_app
@@ -113,3 +113,13 @@ async def test_a_publish_offer_opens_the_subscribe_transport(aiohttp_client, set
         assert plane.requests[-1] == Subscribe(sid, "alice")
     await alice.request("media.offer", session_id=sid, transport="subscribe", sdp="v=0 whep")
     assert plane.kinds()[-1] == "offer"
+
+
+async def test_a_paused_video_is_told_to_the_subscriber_and_the_publisher(aiohttp_client, settings, plane) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(build_app(settings, plane))
+    expert, alice, sid = await paired(client)
+    plane.emit(MediaQuality(sid, "alice", "erin", "erin:0", True, "congestion", 180_000, 1_200_000, 3))
+    for peer in (alice, expert):
+        quality = await peer.expect("media.quality")
+        assert (quality["subscriber"], quality["publisher"], quality["video_paused"]) == ("alice", "erin", True)
+        assert (quality["estimate"], quality["bitrate"], quality["reason"]) == (180_000, 1_200_000, "congestion")
