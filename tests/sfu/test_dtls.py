@@ -17,6 +17,8 @@ from sfu.worker import LocalMediaPlane
 from tests import media_clients
 from tests.media_clients import EventHub, Publisher, Subscriber, client_pc
 
+pytestmark = pytest.mark.integration
+
 
 def rsa_pc() -> RTCPeerConnection:
     """An aiortc peer with an RSA certificate, offering what OpenSSL's defaults (webrtcbin's)
