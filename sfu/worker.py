@@ -40,11 +40,9 @@ logger = logging.getLogger(__name__)
 
 class LocalMediaPlane:
     def __init__(self, options: MediaOptions | None = None) -> None:
-        aiortc_hooks.lazy_bitrate_estimators()
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
         self.collector = CollectAfterDepartures(self._open_transports)
-        self.collector.install()
         self._handlers: list[EventHandler] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -59,6 +57,14 @@ class LocalMediaPlane:
             Leave: self._leave,
             GetStats: self._stats,
         }
+
+    def start(self) -> None:
+        """Take this process's media settings, before the first room: receivers build their
+        bitrate estimators lazily (``aiortc_hooks``), and full garbage collections wait for
+        departures (``gc_policy``; ``close`` gives the threshold back). Building a plane changes
+        nothing outside it."""
+        aiortc_hooks.lazy_bitrate_estimators()
+        self.collector.install()
 
     def on_event(self, handler: EventHandler) -> None:
         self._handlers.append(handler)

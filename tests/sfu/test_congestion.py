@@ -128,8 +128,8 @@ async def test_a_slow_subscriber_loses_only_its_own_video_and_gets_it_back_on_a_
 async def test_a_remb_for_several_streams_is_shared_not_given_to_each() -> None:
     router = Router("room", MediaOptions(loopback=True), lambda m: None)
     transport = Transport(router, "carol", "subscribe")
-    video = Producer("v", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
-    audio = Producer("a", "alice", "audio", OPUS, max_bitrate=0, keyframe_interval=1.0)
+    video: Producer[Consumer] = Producer("v", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0, keyframe_interval=1.0)
     video.bitrate, audio.bitrate = 950_000, 50_000
     v, _ = _sink(video, "carol", 40)
     a, _ = _sink(audio, "carol", 50)

@@ -44,6 +44,7 @@ async def test_media_flows_with_peers_of_either_key_in_either_dtls_role(
     if key == "rsa":
         monkeypatch.setattr(media_clients, "client_pc", rsa_pc)
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     await plane.request(OpenRoom("room"))
     hub = EventHub(plane)
     # the publisher offers: the SFU is its DTLS client; the SFU offers to the viewer: the SFU

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,14 +27,15 @@ from sfu.api import (
 )
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
-from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, client_pc
+from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, answer_to, client_pc
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def plane():
+async def plane() -> AsyncIterator[LocalMediaPlane]:
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     await plane.request(OpenRoom("room"))
     yield plane
     await plane.close()
@@ -183,7 +185,7 @@ async def test_client_offered_subscribe_transport(plane: LocalMediaPlane) -> Non
         pc.addTransceiver("audio", direction="recvonly")
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
         assert "a=sendonly" in answer.sdp
         await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
         deadline = time.monotonic() + 10
@@ -213,7 +215,7 @@ async def test_trickled_candidates_connect(plane: LocalMediaPlane) -> None:
     assert candidates
     bare = "\r\n".join(l for l in lines if not l.startswith("a=candidate:")
                        and l != "a=end-of-candidates") + "\r\n"
-    answer = await plane.request(Offer("room", "alice", "publish", bare))
+    answer = await answer_to(plane, Offer("room", "alice", "publish", bare))
     await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
     for candidate in candidates:
         await plane.request(AddIceCandidate(
@@ -434,7 +436,7 @@ async def test_a_whep_viewer_before_the_publisher_gets_media_when_it_comes(
         pc.addTransceiver("audio", direction="recvonly")
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
         assert "a=inactive" not in answer.sdp
         video_codecs, audio_codecs = _rtpmaps(answer.sdp)
         assert video_codecs == ["VP8", "rtx"] and audio_codecs == ["opus"]
@@ -481,7 +483,7 @@ async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_come
         pc.addTransceiver("video", direction="recvonly")
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
         await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
         deadline = time.monotonic() + 10
         while len(frames) < 30 and time.monotonic() < deadline:
