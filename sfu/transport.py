@@ -10,6 +10,7 @@ sfu.aiortc_hooks to our producers and consumers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -295,6 +296,14 @@ class Transport:
                 raise MediaError("unsupported_codec",
                                  f"m-line {mid}: none of opus, VP8, H.264 was offered")
             kept, codec = picked
+            # aiortc keeps our own fmtp for a negotiated codec: the publisher's out-of-band
+            # H.264 parameter sets come from its SDP
+            remote = next((c for c in sending[mid].rtp.codecs
+                           if c.payloadType == codec.payload_type), None)
+            if remote is not None and "sprop-parameter-sets" in remote.parameters:
+                codec = dataclasses.replace(codec, parameters={
+                    **codec.parameters,
+                    "sprop-parameter-sets": remote.parameters["sprop-parameter-sets"]})
             aiortc_hooks.restrict_codecs(transceiver, kept)
             if mid not in self.producers:
                 self.producers[mid] = self.router.create_producer(
@@ -506,6 +515,12 @@ class Transport:
                 kept = next((c for c in codecs if c.mimeType.lower() in SUPPORTED_CODECS), None)
                 if kept is None:
                     continue
+            elif producer is not None and "sprop-parameter-sets" in producer.codec.parameters:
+                # H.264 out of band parameter sets: the viewer's decoder may need them before
+                # the first in-band SPS/PPS (RFC 6184 8.1)
+                sprop = producer.codec.parameters["sprop-parameter-sets"]
+                kept = dataclasses.replace(
+                    kept, parameters={**kept.parameters, "sprop-parameter-sets": sprop})
             rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx")
                    and c.parameters.get("apt") == kept.payloadType]
             aiortc_hooks.restrict_codecs(transceiver, [kept] + rtx)

@@ -53,9 +53,16 @@ def test_the_gate_pauses_after_a_sustained_shortfall_and_resumes_after_a_recover
     for t in range(int(PAUSE_AFTER) + 1):  # loss alone also pauses
         decision = gate.update(0, 60, 1_000_000, float(t))
     assert decision is True
-    # an estimate that never climbs back (no video to estimate on): probe, then back off
+    # loss cannot show gone without video: a good estimate does not resume it, a probe does
+    for t in range(int(PAUSE_AFTER) + 1, int(PAUSE_AFTER + RESUME_AFTER) + 3):
+        assert gate.update(2_000_000, 0, 1_000_000, float(t)) is None
     assert gate.update(100_000, 0, 1_000_000, PAUSE_AFTER + PROBE_AFTER) is False
-    assert gate.probe_after == 2 * PROBE_AFTER
+    assert gate.probe_after == 2 * PROBE_AFTER  # the next probe waits longer ...
+    for t in range(int(PAUSE_AFTER + PROBE_AFTER) + 1, int(PAUSE_AFTER + PROBE_AFTER) + 5):
+        decision = gate.update(0, 60, 1_000_000, float(t))
+    assert decision is True  # (it congested again)
+    assert gate.update(0, 0, 1_000_000, PAUSE_AFTER + 3 * PROBE_AFTER) is None
+    assert gate.update(0, 0, 1_000_000, PAUSE_AFTER + 4 * PROBE_AFTER) is False
 
 
 def _sink(producer: Producer, name: str, ssrc: int) -> tuple[Consumer, list[bytes]]:

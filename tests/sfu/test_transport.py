@@ -504,3 +504,28 @@ async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_come
         await pc.close()
         await first.close()
         await second.close()
+
+
+async def test_a_whep_answer_carries_the_publishers_h264_parameter_sets(
+        plane: LocalMediaPlane) -> None:
+    sprop = "Z0IAH5WoFAFuQA==,aM48gA=="
+    offer = await _sendonly_offer("video")
+    lines = offer.split("\r\n")
+    h264 = next(line.split()[0].split(":")[1] for line in lines
+                if line.startswith("a=rtpmap:") and "H264/90000" in line)
+    offer = "\r\n".join(
+        line + f";sprop-parameter-sets={sprop}" if line.startswith(f"a=fmtp:{h264} ") else line
+        for line in lines)
+    offer = "\r\n".join(line for line in offer.split("\r\n")
+                        if not (line.startswith("a=rtpmap:") and "VP8/90000" in line))
+    await plane.request(Offer("room", "gst", "publish", offer))
+    pc = client_pc()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert f"sprop-parameter-sets={sprop}" in answer.sdp
+        assert _rtpmaps(answer.sdp)[0] == ["H264", "rtx"]
+    finally:
+        await pc.close()
