@@ -155,6 +155,7 @@ class RecordingWriter:
         fmt, _ = container_format(self.tracks)
         container = av.open(str(self.path), "w", format=fmt, options={
             "cluster_time_limit": str(CLUSTER_MS), "max_interleave_delta": str(INTERLEAVE_US),
+            "flush_packets": "1",  # each closed cluster reaches the file at once
         })
         try:
             streams = [_add_stream(container, spec) for spec in self.tracks]
@@ -217,7 +218,8 @@ def _create_private(path: Path) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Remove what may not exist, or may not be reachable (the failure being reported)."""
     try:
         path.unlink()
-    except FileNotFoundError:
+    except OSError:
         pass
