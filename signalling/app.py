@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -17,7 +18,7 @@ import web_demo.routes
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 
-from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, wiring
+from . import ice, keys, metrics_http, openapi, origins, recording, rest_bookings, rest_experts, rest_tokens, wiring
 from .auth import TokenIssuer
 from .billing import service as billing_service
 from .billing import session_billing
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     setup_signalling(app)
     wiring.setup(app)
     session_billing.setup(app)
+    recording.setup(app)
     web_demo.routes.setup(app)
     return app
 
@@ -70,7 +72,13 @@ def media_options(settings: Settings) -> MediaOptions:
         max_publish_bitrate=settings.max_publish_bitrate,
         media_state_debounce=settings.media_debounce_seconds,
         keyframe_interval=settings.media_keyframe_interval,
+        recordings_dir=str(recordings_dir(settings)) if settings.recording_enabled else "",
     )
+
+
+def recordings_dir(settings: Settings) -> Path:
+    """Where this node's media plane writes recordings: nothing a request says can change it."""
+    return settings.data_dir / "recordings"
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -420,6 +420,7 @@ async def on_help_request(conn: Connection, msg: dict[str, Any]) -> None:
         skill=msg.get("skill"),
         note=msg.get("note", ""),
         origin=(conn.user_id, msg.get("id")),
+        minor=conn.identity.minor,
     )
 
 
