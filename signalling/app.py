@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from .database import Database
 from .limits import body_limit_middleware
 from .metrics import Metrics
 from .node import setup as setup_signalling
+from .recording_archive import recordings_dir
 from .settings import Settings
 from .whip import setup_whip
 
@@ -74,11 +74,6 @@ def media_options(settings: Settings) -> MediaOptions:
         keyframe_interval=settings.media_keyframe_interval,
         recordings_dir=str(recordings_dir(settings)) if settings.recording_enabled else "",
     )
-
-
-def recordings_dir(settings: Settings) -> Path:
-    """Where this node's media plane writes recordings: nothing a request says can change it."""
-    return settings.data_dir / "recordings"
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

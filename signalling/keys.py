@@ -26,7 +26,8 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .billing.session_billing import SessionBilling
     from .node import SignallingNode
-    from .recording import RecordingArchive, RecordingControl
+    from .recording import RecordingControl
+    from .recording_archive import RecordingStore
     from .whip import WhipResources
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -63,4 +64,4 @@ WHIP_RESOURCES: web.AppKey["WhipResources"] = web.AppKey("whip_resources")
 # Billing <-> sessions (signalling/billing/session_billing.py), set while the app runs.
 SESSION_BILLING: web.AppKey["SessionBilling"] = web.AppKey("session_billing")
 RECORDING_CONTROL: web.AppKey["RecordingControl"] = web.AppKey("recording_control")
-RECORDING_ARCHIVE: web.AppKey["RecordingArchive"] = web.AppKey("recording_archive")
+RECORDING_ARCHIVE: web.AppKey["RecordingStore"] = web.AppKey("recording_archive")

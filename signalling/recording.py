@@ -37,12 +37,15 @@ from sfu.api import (
     RecordingFile,
     RecordingStarted,
     RecordingStopped,
+    RecoverRecordings,
     StartRecording,
     StopRecording,
 )
 
-from . import keys
+from . import keys, rest_recordings
+from .billing.recordings import open_index
 from .protocol import ErrorCode, ProtocolError, error, message
+from .recording_archive import RecordingStore, recordings_dir
 from .sessions import IN_PROGRESS, Session, State, Transition
 from .websocket import PARTICIPANT, ROUTES, Connection, Route
 
@@ -253,17 +256,28 @@ ROUTES["recording.stop"] = Route(on_recording, PARTICIPANT)
 
 
 def setup(app: web.Application) -> None:
-    """Register after the signalling node (its cleanup_ctx must have started)."""
+    """Register after the signalling node and billing (their cleanup_ctx must have started)."""
     app.cleanup_ctx.append(recording_ctx)
+    rest_recordings.setup(app)
 
 
 async def recording_ctx(app: web.Application) -> AsyncIterator[None]:
-    control = RecordingControl(app[keys.SIGNALLING], app.get(keys.MEDIA_PLANE),
-                               app.get(keys.RECORDING_ARCHIVE))
+    settings = app[keys.SETTINGS]
+    index = await open_index(app[keys.DATABASE], app.get(keys.POSTGRES))
+    archive = RecordingStore(settings.node_id, index, recordings_dir(settings),
+                             settings.recording_retention_days, app[keys.METER].outbox.notify)
+    app[keys.RECORDING_ARCHIVE] = archive
+    plane = app.get(keys.MEDIA_PLANE)
+    control = RecordingControl(app[keys.SIGNALLING], plane, archive)
     app[keys.RECORDING_CONTROL] = control
     control.start()
+    if plane is not None and settings.recording_enabled:
+        # Files a killed process left unfinished are made whole, indexed and announced.
+        await plane.request(RecoverRecordings())
+    archive.start()
     try:
         yield
     finally:
+        await archive.close()
         await control.close()
 
