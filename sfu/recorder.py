@@ -17,10 +17,12 @@ time 0 is ``started_at`` in all of them, so the files of one recording play side
 
 Timing: a frame's time comes from its RTP timestamp through the sender reports (so the audio and
 video of one participant stay aligned as their sender captured them), offset to this machine's
-clock by the smallest delay seen; where no report maps it yet, or the mapping disagrees with the
-frame's arrival by more than ``MAX_SKEW`` (a pause: some senders' timestamps do not advance while
-nothing is sent), the frame's arrival anchors it instead. So a pause leaves a gap in the file and
-what follows plays in sync.
+clock by the smallest delay seen. Where the mapping and the frames' arrivals disagree by more
+than ``MAX_SKEW`` for ``HOLD`` seconds of arrivals, the timestamps did not count a pause (some
+senders' do not advance while nothing is sent): the arrivals anchor the frames instead. A shorter
+disagreement that the next frames catch up on was a late delivery (a busy machine, a burst after
+a stall): the timestamps stand. Frames wait (in memory, ``HOLD`` at most) while that is unclear.
+So a pause leaves a gap in the file, and what follows plays in sync.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from sfu.recording_writer import FileResult, RecordingWriter, TrackSpec, contain
 logger = logging.getLogger(__name__)
 
 RECORDABLE = ("vp8", "h264", "opus")
-MAX_SKEW = 0.3  # seconds between a frame's mapped time and its arrival before we re-anchor
+MAX_SKEW = 0.3  # seconds between a frame's mapped time and its arrival that make us wonder...
+HOLD = 0.5  # ...and seconds of arrivals that disagreeing for, before the arrivals are believed
+MAX_HELD = 120  # frames held meanwhile, at most
 HEADER_WAIT = 3.0  # seconds a file waits for its video's first keyframe before it opens without
 MAX_PENDING = 400  # frames held while a file waits for its header
 NTP_UNIX = 2_208_988_800
@@ -96,10 +100,16 @@ class TrackRecorder:
         self.picture: tuple[int, int] | None = None
         # timing (see the module docstring)
         self._ts_ext = -1  # the newest timestamp, unwrapped
-        self._sr: tuple[float, int] | None = None  # (sender time, unwrapped RTP) of the newest SR
+        # The sender's clock at RTP time 0 of this stream, the least any report implied: a
+        # report pairs "now" with the last timestamp sent, so a sender that is late (a busy
+        # encoder) only ever makes it later, never earlier.
+        self._sr_base: float | None = None
         self._anchor: tuple[float, int] | None = None  # (arrival, unwrapped RTP)
         self._stale_before = 0.0  # publisher reports received before this are not believed
         self._replaying = False  # the producer's cached run is being handed over
+        # frames whose timestamp and arrival disagree, waiting for what that means:
+        # (unwrapped timestamp, arrival, frame, keyframe)
+        self._held: list[tuple[int, float, bytes, bool]] = []
         self._last_pts = -1
         self.frames = 0
         self.dropped = 0
@@ -110,22 +120,30 @@ class TrackRecorder:
         consumer.configure(self.producer.codec.payload_type, None, ExtensionLayout())
         # A consumer starts on the producer's cached run since its newest keyframe when there is
         # one: captured before the recording began (before both sides consented), so it is
-        # dropped, and the file starts on the fresh keyframe asked for here.
+        # dropped, and the file starts on a fresh keyframe: the consumer waits for one as after a
+        # publisher's reconnect, and it is asked for as for a joiner (soon, and again while none
+        # comes), not behind the subscribers' keyframe throttle.
         self._replaying = True
         try:
             consumer.resume()
         finally:
             self._replaying = False
-        self._need_keyframe = self.kind == "video"
-        self.producer.request_keyframe()
+        if self.kind == "video":
+            self._need_keyframe = True
+            consumer.restart()
+            self.producer.request_join_keyframe()
 
     def close(self) -> None:
         self._window.flush()
+        if self._held:
+            self._release_held(reanchor=False)
         self.consumer.close("recording_stopped")
 
     def _consumer_closed(self, consumer: Consumer, reason: str) -> None:
         if reason == "producer_closed":
             self._window.flush()
+            if self._held:
+                self._release_held(reanchor=False)
             self._segment.track_ended(self)
 
     # --- from the consumer: the per-packet path ----------------------------------------------
@@ -140,7 +158,9 @@ class TrackRecorder:
         if len(data) >= 20 and data[1] == 200 and self.producer.sr_received_at >= self._stale_before:
             ntp, rtp_ts = _SR.unpack_from(data, 8)
             if self._ts_ext >= 0:
-                self._sr = (ntp / 2**32 - NTP_UNIX, self._unwrap(rtp_ts))
+                base = ntp / 2**32 - NTP_UNIX - self._unwrap(rtp_ts) / self._clock_rate
+                if self._sr_base is None or base < self._sr_base:
+                    self._sr_base = base
         return True
 
     def _unwrap(self, ts: int) -> int:
@@ -201,30 +221,56 @@ class TrackRecorder:
         if keyframe and self.kind == "video":
             frame = self._depacketizer.with_parameters(frame)
             self.picture = self.picture or self._depacketizer.picture_size(frame)
-        self._segment.frame(self, self._frame_time(), frame, keyframe)
+        self._timed(frame, keyframe)
 
-    def _frame_time(self) -> float:
-        """The wall-clock time (Unix seconds) this frame was captured at, on our clock."""
+    def _timed(self, frame: bytes, keyframe: bool) -> None:
+        """Give the frame its capture time and pass it on; or hold it while its timestamp and
+        its arrival disagree, until that turns out to be a late delivery (the next frames catch
+        up: the timestamps were right) or a pause the timestamps did not count (the disagreement
+        lasts ``HOLD`` of arrivals: the arrivals are right)."""
         arrival = time.time()
         ts = self._ts_ext
-        clock = self._segment.clock
-        sr = self._sr
-        if sr is not None and (self._anchor is None or sr[1] >= self._anchor[1]):
-            sent = sr[0] + (ts - sr[1]) / self._clock_rate
-            clock.note(arrival - sent)
-            at = sent + (clock.offset or 0.0)
-        elif self._anchor is not None:
-            at = self._anchor[0] + (ts - self._anchor[1]) / self._clock_rate
-        else:
-            at = arrival
-        if abs(at - arrival) > MAX_SKEW:
-            self._anchor = (arrival, ts)  # a pause, or a mapping gone stale: trust the arrival
-            self._sr = None
-            self._stale_before = arrival
-            at = arrival
-        elif self._anchor is None:
+        held = self._held
+        at = self._mapped(ts, arrival)
+        if at is None:
             self._anchor = (arrival, ts)
-        return at
+            at = arrival
+        elif abs(at - arrival) > MAX_SKEW:
+            held.append((ts, arrival, frame, keyframe))
+            if arrival - held[0][1] >= HOLD or len(held) > MAX_HELD:
+                self._release_held(reanchor=True)
+            return
+        if held:
+            self._release_held(reanchor=False)
+        self._segment.frame(self, at, frame, keyframe)
+
+    def _release_held(self, reanchor: bool) -> None:
+        held, self._held = self._held, []
+        if reanchor:
+            first_ts, first_arrival = held[0][0], held[0][1]
+            self._anchor = (first_arrival, first_ts)
+            self._sr_base = None
+            self._stale_before = first_arrival
+        for ts, arrival, frame, keyframe in held:
+            at = self._mapped(ts, arrival)
+            self._segment.frame(self, arrival if at is None else at, frame, keyframe)
+
+    def _mapped(self, ts: int, arrival: float) -> float | None:
+        """The wall-clock time (Unix seconds, our clock) the frame with timestamp ``ts`` was
+        captured at: through the sender reports when there are any, else from the anchor."""
+        if self._sr_base is None and self._anchor is None:
+            # The first frame: our consumer's report maps it at once (from the publisher's own
+            # report when there is one), rather than a second later on the router's tick.
+            self.consumer.send_sender_report()
+        base = self._sr_base
+        if base is not None:
+            sent = base + ts / self._clock_rate
+            clock = self._segment.clock
+            clock.note(arrival - sent)
+            return sent + (clock.offset or 0.0)
+        if self._anchor is not None:
+            return self._anchor[0] + (ts - self._anchor[1]) / self._clock_rate
+        return None
 
     def pts_ms(self, at: float, started_at: float) -> int:
         """Milliseconds into the recording, rising strictly (a muxer's rule) per track."""

@@ -4,7 +4,13 @@ Video frames carry a drawn counter (tests/media_clients) and the wall time each 
 kept; audio is silence with a 100 ms beep once a second, the wall time of each beep kept. So a
 file's frames can be read back (which counters, at what time) and its audio and video compared
 against what was captured when. ``pause_video`` stops the camera for a while, as a participant
-turning it off; like aiortc's own tracks, frame timestamps then do not include the gap.
+turning it off.
+
+A frame's capture time is when it was due (30 a second, from the track's start), a beep's when
+its first sample was due (48000 a second): what a camera's and a microphone's clocks say, and
+what the RTP timestamps say, however late this process's event loop gets to them on a busy
+machine. Video timestamps follow the wall clock across a pause (as a browser's do) or, with
+``counter_timestamps``, do not advance while paused (as aiortc's own tracks).
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ BEEP_SECONDS = 0.1
 class ClockedCounterTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self) -> None:
+    def __init__(self, counter_timestamps: bool = False) -> None:
         super().__init__()
         self.counter = 0
-        self.captured: dict[int, float] = {}  # counter -> wall time
+        self.captured: dict[int, float] = {}  # counter -> wall time it was due
+        self.counter_timestamps = counter_timestamps
+        self._start = 0.0  # monotonic
+        self._wall = 0.0  # the wall clock at _start
         self._due = 0.0
         self._pause_until = 0.0
 
@@ -40,15 +49,20 @@ class ClockedCounterTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         now = time.monotonic()
-        if not self._due:
-            self._due = now
+        if not self._start:
+            self._start = self._due = now
+            self._wall = time.time()
         self._due = max(self._due, self._pause_until)
-        await asyncio.sleep(max(0.0, self._due - now))
+        due = self._due
+        await asyncio.sleep(max(0.0, due - now))
         self._due += 1 / FPS
         frame = av.VideoFrame.from_ndarray(draw_counter(self.counter % 4096), format="rgb24")
-        frame.pts = self.counter * VIDEO_CLOCK // FPS
+        if self.counter_timestamps:
+            frame.pts = self.counter * VIDEO_CLOCK // FPS
+        else:
+            frame.pts = round((due - self._start) * VIDEO_CLOCK)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self.captured[self.counter] = time.time()
+        self.captured[self.counter] = self._wall + (due - self._start)
         self.counter += 1
         return frame
 
@@ -59,17 +73,19 @@ class BeepTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.samples = 0
-        self.beeps: list[float] = []  # wall time of each beep's first sample
+        self.beeps: list[float] = []  # wall time each beep's first sample was due
         self._start = 0.0
+        self._wall = 0.0
 
     async def recv(self) -> av.AudioFrame:
         if not self._start:
             self._start = time.monotonic()
+            self._wall = time.time()
         await asyncio.sleep(max(0.0, self._start + self.samples / 48000 - time.monotonic()))
         position = (self.samples / 48000) % 1.0
         beeping = 0.5 <= position < 0.5 + BEEP_SECONDS
         if beeping and position < 0.5 + 0.02:
-            self.beeps.append(time.time())
+            self.beeps.append(self._wall + self.samples / 48000)
         t = (np.arange(960) + self.samples) / 48000
         amplitude = 0.8 if beeping else 0.0
         pcm = (np.sin(2 * math.pi * 440 * t) * 32767 * amplitude).astype(np.int16)
@@ -87,10 +103,11 @@ class RecordedPublisher:
     room_id: str
     participant_id: str
     video_codec: str = "video/VP8"
+    counter_timestamps: bool = False
     pc: RTCPeerConnection = field(default_factory=client_pc)
 
     async def start(self) -> None:
-        self.video = ClockedCounterTrack()
+        self.video = ClockedCounterTrack(self.counter_timestamps)
         self.audio = BeepTrack()
         transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
         transceiver.setCodecPreferences([
