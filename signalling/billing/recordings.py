@@ -15,8 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..database import Database
-from ..postgres import migrate
+from ..core.database import Database
+from ..core.postgres import migrate
 from .outbox import encode
 
 DDL = """
