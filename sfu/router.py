@@ -32,6 +32,7 @@ from sfu.forwarder import current_ms
 from sfu.network import NetworkOptions
 from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
+from sfu.recorder import Recorder
 from sfu.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Router:
         self._closing: set[asyncio.Task[None]] = set()
         # bytes of each producer and consumer at its last report (gone with it)
         self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        self.recorder: Recorder | None = None  # while the room is recorded
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     @staticmethod
@@ -163,6 +165,8 @@ class Router:
             if (participant.id != participant_id and sub is not None and not sub.closed
                     and sub.add_consumer(producer) is not None and not sub.client_offers):
                 self.schedule_offer(sub)
+        if self.recorder is not None:
+            self.recorder.add_producers([producer])
         return producer
 
 
@@ -358,6 +362,8 @@ class Router:
             return
         self.closed = True
         self._task.cancel()
+        if self.recorder is not None:
+            self.recorder.stop(reason)
         for task in list(self._offer_tasks.values()):
             task.cancel()
         for participant in list(self.participants.values()):
