@@ -219,6 +219,40 @@ SCHEMAS: dict[str, Schema] = {
         end_reason=_nullable(STRING),
         refunded=BOOLEAN,
     ),
+    "BillingTerms": _obj(
+        unit_seconds=INTEGER, grace_seconds=INTEGER, per_session_minimum_seconds=INTEGER, platform_fee_bps=INTEGER,
+    ),
+    "Receipt": _obj(
+        required=[
+            "session_id", "expert_id", "expert_name", "client_id", "client_name", "started_at", "ended_at", "open",
+            "end_reason", "price", "currency", "unit_seconds", "grace_seconds", "per_session_minimum_seconds",
+            "call_seconds", "live_seconds", "units", "billed_seconds", "total", "refunded",
+        ],
+        session_id=STRING,
+        expert_id=STRING,
+        expert_name=STRING,
+        client_id=STRING,
+        client_name=STRING,
+        started_at=TIMESTAMP,
+        ended_at=_nullable(TIMESTAMP),
+        open=BOOLEAN,
+        end_reason=_nullable(STRING),
+        price=_obj(kind={"enum": ["free", "per_session", "per_minute"]}, amount=INTEGER, currency=STRING),
+        currency=STRING,
+        unit_seconds=INTEGER,
+        grace_seconds=INTEGER,
+        per_session_minimum_seconds=INTEGER,
+        call_seconds={**NUMBER, "description": "From accepted to ended (or now)"},
+        live_seconds={**NUMBER, "description": "Both sides' media flowing: the metered time"},
+        units=INTEGER,
+        billed_seconds={**_nullable(INTEGER), "description": "units × unit_seconds for a per_minute price"},
+        total=INTEGER,
+        refunded=BOOLEAN,
+        fee={**INTEGER, "description": "The expert's and admins' receipts only"},
+        payout={**INTEGER, "description": "The expert's and admins' receipts only"},
+        platform_fee_bps={**INTEGER, "description": "The expert's and admins' receipts only"},
+    ),
+    "History": _obj(sessions={"type": "array", "items": _ref("Receipt")}),
     "RefundInput": _obj(required=[], reason={"type": "string", "maxLength": 500}),
     "Refund": _obj(
         session_id=STRING, created=BOOLEAN, posting_id=STRING, amount=INTEGER, fee=INTEGER, payout=INTEGER,
@@ -480,6 +514,31 @@ def _paths() -> dict[str, Any]:
                  **_errors(400, 401, 403, 404, 409, 413)},
                 tag="billing",
                 requestBody=_body(_ref("RefundInput"), required=False),
+            ),
+        },
+        "/api/billing/terms": {
+            "get": _op(
+                "The billing rule new sessions are charged by: unit length, free grace, per-session minimum",
+                {"200": _json(_ref("BillingTerms")), **_errors(401)},
+                tag="billing",
+            )
+        },
+        "/api/billing/history": {
+            "get": _op(
+                "The caller's metered sessions, newest first, each as a receipt (an admin may name a user)",
+                {"200": _json(_ref("History")), **_errors(400, 401, 403)},
+                tag="billing",
+                parameters=[_query("as", {"enum": ["client", "expert"]}, "Default: the token's role"),
+                            _query("user", STRING, "Admins only"), _query("from", BILLING_INSTANT),
+                            _query("to", BILLING_INSTANT), _query("limit", _int(1, 100))],
+            )
+        },
+        "/api/billing/receipts/{session_id}": {
+            "parameters": [_path("session_id")],
+            "get": _op(
+                "One session's receipt (its client, its expert or an admin)",
+                {"200": _json(_ref("Receipt")), **_errors(401, 404)},
+                tag="billing",
             ),
         },
         "/api/billing/statement": {

@@ -12,7 +12,7 @@ from signalling.app import create_app
 from signalling.settings import Settings
 
 # Not REST: the WebSocket (docs/protocol.md) and the demo's pages and files.
-NOT_REST = re.compile(r"^/(ws|client|expert|static.*)?$")
+NOT_REST = re.compile(r"^/(ws|client|expert|receipt|static.*)?$")
 
 
 def routes(app: Any) -> set[tuple[str, str]]:

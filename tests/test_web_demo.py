@@ -353,6 +353,8 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     dialog = client.get_by_role("dialog", name="Book Bo Booker")
     await dialog.wait_for()
     assert "Working hours (UTC)" in await dialog.inner_text()
+    price = await dialog.get_by_test_id("book-price").inner_text()
+    assert price.startswith("$30.00 per session: $30.00 for the session, charged once you have both been connected for 1 minute")
     await shoot(client, "10-client-booking-phone")
     await dialog.get_by_role("button", name="Book").click()
     await client.locator("#my-bookings li", has_text="bo-booker").wait_for()
@@ -566,8 +568,16 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await card.get_by_text("Available now").wait_for()
     assert "$1.50 / min" in await card.inner_text()
     await shoot(client, "02-client-search")
+    # The price and the rule are confirmed before the expert is asked.
     await card.get_by_role("button", name="Ask for help now").click()
+    confirm = client.get_by_role("dialog", name="Ask Ada Expert for help now?")
+    await confirm.wait_for()
+    assert await confirm.get_by_test_id("confirm-price").inner_text() == "$1.50 / min"
+    assert "$1.50 per started 2-second unit, charged only while you are both connected." in await confirm.inner_text()
+    await shoot(client, "02-client-confirm-price")
+    await confirm.get_by_role("button", name="Ask Ada Expert").click()
     await client.get_by_text("Ringing Ada Expert").wait_for()
+    assert "charged only while you are both connected" in await client.get_by_test_id("waiting-price").inner_text()
     await expert.get_by_role("button", name="Accept Cleo Client").wait_for()
     await shoot(client, "03-client-ringing")
     await shoot(expert, "03-expert-incoming")
@@ -656,6 +666,11 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     charged = await client.get_by_test_id("amount-charged").inner_text()
     assert charged != "$0.00" and charged == await expert.get_by_test_id("amount-charged").inner_text()
     assert "Your share" in await expert.get_by_test_id("summary").inner_text()
+    # The call's length is told apart from what was billed, and the rule says why they differ.
+    summary = await client.get_by_test_id("summary").inner_text()
+    for row in ("Call length", "Both connected", "Billed", "started 2-second unit"):
+        assert row in summary, row
+    assert "Charged by the rule you accepted" in await client.get_by_test_id("billing-rule").inner_text()
     await shoot(client, "07-client-summary")
     await shoot(expert, "07-expert-summary")
     await client.set_viewport_size(PHONE)
@@ -674,10 +689,38 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await client.get_by_role("button", name="Send rating").click()
     await client.get_by_text("Thank you for your rating.").wait_for()
     await expert.wait_for_function("document.querySelector('[data-testid=earnings]').textContent.startsWith('$')")
+    await expert.locator("#earnings-list li", has_text="Cleo Client").wait_for()
+    assert "Your share of 1 paid session" in await expert.locator("#earnings-detail").inner_text()
+    await expert.get_by_label("Period").select_option("today")
+    await expert.locator("#earnings-list li", has_text="Cleo Client").wait_for()
     await shoot(expert, "08-expert-earnings")
+
+    # The client's past sessions, by the expert's name, with the amount and a printable receipt.
+    past = client.locator("#history li[data-session-id]", has_text="Ada Expert")
+    await past.wait_for()
+    assert charged in await past.inner_text() and "connected · billed" in await past.inner_text()
+    await shoot(client, "08-client-history")
+    await past.get_by_role("link", name=re.compile("Receipt for the session with Ada Expert")).click()
+    await client.wait_for_url("**/receipt?session=*")
+    await client.set_viewport_size(DESKTOP)
+    receipt = client.get_by_test_id("receipt")
+    await receipt.wait_for()
+    assert await client.get_by_test_id("receipt-total").inner_text() == charged
+    text = await receipt.inner_text()
+    assert "Cleo Client" in text and "Ada Expert" in text and "Both connected" in text and "Platform fee" not in text
+    await shoot(client, "08-client-receipt")
+    await client.set_viewport_size(PHONE)
+    assert await client.evaluate(HORIZONTAL_OVERFLOW) <= 0
+    await shoot(client, "08-client-receipt-phone")
+    await client.emulate_media(media="print")
+    assert await client.get_by_role("button", name="Print").is_hidden()
+    await client.emulate_media(media="screen")
+    await client.get_by_role("link", name="Back").click()
+    await client.wait_for_url("**/client")
 
     # A second session with a budget cap: the server ends it when the budget is used up.
     await client.locator("[data-expert-id=ada-expert]").get_by_role("button", name="Ask for help now").click()
+    await client.get_by_role("button", name="Ask Ada Expert").click()
     await expert.get_by_role("button", name="Accept Cleo Client").click()
     await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
     await client.wait_for_function("document.querySelector('[data-testid=running-cost]')?.textContent.startsWith('$')")

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from .. import keys
 from ..auth import Identity, Role, authenticate
 from ..settings import SettingsError
+from . import receipts
 from .checkpointer import WalCheckpointer
 from ..rest_errors import http_error, read_json_value
 from .fees import PlatformFees
@@ -53,6 +54,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/billing/export", export)
     app.router.add_get("/api/billing/experts/{expert_id}/fee", get_fee)
     app.router.add_put("/api/billing/experts/{expert_id}/fee", put_fee)
+    receipts.setup(app)
 
 
 async def billing_ctx(app: web.Application) -> AsyncIterator[None]:

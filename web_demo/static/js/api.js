@@ -91,8 +91,31 @@ export class Api {
   }
 
   /** The expert's statement: {lines: [{session_id, currency, gross, fee, payout}], totals: {CUR: {...}}}. */
-  async statement() {
-    return this.call("GET", "/api/billing/statement");
+  async statement({ from, to } = {}) {
+    const query = new URLSearchParams();
+    if (from) query.set("from", from.toISOString());
+    if (to) query.set("to", to.toISOString());
+    return this.call("GET", `/api/billing/statement${query.size ? `?${query}` : ""}`);
+  }
+
+  /** The rule new sessions are charged by: {unit_seconds, grace_seconds, per_session_minimum_seconds}. */
+  async terms() {
+    return this.call("GET", "/api/billing/terms");
+  }
+
+  /** My metered sessions, newest first, as receipts; side "client" or "expert", from/to Dates. */
+  async history({ side, from, to, limit } = {}) {
+    const query = new URLSearchParams();
+    if (side) query.set("as", side);
+    if (from) query.set("from", from.toISOString());
+    if (to) query.set("to", to.toISOString());
+    if (limit) query.set("limit", String(limit));
+    const data = await this.call("GET", `/api/billing/history${query.size ? `?${query}` : ""}`);
+    return data.sessions;
+  }
+
+  async receipt(sessionId) {
+    return this.call("GET", `/api/billing/receipts/${encodeURIComponent(sessionId)}`);
   }
 
   /** A session's running cost while open, its totals once ended (billing). */

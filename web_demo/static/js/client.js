@@ -3,6 +3,7 @@
 import { formatMoney, formatPrice, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { END_REASONS, renderSummary, SessionController } from "./session.js";
+import { describeBilled, describeRule, humanDuration } from "./terms.js";
 import { $, announce, el, formatWhen, showView, stars, toast } from "./ui.js";
 
 const SEARCH_CURRENCY = "USD";
@@ -16,6 +17,9 @@ function main(page) {
   let waitingFor = null; // the session we asked for, until it is accepted or ends
   let lastEnded = null;
   let refreshTimer = null;
+  // The server's charging rule, stated before every request and booking.
+  let terms = null;
+  const termsLoaded = api.terms().then((t) => (terms = t), () => null);
 
   const controller = new SessionController({
     role: "client",
@@ -81,7 +85,7 @@ function main(page) {
           el(
             "div",
             { class: "actions" },
-            el("button", { type: "button", class: "primary", disabled: !available && expert.availability !== "busy", onclick: () => askFor({ expertId: expert.id, name: expert.name }) }, expert.availability === "busy" ? "Join the queue" : "Ask for help now"),
+            el("button", { type: "button", class: "primary", disabled: !available && expert.availability !== "busy", onclick: () => confirmAsk(expert) }, expert.availability === "busy" ? "Join the queue" : "Ask for help now"),
             el("button", { type: "button", class: "secondary", onclick: () => openBooking(expert) }, "Book a slot"),
           ),
         );
@@ -107,8 +111,28 @@ function main(page) {
 
   // --- instant help and the queue ----------------------------------------------------------
 
+  // The price and the rule are confirmed before the expert is asked.
+  const confirmDialog = $("#confirm-dialog");
+  let confirming = null;
+  async function confirmAsk(expert) {
+    await termsLoaded;
+    confirming = expert;
+    $("#confirm-expert").textContent = expert.name;
+    $("#confirm-price").textContent = formatPrice(expert.pricing);
+    $("#confirm-rule").textContent = describeRule(expert.pricing, terms);
+    $("#confirm-ask").textContent = expert.availability === "busy" ? "Join the queue" : `Ask ${expert.name}`;
+    confirmDialog.showModal();
+  }
+  $("#confirm-cancel").addEventListener("click", () => confirmDialog.close());
+  $("#confirm-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    confirmDialog.close();
+    askFor({ expertId: confirming.id, name: confirming.name });
+  });
+
   async function askFor({ expertId, skill, name }) {
     $("#waiting-expert").textContent = name;
+    $("#waiting-price").textContent = "";
     $("#queue-position").textContent = "Asking…";
     showView("waiting");
     stopRefresh();
@@ -140,6 +164,11 @@ function main(page) {
   function onSession(session) {
     const wasRinging = waitingFor?.state === "ringing";
     waitingFor = session;
+    // The quote is fixed when the request is made: the price this call is charged at.
+    if (session.quote) {
+      const price = session.quote.price;
+      $("#waiting-price").textContent = `${formatPrice({ model: price.kind, ...price })}: ${describeRule({ model: price.kind, ...price }, session.quote)}`;
+    }
     if (session.state === "requested" && wasRinging) {
       // The expert stepped away mid-ring: the request waits at the head of the queue again.
       $("#queue-position").textContent = "The expert stepped away: you are still first in line.";
@@ -185,8 +214,10 @@ function main(page) {
 
   const dialog = $("#book-dialog");
   let bookingExpert = null;
-  function openBooking(expert) {
+  async function openBooking(expert) {
+    await termsLoaded;
     bookingExpert = expert;
+    $("#book-price").textContent = `${formatPrice(expert.pricing)}: ${describeRule(expert.pricing, terms)}`;
     $("#book-expert").textContent = expert.name;
     $("#book-error").textContent = "";
     $("#book-hours").textContent = describeHours(expert);
@@ -252,6 +283,30 @@ function main(page) {
     return el("li", {}, el("span", { class: "grow" }, `${booking.expert_name || booking.expert_id} — ${formatWhen(booking.start)}`), el("span", { class: "hint" }, booking.state), cancel);
   }
 
+  // --- past sessions -----------------------------------------------------------------------
+
+  async function loadHistory() {
+    const list = $("#history");
+    try {
+      const sessions = await api.history({ side: "client", limit: 20 });
+      list.replaceChildren(...(sessions.length ? sessions.map(historyItem) : [el("li", { class: "hint" }, "No sessions yet.")]));
+    } catch {
+      list.replaceChildren(el("li", { class: "hint" }, "Your past sessions could not be loaded."));
+    }
+  }
+
+  function historyItem(s) {
+    const billed = describeBilled({ kind: s.price.kind, units: s.units, unitSeconds: s.unit_seconds, amount: s.price.amount, currency: s.currency });
+    return el(
+      "li",
+      { dataset: { sessionId: s.session_id } },
+      el("span", { class: "grow" }, el("strong", {}, s.expert_name), ` · ${formatWhen(s.started_at)}`, el("br"),
+        el("span", { class: "hint" }, s.open ? "In progress" : `${humanDuration(s.live_seconds)} connected · billed: ${billed}${s.refunded ? " · refunded" : ""}`)),
+      el("span", { class: "amount" }, formatMoney(s.refunded ? 0 : s.total, s.currency)),
+      el("a", { href: `/receipt?session=${encodeURIComponent(s.session_id)}`, "aria-label": `Receipt for the session with ${s.expert_name} on ${formatWhen(s.started_at)}` }, "Receipt"),
+    );
+  }
+
   // --- summary and rating ------------------------------------------------------------------
 
   function showSummary(data) {
@@ -294,6 +349,7 @@ function main(page) {
     showView("browse");
     search({ quiet: true });
     loadBookings();
+    loadHistory();
     startRefresh();
   }
 

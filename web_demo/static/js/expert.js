@@ -289,20 +289,30 @@ function main(page) {
     toast(`Session with ${message.booking.client_id} at ${formatWhen(message.booking.start)}`);
   });
 
+  // Earnings per period: the ledger's statement for the totals (refunds count when made), the
+  // sessions of the period by name for the list.
   async function loadEarnings() {
+    const { from, to } = periodRange($("#earnings-period").value, new Date());
     try {
-      const statement = await api.statement();
+      const [statement, sessions] = await Promise.all([api.statement({ from, to }), api.history({ side: "expert", from, to, limit: 10 })]);
       const totals = Object.entries(statement.totals || {});
       $("#earnings-total").textContent = totals.length ? totals.map(([currency, t]) => formatMoney(t.payout, currency)).join(" + ") : formatMoney(0, "USD");
+      const count = totals.reduce((n, [, t]) => n + t.sessions, 0);
+      $("#earnings-detail").textContent = totals.length
+        ? `Your share of ${count} paid session${count === 1 ? "" : "s"}, after the platform fee of ${totals.map(([currency, t]) => formatMoney(t.fee, currency)).join(" + ")}.`
+        : "No paid sessions in this period.";
       $("#earnings-list").replaceChildren(
-        ...(statement.lines || []).slice(-5).reverse().map((line) =>
-          el("li", {}, el("span", { class: "grow" }, `${line.client_id} · ${formatWhen(line.from)}`), el("span", {}, formatMoney(line.payout, line.currency))),
+        ...sessions.map((s) =>
+          el("li", {}, el("span", { class: "grow" }, `${s.client_name} · ${formatWhen(s.started_at)}`), el("span", {}, formatMoney(s.refunded ? 0 : s.payout, s.currency)),
+            el("a", { href: `/receipt?session=${encodeURIComponent(s.session_id)}`, "aria-label": `Receipt for the session with ${s.client_name}` }, "Receipt")),
         ),
       );
     } catch {
       $("#earnings-total").textContent = "—";
+      $("#earnings-detail").textContent = "Earnings could not be loaded.";
     }
   }
+  $("#earnings-period").addEventListener("change", () => loadEarnings());
 
   // A failed first attempt keeps retrying with backoff; the status badge shows it.
   signalling.connect().catch(() => {});
@@ -311,4 +321,13 @@ function main(page) {
   loadScheduled();
   loadEarnings();
   page.hooks.controller = controller;
+}
+
+/** The [from, to) of an earnings period in the viewer's time zone; undefined bounds: all time. */
+function periodRange(period, now) {
+  const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+  if (period === "today") return { from: midnight, to: undefined };
+  if (period === "week") return { from: new Date(midnight.getTime() - 6 * 86400_000), to: undefined };
+  if (period === "month") return { from: new Date(now.getFullYear(), now.getMonth(), 1), to: undefined };
+  return { from: undefined, to: undefined };
 }

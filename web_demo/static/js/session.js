@@ -4,6 +4,7 @@
 import { Call } from "./call.js";
 import { InCallView } from "./incall.js";
 import { formatMoney } from "./money.js";
+import { describeBilled, describeRule, humanDuration } from "./terms.js";
 import { announce, el, formatDuration, showView } from "./ui.js";
 
 const MEDIA_STATES = new Set(["accepted", "connecting", "live", "paused"]);
@@ -32,6 +33,7 @@ export function costFromMessage(message) {
     amount: money.amount,
     currency: money.currency,
     seconds: message.live_seconds ?? null,
+    units: message.units ?? null,
     payout: message.payout != null ? { amount: message.payout, currency: money.currency } : null,
     // undefined: this message does not say; null: no cap.
     budget: "budget_cap" in message ? message.budget_cap : undefined,
@@ -235,6 +237,10 @@ export class SessionController {
       reason: session.reason,
       // From the first live moment to the end, as the in-call clock showed it.
       seconds: this.firstLiveAt ? Math.round((this.endedAt - this.firstLiveAt) / 1000) : 0,
+      // What billing metered (both sides' media flowing) and the whole units it charged.
+      liveSeconds: summary?.live_seconds ?? this.cost?.seconds ?? null,
+      units: summary?.units ?? this.cost?.units ?? null,
+      quote: session.quote || null,
       charged,
       final,
       expertShare: money(summary?.payout) || this.cost?.payout || null,
@@ -242,14 +248,21 @@ export class SessionController {
   }
 }
 
-/** Fill a summary card: who, how long, why it ended, and the amount charged (or earned). */
+/** Fill a summary card: who, how long the call lasted, how much of it was billed and why, why it
+ * ended, and the amount charged (or earned). */
 export function renderSummary(root, data, role) {
   const amountLabel = role === "expert" ? "Charged to the client" : "Amount charged";
   const rows = [
     ["With", data.peerName],
-    ["Length", formatDuration(data.seconds || 0)],
-    ["Ended", END_REASONS[data.reason] || data.reason],
+    ["Call length", formatDuration(data.seconds || 0)],
   ];
+  if (data.liveSeconds != null) rows.push(["Both connected", humanDuration(data.liveSeconds)]);
+  const price = data.quote?.price;
+  if (price && data.units != null) {
+    const billed = describeBilled({ kind: price.kind, units: data.units, unitSeconds: data.quote.unit_seconds, amount: price.amount, currency: price.currency });
+    rows.push(["Billed", billed]);
+  }
+  rows.push(["Ended", END_REASONS[data.reason] || data.reason]);
   const amount = data.charged ? formatMoney(data.charged.amount, data.charged.currency) : "Nothing";
   root.dataset.final = String(Boolean(data.final));
   const list = el("dl", {});
@@ -258,5 +271,8 @@ export function renderSummary(root, data, role) {
   if (role === "expert" && data.expertShare) {
     list.append(el("dt", {}, "Your share"), el("dd", {}, formatMoney(data.expertShare.amount, data.expertShare.currency)));
   }
-  root.replaceChildren(list);
+  const children = [list];
+  // Why the billed time differs from the call's length: the rule this call was quoted.
+  if (price) children.push(el("p", { class: "hint", "data-testid": "billing-rule" }, `${role === "expert" ? "Charged by the rule the client accepted" : "Charged by the rule you accepted"}: ${describeRule({ model: price.kind, ...price }, data.quote)}`));
+  root.replaceChildren(...children);
 }
