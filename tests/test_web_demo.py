@@ -17,6 +17,7 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 
+from signalling import keys
 from signalling.app import create_app
 from signalling.auth import Role, TokenIssuer
 from signalling.settings import Settings
@@ -152,18 +153,24 @@ async def test_no_demo_means_no_pages_and_no_tokens(aiohttp_client, tmp_path) ->
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[str]:
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
     """The whole app on a free 127.0.0.1 port, in this process, with a 2 s billing unit."""
     settings = Settings(data_dir=tmp_path / "var", port=0, media_loopback=True, billing_unit_seconds=2)
-    runner = web.AppRunner(create_app(settings))
+    app = create_app(settings)
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://{host}:{port}", app
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def server(served: tuple[str, web.Application]) -> str:
+    return served[0]
 
 
 @pytest.fixture
@@ -185,12 +192,25 @@ async def browser():  # type: ignore[no-untyped-def]
             await browser.close()
 
 
-async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP):  # type: ignore[no-untyped-def]
+async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP, init_script: str = ""):  # type: ignore[no-untyped-def]
     """A fresh browser context (its own storage) signed in through the start page."""
+    page = await new_page(browser, base, viewport, init_script)
+    await page.goto("/")
+    await page.get_by_label("Give help" if role == "expert" else "Get help").check()
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_role("button", name="Continue").click()
+    await page.wait_for_url(f"**/{role}")
+    return page
+
+
+async def new_page(browser, base: str, viewport=DESKTOP, init_script: str = ""):  # type: ignore[no-untyped-def]
+    """A page in a fresh context that records its errors, console and socket frames."""
     # bypass_csp: Playwright's wait_for_function evaluates strings, which the demo's CSP forbids.
     context = await browser.new_context(
         viewport=viewport, base_url=base, permissions=["camera", "microphone"], bypass_csp=True
     )
+    if init_script:
+        await context.add_init_script(init_script)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -200,11 +220,6 @@ async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP):  
     page.on("websocket", lambda ws: ws.on("framereceived", lambda f: console.append(f"ws< {str(f)[:300] if 'media.offer' not in str(f) else str(f)}")))
     page.on("websocket", lambda ws: ws.on("framesent", lambda f: console.append(f"ws> {str(f)[:300]}")))
     page.console_log = console  # type: ignore[attr-defined]
-    await page.goto("/")
-    await page.get_by_label("Give help" if role == "expert" else "Get help").check()
-    await page.get_by_label("Your name").fill(name)
-    await page.get_by_role("button", name="Continue").click()
-    await page.wait_for_url(f"**/{role}")
     return page
 
 
@@ -735,3 +750,127 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
 
     for page, name in ((expert, "expert"), (client, "client"), (second, "second")):
         assert page.errors == [], name  # type: ignore[attr-defined]
+
+
+# --- failures, said in words ----------------------------------------------------------------
+
+BLOCKED_DEVICES = """navigator.mediaDevices.getUserMedia = () =>
+  Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));"""
+DESKTOP_800 = {"width": 1280, "height": 800}
+IN_VIEW = """(selector) => { const r = document.querySelector(selector).getBoundingClientRect();
+  return window.scrollY === 0 && r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
+
+
+async def online_expert(browser, server: str, name: str):  # type: ignore[no-untyped-def]
+    expert = await sign_in(browser, server, "expert", name)
+    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("Profile saved.").wait_for()
+    await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
+    return expert
+
+
+async def ask(client, expert_id: str, expert_name: str) -> None:  # type: ignore[no-untyped-def]
+    await client.get_by_label("Skill", exact=True).fill("python")
+    await client.get_by_role("button", name="Search").click()
+    await client.locator(f"[data-expert-id={expert_id}]").get_by_role("button", name="Ask for help now").click()
+    await client.get_by_role("button", name=f"Ask {expert_name}").click()
+
+
+async def test_failures_are_explained_in_words(server, browser) -> None:  # type: ignore[no-untyped-def]
+    # A new expert without a profile is told that nobody can find them yet.
+    expert = await sign_in(browser, server, "expert", "Erin Expert")
+    await expert.get_by_text("clients cannot find or call you until you save your profile").wait_for()
+    await shoot(expert, "20-expert-without-profile")
+    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
+
+    # Blocked camera and microphone: the client is told how to allow them, is not asked to rate a
+    # call that never started, and pays nothing; the expert hears that the client left.
+    blocked = await sign_in(browser, server, "client", "Bea Blocked", init_script=BLOCKED_DEVICES)
+    await ask(blocked, "erin-expert", "Erin Expert")
+    await expert.get_by_role("button", name="Accept Bea Blocked").click()
+    problem = blocked.get_by_test_id("problem")
+    await problem.wait_for()
+    assert "Your camera or microphone is blocked." in await problem.inner_text()
+    assert "choose Allow, then try again" in await problem.inner_text()
+    assert "nothing was charged" in await blocked.get_by_test_id("never-live").inner_text()
+    assert await blocked.locator("#rating-form").is_hidden()
+    await shoot(blocked, "21-client-devices-blocked")
+    await expert.get_by_role("heading", name="Session summary").wait_for()
+    assert "Bea Blocked left before the call connected" in await expert.get_by_test_id("never-live").inner_text()
+    await shoot(expert, "21-expert-client-never-connected")
+    await blocked.get_by_role("button", name="Back to experts").click()
+    await expert.get_by_role("button", name="Back to the console").click()
+
+    # In a live call the controls, the cost and the budget hint are in view without scrolling.
+    client = await sign_in(browser, server, "client", "Cleo Client", viewport=DESKTOP_800)
+    await ask(client, "erin-expert", "Erin Expert")
+    await expert.get_by_role("button", name="Accept Cleo Client").click()
+    await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
+    for viewport, label in ((DESKTOP_800, "desktop"), (PHONE, "phone")):
+        await client.set_viewport_size(viewport)
+        await client.evaluate("window.scrollTo(0, 0)")
+        for selector in ("[data-ref=hangup]", "[data-ref=mute]", "[data-ref=budget-hint]", "[data-testid=running-cost]"):
+            assert await client.evaluate(IN_VIEW, selector), (label, selector)
+        await shoot(client, f"22-client-controls-in-view-{label}")
+
+    # The expert closes their tab: the client is told who dropped and that billing is paused.
+    await client.set_viewport_size(DESKTOP_800)
+    await expert.context.close()
+    alert = client.get_by_test_id("call-alert")
+    await alert.wait_for(timeout=30000)
+    text = await alert.inner_text()
+    assert "Erin Expert's connection dropped — billing is paused." in text and "ends by itself" in text
+    await shoot(client, "23-client-expert-dropped")
+    await client.get_by_role("button", name="Hang up").click()
+    await client.get_by_role("heading", name="Session summary").wait_for()
+    for page in (blocked, client):
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_sign_in_problems_are_explained(served, browser) -> None:  # type: ignore[no-untyped-def]
+    base, app = served
+    issuer = app[keys.TOKENS]
+    start = await new_page(browser, base, PHONE)
+    await start.goto("/")
+    await start.get_by_text("Advanced").click()
+    paste = start.get_by_label("Or paste a token")
+
+    # A token that has expired, or one this server did not sign: said, not a silent reload.
+    expired = issuer.mint("old", "client", ttl=1)
+    await asyncio.sleep(1.5)
+    await paste.fill(expired)
+    await start.get_by_role("button", name="Continue").click()
+    await start.get_by_text("That token expired on").wait_for()
+    await shoot(start, "24-start-expired-token-phone")
+    await paste.fill(TokenIssuer("another-servers-secret-0123456789abcdef").mint("x", "client"))
+    await start.get_by_role("button", name="Continue").click()
+    await start.get_by_text("This server does not accept that token (token_invalid)").wait_for()
+
+    # A sign-in that runs out while the page is open: one explanation, then the start page says why.
+    await paste.fill(issuer.mint("tim", "client", ttl=8, name="Tim Timeout"))
+    await start.get_by_role("button", name="Continue").click()
+    await start.wait_for_url("**/client")
+    dialog = start.get_by_role("alertdialog", name="Your sign-in has expired")
+    await dialog.wait_for(timeout=20000)
+    assert await start.locator(".toast").count() == 0
+    await shoot(start, "25-client-sign-in-expired-phone")
+    await dialog.get_by_role("button", name="Sign in again").click()
+    await start.wait_for_url("**/?role=client&reason=expired")
+    assert "Your sign-in expired." in await start.get_by_test_id("start-notice").inner_text()
+
+    # Signing in again elsewhere: the old tab says so instead of waiting for ever.
+    old = await sign_in(browser, base, "client", "Rita Twice")
+    await old.locator("#connection[data-state=open]").wait_for()
+    new = await sign_in(browser, base, "client", "Rita Twice")
+    await new.locator("#connection[data-state=open]").wait_for()
+    replaced = old.get_by_role("alertdialog", name="expertcall is open somewhere else")
+    await replaced.wait_for()
+    await shoot(old, "26-client-replaced")
+    await replaced.get_by_role("button", name="Use this tab instead").click()
+    await old.locator("#connection[data-state=open]").wait_for()
+    await new.get_by_role("alertdialog", name="expertcall is open somewhere else").wait_for()
+    for page in (start, old, new):
+        assert page.errors == []  # type: ignore[attr-defined]

@@ -314,6 +314,9 @@ function main(page) {
     lastEnded = data;
     renderSummary($("#summary"), data, "client");
     if (again) return; // billing's final figures: keep what the user already typed
+    // A call that never connected is not one to rate.
+    $("#rating-form").hidden = !data.wentLive;
+    $("#summary-back").hidden = data.wentLive;
     $("#rating-expert").textContent = data.peerName;
     $("#rating-form").reset();
     delete $("#rating-stars").dataset.value;
@@ -338,6 +341,7 @@ function main(page) {
     }
   });
   $("#summary-done").addEventListener("click", () => backToBrowse());
+  $("#summary-back").addEventListener("click", () => backToBrowse());
   $("#rating-stars").addEventListener("change", (event) => {
     $("#rating-stars").dataset.value = event.target.value;
   });

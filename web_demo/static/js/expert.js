@@ -47,10 +47,18 @@ function main(page) {
       }
     });
   }
+  // Clients can neither find nor call an expert without a profile: say so instead of "online".
+  let hasProfile = null; // unknown until loadProfile answers
+  let presence = "offline";
   function showPresence(status) {
+    presence = status;
     const radio = document.querySelector(`input[name="availability"][value="${status}"]`);
     if (radio) radio.checked = true;
-    $("#availability-status").textContent = STATUS_TEXT[status] || status;
+    const unlisted = hasProfile === false && status !== "offline";
+    $("#availability-status").textContent = unlisted
+      ? `You are ${status}, but clients cannot find or call you until you save your profile below.`
+      : STATUS_TEXT[status] || status;
+    $("#availability-status").classList.toggle("warning", unlisted);
     $("#availability").dataset.status = status;
   }
   signalling.on("presence", ({ message }) => {
@@ -215,9 +223,12 @@ function main(page) {
         if (first) [$("#p-from").value, $("#p-to").value] = first[0].map((t) => (t === "24:00" ? "00:00" : t));
       }
       syncAmount();
+      hasProfile = true;
     } catch (error) {
-      if (error.status !== 404) toast(`Could not load your profile: ${error.message}`, "error");
+      if (error.status === 404) hasProfile = false;
+      else toast(`Could not load your profile: ${error.message}`, "error");
     }
+    showPresence(presence);
   }
 
   function ensureCurrency(code) {
@@ -256,6 +267,8 @@ function main(page) {
     };
     try {
       await api.saveExpert(identity.user, profile);
+      hasProfile = true;
+      showPresence(presence);
       toast("Profile saved.");
     } catch (failure) {
       error.textContent = `Not saved: ${failure.message}`;

@@ -23,11 +23,12 @@ const STATE_TEXT = {
   accepted: "Connecting…",
   connecting: "Connecting…",
   live: "Live",
-  paused: "Reconnecting…",
+  paused: "Paused",
   ended: "Ended",
 };
 
 const TEMPLATE = `
+  <p class="call-alert" data-ref="alert" data-testid="call-alert" role="alert" hidden></p>
   <div class="call-stage">
     <div class="video-remote-wrap">
       <video class="video-remote" data-testid="remote-video" autoplay playsinline aria-label="Video of the other person"></video>
@@ -42,6 +43,12 @@ const TEMPLATE = `
     </div>
     <video class="video-local" data-testid="local-video" autoplay playsinline muted aria-label="Your camera"></video>
   </div>
+  <div class="call-controls" role="toolbar" aria-label="Call controls">
+    <button type="button" class="control" data-ref="mute" aria-pressed="false">Mute</button>
+    <button type="button" class="control" data-ref="camera" aria-pressed="false">Stop camera</button>
+    <button type="button" class="control" data-ref="devices-toggle" aria-expanded="false" aria-controls="devices-panel">Devices</button>
+    <button type="button" class="control danger" data-ref="hangup">Hang up</button>
+  </div>
   <div class="call-meter card" data-ref="meter">
     <div><span class="meter-label" data-ref="cost-label">Cost so far</span>
       <strong class="meter-value" data-testid="running-cost" data-ref="cost" aria-live="polite">—</strong></div>
@@ -51,12 +58,6 @@ const TEMPLATE = `
       <button type="submit" class="secondary small">Set</button>
       <small id="budget-hint" class="hint" data-ref="budget-hint" aria-live="polite">The call ends when the cost reaches it.</small>
     </form>
-  </div>
-  <div class="call-controls" role="toolbar" aria-label="Call controls">
-    <button type="button" class="control" data-ref="mute" aria-pressed="false">Mute</button>
-    <button type="button" class="control" data-ref="camera" aria-pressed="false">Stop camera</button>
-    <button type="button" class="control" data-ref="devices-toggle" aria-expanded="false" aria-controls="devices-panel">Devices</button>
-    <button type="button" class="control danger" data-ref="hangup">Hang up</button>
   </div>
   <div class="devices card" id="devices-panel" data-ref="devices" hidden>
     <div class="field"><label for="mic-select">Microphone</label><select id="mic-select" data-ref="mic"></select></div>
@@ -122,12 +123,23 @@ export class InCallView {
     call.addEventListener("controls", () => this._syncControls());
   }
 
-  setState(state) {
+  /**
+   * @param {string} state  the session's state
+   * @param {object} [why]  {reason, me, peerName, deadline}: who stopped sending media when paused
+   */
+  setState(state, why = {}) {
     const text = STATE_TEXT[state] || state;
     this.ref.state.textContent = text;
     this.ref.state.dataset.state = state;
     if (state === "live" && !this.startedAt) this.startedAt = Date.now();
-    if (state === "paused") announce("Connection lost — reconnecting…", { assertive: true });
+    const alert = this.ref.alert;
+    if (state === "paused") {
+      alert.textContent = pausedText(why);
+      alert.hidden = false;
+    } else if (!alert.hidden && state === "live") {
+      alert.hidden = true;
+      announce(`${why.peerName || "The other person"} is connected again: billing resumed.`, { assertive: true });
+    }
   }
 
   setQuality({ level, rtt, loss }) {
@@ -250,4 +262,14 @@ export class InCallView {
     }
   }
 
+}
+
+/** Why a live call paused, in words: who dropped, that billing is paused, and for how long. */
+export function pausedText({ reason = "", me, peerName = "The other person", deadline }) {
+  const left = deadline ? Math.max(0, Math.round(deadline - Date.now() / 1000)) : 0;
+  const until = left ? ` The call ends by itself if it is not back within ${left >= 120 ? `${Math.round(left / 60)} minutes` : `${left} seconds`}.` : "";
+  if (reason === "media_restarted") return `The server restarted — billing is paused until your video flows again.${until}`;
+  const who = reason.startsWith("media_stopped:") ? reason.slice("media_stopped:".length) : "";
+  if (who && who === me) return `Your connection dropped — billing is paused while it comes back.${until}`;
+  return `${peerName}'s connection dropped — billing is paused.${until}`;
 }

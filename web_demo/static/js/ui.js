@@ -71,3 +71,23 @@ export function formatWhen(value) {
   if (Number.isNaN(date.getTime())) return String(value);
   return new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" }).format(date);
 }
+
+/**
+ * A problem that stops the page (sign-in expired, opened elsewhere): a modal dialog that says what
+ * happened and offers the one thing to do. Shown once; later calls while it is open are ignored.
+ */
+export function showBlocking({ title, text, actionLabel, onAction }) {
+  if ($("#blocking-dialog")) return;
+  const button = el("button", { type: "button", class: "primary" }, actionLabel);
+  const dialog = el(
+    "dialog",
+    { id: "blocking-dialog", role: "alertdialog", "aria-labelledby": "blocking-title", "aria-describedby": "blocking-text", "data-testid": "blocking" },
+    el("div", { class: "stack" }, el("h2", { id: "blocking-title" }, title), el("p", { id: "blocking-text" }, text), button),
+  );
+  button.addEventListener("click", onAction);
+  // Escape must not leave the page looking usable when it is not.
+  dialog.addEventListener("cancel", (event) => event.preventDefault());
+  document.body.append(dialog);
+  dialog.showModal();
+  button.focus();
+}
