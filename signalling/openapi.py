@@ -159,6 +159,8 @@ SCHEMAS: dict[str, Schema] = {
         cancelled_by=_nullable(STRING),
         cancel_reason=_nullable(STRING),
         quote=_nullable(_ref("Quote")),
+        expert_name={**STRING, "description": "The expert's display name when it was booked (else the id)"},
+        client_name={**STRING, "description": "The client's name when it was booked (else the id)"},
     ),
     "Quote": _props({
         "price": _obj(kind={"enum": ["free", "per_session", "per_minute"]}, amount=INTEGER, currency=STRING),

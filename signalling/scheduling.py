@@ -98,6 +98,10 @@ class Booking:
     cancel_reason: str | None = None
     # The terms fixed at booking time (billing's quote as a dict): the session opens with them.
     quote: dict[str, Any] | None = None
+    # The parties' names when it was booked (the client's token, the expert's profile), so that
+    # lists, reminders and updates name people rather than ids.
+    expert_name: str = ""
+    client_name: str = ""
 
     def has_party(self, user_id: str) -> bool:
         return user_id in (self.expert_id, self.client_id)
@@ -120,6 +124,8 @@ class Booking:
             "cancelled_by": self.cancelled_by,
             "cancel_reason": self.cancel_reason,
             "quote": self.quote,
+            "expert_name": self.expert_name or self.expert_id,
+            "client_name": self.client_name or self.client_id,
         }
 
 
@@ -165,7 +171,7 @@ class BookingStore:
 
     async def create(
         self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None,
-        quote: dict[str, Any] | None = None,
+        quote: dict[str, Any] | None = None, client_name: str = "",
     ) -> tuple[Booking, bool]:
         """Book [start, end) with the expert: the booking and whether it is new (a retry of the
         same request returns the existing booking)."""
@@ -200,7 +206,10 @@ class BookingStore:
                 f"the slot is not inside the expert's working hours ({hours.time_zone})",
                 "start",
             )
-        booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
+        booking = Booking(
+            uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote,
+            expert_name=expert.profile.display_name, client_name=client_name,
+        )
         # A reminder whose time has already passed would only repeat what the client just did.
         skipped = [lead for lead in rules.reminder_leads if start - lead <= now]
         return await self.tables.insert_if_free(booking, skipped, rules.max_open_per_client, rules.max_open_per_expert)
@@ -298,9 +307,11 @@ class Scheduler:
         with suppress(asyncio.CancelledError):
             await task
 
-    async def book(self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None) -> tuple[Booking, bool]:
+    async def book(
+        self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None, client_name: str = "",
+    ) -> tuple[Booking, bool]:
         quote = await self.store.quoter(expert_id) if self.store.quoter is not None else None
-        booking, created = await self.store.create(client_id, expert_id, start, end, topic, quote)
+        booking, created = await self.store.create(client_id, expert_id, start, end, topic, quote, client_name)
         if created:
             self._wake.set()
             await self._tell("on_booked", booking)

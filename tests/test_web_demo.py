@@ -370,20 +370,50 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     assert "Working hours (UTC)" in await dialog.inner_text()
     price = await dialog.get_by_test_id("book-price").inner_text()
     assert price.startswith("$30.00 per session: $30.00 for the session, charged once you have both been connected for 1 minute")
+    assert "You or the expert can cancel until the start." in await dialog.inner_text()
+    # Only the expert's free slots are offered, in the viewer's time zone; the first is chosen.
+    slot = dialog.get_by_label("Time")
+    await client.wait_for_function("document.querySelectorAll('#book-slot option[value]:not([value=\"\"])').length > 0")
+    options = await slot.locator("option").all_inner_texts()
+    assert len(options) > 40 and all(" – " in o for o in options)
+    first = await slot.input_value()
     await shoot(client, "10-client-booking-phone")
+    await dialog.get_by_label("Length").select_option("60")
+    await client.wait_for_function("document.querySelector('#book-slot option').textContent.includes('–')")
     await dialog.get_by_role("button", name="Book").click()
-    await client.locator("#my-bookings li", has_text="bo-booker").wait_for()
-    assert "booked" in await client.locator("#my-bookings").inner_text()
+    booked = client.locator("#my-bookings li", has_text="Bo Booker")
+    await booked.wait_for()
+    assert "Booked" in await booked.inner_text()
     await shoot(client, "11-client-booked-phone")
 
     await expert.reload()
-    await expert.locator("#scheduled li", has_text="pat-planner").wait_for()
+    scheduled = expert.locator("#scheduled li", has_text="Pat Planner")
+    await scheduled.wait_for()
     assert await expert.get_by_label("To").input_value() == "00:00"  # 24:00 as a time input shows it
     await shoot(expert, "11-expert-scheduled")
 
+    # The booked slot is no longer offered; a second booking, which the expert cancels.
+    await card.get_by_role("button", name="Book a slot").click()
+    await client.wait_for_function("document.querySelectorAll('#book-slot option[value]:not([value=\"\"])').length > 0")
+    assert await slot.input_value() != first
+    await dialog.get_by_role("button", name="Book").click()
+    await client.locator("#my-bookings li[data-state=booked]").nth(1).wait_for()
+    await expert.locator("#scheduled li[data-state=booked]").nth(1).wait_for()
+    await expert.locator("#scheduled li").nth(1).get_by_role("button", name=re.compile("^Cancel the session with Pat Planner")).click()
+    await client.locator("#my-bookings li", has_text="Cancelled by Bo Booker").wait_for()
+    await client.get_by_text("Bo Booker cancelled your session of").wait_for()
+
     # Cancelling from the client's list frees the slot on both sides.
-    await client.locator("#my-bookings li", has_text="bo-booker").get_by_role("button", name="Cancel").click()
-    await client.locator("#my-bookings li", has_text="cancelled").wait_for()
+    await booked.first.get_by_role("button", name=re.compile("^Cancel the session with Bo Booker")).click()
+    await client.locator("#my-bookings li", has_text="Cancelled by you").wait_for()
+    await expert.locator("#scheduled li", has_text="Cancelled by Pat Planner").nth(0).wait_for()
+    await shoot(expert, "12-expert-cancelled")
+    # A booking whose session opened says so (and offers no cancel).
+    opened = await client.evaluate(
+        """async () => (await import('/static/js/terms.js')).bookingState(
+             {state: 'open', opened_at: '2026-12-03T10:00:00Z', start: '2026-12-03T10:00:00Z'}, 'me')"""
+    )
+    assert opened.startswith("Opened ") and opened.endswith("— the session started")
     for page in (expert, client):
         assert page.errors == []  # type: ignore[attr-defined]
 

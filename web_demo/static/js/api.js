@@ -82,6 +82,12 @@ export class Api {
     return this.call("POST", "/api/bookings", body);
   }
 
+  /** The expert's free slots of durationMinutes over the next 7 days: [{start, end}] in UTC. */
+  async slots(expertId, durationMinutes) {
+    const data = await this.call("GET", `/api/experts/${encodeURIComponent(expertId)}/slots?duration=${durationMinutes * 60}`);
+    return data.slots;
+  }
+
   async cancelBooking(id) {
     return this.call("DELETE", `/api/bookings/${encodeURIComponent(id)}`);
   }

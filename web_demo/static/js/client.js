@@ -3,7 +3,7 @@
 import { formatMoney, formatPrice, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { END_REASONS, renderSummary, SessionController } from "./session.js";
-import { describeBilled, describeRule, humanDuration } from "./terms.js";
+import { bookingState, describeBilled, describeRule, humanDuration } from "./terms.js";
 import { $, announce, el, formatWhen, showView, stars, toast } from "./ui.js";
 
 const SEARCH_CURRENCY = "USD";
@@ -221,21 +221,50 @@ function main(page) {
     $("#book-expert").textContent = expert.name;
     $("#book-error").textContent = "";
     $("#book-hours").textContent = describeHours(expert);
-    // Default: the first half-hour boundary at least an hour from now (the server wants notice).
-    const halfHour = 30 * 60_000;
-    const start = new Date(Math.ceil((Date.now() + 3600_000) / halfHour) * halfHour);
-    $("#book-start").value = toLocalInput(start);
-    $("#book-start").min = toLocalInput(new Date());
+    $("#book-zone").textContent = `Times are in your time zone (${Intl.DateTimeFormat().resolvedOptions().timeZone}).`;
     dialog.showModal();
+    await loadSlots();
   }
+
+  // Only the expert's free slots are offered, in the viewer's time zone, grouped by day.
+  async function loadSlots() {
+    const select = $("#book-slot");
+    const submit = $("#book-form button[type=submit]");
+    select.replaceChildren(el("option", { value: "" }, "Loading free times…"));
+    submit.disabled = true;
+    let slots = [];
+    try {
+      slots = await api.slots(bookingExpert.id, Number($("#book-duration").value));
+    } catch (error) {
+      $("#book-error").textContent = `Free times could not be loaded: ${error.message}`;
+    }
+    if (!slots.length) {
+      select.replaceChildren(el("option", { value: "" }, "No free time in the next 7 days"));
+      if (!$("#book-error").textContent) $("#book-error").textContent = `${bookingExpert.name} has no free time of this length in the next 7 days: try a shorter one, or ask for help now when they are online.`;
+      return;
+    }
+    $("#book-error").textContent = "";
+    const day = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "short", day: "numeric" });
+    const time = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+    const groups = new Map();
+    for (const slot of slots) {
+      const start = new Date(slot.start);
+      const label = day.format(start);
+      if (!groups.has(label)) groups.set(label, el("optgroup", { label }));
+      groups.get(label).append(el("option", { value: slot.start, dataset: { end: slot.end } }, `${label}, ${time.format(start)} – ${time.format(new Date(slot.end))}`));
+    }
+    select.replaceChildren(...groups.values());
+    submit.disabled = false;
+  }
+  $("#book-duration").addEventListener("change", () => loadSlots());
   $("#book-cancel").addEventListener("click", () => dialog.close());
   $("#book-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const start = new Date($("#book-start").value);
-    if (Number.isNaN(start.getTime())) {
-      $("#book-error").textContent = "Choose a start time.";
+    if (!$("#book-slot").value) {
+      $("#book-error").textContent = "Choose one of the free times.";
       return;
     }
+    const start = new Date($("#book-slot").value);
     try {
       await api.book(bookingExpert.id, start, Number($("#book-duration").value));
       dialog.close();
@@ -243,6 +272,7 @@ function main(page) {
       loadBookings();
     } catch (error) {
       $("#book-error").textContent = error.message;
+      if (error.code === "slot_taken") loadSlots();
     }
   });
 
@@ -259,12 +289,12 @@ function main(page) {
   // The expert may cancel; both get reminders before the start (docs/protocol.md).
   signalling.on("booking.update", ({ message }) => {
     if (message.event === "cancelled" && message.by !== page.identity.user) {
-      toast(`${message.by} cancelled your session of ${formatWhen(message.booking.start)}.`);
+      toast(`${message.booking.expert_name} cancelled your session of ${formatWhen(message.booking.start)}.`);
     }
     loadBookings();
   });
   signalling.on("booking.reminder", ({ message }) => {
-    const text = `Reminder: your session with ${message.booking.expert_id} starts ${formatWhen(message.booking.start)}.`;
+    const text = `Reminder: your session with ${message.booking.expert_name} starts ${formatWhen(message.booking.start)}.`;
     announce(text, { assertive: true });
     toast(text);
   });
@@ -279,9 +309,14 @@ function main(page) {
         toast(error.message, "error");
       }
     });
+    cancel.setAttribute("aria-label", `Cancel the session with ${booking.expert_name} on ${formatWhen(booking.start)}`);
     if (booking.state !== "booked") cancel.hidden = true;
-    return el("li", {}, el("span", { class: "grow" }, `${booking.expert_name || booking.expert_id} — ${formatWhen(booking.start)}`), el("span", { class: "hint" }, booking.state), cancel);
+    return el("li", { dataset: { bookingId: booking.id, state: booking.state } }, el("span", { class: "grow" }, `${booking.expert_name} — ${formatWhen(booking.start)}`), el("span", { class: "hint" }, bookingState(booking, page.identity.user)), cancel);
   }
+  // A booked session that opens is no longer "booked": the list follows it.
+  signalling.on("session.state", ({ message }) => {
+    if (message.session.booking_id) loadBookings();
+  });
 
   // --- past sessions -----------------------------------------------------------------------
 
@@ -381,9 +416,4 @@ function describeHours(expert) {
   if (!weekly) return "Pick a time within the expert's working hours.";
   const days = Object.entries(weekly).map(([day, spans]) => `${day} ${spans.map((s) => s.join("–")).join(", ")}`);
   return `Working hours (${expert.timezone}): ${days.join("; ")}`;
-}
-
-function toLocalInput(date) {
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
 }

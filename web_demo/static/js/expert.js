@@ -3,6 +3,7 @@
 import { formatMoney, minorToDecimalString, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { renderSummary, SessionController } from "./session.js";
+import { bookingState } from "./terms.js";
 import { $, announce, el, formatWhen, showView, toast } from "./ui.js";
 
 const DAYS = [["mon", "Mon"], ["tue", "Tue"], ["wed", "Wed"], ["thu", "Thu"], ["fri", "Fri"], ["sat", "Sat"], ["sun", "Sun"]];
@@ -281,25 +282,47 @@ function main(page) {
     const list = $("#scheduled");
     try {
       const bookings = await api.bookings();
-      list.replaceChildren(
-        ...(bookings.length
-          ? bookings.map((b) => el("li", {}, el("span", { class: "grow" }, b.client_name || b.client_id), el("span", {}, formatWhen(b.start ?? b.starts_at))))
-          : [el("li", { class: "hint" }, "No sessions booked.")]),
-      );
+      list.replaceChildren(...(bookings.length ? bookings.map(scheduledItem) : [el("li", { class: "hint" }, "No sessions booked.")]));
     } catch {
       list.replaceChildren(el("li", { class: "hint" }, "Scheduling is not available on this server."));
     }
   }
 
+  // Either side may cancel until the start (docs/experts-and-bookings.md); the client is told.
+  function scheduledItem(b) {
+    const cancel = el("button", { type: "button", class: "secondary small", "aria-label": `Cancel the session with ${b.client_name} on ${formatWhen(b.start)}` }, "Cancel");
+    cancel.hidden = b.state !== "booked";
+    cancel.addEventListener("click", async () => {
+      cancel.disabled = true;
+      try {
+        await api.cancelBooking(b.id);
+        toast(`Cancelled: ${b.client_name} is told.`);
+      } catch (error) {
+        toast(`Could not cancel: ${error.message}`, "error");
+      }
+      loadScheduled();
+    });
+    return el(
+      "li",
+      { dataset: { bookingId: b.id, state: b.state } },
+      el("span", { class: "grow" }, el("strong", {}, b.client_name), ` — ${formatWhen(b.start)}`, b.topic ? el("span", { class: "hint" }, b.topic) : null),
+      el("span", { class: "hint" }, bookingState(b, identity.user)),
+      cancel,
+    );
+  }
+
   signalling.on("booking.update", ({ message }) => {
     const b = message.booking;
-    if (message.event === "booked") toast(`${b.client_id} booked a session for ${formatWhen(b.start)}.`);
-    if (message.event === "cancelled" && message.by !== identity.user) toast(`${message.by} cancelled the session of ${formatWhen(b.start)}.`);
+    if (message.event === "booked") toast(`${b.client_name} booked a session for ${formatWhen(b.start)}.`);
+    if (message.event === "cancelled" && message.by !== identity.user) toast(`${b.client_name} cancelled the session of ${formatWhen(b.start)}.`);
     loadScheduled();
   });
   signalling.on("booking.reminder", ({ message }) => {
-    announce(`Reminder: your session with ${message.booking.client_id} starts ${formatWhen(message.booking.start)}.`, { assertive: true });
-    toast(`Session with ${message.booking.client_id} at ${formatWhen(message.booking.start)}`);
+    announce(`Reminder: your session with ${message.booking.client_name} starts ${formatWhen(message.booking.start)}.`, { assertive: true });
+    toast(`Session with ${message.booking.client_name} at ${formatWhen(message.booking.start)}`);
+  });
+  signalling.on("session.state", ({ message }) => {
+    if (message.session.booking_id) loadScheduled();
   });
 
   // Earnings per period: the ledger's statement for the totals (refunds count when made), the

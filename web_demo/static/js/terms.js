@@ -43,3 +43,19 @@ export function describeBilled({ kind, units, unitSeconds, amount, currency }) {
   const price = amount != null ? ` × ${formatMoney(amount, currency)}` : "";
   return `${units} started ${unit}${units === 1 ? "" : "s"}${price}`;
 }
+
+/** A booking's state in words, from the viewer's side. */
+export function bookingState(booking, me) {
+  if (booking.state === "booked") return "Booked";
+  if (booking.state === "open") return `Opened ${formatWhenShort(booking.opened_at || booking.start)} — the session started`;
+  if (booking.state === "missed") return "Missed: the server was down at its time";
+  if (booking.state === "cancelled") {
+    const by = booking.cancelled_by === me ? "you" : booking.cancelled_by === booking.expert_id ? booking.expert_name : booking.client_name;
+    return `Cancelled by ${by}`;
+  }
+  return booking.state;
+}
+
+function formatWhenShort(iso) {
+  return new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" }).format(new Date(iso));
+}
