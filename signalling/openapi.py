@@ -108,7 +108,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "RatingSummary": _obj(average=_nullable(NUMBER), count={"type": "integer", "minimum": 0}),
     "Expert": _obj(
-        required=["id", "display_name", "bio", "skills", "languages", "price", "working_hours", "rating", "updated_at"],
+        required=["id", "display_name", "bio", "skills", "languages", "price", "working_hours", "rating", "updated_at",
+                  "photo"],
         id=STRING,
         display_name=STRING,
         bio=STRING,
@@ -118,8 +119,10 @@ SCHEMAS: dict[str, Schema] = {
         working_hours=_nullable(_ref("WorkingHours")),
         rating=_ref("RatingSummary"),
         updated_at=TIMESTAMP,
+        photo={**_nullable(STRING), "description": "The photo's URL (GET without a token), versioned; null: none"},
         availability={"enum": list(AVAILABILITY)},
     ),
+    "Photo": _obj(photo=_nullable(STRING)),
     "ExpertPage": _obj(
         experts={"type": "array", "items": _ref("Expert")}, total=INTEGER, limit=INTEGER, offset=INTEGER
     ),
@@ -403,6 +406,8 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(_ref("ExpertPage")), **_errors(400, 401)},
                 tag="experts",
                 parameters=[
+                    _query("q", {"type": "string", "maxLength": 200},
+                           "Words that must each start a word of the name, skills or bio (at most 8)"),
                     _query("skill", STRING),
                     _query("language", STRING, "A BCP 47 tag: pt finds pt-BR too"),
                     _query("max_price", _int(0, 10**12), "Minor units of currency; free experts always match"),
@@ -415,6 +420,27 @@ def _paths() -> dict[str, Any]:
                     _query("offset", _int(0, 10**9), "Default 0"),
                 ],
             )
+        },
+        "/api/experts/{id}/photo": {
+            "parameters": [expert_id],
+            "put": _op(
+                "Set the expert's photo (that expert or an admin): JPEG, PNG or WebP, at most 5 MiB and 40 Mpx; "
+                "decoded in full, then remade by the server as a 320 px square JPEG",
+                {"200": _json(_ref("Photo")), **_errors(400, 401, 403, 404, 413, 415)},
+                tag="experts",
+                requestBody={"required": True, "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}}
+                    for media in ("image/jpeg", "image/png", "image/webp")}},
+            ),
+            "delete": _op("Remove the expert's photo (that expert or an admin)",
+                          {"200": _json(_ref("Photo")), **_errors(401, 403, 404)}, tag="experts"),
+            "get": _op(
+                "The expert's photo, a JPEG (no token needed: an <img> sends none)",
+                {"200": {"description": "The photo", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                 **_errors(404)},
+                tag="experts",
+                auth=False,
+            ),
         },
         "/api/experts/{id}": {
             "parameters": [expert_id],
