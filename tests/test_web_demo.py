@@ -7,6 +7,7 @@ fake camera and microphone. Screenshots of every step go to test-artifacts/web_d
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -275,7 +276,7 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
     assert await client.evaluate(first) == "skip-link"
     assert await client.evaluate("document.activeElement.id") == "browse-heading"
     await client.keyboard.press("Tab")
-    assert await client.evaluate("document.activeElement.id") == "search-skill"
+    assert await client.evaluate("document.activeElement.id") == "search-q"
 
     # Money is formatted from integer minor units by the page's own module.
     money = await client.evaluate(
@@ -343,7 +344,7 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     for day in ("Sat", "Sun"):
         await expert.get_by_label(day, exact=True).check()
     await expert.get_by_label("From").fill("00:00")
-    await expert.get_by_label("To").fill("00:00")  # midnight to midnight: every hour of the week
+    await expert.get_by_label("To", exact=True).fill("00:00")  # midnight to midnight: every hour of the week
     await expert.get_by_role("button", name="Save profile").click()
     await expert.get_by_text("Profile saved.").wait_for()
     await expert.locator("#connection[data-state=open]").wait_for()
@@ -355,7 +356,7 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     await client.get_by_label("Skill", exact=True).fill("plumbing")
     await client.get_by_label("Max price (USD)").fill("20")
     await client.get_by_role("button", name="Search").click()
-    await client.get_by_text("No experts match").wait_for()
+    await client.get_by_role("heading", name="No experts match").wait_for()
     await client.get_by_label("Max price (USD)").fill("30.00")
     await client.get_by_role("button", name="Search").click()
     card = client.locator("[data-expert-id=bo-booker]")
@@ -389,7 +390,7 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     await expert.reload()
     scheduled = expert.locator("#scheduled li", has_text="Pat Planner")
     await scheduled.wait_for()
-    assert await expert.get_by_label("To").input_value() == "00:00"  # 24:00 as a time input shows it
+    assert await expert.get_by_label("To", exact=True).input_value() == "00:00"  # 24:00 as a time input shows it
     await shoot(expert, "11-expert-scheduled")
 
     # The booked slot is no longer offered; a second booking, which the expert cancels.
@@ -762,6 +763,10 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await client.emulate_media(media="screen")
     await client.get_by_role("link", name="Back").click()
     await client.wait_for_url("**/client")
+    # The review shows on the expert's profile.
+    await client.get_by_role("button", name="Profile of Ada Expert").click()
+    await client.get_by_test_id("profile").get_by_text("Fixed in ten minutes.").wait_for()
+    await client.get_by_role("button", name="← Back to experts").click()
 
     # A second session with a budget cap: the server ends it when the budget is used up.
     await client.locator("[data-expert-id=ada-expert]").get_by_role("button", name="Ask for help now").click()
@@ -880,11 +885,11 @@ async def test_sign_in_problems_are_explained(served, browser) -> None:  # type:
     await start.get_by_text("This server does not accept that token (token_invalid)").wait_for()
 
     # A sign-in that runs out while the page is open: one explanation, then the start page says why.
-    await paste.fill(issuer.mint("tim", "client", ttl=8, name="Tim Timeout"))
+    await paste.fill(issuer.mint("tim", "client", ttl=15, name="Tim Timeout"))
     await start.get_by_role("button", name="Continue").click()
     await start.wait_for_url("**/client")
     dialog = start.get_by_role("alertdialog", name="Your sign-in has expired")
-    await dialog.wait_for(timeout=20000)
+    await dialog.wait_for(timeout=40000)
     assert await start.locator(".toast").count() == 0
     await shoot(start, "25-client-sign-in-expired-phone")
     await dialog.get_by_role("button", name="Sign in again").click()
@@ -903,4 +908,72 @@ async def test_sign_in_problems_are_explained(served, browser) -> None:  # type:
     await old.locator("#connection[data-state=open]").wait_for()
     await new.get_by_role("alertdialog", name="expertcall is open somewhere else").wait_for()
     for page in (start, old, new):
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+PNG_PHOTO = base64.b64decode(
+    # 64×48 PNG of one colour, made with Pillow and inlined: the browser uploads real image bytes.
+    "iVBORw0KGgoAAAANSUhEUgAAAEAAAAAwCAIAAAAuKetIAAAAU0lEQVR4nO3PQQ3AIADAQEAIOpGIrIngcVnSU9DOfe74s6UDXjWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaB9ZrIBvgrj1UYAAAAASUVORK5CYII="
+)
+
+
+async def test_profiles_photos_search_categories_and_the_empty_state(server, browser) -> None:  # type: ignore[no-untyped-def]
+    # Nobody yet: the landing list says what to do instead of showing nothing.
+    client = await sign_in(browser, server, "client", "Cleo Client")
+    empty = client.get_by_test_id("empty-state")
+    await empty.get_by_text("Nobody is available right now").wait_for()
+    await shoot(client, "30-client-empty-state")
+
+    expert = await sign_in(browser, server, "expert", "Pia Photo")
+    await expert.get_by_label("Skills").fill("python, debugging")
+    await expert.get_by_label("Languages").fill("en, pt-BR")
+    await expert.get_by_label("About you").fill("I untangle build failures and flaky tests.")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("Profile saved.").wait_for()
+    await expert.get_by_label("Photo").set_input_files({"name": "me.png", "mimeType": "image/png", "buffer": PNG_PHOTO})
+    await expert.get_by_text("Photo saved.").wait_for()
+    assert (await expert.locator("#photo-preview img").get_attribute("src") or "").startswith("/api/experts/pia-photo/photo?v=")
+    await expert.get_by_label("Photo").set_input_files({"name": "x.png", "mimeType": "image/png", "buffer": b"not a png"})
+    await expert.get_by_text("Photo not saved: the body is not a readable image").wait_for()
+    await shoot(expert, "30-expert-photo")
+
+    # Words that start a name, a skill or a bio find the expert; the card shows the photo.
+    await client.get_by_label("Availability").select_option("")
+    for words in ("pyth", "untang", "pia"):
+        await client.get_by_label("Search", exact=True).fill(words)
+        await client.get_by_role("button", name="Search", exact=True).click()
+        await client.locator("[data-expert-id=pia-photo]").wait_for()
+    card = client.locator("[data-expert-id=pia-photo]")
+    assert await card.locator("img.avatar").evaluate("(img) => img.complete && img.naturalWidth") == 320
+    await client.get_by_label("Language").select_option("de")
+    await client.get_by_text("No experts match").first.wait_for()
+    assert await empty.is_visible()
+    await client.get_by_label("Language").select_option("pt")
+    await card.wait_for()
+
+    # Categories: the skills on offer, one click each.
+    await client.get_by_label("Search", exact=True).fill("")
+    await client.reload()
+    await client.get_by_role("navigation", name="Browse by skill").get_by_role("button", name=re.compile("^debugging")).click()
+    await card.wait_for()
+    assert await client.get_by_label("Skill", exact=True).input_value() == "debugging"
+    await shoot(client, "31-client-search-with-photos")
+
+    # The profile page: photo, price and its rule, languages, hours in the viewer's zone, reviews.
+    await card.get_by_role("button", name="Profile of Pia Photo").click()
+    profile = client.get_by_test_id("profile")
+    await profile.get_by_role("heading", name="Pia Photo").wait_for()
+    text = await profile.inner_text()
+    for shown in ("$1.00 / min", "charged only while you are both connected", "English, Brazilian Portuguese",
+                  "I untangle build failures", "No reviews yet.", "your time, UTC"):
+        assert shown in text, shown
+    await profile.locator("#profile-hours li").first.wait_for()
+    assert client.url.endswith("#expert=pia-photo")
+    await shoot(client, "32-client-profile")
+    await client.set_viewport_size(PHONE)
+    assert await client.evaluate(HORIZONTAL_OVERFLOW) <= 0
+    await shoot(client, "32-client-profile-phone")
+    await profile.get_by_role("button", name="Book a slot").click()
+    await client.get_by_role("dialog", name="Book Pia Photo").wait_for()
+    for page in (client, expert):
         assert page.errors == []  # type: ignore[attr-defined]

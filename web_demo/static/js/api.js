@@ -84,8 +84,34 @@ export class Api {
 
   /** The expert's free slots of durationMinutes over the next 7 days: [{start, end}] in UTC. */
   async slots(expertId, durationMinutes) {
-    const data = await this.call("GET", `/api/experts/${encodeURIComponent(expertId)}/slots?duration=${durationMinutes * 60}`);
-    return data.slots;
+    return (await this.freeTime(expertId, durationMinutes)).slots;
+  }
+
+  /** {free: [{start, end}], slots: [...], time_zone}: the expert's free time, next 7 days. */
+  async freeTime(expertId, durationMinutes = 30) {
+    return this.call("GET", `/api/experts/${encodeURIComponent(expertId)}/slots?duration=${durationMinutes * 60}`);
+  }
+
+  /** The latest reviews: {rating: {average, count}, ratings: [{stars, review, created_at}]}. */
+  async ratings(expertId, limit = 5) {
+    return this.call("GET", `/api/experts/${encodeURIComponent(expertId)}/ratings?limit=${limit}`);
+  }
+
+  /** Upload the expert's photo (a File or Blob): the server validates and remakes it. */
+  async uploadPhoto(expertId, file) {
+    const token = typeof this.token === "function" ? this.token() : this.token;
+    const response = await fetch(`/api/experts/${encodeURIComponent(expertId)}/photo`, {
+      method: "PUT",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": file.type || "application/octet-stream" },
+      body: file,
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, data.error?.code || `http_${response.status}`, data.error?.message || response.statusText);
+    return data.photo;
+  }
+
+  async deletePhoto(expertId) {
+    return this.call("DELETE", `/api/experts/${encodeURIComponent(expertId)}/photo`);
   }
 
   async cancelBooking(id) {
@@ -162,6 +188,7 @@ export function normaliseExpert(raw) {
     hours: raw.working_hours ?? raw.hours ?? null,
     timezone: raw.working_hours?.time_zone ?? raw.time_zone ?? "UTC",
     queueLength: raw.queue_length ?? null,
+    photo: raw.photo ?? null,
     raw,
   };
 }

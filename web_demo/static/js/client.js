@@ -4,7 +4,7 @@ import { formatMoney, formatPrice, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { END_REASONS, renderSummary, SessionController } from "./session.js";
 import { bookingState, describeBilled, describeRule, humanDuration } from "./terms.js";
-import { $, announce, el, formatWhen, showView, stars, toast } from "./ui.js";
+import { $, announce, avatar, el, formatWhen, showView, stars, toast } from "./ui.js";
 
 const SEARCH_CURRENCY = "USD";
 const REFRESH_MS = 8000;
@@ -39,7 +39,7 @@ function main(page) {
 
   async function search({ quiet = false } = {}) {
     const data = new FormData(form);
-    const filters = { skill: data.get("skill").trim().toLowerCase() };
+    const filters = { q: data.get("q").trim(), skill: data.get("skill").trim().toLowerCase(), language: data.get("language") };
     const maxPrice = data.get("max_price").trim();
     if (maxPrice) {
       const minor = parseMoneyInput(maxPrice, SEARCH_CURRENCY);
@@ -57,6 +57,7 @@ function main(page) {
     try {
       const experts = await api.experts(filters);
       renderResults(experts);
+      showEmptyState(experts.length === 0, filters);
       if (!quiet) $("#results-status").textContent = experts.length ? `${experts.length} expert${experts.length === 1 ? "" : "s"} found.` : "No experts match. Try fewer filters.";
     } catch (error) {
       $("#results-status").textContent = `Could not load experts: ${error.message}`;
@@ -72,7 +73,7 @@ function main(page) {
         const card = el(
           "li",
           { class: "card expert-card", dataset: { expertId: expert.id }, "aria-labelledby": `expert-${expert.id}` },
-          el("h3", { id: `expert-${expert.id}` }, expert.name),
+          el("div", { class: "card-head" }, avatar(expert), el("h3", { id: `expert-${expert.id}` }, expert.name)),
           el(
             "div",
             { class: "meta" },
@@ -87,6 +88,7 @@ function main(page) {
             { class: "actions" },
             el("button", { type: "button", class: "primary", disabled: !available && expert.availability !== "busy", onclick: () => confirmAsk(expert) }, expert.availability === "busy" ? "Join the queue" : "Ask for help now"),
             el("button", { type: "button", class: "secondary", onclick: () => openBooking(expert) }, "Book a slot"),
+            el("button", { type: "button", class: "link-button", "aria-label": `Profile of ${expert.name}`, onclick: () => openProfile(expert.id) }, "Profile"),
           ),
         );
         return card;
@@ -94,6 +96,126 @@ function main(page) {
     );
     if (focusedId) list.querySelector(`[data-expert-id="${CSS.escape(focusedId)}"] button`)?.focus();
   }
+
+  // With nobody to show, say what to do instead of showing an empty list.
+  function showEmptyState(empty, filters) {
+    const box = $("#empty-state");
+    box.hidden = !empty;
+    if (!empty) return;
+    const onlyAvailable = $("#search-available").value === "online";
+    const narrowed = filters.q || filters.skill || filters.max_price || filters.min_rating || filters.language;
+    if (onlyAvailable) {
+      $("#empty-title").textContent = "Nobody is available right now";
+      $("#empty-text").textContent = "Experts who are away or offline can still be booked for later. Show everyone, pick a free slot, and you are reminded before it starts.";
+      $("#empty-action").textContent = "Show every expert";
+    } else {
+      $("#empty-title").textContent = "No experts match";
+      $("#empty-text").textContent = narrowed ? "Try fewer or shorter words — “pyth” finds Python — or clear the filters." : "No expert has a profile here yet. Come back soon.";
+      $("#empty-action").textContent = "Clear the filters";
+    }
+    $("#empty-action").hidden = !onlyAvailable && !narrowed;
+  }
+  $("#empty-action").addEventListener("click", () => {
+    // "Show every expert" widens availability; "Clear the filters" starts over (with everyone).
+    if ($("#search-available").value !== "online") form.reset();
+    $("#search-available").value = "";
+    search();
+  });
+
+  // Categories: the skills experts offer, most common first, one click to browse each.
+  async function loadCategories() {
+    try {
+      const everyone = await api.experts({ limit: 100 });
+      const counts = new Map();
+      for (const expert of everyone) for (const skill of expert.skills) counts.set(skill, (counts.get(skill) || 0) + 1);
+      const top = [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, 12);
+      $("#categories").replaceChildren(
+        ...top.map(([skill, n]) =>
+          el("li", {}, el("button", { type: "button", class: "chip", onclick: () => browseSkill(skill) }, `${skill} `, el("span", { class: "count", "aria-label": `${n} expert${n === 1 ? "" : "s"}` }, String(n)))),
+        ),
+      );
+      $("#categories").closest("nav").hidden = top.length === 0;
+    } catch {
+      $("#categories").closest("nav").hidden = true;
+    }
+  }
+  function browseSkill(skill) {
+    $("#search-q").value = "";
+    $("#search-skill").value = skill;
+    $("#search-available").value = "";
+    search();
+  }
+
+  // --- an expert's profile -----------------------------------------------------------------
+
+  async function openProfile(expertId) {
+    let expert;
+    try {
+      expert = await api.expert(expertId);
+    } catch (error) {
+      toast(`Could not open the profile: ${error.message}`, "error");
+      return;
+    }
+    await termsLoaded;
+    $("#profile-avatar").replaceChildren(avatar(expert, "large"));
+    $("#profile-name").textContent = expert.name;
+    $("#profile-meta").replaceChildren(
+      el("span", { class: "availability", dataset: { state: expert.availability } }, labelFor(expert.availability)),
+      " ",
+      el("span", {}, stars(expert.ratingAverage, expert.ratingCount)),
+    );
+    $("#profile-price").textContent = formatPrice(expert.pricing);
+    $("#profile-rule").textContent = describeRule(expert.pricing, terms);
+    $("#profile-bio").textContent = expert.bio || "";
+    $("#profile-skills").replaceChildren(el("ul", { class: "tags" }, expert.skills.map((s) => el("li", {}, s))));
+    const languageNames = new Intl.DisplayNames(undefined, { type: "language" });
+    $("#profile-languages").textContent = expert.languages.length ? expert.languages.map((l) => languageNames.of(l) || l).join(", ") : "Not given";
+    const ask = el("button", { type: "button", class: "primary", disabled: expert.availability !== "online" && expert.availability !== "busy", onclick: () => confirmAsk(expert) }, expert.availability === "busy" ? "Join the queue" : "Ask for help now");
+    const book = el("button", { type: "button", class: "secondary", onclick: () => openBooking(expert) }, "Book a slot");
+    $("#profile-actions").replaceChildren(ask, book);
+    showView("profile");
+    stopRefresh();
+    history.replaceState(null, "", `#expert=${encodeURIComponent(expert.id)}`);
+    loadProfileHours(expert);
+    loadReviews(expert);
+  }
+
+  // Working hours as free time in the viewer's own time zone, day by day.
+  async function loadProfileHours(expert) {
+    $("#profile-zone").textContent = `(your time, ${Intl.DateTimeFormat().resolvedOptions().timeZone})`;
+    const list = $("#profile-hours");
+    try {
+      const { free } = await api.freeTime(expert.id);
+      const day = new Intl.DateTimeFormat(undefined, { weekday: "short", month: "short", day: "numeric" });
+      const time = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+      const byDay = new Map();
+      for (const range of free) {
+        const start = new Date(range.start);
+        const label = day.format(start);
+        if (!byDay.has(label)) byDay.set(label, []);
+        byDay.get(label).push(`${time.format(start)} – ${time.format(new Date(range.end))}`);
+      }
+      list.replaceChildren(...(byDay.size ? [...byDay].map(([label, spans]) => el("li", {}, el("strong", {}, label), ` ${spans.join(", ")}`)) : [el("li", { class: "hint" }, "No free time in the next 7 days.")]));
+    } catch {
+      list.replaceChildren(el("li", { class: "hint" }, expert.hours ? describeHours(expert) : "No working hours set."));
+    }
+  }
+
+  async function loadReviews(expert) {
+    const list = $("#profile-reviews");
+    try {
+      const { ratings } = await api.ratings(expert.id, 5);
+      list.replaceChildren(...(ratings.length
+        ? ratings.map((r) => el("li", {}, el("span", { class: "review-stars", "aria-label": `${r.stars} of 5 stars` }, "★".repeat(r.stars) + "☆".repeat(5 - r.stars)), el("span", { class: "grow" }, r.review || "No comment."), el("span", { class: "hint" }, formatWhen(r.created_at))))
+        : [el("li", { class: "hint" }, "No reviews yet.")]));
+    } catch {
+      list.replaceChildren(el("li", { class: "hint" }, "Reviews could not be loaded."));
+    }
+  }
+  $("#profile-back").addEventListener("click", () => {
+    history.replaceState(null, "", location.pathname);
+    backToBrowse();
+  });
 
   function labelFor(availability) {
     return { online: "Available now", busy: "In a session", away: "Away", offline: "Offline" }[availability] || availability;
@@ -406,6 +528,10 @@ function main(page) {
   // A failed first attempt keeps retrying with backoff; the status badge shows it.
   signalling.connect().catch(() => {});
   backToBrowse();
+  loadCategories();
+  // A link to a profile (#expert=<id>) opens it.
+  const linked = new URLSearchParams(location.hash.slice(1)).get("expert");
+  if (linked) openProfile(linked);
   page.hooks.search = () => search();
   page.hooks.formatMoney = formatMoney;
   announce("Find an expert.");

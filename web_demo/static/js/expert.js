@@ -4,7 +4,7 @@ import { formatMoney, minorToDecimalString, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { renderSummary, SessionController } from "./session.js";
 import { bookingState } from "./terms.js";
-import { $, announce, el, formatWhen, showView, toast } from "./ui.js";
+import { $, announce, avatar, el, formatWhen, showView, toast } from "./ui.js";
 
 const DAYS = [["mon", "Mon"], ["tue", "Tue"], ["wed", "Wed"], ["thu", "Thu"], ["fri", "Fri"], ["sat", "Sat"], ["sun", "Sun"]];
 const STATUS_TEXT = {
@@ -203,11 +203,42 @@ function main(page) {
     $("#p-currency").disabled = free;
   }
 
+  // The photo: uploaded as chosen, validated and remade by the server, shown as clients see it.
+  function showPhoto(photo) {
+    $("#photo-preview").replaceChildren(avatar({ id: identity.user, name: $("#p-name").value || identity.name, photo }, "large"));
+    $("#p-photo-remove").hidden = !photo;
+  }
+  $("#p-photo").addEventListener("change", async () => {
+    const file = $("#p-photo").files[0];
+    if (!file) return;
+    const status = $("#p-photo-status");
+    status.textContent = "Uploading…";
+    try {
+      showPhoto(await api.uploadPhoto(identity.user, file));
+      status.textContent = "Photo saved.";
+    } catch (error) {
+      status.textContent = error.code === "expert_not_found" ? "Save your profile first, then add a photo." : `Photo not saved: ${error.message}`;
+    }
+    $("#p-photo").value = "";
+  });
+  $("#p-photo-remove").addEventListener("click", async () => {
+    try {
+      await api.deletePhoto(identity.user);
+      showPhoto(null);
+      $("#p-photo-status").textContent = "Photo removed.";
+    } catch (error) {
+      $("#p-photo-status").textContent = `Could not remove the photo: ${error.message}`;
+    }
+  });
+
   async function loadProfile() {
+    showPhoto(null);
     try {
       const expert = await api.expert(identity.user);
+      showPhoto(expert.photo);
       $("#p-name").value = expert.name || identity.name;
       $("#p-skills").value = expert.skills.join(", ");
+      $("#p-languages").value = expert.languages.join(", ");
       $("#p-bio").value = expert.bio || "";
       $("#p-mode").value = expert.pricing.model;
       if (expert.pricing.model !== "free") {
@@ -262,7 +293,8 @@ function main(page) {
       display_name: $("#p-name").value.trim(),
       bio: $("#p-bio").value.trim(),
       skills: $("#p-skills").value.split(",").map((s) => s.trim()).filter(Boolean),
-      languages: [navigator.language || "en"],
+      // The browser's language until the expert names theirs.
+      languages: $("#p-languages").value.split(",").map((s) => s.trim()).filter(Boolean).concat($("#p-languages").value.trim() ? [] : [navigator.language || "en"]),
       price: { mode, amount, currency },
       working_hours: { time_zone: $("#p-tz").value.trim() || zone, weekly },
     };

@@ -52,6 +52,17 @@ export function toast(text, kind = "info") {
   setTimeout(() => item.remove(), 6000);
 }
 
+/** A face for a person: their photo, or their initials on a colour of their own. */
+export function avatar(person, size = "small") {
+  if (person.photo) return el("img", { class: `avatar avatar-${size}`, src: person.photo, alt: "", width: size === "large" ? 160 : 56, height: size === "large" ? 160 : 56 });
+  const initials = String(person.name || "?").split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("");
+  let hue = 0;
+  for (const c of String(person.id || person.name)) hue = (hue * 31 + c.charCodeAt(0)) % 360;
+  const node = el("span", { class: `avatar avatar-${size} avatar-initials`, "aria-hidden": "true" }, initials);
+  node.style.setProperty("--hue", String(hue)); // through the CSSOM: the CSP allows no inline style attribute
+  return node;
+}
+
 export function stars(average, count) {
   if (average === null || average === undefined || !count) return "No ratings yet";
   const rounded = Math.round(Number(average) * 10) / 10;
