@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import re
@@ -187,7 +188,7 @@ async def browser():  # type: ignore[no-untyped-def]
             # The last state of every page, and its console, for whoever reads a failure.
             for i, context in enumerate(browser.contexts):
                 for j, page in enumerate(context.pages):
-                    await shoot(page, f"zz-last-{i}-{j}")
+                    await shoot(page, f"zz-last-{i}-{j}", check=False)
                     log = getattr(page, "console_log", [])
                     (ARTIFACTS / f"zz-last-{i}-{j}.log").write_text("\n".join(log))
             await browser.close()
@@ -224,9 +225,12 @@ async def new_page(browser, base: str, viewport=DESKTOP, init_script: str = ""):
     return page
 
 
-async def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+async def shoot(page, name: str, check: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """A screenshot of the step, and axe-core's verdict on the page as it is at that step."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if check:
+        await assert_accessible(page, name)
 
 
 UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea, button')]
@@ -236,6 +240,26 @@ UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, tex
   .map((n) => n.outerHTML.slice(0, 120))"""
 
 HORIZONTAL_OVERFLOW = "() => document.scrollingElement.scrollWidth - window.innerWidth"
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_RUN = """async () => {
+  const result = await axe.run(document, { resultTypes: ['violations'] });
+  return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+}"""
+
+
+@functools.cache
+def axe_source() -> str:
+    return AXE.read_text()
+
+
+async def assert_accessible(page, where: str) -> None:  # type: ignore[no-untyped-def]
+    """axe-core (WCAG 2.x A/AA rules, contrast included) finds no serious or critical violation."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        # Evaluated over the DevTools protocol, which the page's CSP does not govern.
+        await page.evaluate(f"(() => {{ {axe_source()}\n }})()")
+    assert await page.evaluate(AXE_RUN) == [], where
 
 
 async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # type: ignore[no-untyped-def]
@@ -328,6 +352,14 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
         ["That is less than the call has cost already.", "true"],
         "Enter an amount such as 5 or 12.50.",
     ]
+    # The accessibility check can fail: a grey-on-grey, nameless button is caught.
+    await client.evaluate(
+        """() => { const b = document.createElement('button'); b.id = 'bad'; b.style.cssText = 'color:#bbb;background:#ccc';
+                   b.innerHTML = '<svg width="9" height="9"></svg>'; document.body.append(b); }"""
+    )
+    with pytest.raises(AssertionError, match="button-name"):
+        await assert_accessible(client, "a deliberately bad button")
+    await client.evaluate("document.getElementById('bad').remove()")
     await shoot(expert, "01-expert-console")
     await shoot(client, "01-client-phone")
     await expert.set_viewport_size(PHONE)

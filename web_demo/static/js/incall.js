@@ -65,7 +65,7 @@ const TEMPLATE = `
   </div>
   <section class="chat card" aria-labelledby="chat-heading">
     <h3 id="chat-heading">Chat</h3>
-    <ol class="chat-log" data-ref="chat-log" role="log" aria-live="polite" aria-label="Chat messages"></ol>
+    <div role="log" aria-live="polite" aria-label="Chat messages"><ol class="chat-log" data-ref="chat-log"></ol></div>
     <form class="chat-form" data-ref="chat-form">
       <label for="chat-input" class="visually-hidden">Message</label>
       <input id="chat-input" data-ref="chat-input" autocomplete="off" maxlength="2000" placeholder="Type a message">
