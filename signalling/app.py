@@ -114,7 +114,11 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         alive = await asyncio.wait_for(node.backend.node_alive(node.node_id), timeout=2)
     except Exception as exc:  # any backend failure means "do not send traffic here"
-        return web.json_response({"status": "not_ready", "reason": f"backend: {exc!r}"}, status=503)
+        # The probe is unauthenticated: the exception's text (a Redis URL with its password, a
+        # host name) goes to the log, the answer names only what kind of failure it was.
+        log.warning("readyz: backend did not answer: %r", exc)
+        return web.json_response(
+            {"status": "not_ready", "reason": f"backend: {type(exc).__name__}"}, status=503)
     if not alive:
         return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
     return web.json_response({"status": "ready", "node": node.node_id})

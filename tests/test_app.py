@@ -71,3 +71,17 @@ async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no
     client.app[keys.SIGNALLING].closing = True
     resp = await client.get("/readyz")
     assert resp.status == 503 and (await resp.json())["status"] == "not_ready"
+
+
+async def test_not_ready_names_the_failure_but_never_the_backends_details(client, caplog) -> None:  # type: ignore[no-untyped-def]
+    backend = client.app[keys.SIGNALLING].backend
+
+    async def unreachable(node_id: str) -> bool:
+        raise ConnectionError("redis://:hunter2@10.1.2.3:6379/0 refused")
+
+    backend.node_alive = unreachable
+    resp = await client.get("/readyz")
+    body = await resp.text()
+    assert resp.status == 503 and "ConnectionError" in body
+    assert "hunter2" not in body and "10.1.2.3" not in body
+    assert "hunter2" in caplog.text  # the operator still learns what happened
