@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
+    # getDisplayMedia picks the (fake) screen without a picker.
+    "--auto-select-desktop-capture-source=Entire screen",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
@@ -701,6 +703,24 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await expert.get_by_role("textbox", name="Message").fill("Show me the traceback")
     await expert.get_by_role("button", name="Send").click()
     await client.locator(".chat-theirs", has_text="Show me the traceback").wait_for()
+
+    # Screen sharing: the client shares; the expert sees it large, the camera in a corner.
+    await client.get_by_role("button", name="Share screen").click()
+    await client.get_by_role("button", name="Stop sharing").wait_for()
+    assert await client.get_by_role("button", name="Stop sharing").get_attribute("aria-pressed") == "true"
+    screen = expert.get_by_test_id("remote-screen")
+    await screen.wait_for()
+    await expert.wait_for_function(
+        "(() => { const v = document.querySelector('[data-testid=remote-screen]'); return !v.hidden && v.videoWidth > 0; })()"
+    )
+    assert "Cleo Client is sharing their screen" in await expert.get_by_test_id("screen-badge").inner_text()
+    big, corner = await screen.bounding_box(), await expert.get_by_test_id("remote-video").bounding_box()
+    assert big and corner and big["width"] > 3 * corner["width"]
+    await shoot(expert, "05-expert-sees-the-clients-screen")
+    await client.get_by_role("button", name="Stop sharing").click()
+    await screen.wait_for(state="hidden", timeout=15000)
+    await client.get_by_role("button", name="Share screen").wait_for()
+    await frames_increasing(expert)  # the camera carries on
 
     # A budget cap goes to the server, whose billing.cost answer shows it.
     await client.get_by_label("Budget cap").fill("100")
