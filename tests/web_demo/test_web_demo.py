@@ -1030,3 +1030,58 @@ async def test_profiles_photos_search_categories_and_the_empty_state(server, bro
     await client.get_by_role("dialog", name="Book Pia Photo").wait_for()
     for page in (client, expert):
         assert page.errors == []  # type: ignore[attr-defined]
+
+
+ACTIVE = "(() => { const a = document.activeElement; return (a.getAttribute('aria-label') || a.textContent || a.id).trim(); })()"
+
+
+async def test_the_paid_flow_by_keyboard_alone(server, browser) -> None:  # type: ignore[no-untyped-def]
+    """Search, the price confirmation, the ring, the call and hang-up without a mouse; dialogs
+    take focus when they open and give it back when they close."""
+    expert = await online_expert(browser, server, "Kim Keys")
+    await expert.evaluate("document.activeElement.blur()")  # an idle console: nothing being typed
+    client = await sign_in(browser, server, "client", "Kai Keyboard")
+    await client.locator("#browse-heading:focus").wait_for()
+    await client.keyboard.press("Tab")
+    await client.keyboard.type("python")  # the Search box comes first
+    await client.keyboard.press("Enter")
+    card = client.locator("[data-expert-id=kim-keys]")
+    await card.wait_for()
+    ask = card.get_by_role("button", name="Ask for help now")
+    while await client.evaluate(ACTIVE) != "Ask for help now":
+        await client.keyboard.press("Tab")
+    # The booking dialog: focus goes in, Escape closes it, focus comes back to its opener.
+    await client.keyboard.press("Tab")
+    assert await client.evaluate(ACTIVE) == "Book a slot"
+    await client.keyboard.press("Enter")
+    dialog = client.get_by_role("dialog", name="Book Kim Keys")
+    await dialog.wait_for()
+    assert await client.evaluate("document.getElementById('book-dialog').contains(document.activeElement)")
+    await client.keyboard.press("Escape")
+    await dialog.wait_for(state="hidden")
+    assert await client.evaluate(ACTIVE) == "Book a slot"
+    await client.keyboard.press("Shift+Tab")
+    assert await ask.evaluate("(b) => b === document.activeElement")
+    await client.keyboard.press("Enter")
+    confirm = client.get_by_role("dialog", name="Ask Kim Keys for help now?")
+    await confirm.wait_for()
+    assert await client.evaluate(ACTIVE) == "Ask Kim Keys"  # the confirming button has focus
+    await shoot(client, "40-keyboard-confirm")
+    await client.keyboard.press("Enter")
+    # The expert's Accept button takes focus when the ring arrives.
+    await expert.get_by_role("button", name="Accept Kai Keyboard").wait_for()
+    await expert.wait_for_function("document.activeElement?.getAttribute('aria-label') === 'Accept Kai Keyboard'")
+    await expert.keyboard.press("Enter")
+    await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
+    # In the call: Tab reaches Hang up; Enter ends the call and focus lands on the summary.
+    hang_up = client.get_by_role("button", name="Hang up")
+    for _ in range(30):
+        if await hang_up.evaluate("(b) => b === document.activeElement"):
+            break
+        await client.keyboard.press("Tab")
+    await shoot(client, "41-keyboard-in-call")
+    await client.keyboard.press("Enter")
+    await client.get_by_role("heading", name="Session summary").wait_for()
+    assert await client.evaluate("document.activeElement.id") == "summary-heading"
+    for page in (client, expert):
+        assert page.errors == []  # type: ignore[attr-defined]
