@@ -5,6 +5,7 @@ other modules read lazily, so that a test can still replace any of them after ``
 
 - ``EXPERT_DIRECTORY``: signalling finds experts in the profile store (``ProfileDirectory``);
 - ``SESSION_PARTIES``: ratings check the session store (only a session's client, once ended);
+- ``SESSION_NAMES``: receipts name the parties from the session store;
 - ``WS_ICE_SERVERS``: ``welcome`` lists the TURN module's servers, with a fresh credential;
 
 WHIP/WHEP keep their default grants (``grants.AdminOnlyGrants``): a paid session's participants
@@ -31,6 +32,7 @@ from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
 from signalling.app.media_metrics import MediaMetrics
 
 from ..billing.quote import quote_for
+from ..billing.receipts import SESSION_NAMES
 from ..billing.service import PLATFORM_FEES
 from ..bookings.rest import BOOKING_LISTENER, SCHEDULER
 from ..calls import ice
@@ -52,6 +54,7 @@ MEDIA_STATS_INTERVAL = 5.0
 def setup(app: web.Application) -> None:
     app[EXPERT_DIRECTORY] = ProfileDirectory(app)
     app[SESSION_PARTIES] = lambda session_id: app[SIGNALLING].session_parties(session_id)
+    app[SESSION_NAMES] = lambda session_id: app[SIGNALLING].session_names(session_id)
     app[WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
     app.cleanup_ctx.append(wiring_ctx)
 

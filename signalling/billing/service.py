@@ -22,6 +22,7 @@ from ..auth.tokens import TOKENS, Identity, Role, authenticate
 from ..core import keys
 from ..core.errors import http_error, int_param, read_json_value
 from ..core.settings import SettingsError
+from . import receipts
 from .checkpointer import WalCheckpointer
 from .fees import PlatformFees
 from .ledger import Ledger, to_csv
@@ -54,6 +55,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/billing/export", export)
     app.router.add_get("/api/billing/experts/{expert_id}/fee", get_fee)
     app.router.add_put("/api/billing/experts/{expert_id}/fee", put_fee)
+    receipts.setup(app, BILLING_STORE, LEDGER)
 
 
 async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
