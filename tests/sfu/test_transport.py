@@ -14,6 +14,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 
 from sfu.api import (
     AddIceCandidate,
+    Answer,
     AnswerToServerOffer,
     Leave,
     MediaError,
@@ -525,6 +526,7 @@ async def test_a_whep_answer_carries_the_publishers_h264_parameter_sets(
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
         answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert isinstance(answer, Answer)
         assert f"sprop-parameter-sets={sprop}" in answer.sdp
         assert _rtpmaps(answer.sdp)[0] == ["H264", "rtx"]
     finally:
