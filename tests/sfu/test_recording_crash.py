@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import av
+import pytest
 
 from sfu.api import RecordingFile, RecoverRecordings
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests.media_clients import EventHub, read_counter
+
+pytestmark = pytest.mark.integration
 
 
 def last_decoded(path: Path) -> tuple[float, int]:

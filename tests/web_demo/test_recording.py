@@ -28,6 +28,8 @@ from tests.media_clients import HEIGHT, WIDTH, draw_counter
 from tests.recording_clients import read_file
 from tests.web_demo.test_web_demo import CHROMIUM, CHROMIUM_ARGS, frames_increasing, shoot, sign_in
 
+pytestmark = pytest.mark.integration
+
 LOOP_FRAMES = 300  # the fake camera's file: 10 s at 30 fps, looped by Chromium
 
 
