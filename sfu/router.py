@@ -27,6 +27,7 @@ from sfu.api import (
     TransportClosed,
     TransportKind,
 )
+from sfu.consumer import Consumer
 from sfu.forwarder import current_ms
 from sfu.network import NetworkOptions
 from sfu.options import MediaOptions
@@ -61,7 +62,7 @@ class Router:
         self.app_data = app_data or {}
         self.closed = False
         self.participants: dict[str, Participant] = {}
-        self.producers: dict[str, Producer] = {}
+        self.producers: dict[str, Producer[Consumer]] = {}
         self._emit = emit
         self._speaker: str | None = None
         self._levels: dict[str, float] = {}
@@ -114,7 +115,7 @@ class Router:
             transport.add_consumer(producer)
         await self._offer(transport)
 
-    def producers_for(self, participant_id: str) -> list[Producer]:
+    def producers_for(self, participant_id: str) -> list[Producer[Consumer]]:
         """The tracks a participant may receive: everyone's but its own."""
         return [p for p in self.producers.values() if p.participant_id != participant_id]
 
@@ -149,8 +150,8 @@ class Router:
 
     # --- producers ---------------------------------------------------------------------------
 
-    def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer:
-        producer = Producer(
+    def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer[Consumer]:
+        producer: Producer[Consumer] = Producer(
             f"{participant_id}:{mid}", participant_id, kind, codec,
             max_bitrate=self.options.max_publish_bitrate if kind == "video"
             else self.options.max_audio_bitrate,
@@ -169,7 +170,7 @@ class Router:
         return producer
 
 
-    def _producer_closed(self, producer: Producer) -> None:
+    def _producer_closed(self, producer: Producer[Consumer]) -> None:
         self.producers.pop(producer.id, None)
         self._levels.pop(producer.participant_id, None)
 
@@ -298,7 +299,7 @@ class Router:
                         (consumer.bytes - before.get(consumer, consumer.bytes)) * 8 / interval)
                     before[consumer] = consumer.bytes
 
-    def _gate_video(self, producer: Producer, now: float) -> None:
+    def _gate_video(self, producer: Producer[Consumer], now: float) -> None:
         """Pause or resume each subscriber's video of ``producer`` for congestion."""
         for consumer in list(producer.consumers):
             if consumer.paused and not consumer.gate.paused:

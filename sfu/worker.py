@@ -47,11 +47,9 @@ logger = logging.getLogger(__name__)
 
 class LocalMediaPlane:
     def __init__(self, options: MediaOptions | None = None) -> None:
-        aiortc_hooks.lazy_bitrate_estimators()
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
         self.collector = CollectAfterDepartures(self._open_transports)
-        self.collector.install()
         self._handlers: list[EventHandler] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -69,6 +67,14 @@ class LocalMediaPlane:
             StopRecording: self._stop_recording,
             RecoverRecordings: self._recover_recordings,
         }
+
+    def start(self) -> None:
+        """Take this process's media settings, before the first room: receivers build their
+        bitrate estimators lazily (``aiortc_hooks``), and full garbage collections wait for
+        departures (``gc_policy``; ``close`` gives the threshold back). Building a plane changes
+        nothing outside it."""
+        aiortc_hooks.lazy_bitrate_estimators()
+        self.collector.install()
 
     def on_event(self, handler: EventHandler) -> None:
         self._handlers.append(handler)

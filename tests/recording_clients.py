@@ -25,7 +25,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
-from sfu.api import MediaPlane, Offer
+from sfu.api import Answer, MediaPlane, Offer
 from tests.media_clients import FPS, LOOPBACK, VIDEO_CLOCK, client_pc, draw_counter, read_counter
 
 BEEP_SECONDS = 0.1
@@ -119,6 +119,7 @@ class RecordedPublisher:
         answer = await self.plane.request(
             Offer(self.room_id, self.participant_id, "publish", self.pc.localDescription.sdp)
         )
+        assert isinstance(answer, Answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
 
     async def close(self) -> None:

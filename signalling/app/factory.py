@@ -45,7 +45,9 @@ MediaPlaneFactory = Callable[[Settings], "MediaPlane | None"]
 
 
 def local_media_plane(settings: Settings) -> MediaPlane:
-    return LocalMediaPlane(media_options(settings))
+    plane = LocalMediaPlane(media_options(settings))
+    plane.start()
+    return plane
 
 
 def no_media_plane(settings: Settings) -> None:

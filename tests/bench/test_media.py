@@ -5,11 +5,10 @@ Behaviour, not speed: every figure is present and plausible; how fast is for the
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bench.procfs import process_cpu_seconds

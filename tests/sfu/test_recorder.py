@@ -10,6 +10,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from tests.recording_clients import RecordedPublisher, read_file
 
 
 @pytest.fixture
-async def plane(tmp_path: Path):
+async def plane(tmp_path: Path) -> AsyncIterator[LocalMediaPlane]:
     plane = LocalMediaPlane(MediaOptions(loopback=True, recordings_dir=str(tmp_path / "rec")))
     yield plane
     await plane.close()
