@@ -256,17 +256,27 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
 @click.option("--janus-event-loops", type=click.IntRange(0, 256), default=0, show_default=True,
               help="With --reference janus: event loops its handles share (Janus's event_loops); "
                    "0 keeps Janus's default, a loop and thread per handle.")
+@click.option("--record", is_flag=True, default=False,
+              help="Measure recording instead: CPU per recorded stream and disk bytes per second, "
+                   "--publishers streams, windows forwarding-only and recording alternating --rounds times.")
 @click.option("--pin-server", "pin_server", default="",
               help="Pin the servers started (and every process they start) to these CPUs, a taskset list "
                    "such as 1 or 0-3; the clients stay unpinned. [default: not pinned]")
 def media(calls: str | None, publishers: int, subscribers: str, duration: float, json_path: Path,
           plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
           token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
-          server_nice: int, client_nice: int, janus_event_loops: int, pin_server: str) -> None:
+          server_nice: int, client_nice: int, janus_event_loops: int, pin_server: str, record: bool) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
-    with --calls, carrying two-party calls."""
+    with --calls, carrying two-party calls, or, with --record, recording."""
     if pin_server:
         _check_cpus(pin_server)
+    if record:
+        if calls is not None or reference or url:
+            raise click.UsageError("--record measures recording alone: without --calls, --reference or --url")
+        from . import recording
+
+        recording.run(publishers, duration, settle, rounds, json_path)
+        return
     if calls is not None:
         context = click.get_current_context()
         for name in FAN_OUT_ONLY:

@@ -300,6 +300,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "DevToken": _obj(token=STRING, user=STRING, role={"enum": ["client", "expert"]}, name=STRING, expires_in=INTEGER),
     "Health": _obj(status={"const": "ok"}),
+    "Recording": _obj(
+        id=STRING, session_id=STRING, recording_id=STRING, participant_id=STRING, expert_id=STRING,
+        client_id=STRING, node=STRING, size=INTEGER, duration=NUMBER, sha256=STRING, started_at=NUMBER,
+        ready_at=NUMBER, recovered=BOOLEAN, deleted_at=_nullable(NUMBER), deleted_by=_nullable(STRING),
+    ),
+    "SessionRecordings": _obj(session_id=STRING, recordings={"type": "array", "items": _ref("Recording")}),
     "Ready": _obj(required=["status"], status={"enum": ["ready", "not_ready"]}, node=STRING, reason=STRING),
 }
 
@@ -605,6 +611,41 @@ def _paths() -> dict[str, Any]:
                 requestBody=_body(_ref("FeeInput")),
             ),
         },
+        "/api/sessions/{session_id}/recordings": {
+            "parameters": [_path("session_id")],
+            "get": _op(
+                "A session's recording files, one per participant per recording (its participants or an admin)",
+                {"200": _json(_ref("SessionRecordings")), **_errors(401, 403, 404)},
+                tag="recordings",
+            ),
+        },
+        "/api/recordings/{file_id}": {
+            "parameters": [_path("file_id")],
+            "get": _op("One recording file's index entry (the session's participants or an admin)",
+                       {"200": _json(_ref("Recording")), **_errors(401, 403, 404)}, tag="recordings"),
+            "delete": _op("Delete a recording file (admins), on the node that holds it",
+                          {"204": {"description": "Deleted"}, **_errors(401, 403, 404, 409)},
+                          tag="recordings"),
+        },
+        "/api/recordings/{file_id}/file": {
+            "parameters": [_path("file_id")],
+            "get": _op(
+                "Download a recording file (the session's participants or an admin), with HTTP range requests. "
+                "409 `recording_on_other_node`: another node holds it, and the message names it",
+                {
+                    "200": {"description": "The whole file", "content": {
+                        "video/webm": {"schema": {"type": "string", "format": "binary"}},
+                        "video/x-matroska": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "The range asked for", "content": {
+                        "video/webm": {"schema": {"type": "string", "format": "binary"}},
+                        "video/x-matroska": {"schema": {"type": "string", "format": "binary"}}}},
+                    "416": {"description": "The range is outside the file"},
+                    **_errors(401, 403, 404, 409),
+                },
+                tag="recordings",
+                parameters=[{"name": "Range", "in": "header", "required": False, "schema": STRING}],
+            ),
+        },
         "/api/broadcasts": {
             "post": _op(
                 "Open a session for a broadcast or a load test (admins)",
@@ -681,7 +722,8 @@ def document() -> dict[str, Any]:
             "title": "expertcall REST API",
             "version": VERSION,
             "description": (
-                "Experts, bookings, ratings, billing, ICE servers, broadcasts and WHIP/WHEP. Bearer tokens go in "
+                "Experts, bookings, ratings, billing, recordings, ICE servers, broadcasts and WHIP/WHEP. Bearer "
+                "tokens go in "
                 "the Authorization header. Errors are {\"error\": {\"code\", \"message\", \"field\"}}; the "
                 "WebSocket protocol on /ws is described in docs/protocol.md."
             ),

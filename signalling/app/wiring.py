@@ -14,7 +14,7 @@ send and receive media over ``/ws`` only, where it is metered (docs/billing.md).
 Its ``cleanup_ctx`` (after the node has started) gives the profile store the node's presence and
 queue lengths, fixes quotes through billing's ``quote_for`` (sessions and bookings), hands the
 scheduler the node's booking notifier (signalling/calls/booking_events.py), and polls the media plane's
-stats into ``/metrics`` (aggregated, sfu/metrics.py) while rooms exist.
+stats into ``/metrics`` (aggregated, ``media_metrics.py``) while rooms exist.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
-from sfu.metrics import MediaMetrics
+from signalling.app.media_metrics import MediaMetrics
 
 from ..billing.quote import quote_for
 from ..billing.receipts import SESSION_NAMES
@@ -94,7 +94,7 @@ async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 class ProfileDirectory:
-    """``directory.ExpertDirectory`` (what signalling asks) backed by the profile store."""
+    """``calls.directory.ExpertDirectory`` (what the calls ask) backed by the profile store."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app

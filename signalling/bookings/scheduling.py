@@ -1,7 +1,7 @@
 """Scheduled sessions: bookings of a slot in an expert's working hours, reminders, and the opening.
 
 ``BookingStore`` enforces the rules (inside the expert's hours, no overlap for the expert or the
-client, notice and horizon) over ``booking_tables.BookingTables`` - the node's SQLite, or the
+client, notice and horizon) over ``tables.BookingTables`` - the node's SQLite, or the
 PostgreSQL every node shares - which makes the overlap check and the insert one atomic step, so
 two requests for the same slot - even on two processes or two nodes - cannot both succeed.
 
@@ -104,7 +104,7 @@ class BookingListener:
 
 
 class BookingStore:
-    """The booking rules over ``booking_tables.BookingTables`` (SQLite, or PostgreSQL for many nodes)."""
+    """The booking rules over ``tables.BookingTables`` (SQLite, or PostgreSQL for many nodes)."""
 
     def __init__(
         self,

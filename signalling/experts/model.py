@@ -1,6 +1,6 @@
 """Experts: profile, pricing, weekly working hours in the expert's time zone, and ratings.
 
-``expert_profiles.ExpertProfiles`` keeps them in an ``expert_store.ExpertStore`` (the node's
+``profiles.ExpertProfiles`` keeps them in a ``store.ExpertStore`` (the node's
 SQLite, or the PostgreSQL database every node shares). Availability (online / busy / away /
 offline) and queue lengths live in the presence and queueing layers; the profiles only ask
 them through two injected callables, so that they never depend on which backend runs:

@@ -1,10 +1,10 @@
 """Where expert profiles (with their price and working hours) and ratings are kept.
 
-``ExpertStore`` is the interface ``experts.ExpertDirectory`` asks; ``SqliteExpertStore`` keeps them
+``ExpertStore`` is the interface ``profiles.ExpertProfiles`` asks; ``SqliteExpertStore`` keeps them
 in the node's embedded SQLite file (one node), ``PostgresExpertStore``
-(``expert_store_postgres.py``) in the PostgreSQL database every node shares, so that a profile
+(``store_postgres.py``) in the PostgreSQL database every node shares, so that a profile
 saved through one node is what every node shows, prices and quotes, and a session is rated once
-whichever node is asked. ``tests/test_expert_store.py`` runs one contract suite on both.
+whichever node is asked. ``tests/signalling/experts/test_experts.py`` runs one contract suite on both.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 import { Call } from "./call.js";
 import { InCallView } from "./incall.js";
 import { formatMoney } from "./money.js";
+import { RecordingPanel } from "./recording.js";
 import { describeBilled, describeRule, humanDuration } from "./terms.js";
 import { announce, el, formatDuration, showView } from "./ui.js";
 
@@ -59,6 +60,7 @@ export class SessionController {
     this.session = null;
     this.call = null;
     this.view = null;
+    this.recording = null;
     this.cost = null;
     this.firstLiveAt = null;
     this.endedAt = null;
@@ -84,6 +86,9 @@ export class SessionController {
     s.on("billing.warning", ({ message }) => {
       if (mine(message) && this.role === "client") this.view?.budgetWarning(message.ends_at - Date.now() / 1000);
     });
+    s.on("recording.state", ({ message }) => {
+      if (mine(message)) this.recording?.update(message.recording);
+    });
     s.on("billing.summary", ({ message }) => {
       if (!mine(message)) return;
       this.summary = message;
@@ -107,6 +112,7 @@ export class SessionController {
     if (MEDIA_STATES.has(session.state)) {
       if (!this.view) this._enter().catch((error) => this._mediaFailed(error));
       this.view?.setState(session.state, this._why(session));
+      this.recording?.update(session.recording);
       if (session.state === "live" && !this.firstLiveAt) this.firstLiveAt = Date.now();
     } else if (session.state === "ended" && this.view) {
       this.endedAt = Date.now();
@@ -150,6 +156,13 @@ export class SessionController {
       onBudget: this.role === "client" ? (minor) => this._setBudget(minor) : undefined,
     });
     this.view.setState(session.state, this._why(session));
+    const me = this.role === "client" ? session.client_id : session.expert_id;
+    this.recording = new RecordingPanel(this.container, {
+      me,
+      nameOf: (id) => (id === session.expert_id ? session.expert_name : id === session.client_id ? session.client_name : null) || id,
+      send: (type, body) => this.page.signalling.request(type, { ...body, session_id: session.id }),
+    });
+    this.recording.update(session.recording);
     this._costTimer = setInterval(() => this._pollCost(), COST_POLL_MS);
     const welcome = this.page.signalling.welcome || {};
     const iceServers = welcome.ice_servers?.length ? welcome.ice_servers : await this.page.api.iceServers();
@@ -213,6 +226,7 @@ export class SessionController {
     this.view?.destroy();
     this.call = null;
     this.view = null;
+    this.recording = null;
     this.page.hooks.call = null;
     announce(END_REASONS[session.reason] || `The session ended (${session.reason}).`, { assertive: true });
     this.onEnded(this._summaryData(session));
