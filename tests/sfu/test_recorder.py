@@ -30,6 +30,8 @@ from sfu.worker import LocalMediaPlane
 from tests.media_clients import EventHub
 from tests.recording_clients import RecordedPublisher, read_file
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def plane(tmp_path: Path) -> AsyncIterator[LocalMediaPlane]:

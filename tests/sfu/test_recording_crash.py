@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import av
+import pytest
 
 from sfu.api import RecordingFile, RecoverRecordings
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests.media_clients import EventHub, read_counter
+
+pytestmark = pytest.mark.integration
 
 
 def last_decoded(path: Path) -> tuple[float, int]:
@@ -39,7 +42,7 @@ async def test_a_killed_recording_plays_to_near_the_kill_and_is_finalized_at_sta
     directory = tmp_path / "rec"
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.recording_child", str(directory)],
-        stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE, cwd=Path(__file__).parents[2],  # the repository
     )
     try:
         assert child.stdout is not None
