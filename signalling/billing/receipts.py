@@ -26,7 +26,8 @@ from ..core.errors import http_error, int_param
 from .ledger import Ledger
 from .pricing import BillingPolicy
 from .store import SIDES, BillingStore, StoredSession
-from .times import END_OF_TIME, parse_date_or_time, rfc3339
+from .query import instant_param
+from .times import END_OF_TIME, rfc3339
 
 MAX_HISTORY = 100
 
@@ -65,8 +66,8 @@ class Receipts:
         user = request.query.get("user", me.user_id)
         if user != me.user_id and not me.is_admin:
             raise http_error(403, "forbidden", "only an admin may see another user's sessions", "user")
-        start = _instant(request, "from", 0.0)
-        end = _instant(request, "to", END_OF_TIME)
+        start = instant_param(request, "from", 0.0)
+        end = instant_param(request, "to", END_OF_TIME)
         limit = int_param(request.query, "limit", 50, 1, MAX_HISTORY)
         rows = await request.app[self.store].sessions_of(side, user, start, end, limit)
         return web.json_response({"sessions": [await self._receipt(request.app, row, me) for row in rows]})
@@ -110,16 +111,6 @@ class Receipts:
         if me.is_admin or me.user_id == row.expert_id:
             out.update(fee=totals.fee, payout=totals.payout, platform_fee_bps=policy.platform_fee_bps)
         return out
-
-
-def _instant(request: web.Request, name: str, default: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return parse_date_or_time(raw)
-    except ValueError as exc:
-        raise http_error(400, "bad_request", f"{name}: {exc}", name) from None
 
 
 def _live_seconds(row: StoredSession, ended: float | None) -> float:

@@ -28,10 +28,11 @@ from .fees import PlatformFees
 from .ledger import Ledger, to_csv
 from .meter import BillingError, Claim, Meter
 from .outbox import Outbox
+from .query import instant_param
 from .relay import RedisRelay
 from .storage import open_store
 from .store import BillingStore, StoredSession
-from .times import END_OF_TIME, parse_date_or_time
+from .times import END_OF_TIME
 from .views import session_view
 from .webhooks import WebhookSender
 
@@ -125,16 +126,6 @@ class BillingCollector(Collector):
 
 def _billing_error(exc: BillingError) -> web.HTTPException:
     return http_error(ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
-
-
-def _instant_param(request: web.Request, name: str, default: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return parse_date_or_time(raw)
-    except ValueError as exc:
-        raise http_error(400, "bad_request", f"{name}: {exc}") from None
 
 
 def _me(request: web.Request, *roles: Role) -> Identity:
@@ -232,16 +223,16 @@ async def statement(request: web.Request) -> web.Response:
     expert = request.query.get("expert") or me.user_id
     if not me.is_admin and expert != me.user_id:
         raise http_error(403, "forbidden", "experts see their own statement only")
-    start = _instant_param(request, "from", 0.0)
-    end = _instant_param(request, "to", END_OF_TIME)
+    start = instant_param(request, "from", 0.0)
+    end = instant_param(request, "to", END_OF_TIME)
     return web.json_response(await request.app[LEDGER].statement(expert, start, end))
 
 
 async def export(request: web.Request) -> web.Response:
     """``GET /api/billing/export?from=&to=&format=csv|json`` (admin): ledger entries."""
     _me(request, Role.ADMIN)
-    start = _instant_param(request, "from", 0.0)
-    end = _instant_param(request, "to", END_OF_TIME)
+    start = instant_param(request, "from", 0.0)
+    end = instant_param(request, "to", END_OF_TIME)
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise http_error(400, "bad_request", "format is json or csv")

@@ -4,7 +4,7 @@ import { formatMoney, formatPrice, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { END_REASONS, renderSummary, SessionController } from "./session.js";
 import { bookingState, describeBilled, describeRule, humanDuration } from "./terms.js";
-import { $, announce, avatar, el, formatWhen, showView, stars, toast } from "./ui.js";
+import { $, announce, avatar, byLocalDay, el, formatWhen, showView, stars, toast } from "./ui.js";
 
 const SEARCH_CURRENCY = "USD";
 const REFRESH_MS = 8000;
@@ -186,16 +186,8 @@ function main(page) {
     const list = $("#profile-hours");
     try {
       const { free } = await api.freeTime(expert.id);
-      const day = new Intl.DateTimeFormat(undefined, { weekday: "short", month: "short", day: "numeric" });
-      const time = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-      const byDay = new Map();
-      for (const range of free) {
-        const start = new Date(range.start);
-        const label = day.format(start);
-        if (!byDay.has(label)) byDay.set(label, []);
-        byDay.get(label).push(`${time.format(start)} – ${time.format(new Date(range.end))}`);
-      }
-      list.replaceChildren(...(byDay.size ? [...byDay].map(([label, spans]) => el("li", {}, el("strong", {}, label), ` ${spans.join(", ")}`)) : [el("li", { class: "hint" }, "No free time in the next 7 days.")]));
+      const days = byLocalDay(free);
+      list.replaceChildren(...(days.size ? [...days].map(([label, spans]) => el("li", {}, el("strong", {}, label), ` ${spans.map((s) => s.text).join(", ")}`)) : [el("li", { class: "hint" }, "No free time in the next 7 days.")]));
     } catch {
       list.replaceChildren(el("li", { class: "hint" }, expert.hours ? describeHours(expert) : "No working hours set."));
     }
@@ -366,16 +358,10 @@ function main(page) {
       return;
     }
     $("#book-error").textContent = "";
-    const day = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "short", day: "numeric" });
-    const time = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-    const groups = new Map();
-    for (const slot of slots) {
-      const start = new Date(slot.start);
-      const label = day.format(start);
-      if (!groups.has(label)) groups.set(label, el("optgroup", { label }));
-      groups.get(label).append(el("option", { value: slot.start, dataset: { end: slot.end } }, `${label}, ${time.format(start)} – ${time.format(new Date(slot.end))}`));
-    }
-    select.replaceChildren(...groups.values());
+    const groups = [...byLocalDay(slots, "long")].map(([label, spans]) =>
+      el("optgroup", { label }, spans.map(({ range, text }) => el("option", { value: range.start, dataset: { end: range.end } }, `${label}, ${text}`))),
+    );
+    select.replaceChildren(...groups);
     submit.disabled = false;
   }
   $("#book-duration").addEventListener("change", () => loadSlots());

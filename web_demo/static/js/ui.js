@@ -77,6 +77,21 @@ export function formatDuration(seconds) {
   return h ? `${h}:${String(m % 60).padStart(2, "0")}:${String(s).padStart(2, "0")}` : `${m}:${String(s).padStart(2, "0")}`;
 }
 
+/** Time ranges ({start, end}, instants) by day in the viewer's time zone, in order:
+ * Map(day label -> [{range, text: "09:00 – 09:30"}]). */
+export function byLocalDay(ranges, weekday = "short") {
+  const day = new Intl.DateTimeFormat(undefined, { weekday, month: "short", day: "numeric" });
+  const time = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  const days = new Map();
+  for (const range of ranges) {
+    const start = new Date(range.start);
+    const label = day.format(start);
+    if (!days.has(label)) days.set(label, []);
+    days.get(label).push({ range, text: `${time.format(start)} – ${time.format(new Date(range.end))}` });
+  }
+  return days;
+}
+
 export function formatWhen(value) {
   const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
