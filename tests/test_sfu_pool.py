@@ -1,0 +1,144 @@
+"""WorkerPool (sfu/pool.py) with real worker processes and real aiortc peers over 127.0.0.1: rooms
+spread over the workers, media through one, and a worker SIGKILLed mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from sfu.api import (
+    GetStats,
+    MediaError,
+    MediaState,
+    Message,
+    OpenRoom,
+    RoomClosed,
+    RoomRestarted,
+    Stats,
+    Subscribe,
+)
+from sfu.options import MediaOptions
+from sfu.pool import WorkerPool
+from tests.media_clients import EventHub, Publisher, Subscriber
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[WorkerPool]:
+    plane = WorkerPool(MediaOptions(loopback=True), 2)
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.05)
+
+
+async def call(pool: WorkerPool, hub: EventHub, room: str) -> tuple[Publisher, Subscriber]:
+    publisher = Publisher(pool, room, "alice")
+    subscriber = Subscriber(pool, hub, room, "bob")
+    await publisher.start()
+    await subscriber.start()
+    return publisher, subscriber
+
+
+async def test_rooms_spread_over_the_workers_and_media_flows_through_one(pool: WorkerPool) -> None:
+    events: list[Message] = []
+    pool.on_event(events.append)
+    hub = EventHub(pool)
+    for i in range(4):
+        await pool.request(OpenRoom(f"room-{i}", {"session": i}))
+    hosts = {room: worker.index for room, worker in pool.placement.items()}
+    assert set(hosts.values()) == {0, 1}, hosts
+    pids = [worker.pid for worker in pool.health()]
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+    publisher, subscriber = await call(pool, hub, "room-0")
+    try:
+        await subscriber.wait_frames(20)
+        counters = subscriber.counters()
+        assert len(counters) >= 20 and counters == sorted(counters)
+        stats = await pool.request(GetStats("room-0"))
+        assert isinstance(stats, Stats)
+        assert any(t["direction"] == "inbound" and t["kind"] == "video" and t["packets"] > 0 for t in stats.tracks)
+        assert "alice" in {e.participant_id for e in hub.of(MediaState) if e.flowing}
+        with pytest.raises(MediaError) as info:
+            await pool.request(Subscribe("nowhere", "bob"))
+        assert info.value.code == "unknown_room"
+        with pytest.raises(MediaError) as info:
+            await pool.request(RoomClosed("room-0", "x"))
+        assert info.value.code == "bad_message"
+    finally:
+        await subscriber.close()
+        await publisher.close()
+    processes = [worker.process for worker in pool.workers]
+    await pool.close()
+    assert all(p is not None and p.poll() == 0 for p in processes)
+    assert sorted(e.room_id for e in events if isinstance(e, RoomClosed) and e.reason == "shutdown") == [
+        f"room-{i}" for i in range(4)]
+
+
+async def test_a_worker_killed_mid_call_is_restarted_and_its_room_placed_again(pool: WorkerPool) -> None:
+    events: list[Message] = []
+    pool.on_event(events.append)
+    hub = EventHub(pool)
+    await pool.request(OpenRoom("call", {"expert_id": "erin"}))
+    await pool.request(OpenRoom("other"))
+    victim = pool.placement["call"]
+    survivor = pool.placement["other"]
+    assert victim is not survivor
+    publisher, subscriber = await call(pool, hub, "call")
+    try:
+        await subscriber.wait_frames(10)
+        assert len(subscriber.frames) >= 10
+        dead_pid = victim.pid
+        os.kill(dead_pid, signal.SIGKILL)
+        await until(lambda: RoomRestarted("call", "worker_lost") in events)
+        assert pool.placement["call"] is survivor  # the one that was up took the room at once
+        assert pool.placement["other"] is survivor  # and kept its own
+    finally:
+        await subscriber.close()
+        await publisher.close()
+    # Media starts over from new connections, as after a resume.
+    publisher, subscriber = await call(pool, hub, "call")
+    try:
+        await subscriber.wait_frames(10)
+        assert len(subscriber.frames) >= 10
+    finally:
+        await subscriber.close()
+        await publisher.close()
+    await until(lambda: victim.up)
+    assert victim.pid != dead_pid and victim.restarts == 1
+    assert not [e for e in events if isinstance(e, RoomClosed)]
+
+
+async def test_a_worker_that_breaks_the_channel_is_killed_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = WorkerPool(MediaOptions(loopback=True), 1)
+    await pool.start()
+    try:
+        worker = pool.workers[0]
+        first_pid = worker.pid
+        await pool.request(OpenRoom("r"))
+        assert worker.channel is not None
+        with caplog.at_level(logging.ERROR, logger="sfu.pool"):
+            worker.channel.reader.feed_data((3).to_bytes(4, "big") + b"\xc1\xc1\xc1")  # as if the worker wrote it
+            await until(lambda: worker.up and worker.pid != first_pid, timeout=60)
+        assert "sfu worker 0 broke the channel: not msgpack" in caplog.text
+        # alone in its pool, the room waited for the worker to come back, then opened there again
+        assert pool.placement["r"] is worker and worker.restarts == 1
+        assert isinstance(await pool.request(GetStats("r")), Stats)
+    finally:
+        await pool.close()
