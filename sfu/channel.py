@@ -4,7 +4,7 @@ A stream (one end of a Unix socket pair each) carries frames: a 4-byte big-endia
 msgpack map. ``t`` names the frame; the media messages inside are sfu.api's ``to_dict`` form, so
 a request or an event crosses the process boundary exactly as it would cross a network.
 
-pool -> worker: ``hello`` (its index and MediaOptions), ``request`` (an id and a request),
+pool -> worker: ``hello`` (MediaOptions, log level), ``request`` (an id and a request),
 ``shutdown``. worker -> pool: ``ready``, ``reply`` / ``error`` (the request's id), ``event``,
 ``load`` (every second), ``closed`` (after ``shutdown``).
 
@@ -30,7 +30,7 @@ _HEADER = struct.Struct(">I")
 # Each frame type and its fields (beside ``t``), with the types they must have.
 _NUMBER = (int, float)
 FRAMES: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "hello": {"index": int, "options": dict, "log_level": int},
+    "hello": {"options": dict, "log_level": int},
     "request": {"id": int, "message": dict},
     "shutdown": {},
     "ready": {"pid": int},

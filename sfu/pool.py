@@ -208,7 +208,7 @@ class WorkerPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             worker.process = subprocess.Popen(
-                [sys.executable, "-m", "sfu.worker_process", str(theirs.fileno())],
+                [sys.executable, "-m", "sfu.worker_process", str(worker.index), str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
             )
         finally:
@@ -216,7 +216,7 @@ class WorkerPool:
         try:
             reader, writer = await asyncio.open_unix_connection(sock=ours)
             channel = Channel(reader, writer)
-            channel.send({"t": "hello", "index": worker.index, "options": self.options.to_dict(),
+            channel.send({"t": "hello", "options": self.options.to_dict(),
                           "log_level": logging.getLogger().getEffectiveLevel()})
             ready = await asyncio.wait_for(channel.receive(), START_SECONDS)
             if ready["t"] != "ready":

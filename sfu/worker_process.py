@@ -1,4 +1,5 @@
-"""One SFU worker process: ``python -m sfu.worker_process FD``, started by sfu.pool.WorkerPool.
+"""One SFU worker process: ``python -m sfu.worker_process INDEX FD``, started by sfu.pool.WorkerPool
+(the index names it in ``ps`` and in its log lines).
 
 It runs its own uvloop event loop and LocalMediaPlane (with aiortc's hooks and the GC policy, as
 the in-process plane installs them) and serves the pool over the socket ``FD`` (sfu/channel.py):
@@ -117,7 +118,7 @@ class WorkerServer:
             self._send(self.load.report())
 
 
-async def run(fd: int) -> int:
+async def run(index: int, fd: int) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     channel = Channel(reader, writer)
@@ -127,7 +128,7 @@ async def run(fd: int) -> int:
             raise ChannelError(f"expected hello, got {hello['t']!r}")
         logging.basicConfig(
             level=hello["log_level"],
-            format=f"%(asctime)s %(levelname)s sfu-worker-{hello['index']} %(name)s: %(message)s",
+            format=f"%(asctime)s %(levelname)s sfu-worker-{index} %(name)s: %(message)s",
         )
         plane = LocalMediaPlane(MediaOptions.from_dict(hello["options"]))
         server = WorkerServer(channel, plane)
@@ -145,15 +146,16 @@ async def run(fd: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        sys.exit("usage: python -m sfu.worker_process FD  (started by sfu.pool.WorkerPool)")
+    if len(args) != 2 or not all(arg.isdigit() for arg in args):
+        sys.exit("usage: python -m sfu.worker_process INDEX FD  (started by sfu.pool.WorkerPool)")
+    index, fd = int(args[0]), int(args[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import uvloop
     except ImportError:
-        sys.exit(asyncio.run(run(int(args[0]))))
-    sys.exit(uvloop.run(run(int(args[0]))))
+        sys.exit(asyncio.run(run(index, fd)))
+    sys.exit(uvloop.run(run(index, fd)))
 
 
 if __name__ == "__main__":

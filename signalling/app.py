@@ -14,7 +14,10 @@ from typing import AsyncIterator
 from aiohttp import web
 
 import web_demo.routes
+from sfu.api import MediaPlane
+from sfu.metrics import WorkerMetrics
 from sfu.options import MediaOptions
+from sfu.pool import WorkerPool
 from sfu.worker import LocalMediaPlane
 
 from . import ice, keys, metrics_http, openapi, origins, rest_bookings, rest_experts, rest_tokens, wiring
@@ -49,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     rest_bookings.setup(app)
     rest_tokens.setup(app)
     billing_service.setup(app)
-    app[keys.MEDIA_PLANE] = LocalMediaPlane(media_options(settings))
+    app[keys.MEDIA_PLANE] = media_plane(settings)
     app.cleanup_ctx.append(media_plane_ctx)
     setup_whip(app)
     setup_signalling(app)
@@ -57,6 +60,13 @@ def create_app(settings: Settings) -> web.Application:
     session_billing.setup(app)
     web_demo.routes.setup(app)
     return app
+
+
+def media_plane(settings: Settings) -> MediaPlane:
+    """The SFU in this process, or in ``sfu_workers`` worker processes (started in media_plane_ctx)."""
+    if settings.sfu_workers == 1:
+        return LocalMediaPlane(media_options(settings))
+    return WorkerPool(media_options(settings), settings.sfu_workers)
 
 
 def media_options(settings: Settings) -> MediaOptions:
@@ -93,11 +103,16 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def media_plane_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The media plane is built with the app (handlers may subscribe to it early); close it last.
+    """The media plane is built with the app (handlers may subscribe to it early); a worker pool
+    starts its processes here, before the node adopts rooms. Closed last: after the node and
+    billing finished, so in-flight billing still sees its media.
 
     A signalling-only node (media hosted elsewhere) has none."""
-    yield
     plane = app.get(keys.MEDIA_PLANE)
+    if isinstance(plane, WorkerPool):
+        await plane.start()
+        WorkerMetrics(plane.health, app[keys.METRICS].registry)
+    yield
     if plane is not None:
         await plane.close()
 
@@ -121,5 +136,14 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "not_ready", "reason": f"backend: {type(exc).__name__}"}, status=503)
     if not alive:
         return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
+    plane = request.app.get(keys.MEDIA_PLANE)
+    if isinstance(plane, WorkerPool):
+        # Each worker's state, no more (the probe is open): one down is restarting, its rooms moved.
+        workers = [{"worker": w.index, "up": w.up} for w in plane.health()]
+        down = [w["worker"] for w in workers if not w["up"]]
+        if down:
+            return web.json_response({"status": "not_ready", "reason": f"sfu workers down: {down}",
+                                      "sfu_workers": workers}, status=503)
+        return web.json_response({"status": "ready", "node": node.node_id, "sfu_workers": workers})
     return web.json_response({"status": "ready", "node": node.node_id})
 

@@ -119,6 +119,9 @@ class Settings:
     # At most one keyframe request per publisher per interval (seconds): a joiner waits up to this
     # long for its first frame, and a publisher sends at most 1/interval keyframes per second.
     media_keyframe_interval: float = 1.0
+    # SFU worker processes (sfu/pool.py); 1 keeps the SFU in this process. `expertcall serve`
+    # defaults to the CPUs it may run on.
+    sfu_workers: int = 1
 
     # TURN (the TURN REST API scheme shared with coturn's use-auth-secret)
     turn_secret: str = field(default="", repr=False)
@@ -182,6 +185,8 @@ class Settings:
                 )
         if self.media_keyframe_interval < 0:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
+        if not (1 <= self.sfu_workers <= 1024):
+            raise SettingsError(f"sfu_workers must be between 1 and 1024, got {self.sfu_workers}")
         if not self.node_id:
             self.node_id = f"{os.uname().nodename}-{os.getpid()}"
         self.dev_tokens = self.demo and self.is_loopback

@@ -12,6 +12,9 @@ from signalling.app import create_app
 from signalling.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# `expertcall serve` defaults to an SFU worker process per CPU; the servers tests start keep the SFU
+# in their own process unless a test asks for workers (tests/test_sfu_workers_served.py).
+os.environ.setdefault("EXPERTCALL_SFU_WORKERS", "1")
 
 
 def require(available: bool, what: str) -> None:

@@ -78,7 +78,7 @@ def test_every_api_message_round_trips_through_msgpack() -> None:
 def test_media_options_round_trip() -> None:
     options = MediaOptions(loopback=True, interfaces=("127.0.0.1",), port_min=40000, port_max=40100,
                            ice_servers=({"urls": "stun:127.0.0.1:3478"},), media_state_debounce=1.5)
-    wire = encode({"t": "hello", "index": 0, "options": options.to_dict(), "log_level": 20})
+    wire = encode({"t": "hello", "options": options.to_dict(), "log_level": 20})
     assert MediaOptions.from_dict(decode(wire[4:])["options"]) == options
 
 
@@ -143,11 +143,10 @@ def test_a_frame_too_large_is_not_sent() -> None:
 
 def test_a_worker_refuses_a_bad_frame_loudly_and_exits() -> None:
     ours, theirs = socket.socketpair()
-    process = subprocess.Popen([sys.executable, "-m", "sfu.worker_process", str(theirs.fileno())],
+    process = subprocess.Popen([sys.executable, "-m", "sfu.worker_process", "3", str(theirs.fileno())],
                                pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
     theirs.close()
-    ours.sendall(encode({"t": "hello", "index": 3, "options": MediaOptions(loopback=True).to_dict(),
-                         "log_level": 20}))
+    ours.sendall(encode({"t": "hello", "options": MediaOptions(loopback=True).to_dict(), "log_level": 20}))
     ours.sendall((5).to_bytes(4, "big") + b"\x92\x01\x02\x03\x04")  # a list, then garbage
     _, stderr = process.communicate(timeout=60)
     ours.close()
