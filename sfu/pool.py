@@ -137,6 +137,7 @@ class WorkerPool:
         if self._closed:
             return
         self._closed = True
+        self._up.set()  # whoever waits for a worker to place a room on hears "closed"
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(self._stop(worker) for worker in self.workers))
@@ -199,6 +200,8 @@ class WorkerPool:
             return await future
         except ChannelClosed:
             raise MediaError("media_restarted", "the media worker hosting this room stopped; start media again") from None
+        except ChannelError as exc:  # too large to carry
+            raise MediaError("bad_message", str(exc)) from None
         finally:
             worker.pending.pop(request_id, None)
 

@@ -75,6 +75,10 @@ class WorkerServer:
             self.channel.send(frame)
         except ChannelClosed:
             pass  # the pool is gone: serve() notices on its next read
+        except ChannelError as exc:  # too large to carry: the pool must still hear of a request
+            logger.error("cannot send a %s frame: %s", frame["t"], exc)
+            if "id" in frame:
+                self.channel.send({"t": "error", "id": frame["id"], "code": "media_failed", "message": str(exc)})
 
     async def serve(self) -> None:
         reporter = asyncio.create_task(self._report())

@@ -17,6 +17,7 @@ from sfu.api import (
     MediaError,
     MediaState,
     Message,
+    Offer,
     OpenRoom,
     RoomClosed,
     RoomRestarted,
@@ -79,6 +80,9 @@ async def test_rooms_spread_over_the_workers_and_media_flows_through_one(pool: W
         with pytest.raises(MediaError) as info:
             await pool.request(RoomClosed("room-0", "x"))
         assert info.value.code == "bad_message"
+        with pytest.raises(MediaError) as info:  # more than a frame carries: refused before it leaves
+            await pool.request(Offer("room-0", "carol", "publish", "v=0\r\n" + "a=x\r\n" * (1 << 20)))
+        assert info.value.code == "bad_message" and "exceeds" in info.value.message
     finally:
         await subscriber.close()
         await publisher.close()
@@ -142,3 +146,39 @@ async def test_a_worker_that_breaks_the_channel_is_killed_and_restarted(
         assert isinstance(await pool.request(GetStats("r")), Stats)
     finally:
         await pool.close()
+
+
+async def test_closing_while_a_dead_workers_room_waits_for_a_worker_closes_the_room() -> None:
+    pool = WorkerPool(MediaOptions(loopback=True), 1)
+    events: list[Message] = []
+    pool.on_event(events.append)
+    await pool.start()
+    worker = pool.workers[0]
+    await pool.request(OpenRoom("r"))
+    os.kill(worker.pid, signal.SIGKILL)
+    await until(lambda: "r" in pool._moving)  # its only worker is gone: the room waits for it
+    await pool.close()
+    assert RoomClosed("r", "worker_lost") in events
+    assert worker.reader is not None and worker.reader.done()
+
+
+async def test_a_reply_too_large_to_carry_still_answers_the_request() -> None:
+    import socket
+
+    from sfu.channel import MAX_FRAME, Channel
+    from sfu.worker import LocalMediaPlane
+    from sfu.worker_process import WorkerServer
+
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    server = WorkerServer(Channel(reader, writer), plane)
+    peer_reader, peer_writer = await asyncio.open_unix_connection(sock=theirs)
+    try:
+        server._send({"t": "reply", "id": 5, "message": Stats("r", [{"blob": "x" * MAX_FRAME}]).to_dict()})
+        frame = await Channel(peer_reader, peer_writer).receive()
+        assert frame["t"] == "error" and frame["id"] == 5 and frame["code"] == "media_failed"
+    finally:
+        await plane.close()
+        writer.close()
+        peer_writer.close()
