@@ -25,7 +25,7 @@ from sfu.api import (
     Subscribe,
 )
 from sfu.options import MediaOptions
-from sfu.pool import WorkerPool
+from sfu.pool import WorkerPool, WorkerState
 from tests.media_clients import EventHub, Publisher, Subscriber
 
 
@@ -182,3 +182,17 @@ async def test_a_reply_too_large_to_carry_still_answers_the_request() -> None:
         await plane.close()
         writer.close()
         peer_writer.close()
+
+
+def test_placement_prefers_spare_cpu_then_fewer_streams_counting_rooms_not_yet_reported() -> None:
+    def least(*workers: WorkerState) -> int:
+        return min(workers, key=WorkerState.placement_key).index
+
+    busy, idle = WorkerState(0, cpu=0.6, streams=8), WorkerState(1, cpu=0.1, streams=40)
+    assert least(busy, idle) == 1  # CPU first: streams differ in cost
+    a, b = WorkerState(0, cpu=0.31, streams=16), WorkerState(1, cpu=0.29, streams=8)
+    assert least(a, b) == 1  # CPU within a step: the fewer streams
+    b.placed = 2  # two rooms placed since b last reported: 16 streams expected on top of its 8
+    assert least(a, b) == 0
+    c, d = WorkerState(0, packets_per_second=9000.0), WorkerState(1, packets_per_second=100.0)
+    assert least(c, d) == 1

@@ -152,6 +152,13 @@ async def metrics(http: aiohttp.ClientSession, server: Server) -> dict[str, floa
     return {m[1]: float(m[2]) for m in re.finditer(r'^(expertcall_sfu_worker_\w+\{worker="\d+"\}) (\S+)$', text, re.M)}
 
 
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def worker_pid(server_pid: int, index: int) -> int:
     for pid in process_tree(server_pid)[1:]:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -229,7 +236,11 @@ async def test_a_worker_killed_mid_call_brings_the_call_back_paused_not_charged_
             await alice.call("session.end", session_id=sid)
             summary = await alice.expect(lambda m: m["type"] == "billing.summary")
             earned = await expert.expect(lambda m: m["type"] == "billing.summary")
+        workers = [worker_pid(server.proc.pid, i) for i in (0, 1)]
         server.stop(signal.SIGTERM)
+        assert server.proc.returncode == 0, server.tail()
+        # The server closed its workers before exiting: none left running, orphaned.
+        assert not [pid for pid in workers if running(pid)]
     finally:
         for side in sides:
             await side.close()
