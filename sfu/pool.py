@@ -84,10 +84,11 @@ class WorkerState:
 
 
 class WorkerPool:
-    def __init__(self, options: MediaOptions, workers: int) -> None:
+    def __init__(self, options: MediaOptions, workers: int, *, stall_seconds: float = STALL_SECONDS) -> None:
         if workers < 1:
             raise MediaError("bad_options", "a worker pool needs at least one worker")
         self.options = options
+        self.stall_seconds = stall_seconds
         self.workers = [WorkerState(index) for index in range(workers)]
         self.placement: dict[str, WorkerState] = {}  # room id -> its worker
         self._app_data: dict[str, dict[str, Any]] = {}
@@ -286,8 +287,8 @@ class WorkerPool:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for worker in self.workers:
-                if worker.up and worker.process is not None and now - worker.last_frame > STALL_SECONDS:
-                    logger.error("sfu worker %d sent nothing for %.0f s; killing it", worker.index, STALL_SECONDS)
+                if worker.up and worker.process is not None and now - worker.last_frame > self.stall_seconds:
+                    logger.error("sfu worker %d sent nothing for %.0f s; killing it", worker.index, self.stall_seconds)
                     worker.process.kill()
 
     async def _lost(self, worker: WorkerState, reason: str) -> None:

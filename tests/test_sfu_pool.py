@@ -196,3 +196,28 @@ def test_placement_prefers_spare_cpu_then_fewer_streams_counting_rooms_not_yet_r
     assert least(a, b) == 0
     c, d = WorkerState(0, packets_per_second=9000.0), WorkerState(1, packets_per_second=100.0)
     assert least(c, d) == 1
+
+
+async def test_a_hung_worker_is_killed_and_its_requests_in_flight_fail_coded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = WorkerPool(MediaOptions(loopback=True), 2, stall_seconds=2.0)
+    events: list[Message] = []
+    pool.on_event(events.append)
+    await pool.start()
+    try:
+        await pool.request(OpenRoom("r"))
+        hung = pool.placement["r"]
+        hung_pid = hung.pid
+        os.kill(hung_pid, signal.SIGSTOP)  # alive, silent: no reply, no load report
+        with caplog.at_level(logging.ERROR, logger="sfu.pool"):
+            with pytest.raises(MediaError) as info:
+                await pool.request(GetStats("r"))
+        assert info.value.code == "media_restarted"
+        assert f"sfu worker {hung.index} sent nothing for 2 s; killing it" in caplog.text
+        await until(lambda: RoomRestarted("r", "worker_lost") in events)
+        assert isinstance(await pool.request(GetStats("r")), Stats)  # on the other worker now
+        await until(lambda: hung.up, timeout=60)
+        assert hung.pid != hung_pid
+    finally:
+        await pool.close()
