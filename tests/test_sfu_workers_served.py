@@ -149,7 +149,8 @@ async def metrics(http: aiohttp.ClientSession, server: Server) -> dict[str, floa
     async with http.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as resp:
         assert resp.status == 200, await resp.text()
         text = await resp.text()
-    return {m[1]: float(m[2]) for m in re.finditer(r'^(expertcall_sfu_worker_\w+\{worker="\d+"\}) (\S+)$', text, re.M)}
+    return {m[1]: float(m[2]) for m in re.finditer(
+        r'^(expertcall_sfu_worker_\w+\{worker="\d+"\}|expertcall_media_tracks\{[^}]*\}) (\S+)$', text, re.M)}
 
 
 def running(pid: int) -> bool:
@@ -204,7 +205,11 @@ async def test_a_worker_killed_mid_call_brings_the_call_back_paused_not_charged_
                 assert side.subscriber is not None
                 await receiving(side.subscriber)
 
-            # The room's worker, and media tracks counted in /metrics from its process.
+            # The worker's media statistics reach /metrics (polled every few seconds).
+            async with asyncio.timeout(20):
+                while (await metrics(http, server)).get('expertcall_media_tracks{direction="inbound",kind="video"}') != 2:
+                    await asyncio.sleep(0.5)
+            # The room's worker.
             seen = await metrics(http, server)
             hosting = [i for i in (0, 1) if seen[f'expertcall_sfu_worker_rooms{{worker="{i}"}}'] == 1]
             assert len(hosting) == 1, seen
