@@ -105,8 +105,13 @@ class WorkerPool:
         self._events.add(handler)
 
     async def start(self) -> None:
-        """Start every worker; raises if one does not come up."""
-        await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
+        """Start every worker; raises ``MediaError`` (and stops those that came up) if one does not."""
+        outcomes = await asyncio.gather(*(self._spawn(worker) for worker in self.workers), return_exceptions=True)
+        failed = [(w, e) for w, e in zip(self.workers, outcomes) if isinstance(e, BaseException)]
+        if failed:
+            await self.close()
+            worker, exc = failed[0]
+            raise MediaError("media_unavailable", f"sfu worker {worker.index} did not start: {exc!r}") from exc
         self._task(self._watch(), "sfu-pool-watch")
 
     async def request(self, message: Message) -> Message:

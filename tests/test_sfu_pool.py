@@ -221,3 +221,17 @@ async def test_a_hung_worker_is_killed_and_its_requests_in_flight_fail_coded(
         assert hung.pid != hung_pid
     finally:
         await pool.close()
+
+
+async def test_a_pool_whose_workers_cannot_start_says_so_and_leaves_nothing_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sfu.pool.sys.executable", "/bin/false")  # exits at once: the channel ends
+    pool = WorkerPool(MediaOptions(loopback=True), 2)
+    with pytest.raises(MediaError) as info:
+        await pool.start()
+    assert info.value.code == "media_unavailable" and "did not start" in info.value.message
+    assert all(w.process is not None and w.process.poll() is not None for w in pool.workers)
+    with pytest.raises(MediaError) as info:
+        await pool.request(OpenRoom("r"))
+    assert info.value.code == "closed"
