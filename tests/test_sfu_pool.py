@@ -74,6 +74,9 @@ async def test_rooms_spread_over_the_workers_and_media_flows_through_one(pool: W
         assert isinstance(stats, Stats)
         assert any(t["direction"] == "inbound" and t["kind"] == "video" and t["packets"] > 0 for t in stats.tracks)
         assert "alice" in {e.participant_id for e in hub.of(MediaState) if e.flowing}
+        # the hosting worker reports the call's load: alice's audio and video in, and out to bob
+        host = pool.placement["room-0"]
+        await until(lambda: host.streams == 4 and host.packets_per_second > 50 and host.cpu > 0)
         with pytest.raises(MediaError) as info:
             await pool.request(Subscribe("nowhere", "bob"))
         assert info.value.code == "unknown_room"
@@ -235,3 +238,36 @@ async def test_a_pool_whose_workers_cannot_start_says_so_and_leaves_nothing_runn
     with pytest.raises(MediaError) as info:
         await pool.request(OpenRoom("r"))
     assert info.value.code == "closed"
+
+
+async def test_the_load_report_is_a_heartbeat_even_when_reading_the_load_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket
+
+    from sfu import worker_process
+    from sfu.channel import Channel, ChannelClosed
+    from sfu.worker import LocalMediaPlane
+    from sfu.worker_process import WorkerServer
+
+    def broken(self: object) -> dict[str, object]:
+        raise AttributeError("a router changed shape")
+
+    monkeypatch.setattr(worker_process.Load, "report", broken)
+    monkeypatch.setattr(worker_process, "LOAD_INTERVAL", 0.05)
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    server = WorkerServer(Channel(reader, writer), plane)
+    task = asyncio.create_task(server.serve())
+    peer_reader, peer_writer = await asyncio.open_unix_connection(sock=theirs)
+    try:
+        with caplog.at_level(logging.ERROR):
+            frame = await asyncio.wait_for(Channel(peer_reader, peer_writer).receive(), 10)
+        assert frame == {"t": "load", "rooms": 0, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0}
+        assert "could not read this worker's load" in caplog.text
+    finally:
+        peer_writer.close()  # the pool is gone: the worker stops serving
+        with pytest.raises(ChannelClosed):
+            await asyncio.wait_for(task, 10)
+        writer.close()
