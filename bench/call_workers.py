@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from signalling.auth import Role, TokenIssuer
+from signalling.auth.tokens import Role, TokenIssuer
 
 from .clients import PICTURE_IDS, Publisher, Subscriber
 from .encoded import EncodedAudio, EncodedVideo

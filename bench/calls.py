@@ -33,10 +33,11 @@ import click
 
 from . import report
 from .call_workers import PRICE
-from .media import Server, cpu_of, next_result, renice, show_progress, start_server, stop_clients
 from .procfs import process_tree, processes_cpu_seconds, tree_cpu_seconds, tree_memory
+from .report import show_progress
+from .server import Server, start_server
 from .signalling import SERVER_ENV, register_experts, split
-from .workers import Shared
+from .workers import Shared, cpu_of, next_result, renice, stop_clients
 
 TARGETS = ("expertcall", "janus")
 

@@ -7,6 +7,7 @@ import click
 from .media import media
 from .metering import metering
 from .signalling import signalling
+from .soak import soak
 
 
 @click.group()
@@ -17,3 +18,4 @@ def bench() -> None:
 bench.add_command(media)
 bench.add_command(metering)
 bench.add_command(signalling)
+bench.add_command(soak)

@@ -15,12 +15,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import queue
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,31 +26,13 @@ import aiohttp
 import click
 import numpy as np
 
-from . import report
+from . import calls, encoded, report
 from .procfs import process_cpu_seconds
-from .workers import Shared
+from .report import show_progress
+from .server import Server, admin_token, pid_listening_on, start_server
+from .workers import Shared, cpu_of, next_result, renice, stop_clients
 
-ROOT = Path(__file__).resolve().parent.parent
 PICTURE_IDS = 1 << 15
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str
-    url: str
-    token: str
-    pid: int
-    process: subprocess.Popen[bytes] | None = None
-    secret: str = ""  # what its tokens are signed with, when the bench started it
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass(frozen=True)
@@ -71,78 +48,6 @@ class Load:
     client_nice: int = 0
 
 
-def pid_listening_on(port: int) -> int:
-    """The pid of the process with a TCP socket listening on 127.0.0.1/0.0.0.0:``port``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(parts[9])
-        except FileNotFoundError:
-            continue
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    return int(pid)
-        except OSError:
-            continue
-    raise click.ClickException(f"no process of ours listens on port {port}; pass --server-pid")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _admin_token(secret: str) -> str:
-    from signalling.auth import Role, TokenIssuer
-
-    return TokenIssuer(secret).mint("bench", Role.ADMIN, ttl=6 * 3600, name="media bench")
-
-
-def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0, cpus: str = "",
-                 env: dict[str, str] | None = None) -> Server:
-    """Start a server on a free port; its output goes to ``log_path`` (kept for a post-mortem).
-    ``nice`` below 0 (root only) keeps a busy shared machine from starving the server of the
-    core whose capacity is being measured; ``cpus`` (a taskset list) pins it and its children."""
-    port, secret = _free_port(), secrets.token_hex(24)
-    if name in ("sfu", "expertcall"):
-        command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
-                   "--media-loopback", "--data-dir", str(data_dir / name), "--no-demo"]
-    else:
-        command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,
-                   "--data-dir", str(data_dir / name)]
-    if cpus:
-        command = ["taskset", "--cpu-list", cpus, *command]
-    # The secret in the environment, not in argv, where every user's ps shows it.
-    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "EXPERTCALL_SECRET": secret}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if nice:
-        # Right after exec, long before the server starts a thread: every thread inherits it.
-        os.setpriority(os.PRIO_PROCESS, process.pid, nice)
-    server = Server(name, f"http://127.0.0.1:{port}", _admin_token(secret), process.pid, process, secret)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise click.ClickException(f"the {name} server exited: see {log_path}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    server.stop()
-    raise click.ClickException(f"the {name} server did not listen within 30 s")
-
-
 async def _open_sessions(server: Server, count: int) -> list[str]:
     headers = {"Authorization": f"Bearer {server.token}"}
     async with aiohttp.ClientSession() as http:
@@ -154,10 +59,6 @@ async def _open_sessions(server: Server, count: int) -> list[str]:
                                                f"{await response.text()}")
                 sessions.append((await response.json())["session_id"])
         return sessions
-
-
-def show_progress(text: str) -> None:
-    click.echo(f"\r\033[K{text}", err=True, nl=False)
 
 
 def run_load(server: Server, load: Load) -> dict[str, Any]:
@@ -249,35 +150,6 @@ def run_load(server: Server, load: Load) -> dict[str, Any]:
     return summary
 
 
-def renice(proc: Any, nice: int) -> None:
-    """Set a just started client process's niceness (before it starts threads: they inherit it)."""
-    if nice:
-        os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-
-
-def stop_clients(shared: Shared, procs: list[Any], wait: float) -> None:
-    """Tell the client processes to stop; whichever is not gone ``wait`` seconds later is ended."""
-    shared.stop.set()
-    for proc in procs:
-        proc.join(wait)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-
-
-def cpu_of(procs: list[Any]) -> float:
-    return sum(process_cpu_seconds(p.pid) for p in procs if p.pid is not None)
-
-
-def next_result(results: Any, timeout: float, label: str) -> tuple[str, Any]:
-    try:
-        kind, value = results.get(timeout=timeout)
-    except queue.Empty:
-        raise click.ClickException(f"{label} a client process sent nothing for {timeout:.0f} s: "
-                                   "it died or is stuck (see its output above)") from None
-    return kind, value
-
-
 def _one_line(s: dict[str, Any]) -> str:
     return (f"[{s['target']} {s['publishers']}x{s['subscribers']}] {s['connected']} connected, "
             f"server {s['server_cpu_seconds_per_second']:.3f} cores, {s['forwarded_packets_per_second']:.0f} pkt/s, "
@@ -316,8 +188,6 @@ def _media_calls(counts: list[int], reference: str | None, duration: float, json
                  plot_path: Path | None, join_rate: float, settle: float, workers: int, rounds: int,
                  server_nice: int, client_nice: int, pin_server: str, janus_event_loops: int,
                  sfu_workers: list[int]) -> None:
-    from . import calls, encoded
-
     click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
     encoded.video(fps=30)
     encoded.audio()
@@ -434,7 +304,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
             if not token and not secret:
                 raise click.ClickException("--url needs --token or EXPERTCALL_SECRET")
             port = int(url.rsplit(":", 1)[1].split("/")[0])
-            servers.append(Server("sfu", url.rstrip("/"), token or _admin_token(secret),
+            servers.append(Server("sfu", url.rstrip("/"), token or admin_token(secret),
                                   server_pid or pid_listening_on(port)))
         else:
             # the SFU in the server's process, as the fan-out figures have always been measured

@@ -181,18 +181,16 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
 
-    from signalling import keys
-    from signalling.app import create_app
-    from signalling.cli import install_event_loop
-    from signalling.settings import Settings
+    from signalling.app.factory import create_app
+    from signalling.core.event_loop import install_event_loop
+    from signalling.core.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
     use_loopback_ice()
     install_event_loop()
     settings = Settings(port=args.port, secret=args.secret, data_dir=args.data_dir,
                         media_loopback=True, demo=False)
-    app = create_app(settings)
-    app[keys.MEDIA_PLANE] = MediaRelayPlane()
+    app = create_app(settings, media=lambda _: MediaRelayPlane())
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, shutdown_timeout=5)
 
 

@@ -36,49 +36,13 @@ from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.database import Database
+from signalling.core.database import Database
+from signalling.core.event_loop import install_event_loop
+
+from . import metering_nodes
+from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def consumed(path: Path) -> int:
-    """Events the consumer process has committed so far (read from its own SQLite)."""
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM consumed_events").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    return {
-        "count": len(values),
-        "p50_ms": _ms(percentile(values, 50)),
-        "p99_ms": _ms(percentile(values, 99)),
-        "max_ms": _ms(max(values) if values else None),
-    }
-
-
-def by_second(charged: list[tuple[float, float]], started: float) -> list[float]:
-    """The worst lateness of the units due in each second of the run: where a p99 comes from."""
-    worst: dict[int, float] = {}
-    for due, late in charged:
-        second = int(due - started)
-        worst[second] = max(worst.get(second, 0.0), late)
-    return [round(worst.get(s, 0.0) * 1000, 1) for s in range(max(worst, default=-1) + 1)]
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
 
 
 async def run(
@@ -127,7 +91,7 @@ async def run(
         relay = RedisRelay(meter.outbox, redis, stream, batch=2000, poll_seconds=0.05)
         relay.start()
         consumer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "signalling.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
+            sys.executable, "-m", "signalling.app.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
             "--db", str(consumer_db), "--stream", stream, "--name", "bench-1", "--batch", "2000",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
@@ -228,17 +192,13 @@ def metering(
     database: str | None, nodes: int, json_path: str | None,
 ) -> None:
     """N metered sessions through the meter, ledger, outbox, Redis stream and consumer."""
-    from signalling.cli import install_event_loop
-
     if nodes < 1 or (nodes > 1 and not database):
         raise click.UsageError("--nodes above 1 needs --database postgresql://...")
     if database and not redis_url:
         raise click.UsageError("--database needs --redis (each node relays the shared outbox)")
     install_event_loop()
     if database:
-        from .metering_nodes import run as run_nodes
-
-        report = asyncio.run(run_nodes(
+        report = asyncio.run(metering_nodes.run(
             sessions=sessions, duration=duration, unit_seconds=unit_seconds, redis_url=redis_url,
             database=database, nodes=nodes, ramp_seconds=ramp_seconds,
         ))

@@ -28,9 +28,10 @@ from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
 from signalling.billing.store_postgres import PostgresBillingStore
-from signalling.postgres import connect
+from signalling.core.event_loop import install_event_loop
+from signalling.core.postgres import connect
 
-from .metering import by_second, consumed, summary
+from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +105,7 @@ async def run(
     seq_before = await store.last_seq()
     consumer_db = workdir / "consumer.sqlite3"
     consumer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signalling.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
+        sys.executable, "-m", "signalling.app.cli", "billing", "consume", "--group", "bench", "--redis", redis_url,
         "--db", str(consumer_db), "--stream", stream, "--name", "bench-1", "--batch", "2000",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -180,8 +181,6 @@ async def run(
 
 
 if __name__ == "__main__":
-    from signalling.cli import install_event_loop
-
     install_event_loop()
     result = asyncio.run(node(json.loads(sys.argv[1])))
     Path(sys.argv[2]).write_text(json.dumps(result))

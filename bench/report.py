@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 CLEAN_FPS = 29.0  # "30 fps" with a frame of slack for the window's edges
@@ -310,3 +311,7 @@ def plot_calls(path: Path, runs: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def show_progress(text: str) -> None:
+    click.echo(f"\r\033[K{text}", err=True, nl=False)

@@ -1,6 +1,6 @@
 """``expertcall bench signalling``: pairing latency and throughput, and memory per idle socket.
 
-The server runs as it does in production (``python -m signalling.cli serve``, one process per
+The server runs as it does in production (``python -m signalling.app.cli serve``, one process per
 node; two nodes share a Redis under a fresh key prefix). Client worker processes (uvloop, aiohttp)
 drive it over real WebSockets on 127.0.0.1:
 
@@ -111,7 +111,7 @@ def start_nodes(count: int, workdir: Path, secret: str, redis_url: str, prefix: 
     try:
         for i in range(count):
             port = free_port()
-            command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port),
+            command = [sys.executable, "-m", "signalling.app.cli", "serve", "--port", str(port),
                        "--data-dir", str(workdir / f"node{i}"), "--no-demo"]
             # The secret in the environment, not in argv, where every user's ps shows it.
             env = {**os.environ, **SERVER_ENV, "PYTHONPATH": str(ROOT), "EXPERTCALL_NODE_ID": f"bench-node{i}",
@@ -321,7 +321,7 @@ def worker_main(job: Job, shared: Shared, results: Any) -> None:
 
 
 async def _worker(job: Job, shared: Shared) -> WorkerResult:
-    from signalling.auth import Role, TokenIssuer
+    from signalling.auth.tokens import Role, TokenIssuer
 
     issuer = TokenIssuer(job.secret)
     result = WorkerResult()
@@ -556,7 +556,7 @@ def run_pairs(nodes: list[Node], secret: str, pairs: int, rounds: int, workers: 
 
 def run(*, pairs: int, rounds: int, idle: int, idle_hold: float, backend: str, nodes: int, workers: int,
         redis_url: str) -> dict[str, Any]:
-    from signalling.auth import Role, TokenIssuer
+    from signalling.auth.tokens import Role, TokenIssuer
 
     if nodes > 1 and backend != "redis":
         raise click.UsageError("--nodes 2 needs --backend redis (nodes share state through Redis)")

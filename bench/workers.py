@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import click
+
+from .procfs import process_cpu_seconds
 
 if TYPE_CHECKING:
     from .clients import Publisher, Subscriber
@@ -153,3 +158,32 @@ async def measure(subscribers: Sequence[Subscriber], shared: Shared, ok: Callabl
         "other_packets": s.other_packets,
         **extra,
     } for s, b, a, extra in zip(subscribers, before, after, source)]
+
+
+def renice(proc: Any, nice: int) -> None:
+    """Set a just started client process's niceness (before it starts threads: they inherit it)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+
+
+def stop_clients(shared: Shared, procs: list[Any], wait: float) -> None:
+    """Tell the client processes to stop; whichever is not gone ``wait`` seconds later is ended."""
+    shared.stop.set()
+    for proc in procs:
+        proc.join(wait)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+
+
+def cpu_of(procs: list[Any]) -> float:
+    return sum(process_cpu_seconds(p.pid) for p in procs if p.pid is not None)
+
+
+def next_result(results: Any, timeout: float, label: str) -> tuple[str, Any]:
+    try:
+        kind, value = results.get(timeout=timeout)
+    except queue.Empty:
+        raise click.ClickException(f"{label} a client process sent nothing for {timeout:.0f} s: "
+                                   "it died or is stuck (see its output above)") from None
+    return kind, value

@@ -11,6 +11,7 @@ loudly if any name used here moves.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -21,13 +22,14 @@ from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.utils import random32
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
 
-from sfu.forwarder import MAX_PROTECTED_RTP, current_ms
+from sfu.forwarder import MAX_PROTECTED_RTP, SRTP_BUFFER, current_ms
 
 # Called as handler(data, arrival_time_ms=...) by RTCDtlsTransport._recv_next.
 RtpHandler = Callable[..., Awaitable[None]]
@@ -82,7 +84,24 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
     """aioice's socket protocol, with a short cut for SRTP once DTLS has keyed the transport:
     aioice would try to parse each datagram as STUN, queue it, and wake the DTLS transport's
     receive task, which decrypts and awaits our handler; here the datagram callback decrypts and
-    calls the connection's RtpSink at once. SRTCP, STUN and DTLS still take aioice's path."""
+    calls the connection's RtpSink at once. SRTCP, STUN and DTLS still take aioice's path.
+
+    ``writable`` follows asyncio's flow control: False while the socket's send buffer is full
+    (the event loop then queues datagrams without bound) and once the socket is gone (sendto on a
+    closed asyncio datagram transport raises from inside its own error handler). RawSender drops
+    media for that one subscriber instead."""
+
+    writable = True
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writable = False
+        super().connection_lost(exc)
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         sink = self.receiver.__dict__.get(_SINK)
@@ -157,18 +176,56 @@ def disarm_sender(sender: RTCRtpSender) -> None:
     setattr(sender, _HOOKED, True)
 
 
+# aiortc offers only ECDHE-ECDSA suites (its certificates are ECDSA). That is all a DTLS
+# *server* with our certificate can use, but as a DTLS *client* (the SFU answers offers with
+# a=setup:active) it must also offer the suites of a server with an RSA certificate, such as
+# GStreamer's webrtcbin, or the handshake ends in "no shared cipher".
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+def accept_rsa_dtls_peers(pc: RTCPeerConnection) -> None:
+    """Make ``pc``'s DTLS handshakes offer RSA suites too (see DTLS_CIPHERS). The connection
+    keeps its own certificate: only the SSL context built from it changes."""
+    for certificate in pc._RTCPeerConnection__certificates:  # type: ignore[attr-defined]
+        if getattr(certificate, _HOOKED, False):
+            continue
+        original = certificate._create_ssl_context
+
+        def create(srtp_profiles: Any, _original: Any = original) -> Any:
+            context = _original(srtp_profiles)
+            context.set_cipher_list(DTLS_CIPHERS)
+            return context
+
+        certificate._create_ssl_context = create
+        setattr(certificate, _HOOKED, True)
+
+
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     """The (media, RTX) SSRCs aiortc announced in SDP for this sender."""
     return sender._ssrc, sender._rtx_ssrc
 
 
+def renew_sender(sender: RTCRtpSender) -> None:
+    """Give a reused m-line's sender new SSRCs and a new track id (msid), announced in the next
+    offer: the subscriber sees a new stream, not the old one's numbering jumping."""
+    sender._ssrc = random32()
+    sender._rtx_ssrc = random32()
+    sender._track_id = str(uuid.uuid4())
+
+
 def fast_protect(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
     """``session.protect`` without the per-call allocation and checks of pylibsrtp's wrapper
-    (about 0.8 of its 1.9 µs): the same libsrtp call on the session's own buffer. pylibsrtp is
+    (about 0.8 of its 1.9 µs): the same libsrtp call, on a buffer of ours. pylibsrtp's own is
+    1,500 bytes less room for the longest trailer (1,356 of packet): too small for what a
+    publisher on a 1,500-byte MTU sends once our header extensions are on it. pylibsrtp is
     pinned with aiortc."""
     srtp = session._srtp[0]
-    cdata = session._cdata
-    buffer = session._buffer
+    cdata = pylibsrtp.ffi.new("char[]", SRTP_BUFFER)
+    buffer = pylibsrtp.ffi.buffer(cdata)
     length = pylibsrtp.ffi.new("int *")
     protect = pylibsrtp.lib.srtp_protect
 
@@ -192,7 +249,7 @@ class RawSender:
     the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
     and address are cached until aioice nominates another pair."""
 
-    __slots__ = ("_addr", "_dtls", "_nominated", "_pair", "_protect", "_sendto", "_srtp")
+    __slots__ = ("_addr", "_dtls", "_gate", "_nominated", "_pair", "_protect", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -200,6 +257,7 @@ class RawSender:
         self._pair: Any = None
         self._sendto: Callable[[bytes, Any], None] = _no_sendto
         self._addr: Any = None
+        self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
 
@@ -210,13 +268,18 @@ class RawSender:
         self._pair = pair
         self._sendto = pair.protocol.transport.sendto
         self._addr = pair.remote_addr
+        # a TURN-relayed pair's protocol has no flow control of ours: always open
+        self._gate = pair.protocol if isinstance(pair.protocol, SrtpStunProtocol) else _OPEN
         return True
 
     def send_rtp(self, data: bytes) -> bool:
+        """True when sent; False when dropped (not connected, or the socket is full or gone)."""
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
         if self._nominated.get(1) is not self._pair and not self._route():
+            return False
+        if not self._gate.writable:
             return False
         if dtls._tx_srtp is not self._srtp:
             self._srtp = dtls._tx_srtp
@@ -230,8 +293,18 @@ class RawSender:
             return False
         if self._nominated.get(1) is not self._pair and not self._route():
             return False
+        if not self._gate.writable:
+            return False
         self._sendto(dtls._tx_srtp.protect_rtcp(data), self._addr)
         return True
+
+
+class _Open:
+    __slots__ = ()
+    writable = True
+
+
+_OPEN = _Open()
 
 
 def _no_sendto(data: bytes, addr: Any) -> None:

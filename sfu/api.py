@@ -236,6 +236,27 @@ class ActiveSpeaker(Message):
 
 
 @dataclass(frozen=True)
+class MediaQuality(Message):
+    """A subscriber's video of one track was paused for congestion, or resumed (sfu/congestion.py).
+
+    ``participant_id`` is the subscriber, ``publisher_id`` the participant whose ``track_id`` it
+    is: both are told. ``estimate`` is the subscriber's share of its bandwidth estimate and
+    ``bitrate`` the stream's (bps); ``fraction_lost`` is from its receiver reports (of 256).
+    """
+
+    kind: ClassVar[str] = "media_quality"
+    room_id: str
+    participant_id: str
+    publisher_id: str
+    track_id: str
+    video_paused: bool
+    reason: str  # "congestion" or "recovered"
+    estimate: int
+    bitrate: int
+    fraction_lost: int
+
+
+@dataclass(frozen=True)
 class TransportClosed(Message):
     kind: ClassVar[str] = "transport_closed"
     room_id: str

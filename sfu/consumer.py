@@ -8,6 +8,7 @@ where the subscriber negotiated it), starts on a keyframe, and writes the sender
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 from collections.abc import Callable
@@ -16,12 +17,23 @@ from typing import TYPE_CHECKING
 from aiortc import clock
 
 from sfu import rtcp
+from sfu.congestion import VideoGate
 from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
 
 if TYPE_CHECKING:
     from sfu.producer import Producer
 
+logger = logging.getLogger(__name__)
+
 CACHE_SIZE = 512  # packets kept per subscriber stream for retransmission (~1 s of 4 Mbps video)
+# A subscriber's NACKs are answered at most once per round trip per packet (a NACK repeated
+# sooner is a duplicate: the answer is still on its way), and within a budget of retransmitted
+# packets per second, so that a subscriber cannot turn the SFU into an amplifier.
+MIN_RTX_GAP_MS = 10
+RTX_PER_SECOND = 500
+RTX_BURST = 128
+# libwebrtc ignores a keyframe request within 300 ms of the last one; so do we, per subscriber.
+MIN_PLI_SPACING_MS = 300
 _SEQ = struct.Struct("!H")
 
 
@@ -68,14 +80,25 @@ class Consumer:
         self._rtx_seq = random.getrandbits(15)
         self._clock_per_ms = producer.codec.clock_rate // 1000
         self.paused = True  # until configured and the subscriber's transport is connected
+        self.gate = VideoGate()  # paused for congestion (sfu/congestion.py): for video only
         self._waiting = False
 
         # statistics and feedback from the subscriber
         self.packets = 0
         self.bytes = 0
+        self.packets_dropped = 0  # not sent: the subscriber's socket full, closed or not keyed
+        self.send_errors = 0  # forward() raised: counted here, logged once
         self.retransmitted = 0
         self.nacks = 0
+        self.nacks_ignored = 0  # asked again within a round trip, or over the budget
         self.plis = 0
+        self.plis_ignored = 0  # within MIN_PLI_SPACING_MS of the last one passed on
+        self._pli_ms = 0
+        # per cache slot: (when it was last resent << 16) | its sequence number, so that a new
+        # packet in the slot needs no reset on the per-packet path
+        self._rtx_ms: list[int] = [0] * CACHE_SIZE
+        self._rtx_tokens = float(RTX_BURST)
+        self._rtx_refill_ms = 0
         self.remb_bitrate = 0
         self.bitrate = 0  # bps over the last second, set by the router
         self.fraction_lost = 0
@@ -98,10 +121,19 @@ class Consumer:
             "level" if extensions.audio_level_id else "none"
         )
 
+    def continue_from(self, previous: Consumer) -> None:
+        """Send on from where ``previous`` stopped: the same SSRCs on a reused m-line (a WHEP
+        m-line that gets a new track) must not go back in sequence, or SRTP refuses to protect
+        every packet as a replay (srtp_protect error 10, replay_old)."""
+        self._last_seq = previous._last_seq
+        self._last_ts = previous._last_ts
+        self._last_ms = previous._last_ms
+        self._rtx_seq = previous._rtx_seq
+
     def resume(self) -> None:
         """Start (or restart) sending: video from the producer's cached run since its newest
         keyframe when it has one, else from the next keyframe, with a fresh one asked for."""
-        if self.closed or self.payload_type < 0:
+        if self.closed or self.payload_type < 0 or self.gate.paused:
             return
         if self.paused or self._waiting:
             self.paused = False
@@ -119,6 +151,16 @@ class Consumer:
         if not self.paused and not self._waiting and self.kind == "video":
             self._waiting = True
             self.producer.waiting_for_keyframe += 1
+
+    def suspend(self) -> None:
+        """Stop this subscriber's video for congestion (the gate says when to resume)."""
+        self.gate.paused = True
+        self.pause()
+
+    def unsuspend(self) -> None:
+        """Congestion is over: send again, starting on a keyframe."""
+        self.gate.paused = False
+        self.resume()
 
     def pause(self) -> None:
         if not self.paused:
@@ -180,6 +222,16 @@ class Consumer:
         if self._send_rtp(packet):
             self.packets += 1
             self.bytes += len(packet)
+        else:
+            self.packets_dropped += 1
+
+    def failed(self, exc: Exception) -> None:
+        """Sending to this subscriber raised: the producer's fan-out carries on with the others.
+        Counted, and logged once per consumer rather than once per packet."""
+        self.send_errors += 1
+        if self.send_errors == 1:
+            logger.warning("consumer %s: sending failed (counted in send_errors from now on)",
+                           self.id, exc_info=exc)
 
     def _rebase(self, seq: int, ts: int, epoch: int, arrival_ms: int) -> None:
         """Continue our sequence and timestamp spaces from where they stopped, whatever the
@@ -193,21 +245,42 @@ class Consumer:
     # --- RTCP from the subscriber ------------------------------------------------------------
 
     def retransmit(self, sequence_numbers: list[int]) -> None:
-        """Answer a NACK from the cache; ask the publisher for what the cache lacks."""
+        """Answer a NACK from the cache; ask the publisher for what the cache lacks. A packet
+        resent less than a round trip ago, or over the budget, is not resent."""
         self.nacks += 1
+        if not self._cache:
+            return
+        now_ms = current_ms()
+        tokens = min(float(RTX_BURST),
+                     self._rtx_tokens + (now_ms - self._rtx_refill_ms) * RTX_PER_SECOND / 1000)
+        self._rtx_refill_ms = now_ms
+        gap = max(MIN_RTX_GAP_MS, int(self.rtt * 1000) if self.rtt else 0)
+        resent = self._rtx_ms
         upstream = []
         for seq in sequence_numbers:
-            packet = self._cache[seq % CACHE_SIZE] if self._cache else None
+            slot = seq % CACHE_SIZE
+            packet = self._cache[slot]
             if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
                 if self._epoch == self.producer.epoch:
                     upstream.append((seq - self._seq_offset) & 0xFFFF)
                 continue
+            last = resent[slot]
+            if (last & 0xFFFF == seq and now_ms - (last >> 16) < gap) or tokens < 1:
+                self.nacks_ignored += 1
+                continue
+            tokens -= 1
+            resent[slot] = (now_ms << 16) | seq
             if self.rtx_payload_type is not None:
                 packet = self._wrap_rtx(packet)
-            if self._send_rtp(packet):
-                self.retransmitted += 1
+            try:
+                if self._send_rtp(packet):
+                    self.retransmitted += 1
+            except Exception as exc:
+                self.failed(exc)
+                break
+        self._rtx_tokens = tokens
         if upstream:
-            self.producer.request_retransmission(upstream)
+            self.producer.request_retransmission(upstream, self)
 
     def _wrap_rtx(self, packet: bytes) -> bytes:
         offset = payload_offset(packet)
@@ -219,7 +292,14 @@ class Consumer:
         return bytes(header) + packet[2:4] + packet[offset:]
 
     def keyframe_requested(self) -> None:
+        """A PLI or FIR from the subscriber: passed on (throttled again, per publisher) unless it
+        repeats one passed on less than MIN_PLI_SPACING_MS ago."""
         self.plis += 1
+        now_ms = current_ms()
+        if now_ms - self._pli_ms < MIN_PLI_SPACING_MS:
+            self.plis_ignored += 1
+            return
+        self._pli_ms = now_ms
         self.producer.request_keyframe()
 
     def handle_report(self, fraction_lost: int, packets_lost: int, jitter: int, lsr: int,

@@ -16,12 +16,15 @@ RTP_FIXED = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence number, timestam
 unpack_fixed = RTP_FIXED.unpack_from
 ONE_BYTE_PROFILE = 0xBEDE
 NTP_UNIX_OFFSET_MS = 2_208_988_800_000  # from 1900-01-01 to 1970-01-01
-# The largest RTP packet pylibsrtp protects (a 1500-byte session buffer, less room for the
-# longest trailer); so the largest payload the SFU can forward under the longest header a
-# consumer writes (12 + 4 + abs-send-time 4 + a 16-byte mid element 17, padded: 40) plus the
-# 2-byte original sequence number of an RTX retransmission.
-MAX_PROTECTED_RTP = 1500 - pylibsrtp.SRTP_MAX_TRAILER_LEN
-MAX_FORWARDED_PAYLOAD = MAX_PROTECTED_RTP - 40 - 2
+# The largest payload the SFU forwards: whatever one RTP packet in a 1,500-byte datagram can
+# carry (a publisher's MTU is at most Ethernet's; nothing is re-packetized). What we send is
+# larger by our own header (at most 12 + 4 + abs-send-time 4 + a 16-byte mid element 17,
+# padded: 40), the 2-byte original sequence number of an RTX retransmission and the SRTP
+# trailer, so the buffer we protect in (aiortc_hooks.fast_protect) is sized for all of it.
+MAX_FORWARDED_PAYLOAD = 1500 - 12
+MAX_CONSUMER_HEADER = 40
+SRTP_BUFFER = MAX_CONSUMER_HEADER + 2 + MAX_FORWARDED_PAYLOAD + pylibsrtp.SRTP_MAX_TRAILER_LEN
+MAX_PROTECTED_RTP = SRTP_BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
 
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"

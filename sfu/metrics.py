@@ -27,6 +27,8 @@ SUMS = {
     "bitrate": ("expertcall_media_bitrate_bps", "Bitrate over the last second, summed over tracks"),
     "packets": ("expertcall_media_packets", "RTP packets received (inbound) or sent (outbound), summed over open tracks"),
     "packets_lost": ("expertcall_media_packets_lost", "RTP packets lost, summed over open tracks"),
+    "packets_dropped": ("expertcall_media_packets_dropped", "RTP packets not sent to a subscriber whose socket was full or gone, summed over open tracks"),
+    "send_errors": ("expertcall_media_send_errors", "Failures sending to a subscriber (each isolated to it), summed over open tracks"),
 }
 # Largest and mean over the tracks that report them.
 SPREADS = {

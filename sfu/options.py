@@ -19,11 +19,12 @@ class MediaOptions:
     port_max: int = 0
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     max_publish_bitrate: int = 2_500_000  # bps per published track: REMB cap, policed at 1.5x
+    max_audio_bitrate: int = 256_000  # bps per audio track (Opus tops out at 510k), policed at 1.5x
     media_state_debounce: float = 2.0  # seconds without packets before "stopped"
     keyframe_interval: float = 1.0  # at most one keyframe request per publisher per interval
 
     def __post_init__(self) -> None:
-        if self.max_publish_bitrate < 0 or self.media_state_debounce <= 0 \
+        if self.max_publish_bitrate < 0 or self.max_audio_bitrate < 0 or self.media_state_debounce <= 0 \
                 or self.keyframe_interval < 0:
             raise MediaError("bad_options", "bitrate, debounce and interval must be positive")
         self.network()  # validates the network part

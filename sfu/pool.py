@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -392,8 +391,3 @@ class WorkerPool:
         self._tasks.discard(task)  # type: ignore[arg-type]
         if not task.cancelled() and task.exception() is not None:
             logger.error("sfu pool task failed", exc_info=task.exception())
-
-
-def default_workers() -> int:
-    """The CPUs this process may run on (taskset and cgroups included)."""
-    return len(os.sched_getaffinity(0))

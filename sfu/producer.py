@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sfu import rtcp
+from sfu import congestion, rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
+from sfu.nack import UpstreamNacks
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
 
-MAX_MISSING = 256  # sequence numbers remembered for upstream NACK
+MAX_ASKED = 256  # sequence numbers subscribers asked for that we had to ask the publisher for
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
 # libwebrtc drops a keyframe request that comes within 300 ms of the previous one
 # (EncoderRtcpFeedback), so keyframe requests for joiners are spaced at least this far apart...
@@ -115,6 +116,7 @@ class Producer:
         self.packets_policed = 0
         self.packets_oversized = 0
         self.retransmissions = 0
+        self.rtx_padding = 0  # padding-only RTX (bandwidth probes): dropped
         self._base_seq = -1
         self._max_seq = 0
         self._cycles = 0
@@ -123,10 +125,16 @@ class Producer:
         self.last_arrival_ms = 0
         self._expected_prior = 0
         self._received_prior = 0
+        self._received_base = 0  # self.packets when the current source attached
+        self._lost_before = 0  # packets lost by earlier sources (for stats)
         self.level_sum = 0  # audio levels (-dBov) since the router last looked
         self.level_count = 0
         self.bitrate = 0  # bps over the last second, set by the router
-        self._missing: set[int] = set()
+        self._nacks = UpstreamNacks()
+        # seq -> (when, the consumers that asked for it): a packet the SFU had, gone from their
+        # caches; its retransmission goes to them alone
+        self._asked: dict[int, tuple[int, list[Consumer]]] = {}
+        self.rtx_unasked = 0  # retransmissions nobody was waiting for: dropped
 
         # sender report from the publisher: for RR's lsr/dlsr and for A/V sync downstream
         self.sr_ntp = 0
@@ -166,11 +174,25 @@ class Producer:
         self.rtx_ssrc = rtx_ssrc
         self.audio_level_id = audio_level_id
         self._send_rtcp = send_rtcp
+        # A new source is a new RTP session for the receive statistics (RFC 3550 A.1): the
+        # old cycle count, counters and NTP/RTP mapping would make receiver reports go
+        # backwards, hide the new source's losses, and give subscribers a wrong A/V sync.
+        self._lost_before += self.packets_lost
         self._base_seq = -1
-        self._missing.clear()
+        self._cycles = 0
+        self._received_base = self.packets
+        self._expected_prior = self._received_prior = 0
+        self._jitter = 0.0
+        self._transit = 0
+        self.sr_ntp = self.sr_rtp = 0
+        self.sr_received_at = 0.0
+        self._nacks.clear()
+        self._asked.clear()
         self._gop = None  # the new encoder's frames do not follow the old one's
         for consumer in self.consumers:
             consumer.restart()
+        if self.waiting_for_keyframe:
+            self.request_join_keyframe()  # (an SSRC switch too: nothing else would ask)
 
     def detach_source(self) -> None:
         self._send_rtcp = _drop
@@ -206,7 +228,7 @@ class Producer:
         if size - offset > MAX_FORWARDED_PAYLOAD:
             self.packets_oversized += 1  # no subscriber could be sent it
             return
-        if self._bytes_per_ms:
+        if self._bytes_per_ms:  # (inline: _police() for every media packet costs a call)
             tokens = self._tokens + (arrival_ms - self._bucket_ms) * self._bytes_per_ms
             self._bucket_ms = arrival_ms
             tokens = min(tokens, self._bucket_size)
@@ -229,14 +251,17 @@ class Producer:
                 if seq < self._max_seq:
                     self._cycles += 0x10000
                 if delta > 1 and self.codec.nack:
-                    self._note_missing(delta)
+                    self._note_missing(delta, arrival_ms)
                 self._max_seq = seq
+                nacks = self._nacks
+                if nacks.due_ms and arrival_ms >= nacks.due_ms:
+                    self._request_upstream(nacks.due(arrival_ms))
                 transit = arrival_ms * self._clock_per_ms - ts
                 d = transit - self._transit
                 self._transit = transit
                 self._jitter += ((d if d > 0 else -d) - self._jitter) / 16
-            elif self._missing:
-                self._missing.discard(seq)
+            elif self._nacks.pending:
+                self._nacks.arrived(seq, arrival_ms, False)
 
         level = -1
         if self.audio_level_id:
@@ -252,8 +277,11 @@ class Producer:
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
         for consumer in self.consumers:
-            consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,
-                             epoch, arrival_ms)
+            try:  # (free in CPython 3.11 until something raises)
+                consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,
+                                 epoch, arrival_ms)
+            except Exception as exc:  # one subscriber's fault is its own
+                consumer.failed(exc)
 
     def _cache_gop(self, payload: bytes, padding: int, marker: int, seq: int, ts: int,
                    arrival_ms: int) -> bool:
@@ -286,10 +314,13 @@ class Producer:
         abs24 = (now_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
         keyframe = True  # the run's first packet: a waiting consumer starts on it
-        for payload, padding, marker, seq, ts in gop:
-            consumer.forward(payload, padding, marker, seq, ts, -1, abs24, keyframe, epoch,
-                             now_ms)
-            keyframe = False
+        try:
+            for payload, padding, marker, seq, ts in gop:
+                consumer.forward(payload, padding, marker, seq, ts, -1, abs24, keyframe, epoch,
+                                 now_ms)
+                keyframe = False
+        except Exception as exc:
+            consumer.failed(exc)
         if age_ms > GOP_REFRESH_MS:
             self.request_keyframe()
         return True
@@ -297,30 +328,67 @@ class Producer:
     def receive_rtx(self, data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int,
                     arrival_ms: int) -> None:
         """A retransmission on the RTX stream (RFC 4588): unwrap, then handle as media."""
-        if len(data) < offset + 2:
+        content = len(data) - offset
+        if b0 & 0x20:
+            content -= data[-1]  # RFC 3550 5.1: the last octet counts the padding
+        if content < 2:
+            # No original sequence number: a padding-only probe (libwebrtc's bandwidth
+            # probing) or a truncated packet. Reading one would corrupt the sequence state.
+            self.rtx_padding += 1
             return
+        if self._bytes_per_ms and not self._police(len(data), arrival_ms):
+            return  # retransmissions count against the publisher's allowance too
         self.retransmissions += 1
         original_seq = (data[offset] << 8) | data[offset + 1]
         stripped = data[:offset] + data[offset + 2 :]
         if len(stripped) - offset > MAX_FORWARDED_PAYLOAD:
             self.packets_oversized += 1
             return
-        self._missing.discard(original_seq)
         delta = (original_seq - self._max_seq) & 0xFFFF
-        if delta < 0x8000 and delta:
+        if delta < 0x8000 and delta:  # ahead of the stream: media like any other
+            self._tokens += len(stripped)  # (receive() charges it again)
             self.receive(stripped, b0, b1, original_seq, ts, offset, arrival_ms)
             return
+        if self._nacks.arrived(original_seq, arrival_ms, True):
+            # a hole in what we received: every consumer missed it
+            self.packets += 1  # a repaired hole is a packet received (RFC 3550 A.3)
+            self.bytes += len(stripped)
+            targets = self.consumers
+            self._asked.pop(original_seq, None)
+        else:
+            # a packet we had and forwarded: only those who asked for it again want it
+            asked = self._asked.pop(original_seq, None)
+            if asked is None:
+                self.rtx_unasked += 1
+                return
+            targets = asked[1]
         level = -1
         payload = stripped[offset:]
         gop = self._gop
-        if gop is not None and ((original_seq - self._gop_seq) & 0xFFFF) < 0x8000 \
+        if gop is not None and targets is self.consumers \
+                and ((original_seq - self._gop_seq) & 0xFFFF) < 0x8000 \
                 and len(gop) < GOP_MAX_PACKETS:
             gop.append((payload, b0 & 0x20, b1 & 0x80, original_seq, ts))  # a repaired hole
         keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
-        for consumer in self.consumers:
-            consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,
-                             keyframe, self.epoch, arrival_ms)
+        for consumer in targets:
+            try:
+                consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,
+                                 keyframe, self.epoch, arrival_ms)
+            except Exception as exc:
+                consumer.failed(exc)
+
+    def _police(self, size: int, arrival_ms: int) -> bool:
+        """Take ``size`` bytes from the token bucket: False (counted) when it lacks them."""
+        tokens = self._tokens + (arrival_ms - self._bucket_ms) * self._bytes_per_ms
+        self._bucket_ms = arrival_ms
+        tokens = min(tokens, self._bucket_size)
+        if tokens < size:
+            self._tokens = tokens
+            self.packets_policed += 1
+            return False
+        self._tokens = tokens - size
+        return True
 
     def _read_audio_level(self, data: bytes) -> int:
         value = find_extension(data, self.audio_level_id)
@@ -330,18 +398,42 @@ class Producer:
         self.level_count += 1
         return value[0]
 
-    def _note_missing(self, delta: int) -> None:
+    def _note_missing(self, delta: int, arrival_ms: int) -> None:
         lost = [(self._max_seq + i) & 0xFFFF for i in range(1, min(delta, 64))]
-        self._missing.update(lost)
-        if len(self._missing) > MAX_MISSING:
-            self._missing = set(sorted(self._missing)[-MAX_MISSING // 2 :])
-        self.request_retransmission(lost)
+        self._request_upstream(self._nacks.missing(lost, arrival_ms))
 
     # --- feedback towards the publisher ------------------------------------------------------
 
-    def request_retransmission(self, sequence_numbers: list[int]) -> None:
+    def _request_upstream(self, sequence_numbers: list[int]) -> None:
         if self.ssrc is not None and sequence_numbers and self.codec.nack:
             self._send_rtcp(rtcp.nack(self.rtcp_ssrc, self.ssrc, sequence_numbers))
+
+    def request_retransmission(self, sequence_numbers: list[int], consumer: Consumer) -> None:
+        """``consumer`` asked for packets its cache no longer has: ask the publisher, once for
+        all the consumers that ask within a retry interval, and send the answer to them only.
+        Holes still pending upstream are already being asked for, for everyone."""
+        if self.ssrc is None or not self.codec.nack:
+            return
+        asked = self._asked
+        pending = self._nacks.pending
+        now_ms = current_ms()
+        retry_ms = self._nacks.retry_ms
+        upstream = []
+        for seq in sequence_numbers:
+            if seq in pending:
+                continue
+            entry = asked.get(seq)
+            if entry is None or now_ms - entry[0] >= retry_ms:
+                waiting = entry[1] if entry is not None else []
+                asked[seq] = (now_ms, waiting)
+                upstream.append(seq)
+            else:
+                waiting = entry[1]
+            if consumer not in waiting:
+                waiting.append(consumer)
+        while len(asked) > MAX_ASKED:
+            del asked[next(iter(asked))]
+        self._request_upstream(upstream)
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per keyframe_interval: a request
@@ -400,18 +492,17 @@ class Producer:
         self.sr_received_at = time.time()
 
     def send_feedback(self) -> None:
-        """Periodic RTCP to the publisher: a receiver report, and REMB with the lowest estimate
-        among our subscribers (capped by the allowed bitrate), so that the publisher sends no
-        more than its worst viewer can take."""
+        """Periodic RTCP to the publisher: a receiver report, and REMB with target_bitrate()."""
         if self.ssrc is None or self._base_seq < 0:
             return
         extended = self._cycles + self._max_seq
         expected = extended - self._base_seq + 1
-        lost = max(0, expected - self.packets)
+        received = self.packets - self._received_base
+        lost = max(0, expected - received)
         expected_interval = expected - self._expected_prior
-        received_interval = self.packets - self._received_prior
+        received_interval = received - self._received_prior
         self._expected_prior = expected
-        self._received_prior = self.packets
+        self._received_prior = received
         lost_interval = expected_interval - received_interval
         fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
         lsr = (self.sr_ntp >> 16) & 0xFFFFFFFF
@@ -425,21 +516,22 @@ class Producer:
         self._send_rtcp(packet)
 
     def target_bitrate(self) -> int:
-        estimates = [c.remb_bitrate for c in self.consumers if c.remb_bitrate]
-        target = min(estimates) if estimates else self.max_bitrate or 0
-        if self.max_bitrate:
-            target = min(target, self.max_bitrate)
-        # A fresh subscriber's estimate starts near what it receives and ramps up; below the
-        # floor, video is useless anyway, and the publisher must be able to climb back.
-        return max(target, MIN_REMB) if target else 1_000_000
+        """What the publisher is asked for: the subscribers that can take the stream decide,
+        not the weakest (sfu/congestion.py). The floor: a fresh subscriber's estimate starts
+        near what it receives and ramps up, and the publisher must be able to climb back."""
+        return congestion.remb_target(
+            [c.remb_bitrate for c in self.consumers if not c.gate.paused], self.max_bitrate,
+            MIN_REMB)
 
     # --- statistics --------------------------------------------------------------------------
 
     @property
     def packets_lost(self) -> int:
         if self._base_seq < 0:
-            return 0
-        return max(0, self._cycles + self._max_seq - self._base_seq + 1 - self.packets)
+            return self._lost_before
+        received = self.packets - self._received_base
+        return self._lost_before + max(0, self._cycles + self._max_seq - self._base_seq + 1
+                                       - received)
 
     @property
     def jitter_seconds(self) -> float:

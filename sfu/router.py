@@ -19,6 +19,7 @@ from typing import Any
 from sfu.api import (
     ActiveSpeaker,
     MediaError,
+    MediaQuality,
     MediaState,
     Message,
     RoomClosed,
@@ -64,6 +65,7 @@ class Router:
         self._speaker: str | None = None
         self._levels: dict[str, float] = {}
         self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         # bytes of each producer and consumer at its last report (gone with it)
         self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -148,7 +150,8 @@ class Router:
     def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer:
         producer = Producer(
             f"{participant_id}:{mid}", participant_id, kind, codec,
-            max_bitrate=self.options.max_publish_bitrate if kind == "video" else 0,
+            max_bitrate=self.options.max_publish_bitrate if kind == "video"
+            else self.options.max_audio_bitrate,
             keyframe_interval=self.options.keyframe_interval,
         )
         self.producers[producer.id] = producer
@@ -157,15 +160,10 @@ class Router:
         for participant in self.participants.values():
             sub = participant.subscribe
             if (participant.id != participant_id and sub is not None and not sub.closed
-                    and sub.add_consumer(producer) is not None):
+                    and sub.add_consumer(producer) is not None and not sub.client_offers):
                 self.schedule_offer(sub)
         return producer
 
-    def producer_started(self, producer: Producer) -> None:
-        """A (new or reconnected) publish connection feeds ``producer``: ask for a keyframe so
-        every consumer, waiting or re-based, gets a clean picture."""
-        if producer.consumers:
-            producer.request_keyframe()
 
     def _producer_closed(self, producer: Producer) -> None:
         self.producers.pop(producer.id, None)
@@ -199,6 +197,24 @@ class Router:
             for transport in (participant.subscribe, participant.publish):
                 if transport is not None and transport.send_chat(sender, message):
                     break
+
+    def connection_closed(self, transport: Transport) -> None:
+        """A transport's connection closed for good: the transport leaves the room."""
+        if self.closed or transport.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._drop(transport))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _drop(self, transport: Transport) -> None:
+        if transport.closed:
+            return
+        await self._close_transport(transport, "closed")
+        participant = self.participants.get(transport.participant_id)
+        if participant is not None and not participant.transports():
+            self.participants.pop(participant.id, None)
+            if participant.flowing:
+                self._emit(MediaState(self.id, participant.id, False, _now(), "disconnected"))
 
     def transport_state_changed(self, transport: Transport) -> None:
         participant = self.participants.get(transport.participant_id)
@@ -269,12 +285,36 @@ class Router:
                 producer.bitrate = int((producer.bytes - before.get(producer, producer.bytes))
                                        * 8 / interval)
                 before[producer] = producer.bytes
+                if producer.kind == "video":
+                    self._gate_video(producer, time.monotonic())
             for consumer in producer.consumers:
                 if consumer.ssrc % RTCP_EVERY == slot:
                     consumer.send_sender_report()
                     consumer.bitrate = int(
                         (consumer.bytes - before.get(consumer, consumer.bytes)) * 8 / interval)
                     before[consumer] = consumer.bytes
+
+    def _gate_video(self, producer: Producer, now: float) -> None:
+        """Pause or resume each subscriber's video of ``producer`` for congestion."""
+        for consumer in list(producer.consumers):
+            if consumer.paused and not consumer.gate.paused:
+                continue  # not connected yet, or reconnecting: not a congestion matter
+            decision = consumer.gate.update(consumer.remb_bitrate, consumer.fraction_lost,
+                                            producer.bitrate, now)
+            if decision is None:
+                continue
+            if decision:
+                consumer.suspend()
+            else:
+                consumer.unsuspend()
+            logger.info("room %s: %s's video of %s %s (estimate %d, stream %d bps, loss %d/256)",
+                        self.id, consumer.participant_id, producer.id,
+                        "paused" if decision else "resumed", consumer.remb_bitrate,
+                        producer.bitrate, consumer.fraction_lost)
+            self._emit(MediaQuality(
+                self.id, consumer.participant_id, producer.participant_id, producer.id,
+                decision, "congestion" if decision else "recovered", consumer.remb_bitrate,
+                producer.bitrate, consumer.fraction_lost))
 
     # --- statistics --------------------------------------------------------------------------
 
@@ -289,6 +329,8 @@ class Router:
                 "packets_policed": producer.packets_policed,
                 "packets_oversized": producer.packets_oversized,
                 "retransmissions": producer.retransmissions,
+                "rtx_padding": producer.rtx_padding,
+                "rtx_unasked": producer.rtx_unasked,
                 "jitter": round(producer.jitter_seconds, 6), "rtt": None,
             })
             for consumer in producer.consumers:
@@ -297,9 +339,14 @@ class Router:
                     "kind": consumer.kind, "direction": "outbound",
                     "codec": producer.codec.mime_type, "bitrate": consumer.bitrate,
                     "packets": consumer.packets, "bytes": consumer.bytes,
+                    "packets_dropped": consumer.packets_dropped,
+                    "send_errors": consumer.send_errors,
                     "packets_lost": consumer.packets_lost,
                     "retransmitted": consumer.retransmitted, "nacks": consumer.nacks,
                     "plis": consumer.plis, "remb": consumer.remb_bitrate,
+                    "nacks_ignored": consumer.nacks_ignored,
+                    "video_paused": consumer.gate.paused,
+                    "plis_ignored": consumer.plis_ignored,
                     "jitter": round(consumer.jitter / producer.codec.clock_rate, 6),
                     "rtt": consumer.rtt,
                 })

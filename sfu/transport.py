@@ -29,7 +29,7 @@ from aiortc import (
 from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
-from sfu import aiortc_hooks, rtcp
+from sfu import aiortc_hooks, congestion, rtcp
 from sfu.api import MediaError, TransportKind
 from sfu.consumer import Consumer
 from sfu.forwarder import (
@@ -57,8 +57,25 @@ MAX_MEDIA_SECTIONS = 16  # per connection: bounds what one client can make every
 PacketHandler = Callable[[bytes, int, int, int, int, int, int], None]
 
 
-def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
-    """Validate an SDP before aiortc sees it: a clear ``bad_sdp`` instead of an exception."""
+def bundle_only(sdp: str) -> list[bool]:
+    """Per m-line: does it carry ``a=bundle-only`` (RFC 9143)? aiortc's parser drops it."""
+    return ["\na=bundle-only" in section.replace("\r\n", "\n")
+            for section in sdp.split("\nm=")[1:]]
+
+
+def in_use(description: aiortc_sdp.SessionDescription, sdp: str) -> list[bool]:
+    """Per m-line: not rejected. Port 0 rejects an m-line (RFC 3264) unless it is bundle-only
+    (RFC 9143: its media rides on the BUNDLE's transport, as webrtcbin offers audio)."""
+    only = bundle_only(sdp)
+    return [media.port != 0 or (i < len(only) and only[i])
+            for i, media in enumerate(description.media)]
+
+
+def parse_sdp(sdp: str, expected: str,
+              max_sections: int = MAX_MEDIA_SECTIONS) -> aiortc_sdp.SessionDescription:
+    """Validate an SDP before aiortc sees it: a clear ``bad_sdp`` instead of an exception.
+    ``max_sections``: the most m-lines allowed (a client's offer is bounded; an answer to one of
+    our offers has as many m-lines as that offer)."""
     if not isinstance(sdp, str) or not sdp.strip() or len(sdp) > MAX_SDP_BYTES:
         raise MediaError("bad_sdp", "the SDP is empty or too large")
     try:
@@ -74,11 +91,12 @@ def parse_sdp(sdp: str, expected: str) -> aiortc_sdp.SessionDescription:
             raise MediaError("bad_sdp", "the SDP lacks a DTLS fingerprint")
         if media.kind in ("audio", "video") and not media.rtcp_mux:
             raise MediaError("bad_sdp", "rtcp-mux is required")
-    if len(description.media) > MAX_MEDIA_SECTIONS:
-        raise MediaError("too_many_tracks", f"at most {MAX_MEDIA_SECTIONS} media sections")
-    if len(description.media) > 1 and not any(
-        g.semantic == "BUNDLE" and len(g.items) == len(description.media)
-        for g in description.group
+    if len(description.media) > max_sections:
+        raise MediaError("too_many_tracks", f"at most {max_sections} media sections")
+    # A rejected m-line leaves the BUNDLE group (RFC 8843 7.3.3): only the others must be in it.
+    used = {m.rtp.muxId for m, ok in zip(description.media, in_use(description, sdp)) if ok}
+    if len(used) > 1 and not any(
+        g.semantic == "BUNDLE" and used <= set(g.items) for g in description.group
     ):
         raise MediaError("bundle_required", "every media section must be in one BUNDLE group")
     return description
@@ -103,6 +121,29 @@ def _codec(codecs: list[RTCRtpCodecParameters]) -> tuple[list[RTCRtpCodecParamet
             nack=("nack", None) in feedback, pli=("nack", "pli") in feedback,
             remb=("goog-remb", None) in feedback,
         )
+    return None
+
+
+def _h264_key(parameters: dict[str, Any]) -> tuple[str, str]:
+    """(packetization-mode, profile-level-id): the packetization mode must agree between a
+    publisher's H.264 and a subscriber's; the closer the profile, the better."""
+    return (str(parameters.get("packetization-mode", "0")),
+            str(parameters.get("profile-level-id", "42001f")).lower())
+
+
+def _matching(codecs: list[Any], codec: Codec) -> Any:
+    """The first of ``codecs`` (RTCRtpCodecParameters or capabilities) that carries ``codec``'s
+    packets as they are: same MIME type; for H.264 the same packetization mode, and the same
+    profile-level-id, else the same profile and constraints, else the same profile_idc."""
+    same = [c for c in codecs if c.mimeType.lower() == codec.mime_type.lower()]
+    if codec.name != "h264":
+        return same[0] if same else None
+    mode, profile = _h264_key(codec.parameters)
+    fitting = [(p, c) for c in same for m, p in [_h264_key(c.parameters)] if m == mode]
+    for digits in (6, 4, 2):
+        for candidate_profile, candidate in fitting:
+            if candidate_profile[:digits] == profile[:digits]:
+                return candidate
     return None
 
 
@@ -132,6 +173,8 @@ class Transport:
         self._renegotiate = False
         self._lock = asyncio.Lock()
         self._unconfigured: list[tuple[RTCRtpTransceiver, Consumer]] = []
+        self._waiting: list[RTCRtpTransceiver] = []  # WHEP m-lines answered before their track
+        self._last_on: dict[RTCRtpTransceiver, Consumer] = {}  # a waiting m-line's last consumer
         self.pc = self._new_pc()
         self._raw: aiortc_hooks.RawSender | None = None
 
@@ -139,6 +182,7 @@ class Transport:
         configuration = self.router.network.configuration()
         configuration.bundlePolicy = RTCBundlePolicy.MAX_BUNDLE
         pc = RTCPeerConnection(configuration)
+        aiortc_hooks.accept_rsa_dtls_peers(pc)
         pc.on("connectionstatechange", lambda: self._on_state(pc))
         pc.on("datachannel", self._on_datachannel)
         return pc
@@ -164,7 +208,7 @@ class Transport:
             self.client_offers = True
             await self._set_remote(sdp, "offer")
             if self.kind == "publish":
-                self._sync_producers(description)
+                self._sync_producers(description, in_use(description, sdp))
             else:
                 self._fill_whep(description)
             self._hook()
@@ -199,11 +243,12 @@ class Transport:
         self.state = "new"
         await old.close()
 
-    def _sync_producers(self, description: aiortc_sdp.SessionDescription) -> None:
+    def _sync_producers(self, description: aiortc_sdp.SessionDescription,
+                        used: list[bool]) -> None:
         sending = {}
-        for media in description.media:
+        for media, ok in zip(description.media, used):
             if media.kind in ("audio", "video") and media.direction in ("sendonly", "sendrecv") \
-                    and media.port != 0:
+                    and ok:
                 sending[media.rtp.muxId] = media
         for gone in [m for m in self.producers if m not in sending]:
             self.producers.pop(gone).close()
@@ -251,7 +296,6 @@ class Transport:
             self._rtx_pts[rtx_pt] = (
                 producer if self._rtx_pts.get(rtx_pt, producer) is producer else None
             )
-        self.router.producer_started(producer)
 
     async def create_offer(self) -> tuple[str, int] | None:
         """Our (re)offer on a subscribe transport, or None while one is awaiting its answer
@@ -274,7 +318,9 @@ class Transport:
 
     async def handle_answer(self, sdp: str, offer_id: int) -> bool:
         """The client's answer to our offer; True when another offer is due."""
-        parse_sdp(sdp, "answer")
+        local = self.pc.localDescription
+        offered = len(aiortc_sdp.SessionDescription.parse(local.sdp).media) if local else 0
+        parse_sdp(sdp, "answer", max_sections=max(offered, 1))
         async with self._lock:
             if self.closed:
                 raise MediaError("transport_closed", "the transport is closed")
@@ -310,20 +356,35 @@ class Transport:
     # --- consumers (subscribe side) ----------------------------------------------------------
 
     def add_consumer(self, producer: Producer) -> Consumer | None:
-        """Add an m-line for ``producer`` to our next offer."""
-        if self.closed or self.client_offers:
+        """Add an m-line for ``producer`` to our next offer; on a client-offered (WHEP)
+        transport, fill an m-line that waits for a track, if one fits."""
+        if self.closed or self.pc.connectionState == "closed":
             return None
-        transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        if self.client_offers:
+            return self._fill_waiting(producer)
+        transceiver = self._free_m_line(producer.kind)
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        else:
+            transceiver.direction = "sendonly"
+            aiortc_hooks.renew_sender(transceiver.sender)
         self._prefer(transceiver, producer)
         return self._bind_consumer(transceiver, producer)
 
+    def _free_m_line(self, kind: str) -> RTCRtpTransceiver | None:
+        """An m-line of ``kind`` whose consumer closed and that the client has agreed is
+        inactive: reused (RFC 8829 5.2.2 lets an offerer recycle it), so that the offer does not
+        grow with every track that ever came and went."""
+        for transceiver in self.pc.getTransceivers():  # (inactive: set so by _consumer_closed)
+            if transceiver.kind == kind and transceiver.direction == "inactive" \
+                    and transceiver.currentDirection == "inactive":
+                return transceiver
+        return None
+
     def _prefer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> None:
         capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
-        wanted = [
-            c for c in capabilities
-            if c.mimeType.lower() == producer.codec.mime_type.lower()
-            and (producer.kind == "audio" or c.parameters == producer.codec.parameters)
-        ][:1]
+        found = _matching(capabilities, producer.codec)
+        wanted = [found] if found is not None else []
         wanted += [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
         transceiver.setCodecPreferences(wanted)
 
@@ -380,34 +441,60 @@ class Transport:
         for key, value in list(self.consumers.items()):
             if value is consumer:
                 del self.consumers[key]
-        if not self.closed and not self.client_offers:
+        if self.closed:
+            return
+        if self.client_offers:
+            self._waiting.append(transceiver)  # for the next track that fits
+            self._last_on[transceiver] = consumer
+        else:
             transceiver.direction = "inactive"
             self.router.schedule_offer(self)
 
     def _fill_whep(self, description: aiortc_sdp.SessionDescription) -> None:
-        """WHEP: give each of the client's recvonly m-lines one of the room's tracks."""
+        """WHEP: give each of the client's recvonly m-lines one of the room's tracks, with the
+        one codec (and its RTX) that track is sent in. An m-line no track fits yet is answered
+        sendonly with the client's first codec we support, and waits for a track (a viewer may
+        come before the publisher: WHEP has no way to offer it later)."""
         taken = {c.producer.id for c in self.consumers.values()}
         taken |= {c.producer.id for _, c in self._unconfigured}
         for transceiver in self.pc.getTransceivers():
-            if transceiver.direction == "sendonly":
+            if transceiver.direction == "sendonly" or transceiver in self._waiting:
                 continue
-            producer = next(
-                (p for p in self.router.producers_for(self.participant_id)
-                 if p.kind == transceiver.kind and p.id not in taken), None,
-            )
-            if producer is None:
-                continue
-            kept = [c for c in aiortc_hooks.negotiated_codecs(transceiver)
-                    if c.mimeType.lower() == producer.codec.mime_type.lower()][:1]
-            if not kept:
-                continue
-            rtx = [c for c in aiortc_hooks.negotiated_codecs(transceiver)
-                   if c.mimeType.lower().endswith("/rtx")
-                   and c.parameters.get("apt") == kept[0].payloadType]
-            aiortc_hooks.restrict_codecs(transceiver, kept + rtx)
+            codecs = aiortc_hooks.negotiated_codecs(transceiver)
+            producer, kept = None, None
+            for candidate in self.router.producers_for(self.participant_id):
+                if candidate.kind == transceiver.kind and candidate.id not in taken:
+                    kept = _matching(codecs, candidate.codec)
+                    if kept is not None:
+                        producer = candidate
+                        break
+            if kept is None:
+                kept = next((c for c in codecs if c.mimeType.lower() in SUPPORTED_CODECS), None)
+                if kept is None:
+                    continue
+            rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx")
+                   and c.parameters.get("apt") == kept.payloadType]
+            aiortc_hooks.restrict_codecs(transceiver, [kept] + rtx)
             transceiver.direction = "sendonly"
-            taken.add(producer.id)
-            self._bind_consumer(transceiver, producer)
+            if producer is None:
+                self._waiting.append(transceiver)
+            else:
+                taken.add(producer.id)
+                self._bind_consumer(transceiver, producer)
+
+    def _fill_waiting(self, producer: Producer) -> Consumer | None:
+        """A track arrived: put it on a WHEP m-line that waits for one and whose codec fits."""
+        for transceiver in self._waiting:
+            codecs = aiortc_hooks.negotiated_codecs(transceiver)
+            if transceiver.kind == producer.kind and _matching(codecs, producer.codec):
+                self._waiting.remove(transceiver)
+                consumer = self._bind_consumer(transceiver, producer)
+                previous = self._last_on.pop(transceiver, None)
+                if previous is not None:
+                    consumer.continue_from(previous)
+                self._configure_consumers()
+                return consumer
+        return None
 
     # --- packets -----------------------------------------------------------------------------
 
@@ -520,10 +607,11 @@ class Transport:
             remb = rtcp.remb_bitrate(packet)
             if remb is not None:
                 bitrate, ssrcs = remb
-                for ssrc in ssrcs:
-                    consumer = self._rtcp_consumers.get(ssrc)
-                    if consumer is not None:
-                        consumer.remb_bitrate = bitrate
+                consumers = [c for c in map(self._rtcp_consumers.get, ssrcs) if c is not None]
+                # one estimate for all those streams: each gets its share, not the whole
+                shares = congestion.share(bitrate, [c.producer.bitrate for c in consumers])
+                for consumer, estimate in zip(consumers, shares):
+                    consumer.remb_bitrate = estimate
 
     # --- chat and state ----------------------------------------------------------------------
 
@@ -549,6 +637,13 @@ class Transport:
         if pc is not self.pc or self.closed:
             return
         self.state = pc.connectionState
+        if self.state == "closed" and self.kind == "subscribe":
+            # The client closed its connection (DTLS close_notify: aiortc then closes ours). A
+            # subscribe connection never comes back (a resume makes a new one), and a closed one
+            # left in the room would refuse every later track. (A publish transport stays: its
+            # producers wait for the client's resume on a new connection.)
+            self.router.connection_closed(self)
+            return
         logger.info("room %s: %s %s transport %s", self.router.id, self.participant_id,
                     self.kind, self.state)
         if self.connected:

@@ -11,7 +11,7 @@ from signalling.backends.base import Backend
 from signalling.backends.memory import MemoryBackend, MemoryHub
 from signalling.backends.redis import RedisBackend
 
-from .conftest import require
+from .externals import require
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

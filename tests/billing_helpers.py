@@ -8,7 +8,7 @@ from typing import Any
 
 from signalling.billing.meter import Meter
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.database import Database
+from signalling.core.database import Database
 
 T0 = 1_800_000_000.0
 

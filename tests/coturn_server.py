@@ -21,7 +21,7 @@ from aioice import stun
 
 from turn_config.coturn import CoturnConfig
 
-from .conftest import require
+from .externals import require
 
 SECRET = "coturn-test-secret-0123456789"
 REALM = "expertcall.test"

@@ -31,14 +31,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_hooks
-from sfu.api import (
-    AnswerToServerOffer,
-    MediaPlane,
-    Message,
-    Offer,
-    ServerOffer,
-    Subscribe,
-)
+from sfu.api import Answer, AnswerToServerOffer, MediaPlane, Message, Offer, ServerOffer, Subscribe
 from sfu.network import NetworkOptions
 
 WIDTH, HEIGHT, FPS = 160, 120, 30
@@ -189,6 +182,7 @@ class Publisher:
         answer = await self.plane.request(
             Offer(self.room_id, self.participant_id, "publish", self.pc.localDescription.sdp)
         )
+        assert isinstance(answer, Answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
 
     async def close(self) -> None:
@@ -240,6 +234,7 @@ class Subscriber:
             while True:
                 frame = await track.recv()
                 if track.kind == "video":
+                    assert isinstance(frame, av.VideoFrame)
                     self.frames.append((time.monotonic(), read_counter(frame)))
                 else:
                     self.audio_frames += 1

@@ -17,7 +17,7 @@ from signalling.billing.meter import Meter
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.store_sqlite import SqliteBillingStore
-from signalling.database import Database
+from signalling.core.database import Database
 
 STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (6.0, "end"))
 

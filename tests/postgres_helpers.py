@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import AsyncIterator
 
 import asyncpg
-import pytest
-
-from .conftest import require
 
 ADMIN_URL = os.environ.get("EXPERTCALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -44,14 +40,3 @@ async def drop_database(url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    url = await create_database()
-    require(url is not None, f"PostgreSQL at {ADMIN_URL}")
-    assert url is not None
-    try:
-        yield url
-    finally:
-        await drop_database(url)

@@ -39,7 +39,7 @@ def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready: 
     """Run ``expertcall serve --port P ARGS``; yields once ``ready`` answers 200 (a port may be given in ARGS)."""
     port = free_port()
     log_path = tmp_path / f"serve-{port}.log"
-    command = [sys.executable, "-m", "signalling.cli", "serve", "--port", str(port), *args]
+    command = [sys.executable, "-m", "signalling.app.cli", "serve", "--port", str(port), *args]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
@@ -72,5 +72,5 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     """``expertcall ARGS``, its output captured."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "signalling.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60
+        [sys.executable, "-m", "signalling.app.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60
     )

@@ -12,11 +12,12 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from sfu.api import Answer, EventHandler, MediaError, MediaState, Message, Offer, Ok
-from signalling import keys
-from signalling.app import create_app
-from signalling.directory import ExpertRef, MemoryExpertDirectory
-from signalling.protocol import server_errors
-from signalling.settings import Settings
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.calls.directory import ExpertRef, MemoryExpertDirectory
+from signalling.calls.node import EXPERT_DIRECTORY
+from signalling.core.protocol import server_errors
+from signalling.core.settings import Settings
 
 EXPERTS = [
     ExpertRef("erin", "Erin Expert", ("plumbing", "python")),
@@ -61,13 +62,9 @@ class FakePlane:
 
 
 def build_app(settings: Settings, plane: FakePlane | None = None) -> web.Application:
-    app = create_app(settings)
-    app[keys.EXPERT_DIRECTORY] = MemoryExpertDirectory(EXPERTS)
     # Signalling tests drive media through the fake plane; without one the node runs media-less.
-    if plane is None:
-        del app[keys.MEDIA_PLANE]
-    else:
-        app[keys.MEDIA_PLANE] = plane
+    app = create_app(settings, media=lambda _: plane)
+    app[EXPERT_DIRECTORY] = MemoryExpertDirectory(EXPERTS)
     return app
 
 
@@ -83,7 +80,7 @@ class Peer:
 
     @classmethod
     async def join(cls, server: TestClient, user: str, role: str, name: str | None = None, **hello: Any) -> "Peer":
-        token = server.app[keys.TOKENS].mint(user, role, name=name)
+        token = server.app[TOKENS].mint(user, role, name=name)
         peer = cls(await server.ws_connect("/ws"))
         peer.welcome = await peer.request("hello", token=token, **hello)
         assert peer.welcome["type"] == "welcome", peer.welcome

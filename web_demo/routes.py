@@ -10,10 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling import keys, origins
-from signalling.auth import Role
-from signalling.rest_errors import read_json_value
-from signalling.settings import is_loopback_host
+from signalling.auth.tokens import TOKENS, Role
+from signalling.core import keys, origins
+from signalling.core.errors import error_body, read_json_value
+from signalling.core.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": "index.html", "/client": "client.html", "/expert": "expert.html"}
@@ -92,7 +92,7 @@ async def dev_token(request: web.Request) -> web.Response:
     if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
         return _error(400, "invalid_name", f"name must be a printable string of at most {MAX_NAME} characters")
     name = name.strip() or user
-    issuer = request.app[keys.TOKENS]
+    issuer = request.app[TOKENS]
     ttl = min(DEV_TOKEN_TTL, issuer.max_ttl)  # never past the server's own lifetime cap
     token = issuer.mint(user, role, ttl=ttl, name=name)
     return web.json_response(
@@ -102,4 +102,4 @@ async def dev_token(request: web.Request) -> web.Response:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, "field": None}}, status=status)
+    return web.Response(text=error_body(code, message), status=status, content_type="application/json")

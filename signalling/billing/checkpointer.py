@@ -15,7 +15,7 @@ import asyncio
 import logging
 import sqlite3
 
-from ..database import Database
+from ..core.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,12 @@ from typing import Awaitable, Callable, TextIO, TypeVar
 
 import click
 
-from ..database import Database
-from ..settings import Settings, SettingsError
+from ..core.database import Database
+from ..core.settings import Settings, SettingsError
 from .ledger import Ledger, to_csv, to_json
-from .store import BillingStore, open_store
-from .times import END_OF_TIME, parse_instant
+from .storage import open_store
+from .store import BillingStore
+from .times import END_OF_TIME, parse_date_or_time
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> f
     if value is None:
         return None
     try:
-        return parse_instant(value)
+        return parse_date_or_time(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -57,7 +58,7 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
     """Read the metering stream with a consumer group; count every event exactly once."""
     from redis.asyncio import Redis
 
-    from .consumer import ConsumerStore, MeteringConsumer
+    from .feed_reader import FeedReaderStore, MeteringFeedReader
 
     settings = _settings(data_dir)
     url = redis_url or settings.redis_url
@@ -67,8 +68,8 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
 
     async def run() -> None:
         redis = Redis.from_url(url)
-        store = ConsumerStore(path)
-        consumer = MeteringConsumer(
+        store = FeedReaderStore(path)
+        consumer = MeteringFeedReader(
             redis, store, stream=stream or settings.metering_stream, group=group,
             name=name or socket.gethostname(), batch=batch, claim_idle_ms=claim_idle_ms,
         )
@@ -170,14 +171,14 @@ def refund(session_id: str, by: str, reason: str, data_dir: str | None, database
 @_DATABASE
 def reconcile(group: str, db_path: str | None, data_dir: str | None, database_url: str | None) -> None:
     """Compare the ledger with what the reference consumer counted; print any difference (exit 1)."""
-    from .consumer import ConsumerStore
+    from .feed_reader import FeedReaderStore
     from .reconcile import reconcile as compare
 
     settings = _settings(data_dir, database_url)
     path = Path(db_path) if db_path else settings.data_dir / f"metering-consumer-{group}.sqlite3"
     if not path.exists():
         raise click.ClickException(f"no consumer store at {path}")
-    consumer = ConsumerStore(path)
+    consumer = FeedReaderStore(path)
     try:
         report = _run_with_store(settings, lambda store: compare(store, consumer))
     finally:

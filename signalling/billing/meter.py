@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import inspect
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from ..core.errors import CodedError
 from .ledger import CHARGE, REFUND, Ledger, Posting
 from .money import Money
 from .outbox import Outbox
@@ -58,13 +59,8 @@ Clock = Callable[[], float]
 MAX_REASON = 64
 
 
-class BillingError(Exception):
+class BillingError(CodedError):
     """A call the meter refuses. ``code`` is stable and may reach clients as is."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

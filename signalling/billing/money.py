@@ -8,42 +8,17 @@ through the currency's exponent with integer and string operations only.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-# ISO 4217 active codes by minor-unit exponent. Codes missing here (XAU, XXX, ...) have no minor
-# unit that money can be counted in and are refused.
-_ZERO = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
-_THREE = "BHD IQD JOD KWD LYD OMR TND"
-_FOUR = "CLF UYW"
-_TWO = (
-    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN "
-    "BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP "
-    "GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP "
-    "LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR "
-    "NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN "
-    "SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR "
-    "ZMW ZWG"
-)
-EXPONENTS: dict[str, int] = {
-    **{c: 0 for c in _ZERO.split()},
-    **{c: 2 for c in _TWO.split()},
-    **{c: 3 for c in _THREE.split()},
-    **{c: 4 for c in _FOUR.split()},
-}
-
-# Large enough for any real price or total, small enough to stay exact in SQLite's INTEGER and in
-# JSON consumers that read numbers as doubles (2**53).
-MAX_AMOUNT = 2**53 - 1
+from ..core.currencies import EXPONENTS, MAX_AMOUNT
+from ..core.errors import CodedError
 
 _DECIMAL = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
 
 
-class MoneyError(ValueError):
+class MoneyError(CodedError, ValueError):
     """A malformed amount or currency, or a mix of currencies. ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def exponent(currency: str) -> int:
@@ -107,7 +82,7 @@ class Money:
         return {"amount": self.amount, "currency": self.currency}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "Money":
+    def from_dict(cls, data: Mapping[str, object]) -> "Money":
         amount, currency = data.get("amount"), data.get("currency")
         if not isinstance(currency, str):
             raise MoneyError("bad_currency", "currency must be a string")

@@ -14,15 +14,14 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.errors import CodedError
 from .money import Money, MoneyError
 
 BPS_DENOMINATOR = 10_000
 
 
-class PricingError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class PricingError(CodedError, ValueError):
+    """A malformed price or billing policy."""
 
 
 class PriceKind(str, enum.Enum):

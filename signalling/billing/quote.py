@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..experts import ExpertDirectory
-from ..experts import Price as ProfilePrice
-from ..settings import Settings
+from ..core.settings import Settings
+from ..experts.model import ProfilePrice
+from ..experts.profiles import ExpertProfiles
 from .fees import PlatformFees
 from .money import Money
 from .pricing import BillingPolicy, Price, PriceKind, PricingError
@@ -45,7 +45,7 @@ def billing_price(price: ProfilePrice) -> Price:
     return Price(PriceKind(price.mode), Money(price.amount, price.currency))
 
 
-async def quote_for(settings: Settings, experts: ExpertDirectory, fees: PlatformFees, expert_id: str, at: float) -> Quote:
+async def quote_for(settings: Settings, experts: ExpertProfiles, fees: PlatformFees, expert_id: str, at: float) -> Quote:
     """The terms of a session with ``expert_id`` asked for at ``at``: their current profile price
     (free without a profile) and the server's policy with any fee set for them."""
     expert = await experts.get(expert_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .consumer import ConsumerStore
+from .feed_reader import FeedReaderStore
 from .outbox import TYPE_PREFIX
 from .store import BillingStore
 
@@ -19,7 +19,7 @@ UNIT_TYPE = TYPE_PREFIX + "unit"
 MAX_LISTED = 100
 
 
-async def reconcile(store: BillingStore, consumer: ConsumerStore) -> dict[str, Any]:
+async def reconcile(store: BillingStore, consumer: FeedReaderStore) -> dict[str, Any]:
     ledger = await store.unit_totals()
     counted = consumer.totals()
     differences = []

@@ -11,26 +11,27 @@ closes; what is not flushed stays in the outbox for the next start.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from .. import keys
-from ..auth import Identity, Role, authenticate
-from ..settings import SettingsError
+from ..auth.tokens import TOKENS, Identity, Role, authenticate
+from ..core import keys
+from ..core.errors import http_error, read_json_value
+from ..core.settings import SettingsError
 from .checkpointer import WalCheckpointer
-from ..rest_errors import http_error, read_json_value
 from .fees import PlatformFees
 from .ledger import Ledger, to_csv
-from .meter import BillingError, Meter
+from .meter import BillingError, Claim, Meter
 from .outbox import Outbox
-from .store import StoredSession, open_store
-from .views import session_view
 from .relay import RedisRelay
-from .times import END_OF_TIME, parse_instant
+from .storage import open_store
+from .store import BillingStore, StoredSession
+from .times import END_OF_TIME, parse_date_or_time
+from .views import session_view
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,13 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
     meter = Meter(
         store, ledger, outbox, node_id=settings.node_id, refund_window_seconds=settings.refund_window_seconds,
     )
-    app[keys.BILLING_STORE] = store
-    app[keys.LEDGER] = ledger
-    app[keys.METER] = meter
-    app[keys.PLATFORM_FEES] = PlatformFees(store, settings.platform_fee_bps)
+    app[BILLING_STORE] = store
+    app[LEDGER] = ledger
+    app[METER] = meter
+    app[PLATFORM_FEES] = PlatformFees(store, settings.platform_fee_bps)
     checkpointer = WalCheckpointer(db)
     checkpointer.start()
-    recovered = await meter.start(app.get(keys.METER_CLAIM))
+    recovered = await meter.start(app.get(METER_CLAIM))
     if recovered:
         log.info("metering recovered %d open sessions", len(recovered))
     redis = relay = None
@@ -142,13 +143,13 @@ def _instant_param(request: web.Request, name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        return parse_instant(raw)
+        return parse_date_or_time(raw)
     except ValueError as exc:
         raise http_error(400, "bad_request", f"{name}: {exc}") from None
 
 
 def _me(request: web.Request, *roles: Role) -> Identity:
-    return authenticate(request, request.app[keys.TOKENS], *roles)
+    return authenticate(request, request.app[TOKENS], *roles)
 
 
 async def metering_feed(request: web.Request) -> web.Response:
@@ -157,14 +158,14 @@ async def metering_feed(request: web.Request) -> web.Response:
     _me(request, Role.ADMIN)
     after = _int_param(request, "after", 0, 0, 2**62)
     limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-    rows = await request.app[keys.METER].outbox.after(after, limit)
+    rows = await request.app[METER].outbox.after(after, limit)
     body = '{"events":[' + ",".join(r.body for r in rows) + '],"cursors":' + str([r.seq for r in rows])
     body += ',"next":' + str(rows[-1].seq if rows else after) + "}"
     return web.Response(text=body, content_type="application/json")
 
 
 async def _session_row(request: web.Request, session_id: str) -> StoredSession:
-    row = await request.app[keys.BILLING_STORE].session(session_id)
+    row = await request.app[BILLING_STORE].session(session_id)
     if row is None:
         raise http_error(404, "unknown_session", f"no metered session {session_id}")
     return row
@@ -177,7 +178,7 @@ async def session_cost(request: web.Request) -> web.Response:
     row = await _session_row(request, session_id)
     if not me.is_admin and me.user_id not in (row.expert_id, row.client_id):
         raise http_error(403, "forbidden", "only the session's expert, client or an admin may see its cost")
-    return web.json_response(await session_view(request.app[keys.METER], row))
+    return web.json_response(await session_view(request.app[METER], row))
 
 
 async def refund(request: web.Request) -> web.Response:
@@ -192,7 +193,7 @@ async def refund(request: web.Request) -> web.Response:
     if not isinstance(reason, str) or len(reason) > 500:
         raise http_error(400, "bad_request", "reason must be a string of at most 500 characters")
     try:
-        result = await request.app[keys.METER].refund(session_id, by=f"{me.role.value}:{me.user_id}", reason=reason)
+        result = await request.app[METER].refund(session_id, by=f"{me.role.value}:{me.user_id}", reason=reason)
     except BillingError as exc:
         raise _billing_error(exc) from None
     p = result.posting
@@ -220,14 +221,14 @@ async def put_fee(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) != {"platform_fee_bps"}:
         raise http_error(400, "bad_request", 'the body must be {"platform_fee_bps": <0-10000 or null>}')
     try:
-        await request.app[keys.PLATFORM_FEES].set(expert_id, body["platform_fee_bps"], by=f"admin:{me.user_id}")
+        await request.app[PLATFORM_FEES].set(expert_id, body["platform_fee_bps"], by=f"admin:{me.user_id}")
     except BillingError as exc:
         raise _billing_error(exc) from None
     return web.json_response(await _fee_json(request, expert_id))
 
 
 async def _fee_json(request: web.Request, expert_id: str) -> dict[str, object]:
-    fees = request.app[keys.PLATFORM_FEES]
+    fees = request.app[PLATFORM_FEES]
     override = await fees.override(expert_id)
     return {
         "expert_id": expert_id, "platform_fee_bps": fees.default_bps if override is None else override,
@@ -243,7 +244,7 @@ async def statement(request: web.Request) -> web.Response:
         raise http_error(403, "forbidden", "experts see their own statement only")
     start = _instant_param(request, "from", 0.0)
     end = _instant_param(request, "to", END_OF_TIME)
-    return web.json_response(await request.app[keys.LEDGER].statement(expert, start, end))
+    return web.json_response(await request.app[LEDGER].statement(expert, start, end))
 
 
 async def export(request: web.Request) -> web.Response:
@@ -254,7 +255,17 @@ async def export(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise http_error(400, "bad_request", "format is json or csv")
-    rows = await request.app[keys.LEDGER].export(start, end)
+    rows = await request.app[LEDGER].export(start, end)
     if fmt == "csv":
         return web.Response(text=to_csv(rows), content_type="text/csv")
     return web.json_response(rows)
+
+
+METER = web.AppKey("meter", Meter)
+# Billing's tables (SQLite, or the PostgreSQL every node shares), opened by billing's cleanup_ctx.
+BILLING_STORE = web.AppKey("billing_store", BillingStore)
+# Set before start-up to decide which open sessions a starting Meter takes over (see Meter.recover).
+METER_CLAIM: web.AppKey[Claim] = web.AppKey("meter_claim")
+LEDGER = web.AppKey("ledger", Ledger)
+# Per-expert platform fee overrides (admin-set), applied when a session opens.
+PLATFORM_FEES = web.AppKey("platform_fees", PlatformFees)

@@ -22,7 +22,7 @@ retried and then fails the transition loudly.
 Messages leave through one queue served by one task, so that each party hears them in the order
 the Meter charged, whatever delivering one costs.
 
-At start-up the Meter takes nothing over by itself (``keys.METER_CLAIM``); once the node has
+At start-up the Meter takes nothing over by itself (``METER_CLAIM``); once the node has
 recovered its sessions and adopted the rooms of dead nodes, ``sync`` takes over the metering of
 the sessions whose room is here (paused where their last meter was last alive), settles those
 that ended while nobody metered them, and opens metering for a session accepted just before a
@@ -39,22 +39,17 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import keys
-from ..protocol import ErrorCode, ProtocolError, message
-from ..sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
-from ..websocket import CLIENT, PARTICIPANT, ROUTES, Connection, Route
-from .meter import (
-    BillingError,
-    BudgetReached,
-    BudgetWarning,
-    Meter,
-    RunningCost,
-    SessionSummary,
-    UnitCharged,
-)
+from ..calls.billing_desk import BILLING_DESK
+from ..calls.node import SIGNALLING
+from ..calls.sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
+from ..core import keys
+from ..core.protocol import ErrorCode, ProtocolError, message
+from ..experts.rest import EXPERTS
+from .meter import BillingError, BudgetReached, BudgetWarning, Meter, RunningCost, SessionSummary, UnitCharged
 from .money import Money
 from .pricing import PriceKind
 from .quote import Quote, quote_for
+from .service import METER, METER_CLAIM, PLATFORM_FEES
 from .store import StoredSession
 
 log = logging.getLogger(__name__)
@@ -65,7 +60,7 @@ WATCH_SECONDS = 2.0
 
 def setup(app: web.Application) -> None:
     """Register after the signalling node (its cleanup_ctx must have started)."""
-    app[keys.METER_CLAIM] = claim_nothing
+    app[METER_CLAIM] = claim_nothing
     app.cleanup_ctx.append(session_billing_ctx)
 
 
@@ -76,7 +71,7 @@ async def claim_nothing(stored: StoredSession) -> int | None:
 
 async def session_billing_ctx(app: web.Application) -> AsyncIterator[None]:
     billing = SessionBilling(app)
-    app[keys.SESSION_BILLING] = billing
+    app[BILLING_DESK] = billing
     await billing.start()
     try:
         yield
@@ -92,8 +87,8 @@ class SessionBilling:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.settings = app[keys.SETTINGS]
-        self.meter: Meter = app[keys.METER]
-        self.node = app[keys.SIGNALLING]
+        self.meter: Meter = app[METER]
+        self.node = app[SIGNALLING]
         self.node_id = self.node.node_id
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -257,7 +252,7 @@ class SessionBilling:
         if session.quote is not None:
             return Quote.from_dict(session.quote)
         return await quote_for(
-            self.settings, self.app[keys.EXPERTS], self.app[keys.PLATFORM_FEES], session.expert_id, self.meter.clock()
+            self.settings, self.app[EXPERTS], self.app[PLATFORM_FEES], session.expert_id, self.meter.clock()
         )
 
     async def _start(self, session: Session, at: float) -> None:
@@ -442,24 +437,3 @@ def cost_message(cost: RunningCost, ref: Any = None) -> dict[str, Any]:
         budget_cap=money_json(cost.budget_cap),
         next_charge_at=cost.next_charge_at,
     )
-
-
-# --- protocol handlers ----------------------------------------------------------------------------
-
-
-async def on_billing_budget(conn: Connection, msg: dict[str, Any]) -> None:
-    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
-    if session.client_id != conn.user_id:
-        raise ProtocolError(ErrorCode.FORBIDDEN, "only the session's client sets its budget")
-    reply = await conn.app[keys.SESSION_BILLING].set_budget(session, msg["budget"])
-    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
-
-
-async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
-    session = await conn.node.queues.visible(conn.user_id, msg["session_id"])
-    reply = await conn.app[keys.SESSION_BILLING].cost(session)
-    await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
-
-
-ROUTES["billing.budget"] = Route(on_billing_budget, CLIENT)
-ROUTES["billing.cost.get"] = Route(on_billing_cost_get, PARTICIPANT)

@@ -6,7 +6,7 @@ fee overrides. ``SqliteBillingStore`` (``store_sqlite.py``) keeps them in the no
 SQLite file, for one node; ``PostgresBillingStore`` (``store_postgres.py``) in a PostgreSQL
 database that every node shares. Nothing outside this package runs SQL on these tables: other code
 asks ``Meter``, ``Ledger``, ``Outbox`` and ``PlatformFees``, which ask the store.
-``tests/test_billing_store.py`` is one contract suite run against both.
+``tests/signalling/billing/test_store.py`` is one contract suite run against both.
 
 Writes the Meter makes come as one ``WriteBatch`` committed in one transaction: the sessions it
 opens, the live intervals it opens and closes, the sessions it ends, budget changes, ledger
@@ -239,33 +239,3 @@ def stored_session(row: Any, intervals: list[tuple[float, float | None]], totals
         gross=int(totals[1]),
         last_unit_at=totals[2],
     )
-
-
-async def open_store(settings: Any, db: Any, pool: Any = None) -> tuple[BillingStore, Any]:
-    """The store ``settings`` choose, once, at start-up: PostgreSQL for ``database_url`` (on the
-    application's ``pool``, or one of its own), else the embedded SQLite ``db``. Returns it and
-    an async callable that releases what it opened."""
-    if settings.database_url and pool is not None:
-        from .store_postgres import PostgresBillingStore
-
-        async def keep() -> None:
-            return None  # the application closes its pool
-
-        return await PostgresBillingStore.open(pool), keep
-    if settings.database_url:
-        from ..postgres import connect
-        from .store_postgres import PostgresBillingStore
-
-        pool = await connect(settings.database_url)
-        try:
-            store: BillingStore = await PostgresBillingStore.open(pool)
-        except BaseException:
-            await pool.close()
-            raise
-        return store, pool.close
-    from .store_sqlite import SqliteBillingStore
-
-    async def nothing() -> None:
-        return None
-
-    return SqliteBillingStore(db), nothing

@@ -20,7 +20,7 @@ import contextlib
 import json
 from typing import Any, AsyncIterator
 
-from ..postgres import lock_key, migrate
+from ..core.postgres import lock_key, migrate
 from .outbox import encode
 from .posting import LedgerConflict, Posting, SessionTotals
 from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, stored_session

@@ -11,7 +11,7 @@ import contextlib
 import json
 from typing import Any, AsyncIterator
 
-from ..database import Database
+from ..core.database import Database
 from .outbox import encode
 from .posting import LedgerConflict, Posting, SessionTotals
 from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, stored_session

@@ -9,7 +9,7 @@ def rfc3339(at: float) -> str:
     return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def parse_instant(text: str) -> float:
+def parse_date_or_time(text: str) -> float:
     """``2026-11-28``, ``2026-11-28T10:00:00Z``, ``2026-11-28T10:00:00+01:00`` or ``1795000000``;
     a date or time without a zone is UTC."""
     text = text.strip()

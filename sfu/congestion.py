@@ -1,0 +1,104 @@
+"""Congestion per subscriber, without simulcast: who gets video, and what the publisher is asked for.
+
+With one encoding per track the SFU cannot give a slow subscriber a smaller picture; what it can
+do is keep that subscriber from setting everyone's quality, and stop sending it video it cannot
+take (which would only queue and be lost). The policy:
+
+- A subscriber's REMB estimate covers every stream it receives: it is shared among them in
+  proportion to their bitrates (``share``), not given whole to each.
+- The publisher is asked (REMB) for the lowest estimate among the subscribers that can take the
+  stream (``remb_target``): at least ``MIN_VIDEO_BITRATE`` and at least ``FOLLOW_FRACTION`` of
+  the median estimate. A subscriber far below the others is left out instead of dragging the
+  stream down for all.
+- A subscriber whose video estimate stays under ``PAUSE_BELOW`` of the stream's bitrate, or
+  whose reported loss stays over ``PAUSE_LOSS``, for ``PAUSE_AFTER`` seconds, has its video
+  paused for it alone (audio goes on); the client and the publisher are told (``MediaQuality``).
+- It is resumed, on a keyframe, once its estimate has stayed at or above the stream's bitrate for
+  ``RESUME_AFTER`` seconds. Because an estimator fed only audio may never climb back, it is also
+  resumed to probe after ``PROBE_AFTER`` seconds, doubling at each failed probe up to
+  ``MAX_PROBE_AFTER``.
+
+The router applies it once a second; nothing here is on the per-packet path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MIN_VIDEO_BITRATE = 250_000  # bps: below this a subscriber cannot take a useful video stream
+FOLLOW_FRACTION = 0.5  # of the median estimate: who the publisher's bitrate follows
+PAUSE_BELOW = 0.8  # of the stream's bitrate
+PAUSE_LOSS = 26  # fraction lost (of 256) in receiver reports: 10%
+PAUSE_AFTER = 3.0  # seconds
+RESUME_AFTER = 2.0
+PROBE_AFTER = 8.0
+MAX_PROBE_AFTER = 64.0
+
+
+def share(estimate: int, bitrates: Sequence[int]) -> list[int]:
+    """A subscriber's estimate for all its streams, shared in proportion to their bitrates
+    (equally while none has a bitrate yet)."""
+    weights = [max(b, 1) for b in bitrates]
+    total = sum(weights)
+    return [estimate * w // total for w in weights] if total else []
+
+
+def remb_target(estimates: Sequence[int], cap: int, floor: int) -> int:
+    """What to ask a video publisher for, given its subscribers' estimates (0: none yet)."""
+    known = [e for e in estimates if e]
+    usable = sorted(e for e in known if e >= MIN_VIDEO_BITRATE)
+    if usable:
+        median = usable[len(usable) // 2]
+        target = next(e for e in usable if e >= median * FOLLOW_FRACTION)
+    elif known:
+        target = min(known)  # nobody can take video well: the best the worst can do
+    else:
+        target = cap or 1_000_000
+    if cap:
+        target = min(target, cap)
+    return max(target, floor)
+
+
+@dataclass
+class VideoGate:
+    """One subscriber's video of one track: paused for congestion or not, and when to change."""
+
+    paused: bool = False
+    since: float | None = None  # when the current pause/resume condition started to hold
+    probe_after: float = PROBE_AFTER
+    paused_at: float = 0.0
+
+    def update(self, estimate: int, fraction_lost: int, bitrate: int, now: float) -> bool | None:
+        """Once a second: True to pause, False to resume, None to leave as is."""
+        if not self.paused:
+            congested = (estimate and bitrate and estimate < bitrate * PAUSE_BELOW) \
+                or fraction_lost > PAUSE_LOSS
+            if not congested:
+                self.since = None
+                return None
+            if self.since is None:
+                self.since = now
+            if now - self.since < PAUSE_AFTER:
+                return None
+            self.paused = True
+            self.since = None
+            self.paused_at = now
+            return True
+        if now - self.paused_at >= self.probe_after:  # probe: its estimator may need traffic
+            self.probe_after = min(self.probe_after * 2, MAX_PROBE_AFTER)
+            return self._resume()
+        if estimate and bitrate and estimate >= bitrate:
+            if self.since is None:
+                self.since = now
+            if now - self.since >= RESUME_AFTER:
+                self.probe_after = PROBE_AFTER  # recovered on its own: a fresh start
+                return self._resume()
+        else:
+            self.since = None
+        return None
+
+    def _resume(self) -> bool:
+        self.paused = False
+        self.since = None
+        return False

@@ -1,0 +1,259 @@
+"""sfu/aiortc_hooks.py reaches into aiortc/aioice private internals. If an upgrade moves any of
+them, these tests say exactly which one, before the SFU silently decodes or drops media."""
+
+from __future__ import annotations
+
+import pytest
+
+import inspect
+from types import SimpleNamespace
+
+import aioice
+import aiortc
+import pylibsrtp
+from aioice import ice as aioice_ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+
+from sfu import aiortc_hooks
+from tests.media_clients import client_pc
+
+pytestmark = pytest.mark.integration
+
+
+def test_pinned_versions() -> None:
+    assert aiortc.__version__ == "1.16.0", (
+        f"aiortc {aiortc.__version__}: sfu/aiortc_hooks.py was written against 1.16.0; review "
+        "every hook there, then update the pin in pyproject.toml and this test"
+    )
+    assert aioice.__version__ == "0.13.0", f"aioice {aioice.__version__} is not the pinned 0.13.0"
+
+
+def _source(obj: object) -> str:
+    return inspect.getsource(obj)  # type: ignore[arg-type]
+
+
+def test_dtls_transport_delivers_decrypted_packets_through_overridable_methods() -> None:
+    recv = _source(RTCDtlsTransport._recv_next)
+    assert "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in recv, (
+        "RTCDtlsTransport._recv_next no longer calls self._handle_rtp_data(data, "
+        "arrival_time_ms=...): intercept_packets would not see RTP"
+    )
+    assert "await self._handle_rtcp_data(data)" in recv, (
+        "RTCDtlsTransport._recv_next no longer calls self._handle_rtcp_data(data)"
+    )
+    send = _source(RTCDtlsTransport._send_rtp)
+    assert "self._tx_srtp.protect(data)" in send and "self._tx_srtp.protect_rtcp(data)" in send, (
+        "RTCDtlsTransport no longer protects with self._tx_srtp: RawSender cannot encrypt"
+    )
+    assert "self._state" in _source(RTCDtlsTransport.state.fget), (
+        "RTCDtlsTransport._state is gone: RawSender checks it against State.CONNECTED"
+    )
+    assert State.CONNECTED.name == "CONNECTED"
+
+
+def test_srtp_arrives_through_the_stun_protocol_of_each_socket() -> None:
+    received = _source(aioice_ice.StunProtocol.datagram_received)
+    assert "self.receiver.data_received(data, self.local_candidate.component)" in received, (
+        "aioice StunProtocol.datagram_received no longer hands non-STUN to "
+        "receiver.data_received: SrtpStunProtocol's short cut would bypass something new"
+    )
+    assert "self._queue.put_nowait((data, component))" in _source(
+        aioice_ice.Connection.data_received
+    ), "aioice Connection.data_received no longer just queues: review SrtpStunProtocol"
+    assert "self._rx_srtp: Session = None" in _source(RTCDtlsTransport.__init__), (
+        "RTCDtlsTransport._rx_srtp is gone: SrtpStunProtocol cannot decrypt"
+    )
+    recv = _source(RTCDtlsTransport._recv_next)
+    assert "data = self._rx_srtp.unprotect(data)" in recv and "clock.current_ms()" in recv, (
+        "RTCDtlsTransport._recv_next handles SRTP differently: SrtpStunProtocol copies it"
+    )
+    assert "self._connection = " in _source(aiortc.rtcicetransport.RTCIceGatherer.__init__)
+
+
+class _FakeSrtp:
+    def unprotect(self, data: bytes) -> bytes:
+        if data.endswith(b"forged"):
+            raise pylibsrtp.Error("authentication failed")
+        return data[:-4]  # the "auth tag"
+
+
+async def test_srtp_stun_protocol_decrypts_rtp_in_the_callback_and_passes_the_rest_on() -> None:
+    queued: list[bytes] = []
+    sunk: list[bytes] = []
+    connection = SimpleNamespace(data_received=lambda data, component: queued.append(data))
+    protocol = aiortc_hooks.SrtpStunProtocol(connection)
+    protocol.local_candidate = SimpleNamespace(component=1)
+    rtp = bytes([0x80, 96]) + bytes(14) + b"auth"
+    rtcp = bytes([0x80, 200]) + bytes(14) + b"auth"
+
+    protocol.datagram_received(rtp, ("127.0.0.1", 1))  # no sink: aioice's path
+    assert queued == [rtp]
+    dtls = SimpleNamespace(_rx_srtp=None, _state=State.CONNECTING)
+    connection._expertcall_rtp_sink = (dtls, lambda data, ms: sunk.append(data))
+    protocol.datagram_received(rtp, ("127.0.0.1", 1))  # not keyed yet: aioice's path
+    assert len(queued) == 2 and not sunk
+
+    dtls._rx_srtp, dtls._state = _FakeSrtp(), State.CONNECTED
+    protocol.datagram_received(rtp, ("127.0.0.1", 1))
+    assert sunk == [rtp[:-4]] and len(queued) == 2  # decrypted, not queued
+    protocol.datagram_received(rtp[:-4] + b"forged", ("127.0.0.1", 1))
+    assert len(sunk) == 1 and len(queued) == 2  # dropped
+    protocol.datagram_received(rtcp, ("127.0.0.1", 1))
+    assert queued[-1] == rtcp and len(sunk) == 1  # SRTCP takes aiortc's path
+
+
+def test_receiver_starts_its_decoder_in_receive_only() -> None:
+    receive = _source(RTCRtpReceiver.receive)
+    assert "decoder_worker" in receive, (
+        "RTCRtpReceiver.receive no longer starts the decoder thread: check that "
+        "disarm_receiver still keeps every decoder and jitter buffer from starting"
+    )
+    assert "self.__transport._register_rtp_receiver" in receive
+    assert "self.__decoder_thread" in _source(RTCRtpReceiver.__init__)
+
+
+def test_sender_starts_its_encoder_in_send_only() -> None:
+    send = _source(RTCRtpSender.send)
+    assert "self._run_rtp" in send and "self._run_rtcp" in send, (
+        "RTCRtpSender.send no longer starts the RTP/RTCP tasks: review disarm_sender"
+    )
+    init = _source(RTCRtpSender.__init__)
+    assert "self._ssrc = " in init and "self._rtx_ssrc = " in init, (
+        "RTCRtpSender no longer keeps _ssrc/_rtx_ssrc: sender_ssrcs() reads them"
+    )
+
+
+async def test_a_renewed_sender_is_announced_with_its_new_ssrcs_and_track_id() -> None:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    aiortc_hooks.renew_sender(transceiver.sender)
+    ssrc, rtx = aiortc_hooks.sender_ssrcs(transceiver.sender)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    assert f"a=ssrc:{ssrc} " in sdp and f"a=ssrc-group:FID {ssrc} {rtx}" in sdp, (
+        "aiortc no longer announces RTCRtpSender._ssrc/_rtx_ssrc: review renew_sender"
+    )
+    assert transceiver.sender._track_id in sdp, (
+        "aiortc no longer announces RTCRtpSender._track_id in msid: review renew_sender"
+    )
+
+
+def test_transceiver_keeps_negotiated_codecs_in_codecs() -> None:
+    assert "self._codecs" in _source(RTCRtpTransceiver.__init__), (
+        "RTCRtpTransceiver._codecs is gone: negotiated_codecs/restrict_codecs must change"
+    )
+    assert "self._headerExtensions" in _source(RTCRtpTransceiver.__init__), (
+        "RTCRtpTransceiver._headerExtensions is gone: negotiated_header_extensions must change"
+    )
+    remote = _source(RTCPeerConnection.setRemoteDescription)
+    assert "transceiver._codecs = common" in remote
+    assert "transceiver._headerExtensions = find_common_header_extensions" in remote
+
+
+def test_aioice_gathering_and_sending_internals() -> None:
+    connection = aioice_ice.Connection
+    assert "get_component_candidates" in _source(connection.gather_candidates), (
+        "aioice gathers without get_component_candidates: replace_candidate_gathering breaks"
+    )
+    init = _source(connection.__init__)
+    for name in ("self._protocols", "self._nominated", "self.stun_server"):
+        assert name in init, f"aioice Connection lost {name}"
+    assert "active_pair.protocol.send_data(data, active_pair.remote_addr)" in _source(
+        connection.sendto
+    ), "aioice no longer sends on _nominated[component].protocol: RawSender would break"
+    assert "self.transport.sendto(data, addr)" in _source(aioice_ice.StunProtocol.send_data)
+    assert callable(aioice_ice.server_reflexive_candidate)
+    assert "addresses" in inspect.signature(connection.get_component_candidates).parameters
+
+
+async def test_hooks_apply_to_a_live_connection() -> None:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    seen: list[object] = []
+
+    async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+        seen.append(data)
+
+    async def on_rtcp(data: bytes) -> None:
+        seen.append(data)
+
+    def sink(data: bytes, arrival_ms: int) -> None:
+        seen.append(data)
+
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp, sink)
+    dtls = aiortc_hooks.dtls_transports(pc)[0]
+    assert dtls._handle_rtp_data is on_rtp
+    connection = dtls.transport.iceGatherer._connection
+    assert connection._expertcall_rtp_sink == (dtls, sink)
+    candidate = await aiortc_hooks.bind_host_candidate(connection, 1, "127.0.0.1", 0, None)
+    assert isinstance(connection._protocols[-1], aiortc_hooks.SrtpStunProtocol)
+    assert candidate.host == "127.0.0.1"
+    aiortc_hooks.disarm_sender(transceiver.sender)
+    await transceiver.sender.send("parameters")  # type: ignore[arg-type]
+    assert transceiver.sender._RTCRtpSender__rtp_task is None  # type: ignore[attr-defined]
+    assert aiortc_hooks.sender_ssrcs(transceiver.sender)[0] == transceiver.sender._ssrc
+    assert aiortc_hooks.negotiated_codecs(transceiver) == []
+    await pc.close()
+
+
+def test_fast_protect_is_pylibsrtps_protect() -> None:
+    import os
+    import struct
+
+    import pytest
+
+    assert pylibsrtp.__version__ == "1.0.0", (
+        f"pylibsrtp {pylibsrtp.__version__}: aiortc_hooks.fast_protect reaches into Session's "
+        "_srtp, _cdata and _buffer; review it, then update the pin"
+    )
+    key = os.urandom(30)
+
+    def session() -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        return pylibsrtp.Session(policy)
+
+    reference, ours = session(), session()
+    protect = aiortc_hooks.fast_protect(ours)
+    for seq in range(3):
+        packet = struct.pack("!BBHII", 0x80, 96, seq, 1000, 1234) + os.urandom(1200)
+        assert protect(packet) == reference.protect(packet)
+    with pytest.raises(ValueError):
+        protect(bytes(aiortc_hooks.MAX_PROTECTED_RTP + 1))
+
+
+def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> None:
+    from aiortc import rtcrtpreceiver
+
+    init = _source(RTCRtpReceiver.__init__)
+    assert "RemoteBitrateEstimator()" in init, (
+        "RTCRtpReceiver.__init__ no longer builds RemoteBitrateEstimator() by its module-level "
+        "name: lazy_bitrate_estimators would not take effect"
+    )
+    uses = _source(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_bitrate_estimator.add(" in uses and uses.count("remote_bitrate_estimator") == 2, (
+        "RTCRtpReceiver uses its bitrate estimator for more than add(): LazyRemoteBitrateEstimator "
+        "stands in for add() only"
+    )
+    aiortc_hooks.lazy_bitrate_estimators()
+    assert rtcrtpreceiver.RemoteBitrateEstimator is aiortc_hooks.LazyRemoteBitrateEstimator
+    lazy = aiortc_hooks.LazyRemoteBitrateEstimator()
+    real = aiortc_hooks._RemoteBitrateEstimator()
+    assert lazy._estimator is None
+    results = []
+    for i in range(1000):  # 5 s of 1000-byte packets, with jitter: the estimator answers REMB
+        packet = {"arrival_time_ms": 5 * i + i % 7, "abs_send_time": (5 * i * 262144 // 1000) & 0xFFFFFF,
+                  "payload_size": 1000, "ssrc": 5}
+        results.append((lazy.add(**packet), real.add(**packet)))
+    assert all(a == b for a, b in results) and any(a is not None for a, _ in results)
+
+
+def test_peer_connections_keep_their_certificates_where_accept_rsa_dtls_peers_looks() -> None:
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    assert "self.__certificates = [RTCCertificate.generateCertificate()]" in _source(
+        RTCPeerConnection.__init__), "RTCPeerConnection.__certificates moved: review accept_rsa_dtls_peers"
+    assert "ctx.set_cipher_list(" in _source(RTCCertificate._create_ssl_context), (
+        "RTCCertificate._create_ssl_context no longer sets the cipher list: review DTLS_CIPHERS"
+    )

@@ -1,0 +1,141 @@
+"""Congestion per subscriber without simulcast (sfu/congestion.py): the policy, then the router
+applying it to real producers and consumers."""
+
+from __future__ import annotations
+
+import struct
+
+from aiortc.rtp import RtcpPacket, RtcpPsfbPacket
+
+from sfu import congestion, rtcp
+from sfu.api import MediaQuality, Message
+from sfu.congestion import PAUSE_AFTER, PROBE_AFTER, RESUME_AFTER, VideoGate
+from sfu.consumer import Consumer
+from sfu.forwarder import ExtensionLayout
+from sfu.options import MediaOptions
+from sfu.producer import Codec, Producer
+from sfu.router import Router
+from sfu.transport import Transport
+
+VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
+OPUS = Codec("audio/opus", 48000, 111)
+
+
+def test_an_estimate_is_shared_among_the_streams_it_covers() -> None:
+    assert congestion.share(1_000_000, [900_000, 100_000]) == [900_000, 100_000]
+    assert congestion.share(1_000_000, [0, 0]) == [500_000, 500_000]  # no bitrates yet
+
+
+def test_the_publisher_follows_the_subscribers_that_can_take_the_stream() -> None:
+    # the 300 kbps subscriber is far below the others: it does not set everyone's quality
+    assert congestion.remb_target([2_000_000, 1_500_000, 300_000, 0], 2_500_000, 150_000) \
+        == 1_500_000
+    assert congestion.remb_target([900_000, 700_000], 2_500_000, 150_000) == 700_000
+    assert congestion.remb_target([100_000, 90_000], 2_500_000, 150_000) == 150_000
+    assert congestion.remb_target([], 2_500_000, 150_000) == 2_500_000
+
+
+def test_the_gate_pauses_after_a_sustained_shortfall_and_resumes_after_a_recovery() -> None:
+    gate = VideoGate()
+    t = 0.0
+    assert gate.update(1_000_000, 0, 1_000_000, t) is None  # enough
+    decisions = []
+    while t < PAUSE_AFTER + 1:
+        t += 1
+        decisions.append(gate.update(500_000, 0, 1_000_000, t))
+    assert decisions[-1] is True and decisions.count(True) == 1 and gate.paused
+    t += 1
+    assert gate.update(1_200_000, 0, 1_000_000, t) is None  # recovering ...
+    t += RESUME_AFTER
+    assert gate.update(1_200_000, 0, 1_000_000, t) is False and not gate.paused  # ... resumed
+
+    gate = VideoGate()
+    for t in range(int(PAUSE_AFTER) + 1):  # loss alone also pauses
+        decision = gate.update(0, 60, 1_000_000, float(t))
+    assert decision is True
+    # an estimate that never climbs back (no video to estimate on): probe, then back off
+    assert gate.update(100_000, 0, 1_000_000, PAUSE_AFTER + PROBE_AFTER) is False
+    assert gate.probe_after == 2 * PROBE_AFTER
+
+
+def _sink(producer: Producer, name: str, ssrc: int) -> tuple[Consumer, list[bytes]]:
+    sent: list[bytes] = []
+    consumer = Consumer(f"{producer.id}>{name}", producer, name, ssrc=ssrc, rtx_ssrc=ssrc + 1,
+                        send_rtp=lambda d: sent.append(d) or True, send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    return consumer, sent
+
+
+def _media(producer: Producer, seq: int, arrival_ms: int, key: bool = False) -> None:
+    payload = (b"\x10\x00" if key else b"\x10\x01") + bytes(500)
+    pt = producer.codec.payload_type
+    data = struct.pack("!BBHII", 0x80, pt, seq, seq * 3000, producer.ssrc or 0) + payload
+    producer.receive(data, 0x80, pt, seq, seq * 3000, 12, arrival_ms)
+
+
+async def test_a_slow_subscriber_loses_only_its_own_video_and_gets_it_back_on_a_keyframe() -> None:
+    events: list[Message] = []
+    router = Router("room", MediaOptions(loopback=True), events.append)
+    video = router.create_producer("alice", "0", "video", VP8)
+    audio = router.create_producer("alice", "1", "audio", OPUS)
+    upstream: list[bytes] = []
+    video.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    audio.attach_source(5678, None, 0, lambda d: True)
+    fast, fast_sent = _sink(video, "bob", 10)
+    slow, slow_sent = _sink(video, "carol", 20)
+    slow_audio, slow_audio_sent = _sink(audio, "carol", 30)
+    fast.remb_bitrate, slow.remb_bitrate = 2_000_000, 300_000
+    video.bitrate = 1_200_000
+    now = 100.0
+    for _ in range(int(PAUSE_AFTER) + 1):
+        router._gate_video(video, now)
+        now += 1
+    (event,) = [e for e in events if isinstance(e, MediaQuality)]
+    assert event == MediaQuality("room", "carol", "alice", "alice:0", True, "congestion",
+                                 300_000, 1_200_000, 0)
+    assert slow.gate.paused and not fast.gate.paused
+
+    for seq in range(1, 4):
+        _media(video, seq, seq)
+        _media(audio, seq, seq)
+    assert len(fast_sent) == 3 and slow_sent == []  # its video stops, for it alone ...
+    assert len(slow_audio_sent) == 3  # ... and its audio goes on
+    # the publisher is asked for what bob can take, not carol
+    assert video.target_bitrate() == 2_000_000
+    slow.resume()  # e.g. its transport reconnects: still paused for congestion
+    assert slow.gate.paused and slow.paused
+
+    slow.remb_bitrate = 1_500_000  # it recovers
+    upstream.clear()
+    for _ in range(int(RESUME_AFTER) + 1):
+        router._gate_video(video, now)
+        now += 1
+    assert [e.video_paused for e in events if isinstance(e, MediaQuality)] == [True, False]
+    assert any(isinstance(p, RtcpPsfbPacket) and p.fmt == rtcp.FMT_PLI
+               for d in upstream for p in RtcpPacket.parse(d))  # a keyframe is asked for
+    _media(video, 4, 4)
+    assert slow_sent == []  # a delta frame is no use to it ...
+    _media(video, 5, 5, key=True)
+    assert len(slow_sent) == 1  # ... it starts again on the keyframe
+    stats = {t["participant_id"]: t for t in router.stats() if t["direction"] == "outbound"
+             and t["kind"] == "video"}
+    assert stats["carol"]["video_paused"] is False
+    await router.close()
+
+
+async def test_a_remb_for_several_streams_is_shared_not_given_to_each() -> None:
+    router = Router("room", MediaOptions(loopback=True), lambda m: None)
+    transport = Transport(router, "carol", "subscribe")
+    video = Producer("v", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
+    audio = Producer("a", "alice", "audio", OPUS, max_bitrate=0, keyframe_interval=1.0)
+    video.bitrate, audio.bitrate = 950_000, 50_000
+    v, _ = _sink(video, "carol", 40)
+    a, _ = _sink(audio, "carol", 50)
+    transport._rtcp_consumers = {40: v, 50: a}
+    (remb,) = RtcpPacket.parse(rtcp.remb(1, 1_000_000, [40, 50]))
+    transport._on_psfb(remb)  # type: ignore[arg-type]
+    assert (v.remb_bitrate, a.remb_bitrate) == (950_000, 50_000)
+    await transport.close()
+    await router.close()

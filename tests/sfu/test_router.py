@@ -1,0 +1,185 @@
+"""Rooms: ten participants, chat relay, active speaker, media state, stats, close cascade."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from sfu.api import (
+    ActiveSpeaker,
+    CloseRoom,
+    GetStats,
+    Leave,
+    MediaState,
+    OpenRoom,
+    RoomClosed,
+    TransportClosed,
+)
+from sfu.options import MediaOptions
+from sfu.worker import LocalMediaPlane
+from tests.media_clients import EventHub, Publisher, Subscriber
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def plane():
+    plane = LocalMediaPlane(MediaOptions(loopback=True, media_state_debounce=1.0))
+    yield plane
+    await plane.close()
+
+
+async def _until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+async def test_ten_participants_each_receive_all_others(plane: LocalMediaPlane) -> None:
+    """Every participant publishes audio (two also video) and receives everyone else's tracks,
+    counted as raw packets so that ten clients fit on a small machine."""
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("big"))
+    names = [f"p{i}" for i in range(10)]
+    publishers = [
+        Publisher(plane, "big", name, video=i < 2, amplitude=0.05) for i, name in enumerate(names)
+    ]
+    subscribers = [Subscriber(plane, hub, "big", name, decode=False) for name in names]
+    try:
+        for publisher in publishers:
+            await publisher.start()
+        for subscriber in subscribers:
+            await subscriber.start()
+        expected = {name: 9 + (2 if i >= 2 else 1) for i, name in enumerate(names)}
+
+        def everyone_receives() -> bool:
+            return all(
+                len([n for n in s.packets.values() if n >= 10]) >= expected[s.participant_id]
+                for s in subscribers
+            )
+
+        assert await _until(everyone_receives, 20), {
+            s.participant_id: len(s.packets) for s in subscribers
+        }
+        stats = (await plane.request(GetStats("big"))).tracks
+        assert len([t for t in stats if t["direction"] == "inbound"]) == 12
+        assert len([t for t in stats if t["direction"] == "outbound"]) == 12 * 9
+        flowing = {e.participant_id for e in hub.of(MediaState) if e.flowing}
+        assert flowing == set(names)
+    finally:
+        for client in subscribers + publishers:
+            await client.close()
+
+
+async def test_chat_is_relayed_to_the_others_with_the_sender(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("chat"))
+    alice = Publisher(plane, "chat", "alice", video=False)
+    bob_pub = Publisher(plane, "chat", "bob", video=False)
+    bob = Subscriber(plane, hub, "chat", "bob", decode=False)
+    try:
+        await alice.start()
+        await bob_pub.start()
+        await bob.start()
+        assert await _until(lambda: alice.chat.readyState == "open")
+        assert await _until(lambda: getattr(bob, "chat", None) is not None
+                            and bob.chat.readyState == "open")
+        alice.chat.send("hello bob")
+        assert await _until(lambda: bool(bob.chat_received))
+        assert bob.chat_received == [{"from": "alice", "message": "hello bob"}]
+        # The sender does not get its own message back; oversized messages are dropped.
+        alice.chat.send("x" * 5000)
+        await asyncio.sleep(0.3)
+        assert alice.chat_received == [] and len(bob.chat_received) == 1
+        # After alice resumes on a fresh connection, her new chat channel is relayed too.
+        await alice.close()
+        alice = Publisher(plane, "chat", "alice", video=False)
+        await alice.start()
+        assert await _until(lambda: alice.chat.readyState == "open")
+        alice.chat.send("back again")
+        assert await _until(lambda: len(bob.chat_received) == 2)
+        assert bob.chat_received[-1] == {"from": "alice", "message": "back again"}
+    finally:
+        for client in (bob, bob_pub, alice):
+            await client.close()
+
+
+async def test_loudest_participant_becomes_active_speaker(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("talk"))
+    quiet = Publisher(plane, "talk", "quiet", video=False, amplitude=0.001)
+    loud = Publisher(plane, "talk", "loud", video=False, amplitude=0.8)
+    try:
+        await quiet.start()
+        await loud.start()
+        assert await _until(lambda: bool(hub.of(ActiveSpeaker)))
+        await asyncio.sleep(1.0)
+        speakers = hub.of(ActiveSpeaker)
+        assert [s.participant_id for s in speakers] == ["loud"]
+        assert speakers[0].level < 70
+    finally:
+        await quiet.close()
+        await loud.close()
+
+
+async def test_media_state_follows_rtp_and_close_cascades(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("state"))
+    alice = Publisher(plane, "state", "alice", video=False)
+    bob = Subscriber(plane, hub, "state", "bob", decode=False)
+    try:
+        await alice.start()
+        await bob.start()
+        assert await _until(lambda: any(e.flowing for e in hub.of(MediaState)
+                                        if e.participant_id == "alice"))
+        await alice.close()  # media stops without a goodbye: debounce, then "stopped"
+        assert await _until(lambda: any(not e.flowing for e in hub.of(MediaState)
+                                        if e.participant_id == "alice"), 6)
+        router = plane.rooms["state"]
+        await plane.request(Leave("state", "alice"))
+        assert "alice" not in router.participants
+        assert not router.producers, "closing the transport left its producers behind"
+        assert [e.participant_id for e in hub.of(TransportClosed)] == ["alice"]
+        await plane.request(CloseRoom("state"))
+        assert hub.of(RoomClosed) and "state" not in plane.rooms
+        assert {(e.participant_id, e.transport) for e in hub.of(TransportClosed)} == {
+            ("alice", "publish"), ("bob", "subscribe")
+        }
+    finally:
+        await bob.close()
+
+
+async def test_sender_reports_are_spread_over_the_second_not_sent_in_one_burst() -> None:
+    from sfu.consumer import Consumer
+    from sfu.producer import Codec, Producer
+    from sfu.router import RTCP_EVERY, Router
+
+    router = Router("room", MediaOptions(loopback=True), lambda message: None)
+    producer = Producer("p", "alice", "video", Codec("video/VP8", 90000, 96), max_bitrate=0,
+                        keyframe_interval=1.0)
+    router.producers[producer.id] = producer
+    reports: dict[int, int] = {}
+    for ssrc in range(1000, 1064):
+        consumer = Consumer(f"c{ssrc}", producer, f"bob{ssrc}", ssrc=ssrc, rtx_ssrc=ssrc + 5000,
+                            send_rtp=lambda d: True,
+                            send_rtcp=lambda d, s=ssrc: reports.__setitem__(s, reports.get(s, 0) + 1) or True)
+        consumer.packets, consumer.bytes = 1, 1000  # it has sent something, so it reports
+        producer.add_consumer(consumer)
+    per_tick = []
+    for slot in range(RTCP_EVERY):
+        before = sum(reports.values())
+        router._report(slot)
+        per_tick.append(sum(reports.values()) - before)
+    assert sorted(reports) == list(range(1000, 1064)) and set(reports.values()) == {1}
+    assert max(per_tick) == 64 // RTCP_EVERY  # each tick carries its slice only
+    for consumer in producer.consumers:
+        consumer.bytes += 12_500
+    for slot in range(RTCP_EVERY):
+        router._report(slot)
+    assert {c.bitrate for c in producer.consumers} == {100_000}  # 12.5 kB over the 1 s period
+    await router.close()

@@ -1,0 +1,377 @@
+"""RTCP per hop: packet builders, keyframe-request throttling, REMB, NACK upstream, policing."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+
+from aiortc.rtp import (
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
+
+from sfu import rtcp
+from sfu.consumer import RTX_BURST, Consumer
+from sfu.forwarder import ExtensionLayout, payload_offset
+from sfu.producer import Codec, Producer
+
+VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
+
+
+def _producer(max_bitrate: int = 0, interval: float = 1.0) -> tuple[Producer, list[bytes]]:
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=max_bitrate,
+                        keyframe_interval=interval)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    return producer, upstream
+
+
+def _receive(producer: Producer, seq: int, arrival_ms: int, size: int = 100) -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, 1234) + b"\x10\x01" + bytes(size)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+
+
+def test_nack_packs_runs_and_wraps_around() -> None:
+    (packet,) = RtcpPacket.parse(rtcp.nack(1, 2, [65534, 65535, 0, 1, 40]))
+    assert isinstance(packet, RtcpRtpfbPacket) and packet.media_ssrc == 2
+    assert [s & 0xFFFF for s in packet.lost] == [65534, 65535, 0, 1, 40]
+
+
+def test_builders_parse_back() -> None:
+    sr, rr, pli, remb = RtcpPacket.parse(
+        rtcp.sender_report(7, 1 << 40, 1234, 10, 1000)
+        + rtcp.receiver_report(7, 9, 25, 3, 70000, 12, 5, 6)
+        + rtcp.pli(7, 9)
+        + rtcp.remb(7, 300_000, [9])
+    )
+    assert isinstance(sr, RtcpSrPacket) and sr.sender_info.rtp_timestamp == 1234
+    assert isinstance(rr, RtcpRrPacket) and rr.reports[0].packets_lost == 3
+    assert rr.reports[0].highest_sequence == 70000 and rr.reports[0].fraction_lost == 25
+    assert isinstance(pli, RtcpPsfbPacket) and pli.fmt == rtcp.FMT_PLI
+    assert rtcp.remb_bitrate(remb)[0] == 300_000  # type: ignore[arg-type,index]
+    assert rtcp.parse(b"\x80\xc9garbage") == []
+
+
+async def test_keyframe_requests_are_throttled_but_never_lost() -> None:
+    producer, upstream = _producer(interval=0.3)
+    for _ in range(5):
+        producer.request_keyframe()
+    assert len(upstream) == 1  # the first goes at once, the rest wait for the interval
+    await asyncio.sleep(0.4)
+    assert len(upstream) == 2  # ... and then go as one
+    assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
+    producer.close()
+
+
+class FakeScheduler:
+    """A clock that moves only when told to, with the timers it owes."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeScheduler:
+        self.timers.append((self.now + delay, callback))
+        return self
+
+    def cancel(self) -> None:
+        self.timers.clear()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, callback in due:
+            callback()
+
+
+def test_joiners_share_a_keyframe_without_waiting_out_the_pli_throttle() -> None:
+    clock = FakeScheduler()
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=clock)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+
+    producer.request_keyframe()  # a subscriber's PLI: the 1 s throttle starts
+    assert len(upstream) == 1
+    _receive(producer, 1, 0)
+    clock.advance(0.2)
+
+    # A joiner waits only for libwebrtc's 300 ms spacing, not the 1 s throttle ...
+    producer.waiting_for_keyframe = 1
+    producer.request_join_keyframe()
+    assert len(upstream) == 1 and len(clock.timers) == 1
+    for _ in range(50):  # ... and a join storm shares that one request
+        clock.advance(0.001)
+        producer.waiting_for_keyframe += 1
+        producer.request_join_keyframe()
+    assert len(upstream) == 1 and len(clock.timers) == 1
+    clock.advance(0.1)
+    assert len(upstream) == 2
+
+    # The keyframe starts everyone waiting: the retry finds nobody and stops.
+    _receive_keyframe(producer, 2, 60)
+    producer.waiting_for_keyframe = 0  # (the consumers count themselves out as they start)
+    clock.advance(0.5)
+    assert len(upstream) == 2 and not clock.timers
+
+    # A joiner whose request the publisher drops (or whose keyframe is lost) is asked for again.
+    producer.waiting_for_keyframe = 1
+    producer.request_join_keyframe()
+    assert len(upstream) == 3
+    clock.advance(0.5)
+    assert len(upstream) == 4
+    # A new joiner does not wait out the retry: its request comes after the 300 ms spacing.
+    clock.advance(0.3)
+    producer.waiting_for_keyframe = 2
+    producer.request_join_keyframe()
+    assert len(upstream) == 5 and len(clock.timers) == 1
+    clock.advance(0.5)
+    assert len(upstream) == 6
+    assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
+    producer.waiting_for_keyframe = 0
+    clock.advance(0.5)
+    assert not clock.timers
+
+    # subscribers' PLIs stay at one per second, join requests included
+    producer.request_keyframe()
+    assert len(upstream) == 6 and len(clock.timers) == 1
+    clock.advance(0.5)
+    assert len(upstream) == 7
+    producer.close()
+
+
+def _receive_keyframe(producer: Producer, seq: int, arrival_ms: int) -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, 1234) + b"\x10\x00" + bytes(100)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+
+
+def test_gap_is_nacked_upstream_and_counted() -> None:
+    producer, upstream = _producer()
+    _receive(producer, 10, 0)
+    _receive(producer, 14, 10)
+    (nack,) = RtcpPacket.parse(upstream[-1])
+    assert isinstance(nack, RtcpRtpfbPacket) and nack.lost == [11, 12, 13]
+    assert producer.packets_lost == 3
+    _receive(producer, 12, 20)  # a late packet fills part of the gap
+    assert producer.packets_lost == 2
+
+
+def test_subscriber_nack_missing_from_cache_goes_upstream() -> None:
+    producer, upstream = _producer()
+    consumer = Consumer("c", producer, "bob", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                        send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    _receive(producer, 500, 0)
+    upstream.clear()
+    first = consumer._last_seq
+    consumer.retransmit([(first + 1) & 0xFFFF])  # never sent to this subscriber
+    (nack,) = RtcpPacket.parse(upstream[0])
+    assert nack.lost == [501]
+
+
+def test_remb_follows_the_subscribers_that_can_take_the_stream_capped() -> None:
+    producer, upstream = _producer(max_bitrate=1_000_000)
+    for estimate in (800_000, 600_000, 0):  # 0: no estimate yet
+        consumer = Consumer("c", producer, "x", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                            send_rtcp=lambda d: True)
+        consumer.remb_bitrate = estimate
+        producer.add_consumer(consumer)
+    assert producer.target_bitrate() == 600_000
+    _receive(producer, 1, 0)
+    producer.send_feedback()
+    rr, remb = RtcpPacket.parse(upstream[-1])
+    assert isinstance(rr, RtcpRrPacket) and rr.reports[0].ssrc == 1234
+    assert rtcp.remb_bitrate(remb) == (600_000, [1234])  # type: ignore[arg-type]
+    for consumer in producer.consumers:
+        consumer.remb_bitrate = 5_000_000
+    assert producer.target_bitrate() == 1_000_000  # capped by the allowed bitrate
+    producer.consumers[0].remb_bitrate = 20_000  # one who cannot take video: left out
+    assert producer.target_bitrate() == 1_000_000
+    for consumer in producer.consumers:
+        consumer.remb_bitrate = 20_000
+    assert producer.target_bitrate() == 150_000  # floored
+
+
+def test_publisher_above_its_allowed_bitrate_is_policed() -> None:
+    producer, _ = _producer(max_bitrate=800_000)  # policed at 1.2 Mbps = 150 bytes/ms
+    for i in range(2000):  # 1200-byte packets every ms: 9.6 Mbps
+        _receive(producer, i, i, size=1200)
+    assert producer.packets_policed > 1500
+    forwarded_bits = producer.bytes * 8
+    assert forwarded_bits <= 1.2e6 * 2 + 1.2e6 * 1.0 + 20000  # 2 s at the limit + one bucket
+
+
+def _receive_from(producer: Producer, ssrc: int, seq: int, arrival_ms: int,
+                  payload: bytes = b"\x10\x01") -> None:
+    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, ssrc) + payload + bytes(100)
+    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+
+
+def test_a_new_source_starts_fresh_receive_statistics_and_asks_for_a_keyframe() -> None:
+    clock = FakeScheduler()
+    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+                        scheduler=clock)
+    upstream: list[bytes] = []
+    producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
+    consumer = Consumer("c", producer, "bob", ssrc=1, rtx_ssrc=2, send_rtp=lambda d: True,
+                        send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    # the old source wrapped its sequence numbers once, and sent an SR
+    for i, seq in enumerate(range(65000, 65536 + 100)):
+        _receive_from(producer, 1234, seq & 0xFFFF, i)
+    producer.handle_sender_report(5 << 32, 12345)
+    producer.send_feedback()
+    upstream.clear()
+
+    # the publisher reconnects (or switches SSRC): new numbering, 20% loss
+    producer.attach_source(0xC0FFEE, None, 0, lambda d: upstream.append(d) or True)
+    (pli,) = (RtcpPacket.parse(p)[0] for p in upstream)  # the running subscriber needs one
+    assert isinstance(pli, RtcpPsfbPacket) and pli.fmt == rtcp.FMT_PLI
+    assert pli.media_ssrc == 0xC0FFEE
+    upstream.clear()
+    _receive_from(producer, 0xC0FFEE, 1000, 1000, b"\x10\x00")  # its keyframe
+    for seq in range(1001, 1100):
+        if seq % 5:
+            _receive_from(producer, 0xC0FFEE, seq, 1000 + seq)
+    producer.send_feedback()
+    rr, _ = RtcpPacket.parse(upstream[-1])
+    assert isinstance(rr, RtcpRrPacket)
+    (report,) = rr.reports
+    assert report.ssrc == 0xC0FFEE
+    assert report.highest_sequence == 1099  # not the old source's cycles
+    assert report.packets_lost == 19  # the new source's losses are seen
+    assert report.fraction_lost == 19 * 256 // 100
+    assert report.lsr == 0 and report.dlsr == 0  # no SR from this source yet
+    assert producer.sr_ntp == 0  # subscribers' SRs do not use the old NTP/RTP mapping
+    assert producer.packets_lost == 19  # stats: what every source lost
+    producer.close()
+
+
+def _rtx_of(seq: int, rtx_seq: int = 1, size: int = 100) -> tuple[bytes, int, int, int, int, int]:
+    data = struct.pack("!BBHII", 0x80, 98, rtx_seq, seq * 3000, 4321) \
+        + struct.pack("!H", seq) + b"\x10\x01" + bytes(size)
+    return data, 0x80, 98, rtx_seq, seq * 3000, 12
+
+
+def _nacked(upstream: list[bytes]) -> list[list[int]]:
+    return [[s & 0xFFFF for s in p.lost] for d in upstream for p in RtcpPacket.parse(d)
+            if isinstance(p, RtcpRtpfbPacket)]
+
+
+def _sink(producer: Producer, name: str) -> tuple[Consumer, list[bytes]]:
+    sent: list[bytes] = []
+    consumer = Consumer(name, producer, name, ssrc=hash(name) & 0xFFFF, rtx_ssrc=2,
+                        send_rtp=lambda d: sent.append(d) or True, send_rtcp=lambda d: True)
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    return consumer, sent
+
+
+def test_retransmissions_go_only_to_the_subscribers_that_asked() -> None:
+    producer, upstream = _producer()
+    asker, asker_sent = _sink(producer, "asker")
+    other, other_sent = _sink(producer, "other")
+    for seq in range(1, 601):  # packet 1 is older than the subscribers' caches now
+        _receive(producer, seq, seq)
+    first_out = (asker._last_seq - 599) & 0xFFFF
+    asker.retransmit([first_out])
+    other.retransmit([(other._last_seq - 599) & 0xFFFF])  # the same packet: one upstream NACK
+    assert _nacked(upstream) == [[1]]
+    before = len(asker_sent), len(other_sent)
+    producer.receive_rtx(*_rtx_of(1), 700)
+    assert (len(asker_sent), len(other_sent)) == (before[0] + 1, before[1] + 1)
+    third, third_sent = _sink(producer, "third")
+    producer.receive_rtx(*_rtx_of(1, rtx_seq=2), 701)  # a duplicate nobody waits for
+    assert third_sent == [] and producer.rtx_unasked == 1
+    assert len(asker_sent) == before[0] + 1
+
+    # a hole in what the SFU received: everyone missed it, everyone gets it
+    _receive(producer, 603, 710)
+    assert _nacked(upstream)[-1] == [601, 602]
+    producer.receive_rtx(*_rtx_of(601, rtx_seq=3), 720)
+    assert len(asker_sent) == before[0] + 3 and len(third_sent) == 2
+    producer.close()
+
+
+def test_upstream_nacks_are_retried_per_round_trip_then_given_up() -> None:
+    producer, upstream = _producer()
+    _receive(producer, 10, 0)
+    _receive(producer, 12, 0)
+    assert _nacked(upstream) == [[11]]
+    _receive(producer, 13, 50)  # within the retry interval (1.5 x 100 ms before any sample)
+    assert len(_nacked(upstream)) == 1
+    _receive(producer, 14, 160)
+    assert _nacked(upstream)[-1] == [11]  # asked again
+    for i, seq in enumerate(range(15, 40)):  # never answered: at most 5 requests, then given up
+        _receive(producer, seq, 300 + i * 200)
+    assert [n for n in _nacked(upstream) if n == [11]] == [[11]] * 5
+    assert 11 not in producer._nacks.pending and producer._nacks.given_up == 1
+
+    # quick answers shorten the retry interval to the measured round trip
+    seq = 40
+    for k in range(10):  # ten holes, each answered 20 ms after its request
+        _receive(producer, seq + 1, 6000 + k * 100)
+        producer.receive_rtx(*_rtx_of(seq, rtx_seq=k), 6000 + k * 100 + 20)
+        seq += 2
+    assert producer._nacks.rtt_ms < 60
+    upstream.clear()
+    _receive(producer, 70, 8000)  # 60..69 missing
+    _receive(producer, 71, 8000 + producer._nacks.retry_ms)
+    assert len(_nacked(upstream)) == 2 and producer._nacks.retry_ms < 100
+    producer.close()
+
+
+def test_subscriber_nacks_and_plis_are_deduplicated_and_rate_limited() -> None:
+    producer, upstream = _producer()
+    consumer, sent = _sink(producer, "bob")
+    for seq in range(1, 501):
+        _receive(producer, seq, seq)
+    sent.clear()
+    last = consumer._last_seq
+    consumer.retransmit([last])
+    consumer.retransmit([last])  # again before a round trip: its answer is on the way
+    assert len(sent) == 1 and consumer.nacks_ignored == 1
+    consumer.retransmit([(last - i) & 0xFFFF for i in range(1, 400)])
+    assert len(sent) <= 1 + RTX_BURST + 2  # the budget holds, a NACK flood is not amplified
+    assert consumer.nacks_ignored >= 399 - RTX_BURST - 1
+
+    consumer.keyframe_requested()
+    consumer.keyframe_requested()
+    consumer.keyframe_requested()
+    plis = [d for d in upstream if isinstance(RtcpPacket.parse(d)[0], RtcpPsfbPacket)]
+    assert len(plis) == 1 and consumer.plis == 3 and consumer.plis_ignored == 2
+    producer.close()
+
+
+async def test_audio_and_retransmissions_are_policed() -> None:
+    from sfu.options import MediaOptions
+    from sfu.router import Router
+
+    router = Router("r", MediaOptions(loopback=True, max_audio_bitrate=64_000), lambda m: None)
+    audio = router.create_producer("alice", "0", "audio", Codec("audio/opus", 48000, 111))
+    audio.attach_source(1, None, 0, lambda d: True)
+    for i in range(1000):  # 1000-byte packets every ms: 8 Mbps of "audio"
+        data = struct.pack("!BBHII", 0x80, 111, i, i * 48, 1) + bytes(1000)
+        audio.receive(data, 0x80, 111, i, i * 48, 12, i)
+    assert audio.packets_policed > 900
+    await router.close()
+
+    producer, _ = _producer(max_bitrate=800_000)  # 150 bytes/ms
+    _receive(producer, 1, 0)
+    for i in range(2000):  # retransmissions flooding at 9.6 Mbps
+        producer.receive_rtx(*_rtx_of(1, rtx_seq=i, size=1200), i)
+    assert producer.packets_policed > 1500
+    producer.close()

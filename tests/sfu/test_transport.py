@@ -1,0 +1,504 @@
+"""Transports: bad input gets coded errors, a publisher's reconnect is seamless downstream, and a
+client-offered subscribe transport (the WHEP shape) works."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import pytest
+from aiortc import RTCRtpSender, RTCSessionDescription
+
+from sfu.api import (
+    AddIceCandidate,
+    AnswerToServerOffer,
+    Leave,
+    MediaError,
+    Message,
+    Offer,
+    OpenRoom,
+    RequestKeyframe,
+    ServerOffer,
+    Subscribe,
+    TransportClosed,
+)
+from sfu.options import MediaOptions
+from sfu.worker import LocalMediaPlane
+from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, client_pc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def plane():
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    await plane.request(OpenRoom("room"))
+    yield plane
+    await plane.close()
+
+
+async def _audio_offer() -> str:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("audio", direction="sendonly")
+    opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"]
+    transceiver.setCodecPreferences(opus)
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _refused(plane: LocalMediaPlane, message: Message) -> str:
+    with pytest.raises(MediaError) as info:
+        await plane.request(message)
+    return info.value.code
+
+
+@pytest.mark.parametrize("sdp", ["", "garbage", "v=0\r\nm=audio x\r\n", "v=0\r\n" * 20000])
+async def test_malformed_sdp_is_refused_with_a_code(plane: LocalMediaPlane, sdp: str) -> None:
+    assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "bad_sdp"
+
+
+async def test_offer_without_a_supported_codec_is_refused(plane: LocalMediaPlane) -> None:
+    sdp = (await _audio_offer()).replace("opus/48000/2", "speex/16000")
+    assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "unsupported_codec"
+
+
+async def test_offer_without_rtcp_mux_is_refused(plane: LocalMediaPlane) -> None:
+    sdp = (await _audio_offer()).replace("a=rtcp-mux\r\n", "")
+    assert await _refused(plane, Offer("room", "alice", "publish", sdp)) == "bad_sdp"
+
+
+async def test_too_many_tracks_are_refused(plane: LocalMediaPlane) -> None:
+    pc = client_pc()
+    for _ in range(17):
+        pc.addTransceiver("audio", direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    assert await _refused(plane, Offer("room", "alice", "publish", offer)) == "too_many_tracks"
+
+
+async def test_other_bad_requests(plane: LocalMediaPlane) -> None:
+    sdp = await _audio_offer()
+    assert await _refused(plane, Offer("nope", "alice", "publish", sdp)) == "unknown_room"
+    assert await _refused(plane, Offer("room", "", "publish", sdp)) == "bad_participant"
+    assert await _refused(plane, Offer("room", "a", "sideways", sdp)) == "bad_transport"  # type: ignore[arg-type]
+    assert await _refused(
+        plane, AnswerToServerOffer("room", "alice", "subscribe", sdp, 1)
+    ) == "unknown_transport"
+    await plane.request(Offer("room", "alice", "publish", sdp))
+    for candidate in ({"candidate": 5}, {"candidate": "candidate:garbage"}, {}):
+        assert await _refused(
+            plane, AddIceCandidate("room", "alice", "publish", candidate)
+        ) == "bad_candidate"
+    with pytest.raises(MediaError) as info:
+        Message.from_dict({"kind": "launch_missiles"})
+    assert info.value.code == "bad_message"
+    await plane.request(RequestKeyframe("room", "alice"))  # nothing to ask: still fine
+
+
+async def test_stale_answer_is_refused(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(Subscribe("room", "bob"))
+    offers = hub.of(ServerOffer)
+    assert offers, "no ServerOffer after Subscribe"
+    pc = client_pc()
+    await pc.setRemoteDescription(RTCSessionDescription(offers[0].sdp, "offer"))
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createAnswer())
+    stale = AnswerToServerOffer("room", "bob", "subscribe", pc.localDescription.sdp, 99)
+    assert await _refused(plane, stale) == "stale_offer"
+    # The client may not offer on a transport the SFU offers on (glare).
+    assert await _refused(plane, Offer("room", "bob", "subscribe", await _audio_offer())) \
+        == "bad_state"
+    await plane.request(AnswerToServerOffer(
+        "room", "bob", "subscribe", pc.localDescription.sdp, offers[0].offer_id))
+    await pc.close()
+
+
+async def test_offer_ids_count_from_one_on_each_subscribe_transport(plane: LocalMediaPlane) -> None:
+    """sfu.api.ServerOffer's contract, which the signalling protocol's new_connection rests on."""
+    hub = EventHub(plane)
+    await plane.request(Subscribe("room", "bob"))
+    await plane.request(Subscribe("room", "bob"))  # a resume replaces the transport
+    offers = hub.of(ServerOffer)
+    assert [o.offer_id for o in offers] == [1, 1]
+
+
+async def test_publisher_reconnect_is_one_continuous_stream(plane: LocalMediaPlane) -> None:
+    """A resume (new connection, new ICE credentials, new SSRCs) on the same publish transport:
+    the subscriber keeps its stream — same SSRC, sequence numbers running on by one — and keeps
+    decoding, without any renegotiation."""
+    hub = EventHub(plane)
+    first = Publisher(plane, "room", "alice", audio=False)
+    watcher = Subscriber(plane, hub, "room", "bob", decode=False, record_sequence=True)
+    viewer = Subscriber(plane, hub, "room", "carol")
+    second = Publisher(plane, "room", "alice", audio=False)
+    try:
+        await first.start()
+        await watcher.start()
+        await viewer.start()
+        await viewer.wait_frames(20)
+        offers_before = len(hub.events)
+        await first.close()
+        await asyncio.sleep(0.3)
+        before = len(viewer.frames)
+        await second.start()  # same participant, same transport, fresh connection
+        deadline = time.monotonic() + 10
+        while len(viewer.frames) < before + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(viewer.frames) >= before + 20, "no video after the publisher reconnected"
+        assert len([e for e in hub.events[offers_before:] if e.kind == "server_offer"]) == 0
+        (sequence,) = watcher.sequences.values()
+        steps = {(b - a) & 0xFFFF for a, b in itertools.pairwise(sequence)}
+        assert steps == {1}, f"sequence jumps {sorted(steps)[:5]} across the reconnect"
+    finally:
+        for client in (viewer, watcher, second):
+            await client.close()
+
+
+async def test_client_offered_subscribe_transport(plane: LocalMediaPlane) -> None:
+    """WHEP's shape: the viewer offers recvonly m-lines and gets the room's tracks in them."""
+    publisher = Publisher(plane, "room", "alice")
+    pc = client_pc()
+    frames: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        if track.kind == "video":
+            asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    try:
+        await publisher.start()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert "a=sendonly" in answer.sdp
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        deadline = time.monotonic() + 10
+        while len(frames) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 10
+    finally:
+        await pc.close()
+        await publisher.close()
+
+
+async def test_trickled_candidates_connect(plane: LocalMediaPlane) -> None:
+    """The client's offer carries no candidates; they arrive by AddIceCandidate. The viewer
+    subscribes just before, so its renegotiation lands while its first handshake still runs."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", video=False)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    await viewer.start()
+    pc = publisher.pc
+    from tests.media_clients import ToneTrack
+
+    pc.addTransceiver(ToneTrack(0.5), direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    lines = pc.localDescription.sdp.splitlines()
+    candidates = [l[2:] for l in lines if l.startswith("a=candidate:")]
+    assert candidates
+    bare = "\r\n".join(l for l in lines if not l.startswith("a=candidate:")
+                       and l != "a=end-of-candidates") + "\r\n"
+    answer = await plane.request(Offer("room", "alice", "publish", bare))
+    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+    for candidate in candidates:
+        await plane.request(AddIceCandidate(
+            "room", "alice", "publish", {"candidate": candidate, "sdpMid": "0"}))
+    await plane.request(AddIceCandidate("room", "alice", "publish", None))
+    try:
+        deadline = time.monotonic() + 10
+        while sum(viewer.packets.values()) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sum(viewer.packets.values()) >= 20
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_unannounced_ssrc_is_learnt_only_as_a_replacement(plane: LocalMediaPlane) -> None:
+    """A second live SSRC on one m-line (declined simulcast) is dropped, not interleaved; once
+    the first has been silent, a new SSRC takes over as a new epoch."""
+    import struct
+
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    try:
+        await publisher.start()
+        transport = plane.rooms["room"].participants["alice"].publish
+        assert transport is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            p.packets for p in transport.producers.values()
+        ):
+            await asyncio.sleep(0.05)
+        (producer,) = transport.producers.values()
+        epoch, live = producer.epoch, producer.last_arrival_ms
+
+        def packet(ssrc: int) -> bytes:
+            return struct.pack("!BBHII", 0x80, producer.codec.payload_type, 1, 1, ssrc) + b"\x10\x00"
+
+        await transport._on_rtp(packet(0xC0FFEE), live + 10)
+        assert producer.epoch == epoch and 0xC0FFEE not in transport._rtp
+        await publisher.close()
+        await transport._on_rtp(packet(0xC0FFEE), producer.last_arrival_ms + 5000)
+        assert producer.epoch == epoch + 1 and producer.ssrc == 0xC0FFEE
+    finally:
+        await publisher.close()
+
+
+async def _sendonly_offer(*kinds: str) -> str:
+    """A publisher's offer with tracks of ``kinds`` (no media is ever sent)."""
+    pc = client_pc()
+    for kind in kinds:
+        pc.addTransceiver(kind, direction="sendonly")
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def _answer(offer: ServerOffer, edit: Any = None) -> tuple[Any, str]:
+    pc = client_pc()
+    await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createAnswer())
+    sdp = pc.localDescription.sdp
+    return pc, edit(sdp) if edit else sdp
+
+
+def _sections(sdp: str) -> list[str]:
+    head, *media = sdp.split("m=")
+    return [head] + ["m=" + m for m in media]
+
+
+async def test_answers_to_our_offers_are_not_held_to_the_offer_limit(
+        plane: LocalMediaPlane) -> None:
+    """Nine participants with audio and video: the SFU's offer to a tenth has 19 m-lines."""
+    hub = EventHub(plane)
+    for i in range(9):
+        await plane.request(Offer("room", f"p{i}", "publish", await _sendonly_offer("audio", "video")))
+    await plane.request(Subscribe("room", "viewer"))
+    (offer,) = hub.of(ServerOffer)
+    assert offer.sdp.count("\nm=") == 19
+    pc, answer = await _answer(offer)
+    try:
+        await plane.request(AnswerToServerOffer("room", "viewer", "subscribe", answer,
+                                                offer.offer_id))
+        # ... while an answer with more m-lines than our offer is still refused
+        await plane.request(Subscribe("room", "viewer"))
+        offer = hub.of(ServerOffer)[-1]
+        extra = answer + "".join(_sections(answer)[-1:])
+        assert await _refused(plane, AnswerToServerOffer("room", "viewer", "subscribe", extra,
+                                                         offer.offer_id)) == "too_many_tracks"
+    finally:
+        await pc.close()
+
+
+async def test_bundle_only_audio_is_published(plane: LocalMediaPlane) -> None:
+    """webrtcbin offers its audio as ``m=audio 0 ... a=bundle-only`` (RFC 9143)."""
+    sections = _sections(await _sendonly_offer("video", "audio"))
+    audio = next(i for i, s in enumerate(sections) if s.startswith("m=audio"))
+    port = sections[audio].split()[1]
+    sections[audio] = sections[audio].replace(f"m=audio {port} ", "m=audio 0 ", 1) \
+        .replace("a=mid:", "a=bundle-only\r\na=mid:", 1)
+    await plane.request(Offer("room", "gst", "publish", "".join(sections)))
+    transport = plane.rooms["room"].participants["gst"].publish
+    assert transport is not None
+    assert sorted(p.kind for p in transport.producers.values()) == ["audio", "video"]
+
+
+async def test_a_rejected_m_line_in_an_answer_needs_no_bundle(plane: LocalMediaPlane) -> None:
+    hub = EventHub(plane)
+    await plane.request(Offer("room", "alice", "publish", await _sendonly_offer("audio", "video")))
+    await plane.request(Subscribe("room", "bob"))
+    (offer,) = hub.of(ServerOffer)
+
+    def reject_video(sdp: str) -> str:
+        sections = _sections(sdp)
+        video = next(i for i, s in enumerate(sections) if s.startswith("m=video"))
+        mid = sections[video].split("a=mid:")[1].split("\r\n")[0]
+        port = sections[video].split()[1]
+        sections[video] = sections[video].replace(f"m=video {port} ", "m=video 0 ", 1)
+        group = next(line for line in sections[0].split("\r\n") if line.startswith("a=group:BUNDLE"))
+        kept = " ".join(m for m in group.split()[1:] if m != mid)
+        sections[0] = sections[0].replace(group, f"a=group:BUNDLE {kept}")
+        return "".join(sections)
+
+    pc, answer = await _answer(offer, reject_video)
+    try:
+        await plane.request(AnswerToServerOffer("room", "bob", "subscribe", answer,
+                                                offer.offer_id))
+    finally:
+        await pc.close()
+
+
+async def test_a_closed_subscriber_connection_leaves_the_room(plane: LocalMediaPlane) -> None:
+    """A subscriber that closes its RTCPeerConnection (DTLS close_notify) without Leave: its
+    transport leaves the room, and later publishers are not refused because of it."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await publisher.start()
+        await viewer.start()
+        router = plane.rooms["room"]
+        deadline = time.monotonic() + 10
+        while not viewer.packets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert viewer.packets
+        await viewer.close()
+        deadline = time.monotonic() + 10
+        while "bob" in router.participants and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert "bob" not in router.participants
+        assert [e.reason for e in hub.of(TransportClosed)] == ["closed"]
+        await plane.request(Offer("room", "carol", "publish", await _sendonly_offer("video")))
+    finally:
+        await publisher.close()
+
+
+async def test_the_sfus_offers_reuse_the_m_lines_of_closed_tracks(plane: LocalMediaPlane) -> None:
+    """Tracks come and go: the subscriber's offer does not grow with each, and a reused m-line
+    carries a new SSRC."""
+    hub = EventHub(plane)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await viewer.start()
+        router = plane.rooms["room"]
+        transport = router.participants["bob"].subscribe
+        assert transport is not None
+        ssrcs = set()
+        for i in range(4):
+            await plane.request(Offer("room", f"p{i}", "publish",
+                                      await _sendonly_offer("audio", "video")))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    len(transport.consumers) < 2 or transport.pc.signalingState != "stable"):
+                await asyncio.sleep(0.02)
+            assert len(transport.consumers) == 2
+            ssrcs |= {c.ssrc for c in transport.consumers.values()}
+            await plane.request(Leave("room", f"p{i}", None))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (
+                    transport.consumers or transport.pc.signalingState != "stable"
+                    or any(t.currentDirection != "inactive" for t in transport.pc.getTransceivers())):
+                await asyncio.sleep(0.02)
+        assert len(transport.pc.getTransceivers()) == 2  # one audio, one video m-line, reused
+        assert len(ssrcs) == 8  # each track its own SSRC
+        last_offer = hub.of(ServerOffer)[-1].sdp
+        assert last_offer.count("\nm=") == 3  # audio, video, chat
+    finally:
+        await viewer.close()
+
+
+def _rtpmaps(sdp: str) -> list[list[str]]:
+    """Per m-line, the codec names of its a=rtpmap lines."""
+    return [[line.split()[1].split("/")[0] for line in section.split("\r\n")
+             if line.startswith("a=rtpmap:")] for section in _sections(sdp)[1:]]
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_a_whep_viewer_before_the_publisher_gets_media_when_it_comes(
+        plane: LocalMediaPlane, codec: str) -> None:
+    """The viewer's answer into an empty room is sendonly with one codec per m-line (and its
+    RTX), and the publisher's tracks fill those m-lines when they arrive, without a new offer."""
+    pc = client_pc()
+    frames: list[object] = []
+    audio: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                (frames if track.kind == "video" else audio).append(await track.recv())
+
+        asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    publisher = Publisher(plane, "room", "alice", video_codec=codec)
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert "a=inactive" not in answer.sdp
+        video_codecs, audio_codecs = _rtpmaps(answer.sdp)
+        assert video_codecs == ["VP8", "rtx"] and audio_codecs == ["opus"]
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        if codec == "video/H264":
+            # the viewer answered VP8 for video before any track: only audio can fill it now
+            await publisher.start()
+            deadline = time.monotonic() + 10
+            while len(audio) < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(audio) >= 10 and frames == []
+            return
+        await publisher.start()
+        deadline = time.monotonic() + 15
+        while (len(frames) < 10 or len(audio) < 10) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 10 and len(audio) >= 10
+    finally:
+        await pc.close()
+        await publisher.close()
+
+
+async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_comes_back(
+        plane: LocalMediaPlane) -> None:
+    """A WHEP viewer's m-line keeps its SSRC from one publisher to the next (WHEP cannot
+    renegotiate): the next track's packets must continue its sequence, or SRTP refuses every
+    one of them as a replay (srtp_protect error 10) and the viewer stays frozen."""
+    pc = client_pc()
+    frames: list[object] = []
+
+    def on_track(track) -> None:  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        if track.kind == "video":
+            asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    first = Publisher(plane, "room", "alice", audio=False)
+    second = Publisher(plane, "room", "carol", audio=False)
+    try:
+        await first.start()
+        pc.addTransceiver("video", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        deadline = time.monotonic() + 10
+        while len(frames) < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 30
+        await plane.request(Leave("room", "alice", None))
+        await first.close()
+        before = len(frames)
+        await second.start()
+        deadline = time.monotonic() + 10
+        while len(frames) < before + 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= before + 20, "the viewer froze when the next publisher came"
+        viewer = plane.rooms["room"].participants["viewer"].subscribe
+        assert viewer is not None
+        assert all(c.send_errors == 0 for c in viewer.consumers.values())
+    finally:
+        await pc.close()
+        await first.close()
+        await second.close()

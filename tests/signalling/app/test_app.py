@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from signalling.app.factory import create_app
+from signalling.auth.tokens import TOKENS
+from signalling.calls.node import SIGNALLING
+from signalling.core.settings import Settings, SettingsError
+
+from ...served import free_port
+
+
+async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
+    resp = await client.get("/healthz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ready"
+    admin = client.app[TOKENS].mint("ops", "admin")
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
+    assert resp.status == 200
+    assert "expertcall_ws_connections" in await resp.text()
+
+
+async def test_metrics_answer_an_admin_or_the_scrape_token_only(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.metrics_token = "scrape-" + "s" * 32
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/metrics")
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "auth_required"
+    user = client.app[TOKENS].mint("alice", "client")
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {user}"})
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden"
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer scrape-" + "s" * 31 + "x"})
+    assert resp.status == 401
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {settings.metrics_token}"})
+    assert resp.status == 200 and "expertcall_ws_connections" in await resp.text()
+
+
+async def test_a_loopback_metrics_listener_needs_no_token(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.metrics_port = free_port()
+    client = await aiohttp_client(create_app(settings))
+    assert (await client.get("/metrics")).status == 401
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{settings.metrics_port}/metrics") as resp:
+            assert resp.status == 200 and "expertcall_sessions" in await resp.text()
+        async with http.get(f"http://127.0.0.1:{settings.metrics_port}/api/experts") as resp:
+            assert resp.status == 404  # nothing else on that port
+    with pytest.raises(SettingsError, match="loopback only"):
+        Settings(data_dir=settings.data_dir, metrics_host="0.0.0.0", metrics_port=9100)
+
+
+def test_public_bind_without_secret_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SettingsError, match="without an explicit secret"):
+        create_app(Settings(host="0.0.0.0", data_dir=tmp_path))
+
+
+def test_loopback_generates_a_persistent_dev_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = Settings(data_dir=tmp_path).resolve_secret()
+    assert len(first) == 64
+    assert Settings(data_dir=tmp_path).resolve_secret() == first
+    assert (tmp_path / "secret").stat().st_mode & 0o077 == 0
+
+
+def test_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = Settings.from_env({"EXPERTCALL_PORT": "9000", "EXPERTCALL_MEDIA_LOOPBACK": "yes"}, data_dir=tmp_path)
+    assert s.port == 9000 and s.media_loopback is True
+    with pytest.raises(SettingsError, match="EXPERTCALL_PORT"):
+        Settings.from_env({"EXPERTCALL_PORT": "x"})
+
+
+def test_sfu_workers_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert Settings(data_dir=tmp_path).sfu_workers == 1  # the SFU in this process unless asked
+    assert Settings.from_env({"EXPERTCALL_SFU_WORKERS": "4"}, data_dir=tmp_path).sfu_workers == 4
+    for bad in (0, -1, 1025):
+        with pytest.raises(SettingsError, match="sfu_workers"):
+            Settings(data_dir=tmp_path, sfu_workers=bad)
+
+
+async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
+    client.app[SIGNALLING].closing = True
+    resp = await client.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["status"] == "not_ready"
+
+
+async def test_not_ready_names_the_failure_but_never_the_backends_details(client, caplog) -> None:  # type: ignore[no-untyped-def]
+    backend = client.app[SIGNALLING].backend
+
+    async def unreachable(node_id: str) -> bool:
+        raise ConnectionError("redis://:hunter2@10.1.2.3:6379/0 refused")
+
+    backend.node_alive = unreachable
+    resp = await client.get("/readyz")
+    body = await resp.text()
+    assert resp.status == 503 and "ConnectionError" in body
+    assert "hunter2" not in body and "10.1.2.3" not in body
+    assert "hunter2" in caplog.text  # the operator still learns what happened
