@@ -1,7 +1,7 @@
 """A process that meters one scripted session in real time, for the SIGKILL test.
 
 ``python -m tests.meter_runner DATA_DIR SESSION_ID T0``: per_minute at 1.00 USD per 1 s unit,
-live from T0, paused at T0+1.5, live again at T0+2, ended at T0+6. Started again after a crash,
+live from T0, paused at T0+1.5, live again at T0+2, ended at T0+12 (room for a restart that is slow to start on a busy machine). Started again after a crash,
 it lets the Meter recover the session (paused where the dead meter last beat), resumes it as the
 session layer would on seeing media flow, and applies only the steps it had not applied before.
 """
@@ -19,7 +19,7 @@ from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.store_sqlite import SqliteBillingStore
 from signalling.core.database import Database
 
-STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (6.0, "end"))
+STEPS = ((0.0, "live"), (1.5, "pause"), (2.0, "live"), (12.0, "end"))
 
 
 async def main(data_dir: Path, sid: str, t0: float) -> None:

@@ -14,7 +14,7 @@ SECRET = "s" * 32
 
 def claims(**override: object) -> dict[str, object]:
     now = int(time.time())
-    base: dict[str, object] = {"sub": "x", "role": "client", "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+    base: dict[str, object] = {"sub": "x", "role": "client", "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex}
     base.update(override)
     return {k: v for k, v in base.items() if v is not None}
 
