@@ -9,7 +9,7 @@ events pushed).
   (its CPU first, in steps of ``CPU_STEP`` of a core; then its streams, counting a room placed
   since its last report as ``ROOM_STREAMS``; then packets per second), and every later request for
   the room goes to that worker.
-- A worker that dies (or breaks the channel's rules, or stops reporting for ``STALL_SECONDS``) is
+- A worker that dies (or breaks the channel's rules, or sends nothing for ``stall_seconds``) is
   killed if need be and started again; its rooms open again at once on the least loaded worker
   that is up (the new one, if no other is), and each emits ``RoomRestarted``: the control plane
   sees what it sees when a node hosting rooms dies, and its participants start media again.
