@@ -35,6 +35,7 @@ def _serve(conn: Connection) -> None:
 
     async def main() -> None:
         plane = LocalMediaPlane(MediaOptions(loopback=True, max_publish_bitrate=0))
+        plane.start()
         plane.on_event(lambda event: conn.send(("event", event.to_dict())))
         loop = asyncio.get_running_loop()
         while True:

@@ -45,7 +45,7 @@ def run(subscribers: int, packets: int) -> dict[str, float]:
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     out.setblocking(False)
 
-    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
+    producer: Producer[Consumer] = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
     producer.attach_source(1234, None, 0, lambda d: True)
     for i in range(subscribers):
         srtp = _session(os.urandom(28), True)

@@ -260,17 +260,31 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
 @click.option("--sfu-workers", "sfu_workers", default="1", show_default=True,
               help="With --calls: SFU worker processes of the expertcall server, or several to compare "
                    "such as 1,2 (each count is a target of its own; 1 keeps the SFU in the server's process).")
+@click.option("--record", is_flag=True, default=False,
+              help="Measure recording instead: CPU per recorded stream and disk bytes per second, "
+                   "--publishers streams, windows forwarding-only and recording alternating --rounds times.")
 @click.option("--pin-server", "pin_server", default="",
               help="Pin the servers started (and every process they start) to these CPUs, a taskset list "
                    "such as 1 or 0-3; the clients stay unpinned. [default: not pinned]")
 def media(calls: str | None, publishers: int, subscribers: str, duration: float, json_path: Path,
           plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
           token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
-          server_nice: int, client_nice: int, janus_event_loops: int, sfu_workers: str, pin_server: str) -> None:
+          server_nice: int, client_nice: int, janus_event_loops: int, sfu_workers: str, pin_server: str,
+          record: bool) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
-    with --calls, carrying two-party calls."""
+    with --calls, carrying two-party calls, or, with --record, recording."""
     if pin_server:
         _check_cpus(pin_server)
+    if calls is None and click.get_current_context().get_parameter_source("sfu_workers") \
+            is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--sfu-workers is for --calls; the other benches run the SFU in the server's process")
+    if record:
+        if calls is not None or reference or url:
+            raise click.UsageError("--record measures recording alone: without --calls, --reference or --url")
+        from . import recording
+
+        recording.run(publishers, duration, settle, rounds, json_path)
+        return
     if calls is not None:
         context = click.get_current_context()
         for name in FAN_OUT_ONLY:
@@ -282,8 +296,6 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
                      settle, workers, rounds, server_nice, client_nice, pin_server, janus_event_loops,
                      _counts(sfu_workers, "SFU worker"))
         return
-    if click.get_current_context().get_parameter_source("sfu_workers") is not click.core.ParameterSource.DEFAULT:
-        raise click.UsageError("--sfu-workers is for --calls; the fan-out bench runs the SFU in the server's process")
     if reference == "janus":
         raise click.UsageError("--reference janus runs with --calls (two-party calls)")
     join_rate = join_rate or 50.0

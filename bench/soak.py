@@ -1,8 +1,9 @@
 """``expertcall bench soak``: one publisher, subscribers coming and going, a hostile path, for minutes.
 
 The server under test (``expertcall serve``) runs in its own process; this process runs one light
-WHIP publisher (bench/clients.py: pre-encoded VP8 and Opus, no encoder) and up to
-``--subscribers`` light WHEP subscribers (no decoder), all on 127.0.0.1:
+WHIP publisher (bench/clients.py: pre-encoded VP8 and Opus, no encoder), and ``--workers``
+processes run ``--subscribers`` light WHEP subscribers (no decoder) between them, all on
+127.0.0.1 (one client process for all would itself lose packets and set the figures):
 
 - each subscriber stays a random 10-60 s, then leaves (WHEP DELETE) and another joins;
 - ``--loss`` of the datagrams on the publisher's path to the server, and of the SRTP reaching each
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import random
 import struct
 import tempfile
@@ -124,26 +126,108 @@ async def _probe_padding(publisher: Publisher, stop: asyncio.Event) -> int:
     return sent
 
 
+class SubscriberLoad:
+    """``slots`` subscribers, each staying a random 10-60 s and then replaced, until ``end_at``
+    (wall clock): run in a worker process of its own so that one client process is not what
+    limits the soak."""
+
+    def __init__(self, base_url: str, token: str, session: str, slots: int, loss: float,
+                 seed: int) -> None:
+        self.base_url, self.token, self.session = base_url, token, session
+        self.slots = slots
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.table = [0.0] * PICTURE_IDS  # latency is not measured here
+        self.freezes: list[tuple[float, float]] = []  # wall clock
+        self.joins = 0
+        self.join_failures = 0
+        self.no_video = 0  # subscribers that left without a first keyframe
+        self.first_frames: list[float] = []
+        self.paths: list[LossyPath] = []
+
+    async def _one(self, http: aiohttp.ClientSession, end_at: float) -> None:
+        while time.time() < end_at:
+            subscriber = LossySubscriber(f"{self.base_url}/whep/{self.session}", self.token,
+                                         self.table, audio=True, receiver_reports=True)
+            path = LossyPath(self.loss, random.Random(self.rng.random()))
+            subscriber.path = path
+            self.paths.append(path)
+            self.joins += 1
+            leave_at = min(end_at, time.time() + self.rng.uniform(10, 60))
+            try:
+                await subscriber.start(http)
+            except Exception:  # noqa: BLE001 - counted, and another joins
+                self.join_failures += 1
+                await subscriber.pc.close()
+                await asyncio.sleep(1)
+                continue
+            last_frames, last_progress, frozen_since = 0, time.time(), 0.0
+            while time.time() < leave_at:
+                await asyncio.sleep(0.1)
+                now = time.time()
+                if subscriber.frames != last_frames:
+                    if frozen_since:
+                        self.freezes.append((frozen_since, now))
+                        frozen_since = 0.0
+                    last_frames, last_progress = subscriber.frames, now
+                elif subscriber.first_frame_at and not frozen_since \
+                        and now - last_progress > FREEZE_S:
+                    frozen_since = last_progress
+            if frozen_since:
+                self.freezes.append((frozen_since, time.time()))
+            if subscriber.first_frame_at:
+                self.first_frames.append(subscriber.first_frame_at - subscriber.started_at)
+            elif time.time() < end_at:
+                self.no_video += 1
+            if subscriber._reports is not None:
+                subscriber._reports.cancel()
+            await _delete(http, subscriber.resource, self.token)
+            await subscriber.pc.close()
+
+    async def run(self, end_at: float) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            tasks = []
+            for _ in range(self.slots):
+                tasks.append(asyncio.ensure_future(self._one(http, end_at)))
+                await asyncio.sleep(self.rng.uniform(0.05, 0.3))
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        return {
+            "joins": self.joins, "join_failures": self.join_failures,
+            "no_video": self.no_video, "freezes": self.freezes,
+            "first_frames": self.first_frames,
+            "dropped": sum(p.dropped for p in self.paths),
+            "delayed": sum(p.delayed for p in self.paths),
+            "errors": [repr(r) for r in results if isinstance(r, BaseException)],
+        }
+
+
+def _subscribe(base_url: str, token: str, session: str, slots: int, loss: float, seed: int,
+               end_at: float, results: Any) -> None:
+    """A worker process's body."""
+    use_loopback_ice()
+    load = SubscriberLoad(base_url, token, session, slots, loss, seed)
+    try:
+        results.put(asyncio.run(load.run(end_at)))
+    except Exception as exc:  # noqa: BLE001 - the coordinator must hear of it
+        results.put({"errors": [repr(exc)]})
+
+
 class Soak:
     def __init__(self, base_url: str, token: str, session: str, subscribers: int, loss: float,
-                 reconnect: float, seed: int) -> None:
+                 reconnect: float, seed: int, workers: int) -> None:
         self.base_url, self.token, self.session = base_url, token, session
         self.slots = subscribers
         self.loss = loss
         self.reconnect = reconnect
+        self.seed = seed
+        self.workers = workers
         self.rng = random.Random(seed)
         self.video = encoded.video()
         self.audio = encoded.audio()
         self.table = [0.0] * PICTURE_IDS
         self.publisher_path = LossyPath(loss, self.rng)
-        self.reconnects: list[float] = []
+        self.reconnects: list[float] = []  # wall clock
         self.padding_sent = 0
-        self.freezes: list[dict[str, Any]] = []
-        self.joins = 0
-        self.join_failures = 0
-        self.no_video = 0  # subscribers that left without a first keyframe
-        self.first_frames: list[float] = []
-        self.subscriber_paths: list[LossyPath] = []
 
     async def _publisher(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -151,7 +235,7 @@ class Soak:
                                   self.audio, self.table)
             await publisher.start(http)
             _lossy_publisher_socket(publisher, self.publisher_path)
-            self.reconnects.append(time.monotonic())
+            self.reconnects.append(time.time())
             probe_stop = asyncio.Event()
             probe = asyncio.ensure_future(_probe_padding(publisher, probe_stop))
             try:
@@ -160,97 +244,67 @@ class Soak:
                 pass
             probe_stop.set()
             self.padding_sent += await probe
-            self.reconnects.append(time.monotonic())
+            self.reconnects.append(time.time())
             await publisher.close(http)
 
     def _in_reconnect(self, start: float, end: float) -> bool:
         return any(start - RECONNECT_GRACE_S <= at <= end + RECONNECT_GRACE_S
                    for at in self.reconnects)
 
-    async def _subscriber(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            subscriber = LossySubscriber(f"{self.base_url}/whep/{self.session}", self.token,
-                                         self.table, audio=True, receiver_reports=True)
-            path = LossyPath(self.loss, random.Random(self.rng.random()))
-            subscriber.path = path
-            self.subscriber_paths.append(path)
-            self.joins += 1
-            stay = self.rng.uniform(10, 60)
-            try:
-                await subscriber.start(http)
-            except Exception:  # noqa: BLE001 - counted, and another joins
-                self.join_failures += 1
-                await subscriber.pc.close()
-                await asyncio.sleep(1)
-                continue
-            started = time.monotonic()
-            last_frames, last_progress, frozen_since = 0, started, 0.0
-            while not stop.is_set() and time.monotonic() - started < stay:
-                await asyncio.sleep(0.1)
-                now = time.monotonic()
-                if subscriber.frames != last_frames:
-                    if frozen_since:
-                        self._freeze(frozen_since, now)
-                        frozen_since = 0.0
-                    last_frames, last_progress = subscriber.frames, now
-                elif subscriber.first_frame_at and not frozen_since \
-                        and now - last_progress > FREEZE_S:
-                    frozen_since = last_progress
-            if frozen_since:
-                self._freeze(frozen_since, time.monotonic())
-            if subscriber.first_frame_at:
-                self.first_frames.append(subscriber.first_frame_at - subscriber.started_at)
-            elif not stop.is_set():
-                self.no_video += 1
-            if subscriber._reports is not None:
-                subscriber._reports.cancel()
-            await _delete(http, subscriber.resource, self.token)
-            await subscriber.pc.close()
-
-    def _freeze(self, start: float, end: float) -> None:
-        self.freezes.append({"seconds": round(end - start, 2),
-                             "during_reconnect": self._in_reconnect(start, end)})
-
     async def run(self, duration: float, pid: int, on_sample: Any) -> dict[str, Any]:
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
         stop = asyncio.Event()
         memory: list[dict[str, Any]] = []
         async with aiohttp.ClientSession() as http:
-            tasks = [asyncio.ensure_future(self._publisher(http, stop))]
+            publishing = asyncio.ensure_future(self._publisher(http, stop))
             await asyncio.sleep(2)
-            for _ in range(self.slots):
-                tasks.append(asyncio.ensure_future(self._subscriber(http, stop)))
-                await asyncio.sleep(self.rng.uniform(0.05, 0.3))
+            end_at = time.time() + duration
+            procs = []
+            for index in range(self.workers):
+                slots = self.slots // self.workers + (index < self.slots % self.workers)
+                proc = ctx.Process(target=_subscribe, daemon=True, args=(
+                    self.base_url, self.token, self.session, slots, self.loss,
+                    self.seed * 1000 + index, end_at, results))
+                proc.start()
+                procs.append(proc)
             start = time.monotonic()
-            while time.monotonic() - start < duration:
+            while time.time() < end_at:
                 used = tree_memory(pid)
                 sample = {"t": round(time.monotonic() - start, 1), "rss_kb": used.rss_kb,
-                          "uss_kb": used.uss_kb, "joins": self.joins}
+                          "uss_kb": used.uss_kb}
                 memory.append(sample)
                 on_sample(sample)
                 await asyncio.sleep(5)
+            loop = asyncio.get_running_loop()
+            reports = [await loop.run_in_executor(None, results.get, True, 120) for _ in procs]
+            for proc in procs:
+                proc.join(10)
             stop.set()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        errors = [repr(r) for r in results if isinstance(r, BaseException)]
-        real = [f for f in self.freezes if not f["during_reconnect"]]
-        first = sorted(self.first_frames)
+            publisher_errors = [repr(e) for e in await asyncio.gather(
+                publishing, return_exceptions=True) if isinstance(e, BaseException)]
+        freezes = [(a, b) for r in reports for a, b in r.get("freezes", [])]
+        real = [b - a for a, b in freezes if not self._in_reconnect(a, b)]
+        first = sorted(f for r in reports for f in r.get("first_frames", []))
         return {
-            "duration_s": duration, "subscribers": self.slots, "loss": self.loss,
-            "publisher_reconnects": len(self.reconnects) // 2,
+            "duration_s": duration, "subscribers": self.slots, "workers": self.workers,
+            "loss": self.loss, "publisher_reconnects": len(self.reconnects) // 2,
             "padding_rtx_sent": self.padding_sent,
-            "joins": self.joins, "join_failures": self.join_failures,
-            "left_without_video": self.no_video,
+            "joins": sum(r.get("joins", 0) for r in reports),
+            "join_failures": sum(r.get("join_failures", 0) for r in reports),
+            "left_without_video": sum(r.get("no_video", 0) for r in reports),
             "injected": {
                 "publisher_dropped": self.publisher_path.dropped,
                 "publisher_delayed": self.publisher_path.delayed,
-                "subscribers_dropped": sum(p.dropped for p in self.subscriber_paths),
-                "subscribers_delayed": sum(p.delayed for p in self.subscriber_paths),
+                "subscribers_dropped": sum(r.get("dropped", 0) for r in reports),
+                "subscribers_delayed": sum(r.get("delayed", 0) for r in reports),
             },
             "freezes_over_1s": len(real),
-            "longest_freeze_s": max((f["seconds"] for f in real), default=0.0),
-            "freezes_during_publisher_reconnects": len(self.freezes) - len(real),
+            "longest_freeze_s": round(max(real, default=0.0), 2),
+            "freezes_during_publisher_reconnects": len(freezes) - len(real),
             "first_frame_s": {"p50": first[len(first) // 2] if first else None,
                               "p95": first[int(len(first) * 0.95)] if first else None},
-            "client_errors": errors,
+            "client_errors": publisher_errors + [e for r in reports for e in r.get("errors", [])],
             "memory": memory,
         }
 
@@ -293,10 +347,12 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 @click.option("--reconnect", type=click.FloatRange(5, 3600), default=60, show_default=True,
               help="Seconds between publisher reconnects.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True,
+              help="Subscriber processes.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), required=True)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path))
 def soak(subscribers: int, duration: float, loss: float, reconnect: float, seed: int,
-         json_path: Path, plot_path: Path | None) -> None:
+         workers: int, json_path: Path, plot_path: Path | None) -> None:
     """Soak the SFU: one publisher, subscribers joining and leaving, loss and reordering,
     publisher reconnects and padding-only RTX; freezes, errors and memory as JSON."""
     use_loopback_ice()
@@ -305,12 +361,12 @@ def soak(subscribers: int, duration: float, loss: float, reconnect: float, seed:
     server = start_server("sfu", data_dir, log)
     try:
         (session,) = asyncio.run(_open_sessions(server, 1))
-        soaker = Soak(server.url, server.token, session, subscribers, loss, reconnect, seed)
+        soaker = Soak(server.url, server.token, session, subscribers, loss, reconnect, seed,
+                      min(workers, subscribers))
 
         def show(sample: dict[str, Any]) -> None:
             click.echo(f"\r\033[K[soak] {sample['t']:.0f}/{duration:.0f} s, "
-                       f"{sample['rss_kb'] / 1024:.0f} MiB RSS, {sample['joins']} joins",
-                       err=True, nl=False)
+                       f"{sample['rss_kb'] / 1024:.0f} MiB RSS", err=True, nl=False)
 
         result = asyncio.run(soaker.run(duration, server.pid, show))
         click.echo("", err=True)

@@ -4,7 +4,7 @@ The SFU keeps aiortc's RTCPeerConnection for SDP, ICE, DTLS and SRTP, but takes 
 away from it: decrypted RTP and RTCP go to our handlers instead of RTCRtpReceiver (no jitter
 buffer, no decoder thread), and rewritten RTP leaves through the DTLS transport's SRTP context
 straight onto the nominated ICE pair's socket (no MediaStreamTrack, no encoder). aiortc 1.16.0,
-aioice 0.13.0 and pylibsrtp 1.0.0 are pinned in pyproject.toml; tests/test_aiortc_hooks.py fails
+aioice 0.13.0 and pylibsrtp 1.0.0 are pinned in pyproject.toml; tests/sfu/test_aiortc_hooks.py fails
 loudly if any name used here moves.
 """
 

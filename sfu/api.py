@@ -160,9 +160,39 @@ class GetStats(Message):
     room_id: str
 
 
+@dataclass(frozen=True)
+class StartRecording(Message):
+    """Record every track of the room from now on (and tracks published later), one file per
+    participant under the media plane's recordings directory; the control plane has checked
+    consent. The recording's id (and so its files' place) is the media plane's choice. Replies
+    ``RecordingStarted``; refused with ``recording_disabled`` (no directory configured) or
+    ``already_recording``."""
+
+    kind: ClassVar[str] = "start_recording"
+    room_id: str
+
+
+@dataclass(frozen=True)
+class StopRecording(Message):
+    """Stop the room's recording, if any; its files are finalized off the packet path and
+    announced with ``RecordingFile`` events, then ``RecordingStopped``. Replies ``Ok``."""
+
+    kind: ClassVar[str] = "stop_recording"
+    room_id: str
+    reason: str = "stopped"
+
+
+@dataclass(frozen=True)
+class RecoverRecordings(Message):
+    """Finalize the files a killed process left unfinished (once, at start-up); each is announced
+    as a ``RecordingFile`` with ``recovered`` set. Replies ``Ok``."""
+
+    kind: ClassVar[str] = "recover_recordings"
+
+
 REQUESTS: frozenset[type[Message]] = frozenset({
     OpenRoom, CloseRoom, Offer, Subscribe, AnswerToServerOffer, AddIceCandidate, RequestKeyframe, Leave,
-    GetStats,
+    GetStats, StartRecording, StopRecording, RecoverRecordings,
 })
 
 
@@ -188,6 +218,16 @@ class Stats(Message):
     kind: ClassVar[str] = "stats"
     room_id: str
     tracks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RecordingStarted(Message):
+    """``started_at`` (Unix time) is time 0 of every file of the recording."""
+
+    kind: ClassVar[str] = "recording_started"
+    room_id: str
+    recording_id: str
+    started_at: float
 
 
 # --- events (media plane -> control plane) --------------------------------------------------
@@ -281,6 +321,45 @@ class RoomRestarted(Message):
 
     kind: ClassVar[str] = "room_restarted"
     room_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordingFile(Message):
+    """A finished recording file: one participant's tracks. ``file`` is relative to the
+    recordings directory; ``duration`` in seconds; ``sha256`` of the whole file."""
+
+    kind: ClassVar[str] = "recording_file"
+    room_id: str
+    recording_id: str
+    participant_id: str
+    file: str
+    size: int
+    duration: float
+    sha256: str
+    started_at: float
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
+class RecordingFailed(Message):
+    """A participant's file was given up (``disk_too_slow``, ``write_error: ...``) and removed;
+    the call goes on."""
+
+    kind: ClassVar[str] = "recording_failed"
+    room_id: str
+    recording_id: str
+    participant_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordingStopped(Message):
+    """Every file of the recording is finished (or failed): no more events for it follow."""
+
+    kind: ClassVar[str] = "recording_stopped"
+    room_id: str
+    recording_id: str
     reason: str
 
 

@@ -14,9 +14,10 @@ take (which would only queue and be lost). The policy:
   whose reported loss stays over ``PAUSE_LOSS``, for ``PAUSE_AFTER`` seconds, has its video
   paused for it alone (audio goes on); the client and the publisher are told (``MediaQuality``).
 - It is resumed, on a keyframe, once its estimate has stayed at or above the stream's bitrate for
-  ``RESUME_AFTER`` seconds. Because an estimator fed only audio may never climb back, it is also
-  resumed to probe after ``PROBE_AFTER`` seconds, doubling at each failed probe up to
-  ``MAX_PROBE_AFTER``.
+  ``RESUME_AFTER`` seconds (when an estimate paused it: loss cannot be judged without the video).
+  Because an estimator fed only audio may never climb back, and loss only shows with video, it
+  is also resumed to probe after ``PROBE_AFTER`` seconds, doubling at each probe that congests
+  again up to ``MAX_PROBE_AFTER``.
 
 The router applies it once a second; nothing here is on the per-packet path.
 """
@@ -68,14 +69,17 @@ class VideoGate:
     since: float | None = None  # when the current pause/resume condition started to hold
     probe_after: float = PROBE_AFTER
     paused_at: float = 0.0
+    for_loss: bool = False  # paused for loss, which only a probe can show gone
 
     def update(self, estimate: int, fraction_lost: int, bitrate: int, now: float) -> bool | None:
         """Once a second: True to pause, False to resume, None to leave as is."""
         if not self.paused:
-            congested = (estimate and bitrate and estimate < bitrate * PAUSE_BELOW) \
-                or fraction_lost > PAUSE_LOSS
+            short = bool(estimate and bitrate and estimate < bitrate * PAUSE_BELOW)
+            congested = short or fraction_lost > PAUSE_LOSS
             if not congested:
                 self.since = None
+                if now - self.paused_at > self.probe_after + 30:
+                    self.probe_after = PROBE_AFTER  # the last probe held: a fresh start
                 return None
             if self.since is None:
                 self.since = now
@@ -84,11 +88,12 @@ class VideoGate:
             self.paused = True
             self.since = None
             self.paused_at = now
+            self.for_loss = not short
             return True
         if now - self.paused_at >= self.probe_after:  # probe: its estimator may need traffic
             self.probe_after = min(self.probe_after * 2, MAX_PROBE_AFTER)
             return self._resume()
-        if estimate and bitrate and estimate >= bitrate:
+        if not self.for_loss and estimate and bitrate and estimate >= bitrate:
             if self.since is None:
                 self.since = now
             if now - self.since >= RESUME_AFTER:

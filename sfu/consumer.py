@@ -12,16 +12,13 @@ import logging
 import random
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from aiortc import clock
 
 from sfu import rtcp
 from sfu.congestion import VideoGate
 from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
-
-if TYPE_CHECKING:
-    from sfu.producer import Producer
+from sfu.producer import Producer
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +38,7 @@ class Consumer:
     def __init__(
         self,
         consumer_id: str,
-        producer: Producer,
+        producer: Producer[Consumer],
         participant_id: str,
         *,
         ssrc: int,

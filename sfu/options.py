@@ -22,6 +22,7 @@ class MediaOptions:
     max_audio_bitrate: int = 256_000  # bps per audio track (Opus tops out at 510k), policed at 1.5x
     media_state_debounce: float = 2.0  # seconds without packets before "stopped"
     keyframe_interval: float = 1.0  # at most one keyframe request per publisher per interval
+    recordings_dir: str = ""  # where recordings are written; empty: recording is refused
 
     def __post_init__(self) -> None:
         if self.max_publish_bitrate < 0 or self.max_audio_bitrate < 0 or self.media_state_debounce <= 0 \

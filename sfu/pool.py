@@ -118,7 +118,11 @@ class WorkerPool:
             raise MediaError("closed", "the media plane is shut down")
         if type(message) not in REQUESTS:
             raise MediaError("bad_message", f"{type(message).__name__} is not a request")
-        room_id = getattr(message, "room_id")
+        room_id = getattr(message, "room_id", None)
+        if room_id is None:
+            # For the plane as a whole (RecoverRecordings, once at start-up): one worker serves
+            # it, as two would race over the same files.
+            return await self._send(await self._least_loaded(), message)
         if not isinstance(room_id, str) or not room_id:
             raise MediaError("bad_room", "room_id must be a non-empty string")
         moving = self._moving.get(room_id)

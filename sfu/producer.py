@@ -13,14 +13,11 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from sfu import congestion, rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
 from sfu.nack import UpstreamNacks
-
-if TYPE_CHECKING:
-    from sfu.consumer import Consumer
 
 MAX_ASKED = 256  # sequence numbers subscribers asked for that we had to ask the publisher for
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
@@ -49,6 +46,35 @@ class Scheduler(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
 
 
+class ProducerListener(Protocol):
+    """What a producer feeds and tells: a ``Consumer`` (mediasoup style), which imports the
+    producer it listens to; the producer never imports the consumer."""
+
+    remb_bitrate: int  # what the subscriber's receiver estimates it can take, in bps
+    gate: congestion.VideoGate
+
+    def forward(self, payload: bytes, padding: int, marker: int, seq: int, ts: int, level: int,
+                abs24: int, keyframe: bool, epoch: int, arrival_ms: int) -> None:
+        """One packet of the producer's track, for this subscriber."""
+        ...
+
+    def restart(self) -> None:
+        """The producer's source changed (a publisher's reconnect): wait for a keyframe."""
+        ...
+
+    def failed(self, exc: Exception) -> None:
+        """Forwarding to this subscriber raised; the fan-out carries on with the others."""
+        ...
+
+    def close(self, reason: str = "closed") -> None:
+        """The producer closed."""
+        ...
+
+
+# The consumers a producer feeds (``Producer[Consumer]`` in a router).
+Listener = TypeVar("Listener", bound=ProducerListener)
+
+
 @dataclass(frozen=True)
 class Codec:
     """The one codec a producer sends, as negotiated with its publisher."""
@@ -68,7 +94,7 @@ class Codec:
         return self.mime_type.split("/")[1].lower()
 
 
-class Producer:
+class Producer(Generic[Listener]):
     def __init__(
         self,
         producer_id: str,
@@ -87,7 +113,7 @@ class Producer:
         self.codec = codec
         self.app_data = app_data or {}
         self.closed = False
-        self.consumers: list[Consumer] = []
+        self.consumers: list[Listener] = []
         self.on_close: list[Callable[[Producer], None]] = []
 
         # Where the media comes from: set (again) by each publish transport that feeds us.
@@ -133,7 +159,7 @@ class Producer:
         self._nacks = UpstreamNacks()
         # seq -> (when, the consumers that asked for it): a packet the SFU had, gone from their
         # caches; its retransmission goes to them alone
-        self._asked: dict[int, tuple[int, list[Consumer]]] = {}
+        self._asked: dict[int, tuple[int, list[Listener]]] = {}
         self.rtx_unasked = 0  # retransmissions nobody was waiting for: dropped
 
         # sender report from the publisher: for RR's lsr/dlsr and for A/V sync downstream
@@ -197,10 +223,10 @@ class Producer:
     def detach_source(self) -> None:
         self._send_rtcp = _drop
 
-    def add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: Listener) -> None:
         self.consumers.append(consumer)
 
-    def remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: Listener) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
 
@@ -303,7 +329,7 @@ class Producer:
             self._gop = None
         return False
 
-    def replay_gop(self, consumer: Consumer) -> bool:
+    def replay_gop(self, consumer: Listener) -> bool:
         """Start ``consumer`` right away on the cached run from the newest keyframe, if there is
         one young enough; False when it must wait for a new keyframe instead."""
         gop = self._gop
@@ -408,7 +434,7 @@ class Producer:
         if self.ssrc is not None and sequence_numbers and self.codec.nack:
             self._send_rtcp(rtcp.nack(self.rtcp_ssrc, self.ssrc, sequence_numbers))
 
-    def request_retransmission(self, sequence_numbers: list[int], consumer: Consumer) -> None:
+    def request_retransmission(self, sequence_numbers: list[int], consumer: Listener) -> None:
         """``consumer`` asked for packets its cache no longer has: ask the publisher, once for
         all the consumers that ask within a retry interval, and send the answer to them only.
         Holes still pending upstream are already being asked for, for everyone."""

@@ -27,10 +27,12 @@ from sfu.api import (
     TransportClosed,
     TransportKind,
 )
+from sfu.consumer import Consumer
 from sfu.forwarder import current_ms
 from sfu.network import NetworkOptions
 from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
+from sfu.recorder import Recorder
 from sfu.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class Router:
         self.app_data = app_data or {}
         self.closed = False
         self.participants: dict[str, Participant] = {}
-        self.producers: dict[str, Producer] = {}
+        self.producers: dict[str, Producer[Consumer]] = {}
         self._emit = emit
         self._speaker: str | None = None
         self._levels: dict[str, float] = {}
@@ -68,6 +70,7 @@ class Router:
         self._closing: set[asyncio.Task[None]] = set()
         # bytes of each producer and consumer at its last report (gone with it)
         self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        self.recorder: Recorder | None = None  # while the room is recorded
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     @staticmethod
@@ -112,7 +115,7 @@ class Router:
             transport.add_consumer(producer)
         await self._offer(transport)
 
-    def producers_for(self, participant_id: str) -> list[Producer]:
+    def producers_for(self, participant_id: str) -> list[Producer[Consumer]]:
         """The tracks a participant may receive: everyone's but its own."""
         return [p for p in self.producers.values() if p.participant_id != participant_id]
 
@@ -147,8 +150,8 @@ class Router:
 
     # --- producers ---------------------------------------------------------------------------
 
-    def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer:
-        producer = Producer(
+    def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer[Consumer]:
+        producer: Producer[Consumer] = Producer(
             f"{participant_id}:{mid}", participant_id, kind, codec,
             max_bitrate=self.options.max_publish_bitrate if kind == "video"
             else self.options.max_audio_bitrate,
@@ -162,10 +165,12 @@ class Router:
             if (participant.id != participant_id and sub is not None and not sub.closed
                     and sub.add_consumer(producer) is not None and not sub.client_offers):
                 self.schedule_offer(sub)
+        if self.recorder is not None:
+            self.recorder.add_producers([producer])
         return producer
 
 
-    def _producer_closed(self, producer: Producer) -> None:
+    def _producer_closed(self, producer: Producer[Consumer]) -> None:
         self.producers.pop(producer.id, None)
         self._levels.pop(producer.participant_id, None)
 
@@ -294,7 +299,7 @@ class Router:
                         (consumer.bytes - before.get(consumer, consumer.bytes)) * 8 / interval)
                     before[consumer] = consumer.bytes
 
-    def _gate_video(self, producer: Producer, now: float) -> None:
+    def _gate_video(self, producer: Producer[Consumer], now: float) -> None:
         """Pause or resume each subscriber's video of ``producer`` for congestion."""
         for consumer in list(producer.consumers):
             if consumer.paused and not consumer.gate.paused:
@@ -357,6 +362,8 @@ class Router:
             return
         self.closed = True
         self._task.cancel()
+        if self.recorder is not None:
+            self.recorder.stop(reason)
         for task in list(self._offer_tasks.values()):
             task.cancel()
         for participant in list(self.participants.values()):

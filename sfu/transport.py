@@ -10,10 +10,11 @@ sfu.aiortc_hooks to our producers and consumers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiortc import (
     RTCBundlePolicy,
@@ -41,10 +42,8 @@ from sfu.forwarder import (
     payload_offset,
     unpack_fixed,
 )
+from sfu.network import NetworkOptions
 from sfu.producer import Codec, Producer
-
-if TYPE_CHECKING:
-    from sfu.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +150,44 @@ def _extension_id(extensions: list[Any], uri: str) -> int:
     return next((e.id for e in extensions if e.uri == uri), 0)
 
 
+class TransportListener(Protocol):
+    """What a transport asks of the room it belongs to (mediasoup's transport listener): the
+    ``Router`` implements it, and the transport never imports the router."""
+
+    id: str
+    network: NetworkOptions
+
+    def now_ms(self) -> int:
+        """The clock packet arrivals are stamped with."""
+        ...
+
+    def create_producer(self, participant_id: str, mid: str, kind: str, codec: Codec) -> Producer[Consumer]:
+        """A producer for a track the participant publishes."""
+        ...
+
+    def producers_for(self, participant_id: str) -> list[Producer[Consumer]]:
+        """The tracks a participant may receive: everyone's but its own."""
+        ...
+
+    def schedule_offer(self, transport: Transport) -> None:
+        """Send the transport's participant a new server offer (its tracks changed)."""
+        ...
+
+    def relay_chat(self, sender: str, message: str) -> None:
+        """Pass a data-channel chat message on to the room."""
+        ...
+
+    def connection_closed(self, transport: Transport) -> None:
+        """The transport's connection closed for good: the transport leaves the room."""
+        ...
+
+    def transport_state_changed(self, transport: Transport) -> None:
+        """The transport's connection state changed: the participant's media state follows."""
+        ...
+
+
 class Transport:
-    def __init__(self, router: Router, participant_id: str, kind: TransportKind) -> None:
+    def __init__(self, router: TransportListener, participant_id: str, kind: TransportKind) -> None:
         self.router = router
         self.participant_id = participant_id
         self.kind: TransportKind = kind
@@ -161,14 +196,14 @@ class Transport:
         self.state = "new"
         self.last_packet_ms = 0
         self.offer_id = 0
-        self.producers: dict[str, Producer] = {}  # by the client's mid
+        self.producers: dict[str, Producer[Consumer]] = {}  # by the client's mid
         self.consumers: dict[str, Consumer] = {}  # by our mid (or by producer id until known)
         self.chat: RTCDataChannel | None = None
         self._rtp: dict[int, PacketHandler] = {}
         self._rtcp_consumers: dict[int, Consumer] = {}
         self._mid_ext_id = 0
-        self._rtx_pts: dict[int, Producer | None] = {}
-        self._pts: dict[int, Producer | None] = {}
+        self._rtx_pts: dict[int, Producer[Consumer] | None] = {}
+        self._pts: dict[int, Producer[Consumer] | None] = {}
         self._remote_ufrag: str | None = None
         self._renegotiate = False
         self._lock = asyncio.Lock()
@@ -261,6 +296,14 @@ class Transport:
                 raise MediaError("unsupported_codec",
                                  f"m-line {mid}: none of opus, VP8, H.264 was offered")
             kept, codec = picked
+            # aiortc keeps our own fmtp for a negotiated codec: the publisher's out-of-band
+            # H.264 parameter sets come from its SDP
+            remote = next((c for c in sending[mid].rtp.codecs
+                           if c.payloadType == codec.payload_type), None)
+            if remote is not None and "sprop-parameter-sets" in remote.parameters:
+                codec = dataclasses.replace(codec, parameters={
+                    **codec.parameters,
+                    "sprop-parameter-sets": remote.parameters["sprop-parameter-sets"]})
             aiortc_hooks.restrict_codecs(transceiver, kept)
             if mid not in self.producers:
                 self.producers[mid] = self.router.create_producer(
@@ -355,7 +398,7 @@ class Transport:
 
     # --- consumers (subscribe side) ----------------------------------------------------------
 
-    def add_consumer(self, producer: Producer) -> Consumer | None:
+    def add_consumer(self, producer: Producer[Consumer]) -> Consumer | None:
         """Add an m-line for ``producer`` to our next offer; on a client-offered (WHEP)
         transport, fill an m-line that waits for a track, if one fits."""
         if self.closed or self.pc.connectionState == "closed":
@@ -381,14 +424,14 @@ class Transport:
                 return transceiver
         return None
 
-    def _prefer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> None:
+    def _prefer(self, transceiver: RTCRtpTransceiver, producer: Producer[Consumer]) -> None:
         capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
         found = _matching(capabilities, producer.codec)
         wanted = [found] if found is not None else []
         wanted += [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
         transceiver.setCodecPreferences(wanted)
 
-    def _bind_consumer(self, transceiver: RTCRtpTransceiver, producer: Producer) -> Consumer:
+    def _bind_consumer(self, transceiver: RTCRtpTransceiver, producer: Producer[Consumer]) -> Consumer:
         ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(transceiver.sender)
         self._hook()  # with max-bundle the one DTLS transport exists from the first m-line on
         raw = self._raw
@@ -472,6 +515,12 @@ class Transport:
                 kept = next((c for c in codecs if c.mimeType.lower() in SUPPORTED_CODECS), None)
                 if kept is None:
                     continue
+            elif producer is not None and "sprop-parameter-sets" in producer.codec.parameters:
+                # H.264 out of band parameter sets: the viewer's decoder may need them before
+                # the first in-band SPS/PPS (RFC 6184 8.1)
+                sprop = producer.codec.parameters["sprop-parameter-sets"]
+                kept = dataclasses.replace(
+                    kept, parameters={**kept.parameters, "sprop-parameter-sets": sprop})
             rtx = [c for c in codecs if c.mimeType.lower().endswith("/rtx")
                    and c.parameters.get("apt") == kept.payloadType]
             aiortc_hooks.restrict_codecs(transceiver, [kept] + rtx)
@@ -482,7 +531,7 @@ class Transport:
                 taken.add(producer.id)
                 self._bind_consumer(transceiver, producer)
 
-    def _fill_waiting(self, producer: Producer) -> Consumer | None:
+    def _fill_waiting(self, producer: Producer[Consumer]) -> Consumer | None:
         """A track arrived: put it on a WHEP m-line that waits for one and whose codec fits."""
         for transceiver in self._waiting:
             codecs = aiortc_hooks.negotiated_codecs(transceiver)

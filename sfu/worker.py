@@ -6,8 +6,10 @@ sfu.api and listens to its events. Nothing here knows about users, tokens or mon
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from sfu import aiortc_hooks
@@ -24,14 +26,20 @@ from sfu.api import (
     Offer,
     Ok,
     OpenRoom,
+    RecordingStarted,
+    RecoverRecordings,
     RequestKeyframe,
+    StartRecording,
     Stats,
+    StopRecording,
     Subscribe,
     TransportClosed,
 )
 from sfu.events import EventFanout
 from sfu.gc_policy import CollectAfterDepartures
 from sfu.options import MediaOptions
+from sfu.recorder import Recorder, new_recording_id
+from sfu.recording_recovery import recover
 from sfu.router import Router
 
 logger = logging.getLogger(__name__)
@@ -39,11 +47,9 @@ logger = logging.getLogger(__name__)
 
 class LocalMediaPlane:
     def __init__(self, options: MediaOptions | None = None) -> None:
-        aiortc_hooks.lazy_bitrate_estimators()
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
         self.collector = CollectAfterDepartures(self._open_transports)
-        self.collector.install()
         self._events = EventFanout()
         self._closed = False
         self._dispatch: dict[type[Message], Callable[[Any], Awaitable[Message]]] = {
@@ -56,7 +62,18 @@ class LocalMediaPlane:
             RequestKeyframe: self._keyframe,
             Leave: self._leave,
             GetStats: self._stats,
+            StartRecording: self._start_recording,
+            StopRecording: self._stop_recording,
+            RecoverRecordings: self._recover_recordings,
         }
+
+    def start(self) -> None:
+        """Take this process's media settings, before the first room: receivers build their
+        bitrate estimators lazily (``aiortc_hooks``), and full garbage collections wait for
+        departures (``gc_policy``; ``close`` gives the threshold back). Building a plane changes
+        nothing outside it."""
+        aiortc_hooks.lazy_bitrate_estimators()
+        self.collector.install()
 
     def on_event(self, handler: EventHandler) -> None:
         self._events.add(handler)
@@ -150,3 +167,32 @@ class LocalMediaPlane:
 
     async def _stats(self, message: GetStats) -> Message:
         return Stats(message.room_id, self._room(message.room_id).stats())
+
+    async def _start_recording(self, message: StartRecording) -> Message:
+        router = self._room(message.room_id)
+        if not self.options.recordings_dir:
+            raise MediaError("recording_disabled", "this media node has no recordings directory")
+        if router.recorder is not None and not router.recorder.stopping:
+            raise MediaError("already_recording", f"room {message.room_id} is being recorded")
+        recording_id = new_recording_id()
+        recorder = Recorder(message.room_id, recording_id,
+                            Path(self.options.recordings_dir) / recording_id, self._emit)
+        router.recorder = recorder
+        recorder.add_producers(list(router.producers.values()))
+        logger.info("room %s: recording %s started", message.room_id, recording_id)
+        return RecordingStarted(message.room_id, recording_id, recorder.started_at)
+
+    async def _stop_recording(self, message: StopRecording) -> Message:
+        router = self._room(message.room_id)
+        if router.recorder is not None:
+            router.recorder.stop(message.reason)
+            logger.info("room %s: recording %s stopped (%s)", message.room_id,
+                        router.recorder.id, message.reason)
+        return Ok()
+
+    async def _recover_recordings(self, message: RecoverRecordings) -> Message:
+        if self.options.recordings_dir:
+            root = Path(self.options.recordings_dir)
+            for event in await asyncio.get_running_loop().run_in_executor(None, recover, root):
+                self._emit(event)
+        return Ok()

@@ -31,13 +31,27 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import aiortc_hooks
-from sfu.api import Answer, AnswerToServerOffer, MediaPlane, Message, Offer, ServerOffer, Subscribe
+from sfu.api import Answer, AnswerToServerOffer, GetStats, MediaPlane, Message, Offer, ServerOffer, Stats, Subscribe
 from sfu.network import NetworkOptions
 
 WIDTH, HEIGHT, FPS = 160, 120, 30
 BITS, BLOCK = 12, 12  # counter bits drawn as BLOCK-pixel squares, in two rows of six
 VIDEO_CLOCK = 90000
 LOOPBACK = NetworkOptions(loopback=True)
+
+
+async def answer_to(plane: MediaPlane, offer: Offer) -> Answer:
+    """The media plane's answer to ``offer`` (a test fails on any other reply)."""
+    reply = await plane.request(offer)
+    assert isinstance(reply, Answer), reply
+    return reply
+
+
+async def track_stats(plane: MediaPlane, room_id: str) -> list[dict[str, Any]]:
+    """The room's per-track statistics (``GetStats``)."""
+    reply = await plane.request(GetStats(room_id))
+    assert isinstance(reply, Stats), reply
+    return reply.tracks
 
 
 def client_pc() -> RTCPeerConnection:

@@ -9,7 +9,8 @@ new arrow against the design fails here before anyone builds on it:
 - inside ``signalling`` the parts stand in layers (``LAYERS``): each imports only the parts below
   it, so that ``core`` imports no other part, billing never imports the socket layer or the app,
   and the calls ask billing only through ``calls/billing_desk.py``;
-- the bench may use the application, never its command line (which imports the bench).
+- the bench may use the application, never its command line (which imports the bench);
+- no module is part of an import circle.
 """
 
 from __future__ import annotations
@@ -35,11 +36,8 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 # The media plane's modules the control plane may import, and where.
 SFU_FOR_ALL = frozenset({"sfu.api"})
-SFU_FOR = {
-    # the factory makes the plane: in process, or a pool of worker processes with their metrics
-    "signalling.app.factory": frozenset({"sfu.worker", "sfu.pool", "sfu.metrics", "sfu.options"}),
-    "signalling.app.wiring": frozenset({"sfu.metrics"}),
-}
+# the factory makes the plane: in process, or a pool of worker processes with their metrics
+SFU_FOR = {"signalling.app.factory": frozenset({"sfu.worker", "sfu.pool", "sfu.metrics", "sfu.options"})}
 
 
 def module_files() -> dict[str, Path]:
@@ -134,3 +132,54 @@ def test_billing_never_imports_the_socket_layer(graph: dict[str, set[str]]) -> N
 
 def test_the_bench_never_imports_the_command_line(graph: dict[str, set[str]]) -> None:
     assert sorted(m for m, ts in graph.items() if m.startswith("bench") and "signalling.app.cli" in ts) == []
+
+
+def test_no_import_circles(graph: dict[str, set[str]]) -> None:
+    assert circles(graph) == []
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return found
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []

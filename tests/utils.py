@@ -11,7 +11,18 @@ from typing import Any, Callable
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from sfu.api import Answer, EventHandler, MediaError, MediaState, Message, Offer, Ok
+from sfu.api import (
+    Answer,
+    EventHandler,
+    MediaError,
+    MediaState,
+    Message,
+    Offer,
+    Ok,
+    RecordingStarted,
+    RecoverRecordings,
+    StartRecording,
+)
 from signalling.app.factory import create_app
 from signalling.auth.tokens import TOKENS
 from signalling.calls.directory import ExpertRef, MemoryExpertDirectory
@@ -35,11 +46,15 @@ class FakePlane:
         self.refuse: MediaError | None = None
 
     async def request(self, message: Message) -> Message:
+        if isinstance(message, RecoverRecordings):
+            return Ok()  # asked once at every start-up: not one of the requests tests follow
         self.requests.append(message)
         if self.refuse is not None:
             raise self.refuse
         if isinstance(message, Offer):
             return Answer(sdp=f"answer-to:{message.participant_id}:{message.transport}")
+        if isinstance(message, StartRecording):
+            return RecordingStarted(message.room_id, f"rec{len(self.requests)}", 1_700_000_000.0)
         return Ok()
 
     def on_event(self, handler: EventHandler) -> None:
@@ -79,8 +94,9 @@ class Peer:
         self.welcome: dict[str, Any] = {}
 
     @classmethod
-    async def join(cls, server: TestClient, user: str, role: str, name: str | None = None, **hello: Any) -> "Peer":
-        token = server.app[TOKENS].mint(user, role, name=name)
+    async def join(cls, server: TestClient, user: str, role: str, name: str | None = None, minor: bool = False,
+                   **hello: Any) -> "Peer":
+        token = server.app[TOKENS].mint(user, role, name=name, minor=minor)
         peer = cls(await server.ws_connect("/ws"))
         peer.welcome = await peer.request("hello", token=token, **hello)
         assert peer.welcome["type"] == "welcome", peer.welcome

@@ -16,7 +16,7 @@ from signalling.core.errors import error_body, read_json_value
 from signalling.core.settings import is_loopback_host
 
 STATIC = Path(__file__).parent / "static"
-PAGES = {"/": "index.html", "/client": "client.html", "/expert": "expert.html"}
+PAGES = {"/": "index.html", "/client": "client.html", "/expert": "expert.html", "/receipt": "receipt.html"}
 DEMO_ROLES = (Role.CLIENT, Role.EXPERT)
 DEV_TOKEN_TTL = 12 * 3600
 MAX_NAME = 80

@@ -12,9 +12,11 @@ from typing import Any
 
 import click
 
+from bench.cli import bench
 from turn_config.cli import turn_config
 
 from ..auth.tokens import Role, TokenIssuer
+from ..billing.cli import billing
 from ..core.event_loop import install_event_loop
 from ..core.settings import Settings, SettingsError
 
@@ -158,11 +160,6 @@ def _local_host(host: str) -> str:
 
 
 main.add_command(turn_config)
-
-from bench.cli import bench
-
-from ..billing.cli import billing
-
 main.add_command(billing)
 main.add_command(bench)
 

@@ -25,9 +25,9 @@ from sfu.worker import LocalMediaPlane
 
 from ..auth.tokens import TOKENS, TokenIssuer
 from ..billing import service as billing_service
-from ..billing import session_billing
+from ..billing import recording_archive, rest_recordings, session_billing
 from ..bookings import rest as rest_bookings
-from ..calls import ice, rest_tokens, websocket
+from ..calls import ice, recording, rest_tokens, websocket
 from ..calls.node import MEDIA_PLANE, SIGNALLING
 from ..calls.node import setup as setup_signalling
 from ..calls.whip import setup_whip
@@ -48,10 +48,12 @@ MediaPlaneFactory = Callable[[Settings], "MediaPlane | None"]
 
 def local_media_plane(settings: Settings) -> MediaPlane:
     """The SFU in this process, or in ``sfu_workers`` worker processes (a WorkerPool, whose
-    processes media_plane_ctx starts)."""
-    if settings.sfu_workers == 1:
-        return LocalMediaPlane(media_options(settings))
-    return WorkerPool(media_options(settings), settings.sfu_workers)
+    processes media_plane_ctx starts; each worker starts its own LocalMediaPlane)."""
+    if settings.sfu_workers > 1:
+        return WorkerPool(media_options(settings), settings.sfu_workers)
+    plane = LocalMediaPlane(media_options(settings))
+    plane.start()
+    return plane
 
 
 def no_media_plane(settings: Settings) -> None:
@@ -79,12 +81,15 @@ def create_app(settings: Settings, media: MediaPlaneFactory = local_media_plane)
     rest_bookings.setup(app)  # bookings and their scheduler
     rest_tokens.setup(app)
     billing_service.setup(app)  # meter, ledger, outbox, relay, webhooks
+    recording_archive.setup(app)  # the recording index, its events, retention
+    rest_recordings.setup(app)
     app.cleanup_ctx.append(media_plane_ctx(media))
     setup_whip(app)
     setup_signalling(app)  # the node: sessions, queues, presence, the media bridge
     websocket.setup(app)
     wiring.setup(app)  # once the node runs: profiles, bookings and quotes joined to it
     session_billing.setup(app)  # once the node runs: billing follows its transitions
+    recording.setup(app)  # once the node runs: recording with both consents
     web_demo.routes.setup(app)
     return app
 
@@ -100,6 +105,7 @@ def media_options(settings: Settings) -> MediaOptions:
         max_publish_bitrate=settings.max_publish_bitrate,
         media_state_debounce=settings.media_debounce_seconds,
         keyframe_interval=settings.media_keyframe_interval,
+        recordings_dir=str(settings.recordings_dir()) if settings.recording_enabled else "",
     )
 
 

@@ -107,7 +107,8 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "RatingSummary": _obj(average=_nullable(NUMBER), count={"type": "integer", "minimum": 0}),
     "Expert": _obj(
-        required=["id", "display_name", "bio", "skills", "languages", "price", "working_hours", "rating", "updated_at"],
+        required=["id", "display_name", "bio", "skills", "languages", "price", "working_hours", "rating", "updated_at",
+                  "photo"],
         id=STRING,
         display_name=STRING,
         bio=STRING,
@@ -117,8 +118,10 @@ SCHEMAS: dict[str, Schema] = {
         working_hours=_nullable(_ref("WorkingHours")),
         rating=_ref("RatingSummary"),
         updated_at=TIMESTAMP,
+        photo={**_nullable(STRING), "description": "The photo's URL (GET without a token), versioned; null: none"},
         availability={"enum": list(AVAILABILITY)},
     ),
+    "Photo": _obj(photo=_nullable(STRING)),
     "ExpertPage": _obj(
         experts={"type": "array", "items": _ref("Expert")}, total=INTEGER, limit=INTEGER, offset=INTEGER
     ),
@@ -158,6 +161,8 @@ SCHEMAS: dict[str, Schema] = {
         cancelled_by=_nullable(STRING),
         cancel_reason=_nullable(STRING),
         quote=_nullable(_ref("Quote")),
+        expert_name={**STRING, "description": "The expert's display name when it was booked (else the id)"},
+        client_name={**STRING, "description": "The client's name when it was booked (else the id)"},
     ),
     "Quote": _props({
         "price": _obj(kind={"enum": ["free", "per_session", "per_minute"]}, amount=INTEGER, currency=STRING),
@@ -218,6 +223,40 @@ SCHEMAS: dict[str, Schema] = {
         end_reason=_nullable(STRING),
         refunded=BOOLEAN,
     ),
+    "BillingTerms": _obj(
+        unit_seconds=INTEGER, grace_seconds=INTEGER, per_session_minimum_seconds=INTEGER, platform_fee_bps=INTEGER,
+    ),
+    "Receipt": _obj(
+        required=[
+            "session_id", "expert_id", "expert_name", "client_id", "client_name", "started_at", "ended_at", "open",
+            "end_reason", "price", "currency", "unit_seconds", "grace_seconds", "per_session_minimum_seconds",
+            "call_seconds", "live_seconds", "units", "billed_seconds", "total", "refunded",
+        ],
+        session_id=STRING,
+        expert_id=STRING,
+        expert_name=STRING,
+        client_id=STRING,
+        client_name=STRING,
+        started_at=TIMESTAMP,
+        ended_at=_nullable(TIMESTAMP),
+        open=BOOLEAN,
+        end_reason=_nullable(STRING),
+        price=_obj(kind={"enum": ["free", "per_session", "per_minute"]}, amount=INTEGER, currency=STRING),
+        currency=STRING,
+        unit_seconds=INTEGER,
+        grace_seconds=INTEGER,
+        per_session_minimum_seconds=INTEGER,
+        call_seconds={**NUMBER, "description": "From accepted to ended (or now)"},
+        live_seconds={**NUMBER, "description": "Both sides' media flowing: the metered time"},
+        units=INTEGER,
+        billed_seconds={**_nullable(INTEGER), "description": "units × unit_seconds for a per_minute price"},
+        total=INTEGER,
+        refunded=BOOLEAN,
+        fee={**INTEGER, "description": "The expert's and admins' receipts only"},
+        payout={**INTEGER, "description": "The expert's and admins' receipts only"},
+        platform_fee_bps={**INTEGER, "description": "The expert's and admins' receipts only"},
+    ),
+    "History": _obj(sessions={"type": "array", "items": _ref("Receipt")}),
     "RefundInput": _obj(required=[], reason={"type": "string", "maxLength": 500}),
     "Refund": _obj(
         session_id=STRING, created=BOOLEAN, posting_id=STRING, amount=INTEGER, fee=INTEGER, payout=INTEGER,
@@ -261,6 +300,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "DevToken": _obj(token=STRING, user=STRING, role={"enum": ["client", "expert"]}, name=STRING, expires_in=INTEGER),
     "Health": _obj(status={"const": "ok"}),
+    "Recording": _obj(
+        id=STRING, session_id=STRING, recording_id=STRING, participant_id=STRING, expert_id=STRING,
+        client_id=STRING, node=STRING, size=INTEGER, duration=NUMBER, sha256=STRING, started_at=NUMBER,
+        ready_at=NUMBER, recovered=BOOLEAN, deleted_at=_nullable(NUMBER), deleted_by=_nullable(STRING),
+    ),
+    "SessionRecordings": _obj(session_id=STRING, recordings={"type": "array", "items": _ref("Recording")}),
     "Ready": _obj(required=["status"], status={"enum": ["ready", "not_ready"]}, node=STRING, reason=STRING),
 }
 
@@ -366,6 +411,8 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(_ref("ExpertPage")), **_errors(400, 401)},
                 tag="experts",
                 parameters=[
+                    _query("q", {"type": "string", "maxLength": 200},
+                           "Words that must each start a word of the name, skills or bio (at most 8)"),
                     _query("skill", STRING),
                     _query("language", STRING, "A BCP 47 tag: pt finds pt-BR too"),
                     _query("max_price", _int(0, 10**12), "Minor units of currency; free experts always match"),
@@ -378,6 +425,27 @@ def _paths() -> dict[str, Any]:
                     _query("offset", _int(0, 10**9), "Default 0"),
                 ],
             )
+        },
+        "/api/experts/{id}/photo": {
+            "parameters": [expert_id],
+            "put": _op(
+                "Set the expert's photo (that expert or an admin): JPEG, PNG or WebP, at most 5 MiB and 40 Mpx; "
+                "decoded in full, then remade by the server as a 320 px square JPEG",
+                {"200": _json(_ref("Photo")), **_errors(400, 401, 403, 404, 413, 415)},
+                tag="experts",
+                requestBody={"required": True, "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}}
+                    for media in ("image/jpeg", "image/png", "image/webp")}},
+            ),
+            "delete": _op("Remove the expert's photo (that expert or an admin)",
+                          {"200": _json(_ref("Photo")), **_errors(401, 403, 404)}, tag="experts"),
+            "get": _op(
+                "The expert's photo, a JPEG (no token needed: an <img> sends none)",
+                {"200": {"description": "The photo", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                 **_errors(404)},
+                tag="experts",
+                auth=False,
+            ),
         },
         "/api/experts/{id}": {
             "parameters": [expert_id],
@@ -481,6 +549,31 @@ def _paths() -> dict[str, Any]:
                 requestBody=_body(_ref("RefundInput"), required=False),
             ),
         },
+        "/api/billing/terms": {
+            "get": _op(
+                "The billing rule new sessions are charged by: unit length, free grace, per-session minimum",
+                {"200": _json(_ref("BillingTerms")), **_errors(401)},
+                tag="billing",
+            )
+        },
+        "/api/billing/history": {
+            "get": _op(
+                "The caller's metered sessions, newest first, each as a receipt (an admin may name a user)",
+                {"200": _json(_ref("History")), **_errors(400, 401, 403)},
+                tag="billing",
+                parameters=[_query("as", {"enum": ["client", "expert"]}, "Default: the token's role"),
+                            _query("user", STRING, "Admins only"), _query("from", BILLING_INSTANT),
+                            _query("to", BILLING_INSTANT), _query("limit", _int(1, 100))],
+            )
+        },
+        "/api/billing/receipts/{session_id}": {
+            "parameters": [_path("session_id")],
+            "get": _op(
+                "One session's receipt (its client, its expert or an admin)",
+                {"200": _json(_ref("Receipt")), **_errors(401, 404)},
+                tag="billing",
+            ),
+        },
         "/api/billing/statement": {
             "get": _op(
                 "An expert's earnings between two times (their own, or anyone's for an admin)",
@@ -516,6 +609,41 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(_ref("Fee")), **_errors(400, 401, 403, 413)},
                 tag="billing",
                 requestBody=_body(_ref("FeeInput")),
+            ),
+        },
+        "/api/sessions/{session_id}/recordings": {
+            "parameters": [_path("session_id")],
+            "get": _op(
+                "A session's recording files, one per participant per recording (its participants or an admin)",
+                {"200": _json(_ref("SessionRecordings")), **_errors(401, 403, 404)},
+                tag="recordings",
+            ),
+        },
+        "/api/recordings/{file_id}": {
+            "parameters": [_path("file_id")],
+            "get": _op("One recording file's index entry (the session's participants or an admin)",
+                       {"200": _json(_ref("Recording")), **_errors(401, 403, 404)}, tag="recordings"),
+            "delete": _op("Delete a recording file (admins), on the node that holds it",
+                          {"204": {"description": "Deleted"}, **_errors(401, 403, 404, 409)},
+                          tag="recordings"),
+        },
+        "/api/recordings/{file_id}/file": {
+            "parameters": [_path("file_id")],
+            "get": _op(
+                "Download a recording file (the session's participants or an admin), with HTTP range requests. "
+                "409 `recording_on_other_node`: another node holds it, and the message names it",
+                {
+                    "200": {"description": "The whole file", "content": {
+                        "video/webm": {"schema": {"type": "string", "format": "binary"}},
+                        "video/x-matroska": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "The range asked for", "content": {
+                        "video/webm": {"schema": {"type": "string", "format": "binary"}},
+                        "video/x-matroska": {"schema": {"type": "string", "format": "binary"}}}},
+                    "416": {"description": "The range is outside the file"},
+                    **_errors(401, 403, 404, 409),
+                },
+                tag="recordings",
+                parameters=[{"name": "Range", "in": "header", "required": False, "schema": STRING}],
             ),
         },
         "/api/broadcasts": {
@@ -594,7 +722,8 @@ def document() -> dict[str, Any]:
             "title": "expertcall REST API",
             "version": VERSION,
             "description": (
-                "Experts, bookings, ratings, billing, ICE servers, broadcasts and WHIP/WHEP. Bearer tokens go in "
+                "Experts, bookings, ratings, billing, recordings, ICE servers, broadcasts and WHIP/WHEP. Bearer "
+                "tokens go in "
                 "the Authorization header. Errors are {\"error\": {\"code\", \"message\", \"field\"}}; the "
                 "WebSocket protocol on /ws is described in docs/protocol.md."
             ),

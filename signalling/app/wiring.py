@@ -5,6 +5,7 @@ other modules read lazily, so that a test can still replace any of them after ``
 
 - ``EXPERT_DIRECTORY``: signalling finds experts in the profile store (``ProfileDirectory``);
 - ``SESSION_PARTIES``: ratings check the session store (only a session's client, once ended);
+- ``SESSION_NAMES``: receipts name the parties from the session store;
 - ``WS_ICE_SERVERS``: ``welcome`` lists the TURN module's servers, with a fresh credential;
 
 WHIP/WHEP keep their default grants (``grants.AdminOnlyGrants``): a paid session's participants
@@ -13,7 +14,7 @@ send and receive media over ``/ws`` only, where it is metered (docs/billing.md).
 Its ``cleanup_ctx`` (after the node has started) gives the profile store the node's presence and
 queue lengths, fixes quotes through billing's ``quote_for`` (sessions and bookings), hands the
 scheduler the node's booking notifier (signalling/calls/booking_events.py), and polls the media plane's
-stats into ``/metrics`` (aggregated, sfu/metrics.py) while rooms exist.
+stats into ``/metrics`` (aggregated, ``media_metrics.py``) while rooms exist.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from typing import Any
 from aiohttp import web
 
 from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
-from sfu.metrics import MediaMetrics
+from signalling.app.media_metrics import MediaMetrics
 
 from ..billing.quote import quote_for
+from ..billing.receipts import SESSION_NAMES
 from ..billing.service import PLATFORM_FEES
 from ..bookings.rest import BOOKING_LISTENER, SCHEDULER
 from ..calls import ice
@@ -52,6 +54,7 @@ MEDIA_STATS_INTERVAL = 5.0
 def setup(app: web.Application) -> None:
     app[EXPERT_DIRECTORY] = ProfileDirectory(app)
     app[SESSION_PARTIES] = lambda session_id: app[SIGNALLING].session_parties(session_id)
+    app[SESSION_NAMES] = lambda session_id: app[SIGNALLING].session_names(session_id)
     app[WS_ICE_SERVERS] = lambda user_id: ice.ice_servers_for(app, user_id).to_json()["iceServers"]
     app.cleanup_ctx.append(wiring_ctx)
 
@@ -91,7 +94,7 @@ async def wiring_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 class ProfileDirectory:
-    """``directory.ExpertDirectory`` (what signalling asks) backed by the profile store."""
+    """``calls.directory.ExpertDirectory`` (what the calls ask) backed by the profile store."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app

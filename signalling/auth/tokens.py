@@ -46,6 +46,8 @@ class Identity:
     expires_at: int
     # The token's jti: what `expertcall token revoke` names.
     token_id: str = ""
+    # The identity provider's ``minor`` claim: a minor is never recorded (docs/recording.md).
+    minor: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -62,7 +64,8 @@ class TokenIssuer:
         self.max_ttl = max_ttl
         self.revocations = revocations if revocations is not None else Revocations()
 
-    def mint(self, user_id: str, role: Role | str, ttl: int = 3600, name: str | None = None) -> str:
+    def mint(self, user_id: str, role: Role | str, ttl: int = 3600, name: str | None = None,
+             minor: bool = False) -> str:
         role = Role(role)
         if not user_id or len(user_id) > 128:
             raise ValueError("user id must be 1-128 characters")
@@ -74,6 +77,8 @@ class TokenIssuer:
         }
         if name:
             claims["name"] = name
+        if minor:
+            claims["minor"] = True
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def claims(self, token: str | None, verify_exp: bool = True) -> dict[str, object]:
@@ -121,6 +126,7 @@ class TokenIssuer:
             name=name if isinstance(name, str) and name else sub,
             expires_at=int(claims["exp"]),  # type: ignore[call-overload]
             token_id=jti,
+            minor=claims.get("minor") is True,
         )
 
 

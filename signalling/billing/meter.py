@@ -466,6 +466,14 @@ class Meter:
     def open_sessions(self) -> list[str]:
         return list(self._sessions)
 
+    async def record(self, session_id: str) -> StoredSession | None:
+        """The session's metering record as last committed by any node; None if never metered."""
+        return await self.store.session(session_id)
+
+    async def unsettled(self) -> list[StoredSession]:
+        """The records of every session metered and not yet ended, whichever node metered it."""
+        return await self.store.open_sessions()
+
     async def refund(self, session_id: str, *, by: str, reason: str = "", at: float | None = None) -> Refund:
         """Reverse every charge of an ended session within the refund window. Idempotent, on any
         node: the posting id is the session's, so a second refund cannot be written."""

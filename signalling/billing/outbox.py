@@ -16,20 +16,24 @@ from typing import Any
 from .store import BillingStore, OutboxRow
 from .times import rfc3339
 
-__all__ = ["Outbox", "OutboxRow", "cloud_event", "encode", "EVENT_TYPES", "TYPE_PREFIX", "DEFAULT_SOURCE"]
+__all__ = ["Outbox", "OutboxRow", "cloud_event", "encode", "EVENT_TYPES", "TYPE_PREFIX", "RECORDING_PREFIX",
+           "DEFAULT_SOURCE"]
 
 SPEC_VERSION = "1.0"
 DEFAULT_SOURCE = "/expertcall/metering"
 TYPE_PREFIX = "expertcall.session."
+# Recordings' events travel the same outbox, stream and webhooks (signalling/recording_archive.py).
+RECORDING_PREFIX = "expertcall.recording."
 EVENT_TYPES = frozenset(
     TYPE_PREFIX + name for name in ("started", "unit", "paused", "resumed", "ended", "refunded")
-)
+) | frozenset(RECORDING_PREFIX + name for name in ("started", "stopped", "ready", "deleted"))
 
 
 def cloud_event(
-    event_id: str, short_type: str, subject: str, at: float, data: dict[str, Any], source: str = DEFAULT_SOURCE
+    event_id: str, short_type: str, subject: str, at: float, data: dict[str, Any], source: str = DEFAULT_SOURCE,
+    prefix: str = TYPE_PREFIX,
 ) -> dict[str, Any]:
-    event_type = TYPE_PREFIX + short_type
+    event_type = prefix + short_type
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown metering event type {event_type!r}")
     return {

@@ -20,8 +20,9 @@ from redis.asyncio import Redis
 
 from ..auth.tokens import TOKENS, Identity, Role, authenticate
 from ..core import keys
-from ..core.errors import http_error, read_json_value
+from ..core.errors import http_error, int_param, read_json_value
 from ..core.settings import SettingsError
+from . import receipts
 from .checkpointer import WalCheckpointer
 from .fees import PlatformFees
 from .ledger import Ledger, to_csv
@@ -54,6 +55,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/billing/export", export)
     app.router.add_get("/api/billing/experts/{expert_id}/fee", get_fee)
     app.router.add_put("/api/billing/experts/{expert_id}/fee", put_fee)
+    receipts.setup(app, BILLING_STORE, LEDGER)
 
 
 async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -125,19 +127,6 @@ def _billing_error(exc: BillingError) -> web.HTTPException:
     return http_error(ERROR_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise http_error(400, "bad_request", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise http_error(400, "bad_request", f"{name} must be between {low} and {high}")
-    return value
-
-
 def _instant_param(request: web.Request, name: str, default: float) -> float:
     raw = request.query.get(name)
     if raw is None:
@@ -156,8 +145,9 @@ async def metering_feed(request: web.Request) -> web.Response:
     """``GET /api/metering?after=<cursor>&limit=<n>`` (admin): the feed from the billing store, in
     order: the same on every node."""
     _me(request, Role.ADMIN)
-    after = _int_param(request, "after", 0, 0, 2**62)
-    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    # docs/billing.md: a bad parameter here is "bad_request".
+    after = int_param(request.query, "after", 0, 0, 2**62, code="bad_request")
+    limit = int_param(request.query, "limit", 100, 1, MAX_PAGE, code="bad_request")
     rows = await request.app[METER].outbox.after(after, limit)
     body = '{"events":[' + ",".join(r.body for r in rows) + '],"cursors":' + str([r.seq for r in rows])
     body += ',"next":' + str(rows[-1].seq if rows else after) + "}"

@@ -132,7 +132,7 @@ class SessionBilling:
 
     async def sync(self) -> None:
         """Take over, settle or open the metering this node owns (see the module docstring)."""
-        for stored in await self.meter.store.open_sessions():
+        for stored in await self.meter.unsettled():
             session = await self.node.sessions.get(stored.session_id)
             if session is not None and session.state is not State.ENDED and session.media_node not in ("", self.node_id):
                 continue  # its room, and so its meter, is on another node
@@ -148,7 +148,7 @@ class SessionBilling:
                 or session.media_node not in ("", self.node_id)
             ):
                 continue
-            if await self.meter.store.session(session_id) is not None:
+            if await self.meter.record(session_id) is not None:
                 continue
             # Accepted just before a crash, before metering opened.
             await self._start(session, session.updated_at)
@@ -203,7 +203,7 @@ class SessionBilling:
         if self.meter.is_open(session_id):
             return True
         if floor is None:
-            stored = await self.meter.store.session(session_id)
+            stored = await self.meter.record(session_id)
             if stored is None or stored.ended_at is not None:
                 return False
             floor = stored.fence
@@ -350,7 +350,7 @@ class SessionBilling:
                 if current is not None and current.state in WAITING:
                     return await self.cost(await self.node.sessions.save(current, budget=budget))
             session = current or session  # accepted meanwhile: the cap of a running session
-        stored = await self.meter.store.session(session.id)
+        stored = await self.meter.record(session.id)
         if session.state not in IN_PROGRESS or stored is None or stored.ended_at is not None:
             raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} is {session.state.value}: its budget is final")
         cost = self.meter.running_cost(session.id) if self.meter.is_open(session.id) else self.meter.cost_of(stored)
@@ -399,7 +399,7 @@ class SessionBilling:
                 budget_cap=money_json(Money(budget, price.currency)) if budget is not None else None,
                 next_charge_at=None,
             )
-        stored = await self.meter.store.session(session.id)
+        stored = await self.meter.record(session.id)
         if stored is None:
             raise ProtocolError(ErrorCode.INVALID_STATE, f"session {session.id} was never metered")
         return cost_message(self.meter.cost_of(stored))

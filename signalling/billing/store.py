@@ -74,6 +74,16 @@ class WriteBatch:
         )
 
 
+SIDES = ("client", "expert")
+
+
+def side_column(side: str) -> str:
+    """The billing_sessions column naming a participant on ``side`` (never text from a request)."""
+    if side not in SIDES:
+        raise ValueError(f"side is one of {SIDES}")
+    return f"{side}_id"
+
+
 @dataclass(frozen=True)
 class StoredSession:
     """A metered session as stored, with its timeline and what the ledger charged it."""
@@ -141,6 +151,11 @@ class BillingStore(abc.ABC):
     @abc.abstractmethod
     async def open_sessions(self) -> list[StoredSession]:
         """Every session whose metering has not ended, oldest first."""
+
+    @abc.abstractmethod
+    async def sessions_of(self, side: str, user_id: str, start: float, end: float, limit: int) -> list[StoredSession]:
+        """The sessions ``user_id`` took part in as ``side`` ("client" or "expert") that started in
+        [start, end), newest first, at most ``limit``: a client's history, an expert's earnings."""
 
     @abc.abstractmethod
     async def beat(self, node_id: str, at: float) -> None:

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator
 from ..core.postgres import lock_key, migrate
 from .outbox import encode
 from .posting import LedgerConflict, Posting, SessionTotals
-from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, stored_session
+from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, side_column, stored_session
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -113,6 +113,11 @@ CREATE TABLE expert_fees (
     set_by TEXT NOT NULL,
     set_at DOUBLE PRECISION NOT NULL
 );
+"""),
+    # 2: a client's history and an expert's sessions, newest first.
+    (2, """
+CREATE INDEX billing_sessions_client ON billing_sessions (client_id, started_at);
+CREATE INDEX billing_sessions_expert ON billing_sessions (expert_id, started_at);
 """),
 ]
 
@@ -240,6 +245,15 @@ class PostgresBillingStore(BillingStore):
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM billing_sessions WHERE ended_at IS NULL ORDER BY started_at, session_id")
+            return [await self._stored(conn, r) for r in rows]
+
+    async def sessions_of(self, side: str, user_id: str, start: float, end: float, limit: int) -> list[StoredSession]:
+        column = side_column(side)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT * FROM billing_sessions WHERE {column} = $1 AND started_at >= $2 AND started_at < $3"
+                " ORDER BY started_at DESC, session_id LIMIT $4",
+                user_id, start, end, limit)
             return [await self._stored(conn, r) for r in rows]
 
     async def _stored(self, conn: Any, row: Any) -> StoredSession:

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 from ..core.database import Database
 from .outbox import encode
 from .posting import LedgerConflict, Posting, SessionTotals
-from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, stored_session
+from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, side_column, stored_session
 
 MIGRATIONS: list[tuple[int, str]] = [
     # 1: the tables as the single-node meter made them (IF NOT EXISTS: a data dir from before
@@ -109,6 +109,11 @@ CREATE TABLE meter_heartbeats (
 );
 INSERT INTO meter_heartbeats (node_id, at) SELECT '', at FROM meter_heartbeat;
 DROP TABLE meter_heartbeat;
+"""),
+    # 3: a client's history and an expert's sessions, newest first.
+    (3, """
+CREATE INDEX billing_sessions_client ON billing_sessions (client_id, started_at);
+CREATE INDEX billing_sessions_expert ON billing_sessions (expert_id, started_at);
 """),
 ]
 
@@ -221,6 +226,15 @@ class SqliteBillingStore(BillingStore):
 
     async def open_sessions(self) -> list[StoredSession]:
         rows = self.db.fetchall("SELECT * FROM billing_sessions WHERE ended_at IS NULL ORDER BY started_at, session_id")
+        return [self._stored(r) for r in rows]
+
+    async def sessions_of(self, side: str, user_id: str, start: float, end: float, limit: int) -> list[StoredSession]:
+        column = side_column(side)
+        rows = self.db.fetchall(
+            f"SELECT * FROM billing_sessions WHERE {column} = ? AND started_at >= ? AND started_at < ?"
+            " ORDER BY started_at DESC, session_id LIMIT ?",
+            (user_id, start, end, limit),
+        )
         return [self._stored(r) for r in rows]
 
     def _stored(self, row: Any) -> StoredSession:

@@ -90,7 +90,9 @@ async def post_booking(request: web.Request) -> web.Response:
     body = await read_json(request, BOOKING_SCHEMA)
     start = parse_rfc3339(body["start"], "start")
     end = parse_rfc3339(body["end"], "end")
-    booking, created = await _scheduler(request).book(identity.user_id, body["expert_id"], start, end, body.get("topic"))
+    booking, created = await _scheduler(request).book(
+        identity.user_id, body["expert_id"], start, end, body.get("topic"), client_name=identity.name or "",
+    )
     return web.json_response(booking.to_json(), status=201 if created else 200)
 
 

@@ -1,7 +1,7 @@
 """Scheduled sessions: bookings of a slot in an expert's working hours, reminders, and the opening.
 
 ``BookingStore`` enforces the rules (inside the expert's hours, no overlap for the expert or the
-client, notice and horizon) over ``booking_tables.BookingTables`` - the node's SQLite, or the
+client, notice and horizon) over ``tables.BookingTables`` - the node's SQLite, or the
 PostgreSQL every node shares - which makes the overlap check and the insert one atomic step, so
 two requests for the same slot - even on two processes or two nodes - cannot both succeed.
 
@@ -104,7 +104,7 @@ class BookingListener:
 
 
 class BookingStore:
-    """The booking rules over ``booking_tables.BookingTables`` (SQLite, or PostgreSQL for many nodes)."""
+    """The booking rules over ``tables.BookingTables`` (SQLite, or PostgreSQL for many nodes)."""
 
     def __init__(
         self,
@@ -123,7 +123,7 @@ class BookingStore:
 
     async def create(
         self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None,
-        quote: dict[str, Any] | None = None,
+        quote: dict[str, Any] | None = None, client_name: str = "",
     ) -> tuple[Booking, bool]:
         """Book [start, end) with the expert: the booking and whether it is new (a retry of the
         same request returns the existing booking)."""
@@ -158,7 +158,10 @@ class BookingStore:
                 f"the slot is not inside the expert's working hours ({hours.time_zone})",
                 "start",
             )
-        booking = Booking(uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote)
+        booking = Booking(
+            uuid.uuid4().hex, expert_id, client_id, start, end, BOOKED, topic, now, quote=quote,
+            expert_name=expert.profile.display_name, client_name=client_name,
+        )
         # A reminder whose time has already passed would only repeat what the client just did.
         skipped = [lead for lead in rules.reminder_leads if start - lead <= now]
         return await self.tables.insert_if_free(booking, skipped, rules.max_open_per_client, rules.max_open_per_expert)
@@ -256,9 +259,11 @@ class Scheduler:
         with suppress(asyncio.CancelledError):
             await task
 
-    async def book(self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None) -> tuple[Booking, bool]:
+    async def book(
+        self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None, client_name: str = "",
+    ) -> tuple[Booking, bool]:
         quote = await self.store.quoter(expert_id) if self.store.quoter is not None else None
-        booking, created = await self.store.create(client_id, expert_id, start, end, topic, quote)
+        booking, created = await self.store.create(client_id, expert_id, start, end, topic, quote, client_name)
         if created:
             self._wake.set()
             await self._tell("on_booked", booking)

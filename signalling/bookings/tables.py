@@ -40,6 +40,10 @@ class Booking:
     cancel_reason: str | None = None
     # The terms fixed at booking time (billing's quote as a dict): the session opens with them.
     quote: dict[str, Any] | None = None
+    # The parties' names when it was booked (the client's token, the expert's profile), so that
+    # lists, reminders and updates name people rather than ids.
+    expert_name: str = ""
+    client_name: str = ""
 
     def has_party(self, user_id: str) -> bool:
         return user_id in (self.expert_id, self.client_id)
@@ -62,6 +66,8 @@ class Booking:
             "cancelled_by": self.cancelled_by,
             "cancel_reason": self.cancel_reason,
             "quote": self.quote,
+            "expert_name": self.expert_name or self.expert_id,
+            "client_name": self.client_name or self.client_id,
         }
 
 SQLITE_MIGRATIONS: list[tuple[int, str]] = [
@@ -148,12 +154,13 @@ def booking_from_row(row: Any) -> Booking:
         state=row["state"], topic=row["topic"], created_at=row["created_at"], opened_at=row["opened_at"],
         cancelled_at=row["cancelled_at"], cancelled_by=row["cancelled_by"], cancel_reason=row["cancel_reason"],
         quote=json.loads(row["quote"]) if row["quote"] else None,
+        expert_name=row["expert_name"] or "", client_name=row["client_name"] or "",
     )
 
 
 def booking_row(b: Booking) -> tuple[Any, ...]:
     return (b.id, b.expert_id, b.client_id, b.start, b.end, b.state, b.topic, b.created_at,
-            json.dumps(b.quote) if b.quote else None)
+            json.dumps(b.quote) if b.quote else None, b.expert_name, b.client_name)
 
 
 class SqliteBookingTables(BookingTables):
@@ -161,6 +168,8 @@ class SqliteBookingTables(BookingTables):
         self.db = db
         db.migrate_versions("bookings", SQLITE_MIGRATIONS)
         db.add_column("bookings", "quote", "TEXT")  # the quote fixed at booking time
+        db.add_column("bookings", "expert_name", "TEXT")  # the parties' names when it was booked
+        db.add_column("bookings", "client_name", "TEXT")
 
     async def insert_if_free(
         self, booking: Booking, skipped_leads: list[int], max_per_client: int, max_per_expert: int
@@ -184,8 +193,8 @@ class SqliteBookingTables(BookingTables):
             if conn.execute(f"SELECT 1 FROM bookings WHERE client_id = ? AND {overlap}", (b.client_id, b.end, b.start)).fetchone():
                 raise ApiError("client_busy", "you already have a booking at that time", "start", status=409)
             conn.execute(
-                'INSERT INTO bookings (id, expert_id, client_id, start, "end", state, topic, created_at, quote) '
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                'INSERT INTO bookings (id, expert_id, client_id, start, "end", state, topic, created_at, quote,'
+                " expert_name, client_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 booking_row(b),
             )
             conn.executemany(

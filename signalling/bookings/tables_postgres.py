@@ -56,6 +56,10 @@ CREATE TABLE booking_reminders (
     PRIMARY KEY (booking_id, lead_seconds)
 );
 """),
+    # 2: the parties' names when it was booked.
+    (2, """
+ALTER TABLE bookings ADD COLUMN expert_name TEXT, ADD COLUMN client_name TEXT;
+"""),
 ]
 
 
@@ -93,8 +97,8 @@ class PostgresBookingTables(BookingTables):
                 if await conn.fetchval(f"SELECT 1 FROM bookings WHERE client_id = $1 AND {overlap}", b.client_id, b.end, b.start):
                     raise ApiError("client_busy", "you already have a booking at that time", "start", status=409)
                 await conn.execute(
-                    'INSERT INTO bookings (id, expert_id, client_id, start, "end", state, topic, created_at, quote)'
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    'INSERT INTO bookings (id, expert_id, client_id, start, "end", state, topic, created_at, quote,'
+                    " expert_name, client_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     *booking_row(b),
                 )
                 await conn.executemany(

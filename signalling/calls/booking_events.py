@@ -36,7 +36,8 @@ class BookingNotifier(BookingListener):
         try:
             await self.queues.open_scheduled(
                 booking.expert_id, booking.client_id, booking.id,
-                expert_name=expert.display_name if expert else "", quote=booking.quote,
+                expert_name=expert.display_name if expert else booking.expert_name,
+                client_name=booking.client_name, quote=booking.quote,
             )
         except ProtocolError as exc:
             log.info("booking %s could not open: %s", booking.id, exc.message)

@@ -224,6 +224,11 @@ class SignallingNode:
         """How many clients wait in the expert's queue."""
         return len(await self.backend.queue(expert_id))
 
+    async def session_names(self, session_id: str) -> tuple[str, str] | None:
+        """(expert_name, client_name) of a session, for receipts; None when there is none."""
+        session = await self.sessions.get(session_id)
+        return None if session is None else (session.expert_name, session.client_name)
+
     async def session_parties(self, session_id: str) -> tuple[str, str, str] | None:
         """(expert_id, client_id, state) of a session, for ratings; None when there is none."""
         session = await self.sessions.get(session_id)

@@ -66,6 +66,7 @@ class ExpertQueues:
         skill: str | None = None,
         note: str = "",
         origin: Origin = NO_ORIGIN,
+        minor: bool = False,
     ) -> Session:
         """Queue a client for a given expert, or for the best available expert with ``skill``."""
         async with self.backend.lock(f"client:{client_id}"):
@@ -97,6 +98,7 @@ class ExpertQueues:
                     expert_name=expert.display_name if expert else expert_id,
                     skill=skill or "",
                     note=note,
+                    client_minor=minor,
                     quote=await self.quoter(expert_id) if self.quoter is not None else None,
                 )
                 await self.backend.set_user_session(client_id, session.id)

@@ -110,6 +110,10 @@ class Session:
     quote: dict[str, Any] | None = None
     # The client's budget cap in minor units of the quote's currency (None: no cap).
     budget: int | None = None
+    # The client's token said they are a minor: the session is never recorded.
+    client_minor: bool = False
+    # Recording consent and state (signalling/recording.py); empty until someone asks.
+    recording: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
@@ -155,6 +159,8 @@ class Session:
             out["booking_id"] = self.booking_id
         if self.quote is not None:
             out["quote"] = self.quote
+        if self.recording:
+            out["recording"] = self.recording
         if self.state is State.ENDED:
             out["ended_by"] = self.ended_by
             out["message"] = self.message

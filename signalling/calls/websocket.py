@@ -8,7 +8,8 @@ close code. Handlers raise ``ProtocolError``; anything else is a bug, logged, an
 ``internal_error``, and never allowed to take the connection or the server down.
 
 Every message type a client may send is in ``ROUTES`` (with its schema file in schemas/); billing's
-are answered through ``billing_desk.BillingDesk``. ``setup(app)`` serves ``/ws``.
+are answered through ``billing_desk.BillingDesk``, recording's through ``recording.RecordingControl``.
+``setup(app)`` serves ``/ws``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..core.protocol import (
 from .billing_desk import BILLING_DESK
 from .node import SIGNALLING, SignallingNode
 from .presence import Availability
+from .recording import RECORDING_CONTROL
 from .sessions import InvalidTransition
 
 log = logging.getLogger(__name__)
@@ -420,6 +422,7 @@ async def on_help_request(conn: Connection, msg: dict[str, Any]) -> None:
         skill=msg.get("skill"),
         note=msg.get("note", ""),
         origin=(conn.user_id, msg.get("id")),
+        minor=conn.identity.minor,
     )
 
 
@@ -459,6 +462,11 @@ async def on_billing_cost_get(conn: Connection, msg: dict[str, Any]) -> None:
     await conn.send({**reply, "ref": msg.get("id")} if msg.get("id") is not None else reply)
 
 
+async def on_recording(conn: Connection, msg: dict[str, Any]) -> None:
+    assert conn.identity is not None
+    await conn.app[RECORDING_CONTROL].handle(conn.user_id, conn.identity.minor, msg)
+
+
 # hello/resume leave their token to TokenIssuer (json_bounds.inspect's skip).
 _TOKEN: frozenset[tuple[str | int, ...]] = frozenset({("token",)})
 
@@ -481,6 +489,9 @@ ROUTES: dict[str, Route] = {
     "media.ice": Route(on_media, PARTICIPANT),
     "billing.budget": Route(on_billing_budget, CLIENT),
     "billing.cost.get": Route(on_billing_cost_get, PARTICIPANT),
+    "recording.request": Route(on_recording, PARTICIPANT),
+    "recording.consent": Route(on_recording, PARTICIPANT),
+    "recording.stop": Route(on_recording, PARTICIPANT),
 }
 
 

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 
 from . import json_bounds
 
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,19}")  # up to 2**63: the range check does the rest
 
 
 class CodedError(Exception):
@@ -137,17 +137,22 @@ async def read_json(request: web.Request, validator: jsonschema.protocols.Valida
 
 
 @overload
-def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int: ...
+def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: int, code: str | None = None) -> int: ...
 @overload
-def int_param(params: Mapping[str, str], name: str, default: None, lo: int, hi: int) -> int | None: ...
-def int_param(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    """A whole-number query parameter within [lo, hi], or a coded 400."""
+def int_param(
+    params: Mapping[str, str], name: str, default: None, lo: int, hi: int, code: str | None = None
+) -> int | None: ...
+def int_param(
+    params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int, code: str | None = None
+) -> int | None:
+    """A whole-number query parameter within [lo, hi], or a coded 400 (``invalid_<name>`` unless
+    the API documents another ``code``)."""
     raw = params.get(name)
     if raw is None:
         return default
     # ASCII digits only: str.isdigit() takes "²", which int() refuses, and int() takes "٣".
     if not _DIGITS.fullmatch(raw) or not (lo <= int(raw) <= hi):
-        raise InvalidInput(f"invalid_{name}", f"{name} is a whole number from {lo} to {hi}", name)
+        raise InvalidInput(code or f"invalid_{name}", f"{name} is a whole number from {lo} to {hi}", name)
     return int(raw)
 
 

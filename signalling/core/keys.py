@@ -1,6 +1,6 @@
 """The application's core ``web.AppKey``s: its settings, metrics and databases. A key whose value
-belongs to one part lives in that part, beside the setup that sets it (``node.SIGNALLING``,
-``billing.service.METER``, ``rest_experts.EXPERTS``, ...)."""
+belongs to one part lives in that part, beside the setup that sets it (``calls.node.SIGNALLING``,
+``billing.service.METER``, ``experts.rest.EXPERTS``, ...)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@
 | booking_max_open_per_expert             | 500     | POST /api/bookings: 429 ``too_many_bookings`` |
 | max_body_bytes                          | 65536   | any body: 413 ``body_too_large``              |
 | max_sdp_bytes                           | 65536   | WHIP/WHEP offer: 413 ``body_too_large``       |
+| experts.photos.MAX_PHOTO_BYTES (fixed)   | 5 MiB   | photo upload: 413 ``body_too_large``          |
+| experts.photos.MAX_PHOTO_PIXELS (fixed)  | 40 M    | photo upload: 400 ``photo_too_large``         |
 
 The socket counts are per node; an address is the peer's IP (an IPv6 client's /64, which one
 machine usually owns whole), or, from a proxy in ``trusted_proxies``, the nearest address in
@@ -164,5 +166,8 @@ def body_limit_middleware(limit: int) -> Middleware:
 
 
 def _reads_own_body(request: web.Request) -> bool:
-    """WHIP/WHEP offers have a limit of their own (``max_sdp_bytes``), read with ``read_limited``."""
+    """WHIP/WHEP offers (``max_sdp_bytes``) and experts' photos (``experts.photos.MAX_PHOTO_BYTES``)
+    have limits of their own, read with ``read_limited``."""
+    if request.method == "PUT":
+        return request.path.startswith("/api/experts/") and request.path.endswith("/photo")
     return request.method == "POST" and request.path.startswith(("/whip/", "/whep/"))

@@ -122,6 +122,10 @@ class Settings:
     # SFU worker processes (sfu/pool.py); 1 keeps the SFU in this process. `expertcall serve`
     # defaults to the CPUs it may run on.
     sfu_workers: int = 1
+    # Session recording (docs/recording.md): files under data_dir/recordings, deleted this many
+    # days after they were made (0: kept until an admin deletes them).
+    recording_enabled: bool = True
+    recording_retention_days: float = 30.0
 
     # TURN (the TURN REST API scheme shared with coturn's use-auth-secret)
     turn_secret: str = field(default="", repr=False)
@@ -133,6 +137,10 @@ class Settings:
     demo: bool = True
     dev_tokens: bool = field(default=False, init=False)
     _resolved_secret: str = field(default="", init=False, repr=False)
+
+    def recordings_dir(self) -> Path:
+        """Where this node's media plane writes recordings: nothing a request says can change it."""
+        return self.data_dir / "recordings"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -187,6 +195,8 @@ class Settings:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not (1 <= self.sfu_workers <= 1024):
             raise SettingsError(f"sfu_workers must be between 1 and 1024, got {self.sfu_workers}")
+        if self.recording_retention_days < 0:
+            raise SettingsError("recording_retention_days must be 0 (keep) or more days")
         if not self.node_id:
             self.node_id = f"{os.uname().nodename}-{os.getpid()}"
         self.dev_tokens = self.demo and self.is_loopback

@@ -1,6 +1,6 @@
 """Experts: profile, pricing, weekly working hours in the expert's time zone, and ratings.
 
-``expert_profiles.ExpertProfiles`` keeps them in an ``expert_store.ExpertStore`` (the node's
+``profiles.ExpertProfiles`` keeps them in a ``store.ExpertStore`` (the node's
 SQLite, or the PostgreSQL database every node shares). Availability (online / busy / away /
 offline) and queue lengths live in the presence and queueing layers; the profiles only ask
 them through two injected callables, so that they never depend on which backend runs:
@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import re
 import unicodedata
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
@@ -333,6 +334,8 @@ class Expert:
     rating_sum: int
     created_at: int
     updated_at: int
+    # When the expert's photo was last set (None: no photo); also its URL's version.
+    photo_at: int | None = None
 
     @property
     def rating_average(self) -> float | None:
@@ -350,6 +353,7 @@ class Expert:
             "working_hours": p.working_hours.to_json() if p.working_hours else None,
             "rating": {"average": self.rating_average, "count": self.rating_count},
             "updated_at": iso_utc(self.updated_at),
+            "photo": f"/api/experts/{quote(self.id, safe='')}/photo?v={self.photo_at}" if self.photo_at is not None else None,
         }
         if availability is not None:
             out["availability"] = availability
@@ -389,8 +393,32 @@ class SearchQuery:
     min_rating: Fraction | None = None
     available: tuple[str, ...] = ()
     language: str | None = None
+    # Words that must all start a word of the expert's name, skills or bio ("pyth deb" finds a
+    # Python debugging expert): lower-case letters and digits only (``search_words``).
+    words: tuple[str, ...] = ()
     limit: int = 20
     offset: int = 0
+
+
+MAX_SEARCH_WORDS = 8
+MAX_SEARCH_TEXT = 200
+_WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str) -> str:
+    """Lower case without accents ("Béa" -> "bea"): how search compares words, on every backend."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+
+
+def search_words(text: str) -> tuple[str, ...]:
+    """The words of a free-text search, lower-cased, letters and digits only (so that they are
+    safe inside an FTS5 or tsquery expression), at most ``MAX_SEARCH_WORDS``."""
+    if len(text) > MAX_SEARCH_TEXT:
+        raise InvalidInput("invalid_q", f"q is at most {MAX_SEARCH_TEXT} characters", "q")
+    words = tuple(dict.fromkeys(_WORD.findall(fold(text))))
+    if len(words) > MAX_SEARCH_WORDS:
+        raise InvalidInput("invalid_q", f"q has at most {MAX_SEARCH_WORDS} words", "q")
+    return words
 
 
 @dataclass(frozen=True)

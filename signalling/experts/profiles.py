@@ -1,5 +1,5 @@
 """Expert profiles as the REST API and billing see them: saved, searched, ranked and rated, over
-an ``expert_store.ExpertStore`` (the node's SQLite, or the PostgreSQL every node shares), with
+a ``store.ExpertStore`` (the node's SQLite, or the PostgreSQL every node shares), with
 availability and queue lengths asked of the signalling layer through two injected callables."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class ExpertProfiles:
-    """Profiles, search and ratings over an ``expert_store.ExpertStore`` (SQLite for one node,
+    """Profiles, search and ratings over a ``store.ExpertStore`` (SQLite for one node,
     PostgreSQL for many), with availability and queue lengths asked of the signalling layer."""
 
     def __init__(

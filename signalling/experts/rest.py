@@ -1,6 +1,6 @@
 """REST for experts and ratings.
 
-- ``GET /api/experts?skill=&language=&max_price=&currency=&mode=&min_rating=&available=&limit=&offset=``
+- ``GET /api/experts?q=&skill=&language=&max_price=&currency=&mode=&min_rating=&available=&limit=&offset=``
   (any signed-in user; ``available`` takes a comma-separated list such as ``online,busy``)
 - ``GET /api/experts/{id}`` and ``GET /api/experts/{id}/ratings?limit=&offset=``
 - ``PUT /api/experts/{id}``: the whole profile, by that expert or an admin
@@ -21,6 +21,7 @@ from ..auth.tokens import TOKENS, Role, authenticate
 from ..core import errors as rest_errors
 from ..core import keys
 from ..core.errors import InvalidInput, http_error, int_param, read_json
+from . import photos
 from .model import (
     AVAILABILITY,
     PRICE_MODES,
@@ -31,6 +32,7 @@ from .model import (
     maybe_await,
     normalise_language,
     normalise_skill,
+    search_words,
     validate_currency,
 )
 from .profiles import ExpertProfiles
@@ -81,7 +83,7 @@ RATING_SCHEMA = jsonschema.Draft202012Validator(
         "properties": {"stars": {"type": "integer"}, "review": {"type": ["string", "null"]}},
     }
 )
-_SEARCH_PARAMS = {"skill", "language", "max_price", "currency", "mode", "min_rating", "available", "limit", "offset"}
+_SEARCH_PARAMS = {"q", "skill", "language", "max_price", "currency", "mode", "min_rating", "available", "limit", "offset"}
 _RATING_TEXT = re.compile(r"[1-5](\.[0-9]{1,2})?")
 MAX_PAGE = 100
 
@@ -94,6 +96,7 @@ def setup(app: web.Application) -> None:
     app.router.add_put("/api/experts/{id}", put_expert)
     app.router.add_get("/api/experts/{id}/ratings", list_ratings)
     app.router.add_post("/api/sessions/{session_id}/rating", post_rating)
+    photos.setup(app, EXPERTS)
 
 
 async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -153,6 +156,7 @@ def search_query(params: Any) -> SearchQuery:
         min_rating=min_rating,
         available=available,
         language=language,
+        words=search_words(params["q"]) if "q" in params else (),
         limit=int_param(params, "limit", 20, 1, MAX_PAGE),
         offset=int_param(params, "offset", 0, 0, 10**9),
     )

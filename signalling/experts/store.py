@@ -1,10 +1,10 @@
 """Where expert profiles (with their price and working hours) and ratings are kept.
 
-``ExpertStore`` is the interface ``experts.ExpertDirectory`` asks; ``SqliteExpertStore`` keeps them
+``ExpertStore`` is the interface ``profiles.ExpertProfiles`` asks; ``SqliteExpertStore`` keeps them
 in the node's embedded SQLite file (one node), ``PostgresExpertStore``
-(``expert_store_postgres.py``) in the PostgreSQL database every node shares, so that a profile
+(``store_postgres.py``) in the PostgreSQL database every node shares, so that a profile
 saved through one node is what every node shows, prices and quotes, and a session is rated once
-whichever node is asked. ``tests/test_expert_store.py`` runs one contract suite on both.
+whichever node is asked. ``tests/signalling/experts/test_experts.py`` runs one contract suite on both.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from ..core.database import Database
-from .model import Expert, Profile, ProfilePrice, Rating, SearchQuery, WorkingHours
+from .model import Expert, Profile, ProfilePrice, Rating, SearchQuery, WorkingHours, fold
 
 MIGRATIONS: list[tuple[int, str]] = [
     # 1: the tables as the single-node directory made them (IF NOT EXISTS: old data dirs adopt it).
@@ -56,6 +56,21 @@ CREATE TABLE IF NOT EXISTS expert_ratings (
 );
 CREATE INDEX IF NOT EXISTS expert_ratings_by_expert ON expert_ratings (expert_id, created_at);
 """),
+    # 2: full-text search over names, skills and bios (prefix queries: "pyth" finds Python).
+    (2, """
+CREATE VIRTUAL TABLE experts_fts USING fts5 (expert_id UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2');
+INSERT INTO experts_fts (expert_id, body)
+    SELECT id, display_name || ' ' || replace(replace(replace(skills, '[', ' '), ']', ' '), '"', ' ') || ' ' || bio
+    FROM experts;
+"""),
+    # 3: the expert's photo: a small JPEG the server made from the upload (photos.py).
+    (3, """
+ALTER TABLE experts ADD COLUMN photo_at INTEGER;
+CREATE TABLE expert_photos (
+    expert_id TEXT PRIMARY KEY REFERENCES experts(id) ON DELETE CASCADE,
+    jpeg BLOB NOT NULL
+);
+"""),
 ]
 
 # Rated experts first, best average first, then the better-established one.
@@ -81,6 +96,13 @@ class ExpertStore(abc.ABC):
     @abc.abstractmethod
     async def with_skill(self, skill: str) -> list[Expert]:
         """Experts with a (normalised) skill, rated best first."""
+
+    @abc.abstractmethod
+    async def set_photo(self, expert_id: str, jpeg: bytes | None, now: int) -> bool:
+        """Store (or with None, remove) the expert's photo; False if there is no such expert."""
+
+    @abc.abstractmethod
+    async def photo(self, expert_id: str) -> bytes | None: ...
 
     @abc.abstractmethod
     async def add_rating(self, rating: Rating) -> bool:
@@ -115,6 +137,8 @@ class SqliteExpertStore(ExpertStore):
                        updated_at = excluded.updated_at""",
                 {"id": expert_id, **profile_columns(p), "now": now},
             )
+            conn.execute("DELETE FROM experts_fts WHERE expert_id = ?", (expert_id,))
+            conn.execute("INSERT INTO experts_fts (expert_id, body) VALUES (?, ?)", (expert_id, search_body(p)))
             conn.execute("DELETE FROM expert_skills WHERE expert_id = ?", (expert_id,))
             conn.executemany("INSERT INTO expert_skills VALUES (?, ?)", [(s, expert_id) for s in p.skills])
             conn.execute("DELETE FROM expert_languages WHERE expert_id = ?", (expert_id,))
@@ -128,6 +152,10 @@ class SqliteExpertStore(ExpertStore):
 
     async def search(self, query: SearchQuery, page: bool) -> tuple[list[Expert], int]:
         where, params = filters(query)
+        if query.words:
+            # Every word as a prefix ("pyth"*); the words are letters and digits only.
+            where.append("e.id IN (SELECT expert_id FROM experts_fts WHERE experts_fts MATCH ?)")
+            params.append(" ".join(f'"{w}"*' for w in query.words))
         sql_where = f"WHERE {' AND '.join(where)}" if where else ""
         if not page:
             rows = self.db.fetchall(f"SELECT * FROM experts e {sql_where} {ORDER}", params)
@@ -144,6 +172,19 @@ class SqliteExpertStore(ExpertStore):
             (skill,),
         )
         return [expert_from_row(r) for r in rows]
+
+    async def set_photo(self, expert_id: str, jpeg: bytes | None, now: int) -> bool:
+        with self.db.transaction() as conn:
+            if not conn.execute("UPDATE experts SET photo_at = ? WHERE id = ?", (now if jpeg else None, expert_id)).rowcount:
+                return False
+            conn.execute("DELETE FROM expert_photos WHERE expert_id = ?", (expert_id,))
+            if jpeg:
+                conn.execute("INSERT INTO expert_photos VALUES (?, ?)", (expert_id, jpeg))
+        return True
+
+    async def photo(self, expert_id: str) -> bytes | None:
+        row = self.db.fetchone("SELECT jpeg FROM expert_photos WHERE expert_id = ?", (expert_id,))
+        return bytes(row["jpeg"]) if row else None
 
     async def add_rating(self, rating: Rating) -> bool:
         with self.db.transaction() as conn:
@@ -177,6 +218,11 @@ def profile_columns(p: Profile) -> dict[str, Any]:
         "currency": p.price.currency,
         "hours": json.dumps(p.working_hours.to_json()) if p.working_hours else None,
     }
+
+
+def search_body(p: Profile) -> str:
+    """What free-text search reads of a profile: name, skills and bio, folded (``experts.fold``)."""
+    return fold(" ".join((p.display_name, " ".join(p.skills), p.bio)))
 
 
 def rating_from_row(r: Any) -> Rating:
@@ -217,4 +263,6 @@ def expert_from_row(row: Any) -> Expert:
         price=ProfilePrice(row["price_mode"], row["price_amount"], row["price_currency"]),
         working_hours=WorkingHours.from_json(hours) if hours else None,
     )
-    return Expert(row["id"], profile, row["rating_count"], row["rating_sum"], row["created_at"], row["updated_at"])
+    return Expert(
+        row["id"], profile, row["rating_count"], row["rating_sum"], row["created_at"], row["updated_at"], row["photo_at"],
+    )

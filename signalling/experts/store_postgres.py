@@ -7,7 +7,7 @@ from typing import Any
 
 from ..core.postgres import migrate
 from .model import Expert, Profile, Rating, SearchQuery
-from .store import ExpertStore, expert_from_row, filters, profile_columns, rating_from_row
+from .store import ExpertStore, expert_from_row, filters, profile_columns, rating_from_row, search_body
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -48,6 +48,23 @@ CREATE TABLE expert_ratings (
 );
 CREATE INDEX expert_ratings_by_expert ON expert_ratings (expert_id, created_at);
 """),
+    # 2: full-text search over names, skills and bios (prefix queries: "pyth" finds Python).
+    (2, """
+-- search_text is written with each profile (expert_store.search_body: folded in Python, so that
+-- accents match as on SQLite); rows from before get an unfolded copy until their next save.
+ALTER TABLE experts ADD COLUMN search_text TEXT NOT NULL DEFAULT '';
+UPDATE experts SET search_text = lower(display_name || ' ' || translate(skills, '[]",', '    ') || ' ' || bio);
+ALTER TABLE experts ADD COLUMN search tsvector GENERATED ALWAYS AS (to_tsvector('simple', search_text)) STORED;
+CREATE INDEX experts_search ON experts USING GIN (search);
+"""),
+    # 3: the expert's photo: a small JPEG the server made from the upload (photos.py).
+    (3, """
+ALTER TABLE experts ADD COLUMN photo_at BIGINT;
+CREATE TABLE expert_photos (
+    expert_id TEXT PRIMARY KEY REFERENCES experts (id) ON DELETE CASCADE,
+    jpeg BYTEA NOT NULL
+);
+"""),
 ]
 
 ORDER = (
@@ -81,16 +98,17 @@ class PostgresExpertStore(ExpertStore):
             async with conn.transaction():
                 await conn.execute(
                     """INSERT INTO experts (id, display_name, bio, skills, languages, price_mode, price_amount,
-                           price_currency, working_hours, rating_count, rating_sum, created_at, updated_at)
-                       SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, count(*), coalesce(sum(stars), 0), $10, $10
+                           price_currency, working_hours, rating_count, rating_sum, created_at, updated_at,
+                           search_text)
+                       SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, count(*), coalesce(sum(stars), 0), $10, $10, $11
                        FROM expert_ratings WHERE expert_id = $1
                        ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, bio = excluded.bio,
                            skills = excluded.skills, languages = excluded.languages,
                            price_mode = excluded.price_mode, price_amount = excluded.price_amount,
                            price_currency = excluded.price_currency, working_hours = excluded.working_hours,
-                           updated_at = excluded.updated_at""",
+                           updated_at = excluded.updated_at, search_text = excluded.search_text""",
                     expert_id, c["name"], c["bio"], c["skills"], c["languages"], c["mode"], c["amount"],
-                    c["currency"], c["hours"], now,
+                    c["currency"], c["hours"], now, search_body(profile),
                 )
                 await conn.execute("DELETE FROM expert_skills WHERE expert_id = $1", expert_id)
                 await conn.executemany(
@@ -106,6 +124,10 @@ class PostgresExpertStore(ExpertStore):
 
     async def search(self, query: SearchQuery, page: bool) -> tuple[list[Expert], int]:
         where, params = filters(query)
+        if query.words:
+            # Every word as a prefix (pyth:*); the words are letters and digits only.
+            where.append("e.search @@ to_tsquery('simple', ?)")
+            params.append(" & ".join(f"{w}:*" for w in query.words))
         sql_where = f"WHERE {' AND '.join(where)}" if where else ""
         if not page:
             rows = await self.pool.fetch(numbered(f"SELECT * FROM experts e {sql_where} {ORDER}"), *params)
@@ -122,6 +144,22 @@ class PostgresExpertStore(ExpertStore):
             skill,
         )
         return [expert_from_row(r) for r in rows]
+
+    async def set_photo(self, expert_id: str, jpeg: bytes | None, now: int) -> bool:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                status = await conn.execute(
+                    "UPDATE experts SET photo_at = $1 WHERE id = $2", now if jpeg else None, expert_id)
+                if status.endswith(" 0"):
+                    return False
+                await conn.execute("DELETE FROM expert_photos WHERE expert_id = $1", expert_id)
+                if jpeg:
+                    await conn.execute("INSERT INTO expert_photos VALUES ($1, $2)", expert_id, jpeg)
+        return True
+
+    async def photo(self, expert_id: str) -> bytes | None:
+        jpeg = await self.pool.fetchval("SELECT jpeg FROM expert_photos WHERE expert_id = $1", expert_id)
+        return bytes(jpeg) if jpeg is not None else None
 
     async def add_rating(self, rating: Rating) -> bool:
         async with self.pool.acquire() as conn:

@@ -5,11 +5,10 @@ Behaviour, not speed: every figure is present and plausible; how fast is for the
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bench.procfs import process_cpu_seconds
@@ -175,3 +174,22 @@ def test_rounds_pair_each_reference_run_with_the_same_rounds_sfu_run() -> None:
     # 600 was not clean in every round: the figure comes from 256, at the median of its rounds
     assert streams_per_core(sweep) == {"largest_clean_run": 256, "server_cpu_at_largest": 0.45,
                                        "streams_per_core": 569}
+
+
+def test_record_reports_cpu_per_recorded_stream_and_disk_rate(tmp_path: Path) -> None:
+    out = tmp_path / "record.json"
+    result = CliRunner().invoke(main, [
+        "bench", "media", "--record", "--publishers", "1", "--duration", "2", "--settle", "1",
+        "--rounds", "1", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    (window,) = report["windows"]
+    assert window["files"] == 1 and window["mean_file_seconds"] > 1.5
+    assert window["server_cores_forwarding"] > 0 and window["server_cores_recording"] > 0
+    # ~500 kbps of VP8 and 20 ms Opus packets land on disk at roughly their bitrate
+    assert 30_000 < report["disk_bytes_per_second_per_stream"]["median"] < 150_000
+    assert report["target_pct_of_a_core"] == 2.0
+    assert isinstance(report["meets_target"], bool)
+    refused = CliRunner().invoke(main, ["bench", "media", "--record", "--calls", "2", "--json", str(out)])
+    assert refused.exit_code != 0 and "--record" in refused.output

@@ -5,12 +5,11 @@ Every figure is present and plausible and no step failed; how fast is for the be
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from bench.signalling import latency, split

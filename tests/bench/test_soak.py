@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from signalling.app.cli import main
+
+pytestmark = pytest.mark.integration
 
 
 def test_tiny_soak_reports_freezes_errors_and_memory(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import msgpack
 import pytest
@@ -26,11 +27,18 @@ from sfu.api import (
     Offer,
     Ok,
     OpenRoom,
+    RecordingFailed,
+    RecordingFile,
+    RecordingStarted,
+    RecordingStopped,
+    RecoverRecordings,
     RequestKeyframe,
     RoomClosed,
     RoomRestarted,
     ServerOffer,
+    StartRecording,
     Stats,
+    StopRecording,
     Subscribe,
     TransportClosed,
 )
@@ -61,6 +69,13 @@ EVERY_MESSAGE: list[Message] = [
     TransportClosed("r", "alice", "publish", "left"),
     RoomClosed("r", "shutdown"),
     RoomRestarted("r", "worker_lost"),
+    StartRecording("r"),
+    StopRecording("r", "hangup"),
+    RecoverRecordings(),
+    RecordingStarted("r", "rec-1", 1764763200.5),
+    RecordingFile("r", "rec-1", "alice", "rec-1/alice.webm", 123456, 61.25, "ab" * 32, 1764763200.5, True),
+    RecordingFailed("r", "rec-1", "bob", "disk_too_slow"),
+    RecordingStopped("r", "rec-1", "hangup"),
 ]
 
 
@@ -68,7 +83,7 @@ def test_every_api_message_round_trips_through_msgpack() -> None:
     assert {m.kind for m in EVERY_MESSAGE} == set(api._REGISTRY), "a message kind is missing here"
     for original in EVERY_MESSAGE:
         for kind in ("request", "reply", "event"):
-            frame = {"t": kind, "message": original.to_dict()}
+            frame: dict[str, Any] = {"t": kind, "message": original.to_dict()}
             if kind != "event":
                 frame["id"] = 7
             wire = encode(frame)

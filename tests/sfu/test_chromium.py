@@ -5,21 +5,20 @@ its header extensions and a simulcast offer (answered as a single stream). SDP g
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import os
 import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from sfu.api import AnswerToServerOffer, Offer, OpenRoom, ServerOffer, Subscribe
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests.externals import require
-from tests.media_clients import EventHub, Publisher, Subscriber
+from tests.media_clients import EventHub, Publisher, Subscriber, answer_to
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +103,8 @@ async def test_chromium_publishes_and_subscribes_through_the_sfu() -> None:
     from playwright.async_api import async_playwright
 
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+
     hub = EventHub(plane)
     await plane.request(OpenRoom("interop"))
     runner, url = await _serve_page()
@@ -122,7 +123,7 @@ async def test_chromium_publishes_and_subscribes_through_the_sfu() -> None:
                 # Chromium publishes (simulcast offer) -> the SFU answers one stream.
                 offer = await page.evaluate("publish()")
                 assert "a=simulcast" in offer and "a=group:BUNDLE" in offer
-                answer = await plane.request(Offer("interop", "chrome", "publish", offer))
+                answer = await answer_to(plane, Offer("interop", "chrome", "publish", offer))
                 assert "a=simulcast" not in answer.sdp
                 await page.evaluate("sdp => publishAnswer(sdp)", answer.sdp)
 
@@ -141,7 +142,7 @@ async def test_chromium_publishes_and_subscribes_through_the_sfu() -> None:
                 await page.evaluate("pub.close()")
                 before = len(viewer.frames)
                 offer = await page.evaluate("publish()")
-                answer = await plane.request(Offer("interop", "chrome", "publish", offer))
+                answer = await answer_to(plane, Offer("interop", "chrome", "publish", offer))
                 await page.evaluate("sdp => publishAnswer(sdp)", answer.sdp)
                 await viewer.wait_frames(before + 15, timeout=20)
                 assert len(viewer.frames) >= before + 15, "no video after Chromium resumed"

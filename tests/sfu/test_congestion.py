@@ -53,9 +53,16 @@ def test_the_gate_pauses_after_a_sustained_shortfall_and_resumes_after_a_recover
     for t in range(int(PAUSE_AFTER) + 1):  # loss alone also pauses
         decision = gate.update(0, 60, 1_000_000, float(t))
     assert decision is True
-    # an estimate that never climbs back (no video to estimate on): probe, then back off
+    # loss cannot show gone without video: a good estimate does not resume it, a probe does
+    for t in range(int(PAUSE_AFTER) + 1, int(PAUSE_AFTER + RESUME_AFTER) + 3):
+        assert gate.update(2_000_000, 0, 1_000_000, float(t)) is None
     assert gate.update(100_000, 0, 1_000_000, PAUSE_AFTER + PROBE_AFTER) is False
-    assert gate.probe_after == 2 * PROBE_AFTER
+    assert gate.probe_after == 2 * PROBE_AFTER  # the next probe waits longer ...
+    for t in range(int(PAUSE_AFTER + PROBE_AFTER) + 1, int(PAUSE_AFTER + PROBE_AFTER) + 5):
+        decision = gate.update(0, 60, 1_000_000, float(t))
+    assert decision is True  # (it congested again)
+    assert gate.update(0, 0, 1_000_000, PAUSE_AFTER + 3 * PROBE_AFTER) is None
+    assert gate.update(0, 0, 1_000_000, PAUSE_AFTER + 4 * PROBE_AFTER) is False
 
 
 def _sink(producer: Producer, name: str, ssrc: int) -> tuple[Consumer, list[bytes]]:
@@ -128,8 +135,8 @@ async def test_a_slow_subscriber_loses_only_its_own_video_and_gets_it_back_on_a_
 async def test_a_remb_for_several_streams_is_shared_not_given_to_each() -> None:
     router = Router("room", MediaOptions(loopback=True), lambda m: None)
     transport = Transport(router, "carol", "subscribe")
-    video = Producer("v", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
-    audio = Producer("a", "alice", "audio", OPUS, max_bitrate=0, keyframe_interval=1.0)
+    video: Producer[Consumer] = Producer("v", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0)
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0, keyframe_interval=1.0)
     video.bitrate, audio.bitrate = 950_000, 50_000
     v, _ = _sink(video, "carol", 40)
     a, _ = _sink(audio, "carol", 50)

@@ -17,6 +17,8 @@ from sfu.worker import LocalMediaPlane
 from tests import media_clients
 from tests.media_clients import EventHub, Publisher, Subscriber, client_pc
 
+pytestmark = pytest.mark.integration
+
 
 def rsa_pc() -> RTCPeerConnection:
     """An aiortc peer with an RSA certificate, offering what OpenSSL's defaults (webrtcbin's)
@@ -42,6 +44,7 @@ async def test_media_flows_with_peers_of_either_key_in_either_dtls_role(
     if key == "rsa":
         monkeypatch.setattr(media_clients, "client_pc", rsa_pc)
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     await plane.request(OpenRoom("room"))
     hub = EventHub(plane)
     # the publisher offers: the SFU is its DTLS client; the SFU offers to the viewer: the SFU

@@ -75,8 +75,8 @@ def test_h264_keyframe_detection() -> None:
     assert not h264_keyframe_start(bytes([0x7C, 0x05]))  # FU-A continuation
 
 
-def _consumer(codec: Codec, layout: ExtensionLayout) -> tuple[Producer, Consumer, list[bytes]]:
-    producer = Producer("p", "alice", "video" if codec.clock_rate == 90000 else "audio", codec,
+def _consumer(codec: Codec, layout: ExtensionLayout) -> tuple[Producer[Consumer], Consumer, list[bytes]]:
+    producer: Producer[Consumer] = Producer("p", "alice", "video" if codec.clock_rate == 90000 else "audio", codec,
                         max_bitrate=0, keyframe_interval=1.0)
     sent: list[bytes] = []
     consumer = Consumer("c", producer, "bob", ssrc=0xABCD, rtx_ssrc=0xBEEF,
@@ -186,9 +186,9 @@ def _joiner(producer: Producer, name: str) -> tuple[Consumer, list[bytes]]:
     return consumer, sent
 
 
-def _gop_producer() -> tuple[Producer, FakeScheduler, list[bytes]]:
+def _gop_producer() -> tuple[Producer[Consumer], FakeScheduler, list[bytes]]:
     scheduler = FakeScheduler()
-    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+    producer: Producer[Consumer] = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
                         scheduler=scheduler)
     upstream: list[bytes] = []
     producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
@@ -271,7 +271,7 @@ def test_a_publisher_reconnect_drops_the_run() -> None:
 
 def test_h264_sps_and_idr_of_one_picture_stay_one_run() -> None:
     scheduler = FakeScheduler()
-    producer = Producer("p", "alice", "video", H264, max_bitrate=0, keyframe_interval=1.0,
+    producer: Producer[Consumer] = Producer("p", "alice", "video", H264, max_bitrate=0, keyframe_interval=1.0,
                         scheduler=scheduler)
     producer.attach_source(1234, None, 0, lambda d: True)
     producer.receive(*_split(_packet(1, 90, bytes([0x67, 1]), pt=102)), 0)  # SPS

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
-from sfu.api import CloseRoom, GetStats, OpenRoom
+from sfu.api import CloseRoom, OpenRoom
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
-from tests.media_clients import EventHub, Publisher, Subscriber
+from tests.media_clients import EventHub, Publisher, Subscriber, track_stats
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def plane():
+async def plane() -> AsyncIterator[LocalMediaPlane]:
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     yield plane
     await plane.close()
 
@@ -55,7 +57,7 @@ async def test_h264_is_forwarded_too(plane: LocalMediaPlane) -> None:
         counters = subscriber.counters()
         assert len(counters) >= 20, f"only {len(counters)} H.264 frames decoded"
         assert counters == sorted(counters) and len(set(counters)) == len(counters)
-        (track,) = [t for t in (await plane.request(GetStats("room-h264"))).tracks
+        (track,) = [t for t in await track_stats(plane, "room-h264")
                     if t["direction"] == "inbound"]
         assert track["codec"] == "video/H264"
     finally:
@@ -102,14 +104,14 @@ async def test_video_survives_five_percent_loss_thanks_to_nack(plane: LocalMedia
         assert fps >= 25, f"{fps:.1f} fps under 5% loss"
         counters = [c for _, c in window]
         assert counters == sorted(counters), "frames decoded out of order"
-        stats = (await plane.request(GetStats("room-loss"))).tracks
+        stats = await track_stats(plane, "room-loss")
         outbound = [t for t in stats if t["direction"] == "outbound"]
         assert outbound and outbound[0]["retransmitted"] > 0, "no NACK was answered"
         # Our sender reports came back in the subscriber's receiver reports (RTT), and its
         # bandwidth estimate (REMB, from our abs-send-time) arrives once it has one.
         assert outbound[0]["rtt"] is not None and 0 <= outbound[0]["rtt"] < 0.5
         for _ in range(80):
-            stats = (await plane.request(GetStats("room-loss"))).tracks
+            stats = await track_stats(plane, "room-loss")
             remb = next(t["remb"] for t in stats if t["direction"] == "outbound")
             if remb:
                 break

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import gc
+
+import pytest
 
 from sfu.api import TransportClosed
 from sfu.gc_policy import NEVER, CollectAfterDepartures
@@ -63,8 +63,10 @@ async def test_the_periodic_check_collects_stragglers_and_nothing_when_idle() ->
 async def test_the_media_plane_installs_it_and_counts_closed_transports() -> None:
     before = gc.get_threshold()
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     assert gc.get_threshold()[2] == NEVER
     second = LocalMediaPlane(MediaOptions(loopback=True))
+    second.start()
     plane._emit(TransportClosed("room", "bob", "subscribe", "left"))
     assert plane.collector.closed == 1
     await plane.close()

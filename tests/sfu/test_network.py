@@ -44,7 +44,7 @@ def test_no_public_stun_server_unless_configured() -> None:
     loopback_ignores = NetworkOptions(loopback=True, ice_servers=(turn,))
     assert loopback_ignores.configuration().iceServers == []
     servers = NetworkOptions(ice_servers=(turn,)).configuration().iceServers
-    assert [s.urls for s in servers] == ["turn:127.0.0.1:3478"]
+    assert servers is not None and [s.urls for s in servers] == ["turn:127.0.0.1:3478"]
 
 
 @pytest.mark.parametrize("kwargs", [

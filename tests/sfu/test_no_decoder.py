@@ -33,6 +33,8 @@ async def test_no_jitter_buffer_no_decoder_thread(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(rtcrtpreceiver, "get_decoder", lambda codec: entered.append("decoder"))
 
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+
     hub = EventHub(plane)
     await plane.request(OpenRoom("room"))
     # The clients do not decode either (raw packet counters): anything entered is the SFU's.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from sfu.api import (
     ActiveSpeaker,
     CloseRoom,
-    GetStats,
     Leave,
     MediaState,
     OpenRoom,
@@ -19,14 +19,15 @@ from sfu.api import (
 )
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
-from tests.media_clients import EventHub, Publisher, Subscriber
+from tests.media_clients import EventHub, Publisher, Subscriber, track_stats
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def plane():
+async def plane() -> AsyncIterator[LocalMediaPlane]:
     plane = LocalMediaPlane(MediaOptions(loopback=True, media_state_debounce=1.0))
+    plane.start()
     yield plane
     await plane.close()
 
@@ -66,7 +67,7 @@ async def test_ten_participants_each_receive_all_others(plane: LocalMediaPlane) 
         assert await _until(everyone_receives, 20), {
             s.participant_id: len(s.packets) for s in subscribers
         }
-        stats = (await plane.request(GetStats("big"))).tracks
+        stats = await track_stats(plane, "big")
         assert len([t for t in stats if t["direction"] == "inbound"]) == 12
         assert len([t for t in stats if t["direction"] == "outbound"]) == 12 * 9
         flowing = {e.participant_id for e in hub.of(MediaState) if e.flowing}
@@ -160,14 +161,19 @@ async def test_sender_reports_are_spread_over_the_second_not_sent_in_one_burst()
     from sfu.router import RTCP_EVERY, Router
 
     router = Router("room", MediaOptions(loopback=True), lambda message: None)
-    producer = Producer("p", "alice", "video", Codec("video/VP8", 90000, 96), max_bitrate=0,
+    producer: Producer[Consumer] = Producer("p", "alice", "video", Codec("video/VP8", 90000, 96), max_bitrate=0,
                         keyframe_interval=1.0)
     router.producers[producer.id] = producer
     reports: dict[int, int] = {}
+    def counter(ssrc: int) -> Callable[[bytes], bool]:
+        def count(data: bytes) -> bool:
+            reports[ssrc] = reports.get(ssrc, 0) + 1
+            return True
+        return count
+
     for ssrc in range(1000, 1064):
         consumer = Consumer(f"c{ssrc}", producer, f"bob{ssrc}", ssrc=ssrc, rtx_ssrc=ssrc + 5000,
-                            send_rtp=lambda d: True,
-                            send_rtcp=lambda d, s=ssrc: reports.__setitem__(s, reports.get(s, 0) + 1) or True)
+                            send_rtp=lambda d: True, send_rtcp=counter(ssrc))
         consumer.packets, consumer.bytes = 1, 1000  # it has sent something, so it reports
         producer.add_consumer(consumer)
     per_tick = []

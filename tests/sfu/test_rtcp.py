@@ -22,8 +22,13 @@ from sfu.producer import Codec, Producer
 VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
 
 
-def _producer(max_bitrate: int = 0, interval: float = 1.0) -> tuple[Producer, list[bytes]]:
-    producer = Producer("p", "alice", "video", VP8, max_bitrate=max_bitrate,
+def _is_pli(data: bytes) -> bool:
+    (packet,) = RtcpPacket.parse(data)
+    return isinstance(packet, RtcpPsfbPacket) and packet.fmt == rtcp.FMT_PLI
+
+
+def _producer(max_bitrate: int = 0, interval: float = 1.0) -> tuple[Producer[Consumer], list[bytes]]:
+    producer: Producer[Consumer] = Producer("p", "alice", "video", VP8, max_bitrate=max_bitrate,
                         keyframe_interval=interval)
     upstream: list[bytes] = []
     producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
@@ -63,7 +68,7 @@ async def test_keyframe_requests_are_throttled_but_never_lost() -> None:
     assert len(upstream) == 1  # the first goes at once, the rest wait for the interval
     await asyncio.sleep(0.4)
     assert len(upstream) == 2  # ... and then go as one
-    assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
+    assert all(_is_pli(p) for p in upstream)
     producer.close()
 
 
@@ -94,7 +99,7 @@ class FakeScheduler:
 
 def test_joiners_share_a_keyframe_without_waiting_out_the_pli_throttle() -> None:
     clock = FakeScheduler()
-    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+    producer: Producer[Consumer] = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
                         scheduler=clock)
     upstream: list[bytes] = []
     producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)
@@ -135,7 +140,7 @@ def test_joiners_share_a_keyframe_without_waiting_out_the_pli_throttle() -> None
     assert len(upstream) == 5 and len(clock.timers) == 1
     clock.advance(0.5)
     assert len(upstream) == 6
-    assert all(RtcpPacket.parse(p)[0].fmt == rtcp.FMT_PLI for p in upstream)
+    assert all(_is_pli(p) for p in upstream)
     producer.waiting_for_keyframe = 0
     clock.advance(0.5)
     assert not clock.timers
@@ -176,7 +181,7 @@ def test_subscriber_nack_missing_from_cache_goes_upstream() -> None:
     first = consumer._last_seq
     consumer.retransmit([(first + 1) & 0xFFFF])  # never sent to this subscriber
     (nack,) = RtcpPacket.parse(upstream[0])
-    assert nack.lost == [501]
+    assert isinstance(nack, RtcpRtpfbPacket) and nack.lost == [501]
 
 
 def test_remb_follows_the_subscribers_that_can_take_the_stream_capped() -> None:
@@ -219,7 +224,7 @@ def _receive_from(producer: Producer, ssrc: int, seq: int, arrival_ms: int,
 
 def test_a_new_source_starts_fresh_receive_statistics_and_asks_for_a_keyframe() -> None:
     clock = FakeScheduler()
-    producer = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
+    producer: Producer[Consumer] = Producer("p", "alice", "video", VP8, max_bitrate=0, keyframe_interval=1.0,
                         scheduler=clock)
     upstream: list[bytes] = []
     producer.attach_source(1234, None, 0, lambda d: upstream.append(d) or True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 
 from sfu.api import (
     AddIceCandidate,
+    Answer,
     AnswerToServerOffer,
     Leave,
     MediaError,
@@ -26,14 +28,15 @@ from sfu.api import (
 )
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
-from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, client_pc
+from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, answer_to, client_pc
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def plane():
+async def plane() -> AsyncIterator[LocalMediaPlane]:
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     await plane.request(OpenRoom("room"))
     yield plane
     await plane.close()
@@ -183,7 +186,7 @@ async def test_client_offered_subscribe_transport(plane: LocalMediaPlane) -> Non
         pc.addTransceiver("audio", direction="recvonly")
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
         assert "a=sendonly" in answer.sdp
         await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
         deadline = time.monotonic() + 10
@@ -213,7 +216,7 @@ async def test_trickled_candidates_connect(plane: LocalMediaPlane) -> None:
     assert candidates
     bare = "\r\n".join(l for l in lines if not l.startswith("a=candidate:")
                        and l != "a=end-of-candidates") + "\r\n"
-    answer = await plane.request(Offer("room", "alice", "publish", bare))
+    answer = await answer_to(plane, Offer("room", "alice", "publish", bare))
     await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
     for candidate in candidates:
         await plane.request(AddIceCandidate(
@@ -434,7 +437,7 @@ async def test_a_whep_viewer_before_the_publisher_gets_media_when_it_comes(
         pc.addTransceiver("audio", direction="recvonly")
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
         assert "a=inactive" not in answer.sdp
         video_codecs, audio_codecs = _rtpmaps(answer.sdp)
         assert video_codecs == ["VP8", "rtx"] and audio_codecs == ["opus"]
@@ -481,7 +484,7 @@ async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_come
         pc.addTransceiver("video", direction="recvonly")
         LOOPBACK.prepare(pc)
         await pc.setLocalDescription(await pc.createOffer())
-        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
         await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
         deadline = time.monotonic() + 10
         while len(frames) < 30 and time.monotonic() < deadline:
@@ -502,3 +505,29 @@ async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_come
         await pc.close()
         await first.close()
         await second.close()
+
+
+async def test_a_whep_answer_carries_the_publishers_h264_parameter_sets(
+        plane: LocalMediaPlane) -> None:
+    sprop = "Z0IAH5WoFAFuQA==,aM48gA=="
+    offer = await _sendonly_offer("video")
+    lines = offer.split("\r\n")
+    h264 = next(line.split()[0].split(":")[1] for line in lines
+                if line.startswith("a=rtpmap:") and "H264/90000" in line)
+    offer = "\r\n".join(
+        line + f";sprop-parameter-sets={sprop}" if line.startswith(f"a=fmtp:{h264} ") else line
+        for line in lines)
+    offer = "\r\n".join(line for line in offer.split("\r\n")
+                        if not (line.startswith("a=rtpmap:") and "VP8/90000" in line))
+    await plane.request(Offer("room", "gst", "publish", offer))
+    pc = client_pc()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await plane.request(Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        assert isinstance(answer, Answer)
+        assert f"sprop-parameter-sets={sprop}" in answer.sdp
+        assert _rtpmaps(answer.sdp)[0] == ["H264", "rtx"]
+    finally:
+        await pc.close()

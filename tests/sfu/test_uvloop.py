@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 
+import pytest
 import uvloop
 
 from sfu.api import OpenRoom
@@ -19,6 +18,7 @@ pytestmark = pytest.mark.integration
 async def _forward() -> list[int]:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     hub = EventHub(plane)
     await plane.request(OpenRoom("uv"))
     publisher = Publisher(plane, "uv", "alice")

@@ -34,6 +34,7 @@ MESSAGES = st.fixed_dictionaries(
 @given(data=MESSAGES)
 async def test_garbage_requests_get_coded_errors(data: dict[str, Any]) -> None:
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     try:
         await plane.request(OpenRoom("r"))
         try:
@@ -48,6 +49,7 @@ async def test_garbage_requests_get_coded_errors(data: dict[str, Any]) -> None:
 
 async def test_requests_and_events_round_trip_as_dicts() -> None:
     plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
     events: list[Message] = []
     plane.on_event(events.append)
     reply = await plane.request(Message.from_dict(OpenRoom("r", {"session": 7}).to_dict()))

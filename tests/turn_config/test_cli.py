@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import stat
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from signalling.app.cli import main

@@ -7,6 +7,8 @@ fake camera and microphone. Screenshots of every step go to test-artifacts/web_d
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from signalling.app.factory import create_app
-from signalling.auth.tokens import Role, TokenIssuer
+from signalling.auth.tokens import TOKENS, Role, TokenIssuer
 from signalling.core.settings import Settings
 from tests.externals import require
 from web_demo.routes import STATIC
@@ -33,6 +35,8 @@ CHROMIUM_ARGS = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
+    # getDisplayMedia picks the (fake) screen without a picker.
+    "--auto-select-desktop-capture-source=Entire screen",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
@@ -154,18 +158,24 @@ async def test_no_demo_means_no_pages_and_no_tokens(aiohttp_client, tmp_path) ->
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[str]:
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
     """The whole app on a free 127.0.0.1 port, in this process, with a 2 s billing unit."""
     settings = Settings(data_dir=tmp_path / "var", port=0, media_loopback=True, billing_unit_seconds=2)
-    runner = web.AppRunner(create_app(settings))
+    app = create_app(settings)
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://{host}:{port}", app
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def server(served: tuple[str, web.Application]) -> str:
+    return served[0]
 
 
 @pytest.fixture
@@ -181,18 +191,31 @@ async def browser():  # type: ignore[no-untyped-def]
             # The last state of every page, and its console, for whoever reads a failure.
             for i, context in enumerate(browser.contexts):
                 for j, page in enumerate(context.pages):
-                    await shoot(page, f"zz-last-{i}-{j}")
+                    await shoot(page, f"zz-last-{i}-{j}", check=False)
                     log = getattr(page, "console_log", [])
                     (ARTIFACTS / f"zz-last-{i}-{j}.log").write_text("\n".join(log))
             await browser.close()
 
 
-async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP):  # type: ignore[no-untyped-def]
+async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP, init_script: str = ""):  # type: ignore[no-untyped-def]
     """A fresh browser context (its own storage) signed in through the start page."""
+    page = await new_page(browser, base, viewport, init_script)
+    await page.goto("/")
+    await page.get_by_label("Give help" if role == "expert" else "Get help").check()
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_role("button", name="Continue").click()
+    await page.wait_for_url(f"**/{role}")
+    return page
+
+
+async def new_page(browser, base: str, viewport=DESKTOP, init_script: str = ""):  # type: ignore[no-untyped-def]
+    """A page in a fresh context that records its errors, console and socket frames."""
     # bypass_csp: Playwright's wait_for_function evaluates strings, which the demo's CSP forbids.
     context = await browser.new_context(
         viewport=viewport, base_url=base, permissions=["camera", "microphone"], bypass_csp=True
     )
+    if init_script:
+        await context.add_init_script(init_script)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -202,17 +225,15 @@ async def sign_in(browser, base: str, role: str, name: str, viewport=DESKTOP):  
     page.on("websocket", lambda ws: ws.on("framereceived", lambda f: console.append(f"ws< {str(f)[:300] if 'media.offer' not in str(f) else str(f)}")))
     page.on("websocket", lambda ws: ws.on("framesent", lambda f: console.append(f"ws> {str(f)[:300]}")))
     page.console_log = console  # type: ignore[attr-defined]
-    await page.goto("/")
-    await page.get_by_label("Give help" if role == "expert" else "Get help").check()
-    await page.get_by_label("Your name").fill(name)
-    await page.get_by_role("button", name="Continue").click()
-    await page.wait_for_url(f"**/{role}")
     return page
 
 
-async def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+async def shoot(page, name: str, check: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """A screenshot of the step, and axe-core's verdict on the page as it is at that step."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if check:
+        await assert_accessible(page, name)
 
 
 UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea, button')]
@@ -222,6 +243,26 @@ UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, tex
   .map((n) => n.outerHTML.slice(0, 120))"""
 
 HORIZONTAL_OVERFLOW = "() => document.scrollingElement.scrollWidth - window.innerWidth"
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_RUN = """async () => {
+  const result = await axe.run(document, { resultTypes: ['violations'] });
+  return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+}"""
+
+
+@functools.cache
+def axe_source() -> str:
+    return AXE.read_text()
+
+
+async def assert_accessible(page, where: str) -> None:  # type: ignore[no-untyped-def]
+    """axe-core (WCAG 2.x A/AA rules, contrast included) finds no serious or critical violation."""
+    if not await page.evaluate("typeof window.axe !== 'undefined'"):
+        # Evaluated over the DevTools protocol, which the page's CSP does not govern.
+        await page.evaluate(f"(() => {{ {axe_source()}\n }})()")
+    assert await page.evaluate(AXE_RUN) == [], where
 
 
 async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # type: ignore[no-untyped-def]
@@ -262,7 +303,7 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
     assert await client.evaluate(first) == "skip-link"
     assert await client.evaluate("document.activeElement.id") == "browse-heading"
     await client.keyboard.press("Tab")
-    assert await client.evaluate("document.activeElement.id") == "search-skill"
+    assert await client.evaluate("document.activeElement.id") == "search-q"
 
     # Money is formatted from integer minor units by the page's own module.
     money = await client.evaluate(
@@ -314,6 +355,14 @@ async def test_pages_are_labelled_and_fit_a_phone(server, browser) -> None:  # t
         ["That is less than the call has cost already.", "true"],
         "Enter an amount such as 5 or 12.50.",
     ]
+    # The accessibility check can fail: a grey-on-grey, nameless button is caught.
+    await client.evaluate(
+        """() => { const b = document.createElement('button'); b.id = 'bad'; b.style.cssText = 'color:#bbb;background:#ccc';
+                   b.innerHTML = '<svg width="9" height="9"></svg>'; document.body.append(b); }"""
+    )
+    with pytest.raises(AssertionError, match="button-name"):
+        await assert_accessible(client, "a deliberately bad button")
+    await client.evaluate("document.getElementById('bad').remove()")
     await shoot(expert, "01-expert-console")
     await shoot(client, "01-client-phone")
     await expert.set_viewport_size(PHONE)
@@ -330,7 +379,7 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     for day in ("Sat", "Sun"):
         await expert.get_by_label(day, exact=True).check()
     await expert.get_by_label("From").fill("00:00")
-    await expert.get_by_label("To").fill("00:00")  # midnight to midnight: every hour of the week
+    await expert.get_by_label("To", exact=True).fill("00:00")  # midnight to midnight: every hour of the week
     await expert.get_by_role("button", name="Save profile").click()
     await expert.get_by_text("Profile saved.").wait_for()
     await expert.locator("#connection[data-state=open]").wait_for()
@@ -342,7 +391,7 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     await client.get_by_label("Skill", exact=True).fill("plumbing")
     await client.get_by_label("Max price (USD)").fill("20")
     await client.get_by_role("button", name="Search").click()
-    await client.get_by_text("No experts match").wait_for()
+    await client.get_by_role("heading", name="No experts match").wait_for()
     await client.get_by_label("Max price (USD)").fill("30.00")
     await client.get_by_role("button", name="Search").click()
     card = client.locator("[data-expert-id=bo-booker]")
@@ -355,20 +404,52 @@ async def test_search_filters_and_booking_a_slot(server, browser) -> None:  # ty
     dialog = client.get_by_role("dialog", name="Book Bo Booker")
     await dialog.wait_for()
     assert "Working hours (UTC)" in await dialog.inner_text()
+    price = await dialog.get_by_test_id("book-price").inner_text()
+    assert price.startswith("$30.00 per session: $30.00 for the session, charged once you have both been connected for 1 minute")
+    assert "You or the expert can cancel until the start." in await dialog.inner_text()
+    # Only the expert's free slots are offered, in the viewer's time zone; the first is chosen.
+    slot = dialog.get_by_label("Time")
+    await client.wait_for_function("document.querySelectorAll('#book-slot option[value]:not([value=\"\"])').length > 0")
+    options = await slot.locator("option").all_inner_texts()
+    assert len(options) > 40 and all(" – " in o for o in options)
+    first = await slot.input_value()
     await shoot(client, "10-client-booking-phone")
+    await dialog.get_by_label("Length").select_option("60")
+    await client.wait_for_function("document.querySelector('#book-slot option').textContent.includes('–')")
     await dialog.get_by_role("button", name="Book").click()
-    await client.locator("#my-bookings li", has_text="bo-booker").wait_for()
-    assert "booked" in await client.locator("#my-bookings").inner_text()
+    booked = client.locator("#my-bookings li", has_text="Bo Booker")
+    await booked.wait_for()
+    assert "Booked" in await booked.inner_text()
     await shoot(client, "11-client-booked-phone")
 
     await expert.reload()
-    await expert.locator("#scheduled li", has_text="pat-planner").wait_for()
-    assert await expert.get_by_label("To").input_value() == "00:00"  # 24:00 as a time input shows it
+    scheduled = expert.locator("#scheduled li", has_text="Pat Planner")
+    await scheduled.wait_for()
+    assert await expert.get_by_label("To", exact=True).input_value() == "00:00"  # 24:00 as a time input shows it
     await shoot(expert, "11-expert-scheduled")
 
+    # The booked slot is no longer offered; a second booking, which the expert cancels.
+    await card.get_by_role("button", name="Book a slot").click()
+    await client.wait_for_function("document.querySelectorAll('#book-slot option[value]:not([value=\"\"])').length > 0")
+    assert await slot.input_value() != first
+    await dialog.get_by_role("button", name="Book").click()
+    await client.locator("#my-bookings li[data-state=booked]").nth(1).wait_for()
+    await expert.locator("#scheduled li[data-state=booked]").nth(1).wait_for()
+    await expert.locator("#scheduled li").nth(1).get_by_role("button", name=re.compile("^Cancel the session with Pat Planner")).click()
+    await client.locator("#my-bookings li", has_text="Cancelled by Bo Booker").wait_for()
+    await client.get_by_text("Bo Booker cancelled your session of").wait_for()
+
     # Cancelling from the client's list frees the slot on both sides.
-    await client.locator("#my-bookings li", has_text="bo-booker").get_by_role("button", name="Cancel").click()
-    await client.locator("#my-bookings li", has_text="cancelled").wait_for()
+    await booked.first.get_by_role("button", name=re.compile("^Cancel the session with Bo Booker")).click()
+    await client.locator("#my-bookings li", has_text="Cancelled by you").wait_for()
+    await expert.locator("#scheduled li", has_text="Cancelled by Pat Planner").nth(0).wait_for()
+    await shoot(expert, "12-expert-cancelled")
+    # A booking whose session opened says so (and offers no cancel).
+    opened = await client.evaluate(
+        """async () => (await import('/static/js/terms.js')).bookingState(
+             {state: 'open', opened_at: '2026-12-03T10:00:00Z', start: '2026-12-03T10:00:00Z'}, 'me')"""
+    )
+    assert opened.startswith("Opened ") and opened.endswith("— the session started")
     for page in (expert, client):
         assert page.errors == []  # type: ignore[attr-defined]
 
@@ -568,8 +649,16 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await card.get_by_text("Available now").wait_for()
     assert "$1.50 / min" in await card.inner_text()
     await shoot(client, "02-client-search")
+    # The price and the rule are confirmed before the expert is asked.
     await card.get_by_role("button", name="Ask for help now").click()
+    confirm = client.get_by_role("dialog", name="Ask Ada Expert for help now?")
+    await confirm.wait_for()
+    assert await confirm.get_by_test_id("confirm-price").inner_text() == "$1.50 / min"
+    assert "$1.50 per started 2-second unit, charged only while you are both connected." in await confirm.inner_text()
+    await shoot(client, "02-client-confirm-price")
+    await confirm.get_by_role("button", name="Ask Ada Expert").click()
     await client.get_by_text("Ringing Ada Expert").wait_for()
+    assert "charged only while you are both connected" in await client.get_by_test_id("waiting-price").inner_text()
     await expert.get_by_role("button", name="Accept Cleo Client").wait_for()
     await shoot(client, "03-client-ringing")
     await shoot(expert, "03-expert-incoming")
@@ -616,6 +705,24 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await expert.get_by_role("button", name="Send").click()
     await client.locator(".chat-theirs", has_text="Show me the traceback").wait_for()
 
+    # Screen sharing: the client shares; the expert sees it large, the camera in a corner.
+    await client.get_by_role("button", name="Share screen").click()
+    await client.get_by_role("button", name="Stop sharing").wait_for()
+    assert await client.get_by_role("button", name="Stop sharing").get_attribute("aria-pressed") == "true"
+    screen = expert.get_by_test_id("remote-screen")
+    await screen.wait_for()
+    await expert.wait_for_function(
+        "(() => { const v = document.querySelector('[data-testid=remote-screen]'); return !v.hidden && v.videoWidth > 0; })()"
+    )
+    assert "Cleo Client is sharing their screen" in await expert.get_by_test_id("screen-badge").inner_text()
+    big, corner = await screen.bounding_box(), await expert.get_by_test_id("remote-video").bounding_box()
+    assert big and corner and big["width"] > 3 * corner["width"]
+    await shoot(expert, "05-expert-sees-the-clients-screen")
+    await client.get_by_role("button", name="Stop sharing").click()
+    await screen.wait_for(state="hidden", timeout=15000)
+    await client.get_by_role("button", name="Share screen").wait_for()
+    await frames_increasing(expert)  # the camera carries on
+
     # A budget cap goes to the server, whose billing.cost answer shows it.
     await client.get_by_label("Budget cap").fill("100")
     await client.get_by_role("button", name="Set").click()
@@ -658,6 +765,11 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     charged = await client.get_by_test_id("amount-charged").inner_text()
     assert charged != "$0.00" and charged == await expert.get_by_test_id("amount-charged").inner_text()
     assert "Your share" in await expert.get_by_test_id("summary").inner_text()
+    # The call's length is told apart from what was billed, and the rule says why they differ.
+    summary = await client.get_by_test_id("summary").inner_text()
+    for row in ("Call length", "Both connected", "Billed", "started 2-second unit"):
+        assert row in summary, row
+    assert "Charged by the rule you accepted" in await client.get_by_test_id("billing-rule").inner_text()
     await shoot(client, "07-client-summary")
     await shoot(expert, "07-expert-summary")
     await client.set_viewport_size(PHONE)
@@ -676,10 +788,42 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
     await client.get_by_role("button", name="Send rating").click()
     await client.get_by_text("Thank you for your rating.").wait_for()
     await expert.wait_for_function("document.querySelector('[data-testid=earnings]').textContent.startsWith('$')")
+    await expert.locator("#earnings-list li", has_text="Cleo Client").wait_for()
+    assert "Your share of 1 paid session" in await expert.locator("#earnings-detail").inner_text()
+    await expert.get_by_label("Period").select_option("today")
+    await expert.locator("#earnings-list li", has_text="Cleo Client").wait_for()
     await shoot(expert, "08-expert-earnings")
+
+    # The client's past sessions, by the expert's name, with the amount and a printable receipt.
+    past = client.locator("#history li[data-session-id]", has_text="Ada Expert")
+    await past.wait_for()
+    assert charged in await past.inner_text() and "connected · billed" in await past.inner_text()
+    await shoot(client, "08-client-history")
+    await past.get_by_role("link", name=re.compile("Receipt for the session with Ada Expert")).click()
+    await client.wait_for_url("**/receipt?session=*")
+    await client.set_viewport_size(DESKTOP)
+    receipt = client.get_by_test_id("receipt")
+    await receipt.wait_for()
+    assert await client.get_by_test_id("receipt-total").inner_text() == charged
+    text = await receipt.inner_text()
+    assert "Cleo Client" in text and "Ada Expert" in text and "Both connected" in text and "Platform fee" not in text
+    await shoot(client, "08-client-receipt")
+    await client.set_viewport_size(PHONE)
+    assert await client.evaluate(HORIZONTAL_OVERFLOW) <= 0
+    await shoot(client, "08-client-receipt-phone")
+    await client.emulate_media(media="print")
+    assert await client.get_by_role("button", name="Print").is_hidden()
+    await client.emulate_media(media="screen")
+    await client.get_by_role("link", name="Back").click()
+    await client.wait_for_url("**/client")
+    # The review shows on the expert's profile.
+    await client.get_by_role("button", name="Profile of Ada Expert").click()
+    await client.get_by_test_id("profile").get_by_text("Fixed in ten minutes.").wait_for()
+    await client.get_by_role("button", name="← Back to experts").click()
 
     # A second session with a budget cap: the server ends it when the budget is used up.
     await client.locator("[data-expert-id=ada-expert]").get_by_role("button", name="Ask for help now").click()
+    await client.get_by_role("button", name="Ask Ada Expert").click()
     await expert.get_by_role("button", name="Accept Cleo Client").click()
     await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
     await client.wait_for_function("document.querySelector('[data-testid=running-cost]')?.textContent.startsWith('$')")
@@ -694,3 +838,250 @@ async def test_a_paid_session_end_to_end(server, browser) -> None:  # type: igno
 
     for page, name in ((expert, "expert"), (client, "client"), (second, "second")):
         assert page.errors == [], name  # type: ignore[attr-defined]
+
+
+# --- failures, said in words ----------------------------------------------------------------
+
+BLOCKED_DEVICES = """navigator.mediaDevices.getUserMedia = () =>
+  Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));"""
+DESKTOP_800 = {"width": 1280, "height": 800}
+IN_VIEW = """(selector) => { const r = document.querySelector(selector).getBoundingClientRect();
+  return window.scrollY === 0 && r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
+
+
+async def online_expert(browser, server: str, name: str):  # type: ignore[no-untyped-def]
+    expert = await sign_in(browser, server, "expert", name)
+    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("Profile saved.").wait_for()
+    await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
+    return expert
+
+
+async def ask(client, expert_id: str, expert_name: str) -> None:  # type: ignore[no-untyped-def]
+    await client.get_by_label("Skill", exact=True).fill("python")
+    await client.get_by_role("button", name="Search").click()
+    await client.locator(f"[data-expert-id={expert_id}]").get_by_role("button", name="Ask for help now").click()
+    await client.get_by_role("button", name=f"Ask {expert_name}").click()
+
+
+async def test_failures_are_explained_in_words(server, browser) -> None:  # type: ignore[no-untyped-def]
+    # A new expert without a profile is told that nobody can find them yet.
+    expert = await sign_in(browser, server, "expert", "Erin Expert")
+    await expert.get_by_text("clients cannot find or call you until you save your profile").wait_for()
+    await shoot(expert, "20-expert-without-profile")
+    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
+
+    # Blocked camera and microphone: the client is told how to allow them, is not asked to rate a
+    # call that never started, and pays nothing; the expert hears that the client left.
+    blocked = await sign_in(browser, server, "client", "Bea Blocked", init_script=BLOCKED_DEVICES)
+    await ask(blocked, "erin-expert", "Erin Expert")
+    await expert.get_by_role("button", name="Accept Bea Blocked").click()
+    problem = blocked.get_by_test_id("problem")
+    await problem.wait_for()
+    assert "Your camera or microphone is blocked." in await problem.inner_text()
+    assert "choose Allow, then try again" in await problem.inner_text()
+    assert "nothing was charged" in await blocked.get_by_test_id("never-live").inner_text()
+    assert await blocked.locator("#rating-form").is_hidden()
+    await shoot(blocked, "21-client-devices-blocked")
+    await expert.get_by_role("heading", name="Session summary").wait_for()
+    assert "Bea Blocked left before the call connected" in await expert.get_by_test_id("never-live").inner_text()
+    await shoot(expert, "21-expert-client-never-connected")
+    await blocked.get_by_role("button", name="Back to experts").click()
+    await expert.get_by_role("button", name="Back to the console").click()
+
+    # In a live call the controls, the cost and the budget hint are in view without scrolling.
+    client = await sign_in(browser, server, "client", "Cleo Client", viewport=DESKTOP_800)
+    await ask(client, "erin-expert", "Erin Expert")
+    await expert.get_by_role("button", name="Accept Cleo Client").click()
+    await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
+    for viewport, label in ((DESKTOP_800, "desktop"), (PHONE, "phone")):
+        await client.set_viewport_size(viewport)
+        await client.evaluate("window.scrollTo(0, 0)")
+        for selector in ("[data-ref=hangup]", "[data-ref=mute]", "[data-ref=budget-hint]", "[data-testid=running-cost]"):
+            assert await client.evaluate(IN_VIEW, selector), (label, selector)
+        await shoot(client, f"22-client-controls-in-view-{label}")
+
+    # The expert closes their tab: the client is told who dropped and that billing is paused.
+    await client.set_viewport_size(DESKTOP_800)
+    await expert.context.close()
+    alert = client.get_by_test_id("call-alert")
+    await alert.wait_for(timeout=30000)
+    text = await alert.inner_text()
+    assert "Erin Expert's connection dropped — billing is paused." in text and "ends by itself" in text
+    await shoot(client, "23-client-expert-dropped")
+    await client.get_by_role("button", name="Hang up").click()
+    await client.get_by_role("heading", name="Session summary").wait_for()
+    for page in (blocked, client):
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_sign_in_problems_are_explained(served, browser) -> None:  # type: ignore[no-untyped-def]
+    base, app = served
+    issuer = app[TOKENS]
+    start = await new_page(browser, base, PHONE)
+    await start.goto("/")
+    await start.get_by_text("Advanced").click()
+    paste = start.get_by_label("Or paste a token")
+
+    # A token that has expired, or one this server did not sign: said, not a silent reload.
+    expired = issuer.mint("old", "client", ttl=1)
+    await asyncio.sleep(1.5)
+    await paste.fill(expired)
+    await start.get_by_role("button", name="Continue").click()
+    await start.get_by_text("That token expired on").wait_for()
+    await shoot(start, "24-start-expired-token-phone")
+    await paste.fill(TokenIssuer("another-servers-secret-0123456789abcdef").mint("x", "client"))
+    await start.get_by_role("button", name="Continue").click()
+    await start.get_by_text("This server does not accept that token (token_invalid)").wait_for()
+
+    # A sign-in that runs out while the page is open: one explanation, then the start page says why.
+    await paste.fill(issuer.mint("tim", "client", ttl=15, name="Tim Timeout"))
+    await start.get_by_role("button", name="Continue").click()
+    await start.wait_for_url("**/client")
+    dialog = start.get_by_role("alertdialog", name="Your sign-in has expired")
+    await dialog.wait_for(timeout=40000)
+    assert await start.locator(".toast").count() == 0
+    await shoot(start, "25-client-sign-in-expired-phone")
+    await dialog.get_by_role("button", name="Sign in again").click()
+    await start.wait_for_url("**/?role=client&reason=expired")
+    assert "Your sign-in expired." in await start.get_by_test_id("start-notice").inner_text()
+
+    # Signing in again elsewhere: the old tab says so instead of waiting for ever.
+    old = await sign_in(browser, base, "client", "Rita Twice")
+    await old.locator("#connection[data-state=open]").wait_for()
+    new = await sign_in(browser, base, "client", "Rita Twice")
+    await new.locator("#connection[data-state=open]").wait_for()
+    replaced = old.get_by_role("alertdialog", name="expertcall is open somewhere else")
+    await replaced.wait_for()
+    await shoot(old, "26-client-replaced")
+    await replaced.get_by_role("button", name="Use this tab instead").click()
+    await old.locator("#connection[data-state=open]").wait_for()
+    await new.get_by_role("alertdialog", name="expertcall is open somewhere else").wait_for()
+    for page in (start, old, new):
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+PNG_PHOTO = base64.b64decode(
+    # 64×48 PNG of one colour, made with Pillow and inlined: the browser uploads real image bytes.
+    "iVBORw0KGgoAAAANSUhEUgAAAEAAAAAwCAIAAAAuKetIAAAAU0lEQVR4nO3PQQ3AIADAQEAIOpGIrIngcVnSU9DOfe74s6UDXjWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaB9ZrIBvgrj1UYAAAAASUVORK5CYII="
+)
+
+
+async def test_profiles_photos_search_categories_and_the_empty_state(server, browser) -> None:  # type: ignore[no-untyped-def]
+    # Nobody yet: the landing list says what to do instead of showing nothing.
+    client = await sign_in(browser, server, "client", "Cleo Client")
+    empty = client.get_by_test_id("empty-state")
+    await empty.get_by_text("Nobody is available right now").wait_for()
+    await shoot(client, "30-client-empty-state")
+
+    expert = await sign_in(browser, server, "expert", "Pia Photo")
+    await expert.get_by_label("Skills").fill("python, debugging")
+    await expert.get_by_label("Languages").fill("en, pt-BR")
+    await expert.get_by_label("About you").fill("I untangle build failures and flaky tests.")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("Profile saved.").wait_for()
+    await expert.get_by_label("Photo").set_input_files({"name": "me.png", "mimeType": "image/png", "buffer": PNG_PHOTO})
+    await expert.get_by_text("Photo saved.").wait_for()
+    assert (await expert.locator("#photo-preview img").get_attribute("src") or "").startswith("/api/experts/pia-photo/photo?v=")
+    await expert.get_by_label("Photo").set_input_files({"name": "x.png", "mimeType": "image/png", "buffer": b"not a png"})
+    await expert.get_by_text("Photo not saved: the body is not a readable image").wait_for()
+    await shoot(expert, "30-expert-photo")
+
+    # Words that start a name, a skill or a bio find the expert; the card shows the photo.
+    await client.get_by_label("Availability").select_option("")
+    for words in ("pyth", "untang", "pia"):
+        await client.get_by_label("Search", exact=True).fill(words)
+        await client.get_by_role("button", name="Search", exact=True).click()
+        await client.locator("[data-expert-id=pia-photo]").wait_for()
+    card = client.locator("[data-expert-id=pia-photo]")
+    assert await card.locator("img.avatar").evaluate("(img) => img.complete && img.naturalWidth") == 320
+    await client.get_by_label("Language").select_option("de")
+    await client.get_by_text("No experts match").first.wait_for()
+    assert await empty.is_visible()
+    await client.get_by_label("Language").select_option("pt")
+    await card.wait_for()
+
+    # Categories: the skills on offer, one click each.
+    await client.get_by_label("Search", exact=True).fill("")
+    await client.reload()
+    await client.get_by_role("navigation", name="Browse by skill").get_by_role("button", name=re.compile("^debugging")).click()
+    await card.wait_for()
+    assert await client.get_by_label("Skill", exact=True).input_value() == "debugging"
+    await shoot(client, "31-client-search-with-photos")
+
+    # The profile page: photo, price and its rule, languages, hours in the viewer's zone, reviews.
+    await card.get_by_role("button", name="Profile of Pia Photo").click()
+    profile = client.get_by_test_id("profile")
+    await profile.get_by_role("heading", name="Pia Photo").wait_for()
+    text = await profile.inner_text()
+    for shown in ("$1.00 / min", "charged only while you are both connected", "English, Brazilian Portuguese",
+                  "I untangle build failures", "No reviews yet.", "your time, UTC"):
+        assert shown in text, shown
+    await profile.locator("#profile-hours li").first.wait_for()
+    assert client.url.endswith("#expert=pia-photo")
+    await shoot(client, "32-client-profile")
+    await client.set_viewport_size(PHONE)
+    assert await client.evaluate(HORIZONTAL_OVERFLOW) <= 0
+    await shoot(client, "32-client-profile-phone")
+    await profile.get_by_role("button", name="Book a slot").click()
+    await client.get_by_role("dialog", name="Book Pia Photo").wait_for()
+    for page in (client, expert):
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+ACTIVE = "(() => { const a = document.activeElement; return (a.getAttribute('aria-label') || a.textContent || a.id).trim(); })()"
+
+
+async def test_the_paid_flow_by_keyboard_alone(server, browser) -> None:  # type: ignore[no-untyped-def]
+    """Search, the price confirmation, the ring, the call and hang-up without a mouse; dialogs
+    take focus when they open and give it back when they close."""
+    expert = await online_expert(browser, server, "Kim Keys")
+    await expert.evaluate("document.activeElement.blur()")  # an idle console: nothing being typed
+    client = await sign_in(browser, server, "client", "Kai Keyboard")
+    await client.locator("#browse-heading:focus").wait_for()
+    await client.keyboard.press("Tab")
+    await client.keyboard.type("python")  # the Search box comes first
+    await client.keyboard.press("Enter")
+    card = client.locator("[data-expert-id=kim-keys]")
+    await card.wait_for()
+    ask = card.get_by_role("button", name="Ask for help now")
+    while await client.evaluate(ACTIVE) != "Ask for help now":
+        await client.keyboard.press("Tab")
+    # The booking dialog: focus goes in, Escape closes it, focus comes back to its opener.
+    await client.keyboard.press("Tab")
+    assert await client.evaluate(ACTIVE) == "Book a slot"
+    await client.keyboard.press("Enter")
+    dialog = client.get_by_role("dialog", name="Book Kim Keys")
+    await dialog.wait_for()
+    assert await client.evaluate("document.getElementById('book-dialog').contains(document.activeElement)")
+    await client.keyboard.press("Escape")
+    await dialog.wait_for(state="hidden")
+    assert await client.evaluate(ACTIVE) == "Book a slot"
+    await client.keyboard.press("Shift+Tab")
+    assert await ask.evaluate("(b) => b === document.activeElement")
+    await client.keyboard.press("Enter")
+    confirm = client.get_by_role("dialog", name="Ask Kim Keys for help now?")
+    await confirm.wait_for()
+    assert await client.evaluate(ACTIVE) == "Ask Kim Keys"  # the confirming button has focus
+    await shoot(client, "40-keyboard-confirm")
+    await client.keyboard.press("Enter")
+    # The expert's Accept button takes focus when the ring arrives.
+    await expert.get_by_role("button", name="Accept Kai Keyboard").wait_for()
+    await expert.wait_for_function("document.activeElement?.getAttribute('aria-label') === 'Accept Kai Keyboard'")
+    await expert.keyboard.press("Enter")
+    await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
+    # In the call: Tab reaches Hang up; Enter ends the call and focus lands on the summary.
+    hang_up = client.get_by_role("button", name="Hang up")
+    for _ in range(30):
+        if await hang_up.evaluate("(b) => b === document.activeElement"):
+            break
+        await client.keyboard.press("Tab")
+    await shoot(client, "41-keyboard-in-call")
+    await client.keyboard.press("Enter")
+    await client.get_by_role("heading", name="Session summary").wait_for()
+    assert await client.evaluate("document.activeElement.id") == "summary-heading"
+    for page in (client, expert):
+        assert page.errors == []  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from signalling.app.factory import create_app
 from signalling.core.settings import Settings
 
 # Not REST: the WebSocket (docs/protocol.md) and the demo's pages and files.
-NOT_REST = re.compile(r"^/(ws|client|expert|static.*)?$")
+NOT_REST = re.compile(r"^/(ws|client|expert|receipt|static.*)?$")
 
 
 def routes(app: Any) -> set[tuple[str, str]]:

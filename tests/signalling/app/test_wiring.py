@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sfu.api import GetStats, MediaError, Message, RoomClosed, Stats
-from sfu.metrics import MediaMetrics
+from signalling.app.media_metrics import MediaMetrics
 from signalling.app.factory import create_app
 from signalling.app.wiring import MediaStatsPoller
 from signalling.auth.tokens import TOKENS

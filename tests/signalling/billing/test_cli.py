@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import csv
 import io
@@ -9,6 +7,7 @@ import json
 import sqlite3
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from signalling.app.cli import main

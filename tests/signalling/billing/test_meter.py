@@ -19,21 +19,6 @@ USD = "USD"
 RATE = Price.per_minute(Money(150, USD))
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def rec() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def meter(tmp_path, clock, rec) -> Meter:  # type: ignore[no-untyped-def]
-    return make_meter(tmp_path, clock, rec)
-
-
 async def units_of(meter: Meter, sid: str) -> list[int]:
     return [p.unit_index for p in await meter.ledger.postings(sid) if p.kind == "charge"]  # type: ignore[misc]
 

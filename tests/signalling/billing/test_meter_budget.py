@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from signalling.billing.meter import BillingError, Meter
+from signalling.billing.meter import BillingError
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 
-from ...billing_helpers import T0, ManualClock, Recorder, advance, make_meter
+from ...billing_helpers import T0, Recorder, advance, make_meter
 
 USD = "USD"
 RATE = Price.per_minute(Money(100, USD))
 UNIT = BillingPolicy(unit_seconds=10)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def rec() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def meter(tmp_path, clock, rec) -> Meter:  # type: ignore[no-untyped-def]
-    return make_meter(tmp_path, clock, rec)
 
 
 async def test_a_cap_set_mid_session_warns_then_stops_charging(meter, clock, rec) -> None:  # type: ignore[no-untyped-def]

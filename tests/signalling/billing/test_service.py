@@ -36,6 +36,10 @@ async def test_metering_feed_pages_from_sqlite_for_admins(client) -> None:  # ty
     assert page2["events"][-1]["data"]["total"] == 600
     bad = await client.get("/api/metering?limit=0", headers=admin)
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_request"
+    # int() takes other scripts' digits; the API takes ASCII digits only, as everywhere else.
+    for odd in ("\u0663", "+3", " 3", "3_0"):
+        bad = await client.get("/api/metering", params={"limit": odd}, headers=admin)
+        assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_request", odd
 
 
 async def test_running_cost_and_refund_by_the_expert(client) -> None:  # type: ignore[no-untyped-def]

@@ -9,8 +9,6 @@ live. Once units are being charged the server is killed; the restarted one recov
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import math
 import os
@@ -22,6 +20,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from sfu.api import Answer, Message, Offer
 from signalling.auth.tokens import TokenIssuer

@@ -205,3 +205,24 @@ async def test_one_node_at_a_time_holds_an_exclusive_turn(billing_store) -> None
             assert other_url
     async with billing_store.exclusive("webhook:http://h/1") as again:
         assert again
+
+
+async def test_a_participants_sessions_newest_first_within_a_period(billing_store) -> None:  # type: ignore[no-untyped-def]
+    """A client's history and an expert's earnings list read the sessions of one participant."""
+    clock = ManualClock()
+    meter = meter_on(billing_store, clock, "n1")
+    for i, (sid, expert, client) in enumerate((("a", "e1", "c1"), ("b", "e2", "c1"), ("c", "e1", "c2"))):
+        await meter.started(sid, expert, client, RATE, POLICY, at=T0 + 100 * i)
+        await meter.media_live(sid, at=T0 + 100 * i)
+    await tick(meter, clock, T0 + 215)
+    for sid in ("a", "b", "c"):
+        await meter.ended(sid, at=T0 + 215)
+    mine = await billing_store.sessions_of("client", "c1", 0.0, T0 + 1000, 10)
+    assert [(s.session_id, s.expert_id) for s in mine] == [("b", "e2"), ("a", "e1")]
+    assert [s.units for s in mine] == [12, 22] and mine[0].intervals == ((T0 + 100, T0 + 215),)
+    assert [s.session_id for s in await billing_store.sessions_of("expert", "e1", 0.0, T0 + 1000, 10)] == ["c", "a"]
+    assert [s.session_id for s in await billing_store.sessions_of("expert", "e1", T0 + 1, T0 + 1000, 10)] == ["c"]
+    assert [s.session_id for s in await billing_store.sessions_of("client", "c1", 0.0, T0 + 1000, 1)] == ["b"]
+    assert await billing_store.sessions_of("client", "e1", 0.0, T0 + 1000, 10) == []
+    with pytest.raises(ValueError):
+        await billing_store.sessions_of("admin", "c1", 0.0, T0 + 1000, 10)

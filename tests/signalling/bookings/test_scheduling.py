@@ -293,7 +293,7 @@ async def test_nodes_on_one_postgresql_cannot_take_one_slot(postgres_url) -> Non
 
         async def attempt(store: BookingStore, client: str, expert: str, start: int = t) -> str:
             try:
-                await store.create(client, expert, start, start + 3600)
+                await store.create(client, expert, start, start + 3600, client_name=f"{client.title()} C.")
                 return "booked"
             except ApiError as exc:
                 return exc.code
@@ -307,6 +307,7 @@ async def test_nodes_on_one_postgresql_cannot_take_one_slot(postgres_url) -> Non
         # What one node booked, every node sees; a reminder or an opening is recorded once.
         booked = await stores[3].list_for("ada", state="booked", limit=1)
         assert len(await stores[3].list_for(None)) == 2 and (await stores[0].get(booked[0].id)) == booked[0]
+        assert booked[0].expert_name == "Ada" and booked[0].client_name.endswith(" C.")
         recorded = await asyncio.gather(*(s.record_reminder(booked[0].id, 600, []) for s in stores))
         assert sorted(recorded) == [False, False, False, True]
     finally:
@@ -360,6 +361,12 @@ async def test_cancel_before_start_by_either_party(aiohttp_client, settings) -> 
 
     by_expert = (await (await book(client, "carl", "ada", soon, soon + 60)).json())["id"]
     by_client = (await (await book(client, "carl", "ada", later, later + 60)).json())["id"]
+    # Lists and messages name the parties: the expert's display name, the name on the client's token.
+    named = {"Authorization": f"Bearer {client.app[TOKENS].mint('cleo', 'client', name='Cleo C.')}"}
+    body = {"expert_id": "ada", "start": iso(later + 7200), "end": iso(later + 7260)}
+    booked = await (await client.post("/api/bookings", json=body, headers=named)).json()
+    assert (booked["expert_name"], booked["client_name"]) == ("Ada", "Cleo C.")
+    assert (await (await client.get(f"/api/bookings/{by_client}", headers=auth(client, "carl"))).json())["client_name"] == "carl"
 
     assert (await client.delete(f"/api/bookings/{by_client}", headers=auth(client, "eve"))).status == 404
     assert (await client.get(f"/api/bookings/{by_client}", headers=auth(client, "eve"))).status == 404

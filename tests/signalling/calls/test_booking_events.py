@@ -18,6 +18,8 @@ class Booking:
     expert_id: str
     client_id: str
     quote: dict[str, Any] | None = None
+    expert_name: str = ""
+    client_name: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "expert_id": self.expert_id, "client_id": self.client_id, "start": "2026-11-30T15:00:00Z"}
@@ -32,7 +34,7 @@ async def test_reminders_cancellations_and_opening_on_time(client) -> None:  # t
     node = client.app[SIGNALLING]
     expert = await Peer.join(client, "erin", "expert")
     alice = await Peer.join(client, "alice", "client")
-    booking = Booking("b-1", "erin", "alice")
+    booking = Booking("b-1", "erin", "alice", client_name="Alice A.")
 
     await node.bookings.on_booked(booking)
     assert (await expert.expect("booking.update"))["event"] == "booked"
@@ -48,6 +50,7 @@ async def test_reminders_cancellations_and_opening_on_time(client) -> None:  # t
     assert cancelled["session"]["reason"] == "cancelled" and cancelled["session"]["ended_by"] == ""
     opened = await alice.expect("session.state", state="accepted")
     assert opened["session"]["booking_id"] == "b-1" and opened["previous"] is None
+    assert opened["session"]["client_name"] == "Alice A."  # the name the client booked with
     assert (await expert.expect("session.state", state="accepted"))["session"]["booking_id"] == "b-1"
     assert await node.availability("erin") == "busy" and await node.waiting("erin") == 0
     assert await node.session_parties(opened["session"]["id"]) == ("erin", "alice", "accepted")

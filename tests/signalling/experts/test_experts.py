@@ -18,6 +18,7 @@ from signalling.experts.model import (
     WorkingHours,
     normalise_language,
     normalise_skill,
+    search_words,
 )
 from signalling.experts.profiles import ExpertProfiles
 from signalling.experts.rest import EXPERTS, SESSION_PARTIES
@@ -214,6 +215,8 @@ async def test_search_by_skill_price_rating_language(api, sessions) -> None:  # 
         ("limit=1000", "invalid_limit", "limit"),
         ("skill=%21%21", "invalid_skill", "skill"),
         ("skills=python", "unknown_parameter", "skills"),
+        ("q=a+b+c+d+e+f+g+h+i", "invalid_q", "q"),
+        ("q=" + "a" * 201, "invalid_q", "q"),
     ],
 )
 async def test_bad_search_parameters(api, query, code, field) -> None:  # type: ignore[no-untyped-def]
@@ -355,6 +358,30 @@ async def test_search_filters_and_pages_alike_on_both_stores(directory) -> None:
     assert await ids(skill="python", available=("online", "busy")) == (["ada", "cid"], 2)
     assert (await directory.get("ada")).rating_average == 4.5  # type: ignore[union-attr]
     assert await directory.get("nobody") is None
+
+
+async def test_free_text_matches_prefixes_of_names_skills_and_bios_on_both_stores(directory) -> None:  # type: ignore[no-untyped-def]
+    for expert_id, name, skills, bio in (
+        ("ada", "Ada Lovelace", ("python", "debugging"), "I untangle build failures."),
+        ("bea", "Béatrice Ohm", ("electrics",), "Fuse boxes, lights and Python scripts for home automation"),
+        ("cid", "Cid Coder", ("go", "c++"), ""),
+    ):
+        await directory.upsert_profile(expert_id, Profile(display_name=name, skills=skills, bio=bio))
+
+    async def ids(text: str, **query: Any) -> list[str]:
+        return sorted(e.id for e, _ in (await directory.search(SearchQuery(words=search_words(text), **query))).experts)
+
+    assert await ids("pyth") == ["ada", "bea"]  # a skill, and a word of a bio
+    assert await ids("PYTH deb") == ["ada"]  # every word must match
+    assert await ids("beatrice") == ["bea"] and await ids("béa") == ["bea"]  # accents aside (SQLite and PostgreSQL alike)
+    assert await ids("lov") == ["ada"] and await ids("untangl") == ["ada"]
+    assert await ids("c") == ["cid"]  # "c++" is the word c
+    assert await ids("pyth", skill="python") == ["ada"]
+    assert await ids("nothing") == []
+    assert await ids("' OR 1=1 --") == []  # punctuation is no operator: the words "or", "1", "1"
+    # A changed profile is searched as it is now.
+    await directory.upsert_profile("ada", Profile(display_name="Ada Lovelace", skills=("rust",)))
+    assert await ids("pyth") == ["bea"]
 
 
 def test_normalisation() -> None:

@@ -82,6 +82,38 @@ export class Api {
     return this.call("POST", "/api/bookings", body);
   }
 
+  /** The expert's free slots of durationMinutes over the next 7 days: [{start, end}] in UTC. */
+  async slots(expertId, durationMinutes) {
+    return (await this.freeTime(expertId, durationMinutes)).slots;
+  }
+
+  /** {free: [{start, end}], slots: [...], time_zone}: the expert's free time, next 7 days. */
+  async freeTime(expertId, durationMinutes = 30) {
+    return this.call("GET", `/api/experts/${encodeURIComponent(expertId)}/slots?duration=${durationMinutes * 60}`);
+  }
+
+  /** The latest reviews: {rating: {average, count}, ratings: [{stars, review, created_at}]}. */
+  async ratings(expertId, limit = 5) {
+    return this.call("GET", `/api/experts/${encodeURIComponent(expertId)}/ratings?limit=${limit}`);
+  }
+
+  /** Upload the expert's photo (a File or Blob): the server validates and remakes it. */
+  async uploadPhoto(expertId, file) {
+    const token = typeof this.token === "function" ? this.token() : this.token;
+    const response = await fetch(`/api/experts/${encodeURIComponent(expertId)}/photo`, {
+      method: "PUT",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": file.type || "application/octet-stream" },
+      body: file,
+    });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, data.error?.code || `http_${response.status}`, data.error?.message || response.statusText);
+    return data.photo;
+  }
+
+  async deletePhoto(expertId) {
+    return this.call("DELETE", `/api/experts/${encodeURIComponent(expertId)}/photo`);
+  }
+
   async cancelBooking(id) {
     return this.call("DELETE", `/api/bookings/${encodeURIComponent(id)}`);
   }
@@ -91,8 +123,31 @@ export class Api {
   }
 
   /** The expert's statement: {lines: [{session_id, currency, gross, fee, payout}], totals: {CUR: {...}}}. */
-  async statement() {
-    return this.call("GET", "/api/billing/statement");
+  async statement({ from, to } = {}) {
+    const query = new URLSearchParams();
+    if (from) query.set("from", from.toISOString());
+    if (to) query.set("to", to.toISOString());
+    return this.call("GET", `/api/billing/statement${query.size ? `?${query}` : ""}`);
+  }
+
+  /** The rule new sessions are charged by: {unit_seconds, grace_seconds, per_session_minimum_seconds}. */
+  async terms() {
+    return this.call("GET", "/api/billing/terms");
+  }
+
+  /** My metered sessions, newest first, as receipts; side "client" or "expert", from/to Dates. */
+  async history({ side, from, to, limit } = {}) {
+    const query = new URLSearchParams();
+    if (side) query.set("as", side);
+    if (from) query.set("from", from.toISOString());
+    if (to) query.set("to", to.toISOString());
+    if (limit) query.set("limit", String(limit));
+    const data = await this.call("GET", `/api/billing/history${query.size ? `?${query}` : ""}`);
+    return data.sessions;
+  }
+
+  async receipt(sessionId) {
+    return this.call("GET", `/api/billing/receipts/${encodeURIComponent(sessionId)}`);
   }
 
   /** A session's running cost while open, its totals once ended (billing). */
@@ -133,6 +188,7 @@ export function normaliseExpert(raw) {
     hours: raw.working_hours ?? raw.hours ?? null,
     timezone: raw.working_hours?.time_zone ?? raw.time_zone ?? "UTC",
     queueLength: raw.queue_length ?? null,
+    photo: raw.photo ?? null,
     raw,
   };
 }

@@ -43,6 +43,44 @@ export class Call extends EventTarget {
     this._restarting = false;
     this.chat = null;
     this._chatOutbox = [];
+    // Screen sharing: our shared screen (a second video track on the publish connection), and
+    // the other side's (a second video track arriving on the subscribe connection).
+    this.screenTrack = null;
+    this.remoteScreen = null;
+  }
+
+  get sharingScreen() {
+    return Boolean(this.screenTrack);
+  }
+
+  /** Share a screen, window or tab: a second video track, forwarded by the SFU like the camera. */
+  async shareScreen() {
+    if (this.closed || !this.publish || this.screenTrack) return;
+    const display = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 15 }, audio: false });
+    const track = display.getVideoTracks()[0];
+    track.contentHint = "detail"; // text stays sharp: resolution before frame rate
+    this.screenTrack = track;
+    // The browser's own "Stop sharing" ends the track.
+    track.addEventListener("ended", () => this.stopScreen().catch((e) => this._fail(e)));
+    this.publish.addTransceiver(track, { direction: "sendonly", streams: [display] });
+    this._emit("controls", {});
+    this._emit("localscreen", { track });
+    await this._negotiatePublish();
+  }
+
+  async stopScreen() {
+    const track = this.screenTrack;
+    if (!track) return;
+    this.screenTrack = null;
+    track.stop();
+    const sender = this.publish?.getSenders().find((s) => s.track === track);
+    this._emit("controls", {});
+    this._emit("localscreen", { track: null });
+    if (sender && !this.closed) {
+      // The m-line goes inactive: the SFU closes that producer and the other side's consumer.
+      this.publish.removeTrack(sender);
+      await this._negotiatePublish();
+    }
   }
 
   /** Ask for camera and microphone, then publish them and wait for the SFU's offers. */
@@ -143,6 +181,7 @@ export class Call extends EventTarget {
     for (const off of this._unsubscribe) off();
     for (const pc of [this.publish, this.subscribe]) pc?.close();
     for (const track of this.localStream?.getTracks() ?? []) track.stop();
+    this.screenTrack?.stop();
     this._emit("closed", {});
   }
 
@@ -153,6 +192,7 @@ export class Call extends EventTarget {
     for (const track of this.localStream.getTracks()) {
       pc.addTransceiver(track, { direction: "sendonly", streams: [this.localStream] });
     }
+    if (this.screenTrack) pc.addTransceiver(this.screenTrack, { direction: "sendonly", streams: [new MediaStream([this.screenTrack])] });
     return pc;
   }
 
@@ -172,6 +212,13 @@ export class Call extends EventTarget {
     if (transport === "subscribe") {
       pc.addEventListener("track", (event) => {
         const track = event.track;
+        // The SFU offers the other side's tracks in the order they were published: the first
+        // video m-line is their camera, a later one their shared screen.
+        const videos = pc.getTransceivers().filter((t) => t.receiver.track.kind === "video");
+        if (track.kind === "video" && videos.indexOf(event.transceiver) > 0) {
+          this._onRemoteScreen(track);
+          return;
+        }
         for (const old of this.remoteStream.getTracks().filter((t) => t.kind === track.kind)) this.remoteStream.removeTrack(old);
         this.remoteStream.addTrack(track);
         track.addEventListener("ended", () => this.remoteStream.removeTrack(track));
@@ -179,6 +226,15 @@ export class Call extends EventTarget {
       });
     }
     return pc;
+  }
+
+  _onRemoteScreen(track) {
+    this.remoteScreen = new MediaStream([track]);
+    const tell = () => this._emit("remotescreen", { stream: this.remoteScreen, on: !track.muted && track.readyState === "live" });
+    track.addEventListener("mute", tell);
+    track.addEventListener("unmute", tell);
+    track.addEventListener("ended", tell);
+    tell();
   }
 
   async _negotiatePublish() {

@@ -3,7 +3,8 @@
 import { formatMoney, minorToDecimalString, parseMoneyInput } from "./money.js";
 import { startPage } from "./page.js";
 import { renderSummary, SessionController } from "./session.js";
-import { $, announce, el, formatWhen, showView, toast } from "./ui.js";
+import { bookingState } from "./terms.js";
+import { $, announce, avatar, el, formatWhen, showView, toast } from "./ui.js";
 
 const DAYS = [["mon", "Mon"], ["tue", "Tue"], ["wed", "Wed"], ["thu", "Thu"], ["fri", "Fri"], ["sat", "Sat"], ["sun", "Sun"]];
 const STATUS_TEXT = {
@@ -47,10 +48,18 @@ function main(page) {
       }
     });
   }
+  // Clients can neither find nor call an expert without a profile: say so instead of "online".
+  let hasProfile = null; // unknown until loadProfile answers
+  let presence = "offline";
   function showPresence(status) {
+    presence = status;
     const radio = document.querySelector(`input[name="availability"][value="${status}"]`);
     if (radio) radio.checked = true;
-    $("#availability-status").textContent = STATUS_TEXT[status] || status;
+    const unlisted = hasProfile === false && status !== "offline";
+    $("#availability-status").textContent = unlisted
+      ? `You are ${status}, but clients cannot find or call you until you save your profile below.`
+      : STATUS_TEXT[status] || status;
+    $("#availability-status").classList.toggle("warning", unlisted);
     $("#availability").dataset.status = status;
   }
   signalling.on("presence", ({ message }) => {
@@ -194,11 +203,42 @@ function main(page) {
     $("#p-currency").disabled = free;
   }
 
+  // The photo: uploaded as chosen, validated and remade by the server, shown as clients see it.
+  function showPhoto(photo) {
+    $("#photo-preview").replaceChildren(avatar({ id: identity.user, name: $("#p-name").value || identity.name, photo }, "large"));
+    $("#p-photo-remove").hidden = !photo;
+  }
+  $("#p-photo").addEventListener("change", async () => {
+    const file = $("#p-photo").files[0];
+    if (!file) return;
+    const status = $("#p-photo-status");
+    status.textContent = "Uploading…";
+    try {
+      showPhoto(await api.uploadPhoto(identity.user, file));
+      status.textContent = "Photo saved.";
+    } catch (error) {
+      status.textContent = error.code === "expert_not_found" ? "Save your profile first, then add a photo." : `Photo not saved: ${error.message}`;
+    }
+    $("#p-photo").value = "";
+  });
+  $("#p-photo-remove").addEventListener("click", async () => {
+    try {
+      await api.deletePhoto(identity.user);
+      showPhoto(null);
+      $("#p-photo-status").textContent = "Photo removed.";
+    } catch (error) {
+      $("#p-photo-status").textContent = `Could not remove the photo: ${error.message}`;
+    }
+  });
+
   async function loadProfile() {
+    showPhoto(null);
     try {
       const expert = await api.expert(identity.user);
+      showPhoto(expert.photo);
       $("#p-name").value = expert.name || identity.name;
       $("#p-skills").value = expert.skills.join(", ");
+      $("#p-languages").value = expert.languages.join(", ");
       $("#p-bio").value = expert.bio || "";
       $("#p-mode").value = expert.pricing.model;
       if (expert.pricing.model !== "free") {
@@ -215,9 +255,12 @@ function main(page) {
         if (first) [$("#p-from").value, $("#p-to").value] = first[0].map((t) => (t === "24:00" ? "00:00" : t));
       }
       syncAmount();
+      hasProfile = true;
     } catch (error) {
-      if (error.status !== 404) toast(`Could not load your profile: ${error.message}`, "error");
+      if (error.status === 404) hasProfile = false;
+      else toast(`Could not load your profile: ${error.message}`, "error");
     }
+    showPresence(presence);
   }
 
   function ensureCurrency(code) {
@@ -250,12 +293,15 @@ function main(page) {
       display_name: $("#p-name").value.trim(),
       bio: $("#p-bio").value.trim(),
       skills: $("#p-skills").value.split(",").map((s) => s.trim()).filter(Boolean),
-      languages: [navigator.language || "en"],
+      // The browser's language until the expert names theirs.
+      languages: $("#p-languages").value.split(",").map((s) => s.trim()).filter(Boolean).concat($("#p-languages").value.trim() ? [] : [navigator.language || "en"]),
       price: { mode, amount, currency },
       working_hours: { time_zone: $("#p-tz").value.trim() || zone, weekly },
     };
     try {
       await api.saveExpert(identity.user, profile);
+      hasProfile = true;
+      showPresence(presence);
       toast("Profile saved.");
     } catch (failure) {
       error.textContent = `Not saved: ${failure.message}`;
@@ -268,41 +314,73 @@ function main(page) {
     const list = $("#scheduled");
     try {
       const bookings = await api.bookings();
-      list.replaceChildren(
-        ...(bookings.length
-          ? bookings.map((b) => el("li", {}, el("span", { class: "grow" }, b.client_name || b.client_id), el("span", {}, formatWhen(b.start ?? b.starts_at))))
-          : [el("li", { class: "hint" }, "No sessions booked.")]),
-      );
+      list.replaceChildren(...(bookings.length ? bookings.map(scheduledItem) : [el("li", { class: "hint" }, "No sessions booked.")]));
     } catch {
       list.replaceChildren(el("li", { class: "hint" }, "Scheduling is not available on this server."));
     }
   }
 
+  // Either side may cancel until the start (docs/experts-and-bookings.md); the client is told.
+  function scheduledItem(b) {
+    const cancel = el("button", { type: "button", class: "secondary small", "aria-label": `Cancel the session with ${b.client_name} on ${formatWhen(b.start)}` }, "Cancel");
+    cancel.hidden = b.state !== "booked";
+    cancel.addEventListener("click", async () => {
+      cancel.disabled = true;
+      try {
+        await api.cancelBooking(b.id);
+        toast(`Cancelled: ${b.client_name} is told.`);
+      } catch (error) {
+        toast(`Could not cancel: ${error.message}`, "error");
+      }
+      loadScheduled();
+    });
+    return el(
+      "li",
+      { dataset: { bookingId: b.id, state: b.state } },
+      el("span", { class: "grow" }, el("strong", {}, b.client_name), ` — ${formatWhen(b.start)}`, b.topic ? el("span", { class: "hint" }, b.topic) : null),
+      el("span", { class: "hint" }, bookingState(b, identity.user)),
+      cancel,
+    );
+  }
+
   signalling.on("booking.update", ({ message }) => {
     const b = message.booking;
-    if (message.event === "booked") toast(`${b.client_id} booked a session for ${formatWhen(b.start)}.`);
-    if (message.event === "cancelled" && message.by !== identity.user) toast(`${message.by} cancelled the session of ${formatWhen(b.start)}.`);
+    if (message.event === "booked") toast(`${b.client_name} booked a session for ${formatWhen(b.start)}.`);
+    if (message.event === "cancelled" && message.by !== identity.user) toast(`${b.client_name} cancelled the session of ${formatWhen(b.start)}.`);
     loadScheduled();
   });
   signalling.on("booking.reminder", ({ message }) => {
-    announce(`Reminder: your session with ${message.booking.client_id} starts ${formatWhen(message.booking.start)}.`, { assertive: true });
-    toast(`Session with ${message.booking.client_id} at ${formatWhen(message.booking.start)}`);
+    announce(`Reminder: your session with ${message.booking.client_name} starts ${formatWhen(message.booking.start)}.`, { assertive: true });
+    toast(`Session with ${message.booking.client_name} at ${formatWhen(message.booking.start)}`);
+  });
+  signalling.on("session.state", ({ message }) => {
+    if (message.session.booking_id) loadScheduled();
   });
 
+  // Earnings per period: the ledger's statement for the totals (refunds count when made), the
+  // sessions of the period by name for the list.
   async function loadEarnings() {
+    const { from, to } = periodRange($("#earnings-period").value, new Date());
     try {
-      const statement = await api.statement();
+      const [statement, sessions] = await Promise.all([api.statement({ from, to }), api.history({ side: "expert", from, to, limit: 10 })]);
       const totals = Object.entries(statement.totals || {});
       $("#earnings-total").textContent = totals.length ? totals.map(([currency, t]) => formatMoney(t.payout, currency)).join(" + ") : formatMoney(0, "USD");
+      const count = totals.reduce((n, [, t]) => n + t.sessions, 0);
+      $("#earnings-detail").textContent = totals.length
+        ? `Your share of ${count} paid session${count === 1 ? "" : "s"}, after the platform fee of ${totals.map(([currency, t]) => formatMoney(t.fee, currency)).join(" + ")}.`
+        : "No paid sessions in this period.";
       $("#earnings-list").replaceChildren(
-        ...(statement.lines || []).slice(-5).reverse().map((line) =>
-          el("li", {}, el("span", { class: "grow" }, `${line.client_id} · ${formatWhen(line.from)}`), el("span", {}, formatMoney(line.payout, line.currency))),
+        ...sessions.map((s) =>
+          el("li", {}, el("span", { class: "grow" }, `${s.client_name} · ${formatWhen(s.started_at)}`), el("span", {}, formatMoney(s.refunded ? 0 : s.payout, s.currency)),
+            el("a", { href: `/receipt?session=${encodeURIComponent(s.session_id)}`, "aria-label": `Receipt for the session with ${s.client_name}` }, "Receipt")),
         ),
       );
     } catch {
       $("#earnings-total").textContent = "—";
+      $("#earnings-detail").textContent = "Earnings could not be loaded.";
     }
   }
+  $("#earnings-period").addEventListener("change", () => loadEarnings());
 
   // A failed first attempt keeps retrying with backoff; the status badge shows it.
   signalling.connect().catch(() => {});
@@ -311,4 +389,13 @@ function main(page) {
   loadScheduled();
   loadEarnings();
   page.hooks.controller = controller;
+}
+
+/** The [from, to) of an earnings period in the viewer's time zone; undefined bounds: all time. */
+function periodRange(period, now) {
+  const midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate());
+  if (period === "today") return { from: midnight, to: undefined };
+  if (period === "week") return { from: new Date(midnight.getTime() - 6 * 86400_000), to: undefined };
+  if (period === "month") return { from: new Date(now.getFullYear(), now.getMonth(), 1), to: undefined };
+  return { from: undefined, to: undefined };
 }

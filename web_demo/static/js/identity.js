@@ -37,7 +37,9 @@ export function decodeClaims(token) {
 export function requireIdentity(role) {
   const identity = loadIdentity();
   if (!identity || identity.role !== role) {
-    location.replace(`/?role=${encodeURIComponent(role)}`);
+    // A sign-in that ran out while the tab was closed: the start page says why it is back.
+    const expired = !identity && sessionStorage.getItem(KEY) !== null;
+    location.replace(`/?role=${encodeURIComponent(role)}${expired ? "&reason=expired" : ""}`);
     return null;
   }
   return identity;

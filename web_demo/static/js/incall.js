@@ -23,14 +23,16 @@ const STATE_TEXT = {
   accepted: "Connecting…",
   connecting: "Connecting…",
   live: "Live",
-  paused: "Reconnecting…",
+  paused: "Paused",
   ended: "Ended",
 };
 
 const TEMPLATE = `
+  <p class="call-alert" data-ref="alert" data-testid="call-alert" role="alert" hidden></p>
   <div class="call-stage">
     <div class="video-remote-wrap">
       <video class="video-remote" data-testid="remote-video" autoplay playsinline aria-label="Video of the other person"></video>
+      <video class="video-screen" data-testid="remote-screen" data-ref="screen" autoplay playsinline muted hidden></video>
       <p class="video-placeholder" data-ref="placeholder">Waiting for video…</p>
       <div class="call-badges">
         <span class="badge" data-ref="state" role="status">Connecting…</span>
@@ -38,9 +40,17 @@ const TEMPLATE = `
           <span></span><span></span><span></span>
         </span>
         <span class="badge badge-muted" data-ref="elapsed" aria-label="Call length">0:00</span>
+        <span class="badge" data-ref="screen-badge" data-testid="screen-badge" role="status" hidden></span>
       </div>
     </div>
     <video class="video-local" data-testid="local-video" autoplay playsinline muted aria-label="Your camera"></video>
+  </div>
+  <div class="call-controls" role="toolbar" aria-label="Call controls">
+    <button type="button" class="control" data-ref="mute" aria-pressed="false">Mute</button>
+    <button type="button" class="control" data-ref="camera" aria-pressed="false">Stop camera</button>
+    <button type="button" class="control" data-ref="share" aria-pressed="false">Share screen</button>
+    <button type="button" class="control" data-ref="devices-toggle" aria-expanded="false" aria-controls="devices-panel">Devices</button>
+    <button type="button" class="control danger" data-ref="hangup">Hang up</button>
   </div>
   <div class="call-meter card" data-ref="meter">
     <div><span class="meter-label" data-ref="cost-label">Cost so far</span>
@@ -52,19 +62,13 @@ const TEMPLATE = `
       <small id="budget-hint" class="hint" data-ref="budget-hint" aria-live="polite">The call ends when the cost reaches it.</small>
     </form>
   </div>
-  <div class="call-controls" role="toolbar" aria-label="Call controls">
-    <button type="button" class="control" data-ref="mute" aria-pressed="false">Mute</button>
-    <button type="button" class="control" data-ref="camera" aria-pressed="false">Stop camera</button>
-    <button type="button" class="control" data-ref="devices-toggle" aria-expanded="false" aria-controls="devices-panel">Devices</button>
-    <button type="button" class="control danger" data-ref="hangup">Hang up</button>
-  </div>
   <div class="devices card" id="devices-panel" data-ref="devices" hidden>
     <div class="field"><label for="mic-select">Microphone</label><select id="mic-select" data-ref="mic"></select></div>
     <div class="field"><label for="cam-select">Camera</label><select id="cam-select" data-ref="cam"></select></div>
   </div>
   <section class="chat card" aria-labelledby="chat-heading">
     <h3 id="chat-heading">Chat</h3>
-    <ol class="chat-log" data-ref="chat-log" role="log" aria-live="polite" aria-label="Chat messages"></ol>
+    <div role="log" aria-live="polite" aria-label="Chat messages"><ol class="chat-log" data-ref="chat-log"></ol></div>
     <form class="chat-form" data-ref="chat-form">
       <label for="chat-input" class="visually-hidden">Message</label>
       <input id="chat-input" data-ref="chat-input" autocomplete="off" maxlength="2000" placeholder="Type a message">
@@ -85,6 +89,7 @@ export class InCallView {
    */
   constructor(root, { role, peerName, onHangUp, onChat, onBudget }) {
     this.root = root;
+    this.peerName = peerName;
     this.role = role;
     this.options = { onHangUp, onChat, onBudget };
     this.call = null;
@@ -119,15 +124,34 @@ export class InCallView {
       this.ref.placeholder.hidden = true;
     });
     call.addEventListener("quality", (e) => this.setQuality(e.detail));
+    // Their shared screen takes the stage; their camera moves to a corner while it lasts.
+    call.addEventListener("remotescreen", (e) => this._showScreen(e.detail));
+    call.addEventListener("localscreen", (e) => {
+      const badge = this.ref["screen-badge"];
+      badge.hidden = !e.detail.track;
+      badge.textContent = e.detail.track ? "You are sharing your screen" : "";
+      announce(e.detail.track ? "You are sharing your screen." : "You stopped sharing your screen.");
+    });
     call.addEventListener("controls", () => this._syncControls());
   }
 
-  setState(state) {
+  /**
+   * @param {string} state  the session's state
+   * @param {object} [why]  {reason, me, peerName, deadline}: who stopped sending media when paused
+   */
+  setState(state, why = {}) {
     const text = STATE_TEXT[state] || state;
     this.ref.state.textContent = text;
     this.ref.state.dataset.state = state;
     if (state === "live" && !this.startedAt) this.startedAt = Date.now();
-    if (state === "paused") announce("Connection lost — reconnecting…", { assertive: true });
+    const alert = this.ref.alert;
+    if (state === "paused") {
+      alert.textContent = pausedText(why);
+      alert.hidden = false;
+    } else if (!alert.hidden && state === "live") {
+      alert.hidden = true;
+      announce(`${why.peerName || "The other person"} is connected again: billing resumed.`, { assertive: true });
+    }
   }
 
   setQuality({ level, rtt, loss }) {
@@ -167,6 +191,7 @@ export class InCallView {
     clearInterval(this._tick);
     this.remoteVideo.srcObject = null;
     this.localVideo.srcObject = null;
+    this.ref.screen.srcObject = null;
     this.root.replaceChildren();
   }
 
@@ -175,6 +200,18 @@ export class InCallView {
   _bind() {
     this.ref.mute.addEventListener("click", () => this.call?.setAudioMuted(!this.call.audioMuted));
     this.ref.camera.addEventListener("click", () => this.call?.setVideoOff(!this.call.videoOff));
+    this.ref.share.addEventListener("click", async () => {
+      try {
+        if (this.call?.sharingScreen) await this.call.stopScreen();
+        else await this.call?.shareScreen();
+      } catch (error) {
+        // Cancelled in the browser's picker, or not allowed: nothing is shared.
+        const text = error.name === "NotAllowedError" ? "Screen sharing was cancelled or is not allowed." : `Could not share the screen: ${error.message}`;
+        announce(text, { assertive: true });
+        this.ref.alert.textContent = text;
+        this.ref.alert.hidden = false;
+      }
+    });
     this.ref.hangup.addEventListener("click", () => this.options.onHangUp());
     this.ref["devices-toggle"].addEventListener("click", () => {
       const open = this.ref.devices.hidden;
@@ -222,6 +259,9 @@ export class InCallView {
     this.ref.mute.textContent = audioMuted ? "Unmute" : "Mute";
     this.ref.camera.setAttribute("aria-pressed", String(videoOff));
     this.ref.camera.textContent = videoOff ? "Start camera" : "Stop camera";
+    const sharing = this.call.sharingScreen;
+    this.ref.share.setAttribute("aria-pressed", String(sharing));
+    this.ref.share.textContent = sharing ? "Stop sharing" : "Share screen";
   }
 
   async _fillDevices() {
@@ -231,6 +271,26 @@ export class InCallView {
       const selected = current(kind);
       select.replaceChildren(...devices.map((d, i) => el("option", { value: d.deviceId, selected: d.deviceId === selected }, d.label || `${kind === "audio" ? "Microphone" : "Camera"} ${i + 1}`)));
     }
+  }
+
+  _showScreen({ stream, on }) {
+    const wrap = this.root.querySelector(".video-remote-wrap");
+    if (!wrap) return; // the call ended: its tracks end after the view has gone
+    const video = this.ref.screen;
+    if (video.srcObject !== stream) video.srcObject = stream;
+    const wasOn = !video.hidden;
+    video.hidden = !on;
+    video.setAttribute("aria-label", `${this.peerName}'s shared screen`);
+    wrap.classList.toggle("screen-on", on);
+    const badge = this.ref["screen-badge"];
+    if (on) {
+      video.play().catch(() => {});
+      badge.hidden = false;
+      badge.textContent = `${this.peerName} is sharing their screen`;
+    } else if (wasOn) {
+      badge.hidden = true;
+    }
+    if (on !== wasOn) announce(on ? `${this.peerName} is sharing their screen.` : `${this.peerName} stopped sharing their screen.`);
   }
 
   _updateElapsed() {
@@ -250,4 +310,14 @@ export class InCallView {
     }
   }
 
+}
+
+/** Why a live call paused, in words: who dropped, that billing is paused, and for how long. */
+export function pausedText({ reason = "", me, peerName = "The other person", deadline }) {
+  const left = deadline ? Math.max(0, Math.round(deadline - Date.now() / 1000)) : 0;
+  const until = left ? ` The call ends by itself if it is not back within ${left >= 120 ? `${Math.round(left / 60)} minutes` : `${left} seconds`}.` : "";
+  if (reason === "media_restarted") return `The server restarted — billing is paused until your video flows again.${until}`;
+  const who = reason.startsWith("media_stopped:") ? reason.slice("media_stopped:".length) : "";
+  if (who && who === me) return `Your connection dropped — billing is paused while it comes back.${until}`;
+  return `${peerName}'s connection dropped — billing is paused.${until}`;
 }

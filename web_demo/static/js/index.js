@@ -1,7 +1,7 @@
 // The start page: pick client or expert, get a token, go to that page.
 import { Api } from "./api.js";
 import { decodeClaims, saveIdentity, slug, loadIdentity } from "./identity.js";
-import { $, toast } from "./ui.js";
+import { $, formatWhen, toast } from "./ui.js";
 
 const form = $("#start-form");
 const params = new URLSearchParams(location.search);
@@ -11,6 +11,30 @@ if (params.get("role")) {
 }
 const previous = loadIdentity();
 if (previous) $("#name").value = previous.name || "";
+// Sent back here by a page whose sign-in ended: say so rather than start over silently.
+const REASONS = {
+  expired: "Your sign-in expired. Sign in again to go on.",
+  revoked: "You were signed out by the server. Sign in again to go on.",
+};
+if (REASONS[params.get("reason")]) {
+  $("#start-notice").textContent = REASONS[params.get("reason")];
+  $("#start-notice").hidden = false;
+}
+
+/** A pasted token, checked before it is kept: readable, not expired, accepted by this server. */
+async function checkPasted(pasted, name) {
+  const claims = decodeClaims(pasted);
+  if (!claims || !claims.sub || !claims.role) throw new Error("That does not look like an expertcall token.");
+  if (claims.exp && claims.exp * 1000 < Date.now()) {
+    throw new Error(`That token expired on ${formatWhen(claims.exp)}. Make a new one with expertcall token --user ${claims.sub} --role ${claims.role}.`);
+  }
+  try {
+    await new Api(pasted).terms();
+  } catch (error) {
+    if (error.status === 401) throw new Error(`This server does not accept that token (${error.code}): it may have been made for another server.`);
+  }
+  return { token: pasted, user: claims.sub, role: claims.role, name: claims.name || name || claims.sub };
+}
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -22,9 +46,7 @@ form.addEventListener("submit", async (event) => {
   try {
     let identity;
     if (pasted) {
-      const claims = decodeClaims(pasted);
-      if (!claims || !claims.sub || !claims.role) throw new Error("That does not look like an expertcall token.");
-      identity = { token: pasted, user: claims.sub, role: claims.role, name: claims.name || name || claims.sub };
+      identity = await checkPasted(pasted, name);
     } else {
       if (!name) {
         $("#name-error").textContent = "Please enter your name.";

@@ -4,6 +4,8 @@
 import { Call } from "./call.js";
 import { InCallView } from "./incall.js";
 import { formatMoney } from "./money.js";
+import { RecordingPanel } from "./recording.js";
+import { describeBilled, describeRule, humanDuration } from "./terms.js";
 import { announce, el, formatDuration, showView } from "./ui.js";
 
 const MEDIA_STATES = new Set(["accepted", "connecting", "live", "paused"]);
@@ -32,6 +34,7 @@ export function costFromMessage(message) {
     amount: money.amount,
     currency: money.currency,
     seconds: message.live_seconds ?? null,
+    units: message.units ?? null,
     payout: message.payout != null ? { amount: message.payout, currency: money.currency } : null,
     // undefined: this message does not say; null: no cap.
     budget: "budget_cap" in message ? message.budget_cap : undefined,
@@ -57,12 +60,14 @@ export class SessionController {
     this.session = null;
     this.call = null;
     this.view = null;
+    this.recording = null;
     this.cost = null;
     this.firstLiveAt = null;
     this.endedAt = null;
     this._costTimer = null;
     this._pushedCostAt = 0;
     this.summary = null;
+    this.problem = null; // why this side could not take part ({title, text}), for the summary
     const s = page.signalling;
     s.on("session.state", ({ message }) => {
       this.update(message.session);
@@ -88,6 +93,9 @@ export class SessionController {
     s.on("billing.warning", ({ message }) => {
       if (mine(message) && this.role === "client") this.view?.budgetWarning(message.ends_at - Date.now() / 1000);
     });
+    s.on("recording.state", ({ message }) => {
+      if (mine(message)) this.recording?.update(message.recording);
+    });
     s.on("billing.summary", ({ message }) => {
       if (!mine(message)) return;
       this.summary = message;
@@ -110,7 +118,8 @@ export class SessionController {
     this.session = session;
     if (MEDIA_STATES.has(session.state)) {
       if (!this.view) this._enter().catch((error) => this._mediaFailed(error));
-      this.view?.setState(session.state);
+      this.view?.setState(session.state, this._why(session));
+      this.recording?.update(session.recording);
       if (session.state === "live" && !this.firstLiveAt) this.firstLiveAt = Date.now();
     } else if (session.state === "ended" && this.view) {
       this.endedAt = Date.now();
@@ -133,10 +142,15 @@ export class SessionController {
 
   // --- internals ---------------------------------------------------------------------------
 
+  _why(session) {
+    return { reason: session.reason || "", me: this.page.identity.user, peerName: this.peerName(session), deadline: session.deadline };
+  }
+
   async _enter() {
     const session = this.session;
     this.cost = null;
     this.summary = null;
+    this.problem = null;
     this._pushedCostAt = 0;
     this.firstLiveAt = null;
     showView("call");
@@ -148,7 +162,14 @@ export class SessionController {
       // The server enforces the cap (billing.budget): the session ends with budget_reached.
       onBudget: this.role === "client" ? (minor) => this._setBudget(minor) : undefined,
     });
-    this.view.setState(session.state);
+    this.view.setState(session.state, this._why(session));
+    const me = this.role === "client" ? session.client_id : session.expert_id;
+    this.recording = new RecordingPanel(this.container, {
+      me,
+      nameOf: (id) => (id === session.expert_id ? session.expert_name : id === session.client_id ? session.client_name : null) || id,
+      send: (type, body) => this.page.signalling.request(type, { ...body, session_id: session.id }),
+    });
+    this.recording.update(session.recording);
     this._costTimer = setInterval(() => this._pollCost(), COST_POLL_MS);
     const welcome = this.page.signalling.welcome || {};
     const iceServers = welcome.ice_servers?.length ? welcome.ice_servers : await this.page.api.iceServers();
@@ -201,7 +222,8 @@ export class SessionController {
   }
 
   _mediaFailed(error) {
-    announce(`Could not start the call: ${error.message}`, { assertive: true });
+    this.problem = mediaProblem(error);
+    announce(`${this.problem.title} ${this.problem.text}`, { assertive: true });
     this.hangUp();
   }
 
@@ -211,6 +233,7 @@ export class SessionController {
     this.view?.destroy();
     this.call = null;
     this.view = null;
+    this.recording = null;
     this.page.hooks.call = null;
     announce(END_REASONS[session.reason] || `The session ended (${session.reason}).`, { assertive: true });
     this.onEnded(this._summaryData(session));
@@ -242,6 +265,13 @@ export class SessionController {
       reason: session.reason,
       // From the first live moment to the end, as the in-call clock showed it.
       seconds: this.firstLiveAt ? Math.round((this.endedAt - this.firstLiveAt) / 1000) : 0,
+      // What billing metered (both sides' media flowing) and the whole units it charged.
+      liveSeconds: summary?.live_seconds ?? this.cost?.seconds ?? null,
+      units: summary?.units ?? this.cost?.units ?? null,
+      quote: session.quote || null,
+      wentLive: Boolean(this.firstLiveAt),
+      problem: this.problem,
+      endedByPeer: Boolean(session.ended_by) && session.ended_by !== this.page.identity.user,
       charged,
       final,
       expertShare: money(summary?.payout) || this.cost?.payout || null,
@@ -249,21 +279,58 @@ export class SessionController {
   }
 }
 
-/** Fill a summary card: who, how long, why it ended, and the amount charged (or earned). */
+/** Fill a summary card: who, how long the call lasted, how much of it was billed and why, why it
+ * ended, and the amount charged (or earned). */
 export function renderSummary(root, data, role) {
   const amountLabel = role === "expert" ? "Charged to the client" : "Amount charged";
   const rows = [
     ["With", data.peerName],
-    ["Length", formatDuration(data.seconds || 0)],
-    ["Ended", END_REASONS[data.reason] || data.reason],
+    ["Call length", formatDuration(data.seconds || 0)],
   ];
+  if (data.liveSeconds != null) rows.push(["Both connected", humanDuration(data.liveSeconds)]);
+  const price = data.quote?.price;
+  if (price && data.units != null) {
+    const billed = describeBilled({ kind: price.kind, units: data.units, unitSeconds: data.quote.unit_seconds, amount: price.amount, currency: price.currency });
+    rows.push(["Billed", billed]);
+  }
+  rows.push(["Ended", END_REASONS[data.reason] || data.reason]);
   const amount = data.charged ? formatMoney(data.charged.amount, data.charged.currency) : "Nothing";
   root.dataset.final = String(Boolean(data.final));
+  root.dataset.wentLive = String(Boolean(data.wentLive));
+  const notes = [];
+  if (data.problem) {
+    notes.push(el("div", { class: "problem", role: "alert", "data-testid": "problem" }, el("h3", {}, data.problem.title), el("p", {}, data.problem.text)));
+  }
+  if (!data.wentLive) {
+    const why = data.endedByPeer && !data.problem ? `${data.peerName} left before the call connected. ` : "";
+    notes.push(el("p", { class: "never-live", "data-testid": "never-live" }, `${why}The call never connected, so nothing was charged.`));
+  }
   const list = el("dl", {});
   for (const [term, value] of rows) list.append(el("dt", {}, term), el("dd", {}, value));
   list.append(el("dt", {}, amountLabel), el("dd", { class: "amount", "data-testid": "amount-charged" }, amount));
   if (role === "expert" && data.expertShare) {
     list.append(el("dt", {}, "Your share"), el("dd", {}, formatMoney(data.expertShare.amount, data.expertShare.currency)));
   }
-  root.replaceChildren(list);
+  const children = [...notes, list];
+  // Why the billed time differs from the call's length: the rule this call was quoted.
+  if (price) children.push(el("p", { class: "hint", "data-testid": "billing-rule" }, `${role === "expert" ? "Charged by the rule the client accepted" : "Charged by the rule you accepted"}: ${describeRule({ model: price.kind, ...price }, data.quote)}`));
+  root.replaceChildren(...children);
+}
+
+/** Why getUserMedia failed, in words a person can act on. */
+export function mediaProblem(error) {
+  const name = error?.name || "";
+  if (name === "NotAllowedError" || name === "SecurityError") {
+    return {
+      title: "Your camera or microphone is blocked.",
+      text: "Allow them for this site: click the camera icon at the right of the address bar (on a phone: the lock icon, then Permissions), choose Allow, then try again.",
+    };
+  }
+  if (name === "NotFoundError" || name === "OverconstrainedError") {
+    return { title: "No camera or microphone was found.", text: "Connect one (or check that it is switched on), then try again." };
+  }
+  if (name === "NotReadableError" || name === "AbortError") {
+    return { title: "Your camera or microphone is busy.", text: "Another app or tab is using it: close that, then try again." };
+  }
+  return { title: "The call could not start.", text: `${error?.message || "The media failed"}.` };
 }

@@ -52,6 +52,17 @@ export function toast(text, kind = "info") {
   setTimeout(() => item.remove(), 6000);
 }
 
+/** A face for a person: their photo, or their initials on a colour of their own. */
+export function avatar(person, size = "small") {
+  if (person.photo) return el("img", { class: `avatar avatar-${size}`, src: person.photo, alt: "", width: size === "large" ? 160 : 56, height: size === "large" ? 160 : 56 });
+  const initials = String(person.name || "?").split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("");
+  let hue = 0;
+  for (const c of String(person.id || person.name)) hue = (hue * 31 + c.charCodeAt(0)) % 360;
+  const node = el("span", { class: `avatar avatar-${size} avatar-initials`, "aria-hidden": "true" }, initials);
+  node.style.setProperty("--hue", String(hue)); // through the CSSOM: the CSP allows no inline style attribute
+  return node;
+}
+
 export function stars(average, count) {
   if (average === null || average === undefined || !count) return "No ratings yet";
   const rounded = Math.round(Number(average) * 10) / 10;
@@ -70,4 +81,24 @@ export function formatWhen(value) {
   const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
   return new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" }).format(date);
+}
+
+/**
+ * A problem that stops the page (sign-in expired, opened elsewhere): a modal dialog that says what
+ * happened and offers the one thing to do. Shown once; later calls while it is open are ignored.
+ */
+export function showBlocking({ title, text, actionLabel, onAction }) {
+  if ($("#blocking-dialog")) return;
+  const button = el("button", { type: "button", class: "primary" }, actionLabel);
+  const dialog = el(
+    "dialog",
+    { id: "blocking-dialog", role: "alertdialog", "aria-labelledby": "blocking-title", "aria-describedby": "blocking-text", "data-testid": "blocking" },
+    el("div", { class: "stack" }, el("h2", { id: "blocking-title" }, title), el("p", { id: "blocking-text" }, text), button),
+  );
+  button.addEventListener("click", onAction);
+  // Escape must not leave the page looking usable when it is not.
+  dialog.addEventListener("cancel", (event) => event.preventDefault());
+  document.body.append(dialog);
+  dialog.showModal();
+  button.focus();
 }

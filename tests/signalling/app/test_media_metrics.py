@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sfu.api import Stats
-from sfu.metrics import MediaMetrics
+from signalling.app.media_metrics import MediaMetrics
 
 
 def _track(participant: str, direction: str, **values: object) -> dict[str, object]:
