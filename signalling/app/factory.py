@@ -18,7 +18,6 @@ from aiohttp import web
 
 import web_demo.routes
 from sfu.api import MediaPlane
-from sfu.metrics import WorkerMetrics
 from sfu.options import MediaOptions
 from sfu.pool import WorkerPool
 from sfu.worker import LocalMediaPlane
@@ -38,6 +37,7 @@ from ..core.metrics import Metrics
 from ..core.settings import Settings
 from ..experts import rest as rest_experts
 from . import metrics_http, openapi, wiring
+from .media_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,14 @@ nobody's calls and the number of series stays fixed however many rooms are open.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Iterator
+from collections.abc import Callable, Sequence
+from typing import Any, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sfu.api import Stats
-from sfu.pool import WorkerState
 
 LABELS = ["kind", "direction"]
 # Summed over tracks.
@@ -83,10 +82,22 @@ class MediaMetrics(Collector):
             yield mean
 
 
+class WorkerHealth(Protocol):
+    """What /metrics reads of each SFU worker (sfu.pool.WorkerState)."""
+
+    index: int
+    up: bool
+    restarts: int
+    rooms: set[str]
+    streams: int
+    packets_per_second: float
+    cpu: float
+
+
 class WorkerMetrics(Collector):
     """A worker pool's processes for Prometheus, labelled by worker index (a fixed, small set)."""
 
-    def __init__(self, health: Callable[[], list[WorkerState]], registry: CollectorRegistry) -> None:
+    def __init__(self, health: Callable[[], Sequence[WorkerHealth]], registry: CollectorRegistry) -> None:
         self.health = health
         registry.register(self)
 
