@@ -50,6 +50,7 @@ async def test_a_call_comes_back_when_its_sfu_worker_dies(served, browser) -> No
     await client.get_by_label("Skill", exact=True).fill("python")
     await client.get_by_role("button", name="Search").click()
     await client.locator("[data-expert-id=ada-expert]").get_by_role("button", name="Ask for help now").click()
+    await client.get_by_role("button", name="Ask Ada Expert").click()  # the price confirmed
     await expert.get_by_role("button", name="Accept Cleo Client").click()
     await frames_increasing(client)
     await frames_increasing(expert)
