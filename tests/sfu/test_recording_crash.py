@@ -39,7 +39,7 @@ async def test_a_killed_recording_plays_to_near_the_kill_and_is_finalized_at_sta
     directory = tmp_path / "rec"
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.recording_child", str(directory)],
-        stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE, cwd=Path(__file__).parents[2],  # the repository
     )
     try:
         assert child.stdout is not None

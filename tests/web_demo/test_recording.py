@@ -94,6 +94,7 @@ async def test_both_agree_both_see_it_and_the_files_hold_what_was_shown(served, 
     await client.get_by_label("Skill", exact=True).fill("recording")
     await client.get_by_role("button", name="Search").click()
     await client.locator("[data-expert-id=rita-recorder]").get_by_role("button", name="Ask for help now").click()
+    await client.get_by_role("button", name="Ask Rita Recorder").click()  # the price confirmed
     await expert.get_by_role("button", name="Accept Cora Client").click()
     await frames_increasing(client)
     await frames_increasing(expert)

@@ -36,7 +36,8 @@ export class RecordingPanel {
     this.button = el("button", { type: "button", class: "control", "data-testid": "record-button" }, "Record");
     this.button.addEventListener("click", () => this._toggle());
     root.querySelector(".call-controls")?.prepend(this.button);
-    this.prompt = el("div", { class: "card recording-prompt", role: "alertdialog", "aria-live": "assertive",
+    this.prompt = el("div", { class: "card recording-prompt", role: "alertdialog", "aria-label": "Recording request",
+                              "aria-live": "assertive",
                               "data-testid": "recording-consent", hidden: true });
     root.querySelector(".call-layout")?.prepend(this.prompt);
   }
