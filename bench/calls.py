@@ -33,13 +33,22 @@ import click
 
 from . import report
 from .call_workers import PRICE
-from .procfs import process_tree, tree_cpu_seconds, tree_memory
+from .procfs import process_tree, processes_cpu_seconds, tree_cpu_seconds, tree_memory
 from .report import show_progress
 from .server import Server, start_server
 from .signalling import SERVER_ENV, register_experts, split
 from .workers import Shared, cpu_of, next_result, renice, stop_clients
 
 TARGETS = ("expertcall", "janus")
+
+
+def expertcall_target(sfu_workers: int) -> str:
+    """The name a run of expertcall with this many SFU worker processes goes by (1: as before)."""
+    return "expertcall" if sfu_workers == 1 else f"expertcall-{sfu_workers}w"
+
+
+def sfu_workers_of(target: str) -> int:
+    return 1 if target == "expertcall" else int(target.removeprefix("expertcall-").removesuffix("w"))
 IDLE_SECONDS = 2.0  # after start-up, before the calls: the idle server's CPU and memory
 
 
@@ -62,13 +71,15 @@ class Servers:
     nice: int = 0
     cpus: str = ""  # taskset CPU list, "" for all
     janus_event_loops: int = 0  # 0: Janus's default, a loop and thread per handle
+    sfu_workers: tuple[int, ...] = (1,)  # expertcall runs with each of these SFU worker counts
 
 
 def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
     log = servers.log_stem.with_name(f"{servers.log_stem.name}.{target}.{calls}.{round_}.log")
     directory = servers.data_dir / f"{target}-{calls}-{round_}"
-    if target == "expertcall":
-        server = start_server("expertcall", directory, log, servers.nice, servers.cpus, SERVER_ENV)
+    if target != "janus":
+        env = {**SERVER_ENV, "EXPERTCALL_SFU_WORKERS": str(sfu_workers_of(target))}
+        server = start_server("expertcall", directory, log, servers.nice, servers.cpus, env)
         try:
             asyncio.run(register_experts([server.url], server.token, [f"e{i}" for i in range(calls)], PRICE))
         except BaseException:
@@ -105,7 +116,8 @@ def run_calls(target: str, servers: Servers, load: CallLoad, round_: int) -> dic
             plans[i % len(shares)].append((i, start_at + i / load.join_rate))
         for worker, plan in enumerate(plans):
             proc = ctx.Process(target=call_workers.run, daemon=True, args=(
-                worker, target, server.url, server.secret, plan, shared, results))
+                worker, "janus" if target == "janus" else "expertcall", server.url, server.secret, plan, shared,
+                results))
             proc.start()
             renice(proc, load.client_nice)
             procs.append(proc)
@@ -125,6 +137,7 @@ def run_calls(target: str, servers: Servers, load: CallLoad, round_: int) -> dic
         shared.window_start.value = window_start
         time.sleep(max(0.0, window_start - time.time()))
         cpu_start, t_start, clients_start = tree_cpu_seconds(server.pid), time.time(), cpu_of(procs)
+        per_process_start = processes_cpu_seconds(server.pid)
         last = (t_start, cpu_start, sum(shared.packets))
         while time.time() < shared.window_end.value:
             time.sleep(min(1.0, max(0.0, shared.window_end.value - time.time())))
@@ -134,6 +147,7 @@ def run_calls(target: str, servers: Servers, load: CallLoad, round_: int) -> dic
                       f"server {(cpu - last[1]) / (now - last[0]):.2f} cores")
             last = (now, cpu, packets)
         cpu_end, t_end = tree_cpu_seconds(server.pid), time.time()
+        per_process_end = processes_cpu_seconds(server.pid)
         clients_cpu = cpu_of(procs) - clients_start
         loaded_memory = tree_memory(server.pid)
         processes = len(process_tree(server.pid))
@@ -162,8 +176,15 @@ def run_calls(target: str, servers: Servers, load: CallLoad, round_: int) -> dic
             errors[error] = errors.get(error, 0) + n
     setup = sorted(ms for o in outcomes for ms in o["call_setup_ms"])
     summary.update(report.call_figures(load.calls, summary, idle_memory, loaded_memory, idle_cpu, setup))
+    # How the server's CPU spread over its processes (those alive through the whole window).
+    spread = sorted(((role, round((cpu - per_process_start[pid][1]) / window, 3))
+                     for pid, (role, cpu) in per_process_end.items() if pid in per_process_start),
+                    key=lambda rc: (rc[0] != "main", rc[0]))
     summary.update({
         "round": round_,
+        "sfu_workers": sfu_workers_of(target) if target != "janus" else None,
+        "server_process_cores": dict(spread),
+        "busiest_process_cores": max((cores for _, cores in spread), default=0.0),
         "call_errors": errors,
         "server_processes": processes,
         "client_cpu_seconds_per_second": round(clients_cpu / window, 3),
@@ -181,7 +202,8 @@ def _one_line(s: dict[str, Any]) -> str:
             f"fps p50 {s['fps']['p50']} min {s['fps']['min']}, loss {s['packet_loss_pct']}% video "
             f"{s.get('audio_packet_loss_pct', '-')}% audio, first frame p50/p95 "
             f"{s['time_to_first_frame_ms']['p50']}/{s['time_to_first_frame_ms']['p95']} ms, latency p50/p99 "
-            f"{s['added_latency_ms']['p50']}/{s['added_latency_ms']['p99']} ms{'' if s['clean'] else ' (not clean)'}")
+            f"{s['added_latency_ms']['p50']}/{s['added_latency_ms']['p99']} ms{'' if s['clean'] else ' (not clean)'}; "
+            f"cores by process: " + ", ".join(f"{role} {cores}" for role, cores in s["server_process_cores"].items()))
 
 
 def janus_version() -> str | None:
@@ -198,7 +220,7 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
     """Every count, ``rounds`` times, each target back to back (so that both meet the machine in
     the same mood): the runs and what they add up to. ``load`` is each run's, but for its
     ``calls``."""
-    targets = ["expertcall"] + ([reference] if reference else [])
+    targets = [expertcall_target(w) for w in servers.sfu_workers] + ([reference] if reference else [])
     if reference == "janus":
         from .janus import janus_library_dir, loopback_shim
 
@@ -214,7 +236,7 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
         "config": {"calls": counts, "rounds": rounds, "duration": load.duration, "join_rate": load.join_rate,
                    "settle": load.settle, "client_processes": load.workers, "client_nice": load.client_nice,
                    "server_cpus": servers.cpus or "all",
-                   "server_nice": servers.nice, "targets": targets,
+                   "server_nice": servers.nice, "targets": targets, "sfu_workers": list(servers.sfu_workers),
                    **({"janus_event_loops": servers.janus_event_loops or "one per handle"}
                       if reference == "janus" else {}),
                    "call": "2 participants, each VP8 640x480 30 fps ~500 kbps + Opus 20 ms, watching the other"},
@@ -227,5 +249,10 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
         "clean_ceiling": {t: report.calls_per_core([r for r in runs if r["target"] == t]) for t in targets},
     }
     if reference:
-        result["reference"] = report.call_ratios(runs, reference)
+        result["reference"] = report.call_ratios(runs, reference, base=targets[0])
+    if len(servers.sfu_workers) > 1:
+        # each worker count's figures over the first's, round by round (CPU per call: the channel's cost)
+        result["sfu_workers_ratios"] = {
+            target: report.call_ratios(runs, target, base=targets[0])
+            for target in targets[1:len(servers.sfu_workers)]}
     return result

@@ -46,6 +46,26 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def processes_cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
+    """Each live process of ``root``'s tree: what it is (``main``, ``sfu-worker-N``, or its
+    command name) and its own CPU seconds, to see how a server's CPU spreads over its processes."""
+    found: dict[int, tuple[str, float]] = {}
+    for pid in process_tree(root):
+        try:
+            cpu = process_cpu_seconds(pid)
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if pid == root:
+            role = "main"
+        elif b"sfu.worker_process" in argv and argv.index(b"sfu.worker_process") + 1 < len(argv):
+            role = f"sfu-worker-{argv[argv.index(b'sfu.worker_process') + 1].decode()}"
+        else:
+            role = os.path.basename(argv[0].decode(errors="replace")) or str(pid)
+        found[pid] = (role, cpu)
+    return found
+
+
 def tree_cpu_seconds(root: int) -> float:
     """CPU time of ``root``'s tree: each live process's own and its reaped children's."""
     total = 0

@@ -190,6 +190,12 @@ class RecoverRecordings(Message):
     kind: ClassVar[str] = "recover_recordings"
 
 
+REQUESTS: frozenset[type[Message]] = frozenset({
+    OpenRoom, CloseRoom, Offer, Subscribe, AnswerToServerOffer, AddIceCandidate, RequestKeyframe, Leave,
+    GetStats, StartRecording, StopRecording, RecoverRecordings,
+})
+
+
 # --- replies --------------------------------------------------------------------------------
 
 
@@ -302,6 +308,18 @@ class TransportClosed(Message):
 @dataclass(frozen=True)
 class RoomClosed(Message):
     kind: ClassVar[str] = "room_closed"
+    room_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoomRestarted(Message):
+    """The room's media started over: the process hosting it died and the room is open again,
+    empty, with the same ``app_data``, elsewhere. Every transport of it is gone (no
+    ``TransportClosed`` follows for them) and no ``MediaState`` will say so: participants publish
+    and subscribe again from new connections, as after a resume."""
+
+    kind: ClassVar[str] = "room_restarted"
     room_id: str
     reason: str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,17 @@ class MediaOptions:
                 or self.keyframe_interval < 0:
             raise MediaError("bad_options", "bitrate, debounce and interval must be positive")
         self.network()  # validates the network part
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MediaOptions":
+        """The inverse of ``to_dict`` after a trip through msgpack (tuples come back as lists)."""
+        values = dict(data)
+        for name in ("interfaces", "ice_servers"):
+            values[name] = tuple(values.get(name, ()))
+        return cls(**values)
 
     def network(self) -> NetworkOptions:
         return NetworkOptions(

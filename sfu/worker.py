@@ -7,7 +7,6 @@ sfu.api and listens to its events. Nothing here knows about users, tokens or mon
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from sfu.api import (
     Subscribe,
     TransportClosed,
 )
+from sfu.events import EventFanout
 from sfu.gc_policy import CollectAfterDepartures
 from sfu.options import MediaOptions
 from sfu.recorder import Recorder, new_recording_id
@@ -50,8 +50,7 @@ class LocalMediaPlane:
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
         self.collector = CollectAfterDepartures(self._open_transports)
-        self._handlers: list[EventHandler] = []
-        self._pending: set[asyncio.Task[Any]] = set()
+        self._events = EventFanout()
         self._closed = False
         self._dispatch: dict[type[Message], Callable[[Any], Awaitable[Message]]] = {
             OpenRoom: self._open_room,
@@ -77,7 +76,7 @@ class LocalMediaPlane:
         self.collector.install()
 
     def on_event(self, handler: EventHandler) -> None:
-        self._handlers.append(handler)
+        self._events.add(handler)
 
     async def request(self, message: Message) -> Message:
         if self._closed:
@@ -95,9 +94,7 @@ class LocalMediaPlane:
             await router.close("shutdown")
         self.rooms.clear()
         self.collector.uninstall()
-        for task in list(self._pending):
-            task.cancel()
-        self._handlers.clear()
+        self._events.close()
 
     def _open_transports(self) -> int:
         return sum(len(p.transports()) for r in self.rooms.values() for p in r.participants.values())
@@ -107,21 +104,7 @@ class LocalMediaPlane:
     def _emit(self, event: Message) -> None:
         if isinstance(event, TransportClosed):
             self.collector.transport_closed()
-        for handler in list(self._handlers):
-            try:
-                result = handler(event)
-            except Exception:
-                logger.exception("media event handler failed on %s", event.kind)
-                continue
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                self._pending.add(task)
-                task.add_done_callback(self._handler_done)
-
-    def _handler_done(self, task: asyncio.Future[Any]) -> None:
-        self._pending.discard(task)  # type: ignore[arg-type]
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("media event handler failed", exc_info=task.exception())
+        self._events.emit(event)
 
     # --- requests ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ nodes on one backend (memory or Redis)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -32,6 +33,10 @@ TWO_NODE_SECRET = "two-node-secret-0123456789abcdef"
 INTEGRATION_FIXTURES = frozenset(
     {"aiohttp_client", "aiohttp_server", "client", "two_nodes", "billing_store", "redis", "stream", "postgres_url"}
 )
+
+# `expertcall serve` defaults to an SFU worker process per CPU; the servers tests start keep the SFU
+# in their own process unless a test asks for workers (tests/sfu/test_pool_served.py).
+os.environ.setdefault("EXPERTCALL_SFU_WORKERS", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -36,7 +36,8 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 # The media plane's modules the control plane may import, and where.
 SFU_FOR_ALL = frozenset({"sfu.api"})
-SFU_FOR = {"signalling.app.factory": frozenset({"sfu.worker", "sfu.options"})}
+# the factory makes the plane: in process, or a pool of worker processes
+SFU_FOR = {"signalling.app.factory": frozenset({"sfu.worker", "sfu.pool", "sfu.options"})}
 
 
 def module_files() -> dict[str, Path]:

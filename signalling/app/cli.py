@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -44,14 +45,19 @@ def main(verbose: bool) -> None:
 @click.option("--announced-ip", "media_announced_ip", default=None, help="Public IP announced in ICE candidates. [EXPERTCALL_MEDIA_ANNOUNCED_IP]")
 @click.option("--metrics-host", default=None, help="Loopback address of the token-less /metrics listener (default 127.0.0.1). [EXPERTCALL_METRICS_HOST]")
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics without a token on this loopback port. [EXPERTCALL_METRICS_PORT]")
+@click.option("--sfu-workers", type=int, default=None,
+              help="SFU worker processes (default: the CPUs this process may use; 1 runs the SFU in the server's process). [EXPERTCALL_SFU_WORKERS]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
 def serve(**options: Any) -> None:
-    """Run signalling, the SFU and the web demo in one process."""
+    """Run signalling, the SFU (in worker processes, one per CPU) and the web demo."""
     from aiohttp import web
 
     from .access_log import RedactedAccessLogger
     from .factory import create_app
 
+    if options.get("sfu_workers") is None and "EXPERTCALL_SFU_WORKERS" not in os.environ:
+        # one SFU worker per CPU this process may run on (taskset and cgroups included)
+        options["sfu_workers"] = len(os.sched_getaffinity(0))
     try:
         settings = Settings.from_env(**options)
         _check_secret_flag(options.get("secret"), settings)

@@ -19,6 +19,7 @@ from aiohttp import web
 import web_demo.routes
 from sfu.api import MediaPlane
 from sfu.options import MediaOptions
+from sfu.pool import WorkerPool
 from sfu.worker import LocalMediaPlane
 
 from ..auth.tokens import TOKENS, TokenIssuer
@@ -36,6 +37,7 @@ from ..core.metrics import Metrics
 from ..core.settings import Settings
 from ..experts import rest as rest_experts
 from . import metrics_http, openapi, wiring
+from .media_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ MediaPlaneFactory = Callable[[Settings], "MediaPlane | None"]
 
 
 def local_media_plane(settings: Settings) -> MediaPlane:
+    """The SFU in this process, or in ``sfu_workers`` worker processes (a WorkerPool, whose
+    processes media_plane_ctx starts; each worker starts its own LocalMediaPlane)."""
+    if settings.sfu_workers > 1:
+        return WorkerPool(media_options(settings), settings.sfu_workers)
     plane = LocalMediaPlane(media_options(settings))
     plane.start()
     return plane
@@ -123,12 +129,17 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def media_plane_ctx(media: MediaPlaneFactory) -> Callable[[web.Application], AsyncIterator[None]]:
-    """cleanup_ctx: make the media plane before the parts that use it start, close it after them.
+    """cleanup_ctx: make the media plane before the parts that use it start (a worker pool starts
+    its processes here, before the node adopts rooms), close it after them: after the node and
+    billing finished, so in-flight billing still sees its media.
 
     A signalling-only node (media hosted elsewhere) has none."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         plane = media(app[keys.SETTINGS])
+        if isinstance(plane, WorkerPool):
+            await plane.start()
+            WorkerMetrics(plane.health, app[keys.METRICS].registry)
         if plane is not None:
             app[MEDIA_PLANE] = plane
         try:
@@ -159,5 +170,14 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "not_ready", "reason": f"backend: {type(exc).__name__}"}, status=503)
     if not alive:
         return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
+    plane = request.app.get(MEDIA_PLANE)
+    if isinstance(plane, WorkerPool):
+        # Each worker's state, no more (the probe is open): one down is restarting, its rooms moved.
+        workers = [{"worker": w.index, "up": w.up} for w in plane.health()]
+        down = [w["worker"] for w in workers if not w["up"]]
+        if down:
+            return web.json_response({"status": "not_ready", "reason": f"sfu workers down: {down}",
+                                      "sfu_workers": workers}, status=503)
+        return web.json_response({"status": "ready", "node": node.node_id, "sfu_workers": workers})
     return web.json_response({"status": "ready", "node": node.node_id})
 

@@ -5,14 +5,17 @@ reply to ``MediaMetrics.update``; a closed room is dropped with ``forget``. /met
 and extremes over every open track, labelled only by ``kind`` (audio, video) and ``direction``
 (inbound, outbound): no room (a session id) and no participant (a user id), so a scrape reveals
 nobody's calls and the number of series stays fixed however many rooms are open.
+
+``WorkerMetrics`` shows a worker pool's processes: up, restarts, rooms, streams, packets/s, CPU.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Callable, Sequence
+from typing import Any, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sfu.api import Stats
@@ -77,3 +80,48 @@ class MediaMetrics(Collector):
                 mean.add_metric(labels, sum(values) / len(values))
             yield largest
             yield mean
+
+
+class WorkerHealth(Protocol):
+    """What /metrics reads of each SFU worker (sfu.pool.WorkerState)."""
+
+    index: int
+    up: bool
+    restarts: int
+    rooms: set[str]
+    streams: int
+    packets_per_second: float
+    cpu: float
+
+
+class WorkerMetrics(Collector):
+    """A worker pool's processes for Prometheus, labelled by worker index (a fixed, small set)."""
+
+    def __init__(self, health: Callable[[], Sequence[WorkerHealth]], registry: CollectorRegistry) -> None:
+        self.health = health
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        workers = self.health()
+        gauges = {
+            "up": ("expertcall_sfu_worker_up", "1 while the SFU worker process serves its rooms",
+                   lambda w: 1.0 if w.up else 0.0),
+            "rooms": ("expertcall_sfu_worker_rooms", "Rooms placed on the worker", lambda w: float(len(w.rooms))),
+            "streams": ("expertcall_sfu_worker_streams", "Producers and consumers in the worker, as last reported",
+                        lambda w: float(w.streams)),
+            "packets": ("expertcall_sfu_worker_packets_per_second",
+                        "RTP packets received and sent per second by the worker, as last reported",
+                        lambda w: w.packets_per_second),
+            "cpu": ("expertcall_sfu_worker_cpu_cores", "CPU the worker used, in cores, as last reported",
+                    lambda w: w.cpu),
+        }
+        for name, help_text, value in gauges.values():
+            family = GaugeMetricFamily(name, help_text, labels=["worker"])
+            for worker in workers:
+                family.add_metric([str(worker.index)], value(worker))
+            yield family
+        restarts = CounterMetricFamily("expertcall_sfu_worker_restarts",
+                                       "Times the worker was started again after it died", labels=["worker"])
+        for worker in workers:
+            restarts.add_metric([str(worker.index)], float(worker.restarts))
+        yield restarts

@@ -7,7 +7,9 @@ room is the session id and each participant is their user id, so a participant w
 a dropped socket is the same participant: a new offer on an existing transport is an ICE restart.
 
 Media plane events drive the session: ``MediaState`` moves it through connecting/live/paused,
-``ServerOffer`` becomes a ``media.offer`` to the participant, ``RoomClosed`` ends the session.
+``ServerOffer`` becomes a ``media.offer`` to the participant, ``RoomClosed`` ends the session, and
+``RoomRestarted`` (the SFU worker hosting the room died, the room is open again elsewhere) starts
+its media over as a node's death does: paused if it was live, participants told to start media again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sfu.api import (
     Offer,
     OpenRoom,
     RoomClosed,
+    RoomRestarted,
     ServerOffer,
     Subscribe,
 )
@@ -166,6 +169,8 @@ class MediaBridge:
                     await self.backend.deliver(user, quality)
             elif isinstance(event, RoomClosed):
                 await self.queues.end(event.room_id, EndReason.ERROR)
+            elif isinstance(event, RoomRestarted):
+                await self.restarted(event.room_id)
         except Exception:
             # The media plane's event loop must never see signalling's failures.
             log.exception("failed to handle media event %s", event.kind)
@@ -199,16 +204,42 @@ class MediaBridge:
                 return session
             if session.media_node != self.node_id and session.media_node and await self.backend.node_alive(session.media_node):
                 return session  # another node adopted it meanwhile
-            if session.state is State.LIVE:
-                session = await sessions.transition(
-                    session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id,
-                    deadline=self.queues.clock() + self.queues.settings.paused_timeout,
-                )
-            else:
-                session = await sessions.save(session, flowing=[], media_node=self.node_id)
+            session = await self._start_over(session)
             if self.plane is not None:
                 await self.open_room(session)
             return session
+
+    async def restarted(self, session_id: str) -> None:
+        """The media plane opened the session's room again, empty (its worker process died): the
+        session's media starts over; participants whose sockets are open hear it now."""
+        sessions = self.queues.sessions
+        current = await sessions.get(session_id)
+        if current is None:
+            return
+        async with self.backend.lock(f"expert:{current.expert_id}"):
+            session = await sessions.get(session_id)
+            if session is None or session.state not in IN_PROGRESS or session.media_node != self.node_id:
+                return
+            previous = session.state
+            session = await self._start_over(session)
+            if previous is not State.LIVE and previous is not State.ACCEPTED:
+                # No transition tells them (a live session's pause does): the same state again,
+                # with the reason, asks them to publish and subscribe again.
+                for user_id in session.participants:
+                    await self.backend.deliver(user_id, message(
+                        "session.state", session=session.public(), previous=previous.value))
+
+    async def _start_over(self, session: Session) -> Session:
+        """Nobody's media flows any more: a live session pauses (unbilled until both flow again)."""
+        sessions = self.queues.sessions
+        if session.state is State.LIVE:
+            return await sessions.transition(
+                session, State.PAUSED, "media_restarted", flowing=[], media_node=self.node_id,
+                deadline=self.queues.clock() + self.queues.settings.paused_timeout,
+            )
+        # accepted: no media started yet, nothing to start over
+        changes = {} if session.state is State.ACCEPTED else {"reason": "media_restarted"}
+        return await sessions.save(session, flowing=[], media_node=self.node_id, **changes)
 
     async def open_room(self, session: Session) -> None:
         assert self.plane is not None

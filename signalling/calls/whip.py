@@ -31,6 +31,7 @@ from sfu.api import (
     Offer,
     OpenRoom,
     RoomClosed,
+    RoomRestarted,
     TransportClosed,
     TransportKind,
 )
@@ -101,7 +102,7 @@ class WhipResources:
     async def on_media_event(self, event: Message) -> None:
         if isinstance(event, TransportClosed):
             self._by_participant.pop((event.room_id, event.participant_id), None)
-        elif isinstance(event, RoomClosed):
+        elif isinstance(event, (RoomClosed, RoomRestarted)):  # a restarted room has no transports
             for key in [k for k in self._by_participant if k[0] == event.room_id]:
                 del self._by_participant[key]
 

@@ -119,6 +119,9 @@ class Settings:
     # At most one keyframe request per publisher per interval (seconds): a joiner waits up to this
     # long for its first frame, and a publisher sends at most 1/interval keyframes per second.
     media_keyframe_interval: float = 1.0
+    # SFU worker processes (sfu/pool.py); 1 keeps the SFU in this process. `expertcall serve`
+    # defaults to the CPUs it may run on.
+    sfu_workers: int = 1
     # Session recording (docs/recording.md): files under data_dir/recordings, deleted this many
     # days after they were made (0: kept until an admin deletes them).
     recording_enabled: bool = True
@@ -190,6 +193,8 @@ class Settings:
                 )
         if self.media_keyframe_interval < 0:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
+        if not (1 <= self.sfu_workers <= 1024):
+            raise SettingsError(f"sfu_workers must be between 1 and 1024, got {self.sfu_workers}")
         if self.recording_retention_days < 0:
             raise SettingsError("recording_retention_days must be 0 (keep) or more days")
         if not self.node_id:

@@ -143,12 +143,13 @@ def test_ntp_time_is_aiortcs_without_datetime() -> None:
 
 
 def test_process_tree_cpu_and_memory_count_children() -> None:
-    from bench.procfs import process_tree, tree_cpu_seconds, tree_memory
+    from bench.procfs import process_tree, processes_cpu_seconds, tree_cpu_seconds, tree_memory
 
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    # the child's argv as an SFU worker's: processes_cpu_seconds names it by it
     parent = subprocess.Popen([sys.executable, "-c",
-                               f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {burn!r}]); "
-                               "time.sleep(30)"])
+                               f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {burn!r}, "
+                               "'sfu.worker_process', '7', '9']); time.sleep(30)"])
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and (len(process_tree(parent.pid)) < 2 or tree_cpu_seconds(parent.pid) < 0.3):
@@ -161,10 +162,35 @@ def test_process_tree_cpu_and_memory_count_children() -> None:
         memory = tree_memory(parent.pid)
         assert memory.processes == 2 and 0 < memory.uss_kb <= memory.pss_kb <= memory.rss_kb
         assert tree_memory(child).rss_kb < memory.rss_kb
+        by_process = processes_cpu_seconds(parent.pid)
+        assert by_process[parent.pid][0] == "main" and by_process[child][0] == "sfu-worker-7"
+        assert by_process[parent.pid][1] < by_process[child][1]  # the child burns, the parent waits
     finally:
         for pid in reversed(process_tree(parent.pid)):
             os.kill(pid, 9)
         parent.wait()
+
+
+def test_calls_through_one_and_two_sfu_workers_show_each_processs_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "calls.json"
+    result = CliRunner().invoke(main, [
+        "bench", "media", "--calls", "2", "--sfu-workers", "1,2", "--duration", "2", "--settle", "1",
+        "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["config"]["targets"] == ["expertcall", "expertcall-2w"] and report["config"]["sfu_workers"] == [1, 2]
+    one, two = report["runs"]
+    assert (one["sfu_workers"], two["sfu_workers"]) == (1, 2)
+    assert one["calls_up"] == two["calls_up"] == 2
+    assert list(one["server_process_cores"]) == ["main"]
+    assert list(two["server_process_cores"]) == ["main", "sfu-worker-0", "sfu-worker-1"]
+    # the calls' media ran in the workers, both of them, not in the main process
+    assert all(two["server_process_cores"][w] > two["server_process_cores"]["main"]
+               for w in ("sfu-worker-0", "sfu-worker-1"))
+    assert two["busiest_process_cores"] == max(two["server_process_cores"].values())
+    assert report["sfu_workers_ratios"]["expertcall-2w"]["per_count"]["2"]["cpu_ms_per_call"]["median"] > 0
+    assert "cores by process: main" in result.output
 
 
 def _run(target: str, round_: int, calls: int, cpu: float, clean: bool = True, uss: float = 2000.0) -> dict[str, Any]:
@@ -218,6 +244,8 @@ def test_summary_counts_audio_loss_and_notes_clients_that_fell_behind() -> None:
     (["--calls", "0"], "call counts must be at least 1"),
     (["--calls", "2", "--pin-server", "4096"], "are not all among this machine's"),
     (["--calls", "2", "--pin-server", "one"], "not a CPU list"),
+    (["--calls", "2", "--sfu-workers", "0"], "SFU worker counts must be at least 1"),
+    (["--sfu-workers", "2"], "--sfu-workers is for --calls"),
 ])
 def test_calls_options_are_checked_before_anything_starts(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["bench", "media", *args, "--json", str(tmp_path / "x.json")])

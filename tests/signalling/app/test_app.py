@@ -68,6 +68,14 @@ def test_env_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
         Settings.from_env({"EXPERTCALL_PORT": "x"})
 
 
+def test_sfu_workers_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert Settings(data_dir=tmp_path).sfu_workers == 1  # the SFU in this process unless asked
+    assert Settings.from_env({"EXPERTCALL_SFU_WORKERS": "4"}, data_dir=tmp_path).sfu_workers == 4
+    for bad in (0, -1, 1025):
+        with pytest.raises(SettingsError, match="sfu_workers"):
+            Settings(data_dir=tmp_path, sfu_workers=bad)
+
+
 async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
     client.app[SIGNALLING].closing = True
     resp = await client.get("/readyz")

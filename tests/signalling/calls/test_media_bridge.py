@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.api import AddIceCandidate, AnswerToServerOffer, MediaError, MediaQuality, RoomClosed, ServerOffer, Subscribe
+from sfu.api import (
+    AddIceCandidate,
+    AnswerToServerOffer,
+    MediaError,
+    MediaQuality,
+    RoomClosed,
+    RoomRestarted,
+    ServerOffer,
+    Subscribe,
+)
 from signalling.core.settings import Settings
 
 from ...utils import FakePlane, Peer, build_app
@@ -93,6 +102,32 @@ async def test_a_closed_room_ends_the_session_with_error(aiohttp_client, setting
     expert, alice, sid = await paired(client)
     plane.emit(RoomClosed(sid, "worker died"))
     assert (await alice.expect("session.state", state="ended"))["session"]["reason"] == "error"
+
+
+async def test_a_restarted_room_starts_the_sessions_media_over(aiohttp_client, settings, plane) -> None:  # type: ignore[no-untyped-def]
+    """An SFU worker died and its room opened again elsewhere: as after a node's death, a live
+    session pauses (unbilled) and both participants are told to start media again; a connecting
+    one stays connecting, re-announced with the reason."""
+    client = await aiohttp_client(build_app(settings, plane))
+    expert, alice, sid = await paired(client)
+    await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 offer")
+    plane.flowing(sid, "alice", True)
+    plane.emit(RoomRestarted(sid, "worker_lost"))
+    for peer in (alice, expert):
+        again = await peer.expect("session.state", state="connecting", reason="media_restarted")
+        assert again["previous"] == "connecting"
+
+    plane.flowing(sid, "alice", True)
+    plane.flowing(sid, "erin", True)
+    await alice.expect("session.state", state="live")
+    plane.emit(RoomRestarted(sid, "worker_lost"))
+    for peer in (alice, expert):
+        paused = await peer.expect("session.state", state="paused", reason="media_restarted")
+        assert paused["previous"] == "live"
+    plane.flowing(sid, "alice", True)
+    plane.flowing(sid, "erin", True)
+    assert (await alice.expect("session.state", state="live"))["previous"] == "paused"
+    assert "close_room" not in plane.kinds()
 
 
 async def test_without_a_media_plane_media_is_refused(aiohttp_client, settings) -> None:  # type: ignore[no-untyped-def]

@@ -69,7 +69,14 @@ export class SessionController {
     this.summary = null;
     this.problem = null; // why this side could not take part ({title, text}), for the summary
     const s = page.signalling;
-    s.on("session.state", ({ message }) => this.update(message.session));
+    s.on("session.state", ({ message }) => {
+      this.update(message.session);
+      // The SFU process hosting the call restarted and its connections are gone
+      // (docs/protocol.md, media_restarted): publish again as after a resume.
+      if (this.call && message.session.reason === "media_restarted" && message.session.id === this.session?.id) {
+        this.call.restartIce().catch((error) => announce(`Could not restore media: ${error.message}`));
+      }
+    });
     s.on("resumed", ({ welcome }) => this._afterResume(welcome));
     s.on("reset", ({ welcome }) => this._afterResume(welcome));
     s.on("open", ({ welcome }) => {

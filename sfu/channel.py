@@ -1,0 +1,120 @@
+"""The local channel between a worker pool and its SFU worker processes.
+
+A stream (one end of a Unix socket pair each) carries frames: a 4-byte big-endian length, then one
+msgpack map. ``t`` names the frame; the media messages inside are sfu.api's ``to_dict`` form, so
+a request or an event crosses the process boundary exactly as it would cross a network.
+
+pool -> worker: ``hello`` (MediaOptions, log level), ``request`` (an id and a request),
+``shutdown``. worker -> pool: ``ready``, ``reply`` / ``error`` (the request's id), ``event``,
+``load`` (every second), ``closed`` (after ``shutdown``).
+
+Both ends are ours, so a frame that breaks these rules is a bug or a corruption: ``receive``
+raises ``ChannelError`` saying what was wrong, and the receiver drops the channel (a worker exits,
+the pool kills and restarts the worker). A stream that ends, even in the middle of a frame, is a
+peer that went away: ``ChannelClosed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgpack
+
+from sfu.api import MediaError, Message
+
+MAX_FRAME = 4 * 1024 * 1024  # a frame carries at most an SDP or a room's stats, far below this
+_HEADER = struct.Struct(">I")
+
+# Each frame type and its fields (beside ``t``), with the types they must have.
+_NUMBER = (int, float)
+FRAMES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "hello": {"options": dict, "log_level": int},
+    "request": {"id": int, "message": dict},
+    "shutdown": {},
+    "ready": {"pid": int},
+    "reply": {"id": int, "message": dict},
+    "error": {"id": int, "code": str, "message": str},
+    "event": {"message": dict},
+    "load": {"rooms": int, "streams": int, "packets_per_second": _NUMBER, "cpu": _NUMBER},
+    "closed": {},
+}
+
+
+class ChannelError(Exception):
+    """A frame that breaks the channel's rules."""
+
+
+class ChannelClosed(Exception):
+    """The other end went away."""
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ChannelError(f"msgpack extension type {code} is not allowed")
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    payload = msgpack.packb(frame, use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise ChannelError(f"a {frame.get('t')!r} frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """One frame's payload, checked against FRAMES."""
+    try:
+        frame = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
+    except ChannelError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ChannelError(f"not msgpack: {type(exc).__name__}: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ChannelError(f"a frame must be a map, not {type(frame).__name__}")
+    kind = frame.get("t")
+    fields = FRAMES.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise ChannelError(f"unknown frame type {kind!r}")
+    for name, expected in fields.items():
+        value = frame.get(name)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ChannelError(f"{kind} frame: {name} is {type(value).__name__}, not {expected}")
+    return frame
+
+
+def message_of(frame: dict[str, Any]) -> Message:
+    """The sfu.api message a request, reply or event frame carries."""
+    try:
+        return Message.from_dict(frame["message"])
+    except MediaError as exc:
+        raise ChannelError(f"{frame['t']} frame: {exc.message}") from None
+
+
+class Channel:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self.writer.is_closing():
+            raise ChannelClosed("the channel is closed")
+        self.writer.write(encode(frame))
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise ChannelClosed(str(exc)) from None
+
+    async def receive(self) -> dict[str, Any]:
+        try:
+            (length,) = _HEADER.unpack(await self.reader.readexactly(_HEADER.size))
+            if not 0 < length <= MAX_FRAME:
+                raise ChannelError(f"frame length {length} is outside 1..{MAX_FRAME}")
+            payload = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise ChannelClosed(str(exc) or "end of stream") from None
+        return decode(payload)
+
+    def close(self) -> None:
+        self.writer.close()
