@@ -19,14 +19,14 @@ from typing import AsyncIterator
 import av
 import numpy as np
 import pytest
-from aiohttp import web
 
-from signalling.app.factory import create_app
 from signalling.core.settings import Settings
 from tests.conftest import require
 from tests.media_clients import HEIGHT, WIDTH, draw_counter
 from tests.recording_clients import read_file
-from tests.web_demo.test_web_demo import CHROMIUM, CHROMIUM_ARGS, frames_increasing, shoot, sign_in
+from tests.web_demo.test_web_demo import (
+    CHROMIUM, CHROMIUM_ARGS, ask, frames_increasing, online_expert, serve, shoot, sign_in,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +58,8 @@ def write_media(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Settings]]:
     settings = Settings(data_dir=tmp_path / "var", port=0, media_loopback=True)
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", settings
-    finally:
-        await runner.cleanup()
+    async with serve(settings) as (base, _):
+        yield base, settings
 
 
 @pytest.fixture
@@ -87,16 +80,9 @@ async def counter_browser(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def test_both_agree_both_see_it_and_the_files_hold_what_was_shown(served, counter_browser) -> None:  # type: ignore[no-untyped-def]
     base, settings = served
-    expert = await sign_in(counter_browser, base, "expert", "Rita Recorder")
-    await expert.get_by_label("Skills").fill("recording")
-    await expert.get_by_role("button", name="Save profile").click()
-    await expert.get_by_text("Profile saved.").wait_for()
-    await expert.locator("#connection[data-state=open]").wait_for()
+    expert = await online_expert(counter_browser, base, "Rita Recorder", skill="recording")
     client = await sign_in(counter_browser, base, "client", "Cora Client")
-    await client.get_by_label("Skill", exact=True).fill("recording")
-    await client.get_by_role("button", name="Search").click()
-    await client.locator("[data-expert-id=rita-recorder]").get_by_role("button", name="Ask for help now").click()
-    await client.get_by_role("button", name="Ask Rita Recorder").click()  # the price confirmed
+    await ask(client, "rita-recorder", "Rita Recorder", skill="recording")
     await expert.get_by_role("button", name="Accept Cora Client").click()
     await frames_increasing(client)
     await frames_increasing(expert)

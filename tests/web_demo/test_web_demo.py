@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -157,10 +158,9 @@ async def test_no_demo_means_no_pages_and_no_tokens(aiohttp_client, tmp_path) ->
 # --- the browser ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
-    """The whole app on a free 127.0.0.1 port, in this process, with a 2 s billing unit."""
-    settings = Settings(data_dir=tmp_path / "var", port=0, media_loopback=True, billing_unit_seconds=2)
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[tuple[str, web.Application]]:
+    """The whole app on a free 127.0.0.1 port, in this process: its base URL and the app."""
     app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -171,6 +171,14 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
         yield f"http://{host}:{port}", app
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
+    """The app with a 2 s billing unit."""
+    async with serve(Settings(data_dir=tmp_path / "var", port=0, media_loopback=True,
+                              billing_unit_seconds=2)) as served:
+        yield served
 
 
 @pytest.fixture
@@ -849,17 +857,18 @@ IN_VIEW = """(selector) => { const r = document.querySelector(selector).getBound
   return window.scrollY === 0 && r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
 
 
-async def online_expert(browser, server: str, name: str):  # type: ignore[no-untyped-def]
+async def online_expert(browser, server: str, name: str, skill: str = "python"):  # type: ignore[no-untyped-def]
     expert = await sign_in(browser, server, "expert", name)
-    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_label("Skills").fill(skill)
     await expert.get_by_role("button", name="Save profile").click()
     await expert.get_by_text("Profile saved.").wait_for()
     await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
     return expert
 
 
-async def ask(client, expert_id: str, expert_name: str) -> None:  # type: ignore[no-untyped-def]
-    await client.get_by_label("Skill", exact=True).fill("python")
+async def ask(client, expert_id: str, expert_name: str, skill: str = "python") -> None:  # type: ignore[no-untyped-def]
+    """Search for the expert, ask for help now and confirm the price."""
+    await client.get_by_label("Skill", exact=True).fill(skill)
     await client.get_by_role("button", name="Search").click()
     await client.locator(f"[data-expert-id={expert_id}]").get_by_role("button", name="Ask for help now").click()
     await client.get_by_role("button", name=f"Ask {expert_name}").click()

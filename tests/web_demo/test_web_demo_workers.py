@@ -12,10 +12,11 @@ import pytest
 from aiohttp import web
 
 from sfu.pool import WorkerPool
-from signalling.app.factory import create_app
 from signalling.calls.node import MEDIA_PLANE
 from signalling.core.settings import Settings
-from tests.web_demo.test_web_demo import browser, frames_increasing, shoot, sign_in  # noqa: F401  (browser: a fixture)
+from tests.web_demo.test_web_demo import (  # noqa: F401  (browser: a fixture)
+    ask, browser, frames_increasing, serve, shoot, sign_in,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -23,18 +24,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
     """The whole app on a free 127.0.0.1 port, in this process, its SFU in two worker processes."""
-    settings = Settings(data_dir=tmp_path / "var", port=0, media_loopback=True, billing_unit_seconds=2,
-                        sfu_workers=2)
-    app = create_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", app
-    finally:
-        await runner.cleanup()
+    async with serve(Settings(data_dir=tmp_path / "var", port=0, media_loopback=True,
+                              billing_unit_seconds=2, sfu_workers=2)) as served:
+        yield served
 
 
 async def test_a_call_comes_back_when_its_sfu_worker_dies(served, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
@@ -47,10 +39,7 @@ async def test_a_call_comes_back_when_its_sfu_worker_dies(served, browser) -> No
     await expert.get_by_text("Profile saved.").wait_for()
     await expert.locator("#connection[data-state=open]").wait_for()
     client = await sign_in(browser, base, "client", "Cleo Client")
-    await client.get_by_label("Skill", exact=True).fill("python")
-    await client.get_by_role("button", name="Search").click()
-    await client.locator("[data-expert-id=ada-expert]").get_by_role("button", name="Ask for help now").click()
-    await client.get_by_role("button", name="Ask Ada Expert").click()  # the price confirmed
+    await ask(client, "ada-expert", "Ada Expert")
     await expert.get_by_role("button", name="Accept Cleo Client").click()
     await frames_increasing(client)
     await frames_increasing(expert)
