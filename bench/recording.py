@@ -49,7 +49,7 @@ PICTURE_IDS = 1 << 15
 
 def serve(conn: Any, recordings_dir: str) -> None:
     """The media server process: requests in over ``conn``, replies and events out."""
-    from signalling.cli import install_event_loop
+    from signalling.core.event_loop import install_event_loop
 
     install_event_loop()
     asyncio.run(_serve(conn, recordings_dir))
@@ -99,8 +99,16 @@ class RemotePlane:
             try:
                 item = self.conn.recv()
             except (EOFError, OSError):
+                self.loop.call_soon_threadsafe(self._lost)
                 return
             self.loop.call_soon_threadsafe(self._deliver, item)
+
+    def _lost(self) -> None:
+        """The server process is gone: what waits for it fails instead of waiting forever."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(MediaError("closed", "the media server process exited"))
+        self._waiting.clear()
 
     def _deliver(self, item: tuple[Any, ...]) -> None:
         if item[0] == "event":
@@ -126,7 +134,10 @@ class RemotePlane:
         self._handlers.append(handler)
 
     async def close(self) -> None:
-        self.conn.send(None)
+        try:
+            self.conn.send(None)
+        except OSError:  # the server process has exited already
+            pass
 
 
 def _spread(values: list[float], digits: int) -> dict[str, Any]:
@@ -214,6 +225,7 @@ def run(publishers: int, duration: float, settle: float, rounds: int, json_path:
     ours, theirs = ctx.Pipe()
     server = ctx.Process(target=serve, args=(theirs, str(directory)), daemon=True)
     server.start()
+    theirs.close()  # the child holds its end: its exit is an EOF here
     assert server.pid is not None
 
     async def main() -> dict[str, Any]:

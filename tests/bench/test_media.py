@@ -193,3 +193,20 @@ def test_record_reports_cpu_per_recorded_stream_and_disk_rate(tmp_path: Path) ->
     assert isinstance(report["meets_target"], bool)
     refused = CliRunner().invoke(main, ["bench", "media", "--record", "--calls", "2", "--json", str(out)])
     assert refused.exit_code != 0 and "--record" in refused.output
+
+
+async def test_the_record_bench_fails_when_its_media_server_process_dies() -> None:
+    import asyncio
+    import multiprocessing
+
+    from bench.recording import RemotePlane
+    from sfu.api import MediaError, OpenRoom
+
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    plane = RemotePlane(ours)
+    asking = asyncio.ensure_future(plane.request(OpenRoom("room")))
+    await asyncio.sleep(0)
+    theirs.close()  # the server process exits before it answers
+    with pytest.raises(MediaError, match="exited"):
+        await asyncio.wait_for(asking, 10)  # (before: waited forever, and so did CI)
+    await plane.close()
