@@ -414,6 +414,11 @@ class Transport:
         self._prefer(transceiver, producer)
         return self._bind_consumer(transceiver, producer)
 
+    def consumes(self, producer: Producer[Consumer]) -> bool:
+        """Does one of this transport's m-lines carry ``producer``?"""
+        return any(c.producer is producer for c in self.consumers.values()) \
+            or any(c.producer is producer for _, c in self._unconfigured)
+
     def _free_m_line(self, kind: str) -> RTCRtpTransceiver | None:
         """An m-line of ``kind`` whose consumer closed and that the client has agreed is
         inactive: reused (RFC 8829 5.2.2 lets an offerer recycle it), so that the offer does not
