@@ -16,8 +16,9 @@ from collections.abc import Callable
 from aiortc import clock
 
 from sfu import rtcp
-from sfu.congestion import VideoGate
+from sfu.congestion import DEFAULT, VideoGate
 from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
+from sfu.options import CongestionOptions
 from sfu.producer import Producer
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Consumer:
         rtx_ssrc: int,
         send_rtp: Callable[[bytes], bool],
         send_rtcp: Callable[[bytes], bool],
+        congestion: CongestionOptions = DEFAULT,
     ) -> None:
         self.id = consumer_id
         self.producer = producer
@@ -77,7 +79,7 @@ class Consumer:
         self._rtx_seq = random.getrandbits(15)
         self._clock_per_ms = producer.codec.clock_rate // 1000
         self.paused = True  # until configured and the subscriber's transport is connected
-        self.gate = VideoGate()  # paused for congestion (sfu/congestion.py): for video only
+        self.gate = VideoGate(congestion)  # paused for congestion (sfu/congestion.py): for video only
         self._waiting = False
 
         # statistics and feedback from the subscriber

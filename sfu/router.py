@@ -185,6 +185,7 @@ class Router:
             max_bitrate=self.options.max_publish_bitrate if kind == "video"
             else self.options.max_audio_bitrate,
             keyframe_interval=self.options.keyframe_interval,
+            congestion=self.options.congestion,
         )
         self.producers[producer.id] = producer
         producer.on_close.append(self._producer_closed)

@@ -43,6 +43,7 @@ from sfu.forwarder import (
     unpack_fixed,
 )
 from sfu.network import NetworkOptions
+from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class TransportListener(Protocol):
 
     id: str
     network: NetworkOptions
+    options: MediaOptions
 
     def now_ms(self) -> int:
         """The clock packet arrivals are stamped with."""
@@ -446,6 +448,7 @@ class Transport:
             # straight to the socket: one call less per packet and subscriber
             send_rtp=raw.send_rtp if raw is not None else self._send_rtp,
             send_rtcp=raw.send_rtcp if raw is not None else self._send_rtcp,
+            congestion=self.router.options.congestion,
         )
         self._rtcp_consumers[ssrc] = consumer
         self._unconfigured.append((transceiver, consumer))
