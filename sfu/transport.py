@@ -147,6 +147,25 @@ def _matching(codecs: list[Any], codec: Codec) -> Any:
     return None
 
 
+def _declare_parameter_sets(sdp: str, consumers: dict[int, Consumer]) -> str:
+    """Our offer with each H.264 track's out-of-band parameter sets (``sprop-parameter-sets``,
+    RFC 6184 8.1) in the fmtp of the m-line that sends it (found by its SSRC): aiortc writes
+    our offers' fmtp from its capabilities, and a subscriber's decoder may need the publisher's
+    SPS/PPS before the first in-band ones."""
+    if not any("sprop-parameter-sets" in c.producer.codec.parameters for c in consumers.values()):
+        return sdp
+    description = aiortc_sdp.SessionDescription.parse(sdp)
+    for media in description.media:
+        consumer = next((consumers[s.ssrc] for s in media.ssrc if s.ssrc in consumers), None)
+        sprop = consumer.producer.codec.parameters.get("sprop-parameter-sets") if consumer else None
+        if sprop is None:
+            continue
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "video/h264":
+                codec.parameters = {**codec.parameters, "sprop-parameter-sets": sprop}
+    return str(description)
+
+
 def _extension_id(extensions: list[Any], uri: str) -> int:
     return next((e.id for e in extensions if e.uri == uri), 0)
 
@@ -356,7 +375,8 @@ class Transport:
                 self._open_chat(self.pc.createDataChannel("chat"))
             self._hook()
             offer = await self.pc.createOffer()
-            await self.pc.setLocalDescription(offer)
+            sdp = _declare_parameter_sets(offer.sdp, self._rtcp_consumers)
+            await self.pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             self._hook()
             self.offer_id += 1
             return self.pc.localDescription.sdp, self.offer_id
