@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection
 
-from sfu.api import Answer, MediaPlane, Offer
-from tests.media_clients import FPS, LOOPBACK, VIDEO_CLOCK, client_pc, draw_counter, read_counter
+from sfu.api import MediaPlane
+from tests.media_clients import FPS, VIDEO_CLOCK, client_pc, draw_counter, prefer_codec, publish_offer, read_counter
 
 BEEP_SECONDS = 0.1
 
@@ -109,18 +109,9 @@ class RecordedPublisher:
     async def start(self) -> None:
         self.video = ClockedCounterTrack(self.counter_timestamps)
         self.audio = BeepTrack()
-        transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
-        transceiver.setCodecPreferences([
-            c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == self.video_codec
-        ][:1])
+        prefer_codec(self.pc.addTransceiver(self.video, direction="sendonly"), self.video_codec)
         self.pc.addTransceiver(self.audio, direction="sendonly")
-        LOOPBACK.prepare(self.pc)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await self.plane.request(
-            Offer(self.room_id, self.participant_id, "publish", self.pc.localDescription.sdp)
-        )
-        assert isinstance(answer, Answer)
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        await publish_offer(self.plane, self.pc, self.room_id, self.participant_id)
 
     async def close(self) -> None:
         await self.pc.close()
