@@ -311,11 +311,18 @@ class Consumer:
             self.rtt = max(0.0, clock.current_ntp_time() / 2**32 - sent - dlsr / 65536)
 
     def send_sender_report(self) -> None:
-        """An SR for our outgoing stream. The RTP time uses the publisher's own NTP↔RTP
-        mapping when it sent one (so audio and video of one publisher stay in sync at the
-        subscriber), else extrapolates from the last packet."""
+        """An SR for our outgoing stream (once it sent something), on ``report_clock``."""
         if self.packets == 0 or self.closed:
             return
+        ntp, rtp_ts = self.report_clock()
+        middle = (ntp >> 16) & 0xFFFFFFFF
+        self._sr_sent = {middle: ntp / 2**32}
+        self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
+
+    def report_clock(self) -> tuple[int, int]:
+        """(NTP time now, our stream's RTP timestamp now): through the publisher's own NTP↔RTP
+        mapping when it sent one (so audio and video of one publisher stay in sync at the
+        subscriber), else extrapolated from the last packet."""
         ntp = clock.current_ntp_time()
         now = ntp / 2**32
         producer = self.producer
@@ -327,6 +334,4 @@ class Consumer:
             rtp_ts = self._last_ts + int(
                 (current_ms() - self._last_ms) * self._clock_per_ms
             )
-        middle = (ntp >> 16) & 0xFFFFFFFF
-        self._sr_sent = {middle: now}
-        self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
+        return ntp, rtp_ts & 0xFFFFFFFF
