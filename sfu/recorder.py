@@ -19,7 +19,9 @@ Timing: a frame's time comes from its RTP timestamp through the sender reports (
 video of one participant stay aligned as their sender captured them), offset to this machine's
 clock by the smallest delay seen. Where the mapping and the frames' arrivals disagree by more
 than ``MAX_SKEW`` for ``HOLD`` seconds of arrivals, the timestamps did not count a pause (some
-senders' do not advance while nothing is sent): the arrivals anchor the frames instead. A shorter
+senders' do not advance while nothing is sent): the arrivals anchor the frames instead (the least
+delayed of the held ones, less how far the track arrived behind the participant's others while
+the reports placed it: an encoder's lag must not shift it against the audio). A shorter
 disagreement that the next frames catch up on was a late delivery (a busy machine, a burst after
 a stall): the timestamps stand. Frames wait (in memory, ``HOLD`` at most) while that is unclear.
 So a pause leaves a gap in the file, and what follows plays in sync.
@@ -105,6 +107,9 @@ class TrackRecorder:
         # encoder) only ever makes it later, never earlier.
         self._sr_base: float | None = None
         self._anchor: tuple[float, int] | None = None  # (arrival, unwrapped RTP)
+        # this track's smallest delay from its sender's clock to our arrival, while mapped
+        # through the reports: how much later than the participant's other tracks it arrives
+        self._delay: float | None = None
         self._stale_before = 0.0  # publisher reports received before this are not believed
         self._replaying = False  # the producer's cached run is being handed over
         # frames whose timestamp and arrival disagree, waiting for what that means:
@@ -153,15 +158,17 @@ class TrackRecorder:
         return True
 
     def _rtcp(self, data: bytes) -> bool:
-        # our consumer's sender report, unless it extrapolates from a publisher's report older
-        # than our last re-anchoring (one sent during a pause maps what follows wrongly)
-        if len(data) >= 20 and data[1] == 200 and self.producer.sr_received_at >= self._stale_before:
-            ntp, rtp_ts = _SR.unpack_from(data, 8)
-            if self._ts_ext >= 0:
-                base = ntp / 2**32 - NTP_UNIX - self._unwrap(rtp_ts) / self._clock_rate
-                if self._sr_base is None or base < self._sr_base:
-                    self._sr_base = base
+        if len(data) >= 20 and data[1] == 200:  # our consumer's sender report
+            self._sender_clock(*_SR.unpack_from(data, 8))
         return True
+
+    def _sender_clock(self, ntp: int, rtp_ts: int) -> None:
+        """Our consumer's NTP↔RTP mapping, unless it extrapolates from a publisher's report
+        older than our last re-anchoring (one sent during a pause maps what follows wrongly)."""
+        if self.producer.sr_received_at >= self._stale_before and self._ts_ext >= 0:
+            base = ntp / 2**32 - NTP_UNIX - self._unwrap(rtp_ts) / self._clock_rate
+            if self._sr_base is None or base < self._sr_base:
+                self._sr_base = base
 
     def _unwrap(self, ts: int) -> int:
         if self._ts_ext < 0:
@@ -247,8 +254,15 @@ class TrackRecorder:
     def _release_held(self, reanchor: bool) -> None:
         held, self._held = self._held, []
         if reanchor:
+            # The held frames' arrivals, as they imply the first one's: the least delayed of
+            # them (one late delivery on a busy machine must not move them all), less what this
+            # track arrives behind the participant's others (an encoder's lag), so that they
+            # play in sync with the tracks the reports still place.
             first_ts, first_arrival = held[0][0], held[0][1]
-            self._anchor = (first_arrival, first_ts)
+            implied = min(arrival - (ts - first_ts) / self._clock_rate for ts, arrival, _, _ in held)
+            offset = self._segment.clock.offset
+            behind = self._delay - offset if self._delay is not None and offset is not None else 0.0
+            self._anchor = (implied - behind, first_ts)
             self._sr_base = None
             self._stale_before = first_arrival
         for ts, arrival, frame, keyframe in held:
@@ -259,14 +273,18 @@ class TrackRecorder:
         """The wall-clock time (Unix seconds, our clock) the frame with timestamp ``ts`` was
         captured at: through the sender reports when there are any, else from the anchor."""
         if self._sr_base is None and self._anchor is None:
-            # The first frame: our consumer's report maps it at once (from the publisher's own
-            # report when there is one), rather than a second later on the router's tick.
-            self.consumer.send_sender_report()
+            # The first frame: our consumer's mapping places it at once (from the publisher's
+            # own report when there is one), rather than a second later on the router's tick.
+            # (Not through a report: the consumer sends none before its first packet is
+            # counted, and a one-packet frame is complete before that.)
+            self._sender_clock(*self.consumer.report_clock())
         base = self._sr_base
         if base is not None:
             sent = base + ts / self._clock_rate
             clock = self._segment.clock
             clock.note(arrival - sent)
+            if self._delay is None or arrival - sent < self._delay:
+                self._delay = arrival - sent
             return sent + (clock.offset or 0.0)
         if self._anchor is not None:
             return self._anchor[0] + (ts - self._anchor[1]) / self._clock_rate

@@ -137,7 +137,10 @@ class LocalMediaPlane:
     async def _offer(self, message: Offer) -> Message:
         router = self._room(message.room_id)
         transport = router.transport(message.participant_id, message.transport)
-        return Answer(await transport.handle_offer(message.sdp))
+        answer = Answer(await transport.handle_offer(message.sdp))
+        if message.replaces and message.transport == "publish":
+            await router.hand_over(message.replaces, message.participant_id)
+        return answer
 
     async def _subscribe(self, message: Subscribe) -> Message:
         await self._room(message.room_id).subscribe(message.participant_id)

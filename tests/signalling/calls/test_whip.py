@@ -228,3 +228,84 @@ async def test_resources_go_with_their_transport_or_room() -> None:
     assert resources.get("whip", "s1", "a" * 32) is None and len(resources) == 2
     await resources.on_media_event(RoomClosed("s1", "ended"))
     assert len(resources) == 1 and resources.get("whep", "s2", "c" * 32) == c
+
+
+class _SizedTrack(VideoStreamTrack):
+    """Green frames of a chosen size: which publisher a viewer's frame came from."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__()
+        self.size = (width, height)
+
+    async def recv(self) -> Any:
+        from av import VideoFrame
+
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(width=self.size[0], height=self.size[1])
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+async def _publish(client: TestClient, session: str, size: tuple[int, int],
+                   headers: dict[str, str]) -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection(no_ice_servers())
+    pc.addTrack(_SizedTrack(*size))
+    await pc.setLocalDescription(await pc.createOffer())
+    response = await post_sdp(client, f"/whip/{session}", pc.localDescription.sdp, headers)
+    assert response.status == 201, await response.text()
+    await pc.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+    return pc, response.headers["Location"]
+
+
+async def test_a_publisher_that_posts_again_without_delete_replaces_its_old_resource(
+        app_client: TestClient, settings: Settings) -> None:
+    """A WHIP encoder that reconnects (its network changed, it restarted) posts a new offer and
+    never deletes the old resource: the viewers move to the new stream, and the old resource's
+    late DELETE cannot take the new one down."""
+    admin = bearer(settings)
+    session = (await (await app_client.post("/api/broadcasts", headers=admin)).json())["session_id"]
+    old, old_location = await _publish(app_client, session, (640, 480), admin)
+    viewer, offer = await offer_sdp("video", send=False)
+    sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+    @viewer.on("track")
+    def on_track(track: Any) -> None:
+        async def pull() -> None:
+            from aiortc.mediastreams import MediaStreamError
+
+            try:
+                while True:
+                    frame = await track.recv()
+                    sizes.put_nowait((frame.width, frame.height))
+            except MediaStreamError:
+                pass  # the viewer closed
+
+        asyncio.ensure_future(pull())
+
+    response = await post_sdp(app_client, f"/whep/{session}", offer, admin)
+    assert response.status == 201, await response.text()
+    await viewer.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+    new = None
+
+    async def frame_of(size: tuple[int, int]) -> None:
+        while await sizes.get() != size:
+            pass
+
+    try:
+        await asyncio.wait_for(frame_of((640, 480)), timeout=15)
+        new, new_location = await _publish(app_client, session, (320, 240), admin)
+        assert new_location != old_location
+        await asyncio.wait_for(frame_of((320, 240)), timeout=15)
+
+        assert (await app_client.delete(old_location, headers=admin)).status == 404
+        while not sizes.empty():
+            sizes.get_nowait()
+        await asyncio.wait_for(frame_of((320, 240)), timeout=15)  # still flowing
+        assert len(app_client.app[WHIP_RESOURCES]) == 2  # the new publish and the viewer
+        assert (await app_client.delete(new_location, headers=admin)).status == 200
+    finally:
+        for pc in (old, new, viewer):
+            if pc is not None:
+                await pc.close()
