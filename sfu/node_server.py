@@ -5,12 +5,13 @@ The plane is what ``--role all`` would run (a LocalMediaPlane, or a WorkerPool o
 processes); requests are answered with the code a worker process answers them with
 (``worker_process.answer``), concurrently, on the link they came on.
 
-- A room belongs to the signalling node that last opened it (``OpenRoom``); its events go to that
-  node's link only. A signalling node that links again (restarted, or after a network drop) gets
-  its rooms' events again. Rooms whose signalling node has not linked for ``orphan_seconds`` are
-  closed: nobody is left to bill or to signal them.
-- Events for no room's owner (the files finalized by ``RecoverRecordings`` at start-up) are held,
-  at most ``MAX_HELD``, and handed to the first signalling node that links.
+- A room belongs to the link it was last opened on (``OpenRoom``); its events go to that link
+  only. When a link ends, its rooms close: the signalling node at the other end has already
+  opened them again on another SFU node (it does on losing a link), or is gone, and another
+  signalling node adopting its sessions opens their rooms again.
+- Recording events no link owns (the files ``RecoverRecordings`` finalized at start-up, or the
+  last files of a room whose link ended) are held, at most ``MAX_HELD``, and handed to the next
+  signalling node that links, so that every file gets indexed.
 - Every ``LOAD_INTERVAL`` the node's load goes to every link (their placement and heartbeat) and
   into the registry (with the endpoint).
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any, Callable
 
 from sfu import node_link
@@ -34,7 +34,6 @@ from sfu.worker_process import LOAD_INTERVAL, Load, answer
 
 logger = logging.getLogger(__name__)
 
-ORPHAN_SECONDS = 60.0
 MAX_HELD = 1000
 
 LoadReport = Callable[[], dict[str, Any]]
@@ -57,16 +56,14 @@ def load_of(plane: LocalMediaPlane | WorkerPool) -> LoadReport:
 
 class NodeServer:
     def __init__(self, plane: MediaPlane, load: LoadReport, key: bytes, node_id: str,
-                 registry: NodeRegistry | None = None, *, orphan_seconds: float = ORPHAN_SECONDS) -> None:
+                 registry: NodeRegistry | None = None) -> None:
         self.plane = plane
         self.load = load
         self.key = key
         self.node_id = node_id
         self.registry = registry
-        self.orphan_seconds = orphan_seconds
         self.links: dict[str, Channel] = {}  # signalling node id -> its link
-        self.owners: dict[str, str] = {}  # room id -> the signalling node that opened it
-        self.gone: dict[str, float] = {}  # signalling node id -> when its link ended
+        self.owners: dict[str, Channel] = {}  # room id -> the link it was opened on
         self.held: list[dict[str, Any]] = []
         self.endpoint: tuple[str, int] = ("", 0)  # what the registry says
         self.announced = False
@@ -120,7 +117,6 @@ class NodeServer:
         if previous is not None:
             previous.close()
         self.links[signalling] = channel
-        self.gone.pop(signalling, None)
         logger.info("signalling node %s linked from %s", signalling, peer)
         held, self.held = self.held, []
         for frame in held:
@@ -130,7 +126,7 @@ class NodeServer:
                 frame = await channel.receive()
                 if frame["t"] != "request":
                     raise ChannelError(f"an SFU node does not take {frame['t']!r} frames")
-                task = asyncio.create_task(self._request(signalling, channel, frame))
+                task = asyncio.create_task(self._request(channel, frame))
                 self._requests.add(task)
                 task.add_done_callback(self._requests.discard)
         except ChannelClosed:
@@ -140,16 +136,28 @@ class NodeServer:
         finally:
             if self.links.get(signalling) is channel:
                 del self.links[signalling]
-                self.gone[signalling] = time.monotonic()
             channel.close()
+            await self._close_rooms_of(channel, signalling)
 
-    async def _request(self, signalling: str, channel: Channel, frame: dict[str, Any]) -> None:
+    async def _close_rooms_of(self, channel: Channel, signalling: str) -> None:
+        rooms = [room_id for room_id, owner in self.owners.items() if owner is channel]
+        for room_id in rooms:
+            del self.owners[room_id]
+        if rooms:
+            logger.warning("the link of signalling node %s ended: closing its %d rooms", signalling, len(rooms))
+        for room_id in rooms:
+            try:
+                await self.plane.request(CloseRoom(room_id, "signalling_lost"))
+            except MediaError as exc:
+                logger.warning("could not close room %s: %s", room_id, exc.message)
+
+    async def _request(self, channel: Channel, frame: dict[str, Any]) -> None:
         kind, room_id = frame["message"].get("kind"), frame["message"].get("room_id")
         if kind == OpenRoom.kind and isinstance(room_id, str):
-            self.owners[room_id] = signalling  # before it opens: its first events are theirs
+            self.owners[room_id] = channel  # before it opens: its first events are its
         reply = await answer(self.plane, frame)
-        if kind == CloseRoom.kind:
-            self.owners.pop(room_id, None)
+        if kind == CloseRoom.kind and self.owners.get(room_id) is channel:
+            del self.owners[room_id]
         self._send(channel, reply)
 
     def _send(self, channel: Channel, frame: dict[str, Any]) -> None:
@@ -164,17 +172,16 @@ class NodeServer:
 
     def _on_event(self, event: Message) -> None:
         room_id = getattr(event, "room_id", None)
-        owner = self.owners.get(room_id) if isinstance(room_id, str) else None
+        channel = self.owners.get(room_id) if isinstance(room_id, str) else None
         if isinstance(event, RoomClosed):
             self.owners.pop(event.room_id, None)
         frame = {"t": "event", "message": event.to_dict()}
-        channel = self.links.get(owner) if owner is not None else None
         if channel is not None:
             self._send(channel, frame)
-        elif owner is None and isinstance(event, (RecordingFile, RecordingStopped)) and len(self.held) < MAX_HELD:
+        elif isinstance(event, (RecordingFile, RecordingStopped)) and len(self.held) < MAX_HELD:
             self.held.append(frame)
 
-    # --- load, registry, orphans -------------------------------------------------------------------
+    # --- load, registry ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
@@ -197,17 +204,3 @@ class NodeServer:
             except Exception as exc:
                 self.announced = False
                 logger.warning("could not announce SFU node %s: %r", self.node_id, exc)
-        await self._close_orphans()
-
-    async def _close_orphans(self) -> None:
-        now = time.monotonic()
-        for room_id, owner in list(self.owners.items()):
-            went = self.gone.get(owner)
-            if owner in self.links or went is None or now - went < self.orphan_seconds:
-                continue
-            self.owners.pop(room_id, None)
-            logger.warning("room %s closed: its signalling node %s has been gone for %.0f s", room_id, owner, now - went)
-            try:
-                await self.plane.request(CloseRoom(room_id, "owner_lost"))
-            except MediaError as exc:
-                logger.warning("could not close orphaned room %s: %s", room_id, exc.message)

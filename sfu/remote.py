@@ -13,9 +13,8 @@ the same re-placement when a member is lost. What differs is how members come an
   the least loaded node that is up and each emits ``RoomRestarted("node_lost")``: the control
   plane's path for a worker's death. A room waits at most ``up_timeout`` for some node to be up,
   then is refused (``media_unavailable``) or, when re-placed, closed (``RoomClosed``).
-- Closing the plane only hangs up: the rooms belong to the SFU node, which closes those no
-  signalling node links for again within its orphan grace (another node adopting a session opens
-  its room again, and takes it over if it lands on the same SFU node).
+- Closing the plane only hangs up: the SFU node closes the rooms of a link that ended (another
+  signalling node adopting a session opens its room again).
 - ``RecoverRecordings`` is answered here: each SFU node finalizes its own files at its start-up.
 """
 
