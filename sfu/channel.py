@@ -127,3 +127,8 @@ class Channel:
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is not sent yet: ``close`` waits to flush it, forever when
+        the peer stopped reading (a hung process on the other end of a TCP link)."""
+        self.writer.transport.abort()

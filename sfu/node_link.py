@@ -91,10 +91,10 @@ async def connect(host: str, port: int, key: bytes, node_id: str, expected: str 
             await channel.drain()
             reply = await channel.receive(HANDSHAKE_FRAME)
     except (TimeoutError, ChannelClosed, ChannelError) as exc:
-        channel.close()
+        channel.abort()
         raise LinkRefused(f"handshake with {host}:{port} failed: {exc!r}") from None
-    except LinkRefused:
-        channel.close()
+    except BaseException:  # refused, or cancelled (the plane is closing)
+        channel.abort()
         raise
     if reply["t"] != "welcome" or not hmac.compare_digest(
             reply["mac"], _mac(key, b"server", nonce, challenge["nonce"], challenge["node"])):

@@ -337,7 +337,7 @@ class WorkerPool:
         channel = worker.channel
         worker.channel = None
         if channel is not None:
-            channel.close()
+            channel.abort()  # nothing more is going there
         await self._reap(worker, reason)
         for future in worker.pending.values():
             if not future.done():

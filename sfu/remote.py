@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 DISCOVER_SECONDS = 1.0
 RETRY_SECONDS = 1.0
-NODE_STALL_SECONDS = 5.0  # a node reports its load every second
+NODE_STALL_SECONDS = 4.0  # a node reports its load every second: four missed in a row
 UP_TIMEOUT = 10.0
 STOP_SECONDS = 5.0
 
@@ -138,7 +138,7 @@ class RemoteNodes(WorkerPool):
     def _hung(self, worker: WorkerState) -> None:
         if worker.channel is not None:
             logger.error("SFU node %s sent nothing for %.0f s; dropping it", _name(worker), self.stall_seconds)
-            worker.channel.close()  # its reader ends, and the node is lost
+            worker.channel.abort()  # its reader ends, and the node is lost
 
     async def _reap(self, worker: WorkerState, reason: str) -> None:
         logger.error("SFU node %s lost (%s); re-placing its %d rooms", _name(worker), reason, len(worker.rooms))
@@ -152,7 +152,7 @@ class RemoteNodes(WorkerPool):
         worker.up = False
         channel, worker.channel = worker.channel, None
         if channel is not None:
-            channel.close()
+            channel.abort()
         if worker.reader is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(worker.reader), STOP_SECONDS)

@@ -1,7 +1,7 @@
 """``expertcall serve --role signalling`` with two ``--role sfu`` nodes, each a process of its own,
 finding each other in a real Redis: a real paid call over /ws whose media runs through an SFU
 node, that node's internal endpoint refusing whoever does not hold the link key, and the node
-SIGKILLed mid-call.
+SIGKILLed (or stopped: silent) mid-call.
 
 Each participant is a real aiortc client (tests/media_clients.py) publishing video and audio and
 watching the other. The killed node's room opens again on the other SFU node: both participants
@@ -93,8 +93,11 @@ async def forged_requests_are_refused(prefix: str, node_id: str) -> None:
     writer.close()
 
 
-async def test_a_call_through_an_sfu_node_survives_its_sigkill_paused_not_charged_twice(tmp_path: Path,
-                                                                                      prefix: str) -> None:
+@pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "silent"])
+async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_twice(
+        tmp_path: Path, prefix: str, death: signal.Signals) -> None:
+    """SIGKILL: the kernel closes the node's sockets, its link ends at once. SIGSTOP: a machine
+    gone silent, its link open but mute, dropped after 4 s without a load report."""
     sfu_nodes = {name: Server(tmp_path / name, free_port(), name=name, env=role_env("sfu", prefix, name),
                               ready="/readyz") for name in ("sfu-a", "sfu-b")}
     data_dir = tmp_path / "signalling"
@@ -143,7 +146,7 @@ async def test_a_call_through_an_sfu_node_survives_its_sigkill_paused_not_charge
 
             victim = sfu_nodes[hosting[0]]
             assert victim.proc is not None
-            os.kill(victim.proc.pid, signal.SIGKILL)
+            os.kill(victim.proc.pid, death)
             killed_at = time.monotonic()
             for plane in planes:
                 await plane.expect(state_is("paused", "media_restarted"), timeout=10)
