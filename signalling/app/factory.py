@@ -157,7 +157,9 @@ def media_plane_ctx(media: MediaPlaneFactory) -> Callable[[web.Application], Asy
         plane = media(app[keys.SETTINGS])
         if isinstance(plane, WorkerPool):
             await plane.start()
-            if not isinstance(plane, RemoteNodes):
+            if isinstance(plane, RemoteNodes):
+                WorkerMetrics(plane.nodes, app[keys.METRICS].registry, "node", lambda n: n.node_id)
+            else:
                 WorkerMetrics(plane.health, app[keys.METRICS].registry)
         if plane is not None:
             app[MEDIA_PLANE] = plane

@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -51,9 +52,12 @@ def prefix() -> Iterator[str]:
     delete_prefix(name)
 
 
+METRICS_TOKEN = "metrics-token-0123456789abcdef-0123456789"
+
+
 def role_env(role: str, prefix: str, node_id: str) -> dict[str, str]:
     return {"EXPERTCALL_ROLE": role, "EXPERTCALL_REDIS_URL": REDIS_URL, "EXPERTCALL_REDIS_PREFIX": prefix,
-            "EXPERTCALL_NODE_ID": node_id, "EXPERTCALL_SFU_WORKERS": "1"}
+            "EXPERTCALL_NODE_ID": node_id, "EXPERTCALL_SFU_WORKERS": "1", "EXPERTCALL_METRICS_TOKEN": METRICS_TOKEN}
 
 
 def endpoint(prefix: str, node_id: str) -> tuple[str, int]:
@@ -69,6 +73,13 @@ def endpoint(prefix: str, node_id: str) -> tuple[str, int]:
 async def ready(http: aiohttp.ClientSession, server: Server) -> dict[str, Any]:
     async with http.get(f"{server.url}/readyz") as resp:
         return dict(await resp.json())
+
+
+async def node_metrics(http: aiohttp.ClientSession, server: Server) -> dict[str, float]:
+    async with http.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        text = await resp.text()
+    return {m[1]: float(m[2]) for m in re.finditer(r'^(expertcall_sfu_node_\w+\{node="[\w-]+"\}) (\S+)$', text, re.M)}
 
 
 async def forged_requests_are_refused(prefix: str, node_id: str) -> None:
@@ -141,6 +152,9 @@ async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_
             rooms = {name: (await ready(http, node))["rooms"] for name, node in sfu_nodes.items()}
             hosting = [name for name, count in rooms.items() if count == 1]
             assert len(hosting) == 1 and sum(rooms.values()) == 1, rooms
+            seen = await node_metrics(http, server)  # the signalling node's view of its SFU nodes
+            assert seen[f'expertcall_sfu_node_rooms{{node="{hosting[0]}"}}'] == 1, seen
+            assert seen['expertcall_sfu_node_up{node="sfu-a"}'] == seen['expertcall_sfu_node_up{node="sfu-b"}'] == 1
             await forged_requests_are_refused(prefix, hosting[0])
             assert (await ready(http, sfu_nodes[hosting[0]]))["rooms"] == 1  # the forged room never opened
 
@@ -160,6 +174,9 @@ async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_
             await alice.expect(lambda m: m["type"] == "billing.cost", timeout=10)  # metering again
             survivor = next(node for name, node in sfu_nodes.items() if name != hosting[0])
             assert (await ready(http, survivor))["rooms"] == 1
+            seen = await node_metrics(http, server)
+            # down, or already forgotten once the registry dropped it
+            assert seen.get(f'expertcall_sfu_node_up{{node="{hosting[0]}"}}', 0) == 0, seen
 
             await alice.call("session.end", session_id=sid)
             summary = await alice.expect(lambda m: m["type"] == "billing.summary")
