@@ -8,7 +8,7 @@ from signalling.auth.tokens import TOKENS
 from signalling.calls.node import SIGNALLING
 from signalling.core.settings import Settings, SettingsError
 
-from ...served import free_port
+from ...served import free_port, run_cli
 
 
 async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
@@ -94,6 +94,14 @@ def test_role_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert Settings(data_dir=tmp_path, secret=token_secret).sfu_link_secret() == token_secret
     split = Settings(data_dir=tmp_path, secret=token_secret, sfu_secret=sfu_secret)
     assert split.sfu_link_secret() == sfu_secret and sfu_secret not in repr(split)
+
+
+def test_serve_refuses_a_role_without_redis_or_a_long_enough_sfu_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    refused = run_cli("serve", "--role", "sfu", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert refused.returncode != 0 and "role sfu needs --redis" in refused.stderr, refused.stderr
+    refused = run_cli("serve", "--role", "signalling", "--redis", "redis://127.0.0.1:6379/0", "--data-dir", str(tmp_path),
+                      env={"EXPERTCALL_SFU_SECRET": "short"}, cwd=tmp_path)
+    assert refused.returncode != 0 and "sfu_secret must be at least 32" in refused.stderr, refused.stderr
 
 
 async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
