@@ -874,6 +874,60 @@ async def ask(client, expert_id: str, expert_name: str, skill: str = "python") -
     await client.get_by_role("button", name=f"Ask {expert_name}").click()
 
 
+# An expert's camera that takes 2 s to start (a slow machine, a permission prompt), recording every
+# stream it hands out so that a test can see whether the page stopped them.
+SLOW_CAMERA = """{
+  const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  window.__streams = [];
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const stream = await real(constraints);
+    window.__streams.push(stream);
+    return stream;
+  };
+}"""
+# The camera starts at once, the offer to the SFU takes 2 s: the session ends mid-negotiation.
+SLOW_OFFER = """{
+  const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  window.__streams = [];
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    const stream = await real(constraints);
+    window.__streams.push(stream);
+    return stream;
+  };
+  const createOffer = RTCPeerConnection.prototype.createOffer;
+  RTCPeerConnection.prototype.createOffer = async function (...args) {
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    return createOffer.apply(this, args);
+  };
+}"""
+
+
+@pytest.mark.parametrize("slow", [SLOW_CAMERA, SLOW_OFFER], ids=["camera", "offer"])
+async def test_a_call_that_ends_while_media_starts_is_no_failure_of_the_side_still_starting(  # type: ignore[no-untyped-def]
+    server, browser, slow: str
+) -> None:
+    # The client leaves (blocked devices) while the expert's media is still starting: the expert is
+    # told the client left, is shown no failure of their own, and their camera is switched off.
+    expert = await sign_in(browser, server, "expert", "Sam Slow", init_script=slow)
+    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
+    blocked = await sign_in(browser, server, "client", "Bea Blocked", init_script=BLOCKED_DEVICES)
+    await ask(blocked, "sam-slow", "Sam Slow")
+    await expert.get_by_role("button", name="Accept Bea Blocked").click()
+    await blocked.get_by_test_id("problem").wait_for()
+    await expert.get_by_role("heading", name="Session summary").wait_for()
+    await expert.wait_for_function("window.__streams.length === 1", timeout=10000)
+    await expert.wait_for_function(
+        "window.__streams[0].getTracks().every((track) => track.readyState === 'ended')", timeout=5000
+    )
+    await asyncio.sleep(2.5)  # the slow step finishes after the session ended
+    assert "Bea Blocked left before the call connected" in await expert.get_by_test_id("never-live").inner_text()
+    assert await expert.get_by_test_id("problem").count() == 0
+    assert not expert.errors  # type: ignore[attr-defined]
+
+
 async def test_failures_are_explained_in_words(server, browser) -> None:  # type: ignore[no-untyped-def]
     # A new expert without a profile is told that nobody can find them yet.
     expert = await sign_in(browser, server, "expert", "Erin Expert")

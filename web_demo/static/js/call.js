@@ -87,7 +87,13 @@ export class Call extends EventTarget {
   async start({ audioDeviceId, videoDeviceId } = {}) {
     this._unsubscribe.push(this.media.onServerOffer((offer) => this._onServerOffer(offer).catch((e) => this._fail(e))));
     this._unsubscribe.push(this.media.onCandidate((c) => this._onRemoteCandidate(c)));
-    this.localStream = await navigator.mediaDevices.getUserMedia(constraints(audioDeviceId, videoDeviceId));
+    const stream = await navigator.mediaDevices.getUserMedia(constraints(audioDeviceId, videoDeviceId));
+    if (this.closed) {
+      // The call ended while the camera was starting: switch it off again, publish nothing.
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    this.localStream = stream;
     this._emit("localstream", { stream: this.localStream });
     this.publish = this._newPublish();
     this._statsTimer = setInterval(() => this._sampleStats().catch(() => {}), STATS_INTERVAL_MS);

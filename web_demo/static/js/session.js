@@ -222,6 +222,9 @@ export class SessionController {
   }
 
   _mediaFailed(error) {
+    // The session ended while its media was starting (the other side left first): the media
+    // closing under it is no failure of this side's.
+    if (!this.view || this.session?.state === "ended") return;
     this.problem = mediaProblem(error);
     announce(`${this.problem.title} ${this.problem.text}`, { assertive: true });
     this.hangUp();
