@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +14,17 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from bench.loopback import no_ice_servers, use_loopback_ice
 from bench.mediarelay import MediaRelayPlane
-from signalling.app.factory import create_app, no_media_plane
+from sfu.node_link import link_key
+from sfu.node_registry import NodeRegistry
+from sfu.node_server import NodeServer, load_of
+from sfu.worker import LocalMediaPlane
+from signalling.app.factory import create_app, media_options, no_media_plane
 from signalling.auth.tokens import Role, TokenIssuer
 from signalling.calls.whip import WHIP_RESOURCES, WhipResources
 from signalling.core.settings import Settings
+
+from ...backends import REDIS_URL, delete_prefix, redis_available
+from ...externals import require
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +55,25 @@ async def app_client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[T
     yield await aiohttp_client(create_app(settings))
 
 
-@pytest.fixture(params=["sfu", "mediarelay"])
+@pytest.fixture(params=["sfu", "mediarelay", "sfu-node"])
 async def any_client(request: pytest.FixtureRequest, aiohttp_client: Any, settings: Settings) -> AsyncIterator[TestClient]:
-    """The app on the SFU, and on the MediaRelay reference plane the media bench compares with."""
+    """The app on the SFU, on the MediaRelay reference plane the media bench compares with, and as
+    a signalling node (``--role signalling``) whose rooms are on an SFU node (docs/deployment.md)."""
     if request.param == "mediarelay":
         yield await aiohttp_client(create_app(settings, media=lambda _: MediaRelayPlane()))
+    elif request.param == "sfu-node":
+        require(redis_available(), "redis-server on 127.0.0.1:6379")
+        prefix = f"test-{uuid.uuid4().hex}"
+        plane = LocalMediaPlane(media_options(settings))
+        node = NodeServer(plane, load_of(plane), link_key(settings.secret), "sfu-1", NodeRegistry(REDIS_URL, prefix))
+        await node.start("127.0.0.1", 0)
+        try:
+            signalling = dataclasses.replace(settings, role="signalling", redis_url=REDIS_URL, redis_prefix=prefix)
+            yield await aiohttp_client(create_app(signalling))
+        finally:
+            await node.close()
+            await plane.close()
+            delete_prefix(prefix)
     else:
         yield await aiohttp_client(create_app(settings))
 
