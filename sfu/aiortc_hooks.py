@@ -30,6 +30,7 @@ from aiortc.rtcrtpparameters import (
 )
 
 from sfu.forwarder import MAX_PROTECTED_RTP, SRTP_BUFFER, current_ms
+from sfu.udp_mux import MuxSocket
 
 # Called as handler(data, arrival_time_ms=...) by RTCDtlsTransport._recv_next.
 RtpHandler = Callable[..., Awaitable[None]]
@@ -118,6 +119,40 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
                 rtp_sink(plain, current_ms())
                 return
         super().datagram_received(data, addr)
+
+
+class MuxedProtocol(SrtpStunProtocol):
+    """One ICE connection's share of a worker's single UDP socket (sfu.udp_mux.MuxSocket): to
+    aioice it is the connection's host-candidate protocol; the socket hands it only the datagrams
+    demultiplexed to it, and it sends through the shared transport. Its checks claim the address
+    they go to, so the answers come back here. ``close`` leaves the socket open for the others."""
+
+    def __init__(self, connection: Any, socket: MuxSocket) -> None:
+        super().__init__(connection)
+        self.socket = socket
+        self.local_ufrag: str = connection.local_username
+        self.local_password: bytes = connection.local_password.encode("utf8")
+        assert socket.transport is not None
+        self.connection_made(socket.transport)
+
+    @property
+    def writable(self) -> bool:  # type: ignore[override]  # the shared socket's flow control
+        return self.socket.writable
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            self.socket.claim(addr, self)
+        super().send_stun(message, addr)
+
+    def socket_lost(self) -> None:
+        aioice_ice.StunProtocol.connection_lost(self, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        aioice_ice.StunProtocol.connection_lost(self, exc)
+
+    async def close(self) -> None:
+        self.socket.release(self)
+        aioice_ice.StunProtocol.connection_lost(self, None)
 
 
 class LazyRemoteBitrateEstimator:
@@ -247,15 +282,18 @@ class RawSender:
     """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
     the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
-    and address are cached until aioice nominates another pair."""
+    and address are cached until aioice nominates another pair. On a worker's shared socket
+    (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
 
-    __slots__ = ("_addr", "_dtls", "_gate", "_nominated", "_pair", "_protect", "_sendto", "_srtp")
+    __slots__ = ("_addr", "_dtls", "_gate", "_nominated", "_pair", "_protect", "_send_now",
+                 "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._nominated: dict[int, Any] = dtls.transport._connection._nominated
         self._pair: Any = None
-        self._sendto: Callable[[bytes, Any], None] = _no_sendto
+        self._sendto: Callable[[bytes, Any], None] = _no_sendto  # RTP
+        self._send_now: Callable[[bytes, Any], None] = _no_sendto  # RTCP: not batched
         self._addr: Any = None
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
@@ -266,10 +304,12 @@ class RawSender:
         if pair is None:
             return False
         self._pair = pair
-        self._sendto = pair.protocol.transport.sendto
+        self._sendto = self._send_now = pair.protocol.transport.sendto
         self._addr = pair.remote_addr
         # a TURN-relayed pair's protocol has no flow control of ours: always open
         self._gate = pair.protocol if isinstance(pair.protocol, SrtpStunProtocol) else _OPEN
+        if isinstance(pair.protocol, MuxedProtocol):  # goes out with the event-loop turn's batch
+            self._sendto = pair.protocol.socket.sendto_batched
         return True
 
     def send_rtp(self, data: bytes) -> bool:
@@ -295,7 +335,7 @@ class RawSender:
             return False
         if not self._gate.writable:
             return False
-        self._sendto(dtls._tx_srtp.protect_rtcp(data), self._addr)
+        self._send_now(dtls._tx_srtp.protect_rtcp(data), self._addr)
         return True
 
 
@@ -361,6 +401,28 @@ async def bind_host_candidate(
         port=bound[1],
         type="host",
     )
+    connection._protocols.append(protocol)
+    return protocol.local_candidate
+
+
+async def bind_muxed_candidate(
+    connection: Any, component: int, socket: MuxSocket, announced: str | None
+) -> Candidate:
+    """Register ``connection`` on a worker's shared socket (sfu.udp_mux) as a host candidate
+    on that socket's address and port, announced as ``announced`` behind a 1:1 NAT."""
+    protocol = MuxedProtocol(connection, socket)
+    bound = protocol.transport.get_extra_info("sockname")
+    host = announced or bound[0]
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=bound[1],
+        type="host",
+    )
+    socket.register(protocol)
     connection._protocols.append(protocol)
     return protocol.local_candidate
 

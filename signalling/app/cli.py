@@ -47,6 +47,8 @@ def main(verbose: bool) -> None:
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics without a token on this loopback port. [EXPERTCALL_METRICS_PORT]")
 @click.option("--sfu-workers", type=int, default=None,
               help="SFU worker processes (default: the CPUs this process may use; 1 runs the SFU in the server's process). [EXPERTCALL_SFU_WORKERS]")
+@click.option("--media-port", type=int, default=None,
+              help="One UDP port per SFU worker for all media: worker i uses this + i (default: a port per connection). [EXPERTCALL_MEDIA_PORT]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
 def serve(**options: Any) -> None:
     """Run signalling, the SFU (in worker processes, one per CPU) and the web demo."""

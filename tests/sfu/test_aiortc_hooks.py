@@ -256,3 +256,25 @@ def test_peer_connections_keep_their_certificates_where_accept_rsa_dtls_peers_lo
     assert "ctx.set_cipher_list(" in _source(RTCCertificate._create_ssl_context), (
         "RTCCertificate._create_ssl_context no longer sets the cipher list: review DTLS_CIPHERS"
     )
+
+
+def test_a_connection_shares_a_socket_through_its_protocols() -> None:
+    """What MuxedProtocol (one UDP port per worker) rests on."""
+    stun_protocol = _source(aioice_ice.StunProtocol)
+    assert "self.receiver.protocol_lost(self)" in stun_protocol and \
+        "self.__closed.set_result(True)" in stun_protocol and "await self.__closed" in stun_protocol, (
+        "aioice StunProtocol no longer closes through connection_lost: MuxedProtocol.close, which "
+        "must leave the shared socket open, would hang or leak"
+    )
+    assert "self.transport.sendto(data, addr)" in _source(aioice_ice.StunProtocol.send_data), (
+        "StunProtocol.send_data no longer sends on self.transport: DTLS would miss the shared socket"
+    )
+    assert "self.__protocol.send_stun(self.__request, self.__addr)" in _source(
+        aioice.stun.Transaction), (
+        "aioice's STUN transactions no longer send through protocol.send_stun: MuxedProtocol "
+        "would not claim the address its checks go to, and their answers would be dropped"
+    )
+    close = _source(aioice_ice.Connection.close)
+    assert "for protocol in self._protocols:" in close and "await protocol.close()" in close
+    connection = aioice_ice.Connection(ice_controlling=True)
+    assert isinstance(connection.local_username, str) and isinstance(connection.local_password, str)
