@@ -11,6 +11,7 @@ loudly if any name used here moves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -29,6 +30,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 
+from sfu import fastsend
 from sfu.forwarder import MAX_PROTECTED_RTP, SRTP_BUFFER, current_ms
 from sfu.udp_mux import MuxSocket
 
@@ -278,6 +280,39 @@ def fast_protect(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
     return protect_rtp
 
 
+# libsrtp's srtp_protect, as an address sfu/_fastsend.c can call
+_SRTP_PROTECT = int(pylibsrtp.ffi.cast("uintptr_t", pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_protect")))
+ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
+
+
+def batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
+    """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` with ``session``
+    and append it and ``address`` to a shared socket's batch (sfu.udp_mux); returns the batch's
+    length, or minus libsrtp's status when it refused the packet. In C when sfu/_fastsend.c is
+    built (libsrtp called on pylibsrtp's own context: one copy, no Python frame), else with
+    ``fast_protect``: the same bytes either way."""
+    if fastsend.native_protect_queue is not None:
+        context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
+        # the partial holds the session, so its libsrtp context lives as long as the protector
+        return functools.partial(fastsend.native_protect_queue, _SRTP_PROTECT, context, session,
+                                 pylibsrtp.SRTP_MAX_TRAILER_LEN)
+    return python_batch_protector(session)
+
+
+def python_batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
+    protect = fast_protect(session)
+
+    def queue(packet: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
+        try:
+            datagrams.append(protect(packet))
+        except pylibsrtp.Error:
+            return -1
+        addresses.append(address)
+        return len(datagrams)
+
+    return queue
+
+
 class RawSender:
     """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
@@ -285,8 +320,8 @@ class RawSender:
     and address are cached until aioice nominates another pair. On a worker's shared socket
     (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
 
-    __slots__ = ("_addr", "_dtls", "_gate", "_nominated", "_pair", "_protect", "_send_now",
-                 "_sendto", "_srtp")
+    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_gate", "_mux", "_nominated",
+                 "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -298,6 +333,11 @@ class RawSender:
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
+        # on a worker's shared socket: its batch, and how packets join it
+        self._mux: MuxSocket | None = None
+        self._queue: ProtectQueue = _no_queue
+        self._datagrams: list[bytes] = []
+        self._addresses: list[Any] = []
 
     def _route(self) -> bool:
         pair = self._nominated.get(1)
@@ -309,7 +349,10 @@ class RawSender:
         # a TURN-relayed pair's protocol has no flow control of ours: always open
         self._gate = pair.protocol if isinstance(pair.protocol, SrtpStunProtocol) else _OPEN
         if isinstance(pair.protocol, MuxedProtocol):  # goes out with the event-loop turn's batch
-            self._sendto = pair.protocol.socket.sendto_batched
+            self._mux = pair.protocol.socket
+            self._datagrams, self._addresses = self._mux.batch()
+        else:
+            self._mux = None
         return True
 
     def send_rtp(self, data: bytes) -> bool:
@@ -324,6 +367,14 @@ class RawSender:
         if dtls._tx_srtp is not self._srtp:
             self._srtp = dtls._tx_srtp
             self._protect = fast_protect(self._srtp)
+            self._queue = batch_protector(self._srtp)
+        if self._mux is not None:
+            queued = self._queue(data, self._addr, self._datagrams, self._addresses)
+            if queued == 1:
+                self._mux.schedule_flush()
+            elif queued < 0:
+                raise pylibsrtp.Error(f"srtp_protect failed ({-queued})")
+            return True
         self._sendto(self._protect(data), self._addr)
         return True
 
@@ -352,6 +403,10 @@ def _no_sendto(data: bytes, addr: Any) -> None:
 
 
 def _no_protect(data: bytes) -> bytes:
+    raise RuntimeError("no SRTP context yet")
+
+
+def _no_queue(data: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
     raise RuntimeError("no SRTP context yet")
 
 

@@ -57,8 +57,9 @@ class MuxSocket(asyncio.DatagramProtocol):
         self.by_addr: dict[tuple[str, int], Endpoint] = {}
         self._authenticated: set[tuple[str, int]] = set()
         self.dropped = 0
-        self._batch: list[tuple[bytes, tuple[str, int]]] = []
-        self._flush_scheduled = False
+        # the turn's datagrams and their addresses, in two lists: no pair object per datagram
+        self._datagrams: list[bytes] = []
+        self._addresses: list[tuple[str, int]] = []
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -80,7 +81,8 @@ class MuxSocket(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable = False
-        self._batch.clear()
+        self._datagrams.clear()
+        self._addresses.clear()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -158,21 +160,29 @@ class MuxSocket(asyncio.DatagramProtocol):
 
     def sendto_batched(self, data: bytes, addr: tuple[str, int]) -> None:
         """Send at the end of this event-loop turn, with the other datagrams of the turn."""
-        self._batch.append((data, addr))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)  # type: ignore[union-attr]
+        self._datagrams.append(data)
+        self._addresses.append(addr)
+        if len(self._datagrams) == 1:
+            self.schedule_flush()
+
+    def batch(self) -> tuple[list[bytes], list[tuple[str, int]]]:
+        """The batch's two lists, for a sender that appends to them itself (RawSender, through
+        fastsend.protect_queue); it calls ``schedule_flush`` when it made them non-empty."""
+        return self._datagrams, self._addresses
+
+    def schedule_flush(self) -> None:
+        self._loop.call_soon(self.flush)  # type: ignore[union-attr]
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        batch = self._batch
-        if not batch:
+        datagrams, addresses = self._datagrams, self._addresses
+        if not datagrams:
             return
-        self._batch = []
-        if self._sock is not None:
+        if self._sock is not None and self.writable:
             # a full socket buffer drops the rest of the batch, as RawSender drops media for a
             # subscriber whose socket cannot take it: media is never queued without bound
-            fastsend.send_batch(self._sock, batch)
+            fastsend.send_batch(self._sock, datagrams, addresses)
+        datagrams.clear()  # the same lists for the whole life of the socket: senders hold them
+        addresses.clear()
 
 
 class UdpMux:

@@ -220,6 +220,15 @@ def test_fast_protect_is_pylibsrtps_protect() -> None:
         assert protect(packet) == reference.protect(packet)
     with pytest.raises(ValueError):
         protect(bytes(aiortc_hooks.MAX_PROTECTED_RTP + 1))
+    # sfu/_fastsend.c calls srtp_protect on the context by address: its C signature must hold
+    assert pylibsrtp.ffi.typeof(pylibsrtp.lib.srtp_protect).cname == \
+        "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    assert pylibsrtp.ffi.typeof(ours._srtp[0]).cname == "struct srtp_ctx_t_ *"
+    queue = aiortc_hooks.batch_protector(session())
+    datagrams: list[bytes] = []
+    packet = struct.pack("!BBHII", 0x80, 96, 7, 1000, 1234) + os.urandom(1200)
+    assert queue(packet, ("127.0.0.1", 9), datagrams, []) == 1
+    assert datagrams == [reference.protect(packet)]
 
 
 def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> None:

@@ -1,4 +1,5 @@
-"""sfu/fastsend.py: the C helper's sendmmsg and the Python loop put the same bytes on the wire."""
+"""sfu/fastsend.py: the C helper (libsrtp protect into the batch, sendmmsg) and the Python
+fallback put the same bytes on the wire."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import socket
 
 import pytest
 
-from sfu import fastsend
+import pylibsrtp
+
+from sfu import aiortc_hooks, fastsend
 
 pytestmark = pytest.mark.unit
 
@@ -30,13 +33,15 @@ def _send_with(send: fastsend.SendBatch) -> list[list[tuple[bytes, int]]]:
     try:
         for sock in receivers:
             sock.bind(("127.0.0.1", 0))
-        batch: fastsend.Batch = []
+        datagrams: fastsend.Datagrams = []
+        addresses: fastsend.Addresses = []
         for n in range(150):  # more than one sendmmsg chunk (64)
-            sock = receivers[n % 3]
-            batch.append((bytes([n]) * (1 + n * 9 % 1400), sock.getsockname()))
+            datagrams.append(bytes([n]) * (1 + n * 9 % 1400))
+            addresses.append(receivers[n % 3].getsockname())
         # a datagram to an address that cannot be sent to is dropped; the rest go on
-        batch.insert(5, (b"nowhere", ("0.0.0.0", 0)))
-        sent = send(sender, batch)
+        datagrams.insert(5, b"nowhere")
+        addresses.insert(5, ("0.0.0.0", 0))
+        sent = send(sender, datagrams, addresses)
         assert sent == 150
         for sock in receivers:
             sock.setblocking(False)
@@ -57,3 +62,28 @@ def test_the_native_helper_and_the_python_loop_send_identical_datagrams() -> Non
     assert [len(got) for got in native] == [50, 50, 50]
     assert native[0][1][0] == bytes([3]) * 28
 
+
+
+def _session(direction: int) -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=bytes(range(28)), ssrc_type=direction,
+                              srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+    return pylibsrtp.Session(policy=policy)
+
+
+def test_the_native_and_python_protectors_queue_identical_srtp() -> None:
+    assert fastsend.native_protect_queue is not None
+    packets = [bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + b"\x01\x02\x03\x04"
+               + bytes([seq % 256]) * (seq * 37 % 1400) for seq in range(200)]
+    queued = []
+    for make in (aiortc_hooks.batch_protector, aiortc_hooks.python_batch_protector):
+        queue = make(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        datagrams: fastsend.Datagrams = []
+        addresses: fastsend.Addresses = []
+        for n, packet in enumerate(packets):
+            assert queue(packet, ("127.0.0.1", 9), datagrams, addresses) == n + 1
+        assert addresses == [("127.0.0.1", 9)] * len(packets)
+        queued.append(datagrams)
+    native, python = queued
+    assert native == python
+    receiver = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    assert [receiver.unprotect(d) for d in native] == packets
