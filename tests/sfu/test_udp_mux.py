@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aioice import stun
 
+from sfu import fastsend
 from sfu.api import CloseRoom, MediaError, OpenRoom
 from sfu.options import MediaOptions
 from sfu.udp_mux import MuxSocket
@@ -46,9 +47,18 @@ async def plane() -> AsyncIterator[LocalMediaPlane]:
 
 
 @pytest.mark.integration
-async def test_aiortc_call_both_ways_through_one_port(plane: LocalMediaPlane) -> None:
+@pytest.mark.parametrize("helper", ["native", "python"])
+async def test_aiortc_call_both_ways_through_one_port(
+    plane: LocalMediaPlane, helper: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two participants, each publishing VP8 + Opus and watching the other: four connections,
-    one server socket, and every picture decoded in order."""
+    one server socket, and every picture decoded in order — with the C helper, and with the
+    Python fallback an install without a compiler gets."""
+    if helper == "python":
+        monkeypatch.setattr(fastsend, "native_protect_queue", None)
+        monkeypatch.setattr(fastsend, "send_batch", fastsend.send_batch_python)
+    else:
+        assert fastsend.NATIVE
     assert plane.mux is not None
     hub = EventHub(plane)
     await plane.request(OpenRoom("call"))
