@@ -350,6 +350,7 @@ class RawSender:
         self._gate = pair.protocol if isinstance(pair.protocol, SrtpStunProtocol) else _OPEN
         if isinstance(pair.protocol, MuxedProtocol):  # goes out with the event-loop turn's batch
             self._mux = pair.protocol.socket
+            self._gate = self._mux  # its plain attribute, not the protocol's property
             self._datagrams, self._addresses = self._mux.batch()
         else:
             self._mux = None
