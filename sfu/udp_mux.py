@@ -96,15 +96,15 @@ class MuxSocket(asyncio.DatagramProtocol):
         return None  # an ICMP error for one peer: ICE consent notices a peer that is gone
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        key = (addr[0], addr[1])
         if data and data[0] < 4:
-            self._stun_received(data, key)
+            self._stun_received(data, (addr[0], addr[1]))
             return
-        endpoint = self.by_addr.get(key)
+        # (an IPv4 address is already the (host, port) key: no new tuple per packet)
+        endpoint = self.by_addr.get(addr if len(addr) == 2 else (addr[0], addr[1]))
         if endpoint is None:
             self.dropped += 1
             return
-        endpoint.datagram_received(data, key)
+        endpoint.datagram_received(data, addr)
 
     def _stun_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
