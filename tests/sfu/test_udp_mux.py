@@ -90,6 +90,45 @@ async def test_aiortc_call_both_ways_through_one_port(
 
 
 @pytest.mark.integration
+async def test_garbage_at_the_shared_port_leaves_a_live_call_alone(plane: LocalMediaPlane) -> None:
+    """Random bytes, STUN for unknown and known ufrags without the password, fake DTLS and RTP,
+    from addresses no connection owns: all dropped and counted, and the call decodes on."""
+    assert plane.mux is not None
+    hub = EventHub(plane)
+    await plane.request(OpenRoom("room"))
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    viewer = Subscriber(plane, hub, "room", "bob")
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        await publisher.start()
+        await viewer.start()
+        await viewer.wait_frames(10)
+        (shared,) = plane.mux.sockets.values()
+        known = next(iter(shared.by_ufrag))
+        garbage = [os.urandom(n) for n in (1, 20, 200, 1400)] + [
+            binding_request("nobody", "some-password-0123456789"),
+            binding_request(known, "not-the-password-01234567"),
+            binding_request(known, None),
+            DTLS, RTP, b"",
+        ]
+        before, dropped = len(viewer.frames), shared.dropped
+        for _ in range(20):
+            for data in garbage:
+                attacker.sendto(data, ("127.0.0.1", plane.mux.port))
+            await asyncio.sleep(0.02)
+        await viewer.wait_frames(before + 20)
+        assert len(viewer.frames) >= before + 20
+        counters = viewer.counters()
+        assert counters == sorted(counters)
+        assert shared.dropped - dropped >= 20 * len(garbage)
+        assert len(shared.by_ufrag) == 2
+    finally:
+        attacker.close()
+        await viewer.close()
+        await publisher.close()
+
+
+@pytest.mark.integration
 async def test_publisher_ice_restart_through_the_shared_port(plane: LocalMediaPlane) -> None:
     """A resume (a fresh connection from a new client address, new ufrag) on one port: the
     new ufrag takes the new address, the old connection leaves the socket, the stream runs on."""
