@@ -177,12 +177,16 @@ class MuxSocket(asyncio.DatagramProtocol):
         datagrams, addresses = self._datagrams, self._addresses
         if not datagrams:
             return
-        if self._sock is not None and self.writable:
-            # a full socket buffer drops the rest of the batch, as RawSender drops media for a
-            # subscriber whose socket cannot take it: media is never queued without bound
-            fastsend.send_batch(self._sock, datagrams, addresses)
-        datagrams.clear()  # the same lists for the whole life of the socket: senders hold them
-        addresses.clear()
+        try:
+            if self._sock is not None and self.writable:
+                # a full socket buffer drops the rest of the batch, as RawSender drops media for
+                # a subscriber whose socket cannot take it: media is never queued without bound
+                fastsend.send_batch(self._sock, datagrams, addresses)
+        finally:
+            # the same lists for the whole life of the socket (senders hold them); emptied
+            # whatever happened, or no sender would schedule a flush again
+            datagrams.clear()
+            addresses.clear()
 
 
 class UdpMux:
