@@ -123,7 +123,30 @@ static PyObject *protect_queue(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(PyList_GET_SIZE(datagrams));
 }
 
+/* unprotect(unprotect_fn, session, owner, packet) -> the plaintext, or -status when libsrtp
+ * refused the packet (replayed, forged). libsrtp's srtp_unprotect on pylibsrtp's context, into a
+ * new bytes object: pylibsrtp's own wrapper copies twice and allocates an int per packet. */
+static PyObject *unprotect(PyObject *self, PyObject *args) {
+    unsigned long long fn, session;
+    Py_buffer packet;
+    PyObject *owner;
+    if (!PyArg_ParseTuple(args, "KKOy*", &fn, &session, &owner, &packet)) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(packet.buf, packet.len);
+    int len = (int)packet.len;
+    PyBuffer_Release(&packet);
+    if (out == NULL) return NULL;
+    int status = ((protect_fn)(uintptr_t)fn)((void *)(uintptr_t)session, PyBytes_AS_STRING(out), &len);
+    if (status) {
+        Py_DECREF(out);
+        return PyLong_FromLong(-status);
+    }
+    if (_PyBytes_Resize(&out, len) < 0) return NULL;
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"unprotect", unprotect, METH_VARARGS,
+     "unprotect(unprotect_fn, session, owner, packet) -> plaintext, or -status"},
     {"protect_queue", protect_queue, METH_VARARGS,
      "protect_queue(protect, session, owner, max_trailer, packet, address, datagrams, addresses) -> "
      "len(datagrams), or -status"},

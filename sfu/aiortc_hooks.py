@@ -43,7 +43,7 @@ RelayGatherer = Callable[[int], Awaitable[list[Candidate]]]
 CandidateGatherer = Callable[[Any, int, RelayGatherer], Awaitable[list[Candidate]]]
 
 _HOOKED = "_expertcall_hooked"
-_SINK = "_expertcall_rtp_sink"  # on an aioice Connection: (its DTLS transport, RtpSink)
+_SINK = "_expertcall_rtp_sink"  # on an aioice Connection: its _Sink
 
 
 def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
@@ -79,8 +79,49 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
         dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
         dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
         if rtp_sink is not None:
-            setattr(dtls.transport.iceGatherer._connection, _SINK, (dtls, rtp_sink))
+            setattr(dtls.transport.iceGatherer._connection, _SINK, _Sink(dtls, rtp_sink))
         setattr(dtls, _HOOKED, True)
+
+
+class _Sink:
+    """Where a connection's SRTP goes from the datagram callback: its DTLS transport (whose
+    receiving SRTP session it follows), the RtpSink, and an unprotector for that session."""
+
+    __slots__ = ("deliver", "dtls", "session", "unprotect")
+
+    def __init__(self, dtls: RTCDtlsTransport, deliver: RtpSink) -> None:
+        self.dtls = dtls
+        self.deliver = deliver
+        self.session: pylibsrtp.Session | None = None
+        self.unprotect: Unprotect = _no_unprotect
+
+
+Unprotect = Callable[[bytes], "bytes | int"]  # plaintext, or a negative status: dropped
+
+
+def unprotector(session: pylibsrtp.Session) -> Unprotect:
+    """``session.unprotect`` returning a negative status instead of raising, in C when
+    sfu/_fastsend.c is built (one copy; pylibsrtp's wrapper copies twice and allocates), else
+    pylibsrtp's own: the same plaintext either way."""
+    if fastsend.native_unprotect is not None:
+        context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
+        # the partial holds the session, so its libsrtp context lives as long as the unprotector
+        return functools.partial(fastsend.native_unprotect, _SRTP_UNPROTECT, context, session)
+    return python_unprotector(session)
+
+
+def python_unprotector(session: pylibsrtp.Session) -> Unprotect:
+    def unprotect(data: bytes) -> bytes | int:
+        try:
+            return session.unprotect(data)
+        except pylibsrtp.Error:
+            return -1
+
+    return unprotect
+
+
+def _no_unprotect(data: bytes) -> bytes | int:
+    return -1
 
 
 class SrtpStunProtocol(aioice_ice.StunProtocol):
@@ -111,14 +152,16 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
         # RTP: version 2 (first byte 128-191), and not SRTCP (second byte 192-223, RFC 5761)
         if sink is not None and type(data) is bytes and 127 < data[0] < 192 and len(data) > 12 \
                 and not 191 < data[1] < 224:
-            dtls, rtp_sink = sink
+            dtls = sink.dtls
             srtp = dtls._rx_srtp
             if srtp is not None and dtls._state is State.CONNECTED:
-                try:
-                    plain = srtp.unprotect(data)
-                except pylibsrtp.Error:
+                if srtp is not sink.session:
+                    sink.session = srtp
+                    sink.unprotect = unprotector(srtp)
+                plain = sink.unprotect(data)
+                if isinstance(plain, int):
                     return  # replayed or forged: dropped, as aiortc does
-                rtp_sink(plain, current_ms())
+                sink.deliver(plain, current_ms())
                 return
         super().datagram_received(data, addr)
 
@@ -282,6 +325,8 @@ def fast_protect(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
 
 # libsrtp's srtp_protect, as an address sfu/_fastsend.c can call
 _SRTP_PROTECT = int(pylibsrtp.ffi.cast("uintptr_t", pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_protect")))
+_SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
+                                         pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect")))
 ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
 
 
@@ -525,11 +570,11 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
         sink = connection.__dict__.get(_SINK)
         if sink is not None:
 
-            def filtered(data: bytes, arrival_ms: int, _sink: RtpSink = sink[1]) -> None:
+            def filtered(data: bytes, arrival_ms: int, _deliver: RtpSink = sink.deliver) -> None:
                 if keep(data):
-                    _sink(data, arrival_ms)
+                    _deliver(data, arrival_ms)
 
-            setattr(connection, _SINK, (dtls, filtered))
+            sink.deliver = filtered
 
 
 def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:

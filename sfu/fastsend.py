@@ -5,6 +5,7 @@ in Python when it is not; both put the same bytes on the wire.
   loop; both stop at a full socket buffer.
 - ``protect_queue``: SRTP-protect a packet with libsrtp (through pylibsrtp's session, see
   sfu.aiortc_hooks.batch_protector) and append it and its address to the batch.
+- ``unprotect``: SRTP-unprotect an arriving packet the same way (sfu.aiortc_hooks.unprotector).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ try:
     from sfu._fastsend import (  # type: ignore[import-not-found]
         protect_queue as native_protect_queue,
         send_batch as _native_send_batch,
+        unprotect as native_unprotect,
     )
 except ImportError:  # built without a compiler: the Python below
-    _native_send_batch = native_protect_queue = None
+    _native_send_batch = native_protect_queue = native_unprotect = None
 
 
 def send_batch_python(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:

@@ -87,3 +87,19 @@ def test_the_native_and_python_protectors_queue_identical_srtp() -> None:
     assert native == python
     receiver = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
     assert [receiver.unprotect(d) for d in native] == packets
+
+
+def test_the_native_and_python_unprotectors_give_the_same_plaintext() -> None:
+    assert fastsend.native_unprotect is not None
+    sender = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    packets = [bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + b"\x01\x02\x03\x04"
+               + bytes([seq % 256]) * (seq * 37 % 1200) for seq in range(100)]
+    protected = [sender.protect(p) for p in packets]
+    for make in (aiortc_hooks.unprotector, aiortc_hooks.python_unprotector):
+        unprotect = make(_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        assert [unprotect(p) for p in protected] == packets
+        # a replay and a forgery are refused with a negative status, not an exception
+        replayed = unprotect(protected[5])
+        forged = unprotect(protected[7][:-1] + bytes([protected[7][-1] ^ 1]))
+        assert isinstance(replayed, int) and replayed < 0
+        assert isinstance(forged, int) and forged < 0

@@ -56,6 +56,7 @@ async def test_aiortc_call_both_ways_through_one_port(
     Python fallback an install without a compiler gets."""
     if helper == "python":
         monkeypatch.setattr(fastsend, "native_protect_queue", None)
+        monkeypatch.setattr(fastsend, "native_unprotect", None)
         monkeypatch.setattr(fastsend, "send_batch", fastsend.send_batch_python)
     else:
         assert fastsend.NATIVE
