@@ -22,9 +22,11 @@ authenticated connection holds it, so that the answers come back to the connecti
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aioice import stun
@@ -61,7 +63,9 @@ class MuxSocket(asyncio.DatagramProtocol):
         self._datagrams: list[bytes] = []
         self._addresses: list[tuple[str, int]] = []
         self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # ``flush`` at the end of this event-loop turn: loop.call_soon bound in C (no Python
+        # frame per batch); a no-op until the socket is made
+        self.schedule_flush: Callable[[], object] = _nothing
 
     # --- asyncio ---------------------------------------------------------------------------
 
@@ -71,7 +75,7 @@ class MuxSocket(asyncio.DatagramProtocol):
         # asyncio's own socket object cannot send: the batch goes through a duplicate of it
         self._sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
         self._sock.setblocking(False)
-        self._loop = asyncio.get_running_loop()
+        self.schedule_flush = functools.partial(asyncio.get_running_loop().call_soon, self.flush)
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -170,9 +174,6 @@ class MuxSocket(asyncio.DatagramProtocol):
         fastsend.protect_queue); it calls ``schedule_flush`` when it made them non-empty."""
         return self._datagrams, self._addresses
 
-    def schedule_flush(self) -> None:
-        self._loop.call_soon(self.flush)  # type: ignore[union-attr]
-
     def flush(self) -> None:
         datagrams, addresses = self._datagrams, self._addresses
         if not datagrams:
@@ -187,6 +188,10 @@ class MuxSocket(asyncio.DatagramProtocol):
             # whatever happened, or no sender would schedule a flush again
             datagrams.clear()
             addresses.clear()
+
+
+def _nothing() -> None:
+    return None
 
 
 class UdpMux:
