@@ -79,6 +79,7 @@ class Servers:
     janus_event_loops: int = 0  # 0: Janus's default, a loop and thread per handle
     sfu_workers: tuple[int, ...] = (1,)  # expertcall runs with each of these SFU worker counts
     sfu_node: bool = False  # and split: a signalling node and an SFU node (NODE_TARGET)
+    media_port: int = 0  # expertcall's one UDP port per SFU worker (base); 0: a socket per connection
 
 
 def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
@@ -86,6 +87,8 @@ def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
     directory = servers.data_dir / f"{target}-{calls}-{round_}"
     if target != "janus":
         env = {**SERVER_ENV, "EXPERTCALL_SFU_WORKERS": str(sfu_workers_of(target))}
+        if servers.media_port:
+            env["EXPERTCALL_MEDIA_PORT"] = str(servers.media_port)
         server = start_server(NODE_TARGET if target == NODE_TARGET else "expertcall", directory, log,
                               servers.nice, servers.cpus, env)
         try:
@@ -245,6 +248,7 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
         "config": {"calls": counts, "rounds": rounds, "duration": load.duration, "join_rate": load.join_rate,
                    "settle": load.settle, "client_processes": load.workers, "client_nice": load.client_nice,
                    "server_cpus": servers.cpus or "all",
+                   "media_port": servers.media_port or "a socket per connection",
                    "server_nice": servers.nice, "targets": targets, "sfu_workers": list(servers.sfu_workers),
                    "sfu_node": servers.sfu_node,
                    **({"janus_event_loops": servers.janus_event_loops or "one per handle"}

@@ -8,6 +8,7 @@ from typing import Any
 
 from sfu.api import MediaError
 from sfu.network import NetworkOptions
+from sfu.udp_mux import UdpMux
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class MediaOptions:
     announced_ip: str | None = None  # public IP announced instead of the bound one (1:1 NAT)
     port_min: int = 0  # UDP port range for media; 0/0 = ephemeral
     port_max: int = 0
+    # One UDP port per worker (sfu/udp_mux.py): worker i takes media_port + i for every ICE, DTLS
+    # and SRTP datagram of its connections. 0: a socket per connection, from port_min-port_max.
+    media_port: int = 0
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     max_publish_bitrate: int = 2_500_000  # bps per published track: REMB cap, policed at 1.5x
     max_audio_bitrate: int = 256_000  # bps per audio track (Opus tops out at 510k), policed at 1.5x
@@ -59,6 +63,10 @@ class MediaOptions:
             raise MediaError("bad_options", "bitrate, debounce and interval must be positive")
         if not isinstance(self.congestion, CongestionOptions):
             raise MediaError("bad_options", "congestion must be CongestionOptions")
+        if self.media_port and not 1024 <= self.media_port <= 65535:
+            raise MediaError("bad_options", "the media port must lie within 1024-65535")
+        if self.media_port and self.port_min:
+            raise MediaError("bad_options", "a single media port and a port range exclude each other")
         self.network()  # validates the network part
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,9 +81,16 @@ class MediaOptions:
         values["congestion"] = CongestionOptions(**values.get("congestion", {}))
         return cls(**values)
 
-    def network(self) -> NetworkOptions:
+    def for_worker(self, index: int) -> "MediaOptions":
+        """These options as worker ``index`` (from 0) of a pool runs them: its own media port."""
+        if not self.media_port:
+            return self
+        return dataclasses.replace(self, media_port=self.media_port + index)
+
+    def network(self, mux: UdpMux | None = None) -> NetworkOptions:
+        """The network part; ``mux`` is the worker's shared socket when ``media_port`` is set."""
         return NetworkOptions(
             loopback=self.loopback, interfaces=tuple(self.interfaces),
             announced_ip=self.announced_ip, port_min=self.port_min, port_max=self.port_max,
-            ice_servers=tuple(self.ice_servers),
+            ice_servers=tuple(self.ice_servers), mux=mux,
         )

@@ -30,6 +30,7 @@ from sfu.api import (
 from sfu.consumer import Consumer
 from sfu.forwarder import current_ms
 from sfu.network import NetworkOptions
+from sfu.udp_mux import UdpMux
 from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
 from sfu.recorder import Recorder
@@ -55,10 +56,10 @@ class Participant:
 
 class Router:
     def __init__(self, room_id: str, options: MediaOptions, emit: Callable[[Message], None],
-                 app_data: dict[str, Any] | None = None) -> None:
+                 app_data: dict[str, Any] | None = None, mux: UdpMux | None = None) -> None:
         self.id = room_id
         self.options = options
-        self.network: NetworkOptions = options.network()
+        self.network: NetworkOptions = options.network(mux)
         self.app_data = app_data or {}
         self.closed = False
         self.participants: dict[str, Participant] = {}

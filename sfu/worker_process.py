@@ -143,7 +143,7 @@ async def run(index: int, fd: int) -> int:
             level=hello["log_level"],
             format=f"%(asctime)s %(levelname)s sfu-worker-{index} %(name)s: %(message)s",
         )
-        plane = LocalMediaPlane(MediaOptions.from_dict(hello["options"]))
+        plane = LocalMediaPlane(MediaOptions.from_dict(hello["options"]).for_worker(index))
         plane.start()  # aiortc's hooks and the GC policy, in this process
         server = WorkerServer(channel, plane)
         channel.send({"t": "ready", "pid": os.getpid()})

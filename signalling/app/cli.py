@@ -52,6 +52,8 @@ def main(verbose: bool) -> None:
 @click.option("--sfu-node-host", default=None, help="An SFU node's internal endpoint: address to listen on (default 127.0.0.1). [EXPERTCALL_SFU_NODE_HOST]")
 @click.option("--sfu-node-port", type=int, default=None, help="Its port (default 0: any free port, announced in Redis). [EXPERTCALL_SFU_NODE_PORT]")
 @click.option("--sfu-node-advertise", default=None, help="The address signalling nodes dial (default: --sfu-node-host). [EXPERTCALL_SFU_NODE_ADVERTISE]")
+@click.option("--media-port", type=int, default=None,
+              help="One UDP port per SFU worker for all media: worker i uses this + i (default: a port per connection). [EXPERTCALL_MEDIA_PORT]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
 def serve(**options: Any) -> None:
     """Run signalling, the SFU (in worker processes, one per CPU) and the web demo; or, with

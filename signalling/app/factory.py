@@ -119,6 +119,7 @@ def media_options(settings: Settings) -> MediaOptions:
         announced_ip=settings.media_announced_ip or None,
         port_min=settings.media_port_min,
         port_max=settings.media_port_max,
+        media_port=settings.media_port,
         ice_servers=tuple({"urls": url} for url in settings.stun_urls),
         max_publish_bitrate=settings.max_publish_bitrate,
         media_state_debounce=settings.media_debounce_seconds,

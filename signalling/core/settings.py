@@ -117,6 +117,9 @@ class Settings:
     media_announced_ip: str = ""
     media_port_min: int = 0
     media_port_max: int = 0
+    # One UDP port per SFU worker (worker i: media_port + i) for every connection's ICE, DTLS and
+    # SRTP; 0 keeps a socket per connection (from the range above, or ephemeral).
+    media_port: int = 0
     stun_urls: tuple[str, ...] = ()
     max_publish_bitrate: int = 2_500_000
     # At most one keyframe request per publisher per interval (seconds): a joiner waits up to this
@@ -173,6 +176,10 @@ class Settings:
         if self.media_port_min or self.media_port_max:
             if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if self.media_port and not (1024 <= self.media_port <= 65535 - max(self.sfu_workers, 1) + 1):
+            raise SettingsError("media_port + sfu_workers - 1 must lie within 1024-65535")
+        if self.media_port and self.media_port_min:
+            raise SettingsError("media_port and the media port range exclude each other")
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("database_url must be a postgresql:// URL (or empty for the embedded SQLite)")
         if self.paused_timeout <= 0:
