@@ -217,6 +217,7 @@ class Transport:
         configuration = self.router.network.configuration()
         configuration.bundlePolicy = RTCBundlePolicy.MAX_BUNDLE
         pc = RTCPeerConnection(configuration)
+        aiortc_hooks.share_dtls_certificate(pc)
         aiortc_hooks.accept_rsa_dtls_peers(pc)
         pc.on("connectionstatechange", lambda: self._on_state(pc))
         pc.on("datachannel", self._on_datachannel)

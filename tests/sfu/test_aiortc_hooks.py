@@ -256,3 +256,40 @@ def test_peer_connections_keep_their_certificates_where_accept_rsa_dtls_peers_lo
     assert "ctx.set_cipher_list(" in _source(RTCCertificate._create_ssl_context), (
         "RTCCertificate._create_ssl_context no longer sets the cipher list: review DTLS_CIPHERS"
     )
+
+
+async def test_connections_share_one_certificate_and_one_ssl_context(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, RTCCertificate
+    from OpenSSL import SSL
+
+    assert "self.__local_certificate._create_ssl_context(" in _source(RTCDtlsTransport.start), (
+        "RTCDtlsTransport.start no longer asks its certificate for the SSL context: review "
+        "SharedCertificate")
+    assert "def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate)" in _source(
+        RTCCertificate.__init__)
+    first, second = client_pc(), client_pc()
+    for pc in (first, second):
+        aiortc_hooks.share_dtls_certificate(pc)
+        aiortc_hooks.accept_rsa_dtls_peers(pc)  # as a Transport does: nothing left to add
+    (certificate,) = first._RTCPeerConnection__certificates  # type: ignore[attr-defined]
+    assert isinstance(certificate, aiortc_hooks.SharedCertificate)
+    assert second._RTCPeerConnection__certificates == [certificate]  # type: ignore[attr-defined]
+    assert "_create_ssl_context" not in vars(certificate)
+    context = certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80])
+    assert certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80]) is context
+    assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in SSL.Connection(context).get_cipher_list()
+
+    first.addTransceiver("audio")
+    await first.setLocalDescription(await first.createOffer())
+    assert certificate.getFingerprints()[-1].value in first.localDescription.sdp
+
+    assert (certificate.expires - aiortc.clock.current_datetime()).days == 29
+    monkeypatch.setattr(aiortc_hooks, "CERTIFICATE_MIN_DAYS_LEFT", 30)  # due for renewal
+    third = client_pc()
+    aiortc_hooks.share_dtls_certificate(third)
+    assert third._RTCPeerConnection__certificates != [certificate]  # type: ignore[attr-defined]
+    assert first._RTCPeerConnection__certificates == [certificate]  # type: ignore[attr-defined]
+    for pc in (first, second, third):
+        await pc.close()
