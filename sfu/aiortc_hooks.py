@@ -464,3 +464,34 @@ def share_dtls_certificate(pc: RTCPeerConnection) -> None:
     if not _shared or (_shared[0].expires - clock.current_datetime()).days < CERTIFICATE_MIN_DAYS_LEFT:
         _shared[:] = [SharedCertificate.generateCertificate()]
     pc._RTCPeerConnection__certificates = [_shared[0]]  # type: ignore[attr-defined]
+
+
+# Per-stream state of RTCRtpReceiver and RTCRtpSender that only their own packet path uses (the
+# decoder thread's queue and error event, the jitter buffer, the NACK generator, the RTP history,
+# the asyncio events of their RTP/RTCP tasks): dropped once disarm_receiver/disarm_sender make
+# sure that path never starts. ~6 KiB per m-line and side (a video jitter buffer alone is a list of
+# 512 slots); tests/sfu/test_aiortc_hooks.py pins that nothing else reads these names.
+UNUSED_RECEIVER_STATE = (
+    "decoder_error", "decoder_queue", "jitter_buffer", "nack_generator",
+    "remote_bitrate_estimator", "rtcp_exited", "rtcp_started", "timestamp_mapper",
+)
+UNUSED_SENDER_STATE = (
+    "rtcp_exited", "rtcp_started", "rtp_exited", "rtp_history", "rtp_started",
+)
+
+
+def release_transceiver_state(transceiver: RTCRtpTransceiver) -> None:
+    """For an m-line whose media the SFU carries itself, one way: disarm whichever of its
+    receiver and sender is not yet (the SFU neither sends media on a publish m-line nor receives
+    any on a subscribe one), then drop both sides' unused state. Repeated calls are harmless."""
+    receiver, sender = transceiver.receiver, transceiver.sender
+    disarm_receiver(receiver, _ignore_parameters)  # (kept as it is when already disarmed)
+    disarm_sender(sender)
+    for name in UNUSED_RECEIVER_STATE:
+        setattr(receiver, f"_RTCRtpReceiver__{name}", None)
+    for name in UNUSED_SENDER_STATE:
+        setattr(sender, f"_RTCRtpSender__{name}", None)
+
+
+def _ignore_parameters(parameters: RTCRtpReceiveParameters) -> None:
+    return None

@@ -311,6 +311,7 @@ class Transport:
                     self.participant_id, mid, transceiver.kind, codec
                 )
             aiortc_hooks.disarm_receiver(transceiver.receiver, self._attacher(mid))
+            aiortc_hooks.release_transceiver_state(transceiver)
 
     def _attacher(self, mid: str) -> Callable[[RTCRtpReceiveParameters], None]:
         return lambda params: self._attach_producer(mid, params)
@@ -450,6 +451,7 @@ class Transport:
         # renegotiation during the handshake would leave the m-line silent. So the consumer is
         # configured from the negotiated SDP (_configure_consumers) and the sender only disarmed.
         aiortc_hooks.disarm_sender(transceiver.sender)
+        aiortc_hooks.release_transceiver_state(transceiver)
         producer.add_consumer(consumer)
         return consumer
 

@@ -3,6 +3,7 @@ them, these tests say exactly which one, before the SFU silently decodes or drop
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from types import SimpleNamespace
 
@@ -293,3 +294,58 @@ async def test_connections_share_one_certificate_and_one_ssl_context(
     assert first._RTCPeerConnection__certificates == [certificate]  # type: ignore[attr-defined]
     for pc in (first, second, third):
         await pc.close()
+
+
+def _methods_reading(cls: type, attribute: str) -> set[str]:
+    return {name for name, member in vars(cls).items()
+            if inspect.isfunction(member) and attribute in _source(member)}
+
+
+def test_the_state_release_transceiver_state_drops_is_read_only_by_the_packet_paths_it_disarms() -> None:
+    # RTCRtpReceiver: receive() (disarmed), the decoder and RTCP tasks it would start, stop() once
+    # started, and _handle_rtp_packet, which only aiortc's RTP router calls (intercept_packets
+    # takes the packets before it)
+    receiver_paths = {"__init__", "receive", "_handle_rtp_packet", "_run_rtcp", "stop",
+                      "_RTCRtpReceiver__stop_decoder"}
+    for name in aiortc_hooks.UNUSED_RECEIVER_STATE:
+        users = _methods_reading(RTCRtpReceiver, f"self.__{name}")
+        assert "__init__" in users and users <= receiver_paths, (
+            f"RTCRtpReceiver.__{name} is read by {sorted(users - receiver_paths)}: review "
+            "UNUSED_RECEIVER_STATE")
+    sender_paths = {"__init__", "send", "_run_rtp", "_run_rtcp", "stop", "_retransmit"}
+    for name in aiortc_hooks.UNUSED_SENDER_STATE:
+        users = _methods_reading(RTCRtpSender, f"self.__{name}")
+        assert "__init__" in users and users <= sender_paths, (
+            f"RTCRtpSender.__{name} is read by {sorted(users - sender_paths)}: review "
+            "UNUSED_SENDER_STATE")
+    for cls in (RTCRtpReceiver, RTCRtpSender):
+        stop = _source(cls.stop)
+        assert stop.index("if self.__started:") < stop.index("await"), (
+            f"{cls.__name__}.stop awaits something even when never started")
+
+
+async def test_a_released_transceiver_still_negotiates_and_closes() -> None:
+    pc, peer = client_pc(), client_pc()
+    sending = pc.addTransceiver("video", direction="sendonly")
+    receiving = pc.addTransceiver("audio", direction="recvonly")
+    parameters: list[object] = []
+    aiortc_hooks.disarm_receiver(receiving.receiver, parameters.append)
+    for transceiver in (sending, receiving):
+        aiortc_hooks.release_transceiver_state(transceiver)
+        aiortc_hooks.release_transceiver_state(transceiver)  # again: harmless
+    assert receiving.receiver._RTCRtpReceiver__jitter_buffer is None  # type: ignore[attr-defined]
+    assert sending.sender._RTCRtpSender__rtp_history is None  # type: ignore[attr-defined]
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    peer.getTransceivers()[1].direction = "sendonly"
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    for _ in range(100):
+        if pc.connectionState == "connected" and parameters:
+            break
+        await asyncio.sleep(0.05)
+    assert pc.connectionState == "connected"
+    assert parameters  # the disarmed receiver's callback still got its parameters
+    await pc.getStats()
+    await pc.close()
+    await peer.close()
