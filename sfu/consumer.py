@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 # Packets kept per subscriber stream for retransmission: the last CACHE_MS of them, as long as that
 # fits in MAX_CACHE (~2 s of 4 Mbps video). The ring starts at MIN_CACHE slots (~1.3 s of Opus or of
-# 500 kbps VP8) and is resized as it turns, by the time a turn took: a fixed ring sized for the
-# fastest stream kept ~10 s of a call's video (600 KiB per subscriber) and ~10 s of its audio.
+# 500 kbps VP8) and is resized as it turns, by the media time (RTP timestamps, which a busy event
+# loop's late reads do not bunch up) a turn spanned: a fixed ring sized for the fastest stream kept
+# ~10 s of a call's video (600 KiB per subscriber) and ~10 s of its audio.
 CACHE_MS = 1000  # as long as the SFU itself would wait for a retransmission (sfu/nack.py)
 MIN_CACHE = 64
 MAX_CACHE = 1024
@@ -72,7 +73,9 @@ class Consumer:
         self._send_rtcp = send_rtcp
         self._cache: list[bytes | None] = [None] * MIN_CACHE
         self._mask = MIN_CACHE - 1
-        self._turn_ms = 0  # when the ring last came round to slot 0
+        # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
+        self._turn_ts = -1
+        self._turn_seq = 0
 
         # negotiated with the subscriber (set by configure(); until then nothing is sent)
         self.payload_type = -1
@@ -229,7 +232,7 @@ class Consumer:
         packet = header + payload
         if ((out_seq - self._last_seq) & 0xFFFF) < 0x8000:
             if not out_seq & self._mask:
-                self._turned(out_seq, arrival_ms)
+                self._turned(out_seq, out_ts)
             self._last_seq = out_seq
             self._last_ts = out_ts
             self._last_ms = arrival_ms
@@ -240,19 +243,22 @@ class Consumer:
         else:
             self.packets_dropped += 1
 
-    def _turned(self, out_seq: int, arrival_ms: int) -> None:
+    def _turned(self, out_seq: int, out_ts: int) -> None:
         """The ring came round (once every len(ring) packets): resize it to hold CACHE_MS at
         the rate of the turn just ended, in powers of two; shrink only to a size that holds a
-        quarter more than that (no flapping on a rate near a boundary)."""
-        elapsed = arrival_ms - self._turn_ms
-        self._turn_ms, started = arrival_ms, self._turn_ms
-        if not started:
-            return  # the first turn: nothing to measure it from
+        tenth more than that (a ring that a keyframe's burst grew goes back after the burst)."""
+        started, self._turn_ts = self._turn_ts, out_ts
+        packets, self._turn_seq = (out_seq - self._turn_seq) & 0xFFFF, out_seq
+        elapsed = (out_ts - started) & 0xFFFFFFFF
+        if started < 0 or elapsed >= 0x80000000:
+            return  # the first turn, or timestamps going back: nothing to measure
         size = len(self._cache)
-        needed = size * CACHE_MS / max(elapsed, 1)  # packets in CACHE_MS at this turn's rate
+        # packets in CACHE_MS at this turn's rate (a turn right after a resize or after a lost
+        # packet in slot 0 is not len(ring) packets long)
+        needed = packets * CACHE_MS * self._clock_per_ms / max(elapsed, 1)
         wanted = _ring_size(needed)
         if wanted < size:
-            wanted = _ring_size(needed * 1.25)
+            wanted = _ring_size(needed * 1.1)
         if wanted != size:
             self._resize(wanted, out_seq)
 

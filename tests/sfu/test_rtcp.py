@@ -36,9 +36,11 @@ def _producer(max_bitrate: int = 0, interval: float = 1.0) -> tuple[Producer[Con
     return producer, upstream
 
 
-def _receive(producer: Producer, seq: int, arrival_ms: int, size: int = 100) -> None:
-    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, 1234) + b"\x10\x01" + bytes(size)
-    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+def _receive(producer: Producer, seq: int, arrival_ms: int, size: int = 100,
+             ts: int | None = None) -> None:
+    ts = seq * 3000 if ts is None else ts
+    data = struct.pack("!BBHII", 0x80, 97, seq, ts, 1234) + b"\x10\x01" + bytes(size)
+    producer.receive(data, 0x80, 97, seq, ts, payload_offset(data), arrival_ms)
 
 
 def test_nack_packs_runs_and_wraps_around() -> None:
@@ -314,11 +316,13 @@ def test_retransmissions_go_only_to_the_subscribers_that_asked() -> None:
 
 def _stream(producer: Producer, bitrate: int, seconds: float, first_seq: int = 1, start_ms: int = 0,
             size: int = 1200) -> tuple[int, int]:
-    """Feed ``seconds`` of ``size``-byte packets at ``bitrate``; returns (next seq, next ms)."""
+    """Feed ``seconds`` of ``size``-byte packets at ``bitrate``, stamped (90 kHz) as they arrive;
+    returns (next seq, next ms)."""
     interval = size * 8 * 1000 / bitrate
     n = int(seconds * 1000 / interval)
     for i in range(n):
-        _receive(producer, first_seq + i, start_ms + int(i * interval), size=size - 14)
+        ms = start_ms + int(i * interval)
+        _receive(producer, first_seq + i, ms, size=size - 14, ts=ms * 90)
     return first_seq + n, start_ms + int(n * interval)
 
 
@@ -406,7 +410,7 @@ def test_subscriber_nacks_and_plis_are_deduplicated_and_rate_limited() -> None:
     producer, upstream = _producer()
     consumer, sent = _sink(producer, "bob")
     for seq in range(1, 501):
-        _receive(producer, seq, seq)
+        _receive(producer, seq, seq, ts=seq * 90)  # a packet a millisecond
     sent.clear()
     last = consumer._last_seq
     consumer.retransmit([last])
