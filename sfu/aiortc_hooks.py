@@ -20,9 +20,11 @@ import pylibsrtp
 from aioice import Candidate, stun
 from aioice import ice as aioice_ice
 from aioice.candidate import candidate_foundation, candidate_priority
+from OpenSSL import SSL
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc import clock
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, State
 from aiortc.utils import random32
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
@@ -580,3 +582,79 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
 def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
     """The header extensions (with the remote side's ids) agreed for this m-line."""
     return list(transceiver._headerExtensions)
+
+
+# --- memory: per-connection state the SFU does not need (issue 15) ----------------------------
+# What aiortc builds for every connection of a media endpoint and a forwarding SFU can share or
+# leave out. Kept apart from the packet-path hooks above.
+
+# aiortc's certificates are valid for 30 days from their making: a new one after a day
+CERTIFICATE_MIN_DAYS_LEFT = 29
+
+
+class SharedCertificate(RTCCertificate):
+    """One DTLS certificate for all of a process's connections, as Janus and mediasoup have, and
+    one SSL context per SRTP profile list built from it (with DTLS_CIPHERS, as
+    accept_rsa_dtls_peers gives). aiortc makes an EC key, an X.509 certificate and an OpenSSL
+    SSL_CTX for every connection: ~25 KiB of native memory each, four connections a call, and a
+    key generation per connection. Each handshake still agrees ephemeral ECDHE keys (forward
+    secrecy is unchanged); the session cache is off, or a shared context would keep a session
+    per handshake for five minutes."""
+
+    def __init__(self, key: Any, cert: Any) -> None:
+        super().__init__(key=key, cert=cert)
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+        setattr(self, _HOOKED, True)  # accept_rsa_dtls_peers: done here once for all
+
+    def _create_ssl_context(self, srtp_profiles: list[Any]) -> SSL.Context:
+        key = tuple(profile.openssl_profile for profile in srtp_profiles)
+        context = self._contexts.get(key)
+        if context is None:
+            context = super()._create_ssl_context(srtp_profiles)
+            context.set_cipher_list(DTLS_CIPHERS)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            self._contexts[key] = context
+        return context
+
+
+_shared: list[SharedCertificate] = []  # the process's current one
+
+
+def share_dtls_certificate(pc: RTCPeerConnection) -> None:
+    """Make ``pc`` use the process's SharedCertificate (a new one each day; connections keep the
+    one they started with) instead of its own. Call right after making ``pc``, before any of its
+    transports exists."""
+    if not _shared or (_shared[0].expires - clock.current_datetime()).days < CERTIFICATE_MIN_DAYS_LEFT:
+        _shared[:] = [SharedCertificate.generateCertificate()]
+    pc._RTCPeerConnection__certificates = [_shared[0]]  # type: ignore[attr-defined]
+
+
+# Per-stream state of RTCRtpReceiver and RTCRtpSender that only their own packet path uses (the
+# decoder thread's queue and error event, the jitter buffer, the NACK generator, the RTP history,
+# the asyncio events of their RTP/RTCP tasks): dropped once disarm_receiver/disarm_sender make
+# sure that path never starts. ~6 KiB per m-line and side (a video jitter buffer alone is a list of
+# 512 slots); tests/sfu/test_aiortc_hooks.py pins that nothing else reads these names.
+UNUSED_RECEIVER_STATE = (
+    "decoder_error", "decoder_queue", "jitter_buffer", "nack_generator",
+    "remote_bitrate_estimator", "rtcp_exited", "rtcp_started", "timestamp_mapper",
+)
+UNUSED_SENDER_STATE = (
+    "rtcp_exited", "rtcp_started", "rtp_exited", "rtp_history", "rtp_started",
+)
+
+
+def release_transceiver_state(transceiver: RTCRtpTransceiver) -> None:
+    """For an m-line whose media the SFU carries itself, one way: disarm whichever of its
+    receiver and sender is not yet (the SFU neither sends media on a publish m-line nor receives
+    any on a subscribe one), then drop both sides' unused state. Repeated calls are harmless."""
+    receiver, sender = transceiver.receiver, transceiver.sender
+    disarm_receiver(receiver, _ignore_parameters)  # (kept as it is when already disarmed)
+    disarm_sender(sender)
+    for name in UNUSED_RECEIVER_STATE:
+        setattr(receiver, f"_RTCRtpReceiver__{name}", None)
+    for name in UNUSED_SENDER_STATE:
+        setattr(sender, f"_RTCRtpSender__{name}", None)
+
+
+def _ignore_parameters(parameters: RTCRtpReceiveParameters) -> None:
+    return None

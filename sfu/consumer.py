@@ -1,8 +1,8 @@
 """A consumer: one producer's track as one subscriber receives it.
 
 It owns the outgoing stream's identity (SSRC, payload type, header extension ids, sequence and
-timestamp spaces), so it rewrites every packet, keeps the last 512 for NACKs (answered with RTX
-where the subscriber negotiated it), starts on a keyframe, and writes the sender reports.
+timestamp spaces), so it rewrites every packet, keeps the last second of them for NACKs (answered
+with RTX where the subscriber negotiated it), starts on a keyframe, and writes the sender reports.
 ``forward`` is the per-packet, per-subscriber hot path.
 """
 
@@ -23,7 +23,14 @@ from sfu.producer import Producer
 
 logger = logging.getLogger(__name__)
 
-CACHE_SIZE = 512  # packets kept per subscriber stream for retransmission (~1 s of 4 Mbps video)
+# Packets kept per subscriber stream for retransmission: the last CACHE_MS of them, as long as that
+# fits in MAX_CACHE (~2 s of 4 Mbps video). The ring starts at MIN_CACHE slots (~1.3 s of Opus or of
+# 500 kbps VP8) and is resized as it turns, by the media time (RTP timestamps, which a busy event
+# loop's late reads do not bunch up) a turn spanned: a fixed ring sized for the fastest stream kept
+# ~10 s of a call's video (600 KiB per subscriber) and ~10 s of its audio.
+CACHE_MS = 1000  # as long as the SFU itself would wait for a retransmission (sfu/nack.py)
+MIN_CACHE = 64
+MAX_CACHE = 1024
 # A subscriber's NACKs are answered at most once per round trip per packet (a NACK repeated
 # sooner is a duplicate: the answer is still on its way), and within a budget of retransmitted
 # packets per second, so that a subscriber cannot turn the SFU into an amplifier.
@@ -33,6 +40,14 @@ RTX_BURST = 128
 # libwebrtc ignores a keyframe request within 300 ms of the last one; so do we, per subscriber.
 MIN_PLI_SPACING_MS = 300
 _SEQ = struct.Struct("!H")
+
+
+def _ring_size(packets: float) -> int:
+    """The smallest power of two from MIN_CACHE to MAX_CACHE that holds ``packets``."""
+    size = MIN_CACHE
+    while size < packets and size < MAX_CACHE:
+        size *= 2
+    return size
 
 
 class Consumer:
@@ -58,7 +73,11 @@ class Consumer:
         self.on_close: list[Callable[[Consumer, str], None]] = []
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
-        self._cache: list[bytes | None] = [None] * CACHE_SIZE
+        self._cache: list[bytes | None] = [None] * MIN_CACHE
+        self._mask = MIN_CACHE - 1
+        # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
+        self._turn_ts = -1
+        self._turn_seq = 0
 
         # negotiated with the subscriber (set by configure(); until then nothing is sent)
         self.payload_type = -1
@@ -95,7 +114,7 @@ class Consumer:
         self._pli_ms = 0
         # per cache slot: (when it was last resent << 16) | its sequence number, so that a new
         # packet in the slot needs no reset on the per-packet path
-        self._rtx_ms: list[int] = [0] * CACHE_SIZE
+        self._rtx_ms: list[int] = [0] * MIN_CACHE
         self._rtx_tokens = float(RTX_BURST)
         self._rtx_refill_ms = 0
         self.remb_bitrate = 0
@@ -213,16 +232,58 @@ class Consumer:
         else:
             header = self._pack(b0, b1, out_seq, out_ts, self.ssrc)
         packet = header + payload
-        self._cache[out_seq % CACHE_SIZE] = packet
         if ((out_seq - self._last_seq) & 0xFFFF) < 0x8000:
+            if not out_seq & self._mask:
+                self._turned(out_seq, out_ts)
             self._last_seq = out_seq
             self._last_ts = out_ts
             self._last_ms = arrival_ms
+        self._cache[out_seq & self._mask] = packet
         if self._send_rtp(packet):
             self.packets += 1
             self.bytes += len(packet)
         else:
             self.packets_dropped += 1
+
+    def _turned(self, out_seq: int, out_ts: int) -> None:
+        """The ring came round (once every len(ring) packets): resize it to hold CACHE_MS at
+        the rate of the turn just ended, in powers of two; shrink only to a size that holds a
+        tenth more than that (a ring that a keyframe's burst grew goes back after the burst)."""
+        started, self._turn_ts = self._turn_ts, out_ts
+        packets, self._turn_seq = (out_seq - self._turn_seq) & 0xFFFF, out_seq
+        elapsed = (out_ts - started) & 0xFFFFFFFF
+        if started < 0 or elapsed >= 0x80000000:
+            return  # the first turn, or timestamps going back: nothing to measure
+        size = len(self._cache)
+        # packets in CACHE_MS at this turn's rate (a turn right after a resize or after a lost
+        # packet in slot 0 is not len(ring) packets long)
+        needed = packets * CACHE_MS * self._clock_per_ms / max(elapsed, 1)
+        wanted = _ring_size(needed)
+        if wanted < size:
+            wanted = _ring_size(needed * 1.1)
+        if wanted != size:
+            self._resize(wanted, out_seq)
+
+    def _resize(self, size: int, out_seq: int) -> None:
+        """Move the cached packets (and when each was last resent) to a ring of ``size`` slots;
+        where two land on one slot, the newer stays."""
+        mask = size - 1
+        cache: list[bytes | None] = [None] * size
+        resent = [0] * size
+        ages = [0x10000] * size
+        for packet, last in zip(self._cache, self._rtx_ms):
+            if packet is None:
+                continue
+            seq = _SEQ.unpack_from(packet, 2)[0]
+            slot = seq & mask
+            age = (out_seq - seq) & 0xFFFF
+            if age < ages[slot]:
+                ages[slot] = age
+                cache[slot] = packet
+                resent[slot] = last if last & 0xFFFF == seq else 0
+        self._cache = cache
+        self._rtx_ms = resent
+        self._mask = mask
 
     def failed(self, exc: Exception) -> None:
         """Sending to this subscriber raised: the producer's fan-out carries on with the others.
@@ -256,9 +317,11 @@ class Consumer:
         gap = max(MIN_RTX_GAP_MS, int(self.rtt * 1000) if self.rtt else 0)
         resent = self._rtx_ms
         upstream = []
+        cache = self._cache
+        mask = self._mask
         for seq in sequence_numbers:
-            slot = seq % CACHE_SIZE
-            packet = self._cache[slot]
+            slot = seq & mask
+            packet = cache[slot]
             if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
                 if self._epoch == self.producer.epoch:
                     upstream.append((seq - self._seq_offset) & 0xFFFF)

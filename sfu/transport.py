@@ -238,6 +238,7 @@ class Transport:
         configuration = self.router.network.configuration()
         configuration.bundlePolicy = RTCBundlePolicy.MAX_BUNDLE
         pc = RTCPeerConnection(configuration)
+        aiortc_hooks.share_dtls_certificate(pc)
         aiortc_hooks.accept_rsa_dtls_peers(pc)
         pc.on("connectionstatechange", lambda: self._on_state(pc))
         pc.on("datachannel", self._on_datachannel)
@@ -331,6 +332,7 @@ class Transport:
                     self.participant_id, mid, transceiver.kind, codec
                 )
             aiortc_hooks.disarm_receiver(transceiver.receiver, self._attacher(mid))
+            aiortc_hooks.release_transceiver_state(transceiver)
 
     def _attacher(self, mid: str) -> Callable[[RTCRtpReceiveParameters], None]:
         return lambda params: self._attach_producer(mid, params)
@@ -477,6 +479,7 @@ class Transport:
         # renegotiation during the handshake would leave the m-line silent. So the consumer is
         # configured from the negotiated SDP (_configure_consumers) and the sender only disarmed.
         aiortc_hooks.disarm_sender(transceiver.sender)
+        aiortc_hooks.release_transceiver_state(transceiver)
         producer.add_consumer(consumer)
         return consumer
 

@@ -3,6 +3,7 @@ them, these tests say exactly which one, before the SFU silently decodes or drop
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from types import SimpleNamespace
 
@@ -290,3 +291,95 @@ def test_a_connection_shares_a_socket_through_its_protocols() -> None:
     assert "for protocol in self._protocols:" in close and "await protocol.close()" in close
     connection = aioice_ice.Connection(ice_controlling=True)
     assert isinstance(connection.local_username, str) and isinstance(connection.local_password, str)
+
+
+async def test_connections_share_one_certificate_and_one_ssl_context(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, RTCCertificate
+    from OpenSSL import SSL
+
+    assert "self.__local_certificate._create_ssl_context(" in _source(RTCDtlsTransport.start), (
+        "RTCDtlsTransport.start no longer asks its certificate for the SSL context: review "
+        "SharedCertificate")
+    assert "def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate)" in _source(
+        RTCCertificate.__init__)
+    first, second = client_pc(), client_pc()
+    for pc in (first, second):
+        aiortc_hooks.share_dtls_certificate(pc)
+        aiortc_hooks.accept_rsa_dtls_peers(pc)  # as a Transport does: nothing left to add
+    (certificate,) = first._RTCPeerConnection__certificates  # type: ignore[attr-defined]
+    assert isinstance(certificate, aiortc_hooks.SharedCertificate)
+    assert second._RTCPeerConnection__certificates == [certificate]  # type: ignore[attr-defined]
+    assert "_create_ssl_context" not in vars(certificate)
+    context = certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80])
+    assert certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80]) is context
+    assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in SSL.Connection(context).get_cipher_list()
+
+    first.addTransceiver("audio")
+    await first.setLocalDescription(await first.createOffer())
+    assert certificate.getFingerprints()[-1].value in first.localDescription.sdp
+
+    assert (certificate.expires - aiortc.clock.current_datetime()).days == 29
+    monkeypatch.setattr(aiortc_hooks, "CERTIFICATE_MIN_DAYS_LEFT", 30)  # due for renewal
+    third = client_pc()
+    aiortc_hooks.share_dtls_certificate(third)
+    assert third._RTCPeerConnection__certificates != [certificate]  # type: ignore[attr-defined]
+    assert first._RTCPeerConnection__certificates == [certificate]  # type: ignore[attr-defined]
+    for pc in (first, second, third):
+        await pc.close()
+
+
+def _methods_reading(cls: type, attribute: str) -> set[str]:
+    return {name for name, member in vars(cls).items()
+            if inspect.isfunction(member) and attribute in _source(member)}
+
+
+def test_the_state_release_transceiver_state_drops_is_read_only_by_the_packet_paths_it_disarms() -> None:
+    # RTCRtpReceiver: receive() (disarmed), the decoder and RTCP tasks it would start, stop() once
+    # started, and _handle_rtp_packet, which only aiortc's RTP router calls (intercept_packets
+    # takes the packets before it)
+    receiver_paths = {"__init__", "receive", "_handle_rtp_packet", "_run_rtcp", "stop",
+                      "_RTCRtpReceiver__stop_decoder"}
+    for name in aiortc_hooks.UNUSED_RECEIVER_STATE:
+        users = _methods_reading(RTCRtpReceiver, f"self.__{name}")
+        assert "__init__" in users and users <= receiver_paths, (
+            f"RTCRtpReceiver.__{name} is read by {sorted(users - receiver_paths)}: review "
+            "UNUSED_RECEIVER_STATE")
+    sender_paths = {"__init__", "send", "_run_rtp", "_run_rtcp", "stop", "_retransmit"}
+    for name in aiortc_hooks.UNUSED_SENDER_STATE:
+        users = _methods_reading(RTCRtpSender, f"self.__{name}")
+        assert "__init__" in users and users <= sender_paths, (
+            f"RTCRtpSender.__{name} is read by {sorted(users - sender_paths)}: review "
+            "UNUSED_SENDER_STATE")
+    for cls in (RTCRtpReceiver, RTCRtpSender):
+        stop = _source(cls.stop)
+        assert stop.index("if self.__started:") < stop.index("await"), (
+            f"{cls.__name__}.stop awaits something even when never started")
+
+
+async def test_a_released_transceiver_still_negotiates_and_closes() -> None:
+    pc, peer = client_pc(), client_pc()
+    sending = pc.addTransceiver("video", direction="sendonly")
+    receiving = pc.addTransceiver("audio", direction="recvonly")
+    parameters: list[object] = []
+    aiortc_hooks.disarm_receiver(receiving.receiver, parameters.append)
+    for transceiver in (sending, receiving):
+        aiortc_hooks.release_transceiver_state(transceiver)
+        aiortc_hooks.release_transceiver_state(transceiver)  # again: harmless
+    assert receiving.receiver._RTCRtpReceiver__jitter_buffer is None  # type: ignore[attr-defined]
+    assert sending.sender._RTCRtpSender__rtp_history is None  # type: ignore[attr-defined]
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    peer.getTransceivers()[1].direction = "sendonly"
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    for _ in range(100):
+        if pc.connectionState == "connected" and parameters:
+            break
+        await asyncio.sleep(0.05)
+    assert pc.connectionState == "connected"
+    assert parameters  # the disarmed receiver's callback still got its parameters
+    await pc.getStats()
+    await pc.close()
+    await peer.close()

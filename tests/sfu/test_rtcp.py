@@ -6,6 +6,7 @@ import asyncio
 import struct
 from collections.abc import Callable
 
+import pytest
 from aiortc.rtp import (
     RtcpPacket,
     RtcpPsfbPacket,
@@ -15,7 +16,7 @@ from aiortc.rtp import (
 )
 
 from sfu import rtcp
-from sfu.consumer import RTX_BURST, Consumer
+from sfu.consumer import CACHE_MS, MAX_CACHE, RTX_BURST, Consumer
 from sfu.forwarder import ExtensionLayout, payload_offset
 from sfu.producer import Codec, Producer
 
@@ -35,9 +36,11 @@ def _producer(max_bitrate: int = 0, interval: float = 1.0) -> tuple[Producer[Con
     return producer, upstream
 
 
-def _receive(producer: Producer, seq: int, arrival_ms: int, size: int = 100) -> None:
-    data = struct.pack("!BBHII", 0x80, 97, seq, seq * 3000, 1234) + b"\x10\x01" + bytes(size)
-    producer.receive(data, 0x80, 97, seq, seq * 3000, payload_offset(data), arrival_ms)
+def _receive(producer: Producer, seq: int, arrival_ms: int, size: int = 100,
+             ts: int | None = None) -> None:
+    ts = seq * 3000 if ts is None else ts
+    data = struct.pack("!BBHII", 0x80, 97, seq, ts, 1234) + b"\x10\x01" + bytes(size)
+    producer.receive(data, 0x80, 97, seq, ts, payload_offset(data), arrival_ms)
 
 
 def test_nack_packs_runs_and_wraps_around() -> None:
@@ -289,25 +292,89 @@ def test_retransmissions_go_only_to_the_subscribers_that_asked() -> None:
     producer, upstream = _producer()
     asker, asker_sent = _sink(producer, "asker")
     other, other_sent = _sink(producer, "other")
-    for seq in range(1, 601):  # packet 1 is older than the subscribers' caches now
-        _receive(producer, seq, seq)
+    for seq in range(1, 601):  # 500 a second: packet 1 is older than the subscribers' caches now
+        _receive(producer, seq, 2 * seq)
     first_out = (asker._last_seq - 599) & 0xFFFF
     asker.retransmit([first_out])
     other.retransmit([(other._last_seq - 599) & 0xFFFF])  # the same packet: one upstream NACK
     assert _nacked(upstream) == [[1]]
     before = len(asker_sent), len(other_sent)
-    producer.receive_rtx(*_rtx_of(1), 700)
+    producer.receive_rtx(*_rtx_of(1), 1300)
     assert (len(asker_sent), len(other_sent)) == (before[0] + 1, before[1] + 1)
     third, third_sent = _sink(producer, "third")
-    producer.receive_rtx(*_rtx_of(1, rtx_seq=2), 701)  # a duplicate nobody waits for
+    producer.receive_rtx(*_rtx_of(1, rtx_seq=2), 1301)  # a duplicate nobody waits for
     assert third_sent == [] and producer.rtx_unasked == 1
     assert len(asker_sent) == before[0] + 1
 
     # a hole in what the SFU received: everyone missed it, everyone gets it
-    _receive(producer, 603, 710)
+    _receive(producer, 603, 1310)
     assert _nacked(upstream)[-1] == [601, 602]
-    producer.receive_rtx(*_rtx_of(601, rtx_seq=3), 720)
+    producer.receive_rtx(*_rtx_of(601, rtx_seq=3), 1320)
     assert len(asker_sent) == before[0] + 3 and len(third_sent) == 2
+    producer.close()
+
+
+def _stream(producer: Producer, bitrate: int, seconds: float, first_seq: int = 1, start_ms: int = 0,
+            size: int = 1200) -> tuple[int, int]:
+    """Feed ``seconds`` of ``size``-byte packets at ``bitrate``, stamped (90 kHz) as they arrive;
+    returns (next seq, next ms)."""
+    interval = size * 8 * 1000 / bitrate
+    n = int(seconds * 1000 / interval)
+    for i in range(n):
+        ms = start_ms + int(i * interval)
+        _receive(producer, first_seq + i, ms, size=size - 14, ts=ms * 90)
+    return first_seq + n, start_ms + int(n * interval)
+
+
+def _resend(consumer: Consumer, sent: list[bytes], upstream: list[bytes], back: int) -> bool:
+    """NACK the packet sent ``back`` packets before the newest: True when answered from the
+    cache (resent, nothing asked of the publisher)."""
+    seq = (consumer._last_seq - back) & 0xFFFF
+    sent.clear()
+    nacks = len(_nacked(upstream))
+    consumer.retransmit([seq])
+    resent = [struct.unpack_from("!H", d, 2)[0] for d in sent]
+    assert resent in ([], [seq])
+    return resent == [seq] and len(_nacked(upstream)) == nacks
+
+
+@pytest.mark.parametrize(("bitrate", "size", "age_ms"), [
+    (2_000_000, 1200, 500), (4_000_000, 1200, 900), (500_000, 1200, 900), (64_000, 160, 900),
+])
+def test_a_nack_for_a_packet_up_to_a_second_old_is_answered_from_the_cache(
+        bitrate: int, size: int, age_ms: int) -> None:
+    producer, upstream = _producer()
+    consumer, sent = _sink(producer, "bob")
+    _stream(producer, bitrate, 3.0, size=size)
+    back = int(age_ms * bitrate / (size * 8 * 1000))
+    assert _resend(consumer, sent, upstream, back)
+    assert consumer.retransmitted == 1
+    producer.close()
+
+
+def test_the_cache_holds_about_a_second_whatever_the_bitrate() -> None:
+    producer, upstream = _producer()
+    consumer, sent = _sink(producer, "bob")
+    seq, ms = _stream(producer, 500_000, 5.0)  # ~52 packets a second
+    held = sum(p is not None for p in consumer._cache)
+    assert 52 * CACHE_MS // 1000 <= held <= 52 * 2.5 * CACHE_MS / 1000
+    assert not _resend(consumer, sent, upstream, 52 * 3)  # 3 s old: asked of the publisher
+    assert _nacked(upstream)[-1]
+
+    # faster (~416 packets a second): the ring grows, keeping what it held
+    size = len(consumer._cache)
+    while len(consumer._cache) == size:
+        seq, ms = _stream(producer, 4_000_000, 0.0025, seq, ms)  # one packet
+    assert _resend(consumer, sent, upstream, size - 4)  # held before the growth
+    seq, ms = _stream(producer, 4_000_000, 2.0, seq, ms)
+    assert _resend(consumer, sent, upstream, 416 * 9 // 10)
+    assert len(consumer._cache) <= MAX_CACHE
+
+    # slower again: at its next turn (up to MAX_CACHE packets later) the ring shrinks back,
+    # keeping the newest second
+    _stream(producer, 200_000, 30.0, seq, ms)  # ~21 packets a second
+    assert len(consumer._cache) < 128
+    assert _resend(consumer, sent, upstream, 18)
     producer.close()
 
 
@@ -343,7 +410,7 @@ def test_subscriber_nacks_and_plis_are_deduplicated_and_rate_limited() -> None:
     producer, upstream = _producer()
     consumer, sent = _sink(producer, "bob")
     for seq in range(1, 501):
-        _receive(producer, seq, seq)
+        _receive(producer, seq, seq, ts=seq * 90)  # a packet a millisecond
     sent.clear()
     last = consumer._last_seq
     consumer.retransmit([last])
