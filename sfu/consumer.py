@@ -382,6 +382,10 @@ class Consumer:
         self._sr_sent = {middle: ntp / 2**32}
         self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
 
+    def outgoing_timestamp(self, publisher_ts: int) -> int:
+        """A timestamp of the publisher's as this stream carries it (since the last re-base)."""
+        return (publisher_ts + self._ts_offset) & 0xFFFFFFFF
+
     def report_clock(self) -> tuple[int, int]:
         """(NTP time now, our stream's RTP timestamp now): through the publisher's own NTP↔RTP
         mapping when it sent one (so audio and video of one publisher stay in sync at the

@@ -31,7 +31,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
 
-from bench import sender_hooks
+from bench import client_hooks
 from sfu.api import MediaPlane
 from tests.media_clients import FPS, VIDEO_CLOCK, client_pc, draw_counter, prefer_codec, publish_offer, read_counter
 
@@ -42,7 +42,7 @@ class CaptureClock:
     """Makes a track's sender report the capture time of the last frame it sent, not its send
     time. ``sent`` is called first thing in the track's ``recv``, before any await: aiortc asks
     for the next frame right after the last one's packets went out and set its own pair, with no
-    await in between (tests/bench/test_sender_hooks.py), so no report goes out with that pair."""
+    await in between (tests/bench/test_client_hooks.py), so no report goes out with that pair."""
 
     def __init__(self) -> None:
         self.sender: RTCRtpSender | None = None
@@ -54,10 +54,10 @@ class CaptureClock:
         sender = self.sender
         if sender is None or self.handed is None:
             return
-        ts = sender_hooks.last_sent_timestamp(sender)
+        ts = client_hooks.last_sent_timestamp(sender)
         if ts != self._sent_ts:
             self._sent_ts = ts
-            sender_hooks.set_report_clock(sender, sender_hooks.ntp_of(self.handed), ts)
+            client_hooks.set_report_clock(sender, client_hooks.ntp_of(self.handed), ts)
 
 
 class ClockedCounterTrack(MediaStreamTrack):
