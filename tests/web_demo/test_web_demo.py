@@ -874,6 +874,40 @@ async def ask(client, expert_id: str, expert_name: str, skill: str = "python") -
     await client.get_by_role("button", name=f"Ask {expert_name}").click()
 
 
+async def test_the_final_summary_shows_whichever_of_billing_and_the_end_arrives_first(server, browser) -> None:  # type: ignore[no-untyped-def]
+    # Billing's summary may reach the client before the session's end (they are sent by different
+    # parts of the server): the client's summary must still become final, with the amount.
+    expert = await sign_in(browser, server, "expert", "Ada Expert")
+    await expert.get_by_label("Skills").fill("python")
+    await expert.get_by_label("Pricing").select_option("per_minute")
+    await expert.get_by_label("Price", exact=True).fill("1.50")
+    await expert.get_by_role("button", name="Save profile").click()
+    await expert.get_by_text("You are online: clients can ask you for help.").wait_for()
+    client = await sign_in(browser, server, "client", "Cleo Client")
+
+    def hold_back_the_end(ws) -> None:  # type: ignore[no-untyped-def]
+        def from_server(message: str | bytes) -> None:
+            parsed = json.loads(message)
+            if parsed.get("type") == "session.state" and parsed["session"]["state"] == "ended":
+                asyncio.get_running_loop().call_later(1.5, ws.send, message)
+            else:
+                ws.send(message)
+
+        ws.connect_to_server().on_message(from_server)
+
+    await client.route_web_socket("**/ws", hold_back_the_end)
+    await client.reload()
+    await client.locator("#connection[data-state=open]").wait_for()
+    await ask(client, "ada-expert", "Ada Expert")
+    await expert.get_by_role("button", name="Accept Cleo Client").click()
+    await client.locator("[data-ref=state][data-state=live]").wait_for(timeout=20000)
+    await client.wait_for_function("document.querySelector('[data-testid=running-cost]')?.textContent.startsWith('$')")
+    await client.get_by_role("button", name="Hang up").click()
+    await client.get_by_role("heading", name="Session summary").wait_for(timeout=15000)
+    await client.locator("[data-testid=summary][data-final=true]").wait_for(timeout=15000)
+    assert (await client.get_by_test_id("amount-charged").inner_text()).startswith("$")
+
+
 # An expert's camera that takes 2 s to start (a slow machine, a permission prompt), recording every
 # stream it hands out so that a test can see whether the page stopped them.
 SLOW_CAMERA = """{

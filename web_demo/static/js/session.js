@@ -241,7 +241,8 @@ export class SessionController {
     this.recording = null;
     this.page.hooks.call = null;
     announce(END_REASONS[session.reason] || `The session ended (${session.reason}).`, { assertive: true });
-    this.onEnded(this._summaryData(session));
+    // billing.summary may have come before the end: then these are the final figures already.
+    this.onEnded(this._summaryData(session, Boolean(this.summary)));
     this._fetchTotals(session);
   }
 
