@@ -1,9 +1,11 @@
 """One UDP port per worker: every ICE, DTLS and SRTP datagram of the worker's connections on one
 socket per address (mediasoup's WebRtcServer, LiveKit's single-port mode).
 
-A firewall then opens one port per worker, and a producer's fan-out leaves through one socket
-(``MuxSocket.sendto_batched``): the datagrams one event-loop turn produces go out together, by
-``sendmmsg`` when the C helper (sfu/_fastsend) is built.
+A firewall then opens one port per worker, and a producer's fan-out leaves through one socket:
+RTP joins the socket's batch (``MuxSocket.batch``, filled by aiortc_hooks.RawSender, SRTP-protected
+by fastsend.protect_queue) and the datagrams one event-loop turn produces go out together, by one
+``sendmmsg`` when the C helper (sfu/_fastsend.c) is built. STUN, DTLS and RTCP go at once, through
+asyncio's transport.
 
 Incoming datagrams are demultiplexed as RFC 7983 sorts them:
 
@@ -157,18 +159,6 @@ class MuxSocket(asyncio.DatagramProtocol):
             del self.by_addr[addr]
             self._authenticated.discard(addr)
 
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Send now, through asyncio (STUN, DTLS, RTCP)."""
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
-
-    def sendto_batched(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Send at the end of this event-loop turn, with the other datagrams of the turn."""
-        self._datagrams.append(data)
-        self._addresses.append(addr)
-        if len(self._datagrams) == 1:
-            self.schedule_flush()
-
     def batch(self) -> tuple[list[bytes], list[tuple[str, int]]]:
         """The batch's two lists, for a sender that appends to them itself (RawSender, through
         fastsend.protect_queue); it calls ``schedule_flush`` when it made them non-empty."""
@@ -218,9 +208,6 @@ class UdpMux:
             self.sockets[address] = protocol
             logger.info("media on udp %s:%d (one port for this worker)", address, self.port)
             return protocol
-
-    def dropped(self) -> int:
-        return sum(s.dropped for s in self.sockets.values())
 
     def close(self) -> None:
         for mux in self.sockets.values():

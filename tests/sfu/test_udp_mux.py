@@ -322,9 +322,12 @@ async def test_batched_sends_leave_in_order_on_the_shared_socket() -> None:
         for sock in receivers:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(2)
+        datagrams, addresses = mux.batch()
         for n in range(5):
             for sock in receivers:
-                mux.sendto_batched(b"%d" % n + os.urandom(4), sock.getsockname())
+                datagrams.append(b"%d" % n + os.urandom(4))
+                addresses.append(sock.getsockname())
+        mux.schedule_flush()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         for sock in receivers:
