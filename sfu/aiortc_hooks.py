@@ -332,6 +332,11 @@ _SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
 ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
 
 
+if fastsend.configure_fanout is not None:
+    fastsend.configure_fanout(_SRTP_PROTECT, pylibsrtp.SRTP_MAX_TRAILER_LEN, State.CONNECTED,
+                              pylibsrtp.Error)
+
+
 def batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
     """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` with ``session``
     and append it and ``address`` to a shared socket's batch (sfu.udp_mux); returns the batch's
@@ -367,8 +372,8 @@ class RawSender:
     and address are cached until aioice nominates another pair. On a worker's shared socket
     (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
 
-    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_gate", "_mux", "_nominated",
-                 "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
+    __slots__ = ("_addr", "_addresses", "_context", "_datagrams", "_dtls", "_gate", "_mux",
+                 "_nominated", "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -379,6 +384,8 @@ class RawSender:
         self._addr: Any = None
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
+        # _srtp's libsrtp context, for the C fan-out (sfu/fastsend.py); None without the helper
+        self._context: int | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
         # on a worker's shared socket: its batch, and how packets join it
         self._mux: MuxSocket | None = None
@@ -416,6 +423,8 @@ class RawSender:
             self._srtp = dtls._tx_srtp
             self._protect = fast_protect(self._srtp)
             self._queue = batch_protector(self._srtp)
+            if fastsend.native_fanout is not None:
+                self._context = int(pylibsrtp.ffi.cast("uintptr_t", self._srtp._srtp[0]))
         if self._mux is not None:
             queued = self._queue(data, self._addr, self._datagrams, self._addresses)
             if queued == 1:

@@ -73,6 +73,9 @@ class Consumer:
         self.on_close: list[Callable[[Consumer, str], None]] = []
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
+        # the sfu.aiortc_hooks.RawSender behind send_rtp, for the C fan-out (sfu/fastsend.py),
+        # which does what forward() and the sender do here, reading and writing these attributes
+        self.fast_sender: object | None = None
         self._cache: list[bytes | None] = [None] * MIN_CACHE
         self._mask = MIN_CACHE - 1
         # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
