@@ -162,10 +162,10 @@ static unsigned long long g_protect;
 static int g_trailer;
 static PyObject *g_connected, *g_error;
 static PyObject *s_fast_sender, *s_paused, *s_waiting, *s_epoch_, *s_seq_offset, *s_ts_offset,
-    *s_payload_type, *s_ssrc, *s_dynamic, *s_ext_prefix, *s_ext_tail, *s_ext_words, *s_last_seq,
+    *s_fast_header, *s_last_seq,
     *s_last_ts, *s_last_ms, *s_mask, *s_cache, *s_packets, *s_bytes, *s_forward, *s_failed,
-    *s_dtls, *s_state, *s_nominated, *s_pair, *s_mux, *s_gate, *s_writable,
-    *s_tx_srtp, *s_srtp, *s_context, *s_addr, *s_datagrams, *s_addresses, *s_schedule_flush,
+    *s_dtls, *s_state, *s_nominated, *s_fast, *s_writable,
+    *s_tx_srtp, *s_schedule_flush,
     *s_one;
 
 static PyObject *configure(PyObject *self, PyObject *args) {
@@ -183,28 +183,29 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 /* a borrowed-or-new attribute helper: new reference, NULL with an exception set */
 #define GET(obj, name) PyObject_GetAttr((obj), (name))
 
-/* long from an attribute; -1 with *bad set when it is not an int */
-static long long get_ll(PyObject *obj, PyObject *name, int *bad) {
-    PyObject *v = GET(obj, name);
-    if (v == NULL) { *bad = 1; return -1; }
-    long long r = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    if (r == -1 && PyErr_Occurred()) *bad = 1;
-    return r;
-}
-
-static int set_ll(PyObject *obj, PyObject *name, long long value) {
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL) return -1;
-    int r = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
 static int truth(PyObject *obj, PyObject *name) {
     PyObject *v = GET(obj, name);
     if (v == NULL) return -1;
     int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* A Consumer's plain attributes straight from its __dict__ (borrowed; NULL, without an
+ * exception, when it is not there): PyObject_GetAttr's type lookup and descriptor checks cost
+ * more than the bytecode they replace. */
+static long long dict_ll(PyObject *d, PyObject *name, int *bad) {
+    PyObject *v = PyDict_GetItemWithError(d, name);
+    if (v == NULL || !PyLong_CheckExact(v)) { *bad = 1; return -1; }
+    long long r = PyLong_AsLongLong(v);
+    if (r == -1 && PyErr_Occurred()) { PyErr_Clear(); *bad = 1; }
+    return r;
+}
+
+static int dict_set_ll(PyObject *d, PyObject *name, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL) return -1;
+    int r = PyDict_SetItem(d, name, v);
     Py_DECREF(v);
     return r;
 }
@@ -223,41 +224,38 @@ static void route_clear(route_t *r) {
 
 static int route_of(PyObject *sender, route_t *r) {
     int ok = 0;
-    PyObject *dtls = NULL, *state = NULL, *nominated = NULL, *pair = NULL, *gate = NULL,
-             *tx = NULL, *srtp = NULL, *context = NULL;
+    PyObject *dtls = NULL, *state = NULL, *nominated = NULL, *fast = NULL, *tx = NULL;
     if ((dtls = GET(sender, s_dtls)) == NULL) goto fail;
     if ((state = GET(dtls, s_state)) == NULL) goto fail;
     if (state != g_connected) goto done;
+    /* RawSender._fast: (pair, session, context, address, datagrams, addresses, mux) */
+    if ((fast = GET(sender, s_fast)) == NULL) goto fail;
+    if (!PyTuple_Check(fast) || PyTuple_GET_SIZE(fast) != 7) goto done;
     if ((nominated = GET(sender, s_nominated)) == NULL) goto fail;
-    if ((pair = GET(sender, s_pair)) == NULL) goto fail;
-    if (!PyDict_Check(nominated) || PyDict_GetItemWithError(nominated, s_one) != pair) {
+    if (!PyDict_Check(nominated) ||
+        PyDict_GetItemWithError(nominated, s_one) != PyTuple_GET_ITEM(fast, 0)) {
         if (PyErr_Occurred()) goto fail;
         goto done;
     }
-    if ((r->mux = GET(sender, s_mux)) == NULL) goto fail;
-    if (r->mux == Py_None) goto done;
-    if ((gate = GET(sender, s_gate)) == NULL) goto fail;
-    int writable = truth(gate, s_writable);
+    if ((tx = GET(dtls, s_tx_srtp)) == NULL) goto fail;
+    if (tx != PyTuple_GET_ITEM(fast, 1)) goto done;
+    PyObject *mux = PyTuple_GET_ITEM(fast, 6);
+    int writable = truth(mux, s_writable);
     if (writable < 0) goto fail;
     if (!writable) goto done;
-    if ((tx = GET(dtls, s_tx_srtp)) == NULL) goto fail;
-    if ((srtp = GET(sender, s_srtp)) == NULL) goto fail;
-    if (tx != srtp) goto done;
-    if ((context = GET(sender, s_context)) == NULL) goto fail;
-    if (!PyLong_Check(context)) goto done;
-    r->context = PyLong_AsUnsignedLongLong(context);
+    r->context = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(fast, 2));
     if (PyErr_Occurred()) goto fail;
-    if ((r->addr = GET(sender, s_addr)) == NULL) goto fail;
-    if ((r->datagrams = GET(sender, s_datagrams)) == NULL) goto fail;
-    if ((r->addresses = GET(sender, s_addresses)) == NULL) goto fail;
+    r->datagrams = Py_NewRef(PyTuple_GET_ITEM(fast, 4));
+    r->addresses = Py_NewRef(PyTuple_GET_ITEM(fast, 5));
     if (!PyList_Check(r->datagrams) || !PyList_Check(r->addresses)) goto done;
+    r->addr = Py_NewRef(PyTuple_GET_ITEM(fast, 3));
+    r->mux = Py_NewRef(mux);
     ok = 1;
     goto done;
 fail:
     ok = -1;
 done:
-    Py_XDECREF(dtls); Py_XDECREF(state); Py_XDECREF(nominated); Py_XDECREF(pair);
-    Py_XDECREF(gate); Py_XDECREF(tx); Py_XDECREF(srtp); Py_XDECREF(context);
+    Py_XDECREF(dtls); Py_XDECREF(state); Py_XDECREF(nominated); Py_XDECREF(fast); Py_XDECREF(tx);
     if (ok != 1) route_clear(r);
     return ok;
 }
@@ -275,20 +273,20 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
                        int trailer) {
     int result = -1;
     route_t r = {0};
-    PyObject *sender = NULL, *packet = NULL, *out = NULL, *cache = NULL, *tail = NULL,
-             *dynamic = NULL, *epoch = NULL;
+    PyObject *sender = NULL, *d = NULL, *packet = NULL, *out = NULL;
     int bad = 0;
     if (!g_protect) return 0;
     /* a listener that is not a Consumer with a RawSender (a recording's, a test's) */
     if (_PyObject_LookupAttr(c, s_fast_sender, &sender) < 0) goto end;
     if (sender == NULL || sender == Py_None) { result = 0; goto end; }
-    int paused = truth(c, s_paused);
-    if (paused < 0) goto end;
-    if (paused) { result = 1; goto end; }  /* Consumer.forward's first line */
-    int waiting = truth(c, s_waiting);
-    if (waiting < 0) goto end;
-    if (waiting) { result = 0; goto end; }
-    if ((epoch = GET(c, s_epoch_)) == NULL) goto end;
+    if ((d = PyObject_GenericGetDict(c, NULL)) == NULL) goto end;
+    PyObject *flag = PyDict_GetItemWithError(d, s_paused);
+    if (flag == Py_True) { result = 1; goto end; }  /* Consumer.forward's first line */
+    if (flag != Py_False) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+    flag = PyDict_GetItemWithError(d, s_waiting);
+    if (flag != Py_False) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+    PyObject *epoch = PyDict_GetItemWithError(d, s_epoch_);
+    if (epoch == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
     int same = PyObject_RichCompareBool(epoch, a[8], Py_EQ);
     if (same < 0) goto end;
     if (!same) { result = 0; goto end; }
@@ -296,10 +294,9 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
     if (routed < 0) goto end;
     if (!routed) { result = 0; goto end; }
 
-    long long seq_offset = get_ll(c, s_seq_offset, &bad), ts_offset = get_ll(c, s_ts_offset, &bad),
-              pt = get_ll(c, s_payload_type, &bad), ssrc = get_ll(c, s_ssrc, &bad),
-              last_seq = get_ll(c, s_last_seq, &bad), mask = get_ll(c, s_mask, &bad);
-    if (bad) goto end;
+    long long seq_offset = dict_ll(d, s_seq_offset, &bad), ts_offset = dict_ll(d, s_ts_offset, &bad),
+              last_seq = dict_ll(d, s_last_seq, &bad), mask = dict_ll(d, s_mask, &bad);
+    if (bad) { result = PyErr_Occurred() ? -1 : 0; goto end; }
     long long seq = PyLong_AsLongLong(a[3]), ts = PyLong_AsLongLong(a[4]),
               padding = PyLong_AsLongLong(a[1]), marker = PyLong_AsLongLong(a[2]);
     if (PyErr_Occurred()) goto end;
@@ -310,46 +307,30 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
         goto end;
     }
 
+    /* Consumer._fast_header: (template, kind, prefix), made by Consumer.configure */
+    PyObject *tail = PyDict_GetItemWithError(d, s_fast_header);
+    if (tail == NULL || !PyTuple_Check(tail) || PyTuple_GET_SIZE(tail) != 3 ||
+        !PyBytes_Check(PyTuple_GET_ITEM(tail, 0))) { result = 0; goto end; }
+    PyObject *template = PyTuple_GET_ITEM(tail, 0);
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(tail, 1));
+    long long prefix = PyLong_AsLongLong(PyTuple_GET_ITEM(tail, 2));
+    if (PyErr_Occurred()) goto end;
+    size_t hlen = (size_t)PyBytes_GET_SIZE(template);
+    if (hlen < 12 || hlen > MAX_HEADER || (kind && hlen < 20)) { result = 0; goto end; }
     unsigned char header[MAX_HEADER];
-    size_t hlen = 12;
-    header[0] = (unsigned char)(0x80 | padding);
-    header[1] = (unsigned char)(marker | pt);
+    memcpy(header, PyBytes_AS_STRING(template), hlen);
+    header[0] |= (unsigned char)padding;
+    header[1] |= (unsigned char)marker;
     put16(header + 2, out_seq);
     put32(header + 4, out_ts);
-    put32(header + 8, (unsigned long)ssrc);
-    if ((dynamic = GET(c, s_dynamic)) == NULL) goto end;
-    if (!PyUnicode_Check(dynamic)) { result = 0; goto end; }
-    if (PyUnicode_GET_LENGTH(dynamic) > 0) {
-        long long prefix = get_ll(c, s_ext_prefix, &bad), words = get_ll(c, s_ext_words, &bad);
-        if (bad) goto end;
-        if ((tail = GET(c, s_ext_tail)) == NULL) goto end;
-        if (!PyBytes_Check(tail)) { result = 0; goto end; }
-        Py_ssize_t tlen = PyBytes_GET_SIZE(tail);
-        size_t dlen = 0;
-        unsigned char dyn[4];
-        if (PyUnicode_CompareWithASCIIString(dynamic, "abs") == 0) {
-            long long abs24 = PyLong_AsLongLong(a[6]);
-            put32(dyn, (unsigned long)((prefix | abs24) & 0xFFFFFFFFLL));
-            dlen = 4;
-        } else if (PyUnicode_CompareWithASCIIString(dynamic, "level") == 0) {
-            long long level = PyLong_AsLongLong(a[5]);
-            put16(dyn, (unsigned)((level >= 0 ? (prefix | level) : 0) & 0xFFFF));
-            dlen = 2;
-        } else if (PyUnicode_CompareWithASCIIString(dynamic, "none") != 0) {
-            result = 0;
-            goto end;
-        }
-        if (PyErr_Occurred()) goto end;
-        if (16 + dlen + (size_t)tlen > MAX_HEADER) { result = 0; goto end; }
-        header[0] |= 0x10;
-        put16(header + 12, 0xBEDE);
-        put16(header + 14, (unsigned)words);
-        hlen = 16;
-        memcpy(header + hlen, dyn, dlen);
-        hlen += dlen;
-        memcpy(header + hlen, PyBytes_AS_STRING(tail), (size_t)tlen);
-        hlen += (size_t)tlen;
+    if (kind == 1) {
+        long long abs24 = PyLong_AsLongLong(a[6]);
+        put32(header + 16, (unsigned long)((prefix | abs24) & 0xFFFFFFFFLL));
+    } else if (kind == 2) {
+        long long level = PyLong_AsLongLong(a[5]);
+        put16(header + 16, (unsigned)((level >= 0 ? (prefix | level) : 0) & 0xFFFF));
     }
+    if (PyErr_Occurred()) goto end;
 
     Py_ssize_t n = (Py_ssize_t)hlen + payload_len;
     if ((packet = PyBytes_FromStringAndSize(NULL, n)) == NULL) goto end;
@@ -358,12 +339,12 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
 
     /* Consumer.forward: the stream's newest packet moves its last sequence/timestamp/time */
     if (((out_seq - (unsigned)last_seq) & 0xFFFF) < 0x8000) {
-        if (set_ll(c, s_last_seq, out_seq) < 0 || set_ll(c, s_last_ts, (long long)out_ts) < 0 ||
-            PyObject_SetAttr(c, s_last_ms, a[9]) < 0)
+        if (dict_set_ll(d, s_last_seq, out_seq) < 0 || dict_set_ll(d, s_last_ts, (long long)out_ts) < 0 ||
+            PyDict_SetItem(d, s_last_ms, a[9]) < 0)
             goto end;
     }
-    if ((cache = GET(c, s_cache)) == NULL) goto end;
-    if (!PyList_Check(cache) || (Py_ssize_t)(out_seq & mask) >= PyList_GET_SIZE(cache)) {
+    PyObject *cache = PyDict_GetItemWithError(d, s_cache);
+    if (cache == NULL || !PyList_Check(cache) || (Py_ssize_t)(out_seq & mask) >= PyList_GET_SIZE(cache)) {
         PyErr_SetString(PyExc_IndexError, "list assignment index out of range");
         goto end;
     }
@@ -391,14 +372,17 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
         if (done == NULL) goto end;
         Py_DECREF(done);
     }
-    long long packets = get_ll(c, s_packets, &bad), bytes = get_ll(c, s_bytes, &bad);
-    if (bad || set_ll(c, s_packets, packets + 1) < 0 || set_ll(c, s_bytes, bytes + n) < 0)
+    long long packets = dict_ll(d, s_packets, &bad), bytes = dict_ll(d, s_bytes, &bad);
+    if (bad) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "packets/bytes: not ints");
+        goto end;
+    }
+    if (dict_set_ll(d, s_packets, packets + 1) < 0 || dict_set_ll(d, s_bytes, bytes + n) < 0)
         goto end;
     result = 1;
 end:
     route_clear(&r);
-    Py_XDECREF(sender); Py_XDECREF(packet); Py_XDECREF(out); Py_XDECREF(cache);
-    Py_XDECREF(tail); Py_XDECREF(dynamic); Py_XDECREF(epoch);
+    Py_XDECREF(sender); Py_XDECREF(d); Py_XDECREF(packet); Py_XDECREF(out);
     return result;
 }
 
@@ -471,12 +455,7 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     if ((s_epoch_ = PyUnicode_InternFromString("_epoch")) == NULL) return NULL;
     if ((s_seq_offset = PyUnicode_InternFromString("_seq_offset")) == NULL) return NULL;
     if ((s_ts_offset = PyUnicode_InternFromString("_ts_offset")) == NULL) return NULL;
-    if ((s_payload_type = PyUnicode_InternFromString("payload_type")) == NULL) return NULL;
-    if ((s_ssrc = PyUnicode_InternFromString("ssrc")) == NULL) return NULL;
-    if ((s_dynamic = PyUnicode_InternFromString("_dynamic")) == NULL) return NULL;
-    if ((s_ext_prefix = PyUnicode_InternFromString("_ext_prefix")) == NULL) return NULL;
-    if ((s_ext_tail = PyUnicode_InternFromString("_ext_tail")) == NULL) return NULL;
-    if ((s_ext_words = PyUnicode_InternFromString("_ext_words")) == NULL) return NULL;
+    if ((s_fast_header = PyUnicode_InternFromString("_fast_header")) == NULL) return NULL;
     if ((s_last_seq = PyUnicode_InternFromString("_last_seq")) == NULL) return NULL;
     if ((s_last_ts = PyUnicode_InternFromString("_last_ts")) == NULL) return NULL;
     if ((s_last_ms = PyUnicode_InternFromString("_last_ms")) == NULL) return NULL;
@@ -489,16 +468,9 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     if ((s_dtls = PyUnicode_InternFromString("_dtls")) == NULL) return NULL;
     if ((s_state = PyUnicode_InternFromString("_state")) == NULL) return NULL;
     if ((s_nominated = PyUnicode_InternFromString("_nominated")) == NULL) return NULL;
-    if ((s_pair = PyUnicode_InternFromString("_pair")) == NULL) return NULL;
-    if ((s_mux = PyUnicode_InternFromString("_mux")) == NULL) return NULL;
-    if ((s_gate = PyUnicode_InternFromString("_gate")) == NULL) return NULL;
+    if ((s_fast = PyUnicode_InternFromString("_fast")) == NULL) return NULL;
     if ((s_writable = PyUnicode_InternFromString("writable")) == NULL) return NULL;
     if ((s_tx_srtp = PyUnicode_InternFromString("_tx_srtp")) == NULL) return NULL;
-    if ((s_srtp = PyUnicode_InternFromString("_srtp")) == NULL) return NULL;
-    if ((s_context = PyUnicode_InternFromString("_context")) == NULL) return NULL;
-    if ((s_addr = PyUnicode_InternFromString("_addr")) == NULL) return NULL;
-    if ((s_datagrams = PyUnicode_InternFromString("_datagrams")) == NULL) return NULL;
-    if ((s_addresses = PyUnicode_InternFromString("_addresses")) == NULL) return NULL;
     if ((s_schedule_flush = PyUnicode_InternFromString("schedule_flush")) == NULL) return NULL;
     if ((s_one = PyLong_FromLong(1)) == NULL) return NULL;
     return PyModule_Create(&module);

@@ -372,7 +372,7 @@ class RawSender:
     and address are cached until aioice nominates another pair. On a worker's shared socket
     (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
 
-    __slots__ = ("_addr", "_addresses", "_context", "_datagrams", "_dtls", "_gate", "_mux",
+    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_fast", "_gate", "_mux",
                  "_nominated", "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -384,8 +384,9 @@ class RawSender:
         self._addr: Any = None
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
-        # _srtp's libsrtp context, for the C fan-out (sfu/fastsend.py); None without the helper
-        self._context: int | None = None
+        # for the C fan-out (sfu/fastsend.py), on a shared socket with the helper built: (pair,
+        # session, its libsrtp context, address, the batch's two lists, the socket); else None
+        self._fast: tuple[Any, ...] | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
         # on a worker's shared socket: its batch, and how packets join it
         self._mux: MuxSocket | None = None
@@ -408,7 +409,17 @@ class RawSender:
             self._datagrams, self._addresses = self._mux.batch()
         else:
             self._mux = None
+        self._fast_route()
         return True
+
+    def _fast_route(self) -> None:
+        srtp = self._srtp
+        if self._mux is None or srtp is None or fastsend.native_fanout is None:
+            self._fast = None
+            return
+        context = int(pylibsrtp.ffi.cast("uintptr_t", srtp._srtp[0]))
+        self._fast = (self._pair, srtp, context, self._addr, self._datagrams, self._addresses,
+                      self._mux)
 
     def send_rtp(self, data: bytes) -> bool:
         """True when sent; False when dropped (not connected, or the socket is full or gone)."""
@@ -423,8 +434,7 @@ class RawSender:
             self._srtp = dtls._tx_srtp
             self._protect = fast_protect(self._srtp)
             self._queue = batch_protector(self._srtp)
-            if fastsend.native_fanout is not None:
-                self._context = int(pylibsrtp.ffi.cast("uintptr_t", self._srtp._srtp[0]))
+            self._fast_route()
         if self._mux is not None:
             queued = self._queue(data, self._addr, self._datagrams, self._addresses)
             if queued == 1:

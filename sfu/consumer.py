@@ -90,6 +90,10 @@ class Consumer:
         self._ext_tail = b""
         self._ext_words = 0
         self._dynamic = ""
+        # the same, for the C fan-out (sfu/fastsend.py): (our header with sequence number,
+        # timestamp and dynamic word zero, the dynamic word's kind: 0 none, 1 abs-send-time,
+        # 2 audio level, 3 a static block only, its prefix)
+        self._fast_header: tuple[bytes, int, int] | None = None
 
         # outgoing sequence/timestamp spaces, re-based at each new producer epoch
         self._epoch = -1
@@ -141,6 +145,14 @@ class Consumer:
             "" if not words else "abs" if extensions.abs_send_time_id else
             "level" if extensions.audio_level_id else "none"
         )
+        kind = ("", "abs", "level", "none").index(self._dynamic)
+        if kind == 0:
+            template = fmt.pack(0x80, payload_type, 0, 0, self.ssrc)
+        elif kind == 3:
+            template = fmt.pack(0x90, payload_type, 0, 0, self.ssrc, 0xBEDE, words, tail)
+        else:
+            template = fmt.pack(0x90, payload_type, 0, 0, self.ssrc, 0xBEDE, words, 0, tail)
+        self._fast_header = (template, kind, prefix)
 
     def continue_from(self, previous: Consumer) -> None:
         """Send on from where ``previous`` stopped: the same SSRCs on a reused m-line (a WHEP
