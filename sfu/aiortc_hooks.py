@@ -332,6 +332,11 @@ _SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
 ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
 
 
+if fastsend.configure_fanout is not None:
+    fastsend.configure_fanout(_SRTP_PROTECT, pylibsrtp.SRTP_MAX_TRAILER_LEN, State.CONNECTED,
+                              pylibsrtp.Error)
+
+
 def batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
     """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` with ``session``
     and append it and ``address`` to a shared socket's batch (sfu.udp_mux); returns the batch's
@@ -367,8 +372,8 @@ class RawSender:
     and address are cached until aioice nominates another pair. On a worker's shared socket
     (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
 
-    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_gate", "_mux", "_nominated",
-                 "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
+    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_fast", "_gate", "_mux",
+                 "_nominated", "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -379,6 +384,9 @@ class RawSender:
         self._addr: Any = None
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
+        # for the C fan-out (sfu/fastsend.py), on a shared socket with the helper built: (pair,
+        # session, its libsrtp context, address, the batch's two lists, the socket); else None
+        self._fast: tuple[Any, ...] | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
         # on a worker's shared socket: its batch, and how packets join it
         self._mux: MuxSocket | None = None
@@ -401,7 +409,17 @@ class RawSender:
             self._datagrams, self._addresses = self._mux.batch()
         else:
             self._mux = None
+        self._fast_route()
         return True
+
+    def _fast_route(self) -> None:
+        srtp = self._srtp
+        if self._mux is None or srtp is None or fastsend.native_fanout is None:
+            self._fast = None
+            return
+        context = int(pylibsrtp.ffi.cast("uintptr_t", srtp._srtp[0]))
+        self._fast = (self._pair, srtp, context, self._addr, self._datagrams, self._addresses,
+                      self._mux)
 
     def send_rtp(self, data: bytes) -> bool:
         """True when sent; False when dropped (not connected, or the socket is full or gone)."""
@@ -416,6 +434,7 @@ class RawSender:
             self._srtp = dtls._tx_srtp
             self._protect = fast_protect(self._srtp)
             self._queue = batch_protector(self._srtp)
+            self._fast_route()
         if self._mux is not None:
             queued = self._queue(data, self._addr, self._datagrams, self._addresses)
             if queued == 1:

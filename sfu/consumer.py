@@ -73,6 +73,9 @@ class Consumer:
         self.on_close: list[Callable[[Consumer, str], None]] = []
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
+        # the sfu.aiortc_hooks.RawSender behind send_rtp, for the C fan-out (sfu/fastsend.py),
+        # which does what forward() and the sender do here, reading and writing these attributes
+        self.fast_sender: object | None = None
         self._cache: list[bytes | None] = [None] * MIN_CACHE
         self._mask = MIN_CACHE - 1
         # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
@@ -87,6 +90,10 @@ class Consumer:
         self._ext_tail = b""
         self._ext_words = 0
         self._dynamic = ""
+        # the same, for the C fan-out (sfu/fastsend.py): (our header with sequence number,
+        # timestamp and dynamic word zero, the dynamic word's kind: 0 none, 1 abs-send-time,
+        # 2 audio level, 3 a static block only, its prefix)
+        self._fast_header: tuple[bytes, int, int] | None = None
 
         # outgoing sequence/timestamp spaces, re-based at each new producer epoch
         self._epoch = -1
@@ -138,6 +145,14 @@ class Consumer:
             "" if not words else "abs" if extensions.abs_send_time_id else
             "level" if extensions.audio_level_id else "none"
         )
+        kind = ("", "abs", "level", "none").index(self._dynamic)
+        if kind == 0:
+            template = fmt.pack(0x80, payload_type, 0, 0, self.ssrc)
+        elif kind == 3:
+            template = fmt.pack(0x90, payload_type, 0, 0, self.ssrc, 0xBEDE, words, tail)
+        else:
+            template = fmt.pack(0x90, payload_type, 0, 0, self.ssrc, 0xBEDE, words, 0, tail)
+        self._fast_header = (template, kind, prefix)
 
     def continue_from(self, previous: Consumer) -> None:
         """Send on from where ``previous`` stopped: the same SSRCs on a reused m-line (a WHEP

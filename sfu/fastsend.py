@@ -6,6 +6,12 @@ in Python when it is not; both put the same bytes on the wire.
 - ``protect_queue``: SRTP-protect a packet with libsrtp (through pylibsrtp's session, see
   sfu.aiortc_hooks.batch_protector) and append it and its address to the batch.
 - ``unprotect``: SRTP-unprotect an arriving packet the same way (sfu.aiortc_hooks.unprotector).
+- ``fanout``: one incoming packet to all of a producer's consumers (sfu.producer): for each, what
+  Consumer.forward and RawSender.send_rtp do (header rewrite, NACK ring, protect into the batch,
+  counters) in one C call; what is not the plain case goes to that consumer's Python ``forward``,
+  which stays the reference (tests/sfu/test_fanout.py compares the two byte for byte).
+  ``configure_fanout`` (sfu.aiortc_hooks, at import) gives it libsrtp's protect and aiortc's
+  connected state; until then every consumer takes its Python path.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ SendBatch = Callable[[socket.socket, Datagrams, Addresses], int]
 
 try:
     from sfu._fastsend import (  # type: ignore[import-not-found]
+        configure as configure_fanout,
+        fanout as native_fanout,
         protect_queue as native_protect_queue,
         send_batch as _native_send_batch,
         unprotect as native_unprotect,
     )
 except ImportError:  # built without a compiler: the Python below
     _native_send_batch = native_protect_queue = native_unprotect = None
+    native_fanout = configure_fanout = None
 
 
 def send_batch_python(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:

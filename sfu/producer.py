@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from sfu import congestion, rtcp
+from sfu import congestion, fastsend, rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
 from sfu.nack import UpstreamNacks
 from sfu.options import CongestionOptions
 
+# Producer.receive's fan-out in C when sfu/_fastsend.c is built (None: the Python loop)
+_fanout = fastsend.native_fanout
 MAX_ASKED = 256  # sequence numbers subscribers asked for that we had to ask the publisher for
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
 # libwebrtc drops a keyframe request that comes within 300 ms of the previous one
@@ -305,6 +307,10 @@ class Producer(Generic[Listener]):
             keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
         epoch = self.epoch
+        if _fanout is not None:  # the loop below, in C (sfu/fastsend.py)
+            _fanout(self.consumers, (payload, padding, marker, seq, ts, level, abs24, keyframe,
+                                     epoch, arrival_ms))
+            return
         for consumer in self.consumers:
             try:  # (free in CPython 3.11 until something raises)
                 consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,

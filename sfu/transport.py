@@ -472,6 +472,7 @@ class Transport:
             send_rtcp=raw.send_rtcp if raw is not None else self._send_rtcp,
             congestion=self.router.options.congestion,
         )
+        consumer.fast_sender = raw
         self._rtcp_consumers[ssrc] = consumer
         self._unconfigured.append((transceiver, consumer))
         consumer.on_close.append(lambda c, reason: self._consumer_closed(c, transceiver))

@@ -1,0 +1,248 @@
+"""The C fan-out (sfu/_fastsend.c ``fanout``) against the Python one it replaces (Producer.receive's
+loop over Consumer.forward and RawSender.send_rtp): the same packet stream through both, every
+byte queued for the socket, every NACK ring slot and every counter the same."""
+
+from __future__ import annotations
+
+import random
+import struct
+from types import SimpleNamespace
+from typing import Any
+
+import pylibsrtp
+import pytest
+from aiortc.rtcdtlstransport import State
+
+from sfu import consumer as consumer_module
+from sfu import fastsend
+from sfu import producer as producer_module
+from sfu.aiortc_hooks import RawSender
+from sfu.consumer import Consumer
+from sfu.forwarder import ExtensionLayout
+from sfu.producer import Codec, Producer
+
+from .test_rtcp import FakeScheduler
+
+pytestmark = pytest.mark.unit
+
+VP8 = Codec("video/VP8", 90000, 97, rtx_payload_type=98, nack=True, pli=True, remb=True)
+OPUS = Codec("audio/opus", 48000, 111)
+KEY = b"\x10\x00\x9d\x01\x2a"  # VP8: start of partition 0, keyframe
+DELTA = b"\x10\x01\x9d"  # VP8: start of partition 0, delta frame
+
+
+class FakeMux:
+    """What RawSender needs of a worker's shared socket (sfu.udp_mux.MuxSocket)."""
+
+    def __init__(self) -> None:
+        self.writable = True
+        self.flushes = 0
+
+    def schedule_flush(self) -> None:
+        self.flushes += 1
+
+
+def _session(key: int) -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=bytes([key]) * 30,
+                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    return pylibsrtp.Session(policy=policy)
+
+
+def _sender(key: int, port: int) -> tuple[RawSender, FakeMux, list[bytes], list[Any]]:
+    """A RawSender routed to a shared socket's batch, as RawSender._route leaves it."""
+    pair = SimpleNamespace(protocol=None, remote_addr=("127.0.0.1", port))
+    dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=_session(key),
+                           transport=SimpleNamespace(_connection=SimpleNamespace(
+                               _nominated={1: pair})))
+    raw = RawSender(dtls)  # type: ignore[arg-type]
+    mux = FakeMux()
+    datagrams: list[bytes] = []
+    addresses: list[Any] = []
+    raw._pair, raw._mux, raw._gate, raw._addr = pair, mux, mux, pair.remote_addr  # type: ignore[assignment]
+    raw._datagrams, raw._addresses = datagrams, addresses
+    return raw, mux, datagrams, addresses
+
+
+def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
+    b0, b1, seq, ts, _ = struct.unpack_from("!BBHII", data)
+    offset = 12 + (b0 & 0x0F) * 4
+    if b0 & 0x10:
+        offset += 4 + struct.unpack_from("!H", data, offset + 2)[0] * 4
+    return data, b0, b1, seq, ts, offset
+
+
+def _packet(seq: int, ts: int, payload: bytes, marker: int = 0, level: int | None = None,
+            pt: int = 97) -> bytes:
+    b0 = 0x80
+    extensions = b""
+    if level is not None:  # audio level, id 2 on the publisher's side
+        b0 |= 0x10
+        extensions = struct.pack("!HHBBH", 0xBEDE, 1, 0x20, 0x80 | level, 0)
+    return struct.pack("!BBHII", b0, (marker << 7) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF,
+                       1234) + extensions + payload
+
+
+def _world(native: bool) -> dict[str, Any]:
+    """Run one packet stream through a video and an audio producer and their consumers; return
+    everything they sent and kept."""
+    random.seed(15)
+    scheduler = FakeScheduler()
+    video: Producer[Consumer] = Producer("v", "alice", "video", VP8, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=scheduler)
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=scheduler)
+    video.attach_source(1234, None, 0, lambda d: True)
+    audio.attach_source(1234, None, 2, lambda d: True)
+    consumers: dict[str, Consumer] = {}
+    senders: dict[str, tuple[RawSender, FakeMux, list[bytes], list[Any]]] = {}
+    plain: dict[str, list[bytes]] = {}
+
+    def add(name: str, producer: Producer[Consumer], layout: ExtensionLayout, *,
+            fast: bool = True, resume: bool = True, broken: bool = False) -> Consumer:
+        index = len(consumers)
+        if fast:
+            senders[name] = _sender(index + 1, 40000 + index)
+            raw = senders[name][0]
+            consumer = Consumer(name, producer, name, ssrc=0x1000 + index, rtx_ssrc=0x2000 + index,
+                                send_rtp=raw.send_rtp, send_rtcp=raw.send_rtcp)
+            consumer.fast_sender = raw
+        else:
+            sent = plain[name] = []
+
+            def send(data: bytes) -> bool:
+                if broken:
+                    raise RuntimeError("broken")
+                sent.append(data)
+                return True
+
+            consumer = Consumer(name, producer, name, ssrc=0x1000 + index, rtx_ssrc=0x2000 + index,
+                                send_rtp=send, send_rtcp=lambda d: True)
+        consumer.configure(100 + index, 120 + index, layout)
+        producer.add_consumer(consumer)
+        if resume:
+            consumer.resume()
+        consumers[name] = consumer
+        return consumer
+
+    add("abs_mid", video, ExtensionLayout(mid_id=4, mid="0", abs_send_time_id=9))
+    add("mid", video, ExtensionLayout(mid_id=3, mid="video-17"))
+    add("bare", video, ExtensionLayout())
+    add("plain", video, ExtensionLayout(mid_id=4, mid="1"), fast=False)
+    add("broken", video, ExtensionLayout(), fast=False, broken=True)
+    add("paused", video, ExtensionLayout(abs_send_time_id=2), resume=False)
+    gated = add("gated", video, ExtensionLayout(abs_send_time_id=2))
+    refused = add("refused", video, ExtensionLayout(mid_id=1, mid="9"))
+    add("level_mid", audio, ExtensionLayout(mid_id=4, mid="2", audio_level_id=1))
+    add("level", audio, ExtensionLayout(audio_level_id=5))
+    add("audio_bare", audio, ExtensionLayout())
+
+    # "refused": its SRTP session already protected the sequence numbers it is about to send,
+    # so libsrtp refuses them as replays (a raise in the fan-out, counted in send_errors)
+    session = senders["refused"][0]._dtls._tx_srtp
+    for n in range(1, 40):
+        session.protect(struct.pack("!BBHII", 0x80, 100, (refused._last_seq + n) & 0xFFFF, 0,
+                                    refused.ssrc) + b"x")
+
+    forwards = 0
+    original = Consumer.forward
+
+    def counting(self: Consumer, *args: Any) -> None:
+        nonlocal forwards
+        forwards += 1
+        original(self, *args)
+
+    saved = producer_module._fanout, producer_module.current_ms, consumer_module.current_ms
+    producer_module._fanout = fastsend.native_fanout if native else None
+    # the wall clock (a replay's arrival time, when a NACK was answered) the same in both runs
+    producer_module.current_ms = consumer_module.current_ms = lambda: 3_900_000_001_000
+    Consumer.forward = counting  # type: ignore[method-assign,assignment]
+    try:
+        seq, ts, arrival = 65400, 4_000_000_000, 3_900_000_000_000
+        for n in range(700):
+            if n == 300:  # the publisher reconnects: a new epoch, video waits for a keyframe
+                video.attach_source(1234, None, 0, lambda d: True)
+                audio.attach_source(1234, None, 2, lambda d: True)
+                seq, ts = 100, 50_000
+            if n == 120:
+                senders["gated"][1].writable = False  # the socket's buffer is full
+            if n == 160:
+                senders["gated"][1].writable = True
+            if n == 200:
+                gated.pause()
+            if n == 230:
+                gated.resume()
+            if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
+                senders["bare"][0]._dtls._tx_srtp = _session(99)
+            arrival += 3 + n % 5
+            frame = n // 6
+            keyframe = n % 90 == 0 or n in (301, 455)
+            payload = (KEY if keyframe else DELTA) + bytes([n & 0xFF]) * (n % 200)
+            vts = ts + frame * 3000
+            if n % 17 == 5:
+                seq += 1  # a packet lost on the way
+            if n % 23 == 7:  # a late one, older than the newest
+                video.receive(*_split(_packet(seq - 3, vts, payload)), arrival)
+            video.receive(*_split(_packet(seq, vts, payload, marker=n % 6 == 5)), arrival)
+            audio.receive(*_split(_packet(seq, ts + n * 960, bytes([n & 0xFF]) * 60, pt=111,
+                                          level=None if n % 11 == 0 else n % 100)), arrival)
+            seq += 1
+        for consumer in consumers.values():  # NACKs are answered from the ring the fan-out filled
+            consumer.rtt = 0.001
+            consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in range(0, 300, 7)])
+    finally:
+        Consumer.forward = original  # type: ignore[method-assign]
+        producer_module._fanout, producer_module.current_ms, consumer_module.current_ms = saved
+
+    state = {
+        name: {key: getattr(c, key) for key in (
+            "_cache", "_mask", "_rtx_ms", "_last_seq", "_last_ts", "_last_ms", "_seq_offset",
+            "_ts_offset", "_epoch", "_turn_seq", "_turn_ts", "packets", "bytes",
+            "packets_dropped", "send_errors", "retransmitted", "paused", "_waiting")}
+        for name, c in consumers.items()
+    }
+    return {
+        "state": state,
+        "batches": {name: (list(d), list(a), mux.flushes) for name, (_, mux, d, a) in senders.items()},
+        "plain": plain,
+        "forwards": forwards,
+    }
+
+
+def test_the_c_fan_out_sends_and_keeps_what_the_python_one_does() -> None:
+    assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    python = _world(native=False)
+    native = _world(native=True)
+    assert native["batches"] == python["batches"]
+    assert native["plain"] == python["plain"]
+    for name, state in python["state"].items():
+        assert native["state"][name] == state, name
+    # the stream exercised what it should: rings resized, packets sent, dropped and refused
+    state = python["state"]
+    assert state["abs_mid"]["_mask"] > 63 and state["abs_mid"]["packets"] > 500
+    assert state["gated"]["packets_dropped"] > 0
+    assert state["refused"]["send_errors"] > 0 and state["broken"]["send_errors"] > 0
+    assert state["paused"]["packets"] == 0
+    assert all(s["retransmitted"] for n, s in state.items() if n not in ("paused", "broken"))
+    # ... and the C path took most of it: Consumer.forward ran for what is not the plain case
+    assert native["forwards"] < python["forwards"] // 3
+
+
+def test_protected_datagrams_decrypt_to_the_rewritten_packets() -> None:
+    native = _world(native=True)
+    datagrams, _, _ = native["batches"]["abs_mid"]
+    policy = pylibsrtp.Policy(key=bytes([1]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    receiver = pylibsrtp.Session(policy=policy)
+    plaintexts = []
+    for data in datagrams:
+        try:
+            plaintexts.append(receiver.unprotect(data))
+        except pylibsrtp.Error:
+            pass  # a retransmission of a packet already received: a replay to libsrtp
+    state = native["state"]["abs_mid"]
+    assert len(plaintexts) == state["packets"] + state["retransmitted"]  # RTX: its own SSRC
+    cache = [p for p in state["_cache"] if p is not None]
+    # every packet the ring can answer a NACK with went out (a late duplicate of an old one
+    # takes its slot, with that slot's sequence number, but libsrtp refuses it as a replay)
+    sent = {p[2:4] for p in plaintexts}
+    assert cache and all(p[2:4] in sent for p in cache)
+    assert set(cache) & set(plaintexts)
