@@ -245,8 +245,8 @@ class Consumer:
 
     def _turned(self, out_seq: int, out_ts: int) -> None:
         """The ring came round (once every len(ring) packets): resize it to hold CACHE_MS at
-        the rate of the turn just ended, in powers of two; shrink only to a size that holds a
-        tenth more than that (a ring that a keyframe's burst grew goes back after the burst)."""
+        the rate of the turn just ended, in powers of two (a ring that a keyframe's burst grew
+        goes back at the next turn at the usual rate; a steady rate keeps its size)."""
         started, self._turn_ts = self._turn_ts, out_ts
         packets, self._turn_seq = (out_seq - self._turn_seq) & 0xFFFF, out_seq
         elapsed = (out_ts - started) & 0xFFFFFFFF
@@ -257,8 +257,6 @@ class Consumer:
         # packet in slot 0 is not len(ring) packets long)
         needed = packets * CACHE_MS * self._clock_per_ms / max(elapsed, 1)
         wanted = _ring_size(needed)
-        if wanted < size:
-            wanted = _ring_size(needed * 1.1)
         if wanted != size:
             self._resize(wanted, out_seq)
 
