@@ -483,14 +483,18 @@ UNUSED_SENDER_STATE = (
 def release_transceiver_state(transceiver: RTCRtpTransceiver) -> None:
     """For an m-line whose media the SFU carries itself, one way: disarm whichever of its
     receiver and sender is not yet (the SFU neither sends media on a publish m-line nor receives
-    any on a subscribe one), then drop both sides' unused state. Repeated calls are harmless."""
+    any on a subscribe one), then drop each side's unused state. A side aiortc already started
+    (an m-line negotiated before it carried a track, then reused) is left as it is: its stop()
+    needs that state. Repeated calls are harmless."""
     receiver, sender = transceiver.receiver, transceiver.sender
-    disarm_receiver(receiver, _ignore_parameters)  # (kept as it is when already disarmed)
-    disarm_sender(sender)
-    for name in UNUSED_RECEIVER_STATE:
-        setattr(receiver, f"_RTCRtpReceiver__{name}", None)
-    for name in UNUSED_SENDER_STATE:
-        setattr(sender, f"_RTCRtpSender__{name}", None)
+    if not receiver._RTCRtpReceiver__started:  # type: ignore[attr-defined]
+        disarm_receiver(receiver, _ignore_parameters)  # (kept as it is when already disarmed)
+        for name in UNUSED_RECEIVER_STATE:
+            setattr(receiver, f"_RTCRtpReceiver__{name}", None)
+    if not sender._RTCRtpSender__started:  # type: ignore[attr-defined]
+        disarm_sender(sender)
+        for name in UNUSED_SENDER_STATE:
+            setattr(sender, f"_RTCRtpSender__{name}", None)
 
 
 def _ignore_parameters(parameters: RTCRtpReceiveParameters) -> None:
