@@ -47,8 +47,14 @@ def expertcall_target(sfu_workers: int) -> str:
     return "expertcall" if sfu_workers == 1 else f"expertcall-{sfu_workers}w"
 
 
+# expertcall as a signalling node and an SFU node, each a process (bench/split_nodes.py)
+NODE_TARGET = "expertcall-node"
+
+
 def sfu_workers_of(target: str) -> int:
-    return 1 if target == "expertcall" else int(target.removeprefix("expertcall-").removesuffix("w"))
+    if target in ("expertcall", NODE_TARGET):
+        return 1
+    return int(target.removeprefix("expertcall-").removesuffix("w"))
 IDLE_SECONDS = 2.0  # after start-up, before the calls: the idle server's CPU and memory
 
 
@@ -72,6 +78,8 @@ class Servers:
     cpus: str = ""  # taskset CPU list, "" for all
     janus_event_loops: int = 0  # 0: Janus's default, a loop and thread per handle
     sfu_workers: tuple[int, ...] = (1,)  # expertcall runs with each of these SFU worker counts
+    sfu_node: bool = False  # and split: a signalling node and an SFU node (NODE_TARGET)
+    media_port: int = 0  # expertcall's one UDP port per SFU worker (base); 0: a socket per connection
 
 
 def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
@@ -79,7 +87,10 @@ def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
     directory = servers.data_dir / f"{target}-{calls}-{round_}"
     if target != "janus":
         env = {**SERVER_ENV, "EXPERTCALL_SFU_WORKERS": str(sfu_workers_of(target))}
-        server = start_server("expertcall", directory, log, servers.nice, servers.cpus, env)
+        if servers.media_port:
+            env["EXPERTCALL_MEDIA_PORT"] = str(servers.media_port)
+        server = start_server(NODE_TARGET if target == NODE_TARGET else "expertcall", directory, log,
+                              servers.nice, servers.cpus, env)
         try:
             asyncio.run(register_experts([server.url], server.token, [f"e{i}" for i in range(calls)], PRICE))
         except BaseException:
@@ -220,7 +231,8 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
     """Every count, ``rounds`` times, each target back to back (so that both meet the machine in
     the same mood): the runs and what they add up to. ``load`` is each run's, but for its
     ``calls``."""
-    targets = [expertcall_target(w) for w in servers.sfu_workers] + ([reference] if reference else [])
+    targets = [expertcall_target(w) for w in servers.sfu_workers] + ([NODE_TARGET] if servers.sfu_node else []) \
+        + ([reference] if reference else [])
     if reference == "janus":
         from .janus import janus_library_dir, loopback_shim
 
@@ -236,7 +248,9 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
         "config": {"calls": counts, "rounds": rounds, "duration": load.duration, "join_rate": load.join_rate,
                    "settle": load.settle, "client_processes": load.workers, "client_nice": load.client_nice,
                    "server_cpus": servers.cpus or "all",
+                   "media_port": servers.media_port or "a socket per connection",
                    "server_nice": servers.nice, "targets": targets, "sfu_workers": list(servers.sfu_workers),
+                   "sfu_node": servers.sfu_node,
                    **({"janus_event_loops": servers.janus_event_loops or "one per handle"}
                       if reference == "janus" else {}),
                    "call": "2 participants, each VP8 640x480 30 fps ~500 kbps + Opus 20 ms, watching the other"},
@@ -250,6 +264,9 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
     }
     if reference:
         result["reference"] = report.call_ratios(runs, reference, base=targets[0])
+    if servers.sfu_node:
+        # the split (signalling node + SFU node) over the first target, round by round: the link's cost
+        result["sfu_node_ratios"] = report.call_ratios(runs, NODE_TARGET, base=targets[0])
     if len(servers.sfu_workers) > 1:
         # each worker count's figures over the first's, round by round (CPU per call: the channel's cost)
         result["sfu_workers_ratios"] = {

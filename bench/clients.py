@@ -21,7 +21,7 @@ Either negotiates over WHIP/WHEP (``start``, the client offers), or through any 
 ``Subscriber.answer`` answers an offer the server makes (expertcall's subscribe transport, a
 Janus VideoRoom subscription).
 
-Every private hook into aiortc used here is in the ``_hook_*`` functions (aiortc is pinned).
+Every private reach into aiortc used here goes through ``bench/client_hooks.py`` (pinned).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from aiortc.rtp import (
 from aiortc.sdp import SessionDescription
 from yarl import URL
 
+from sfu.aiortc_hooks import sender_ssrcs
+
+from . import client_hooks
 from .encoded import AUDIO_CLOCK, VIDEO_CLOCK, EncodedAudio, EncodedVideo
 from .loopback import no_ice_servers
 
@@ -165,20 +168,19 @@ class _Outgoing:
         self.timestamp_base = random.randint(0, 0xFFFFFFFF)
         self.packets = 0
         self._raw = RawSender(sender.transport)
-        extensions_map = sender._RTCRtpSender__rtp_header_extensions_map
+        extensions_map = client_hooks.header_extensions(sender)
         self._history = _History(extensions_map)
-        sender._RTCRtpSender__rtp_history = self._history
+        client_hooks.replace_history(sender, self._history)
         # The one-byte header extensions aiortc would write (RFC 8285): mid, then abs-send-time,
         # whose 3 bytes are filled in per frame.
-        ids = extensions_map._HeaderExtensionsMap__ids
-        mid = sender._RTCRtpSender__mid.encode()
-        self._ext_head = bytes((ids.mid << 4 | len(mid) - 1,)) + mid if ids.mid and mid else b""
-        self._abs_id = ids.abs_send_time
+        mid_id, self._abs_id = client_hooks.extension_ids(extensions_map)
+        mid = client_hooks.sender_mid(sender).encode()
+        self._ext_head = bytes((mid_id << 4 | len(mid) - 1,)) + mid if mid_id and mid else b""
         size = len(self._ext_head) + (4 if self._abs_id else 0)
         self._ext_pad = bytes(-size % 4)
         self._ext_profile = struct.pack("!HH", 0xBEDE, (size + len(self._ext_pad)) // 4) if size else b""
         self._first_byte = 0x90 if size else 0x80
-        self._ssrc = sender._ssrc
+        self._ssrc = sender_ssrcs(sender)[0]
 
     def send_frame(self, payloads: list[bytes], timestamp: int, marker: bool) -> None:
         """One frame's packets, the marker bit on the last if ``marker``."""
@@ -198,11 +200,7 @@ class _Outgoing:
             self.sequence = (self.sequence + 1) & 0xFFFF
             octets += len(payload)
         self.packets += len(payloads)
-        sender = self.sender
-        sender._RTCRtpSender__packet_count += len(payloads)
-        sender._RTCRtpSender__octet_count += octets
-        sender._RTCRtpSender__ntp_timestamp = ntp
-        sender._RTCRtpSender__rtp_timestamp = timestamp
+        client_hooks.count_sent(self.sender, len(payloads), octets, ntp, timestamp)
 
 
 class Publisher:
@@ -236,8 +234,7 @@ class Publisher:
         """Offer our tracks through ``exchange``, wait for ICE and DTLS, start sending."""
         video = self.pc.addTransceiver(_Idle("video"), direction="sendonly")
         audio = self.pc.addTransceiver(_Idle("audio"), direction="sendonly") if self.audio else None
-        # RTCRtpSender._handle_rtcp_packet calls self._send_keyframe() on PLI and FIR.
-        video.sender._send_keyframe = self._request_keyframe  # type: ignore[method-assign]
+        client_hooks.on_keyframe_request(video.sender, self._request_keyframe)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answer = await exchange(self.pc.localDescription.sdp)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
@@ -449,8 +446,8 @@ class Subscriber:
     def _hook_transceivers(self) -> list[Any]:
         transports = []
         for transceiver in self.pc.getTransceivers():
-            _hook_receiver(transceiver.receiver)
-            _hook_transport(transceiver.receiver.transport, self._on_rtp)
+            client_hooks.idle_receiver(transceiver.receiver)
+            client_hooks.take_rtp(transceiver.receiver.transport, self._on_rtp)
             transports.append(transceiver.receiver.transport)
         return transports
 
@@ -611,26 +608,6 @@ class Subscriber:
         await self.pc.close()
 
 
-def _hook_receiver(receiver: Any) -> None:
-    """RTCRtpReceiver.receive would start a decoder thread and an RTCP task: do neither."""
-
-    async def receive(parameters: Any) -> None:
-        return None
-
-    receiver.receive = receive
-
-
-def _hook_transport(transport: Any, on_rtp: Any) -> None:
-    """RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) with
-    the decrypted packet; SR/SDES from the sender are of no use to a counter."""
-
-    async def ignore_rtcp(data: bytes) -> None:
-        return None
-
-    transport._handle_rtp_data = on_rtp
-    transport._handle_rtcp_data = ignore_rtcp
-
-
 def _hook_sockets(transport: Any,
                   on_datagram: Callable[[bytes, pylibsrtp.Session, int], None]) -> None:
     """Take SRTP straight from the sockets once DTLS has keyed it. aioice's
@@ -638,14 +615,14 @@ def _hook_sockets(transport: Any,
     it for RTCDtlsTransport._recv_next on another task; for a subscriber that only counts
     packets that is most of its cost, and its queueing would be charged to the server as
     latency. STUN and DTLS still take aiortc's path."""
-    for protocol in transport.transport._connection._protocols:
+    for protocol in client_hooks.socket_protocols(transport):
         through_aioice = protocol.datagram_received
         fd = protocol.transport.get_extra_info("socket").fileno()
         kernel_arrival(fd)  # from now on, the kernel stamps what this socket receives
 
         def datagram_received(data: bytes, addr: Any, through_aioice: Any = through_aioice,
                               fd: int = fd) -> None:
-            srtp = transport._rx_srtp
+            srtp = client_hooks.rx_srtp(transport)
             if srtp is not None and 127 < data[0] < 192 and len(data) > 12:
                 on_datagram(data, srtp, fd)
             else:

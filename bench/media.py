@@ -187,7 +187,7 @@ def _check_cpus(cpus: str) -> None:
 def _media_calls(counts: list[int], reference: str | None, duration: float, json_path: Path,
                  plot_path: Path | None, join_rate: float, settle: float, workers: int, rounds: int,
                  server_nice: int, client_nice: int, pin_server: str, janus_event_loops: int,
-                 sfu_workers: list[int]) -> None:
+                 sfu_workers: list[int], sfu_node: bool = False, media_port: int = 0) -> None:
     click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
     encoded.video(fps=30)
     encoded.audio()
@@ -196,7 +196,8 @@ def _media_calls(counts: list[int], reference: str | None, duration: float, json
         load = calls.CallLoad(0, duration, join_rate, settle, workers, client_nice)  # calls: each count's
         result = calls.sweep(counts, reference, load,
                              calls.Servers(data_dir, json_path.with_suffix(""), server_nice, pin_server,
-                                           janus_event_loops, tuple(dict.fromkeys(sfu_workers))), rounds)
+                                           janus_event_loops, tuple(dict.fromkeys(sfu_workers)), sfu_node,
+                                           media_port), rounds)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     report.write_json(json_path, result)
@@ -260,9 +261,15 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
 @click.option("--sfu-workers", "sfu_workers", default="1", show_default=True,
               help="With --calls: SFU worker processes of the expertcall server, or several to compare "
                    "such as 1,2 (each count is a target of its own; 1 keeps the SFU in the server's process).")
+@click.option("--sfu-node", "sfu_node", is_flag=True, default=False,
+              help="With --calls: also run expertcall split, a signalling node and an SFU node (--role), "
+                   "each a process, finding each other in Redis on 127.0.0.1:6379 (docs/deployment.md).")
 @click.option("--record", is_flag=True, default=False,
               help="Measure recording instead: CPU per recorded stream and disk bytes per second, "
                    "--publishers streams, windows forwarding-only and recording alternating --rounds times.")
+@click.option("--media-port", type=click.IntRange(0, 65535), default=0,
+              help="Run the expertcall server with one UDP port per SFU worker from this base port "
+                   "(serve --media-port). [default: a socket per connection]")
 @click.option("--pin-server", "pin_server", default="",
               help="Pin the servers started (and every process they start) to these CPUs, a taskset list "
                    "such as 1 or 0-3; the clients stay unpinned. [default: not pinned]")
@@ -270,7 +277,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
           plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
           token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
           server_nice: int, client_nice: int, janus_event_loops: int, sfu_workers: str, pin_server: str,
-          record: bool) -> None:
+          sfu_node: bool, record: bool, media_port: int) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
     with --calls, carrying two-party calls, or, with --record, recording."""
     if pin_server:
@@ -278,6 +285,8 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
     if calls is None and click.get_current_context().get_parameter_source("sfu_workers") \
             is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--sfu-workers is for --calls; the other benches run the SFU in the server's process")
+    if calls is None and sfu_node:
+        raise click.UsageError("--sfu-node is for --calls")
     if record:
         if calls is not None or reference or url:
             raise click.UsageError("--record measures recording alone: without --calls, --reference or --url")
@@ -294,7 +303,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
             raise click.UsageError("--reference mediarelay is for the fan-out bench; with --calls use janus")
         _media_calls(_counts(calls, "call"), reference, duration, json_path, plot_path, join_rate or 10.0,
                      settle, workers, rounds, server_nice, client_nice, pin_server, janus_event_loops,
-                     _counts(sfu_workers, "SFU worker"))
+                     _counts(sfu_workers, "SFU worker"), sfu_node, media_port)
         return
     if reference == "janus":
         raise click.UsageError("--reference janus runs with --calls (two-party calls)")
@@ -321,7 +330,8 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
         else:
             # the SFU in the server's process, as the fan-out figures have always been measured
             servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice, pin_server,
-                                        {"EXPERTCALL_SFU_WORKERS": "1"}))
+                                        {"EXPERTCALL_SFU_WORKERS": "1",
+                                         **({"EXPERTCALL_MEDIA_PORT": str(media_port)} if media_port else {})}))
         if reference:
             servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice,
                                         pin_server))
@@ -342,6 +352,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
                    "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
                    "client_nice": client_nice,
                    "server_cpus": pin_server or "all",
+                   "media_port": media_port or "a socket per connection",
                    "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},

@@ -145,6 +145,8 @@ class MediaRelayPlane:
         except (ValueError, InternalError, InvalidAccessError, InvalidStateError) as exc:
             await self._leave(room, offer.room_id, offer.participant_id, offer.transport)
             raise MediaError("bad_sdp", f"the offer could not be applied: {exc}") from None
+        if offer.replaces:  # the old publisher goes; its viewers are not moved (no renegotiation)
+            await self._leave(room, offer.room_id, offer.replaces, None)
         return Answer(pc.localDescription.sdp)
 
     async def _leave(self, room: _Room, room_id: str, participant_id: str, transport: str | None) -> None:

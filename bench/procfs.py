@@ -60,6 +60,8 @@ def processes_cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
             role = "main"
         elif b"sfu.worker_process" in argv and argv.index(b"sfu.worker_process") + 1 < len(argv):
             role = f"sfu-worker-{argv[argv.index(b'sfu.worker_process') + 1].decode()}"
+        elif b"--role" in argv and argv.index(b"--role") + 1 < len(argv):  # bench.split_nodes's nodes
+            role = f"{argv[argv.index(b'--role') + 1].decode()}-node"
         else:
             role = os.path.basename(argv[0].decode(errors="replace")) or str(pid)
         found[pid] = (role, cpu)

@@ -91,6 +91,10 @@ class RemotePlane:
         self._waiting: dict[int, asyncio.Future[Message]] = {}
         self._next = 0
         self._handlers: list[Callable[[Message], None]] = []
+        # The reader thread hands items to the loop only while the plane is open: ``close``
+        # shuts this door (under the lock) before the loop may close.
+        self._open = True
+        self._door = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -99,9 +103,16 @@ class RemotePlane:
             try:
                 item = self.conn.recv()
             except (EOFError, OSError):
-                self.loop.call_soon_threadsafe(self._lost)
+                self._hand_over(self._lost)
                 return
-            self.loop.call_soon_threadsafe(self._deliver, item)
+            if not self._hand_over(self._deliver, item):
+                return
+
+    def _hand_over(self, callback: Callable[..., None], *args: Any) -> bool:
+        with self._door:
+            if self._open:
+                self.loop.call_soon_threadsafe(callback, *args)
+            return self._open
 
     def _lost(self) -> None:
         """The server process is gone: what waits for it fails instead of waiting forever."""
@@ -133,11 +144,16 @@ class RemotePlane:
     def on_event(self, handler: Callable[[Message], None]) -> None:
         self._handlers.append(handler)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Ask the server to stop and wait (up to ``timeout``) for it to close the pipe, its
+        last events delivered; after this the reader thread never touches the event loop."""
         try:
             self.conn.send(None)
         except OSError:  # the server process has exited already
             pass
+        await asyncio.to_thread(self._reader.join, timeout)
+        with self._door:
+            self._open = False
 
 
 def _spread(values: list[float], digits: int) -> dict[str, Any]:

@@ -82,6 +82,8 @@ def start_server(name: str, data_dir: Path, log_path: Path, nice: int = 0, cpus:
     if name in ("sfu", "expertcall"):
         command = [sys.executable, "-m", "signalling.app.cli", "serve", "--port", str(port),
                    "--media-loopback", "--data-dir", str(data_dir / name), "--no-demo"]
+    elif name == "expertcall-node":  # a signalling node and an SFU node, children of one launcher
+        command = [sys.executable, "-m", "bench.split_nodes", "--port", str(port), "--data-dir", str(data_dir / name)]
     else:
         command = [sys.executable, "-m", "bench.mediarelay", "--port", str(port), "--secret", secret,
                    "--data-dir", str(data_dir / name)]

@@ -11,6 +11,7 @@ loudly if any name used here moves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -31,7 +32,9 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 
+from sfu import fastsend
 from sfu.forwarder import MAX_PROTECTED_RTP, SRTP_BUFFER, current_ms
+from sfu.udp_mux import MuxSocket
 
 # Called as handler(data, arrival_time_ms=...) by RTCDtlsTransport._recv_next.
 RtpHandler = Callable[..., Awaitable[None]]
@@ -42,7 +45,7 @@ RelayGatherer = Callable[[int], Awaitable[list[Candidate]]]
 CandidateGatherer = Callable[[Any, int, RelayGatherer], Awaitable[list[Candidate]]]
 
 _HOOKED = "_expertcall_hooked"
-_SINK = "_expertcall_rtp_sink"  # on an aioice Connection: (its DTLS transport, RtpSink)
+_SINK = "_expertcall_rtp_sink"  # on an aioice Connection: its _Sink
 
 
 def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
@@ -78,8 +81,49 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
         dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
         dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
         if rtp_sink is not None:
-            setattr(dtls.transport.iceGatherer._connection, _SINK, (dtls, rtp_sink))
+            setattr(dtls.transport.iceGatherer._connection, _SINK, _Sink(dtls, rtp_sink))
         setattr(dtls, _HOOKED, True)
+
+
+class _Sink:
+    """Where a connection's SRTP goes from the datagram callback: its DTLS transport (whose
+    receiving SRTP session it follows), the RtpSink, and an unprotector for that session."""
+
+    __slots__ = ("deliver", "dtls", "session", "unprotect")
+
+    def __init__(self, dtls: RTCDtlsTransport, deliver: RtpSink) -> None:
+        self.dtls = dtls
+        self.deliver = deliver
+        self.session: pylibsrtp.Session | None = None
+        self.unprotect: Unprotect = _no_unprotect
+
+
+Unprotect = Callable[[bytes], "bytes | int"]  # plaintext, or a negative status: dropped
+
+
+def unprotector(session: pylibsrtp.Session) -> Unprotect:
+    """``session.unprotect`` returning a negative status instead of raising, in C when
+    sfu/_fastsend.c is built (one copy; pylibsrtp's wrapper copies twice and allocates), else
+    pylibsrtp's own: the same plaintext either way."""
+    if fastsend.native_unprotect is not None:
+        context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
+        # the partial holds the session, so its libsrtp context lives as long as the unprotector
+        return functools.partial(fastsend.native_unprotect, _SRTP_UNPROTECT, context, session)
+    return python_unprotector(session)
+
+
+def python_unprotector(session: pylibsrtp.Session) -> Unprotect:
+    def unprotect(data: bytes) -> bytes | int:
+        try:
+            return session.unprotect(data)
+        except pylibsrtp.Error:
+            return -1
+
+    return unprotect
+
+
+def _no_unprotect(data: bytes) -> bytes | int:
+    return -1
 
 
 class SrtpStunProtocol(aioice_ice.StunProtocol):
@@ -110,16 +154,52 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
         # RTP: version 2 (first byte 128-191), and not SRTCP (second byte 192-223, RFC 5761)
         if sink is not None and type(data) is bytes and 127 < data[0] < 192 and len(data) > 12 \
                 and not 191 < data[1] < 224:
-            dtls, rtp_sink = sink
+            dtls = sink.dtls
             srtp = dtls._rx_srtp
             if srtp is not None and dtls._state is State.CONNECTED:
-                try:
-                    plain = srtp.unprotect(data)
-                except pylibsrtp.Error:
+                if srtp is not sink.session:
+                    sink.session = srtp
+                    sink.unprotect = unprotector(srtp)
+                plain = sink.unprotect(data)
+                if isinstance(plain, int):
                     return  # replayed or forged: dropped, as aiortc does
-                rtp_sink(plain, current_ms())
+                sink.deliver(plain, current_ms())
                 return
         super().datagram_received(data, addr)
+
+
+class MuxedProtocol(SrtpStunProtocol):
+    """One ICE connection's share of a worker's single UDP socket (sfu.udp_mux.MuxSocket): to
+    aioice it is the connection's host-candidate protocol; the socket hands it only the datagrams
+    demultiplexed to it, and it sends through the shared transport. Its checks claim the address
+    they go to, so the answers come back here. ``close`` leaves the socket open for the others."""
+
+    def __init__(self, connection: Any, socket: MuxSocket) -> None:
+        super().__init__(connection)
+        self.socket = socket
+        self.local_ufrag: str = connection.local_username
+        self.local_password: bytes = connection.local_password.encode("utf8")
+        assert socket.transport is not None
+        self.connection_made(socket.transport)
+
+    @property
+    def writable(self) -> bool:  # type: ignore[override]  # the shared socket's flow control
+        return self.socket.writable
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            self.socket.claim(addr, self)
+        super().send_stun(message, addr)
+
+    def socket_lost(self) -> None:
+        aioice_ice.StunProtocol.connection_lost(self, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        aioice_ice.StunProtocol.connection_lost(self, exc)
+
+    async def close(self) -> None:
+        self.socket.release(self)
+        aioice_ice.StunProtocol.connection_lost(self, None)
 
 
 class LazyRemoteBitrateEstimator:
@@ -245,33 +325,82 @@ def fast_protect(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
     return protect_rtp
 
 
+# libsrtp's srtp_protect, as an address sfu/_fastsend.c can call
+_SRTP_PROTECT = int(pylibsrtp.ffi.cast("uintptr_t", pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_protect")))
+_SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
+                                         pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect")))
+ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
+
+
+def batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
+    """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` with ``session``
+    and append it and ``address`` to a shared socket's batch (sfu.udp_mux); returns the batch's
+    length, or minus libsrtp's status when it refused the packet. In C when sfu/_fastsend.c is
+    built (libsrtp called on pylibsrtp's own context: one copy, no Python frame), else with
+    ``fast_protect``: the same bytes either way."""
+    if fastsend.native_protect_queue is not None:
+        context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
+        # the partial holds the session, so its libsrtp context lives as long as the protector
+        return functools.partial(fastsend.native_protect_queue, _SRTP_PROTECT, context, session,
+                                 pylibsrtp.SRTP_MAX_TRAILER_LEN)
+    return python_batch_protector(session)
+
+
+def python_batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
+    protect = fast_protect(session)
+
+    def queue(packet: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
+        try:
+            datagrams.append(protect(packet))
+        except pylibsrtp.Error:
+            return -1
+        addresses.append(address)
+        return len(datagrams)
+
+    return queue
+
+
 class RawSender:
     """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
     the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
-    and address are cached until aioice nominates another pair."""
+    and address are cached until aioice nominates another pair. On a worker's shared socket
+    (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
 
-    __slots__ = ("_addr", "_dtls", "_gate", "_nominated", "_pair", "_protect", "_sendto", "_srtp")
+    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_gate", "_mux", "_nominated",
+                 "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._nominated: dict[int, Any] = dtls.transport._connection._nominated
         self._pair: Any = None
-        self._sendto: Callable[[bytes, Any], None] = _no_sendto
+        self._sendto: Callable[[bytes, Any], None] = _no_sendto  # RTP
+        self._send_now: Callable[[bytes, Any], None] = _no_sendto  # RTCP: not batched
         self._addr: Any = None
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
         self._protect: Callable[[bytes], bytes] = _no_protect
+        # on a worker's shared socket: its batch, and how packets join it
+        self._mux: MuxSocket | None = None
+        self._queue: ProtectQueue = _no_queue
+        self._datagrams: list[bytes] = []
+        self._addresses: list[Any] = []
 
     def _route(self) -> bool:
         pair = self._nominated.get(1)
         if pair is None:
             return False
         self._pair = pair
-        self._sendto = pair.protocol.transport.sendto
+        self._sendto = self._send_now = pair.protocol.transport.sendto
         self._addr = pair.remote_addr
         # a TURN-relayed pair's protocol has no flow control of ours: always open
         self._gate = pair.protocol if isinstance(pair.protocol, SrtpStunProtocol) else _OPEN
+        if isinstance(pair.protocol, MuxedProtocol):  # goes out with the event-loop turn's batch
+            self._mux = pair.protocol.socket
+            self._gate = self._mux  # its plain attribute, not the protocol's property
+            self._datagrams, self._addresses = self._mux.batch()
+        else:
+            self._mux = None
         return True
 
     def send_rtp(self, data: bytes) -> bool:
@@ -286,6 +415,14 @@ class RawSender:
         if dtls._tx_srtp is not self._srtp:
             self._srtp = dtls._tx_srtp
             self._protect = fast_protect(self._srtp)
+            self._queue = batch_protector(self._srtp)
+        if self._mux is not None:
+            queued = self._queue(data, self._addr, self._datagrams, self._addresses)
+            if queued == 1:
+                self._mux.schedule_flush()
+            elif queued < 0:
+                raise pylibsrtp.Error(f"srtp_protect failed ({-queued})")
+            return True
         self._sendto(self._protect(data), self._addr)
         return True
 
@@ -297,7 +434,7 @@ class RawSender:
             return False
         if not self._gate.writable:
             return False
-        self._sendto(dtls._tx_srtp.protect_rtcp(data), self._addr)
+        self._send_now(dtls._tx_srtp.protect_rtcp(data), self._addr)
         return True
 
 
@@ -314,6 +451,10 @@ def _no_sendto(data: bytes, addr: Any) -> None:
 
 
 def _no_protect(data: bytes) -> bytes:
+    raise RuntimeError("no SRTP context yet")
+
+
+def _no_queue(data: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
     raise RuntimeError("no SRTP context yet")
 
 
@@ -367,6 +508,28 @@ async def bind_host_candidate(
     return protocol.local_candidate
 
 
+async def bind_muxed_candidate(
+    connection: Any, component: int, socket: MuxSocket, announced: str | None
+) -> Candidate:
+    """Register ``connection`` on a worker's shared socket (sfu.udp_mux) as a host candidate
+    on that socket's address and port, announced as ``announced`` behind a 1:1 NAT."""
+    protocol = MuxedProtocol(connection, socket)
+    bound = protocol.transport.get_extra_info("sockname")
+    host = announced or bound[0]
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=bound[1],
+        type="host",
+    )
+    socket.register(protocol)
+    connection._protocols.append(protocol)
+    return protocol.local_candidate
+
+
 async def server_reflexive_candidates(connection: Any) -> list[Candidate]:
     """Ask the configured STUN server (if any) for our public address, per host socket."""
     if not connection.stun_server:
@@ -409,11 +572,11 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
         sink = connection.__dict__.get(_SINK)
         if sink is not None:
 
-            def filtered(data: bytes, arrival_ms: int, _sink: RtpSink = sink[1]) -> None:
+            def filtered(data: bytes, arrival_ms: int, _deliver: RtpSink = sink.deliver) -> None:
                 if keep(data):
-                    _sink(data, arrival_ms)
+                    _deliver(data, arrival_ms)
 
-            setattr(connection, _SINK, (dtls, filtered))
+            sink.deliver = filtered
 
 
 def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
@@ -483,9 +646,9 @@ UNUSED_SENDER_STATE = (
 def release_transceiver_state(transceiver: RTCRtpTransceiver) -> None:
     """For an m-line whose media the SFU carries itself, one way: disarm whichever of its
     receiver and sender is not yet (the SFU neither sends media on a publish m-line nor receives
-    any on a subscribe one), then drop each side's unused state. A side aiortc already started
-    (an m-line negotiated before it carried a track, then reused) is left as it is: its stop()
-    needs that state. Repeated calls are harmless."""
+    any on a subscribe one), then drop both sides' unused state. A side aiortc already started
+    (an m-line negotiated before the SFU took it over) keeps its state: its tasks and stop() use
+    it. Repeated calls are harmless."""
     receiver, sender = transceiver.receiver, transceiver.sender
     if not receiver._RTCRtpReceiver__started:  # type: ignore[attr-defined]
         disarm_receiver(receiver, _ignore_parameters)  # (kept as it is when already disarmed)

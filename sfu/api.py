@@ -90,6 +90,11 @@ class Offer(Message):
     On a publish transport it carries the client's tracks; on a subscribe transport (WHEP) it asks
     for the room's tracks. An offer on a transport that exists is a renegotiation or an ICE
     restart (resume after a network drop).
+
+    ``replaces``: on a publish transport, the participant whose publishing this one takes over
+    (a WHIP encoder that reconnected without DELETE). Once the offer is answered that
+    participant leaves, and each client-offered (WHEP) m-line that showed one of its tracks
+    shows this participant's track of the same kind instead, from a keyframe.
     """
 
     kind: ClassVar[str] = "offer"
@@ -97,6 +102,7 @@ class Offer(Message):
     participant_id: str
     transport: TransportKind
     sdp: str
+    replaces: str = ""
 
 
 @dataclass(frozen=True)

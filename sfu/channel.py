@@ -8,6 +8,10 @@ pool -> worker: ``hello`` (MediaOptions, log level), ``request`` (an id and a re
 ``shutdown``. worker -> pool: ``ready``, ``reply`` / ``error`` (the request's id), ``event``,
 ``load`` (every second), ``closed`` (after ``shutdown``).
 
+The same frames link a signalling node to an SFU node over TCP (sfu/node_link.py), after a
+handshake that proves both ends hold the shared link key: node -> signalling ``challenge``,
+signalling -> node ``auth``, node -> signalling ``welcome`` (or ``refused``, and the node hangs up).
+
 Both ends are ours, so a frame that breaks these rules is a bug or a corruption: ``receive``
 raises ``ChannelError`` saying what was wrong, and the receiver drops the channel (a worker exits,
 the pool kills and restarts the worker). A stream that ends, even in the middle of a frame, is a
@@ -39,6 +43,10 @@ FRAMES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "event": {"message": dict},
     "load": {"rooms": int, "streams": int, "packets_per_second": _NUMBER, "cpu": _NUMBER},
     "closed": {},
+    "challenge": {"node": str, "nonce": bytes},
+    "auth": {"node": str, "nonce": bytes, "mac": bytes},
+    "welcome": {"mac": bytes},
+    "refused": {"reason": str},
 }
 
 
@@ -106,11 +114,12 @@ class Channel:
         except (ConnectionError, RuntimeError) as exc:
             raise ChannelClosed(str(exc)) from None
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self, max_frame: int = MAX_FRAME) -> dict[str, Any]:
+        """The next frame; ``max_frame`` lowers the size allowed (a peer not yet authenticated)."""
         try:
             (length,) = _HEADER.unpack(await self.reader.readexactly(_HEADER.size))
-            if not 0 < length <= MAX_FRAME:
-                raise ChannelError(f"frame length {length} is outside 1..{MAX_FRAME}")
+            if not 0 < length <= max_frame:
+                raise ChannelError(f"frame length {length} is outside 1..{max_frame}")
             payload = await self.reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ChannelClosed(str(exc) or "end of stream") from None
@@ -118,3 +127,8 @@ class Channel:
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is not sent yet: ``close`` waits to flush it, forever when
+        the peer stopped reading (a hung process on the other end of a TCP link)."""
+        self.writer.transport.abort()

@@ -7,34 +7,31 @@ take (which would only queue and be lost). The policy:
 - A subscriber's REMB estimate covers every stream it receives: it is shared among them in
   proportion to their bitrates (``share``), not given whole to each.
 - The publisher is asked (REMB) for the lowest estimate among the subscribers that can take the
-  stream (``remb_target``): at least ``MIN_VIDEO_BITRATE`` and at least ``FOLLOW_FRACTION`` of
+  stream (``remb_target``): at least ``min_video_bitrate`` and at least ``follow_fraction`` of
   the median estimate. A subscriber far below the others is left out instead of dragging the
   stream down for all.
-- A subscriber whose video estimate stays under ``PAUSE_BELOW`` of the stream's bitrate, or
-  whose reported loss stays over ``PAUSE_LOSS``, for ``PAUSE_AFTER`` seconds, has its video
+- A subscriber whose video estimate stays under ``pause_below`` of the stream's bitrate, or
+  whose reported loss stays over ``pause_loss``, for ``pause_after`` seconds, has its video
   paused for it alone (audio goes on); the client and the publisher are told (``MediaQuality``).
 - It is resumed, on a keyframe, once its estimate has stayed at or above the stream's bitrate for
-  ``RESUME_AFTER`` seconds (when an estimate paused it: loss cannot be judged without the video).
+  ``resume_after`` seconds (when an estimate paused it: loss cannot be judged without the video).
   Because an estimator fed only audio may never climb back, and loss only shows with video, it
-  is also resumed to probe after ``PROBE_AFTER`` seconds, doubling at each probe that congests
-  again up to ``MAX_PROBE_AFTER``.
+  is also resumed to probe after ``probe_after`` seconds, doubling at each probe that congests
+  again up to ``max_probe_after``; ``probe_reset_after`` seconds without congestion after a
+  probe start the backoff over.
 
-The router applies it once a second; nothing here is on the per-packet path.
+The numbers are ``sfu.options.CongestionOptions`` (``MediaOptions.congestion``). The router
+applies the policy once a second; nothing here is on the per-packet path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-MIN_VIDEO_BITRATE = 250_000  # bps: below this a subscriber cannot take a useful video stream
-FOLLOW_FRACTION = 0.5  # of the median estimate: who the publisher's bitrate follows
-PAUSE_BELOW = 0.8  # of the stream's bitrate
-PAUSE_LOSS = 26  # fraction lost (of 256) in receiver reports: 10%
-PAUSE_AFTER = 3.0  # seconds
-RESUME_AFTER = 2.0
-PROBE_AFTER = 8.0
-MAX_PROBE_AFTER = 64.0
+from sfu.options import CongestionOptions
+
+DEFAULT = CongestionOptions()
 
 
 def share(estimate: int, bitrates: Sequence[int]) -> list[int]:
@@ -45,13 +42,14 @@ def share(estimate: int, bitrates: Sequence[int]) -> list[int]:
     return [estimate * w // total for w in weights] if total else []
 
 
-def remb_target(estimates: Sequence[int], cap: int, floor: int) -> int:
+def remb_target(estimates: Sequence[int], cap: int, floor: int,
+                policy: CongestionOptions = DEFAULT) -> int:
     """What to ask a video publisher for, given its subscribers' estimates (0: none yet)."""
     known = [e for e in estimates if e]
-    usable = sorted(e for e in known if e >= MIN_VIDEO_BITRATE)
+    usable = sorted(e for e in known if e >= policy.min_video_bitrate)
     if usable:
         median = usable[len(usable) // 2]
-        target = next(e for e in usable if e >= median * FOLLOW_FRACTION)
+        target = next(e for e in usable if e >= median * policy.follow_fraction)
     elif known:
         target = min(known)  # nobody can take video well: the best the worst can do
     else:
@@ -65,25 +63,30 @@ def remb_target(estimates: Sequence[int], cap: int, floor: int) -> int:
 class VideoGate:
     """One subscriber's video of one track: paused for congestion or not, and when to change."""
 
+    policy: CongestionOptions = DEFAULT
     paused: bool = False
     since: float | None = None  # when the current pause/resume condition started to hold
-    probe_after: float = PROBE_AFTER
+    probe_after: float = field(init=False)
     paused_at: float = 0.0
     for_loss: bool = False  # paused for loss, which only a probe can show gone
 
+    def __post_init__(self) -> None:
+        self.probe_after = self.policy.probe_after
+
     def update(self, estimate: int, fraction_lost: int, bitrate: int, now: float) -> bool | None:
         """Once a second: True to pause, False to resume, None to leave as is."""
+        policy = self.policy
         if not self.paused:
-            short = bool(estimate and bitrate and estimate < bitrate * PAUSE_BELOW)
-            congested = short or fraction_lost > PAUSE_LOSS
+            short = bool(estimate and bitrate and estimate < bitrate * policy.pause_below)
+            congested = short or fraction_lost > policy.pause_loss
             if not congested:
                 self.since = None
-                if now - self.paused_at > self.probe_after + 30:
-                    self.probe_after = PROBE_AFTER  # the last probe held: a fresh start
+                if now - self.paused_at > self.probe_after + policy.probe_reset_after:
+                    self.probe_after = policy.probe_after  # the last probe held: a fresh start
                 return None
             if self.since is None:
                 self.since = now
-            if now - self.since < PAUSE_AFTER:
+            if now - self.since < policy.pause_after:
                 return None
             self.paused = True
             self.since = None
@@ -91,13 +94,13 @@ class VideoGate:
             self.for_loss = not short
             return True
         if now - self.paused_at >= self.probe_after:  # probe: its estimator may need traffic
-            self.probe_after = min(self.probe_after * 2, MAX_PROBE_AFTER)
+            self.probe_after = min(self.probe_after * 2, policy.max_probe_after)
             return self._resume()
         if not self.for_loss and estimate and bitrate and estimate >= bitrate:
             if self.since is None:
                 self.since = now
-            if now - self.since >= RESUME_AFTER:
-                self.probe_after = PROBE_AFTER  # recovered on its own: a fresh start
+            if now - self.since >= policy.resume_after:
+                self.probe_after = policy.probe_after  # recovered on its own: a fresh start
                 return self._resume()
         else:
             self.since = None

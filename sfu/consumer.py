@@ -16,8 +16,9 @@ from collections.abc import Callable
 from aiortc import clock
 
 from sfu import rtcp
-from sfu.congestion import VideoGate
+from sfu.congestion import DEFAULT, VideoGate
 from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
+from sfu.options import CongestionOptions
 from sfu.producer import Producer
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Consumer:
         rtx_ssrc: int,
         send_rtp: Callable[[bytes], bool],
         send_rtcp: Callable[[bytes], bool],
+        congestion: CongestionOptions = DEFAULT,
     ) -> None:
         self.id = consumer_id
         self.producer = producer
@@ -94,7 +96,7 @@ class Consumer:
         self._rtx_seq = random.getrandbits(15)
         self._clock_per_ms = producer.codec.clock_rate // 1000
         self.paused = True  # until configured and the subscriber's transport is connected
-        self.gate = VideoGate()  # paused for congestion (sfu/congestion.py): for video only
+        self.gate = VideoGate(congestion)  # paused for congestion (sfu/congestion.py): for video only
         self._waiting = False
 
         # statistics and feedback from the subscriber
@@ -367,11 +369,22 @@ class Consumer:
             self.rtt = max(0.0, clock.current_ntp_time() / 2**32 - sent - dlsr / 65536)
 
     def send_sender_report(self) -> None:
-        """An SR for our outgoing stream. The RTP time uses the publisher's own NTP↔RTP
-        mapping when it sent one (so audio and video of one publisher stay in sync at the
-        subscriber), else extrapolates from the last packet."""
+        """An SR for our outgoing stream (once it sent something), on ``report_clock``."""
         if self.packets == 0 or self.closed:
             return
+        ntp, rtp_ts = self.report_clock()
+        middle = (ntp >> 16) & 0xFFFFFFFF
+        self._sr_sent = {middle: ntp / 2**32}
+        self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
+
+    def outgoing_timestamp(self, publisher_ts: int) -> int:
+        """A timestamp of the publisher's as this stream carries it (since the last re-base)."""
+        return (publisher_ts + self._ts_offset) & 0xFFFFFFFF
+
+    def report_clock(self) -> tuple[int, int]:
+        """(NTP time now, our stream's RTP timestamp now): through the publisher's own NTP↔RTP
+        mapping when it sent one (so audio and video of one publisher stay in sync at the
+        subscriber), else extrapolated from the last packet."""
         ntp = clock.current_ntp_time()
         now = ntp / 2**32
         producer = self.producer
@@ -383,6 +396,4 @@ class Consumer:
             rtp_ts = self._last_ts + int(
                 (current_ms() - self._last_ms) * self._clock_per_ms
             )
-        middle = (ntp >> 16) & 0xFFFFFFFF
-        self._sr_sent = {middle: now}
-        self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
+        return ntp, rtp_ts & 0xFFFFFFFF

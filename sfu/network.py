@@ -3,8 +3,9 @@
 aioice on its own binds every non-loopback interface on a random port and, through aiortc's
 defaults, asks stun.l.google.com for a public address. Here the operator chooses instead:
 ``loopback`` (127.0.0.1 only, no STUN/TURN — for tests, benches and local runs), a list of
-interfaces, an announced public IP for a server behind 1:1 NAT, a UDP port range, and the
-STUN/TURN servers, none unless configured. The same options serve the SFU and the test clients.
+interfaces, an announced public IP for a server behind 1:1 NAT, a UDP port range or one port
+shared by every connection (``mux``, sfu/udp_mux.py), and the STUN/TURN servers, none unless
+configured. The same options serve the SFU and the test clients.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from sfu import aiortc_hooks
 from sfu.api import MediaError
+from sfu.udp_mux import UdpMux
 
 LOOPBACK = "127.0.0.1"
 
@@ -32,6 +34,8 @@ class NetworkOptions:
     port_max: int = 0
     # RTCIceServer-like dicts: {"urls": "turn:host:3478", "username": ..., "credential": ...}
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # the worker's single media port (sfu/udp_mux.py) instead of a socket per connection
+    mux: UdpMux | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.port_min == 0) != (self.port_max == 0) or self.port_min > self.port_max:
@@ -73,6 +77,13 @@ class NetworkOptions:
 
     async def _bind(self, connection: Any, component: int, address: str) -> Candidate | None:
         announced = None if self.loopback else self.announced_ip
+        if self.mux is not None:
+            try:
+                socket = await self.mux.socket(address)
+            except OSError as exc:
+                raise MediaError("media_unavailable",
+                                 f"cannot bind udp {address}:{self.mux.port}: {exc}") from exc
+            return await aiortc_hooks.bind_muxed_candidate(connection, component, socket, announced)
         if self.port_min:
             ports = list(range(self.port_min, self.port_max + 1))
             random.shuffle(ports)

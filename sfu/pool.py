@@ -83,6 +83,11 @@ class WorkerState:
 
 
 class WorkerPool:
+    # Why a member's rooms open again elsewhere (RoomRestarted's reason).
+    LOST_REASON = "worker_lost"
+    # How long a room waits for a member to be up before it is refused (None: as long as it takes).
+    up_timeout: float | None = None
+
     def __init__(self, options: MediaOptions, workers: int, *, stall_seconds: float = STALL_SECONDS) -> None:
         if workers < 1:
             raise MediaError("bad_options", "a worker pool needs at least one worker")
@@ -188,6 +193,8 @@ class WorkerPool:
             worker.rooms.discard(room_id)
 
     async def _least_loaded(self) -> WorkerState:
+        loop = asyncio.get_running_loop()
+        deadline = None if self.up_timeout is None else loop.time() + self.up_timeout
         while True:
             up = [w for w in self.workers if w.up]
             if up:
@@ -195,7 +202,10 @@ class WorkerPool:
             if self._closed:
                 raise MediaError("closed", "the media plane is shut down")
             self._up.clear()
-            await self._up.wait()
+            try:
+                await asyncio.wait_for(self._up.wait(), None if deadline is None else max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise MediaError("media_unavailable", "no media server is up to host the room") from None
 
     async def _send(self, worker: WorkerState, message: Message) -> Message:
         if not worker.up or worker.channel is None:
@@ -237,8 +247,13 @@ class WorkerPool:
             worker.process.kill()
             ours.close()
             raise
+        self._attach(worker, channel, ready["pid"])
+        logger.info("sfu worker %d up (pid %d)", worker.index, worker.pid)
+
+    def _attach(self, worker: WorkerState, channel: Channel, pid: int) -> None:
+        """A member that said it is ready: rooms may be placed on it; its frames are read."""
         worker.channel = channel
-        worker.pid = ready["pid"]
+        worker.pid = pid
         worker.up = True
         worker.started_at = worker.last_frame = time.monotonic()
         worker.cpu = worker.packets_per_second = 0.0
@@ -246,7 +261,6 @@ class WorkerPool:
         self._up.set()
         worker.reader = asyncio.create_task(self._read(worker, channel), name=f"sfu-worker-{worker.index}")
         worker.reader.add_done_callback(self._task_done)
-        logger.info("sfu worker %d up (pid %d)", worker.index, worker.pid)
 
     async def _read(self, worker: WorkerState, channel: Channel) -> None:
         try:
@@ -294,23 +308,37 @@ class WorkerPool:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            for worker in self.workers:
-                if worker.up and worker.process is not None and now - worker.last_frame > self.stall_seconds:
-                    logger.error("sfu worker %d sent nothing for %.0f s; killing it", worker.index, self.stall_seconds)
-                    worker.process.kill()
+            for worker in list(self.workers):
+                if worker.up and now - worker.last_frame > self.stall_seconds:
+                    self._hung(worker)
 
-    async def _lost(self, worker: WorkerState, reason: str) -> None:
-        worker.up = False
-        process, channel = worker.process, worker.channel
-        worker.channel = None
-        if channel is not None:
-            channel.close()
+    def _hung(self, worker: WorkerState) -> None:
+        """Kill a worker that stopped talking; its death then takes the usual path."""
+        if worker.process is not None:
+            logger.error("sfu worker %d sent nothing for %.0f s; killing it", worker.index, self.stall_seconds)
+            worker.process.kill()
+
+    async def _reap(self, worker: WorkerState, reason: str) -> None:
+        """A dead worker's process is gone for good (killed if need be), and logged."""
+        process = worker.process
         if process is not None:
             if process.poll() is None:
                 process.kill()
             code = await asyncio.get_running_loop().run_in_executor(None, process.wait)
             logger.error("sfu worker %d (pid %d) %s with status %s; restarting it and re-placing %d rooms",
                          worker.index, worker.pid, reason, code, len(worker.rooms))
+
+    def _revive(self, worker: WorkerState) -> None:
+        """Start a dead worker again (in the background)."""
+        self._task(self._restart(worker), f"sfu-worker-{worker.index}-restart")
+
+    async def _lost(self, worker: WorkerState, reason: str) -> None:
+        worker.up = False
+        channel = worker.channel
+        worker.channel = None
+        if channel is not None:
+            channel.abort()  # nothing more is going there
+        await self._reap(worker, reason)
         for future in worker.pending.values():
             if not future.done():
                 future.set_exception(
@@ -323,7 +351,7 @@ class WorkerPool:
         for room_id in rooms:
             self.placement.pop(room_id, None)
             self._moving[room_id] = asyncio.Event()
-        self._task(self._restart(worker), f"sfu-worker-{worker.index}-restart")
+        self._revive(worker)
         await asyncio.gather(*(self._replace(room_id) for room_id in rooms))
 
     async def _restart(self, worker: WorkerState) -> None:
@@ -350,9 +378,9 @@ class WorkerPool:
         except MediaError as exc:
             logger.error("room %s could not open again: %s %s", room_id, exc.code, exc.message)
             self._unplace(room_id)
-            event: Message = RoomClosed(room_id, "worker_lost")
+            event: Message = RoomClosed(room_id, self.LOST_REASON)
         else:
-            event = RoomRestarted(room_id, "worker_lost")
+            event = RoomRestarted(room_id, self.LOST_REASON)
         finally:
             del self._moving[room_id]
             moving.set()

@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sfu import congestion, rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
 from sfu.nack import UpstreamNacks
+from sfu.options import CongestionOptions
 
 MAX_ASKED = 256  # sequence numbers subscribers asked for that we had to ask the publisher for
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
@@ -106,6 +107,7 @@ class Producer(Generic[Listener]):
         keyframe_interval: float,
         app_data: dict[str, Any] | None = None,
         scheduler: Scheduler | None = None,
+        congestion: CongestionOptions = congestion.DEFAULT,
     ) -> None:
         self.id = producer_id
         self.participant_id = participant_id
@@ -169,6 +171,7 @@ class Producer(Generic[Listener]):
 
         # bitrate control: REMB down to the publisher, policing of anything above it
         self.max_bitrate = max_bitrate
+        self._congestion = congestion
         self._bytes_per_ms = max_bitrate * 1.5 / 8000 if max_bitrate else 0.0
         self._bucket_size = max_bitrate * 1.5 / 8 if max_bitrate else 0.0
         self._tokens = self._bucket_size
@@ -547,7 +550,7 @@ class Producer(Generic[Listener]):
         near what it receives and ramps up, and the publisher must be able to climb back."""
         return congestion.remb_target(
             [c.remb_bitrate for c in self.consumers if not c.gate.paused], self.max_bitrate,
-            MIN_REMB)
+            MIN_REMB, self._congestion)
 
     # --- statistics --------------------------------------------------------------------------
 

@@ -18,8 +18,12 @@ time 0 is ``started_at`` in all of them, so the files of one recording play side
 Timing: a frame's time comes from its RTP timestamp through the sender reports (so the audio and
 video of one participant stay aligned as their sender captured them), offset to this machine's
 clock by the smallest delay seen. Where the mapping and the frames' arrivals disagree by more
-than ``MAX_SKEW`` for ``HOLD`` seconds of arrivals, the timestamps did not count a pause (some
-senders' do not advance while nothing is sent): the arrivals anchor the frames instead. A shorter
+than ``MAX_SKEW``, the frames wait for the sender's next report: one that keeps the mapping says
+they were only late (a loaded machine), one that moves it that the timestamps did not count a
+pause (some senders' do not advance while nothing is sent), and the new mapping places them.
+Without a report for ``HOLD`` seconds of arrivals, the arrivals anchor the frames (the least
+delayed of the held ones, less how far the track arrived behind the participant's others while
+the reports placed it: an encoder's lag must not shift it against the audio). A shorter
 disagreement that the next frames catch up on was a late delivery (a busy machine, a burst after
 a stall): the timestamps stand. Frames wait (in memory, ``HOLD`` at most) while that is unclear.
 So a pause leaves a gap in the file, and what follows plays in sync.
@@ -50,7 +54,10 @@ logger = logging.getLogger(__name__)
 
 RECORDABLE = ("vp8", "h264", "opus")
 MAX_SKEW = 0.3  # seconds between a frame's mapped time and its arrival that make us wonder...
-HOLD = 0.5  # ...and seconds of arrivals that disagreeing for, before the arrivals are believed
+# ...until a sender report made since settles it, or for this many seconds of arrivals at
+# most, after which the arrivals are believed (senders report every 0.5-1.5 s: aiortc, browsers'
+# video; browsers' audio only every 5 s)
+HOLD = 2.0
 MAX_HELD = 120  # frames held meanwhile, at most
 HEADER_WAIT = 3.0  # seconds a file waits for its video's first keyframe before it opens without
 MAX_PENDING = 400  # frames held while a file waits for its header
@@ -105,7 +112,12 @@ class TrackRecorder:
         # encoder) only ever makes it later, never earlier.
         self._sr_base: float | None = None
         self._anchor: tuple[float, int] | None = None  # (arrival, unwrapped RTP)
-        self._stale_before = 0.0  # publisher reports received before this are not believed
+        # this track's smallest delay from its sender's clock to our arrival, while mapped
+        # through the reports: how much later than the participant's other tracks it arrives
+        self._delay: float | None = None
+        # publisher reports made before the frame with this (unwrapped) timestamp was sent are
+        # not believed: set where the timestamps turned out not to count a pause
+        self._stale_ts = -1
         self._replaying = False  # the producer's cached run is being handed over
         # frames whose timestamp and arrival disagree, waiting for what that means:
         # (unwrapped timestamp, arrival, frame, keyframe)
@@ -153,15 +165,26 @@ class TrackRecorder:
         return True
 
     def _rtcp(self, data: bytes) -> bool:
-        # our consumer's sender report, unless it extrapolates from a publisher's report older
-        # than our last re-anchoring (one sent during a pause maps what follows wrongly)
-        if len(data) >= 20 and data[1] == 200 and self.producer.sr_received_at >= self._stale_before:
-            ntp, rtp_ts = _SR.unpack_from(data, 8)
-            if self._ts_ext >= 0:
-                base = ntp / 2**32 - NTP_UNIX - self._unwrap(rtp_ts) / self._clock_rate
-                if self._sr_base is None or base < self._sr_base:
-                    self._sr_base = base
+        if len(data) >= 20 and data[1] == 200:  # our consumer's sender report
+            self._sender_clock(*_SR.unpack_from(data, 8))
         return True
+
+    def _sender_clock(self, ntp: int, rtp_ts: int) -> None:
+        """Our consumer's NTP↔RTP mapping, unless it extrapolates from a publisher's report
+        older than our last re-anchoring (one sent during a pause maps what follows wrongly)."""
+        if self._believed() and self._ts_ext >= 0:
+            base = ntp / 2**32 - NTP_UNIX - self._unwrap(rtp_ts) / self._clock_rate
+            if self._sr_base is None or base < self._sr_base:
+                self._sr_base = base
+
+    def _believed(self) -> bool:
+        """Was the publisher's last report (which our consumer's mapping extrapolates from)
+        made after the frames since the last re-anchoring were sent? Its RTP time says so, not
+        when it arrived: RTCP overtaken by RTP on a busy machine arrives late."""
+        producer = self.producer
+        if not producer.sr_ntp:
+            return self._stale_ts < 0
+        return self._unwrap(self.consumer.outgoing_timestamp(producer.sr_rtp)) >= self._stale_ts
 
     def _unwrap(self, ts: int) -> int:
         if self._ts_ext < 0:
@@ -226,8 +249,9 @@ class TrackRecorder:
     def _timed(self, frame: bytes, keyframe: bool) -> None:
         """Give the frame its capture time and pass it on; or hold it while its timestamp and
         its arrival disagree, until that turns out to be a late delivery (the next frames catch
-        up: the timestamps were right) or a pause the timestamps did not count (the disagreement
-        lasts ``HOLD`` of arrivals: the arrivals are right)."""
+        up, or a new sender report keeps the mapping: the timestamps were right) or a pause the
+        timestamps did not count (a new report moves the mapping; or none comes and the
+        disagreement lasts ``HOLD`` of arrivals: the arrivals are right)."""
         arrival = time.time()
         ts = self._ts_ext
         held = self._held
@@ -237,20 +261,46 @@ class TrackRecorder:
             at = arrival
         elif abs(at - arrival) > MAX_SKEW:
             held.append((ts, arrival, frame, keyframe))
-            if arrival - held[0][1] >= HOLD or len(held) > MAX_HELD:
+            if self._settled_by_report(held[0][0]):
+                self._release_held(reanchor=False)
+            elif arrival - held[0][1] >= HOLD or len(held) > MAX_HELD:
                 self._release_held(reanchor=True)
             return
         if held:
             self._release_held(reanchor=False)
         self._segment.frame(self, at, frame, keyframe)
 
+    def _settled_by_report(self, first_ts: int) -> bool:
+        """Has the publisher reported since it sent the first held frame (timestamp
+        ``first_ts``)? Then its mapping says what the held frames are: the
+        same as ours, they were late; another, the timestamps did not count a pause, and that
+        mapping stands from now on. (A report that arrives after the frame but was made before
+        it, as RTCP overtaken by RTP on a busy machine, says nothing about it.)"""
+        producer = self.producer
+        if not producer.sr_ntp or self._unwrap(self.consumer.outgoing_timestamp(producer.sr_rtp)) < first_ts:
+            return False
+        ntp, rtp_ts = self.consumer.report_clock()
+        base = ntp / 2**32 - NTP_UNIX - self._unwrap(rtp_ts) / self._clock_rate
+        if self._sr_base is None or abs(base - self._sr_base) > MAX_SKEW:
+            self._sr_base = base
+            self._anchor = None
+            self._stale_ts = first_ts
+        return True
+
     def _release_held(self, reanchor: bool) -> None:
         held, self._held = self._held, []
         if reanchor:
-            first_ts, first_arrival = held[0][0], held[0][1]
-            self._anchor = (first_arrival, first_ts)
+            # The held frames' arrivals, as they imply the first one's: the least delayed of
+            # them (one late delivery on a busy machine must not move them all), less what this
+            # track arrives behind the participant's others (an encoder's lag), so that they
+            # play in sync with the tracks the reports still place.
+            first_ts = held[0][0]
+            implied = min(arrival - (ts - first_ts) / self._clock_rate for ts, arrival, _, _ in held)
+            offset = self._segment.clock.offset
+            behind = self._delay - offset if self._delay is not None and offset is not None else 0.0
+            self._anchor = (implied - behind, first_ts)
             self._sr_base = None
-            self._stale_before = first_arrival
+            self._stale_ts = first_ts
         for ts, arrival, frame, keyframe in held:
             at = self._mapped(ts, arrival)
             self._segment.frame(self, arrival if at is None else at, frame, keyframe)
@@ -259,14 +309,18 @@ class TrackRecorder:
         """The wall-clock time (Unix seconds, our clock) the frame with timestamp ``ts`` was
         captured at: through the sender reports when there are any, else from the anchor."""
         if self._sr_base is None and self._anchor is None:
-            # The first frame: our consumer's report maps it at once (from the publisher's own
-            # report when there is one), rather than a second later on the router's tick.
-            self.consumer.send_sender_report()
+            # The first frame: our consumer's mapping places it at once (from the publisher's
+            # own report when there is one), rather than a second later on the router's tick.
+            # (Not through a report: the consumer sends none before its first packet is
+            # counted, and a one-packet frame is complete before that.)
+            self._sender_clock(*self.consumer.report_clock())
         base = self._sr_base
         if base is not None:
             sent = base + ts / self._clock_rate
             clock = self._segment.clock
             clock.note(arrival - sent)
+            if self._delay is None or arrival - sent < self._delay:
+                self._delay = arrival - sent
             return sent + (clock.offset or 0.0)
         if self._anchor is not None:
             return self._anchor[0] + (ts - self._anchor[1]) / self._clock_rate

@@ -30,6 +30,7 @@ from sfu.api import (
 from sfu.consumer import Consumer
 from sfu.forwarder import current_ms
 from sfu.network import NetworkOptions
+from sfu.udp_mux import UdpMux
 from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
 from sfu.recorder import Recorder
@@ -55,10 +56,10 @@ class Participant:
 
 class Router:
     def __init__(self, room_id: str, options: MediaOptions, emit: Callable[[Message], None],
-                 app_data: dict[str, Any] | None = None) -> None:
+                 app_data: dict[str, Any] | None = None, mux: UdpMux | None = None) -> None:
         self.id = room_id
         self.options = options
-        self.network: NetworkOptions = options.network()
+        self.network: NetworkOptions = options.network(mux)
         self.app_data = app_data or {}
         self.closed = False
         self.participants: dict[str, Participant] = {}
@@ -134,6 +135,35 @@ class Router:
             if participant.flowing:
                 self._emit(MediaState(self.id, participant_id, False, _now(), "left"))
 
+    async def hand_over(self, old_id: str, new_id: str) -> None:
+        """``new_id`` publishes in place of ``old_id`` (a WHIP encoder that reconnected without
+        DELETE, whose old connection may look alive for a while yet): ``old_id`` leaves, and
+        each WHEP m-line that showed one of its tracks gets ``new_id``'s next track of the same
+        kind, continuing its sequence numbers, from a keyframe. WHEP cannot renegotiate, so
+        without this its viewers would stay on the dead track; SFU-offered subscribers get the
+        new tracks by renegotiation, as for any publisher."""
+        if old_id == new_id or old_id not in self.participants:
+            return
+        successors: dict[str, list[Producer[Consumer]]] = {}
+        for producer in self.producers.values():
+            if producer.participant_id == new_id:
+                successors.setdefault(producer.kind, []).append(producer)
+        moves: list[tuple[Transport, Producer[Consumer]]] = []
+        for producer in [p for p in self.producers.values() if p.participant_id == old_id]:
+            fitting = successors.get(producer.kind)
+            if not fitting:
+                continue
+            successor = fitting.pop(0)
+            for consumer in producer.consumers:
+                viewer = self.participants.get(consumer.participant_id)
+                if viewer is not None and viewer.subscribe is not None \
+                        and viewer.subscribe.client_offers:
+                    moves.append((viewer.subscribe, successor))
+        await self.leave(old_id, None)  # their m-lines now wait for a track
+        for transport, successor in moves:
+            if not transport.consumes(successor):
+                transport.add_consumer(successor)
+
     async def _close_transport(self, transport: Transport, reason: str,
                                announce: bool = True) -> None:
         participant = self.participants.get(transport.participant_id)
@@ -156,6 +186,7 @@ class Router:
             max_bitrate=self.options.max_publish_bitrate if kind == "video"
             else self.options.max_audio_bitrate,
             keyframe_interval=self.options.keyframe_interval,
+            congestion=self.options.congestion,
         )
         self.producers[producer.id] = producer
         producer.on_close.append(self._producer_closed)

@@ -43,6 +43,7 @@ from sfu.forwarder import (
     unpack_fixed,
 )
 from sfu.network import NetworkOptions
+from sfu.options import MediaOptions
 from sfu.producer import Codec, Producer
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,25 @@ def _matching(codecs: list[Any], codec: Codec) -> Any:
     return None
 
 
+def _declare_parameter_sets(sdp: str, consumers: dict[int, Consumer]) -> str:
+    """Our offer with each H.264 track's out-of-band parameter sets (``sprop-parameter-sets``,
+    RFC 6184 8.1) in the fmtp of the m-line that sends it (found by its SSRC): aiortc writes
+    our offers' fmtp from its capabilities, and a subscriber's decoder may need the publisher's
+    SPS/PPS before the first in-band ones."""
+    if not any("sprop-parameter-sets" in c.producer.codec.parameters for c in consumers.values()):
+        return sdp
+    description = aiortc_sdp.SessionDescription.parse(sdp)
+    for media in description.media:
+        consumer = next((consumers[s.ssrc] for s in media.ssrc if s.ssrc in consumers), None)
+        sprop = consumer.producer.codec.parameters.get("sprop-parameter-sets") if consumer else None
+        if sprop is None:
+            continue
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower() == "video/h264":
+                codec.parameters = {**codec.parameters, "sprop-parameter-sets": sprop}
+    return str(description)
+
+
 def _extension_id(extensions: list[Any], uri: str) -> int:
     return next((e.id for e in extensions if e.uri == uri), 0)
 
@@ -156,6 +176,7 @@ class TransportListener(Protocol):
 
     id: str
     network: NetworkOptions
+    options: MediaOptions
 
     def now_ms(self) -> int:
         """The clock packet arrivals are stamped with."""
@@ -356,7 +377,8 @@ class Transport:
                 self._open_chat(self.pc.createDataChannel("chat"))
             self._hook()
             offer = await self.pc.createOffer()
-            await self.pc.setLocalDescription(offer)
+            sdp = _declare_parameter_sets(offer.sdp, self._rtcp_consumers)
+            await self.pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             self._hook()
             self.offer_id += 1
             return self.pc.localDescription.sdp, self.offer_id
@@ -416,6 +438,11 @@ class Transport:
         self._prefer(transceiver, producer)
         return self._bind_consumer(transceiver, producer)
 
+    def consumes(self, producer: Producer[Consumer]) -> bool:
+        """Does one of this transport's m-lines carry ``producer``?"""
+        return any(c.producer is producer for c in self.consumers.values()) \
+            or any(c.producer is producer for _, c in self._unconfigured)
+
     def _free_m_line(self, kind: str) -> RTCRtpTransceiver | None:
         """An m-line of ``kind`` whose consumer closed and that the client has agreed is
         inactive: reused (RFC 8829 5.2.2 lets an offerer recycle it), so that the offer does not
@@ -443,6 +470,7 @@ class Transport:
             # straight to the socket: one call less per packet and subscriber
             send_rtp=raw.send_rtp if raw is not None else self._send_rtp,
             send_rtcp=raw.send_rtcp if raw is not None else self._send_rtcp,
+            congestion=self.router.options.congestion,
         )
         self._rtcp_consumers[ssrc] = consumer
         self._unconfigured.append((transceiver, consumer))

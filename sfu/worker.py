@@ -41,6 +41,7 @@ from sfu.options import MediaOptions
 from sfu.recorder import Recorder, new_recording_id
 from sfu.recording_recovery import recover
 from sfu.router import Router
+from sfu.udp_mux import UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class LocalMediaPlane:
     def __init__(self, options: MediaOptions | None = None) -> None:
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
+        # every connection of this plane on one UDP port per address (options.media_port)
+        self.mux = UdpMux(self.options.media_port) if self.options.media_port else None
         self.collector = CollectAfterDepartures(self._open_transports)
         self._events = EventFanout()
         self._closed = False
@@ -93,6 +96,8 @@ class LocalMediaPlane:
         for router in list(self.rooms.values()):
             await router.close("shutdown")
         self.rooms.clear()
+        if self.mux is not None:
+            self.mux.close()
         self.collector.uninstall()
         self._events.close()
 
@@ -122,7 +127,7 @@ class LocalMediaPlane:
         self.collector.start()
         if message.room_id not in self.rooms:
             self.rooms[message.room_id] = Router(
-                message.room_id, self.options, self._emit, dict(message.app_data)
+                message.room_id, self.options, self._emit, dict(message.app_data), self.mux
             )
             logger.info("room %s opened", message.room_id)
         return Ok()
@@ -137,7 +142,10 @@ class LocalMediaPlane:
     async def _offer(self, message: Offer) -> Message:
         router = self._room(message.room_id)
         transport = router.transport(message.participant_id, message.transport)
-        return Answer(await transport.handle_offer(message.sdp))
+        answer = Answer(await transport.handle_offer(message.sdp))
+        if message.replaces and message.transport == "publish":
+            await router.hand_over(message.replaces, message.participant_id)
+        return answer
 
     async def _subscribe(self, message: Subscribe) -> Message:
         await self._room(message.room_id).subscribe(message.participant_id)

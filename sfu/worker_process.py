@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from sfu.api import MediaError
+from sfu.api import MediaError, MediaPlane
 from sfu.channel import Channel, ChannelClosed, ChannelError, message_of
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
@@ -58,6 +58,21 @@ class Load:
         }
         self._packets, self._at, self._cpu = packets, now, cpu
         return report
+
+
+async def answer(plane: MediaPlane, frame: dict[str, Any]) -> dict[str, Any]:
+    """The ``reply`` or ``error`` frame for one ``request`` frame (a worker's, or an SFU node's)."""
+    request_id = frame["id"]
+    try:
+        reply = await plane.request(message_of(frame))
+    except MediaError as exc:
+        return {"t": "error", "id": request_id, "code": exc.code, "message": exc.message}
+    except ChannelError as exc:
+        return {"t": "error", "id": request_id, "code": "bad_message", "message": str(exc)}
+    except Exception as exc:  # the plane's own bug: the caller gets a coded error, we the trace
+        logger.exception("request %s failed", frame["message"].get("kind"))
+        return {"t": "error", "id": request_id, "code": "media_failed", "message": repr(exc)}
+    return {"t": "reply", "id": request_id, "message": reply.to_dict()}
 
 
 class WorkerServer:
@@ -101,18 +116,7 @@ class WorkerServer:
             await self.plane.close()
 
     async def _request(self, frame: dict[str, Any]) -> None:
-        request_id = frame["id"]
-        try:
-            reply = await self.plane.request(message_of(frame))
-        except MediaError as exc:
-            self._send({"t": "error", "id": request_id, "code": exc.code, "message": exc.message})
-        except ChannelError as exc:
-            self._send({"t": "error", "id": request_id, "code": "bad_message", "message": str(exc)})
-        except Exception as exc:  # the plane's own bug: the caller gets a coded error, we the trace
-            logger.exception("request %s failed", frame["message"].get("kind"))
-            self._send({"t": "error", "id": request_id, "code": "media_failed", "message": repr(exc)})
-        else:
-            self._send({"t": "reply", "id": request_id, "message": reply.to_dict()})
+        self._send(await answer(self.plane, frame))
 
     async def _report(self) -> None:
         """The load, and so the heartbeat the pool's watchdog waits for: never skipped."""
@@ -139,7 +143,7 @@ async def run(index: int, fd: int) -> int:
             level=hello["log_level"],
             format=f"%(asctime)s %(levelname)s sfu-worker-{index} %(name)s: %(message)s",
         )
-        plane = LocalMediaPlane(MediaOptions.from_dict(hello["options"]))
+        plane = LocalMediaPlane(MediaOptions.from_dict(hello["options"]).for_worker(index))
         plane.start()  # aiortc's hooks and the GC policy, in this process
         server = WorkerServer(channel, plane)
         channel.send({"t": "ready", "pid": os.getpid()})

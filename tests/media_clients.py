@@ -26,6 +26,7 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -58,6 +59,22 @@ def client_pc() -> RTCPeerConnection:
     return RTCPeerConnection(
         RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
     )
+
+
+def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str | None) -> None:
+    """Offer only ``mime_type`` (e.g. "video/H264") on ``transceiver``; None: aiortc's order."""
+    if mime_type:
+        transceiver.setCodecPreferences([
+            c for c in RTCRtpSender.getCapabilities(transceiver.kind).codecs if c.mimeType == mime_type
+        ][:1])
+
+
+async def publish_offer(plane: MediaPlane, pc: RTCPeerConnection, room_id: str, participant_id: str) -> None:
+    """Offer ``pc``'s tracks on the participant's publish transport and apply the answer."""
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await answer_to(plane, Offer(room_id, participant_id, "publish", pc.localDescription.sdp))
+    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
 
 
 def _square(bit: int, complement: int) -> tuple[int, int]:
@@ -178,26 +195,12 @@ class Publisher:
     async def start(self) -> None:
         if self.video:
             self.video_track = CounterTrack()
-            transceiver = self.pc.addTransceiver(self.video_track, direction="sendonly")
-            if self.video_codec:
-                transceiver.setCodecPreferences([
-                    c for c in RTCRtpSender.getCapabilities("video").codecs
-                    if c.mimeType == self.video_codec
-                ][:1])
+            prefer_codec(self.pc.addTransceiver(self.video_track, direction="sendonly"), self.video_codec)
         if self.audio:
             self.pc.addTransceiver(ToneTrack(self.amplitude), direction="sendonly")
         self.chat = self.pc.createDataChannel("chat")
         self.chat.on("message", lambda m: self.chat_received.append(json.loads(m)))
-        await self.negotiate()
-
-    async def negotiate(self) -> None:
-        LOOPBACK.prepare(self.pc)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await self.plane.request(
-            Offer(self.room_id, self.participant_id, "publish", self.pc.localDescription.sdp)
-        )
-        assert isinstance(answer, Answer)
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        await publish_offer(self.plane, self.pc, self.room_id, self.participant_id)
 
     async def close(self) -> None:
         await self.pc.close()

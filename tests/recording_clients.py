@@ -11,6 +11,12 @@ its first sample was due (48000 a second): what a camera's and a microphone's cl
 what the RTP timestamps say, however late this process's event loop gets to them on a busy
 machine. Video timestamps follow the wall clock across a pause (as a browser's do) or, with
 ``counter_timestamps``, do not advance while paused (as aiortc's own tracks).
+
+The sender reports are on the same capture clock (``CaptureClock``), as a browser's are: aiortc's
+own pair a frame's RTP timestamp with the time its last packet was *sent*, so on a loaded machine
+(an encoder thread or event loop running late) they claimed each stream was captured later than it
+was, each by its own lag, and the recorder, which aligns audio and video by those reports, put
+them up to a few hundred milliseconds apart: the sync tests failed under load, not the recorder.
 """
 
 from __future__ import annotations
@@ -23,19 +29,43 @@ from dataclasses import dataclass, field
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
 
-from sfu.api import Answer, MediaPlane, Offer
-from tests.media_clients import FPS, LOOPBACK, VIDEO_CLOCK, client_pc, draw_counter, read_counter
+from bench import client_hooks
+from sfu.api import MediaPlane
+from tests.media_clients import FPS, VIDEO_CLOCK, client_pc, draw_counter, prefer_codec, publish_offer, read_counter
 
 BEEP_SECONDS = 0.1
+
+
+class CaptureClock:
+    """Makes a track's sender report the capture time of the last frame it sent, not its send
+    time. ``sent`` is called first thing in the track's ``recv``, before any await: aiortc asks
+    for the next frame right after the last one's packets went out and set its own pair, with no
+    await in between (tests/bench/test_client_hooks.py), so no report goes out with that pair."""
+
+    def __init__(self) -> None:
+        self.sender: RTCRtpSender | None = None
+        self.handed: float | None = None  # capture time (Unix) of the frame handed over last
+        self._sent_ts: int | None = None
+
+    def sent(self) -> None:
+        """The frame handed over last has gone out (unless its encoder dropped it)."""
+        sender = self.sender
+        if sender is None or self.handed is None:
+            return
+        ts = client_hooks.last_sent_timestamp(sender)
+        if ts != self._sent_ts:
+            self._sent_ts = ts
+            client_hooks.set_report_clock(sender, client_hooks.ntp_of(self.handed), ts)
 
 
 class ClockedCounterTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, counter_timestamps: bool = False) -> None:
+    def __init__(self, counter_timestamps: bool = False, late: float = 0.0) -> None:
         super().__init__()
+        self.late = late  # seconds from a frame's capture to the encoder (a busy machine's lag)
         self.counter = 0
         self.captured: dict[int, float] = {}  # counter -> wall time it was due
         self.counter_timestamps = counter_timestamps
@@ -43,18 +73,20 @@ class ClockedCounterTrack(MediaStreamTrack):
         self._wall = 0.0  # the wall clock at _start
         self._due = 0.0
         self._pause_until = 0.0
+        self.clock = CaptureClock()
 
     def pause(self, seconds: float) -> None:
         self._pause_until = time.monotonic() + seconds
 
     async def recv(self) -> av.VideoFrame:
+        self.clock.sent()
         now = time.monotonic()
         if not self._start:
             self._start = self._due = now
             self._wall = time.time()
         self._due = max(self._due, self._pause_until)
         due = self._due
-        await asyncio.sleep(max(0.0, due - now))
+        await asyncio.sleep(max(0.0, due + self.late - now))
         self._due += 1 / FPS
         frame = av.VideoFrame.from_ndarray(draw_counter(self.counter % 4096), format="rgb24")
         if self.counter_timestamps:
@@ -63,6 +95,7 @@ class ClockedCounterTrack(MediaStreamTrack):
             frame.pts = round((due - self._start) * VIDEO_CLOCK)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self.captured[self.counter] = self._wall + (due - self._start)
+        self.clock.handed = self.captured[self.counter]
         self.counter += 1
         return frame
 
@@ -76,8 +109,10 @@ class BeepTrack(MediaStreamTrack):
         self.beeps: list[float] = []  # wall time each beep's first sample was due
         self._start = 0.0
         self._wall = 0.0
+        self.clock = CaptureClock()
 
     async def recv(self) -> av.AudioFrame:
+        self.clock.sent()
         if not self._start:
             self._start = time.monotonic()
             self._wall = time.time()
@@ -93,6 +128,7 @@ class BeepTrack(MediaStreamTrack):
         frame.sample_rate = 48000
         frame.pts = self.samples
         frame.time_base = fractions.Fraction(1, 48000)
+        self.clock.handed = self._wall + self.samples / 48000
         self.samples += 960
         return frame
 
@@ -104,23 +140,17 @@ class RecordedPublisher:
     participant_id: str
     video_codec: str = "video/VP8"
     counter_timestamps: bool = False
+    late: float = 0.0  # video frames reach the encoder this long after their capture
     pc: RTCPeerConnection = field(default_factory=client_pc)
 
     async def start(self) -> None:
-        self.video = ClockedCounterTrack(self.counter_timestamps)
+        self.video = ClockedCounterTrack(self.counter_timestamps, self.late)
         self.audio = BeepTrack()
-        transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
-        transceiver.setCodecPreferences([
-            c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == self.video_codec
-        ][:1])
-        self.pc.addTransceiver(self.audio, direction="sendonly")
-        LOOPBACK.prepare(self.pc)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await self.plane.request(
-            Offer(self.room_id, self.participant_id, "publish", self.pc.localDescription.sdp)
-        )
-        assert isinstance(answer, Answer)
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        video = self.pc.addTransceiver(self.video, direction="sendonly")
+        prefer_codec(video, self.video_codec)
+        self.video.clock.sender = video.sender
+        self.audio.clock.sender = self.pc.addTransceiver(self.audio, direction="sendonly").sender
+        await publish_offer(self.plane, self.pc, self.room_id, self.participant_id)
 
     async def close(self) -> None:
         await self.pc.close()

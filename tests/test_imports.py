@@ -36,8 +36,14 @@ LAYERS: dict[str, frozenset[str]] = {
 }
 # The media plane's modules the control plane may import, and where.
 SFU_FOR_ALL = frozenset({"sfu.api"})
-# the factory makes the plane: in process, or a pool of worker processes
-SFU_FOR = {"signalling.app.factory": frozenset({"sfu.worker", "sfu.pool", "sfu.options"})}
+# the factory makes the plane: in process, a pool of worker processes, or remote SFU nodes
+SFU_FOR = {
+    "signalling.app.factory": frozenset({"sfu.worker", "sfu.pool", "sfu.options", "sfu.remote", "sfu.node_registry",
+                                         "sfu.node_link"}),
+    # an SFU node (--role sfu): the plane, served to signalling nodes
+    "signalling.app.sfu_node": frozenset({"sfu.worker", "sfu.pool", "sfu.node_server", "sfu.node_registry",
+                                          "sfu.node_link"}),
+}
 
 
 def module_files() -> dict[str, Path]:

@@ -47,13 +47,22 @@ def main(verbose: bool) -> None:
 @click.option("--metrics-port", type=int, default=None, help="Serve /metrics without a token on this loopback port. [EXPERTCALL_METRICS_PORT]")
 @click.option("--sfu-workers", type=int, default=None,
               help="SFU worker processes (default: the CPUs this process may use; 1 runs the SFU in the server's process). [EXPERTCALL_SFU_WORKERS]")
+@click.option("--role", type=click.Choice(["all", "signalling", "sfu"]), default=None,
+              help="all (default): signalling and the SFU; signalling: rooms on the SFU nodes in Redis; sfu: an SFU node. [EXPERTCALL_ROLE]")
+@click.option("--sfu-node-host", default=None, help="An SFU node's internal endpoint: address to listen on (default 127.0.0.1). [EXPERTCALL_SFU_NODE_HOST]")
+@click.option("--sfu-node-port", type=int, default=None, help="Its port (default 0: any free port, announced in Redis). [EXPERTCALL_SFU_NODE_PORT]")
+@click.option("--sfu-node-advertise", default=None, help="The address signalling nodes dial (default: --sfu-node-host). [EXPERTCALL_SFU_NODE_ADVERTISE]")
+@click.option("--media-port", type=int, default=None,
+              help="One UDP port per SFU worker for all media: worker i uses this + i (default: a port per connection). [EXPERTCALL_MEDIA_PORT]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
 def serve(**options: Any) -> None:
-    """Run signalling, the SFU (in worker processes, one per CPU) and the web demo."""
+    """Run signalling, the SFU (in worker processes, one per CPU) and the web demo; or, with
+    --role, signalling only or an SFU node only (docs/deployment.md)."""
     from aiohttp import web
 
     from .access_log import RedactedAccessLogger
     from .factory import create_app
+    from .sfu_node import create_sfu_node_app
 
     if options.get("sfu_workers") is None and "EXPERTCALL_SFU_WORKERS" not in os.environ:
         # one SFU worker per CPU this process may run on (taskset and cgroups included)
@@ -61,11 +70,12 @@ def serve(**options: Any) -> None:
     try:
         settings = Settings.from_env(**options)
         _check_secret_flag(options.get("secret"), settings)
-        app = create_app(settings)
+        app = create_sfu_node_app(settings) if settings.role == "sfu" else create_app(settings)
+        settings.sfu_link_secret()  # refuse to start without one, rather than at the first link
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     install_event_loop()
-    click.echo(f"expertcall listening on http://{settings.host}:{settings.port}/", err=True)
+    click.echo(f"expertcall ({settings.role}) listening on http://{settings.host}:{settings.port}/", err=True)
     web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15,
                 access_log_class=RedactedAccessLogger)
 

@@ -4,8 +4,10 @@ Every part is set up here, in one place, and nothing is set up by an import. Res
 ``cleanup_ctx`` order and close in reverse: the database first (everything keeps state in it),
 the media plane before the signalling node (so the node, closing first, can still close its
 rooms), billing before the node (so the node's last transitions are still metered). The media
-plane is made at start-up by the ``media`` factory (a ``LocalMediaPlane`` unless a caller, such as
-a test or the media bench's reference server, passes another), never when the app is built.
+plane is made at start-up by the ``media`` factory (by the settings' role: a ``LocalMediaPlane``
+or a worker pool for ``all``, the SFU nodes in Redis for ``signalling``, unless a caller, such as
+a test or the media bench's reference server, passes another), never when the app is built. An
+SFU node (``--role sfu``) is another, smaller application: ``sfu_node.create_sfu_node_app``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from aiohttp import web
 import web_demo.routes
 from sfu.api import MediaPlane
 from sfu.options import MediaOptions
+from sfu.node_link import link_key
+from sfu.node_registry import NodeRegistry
 from sfu.pool import WorkerPool
+from sfu.remote import RemoteNodes
 from sfu.worker import LocalMediaPlane
 
 from ..auth.tokens import TOKENS, TokenIssuer
@@ -60,7 +65,20 @@ def no_media_plane(settings: Settings) -> None:
     return None
 
 
-def create_app(settings: Settings, media: MediaPlaneFactory = local_media_plane) -> web.Application:
+def remote_media_plane(settings: Settings) -> MediaPlane:
+    """The SFU nodes registered in Redis (``--role signalling``), reached over authenticated links."""
+    return RemoteNodes(NodeRegistry(settings.redis_url, settings.redis_prefix),
+                       link_key(settings.sfu_link_secret()), settings.node_id)
+
+
+def media_plane_for_role(settings: Settings) -> MediaPlane:
+    """``--role all``: the SFU in this process or its workers; ``--role signalling``: SFU nodes."""
+    if settings.role == "signalling":
+        return remote_media_plane(settings)
+    return local_media_plane(settings)
+
+
+def create_app(settings: Settings, media: MediaPlaneFactory = media_plane_for_role) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     # What every part reads.
     app[keys.SETTINGS] = settings
@@ -101,6 +119,7 @@ def media_options(settings: Settings) -> MediaOptions:
         announced_ip=settings.media_announced_ip or None,
         port_min=settings.media_port_min,
         port_max=settings.media_port_max,
+        media_port=settings.media_port,
         ice_servers=tuple({"urls": url} for url in settings.stun_urls),
         max_publish_bitrate=settings.max_publish_bitrate,
         media_state_debounce=settings.media_debounce_seconds,
@@ -139,7 +158,10 @@ def media_plane_ctx(media: MediaPlaneFactory) -> Callable[[web.Application], Asy
         plane = media(app[keys.SETTINGS])
         if isinstance(plane, WorkerPool):
             await plane.start()
-            WorkerMetrics(plane.health, app[keys.METRICS].registry)
+            if isinstance(plane, RemoteNodes):
+                WorkerMetrics(plane.nodes, app[keys.METRICS].registry, "node", lambda n: n.node_id)
+            else:
+                WorkerMetrics(plane.health, app[keys.METRICS].registry)
         if plane is not None:
             app[MEDIA_PLANE] = plane
         try:
@@ -171,6 +193,13 @@ async def readyz(request: web.Request) -> web.Response:
     if not alive:
         return web.json_response({"status": "not_ready", "reason": "backend does not list this node"}, status=503)
     plane = request.app.get(MEDIA_PLANE)
+    if isinstance(plane, RemoteNodes):
+        # Ready while some SFU node is linked (rooms are placed on those).
+        nodes = [{"node": n.node_id, "up": n.up} for n in plane.nodes()]
+        if not any(n["up"] for n in nodes):
+            return web.json_response({"status": "not_ready", "reason": "no SFU node linked", "sfu_nodes": nodes},
+                                     status=503)
+        return web.json_response({"status": "ready", "node": node.node_id, "sfu_nodes": nodes})
     if isinstance(plane, WorkerPool):
         # Each worker's state, no more (the probe is open): one down is restarting, its rooms moved.
         workers = [{"worker": w.index, "up": w.up} for w in plane.health()]

@@ -95,31 +95,39 @@ class WorkerHealth(Protocol):
 
 
 class WorkerMetrics(Collector):
-    """A worker pool's processes for Prometheus, labelled by worker index (a fixed, small set)."""
+    """A worker pool's processes for Prometheus, labelled by worker index (a fixed, small set);
+    with ``member="node"`` and ``label`` the node id, a signalling node's SFU nodes
+    (``expertcall_sfu_node_*``, sfu/remote.py), which restart on their own (no restart counter)."""
 
-    def __init__(self, health: Callable[[], Sequence[WorkerHealth]], registry: CollectorRegistry) -> None:
+    def __init__(self, health: Callable[[], Sequence[WorkerHealth]], registry: CollectorRegistry,
+                 member: str = "worker", label: Callable[[Any], str] = lambda w: str(w.index)) -> None:
         self.health = health
+        self.member = member
+        self.label = label
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         workers = self.health()
+        m = self.member
         gauges = {
-            "up": ("expertcall_sfu_worker_up", "1 while the SFU worker process serves its rooms",
+            "up": (f"expertcall_sfu_{m}_up", f"1 while the SFU {m} serves its rooms",
                    lambda w: 1.0 if w.up else 0.0),
-            "rooms": ("expertcall_sfu_worker_rooms", "Rooms placed on the worker", lambda w: float(len(w.rooms))),
-            "streams": ("expertcall_sfu_worker_streams", "Producers and consumers in the worker, as last reported",
+            "rooms": (f"expertcall_sfu_{m}_rooms", f"Rooms placed on the {m}", lambda w: float(len(w.rooms))),
+            "streams": (f"expertcall_sfu_{m}_streams", f"Producers and consumers in the {m}, as last reported",
                         lambda w: float(w.streams)),
-            "packets": ("expertcall_sfu_worker_packets_per_second",
-                        "RTP packets received and sent per second by the worker, as last reported",
+            "packets": (f"expertcall_sfu_{m}_packets_per_second",
+                        f"RTP packets received and sent per second by the {m}, as last reported",
                         lambda w: w.packets_per_second),
-            "cpu": ("expertcall_sfu_worker_cpu_cores", "CPU the worker used, in cores, as last reported",
-                    lambda w: w.cpu),
+            "cpu": (f"expertcall_sfu_{m}_cpu_cores", f"CPU the {m} used, in cores (a node: the mean per worker), "
+                    "as last reported", lambda w: w.cpu),
         }
         for name, help_text, value in gauges.values():
-            family = GaugeMetricFamily(name, help_text, labels=["worker"])
+            family = GaugeMetricFamily(name, help_text, labels=[m])
             for worker in workers:
-                family.add_metric([str(worker.index)], value(worker))
+                family.add_metric([self.label(worker)], value(worker))
             yield family
+        if m != "worker":
+            return
         restarts = CounterMetricFamily("expertcall_sfu_worker_restarts",
                                        "Times the worker was started again after it died", labels=["worker"])
         for worker in workers:

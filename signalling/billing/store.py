@@ -36,8 +36,14 @@ class StaleOwner(Exception):
         self.session_ids = session_ids
 
 
+# The billing_sessions columns a meter writes when it opens a session.
+OPENED_COLUMNS = "session_id, expert_id, client_id, price, policy, budget_cap, started_at, owner, fence"
+
+
 @dataclass(frozen=True)
 class SessionOpened:
+    """A metered session's terms as a meter opens it: what a ``StoredSession`` starts from."""
+
     session_id: str
     expert_id: str
     client_id: str
@@ -46,6 +52,11 @@ class SessionOpened:
     budget_cap: int | None
     started_at: float
     owner: str
+
+    def row(self, fence: int) -> tuple[Any, ...]:
+        """Its values for ``OPENED_COLUMNS``, written by ``fence``."""
+        return (self.session_id, self.expert_id, self.client_id, json.dumps(self.price),
+                json.dumps(self.policy), self.budget_cap, self.started_at, self.owner, fence)
 
 
 @dataclass
@@ -85,19 +96,11 @@ def side_column(side: str) -> str:
 
 
 @dataclass(frozen=True)
-class StoredSession:
-    """A metered session as stored, with its timeline and what the ledger charged it."""
+class StoredSession(SessionOpened):
+    """A metered session as stored: its terms, its timeline and what the ledger charged it."""
 
-    session_id: str
-    expert_id: str
-    client_id: str
-    price: dict[str, Any]
-    policy: dict[str, Any]
-    budget_cap: int | None
-    started_at: float
     ended_at: float | None
     end_reason: str | None
-    owner: str
     fence: int
     intervals: tuple[tuple[float, float | None], ...]
     units: int

@@ -17,13 +17,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any, AsyncIterator
 
 from ..core.postgres import lock_key, migrate
 from .outbox import encode
 from .posting import LedgerConflict, Posting, SessionTotals
-from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, side_column, stored_session
+from .store import (OPENED_COLUMNS, BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch,
+                    side_column, stored_session)
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -150,12 +150,10 @@ class PostgresBillingStore(BillingStore):
             async with conn.transaction():
                 if batch.opened:
                     await conn.execute(
-                        "INSERT INTO billing_sessions (session_id, expert_id, client_id, price, policy, budget_cap,"
-                        " started_at, owner, fence) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-                        " $4::text[], $5::text[], $6::bigint[], $7::float8[], $8::text[], $9::bigint[])",
-                        *_columns([(o.session_id, o.expert_id, o.client_id, json.dumps(o.price), json.dumps(o.policy),
-                                    o.budget_cap, o.started_at, o.owner, batch.fences.get(o.session_id, 0))
-                                   for o in batch.opened], 9),
+                        f"INSERT INTO billing_sessions ({OPENED_COLUMNS}) SELECT * FROM unnest($1::text[],"
+                        " $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::float8[], $8::text[],"
+                        " $9::bigint[])",
+                        *_columns([o.row(batch.fences.get(o.session_id, 0)) for o in batch.opened], 9),
                     )
                 await self._fence(conn, batch.fences)
                 if batch.intervals_opened:

@@ -8,13 +8,13 @@ transactions, so a second process on the same file waits rather than interleaves
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any, AsyncIterator
 
 from ..core.database import Database
 from .outbox import encode
 from .posting import LedgerConflict, Posting, SessionTotals
-from .store import BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch, side_column, stored_session
+from .store import (OPENED_COLUMNS, BillingStore, OutboxRow, StaleOwner, StoredSession, WriteBatch,
+                    side_column, stored_session)
 
 MIGRATIONS: list[tuple[int, str]] = [
     # 1: the tables as the single-node meter made them (IF NOT EXISTS: a data dir from before
@@ -139,10 +139,8 @@ class SqliteBillingStore(BillingStore):
         db = self.db
         with db.transaction():
             db.executemany(
-                "INSERT INTO billing_sessions (session_id, expert_id, client_id, price, policy, budget_cap,"
-                " started_at, owner, fence) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(o.session_id, o.expert_id, o.client_id, json.dumps(o.price), json.dumps(o.policy), o.budget_cap,
-                  o.started_at, o.owner, batch.fences.get(o.session_id, 0)) for o in batch.opened],
+                f"INSERT INTO billing_sessions ({OPENED_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                [o.row(batch.fences.get(o.session_id, 0)) for o in batch.opened],
             )
             self._fence(batch.fences)
             db.executemany(

@@ -7,7 +7,10 @@ servers as ``Link: <...>; rel="ice-server"`` headers; ``DELETE`` on the resource
 standard client (OBS, GStreamer, a browser) can do this.
 
 Every WHIP/WHEP resource is a participant of its own in the media plane, so one token may hold
-several (a broadcaster's camera and a monitor view). Trickle ICE and ICE restarts over ``PATCH``
+several (a broadcaster's camera and a monitor view), but one WHIP publish per session: a new
+WHIP ``POST`` by the same user into the same session replaces that user's earlier one (an
+encoder that reconnected without DELETE): the old resource goes, and its WHEP viewers are moved
+to the new tracks. Trickle ICE and ICE restarts over ``PATCH``
 are not supported (405): the answer carries every server candidate and clients gather theirs
 before posting, which standard clients do when PATCH is refused.
 
@@ -78,16 +81,24 @@ class WhipResources:
     def add(self, resource: WhipResource) -> None:
         self._by_participant[(resource.session_id, resource.participant_id)] = resource
 
-    def reserve(self, resource: WhipResource, per_owner: int, per_session: int) -> None:
+    def reserve(self, resource: WhipResource, per_owner: int, per_session: int,
+                replacing: WhipResource | None = None) -> None:
         """Hold a place for ``resource`` while the media plane answers (so that a burst of posts
-        cannot all pass the count before the first lands), or raise ``LimitReached``."""
-        in_session = [r for r in self._by_participant.values() if r.session_id == resource.session_id]
+        cannot all pass the count before the first lands), or raise ``LimitReached``.
+        ``replacing``: a resource that goes once this one is up, so not counted."""
+        in_session = [r for r in self._by_participant.values()
+                      if r.session_id == resource.session_id and r is not replacing]
         if sum(r.owner == resource.owner for r in in_session) >= per_owner:
             raise LimitReached(429, "too_many_resources",
                                f"at most {per_owner} WHIP/WHEP resources per participant and session: DELETE one first")
         if len(in_session) >= per_session:
             raise LimitReached(429, "too_many_resources", f"at most {per_session} WHIP/WHEP resources per session")
         self.add(resource)
+
+    def publish_of(self, session_id: str, owner: str) -> WhipResource | None:
+        """``owner``'s WHIP resource in the session, if it has one."""
+        return next((r for r in self._by_participant.values() if r.endpoint == "whip"
+                     and r.session_id == session_id and r.owner == owner), None)
 
     def get(self, endpoint: str, session_id: str, resource_id: str) -> WhipResource | None:
         resource = self._by_participant.get((session_id, f"{endpoint}-{resource_id}"))
@@ -180,12 +191,15 @@ async def create_resource(request: web.Request) -> web.Response:
     resource = WhipResource(endpoint, session_id, resource_id, f"{endpoint}-{resource_id}", identity.user_id)
     media = _media(request)
     resources = request.app[WHIP_RESOURCES]
+    # A publisher that posts again without DELETE reconnected: its new resource replaces the old.
+    replacing = resources.publish_of(session_id, identity.user_id) if endpoint == "whip" else None
     if identity.is_admin:  # broadcasts and load tests: hundreds of viewers on one token
         resources.add(resource)
     else:
         try:
             resources.reserve(
-                resource, settings.whip_max_resources_per_participant, settings.whip_max_resources_per_session
+                resource, settings.whip_max_resources_per_participant, settings.whip_max_resources_per_session,
+                replacing,
             )
         except LimitReached as exc:
             raise exc.as_http() from None
@@ -193,9 +207,10 @@ async def create_resource(request: web.Request) -> web.Response:
         # Idempotent: the session store may have opened the room already; an admin's broadcast
         # or load test opens it here.
         await media.request(OpenRoom(session_id, {"opened_by": endpoint}))
-        reply = await media.request(
-            Offer(session_id, resource.participant_id, _ENDPOINTS[endpoint], offer)
-        )
+        reply = await media.request(Offer(
+            session_id, resource.participant_id, _ENDPOINTS[endpoint], offer,
+            replaces=replacing.participant_id if replacing is not None else "",
+        ))
         if not isinstance(reply, Answer):
             raise MediaError("media_unavailable", "the media plane did not answer")
     except MediaError as exc:
@@ -205,6 +220,9 @@ async def create_resource(request: web.Request) -> web.Response:
     except BaseException:
         resources.remove(resource)
         raise
+    if replacing is not None:
+        resources.remove(replacing)  # gone in the media plane: a late DELETE of it finds nothing
+        log.info("whip resource %s replaces %s in session %s", resource_id, replacing.resource_id, session_id)
     log.info("%s resource %s opened in session %s by %s", endpoint, resource_id, session_id, identity.user_id)
     headers = {"Location": resource.location, "ETag": f'"{resource_id}"'}
     response = web.Response(status=201, text=reply.sdp, content_type=SDP, headers=headers)

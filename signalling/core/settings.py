@@ -25,6 +25,9 @@ LIMITS = (
 )
 
 
+ROLES = ("all", "signalling", "sfu")
+
+
 class SettingsError(ValueError):
     """A setting is missing, malformed or unsafe; the message says which and why."""
 
@@ -114,6 +117,9 @@ class Settings:
     media_announced_ip: str = ""
     media_port_min: int = 0
     media_port_max: int = 0
+    # One UDP port per SFU worker (worker i: media_port + i) for every connection's ICE, DTLS and
+    # SRTP; 0 keeps a socket per connection (from the range above, or ephemeral).
+    media_port: int = 0
     stun_urls: tuple[str, ...] = ()
     max_publish_bitrate: int = 2_500_000
     # At most one keyframe request per publisher per interval (seconds): a joiner waits up to this
@@ -122,6 +128,17 @@ class Settings:
     # SFU worker processes (sfu/pool.py); 1 keeps the SFU in this process. `expertcall serve`
     # defaults to the CPUs it may run on.
     sfu_workers: int = 1
+    # What this process runs (docs/deployment.md): "all" (signalling and the SFU), "signalling"
+    # (rooms on the SFU nodes found in Redis) or "sfu" (an SFU node serving signalling nodes).
+    role: str = "all"
+    # The key SFU nodes and signalling nodes prove to each other (at least 32 characters); empty:
+    # derived from the token secret, so SFU nodes would hold that secret too.
+    sfu_secret: str = field(default="", repr=False)
+    # An SFU node's internal endpoint: where it listens for signalling nodes (port 0: any free
+    # port, announced in Redis), and the address it announces (default: the one it listens on).
+    sfu_node_host: str = "127.0.0.1"
+    sfu_node_port: int = 0
+    sfu_node_advertise: str = ""
     # Session recording (docs/recording.md): files under data_dir/recordings, deleted this many
     # days after they were made (0: kept until an admin deletes them).
     recording_enabled: bool = True
@@ -159,6 +176,10 @@ class Settings:
         if self.media_port_min or self.media_port_max:
             if not (1024 <= self.media_port_min <= self.media_port_max <= 65535):
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
+        if self.media_port and not (1024 <= self.media_port <= 65535 - max(self.sfu_workers, 1) + 1):
+            raise SettingsError("media_port + sfu_workers - 1 must lie within 1024-65535")
+        if self.media_port and self.media_port_min:
+            raise SettingsError("media_port and the media port range exclude each other")
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("database_url must be a postgresql:// URL (or empty for the embedded SQLite)")
         if self.paused_timeout <= 0:
@@ -195,6 +216,16 @@ class Settings:
             raise SettingsError("media_keyframe_interval must be 0 or more seconds")
         if not (1 <= self.sfu_workers <= 1024):
             raise SettingsError(f"sfu_workers must be between 1 and 1024, got {self.sfu_workers}")
+        if self.role not in ROLES:
+            raise SettingsError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.role != "all" and not self.redis_url:
+            raise SettingsError(f"role {self.role} needs --redis: SFU nodes and signalling nodes find each other there")
+        if self.sfu_secret and len(self.sfu_secret) < 32:
+            raise SettingsError("sfu_secret must be at least 32 characters long")
+        if not (0 <= int(self.sfu_node_port) < 65536):
+            raise SettingsError(f"sfu_node_port must be 0-65535, got {self.sfu_node_port}")
+        if self.sfu_node_host in ("0.0.0.0", "::", "") and not self.sfu_node_advertise and self.role == "sfu":
+            raise SettingsError("an SFU node listening on every address needs sfu_node_advertise: the address signalling nodes dial")
         if self.recording_retention_days < 0:
             raise SettingsError("recording_retention_days must be 0 (keep) or more days")
         if not self.node_id:
@@ -239,6 +270,10 @@ class Settings:
                 raise SettingsError(str(exc)) from None
         self.secret = self._resolved_secret = secret
         return secret
+
+    def sfu_link_secret(self) -> str:
+        """The secret the SFU node links are keyed on: ``sfu_secret``, else the token secret."""
+        return self.sfu_secret or self.resolve_secret()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

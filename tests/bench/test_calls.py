@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from bench.report import call_ratios, calls_per_core, calls_table, summarise
 from signalling.app.cli import main
+from tests.backends import redis_available
 from tests.externals import require
 
 pytestmark = pytest.mark.integration
@@ -193,6 +194,23 @@ def test_calls_through_one_and_two_sfu_workers_show_each_processs_cpu(tmp_path: 
     assert "cores by process: main" in result.output
 
 
+def test_calls_through_a_signalling_node_and_an_sfu_node_count_both_processes(tmp_path: Path) -> None:
+    require(redis_available(), "redis-server on 127.0.0.1:6379")
+    out = tmp_path / "calls.json"
+    result = CliRunner().invoke(main, [
+        "bench", "media", "--calls", "2", "--sfu-node", "--duration", "2", "--settle", "1", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["config"]["targets"] == ["expertcall", "expertcall-node"] and report["config"]["sfu_node"]
+    one, split = report["runs"]
+    assert one["calls_up"] == split["calls_up"] == 2
+    # the launcher waits; the signalling node signals; the media runs in the SFU node
+    assert list(split["server_process_cores"]) == ["main", "sfu-node", "signalling-node"]
+    assert split["server_process_cores"]["sfu-node"] > split["server_process_cores"]["signalling-node"]
+    assert report["sfu_node_ratios"]["per_count"]["2"]["cpu_ms_per_call"]["median"] > 0
+
+
 def _run(target: str, round_: int, calls: int, cpu: float, clean: bool = True, uss: float = 2000.0) -> dict[str, Any]:
     return {"target": target, "round": round_, "calls": calls, "clean": clean,
             "server_cpu_seconds_per_second": cpu, "cpu_ms_per_call": cpu * 1000 / calls,
@@ -246,6 +264,7 @@ def test_summary_counts_audio_loss_and_notes_clients_that_fell_behind() -> None:
     (["--calls", "2", "--pin-server", "one"], "not a CPU list"),
     (["--calls", "2", "--sfu-workers", "0"], "SFU worker counts must be at least 1"),
     (["--sfu-workers", "2"], "--sfu-workers is for --calls"),
+    (["--sfu-node"], "--sfu-node is for --calls"),
 ])
 def test_calls_options_are_checked_before_anything_starts(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["bench", "media", *args, "--json", str(tmp_path / "x.json")])

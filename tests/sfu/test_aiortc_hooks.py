@@ -71,33 +71,33 @@ def test_srtp_arrives_through_the_stun_protocol_of_each_socket() -> None:
     assert "self._connection = " in _source(aiortc.rtcicetransport.RTCIceGatherer.__init__)
 
 
-class _FakeSrtp:
-    def unprotect(self, data: bytes) -> bytes:
-        if data.endswith(b"forged"):
-            raise pylibsrtp.Error("authentication failed")
-        return data[:-4]  # the "auth tag"
-
-
 async def test_srtp_stun_protocol_decrypts_rtp_in_the_callback_and_passes_the_rest_on() -> None:
     queued: list[bytes] = []
     sunk: list[bytes] = []
     connection = SimpleNamespace(data_received=lambda data, component: queued.append(data))
     protocol = aiortc_hooks.SrtpStunProtocol(connection)  # type: ignore[arg-type]  # a stand-in connection
     protocol.local_candidate = SimpleNamespace(component=1)  # type: ignore[assignment]
-    rtp = bytes([0x80, 96]) + bytes(14) + b"auth"
+    key = bytes(range(30))
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    plain = bytes([0x80, 96]) + bytes(14)
+    rtp = sender.protect(plain)
     rtcp = bytes([0x80, 200]) + bytes(14) + b"auth"
 
     protocol.datagram_received(rtp, ("127.0.0.1", 1))  # no sink: aioice's path
     assert queued == [rtp]
     dtls = SimpleNamespace(_rx_srtp=None, _state=State.CONNECTING)
-    connection._expertcall_rtp_sink = (dtls, lambda data, ms: sunk.append(data))
+    connection._expertcall_rtp_sink = aiortc_hooks._Sink(
+        dtls, lambda data, ms: sunk.append(data))  # type: ignore[arg-type]
     protocol.datagram_received(rtp, ("127.0.0.1", 1))  # not keyed yet: aioice's path
     assert len(queued) == 2 and not sunk
 
-    dtls._rx_srtp, dtls._state = _FakeSrtp(), State.CONNECTED
+    dtls._rx_srtp = pylibsrtp.Session(
+        pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    dtls._state = State.CONNECTED
     protocol.datagram_received(rtp, ("127.0.0.1", 1))
-    assert sunk == [rtp[:-4]] and len(queued) == 2  # decrypted, not queued
-    protocol.datagram_received(rtp[:-4] + b"forged", ("127.0.0.1", 1))
+    assert sunk == [plain] and len(queued) == 2  # decrypted, not queued
+    forged = sender.protect(bytes([0x80, 96, 0, 1]) + bytes(12))
+    protocol.datagram_received(forged[:-1] + bytes([forged[-1] ^ 1]), ("127.0.0.1", 1))
     assert len(sunk) == 1 and len(queued) == 2  # dropped
     protocol.datagram_received(rtcp, ("127.0.0.1", 1))
     assert queued[-1] == rtcp and len(sunk) == 1  # SRTCP takes aiortc's path
@@ -186,7 +186,8 @@ async def test_hooks_apply_to_a_live_connection() -> None:
     dtls = aiortc_hooks.dtls_transports(pc)[0]
     assert dtls._handle_rtp_data is on_rtp
     connection = dtls.transport.iceGatherer._connection
-    assert getattr(connection, "_expertcall_rtp_sink") == (dtls, sink)
+    installed = getattr(connection, "_expertcall_rtp_sink")
+    assert installed.dtls is dtls and installed.deliver is sink
     candidate = await aiortc_hooks.bind_host_candidate(connection, 1, "127.0.0.1", 0, None)
     assert isinstance(connection._protocols[-1], aiortc_hooks.SrtpStunProtocol)
     assert candidate.host == "127.0.0.1"
@@ -221,6 +222,17 @@ def test_fast_protect_is_pylibsrtps_protect() -> None:
         assert protect(packet) == reference.protect(packet)
     with pytest.raises(ValueError):
         protect(bytes(aiortc_hooks.MAX_PROTECTED_RTP + 1))
+    # sfu/_fastsend.c calls srtp_protect on the context by address: its C signature must hold
+    assert pylibsrtp.ffi.typeof(pylibsrtp.lib.srtp_protect).cname == \
+        "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    assert pylibsrtp.ffi.typeof(ours._srtp[0]).cname == "struct srtp_ctx_t_ *"
+    assert pylibsrtp.ffi.typeof(pylibsrtp.lib.srtp_unprotect).cname == \
+        "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    queue = aiortc_hooks.batch_protector(session())
+    datagrams: list[bytes] = []
+    packet = struct.pack("!BBHII", 0x80, 96, 7, 1000, 1234) + os.urandom(1200)
+    assert queue(packet, ("127.0.0.1", 9), datagrams, []) == 1
+    assert datagrams == [reference.protect(packet)]
 
 
 def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> None:
@@ -257,6 +269,28 @@ def test_peer_connections_keep_their_certificates_where_accept_rsa_dtls_peers_lo
     assert "ctx.set_cipher_list(" in _source(RTCCertificate._create_ssl_context), (
         "RTCCertificate._create_ssl_context no longer sets the cipher list: review DTLS_CIPHERS"
     )
+
+
+def test_a_connection_shares_a_socket_through_its_protocols() -> None:
+    """What MuxedProtocol (one UDP port per worker) rests on."""
+    stun_protocol = _source(aioice_ice.StunProtocol)
+    assert "self.receiver.protocol_lost(self)" in stun_protocol and \
+        "self.__closed.set_result(True)" in stun_protocol and "await self.__closed" in stun_protocol, (
+        "aioice StunProtocol no longer closes through connection_lost: MuxedProtocol.close, which "
+        "must leave the shared socket open, would hang or leak"
+    )
+    assert "self.transport.sendto(data, addr)" in _source(aioice_ice.StunProtocol.send_data), (
+        "StunProtocol.send_data no longer sends on self.transport: DTLS would miss the shared socket"
+    )
+    assert "self.__protocol.send_stun(self.__request, self.__addr)" in _source(
+        aioice.stun.Transaction), (
+        "aioice's STUN transactions no longer send through protocol.send_stun: MuxedProtocol "
+        "would not claim the address its checks go to, and their answers would be dropped"
+    )
+    close = _source(aioice_ice.Connection.close)
+    assert "for protocol in self._protocols:" in close and "await protocol.close()" in close
+    connection = aioice_ice.Connection(ice_controlling=True)
+    assert isinstance(connection.local_username, str) and isinstance(connection.local_password, str)
 
 
 async def test_connections_share_one_certificate_and_one_ssl_context(

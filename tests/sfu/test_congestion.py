@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from aiortc.rtp import RtcpPacket, RtcpPsfbPacket
 
 from sfu import congestion, rtcp
-from sfu.api import MediaQuality, Message
-from sfu.congestion import PAUSE_AFTER, PROBE_AFTER, RESUME_AFTER, VideoGate
+from sfu.api import MediaError, MediaQuality, Message
+from sfu.congestion import VideoGate
 from sfu.consumer import Consumer
 from sfu.forwarder import ExtensionLayout
-from sfu.options import MediaOptions
+from sfu.options import CongestionOptions, MediaOptions
 from sfu.producer import Codec, Producer
 from sfu.router import Router
 from sfu.transport import Transport
 
+PAUSE_AFTER = CongestionOptions().pause_after
+RESUME_AFTER = CongestionOptions().resume_after
+PROBE_AFTER = CongestionOptions().probe_after
 VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
 OPUS = Codec("audio/opus", 48000, 111)
 
@@ -146,3 +151,43 @@ async def test_a_remb_for_several_streams_is_shared_not_given_to_each() -> None:
     assert (v.remb_bitrate, a.remb_bitrate) == (950_000, 50_000)
     await transport.close()
     await router.close()
+
+
+async def test_the_policy_is_set_in_the_media_options() -> None:
+    strict = CongestionOptions(pause_below=0.95, pause_after=1.0, min_video_bitrate=100_000,
+                               follow_fraction=0.1)
+    options = MediaOptions(loopback=True, congestion=strict)
+    assert MediaOptions.from_dict(options.to_dict()) == options  # as a worker process gets it
+    events: list[Message] = []
+    router = Router("room", options, events.append)
+    video = router.create_producer("alice", "0", "video", VP8)
+    video.attach_source(1234, None, 0, lambda d: True)
+    transports = [Transport(router, name, "subscribe") for name in ("bob", "carol")]
+    near, far = (t.add_consumer(video) for t in transports)
+    assert near is not None and far is not None
+    for consumer in (near, far):
+        consumer.paused = False
+    near.remb_bitrate, video.bitrate = 900_000, 1_000_000  # 90%: enough by default, not here
+    far.remb_bitrate = 2_000_000
+    router._gate_video(video, 0.0)
+    router._gate_video(video, 1.0)
+    assert near.gate.paused and not far.gate.paused
+    assert [e.participant_id for e in events if isinstance(e, MediaQuality)] == ["bob"]
+    # 200 kbps counts as able to take video, and a tenth of the median is close enough
+    assert congestion.remb_target([2_000_000, 200_000], 0, 0, strict) == 200_000
+    assert congestion.remb_target([2_000_000, 200_000], 0, 0) == 2_000_000
+    for transport in transports:
+        await transport.close()
+    await router.close()
+
+
+@pytest.mark.parametrize("bad", [
+    {"pause_below": 0.0}, {"pause_below": 1.5}, {"follow_fraction": 0.0}, {"pause_loss": 256},
+    {"pause_loss": -1}, {"pause_after": 0.0}, {"resume_after": -1.0}, {"probe_after": 0.0},
+    {"probe_after": 10.0, "max_probe_after": 5.0}, {"min_video_bitrate": -1},
+    {"probe_reset_after": -1.0},
+])
+def test_a_policy_that_makes_no_sense_is_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(MediaError) as caught:
+        CongestionOptions(**bad)  # type: ignore[arg-type]
+    assert caught.value.code == "bad_options"

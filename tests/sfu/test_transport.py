@@ -507,19 +507,25 @@ async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_come
         await second.close()
 
 
-async def test_a_whep_answer_carries_the_publishers_h264_parameter_sets(
-        plane: LocalMediaPlane) -> None:
-    sprop = "Z0IAH5WoFAFuQA==,aM48gA=="
-    offer = await _sendonly_offer("video")
-    lines = offer.split("\r\n")
+SPROP = "Z0IAH5WoFAFuQA==,aM48gA=="
+
+
+async def _h264_offer_with_parameter_sets() -> str:
+    """A publisher's H.264-only offer whose fmtp carries ``sprop-parameter-sets`` (RFC 6184)."""
+    lines = (await _sendonly_offer("video")).split("\r\n")
     h264 = next(line.split()[0].split(":")[1] for line in lines
                 if line.startswith("a=rtpmap:") and "H264/90000" in line)
     offer = "\r\n".join(
-        line + f";sprop-parameter-sets={sprop}" if line.startswith(f"a=fmtp:{h264} ") else line
+        line + f";sprop-parameter-sets={SPROP}" if line.startswith(f"a=fmtp:{h264} ") else line
         for line in lines)
-    offer = "\r\n".join(line for line in offer.split("\r\n")
-                        if not (line.startswith("a=rtpmap:") and "VP8/90000" in line))
-    await plane.request(Offer("room", "gst", "publish", offer))
+    return "\r\n".join(line for line in offer.split("\r\n")
+                       if not (line.startswith("a=rtpmap:") and "VP8/90000" in line))
+
+
+async def test_a_whep_answer_carries_the_publishers_h264_parameter_sets(
+        plane: LocalMediaPlane) -> None:
+    sprop = SPROP
+    await plane.request(Offer("room", "gst", "publish", await _h264_offer_with_parameter_sets()))
     pc = client_pc()
     try:
         pc.addTransceiver("video", direction="recvonly")
@@ -529,5 +535,31 @@ async def test_a_whep_answer_carries_the_publishers_h264_parameter_sets(
         assert isinstance(answer, Answer)
         assert f"sprop-parameter-sets={sprop}" in answer.sdp
         assert _rtpmaps(answer.sdp)[0] == ["H264", "rtx"]
+    finally:
+        await pc.close()
+
+
+async def test_our_offers_carry_the_publishers_h264_parameter_sets(plane: LocalMediaPlane) -> None:
+    """The SFU's own offer to a subscriber: aiortc writes its fmtp from its capabilities, so the
+    publisher's out-of-band SPS/PPS must be put in, on the m-line of that track alone; they stay
+    through a renegotiation."""
+    hub = EventHub(plane)
+    await plane.request(Offer("room", "gst", "publish", await _h264_offer_with_parameter_sets()))
+    await plane.request(Subscribe("room", "viewer"))
+    (offer,) = hub.of(ServerOffer)
+    (video,) = [m for m in _sections(offer.sdp) if m.startswith("m=video")]
+    fmtp = [line for line in video.split("\r\n") if line.startswith("a=fmtp:")]
+    assert len([line for line in fmtp if f"sprop-parameter-sets={SPROP}" in line]) == 1
+    assert f"sprop-parameter-sets={SPROP}" in next(line for line in fmtp if "packetization" in line)
+    pc, answer = await _answer(offer)
+    try:
+        await plane.request(AnswerToServerOffer("room", "viewer", "subscribe", answer,
+                                                offer.offer_id))
+        await plane.request(Offer("room", "other", "publish", await _sendonly_offer("video")))
+        await asyncio.sleep(0.1)  # the renegotiation is scheduled
+        again = hub.of(ServerOffer)[-1]
+        assert again.offer_id == offer.offer_id + 1
+        first, second = [m for m in _sections(again.sdp) if m.startswith("m=video")]
+        assert f"sprop-parameter-sets={SPROP}" in first and "sprop" not in second
     finally:
         await pc.close()

@@ -8,7 +8,7 @@ from signalling.auth.tokens import TOKENS
 from signalling.calls.node import SIGNALLING
 from signalling.core.settings import Settings, SettingsError
 
-from ...served import free_port
+from ...served import free_port, run_cli
 
 
 async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
@@ -74,6 +74,34 @@ def test_sfu_workers_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
     for bad in (0, -1, 1025):
         with pytest.raises(SettingsError, match="sfu_workers"):
             Settings(data_dir=tmp_path, sfu_workers=bad)
+
+
+def test_role_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert Settings(data_dir=tmp_path).role == "all"  # signalling and the SFU, as before roles
+    redis = "redis://127.0.0.1:6379/0"
+    assert Settings.from_env({"EXPERTCALL_ROLE": "sfu", "EXPERTCALL_REDIS_URL": redis}, data_dir=tmp_path).role == "sfu"
+    with pytest.raises(SettingsError, match="role must be one of"):
+        Settings(data_dir=tmp_path, role="media", redis_url=redis)
+    for role in ("signalling", "sfu"):  # they find each other in Redis
+        with pytest.raises(SettingsError, match="needs --redis"):
+            Settings(data_dir=tmp_path, role=role)
+    with pytest.raises(SettingsError, match="sfu_secret must be at least 32"):
+        Settings(data_dir=tmp_path, sfu_secret="short")
+    with pytest.raises(SettingsError, match="sfu_node_advertise"):
+        Settings(data_dir=tmp_path, role="sfu", redis_url=redis, sfu_node_host="0.0.0.0")
+    # The link key comes from the SFU secret when there is one, never printed.
+    token_secret, sfu_secret = "t" * 40, "s" * 40
+    assert Settings(data_dir=tmp_path, secret=token_secret).sfu_link_secret() == token_secret
+    split = Settings(data_dir=tmp_path, secret=token_secret, sfu_secret=sfu_secret)
+    assert split.sfu_link_secret() == sfu_secret and sfu_secret not in repr(split)
+
+
+def test_serve_refuses_a_role_without_redis_or_a_long_enough_sfu_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    refused = run_cli("serve", "--role", "sfu", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert refused.returncode != 0 and "role sfu needs --redis" in refused.stderr, refused.stderr
+    refused = run_cli("serve", "--role", "signalling", "--redis", "redis://127.0.0.1:6379/0", "--data-dir", str(tmp_path),
+                      env={"EXPERTCALL_SFU_SECRET": "short"}, cwd=tmp_path)
+    assert refused.returncode != 0 and "sfu_secret must be at least 32" in refused.stderr, refused.stderr
 
 
 async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +14,17 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from bench.loopback import no_ice_servers, use_loopback_ice
 from bench.mediarelay import MediaRelayPlane
-from signalling.app.factory import create_app, no_media_plane
+from sfu.node_link import link_key
+from sfu.node_registry import NodeRegistry
+from sfu.node_server import NodeServer, load_of
+from sfu.worker import LocalMediaPlane
+from signalling.app.factory import create_app, media_options, no_media_plane
 from signalling.auth.tokens import Role, TokenIssuer
 from signalling.calls.whip import WHIP_RESOURCES, WhipResources
 from signalling.core.settings import Settings
+
+from ...backends import REDIS_URL, delete_prefix, redis_available
+from ...externals import require
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +55,25 @@ async def app_client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[T
     yield await aiohttp_client(create_app(settings))
 
 
-@pytest.fixture(params=["sfu", "mediarelay"])
+@pytest.fixture(params=["sfu", "mediarelay", "sfu-node"])
 async def any_client(request: pytest.FixtureRequest, aiohttp_client: Any, settings: Settings) -> AsyncIterator[TestClient]:
-    """The app on the SFU, and on the MediaRelay reference plane the media bench compares with."""
+    """The app on the SFU, on the MediaRelay reference plane the media bench compares with, and as
+    a signalling node (``--role signalling``) whose rooms are on an SFU node (docs/deployment.md)."""
     if request.param == "mediarelay":
         yield await aiohttp_client(create_app(settings, media=lambda _: MediaRelayPlane()))
+    elif request.param == "sfu-node":
+        require(redis_available(), "redis-server on 127.0.0.1:6379")
+        prefix = f"test-{uuid.uuid4().hex}"
+        plane = LocalMediaPlane(media_options(settings))
+        node = NodeServer(plane, load_of(plane), link_key(settings.secret), "sfu-1", NodeRegistry(REDIS_URL, prefix))
+        await node.start("127.0.0.1", 0)
+        try:
+            signalling = dataclasses.replace(settings, role="signalling", redis_url=REDIS_URL, redis_prefix=prefix)
+            yield await aiohttp_client(create_app(signalling))
+        finally:
+            await node.close()
+            await plane.close()
+            delete_prefix(prefix)
     else:
         yield await aiohttp_client(create_app(settings))
 
@@ -228,3 +251,84 @@ async def test_resources_go_with_their_transport_or_room() -> None:
     assert resources.get("whip", "s1", "a" * 32) is None and len(resources) == 2
     await resources.on_media_event(RoomClosed("s1", "ended"))
     assert len(resources) == 1 and resources.get("whep", "s2", "c" * 32) == c
+
+
+class _SizedTrack(VideoStreamTrack):
+    """Green frames of a chosen size: which publisher a viewer's frame came from."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__()
+        self.size = (width, height)
+
+    async def recv(self) -> Any:
+        from av import VideoFrame
+
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(width=self.size[0], height=self.size[1])
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+async def _publish(client: TestClient, session: str, size: tuple[int, int],
+                   headers: dict[str, str]) -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection(no_ice_servers())
+    pc.addTrack(_SizedTrack(*size))
+    await pc.setLocalDescription(await pc.createOffer())
+    response = await post_sdp(client, f"/whip/{session}", pc.localDescription.sdp, headers)
+    assert response.status == 201, await response.text()
+    await pc.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+    return pc, response.headers["Location"]
+
+
+async def test_a_publisher_that_posts_again_without_delete_replaces_its_old_resource(
+        app_client: TestClient, settings: Settings) -> None:
+    """A WHIP encoder that reconnects (its network changed, it restarted) posts a new offer and
+    never deletes the old resource: the viewers move to the new stream, and the old resource's
+    late DELETE cannot take the new one down."""
+    admin = bearer(settings)
+    session = (await (await app_client.post("/api/broadcasts", headers=admin)).json())["session_id"]
+    old, old_location = await _publish(app_client, session, (640, 480), admin)
+    viewer, offer = await offer_sdp("video", send=False)
+    sizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+    @viewer.on("track")
+    def on_track(track: Any) -> None:
+        async def pull() -> None:
+            from aiortc.mediastreams import MediaStreamError
+
+            try:
+                while True:
+                    frame = await track.recv()
+                    sizes.put_nowait((frame.width, frame.height))
+            except MediaStreamError:
+                pass  # the viewer closed
+
+        asyncio.ensure_future(pull())
+
+    response = await post_sdp(app_client, f"/whep/{session}", offer, admin)
+    assert response.status == 201, await response.text()
+    await viewer.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+    new = None
+
+    async def frame_of(size: tuple[int, int]) -> None:
+        while await sizes.get() != size:
+            pass
+
+    try:
+        await asyncio.wait_for(frame_of((640, 480)), timeout=15)
+        new, new_location = await _publish(app_client, session, (320, 240), admin)
+        assert new_location != old_location
+        await asyncio.wait_for(frame_of((320, 240)), timeout=15)
+
+        assert (await app_client.delete(old_location, headers=admin)).status == 404
+        while not sizes.empty():
+            sizes.get_nowait()
+        await asyncio.wait_for(frame_of((320, 240)), timeout=15)  # still flowing
+        assert len(app_client.app[WHIP_RESOURCES]) == 2  # the new publish and the viewer
+        assert (await app_client.delete(new_location, headers=admin)).status == 200
+    finally:
+        for pc in (old, new, viewer):
+            if pc is not None:
+                await pc.close()

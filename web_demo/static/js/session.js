@@ -172,7 +172,9 @@ export class SessionController {
     this.recording.update(session.recording);
     this._costTimer = setInterval(() => this._pollCost(), COST_POLL_MS);
     const welcome = this.page.signalling.welcome || {};
+    const view = this.view;
     const iceServers = welcome.ice_servers?.length ? welcome.ice_servers : await this.page.api.iceServers();
+    if (this.view !== view) return; // the session ended meanwhile: no call to start
     this.call = new Call({ media: this.page.signalling.mediaChannel(session.id), iceServers });
     this.page.hooks.call = this.call;
     this.view.attach(this.call);

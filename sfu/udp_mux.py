@@ -1,0 +1,216 @@
+"""One UDP port per worker: every ICE, DTLS and SRTP datagram of the worker's connections on one
+socket per address (mediasoup's WebRtcServer, LiveKit's single-port mode).
+
+A firewall then opens one port per worker, and a producer's fan-out leaves through one socket:
+RTP joins the socket's batch (``MuxSocket.batch``, filled by aiortc_hooks.RawSender, SRTP-protected
+by fastsend.protect_queue) and the datagrams one event-loop turn produces go out together, by one
+``sendmmsg`` when the C helper (sfu/_fastsend.c) is built. STUN, DTLS and RTCP go at once, through
+asyncio's transport.
+
+Incoming datagrams are demultiplexed as RFC 7983 sorts them:
+
+- STUN (first byte 0-3): a Binding request names our side in its USERNAME (``ours:theirs``):
+  the connection with that local ufrag takes it, and, once its MESSAGE-INTEGRITY checks with
+  that connection's password, the sender's address is remembered as that connection's. That is
+  how a client's new address (a network change, or the fresh connection of an ICE restart,
+  which has a new ufrag) takes over. Responses and indications go by address.
+- Anything else (DTLS, SRTP, SRTCP) goes by remote address to the connection that owns it.
+
+A datagram nobody owns (an unknown ufrag, a forged request, an address never authenticated) is
+counted in ``dropped`` and goes nowhere. Our own checks claim the address they go to, unless an
+authenticated connection holds it, so that the answers come back to the connection that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aioice import stun
+
+from sfu import fastsend
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[Any, ...]
+
+
+class Endpoint(Protocol):
+    """One ICE connection's view of the shared socket (aiortc_hooks.MuxedProtocol)."""
+
+    local_ufrag: str
+    local_password: bytes
+
+    def datagram_received(self, data: bytes, addr: Address) -> None: ...
+
+    def socket_lost(self) -> None: ...
+
+
+class MuxSocket(asyncio.DatagramProtocol):
+    """The shared socket of one address: its demultiplexing tables and its send batch."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.writable = False
+        self.by_ufrag: dict[str, Endpoint] = {}
+        self.by_addr: dict[tuple[str, int], Endpoint] = {}
+        self._authenticated: set[tuple[str, int]] = set()
+        self.dropped = 0
+        # the turn's datagrams and their addresses, in two lists: no pair object per datagram
+        self._datagrams: list[bytes] = []
+        self._addresses: list[tuple[str, int]] = []
+        self._sock: socket.socket | None = None
+        # ``flush`` at the end of this event-loop turn: loop.call_soon bound in C (no Python
+        # frame per batch); a no-op until the socket is made
+        self.schedule_flush: Callable[[], object] = _nothing
+
+    # --- asyncio ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.writable = True
+        # asyncio's own socket object cannot send: the batch goes through a duplicate of it
+        self._sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        self._sock.setblocking(False)
+        self.schedule_flush = functools.partial(asyncio.get_running_loop().call_soon, self.flush)
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writable = False
+        self._datagrams.clear()
+        self._addresses.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        endpoints = list(self.by_ufrag.values())
+        self.by_ufrag.clear()
+        self.by_addr.clear()
+        for endpoint in endpoints:
+            endpoint.socket_lost()
+
+    def error_received(self, exc: Exception) -> None:
+        return None  # an ICMP error for one peer: ICE consent notices a peer that is gone
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if data and data[0] < 4:
+            self._stun_received(data, (addr[0], addr[1]))
+            return
+        # (an IPv4 address is already the (host, port) key: no new tuple per packet)
+        endpoint = self.by_addr.get(addr if len(addr) == 2 else (addr[0], addr[1]))
+        if endpoint is None:
+            self.dropped += 1
+            return
+        endpoint.datagram_received(data, addr)
+
+    def _stun_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            self.dropped += 1
+            return
+        if message.message_class == stun.Class.REQUEST:
+            username = message.attributes.get("USERNAME")
+            ufrag = username.split(":", 1)[0] if isinstance(username, str) else ""
+            endpoint = self.by_ufrag.get(ufrag)
+            if endpoint is None:
+                self.dropped += 1
+                return
+            if self.by_addr.get(addr) is not endpoint or addr not in self._authenticated:
+                if "MESSAGE-INTEGRITY" not in message.attributes or \
+                        not message.check_message_integrity(endpoint.local_password):
+                    self.dropped += 1
+                    return
+                self.by_addr[addr] = endpoint
+                self._authenticated.add(addr)
+        else:
+            endpoint = self.by_addr.get(addr)  # type: ignore[assignment]
+            if endpoint is None:
+                self.dropped += 1
+                return
+        endpoint.datagram_received(data, addr)
+
+    # --- the connections' side ---------------------------------------------------------------
+
+    def register(self, endpoint: Endpoint) -> None:
+        if endpoint.local_ufrag in self.by_ufrag:
+            raise ValueError(f"ICE ufrag {endpoint.local_ufrag!r} is already on this socket")
+        self.by_ufrag[endpoint.local_ufrag] = endpoint
+
+    def claim(self, addr: tuple[str, int], endpoint: Endpoint) -> None:
+        """``endpoint`` sends a check to ``addr``: the answer comes back to it, unless another
+        connection has authenticated that address."""
+        if addr not in self._authenticated:
+            self.by_addr[addr] = endpoint
+
+    def release(self, endpoint: Endpoint) -> None:
+        if self.by_ufrag.get(endpoint.local_ufrag) is endpoint:
+            del self.by_ufrag[endpoint.local_ufrag]
+        for addr in [a for a, e in self.by_addr.items() if e is endpoint]:
+            del self.by_addr[addr]
+            self._authenticated.discard(addr)
+
+    def batch(self) -> tuple[list[bytes], list[tuple[str, int]]]:
+        """The batch's two lists, for a sender that appends to them itself (RawSender, through
+        fastsend.protect_queue); it calls ``schedule_flush`` when it made them non-empty."""
+        return self._datagrams, self._addresses
+
+    def flush(self) -> None:
+        datagrams, addresses = self._datagrams, self._addresses
+        if not datagrams:
+            return
+        try:
+            if self._sock is not None and self.writable:
+                # a full socket buffer drops the rest of the batch, as RawSender drops media for
+                # a subscriber whose socket cannot take it: media is never queued without bound
+                fastsend.send_batch(self._sock, datagrams, addresses)
+        finally:
+            # the same lists for the whole life of the socket (senders hold them); emptied
+            # whatever happened, or no sender would schedule a flush again
+            datagrams.clear()
+            addresses.clear()
+
+
+def _nothing() -> None:
+    return None
+
+
+class UdpMux:
+    """The worker's shared sockets, one per address, all on one port."""
+
+    def __init__(self, port: int) -> None:
+        if not 1024 <= port <= 65535:
+            raise ValueError("the media port must lie within 1024-65535")
+        self.port = port
+        self.sockets: dict[str, MuxSocket] = {}
+        self._lock = asyncio.Lock()
+
+    async def socket(self, address: str) -> MuxSocket:
+        """The shared socket on ``address`` (bound on first use). Raises OSError when the port is
+        taken."""
+        async with self._lock:
+            found = self.sockets.get(address)
+            if found is not None and found.transport is not None and \
+                    not found.transport.is_closing():
+                return found
+            loop = asyncio.get_running_loop()
+            _, protocol = await loop.create_datagram_endpoint(
+                MuxSocket, local_addr=(address, self.port))
+            self.sockets[address] = protocol
+            logger.info("media on udp %s:%d (one port for this worker)", address, self.port)
+            return protocol
+
+    def close(self) -> None:
+        for mux in self.sockets.values():
+            if mux.transport is not None:
+                mux.transport.close()
+        self.sockets.clear()

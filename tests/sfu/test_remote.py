@@ -1,0 +1,108 @@
+"""RemoteNodes (sfu/remote.py) over real SFU node servers and the registry in a real Redis: rooms
+placed on the least loaded node, each room's events only to the signalling node that opened it,
+a node lost -> its rooms open again on another with RoomRestarted("node_lost"), and a signalling
+node without the key never links."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import AsyncIterator, Callable
+
+import pytest
+
+from sfu.api import GetStats, MediaError, Message, OpenRoom, RoomRestarted, Stats
+from sfu.node_link import link_key
+from sfu.node_registry import NodeRegistry
+from sfu.node_server import NodeServer, load_of
+from sfu.options import MediaOptions
+from sfu.remote import RemoteNodes
+from sfu.worker import LocalMediaPlane
+
+from ..backends import REDIS_URL, delete_prefix, redis_available
+from ..externals import require
+
+KEY = link_key("remote-secret-0123456789abcdef-0123456789")
+
+
+class Node:
+    """An SFU node's server and plane, in this process."""
+
+    def __init__(self, node_id: str, prefix: str) -> None:
+        self.plane = LocalMediaPlane(MediaOptions(loopback=True))
+        self.server = NodeServer(self.plane, load_of(self.plane), KEY, node_id, NodeRegistry(REDIS_URL, prefix))
+
+    async def close(self) -> None:
+        await self.server.close()
+        await self.plane.close()
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    require(redis_available(), "redis-server on 127.0.0.1:6379")
+    name = f"test-{uuid.uuid4().hex}"
+    yield name
+    delete_prefix(name)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(15):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_rooms_spread_over_nodes_and_move_when_one_is_lost(prefix: str) -> None:
+    nodes = [Node("sfu-a", prefix), Node("sfu-b", prefix)]
+    for node in nodes:
+        await node.server.start("127.0.0.1", 0)
+    signalling = RemoteNodes(NodeRegistry(REDIS_URL, prefix), KEY, "signalling-1")
+    other = RemoteNodes(NodeRegistry(REDIS_URL, prefix), KEY, "signalling-2")
+    events: list[Message] = []
+    others: list[Message] = []
+    signalling.on_event(events.append)
+    other.on_event(others.append)
+    try:
+        await signalling.start()
+        await other.start()
+        await until(lambda: sum(n.up for n in signalling.nodes()) == 2)
+        await signalling.request(OpenRoom("room-1"))
+        await signalling.request(OpenRoom("room-2"))
+        hosts = {room: signalling.placement[room].node_id for room in ("room-1", "room-2")}  # type: ignore[attr-defined]
+        assert sorted(hosts.values()) == ["sfu-a", "sfu-b"]
+        assert {room for n in nodes for room in n.plane.rooms} == {"room-1", "room-2"}
+        stats = await signalling.request(GetStats("room-1"))
+        assert isinstance(stats, Stats) and stats.tracks == []
+
+        lost = next(n for n in nodes if n.server.node_id == hosts["room-1"])
+        kept = next(n for n in nodes if n is not lost)
+        await lost.close()
+        await until(lambda: any(isinstance(e, RoomRestarted) for e in events))
+        assert [e for e in events if isinstance(e, RoomRestarted)] == [RoomRestarted("room-1", "node_lost")]
+        assert signalling.placement["room-1"].node_id == kept.server.node_id  # type: ignore[attr-defined]
+        assert set(kept.plane.rooms) == {"room-1", "room-2"}
+        await signalling.request(GetStats("room-1"))
+        # The other signalling node opened nothing: it hears nothing of these rooms.
+        assert others == []
+        nodes.remove(lost)
+    finally:
+        await signalling.close()
+        await other.close()
+        for node in nodes:
+            await node.close()
+
+
+async def test_a_signalling_node_without_the_key_never_links(prefix: str) -> None:
+    node = Node("sfu-a", prefix)
+    await node.server.start("127.0.0.1", 0)
+    intruder = RemoteNodes(NodeRegistry(REDIS_URL, prefix), link_key("wrong-secret-0123456789abcdef-0123456789"), "x")
+    intruder.up_timeout = 1.5
+    try:
+        await intruder.start()
+        assert [n.up for n in intruder.nodes()] == [False]
+        with pytest.raises(MediaError) as refused:
+            await intruder.request(OpenRoom("room-1"))
+        assert refused.value.code == "media_unavailable"
+        assert node.plane.rooms == {} and node.server.links == {}
+    finally:
+        await intruder.close()
+        await node.close()
