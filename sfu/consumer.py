@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 CACHE_MS = 1000  # as long as the SFU itself would wait for a retransmission (sfu/nack.py)
 MIN_CACHE = 64
 MAX_CACHE = 1024
+RING_STEP = 16  # sizes are multiples of this: a power of two would keep up to twice what is needed
 # A subscriber's NACKs are answered at most once per round trip per packet (a NACK repeated
 # sooner is a duplicate: the answer is still on its way), and within a budget of retransmitted
 # packets per second, so that a subscriber cannot turn the SFU into an amplifier.
@@ -43,11 +44,8 @@ _SEQ = struct.Struct("!H")
 
 
 def _ring_size(packets: float) -> int:
-    """The smallest power of two from MIN_CACHE to MAX_CACHE that holds ``packets``."""
-    size = MIN_CACHE
-    while size < packets and size < MAX_CACHE:
-        size *= 2
-    return size
+    """The smallest multiple of RING_STEP from MIN_CACHE to MAX_CACHE that holds ``packets``."""
+    return max(MIN_CACHE, min(MAX_CACHE, -int(-packets // RING_STEP) * RING_STEP))
 
 
 class Consumer:
@@ -77,7 +75,7 @@ class Consumer:
         # which does what forward() and the sender do here, reading and writing these attributes
         self.fast_sender: object | None = None
         self._cache: list[bytes | None] = [None] * MIN_CACHE
-        self._mask = MIN_CACHE - 1
+        self._size = MIN_CACHE
         # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
         self._turn_ts = -1
         self._turn_seq = 0
@@ -248,12 +246,12 @@ class Consumer:
             header = self._pack(b0, b1, out_seq, out_ts, self.ssrc)
         packet = header + payload
         if ((out_seq - self._last_seq) & 0xFFFF) < 0x8000:
-            if not out_seq & self._mask:
+            if not out_seq % self._size:
                 self._turned(out_seq, out_ts)
             self._last_seq = out_seq
             self._last_ts = out_ts
             self._last_ms = arrival_ms
-        self._cache[out_seq & self._mask] = packet
+        self._cache[out_seq % self._size] = packet
         if self._send_rtp(packet):
             self.packets += 1
             self.bytes += len(packet)
@@ -262,8 +260,8 @@ class Consumer:
 
     def _turned(self, out_seq: int, out_ts: int) -> None:
         """The ring came round (once every len(ring) packets): resize it to hold CACHE_MS at
-        the rate of the turn just ended, in powers of two; shrink only to a size that holds a
-        tenth more than that (a ring that a keyframe's burst grew goes back after the burst)."""
+        the rate of the turn just ended, in steps of RING_STEP (a ring that a keyframe's burst grew
+        goes back at the next turn at the usual rate; a steady rate keeps its size)."""
         started, self._turn_ts = self._turn_ts, out_ts
         packets, self._turn_seq = (out_seq - self._turn_seq) & 0xFFFF, out_seq
         elapsed = (out_ts - started) & 0xFFFFFFFF
@@ -274,15 +272,12 @@ class Consumer:
         # packet in slot 0 is not len(ring) packets long)
         needed = packets * CACHE_MS * self._clock_per_ms / max(elapsed, 1)
         wanted = _ring_size(needed)
-        if wanted < size:
-            wanted = _ring_size(needed * 1.1)
         if wanted != size:
             self._resize(wanted, out_seq)
 
     def _resize(self, size: int, out_seq: int) -> None:
         """Move the cached packets (and when each was last resent) to a ring of ``size`` slots;
         where two land on one slot, the newer stays."""
-        mask = size - 1
         cache: list[bytes | None] = [None] * size
         resent = [0] * size
         ages = [0x10000] * size
@@ -290,7 +285,7 @@ class Consumer:
             if packet is None:
                 continue
             seq = _SEQ.unpack_from(packet, 2)[0]
-            slot = seq & mask
+            slot = seq % size
             age = (out_seq - seq) & 0xFFFF
             if age < ages[slot]:
                 ages[slot] = age
@@ -298,7 +293,7 @@ class Consumer:
                 resent[slot] = last if last & 0xFFFF == seq else 0
         self._cache = cache
         self._rtx_ms = resent
-        self._mask = mask
+        self._size = size
 
     def failed(self, exc: Exception) -> None:
         """Sending to this subscriber raised: the producer's fan-out carries on with the others.
@@ -333,9 +328,9 @@ class Consumer:
         resent = self._rtx_ms
         upstream = []
         cache = self._cache
-        mask = self._mask
+        size = len(cache)
         for seq in sequence_numbers:
-            slot = seq & mask
+            slot = seq % size
             packet = cache[slot]
             if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
                 if self._epoch == self.producer.epoch:

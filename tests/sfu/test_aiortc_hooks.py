@@ -356,6 +356,21 @@ def test_the_state_release_transceiver_state_drops_is_read_only_by_the_packet_pa
         stop = _source(cls.stop)
         assert stop.index("if self.__started:") < stop.index("await"), (
             f"{cls.__name__}.stop awaits something even when never started")
+        assert "self.__started = False" in _source(cls.__init__)
+        assert "self.__started = True" in _source(getattr(cls, "receive" if cls is RTCRtpReceiver
+                                                          else "send"))
+
+
+async def test_a_side_aiortc_already_started_keeps_its_state() -> None:
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="sendrecv")
+    transceiver.sender._RTCRtpSender__started = True  # type: ignore[attr-defined]  # as after send()
+    aiortc_hooks.release_transceiver_state(transceiver)
+    assert transceiver.sender._RTCRtpSender__rtp_started is not None  # type: ignore[attr-defined]
+    assert not getattr(transceiver.sender, "_expertcall_hooked", False)
+    assert transceiver.receiver._RTCRtpReceiver__jitter_buffer is None  # type: ignore[attr-defined]
+    transceiver.sender._RTCRtpSender__started = False  # type: ignore[attr-defined]  # nothing to stop
+    await pc.close()
 
 
 async def test_a_released_transceiver_still_negotiates_and_closes() -> None:
