@@ -163,7 +163,7 @@ static int g_trailer;
 static PyObject *g_connected, *g_error;
 static PyObject *s_fast_sender, *s_paused, *s_waiting, *s_epoch_, *s_seq_offset, *s_ts_offset,
     *s_fast_header, *s_last_seq,
-    *s_last_ts, *s_last_ms, *s_mask, *s_cache, *s_packets, *s_bytes, *s_forward, *s_failed,
+    *s_last_ts, *s_last_ms, *s_size, *s_cache, *s_packets, *s_bytes, *s_forward, *s_failed,
     *s_dtls, *s_state, *s_nominated, *s_fast, *s_writable,
     *s_tx_srtp, *s_schedule_flush,
     *s_one;
@@ -295,14 +295,14 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
     if (!routed) { result = 0; goto end; }
 
     long long seq_offset = dict_ll(d, s_seq_offset, &bad), ts_offset = dict_ll(d, s_ts_offset, &bad),
-              last_seq = dict_ll(d, s_last_seq, &bad), mask = dict_ll(d, s_mask, &bad);
-    if (bad) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+              last_seq = dict_ll(d, s_last_seq, &bad), size = dict_ll(d, s_size, &bad);
+    if (bad || size <= 0) { result = PyErr_Occurred() ? -1 : 0; goto end; }
     long long seq = PyLong_AsLongLong(a[3]), ts = PyLong_AsLongLong(a[4]),
               padding = PyLong_AsLongLong(a[1]), marker = PyLong_AsLongLong(a[2]);
     if (PyErr_Occurred()) goto end;
     unsigned out_seq = (unsigned)((seq + seq_offset) & 0xFFFF);
     unsigned long out_ts = (unsigned long)((ts + ts_offset) & 0xFFFFFFFFLL);
-    if (((out_seq - (unsigned)last_seq) & 0xFFFF) < 0x8000 && !(out_seq & mask)) {
+    if (((out_seq - (unsigned)last_seq) & 0xFFFF) < 0x8000 && !(out_seq % (unsigned long long)size)) {
         result = 0;  /* the ring turns: Consumer._turned may resize it, in Python */
         goto end;
     }
@@ -344,12 +344,12 @@ static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_
             goto end;
     }
     PyObject *cache = PyDict_GetItemWithError(d, s_cache);
-    if (cache == NULL || !PyList_Check(cache) || (Py_ssize_t)(out_seq & mask) >= PyList_GET_SIZE(cache)) {
+    if (cache == NULL || !PyList_Check(cache) || (Py_ssize_t)(out_seq % (unsigned long long)size) >= PyList_GET_SIZE(cache)) {
         PyErr_SetString(PyExc_IndexError, "list assignment index out of range");
         goto end;
     }
     Py_INCREF(packet);
-    PyList_SetItem(cache, (Py_ssize_t)(out_seq & mask), packet);
+    PyList_SetItem(cache, (Py_ssize_t)(out_seq % (unsigned long long)size), packet);
 
     /* RawSender.send_rtp on a shared socket: protect into the batch */
     if ((out = PyBytes_FromStringAndSize(NULL, n + trailer)) == NULL) goto end;
@@ -459,7 +459,7 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     if ((s_last_seq = PyUnicode_InternFromString("_last_seq")) == NULL) return NULL;
     if ((s_last_ts = PyUnicode_InternFromString("_last_ts")) == NULL) return NULL;
     if ((s_last_ms = PyUnicode_InternFromString("_last_ms")) == NULL) return NULL;
-    if ((s_mask = PyUnicode_InternFromString("_mask")) == NULL) return NULL;
+    if ((s_size = PyUnicode_InternFromString("_size")) == NULL) return NULL;
     if ((s_cache = PyUnicode_InternFromString("_cache")) == NULL) return NULL;
     if ((s_packets = PyUnicode_InternFromString("packets")) == NULL) return NULL;
     if ((s_bytes = PyUnicode_InternFromString("bytes")) == NULL) return NULL;
