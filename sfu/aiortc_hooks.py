@@ -512,19 +512,7 @@ async def bind_host_candidate(
     _, protocol = await loop.create_datagram_endpoint(
         lambda: SrtpStunProtocol(connection), local_addr=(address, port)
     )
-    bound = protocol.transport.get_extra_info("sockname")
-    host = announced or bound[0]
-    protocol.local_candidate = Candidate(
-        foundation=candidate_foundation("host", "udp", host),
-        component=component,
-        transport="udp",
-        priority=candidate_priority(component, "host"),
-        host=host,
-        port=bound[1],
-        type="host",
-    )
-    connection._protocols.append(protocol)
-    return protocol.local_candidate
+    return _host_candidate(connection, component, protocol, announced)
 
 
 async def bind_muxed_candidate(
@@ -533,6 +521,13 @@ async def bind_muxed_candidate(
     """Register ``connection`` on a worker's shared socket (sfu.udp_mux) as a host candidate
     on that socket's address and port, announced as ``announced`` behind a 1:1 NAT."""
     protocol = MuxedProtocol(connection, socket)
+    socket.register(protocol)
+    return _host_candidate(connection, component, protocol, announced)
+
+
+def _host_candidate(connection: Any, component: int, protocol: Any, announced: str | None) -> Candidate:
+    """Make ``protocol`` one of ``connection``'s host candidates, on the address its transport
+    is bound to (``announced`` instead behind a 1:1 NAT)."""
     bound = protocol.transport.get_extra_info("sockname")
     host = announced or bound[0]
     protocol.local_candidate = Candidate(
@@ -544,7 +539,6 @@ async def bind_muxed_candidate(
         port=bound[1],
         type="host",
     )
-    socket.register(protocol)
     connection._protocols.append(protocol)
     return protocol.local_candidate
 
