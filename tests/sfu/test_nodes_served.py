@@ -181,9 +181,11 @@ async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_
             await alice.call("session.end", session_id=sid)
             summary = await alice.expect(lambda m: m["type"] == "billing.summary")
             earned = await expert.expect(lambda m: m["type"] == "billing.summary")
-        server.stop(signal.SIGTERM)
+        # In a thread: the test's clients keep answering (a close frame, a ping) while the nodes
+        # shut down, as real clients do.
+        await asyncio.to_thread(server.stop, signal.SIGTERM)
         assert server.proc is not None and server.proc.returncode == 0, server.tail()
-        survivor.stop(signal.SIGTERM)
+        await asyncio.to_thread(survivor.stop, signal.SIGTERM)
         assert survivor.proc is not None and survivor.proc.returncode == 0, survivor.tail()
     finally:
         for side in sides:
