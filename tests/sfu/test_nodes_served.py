@@ -181,6 +181,9 @@ async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_
             await alice.call("session.end", session_id=sid)
             summary = await alice.expect(lambda m: m["type"] == "billing.summary")
             earned = await expert.expect(lambda m: m["type"] == "billing.summary")
+        # The node that died is gone for good before the others shut down: a signalling node's
+        # shutdown beside a still-frozen SFU node has hung in CI (a fault of its own, in the notes).
+        await asyncio.to_thread(victim.stop, signal.SIGKILL)
         # In a thread: the test's clients keep answering (a close frame, a ping) while the nodes
         # shut down, as real clients do.
         await asyncio.to_thread(server.stop, signal.SIGTERM)
