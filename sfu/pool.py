@@ -102,6 +102,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._up = asyncio.Event()  # some worker is up (rooms can be placed)
         self._closed = False
+        self._stopping = False  # the node is shutting down (see shutting_down)
 
     # --- MediaPlane ------------------------------------------------------------------------------
 
@@ -146,6 +147,14 @@ class WorkerPool:
         if worker is None:
             raise MediaError("unknown_room", f"no open room {room_id!r}")
         return await self._send(worker, message)
+
+    def shutting_down(self) -> None:
+        """The node is shutting down (its sockets close next, then the plane): nothing waits for a
+        member to come up any more, and a member lost now takes its rooms with it, no re-placement
+        and no ``RoomClosed`` (its rooms go with this node; another node adopting a session opens
+        its room again). Rooms on members that are up are served to the end."""
+        self._stopping = True
+        self._up.set()  # whoever waits for a member hears "closed"
 
     async def close(self) -> None:
         if self._closed:
@@ -199,7 +208,7 @@ class WorkerPool:
             up = [w for w in self.workers if w.up]
             if up:
                 return min(up, key=WorkerState.placement_key)
-            if self._closed:
+            if self._closed or self._stopping:
                 raise MediaError("closed", "the media plane is shut down")
             self._up.clear()
             try:
@@ -348,6 +357,10 @@ class WorkerPool:
         worker.crashes = 0 if lived > 60 else worker.crashes + 1
         rooms = sorted(worker.rooms)
         worker.rooms = set()
+        if self._stopping:
+            for room_id in rooms:
+                self._unplace(room_id)
+            return
         for room_id in rooms:
             self.placement.pop(room_id, None)
             self._moving[room_id] = asyncio.Event()
@@ -378,13 +391,15 @@ class WorkerPool:
         except MediaError as exc:
             logger.error("room %s could not open again: %s %s", room_id, exc.code, exc.message)
             self._unplace(room_id)
-            event: Message = RoomClosed(room_id, self.LOST_REASON)
+            # Shutting down, the room goes with this node (shutting_down), its session lives on.
+            event: Message | None = None if self._stopping else RoomClosed(room_id, self.LOST_REASON)
         else:
             event = RoomRestarted(room_id, self.LOST_REASON)
         finally:
             del self._moving[room_id]
             moving.set()
-        self._events.emit(event)
+        if event is not None:
+            self._events.emit(event)
 
     async def _stop(self, worker: WorkerState) -> None:
         process, channel = worker.process, worker.channel

@@ -14,7 +14,10 @@ the same re-placement when a member is lost. What differs is how members come an
   plane's path for a worker's death. A room waits at most ``up_timeout`` for some node to be up,
   then is refused (``media_unavailable``) or, when re-placed, closed (``RoomClosed``).
 - Closing the plane only hangs up: the SFU node closes the rooms of a link that ended (another
-  signalling node adopting a session opens its room again).
+  signalling node adopting a session opens its room again). From ``shutting_down`` on (the node
+  got SIGTERM) no node is linked again, none waited for, a node silent for
+  ``STOPPING_STALL_SECONDS`` is dropped and its rooms are not re-placed: a frozen SFU node can hold
+  the shutdown a few seconds at most.
 - ``RecoverRecordings`` is answered here: each SFU node finalizes its own files at its start-up.
 """
 
@@ -40,6 +43,9 @@ RETRY_SECONDS = 1.0
 NODE_STALL_SECONDS = 4.0  # a node reports its load every second: four missed in a row
 UP_TIMEOUT = 10.0
 STOP_SECONDS = 5.0
+# Shutting down, a node two load reports late is dropped: a frozen one must not hold the requests
+# (and so the sockets and handlers) the shutdown waits for until NODE_STALL_SECONDS.
+STOPPING_STALL_SECONDS = 2.0
 
 
 @dataclass
@@ -83,6 +89,10 @@ class RemoteNodes(WorkerPool):
             return Ok()
         return await super().request(message)
 
+    def shutting_down(self) -> None:
+        super().shutting_down()
+        self.stall_seconds = min(self.stall_seconds, STOPPING_STALL_SECONDS)
+
     async def close(self) -> None:
         await super().close()
         await self.registry.close()
@@ -113,7 +123,7 @@ class RemoteNodes(WorkerPool):
                 known[entry.node_id] = node
             elif not node.up:
                 node.host, node.port = entry.host, entry.port
-            if not node.up and not node.connecting and now >= node.retry_at and not self._closed:
+            if not node.up and not node.connecting and now >= node.retry_at and not (self._closed or self._stopping):
                 node.connecting = True
                 self._task(self._connect(node), f"sfu-node-connect-{node.node_id}")
         listed = {entry.node_id for entry in entries}
@@ -129,8 +139,8 @@ class RemoteNodes(WorkerPool):
             return
         finally:
             node.connecting = False
-        if self._closed:
-            channel.close()
+        if self._closed or self._stopping:
+            channel.abort()
             return
         self._attach(node, channel, 0)
         logger.info("linked to SFU node %s at %s:%d", node.node_id, node.host, node.port)

@@ -102,6 +102,7 @@ def create_app(settings: Settings, media: MediaPlaneFactory = media_plane_for_ro
     recording_archive.setup(app)  # the recording index, its events, retention
     rest_recordings.setup(app)
     app.cleanup_ctx.append(media_plane_ctx(media))
+    app.on_shutdown.append(media_plane_shutting_down)  # before the node closes its sockets
     setup_whip(app)
     setup_signalling(app)  # the node: sessions, queues, presence, the media bridge
     websocket.setup(app)
@@ -171,6 +172,14 @@ def media_plane_ctx(media: MediaPlaneFactory) -> Callable[[web.Application], Asy
                 await plane.close()
 
     return ctx
+
+
+async def media_plane_shutting_down(app: web.Application) -> None:
+    """on_shutdown: a pool (of workers or SFU nodes) waits for no member any more, so a member
+    that froze or died holds none of the requests the shutdown waits for (WorkerPool.shutting_down)."""
+    plane = app.get(MEDIA_PLANE)
+    if isinstance(plane, WorkerPool):
+        plane.shutting_down()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ charged twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -21,8 +22,9 @@ import signal
 import sqlite3
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -32,6 +34,7 @@ from sfu import node_link
 from sfu.api import OpenRoom
 from sfu.channel import Channel
 from sfu.node_link import LinkRefused, link_key
+from sfu.node_registry import NodeRegistry
 from signalling.auth.tokens import TokenIssuer
 from signalling.core.database import Database
 
@@ -104,16 +107,28 @@ async def forged_requests_are_refused(prefix: str, node_id: str) -> None:
     writer.close()
 
 
-@pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "silent"])
-async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_twice(
-        tmp_path: Path, prefix: str, death: signal.Signals) -> None:
-    """SIGKILL: the kernel closes the node's sockets, its link ends at once. SIGSTOP: a machine
-    gone silent, its link open but mute, dropped after 4 s without a load report."""
+@dataclass
+class Call:
+    """A paid call between erin (expert) and alice, live, its media flowing through SFU node
+    ``hosting`` (one of ``sfu_nodes``) for signalling node ``server``."""
+
+    http: aiohttp.ClientSession
+    server: Server
+    sfu_nodes: dict[str, Server]
+    planes: list[SocketPlane]
+    sides: list[Side]
+    sid: str
+    hosting: str
+
+
+@contextlib.asynccontextmanager
+async def live_call(tmp_path: Path, prefix: str) -> AsyncIterator[Call]:
+    """Two SFU nodes and a signalling node, each a process, and a call through them; whatever
+    still runs at the end is SIGKILLed."""
     sfu_nodes = {name: Server(tmp_path / name, free_port(), name=name, env=role_env("sfu", prefix, name),
                               ready="/readyz") for name in ("sfu-a", "sfu-b")}
-    data_dir = tmp_path / "signalling"
-    server = Server(data_dir, free_port(), name="signalling", env=role_env("signalling", prefix, "signalling-1"),
-                    ready="/readyz")
+    server = Server(tmp_path / "signalling", free_port(), name="signalling",
+                    env=role_env("signalling", prefix, "signalling-1"), ready="/readyz")
     sides: list[Side] = []
     planes: list[SocketPlane] = []
     for node in sfu_nodes.values():
@@ -152,44 +167,7 @@ async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_
             rooms = {name: (await ready(http, node))["rooms"] for name, node in sfu_nodes.items()}
             hosting = [name for name, count in rooms.items() if count == 1]
             assert len(hosting) == 1 and sum(rooms.values()) == 1, rooms
-            seen = await node_metrics(http, server)  # the signalling node's view of its SFU nodes
-            assert seen[f'expertcall_sfu_node_rooms{{node="{hosting[0]}"}}'] == 1, seen
-            assert seen['expertcall_sfu_node_up{node="sfu-a"}'] == seen['expertcall_sfu_node_up{node="sfu-b"}'] == 1
-            await forged_requests_are_refused(prefix, hosting[0])
-            assert (await ready(http, sfu_nodes[hosting[0]]))["rooms"] == 1  # the forged room never opened
-
-            victim = sfu_nodes[hosting[0]]
-            assert victim.proc is not None
-            os.kill(victim.proc.pid, death)
-            killed_at = time.monotonic()
-            for plane in planes:
-                await plane.expect(state_is("paused", "media_restarted"), timeout=10)
-            for side in sides:
-                await side.start()  # new connections, as after a resume
-            await alice.expect(state_is("live"), timeout=max(0.1, 10 - (time.monotonic() - killed_at)))
-            assert time.monotonic() - killed_at < 10
-            for side in sides:
-                assert side.subscriber is not None
-                await receiving(side.subscriber)
-            await alice.expect(lambda m: m["type"] == "billing.cost", timeout=10)  # metering again
-            survivor = next(node for name, node in sfu_nodes.items() if name != hosting[0])
-            assert (await ready(http, survivor))["rooms"] == 1
-            seen = await node_metrics(http, server)
-            # down, or already forgotten once the registry dropped it
-            assert seen.get(f'expertcall_sfu_node_up{{node="{hosting[0]}"}}', 0) == 0, seen
-
-            await alice.call("session.end", session_id=sid)
-            summary = await alice.expect(lambda m: m["type"] == "billing.summary")
-            earned = await expert.expect(lambda m: m["type"] == "billing.summary")
-        # The node that died is gone for good before the others shut down: a signalling node's
-        # shutdown beside a still-frozen SFU node has hung in CI (a fault of its own, in the notes).
-        await asyncio.to_thread(victim.stop, signal.SIGKILL)
-        # In a thread: the test's clients keep answering (a close frame, a ping) while the nodes
-        # shut down, as real clients do.
-        await asyncio.to_thread(server.stop, signal.SIGTERM)
-        assert server.proc is not None and server.proc.returncode == 0, server.tail()
-        await asyncio.to_thread(survivor.stop, signal.SIGTERM)
-        assert survivor.proc is not None and survivor.proc.returncode == 0, survivor.tail()
+            yield Call(http, server, sfu_nodes, planes, sides, sid, hosting[0])
     finally:
         for side in sides:
             await side.close()
@@ -199,15 +177,137 @@ async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_
             if node.proc is not None and node.proc.poll() is None:
                 node.stop(signal.SIGKILL)
 
-    units, live, ids = ledger(data_dir / Database.FILENAME, sid)
+
+@pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "silent"])
+async def test_a_call_through_an_sfu_node_survives_its_death_paused_not_charged_twice(
+        tmp_path: Path, prefix: str, death: signal.Signals) -> None:
+    """SIGKILL: the kernel closes the node's sockets, its link ends at once. SIGSTOP: a machine
+    gone silent, its link open but mute, dropped after 4 s without a load report."""
+    async with live_call(tmp_path, prefix) as call:
+        http, server, sfu_nodes, sid = call.http, call.server, call.sfu_nodes, call.sid
+        expert, alice = call.planes
+        seen = await node_metrics(http, server)  # the signalling node's view of its SFU nodes
+        assert seen[f'expertcall_sfu_node_rooms{{node="{call.hosting}"}}'] == 1, seen
+        assert seen['expertcall_sfu_node_up{node="sfu-a"}'] == seen['expertcall_sfu_node_up{node="sfu-b"}'] == 1
+        await forged_requests_are_refused(prefix, call.hosting)
+        assert (await ready(http, sfu_nodes[call.hosting]))["rooms"] == 1  # the forged room never opened
+
+        victim = sfu_nodes[call.hosting]
+        assert victim.proc is not None
+        os.kill(victim.proc.pid, death)
+        killed_at = time.monotonic()
+        for plane in call.planes:
+            await plane.expect(state_is("paused", "media_restarted"), timeout=10)
+        for side in call.sides:
+            await side.start()  # new connections, as after a resume
+        await alice.expect(state_is("live"), timeout=max(0.1, 10 - (time.monotonic() - killed_at)))
+        assert time.monotonic() - killed_at < 10
+        for side in call.sides:
+            assert side.subscriber is not None
+            await receiving(side.subscriber)
+        await alice.expect(lambda m: m["type"] == "billing.cost", timeout=10)  # metering again
+        survivor = next(node for name, node in sfu_nodes.items() if name != call.hosting)
+        assert (await ready(http, survivor))["rooms"] == 1
+        seen = await node_metrics(http, server)
+        # down, or already forgotten once the registry dropped it
+        assert seen.get(f'expertcall_sfu_node_up{{node="{call.hosting}"}}', 0) == 0, seen
+
+        await alice.call("session.end", session_id=sid)
+        summary = await alice.expect(lambda m: m["type"] == "billing.summary")
+        earned = await expert.expect(lambda m: m["type"] == "billing.summary")
+        # The node that died is gone for good before the others shut down: a signalling node's
+        # shutdown beside a still-frozen SFU node has hung in CI (a fault of its own, in the notes).
+        await asyncio.to_thread(victim.stop, signal.SIGKILL)
+        # In a thread: the test's clients keep answering (a close frame, a ping) while the nodes
+        # shut down, as real clients do.
+        await asyncio.to_thread(server.stop, signal.SIGTERM)
+        assert server.proc is not None and server.proc.returncode == 0, server.tail()
+        await asyncio.to_thread(survivor.stop, signal.SIGTERM)
+        assert survivor.proc is not None and survivor.proc.returncode == 0, survivor.tail()
+
+    units, live, ids = ledger(server.data_dir / Database.FILENAME, sid)
     assert units == list(range(len(units))) and math.ceil(live) <= len(units) <= math.floor(live) + 1, (units, live)
     assert len(ids) == len(set(ids))
     # live, paused when the SFU node died, live again: the gap is an unbilled pause
     assert [i for i in ids if ":paused:" in i or ":resumed:" in i][:3] == [
         f"{sid}:resumed:0", f"{sid}:paused:0", f"{sid}:resumed:1"], ids
-    with sqlite3.connect(data_dir / Database.FILENAME) as conn:
+    with sqlite3.connect(server.data_dir / Database.FILENAME) as conn:
         intervals = conn.execute(
             'SELECT start, "end" FROM billing_intervals WHERE session_id = ? ORDER BY idx', (sid,)).fetchall()
     assert len(intervals) == 2 and intervals[0][1] < intervals[1][0], intervals
     assert (summary["units"], summary["charged"]["amount"]) == (len(units), 100 * len(units))
     assert earned["fee"]["amount"] + earned["payout"]["amount"] == earned["gross"]["amount"] == 100 * len(units)
+
+
+def accepted_for(port: int) -> int:
+    """TCP connections established to ``port`` on 127.0.0.1: a frozen process's kernel still
+    accepts them into its listening socket's backlog."""
+    return sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+               if line.split()[1] == f"0100007F:{port:04X}" and line.split()[3] == "01")
+
+
+@pytest.mark.parametrize("moment", ["hosting", "ending", "relinking", "alone"])
+async def test_a_signalling_node_stops_within_seconds_beside_a_frozen_sfu_node(
+        tmp_path: Path, prefix: str, moment: str) -> None:
+    """The SFU node hosting the call freezes (SIGSTOP: its sockets open, mute; its registry entry
+    kept alive, as within its TTL, so the signalling node dials it again once its link dropped, the
+    frozen kernel accepting connections no one answers), then the signalling node gets SIGTERM:
+
+    - hosting: at once, its link to the frozen node still up;
+    - ending: at once, the call's ``session.end`` in flight (its CloseRoom waits on the frozen node);
+    - relinking: once its link dropped (4 s mute) and the room re-placed, while it dials it again;
+    - alone: the other SFU node dead, once the link dropped, the room waiting for a node to come
+      up (there is none but the frozen one) and ``session.end`` waiting for that room.
+
+    No wait on the frozen node holds the shutdown: the node exits cleanly within 6 s, its billing
+    finished."""
+    async with live_call(tmp_path, prefix) as call:
+        victim = call.sfu_nodes[call.hosting]
+        host, port = endpoint(prefix, call.hosting)
+        assert victim.proc is not None
+        if moment == "alone":
+            other = next(node for name, node in call.sfu_nodes.items() if name != call.hosting)
+            await asyncio.to_thread(other.stop, signal.SIGKILL)
+        os.kill(victim.proc.pid, signal.SIGSTOP)
+        registry = NodeRegistry(REDIS_URL, prefix)
+
+        async def keep_listed() -> None:
+            while True:
+                await registry.announce(call.hosting, host, port,
+                                        {"rooms": 1, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0})
+                await asyncio.sleep(0.5)
+
+        keeper = asyncio.create_task(keep_listed())
+        try:
+            if moment in ("relinking", "alone"):
+                async with asyncio.timeout(10):  # its link dropped
+                    while any(n["node"] == call.hosting and n["up"]
+                              for n in (await ready(call.http, call.server)).get("sfu_nodes", [])):
+                        await asyncio.sleep(0.1)
+            if moment == "relinking":
+                for plane in call.planes:  # the room re-placed on the other node
+                    await plane.expect(state_is("paused", "media_restarted"), timeout=10)
+                async with asyncio.timeout(10):
+                    while accepted_for(port) == 0:  # dialled again
+                        await asyncio.sleep(0.05)
+            if moment in ("ending", "alone"):
+                await call.planes[1].ws.send_str(json.dumps(
+                    {"v": 1, "type": "session.end", "id": 1000, "session_id": call.sid}))
+                await asyncio.sleep(0.5)
+            await asyncio.to_thread(call.server.stop, signal.SIGTERM, 6)
+        finally:
+            keeper.cancel()
+            await registry.close()
+        log = call.server.tail()
+        assert call.server.proc is not None and call.server.proc.returncode == 0, log
+        assert "last charges at close failed" not in log and "Traceback" not in log, log
+
+    # Billing finished: every unit due when the meter closed (its last heartbeat ends an interval
+    # still open) charged once.
+    units, _, ids = ledger(call.server.data_dir / Database.FILENAME, call.sid)
+    with sqlite3.connect(call.server.data_dir / Database.FILENAME) as conn:
+        live = conn.execute(
+            'SELECT sum(coalesce("end", (SELECT max(at) FROM meter_heartbeats)) - start) FROM billing_intervals'
+            ' WHERE session_id = ?', (call.sid,)).fetchone()[0]
+    assert units == list(range(len(units))) and math.ceil(live) <= len(units) <= math.floor(live) + 1, (units, live)
+    assert len(ids) == len(set(ids)), ids

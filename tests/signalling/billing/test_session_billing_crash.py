@@ -78,17 +78,17 @@ class Server:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{self.name} did not start: {self.tail()}")
 
-    def stop(self, sig: int) -> None:
-        """Signal the server and wait for it; one that does not stop within 30 s is killed (no
-        orphan left running) and fails the test: a node must finish its shutdown."""
+    def stop(self, sig: int, within: float = 30) -> None:
+        """Signal the server and wait for it; one that does not stop ``within`` seconds is killed
+        (no orphan left running) and fails the test: a node must finish its shutdown."""
         assert self.proc is not None
         self.proc.send_signal(sig)
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=within)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{self.name} did not stop within 30 s of signal {sig}: {self.tail()}") from None
+            raise AssertionError(f"{self.name} did not stop within {within:g} s of signal {sig}: {self.tail()}") from None
 
     def tail(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace")[-3000:]
