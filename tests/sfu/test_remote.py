@@ -106,3 +106,34 @@ async def test_a_signalling_node_without_the_key_never_links(prefix: str) -> Non
     finally:
         await intruder.close()
         await node.close()
+
+
+async def test_shutting_down_no_room_waits_for_a_node_and_none_is_closed(prefix: str) -> None:
+    """The only node is lost: its room waits (up to UP_TIMEOUT) for a node to come up, and a
+    request for it waits on that. Once the signalling node is shutting down, both end at once,
+    and the room goes quietly (no RoomClosed: its session lives on for another node to adopt)."""
+    node = Node("sfu-a", prefix)
+    await node.server.start("127.0.0.1", 0)
+    signalling = RemoteNodes(NodeRegistry(REDIS_URL, prefix), KEY, "signalling-1")
+    events: list[Message] = []
+    signalling.on_event(events.append)
+    try:
+        await signalling.start()
+        await until(lambda: any(n.up for n in signalling.nodes()))
+        await signalling.request(OpenRoom("room-1"))
+        await node.close()
+        await until(lambda: not any(n.up for n in signalling.nodes()))
+        waiting = asyncio.ensure_future(signalling.request(GetStats("room-1")))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # the room is waiting for a node
+        signalling.shutting_down()
+        async with asyncio.timeout(1):
+            with pytest.raises(MediaError):
+                await waiting
+        with pytest.raises(MediaError) as refused:  # and no new room waits either
+            await asyncio.wait_for(signalling.request(OpenRoom("room-2")), 1)
+        assert refused.value.code == "closed"
+        await asyncio.sleep(0.1)
+        assert events == []
+    finally:
+        await signalling.close()
