@@ -14,6 +14,9 @@ processes); requests are answered with the code a worker process answers them wi
   signalling node that links, so that every file gets indexed.
 - Every ``LOAD_INTERVAL`` the node's load goes to every link (their placement and heartbeat) and
   into the registry (with the endpoint).
+- ``drain`` (a SIGTERM): the node withdraws from the registry and its load says ``draining``, so
+  signalling nodes place no new room on it, while its rooms go on until they close or the drain's
+  time is up; ``close`` then hangs up, and the rooms left are re-placed elsewhere.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Callable
 
 from sfu import node_link
@@ -35,6 +39,7 @@ from sfu.worker_process import LOAD_INTERVAL, Load, answer
 logger = logging.getLogger(__name__)
 
 MAX_HELD = 1000
+DRAIN_POLL_SECONDS = 0.2
 
 LoadReport = Callable[[], dict[str, Any]]
 
@@ -67,6 +72,7 @@ class NodeServer:
         self.held: list[dict[str, Any]] = []
         self.endpoint: tuple[str, int] = ("", 0)  # what the registry says
         self.announced = False
+        self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._requests: set[asyncio.Task[None]] = set()
@@ -82,6 +88,22 @@ class NodeServer:
         self._ticker = asyncio.create_task(self._run(), name=f"sfu-node-{self.node_id}")
         logger.info("SFU node %s serves signalling nodes on %s:%d", self.node_id, host, self.endpoint[1])
         return self.endpoint
+
+    async def drain(self, seconds: float) -> None:
+        """Take no new rooms, and wait at most ``seconds`` for the rooms hosted to close."""
+        self.draining = True
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await self.registry.withdraw(self.node_id)
+        await self._tick()  # the links hear it now, not at the next report
+        deadline = time.monotonic() + seconds
+        if self.owners:
+            logger.info("SFU node %s draining: %d rooms, for at most %.0f s", self.node_id, len(self.owners), seconds)
+        while self.owners and time.monotonic() < deadline:
+            await asyncio.sleep(min(DRAIN_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        if self.owners:
+            logger.warning("SFU node %s drained for %.0f s; %d rooms move to other nodes", self.node_id, seconds,
+                           len(self.owners))
 
     async def close(self) -> None:
         """Withdraw, then hang up every link (their signalling nodes re-place the rooms)."""
@@ -194,9 +216,11 @@ class NodeServer:
         except Exception:
             logger.exception("could not read this node's load")
             frame = {"t": "load", "rooms": 0, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0}
+        if self.draining:
+            frame = {**frame, "draining": True}
         for channel in list(self.links.values()):
             self._send(channel, frame)
-        if self.registry is not None:
+        if self.registry is not None and not self.draining:
             load = {k: v for k, v in frame.items() if k != "t"}
             try:
                 await self.registry.announce(self.node_id, self.endpoint[0], self.endpoint[1], load)

@@ -69,6 +69,7 @@ class WorkerState:
     packets_per_second: float = 0.0
     cpu: float = 0.0
     placed: int = 0  # rooms placed here since its last load report
+    draining: bool = False  # an SFU node taking no new rooms (its load frames say so)
     crashes: int = 0  # deaths in a row, soon after starting
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     channel: Channel | None = field(default=None, repr=False)
@@ -205,7 +206,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         deadline = None if self.up_timeout is None else loop.time() + self.up_timeout
         while True:
-            up = [w for w in self.workers if w.up]
+            up = [w for w in self.workers if w.up and not w.draining]
             if up:
                 return min(up, key=WorkerState.placement_key)
             if self._closed or self._stopping:
@@ -267,6 +268,7 @@ class WorkerPool:
         worker.started_at = worker.last_frame = time.monotonic()
         worker.cpu = worker.packets_per_second = 0.0
         worker.streams = worker.placed = 0
+        worker.draining = False
         self._up.set()
         worker.reader = asyncio.create_task(self._read(worker, channel), name=f"sfu-worker-{worker.index}")
         worker.reader.add_done_callback(self._task_done)
@@ -286,6 +288,7 @@ class WorkerPool:
                 elif kind == "load":
                     worker.streams, worker.packets_per_second = frame["streams"], float(frame["packets_per_second"])
                     worker.cpu, worker.placed = float(frame["cpu"]), 0
+                    worker.draining = frame.get("draining") is True
                 elif kind == "closed":
                     return
                 else:

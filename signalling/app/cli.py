@@ -52,6 +52,8 @@ def main(verbose: bool) -> None:
 @click.option("--sfu-node-host", default=None, help="An SFU node's internal endpoint: address to listen on (default 127.0.0.1). [EXPERTCALL_SFU_NODE_HOST]")
 @click.option("--sfu-node-port", type=int, default=None, help="Its port (default 0: any free port, announced in Redis). [EXPERTCALL_SFU_NODE_PORT]")
 @click.option("--sfu-node-advertise", default=None, help="The address signalling nodes dial (default: --sfu-node-host). [EXPERTCALL_SFU_NODE_ADVERTISE]")
+@click.option("--sfu-drain-seconds", type=float, default=None,
+              help="An SFU node on SIGTERM takes no new rooms and gives its rooms this long to end before they move (default 60). [EXPERTCALL_SFU_DRAIN_SECONDS]")
 @click.option("--media-port", type=int, default=None,
               help="One UDP port per SFU worker for all media: worker i uses this + i (default: a port per connection). [EXPERTCALL_MEDIA_PORT]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")

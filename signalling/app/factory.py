@@ -204,7 +204,7 @@ async def readyz(request: web.Request) -> web.Response:
     plane = request.app.get(MEDIA_PLANE)
     if isinstance(plane, RemoteNodes):
         # Ready while some SFU node is linked (rooms are placed on those).
-        nodes = [{"node": n.node_id, "up": n.up} for n in plane.nodes()]
+        nodes = [{"node": n.node_id, "up": n.up, "draining": n.draining} for n in plane.nodes()]
         if not any(n["up"] for n in nodes):
             return web.json_response({"status": "not_ready", "reason": "no SFU node linked", "sfu_nodes": nodes},
                                      status=503)

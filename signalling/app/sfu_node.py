@@ -5,8 +5,10 @@ talk to signalling nodes, and their media to the SFU's ICE candidates).
 
 Start-up: the plane (its worker processes, with ``--sfu-workers`` above 1), files a killed
 process left unfinished are finalized (held for the first signalling node that links), then the
-endpoint opens and the node registers. Shutdown: it withdraws and hangs up every link first, so
-signalling nodes re-place its rooms on other SFU nodes at once, then closes the plane.
+endpoint opens and the node registers. Shutdown (SIGTERM) drains it first: it withdraws from the
+registry and tells its links it is draining (no signalling node places a new room on it), and its
+rooms go on for at most ``sfu_drain_seconds`` while their calls end; then it hangs up every link,
+so signalling nodes re-place the rooms left on other SFU nodes at once, and closes the plane.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ async def sfu_node_ctx(app: web.Application) -> AsyncIterator[None]:
         app[NODE_SERVER] = server
         yield
     finally:
+        await server.drain(settings.sfu_drain_seconds)
         await server.close()
         await plane.close()
 

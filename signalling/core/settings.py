@@ -139,6 +139,9 @@ class Settings:
     sfu_node_host: str = "127.0.0.1"
     sfu_node_port: int = 0
     sfu_node_advertise: str = ""
+    # An SFU node's SIGTERM drains it: no new rooms, its rooms given this long to end before it
+    # hangs up (the rooms left are re-placed on other nodes). 0: hang up at once.
+    sfu_drain_seconds: float = 60.0
     # Session recording (docs/recording.md): files under data_dir/recordings, deleted this many
     # days after they were made (0: kept until an admin deletes them).
     recording_enabled: bool = True
@@ -222,6 +225,8 @@ class Settings:
             raise SettingsError(f"role {self.role} needs --redis: SFU nodes and signalling nodes find each other there")
         if self.sfu_secret and len(self.sfu_secret) < 32:
             raise SettingsError("sfu_secret must be at least 32 characters long")
+        if self.sfu_drain_seconds < 0:
+            raise SettingsError(f"sfu_drain_seconds must be 0 or more, got {self.sfu_drain_seconds}")
         if not (0 <= int(self.sfu_node_port) < 65536):
             raise SettingsError(f"sfu_node_port must be 0-65535, got {self.sfu_node_port}")
         if self.sfu_node_host in ("0.0.0.0", "::", "") and not self.sfu_node_advertise and self.role == "sfu":

@@ -122,10 +122,10 @@ class Call:
 
 
 @contextlib.asynccontextmanager
-async def live_call(tmp_path: Path, prefix: str) -> AsyncIterator[Call]:
-    """Two SFU nodes and a signalling node, each a process, and a call through them; whatever
-    still runs at the end is SIGKILLed."""
-    sfu_nodes = {name: Server(tmp_path / name, free_port(), name=name, env=role_env("sfu", prefix, name),
+async def live_call(tmp_path: Path, prefix: str, sfu_env: dict[str, str] | None = None) -> AsyncIterator[Call]:
+    """Two SFU nodes (``sfu_env`` added to their environment) and a signalling node, each a
+    process, and a call through them; whatever still runs at the end is SIGKILLed."""
+    sfu_nodes = {name: Server(tmp_path / name, free_port(), name=name, env={**role_env("sfu", prefix, name), **(sfu_env or {})},
                               ready="/readyz") for name in ("sfu-a", "sfu-b")}
     server = Server(tmp_path / "signalling", free_port(), name="signalling",
                     env=role_env("signalling", prefix, "signalling-1"), ready="/readyz")
@@ -311,3 +311,54 @@ async def test_a_signalling_node_stops_within_seconds_beside_a_frozen_sfu_node(
             ' WHERE session_id = ?', (call.sid,)).fetchone()[0]
     assert units == list(range(len(units))) and math.ceil(live) <= len(units) <= math.floor(live) + 1, (units, live)
     assert len(ids) == len(set(ids)), ids
+
+
+async def flowing(side: Side, packets: int = 50) -> None:
+    """Until ``packets`` more of the other's audio and of their video reached ``side``."""
+    assert side.subscriber is not None
+    subscriber = side.subscriber
+    before = dict(subscriber.packets)
+    async with asyncio.timeout(10):
+        while min(subscriber.packets[ssrc] - count for ssrc, count in before.items()) < packets:
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("until", ["call_ends", "time_up"])
+async def test_an_sfu_node_drains_on_sigterm(tmp_path: Path, prefix: str, until: str) -> None:
+    """SIGTERM to the SFU node hosting a call: it leaves the registry and its links hear it is
+    draining (the signalling node's /readyz shows it; no new room goes there), while the call goes
+    on through it, never paused. It exits once the call ends ("call_ends", a drain of 60 s), or once
+    its drain time is up ("time_up", 6 s), the room then moving to the other node as on a death."""
+    drain = "60" if until == "call_ends" else "6"
+    async with live_call(tmp_path, prefix, {"EXPERTCALL_SFU_DRAIN_SECONDS": drain}) as call:
+        http, server, alice = call.http, call.server, call.planes[1]
+        node = call.sfu_nodes[call.hosting]
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        async with asyncio.timeout(5):
+            while not any(n["node"] == call.hosting and n["up"] and n["draining"]
+                          for n in (await ready(http, server))["sfu_nodes"]):
+                await asyncio.sleep(0.1)
+        with pytest.raises(KeyError):
+            endpoint(prefix, call.hosting)  # withdrawn from the registry
+        await asyncio.gather(*(flowing(side) for side in call.sides))  # through the draining node
+        assert node.proc.poll() is None
+        if until == "call_ends":
+            await asyncio.sleep(1)
+            assert not any(state_is("paused")(m) for plane in call.planes for m in plane.messages)
+            ended = time.monotonic()
+            await alice.call("session.end", session_id=call.sid)
+            await asyncio.to_thread(node.proc.wait, 10)
+            assert time.monotonic() - ended < 5  # at once, not at the end of its 60 s
+        else:
+            for plane in call.planes:
+                await plane.expect(state_is("paused", "media_restarted"), timeout=10)
+            await asyncio.to_thread(node.proc.wait, 10)
+            assert 6 <= time.monotonic() - signalled < 12
+            for side in call.sides:
+                await side.start()  # the room moved: media starts over on the other node
+            await alice.expect(state_is("live"), timeout=10)
+            other = next(n for name, n in call.sfu_nodes.items() if name != call.hosting)
+            assert (await ready(http, other))["rooms"] == 1
+        assert node.proc.returncode == 0, node.tail()

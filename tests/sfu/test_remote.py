@@ -6,12 +6,13 @@ node without the key never links."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import AsyncIterator, Callable
 
 import pytest
 
-from sfu.api import GetStats, MediaError, Message, OpenRoom, RoomRestarted, Stats
+from sfu.api import CloseRoom, GetStats, MediaError, Message, OpenRoom, RoomRestarted, Stats
 from sfu.node_link import link_key
 from sfu.node_registry import NodeRegistry
 from sfu.node_server import NodeServer, load_of
@@ -137,3 +138,64 @@ async def test_shutting_down_no_room_waits_for_a_node_and_none_is_closed(prefix:
         assert events == []
     finally:
         await signalling.close()
+
+
+async def test_a_draining_node_takes_no_new_room_and_keeps_its_own_until_they_close(prefix: str) -> None:
+    nodes = [Node("sfu-a", prefix), Node("sfu-b", prefix)]
+    for node in nodes:
+        await node.server.start("127.0.0.1", 0)
+    signalling = RemoteNodes(NodeRegistry(REDIS_URL, prefix), KEY, "signalling-1")
+    events: list[Message] = []
+    signalling.on_event(events.append)
+    registry = NodeRegistry(REDIS_URL, prefix)
+    try:
+        await signalling.start()
+        await until(lambda: sum(n.up for n in signalling.nodes()) == 2)
+        await signalling.request(OpenRoom("room-1"))
+        host = signalling.placement["room-1"]
+        draining = next(n for n in nodes if n.server.node_id == host.node_id)  # type: ignore[attr-defined]
+        other = next(n for n in nodes if n is not draining)
+        drained = asyncio.ensure_future(draining.server.drain(30))
+        await until(lambda: host.draining)
+        assert [e.node_id for e in await registry.nodes()] == [other.server.node_id]  # withdrawn
+        for i in range(2, 5):  # the other node takes every new room, however loaded
+            await signalling.request(OpenRoom(f"room-{i}"))
+        assert set(other.plane.rooms) == {"room-2", "room-3", "room-4"} and set(draining.plane.rooms) == {"room-1"}
+        assert isinstance(await signalling.request(GetStats("room-1")), Stats)  # its own room is served
+        await asyncio.sleep(0.5)
+        assert not drained.done()
+        await signalling.request(CloseRoom("room-1", "ended"))  # its last call ends: drained
+        async with asyncio.timeout(2):
+            await drained
+        assert not any(isinstance(e, RoomRestarted) for e in events)  # no room moved
+    finally:
+        await registry.close()
+        await signalling.close()
+        for node in nodes:
+            await node.close()
+
+
+async def test_a_drain_is_bounded_then_the_rooms_left_move(prefix: str) -> None:
+    nodes = [Node("sfu-a", prefix), Node("sfu-b", prefix)]
+    for node in nodes:
+        await node.server.start("127.0.0.1", 0)
+    signalling = RemoteNodes(NodeRegistry(REDIS_URL, prefix), KEY, "signalling-1")
+    events: list[Message] = []
+    signalling.on_event(events.append)
+    try:
+        await signalling.start()
+        await until(lambda: sum(n.up for n in signalling.nodes()) == 2)
+        await signalling.request(OpenRoom("room-1"))
+        draining = next(n for n in nodes if n.server.node_id == signalling.placement["room-1"].node_id)  # type: ignore[attr-defined]
+        other = next(n for n in nodes if n is not draining)
+        started = time.monotonic()
+        await draining.server.drain(1.0)
+        assert 1.0 <= time.monotonic() - started < 2.0
+        await draining.close()  # it hangs up: the room left moves
+        nodes.remove(draining)
+        await until(lambda: events == [RoomRestarted("room-1", "node_lost")])
+        assert set(other.plane.rooms) == {"room-1"}
+    finally:
+        await signalling.close()
+        for node in nodes:
+            await node.close()
