@@ -8,6 +8,8 @@ the same re-placement when a member is lost. What differs is how members come an
 - Members are found in the registry (sfu/node_registry.py, every ``DISCOVER_SECONDS``) and
   reached over an authenticated TCP link (sfu/node_link.py); a node listed but not linked is
   tried again every ``RETRY_SECONDS``, and one neither listed nor linked is forgotten.
+- A node whose load reports say ``draining`` (it got SIGTERM, sfu/node_server.py) gets no new
+  room; the rooms it hosts stay there until they close or it hangs up.
 - A node is lost when its link ends (a SIGKILLed process: at once, its kernel closes the socket)
   or says nothing for ``stall_seconds`` (a machine gone silent). Its rooms open again at once on
   the least loaded node that is up and each emits ``RoomRestarted("node_lost")``: the control
