@@ -153,7 +153,8 @@ class RemoteNodes(WorkerPool):
             worker.channel.abort()  # its reader ends, and the node is lost
 
     async def _reap(self, worker: WorkerState, reason: str) -> None:
-        logger.error("SFU node %s lost (%s); re-placing its %d rooms", _name(worker), reason, len(worker.rooms))
+        logger.error("SFU node %s lost (%s); %s its %d rooms", _name(worker), reason,
+                     "shutting down, dropping" if self._stopping else "re-placing", len(worker.rooms))
 
     def _revive(self, worker: WorkerState) -> None:
         if isinstance(worker, NodeState):
