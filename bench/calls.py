@@ -79,7 +79,23 @@ class Servers:
     janus_event_loops: int = 0  # 0: Janus's default, a loop and thread per handle
     sfu_workers: tuple[int, ...] = (1,)  # expertcall runs with each of these SFU worker counts
     sfu_node: bool = False  # and split: a signalling node and an SFU node (NODE_TARGET)
-    media_port: int = 0  # expertcall's one UDP port per SFU worker (base); 0: a socket per connection
+    media_port: int = 0  # expertcall's one UDP port per SFU worker (base); 0: ports the kernel picks
+    media_per_connection: bool = False  # a UDP socket per connection instead (serve --media-per-connection)
+
+
+def media_env(media_port: int, per_connection: bool) -> dict[str, str]:
+    """The expertcall server's environment for its media sockets (serve --media-port,
+    --media-per-connection); empty: its default, one port per SFU worker picked by the kernel."""
+    if per_connection:
+        return {"EXPERTCALL_MEDIA_PER_CONNECTION": "1"}
+    return {"EXPERTCALL_MEDIA_PORT": str(media_port)} if media_port else {}
+
+
+def media_label(media_port: int, per_connection: bool) -> str | int:
+    """What the JSON's config.media_port says ran."""
+    if per_connection:
+        return "a socket per connection"
+    return media_port or "one per SFU worker, picked by the kernel"
 
 
 def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
@@ -87,8 +103,7 @@ def start(target: str, servers: Servers, calls: int, round_: int) -> Server:
     directory = servers.data_dir / f"{target}-{calls}-{round_}"
     if target != "janus":
         env = {**SERVER_ENV, "EXPERTCALL_SFU_WORKERS": str(sfu_workers_of(target))}
-        if servers.media_port:
-            env["EXPERTCALL_MEDIA_PORT"] = str(servers.media_port)
+        env.update(media_env(servers.media_port, servers.media_per_connection))
         server = start_server(NODE_TARGET if target == NODE_TARGET else "expertcall", directory, log,
                               servers.nice, servers.cpus, env)
         try:
@@ -248,7 +263,7 @@ def sweep(counts: list[int], reference: str | None, load: CallLoad, servers: Ser
         "config": {"calls": counts, "rounds": rounds, "duration": load.duration, "join_rate": load.join_rate,
                    "settle": load.settle, "client_processes": load.workers, "client_nice": load.client_nice,
                    "server_cpus": servers.cpus or "all",
-                   "media_port": servers.media_port or "a socket per connection",
+                   "media_port": media_label(servers.media_port, servers.media_per_connection),
                    "server_nice": servers.nice, "targets": targets, "sfu_workers": list(servers.sfu_workers),
                    "sfu_node": servers.sfu_node,
                    **({"janus_event_loops": servers.janus_event_loops or "one per handle"}

@@ -25,7 +25,7 @@ PACKETS_PER_SECOND = 57  # 1100-byte packets: about 500 kbps
 KEYFRAME_EVERY = 30  # packets: the synthetic publisher ignores PLI, so it repeats them
 
 
-def _serve(conn: Connection, media_port: int) -> None:
+def _serve(conn: Connection, media_port: int, per_connection: bool) -> None:
     """Child process: a LocalMediaPlane answering requests from the pipe."""
     import uvloop
 
@@ -34,7 +34,8 @@ def _serve(conn: Connection, media_port: int) -> None:
     from sfu.worker import LocalMediaPlane
 
     async def main() -> None:
-        plane = LocalMediaPlane(MediaOptions(loopback=True, max_publish_bitrate=0, media_port=media_port))
+        plane = LocalMediaPlane(MediaOptions(loopback=True, max_publish_bitrate=0, media_port=media_port,
+                                             per_connection_sockets=per_connection))
         plane.start()
         plane.on_event(lambda event: conn.send(("event", event.to_dict())))
         loop = asyncio.get_running_loop()
@@ -83,7 +84,8 @@ class _Remote:
             return await self._replies.get()
 
 
-async def measure(subscribers: int, duration: float, media_port: int = 0) -> dict[str, Any]:
+async def measure(subscribers: int, duration: float, media_port: int = 0,
+                  per_connection: bool = False) -> dict[str, Any]:
     from aiortc import (
         RTCBundlePolicy,
         RTCConfiguration,
@@ -103,7 +105,7 @@ async def measure(subscribers: int, duration: float, media_port: int = 0) -> dic
         )
 
     parent, child = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=_serve, args=(child, media_port))
+    process = multiprocessing.get_context("spawn").Process(target=_serve, args=(child, media_port, per_connection))
     process.start()
     received: dict[str, int] = {}
     viewers: dict[str, RTCPeerConnection] = {}
@@ -190,9 +192,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--media-port", type=int, default=0,
-                        help="one UDP port for the SFU (sfu/udp_mux.py); 0: a socket per connection")
+                        help="the SFU's one UDP port (sfu/udp_mux.py); 0: one the kernel picks")
+    parser.add_argument("--per-connection", action="store_true",
+                        help="a UDP socket per connection instead of the one port")
     args = parser.parse_args()
-    results = [asyncio.run(measure(s, args.duration, args.media_port)) for s in args.subscribers]
+    results = [asyncio.run(measure(s, args.duration, args.media_port, args.per_connection)) for s in args.subscribers]
     print(json.dumps(results, indent=2))
 
 

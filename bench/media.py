@@ -27,6 +27,7 @@ import click
 import numpy as np
 
 from . import calls, encoded, report
+from .calls import media_env, media_label
 from .procfs import process_cpu_seconds
 from .report import show_progress
 from .server import Server, admin_token, pid_listening_on, start_server
@@ -187,7 +188,8 @@ def _check_cpus(cpus: str) -> None:
 def _media_calls(counts: list[int], reference: str | None, duration: float, json_path: Path,
                  plot_path: Path | None, join_rate: float, settle: float, workers: int, rounds: int,
                  server_nice: int, client_nice: int, pin_server: str, janus_event_loops: int,
-                 sfu_workers: list[int], sfu_node: bool = False, media_port: int = 0) -> None:
+                 sfu_workers: list[int], sfu_node: bool = False, media_port: int = 0,
+                 media_per_connection: bool = False) -> None:
     click.echo("preparing pre-encoded media (cached after the first run)...", err=True)
     encoded.video(fps=30)
     encoded.audio()
@@ -197,7 +199,7 @@ def _media_calls(counts: list[int], reference: str | None, duration: float, json
         result = calls.sweep(counts, reference, load,
                              calls.Servers(data_dir, json_path.with_suffix(""), server_nice, pin_server,
                                            janus_event_loops, tuple(dict.fromkeys(sfu_workers)), sfu_node,
-                                           media_port), rounds)
+                                           media_port, media_per_connection), rounds)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     report.write_json(json_path, result)
@@ -268,8 +270,11 @@ FAN_OUT_ONLY = ("publishers", "subscribers", "url", "server_pid", "token", "audi
               help="Measure recording instead: CPU per recorded stream and disk bytes per second, "
                    "--publishers streams, windows forwarding-only and recording alternating --rounds times.")
 @click.option("--media-port", type=click.IntRange(0, 65535), default=0,
-              help="Run the expertcall server with one UDP port per SFU worker from this base port "
-                   "(serve --media-port). [default: a socket per connection]")
+              help="Run the expertcall server with its SFU workers' UDP ports from this base port "
+                   "(serve --media-port). [default: ports the kernel picks, one per worker]")
+@click.option("--media-per-connection", is_flag=True, default=False,
+              help="Run the expertcall server with a UDP socket per connection instead "
+                   "(serve --media-per-connection), to compare the two paths.")
 @click.option("--pin-server", "pin_server", default="",
               help="Pin the servers started (and every process they start) to these CPUs, a taskset list "
                    "such as 1 or 0-3; the clients stay unpinned. [default: not pinned]")
@@ -277,7 +282,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
           plot_path: Path | None, reference: str | None, url: str | None, server_pid: int | None,
           token: str | None, audio: bool, join_rate: float | None, settle: float, workers: int, rounds: int,
           server_nice: int, client_nice: int, janus_event_loops: int, sfu_workers: str, pin_server: str,
-          sfu_node: bool, record: bool, media_port: int) -> None:
+          sfu_node: bool, record: bool, media_port: int, media_per_connection: bool) -> None:
     """Measure the SFU forwarding 640x480 30 fps VP8 to subscribers (CPU, fps, loss, latency), or,
     with --calls, carrying two-party calls, or, with --record, recording."""
     if pin_server:
@@ -303,7 +308,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
             raise click.UsageError("--reference mediarelay is for the fan-out bench; with --calls use janus")
         _media_calls(_counts(calls, "call"), reference, duration, json_path, plot_path, join_rate or 10.0,
                      settle, workers, rounds, server_nice, client_nice, pin_server, janus_event_loops,
-                     _counts(sfu_workers, "SFU worker"), sfu_node, media_port)
+                     _counts(sfu_workers, "SFU worker"), sfu_node, media_port, media_per_connection)
         return
     if reference == "janus":
         raise click.UsageError("--reference janus runs with --calls (two-party calls)")
@@ -331,7 +336,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
             # the SFU in the server's process, as the fan-out figures have always been measured
             servers.append(start_server("sfu", data_dir, _log_path(json_path, "sfu"), server_nice, pin_server,
                                         {"EXPERTCALL_SFU_WORKERS": "1",
-                                         **({"EXPERTCALL_MEDIA_PORT": str(media_port)} if media_port else {})}))
+                                         **media_env(media_port, media_per_connection)}))
         if reference:
             servers.append(start_server(reference, data_dir, _log_path(json_path, reference), server_nice,
                                         pin_server))
@@ -352,7 +357,7 @@ def media(calls: str | None, publishers: int, subscribers: str, duration: float,
                    "join_rate": join_rate, "settle": settle, "workers": workers, "server_nice": server_nice,
                    "client_nice": client_nice,
                    "server_cpus": pin_server or "all",
-                   "media_port": media_port or "a socket per connection",
+                   "media_port": media_label(media_port, media_per_connection),
                    "video": "VP8 640x480 30 fps ~500 kbps, pre-encoded"},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},

@@ -41,7 +41,7 @@ FRAMES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "reply": {"id": int, "message": dict},
     "error": {"id": int, "code": str, "message": str},
     "event": {"message": dict},
-    "load": {"rooms": int, "streams": int, "packets_per_second": _NUMBER, "cpu": _NUMBER},
+    "load": {"rooms": int, "streams": int, "packets_per_second": _NUMBER, "cpu": _NUMBER, "dropped": int},
     "closed": {},
     "challenge": {"node": str, "nonce": bytes},
     "auth": {"node": str, "nonce": bytes, "mac": bytes},

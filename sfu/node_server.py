@@ -53,7 +53,7 @@ def load_of(plane: LocalMediaPlane | WorkerPool) -> LoadReport:
             up = [w for w in pool.health() if w.up]
             return {"t": "load", "rooms": sum(len(w.rooms) for w in up), "streams": sum(w.streams for w in up),
                     "packets_per_second": sum(w.packets_per_second for w in up),
-                    "cpu": sum(w.cpu for w in up) / max(1, len(up))}
+                    "cpu": sum(w.cpu for w in up) / max(1, len(up)), "dropped": sum(w.dropped for w in up)}
 
         return report
     return Load(plane).report
@@ -215,7 +215,7 @@ class NodeServer:
             frame = self.load()
         except Exception:
             logger.exception("could not read this node's load")
-            frame = {"t": "load", "rooms": 0, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0}
+            frame = {"t": "load", "rooms": 0, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0, "dropped": 0}
         if self.draining:
             frame = {**frame, "draining": True}
         for channel in list(self.links.values()):

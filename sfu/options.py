@@ -44,11 +44,15 @@ class MediaOptions:
     loopback: bool = False  # 127.0.0.1 host candidates only, no STUN/TURN: tests, benches, dev
     interfaces: tuple[str, ...] = ()  # IPs to gather on; empty = all non-loopback IPv4
     announced_ip: str | None = None  # public IP announced instead of the bound one (1:1 NAT)
-    port_min: int = 0  # UDP port range for media; 0/0 = ephemeral
-    port_max: int = 0
-    # One UDP port per worker (sfu/udp_mux.py): worker i takes media_port + i for every ICE, DTLS
-    # and SRTP datagram of its connections. 0: a socket per connection, from port_min-port_max.
+    # One UDP socket per worker and address (sfu/udp_mux.py) carries every ICE, DTLS and SRTP
+    # datagram of its connections: worker i binds media_port + i, or with 0 a port the kernel
+    # picks (so that servers side by side never collide).
     media_port: int = 0
+    # Instead, the old path: one aioice socket per connection, from port_min-port_max (0/0:
+    # ephemeral). It costs 17-39% more per forwarded packet (no batched fan-out).
+    per_connection_sockets: bool = False
+    port_min: int = 0
+    port_max: int = 0
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     max_publish_bitrate: int = 2_500_000  # bps per published track: REMB cap, policed at 1.5x
     max_audio_bitrate: int = 256_000  # bps per audio track (Opus tops out at 510k), policed at 1.5x
@@ -65,8 +69,10 @@ class MediaOptions:
             raise MediaError("bad_options", "congestion must be CongestionOptions")
         if self.media_port and not 1024 <= self.media_port <= 65535:
             raise MediaError("bad_options", "the media port must lie within 1024-65535")
-        if self.media_port and self.port_min:
-            raise MediaError("bad_options", "a single media port and a port range exclude each other")
+        if self.per_connection_sockets and self.media_port:
+            raise MediaError("bad_options", "per-connection sockets and a media port exclude each other")
+        if self.port_min and not self.per_connection_sockets:
+            raise MediaError("bad_options", "a UDP port range is for per-connection sockets only")
         self.network()  # validates the network part
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,13 +88,14 @@ class MediaOptions:
         return cls(**values)
 
     def for_worker(self, index: int) -> "MediaOptions":
-        """These options as worker ``index`` (from 0) of a pool runs them: its own media port."""
+        """These options as worker ``index`` (from 0) of a pool runs them: its own media port
+        (with ``media_port`` 0 every worker has the kernel pick its own)."""
         if not self.media_port:
             return self
         return dataclasses.replace(self, media_port=self.media_port + index)
 
     def network(self, mux: UdpMux | None = None) -> NetworkOptions:
-        """The network part; ``mux`` is the worker's shared socket when ``media_port`` is set."""
+        """The network part; ``mux`` is the worker's shared sockets (None: per-connection sockets)."""
         return NetworkOptions(
             loopback=self.loopback, interfaces=tuple(self.interfaces),
             announced_ip=self.announced_ip, port_min=self.port_min, port_max=self.port_max,

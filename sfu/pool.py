@@ -68,6 +68,7 @@ class WorkerState:
     streams: int = 0
     packets_per_second: float = 0.0
     cpu: float = 0.0
+    dropped: int = 0  # datagrams its shared media sockets took from nobody they knew (sfu/udp_mux.py)
     placed: int = 0  # rooms placed here since its last load report
     draining: bool = False  # an SFU node taking no new rooms (its load frames say so)
     crashes: int = 0  # deaths in a row, soon after starting
@@ -287,7 +288,7 @@ class WorkerPool:
                     self._event(worker, message_of(frame))
                 elif kind == "load":
                     worker.streams, worker.packets_per_second = frame["streams"], float(frame["packets_per_second"])
-                    worker.cpu, worker.placed = float(frame["cpu"]), 0
+                    worker.cpu, worker.placed, worker.dropped = float(frame["cpu"]), 0, frame["dropped"]
                     worker.draining = frame.get("draining") is True
                 elif kind == "closed":
                     return

@@ -185,32 +185,42 @@ def _nothing() -> None:
 
 
 class UdpMux:
-    """The worker's shared sockets, one per address, all on one port."""
+    """The worker's shared sockets, one per address, all on ``port`` (0: each on a port the kernel
+    picks)."""
 
-    def __init__(self, port: int) -> None:
-        if not 1024 <= port <= 65535:
-            raise ValueError("the media port must lie within 1024-65535")
+    def __init__(self, port: int = 0) -> None:
+        if port and not 1024 <= port <= 65535:
+            raise ValueError("the media port must be 0 (any) or lie within 1024-65535")
         self.port = port
         self.sockets: dict[str, MuxSocket] = {}
         self._lock = asyncio.Lock()
+        self._dropped_before = 0  # by sockets closed since
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams nobody owned (unknown, forged or unauthenticated), over this mux's life."""
+        return self._dropped_before + sum(mux.dropped for mux in self.sockets.values())
 
     async def socket(self, address: str) -> MuxSocket:
         """The shared socket on ``address`` (bound on first use). Raises OSError when the port is
         taken."""
         async with self._lock:
             found = self.sockets.get(address)
-            if found is not None and found.transport is not None and \
-                    not found.transport.is_closing():
-                return found
+            if found is not None:
+                if found.transport is not None and not found.transport.is_closing():
+                    return found
+                self._dropped_before += found.dropped
             loop = asyncio.get_running_loop()
-            _, protocol = await loop.create_datagram_endpoint(
+            transport, protocol = await loop.create_datagram_endpoint(
                 MuxSocket, local_addr=(address, self.port))
             self.sockets[address] = protocol
-            logger.info("media on udp %s:%d (one port for this worker)", address, self.port)
+            logger.info("media on udp %s:%d (one port for this worker)", address,
+                        transport.get_extra_info("sockname")[1])
             return protocol
 
     def close(self) -> None:
         for mux in self.sockets.values():
+            self._dropped_before += mux.dropped
             if mux.transport is not None:
                 mux.transport.close()
         self.sockets.clear()

@@ -50,8 +50,8 @@ class LocalMediaPlane:
     def __init__(self, options: MediaOptions | None = None) -> None:
         self.options = options or MediaOptions()
         self.rooms: dict[str, Router] = {}
-        # every connection of this plane on one UDP port per address (options.media_port)
-        self.mux = UdpMux(self.options.media_port) if self.options.media_port else None
+        # every connection of this plane on one UDP socket per address, unless asked otherwise
+        self.mux = None if self.options.per_connection_sockets else UdpMux(self.options.media_port)
         self.collector = CollectAfterDepartures(self._open_transports)
         self._events = EventFanout()
         self._closed = False

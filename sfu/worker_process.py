@@ -55,6 +55,7 @@ class Load:
         report = {
             "t": "load", "rooms": len(self.plane.rooms), "streams": streams,
             "packets_per_second": moved / elapsed, "cpu": (cpu - self._cpu) / elapsed,
+            "dropped": self.plane.mux.dropped if self.plane.mux is not None else 0,
         }
         self._packets, self._at, self._cpu = packets, now, cpu
         return report
@@ -127,7 +128,7 @@ class WorkerServer:
             except Exception:
                 logger.exception("could not read this worker's load")
                 frame = {"t": "load", "rooms": len(self.plane.rooms), "streams": 0,
-                         "packets_per_second": 0.0, "cpu": 0.0}
+                         "packets_per_second": 0.0, "cpu": 0.0, "dropped": 0}
             self._send(frame)
 
 

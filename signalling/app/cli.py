@@ -54,8 +54,10 @@ def main(verbose: bool) -> None:
 @click.option("--sfu-node-advertise", default=None, help="The address signalling nodes dial (default: --sfu-node-host). [EXPERTCALL_SFU_NODE_ADVERTISE]")
 @click.option("--sfu-drain-seconds", type=float, default=None,
               help="An SFU node on SIGTERM takes no new rooms and gives its rooms this long to end before they move (default 60). [EXPERTCALL_SFU_DRAIN_SECONDS]")
-@click.option("--media-port", type=int, default=None,
-              help="One UDP port per SFU worker for all media: worker i uses this + i (default: a port per connection). [EXPERTCALL_MEDIA_PORT]")
+@click.option("--media-port", type=click.IntRange(1024, 65535), default=None,
+              help="All media of SFU worker i on UDP port this + i (default: one port per worker, picked by the kernel). [EXPERTCALL_MEDIA_PORT]")
+@click.option("--media-per-connection", flag_value=True, default=None,
+              help="A UDP socket per connection instead of one per worker (slower; ports from EXPERTCALL_MEDIA_PORT_MIN-_MAX). [EXPERTCALL_MEDIA_PER_CONNECTION]")
 @click.option("--no-demo", "demo", flag_value=False, default=None, help="Do not serve the web demo.")
 def serve(**options: Any) -> None:
     """Run signalling, the SFU (in worker processes, one per CPU) and the web demo; or, with

@@ -42,7 +42,7 @@ from ..core.metrics import Metrics
 from ..core.settings import Settings
 from ..experts import rest as rest_experts
 from . import metrics_http, openapi, wiring
-from .media_metrics import WorkerMetrics
+from .media_metrics import PlaneMetrics, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,10 @@ def media_options(settings: Settings) -> MediaOptions:
         loopback=settings.media_loopback,
         interfaces=settings.media_interfaces,
         announced_ip=settings.media_announced_ip or None,
+        media_port=settings.media_port,
+        per_connection_sockets=settings.media_per_connection,
         port_min=settings.media_port_min,
         port_max=settings.media_port_max,
-        media_port=settings.media_port,
         ice_servers=tuple({"urls": url} for url in settings.stun_urls),
         max_publish_bitrate=settings.max_publish_bitrate,
         media_state_debounce=settings.media_debounce_seconds,
@@ -163,6 +164,8 @@ def media_plane_ctx(media: MediaPlaneFactory) -> Callable[[web.Application], Asy
                 WorkerMetrics(plane.nodes, app[keys.METRICS].registry, "node", lambda n: n.node_id)
             else:
                 WorkerMetrics(plane.health, app[keys.METRICS].registry)
+        elif isinstance(plane, LocalMediaPlane):
+            PlaneMetrics(plane, app[keys.METRICS].registry)
         if plane is not None:
             app[MEDIA_PLANE] = plane
         try:

@@ -6,7 +6,9 @@ and extremes over every open track, labelled only by ``kind`` (audio, video) and
 (inbound, outbound): no room (a session id) and no participant (a user id), so a scrape reveals
 nobody's calls and the number of series stays fixed however many rooms are open.
 
-``WorkerMetrics`` shows a worker pool's processes: up, restarts, rooms, streams, packets/s, CPU.
+``WorkerMetrics`` shows a worker pool's processes: up, restarts, rooms, streams, packets/s, CPU,
+and the datagrams their shared media sockets dropped; ``PlaneMetrics`` the last for the SFU in the
+server's own process (worker "0").
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class WorkerHealth(Protocol):
     streams: int
     packets_per_second: float
     cpu: float
+    dropped: int
 
 
 class WorkerMetrics(Collector):
@@ -126,6 +129,7 @@ class WorkerMetrics(Collector):
             for worker in workers:
                 family.add_metric([self.label(worker)], value(worker))
             yield family
+        yield dropped_datagrams(m, [(self.label(w), w.dropped) for w in workers])
         if m != "worker":
             return
         restarts = CounterMetricFamily("expertcall_sfu_worker_restarts",
@@ -133,3 +137,28 @@ class WorkerMetrics(Collector):
         for worker in workers:
             restarts.add_metric([str(worker.index)], float(worker.restarts))
         yield restarts
+
+
+class PlaneMetrics(Collector):
+    """The in-process SFU's dropped datagrams, as worker "0" (a plane with per-connection sockets
+    has no shared socket to count at)."""
+
+    def __init__(self, plane: Any, registry: CollectorRegistry) -> None:
+        self.plane = plane  # sfu.worker.LocalMediaPlane
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        mux = self.plane.mux
+        yield dropped_datagrams("worker", [("0", mux.dropped)] if mux is not None else [])
+
+
+def dropped_datagrams(member: str, counts: Sequence[tuple[str, int]]) -> Metric:
+    """Datagrams that reached a shared media socket (sfu/udp_mux.py) from nobody it knew: an
+    unknown ICE ufrag, a failed MESSAGE-INTEGRITY, an address never authenticated. A steady rise
+    is someone probing or spoofing the media port."""
+    family = CounterMetricFamily(f"expertcall_sfu_{member}_dropped_datagrams",
+                                 f"Datagrams the {member}'s shared media sockets dropped as unknown or forged",
+                                 labels=[member])
+    for label, count in counts:
+        family.add_metric([label], float(count))
+    return family

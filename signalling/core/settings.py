@@ -115,11 +115,13 @@ class Settings:
     media_loopback: bool = False
     media_interfaces: tuple[str, ...] = ()
     media_announced_ip: str = ""
+    # One UDP socket per SFU worker (and address) for every connection's ICE, DTLS and SRTP:
+    # worker i on media_port + i, or with 0 on a port the kernel picks (sfu/udp_mux.py)...
+    media_port: int = 0
+    # ... or, opted out, a socket per connection (the old path), from the range below or ephemeral.
+    media_per_connection: bool = False
     media_port_min: int = 0
     media_port_max: int = 0
-    # One UDP port per SFU worker (worker i: media_port + i) for every connection's ICE, DTLS and
-    # SRTP; 0 keeps a socket per connection (from the range above, or ephemeral).
-    media_port: int = 0
     stun_urls: tuple[str, ...] = ()
     max_publish_bitrate: int = 2_500_000
     # At most one keyframe request per publisher per interval (seconds): a joiner waits up to this
@@ -181,8 +183,11 @@ class Settings:
                 raise SettingsError("media port range must satisfy 1024 <= min <= max <= 65535")
         if self.media_port and not (1024 <= self.media_port <= 65535 - max(self.sfu_workers, 1) + 1):
             raise SettingsError("media_port + sfu_workers - 1 must lie within 1024-65535")
-        if self.media_port and self.media_port_min:
-            raise SettingsError("media_port and the media port range exclude each other")
+        if self.media_port and self.media_per_connection:
+            raise SettingsError("media_port and media_per_connection exclude each other")
+        if self.media_port_min and not self.media_per_connection:
+            raise SettingsError("the media port range is for a socket per connection: set media_per_connection "
+                                "too, or media_port for one port per SFU worker")
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("database_url must be a postgresql:// URL (or empty for the embedded SQLite)")
         if self.paused_timeout <= 0:

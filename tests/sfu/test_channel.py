@@ -93,7 +93,8 @@ def test_every_api_message_round_trips_through_msgpack() -> None:
 
 
 def test_media_options_round_trip() -> None:
-    options = MediaOptions(loopback=True, interfaces=("127.0.0.1",), port_min=40000, port_max=40100,
+    options = MediaOptions(loopback=True, interfaces=("127.0.0.1",), per_connection_sockets=True,
+                           port_min=40000, port_max=40100,
                            ice_servers=({"urls": "stun:127.0.0.1:3478"},), media_state_debounce=1.5)
     wire = encode({"t": "hello", "options": options.to_dict(), "log_level": 20})
     assert MediaOptions.from_dict(decode(wire[4:])["options"]) == options

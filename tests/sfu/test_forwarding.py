@@ -15,9 +15,12 @@ from tests.media_clients import EventHub, Publisher, Subscriber, track_stats
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def plane() -> AsyncIterator[LocalMediaPlane]:
-    plane = LocalMediaPlane(MediaOptions(loopback=True))
+@pytest.fixture(params=["one socket per worker", "a socket per connection"])
+async def plane(request: pytest.FixtureRequest) -> AsyncIterator[LocalMediaPlane]:
+    """Both media paths: the default shared socket (sfu/udp_mux.py) and the opt-out."""
+    per_connection = request.param == "a socket per connection"
+    plane = LocalMediaPlane(MediaOptions(loopback=True, per_connection_sockets=per_connection))
+    assert (plane.mux is None) == per_connection
     plane.start()
     yield plane
     await plane.close()

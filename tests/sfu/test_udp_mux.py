@@ -25,12 +25,6 @@ from signalling.core.settings import Settings, SettingsError
 from tests.media_clients import EventHub, Publisher, Subscriber
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def candidate_ports(sdp: str) -> set[int]:
     return {int(line.split()[5]) for line in sdp.splitlines() if line.startswith("a=candidate:")}
 
@@ -40,7 +34,7 @@ def candidate_ports(sdp: str) -> set[int]:
 
 @pytest.fixture
 async def plane() -> AsyncIterator[LocalMediaPlane]:
-    plane = LocalMediaPlane(MediaOptions(loopback=True, media_port=free_udp_port()))
+    plane = LocalMediaPlane(MediaOptions(loopback=True))  # the default: a port the kernel picks
     plane.start()
     yield plane
     await plane.close()
@@ -81,8 +75,9 @@ async def test_aiortc_call_both_ways_through_one_port(
         for viewer in (alice_sees, bob_sees):
             assert viewer.pc is not None
             server_ports |= candidate_ports(viewer.pc.remoteDescription.sdp)
-        assert server_ports == {plane.mux.port}
         (shared,) = plane.mux.sockets.values()
+        assert shared.transport is not None
+        assert server_ports == {shared.transport.get_extra_info("sockname")[1]}
         assert len(shared.by_ufrag) == 4
     finally:
         for client in (alice_sees, bob_sees, alice, bob):
@@ -106,6 +101,8 @@ async def test_garbage_at_the_shared_port_leaves_a_live_call_alone(plane: LocalM
         await viewer.wait_frames(10)
         (shared,) = plane.mux.sockets.values()
         known = next(iter(shared.by_ufrag))
+        assert shared.transport is not None
+        server = shared.transport.get_extra_info("sockname")
         garbage = [os.urandom(n) for n in (1, 20, 200, 1400)] + [
             binding_request("nobody", "some-password-0123456789"),
             binding_request(known, "not-the-password-01234567"),
@@ -115,13 +112,14 @@ async def test_garbage_at_the_shared_port_leaves_a_live_call_alone(plane: LocalM
         before, dropped = len(viewer.frames), shared.dropped
         for _ in range(20):
             for data in garbage:
-                attacker.sendto(data, ("127.0.0.1", plane.mux.port))
+                attacker.sendto(data, server)
             await asyncio.sleep(0.02)
         await viewer.wait_frames(before + 20)
         assert len(viewer.frames) >= before + 20
         counters = viewer.counters()
         assert counters == sorted(counters)
         assert shared.dropped - dropped >= 20 * len(garbage)
+        assert plane.mux.dropped == shared.dropped
         assert len(shared.by_ufrag) == 2
     finally:
         attacker.close()
@@ -170,11 +168,15 @@ def test_each_worker_of_a_pool_takes_base_plus_index(tmp_path: Path) -> None:
     assert [options.for_worker(i).media_port for i in range(3)] == [40000, 40001, 40002]
     assert MediaOptions(loopback=True).for_worker(5).media_port == 0
     with pytest.raises(MediaError):
-        MediaOptions(media_port=40000, port_min=41000, port_max=41010)
+        MediaOptions(media_port=40000, per_connection_sockets=True)
+    with pytest.raises(MediaError):  # a port range is the per-connection path's
+        MediaOptions(port_min=41000, port_max=41010)
     with pytest.raises(SettingsError):
         Settings(data_dir=tmp_path, media_port=65535, sfu_workers=2)
     with pytest.raises(SettingsError):
-        Settings(data_dir=tmp_path, media_port=40000, media_port_min=41000, media_port_max=41010)
+        Settings(data_dir=tmp_path, media_port=40000, media_per_connection=True)
+    with pytest.raises(SettingsError):
+        Settings(data_dir=tmp_path, media_port_min=41000, media_port_max=41010)
     assert media_options(Settings(data_dir=tmp_path, media_port=40000, sfu_workers=4)).media_port == 40000
 
 

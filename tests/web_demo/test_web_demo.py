@@ -1122,6 +1122,7 @@ async def test_profiles_photos_search_categories_and_the_empty_state(server, bro
     await card.get_by_role("button", name="Profile of Pia Photo").click()
     profile = client.get_by_test_id("profile")
     await profile.get_by_role("heading", name="Pia Photo").wait_for()
+    await profile.get_by_text("No reviews yet.").wait_for()  # the reviews arrive after the page
     text = await profile.inner_text()
     for shown in ("$1.00 / min", "charged only while you are both connected", "English, Brazilian Portuguese",
                   "I untangle build failures", "No reviews yet.", "your time, UTC"):
