@@ -86,7 +86,7 @@ async def test_aiortc_call_both_ways_through_one_port(
         (shared,) = plane.mux.sockets.values()
         assert len(shared.by_ufrag) == 4
         # the media came in by the C reader when it is built, by the event loop's when not
-        reader = getattr(shared.transport, "reader", None)
+        reader: Any = getattr(shared.transport, "reader", None)
         assert (reader.taken > 100) if helper == "native" else reader is None
     finally:
         for client in (alice_sees, bob_sees, alice, bob):
