@@ -287,3 +287,49 @@ async def test_a_failing_handler_is_reported_and_the_batch_goes_on(
     finally:
         loop.set_exception_handler(None)
         client.close()
+
+
+class FullSocket:
+    """A socket whose send buffer is full until ``full`` is cleared."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.full = True
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if self.full:
+            raise BlockingIOError
+        self.sent.append(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.integration
+async def test_the_socket_transport_queues_at_a_full_buffer_and_pauses_the_writers() -> None:
+    """As asyncio's datagram transport: a full socket buffer queues (STUN, DTLS and RTCP are
+    not dropped), past 64 KiB the protocol's writing pauses, and resumes once drained."""
+    loop = asyncio.get_running_loop()
+    sock = FullSocket()
+    mux = MuxSocket()
+    transport = ingress.SocketTransport(loop, sock, mux, lambda protocol, transport: lambda: None)  # type: ignore[arg-type]
+    try:
+        for n in range(50):
+            transport.sendto(bytes([n]) * 1200, ("127.0.0.1", 9))
+        assert mux.writable and transport.get_write_buffer_size() == 50 * 1200
+        for n in range(50, 70):
+            transport.sendto(bytes([n]) * 1200, ("127.0.0.1", 9))
+        assert not mux.writable
+        await asyncio.sleep(0.01)
+        assert not sock.sent
+        sock.full = False
+        await asyncio.sleep(0.01)
+        assert [data[0] for data in sock.sent] == list(range(70))
+        assert mux.writable and transport.get_write_buffer_size() == 0
+    finally:
+        transport.close()
+        await asyncio.sleep(0)
+    assert sock.sock.fileno() == -1
