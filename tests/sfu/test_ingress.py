@@ -1,6 +1,7 @@
 """The shared socket's C receive path (sfu/_ingress.c) against the Python path it short-cuts:
 the same datagrams, sent to a socket read in C and to one read by the event loop's transport,
-must make the same handler calls, reach the same connections and count the same drops."""
+must make the same handler calls, reach the same connections and count the same drops, on IPv4
+and IPv6 (whose address tuples the Python path gets as the event loop gives them)."""
 
 from __future__ import annotations
 
@@ -107,11 +108,11 @@ def connect(side: Side) -> None:
         pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
 
 
-@pytest.fixture
-async def sides() -> AsyncIterator[tuple[Side, Side]]:
+@pytest.fixture(params=["127.0.0.1", "::1"])
+async def sides(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Side, Side]]:
     loop = asyncio.get_running_loop()
-    _, native = await ingress.create_endpoint(MuxSocket, ("127.0.0.1", 0))
-    _, python = await loop.create_datagram_endpoint(MuxSocket, local_addr=("127.0.0.1", 0))
+    _, native = await ingress.create_endpoint(MuxSocket, (request.param, 0))
+    _, python = await loop.create_datagram_endpoint(MuxSocket, local_addr=(request.param, 0))
     yield make_side(native), make_side(python)
     for mux in (native, python):
         assert mux.transport is not None
@@ -124,14 +125,17 @@ class Client:
 
     def __init__(self, sides: tuple[Side, ...]) -> None:
         self.sides = sides
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        assert sides[0].mux.transport is not None
+        self.host = sides[0].mux.transport.get_extra_info("sockname")[0]
+        self.sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                                  socket.SOCK_DGRAM)
+        self.sock.bind((self.host, 0))
         self.sent = 0
 
     def send(self, *datagrams: bytes) -> None:
         for data in datagrams:
             for side in self.sides:
-                self.sock.sendto(data, ("127.0.0.1", side.port))
+                self.sock.sendto(data, (self.host, side.port))
             self.sent += 1
 
     def close(self) -> None:
