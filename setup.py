@@ -1,7 +1,9 @@
-"""The one C extension (sfu/_fastsend.c: sendmmsg for the fan-out); everything else is in
-pyproject.toml. Optional: without a compiler or Python's headers the install still succeeds and
-sfu/fastsend.py sends in Python."""
+"""The C extensions (sfu/_fastsend.c: sendmmsg for the fan-out; sfu/_ingress.c: the shared
+socket's receiving side); everything else is in pyproject.toml. Optional: without a compiler or
+Python's headers the install still succeeds, sfu/fastsend.py sends in Python and sfu/udp_mux.py
+receives through the event loop's transport."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sfu._fastsend", ["sfu/_fastsend.c"], optional=True)])
+setup(ext_modules=[Extension("sfu._fastsend", ["sfu/_fastsend.c"], optional=True),
+                   Extension("sfu._ingress", ["sfu/_ingress.c"], optional=True)])

@@ -32,7 +32,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 
-from sfu import fastsend
+from sfu import fastsend, ingress
 from sfu.forwarder import MAX_PROTECTED_RTP, SRTP_BUFFER, current_ms
 from sfu.udp_mux import MuxSocket
 
@@ -89,13 +89,20 @@ class _Sink:
     """Where a connection's SRTP goes from the datagram callback: its DTLS transport (whose
     receiving SRTP session it follows), the RtpSink, and an unprotector for that session."""
 
-    __slots__ = ("deliver", "dtls", "session", "unprotect")
+    __slots__ = ("context", "deliver", "dtls", "session", "unprotect")
 
     def __init__(self, dtls: RTCDtlsTransport, deliver: RtpSink) -> None:
         self.dtls = dtls
         self.deliver = deliver
         self.session: pylibsrtp.Session | None = None
         self.unprotect: Unprotect = _no_unprotect
+        # the session's libsrtp context, for the shared socket's C reader (sfu/_ingress.c)
+        self.context = 0
+
+    def adopt(self, session: pylibsrtp.Session) -> None:
+        self.session = session
+        self.unprotect = unprotector(session)
+        self.context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
 
 
 Unprotect = Callable[[bytes], "bytes | int"]  # plaintext, or a negative status: dropped
@@ -158,8 +165,7 @@ class SrtpStunProtocol(aioice_ice.StunProtocol):
             srtp = dtls._rx_srtp
             if srtp is not None and dtls._state is State.CONNECTED:
                 if srtp is not sink.session:
-                    sink.session = srtp
-                    sink.unprotect = unprotector(srtp)
+                    sink.adopt(srtp)
                 plain = sink.unprotect(data)
                 if isinstance(plain, int):
                     return  # replayed or forged: dropped, as aiortc does
@@ -331,6 +337,9 @@ _SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
                                          pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect")))
 ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
 
+
+if ingress.configure is not None:
+    ingress.configure(_SRTP_UNPROTECT, State.CONNECTED, MuxedProtocol, _SINK)
 
 if fastsend.configure_fanout is not None:
     fastsend.configure_fanout(_SRTP_PROTECT, pylibsrtp.SRTP_MAX_TRAILER_LEN, State.CONNECTED,

@@ -30,7 +30,7 @@ from aiortc import (
 from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
-from sfu import aiortc_hooks, congestion, rtcp
+from sfu import aiortc_hooks, congestion, ingress, rtcp
 from sfu.api import MediaError, TransportKind
 from sfu.consumer import Consumer
 from sfu.forwarder import (
@@ -598,7 +598,9 @@ class Transport:
         self._receive_rtp(data, arrival_time_ms)
 
     def _receive_rtp(self, data: bytes, arrival_time_ms: int) -> None:
-        """Decrypted RTP, mostly straight from the socket's datagram callback."""
+        """Decrypted RTP, mostly straight from the socket's datagram callback. On a shared
+        socket read in C (sfu/_ingress.c) this is done there for an SSRC in ``_rtp``: the same
+        checks, the same handler call."""
         if len(data) < 12:
             return
         offset = payload_offset(data)
@@ -751,3 +753,7 @@ class Transport:
         self._raw = None
         self.pc.remove_all_listeners()
         await self.pc.close()
+
+
+if ingress.configure_transport is not None:
+    ingress.configure_transport(Transport._receive_rtp)

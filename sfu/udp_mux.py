@@ -16,6 +16,10 @@ Incoming datagrams are demultiplexed as RFC 7983 sorts them:
   which has a new ufrag) takes over. Responses and indications go by address.
 - Anything else (DTLS, SRTP, SRTCP) goes by remote address to the connection that owns it.
 
+With the C helper built (sfu/ingress.py) the socket is read in C, which hands SRTP from a
+connected peer straight to its producer, reading these tables and the connections' own; the rest
+still comes to ``datagram_received``.
+
 A datagram nobody owns (an unknown ufrag, a forged request, an address never authenticated) is
 counted in ``dropped`` and goes nowhere. Our own checks claim the address they go to, unless an
 authenticated connection holds it, so that the answers come back to the connection that asked.
@@ -33,7 +37,7 @@ from typing import Any, Protocol
 
 from aioice import stun
 
-from sfu import fastsend
+from sfu import fastsend, ingress
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +214,11 @@ class UdpMux:
                 if found.transport is not None and not found.transport.is_closing():
                     return found
                 self._dropped_before += found.dropped
-            loop = asyncio.get_running_loop()
-            transport, protocol = await loop.create_datagram_endpoint(
-                MuxSocket, local_addr=(address, self.port))
+            if ingress.NATIVE:  # read in C (sfu/ingress.py)
+                transport, protocol = await ingress.create_endpoint(MuxSocket, (address, self.port))
+            else:
+                transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                    MuxSocket, local_addr=(address, self.port))
             self.sockets[address] = protocol
             logger.info("media on udp %s:%d (one port for this worker)", address,
                         transport.get_extra_info("sockname")[1])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aioice import stun
 
-from sfu import fastsend
+from sfu import fastsend, ingress
 from sfu.api import CloseRoom, MediaError, OpenRoom
 from sfu.options import MediaOptions
 from sfu.udp_mux import MuxSocket
@@ -46,14 +46,15 @@ async def test_aiortc_call_both_ways_through_one_port(
     plane: LocalMediaPlane, helper: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two participants, each publishing VP8 + Opus and watching the other: four connections,
-    one server socket, and every picture decoded in order — with the C helper, and with the
+    one server socket, and every picture decoded in order — with the C helpers, and with the
     Python fallback an install without a compiler gets."""
     if helper == "python":
+        monkeypatch.setattr(ingress, "NATIVE", False)
         monkeypatch.setattr(fastsend, "native_protect_queue", None)
         monkeypatch.setattr(fastsend, "native_unprotect", None)
         monkeypatch.setattr(fastsend, "send_batch", fastsend.send_batch_python)
     else:
-        assert fastsend.NATIVE
+        assert fastsend.NATIVE and ingress.NATIVE
     assert plane.mux is not None
     hub = EventHub(plane)
     await plane.request(OpenRoom("call"))
@@ -79,6 +80,9 @@ async def test_aiortc_call_both_ways_through_one_port(
         assert shared.transport is not None
         assert server_ports == {shared.transport.get_extra_info("sockname")[1]}
         assert len(shared.by_ufrag) == 4
+        # the media came in by the C reader when it is built, by the event loop's when not
+        reader: Any = getattr(shared.transport, "reader", None)
+        assert (reader.taken > 100) if helper == "native" else reader is None
     finally:
         for client in (alice_sees, bob_sees, alice, bob):
             await client.close()

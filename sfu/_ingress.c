@@ -1,0 +1,391 @@
+/* sfu._ingress: the receiving side of a worker's shared UDP socket (sfu/udp_mux.py) in C.
+ *
+ * Reader(fd, mux, on_error) is the socket's event-loop reader (loop.add_reader): each call takes
+ * up to BATCH datagrams per recvmmsg(2) and stamps them with one arrival time. SRTP from an
+ * address whose connection is DTLS-connected is unprotected here and goes straight to the
+ * handler its SSRC has in the Transport's table, as Transport._receive_rtp would call it:
+ * handler(plain, b0, b1, seq, ts, payload_offset, arrival_ms). Everything else goes, as the
+ * bytes and address tuple the event loop would give, to mux.datagram_received, the Python path,
+ * which stays the reference: STUN, DTLS, SRTCP, an address or SSRC nobody owns yet, a connection
+ * not yet connected or whose SRTP session changed (that path adopts the new one).
+ *
+ * No state of its own: for every datagram it reads the Python tables (MuxSocket.by_addr, the
+ * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
+ * restarts, address changes and learnt SSRCs need no registration here.
+ * configure(unprotect_fn, connected, muxed_type, sink_name) (sfu.aiortc_hooks, at import) and
+ * configure_transport(receive_rtp) (sfu.transport) give it libsrtp's srtp_unprotect, aiortc's
+ * connected state, the MuxedProtocol class, the _Sink's name and Transport._receive_rtp; until
+ * then every datagram takes the Python path.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include "structmember.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define BATCH 32
+#define SLOT 65536 /* any UDP datagram: none is ever truncated */
+#define ROUNDS 8   /* recvmmsg calls per readiness at most: the loop's other work waits meanwhile */
+#define CACHE 256  /* remote IPv4 addresses whose tuple is kept */
+#define NTP_UNIX_OFFSET_MS 2208988800000LL
+
+typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
+
+static unsigned long long g_unprotect;
+static PyObject *g_connected, *g_muxed_type, *g_sink_name, *g_receive_rtp;
+static PyObject *s_by_addr, *s_datagram_received, *s_receiver, *s_dtls, *s_state, *s_rx_srtp,
+    *s_session, *s_context, *s_deliver, *s_rtp, *s_last_packet_ms;
+static PyObject *small[256]; /* 0-255: b0, b1 and most payload offsets without an allocation */
+
+typedef struct {
+    uint64_t key; /* address << 16 | port, +1 so that 0 is free */
+    PyObject *addr;
+} cached_t;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    PyObject *mux, *on_error;
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    struct sockaddr_storage names[BATCH];
+    char *buffer;
+    cached_t cache[CACHE];
+    Py_ssize_t taken; /* datagrams that took the C path: for the tests */
+} Reader;
+
+static PyObject *as_int(long v) {
+    if (v >= 0 && v < 256) return Py_NewRef(small[v]);
+    return PyLong_FromLong(v);
+}
+
+/* The address as the event loop gives it: (host, port) for IPv4, (host, port, flowinfo,
+ * scope_id) for IPv6; *key gets the (host, port) that MuxSocket.by_addr is keyed by. */
+static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObject **key) {
+    char host[INET6_ADDRSTRLEN];
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
+        uint64_t k = (((uint64_t)ntohl(v4->sin_addr.s_addr) << 16) | ntohs(v4->sin_port)) + 1;
+        cached_t *slot = &self->cache[(k ^ (k >> 16) ^ (k >> 32)) % CACHE];
+        if (slot->key != k) {
+            if (inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host)) == NULL) return NULL;
+            PyObject *addr = Py_BuildValue("(si)", host, ntohs(v4->sin_port));
+            if (addr == NULL) return NULL;
+            Py_XSETREF(slot->addr, addr);
+            slot->key = k;
+        }
+        *key = Py_NewRef(slot->addr);
+        return Py_NewRef(slot->addr);
+    }
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
+        if (inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host)) == NULL) return NULL;
+        PyObject *addr = Py_BuildValue("(siII)", host, ntohs(v6->sin6_port),
+                                       ntohl(v6->sin6_flowinfo), v6->sin6_scope_id);
+        if (addr == NULL) return NULL;
+        if ((*key = PyTuple_GetSlice(addr, 0, 2)) == NULL) { Py_DECREF(addr); return NULL; }
+        return addr;
+    }
+    *key = Py_NewRef(Py_None);
+    return Py_NewRef(Py_None);
+}
+
+/* forwarder.payload_offset: the payload's offset, or -1 when the header is truncated */
+static Py_ssize_t payload_offset(const unsigned char *p, Py_ssize_t n) {
+    if (n < 12) return -1;
+    Py_ssize_t offset = 12 + (p[0] & 0x0F) * 4;
+    if (p[0] & 0x10) {
+        if (offset + 4 > n) return -1;
+        offset += 4 + ((p[offset + 2] << 8) | p[offset + 3]) * 4;
+    }
+    return offset <= n ? offset : -1;
+}
+
+/* Transport._receive_rtp for an SSRC it knows: 1 done, 0 for the Python (it learns the SSRC),
+ * -1 on an exception. */
+static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(plain);
+    Py_ssize_t n = PyBytes_GET_SIZE(plain);
+    Py_ssize_t offset = payload_offset(p, n);
+    if (offset < 0) return 1; /* (a packet shorter than 12 bytes too) */
+    unsigned long ssrc = ((unsigned long)p[8] << 24) | ((unsigned long)p[9] << 16) |
+                         ((unsigned long)p[10] << 8) | p[11];
+    int result = -1;
+    PyObject *table = NULL, *key = NULL, *handler = NULL, *args[7] = {NULL};
+    if ((table = PyObject_GetAttr(transport, s_rtp)) == NULL) goto end;
+    if (!PyDict_Check(table)) { result = 0; goto end; }
+    if ((key = PyLong_FromUnsignedLong(ssrc)) == NULL) goto end;
+    handler = Py_XNewRef(PyDict_GetItemWithError(table, key));
+    if (handler == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+    if (PyObject_SetAttr(transport, s_last_packet_ms, arrival) < 0) goto end;
+    args[0] = Py_NewRef(plain);
+    args[1] = as_int(p[0]);
+    args[2] = as_int(p[1]);
+    args[3] = PyLong_FromLong((p[2] << 8) | p[3]);
+    args[4] = PyLong_FromUnsignedLong(((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
+                                      ((unsigned long)p[6] << 8) | p[7]);
+    args[5] = as_int((long)offset);
+    args[6] = Py_NewRef(arrival);
+    for (int i = 0; i < 7; i++) if (args[i] == NULL) goto end;
+    PyObject *done = PyObject_Vectorcall(handler, args, 7, NULL);
+    if (done == NULL) goto end;
+    Py_DECREF(done);
+    result = 1;
+end:
+    for (int i = 0; i < 7; i++) Py_XDECREF(args[i]);
+    Py_XDECREF(table); Py_XDECREF(key); Py_XDECREF(handler);
+    return result;
+}
+
+/* SrtpStunProtocol.datagram_received's short cut for an RTP datagram from ``key``: 1 done
+ * (delivered, or dropped as aiortc drops a replayed or forged packet), 0 for the Python path,
+ * -1 on an exception. Nothing is decided here that the Python path would decide otherwise. */
+static int fast(PyObject *by_addr, PyObject *key, const char *data, Py_ssize_t n,
+                PyObject *arrival) {
+    if (!g_unprotect || g_muxed_type == NULL) return 0;
+    PyObject *endpoint = PyDict_GetItemWithError(by_addr, key);
+    if (endpoint == NULL) return PyErr_Occurred() ? -1 : 0;
+    if ((PyObject *)Py_TYPE(endpoint) != g_muxed_type) return 0;
+    int result = -1;
+    PyObject *receiver = NULL, *dict = NULL, *sink = NULL, *dtls = NULL, *state = NULL,
+             *srtp = NULL, *session = NULL, *context = NULL, *deliver = NULL, *plain = NULL;
+    Py_INCREF(endpoint);
+    if ((receiver = PyObject_GetAttr(endpoint, s_receiver)) == NULL) goto end;
+    /* the aioice Connection's own __dict__, as receiver.__dict__.get(_SINK) */
+    if ((dict = PyObject_GenericGetDict(receiver, NULL)) == NULL) { PyErr_Clear(); result = 0; goto end; }
+    sink = Py_XNewRef(PyDict_GetItemWithError(dict, g_sink_name));
+    if (sink == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+    if ((dtls = PyObject_GetAttr(sink, s_dtls)) == NULL) goto end;
+    if ((state = PyObject_GetAttr(dtls, s_state)) == NULL) goto end;
+    if ((srtp = PyObject_GetAttr(dtls, s_rx_srtp)) == NULL) goto end;
+    if ((session = PyObject_GetAttr(sink, s_session)) == NULL) goto end;
+    if (state != g_connected || srtp == Py_None || srtp != session) { result = 0; goto end; }
+    if ((context = PyObject_GetAttr(sink, s_context)) == NULL) goto end;
+    unsigned long long ctx = PyLong_AsUnsignedLongLong(context);
+    if (ctx == (unsigned long long)-1 && PyErr_Occurred()) goto end;
+    if (!ctx) { result = 0; goto end; }
+    if ((deliver = PyObject_GetAttr(sink, s_deliver)) == NULL) goto end;
+
+    if ((plain = PyBytes_FromStringAndSize(data, n)) == NULL) goto end;
+    int len = (int)n;
+    if (((srtp_fn)(uintptr_t)g_unprotect)((void *)(uintptr_t)ctx, PyBytes_AS_STRING(plain), &len)) {
+        result = 1;
+        goto end;
+    }
+    if (_PyBytes_Resize(&plain, len) < 0) goto end;
+    /* from here the packet is spent (libsrtp's replay window has it): the sink takes it */
+    result = 0;
+    if (g_receive_rtp != NULL && PyMethod_Check(deliver) &&
+        PyMethod_GET_FUNCTION(deliver) == g_receive_rtp)
+        result = receive_rtp(PyMethod_GET_SELF(deliver), plain, arrival);
+    if (result == 0) {
+        PyObject *done = PyObject_CallFunctionObjArgs(deliver, plain, arrival, NULL);
+        result = done == NULL ? -1 : 1;
+        Py_XDECREF(done);
+    }
+end:
+    Py_DECREF(endpoint);
+    Py_XDECREF(receiver); Py_XDECREF(dict); Py_XDECREF(sink); Py_XDECREF(dtls);
+    Py_XDECREF(state); Py_XDECREF(srtp); Py_XDECREF(session); Py_XDECREF(context);
+    Py_XDECREF(deliver); Py_XDECREF(plain);
+    return result;
+}
+
+/* One datagram: 0, or -1 with an exception set. */
+static int handle(Reader *self, PyObject *by_addr, const char *data, Py_ssize_t n,
+                  const struct sockaddr_storage *name, PyObject *arrival) {
+    PyObject *key = NULL, *addr = address(self, name, &key);
+    if (addr == NULL) return -1;
+    const unsigned char *p = (const unsigned char *)data;
+    int r = 0;
+    /* RTP (version 2) and not SRTCP (RFC 5761), as SrtpStunProtocol.datagram_received sorts */
+    if (n > 12 && p[0] > 127 && p[0] < 192 && !(p[1] > 191 && p[1] < 224) && by_addr != NULL)
+        r = fast(by_addr, key, data, n, arrival);
+    if (r == 0) {
+        PyObject *bytes = PyBytes_FromStringAndSize(data, n);
+        if (bytes == NULL) r = -1;
+        else {
+            PyObject *done = PyObject_CallMethodObjArgs(self->mux, s_datagram_received, bytes,
+                                                        addr, NULL);
+            Py_DECREF(bytes);
+            r = done == NULL ? -1 : 0;
+            Py_XDECREF(done);
+        }
+    } else if (r == 1) {
+        self->taken++;
+        r = 0;
+    }
+    Py_DECREF(addr);
+    Py_DECREF(key);
+    return r;
+}
+
+/* An exception from one datagram's handler goes to on_error(exc) (the loop's exception
+ * handler); the batch goes on, as the event loop goes on after a failing callback. */
+static int report(Reader *self) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1; /* KeyboardInterrupt and such */
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL) PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyObject *done = PyObject_CallOneArg(self->on_error, exc);
+    Py_DECREF(exc);
+    if (done == NULL) PyErr_WriteUnraisable(self->on_error);
+    Py_XDECREF(done);
+    return 0;
+}
+
+static PyObject *now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return PyLong_FromLongLong((long long)t.tv_sec * 1000 + t.tv_nsec / 1000000 + NTP_UNIX_OFFSET_MS);
+}
+
+static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < BATCH; i++) self->msgs[i].msg_hdr.msg_namelen = sizeof(self->names[i]);
+        int got = recvmmsg(self->fd, self->msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EBADF) break;
+            continue; /* an ICMP error for one peer (asyncio's error_received, ignored) */
+        }
+        PyObject *arrival = now_ms();
+        if (arrival == NULL) return NULL;
+        PyObject *by_addr = PyObject_GetAttr(self->mux, s_by_addr);
+        if (by_addr != NULL && !PyDict_Check(by_addr)) Py_CLEAR(by_addr);
+        PyErr_Clear();
+        for (int i = 0; i < got; i++) {
+            if (handle(self, by_addr, (const char *)self->iov[i].iov_base,
+                       (Py_ssize_t)self->msgs[i].msg_len, &self->names[i], arrival) < 0 &&
+                report(self) < 0) {
+                Py_DECREF(arrival);
+                Py_XDECREF(by_addr);
+                return NULL;
+            }
+        }
+        Py_DECREF(arrival);
+        Py_XDECREF(by_addr);
+        if (got < BATCH) break; /* drained: no recvmmsg just to hear EAGAIN */
+    }
+    Py_RETURN_NONE;
+}
+
+static int reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
+    int fd;
+    PyObject *mux, *on_error;
+    if (!PyArg_ParseTuple(args, "iOO", &fd, &mux, &on_error)) return -1;
+    if (self->buffer == NULL && (self->buffer = PyMem_RawMalloc((size_t)BATCH * SLOT)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->fd = fd;
+    Py_XSETREF(self->mux, Py_NewRef(mux));
+    Py_XSETREF(self->on_error, Py_NewRef(on_error));
+    for (int i = 0; i < BATCH; i++) {
+        self->iov[i].iov_base = self->buffer + (size_t)i * SLOT;
+        self->iov[i].iov_len = SLOT;
+        memset(&self->msgs[i].msg_hdr, 0, sizeof(self->msgs[i].msg_hdr));
+        self->msgs[i].msg_hdr.msg_name = &self->names[i];
+        self->msgs[i].msg_hdr.msg_iov = &self->iov[i];
+        self->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    return 0;
+}
+
+static int reader_traverse(Reader *self, visitproc visit, void *arg) {
+    Py_VISIT(self->mux);
+    Py_VISIT(self->on_error);
+    return 0;
+}
+
+static int reader_clear(Reader *self) {
+    Py_CLEAR(self->mux);
+    Py_CLEAR(self->on_error);
+    for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache[i].addr); self->cache[i].key = 0; }
+    return 0;
+}
+
+static void reader_dealloc(Reader *self) {
+    PyObject_GC_UnTrack(self);
+    reader_clear(self);
+    PyMem_RawFree(self->buffer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef reader_members[] = {
+    {"taken", T_PYSSIZET, offsetof(Reader, taken), READONLY,
+     "datagrams delivered (or dropped as replayed/forged) by the C path"},
+    {NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._ingress.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reader(fd, mux, on_error): call it when fd is readable",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)reader_init,
+    .tp_call = (ternaryfunc)reader_call,
+    .tp_traverse = (traverseproc)reader_traverse,
+    .tp_clear = (inquiry)reader_clear,
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_members = reader_members,
+};
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    unsigned long long fn;
+    PyObject *connected, *muxed_type, *sink_name;
+    if (!PyArg_ParseTuple(args, "KOO!U", &fn, &connected, &PyType_Type, &muxed_type, &sink_name))
+        return NULL;
+    g_unprotect = fn;
+    Py_XSETREF(g_connected, Py_NewRef(connected));
+    Py_XSETREF(g_muxed_type, Py_NewRef(muxed_type));
+    Py_XSETREF(g_sink_name, Py_NewRef(sink_name));
+    Py_RETURN_NONE;
+}
+
+static PyObject *configure_transport(PyObject *self, PyObject *receive_rtp) {
+    Py_XSETREF(g_receive_rtp, Py_NewRef(receive_rtp));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(unprotect_fn, connected_state, muxed_protocol_type, sink_name)"},
+    {"configure_transport", configure_transport, METH_O,
+     "configure_transport(Transport._receive_rtp): whose handler table the C path reads"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ingress", NULL, -1, methods};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__ingress(void) {
+    INTERN(s_by_addr, "by_addr");
+    INTERN(s_datagram_received, "datagram_received");
+    INTERN(s_receiver, "receiver");
+    INTERN(s_dtls, "dtls");
+    INTERN(s_state, "_state");
+    INTERN(s_rx_srtp, "_rx_srtp");
+    INTERN(s_session, "session");
+    INTERN(s_context, "context");
+    INTERN(s_deliver, "deliver");
+    INTERN(s_rtp, "_rtp");
+    INTERN(s_last_packet_ms, "last_packet_ms");
+    for (int i = 0; i < 256; i++)
+        if ((small[i] = PyLong_FromLong(i)) == NULL) return NULL;
+    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}

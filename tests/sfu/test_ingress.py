@@ -1,0 +1,339 @@
+"""The shared socket's C receive path (sfu/_ingress.c) against the Python path it short-cuts:
+the same datagrams, sent to a socket read in C and to one read by the event loop's transport,
+must make the same handler calls, reach the same connections and count the same drops, on IPv4
+and IPv6 (whose address tuples the Python path gets as the event loop gives them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pylibsrtp
+import pytest
+from aioice import stun
+from aiortc.rtcdtlstransport import State
+
+from sfu import aiortc_hooks, ingress
+from sfu.transport import Transport
+from sfu.udp_mux import MuxSocket
+
+pytestmark = pytest.mark.skipif(not ingress.NATIVE, reason="sfu/_ingress.c is not built")
+
+KEY = bytes(range(30))
+SSRC, OTHER_SSRC = 0x11223344, 0x55667788
+PASSWORD = "alice-password-0123456789"
+
+
+def rtp(seq: int, ssrc: int = SSRC, pt: int = 96, extension: bool = False, csrcs: int = 0) -> bytes:
+    header = bytes([0x80 | (0x10 if extension else 0) | csrcs, 0x80 | pt]) + seq.to_bytes(2, "big")
+    header += (seq * 3000).to_bytes(4, "big") + ssrc.to_bytes(4, "big") + bytes(4 * csrcs)
+    if extension:
+        header += bytes([0xBE, 0xDE, 0, 1, 0x10, 0x2A, 0, 0])
+    return header + bytes([seq & 0xFF]) * 50
+
+
+def binding_request(ufrag: str, password: str) -> bytes:
+    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    message.attributes["USERNAME"] = f"{ufrag}:remote"
+    message.add_message_integrity(password.encode())
+    return bytes(message)
+
+
+@dataclass
+class Side:
+    """One shared socket with one connection on it (a publisher's), as aiortc_hooks wires it."""
+
+    mux: MuxSocket
+    transport: Any
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    to_aioice: list[bytes] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        assert self.mux.transport is not None
+        return int(self.mux.transport.get_extra_info("sockname")[1])
+
+
+def make_side(mux: MuxSocket) -> Side:
+    side = Side(mux, Transport.__new__(Transport))
+
+    def handler(data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int, ms: int) -> None:
+        side.calls.append((data, b0, b1, seq, ts, offset))
+        side.arrivals.append(ms)
+
+    def learnt(data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int, ms: int) -> None:
+        side.calls.append(("learnt", data, seq))
+
+    producer = SimpleNamespace(codec=SimpleNamespace(rtx_payload_type=97), ssrc=SSRC,
+                               last_arrival_ms=0, receive=learnt, rtx_ssrc=None, audio_level_id=None,
+                               attach_source=lambda *args: None, receive_rtx=None)
+    transport = side.transport
+    transport.kind = "publish"
+    transport._rtp = {SSRC: handler}
+    transport._mid_ext_id = 0
+    transport.producers = {}
+    transport._pts = {100: producer}  # an SSRC on payload type 100 is learnt as the publisher's new one
+    transport._rtx_pts = {}
+    transport._raw = SimpleNamespace(send_rtcp=lambda data: True)
+    transport.last_packet_ms = 0
+    connection = SimpleNamespace(
+        local_username="aaaa", local_password=PASSWORD,
+        data_received=lambda data, component: side.to_aioice.append(data),
+        request_received=lambda message, addr, *rest: side.requests.append(addr),
+        protocol_lost=lambda protocol: None)
+    protocol = aiortc_hooks.MuxedProtocol(connection, mux)
+    protocol.local_candidate = SimpleNamespace(component=1)  # type: ignore[assignment]
+    mux.register(protocol)
+    dtls = SimpleNamespace(_rx_srtp=None, _state=State.CONNECTING)
+    setattr(connection, aiortc_hooks._SINK, aiortc_hooks._Sink(dtls, transport._receive_rtp))  # type: ignore[arg-type]
+    return side
+
+
+def sink_of(side: Side) -> Any:
+    protocol: Any = side.mux.by_ufrag["aaaa"]
+    return getattr(protocol.receiver, aiortc_hooks._SINK)
+
+
+def connect(side: Side) -> None:
+    sink = sink_of(side)
+    sink.dtls._state = State.CONNECTED
+    sink.dtls._rx_srtp = pylibsrtp.Session(
+        pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+
+
+@pytest.fixture(params=["127.0.0.1", "::1"])
+async def sides(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Side, Side]]:
+    loop = asyncio.get_running_loop()
+    _, native = await ingress.create_endpoint(MuxSocket, (request.param, 0))
+    _, python = await loop.create_datagram_endpoint(MuxSocket, local_addr=(request.param, 0))
+    yield make_side(native), make_side(python)
+    for mux in (native, python):
+        assert mux.transport is not None
+        mux.transport.close()
+    await asyncio.sleep(0)
+
+
+class Client:
+    """A client address: sends each datagram to both sides."""
+
+    def __init__(self, sides: tuple[Side, ...]) -> None:
+        self.sides = sides
+        assert sides[0].mux.transport is not None
+        self.host = sides[0].mux.transport.get_extra_info("sockname")[0]
+        self.sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                                  socket.SOCK_DGRAM)
+        self.sock.bind((self.host, 0))
+        self.sent = 0
+
+    def send(self, *datagrams: bytes) -> None:
+        for data in datagrams:
+            for side in self.sides:
+                self.sock.sendto(data, (self.host, side.port))
+            self.sent += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def seen(side: Side) -> int:
+    return len(side.calls) + len(side.to_aioice) + len(side.requests) + side.mux.dropped
+
+
+async def settle(sides: tuple[Side, ...], expected: Callable[[Side], bool]) -> None:
+    for _ in range(200):
+        if all(expected(side) for side in sides):
+            return
+        await asyncio.sleep(0.01)
+
+
+def reader_of(side: Side) -> Any:
+    return side.mux.transport.reader  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+async def test_the_c_path_makes_the_calls_and_drops_of_the_python_path(
+        sides: tuple[Side, Side]) -> None:
+    native, python = sides
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    alice, mallory = Client(sides), Client(sides)
+    try:
+        alice.send(binding_request("aaaa", PASSWORD))  # authenticates alice's address
+        await settle(sides, lambda side: len(side.requests) == 1)
+        early = sender.protect(rtp(1))
+        alice.send(early)  # DTLS not yet connected: aioice's queue, as before
+        await settle(sides, lambda side: len(side.to_aioice) == 1)
+        for side in sides:
+            connect(side)
+        good = [sender.protect(rtp(seq)) for seq in range(2, 40)]
+        forged = bytearray(sender.protect(rtp(40)))
+        forged[-1] ^= 1
+        garbage = [bytes([n % 256]) + os.urandom(n) for n in (0, 1, 12, 13, 200, 300)] + [
+            bytes([0x80, 96]) + bytes(11),  # RTP-looking, 13 bytes: fails authentication
+            bytes([0x80, 200]) + bytes(30),  # SRTCP-looking: aioice's path
+            bytes([0x90, 96]) + bytes(30),  # an extension past the end
+        ]
+        alice.send(*good[:20], good[5], bytes(forged), *garbage, *good[20:], good[-1])
+        alice.send(sender.protect(rtp(41, extension=True, csrcs=2)))
+        alice.send(sender.protect(rtp(42, ssrc=OTHER_SSRC, pt=96)))  # unknown SSRC, no learning
+        alice.send(sender.protect(rtp(43, ssrc=OTHER_SSRC, pt=100)))  # the publisher's new SSRC
+        alice.send(sender.protect(rtp(44, ssrc=OTHER_SSRC, pt=100)))  # now known: the C path
+        mallory.send(sender.protect(rtp(45)), *garbage)  # an address nobody authenticated
+        await settle(sides, lambda side: seen(side) >= seen(python) and seen(side) > 40)
+        await asyncio.sleep(0.1)
+        assert native.calls == python.calls
+        assert native.to_aioice == python.to_aioice
+        assert native.mux.dropped == python.mux.dropped >= 1 + len(garbage)  # all of mallory's
+        assert len(native.calls) == len(good) + 3
+        assert native.calls[-2][0] == "learnt" and native.calls[-1][0] == "learnt"
+        assert native.calls[-1][2] == 44
+        # the media took the C path, STUN, the early packet and SRTCP did not
+        assert reader_of(native).taken >= len(good) + 3
+        assert native.transport.last_packet_ms == max(native.arrivals)
+        assert abs(native.arrivals[-1] - python.arrivals[-1]) < 1000
+    finally:
+        alice.close()
+        mallory.close()
+
+
+@pytest.mark.integration
+async def test_media_follows_an_address_change_and_a_new_srtp_session(
+        sides: tuple[Side, Side]) -> None:
+    native, python = sides
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    before, after = Client(sides), Client(sides)
+    try:
+        before.send(binding_request("aaaa", PASSWORD))
+        await settle(sides, lambda side: len(side.requests) == 1)
+        for side in sides:
+            connect(side)
+        before.send(*(sender.protect(rtp(seq)) for seq in range(1, 6)))
+        await settle(sides, lambda side: len(side.calls) == 5)
+        after.send(sender.protect(rtp(6)))  # not yet authenticated: dropped
+        after.send(binding_request("aaaa", PASSWORD))  # the client's new address
+        await settle(sides, lambda side: len(side.requests) == 2)
+        after.send(*(sender.protect(rtp(seq)) for seq in range(7, 12)))
+        await settle(sides, lambda side: len(side.calls) == 10)
+        # DTLS keyed again (a new handshake): the new session is adopted on the Python path
+        new_key = bytes(range(1, 31))
+        for side in sides:
+            sink_of(side).dtls._rx_srtp = pylibsrtp.Session(
+                pylibsrtp.Policy(key=new_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        sender = pylibsrtp.Session(
+            pylibsrtp.Policy(key=new_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        after.send(*(sender.protect(rtp(seq)) for seq in range(12, 17)))
+        await settle(sides, lambda side: len(side.calls) == 15)
+        assert native.calls == python.calls
+        assert [call[3] for call in native.calls] == [*range(1, 6), *range(7, 17)]
+        assert native.mux.dropped == python.mux.dropped == 1
+        # all but the first packet of each session, which the Python path adopts
+        assert reader_of(native).taken == 13
+    finally:
+        before.close()
+        after.close()
+
+
+@pytest.mark.integration
+async def test_a_connection_leaving_the_socket_gets_no_more_media(sides: tuple[Side, Side]) -> None:
+    """An ICE restart's old connection releases its address: its media is dropped, not
+    delivered through a table the C path would have kept."""
+    native, python = sides
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    client = Client(sides)
+    try:
+        client.send(binding_request("aaaa", PASSWORD))
+        await settle(sides, lambda side: len(side.requests) == 1)
+        for side in sides:
+            connect(side)
+        client.send(sender.protect(rtp(1)))
+        await settle(sides, lambda side: len(side.calls) == 1)
+        for side in sides:
+            side.mux.release(side.mux.by_ufrag["aaaa"])
+        client.send(sender.protect(rtp(2)))
+        await settle(sides, lambda side: side.mux.dropped == 1)
+        assert native.calls == python.calls and len(native.calls) == 1
+        assert native.mux.dropped == python.mux.dropped == 1
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+async def test_a_failing_handler_is_reported_and_the_batch_goes_on(
+        sides: tuple[Side, Side]) -> None:
+    native, _ = sides
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    client = Client((native,))
+    calls: list[int] = []
+
+    def handler(data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int, ms: int) -> None:
+        calls.append(seq)
+        if seq == 2:
+            raise RuntimeError("boom")
+
+    try:
+        native.transport._rtp[SSRC] = handler
+        client.send(binding_request("aaaa", PASSWORD))
+        await settle((native,), lambda side: len(side.requests) == 1)
+        connect(native)
+        client.send(*(sender.protect(rtp(seq)) for seq in range(1, 5)))
+        await settle((native,), lambda side: len(calls) == 4)
+        assert calls == [1, 2, 3, 4]
+        assert [str(exc) for exc in reported] == ["boom"]
+    finally:
+        loop.set_exception_handler(None)
+        client.close()
+
+
+class FullSocket:
+    """A socket whose send buffer is full until ``full`` is cleared."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.full = True
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if self.full:
+            raise BlockingIOError
+        self.sent.append(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.integration
+async def test_the_socket_transport_queues_at_a_full_buffer_and_pauses_the_writers() -> None:
+    """As asyncio's datagram transport: a full socket buffer queues (STUN, DTLS and RTCP are
+    not dropped), past 64 KiB the protocol's writing pauses, and resumes once drained."""
+    loop = asyncio.get_running_loop()
+    sock = FullSocket()
+    mux = MuxSocket()
+    transport = ingress.SocketTransport(loop, sock, mux, lambda protocol, transport: lambda: None)  # type: ignore[arg-type]
+    try:
+        for n in range(50):
+            transport.sendto(bytes([n]) * 1200, ("127.0.0.1", 9))
+        assert mux.writable and transport.get_write_buffer_size() == 50 * 1200
+        for n in range(50, 70):
+            transport.sendto(bytes([n]) * 1200, ("127.0.0.1", 9))
+        assert not mux.writable
+        await asyncio.sleep(0.01)
+        assert not sock.sent
+        sock.full = False
+        await asyncio.sleep(0.01)
+        assert [data[0] for data in sock.sent] == list(range(70))
+        assert mux.writable and transport.get_write_buffer_size() == 0
+    finally:
+        transport.close()
+        await asyncio.sleep(0)
+    assert sock.sock.fileno() == -1
