@@ -214,6 +214,7 @@ class UdpMux:
                 if found.transport is not None and not found.transport.is_closing():
                     return found
                 self._dropped_before += found.dropped
+            transport: asyncio.DatagramTransport
             if ingress.NATIVE:  # read in C (sfu/ingress.py)
                 transport, protocol = await ingress.create_endpoint(MuxSocket, (address, self.port))
             else:
