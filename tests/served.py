@@ -35,11 +35,13 @@ class Served:
 
 
 @contextmanager
-def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready: str = "/healthz") -> Iterator[Served]:
-    """Run ``expertcall serve --port P ARGS``; yields once ``ready`` answers 200 (a port may be given in ARGS)."""
+def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready: str = "/healthz",
+          module: str = "signalling.app.cli") -> Iterator[Served]:
+    """Run ``expertcall serve --port P ARGS`` (``module`` is the command line's module); yields once
+    ``ready`` answers 200 (a port may be given in ARGS)."""
     port = free_port()
     log_path = tmp_path / f"serve-{port}.log"
-    command = [sys.executable, "-m", "signalling.app.cli", "serve", "--port", str(port), *args]
+    command = [sys.executable, "-m", module, "serve", "--port", str(port), *args]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)

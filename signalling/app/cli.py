@@ -65,6 +65,7 @@ def serve(**options: Any) -> None:
     from aiohttp import web
 
     from .access_log import RedactedAccessLogger
+    from . import shutdown_watchdog
     from .factory import create_app
     from .sfu_node import create_sfu_node_app
 
@@ -78,6 +79,8 @@ def serve(**options: Any) -> None:
         settings.sfu_link_secret()  # refuse to start without one, rather than at the first link
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+    drain = settings.sfu_drain_seconds if settings.role == "sfu" else 0.0
+    shutdown_watchdog.install(app, settings.shutdown_dump_seconds and settings.shutdown_dump_seconds + drain)
     install_event_loop()
     click.echo(f"expertcall ({settings.role}) listening on http://{settings.host}:{settings.port}/", err=True)
     web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15,

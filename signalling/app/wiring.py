@@ -20,7 +20,6 @@ stats into ``/metrics`` (aggregated, ``media_metrics.py``) while rooms exist.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +41,7 @@ from ..calls.sessions import IN_PROGRESS, State, Transition
 from ..calls.websocket import WS_ICE_SERVERS
 from ..core import keys
 from ..core.errors import ApiError
+from ..core.tasks import cancel_and_wait
 from ..experts.model import normalise_skill
 from ..experts.rest import EXPERTS, SESSION_PARTIES
 
@@ -133,9 +133,7 @@ class MediaStatsPoller:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def watch(self, room_id: str) -> None:

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from typing import Any, AsyncIterator
 
+from ..core.tasks import cancel_and_wait
 from .base import Backend, EnvelopeHandler, LocalSender, Location
 
 MAX_STASHED = 256
@@ -59,9 +60,7 @@ class MemoryBackend(Backend):
     async def close(self) -> None:
         self.hub.inboxes.pop(self.node_id, None)
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait(self._reader)
             self._reader = None
 
     async def _read(self, inbox: asyncio.Queue[dict[str, Any]]) -> None:

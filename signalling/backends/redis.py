@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 
+from ..core.tasks import cancel_and_wait
 from .base import EnvelopeHandler, LocalSender, Location
 from .memory import MAX_STASHED, MemoryBackend
 
@@ -86,9 +87,7 @@ class RedisBackend(MemoryBackend):
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await cancel_and_wait(self._listener)
             self._listener = None
         if self._pubsub is not None:
             await self._pubsub.aclose()

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..core.errors import CodedError
+from ..core.tasks import cancel_and_wait
 from .ledger import CHARGE, REFUND, Ledger, Posting
 from .money import Money
 from .outbox import Outbox
@@ -622,12 +623,7 @@ class Meter:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         try:
             await self.fire_due()
             await self._beat()

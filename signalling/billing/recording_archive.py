@@ -25,6 +25,7 @@ from aiohttp import web
 from ..calls.recording import RECORDING_ARCHIVE
 from ..calls.sessions import Session
 from ..core import keys
+from ..core.tasks import cancel_and_wait
 from .outbox import RECORDING_PREFIX, cloud_event
 from .recordings import RecordingIndex, RecordingRow, open_index
 from .service import METER
@@ -59,9 +60,7 @@ class RecordingStore:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def _event(self, event_id: str, kind: str, subject: str, data: dict[str, Any]) -> dict[str, Any]:

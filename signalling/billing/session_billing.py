@@ -44,6 +44,7 @@ from ..calls.node import SIGNALLING
 from ..calls.sessions import IN_PROGRESS, WAITING, EndReason, Session, State, Transition
 from ..core import keys
 from ..core.protocol import ErrorCode, ProtocolError, message
+from ..core.tasks import cancel_and_wait
 from ..experts.rest import EXPERTS
 from .meter import BillingError, BudgetReached, BudgetWarning, Meter, RunningCost, SessionSummary, UnitCharged
 from .money import Money
@@ -125,10 +126,7 @@ class SessionBilling:
         if self._endings:
             await asyncio.gather(*self._endings, return_exceptions=True)
         await self._outgoing.join()
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+        await cancel_and_wait(self._sender)
 
     async def sync(self) -> None:
         """Take over, settle or open the metering this node owns (see the module docstring)."""

@@ -19,6 +19,7 @@ import time
 
 import aiohttp
 
+from ..core.tasks import cancel_and_wait
 from .outbox import Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,7 @@ class WebhookSender:
         self._tasks = [loop.create_task(self._run(url), name=f"webhook {url}") for url in self.urls]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._session is not None:
             await self._session.close()

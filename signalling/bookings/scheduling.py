@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable
 from ..core.errors import ApiError, InvalidInput
 from ..core.metrics import Metrics
 from ..core.settings import Settings, SettingsError
+from ..core.tasks import cancel_and_wait
 from ..experts.profiles import ExpertProfiles
 from .tables import BOOKED, CANCELLED, MISSED, OPEN, Booking, BookingTables
 
@@ -253,11 +254,7 @@ class Scheduler:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     async def book(
         self, client_id: str, expert_id: str, start: int, end: int, topic: str | None = None, client_name: str = "",

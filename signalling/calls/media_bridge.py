@@ -15,7 +15,6 @@ its media over as a node's death does: paused if it was live, participants told 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -39,6 +38,7 @@ from sfu.api import (
 
 from ..backends.base import Backend
 from ..core.protocol import ErrorCode, ProtocolError, error, message
+from ..core.tasks import cancel_and_wait
 from .queueing import ExpertQueues
 from .sessions import IN_PROGRESS, EndReason, Session, State, Transition
 
@@ -65,9 +65,7 @@ class MediaBridge:
 
     async def close(self) -> None:
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await cancel_and_wait(self._worker)
             self._worker = None
 
     async def handle(self, user_id: str, msg: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from sfu.api import (
 
 from ..core import keys
 from ..core.protocol import ErrorCode, ProtocolError, error, message
+from ..core.tasks import cancel_and_wait
 from .node import MEDIA_PLANE, SIGNALLING
 from .sessions import IN_PROGRESS, Session, State, Transition
 
@@ -86,12 +87,7 @@ class RecordingControl:
         self._worker = asyncio.create_task(self._work(), name=f"recording-events-{self.node.node_id}")
 
     async def close(self) -> None:
-        tasks = list(self._tasks) + ([self._worker] if self._worker is not None else [])
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks, self._worker)
         self._worker = None
 
     # --- messages from participants -----------------------------------------------------------

@@ -144,6 +144,10 @@ class Settings:
     # An SFU node's SIGTERM drains it: no new rooms, its rooms given this long to end before it
     # hangs up (the rooms left are re-placed on other nodes). 0: hang up at once.
     sfu_drain_seconds: float = 60.0
+    # A shutdown still running this long after SIGTERM (an SFU node: after its drain) writes every
+    # thread's and every asyncio task's stack to stderr, once (app/shutdown_watchdog.py): below a
+    # process manager's usual 30 s, so a hang names its cause before SIGKILL. 0: never.
+    shutdown_dump_seconds: float = 20.0
     # Session recording (docs/recording.md): files under data_dir/recordings, deleted this many
     # days after they were made (0: kept until an admin deletes them).
     recording_enabled: bool = True
@@ -232,6 +236,8 @@ class Settings:
             raise SettingsError("sfu_secret must be at least 32 characters long")
         if self.sfu_drain_seconds < 0:
             raise SettingsError(f"sfu_drain_seconds must be 0 or more, got {self.sfu_drain_seconds}")
+        if self.shutdown_dump_seconds < 0:
+            raise SettingsError(f"shutdown_dump_seconds must be 0 (never) or more, got {self.shutdown_dump_seconds}")
         if not (0 <= int(self.sfu_node_port) < 65536):
             raise SettingsError(f"sfu_node_port must be 0-65535, got {self.sfu_node_port}")
         if self.sfu_node_host in ("0.0.0.0", "::", "") and not self.sfu_node_advertise and self.role == "sfu":

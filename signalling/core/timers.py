@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Hashable
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,4 @@ class Timers:
         for handle in self._handles.values():
             handle.cancel()
         self._handles.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)

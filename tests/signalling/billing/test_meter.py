@@ -12,6 +12,7 @@ from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price, platform_fee
 from signalling.billing.store_sqlite import SqliteBillingStore
 from signalling.core.database import Database
+from signalling.core.tasks import CANCEL_WAIT_SECONDS
 
 from ...billing_helpers import T0, ManualClock, Recorder, advance, make_meter
 
@@ -381,3 +382,45 @@ async def test_a_session_after_an_ended_one_wakes_the_timer(tmp_path, second_liv
     charged = [u for u in rec.units if u.session_id == "second"]
     assert [u.unit_index for u in charged] == [0, 1, 2]
     assert all(u.charged_at - u.at < 0.5 for u in charged), [u.charged_at - u.at for u in charged]
+
+
+class FrozenBeatStore(SqliteBillingStore):
+    """Its next heartbeat swallows a cancellation and waits on, as redis-py can in a command."""
+
+    freeze = False
+
+    async def beat(self, node_id: str, at: float) -> None:
+        if self.freeze:
+            self.freeze = False
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                pass
+            await asyncio.Event().wait()
+        await super().beat(node_id, at)
+
+
+async def test_close_finishes_billing_when_the_timer_task_swallows_its_cancellation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = FrozenBeatStore(Database.in_dir(tmp_path))
+    first = Meter(store, heartbeat_seconds=0.05)
+    await first.start()
+    start = time.time() - 25
+    await first.started("s", "e", "c", RATE, BillingPolicy(unit_seconds=10), at=start)
+    store.freeze = True
+    await first.media_live("s", at=start)
+    await asyncio.sleep(0.2)
+    assert not store.freeze  # the timer task is in the frozen heartbeat
+    closing = time.time()
+    # Before cancel_and_wait, close waited for the task forever (here: until the timeout's own
+    # cancellation reached the task, and close swallowed that one).
+    async with asyncio.timeout(10):
+        await first.close()
+    closed = time.time()
+    assert closed - closing < CANCEL_WAIT_SECONDS + 2
+    second = Meter(SqliteBillingStore(Database.in_dir(tmp_path)))
+    await second.start()
+    units = await units_of(second, "s")
+    # what was due at close was charged (a unit is charged as it starts), each unit once
+    assert units == list(range(len(units)))
+    assert int((closing - start) // 10) + 1 <= len(units) <= int((closed - start) // 10) + 1
+    await second.close()
