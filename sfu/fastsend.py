@@ -10,6 +10,8 @@ in Python when it is not; both put the same bytes on the wire.
   Consumer.forward and RawSender.send_rtp do (header rewrite, NACK ring, protect into the batch,
   counters) in one C call; what is not the plain case goes to that consumer's Python ``forward``,
   which stays the reference (tests/sfu/test_fanout.py compares the two byte for byte).
+  ``ConsumerBase`` is sfu.consumer.Consumer's base class, its per-packet attributes in C, and
+  ``Route`` a RawSender's route as the fan-out reads it (sfu.aiortc_hooks).
   ``configure_fanout`` (sfu.aiortc_hooks, at import) gives it libsrtp's protect and aiortc's
   connected state; until then every consumer takes its Python path.
 """
@@ -18,13 +20,17 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 Datagrams = list[bytes]
-Addresses = list[tuple[str, int]]  # the i-th datagram goes to the i-th address
+# the i-th datagram goes to the i-th address: (host, port), or the C fan-out's Address of one
+Addresses = list[Any]
 SendBatch = Callable[[socket.socket, Datagrams, Addresses], int]
 
 try:
     from sfu._fastsend import (  # type: ignore[import-not-found]
+        ConsumerBase,
+        Route,
         configure as configure_fanout,
         fanout as native_fanout,
         protect_queue as native_protect_queue,
@@ -33,13 +39,15 @@ try:
     )
 except ImportError:  # built without a compiler: the Python below
     _native_send_batch = native_protect_queue = native_unprotect = None
-    native_fanout = configure_fanout = None
+    native_fanout = configure_fanout = ConsumerBase = Route = None
 
 
 def send_batch_python(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:
     sendto = sock.sendto
     sent = 0
     for data, addr in zip(datagrams, addresses):
+        if addr.__class__ is not tuple:  # the C fan-out's Address (with send_batch patched)
+            addr = addr.address
         try:
             sendto(data, addr)
         except BlockingIOError:
