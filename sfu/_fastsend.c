@@ -548,7 +548,9 @@ static int forward_one(PyObject *obj, const packet_t *p) {
         PyErr_Format(g_error, "srtp_protect failed (%d)", status);
         return -1;
     }
-    if (_PyBytes_Resize(&out, len) < 0) return -1;
+    /* shorter than allocated rather than realloc()ed: it lives until the turn's flush */
+    Py_SET_SIZE(out, len);
+    PyBytes_AS_STRING(out)[len] = '\0';
     int appended = PyList_Append(r->datagrams, out);
     Py_DECREF(out);
     if (appended < 0) return -1;
