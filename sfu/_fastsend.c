@@ -619,9 +619,79 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move of its
+ * NACK ring (and when each packet was last resent) to ``size`` slots, where two land on one slot
+ * the newer staying: it runs at most once a turn of the ring, but as a Python loop over every
+ * slot it cost as much as the turn's fan-outs of a subscriber whose rate moves. */
+static PyObject *ring_move(PyObject *self, PyObject *args) {
+    PyObject *cache, *resent_in;
+    Py_ssize_t size;
+    unsigned int out_seq;
+    if (!PyArg_ParseTuple(args, "O!O!nI", &PyList_Type, &cache, &PyList_Type, &resent_in, &size,
+                          &out_seq))
+        return NULL;
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "ring_move: size must be positive");
+        return NULL;
+    }
+    PyObject *moved = PyList_New(size), *resent = PyList_New(size);
+    unsigned int *ages = PyMem_Malloc((size_t)size * sizeof(unsigned int));
+    PyObject *zero = PyLong_FromLong(0);
+    if (moved == NULL || resent == NULL || ages == NULL || zero == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyList_SET_ITEM(moved, i, Py_NewRef(Py_None));
+        PyList_SET_ITEM(resent, i, Py_NewRef(zero));
+        ages[i] = 0x10000;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(cache);
+    if (PyList_GET_SIZE(resent_in) < n) n = PyList_GET_SIZE(resent_in);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *packet = PyList_GET_ITEM(cache, i);
+        if (packet == Py_None) continue;
+        const unsigned char *data;
+        Py_ssize_t len;
+        if (PyBytes_Check(packet)) {
+            data = (const unsigned char *)PyBytes_AS_STRING(packet);
+            len = PyBytes_GET_SIZE(packet);
+        } else if (PyByteArray_Check(packet)) {
+            data = (const unsigned char *)PyByteArray_AS_STRING(packet);
+            len = PyByteArray_GET_SIZE(packet);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "ring_move: a packet is bytes or bytearray");
+            goto fail;
+        }
+        if (len < 4) {
+            PyErr_SetString(PyExc_ValueError, "ring_move: a packet shorter than an RTP header");
+            goto fail;
+        }
+        unsigned int seq = ((unsigned int)data[2] << 8) | data[3];
+        Py_ssize_t slot = (Py_ssize_t)(seq % (size_t)size);
+        unsigned int age = (out_seq - seq) & 0xFFFF;
+        if (age >= ages[slot]) continue;
+        ages[slot] = age;
+        PyObject *last = PyList_GET_ITEM(resent_in, i);
+        unsigned long long value = PyLong_AsUnsignedLongLongMask(last);
+        if (value == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
+        Py_SETREF(PyList_GET_ITEM(moved, slot), Py_NewRef(packet));
+        Py_SETREF(PyList_GET_ITEM(resent, slot),
+                  Py_NewRef((value & 0xFFFF) == seq ? last : zero));
+    }
+    PyMem_Free(ages);
+    Py_DECREF(zero);
+    return Py_BuildValue("(NN)", moved, resent);
+fail:
+    PyMem_Free(ages);
+    Py_XDECREF(zero);
+    Py_XDECREF(moved);
+    Py_XDECREF(resent);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(protect_fn, max_trailer, connected_state, error) for fanout()"},
+    {"ring_move", ring_move, METH_VARARGS,
+     "ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move"},
     {"fanout", fanout, METH_VARARGS,
      "fanout(consumers, (payload, padding, marker, seq, ts, level, abs24, keyframe, epoch, "
      "arrival_ms)): Consumer.forward for each consumer, in C where it is the plain case"},

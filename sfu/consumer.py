@@ -42,6 +42,8 @@ RTX_BURST = 128
 # libwebrtc ignores a keyframe request within 300 ms of the last one; so do we, per subscriber.
 MIN_PLI_SPACING_MS = 300
 _SEQ = struct.Struct("!H")
+# _resize's move in C when sfu/_fastsend.c is built (None: the Python loop, the reference)
+_ring_move = fastsend.native_ring_move
 
 
 def _ring_size(packets: float) -> int:
@@ -290,6 +292,10 @@ class Consumer(_Base):
     def _resize(self, size: int, out_seq: int) -> None:
         """Move the cached packets (and when each was last resent) to a ring of ``size`` slots;
         where two land on one slot, the newer stays."""
+        if _ring_move is not None:
+            self._cache, self._rtx_ms = _ring_move(self._cache, self._rtx_ms, size, out_seq)
+            self._size = size
+            return
         cache: list[bytes | bytearray | None] = [None] * size
         resent = [0] * size
         ages = [0x10000] * size

@@ -11,7 +11,8 @@ in Python when it is not; both put the same bytes on the wire.
   counters) in one C call; what is not the plain case goes to that consumer's Python ``forward``,
   which stays the reference (tests/sfu/test_fanout.py compares the two byte for byte).
   ``ConsumerBase`` is sfu.consumer.Consumer's base class, its per-packet attributes in C, and
-  ``Route`` a RawSender's route as the fan-out reads it (sfu.aiortc_hooks).
+  ``Route`` a RawSender's route as the fan-out reads it (sfu.aiortc_hooks); ``ring_move`` is
+  Consumer._resize's loop.
   ``configure_fanout`` (sfu.aiortc_hooks, at import) gives it libsrtp's protect and aiortc's
   connected state; until then every consumer takes its Python path.
 """
@@ -33,13 +34,14 @@ try:
         Route,
         configure as configure_fanout,
         fanout as native_fanout,
+        ring_move as native_ring_move,
         protect_queue as native_protect_queue,
         send_batch as _native_send_batch,
         unprotect as native_unprotect,
     )
 except ImportError:  # built without a compiler: the Python below
     _native_send_batch = native_protect_queue = native_unprotect = None
-    native_fanout = configure_fanout = ConsumerBase = Route = None
+    native_fanout = native_ring_move = configure_fanout = ConsumerBase = Route = None
 
 
 def send_batch_python(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:

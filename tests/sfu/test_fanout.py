@@ -164,8 +164,10 @@ def _world(native: bool) -> dict[str, Any]:
         forwards += 1
         original(self, *args)
 
-    saved = producer_module._fanout, producer_module.current_ms, consumer_module.current_ms
+    saved = (producer_module._fanout, consumer_module._ring_move, producer_module.current_ms,
+             consumer_module.current_ms)
     producer_module._fanout = fastsend.native_fanout if native else None
+    consumer_module._ring_move = fastsend.native_ring_move if native else None
     # the wall clock (a replay's arrival time, when a NACK was answered) the same in both runs
     producer_module.current_ms = consumer_module.current_ms = lambda: 3_900_000_001_000
     Consumer.forward = counting  # type: ignore[method-assign,assignment]
@@ -191,6 +193,9 @@ def _world(native: bool) -> dict[str, Any]:
                 raw._nominated[1] = _muxed_pair(mux, 41000)
             if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
                 senders["bare"][0]._dtls._tx_srtp = _session(99)
+            if n % 100 == 50:  # NACKs mid-stream: the resent slots move with the rings' resizes
+                for consumer in consumers.values():
+                    consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in (1, 2, 5)])
             arrival += 3 + n % 5
             frame = n // 6
             keyframe = n % 90 == 0 or n in (301, 455)
@@ -209,7 +214,8 @@ def _world(native: bool) -> dict[str, Any]:
             consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in range(0, 300, 7)])
     finally:
         Consumer.forward = original  # type: ignore[method-assign]
-        producer_module._fanout, producer_module.current_ms, consumer_module.current_ms = saved
+        (producer_module._fanout, consumer_module._ring_move, producer_module.current_ms,
+         consumer_module.current_ms) = saved
 
     state = {
         name: {key: getattr(c, key) for key in (
