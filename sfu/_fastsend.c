@@ -585,14 +585,8 @@ static int call_failed(PyObject *c) {
     return 0;
 }
 
-static PyObject *fanout(PyObject *self, PyObject *args) {
-    PyObject *consumers, *fargs;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &consumers, &PyTuple_Type, &fargs))
-        return NULL;
-    if (PyTuple_GET_SIZE(fargs) != 10 || !PyBytes_Check(PyTuple_GET_ITEM(fargs, 0))) {
-        PyErr_SetString(PyExc_TypeError, "fanout: (payload: bytes, ...) of 10 arguments");
-        return NULL;
-    }
+/* the loop of fanout(): 0, or -1 with an exception that is not one consumer's own */
+static int fan_out(PyObject *consumers, PyObject *fargs) {
     PyObject **a = &PyTuple_GET_ITEM(fargs, 0);
     packet_t p = {
         PyBytes_AS_STRING(a[0]), PyBytes_GET_SIZE(a[0]),
@@ -600,10 +594,10 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
         PyLong_AsLongLong(a[4]), PyLong_AsLongLong(a[5]), PyLong_AsLongLong(a[6]),
         PyLong_AsLongLong(a[8]), PyLong_AsLongLong(a[9]),
     };
-    if (PyErr_Occurred()) return NULL;
+    if (PyErr_Occurred()) return -1;
     /* iterate over a copy: a consumer's Python may close it (and remove it from the list) */
     PyObject *targets = PyList_GetSlice(consumers, 0, PyList_GET_SIZE(consumers));
-    if (targets == NULL) return NULL;
+    if (targets == NULL) return -1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(targets); i++) {
         PyObject *c = PyList_GET_ITEM(targets, i);
         int r = forward_one(c, &p);
@@ -613,11 +607,219 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
             if (done != NULL) { Py_DECREF(done); continue; }
             r = -1;
         }
-        if (r < 0 && call_failed(c) < 0) { Py_DECREF(targets); return NULL; }
+        if (r < 0 && call_failed(c) < 0) { Py_DECREF(targets); return -1; }
     }
     Py_DECREF(targets);
+    return 0;
+}
+
+static PyObject *fanout(PyObject *self, PyObject *args) {
+    PyObject *consumers, *fargs;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &consumers, &PyTuple_Type, &fargs))
+        return NULL;
+    if (PyTuple_GET_SIZE(fargs) != 10 || !PyBytes_Check(PyTuple_GET_ITEM(fargs, 0))) {
+        PyErr_SetString(PyExc_TypeError, "fanout: (payload: bytes, ...) of 10 arguments");
+        return NULL;
+    }
+    if (fan_out(consumers, fargs) < 0) return NULL;
     Py_RETURN_NONE;
 }
+
+/* ---- the plain case of Producer.receive (sfu.producer) -------------------------------------
+ *
+ * ProducerBase: sfu.producer.Producer's base class, the fields receive() reads and writes per
+ * packet as C members. receive(producer, data, b0, b1, seq, ts, offset, arrival_ms) -> True when
+ * it took the packet the way Producer.receive would have: the next sequence number of a known
+ * source, not oversized, not policed away, no NACK retry due, its audio level read, and for
+ * video no GOP run being cached and no keyframe starting; then it fans the packet out. False,
+ * with nothing changed, for everything else: Producer.receive's Python, the reference, does it. */
+
+static long long g_max_payload = -1;  /* sfu.forwarder.MAX_FORWARDED_PAYLOAD; -1: not configured */
+static PyObject *s_due_ms;
+
+typedef struct {
+    PyObject_HEAD
+    long long packets, bytes, last_arrival_ms, base_seq, max_seq, cycles, transit, bucket_ms,
+        level_sum, level_count, audio_level_id, waiting, epoch, clock_per_ms, keyframe_kind;
+    double jitter, tokens, bytes_per_ms, bucket_size;
+    char caching;
+    PyObject *gop, *consumers, *nacks;
+} ProducerBase;
+
+static int pb_traverse(ProducerBase *p, visitproc visit, void *arg) {
+    Py_VISIT(p->gop); Py_VISIT(p->consumers); Py_VISIT(p->nacks);
+    return 0;
+}
+
+static int pb_clear(ProducerBase *p) {
+    Py_CLEAR(p->gop); Py_CLEAR(p->consumers); Py_CLEAR(p->nacks);
+    return 0;
+}
+
+static void pb_dealloc(ProducerBase *p) {
+    PyObject_GC_UnTrack(p);
+    pb_clear(p);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyMemberDef pb_members[] = {
+    {"packets", T_LONGLONG, offsetof(ProducerBase, packets), 0, NULL},
+    {"bytes", T_LONGLONG, offsetof(ProducerBase, bytes), 0, NULL},
+    {"last_arrival_ms", T_LONGLONG, offsetof(ProducerBase, last_arrival_ms), 0, NULL},
+    {"_base_seq", T_LONGLONG, offsetof(ProducerBase, base_seq), 0, NULL},
+    {"_max_seq", T_LONGLONG, offsetof(ProducerBase, max_seq), 0, NULL},
+    {"_cycles", T_LONGLONG, offsetof(ProducerBase, cycles), 0, NULL},
+    {"_transit", T_LONGLONG, offsetof(ProducerBase, transit), 0, NULL},
+    {"_bucket_ms", T_LONGLONG, offsetof(ProducerBase, bucket_ms), 0, NULL},
+    {"level_sum", T_LONGLONG, offsetof(ProducerBase, level_sum), 0, NULL},
+    {"level_count", T_LONGLONG, offsetof(ProducerBase, level_count), 0, NULL},
+    {"audio_level_id", T_LONGLONG, offsetof(ProducerBase, audio_level_id), 0, NULL},
+    {"waiting_for_keyframe", T_LONGLONG, offsetof(ProducerBase, waiting), 0, NULL},
+    {"epoch", T_LONGLONG, offsetof(ProducerBase, epoch), 0, NULL},
+    {"_clock_per_ms", T_LONGLONG, offsetof(ProducerBase, clock_per_ms), 0, NULL},
+    {"_keyframe_kind", T_LONGLONG, offsetof(ProducerBase, keyframe_kind), 0,
+     "how receive() finds a keyframe start: 1 VP8, else it leaves the packet to Python"},
+    {"_jitter", T_DOUBLE, offsetof(ProducerBase, jitter), 0, NULL},
+    {"_tokens", T_DOUBLE, offsetof(ProducerBase, tokens), 0, NULL},
+    {"_bytes_per_ms", T_DOUBLE, offsetof(ProducerBase, bytes_per_ms), 0, NULL},
+    {"_bucket_size", T_DOUBLE, offsetof(ProducerBase, bucket_size), 0, NULL},
+    {"_caching", T_BOOL, offsetof(ProducerBase, caching), 0, NULL},
+    {"_gop", T_OBJECT, offsetof(ProducerBase, gop), 0, NULL},
+    {"consumers", T_OBJECT_EX, offsetof(ProducerBase, consumers), 0, NULL},
+    {"_nacks", T_OBJECT_EX, offsetof(ProducerBase, nacks), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ProducerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._fastsend.ProducerBase",
+    .tp_basicsize = sizeof(ProducerBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "sfu.producer.Producer's per-packet state, in C for receive()",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)pb_dealloc,
+    .tp_traverse = (traverseproc)pb_traverse,
+    .tp_clear = (inquiry)pb_clear,
+    .tp_members = pb_members,
+};
+
+/* sfu.forwarder.find_extension's value's first byte: >= 0, -1 when absent, -2 when Python would
+ * read past the packet (and raise) */
+static int audio_level(const unsigned char *d, Py_ssize_t n, long long ext_id) {
+    if (!(d[0] & 0x10) || !ext_id) return -1;
+    Py_ssize_t start = 12 + (d[0] & 0x0F) * 4;
+    if (start + 4 > n) return -2;
+    if (((d[start] << 8) | d[start + 1]) != 0xBEDE) return -1;
+    Py_ssize_t pos = start + 4, end = pos + (((Py_ssize_t)d[start + 2] << 8) | d[start + 3]) * 4;
+    while (pos < end) {
+        if (pos >= n) return -2;
+        int head = d[pos];
+        if (head == 0) { pos++; continue; }
+        if (head >> 4 == ext_id) return pos + 1 < n ? d[pos + 1] : -2;
+        if (head >> 4 == 15) return -1;
+        pos += 1 + (head & 0x0F) + 1;
+    }
+    return -1;
+}
+
+/* sfu.forwarder.vp8_keyframe_start */
+static int vp8_keyframe_start(const unsigned char *p, Py_ssize_t n) {
+    if (n < 2 || !(p[0] & 0x10) || (p[0] & 0x07)) return 0;
+    Py_ssize_t pos = 1;
+    if (p[0] & 0x80) {
+        unsigned char ext = p[1];
+        pos = 2;
+        if (ext & 0x80) {
+            if (pos >= n) return 0;
+            pos += (p[pos] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40) pos++;
+        if (ext & 0x30) pos++;
+    }
+    return pos < n && !(p[pos] & 0x01);
+}
+
+static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyObject_TypeCheck(args[0], &ProducerBaseType) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms)");
+        return NULL;
+    }
+    ProducerBase *p = (ProducerBase *)args[0];
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    long long b0 = PyLong_AsLongLong(args[2]), b1 = PyLong_AsLongLong(args[3]),
+              seq = PyLong_AsLongLong(args[4]), ts = PyLong_AsLongLong(args[5]),
+              offset = PyLong_AsLongLong(args[6]), arrival_ms = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (g_max_payload < 0 || offset < 12 || offset > size || size - offset > g_max_payload ||
+        p->base_seq < 0 || ((seq - p->max_seq) & 0xFFFF) != 1 || p->consumers == NULL ||
+        !PyList_Check(p->consumers))
+        Py_RETURN_FALSE;
+    double tokens = 0;
+    if (p->bytes_per_ms) {
+        tokens = p->tokens + (double)(arrival_ms - p->bucket_ms) * p->bytes_per_ms;
+        if (p->bucket_size < tokens) tokens = p->bucket_size;
+        if (tokens < (double)size) Py_RETURN_FALSE;  /* policed: counted in Python */
+    }
+    if (p->nacks != NULL) {
+        PyObject *due = PyObject_GetAttr(p->nacks, s_due_ms);
+        if (due == NULL) return NULL;
+        long long due_ms = PyLong_AsLongLong(due);
+        Py_DECREF(due);
+        if (due_ms == -1 && PyErr_Occurred()) return NULL;
+        if (due_ms && arrival_ms >= due_ms) Py_RETURN_FALSE;
+    }
+    int level = -1;
+    if (p->audio_level_id) {
+        level = audio_level(d, size, p->audio_level_id);
+        if (level == -2) Py_RETURN_FALSE;
+    }
+    const unsigned char *payload = d + offset;
+    Py_ssize_t payload_len = size - offset;
+    if (p->caching) {
+        if (p->gop != Py_None || p->keyframe_kind != 1 || vp8_keyframe_start(payload, payload_len))
+            Py_RETURN_FALSE;
+    } else if (p->waiting > 0) {
+        Py_RETURN_FALSE;
+    }
+
+    /* Producer.receive from here on, all of it */
+    if (p->bytes_per_ms) {
+        p->bucket_ms = arrival_ms;
+        p->tokens = tokens - (double)size;
+    }
+    p->packets += 1;
+    p->bytes += size;
+    p->last_arrival_ms = arrival_ms;
+    if (seq < p->max_seq) p->cycles += 0x10000;
+    p->max_seq = seq;
+    long long transit = arrival_ms * p->clock_per_ms - ts;
+    long long delta = transit - p->transit;
+    p->transit = transit;
+    p->jitter += ((double)(delta > 0 ? delta : -delta) - p->jitter) / 16;
+    if (level >= 0) {
+        p->level_sum += level & 0x7F;
+        p->level_count += 1;
+    }
+    PyObject *fargs = Py_BuildValue(
+        "(y#LLLLiLOLL)", (const char *)payload, payload_len, b0 & 0x20, b1 & 0x80, seq, ts, level,
+        (arrival_ms * 262144 / 1000) & 0xFFFFFF, Py_False, p->epoch, arrival_ms);
+    if (fargs == NULL) return NULL;
+    PyObject *consumers = Py_NewRef(p->consumers);
+    int r = fan_out(consumers, fargs);
+    Py_DECREF(consumers);
+    Py_DECREF(fargs);
+    if (r < 0) return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *configure_receive(PyObject *self, PyObject *arg) {
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    g_max_payload = v;
+    Py_RETURN_NONE;
+}
+
 
 /* ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move of its
  * NACK ring (and when each packet was last resent) to ``size`` slots, where two land on one slot
@@ -690,6 +892,11 @@ fail:
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(protect_fn, max_trailer, connected_state, error) for fanout()"},
+    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
+     "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms) -> True when it took the "
+     "packet (Producer.receive's plain case), False when Producer.receive must"},
+    {"configure_receive", configure_receive, METH_O,
+     "configure_receive(max_forwarded_payload) for receive()"},
     {"ring_move", ring_move, METH_VARARGS,
      "ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move"},
     {"fanout", fanout, METH_VARARGS,
@@ -715,15 +922,17 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     if ((s_forward = PyUnicode_InternFromString("forward")) == NULL) return NULL;
     if ((s_failed = PyUnicode_InternFromString("failed")) == NULL) return NULL;
     if ((s_fast = PyUnicode_InternFromString("_fast")) == NULL) return NULL;
+    if ((s_due_ms = PyUnicode_InternFromString("due_ms")) == NULL) return NULL;
     if ((s_one = PyLong_FromLong(1)) == NULL) return NULL;
     if (PyType_Ready(&AddressType) < 0 || PyType_Ready(&RouteType) < 0 ||
-        PyType_Ready(&ConsumerBaseType) < 0)
+        PyType_Ready(&ConsumerBaseType) < 0 || PyType_Ready(&ProducerBaseType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Address", (PyObject *)&AddressType) < 0 ||
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
-        PyModule_AddObjectRef(m, "ConsumerBase", (PyObject *)&ConsumerBaseType) < 0) {
+        PyModule_AddObjectRef(m, "ConsumerBase", (PyObject *)&ConsumerBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "ProducerBase", (PyObject *)&ProducerBaseType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

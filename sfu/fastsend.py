@@ -13,6 +13,10 @@ in Python when it is not; both put the same bytes on the wire.
   ``ConsumerBase`` is sfu.consumer.Consumer's base class, its per-packet attributes in C, and
   ``Route`` a RawSender's route as the fan-out reads it (sfu.aiortc_hooks); ``ring_move`` is
   Consumer._resize's loop.
+- ``receive``: Producer.receive's plain case (the next packet of a known source, nothing to
+  police, ask for, cache or wait for) and its fan-out in one C call; False for the rest, which
+  Producer.receive's Python does. ``ProducerBase`` is Producer's base class, its per-packet
+  attributes in C.
   ``configure_fanout`` (sfu.aiortc_hooks, at import) gives it libsrtp's protect and aiortc's
   connected state; until then every consumer takes its Python path.
 """
@@ -31,9 +35,12 @@ SendBatch = Callable[[socket.socket, Datagrams, Addresses], int]
 try:
     from sfu._fastsend import (  # type: ignore[import-not-found]
         ConsumerBase,
+        ProducerBase,
         Route,
         configure as configure_fanout,
+        configure_receive,
         fanout as native_fanout,
+        receive as native_receive,
         ring_move as native_ring_move,
         protect_queue as native_protect_queue,
         send_batch as _native_send_batch,
@@ -42,6 +49,7 @@ try:
 except ImportError:  # built without a compiler: the Python below
     _native_send_batch = native_protect_queue = native_unprotect = None
     native_fanout = native_ring_move = configure_fanout = ConsumerBase = Route = None
+    native_receive = configure_receive = ProducerBase = None
 
 
 def send_batch_python(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:

@@ -97,7 +97,8 @@ def _world(native: bool) -> dict[str, Any]:
     scheduler = FakeScheduler()
     video: Producer[Consumer] = Producer("v", "alice", "video", VP8, max_bitrate=0,
                                          keyframe_interval=1.0, scheduler=scheduler)
-    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+    # (the audio publisher sends more than it may: some of its packets are policed away)
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=40_000,
                                          keyframe_interval=1.0, scheduler=scheduler)
     video.attach_source(1234, None, 0, lambda d: True)
     audio.attach_source(1234, None, 2, lambda d: True)
@@ -164,9 +165,19 @@ def _world(native: bool) -> dict[str, Any]:
         forwards += 1
         original(self, *args)
 
-    saved = (producer_module._fanout, consumer_module._ring_move, producer_module.current_ms,
-             consumer_module.current_ms)
+    received = 0  # packets the C receive took whole
+    trace: list[tuple[tuple[int, int, int, float, float, int], ...]] = []
+
+    def receive(*args: Any) -> bool:
+        nonlocal received
+        taken: bool = fastsend.native_receive(*args)
+        received += taken
+        return taken
+
+    saved = (producer_module._fanout, producer_module._receive, consumer_module._ring_move,
+             producer_module.current_ms, consumer_module.current_ms)
     producer_module._fanout = fastsend.native_fanout if native else None
+    producer_module._receive = receive if native else None
     consumer_module._ring_move = fastsend.native_ring_move if native else None
     # the wall clock (a replay's arrival time, when a NACK was answered) the same in both runs
     producer_module.current_ms = consumer_module.current_ms = lambda: 3_900_000_001_000
@@ -198,7 +209,9 @@ def _world(native: bool) -> dict[str, Any]:
                     consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in (1, 2, 5)])
             arrival += 3 + n % 5
             frame = n // 6
-            keyframe = n % 90 == 0 or n in (301, 455)
+            # (few keyframes: the GOP run a video producer caches after one ages out after 1 s,
+            # and only then is a video packet the C receive's plain case)
+            keyframe = n in (0, 301, 455)
             payload = (KEY if keyframe else DELTA) + bytes([n & 0xFF]) * (n % 200)
             vts = ts + frame * 3000
             if n % 17 == 5:
@@ -209,13 +222,16 @@ def _world(native: bool) -> dict[str, Any]:
             audio.receive(*_split(_packet(seq, ts + n * 960, bytes([n & 0xFF]) * 60, pt=111,
                                           level=None if n % 11 == 0 else n % 100)), arrival)
             seq += 1
+            # the producers' state as it moves (a reconnect resets some of it)
+            trace.append(tuple((p._cycles, p._max_seq, p.packets, p._jitter, p._tokens,
+                                len(p._gop) if p._gop is not None else -1) for p in (video, audio)))
         for consumer in consumers.values():  # NACKs are answered from the ring the fan-out filled
             consumer.rtt = 0.001
             consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in range(0, 300, 7)])
     finally:
         Consumer.forward = original  # type: ignore[method-assign]
-        (producer_module._fanout, consumer_module._ring_move, producer_module.current_ms,
-         consumer_module.current_ms) = saved
+        (producer_module._fanout, producer_module._receive, consumer_module._ring_move,
+         producer_module.current_ms, consumer_module.current_ms) = saved
 
     state = {
         name: {key: getattr(c, key) for key in (
@@ -231,6 +247,15 @@ def _world(native: bool) -> dict[str, Any]:
                     for name, (_, mux, d, a) in senders.items()},
         "plain": plain,
         "forwards": forwards,
+        "received": received,
+        "trace": trace,
+        "producers": {p.kind: {key: getattr(p, key) for key in (
+            "packets", "bytes", "last_arrival_ms", "_base_seq", "_max_seq", "_cycles",
+            "_transit", "_jitter", "_tokens", "_bucket_ms", "level_sum", "level_count",
+            "packets_policed", "packets_oversized", "waiting_for_keyframe", "_gop", "_gop_seq")}
+            | {"nacks": dict(p._nacks.pending),
+               "asked": {seq: (ms, [c.id for c in cs]) for seq, (ms, cs) in p._asked.items()}}
+            for p in (video, audio)},
         "held": all(p == copy for p, copy in held),
     }
 
@@ -241,6 +266,8 @@ def test_the_c_fan_out_sends_and_keeps_what_the_python_one_does() -> None:
     native = _world(native=True)
     assert native["batches"] == python["batches"]
     assert native["plain"] == python["plain"]
+    assert native["producers"] == python["producers"]
+    assert native["trace"] == python["trace"]
     for name, state in python["state"].items():
         assert native["state"][name] == state, name
     # the stream exercised what it should: rings resized, packets sent, dropped and refused
@@ -253,8 +280,14 @@ def test_the_c_fan_out_sends_and_keeps_what_the_python_one_does() -> None:
     assert ("127.0.0.1", 41000) in python["batches"]["mid"][1]
     assert native["held"] and python["held"]
     assert all(s["retransmitted"] for n, s in state.items() if n not in ("paused", "broken", "victim"))
-    # ... and the C path took most of it: Consumer.forward ran for what is not the plain case
+    producers = python["producers"]
+    assert producers["audio"]["packets_policed"] > 0 and producers["audio"]["level_count"] > 0
+    assert producers["video"]["nacks"] or producers["video"]["asked"] or \
+        producers["video"]["packets"] > 700
+    # ... and the C path took most of it: Consumer.forward ran for what is not the plain case,
+    # Producer.receive's Python for what is not the plain case of receive
     assert native["forwards"] < python["forwards"] // 3
+    assert python["received"] == 0 and native["received"] > 250
 
 
 def test_protected_datagrams_decrypt_to_the_rewritten_packets() -> None:
