@@ -1,6 +1,7 @@
 /* sfu._fastsend: a whole batch of UDP datagrams in one sendmmsg(2) call.
  *
- * send_batch(fd, [data, ...], [(host, port), ...]) -> the number of datagrams the kernel took.
+ * send_batch(fd, [data, ...], [(host, port) or Address, ...]) -> the number of datagrams the
+ * kernel took.
  * Two lists rather than a list of pairs: a pair per datagram would be one more object for the
  * garbage collector to count, per packet per subscriber.
  * The same contract as sfu.fastsend.send_batch_python: a full socket buffer (EAGAIN) ends the
@@ -9,6 +10,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -17,8 +19,65 @@
 #include <sys/socket.h>
 
 #define CHUNK 64
+#define MAX_HEADER 64
+
+static int resolve(PyObject *addr, struct sockaddr_storage *out, socklen_t *len);
+
+/* Address((host, port)): an address resolved once, for a batch's addresses list (what fanout()
+ * appends: a Route resolves its address when it is set, not sendmmsg per datagram).
+ * ``.address`` is the (host, port) it was made from. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *address;
+    struct sockaddr_storage sa;
+    socklen_t len;
+} Address;
+
+static PyObject *address_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *addr;
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &addr)) return NULL;
+    Address *self = (Address *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    if (resolve(addr, &self->sa, &self->len) < 0) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_ValueError, "Address: not a numeric (host, port)");
+        return NULL;
+    }
+    self->address = Py_NewRef(addr);
+    return (PyObject *)self;
+}
+
+static void address_dealloc(Address *self) {
+    Py_XDECREF(self->address);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef address_members[] = {
+    {"address", T_OBJECT, offsetof(Address, address), READONLY, "(host, port)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject AddressType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._fastsend.Address",
+    .tp_basicsize = sizeof(Address),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Address((host, port)): resolved once for send_batch",
+    .tp_new = address_new,
+    .tp_dealloc = (destructor)address_dealloc,
+    .tp_members = address_members,
+};
 
 static int fill_address(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
+    if (Py_IS_TYPE(addr, &AddressType)) {
+        *len = ((Address *)addr)->len;
+        memcpy(out, &((Address *)addr)->sa, (size_t)*len);
+        return 0;
+    }
+    return resolve(addr, out, len);
+}
+
+static int resolve(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
     if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) return -1;
     const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
     if (host == NULL) { PyErr_Clear(); return -1; }
@@ -149,24 +208,24 @@ static PyObject *unprotect(PyObject *self, PyObject *args) {
  *
  * fanout(consumers, args) where args = (payload, padding, marker, seq, ts, level, abs24,
  * keyframe, epoch, arrival_ms), Consumer.forward's arguments. For each consumer it does what
- * sfu.consumer.Consumer.forward and sfu.aiortc_hooks.RawSender.send_rtp do, on their own
- * attributes: rewrite the header, keep the unprotected packet in the consumer's NACK ring,
- * SRTP-protect into the shared socket's batch, count. Whatever is not the plain case (no fast
- * sender, paused for a keyframe, a new epoch, a new route or SRTP session, a closed gate, the
+ * sfu.consumer.Consumer.forward and sfu.aiortc_hooks.RawSender.send_rtp do: rewrite the header,
+ * keep the unprotected packet in the consumer's NACK ring, SRTP-protect into the shared socket's
+ * batch, count. Consumer's hot attributes live in C (ConsumerBase, its base class when this
+ * extension is built), so Python's own writes (a re-base, a pause, a resize) are what C reads,
+ * and C's counters are what Python reads. A RawSender's route is a Route, which the sender sets
+ * when it (re)routes and which holds the address already resolved. Whatever is not the plain case
+ * (no route, waiting for a keyframe, a new epoch, a new pair or SRTP session, a closed gate, the
  * ring turning, configure() not called) goes to the consumer's own Python, which stays the
- * reference: consumer.forward. An exception from one consumer goes to its consumer.failed(exc), and the
- * fan-out carries on. configure(protect_fn, connected, error) sets libsrtp's srtp_protect, the
- * DTLS state that means connected and the exception srtp_protect failures raise. */
+ * reference: consumer.forward. An exception from one consumer goes to its consumer.failed(exc),
+ * and the fan-out carries on. configure(protect_fn, connected, error) sets libsrtp's
+ * srtp_protect, the DTLS state that means connected and the exception srtp_protect failures
+ * raise. */
 
 static unsigned long long g_protect;
 static int g_trailer;
 static PyObject *g_connected, *g_error;
-static PyObject *s_fast_sender, *s_paused, *s_waiting, *s_epoch_, *s_seq_offset, *s_ts_offset,
-    *s_fast_header, *s_last_seq,
-    *s_last_ts, *s_last_ms, *s_size, *s_cache, *s_packets, *s_bytes, *s_forward, *s_failed,
-    *s_dtls, *s_state, *s_nominated, *s_fast, *s_writable,
-    *s_tx_srtp, *s_schedule_flush,
-    *s_one;
+static PyObject *s_state, *s_tx_srtp, *s_writable, *s_schedule_flush, *s_forward, *s_failed,
+    *s_fast, *s_one;
 
 static PyObject *configure(PyObject *self, PyObject *args) {
     unsigned long long fn;
@@ -180,85 +239,239 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* a borrowed-or-new attribute helper: new reference, NULL with an exception set */
-#define GET(obj, name) PyObject_GetAttr((obj), (name))
-
-static int truth(PyObject *obj, PyObject *name) {
-    PyObject *v = GET(obj, name);
-    if (v == NULL) return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* A Consumer's plain attributes straight from its __dict__ (borrowed; NULL, without an
- * exception, when it is not there): PyObject_GetAttr's type lookup and descriptor checks cost
- * more than the bytecode they replace. */
-static long long dict_ll(PyObject *d, PyObject *name, int *bad) {
-    PyObject *v = PyDict_GetItemWithError(d, name);
-    if (v == NULL || !PyLong_CheckExact(v)) { *bad = 1; return -1; }
-    long long r = PyLong_AsLongLong(v);
-    if (r == -1 && PyErr_Occurred()) { PyErr_Clear(); *bad = 1; }
-    return r;
-}
-
-static int dict_set_ll(PyObject *d, PyObject *name, long long value) {
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL) return -1;
-    int r = PyDict_SetItem(d, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* The sender's state when it can take the packet into its batch as it is: 1 with the address,
- * batch lists, mux and libsrtp context filled in (new references), 0 when RawSender.send_rtp
- * must look (route, session, gate), -1 on an exception. */
+/* Route(dtls, nominated): a RawSender's way to a shared socket. set(pair, session, context,
+ * address, datagrams, addresses, mux) when it routes there, clear() when it does not. Per packet
+ * the fan-out checks only identities in dicts it holds (the DTLS transport's state and session,
+ * the nominated pair, the socket's gate): what RawSender.send_rtp checks, without a lookup by type. */
 typedef struct {
-    PyObject *addr, *datagrams, *addresses, *mux;
+    PyObject_HEAD
+    int ready;
+    PyObject *dtls_dict, *nominated;
+    PyObject *pair, *srtp, *address, *datagrams, *addresses, *mux, *mux_dict;
     unsigned long long context;
-} route_t;
+} Route;
 
-static void route_clear(route_t *r) {
-    Py_CLEAR(r->addr); Py_CLEAR(r->datagrams); Py_CLEAR(r->addresses); Py_CLEAR(r->mux);
+static int route_traverse(Route *r, visitproc visit, void *arg) {
+    Py_VISIT(r->dtls_dict); Py_VISIT(r->nominated); Py_VISIT(r->pair); Py_VISIT(r->srtp);
+    Py_VISIT(r->address); Py_VISIT(r->datagrams); Py_VISIT(r->addresses); Py_VISIT(r->mux);
+    Py_VISIT(r->mux_dict);
+    return 0;
 }
 
-static int route_of(PyObject *sender, route_t *r) {
-    int ok = 0;
-    PyObject *dtls = NULL, *state = NULL, *nominated = NULL, *fast = NULL, *tx = NULL;
-    if ((dtls = GET(sender, s_dtls)) == NULL) goto fail;
-    if ((state = GET(dtls, s_state)) == NULL) goto fail;
-    if (state != g_connected) goto done;
-    /* RawSender._fast: (pair, session, context, address, datagrams, addresses, mux) */
-    if ((fast = GET(sender, s_fast)) == NULL) goto fail;
-    if (!PyTuple_Check(fast) || PyTuple_GET_SIZE(fast) != 7) goto done;
-    if ((nominated = GET(sender, s_nominated)) == NULL) goto fail;
-    if (!PyDict_Check(nominated) ||
-        PyDict_GetItemWithError(nominated, s_one) != PyTuple_GET_ITEM(fast, 0)) {
-        if (PyErr_Occurred()) goto fail;
-        goto done;
+static void route_forget(Route *r) {
+    r->ready = 0;
+    Py_CLEAR(r->pair); Py_CLEAR(r->srtp); Py_CLEAR(r->address); Py_CLEAR(r->datagrams);
+    Py_CLEAR(r->addresses); Py_CLEAR(r->mux); Py_CLEAR(r->mux_dict);
+}
+
+static int route_clear_refs(Route *r) {
+    route_forget(r);
+    Py_CLEAR(r->dtls_dict); Py_CLEAR(r->nominated);
+    return 0;
+}
+
+static void route_dealloc(Route *r) {
+    PyObject_GC_UnTrack(r);
+    route_clear_refs(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static int route_init(Route *r, PyObject *args, PyObject *kwds) {
+    PyObject *dtls, *nominated;
+    if (!PyArg_ParseTuple(args, "OO!", &dtls, &PyDict_Type, &nominated)) return -1;
+    PyObject *d = PyObject_GenericGetDict(dtls, NULL);
+    if (d == NULL) return -1;
+    route_clear_refs(r);
+    r->dtls_dict = d;
+    r->nominated = Py_NewRef(nominated);
+    return 0;
+}
+
+static PyObject *route_set(Route *r, PyObject *args) {
+    PyObject *pair, *srtp, *addr, *datagrams, *addresses, *mux;
+    unsigned long long context;
+    if (!PyArg_ParseTuple(args, "OOKOO!O!O", &pair, &srtp, &context, &addr, &PyList_Type,
+                          &datagrams, &PyList_Type, &addresses, &mux))
+        return NULL;
+    PyObject *mux_dict = PyObject_GenericGetDict(mux, NULL);
+    if (mux_dict == NULL) return NULL;
+    PyObject *address = PyObject_CallOneArg((PyObject *)&AddressType, addr);
+    if (address == NULL) {
+        /* not an address sendmmsg takes: RawSender's Python sends it (and drops it) */
+        Py_DECREF(mux_dict);
+        PyErr_Clear();
+        route_forget(r);
+        Py_RETURN_NONE;
     }
-    if ((tx = GET(dtls, s_tx_srtp)) == NULL) goto fail;
-    if (tx != PyTuple_GET_ITEM(fast, 1)) goto done;
-    PyObject *mux = PyTuple_GET_ITEM(fast, 6);
-    int writable = truth(mux, s_writable);
-    if (writable < 0) goto fail;
-    if (!writable) goto done;
-    r->context = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(fast, 2));
-    if (PyErr_Occurred()) goto fail;
-    r->datagrams = Py_NewRef(PyTuple_GET_ITEM(fast, 4));
-    r->addresses = Py_NewRef(PyTuple_GET_ITEM(fast, 5));
-    if (!PyList_Check(r->datagrams) || !PyList_Check(r->addresses)) goto done;
-    r->addr = Py_NewRef(PyTuple_GET_ITEM(fast, 3));
-    r->mux = Py_NewRef(mux);
-    ok = 1;
-    goto done;
-fail:
-    ok = -1;
-done:
-    Py_XDECREF(dtls); Py_XDECREF(state); Py_XDECREF(nominated); Py_XDECREF(fast); Py_XDECREF(tx);
-    if (ok != 1) route_clear(r);
-    return ok;
+    route_forget(r);
+    r->pair = Py_NewRef(pair); r->srtp = Py_NewRef(srtp); r->address = address;
+    r->datagrams = Py_NewRef(datagrams); r->addresses = Py_NewRef(addresses);
+    r->mux = Py_NewRef(mux); r->mux_dict = mux_dict;
+    r->context = context;
+    r->ready = 1;
+    Py_RETURN_NONE;
 }
+
+static PyObject *route_clear_method(Route *r, PyObject *unused) {
+    route_forget(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *route_get_ready(Route *r, void *closure) { return PyBool_FromLong(r->ready); }
+
+static PyMethodDef route_methods[] = {
+    {"set", (PyCFunction)route_set, METH_VARARGS,
+     "set(pair, session, context, address, datagrams, addresses, mux)"},
+    {"clear", (PyCFunction)route_clear_method, METH_NOARGS, "not routed to a shared socket"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef route_getset[] = {
+    {"ready", (getter)route_get_ready, NULL, "set and not cleared since", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RouteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._fastsend.Route",
+    .tp_basicsize = sizeof(Route),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Route(dtls, nominated): a RawSender's route to a shared socket, for fanout()",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)route_init,
+    .tp_dealloc = (destructor)route_dealloc,
+    .tp_traverse = (traverseproc)route_traverse,
+    .tp_clear = (inquiry)route_clear_refs,
+    .tp_methods = route_methods,
+    .tp_getset = route_getset,
+};
+
+/* 1 when the sender would take the packet into its batch as it is, 0 when RawSender.send_rtp
+ * must look, -1 on an exception. */
+static int route_ready(Route *r) {
+    if (r == NULL || !r->ready) return 0;
+    PyObject *v = PyDict_GetItemWithError(r->dtls_dict, s_state);
+    if (v != g_connected) return PyErr_Occurred() ? -1 : 0;
+    v = PyDict_GetItemWithError(r->nominated, s_one);
+    if (v != r->pair) return PyErr_Occurred() ? -1 : 0;
+    v = PyDict_GetItemWithError(r->dtls_dict, s_tx_srtp);
+    if (v != r->srtp) return PyErr_Occurred() ? -1 : 0;
+    v = PyDict_GetItemWithError(r->mux_dict, s_writable);
+    if (v == Py_True) return 1;
+    if (v == NULL) return PyErr_Occurred() ? -1 : 0;
+    return PyObject_IsTrue(v);
+}
+
+/* ConsumerBase: sfu.consumer.Consumer's base class, its per-packet fields as C members. */
+typedef struct {
+    PyObject_HEAD
+    char paused, waiting;
+    long long epoch, seq_offset, ts_offset, last_seq, last_ts, last_ms, packets, bytes, size;
+    PyObject *cache;        /* the NACK ring: a list of packets (bytearrays C reuses, or bytes) */
+    PyObject *fast_sender;  /* the RawSender, or None */
+    Route *route;           /* its Route, or NULL */
+    PyObject *fast_header;  /* (template, kind, prefix) as Consumer.configure set it, or None */
+    unsigned char header[MAX_HEADER];
+    int hlen;               /* 0: not configured */
+    int kind;
+    long long prefix;
+} ConsumerBase;
+
+static int cb_traverse(ConsumerBase *c, visitproc visit, void *arg) {
+    Py_VISIT(c->cache); Py_VISIT(c->fast_sender); Py_VISIT(c->route); Py_VISIT(c->fast_header);
+    return 0;
+}
+
+static int cb_clear(ConsumerBase *c) {
+    Py_CLEAR(c->cache); Py_CLEAR(c->fast_sender); Py_CLEAR(c->route); Py_CLEAR(c->fast_header);
+    c->hlen = 0;
+    return 0;
+}
+
+static void cb_dealloc(ConsumerBase *c) {
+    PyObject_GC_UnTrack(c);
+    cb_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *cb_get_sender(ConsumerBase *c, void *closure) {
+    return Py_NewRef(c->fast_sender ? c->fast_sender : Py_None);
+}
+
+static int cb_set_sender(ConsumerBase *c, PyObject *value, void *closure) {
+    if (value == NULL) value = Py_None;
+    PyObject *route = NULL;
+    if (value != Py_None && _PyObject_LookupAttr(value, s_fast, &route) < 0) return -1;
+    if (route != NULL && !PyObject_TypeCheck(route, &RouteType)) Py_CLEAR(route);
+    Py_XSETREF(c->route, (Route *)route);
+    Py_XSETREF(c->fast_sender, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *cb_get_header(ConsumerBase *c, void *closure) {
+    return Py_NewRef(c->fast_header ? c->fast_header : Py_None);
+}
+
+static int cb_set_header(ConsumerBase *c, PyObject *value, void *closure) {
+    if (value == NULL) value = Py_None;
+    c->hlen = 0;
+    if (value != Py_None) {
+        PyObject *template;
+        int kind;
+        long long prefix;
+        if (!PyArg_ParseTuple(value, "O!iL", &PyBytes_Type, &template, &kind, &prefix)) return -1;
+        Py_ssize_t n = PyBytes_GET_SIZE(template);
+        /* anything else stays with Python's forward */
+        if (n >= 12 && n <= MAX_HEADER && (kind == 0 || n >= 20) && kind >= 0 && kind <= 3) {
+            memcpy(c->header, PyBytes_AS_STRING(template), (size_t)n);
+            c->hlen = (int)n;
+            c->kind = kind;
+            c->prefix = prefix;
+        }
+    }
+    Py_XSETREF(c->fast_header, Py_NewRef(value));
+    return 0;
+}
+
+static PyMemberDef cb_members[] = {
+    {"paused", T_BOOL, offsetof(ConsumerBase, paused), 0, NULL},
+    {"_waiting", T_BOOL, offsetof(ConsumerBase, waiting), 0, NULL},
+    {"_epoch", T_LONGLONG, offsetof(ConsumerBase, epoch), 0, NULL},
+    {"_seq_offset", T_LONGLONG, offsetof(ConsumerBase, seq_offset), 0, NULL},
+    {"_ts_offset", T_LONGLONG, offsetof(ConsumerBase, ts_offset), 0, NULL},
+    {"_last_seq", T_LONGLONG, offsetof(ConsumerBase, last_seq), 0, NULL},
+    {"_last_ts", T_LONGLONG, offsetof(ConsumerBase, last_ts), 0, NULL},
+    {"_last_ms", T_LONGLONG, offsetof(ConsumerBase, last_ms), 0, NULL},
+    {"packets", T_LONGLONG, offsetof(ConsumerBase, packets), 0, NULL},
+    {"bytes", T_LONGLONG, offsetof(ConsumerBase, bytes), 0, NULL},
+    {"_size", T_LONGLONG, offsetof(ConsumerBase, size), 0, NULL},
+    {"_cache", T_OBJECT_EX, offsetof(ConsumerBase, cache), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef cb_getset[] = {
+    {"fast_sender", (getter)cb_get_sender, (setter)cb_set_sender,
+     "the RawSender behind send_rtp (its Route is what fanout() sends on), or None", NULL},
+    {"_fast_header", (getter)cb_get_header, (setter)cb_set_header,
+     "(our header with sequence number, timestamp and dynamic word zero, the dynamic word's "
+     "kind: 0 none, 1 abs-send-time, 2 audio level, 3 a static block only, its prefix), or None",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ConsumerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._fastsend.ConsumerBase",
+    .tp_basicsize = sizeof(ConsumerBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "sfu.consumer.Consumer's per-packet state, in C for fanout()",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)cb_dealloc,
+    .tp_traverse = (traverseproc)cb_traverse,
+    .tp_clear = (inquiry)cb_clear,
+    .tp_members = cb_members,
+    .tp_getset = cb_getset,
+};
 
 static void put16(unsigned char *p, unsigned v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
 static void put32(unsigned char *p, unsigned long v) {
@@ -266,124 +479,95 @@ static void put32(unsigned char *p, unsigned long v) {
     p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
 }
 
-#define MAX_HEADER 64
+/* the incoming packet, converted once for all consumers */
+typedef struct {
+    const char *payload;
+    Py_ssize_t payload_len;
+    long long padding, marker, seq, ts, level, abs24, epoch, arrival_ms;
+} packet_t;
 
 /* One consumer: 1 done, 0 for its Python, -1 on an exception (for consumer.failed). */
-static int forward_one(PyObject *c, PyObject **a, const char *payload, Py_ssize_t payload_len,
-                       int trailer) {
-    int result = -1;
-    route_t r = {0};
-    PyObject *sender = NULL, *d = NULL, *packet = NULL, *out = NULL;
-    int bad = 0;
-    if (!g_protect) return 0;
-    /* a listener that is not a Consumer with a RawSender (a recording's, a test's) */
-    if (_PyObject_LookupAttr(c, s_fast_sender, &sender) < 0) goto end;
-    if (sender == NULL || sender == Py_None) { result = 0; goto end; }
-    if ((d = PyObject_GenericGetDict(c, NULL)) == NULL) goto end;
-    PyObject *flag = PyDict_GetItemWithError(d, s_paused);
-    if (flag == Py_True) { result = 1; goto end; }  /* Consumer.forward's first line */
-    if (flag != Py_False) { result = PyErr_Occurred() ? -1 : 0; goto end; }
-    flag = PyDict_GetItemWithError(d, s_waiting);
-    if (flag != Py_False) { result = PyErr_Occurred() ? -1 : 0; goto end; }
-    PyObject *epoch = PyDict_GetItemWithError(d, s_epoch_);
-    if (epoch == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
-    int same = PyObject_RichCompareBool(epoch, a[8], Py_EQ);
-    if (same < 0) goto end;
-    if (!same) { result = 0; goto end; }
-    int routed = route_of(sender, &r);
-    if (routed < 0) goto end;
-    if (!routed) { result = 0; goto end; }
+static int forward_one(PyObject *obj, const packet_t *p) {
+    if (!g_protect || !PyObject_TypeCheck(obj, &ConsumerBaseType)) return 0;
+    ConsumerBase *c = (ConsumerBase *)obj;
+    if (c->paused) return 1;  /* Consumer.forward's first line */
+    if (c->waiting || c->epoch != p->epoch || !c->hlen || c->size <= 0) return 0;
+    int routed = route_ready(c->route);
+    if (routed <= 0) return routed;
+    Route *r = c->route;
+    unsigned out_seq = (unsigned)((p->seq + c->seq_offset) & 0xFFFF);
+    unsigned long out_ts = (unsigned long)((p->ts + c->ts_offset) & 0xFFFFFFFFLL);
+    Py_ssize_t slot = (Py_ssize_t)(out_seq % (unsigned long long)c->size);
+    int newest = ((out_seq - (unsigned)c->last_seq) & 0xFFFF) < 0x8000;
+    if (newest && slot == 0) return 0;  /* the ring turns: Consumer._turned may resize it */
 
-    long long seq_offset = dict_ll(d, s_seq_offset, &bad), ts_offset = dict_ll(d, s_ts_offset, &bad),
-              last_seq = dict_ll(d, s_last_seq, &bad), size = dict_ll(d, s_size, &bad);
-    if (bad || size <= 0) { result = PyErr_Occurred() ? -1 : 0; goto end; }
-    long long seq = PyLong_AsLongLong(a[3]), ts = PyLong_AsLongLong(a[4]),
-              padding = PyLong_AsLongLong(a[1]), marker = PyLong_AsLongLong(a[2]);
-    if (PyErr_Occurred()) goto end;
-    unsigned out_seq = (unsigned)((seq + seq_offset) & 0xFFFF);
-    unsigned long out_ts = (unsigned long)((ts + ts_offset) & 0xFFFFFFFFLL);
-    if (((out_seq - (unsigned)last_seq) & 0xFFFF) < 0x8000 && !(out_seq % (unsigned long long)size)) {
-        result = 0;  /* the ring turns: Consumer._turned may resize it, in Python */
-        goto end;
-    }
-
-    /* Consumer._fast_header: (template, kind, prefix), made by Consumer.configure */
-    PyObject *tail = PyDict_GetItemWithError(d, s_fast_header);
-    if (tail == NULL || !PyTuple_Check(tail) || PyTuple_GET_SIZE(tail) != 3 ||
-        !PyBytes_Check(PyTuple_GET_ITEM(tail, 0))) { result = 0; goto end; }
-    PyObject *template = PyTuple_GET_ITEM(tail, 0);
-    long kind = PyLong_AsLong(PyTuple_GET_ITEM(tail, 1));
-    long long prefix = PyLong_AsLongLong(PyTuple_GET_ITEM(tail, 2));
-    if (PyErr_Occurred()) goto end;
-    size_t hlen = (size_t)PyBytes_GET_SIZE(template);
-    if (hlen < 12 || hlen > MAX_HEADER || (kind && hlen < 20)) { result = 0; goto end; }
     unsigned char header[MAX_HEADER];
-    memcpy(header, PyBytes_AS_STRING(template), hlen);
-    header[0] |= (unsigned char)padding;
-    header[1] |= (unsigned char)marker;
+    size_t hlen = (size_t)c->hlen;
+    memcpy(header, c->header, hlen);
+    header[0] |= (unsigned char)p->padding;
+    header[1] |= (unsigned char)p->marker;
     put16(header + 2, out_seq);
     put32(header + 4, out_ts);
-    if (kind == 1) {
-        long long abs24 = PyLong_AsLongLong(a[6]);
-        put32(header + 16, (unsigned long)((prefix | abs24) & 0xFFFFFFFFLL));
-    } else if (kind == 2) {
-        long long level = PyLong_AsLongLong(a[5]);
-        put16(header + 16, (unsigned)((level >= 0 ? (prefix | level) : 0) & 0xFFFF));
-    }
-    if (PyErr_Occurred()) goto end;
+    if (c->kind == 1)
+        put32(header + 16, (unsigned long)((c->prefix | p->abs24) & 0xFFFFFFFFLL));
+    else if (c->kind == 2)
+        put16(header + 16, (unsigned)((p->level >= 0 ? (c->prefix | p->level) : 0) & 0xFFFF));
+    Py_ssize_t n = (Py_ssize_t)hlen + p->payload_len;
 
-    Py_ssize_t n = (Py_ssize_t)hlen + payload_len;
-    if ((packet = PyBytes_FromStringAndSize(NULL, n)) == NULL) goto end;
-    memcpy(PyBytes_AS_STRING(packet), header, hlen);
-    memcpy(PyBytes_AS_STRING(packet) + hlen, payload, (size_t)payload_len);
-
-    /* Consumer.forward: the stream's newest packet moves its last sequence/timestamp/time */
-    if (((out_seq - (unsigned)last_seq) & 0xFFFF) < 0x8000) {
-        if (dict_set_ll(d, s_last_seq, out_seq) < 0 || dict_set_ll(d, s_last_ts, (long long)out_ts) < 0 ||
-            PyDict_SetItem(d, s_last_ms, a[9]) < 0)
-            goto end;
-    }
-    PyObject *cache = PyDict_GetItemWithError(d, s_cache);
-    if (cache == NULL || !PyList_Check(cache) || (Py_ssize_t)(out_seq % (unsigned long long)size) >= PyList_GET_SIZE(cache)) {
+    /* the ring's slot: the bytearray already there when nothing else holds it, else a new one */
+    PyObject *cache = c->cache;
+    if (cache == NULL || !PyList_Check(cache) || slot >= PyList_GET_SIZE(cache)) {
         PyErr_SetString(PyExc_IndexError, "list assignment index out of range");
-        goto end;
+        return -1;
     }
-    Py_INCREF(packet);
-    PyList_SetItem(cache, (Py_ssize_t)(out_seq % (unsigned long long)size), packet);
+    PyObject *kept = PyList_GET_ITEM(cache, slot);
+    if (PyByteArray_CheckExact(kept) && Py_REFCNT(kept) == 1) {
+        if (PyByteArray_Resize(kept, n) < 0) return -1;
+    } else {
+        if ((kept = PyByteArray_FromStringAndSize(NULL, n)) == NULL) return -1;
+        PyList_SetItem(cache, slot, kept);  /* steals it, drops the old one */
+    }
+    char *packet = PyByteArray_AS_STRING(kept);
+    memcpy(packet, header, hlen);
+    memcpy(packet + hlen, p->payload, (size_t)p->payload_len);
+    if (newest) {
+        c->last_seq = out_seq;
+        c->last_ts = (long long)out_ts;
+        c->last_ms = p->arrival_ms;
+    }
 
     /* RawSender.send_rtp on a shared socket: protect into the batch */
-    if ((out = PyBytes_FromStringAndSize(NULL, n + trailer)) == NULL) goto end;
-    memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(packet), (size_t)n);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + g_trailer);
+    if (out == NULL) return -1;
+    memcpy(PyBytes_AS_STRING(out), packet, (size_t)n);
     int len = (int)n;
-    int status = ((protect_fn)(uintptr_t)g_protect)((void *)(uintptr_t)r.context,
+    int status = ((protect_fn)(uintptr_t)g_protect)((void *)(uintptr_t)r->context,
                                                     PyBytes_AS_STRING(out), &len);
     if (status) {
+        Py_DECREF(out);
         PyErr_Format(g_error, "srtp_protect failed (%d)", status);
-        goto end;
+        return -1;
     }
-    if (_PyBytes_Resize(&out, len) < 0) goto end;
-    if (PyList_Append(r.datagrams, out) < 0) goto end;
-    if (PyList_Append(r.addresses, r.addr) < 0) {
-        PySequence_DelItem(r.datagrams, PyList_GET_SIZE(r.datagrams) - 1);
-        goto end;
+    /* shorter than allocated rather than realloc()ed: it lives until the turn's flush */
+    Py_SET_SIZE(out, len);
+    PyBytes_AS_STRING(out)[len] = '\0';
+    int appended = PyList_Append(r->datagrams, out);
+    Py_DECREF(out);
+    if (appended < 0) return -1;
+    if (PyList_Append(r->addresses, r->address) < 0) {
+        PySequence_DelItem(r->datagrams, PyList_GET_SIZE(r->datagrams) - 1);
+        return -1;
     }
-    if (PyList_GET_SIZE(r.datagrams) == 1) {
-        PyObject *done = PyObject_CallMethodNoArgs(r.mux, s_schedule_flush);
-        if (done == NULL) goto end;
+    if (PyList_GET_SIZE(r->datagrams) == 1) {
+        PyObject *mux = Py_NewRef(r->mux);  /* the call may re-route */
+        PyObject *done = PyObject_CallMethodNoArgs(mux, s_schedule_flush);
+        Py_DECREF(mux);
+        if (done == NULL) return -1;
         Py_DECREF(done);
     }
-    long long packets = dict_ll(d, s_packets, &bad), bytes = dict_ll(d, s_bytes, &bad);
-    if (bad) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "packets/bytes: not ints");
-        goto end;
-    }
-    if (dict_set_ll(d, s_packets, packets + 1) < 0 || dict_set_ll(d, s_bytes, bytes + n) < 0)
-        goto end;
-    result = 1;
-end:
-    route_clear(&r);
-    Py_XDECREF(sender); Py_XDECREF(d); Py_XDECREF(packet); Py_XDECREF(out);
-    return result;
+    c->packets += 1;
+    c->bytes += n;
+    return 1;
 }
 
 static int call_failed(PyObject *c) {
@@ -401,6 +585,34 @@ static int call_failed(PyObject *c) {
     return 0;
 }
 
+/* the loop of fanout(): 0, or -1 with an exception that is not one consumer's own */
+static int fan_out(PyObject *consumers, PyObject *fargs) {
+    PyObject **a = &PyTuple_GET_ITEM(fargs, 0);
+    packet_t p = {
+        PyBytes_AS_STRING(a[0]), PyBytes_GET_SIZE(a[0]),
+        PyLong_AsLongLong(a[1]), PyLong_AsLongLong(a[2]), PyLong_AsLongLong(a[3]),
+        PyLong_AsLongLong(a[4]), PyLong_AsLongLong(a[5]), PyLong_AsLongLong(a[6]),
+        PyLong_AsLongLong(a[8]), PyLong_AsLongLong(a[9]),
+    };
+    if (PyErr_Occurred()) return -1;
+    /* iterate over a copy: a consumer's Python may close it (and remove it from the list) */
+    PyObject *targets = PyList_GetSlice(consumers, 0, PyList_GET_SIZE(consumers));
+    if (targets == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(targets); i++) {
+        PyObject *c = PyList_GET_ITEM(targets, i);
+        int r = forward_one(c, &p);
+        if (r == 0) {
+            PyObject *done = PyObject_CallMethodObjArgs(c, s_forward, a[0], a[1], a[2], a[3],
+                                                        a[4], a[5], a[6], a[7], a[8], a[9], NULL);
+            if (done != NULL) { Py_DECREF(done); continue; }
+            r = -1;
+        }
+        if (r < 0 && call_failed(c) < 0) { Py_DECREF(targets); return -1; }
+    }
+    Py_DECREF(targets);
+    return 0;
+}
+
 static PyObject *fanout(PyObject *self, PyObject *args) {
     PyObject *consumers, *fargs;
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &consumers, &PyTuple_Type, &fargs))
@@ -409,30 +621,284 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "fanout: (payload: bytes, ...) of 10 arguments");
         return NULL;
     }
-    PyObject **a = &PyTuple_GET_ITEM(fargs, 0);
-    const char *payload = PyBytes_AS_STRING(a[0]);
-    Py_ssize_t payload_len = PyBytes_GET_SIZE(a[0]);
-    /* iterate over a copy: a consumer's Python may close it (and remove it from the list) */
-    PyObject *targets = PyList_GetSlice(consumers, 0, PyList_GET_SIZE(consumers));
-    if (targets == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(targets); i++) {
-        PyObject *c = PyList_GET_ITEM(targets, i);
-        int r = forward_one(c, a, payload, payload_len, g_trailer);
-        if (r == 0) {
-            PyObject *done = PyObject_CallMethodObjArgs(c, s_forward, a[0], a[1], a[2], a[3],
-                                                        a[4], a[5], a[6], a[7], a[8], a[9], NULL);
-            if (done != NULL) { Py_DECREF(done); continue; }
-            r = -1;
-        }
-        if (r < 0 && call_failed(c) < 0) { Py_DECREF(targets); return NULL; }
-    }
-    Py_DECREF(targets);
+    if (fan_out(consumers, fargs) < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+/* ---- the plain case of Producer.receive (sfu.producer) -------------------------------------
+ *
+ * ProducerBase: sfu.producer.Producer's base class, the fields receive() reads and writes per
+ * packet as C members. receive(producer, data, b0, b1, seq, ts, offset, arrival_ms) -> True when
+ * it took the packet the way Producer.receive would have: the next sequence number of a known
+ * source, not oversized, not policed away, no NACK retry due, its audio level read, and for
+ * video no GOP run being cached and no keyframe starting; then it fans the packet out. False,
+ * with nothing changed, for everything else: Producer.receive's Python, the reference, does it. */
+
+static long long g_max_payload = -1;  /* sfu.forwarder.MAX_FORWARDED_PAYLOAD; -1: not configured */
+static PyObject *s_due_ms;
+
+typedef struct {
+    PyObject_HEAD
+    long long packets, bytes, last_arrival_ms, base_seq, max_seq, cycles, transit, bucket_ms,
+        level_sum, level_count, audio_level_id, waiting, epoch, clock_per_ms, keyframe_kind;
+    double jitter, tokens, bytes_per_ms, bucket_size;
+    char caching;
+    PyObject *gop, *consumers, *nacks;
+} ProducerBase;
+
+static int pb_traverse(ProducerBase *p, visitproc visit, void *arg) {
+    Py_VISIT(p->gop); Py_VISIT(p->consumers); Py_VISIT(p->nacks);
+    return 0;
+}
+
+static int pb_clear(ProducerBase *p) {
+    Py_CLEAR(p->gop); Py_CLEAR(p->consumers); Py_CLEAR(p->nacks);
+    return 0;
+}
+
+static void pb_dealloc(ProducerBase *p) {
+    PyObject_GC_UnTrack(p);
+    pb_clear(p);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyMemberDef pb_members[] = {
+    {"packets", T_LONGLONG, offsetof(ProducerBase, packets), 0, NULL},
+    {"bytes", T_LONGLONG, offsetof(ProducerBase, bytes), 0, NULL},
+    {"last_arrival_ms", T_LONGLONG, offsetof(ProducerBase, last_arrival_ms), 0, NULL},
+    {"_base_seq", T_LONGLONG, offsetof(ProducerBase, base_seq), 0, NULL},
+    {"_max_seq", T_LONGLONG, offsetof(ProducerBase, max_seq), 0, NULL},
+    {"_cycles", T_LONGLONG, offsetof(ProducerBase, cycles), 0, NULL},
+    {"_transit", T_LONGLONG, offsetof(ProducerBase, transit), 0, NULL},
+    {"_bucket_ms", T_LONGLONG, offsetof(ProducerBase, bucket_ms), 0, NULL},
+    {"level_sum", T_LONGLONG, offsetof(ProducerBase, level_sum), 0, NULL},
+    {"level_count", T_LONGLONG, offsetof(ProducerBase, level_count), 0, NULL},
+    {"audio_level_id", T_LONGLONG, offsetof(ProducerBase, audio_level_id), 0, NULL},
+    {"waiting_for_keyframe", T_LONGLONG, offsetof(ProducerBase, waiting), 0, NULL},
+    {"epoch", T_LONGLONG, offsetof(ProducerBase, epoch), 0, NULL},
+    {"_clock_per_ms", T_LONGLONG, offsetof(ProducerBase, clock_per_ms), 0, NULL},
+    {"_keyframe_kind", T_LONGLONG, offsetof(ProducerBase, keyframe_kind), 0,
+     "how receive() finds a keyframe start: 1 VP8, else it leaves the packet to Python"},
+    {"_jitter", T_DOUBLE, offsetof(ProducerBase, jitter), 0, NULL},
+    {"_tokens", T_DOUBLE, offsetof(ProducerBase, tokens), 0, NULL},
+    {"_bytes_per_ms", T_DOUBLE, offsetof(ProducerBase, bytes_per_ms), 0, NULL},
+    {"_bucket_size", T_DOUBLE, offsetof(ProducerBase, bucket_size), 0, NULL},
+    {"_caching", T_BOOL, offsetof(ProducerBase, caching), 0, NULL},
+    {"_gop", T_OBJECT, offsetof(ProducerBase, gop), 0, NULL},
+    {"consumers", T_OBJECT_EX, offsetof(ProducerBase, consumers), 0, NULL},
+    {"_nacks", T_OBJECT_EX, offsetof(ProducerBase, nacks), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ProducerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._fastsend.ProducerBase",
+    .tp_basicsize = sizeof(ProducerBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "sfu.producer.Producer's per-packet state, in C for receive()",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)pb_dealloc,
+    .tp_traverse = (traverseproc)pb_traverse,
+    .tp_clear = (inquiry)pb_clear,
+    .tp_members = pb_members,
+};
+
+/* sfu.forwarder.find_extension's value's first byte: >= 0, -1 when absent, -2 when Python would
+ * read past the packet (and raise) */
+static int audio_level(const unsigned char *d, Py_ssize_t n, long long ext_id) {
+    if (!(d[0] & 0x10) || !ext_id) return -1;
+    Py_ssize_t start = 12 + (d[0] & 0x0F) * 4;
+    if (start + 4 > n) return -2;
+    if (((d[start] << 8) | d[start + 1]) != 0xBEDE) return -1;
+    Py_ssize_t pos = start + 4, end = pos + (((Py_ssize_t)d[start + 2] << 8) | d[start + 3]) * 4;
+    while (pos < end) {
+        if (pos >= n) return -2;
+        int head = d[pos];
+        if (head == 0) { pos++; continue; }
+        if (head >> 4 == ext_id) return pos + 1 < n ? d[pos + 1] : -2;
+        if (head >> 4 == 15) return -1;
+        pos += 1 + (head & 0x0F) + 1;
+    }
+    return -1;
+}
+
+/* sfu.forwarder.vp8_keyframe_start */
+static int vp8_keyframe_start(const unsigned char *p, Py_ssize_t n) {
+    if (n < 2 || !(p[0] & 0x10) || (p[0] & 0x07)) return 0;
+    Py_ssize_t pos = 1;
+    if (p[0] & 0x80) {
+        unsigned char ext = p[1];
+        pos = 2;
+        if (ext & 0x80) {
+            if (pos >= n) return 0;
+            pos += (p[pos] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40) pos++;
+        if (ext & 0x30) pos++;
+    }
+    return pos < n && !(p[pos] & 0x01);
+}
+
+static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyObject_TypeCheck(args[0], &ProducerBaseType) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms)");
+        return NULL;
+    }
+    ProducerBase *p = (ProducerBase *)args[0];
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    long long b0 = PyLong_AsLongLong(args[2]), b1 = PyLong_AsLongLong(args[3]),
+              seq = PyLong_AsLongLong(args[4]), ts = PyLong_AsLongLong(args[5]),
+              offset = PyLong_AsLongLong(args[6]), arrival_ms = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (g_max_payload < 0 || offset < 12 || offset > size || size - offset > g_max_payload ||
+        p->base_seq < 0 || ((seq - p->max_seq) & 0xFFFF) != 1 || p->consumers == NULL ||
+        !PyList_Check(p->consumers))
+        Py_RETURN_FALSE;
+    double tokens = 0;
+    if (p->bytes_per_ms) {
+        tokens = p->tokens + (double)(arrival_ms - p->bucket_ms) * p->bytes_per_ms;
+        if (p->bucket_size < tokens) tokens = p->bucket_size;
+        if (tokens < (double)size) Py_RETURN_FALSE;  /* policed: counted in Python */
+    }
+    if (p->nacks != NULL) {
+        PyObject *due = PyObject_GetAttr(p->nacks, s_due_ms);
+        if (due == NULL) return NULL;
+        long long due_ms = PyLong_AsLongLong(due);
+        Py_DECREF(due);
+        if (due_ms == -1 && PyErr_Occurred()) return NULL;
+        if (due_ms && arrival_ms >= due_ms) Py_RETURN_FALSE;
+    }
+    int level = -1;
+    if (p->audio_level_id) {
+        level = audio_level(d, size, p->audio_level_id);
+        if (level == -2) Py_RETURN_FALSE;
+    }
+    const unsigned char *payload = d + offset;
+    Py_ssize_t payload_len = size - offset;
+    if (p->caching) {
+        if (p->gop != Py_None || p->keyframe_kind != 1 || vp8_keyframe_start(payload, payload_len))
+            Py_RETURN_FALSE;
+    } else if (p->waiting > 0) {
+        Py_RETURN_FALSE;
+    }
+
+    /* Producer.receive from here on, all of it */
+    if (p->bytes_per_ms) {
+        p->bucket_ms = arrival_ms;
+        p->tokens = tokens - (double)size;
+    }
+    p->packets += 1;
+    p->bytes += size;
+    p->last_arrival_ms = arrival_ms;
+    if (seq < p->max_seq) p->cycles += 0x10000;
+    p->max_seq = seq;
+    long long transit = arrival_ms * p->clock_per_ms - ts;
+    long long delta = transit - p->transit;
+    p->transit = transit;
+    p->jitter += ((double)(delta > 0 ? delta : -delta) - p->jitter) / 16;
+    if (level >= 0) {
+        p->level_sum += level & 0x7F;
+        p->level_count += 1;
+    }
+    PyObject *fargs = Py_BuildValue(
+        "(y#LLLLiLOLL)", (const char *)payload, payload_len, b0 & 0x20, b1 & 0x80, seq, ts, level,
+        (arrival_ms * 262144 / 1000) & 0xFFFFFF, Py_False, p->epoch, arrival_ms);
+    if (fargs == NULL) return NULL;
+    PyObject *consumers = Py_NewRef(p->consumers);
+    int r = fan_out(consumers, fargs);
+    Py_DECREF(consumers);
+    Py_DECREF(fargs);
+    if (r < 0) return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *configure_receive(PyObject *self, PyObject *arg) {
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    g_max_payload = v;
+    Py_RETURN_NONE;
+}
+
+
+/* ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move of its
+ * NACK ring (and when each packet was last resent) to ``size`` slots, where two land on one slot
+ * the newer staying: it runs at most once a turn of the ring, but as a Python loop over every
+ * slot it cost as much as the turn's fan-outs of a subscriber whose rate moves. */
+static PyObject *ring_move(PyObject *self, PyObject *args) {
+    PyObject *cache, *resent_in;
+    Py_ssize_t size;
+    unsigned int out_seq;
+    if (!PyArg_ParseTuple(args, "O!O!nI", &PyList_Type, &cache, &PyList_Type, &resent_in, &size,
+                          &out_seq))
+        return NULL;
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "ring_move: size must be positive");
+        return NULL;
+    }
+    PyObject *moved = PyList_New(size), *resent = PyList_New(size);
+    unsigned int *ages = PyMem_Malloc((size_t)size * sizeof(unsigned int));
+    PyObject *zero = PyLong_FromLong(0);
+    if (moved == NULL || resent == NULL || ages == NULL || zero == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyList_SET_ITEM(moved, i, Py_NewRef(Py_None));
+        PyList_SET_ITEM(resent, i, Py_NewRef(zero));
+        ages[i] = 0x10000;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(cache);
+    if (PyList_GET_SIZE(resent_in) < n) n = PyList_GET_SIZE(resent_in);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *packet = PyList_GET_ITEM(cache, i);
+        if (packet == Py_None) continue;
+        const unsigned char *data;
+        Py_ssize_t len;
+        if (PyBytes_Check(packet)) {
+            data = (const unsigned char *)PyBytes_AS_STRING(packet);
+            len = PyBytes_GET_SIZE(packet);
+        } else if (PyByteArray_Check(packet)) {
+            data = (const unsigned char *)PyByteArray_AS_STRING(packet);
+            len = PyByteArray_GET_SIZE(packet);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "ring_move: a packet is bytes or bytearray");
+            goto fail;
+        }
+        if (len < 4) {
+            PyErr_SetString(PyExc_ValueError, "ring_move: a packet shorter than an RTP header");
+            goto fail;
+        }
+        unsigned int seq = ((unsigned int)data[2] << 8) | data[3];
+        Py_ssize_t slot = (Py_ssize_t)(seq % (size_t)size);
+        unsigned int age = (out_seq - seq) & 0xFFFF;
+        if (age >= ages[slot]) continue;
+        ages[slot] = age;
+        PyObject *last = PyList_GET_ITEM(resent_in, i);
+        unsigned long long value = PyLong_AsUnsignedLongLongMask(last);
+        if (value == (unsigned long long)-1 && PyErr_Occurred()) goto fail;
+        Py_SETREF(PyList_GET_ITEM(moved, slot), Py_NewRef(packet));
+        Py_SETREF(PyList_GET_ITEM(resent, slot),
+                  Py_NewRef((value & 0xFFFF) == seq ? last : zero));
+    }
+    PyMem_Free(ages);
+    Py_DECREF(zero);
+    return Py_BuildValue("(NN)", moved, resent);
+fail:
+    PyMem_Free(ages);
+    Py_XDECREF(zero);
+    Py_XDECREF(moved);
+    Py_XDECREF(resent);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(protect_fn, max_trailer, connected_state, error) for fanout()"},
+    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
+     "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms) -> True when it took the "
+     "packet (Producer.receive's plain case), False when Producer.receive must"},
+    {"configure_receive", configure_receive, METH_O,
+     "configure_receive(max_forwarded_payload) for receive()"},
+    {"ring_move", ring_move, METH_VARARGS,
+     "ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move"},
     {"fanout", fanout, METH_VARARGS,
      "fanout(consumers, (payload, padding, marker, seq, ts, level, abs24, keyframe, epoch, "
      "arrival_ms)): Consumer.forward for each consumer, in C where it is the plain case"},
@@ -449,29 +915,26 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastsend", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__fastsend(void) {
-    if ((s_fast_sender = PyUnicode_InternFromString("fast_sender")) == NULL) return NULL;
-    if ((s_paused = PyUnicode_InternFromString("paused")) == NULL) return NULL;
-    if ((s_waiting = PyUnicode_InternFromString("_waiting")) == NULL) return NULL;
-    if ((s_epoch_ = PyUnicode_InternFromString("_epoch")) == NULL) return NULL;
-    if ((s_seq_offset = PyUnicode_InternFromString("_seq_offset")) == NULL) return NULL;
-    if ((s_ts_offset = PyUnicode_InternFromString("_ts_offset")) == NULL) return NULL;
-    if ((s_fast_header = PyUnicode_InternFromString("_fast_header")) == NULL) return NULL;
-    if ((s_last_seq = PyUnicode_InternFromString("_last_seq")) == NULL) return NULL;
-    if ((s_last_ts = PyUnicode_InternFromString("_last_ts")) == NULL) return NULL;
-    if ((s_last_ms = PyUnicode_InternFromString("_last_ms")) == NULL) return NULL;
-    if ((s_size = PyUnicode_InternFromString("_size")) == NULL) return NULL;
-    if ((s_cache = PyUnicode_InternFromString("_cache")) == NULL) return NULL;
-    if ((s_packets = PyUnicode_InternFromString("packets")) == NULL) return NULL;
-    if ((s_bytes = PyUnicode_InternFromString("bytes")) == NULL) return NULL;
+    if ((s_state = PyUnicode_InternFromString("_state")) == NULL) return NULL;
+    if ((s_tx_srtp = PyUnicode_InternFromString("_tx_srtp")) == NULL) return NULL;
+    if ((s_writable = PyUnicode_InternFromString("writable")) == NULL) return NULL;
+    if ((s_schedule_flush = PyUnicode_InternFromString("schedule_flush")) == NULL) return NULL;
     if ((s_forward = PyUnicode_InternFromString("forward")) == NULL) return NULL;
     if ((s_failed = PyUnicode_InternFromString("failed")) == NULL) return NULL;
-    if ((s_dtls = PyUnicode_InternFromString("_dtls")) == NULL) return NULL;
-    if ((s_state = PyUnicode_InternFromString("_state")) == NULL) return NULL;
-    if ((s_nominated = PyUnicode_InternFromString("_nominated")) == NULL) return NULL;
     if ((s_fast = PyUnicode_InternFromString("_fast")) == NULL) return NULL;
-    if ((s_writable = PyUnicode_InternFromString("writable")) == NULL) return NULL;
-    if ((s_tx_srtp = PyUnicode_InternFromString("_tx_srtp")) == NULL) return NULL;
-    if ((s_schedule_flush = PyUnicode_InternFromString("schedule_flush")) == NULL) return NULL;
+    if ((s_due_ms = PyUnicode_InternFromString("due_ms")) == NULL) return NULL;
     if ((s_one = PyLong_FromLong(1)) == NULL) return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&AddressType) < 0 || PyType_Ready(&RouteType) < 0 ||
+        PyType_Ready(&ConsumerBaseType) < 0 || PyType_Ready(&ProducerBaseType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Address", (PyObject *)&AddressType) < 0 ||
+        PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
+        PyModule_AddObjectRef(m, "ConsumerBase", (PyObject *)&ConsumerBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "ProducerBase", (PyObject *)&ProducerBaseType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -401,9 +401,10 @@ class RawSender:
         self._addr: Any = None
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
-        # for the C fan-out (sfu/fastsend.py), on a shared socket with the helper built: (pair,
-        # session, its libsrtp context, address, the batch's two lists, the socket); else None
-        self._fast: tuple[Any, ...] | None = None
+        # for the C fan-out (sfu/fastsend.py), with the helper built: set to (pair, session, its
+        # libsrtp context, address, the batch's two lists, the socket) on a shared socket, else
+        # cleared; one object for the sender's life, so consumers hold it (Consumer.fast_sender)
+        self._fast: Any = fastsend.Route(dtls, self._nominated) if fastsend.Route is not None else None
         self._protect: Callable[[bytes], bytes] = _no_protect
         # on a worker's shared socket: its batch, and how packets join it
         self._mux: MuxSocket | None = None
@@ -431,13 +432,14 @@ class RawSender:
         return True
 
     def _fast_route(self) -> None:
-        srtp = self._srtp
-        if self._mux is None or srtp is None or fastsend.native_fanout is None:
-            self._fast = None
+        fast, srtp = self._fast, self._srtp
+        if fast is None:
+            return
+        if self._mux is None or srtp is None:
+            fast.clear()
             return
         context = int(pylibsrtp.ffi.cast("uintptr_t", srtp._srtp[0]))
-        self._fast = (self._pair, srtp, context, self._addr, self._datagrams, self._addresses,
-                      self._mux)
+        fast.set(self._pair, srtp, context, self._addr, self._datagrams, self._addresses, self._mux)
 
     def send_rtp(self, data: bytes) -> bool:
         """True when sent; False when dropped (not connected, or the socket is full or gone)."""

@@ -12,8 +12,9 @@ import logging
 import random
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sfu import rtcp
+from sfu import fastsend, rtcp
 from sfu.congestion import DEFAULT, VideoGate
 from sfu.forwarder import ExtensionLayout, current_ms, current_ntp, payload_offset
 from sfu.options import CongestionOptions
@@ -39,6 +40,8 @@ RTX_BURST = 128
 # libwebrtc ignores a keyframe request within 300 ms of the last one; so do we, per subscriber.
 MIN_PLI_SPACING_MS = 300
 _SEQ = struct.Struct("!H")
+# _resize's move in C when sfu/_fastsend.c is built (None: the Python loop, the reference)
+_ring_move = fastsend.native_ring_move
 
 
 def _ring_size(packets: float) -> int:
@@ -46,7 +49,17 @@ def _ring_size(packets: float) -> int:
     return max(MIN_CACHE, min(MAX_CACHE, -int(-packets // RING_STEP) * RING_STEP))
 
 
-class Consumer:
+# With sfu/_fastsend.c built, the attributes the fan-out reads and writes per packet (paused,
+# _waiting, _epoch, the offsets, _last_seq/_ts/_ms, packets, bytes, _size, _cache, fast_sender,
+# _fast_header) are C members of this base class: every assignment here is what the C fan-out
+# reads next, and what it counts is what these read, with no per-packet Python int or dict.
+if TYPE_CHECKING or fastsend.ConsumerBase is None:
+    _Base = object
+else:
+    _Base = fastsend.ConsumerBase
+
+
+class Consumer(_Base):
     def __init__(
         self,
         consumer_id: str,
@@ -72,7 +85,8 @@ class Consumer:
         # the sfu.aiortc_hooks.RawSender behind send_rtp, for the C fan-out (sfu/fastsend.py),
         # which does what forward() and the sender do here, reading and writing these attributes
         self.fast_sender: object | None = None
-        self._cache: list[bytes | None] = [None] * MIN_CACHE
+        # the NACK ring: the C fan-out rewrites its own bytearrays in place
+        self._cache: list[bytes | bytearray | None] = [None] * MIN_CACHE
         self._size = MIN_CACHE
         # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
         self._turn_ts = -1
@@ -276,7 +290,11 @@ class Consumer:
     def _resize(self, size: int, out_seq: int) -> None:
         """Move the cached packets (and when each was last resent) to a ring of ``size`` slots;
         where two land on one slot, the newer stays."""
-        cache: list[bytes | None] = [None] * size
+        if _ring_move is not None:
+            self._cache, self._rtx_ms = _ring_move(self._cache, self._rtx_ms, size, out_seq)
+            self._size = size
+            return
+        cache: list[bytes | bytearray | None] = [None] * size
         resent = [0] * size
         ages = [0x10000] * size
         for packet, last in zip(self._cache, self._rtx_ms):
@@ -340,10 +358,11 @@ class Consumer:
                 continue
             tokens -= 1
             resent[slot] = (now_ms << 16) | seq
+            data = bytes(packet)  # the C fan-out rewrites its ring's bytearrays in place
             if self.rtx_payload_type is not None:
-                packet = self._wrap_rtx(packet)
+                data = self._wrap_rtx(data)
             try:
-                if self._send_rtp(packet):
+                if self._send_rtp(data):
                     self.retransmitted += 1
             except Exception as exc:
                 self.failed(exc)

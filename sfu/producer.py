@@ -13,15 +13,19 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sfu import congestion, fastsend, rtcp
 from sfu.forwarder import KEYFRAME_DETECTORS, MAX_FORWARDED_PAYLOAD, current_ms, find_extension
 from sfu.nack import UpstreamNacks
 from sfu.options import CongestionOptions
 
-# Producer.receive's fan-out in C when sfu/_fastsend.c is built (None: the Python loop)
+# Producer.receive's fan-out in C when sfu/_fastsend.c is built (None: the Python loop), and its
+# plain case (None: all of it in Python, the reference)
 _fanout = fastsend.native_fanout
+_receive = fastsend.native_receive
+if fastsend.configure_receive is not None:
+    fastsend.configure_receive(MAX_FORWARDED_PAYLOAD)
 MAX_ASKED = 256  # sequence numbers subscribers asked for that we had to ask the publisher for
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
 # libwebrtc drops a keyframe request that comes within 300 ms of the previous one
@@ -97,7 +101,16 @@ class Codec:
         return self.mime_type.split("/")[1].lower()
 
 
-class Producer(Generic[Listener]):
+# With sfu/_fastsend.c built, the attributes receive() reads and writes per packet are C members
+# of this base class (as Consumer's are: sfu/consumer.py), so that its plain case runs in C.
+if TYPE_CHECKING or fastsend.ProducerBase is None:
+    class _Base:  # (not object: ``object, Generic`` has no MRO)
+        """Without the helper: plain attributes."""
+else:
+    _Base = fastsend.ProducerBase
+
+
+class Producer(_Base, Generic[Listener]):
     def __init__(
         self,
         producer_id: str,
@@ -129,6 +142,7 @@ class Producer(Generic[Listener]):
         self.rtcp_ssrc = random.getrandbits(32)
 
         self._is_keyframe_start = KEYFRAME_DETECTORS[codec.name]
+        self._keyframe_kind = 1 if codec.name == "vp8" else 0  # the detectors the C receive has
         self._clock_per_ms = codec.clock_rate // 1000
         self.waiting_for_keyframe = 0  # consumers that start on the next keyframe
         # the run of video packets from the newest keyframe on, as forward() takes them:
@@ -255,6 +269,8 @@ class Producer(Generic[Listener]):
     def receive(self, data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int,
                 arrival_ms: int) -> None:
         """One media packet from the publisher, header already split by the transport."""
+        if _receive is not None and _receive(self, data, b0, b1, seq, ts, offset, arrival_ms):
+            return
         size = len(data)
         if size - offset > MAX_FORWARDED_PAYLOAD:
             self.packets_oversized += 1  # no subscriber could be sent it

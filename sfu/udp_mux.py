@@ -72,7 +72,7 @@ class MuxSocket(asyncio.DatagramProtocol):
         self.dropped = 0
         # the turn's datagrams and their addresses, in two lists: no pair object per datagram
         self._datagrams: list[bytes] = []
-        self._addresses: list[tuple[str, int]] = []
+        self._addresses: fastsend.Addresses = []
         self._sock: socket.socket | None = None
         # ``flush`` at the end of this event-loop turn: loop.call_soon bound in C (no Python
         # frame per batch); a no-op until the socket is made
@@ -173,7 +173,7 @@ class MuxSocket(asyncio.DatagramProtocol):
             del self.by_addr[addr]
             self._authenticated.discard(addr)
 
-    def batch(self) -> tuple[list[bytes], list[tuple[str, int]]]:
+    def batch(self) -> tuple[fastsend.Datagrams, fastsend.Addresses]:
         """The batch's two lists, for a sender that appends to them itself (RawSender, through
         fastsend.protect_queue); it calls ``schedule_flush`` when it made them non-empty."""
         return self._datagrams, self._addresses

@@ -16,7 +16,7 @@ from aiortc.rtcdtlstransport import State
 from sfu import consumer as consumer_module
 from sfu import fastsend
 from sfu import producer as producer_module
-from sfu.aiortc_hooks import RawSender
+from sfu.aiortc_hooks import MuxedProtocol, RawSender
 from sfu.consumer import Consumer
 from sfu.forwarder import ExtensionLayout
 from sfu.producer import Codec, Producer
@@ -37,9 +37,22 @@ class FakeMux:
     def __init__(self) -> None:
         self.writable = True
         self.flushes = 0
+        self.datagrams: list[bytes] = []
+        self.addresses: list[Any] = []
 
     def schedule_flush(self) -> None:
         self.flushes += 1
+
+    def batch(self) -> tuple[list[bytes], list[Any]]:
+        return self.datagrams, self.addresses
+
+
+def _muxed_pair(mux: FakeMux, port: int) -> SimpleNamespace:
+    """A nominated pair on the shared socket ``mux``, as aioice would nominate one."""
+    protocol = MuxedProtocol.__new__(MuxedProtocol)
+    protocol.socket = mux  # type: ignore[assignment]
+    protocol.transport = SimpleNamespace(sendto=None)  # type: ignore[assignment]
+    return SimpleNamespace(protocol=protocol, remote_addr=("127.0.0.1", port))
 
 
 def _session(key: int) -> pylibsrtp.Session:
@@ -49,18 +62,13 @@ def _session(key: int) -> pylibsrtp.Session:
 
 
 def _sender(key: int, port: int) -> tuple[RawSender, FakeMux, list[bytes], list[Any]]:
-    """A RawSender routed to a shared socket's batch, as RawSender._route leaves it."""
-    pair = SimpleNamespace(protocol=None, remote_addr=("127.0.0.1", port))
+    """A RawSender routed to a shared socket's batch (by its first packet)."""
+    mux = FakeMux()
     dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=_session(key),
                            transport=SimpleNamespace(_connection=SimpleNamespace(
-                               _nominated={1: pair})))
+                               _nominated={1: _muxed_pair(mux, port)})))
     raw = RawSender(dtls)  # type: ignore[arg-type]
-    mux = FakeMux()
-    datagrams: list[bytes] = []
-    addresses: list[Any] = []
-    raw._pair, raw._mux, raw._gate, raw._addr = pair, mux, mux, pair.remote_addr  # type: ignore[assignment]
-    raw._datagrams, raw._addresses = datagrams, addresses
-    return raw, mux, datagrams, addresses
+    return raw, mux, mux.datagrams, mux.addresses
 
 
 def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
@@ -89,7 +97,8 @@ def _world(native: bool) -> dict[str, Any]:
     scheduler = FakeScheduler()
     video: Producer[Consumer] = Producer("v", "alice", "video", VP8, max_bitrate=0,
                                          keyframe_interval=1.0, scheduler=scheduler)
-    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+    # (the audio publisher sends more than it may: some of its packets are policed away)
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=40_000,
                                          keyframe_interval=1.0, scheduler=scheduler)
     video.attach_source(1234, None, 0, lambda d: True)
     audio.attach_source(1234, None, 2, lambda d: True)
@@ -98,7 +107,8 @@ def _world(native: bool) -> dict[str, Any]:
     plain: dict[str, list[bytes]] = {}
 
     def add(name: str, producer: Producer[Consumer], layout: ExtensionLayout, *,
-            fast: bool = True, resume: bool = True, broken: bool = False) -> Consumer:
+            fast: bool = True, resume: bool = True, broken: bool = False,
+            closes: str = "") -> Consumer:
         index = len(consumers)
         if fast:
             senders[name] = _sender(index + 1, 40000 + index)
@@ -113,6 +123,8 @@ def _world(native: bool) -> dict[str, Any]:
                 if broken:
                     raise RuntimeError("broken")
                 sent.append(data)
+                if closes and len(sent) == 400:  # in the middle of one packet's fan-out
+                    consumers[closes].close()
                 return True
 
             consumer = Consumer(name, producer, name, ssrc=0x1000 + index, rtx_ssrc=0x2000 + index,
@@ -130,6 +142,8 @@ def _world(native: bool) -> dict[str, Any]:
     add("plain", video, ExtensionLayout(mid_id=4, mid="1"), fast=False)
     add("broken", video, ExtensionLayout(), fast=False, broken=True)
     add("paused", video, ExtensionLayout(abs_send_time_id=2), resume=False)
+    add("closer", video, ExtensionLayout(), fast=False, closes="victim")
+    add("victim", video, ExtensionLayout(mid_id=2, mid="v"))
     gated = add("gated", video, ExtensionLayout(abs_send_time_id=2))
     refused = add("refused", video, ExtensionLayout(mid_id=1, mid="9"))
     add("level_mid", audio, ExtensionLayout(mid_id=4, mid="2", audio_level_id=1))
@@ -151,8 +165,20 @@ def _world(native: bool) -> dict[str, Any]:
         forwards += 1
         original(self, *args)
 
-    saved = producer_module._fanout, producer_module.current_ms, consumer_module.current_ms
+    received = 0  # packets the C receive took whole
+    trace: list[tuple[tuple[int, int, int, float, float, int], ...]] = []
+
+    def receive(*args: Any) -> bool:
+        nonlocal received
+        taken: bool = fastsend.native_receive(*args)
+        received += taken
+        return taken
+
+    saved = (producer_module._fanout, producer_module._receive, consumer_module._ring_move,
+             producer_module.current_ms, consumer_module.current_ms)
     producer_module._fanout = fastsend.native_fanout if native else None
+    producer_module._receive = receive if native else None
+    consumer_module._ring_move = fastsend.native_ring_move if native else None
     # the wall clock (a replay's arrival time, when a NACK was answered) the same in both runs
     producer_module.current_ms = consumer_module.current_ms = lambda: 3_900_000_001_000
     Consumer.forward = counting  # type: ignore[method-assign,assignment]
@@ -171,11 +197,21 @@ def _world(native: bool) -> dict[str, Any]:
                 gated.pause()
             if n == 230:
                 gated.resume()
+            if n == 250:  # packets of the ring someone holds: the C fan-out must not rewrite them
+                held = [(p, bytes(p)) for p in consumers["abs_mid"]._cache if p is not None]
+            if n == 350:  # aioice nominates another pair (an ICE restart): a new address
+                raw, mux = senders["mid"][:2]
+                raw._nominated[1] = _muxed_pair(mux, 41000)
             if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
                 senders["bare"][0]._dtls._tx_srtp = _session(99)
+            if n % 100 == 50:  # NACKs mid-stream: the resent slots move with the rings' resizes
+                for consumer in consumers.values():
+                    consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in (1, 2, 5)])
             arrival += 3 + n % 5
             frame = n // 6
-            keyframe = n % 90 == 0 or n in (301, 455)
+            # (few keyframes: the GOP run a video producer caches after one ages out after 1 s,
+            # and only then is a video packet the C receive's plain case)
+            keyframe = n in (0, 301, 455)
             payload = (KEY if keyframe else DELTA) + bytes([n & 0xFF]) * (n % 200)
             vts = ts + frame * 3000
             if n % 17 == 5:
@@ -186,12 +222,16 @@ def _world(native: bool) -> dict[str, Any]:
             audio.receive(*_split(_packet(seq, ts + n * 960, bytes([n & 0xFF]) * 60, pt=111,
                                           level=None if n % 11 == 0 else n % 100)), arrival)
             seq += 1
+            # the producers' state as it moves (a reconnect resets some of it)
+            trace.append(tuple((p._cycles, p._max_seq, p.packets, p._jitter, p._tokens,
+                                len(p._gop) if p._gop is not None else -1) for p in (video, audio)))
         for consumer in consumers.values():  # NACKs are answered from the ring the fan-out filled
             consumer.rtt = 0.001
             consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in range(0, 300, 7)])
     finally:
         Consumer.forward = original  # type: ignore[method-assign]
-        producer_module._fanout, producer_module.current_ms, consumer_module.current_ms = saved
+        (producer_module._fanout, producer_module._receive, consumer_module._ring_move,
+         producer_module.current_ms, consumer_module.current_ms) = saved
 
     state = {
         name: {key: getattr(c, key) for key in (
@@ -202,9 +242,21 @@ def _world(native: bool) -> dict[str, Any]:
     }
     return {
         "state": state,
-        "batches": {name: (list(d), list(a), mux.flushes) for name, (_, mux, d, a) in senders.items()},
+        # (the C fan-out queues the address resolved once, a fastsend Address, that sendmmsg takes)
+        "batches": {name: (list(d), [getattr(x, "address", x) for x in a], mux.flushes)
+                    for name, (_, mux, d, a) in senders.items()},
         "plain": plain,
         "forwards": forwards,
+        "received": received,
+        "trace": trace,
+        "producers": {p.kind: {key: getattr(p, key) for key in (
+            "packets", "bytes", "last_arrival_ms", "_base_seq", "_max_seq", "_cycles",
+            "_transit", "_jitter", "_tokens", "_bucket_ms", "level_sum", "level_count",
+            "packets_policed", "packets_oversized", "waiting_for_keyframe", "_gop", "_gop_seq")}
+            | {"nacks": dict(p._nacks.pending),
+               "asked": {seq: (ms, [c.id for c in cs]) for seq, (ms, cs) in p._asked.items()}}
+            for p in (video, audio)},
+        "held": all(p == copy for p, copy in held),
     }
 
 
@@ -214,6 +266,8 @@ def test_the_c_fan_out_sends_and_keeps_what_the_python_one_does() -> None:
     native = _world(native=True)
     assert native["batches"] == python["batches"]
     assert native["plain"] == python["plain"]
+    assert native["producers"] == python["producers"]
+    assert native["trace"] == python["trace"]
     for name, state in python["state"].items():
         assert native["state"][name] == state, name
     # the stream exercised what it should: rings resized, packets sent, dropped and refused
@@ -222,9 +276,18 @@ def test_the_c_fan_out_sends_and_keeps_what_the_python_one_does() -> None:
     assert state["gated"]["packets_dropped"] > 0
     assert state["refused"]["send_errors"] > 0 and state["broken"]["send_errors"] > 0
     assert state["paused"]["packets"] == 0
-    assert all(s["retransmitted"] for n, s in state.items() if n not in ("paused", "broken"))
-    # ... and the C path took most of it: Consumer.forward ran for what is not the plain case
+    assert 0 < state["victim"]["packets"] < state["bare"]["packets"] and state["victim"]["_cache"] == []
+    assert ("127.0.0.1", 41000) in python["batches"]["mid"][1]
+    assert native["held"] and python["held"]
+    assert all(s["retransmitted"] for n, s in state.items() if n not in ("paused", "broken", "victim"))
+    producers = python["producers"]
+    assert producers["audio"]["packets_policed"] > 0 and producers["audio"]["level_count"] > 0
+    assert producers["video"]["nacks"] or producers["video"]["asked"] or \
+        producers["video"]["packets"] > 700
+    # ... and the C path took most of it: Consumer.forward ran for what is not the plain case,
+    # Producer.receive's Python for what is not the plain case of receive
     assert native["forwards"] < python["forwards"] // 3
+    assert python["received"] == 0 and native["received"] > 250
 
 
 def test_protected_datagrams_decrypt_to_the_rewritten_packets() -> None:
@@ -240,7 +303,7 @@ def test_protected_datagrams_decrypt_to_the_rewritten_packets() -> None:
             pass  # a retransmission of a packet already received: a replay to libsrtp
     state = native["state"]["abs_mid"]
     assert len(plaintexts) == state["packets"] + state["retransmitted"]  # RTX: its own SSRC
-    cache = [p for p in state["_cache"] if p is not None]
+    cache = [bytes(p) for p in state["_cache"] if p is not None]
     # every packet the ring can answer a NACK with went out (a late duplicate of an old one
     # takes its slot, with that slot's sequence number, but libsrtp refuses it as a replay)
     sent = {p[2:4] for p in plaintexts}
