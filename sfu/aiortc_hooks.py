@@ -333,6 +333,8 @@ def fast_protect(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
 
 # libsrtp's srtp_protect, as an address sfu/_fastsend.c can call
 _SRTP_PROTECT = int(pylibsrtp.ffi.cast("uintptr_t", pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_protect")))
+_SRTP_PROTECT_RTCP = int(pylibsrtp.ffi.cast("uintptr_t",
+                                          pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_protect_rtcp")))
 _SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
                                          pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect")))
 ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
@@ -346,22 +348,26 @@ if fastsend.configure_fanout is not None:
                               pylibsrtp.Error)
 
 
-def batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
-    """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` with ``session``
-    and append it and ``address`` to a shared socket's batch (sfu.udp_mux); returns the batch's
-    length, or minus libsrtp's status when it refused the packet. In C when sfu/_fastsend.c is
-    built (libsrtp called on pylibsrtp's own context: one copy, no Python frame), else with
-    ``fast_protect``: the same bytes either way."""
+def batch_protector(session: pylibsrtp.Session, rtcp: bool = False) -> ProtectQueue:
+    """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` (SRTCP-protect
+    with ``rtcp``) with ``session`` and append it and ``address`` to a shared socket's batch
+    (sfu.udp_mux); returns the batch's length, or minus libsrtp's status when it refused the
+    packet. In C when sfu/_fastsend.c is built (libsrtp called on pylibsrtp's own context: one
+    copy, no Python frame), else with ``fast_protect``/``protect_rtcp``: the same bytes either
+    way."""
     if fastsend.native_protect_queue is not None:
         context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
         # the partial holds the session, so its libsrtp context lives as long as the protector
+        if rtcp:  # srtp_protect_rtcp has srtp_protect's signature, and a longer trailer
+            return functools.partial(fastsend.native_protect_queue, _SRTP_PROTECT_RTCP, context,
+                                     session, pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN)
         return functools.partial(fastsend.native_protect_queue, _SRTP_PROTECT, context, session,
                                  pylibsrtp.SRTP_MAX_TRAILER_LEN)
-    return python_batch_protector(session)
+    return python_batch_protector(session, rtcp)
 
 
-def python_batch_protector(session: pylibsrtp.Session) -> ProtectQueue:
-    protect = fast_protect(session)
+def python_batch_protector(session: pylibsrtp.Session, rtcp: bool = False) -> ProtectQueue:
+    protect = session.protect_rtcp if rtcp else fast_protect(session)
 
     def queue(packet: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
         try:
@@ -379,10 +385,12 @@ class RawSender:
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
     the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
     and address are cached until aioice nominates another pair. On a worker's shared socket
-    (sfu.udp_mux) RTP joins the socket's batch, sent once per event-loop turn."""
+    (sfu.udp_mux) RTP and RTCP join the socket's batch, sent once per event-loop turn: the
+    router's reports of all its rooms leave by one sendmmsg, not a sendto each."""
 
     __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_fast", "_gate", "_mux",
-                 "_nominated", "_pair", "_protect", "_queue", "_send_now", "_sendto", "_srtp")
+                 "_nominated", "_pair", "_protect", "_queue", "_rtcp_queue", "_send_now",
+                 "_sendto", "_srtp")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
@@ -400,6 +408,7 @@ class RawSender:
         # on a worker's shared socket: its batch, and how packets join it
         self._mux: MuxSocket | None = None
         self._queue: ProtectQueue = _no_queue
+        self._rtcp_queue: ProtectQueue = _no_queue
         self._datagrams: list[bytes] = []
         self._addresses: list[Any] = []
 
@@ -440,10 +449,7 @@ class RawSender:
         if not self._gate.writable:
             return False
         if dtls._tx_srtp is not self._srtp:
-            self._srtp = dtls._tx_srtp
-            self._protect = fast_protect(self._srtp)
-            self._queue = batch_protector(self._srtp)
-            self._fast_route()
+            self._rekey(dtls._tx_srtp)
         if self._mux is not None:
             queued = self._queue(data, self._addr, self._datagrams, self._addresses)
             if queued == 1:
@@ -462,8 +468,24 @@ class RawSender:
             return False
         if not self._gate.writable:
             return False
-        self._send_now(dtls._tx_srtp.protect_rtcp(data), self._addr)
+        if dtls._tx_srtp is not self._srtp:
+            self._rekey(dtls._tx_srtp)
+        if self._mux is not None:
+            queued = self._rtcp_queue(data, self._addr, self._datagrams, self._addresses)
+            if queued == 1:
+                self._mux.schedule_flush()
+            elif queued < 0:
+                raise pylibsrtp.Error(f"srtp_protect_rtcp failed ({-queued})")
+            return True
+        self._send_now(self._srtp.protect_rtcp(data), self._addr)  # type: ignore[union-attr]
         return True
+
+    def _rekey(self, srtp: pylibsrtp.Session) -> None:
+        self._srtp = srtp
+        self._protect = fast_protect(srtp)
+        self._queue = batch_protector(srtp)
+        self._rtcp_queue = batch_protector(srtp, rtcp=True)
+        self._fast_route()
 
 
 class _Open:

@@ -13,11 +13,9 @@ import random
 import struct
 from collections.abc import Callable
 
-from aiortc import clock
-
 from sfu import rtcp
 from sfu.congestion import DEFAULT, VideoGate
-from sfu.forwarder import ExtensionLayout, current_ms, payload_offset
+from sfu.forwarder import ExtensionLayout, current_ms, current_ntp, payload_offset
 from sfu.options import CongestionOptions
 from sfu.producer import Producer
 
@@ -381,7 +379,7 @@ class Consumer:
         self.jitter = jitter
         sent = self._sr_sent.get(lsr)
         if sent is not None and dlsr:
-            self.rtt = max(0.0, clock.current_ntp_time() / 2**32 - sent - dlsr / 65536)
+            self.rtt = max(0.0, current_ntp() / 2**32 - sent - dlsr / 65536)
 
     def send_sender_report(self) -> None:
         """An SR for our outgoing stream (once it sent something), on ``report_clock``."""
@@ -400,7 +398,7 @@ class Consumer:
         """(NTP time now, our stream's RTP timestamp now): through the publisher's own NTP↔RTP
         mapping when it sent one (so audio and video of one publisher stay in sync at the
         subscriber), else extrapolated from the last packet."""
-        ntp = clock.current_ntp_time()
+        ntp = current_ntp()
         now = ntp / 2**32
         producer = self.producer
         if producer.sr_ntp and self._epoch == producer.epoch:

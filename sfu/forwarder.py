@@ -37,6 +37,13 @@ def current_ms() -> int:
     return int(time.time() * 1000) + NTP_UNIX_OFFSET_MS
 
 
+def current_ntp() -> int:
+    """aiortc.clock.current_ntp_time() (64-bit NTP: seconds since 1900, 32 bits of fraction)
+    without building datetime objects: sender reports and RTT take it for every stream."""
+    seconds, fraction = divmod(time.time(), 1.0)
+    return (int(seconds) + NTP_UNIX_OFFSET_MS // 1000) << 32 | int(fraction * 4294967296)
+
+
 def payload_offset(data: bytes) -> int:
     """Offset of the payload in an RTP packet, or -1 when the header is truncated."""
     n = len(data)

@@ -1,9 +1,9 @@
 """A router: one room (one session) — its participants, their transports and tracks.
 
 Closing the router closes every transport, closing a transport closes its producers and
-consumers, closing a producer closes its consumers (mediasoup's cascade). A periodic task does
-the per-room bookkeeping that must not sit on the packet path: RTCP reports and REMB, bitrates,
-media state (debounced) and the active speaker.
+consumers, closing a producer closes its consumers (mediasoup's cascade). A timer, one per event
+loop for all its rooms, does the per-room bookkeeping that must not sit on the packet path: RTCP
+reports and REMB, bitrates, media state (debounced) and the active speaker.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ class Router:
         # bytes of each producer and consumer at its last report (gone with it)
         self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self.recorder: Recorder | None = None  # while the room is recorded
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._ticks = 0
+        self._ticker = _ticker(asyncio.get_running_loop())
+        self._ticker.add(self)
 
     @staticmethod
     def now_ms() -> int:
@@ -295,19 +297,16 @@ class Router:
             self._speaker = loudest
             self._emit(ActiveSpeaker(self.id, loudest, int(level)))
 
-    async def _run(self) -> None:
-        count = 0
-        while True:
-            await asyncio.sleep(TICK)
-            count += 1
-            try:
-                now_ms = self.now_ms()
-                for participant in list(self.participants.values()):
-                    self._update_media_state(participant, now_ms)
-                self._update_speaker()
-                self._report(count % RTCP_EVERY)
-            except Exception:  # bookkeeping must never die with the room still open
-                logger.exception("room %s: bookkeeping failed", self.id)
+    def _tick(self) -> None:
+        self._ticks += 1
+        try:
+            now_ms = self.now_ms()
+            for participant in list(self.participants.values()):
+                self._update_media_state(participant, now_ms)
+            self._update_speaker()
+            self._report(self._ticks % RTCP_EVERY)
+        except Exception:  # bookkeeping must never die with the room still open
+            logger.exception("room %s: bookkeeping failed", self.id)
 
     def _report(self, slot: int) -> None:
         """RTCP and bitrates, once every RTCP_EVERY ticks for each stream, but for one slice of
@@ -392,7 +391,7 @@ class Router:
         if self.closed:
             return
         self.closed = True
-        self._task.cancel()
+        self._ticker.discard(self)
         if self.recorder is not None:
             self.recorder.stop(reason)
         for task in list(self._offer_tasks.values()):
@@ -408,3 +407,41 @@ class Router:
 
 def _now() -> float:
     return time.time()
+
+
+class _Ticker:
+    """One timer per event loop for the bookkeeping of all its routers, instead of a task
+    waking per room: a worker with many rooms wakes once a tick, and their reports leave in the
+    same turn's batch (sfu.udp_mux)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._routers: dict[Router, None] = {}  # in the order they opened
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, router: Router) -> None:
+        self._routers[router] = None
+        if self._timer is None:
+            self._timer = self._loop.call_later(TICK, self._tick)
+
+    def discard(self, router: Router) -> None:
+        self._routers.pop(router, None)
+        if not self._routers and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = self._loop.call_later(TICK, self._tick)
+        for router in list(self._routers):
+            router._tick()
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = \
+    weakref.WeakKeyDictionary()
+
+
+def _ticker(loop: asyncio.AbstractEventLoop) -> _Ticker:
+    ticker = _tickers.get(loop)
+    if ticker is None:
+        ticker = _tickers[loop] = _Ticker(loop)
+    return ticker

@@ -4,8 +4,8 @@ socket per address (mediasoup's WebRtcServer, LiveKit's single-port mode).
 A firewall then opens one port per worker, and a producer's fan-out leaves through one socket:
 RTP joins the socket's batch (``MuxSocket.batch``, filled by aiortc_hooks.RawSender, SRTP-protected
 by fastsend.protect_queue) and the datagrams one event-loop turn produces go out together, by one
-``sendmmsg`` when the C helper (sfu/_fastsend.c) is built. STUN, DTLS and RTCP go at once, through
-asyncio's transport.
+``sendmmsg`` when the C helper (sfu/_fastsend.c) is built; so does the SFU's own RTCP. STUN and
+DTLS go at once, through asyncio's transport.
 
 Incoming datagrams are demultiplexed as RFC 7983 sorts them:
 
@@ -42,6 +42,11 @@ from sfu import fastsend, ingress
 logger = logging.getLogger(__name__)
 
 Address = tuple[Any, ...]
+# The shared socket's receive buffer: it holds what every connection of the worker sends while
+# the event loop is busy. Linux's default (212,992 bytes of skb truesize) is about 90 datagrams
+# of video, some 40 ms of 10 calls: any longer stall dropped media that publishers then had to
+# retransmit. Capped by net.core.rmem_max.
+RECEIVE_BUFFER = 1 << 20
 
 
 class Endpoint(Protocol):
@@ -81,6 +86,11 @@ class MuxSocket(asyncio.DatagramProtocol):
         # asyncio's own socket object cannot send: the batch goes through a duplicate of it
         self._sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
         self._sock.setblocking(False)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError:
+            logger.warning("udp %s: could not enlarge the receive buffer",
+                           transport.get_extra_info("sockname"))
         self.schedule_flush = functools.partial(asyncio.get_running_loop().call_soon, self.flush)
 
     def pause_writing(self) -> None:

@@ -235,6 +235,32 @@ def test_fast_protect_is_pylibsrtps_protect() -> None:
     assert datagrams == [reference.protect(packet)]
 
 
+def test_rtcp_joins_the_batch_as_pylibsrtps_protect_rtcp_makes_it() -> None:
+    import os
+
+    from sfu import rtcp
+
+    key = os.urandom(30)
+
+    def session() -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        return pylibsrtp.Session(policy)
+
+    # sfu/_fastsend.c calls srtp_protect_rtcp by address, as it calls srtp_protect
+    assert pylibsrtp.ffi.typeof(pylibsrtp.lib.srtp_protect_rtcp).cname == \
+        "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+    reports = [rtcp.pli(1, 2), rtcp.receiver_report(1, 2, 0, 0, 100, 0, 0, 0) + rtcp.remb(1, 500_000, [2])]
+    for queue in (aiortc_hooks.batch_protector(session(), rtcp=True),
+                  aiortc_hooks.python_batch_protector(session(), rtcp=True)):
+        reference = session()
+        datagrams: list[bytes] = []
+        addresses: list[tuple[str, int]] = []
+        for n, report in enumerate(reports, 1):
+            assert queue(report, ("127.0.0.1", 9), datagrams, addresses) == n
+        assert datagrams == [reference.protect_rtcp(report) for report in reports]
+        assert addresses == [("127.0.0.1", 9)] * 2
+
+
 def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> None:
     from aiortc import rtcrtpreceiver
 

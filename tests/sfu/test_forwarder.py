@@ -297,6 +297,17 @@ def test_packet_clock_is_aiortcs_without_the_datetimes() -> None:
     assert before - 1 <= ours <= clock.current_ms() + 1
 
 
+def test_ntp_clock_is_aiortcs_without_the_datetimes() -> None:
+    from aiortc import clock
+
+    from sfu.forwarder import current_ntp
+
+    ms = 2**32 // 1000
+    before = clock.current_ntp_time()
+    ours = current_ntp()
+    assert before - ms <= ours <= clock.current_ntp_time() + ms
+
+
 def test_a_payload_too_large_to_protect_is_dropped_and_counted_not_raised() -> None:
     from sfu.forwarder import MAX_FORWARDED_PAYLOAD, MAX_PROTECTED_RTP
 

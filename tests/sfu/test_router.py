@@ -189,3 +189,33 @@ async def test_sender_reports_are_spread_over_the_second_not_sent_in_one_burst()
         router._report(slot)
     assert {c.bitrate for c in producer.consumers} == {100_000}  # 12.5 kB over the 1 s period
     await router.close()
+
+
+async def test_the_rooms_of_a_loop_tick_on_one_timer_until_they_close() -> None:
+    from sfu.router import TICK, Router
+
+    loop = asyncio.get_running_loop()
+
+    def timers() -> int:
+        return sum(not timer.cancelled() for timer in loop._scheduled)  # type: ignore[attr-defined]
+
+    timers_before = timers()
+    rooms = [Router(f"room{i}", MediaOptions(loopback=True), lambda message: None) for i in range(5)]
+    ticks: dict[str, int] = {}
+    for room in rooms:
+        real = room._report
+
+        def report(slot: int, room: Router = room, real: Callable[[int], None] = real) -> None:
+            ticks[room.id] = ticks.get(room.id, 0) + 1
+            real(slot)
+
+        room._report = report  # type: ignore[method-assign]
+    assert timers() == timers_before + 1
+    await asyncio.sleep(TICK * 2.5)
+    assert ticks == {room.id: 2 for room in rooms}  # every room, every tick
+    await rooms[0].close()
+    await asyncio.sleep(TICK)
+    assert ticks["room0"] == 2 and ticks["room1"] == 3  # a closed room no longer ticks
+    for room in rooms[1:]:
+        await room.close()
+    assert timers() == timers_before

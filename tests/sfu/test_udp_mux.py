@@ -344,3 +344,20 @@ async def test_batched_sends_leave_in_order_on_the_shared_socket() -> None:
             sock.close()
         assert mux.transport is not None
         mux.transport.close()
+
+
+async def test_the_shared_socket_buffers_a_stall_of_the_worker_not_a_connections_worth() -> None:
+    from sfu.udp_mux import RECEIVE_BUFFER
+
+    loop = asyncio.get_running_loop()
+    _, mux = await loop.create_datagram_endpoint(MuxSocket, local_addr=("127.0.0.1", 0))
+    try:
+        assert mux.transport is not None
+        sock = mux.transport.get_extra_info("socket")
+        with open("/proc/sys/net/core/rmem_max") as f:
+            ceiling = int(f.read())
+        # Linux reports twice what was asked (its bookkeeping), capped by rmem_max
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * min(RECEIVE_BUFFER, ceiling)
+    finally:
+        assert mux.transport is not None
+        mux.transport.close()
