@@ -4,16 +4,20 @@
  * up to BATCH datagrams per recvmmsg(2) and stamps them with one arrival time. SRTP from an
  * address whose connection is DTLS-connected is unprotected here and goes straight to the
  * handler its SSRC has in the Transport's table, as Transport._receive_rtp would call it:
- * handler(plain, b0, b1, seq, ts, payload_offset, arrival_ms). Everything else goes, as the
- * bytes and address tuple the event loop would give, to mux.datagram_received, the Python path,
- * which stays the reference: STUN, DTLS, SRTCP, an address or SSRC nobody owns yet, a connection
- * not yet connected or whose SRTP session changed (that path adopts the new one).
+ * handler(plain, b0, b1, seq, ts, payload_offset, arrival_ms). SRTCP from such an address is
+ * unprotected here too and goes to the _Sink's RTCP handler (Transport._receive_rtcp), skipping
+ * aioice's STUN parse and queue and the wake of aiortc's DTLS task per report. Everything else
+ * goes, as the bytes and address tuple the event loop would give, to mux.datagram_received, the
+ * Python path, which stays the reference: STUN, DTLS, an address or SSRC nobody owns yet, a
+ * connection not yet connected. A new SRTP session (DTLS keyed, or keyed again) is adopted here
+ * with _Sink.adopt, as SrtpStunProtocol.datagram_received does: a subscriber sends SRTCP only.
  *
  * No state of its own: for every datagram it reads the Python tables (MuxSocket.by_addr, the
  * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
  * restarts, address changes and learnt SSRCs need no registration here.
- * configure(unprotect_fn, connected, muxed_type, sink_name) (sfu.aiortc_hooks, at import) and
- * configure_transport(receive_rtp) (sfu.transport) give it libsrtp's srtp_unprotect, aiortc's
+ * configure(unprotect_fn, unprotect_rtcp_fn, connected, muxed_type, sink_name) (sfu.aiortc_hooks,
+ * at import) and configure_transport(receive_rtp) (sfu.transport) give it libsrtp's
+ * srtp_unprotect and srtp_unprotect_rtcp, aiortc's
  * connected state, the MuxedProtocol class, the _Sink's name and Transport._receive_rtp; until
  * then every datagram takes the Python path.
  */
@@ -36,10 +40,10 @@
 
 typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
 
-static unsigned long long g_unprotect;
+static unsigned long long g_unprotect, g_unprotect_rtcp;
 static PyObject *g_connected, *g_muxed_type, *g_sink_name, *g_receive_rtp;
 static PyObject *s_by_addr, *s_datagram_received, *s_receiver, *s_dtls, *s_state, *s_rx_srtp,
-    *s_session, *s_context, *s_deliver, *s_rtp, *s_last_packet_ms;
+    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_rtp, *s_last_packet_ms;
 static PyObject *small[256]; /* 0-255: b0, b1 and most payload offsets without an allocation */
 
 typedef struct {
@@ -142,12 +146,13 @@ end:
     return result;
 }
 
-/* SrtpStunProtocol.datagram_received's short cut for an RTP datagram from ``key``: 1 done
- * (delivered, or dropped as aiortc drops a replayed or forged packet), 0 for the Python path,
- * -1 on an exception. Nothing is decided here that the Python path would decide otherwise. */
+/* SrtpStunProtocol.datagram_received's short cut for an RTP datagram from ``key``, or with
+ * ``rtcp`` the one of aiortc's DTLS transport for SRTCP: 1 done (delivered, or dropped as aiortc
+ * drops a replayed or forged packet), 0 for the Python path, -1 on an exception. Nothing is
+ * decided here that the Python path would decide otherwise. */
 static int fast(PyObject *by_addr, PyObject *key, const char *data, Py_ssize_t n,
-                PyObject *arrival) {
-    if (!g_unprotect || g_muxed_type == NULL) return 0;
+                PyObject *arrival, int rtcp) {
+    if (!(rtcp ? g_unprotect_rtcp : g_unprotect) || g_muxed_type == NULL) return 0;
     PyObject *endpoint = PyDict_GetItemWithError(by_addr, key);
     if (endpoint == NULL) return PyErr_Occurred() ? -1 : 0;
     if ((PyObject *)Py_TYPE(endpoint) != g_muxed_type) return 0;
@@ -164,20 +169,33 @@ static int fast(PyObject *by_addr, PyObject *key, const char *data, Py_ssize_t n
     if ((state = PyObject_GetAttr(dtls, s_state)) == NULL) goto end;
     if ((srtp = PyObject_GetAttr(dtls, s_rx_srtp)) == NULL) goto end;
     if ((session = PyObject_GetAttr(sink, s_session)) == NULL) goto end;
-    if (state != g_connected || srtp == Py_None || srtp != session) { result = 0; goto end; }
+    if (state != g_connected || srtp == Py_None) { result = 0; goto end; }
+    if (srtp != session) {
+        PyObject *done = PyObject_CallMethodOneArg(sink, s_adopt, srtp);
+        if (done == NULL) goto end;
+        Py_DECREF(done);
+    }
     if ((context = PyObject_GetAttr(sink, s_context)) == NULL) goto end;
     unsigned long long ctx = PyLong_AsUnsignedLongLong(context);
     if (ctx == (unsigned long long)-1 && PyErr_Occurred()) goto end;
     if (!ctx) { result = 0; goto end; }
-    if ((deliver = PyObject_GetAttr(sink, s_deliver)) == NULL) goto end;
+    if ((deliver = PyObject_GetAttr(sink, rtcp ? s_rtcp : s_deliver)) == NULL) goto end;
+    if (deliver == Py_None) { result = 0; goto end; } /* no RTCP sink: aiortc's path */
 
     if ((plain = PyBytes_FromStringAndSize(data, n)) == NULL) goto end;
     int len = (int)n;
-    if (((srtp_fn)(uintptr_t)g_unprotect)((void *)(uintptr_t)ctx, PyBytes_AS_STRING(plain), &len)) {
+    srtp_fn unprotect = (srtp_fn)(uintptr_t)(rtcp ? g_unprotect_rtcp : g_unprotect);
+    if (unprotect((void *)(uintptr_t)ctx, PyBytes_AS_STRING(plain), &len)) {
         result = 1;
         goto end;
     }
     if (_PyBytes_Resize(&plain, len) < 0) goto end;
+    if (rtcp) {
+        PyObject *done = PyObject_CallOneArg(deliver, plain);
+        result = done == NULL ? -1 : 1;
+        Py_XDECREF(done);
+        goto end;
+    }
     /* from here the packet is spent (libsrtp's replay window has it): the sink takes it */
     result = 0;
     if (g_receive_rtp != NULL && PyMethod_Check(deliver) &&
@@ -205,7 +223,10 @@ static int handle(Reader *self, PyObject *by_addr, const char *data, Py_ssize_t 
     int r = 0;
     /* RTP (version 2) and not SRTCP (RFC 5761), as SrtpStunProtocol.datagram_received sorts */
     if (n > 12 && p[0] > 127 && p[0] < 192 && !(p[1] > 191 && p[1] < 224) && by_addr != NULL)
-        r = fast(by_addr, key, data, n, arrival);
+        r = fast(by_addr, key, data, n, arrival, 0);
+    /* SRTCP as aiortc's DTLS transport sorts it (aiortc.rtp.is_rtcp: second byte 192-208) */
+    else if (n > 1 && p[0] > 127 && p[0] < 192 && p[1] > 191 && p[1] < 209 && by_addr != NULL)
+        r = fast(by_addr, key, data, n, arrival, 1);
     if (r == 0) {
         PyObject *bytes = PyBytes_FromStringAndSize(data, n);
         if (bytes == NULL) r = -1;
@@ -321,7 +342,7 @@ static void reader_dealloc(Reader *self) {
 
 static PyMemberDef reader_members[] = {
     {"taken", T_PYSSIZET, offsetof(Reader, taken), READONLY,
-     "datagrams delivered (or dropped as replayed/forged) by the C path"},
+     "datagrams (SRTP, SRTCP) delivered, or dropped as replayed/forged, by the C path"},
     {NULL},
 };
 
@@ -341,11 +362,13 @@ static PyTypeObject ReaderType = {
 };
 
 static PyObject *configure(PyObject *self, PyObject *args) {
-    unsigned long long fn;
+    unsigned long long fn, rtcp_fn;
     PyObject *connected, *muxed_type, *sink_name;
-    if (!PyArg_ParseTuple(args, "KOO!U", &fn, &connected, &PyType_Type, &muxed_type, &sink_name))
+    if (!PyArg_ParseTuple(args, "KKOO!U", &fn, &rtcp_fn, &connected, &PyType_Type, &muxed_type,
+                          &sink_name))
         return NULL;
     g_unprotect = fn;
+    g_unprotect_rtcp = rtcp_fn;
     Py_XSETREF(g_connected, Py_NewRef(connected));
     Py_XSETREF(g_muxed_type, Py_NewRef(muxed_type));
     Py_XSETREF(g_sink_name, Py_NewRef(sink_name));
@@ -359,7 +382,7 @@ static PyObject *configure_transport(PyObject *self, PyObject *receive_rtp) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(unprotect_fn, connected_state, muxed_protocol_type, sink_name)"},
+     "configure(unprotect_fn, unprotect_rtcp_fn, connected_state, muxed_protocol_type, sink_name)"},
     {"configure_transport", configure_transport, METH_O,
      "configure_transport(Transport._receive_rtp): whose handler table the C path reads"},
     {NULL, NULL, 0, NULL},
@@ -377,8 +400,10 @@ PyMODINIT_FUNC PyInit__ingress(void) {
     INTERN(s_state, "_state");
     INTERN(s_rx_srtp, "_rx_srtp");
     INTERN(s_session, "session");
+    INTERN(s_adopt, "adopt");
     INTERN(s_context, "context");
     INTERN(s_deliver, "deliver");
+    INTERN(s_rtcp, "rtcp");
     INTERN(s_rtp, "_rtp");
     INTERN(s_last_packet_ms, "last_packet_ms");
     for (int i = 0; i < 256; i++)

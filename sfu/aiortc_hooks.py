@@ -41,6 +41,7 @@ RtpHandler = Callable[..., Awaitable[None]]
 RtcpHandler = Callable[[bytes], Awaitable[None]]
 # Called as sink(plaintext, arrival_ms) from the socket's datagram callback: must not block.
 RtpSink = Callable[[bytes, int], None]
+RtcpSink = Callable[[bytes], None]  # plaintext RTCP, synchronously
 RelayGatherer = Callable[[int], Awaitable[list[Candidate]]]
 CandidateGatherer = Callable[[Any, int, RelayGatherer], Awaitable[list[Candidate]]]
 
@@ -66,11 +67,13 @@ def _ice_connections(pc: RTCPeerConnection) -> Iterator[Any]:
 
 
 def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler,
-                      rtp_sink: RtpSink | None = None) -> None:
+                      rtp_sink: RtpSink | None = None, rtcp_sink: RtcpSink | None = None) -> None:
     """Send every decrypted RTP/RTCP datagram of ``pc`` to our handlers instead of aiortc's
     RtpRouter. With ``rtp_sink``, SRTP arriving on sockets bound by ``bind_host_candidate`` is
     decrypted and handed to it right in the datagram callback (see SrtpStunProtocol); ``on_rtp``
-    then only sees what takes aioice's queue (TURN-relayed media). Call after each
+    then only sees what takes aioice's queue (TURN-relayed media). ``rtcp_sink``, ``on_rtcp``'s
+    synchronous body, is what the shared socket's C reader (sfu/_ingress.c) calls with SRTCP it
+    unprotected; ``on_rtcp`` gets the rest. Call after each
     setRemoteDescription/addTransceiver (new transports may appear); repeated calls are
     harmless."""
     for dtls in dtls_transports(pc):
@@ -81,19 +84,22 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
         dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
         dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
         if rtp_sink is not None:
-            setattr(dtls.transport.iceGatherer._connection, _SINK, _Sink(dtls, rtp_sink))
+            setattr(dtls.transport.iceGatherer._connection, _SINK, _Sink(dtls, rtp_sink, rtcp_sink))
         setattr(dtls, _HOOKED, True)
 
 
 class _Sink:
     """Where a connection's SRTP goes from the datagram callback: its DTLS transport (whose
-    receiving SRTP session it follows), the RtpSink, and an unprotector for that session."""
+    receiving SRTP session it follows), the RtpSink, the RtcpSink (for the C reader only), and
+    an unprotector for that session."""
 
-    __slots__ = ("context", "deliver", "dtls", "session", "unprotect")
+    __slots__ = ("context", "deliver", "dtls", "rtcp", "session", "unprotect")
 
-    def __init__(self, dtls: RTCDtlsTransport, deliver: RtpSink) -> None:
+    def __init__(self, dtls: RTCDtlsTransport, deliver: RtpSink,
+                 rtcp: RtcpSink | None = None) -> None:
         self.dtls = dtls
         self.deliver = deliver
+        self.rtcp = rtcp
         self.session: pylibsrtp.Session | None = None
         self.unprotect: Unprotect = _no_unprotect
         # the session's libsrtp context, for the shared socket's C reader (sfu/_ingress.c)
@@ -337,11 +343,13 @@ _SRTP_PROTECT_RTCP = int(pylibsrtp.ffi.cast("uintptr_t",
                                           pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_protect_rtcp")))
 _SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
                                          pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect")))
+_SRTP_UNPROTECT_RTCP = int(pylibsrtp.ffi.cast(
+    "uintptr_t", pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect_rtcp")))
 ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
 
 
 if ingress.configure is not None:
-    ingress.configure(_SRTP_UNPROTECT, State.CONNECTED, MuxedProtocol, _SINK)
+    ingress.configure(_SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP, State.CONNECTED, MuxedProtocol, _SINK)
 
 if fastsend.configure_fanout is not None:
     fastsend.configure_fanout(_SRTP_PROTECT, pylibsrtp.SRTP_MAX_TRAILER_LEN, State.CONNECTED,

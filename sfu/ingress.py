@@ -4,7 +4,8 @@ sfu/_fastsend.c; without it sfu/udp_mux.py keeps the event loop's datagram trans
 The event loop's datagram transport makes a bytes object and an address tuple per datagram, one
 ``recvmsg`` each, and calls three Python methods before the producer sees the packet. With the
 helper, the socket is read by ``_ingress.Reader`` (``loop.add_reader``): ``recvmmsg`` batches, and
-SRTP from a connected peer is unprotected and handed to its producer in C. Everything else reaches
+SRTP from a connected peer is unprotected and handed to its producer in C, SRTCP to its
+Transport's RTCP handler (no aioice queue, no wake of aiortc's DTLS task). Everything else reaches
 ``MuxSocket.datagram_received`` as before. uvloop's datagram transport cannot stop reading, so the
 socket gets ``SocketTransport`` instead: sending as asyncio's does it (a full socket buffer queues
 and pauses the protocol's writing), reading left to the Reader.

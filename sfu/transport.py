@@ -581,7 +581,8 @@ class Transport:
 
     def _hook(self) -> None:
         self.router.network.prepare(self.pc)
-        aiortc_hooks.intercept_packets(self.pc, self._on_rtp, self._on_rtcp, self._receive_rtp)
+        aiortc_hooks.intercept_packets(self.pc, self._on_rtp, self._on_rtcp, self._receive_rtp,
+                                       self._receive_rtcp)
         transports = aiortc_hooks.dtls_transports(self.pc)
         if self._raw is None and transports:
             self._raw = aiortc_hooks.RawSender(transports[0])
@@ -647,6 +648,11 @@ class Transport:
         return handler
 
     async def _on_rtcp(self, data: bytes) -> None:
+        self._receive_rtcp(data)
+
+    def _receive_rtcp(self, data: bytes) -> None:
+        """Plaintext RTCP, from aiortc's DTLS transport (through ``_on_rtcp``) or, on a socket
+        read in C (sfu/_ingress.c), straight from the datagram callback."""
         self.last_packet_ms = self.router.now_ms()
         for packet in rtcp.parse(data):
             if isinstance(packet, rtcp.RtcpSrPacket):

@@ -1,7 +1,8 @@
 """The shared socket's C receive path (sfu/_ingress.c) against the Python path it short-cuts:
 the same datagrams, sent to a socket read in C and to one read by the event loop's transport,
 must make the same handler calls, reach the same connections and count the same drops, on IPv4
-and IPv6 (whose address tuples the Python path gets as the event loop gives them)."""
+and IPv6 (whose address tuples the Python path gets as the event loop gives them). What reaches
+aioice's queue is read by aiortc's own RTCDtlsTransport._recv_next, the reference for SRTCP."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import Any
 import pylibsrtp
 import pytest
 from aioice import stun
-from aiortc.rtcdtlstransport import State
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
-from sfu import aiortc_hooks, ingress
+from sfu import aiortc_hooks, ingress, rtcp
 from sfu.transport import Transport
 from sfu.udp_mux import MuxSocket
 
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.skipif(not ingress.NATIVE, reason="sfu/_ingress.c is no
 
 KEY = bytes(range(30))
 SSRC, OTHER_SSRC = 0x11223344, 0x55667788
+CONSUMER_SSRC, OTHER_CONSUMER_SSRC = 0x0A0B0C0D, 0x0E0F1011  # streams the peer subscribes to
+NOW_MS = 7_000
 PASSWORD = "alice-password-0123456789"
 
 
@@ -54,6 +57,8 @@ class Side:
     to_aioice: list[bytes] = field(default_factory=list)
     requests: list[Any] = field(default_factory=list)
     arrivals: list[int] = field(default_factory=list)
+    rtcp: list[tuple[Any, ...]] = field(default_factory=list)  # what Transport._receive_rtcp did
+    task: Any = None  # aiortc's DTLS receive loop
 
     @property
     def port(self) -> int:
@@ -61,8 +66,64 @@ class Side:
         return int(self.mux.transport.get_extra_info("sockname")[1])
 
 
+class RecordingConsumer:
+    """What Transport._receive_rtcp tells a consumer."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], ssrc: int) -> None:
+        self.calls = calls
+        self.ssrc = ssrc
+        self.producer = SimpleNamespace(bitrate=1_000_000)
+
+    def retransmit(self, lost: list[int]) -> None:
+        self.calls.append(("nack", self.ssrc, list(lost)))
+
+    def handle_report(self, *report: int) -> None:
+        self.calls.append(("report", self.ssrc, *report))
+
+    def keyframe_requested(self) -> None:
+        self.calls.append(("keyframe", self.ssrc))
+
+    @property
+    def remb_bitrate(self) -> int:
+        raise AttributeError
+
+    @remb_bitrate.setter
+    def remb_bitrate(self, value: int) -> None:
+        self.calls.append(("remb", self.ssrc, value))
+
+
+def aiortc_dtls(side: Side, queue: asyncio.Queue[bytes]) -> Any:
+    """aiortc's DTLS transport after its handshake, reading aioice's queue: SRTP/SRTCP is
+    unprotected with ``_rx_srtp`` (once set) and handed to the handlers intercept_packets sets."""
+    dtls: Any = RTCDtlsTransport.__new__(RTCDtlsTransport)
+    dtls._transport = SimpleNamespace(_recv=queue.get)
+    dtls._RTCDtlsTransport__handshake_done = True
+    dtls._RTCDtlsTransport__rx_bytes = dtls._RTCDtlsTransport__rx_packets = 0
+    dtls._role = "client"
+    dtls._rx_srtp = None
+    dtls._state = State.CONNECTING
+
+    async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+        side.calls.append(("aiortc", data))
+
+    dtls._handle_rtp_data = on_rtp
+    dtls._handle_rtcp_data = side.transport._on_rtcp
+    return dtls
+
+
+async def read_forever(dtls: Any) -> None:
+    while True:
+        await dtls._recv_next()
+
+
 def make_side(mux: MuxSocket) -> Side:
     side = Side(mux, Transport.__new__(Transport))
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def data_received(data: bytes, component: int) -> None:
+        side.to_aioice.append(data)
+        if 127 < data[0] < 192:  # SRTP/SRTCP: aiortc's DTLS transport (DTLS itself is not here)
+            queue.put_nowait(data)
 
     def handler(data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int, ms: int) -> None:
         side.calls.append((data, b0, b1, seq, ts, offset))
@@ -78,21 +139,27 @@ def make_side(mux: MuxSocket) -> Side:
     transport.kind = "publish"
     transport._rtp = {SSRC: handler}
     transport._mid_ext_id = 0
-    transport.producers = {}
+    transport.producers = {"0": SimpleNamespace(
+        ssrc=SSRC, handle_sender_report=lambda ntp, ts: side.rtcp.append(("sr", ntp, ts)))}
+    transport._rtcp_consumers = {ssrc: RecordingConsumer(side.rtcp, ssrc)
+                                 for ssrc in (CONSUMER_SSRC, OTHER_CONSUMER_SSRC)}
+    transport.router = SimpleNamespace(now_ms=lambda: NOW_MS)
     transport._pts = {100: producer}  # an SSRC on payload type 100 is learnt as the publisher's new one
     transport._rtx_pts = {}
     transport._raw = SimpleNamespace(send_rtcp=lambda data: True)
     transport.last_packet_ms = 0
     connection = SimpleNamespace(
         local_username="aaaa", local_password=PASSWORD,
-        data_received=lambda data, component: side.to_aioice.append(data),
+        data_received=data_received,
         request_received=lambda message, addr, *rest: side.requests.append(addr),
         protocol_lost=lambda protocol: None)
     protocol = aiortc_hooks.MuxedProtocol(connection, mux)
     protocol.local_candidate = SimpleNamespace(component=1)  # type: ignore[assignment]
     mux.register(protocol)
-    dtls = SimpleNamespace(_rx_srtp=None, _state=State.CONNECTING)
-    setattr(connection, aiortc_hooks._SINK, aiortc_hooks._Sink(dtls, transport._receive_rtp))  # type: ignore[arg-type]
+    dtls = aiortc_dtls(side, queue)
+    side.task = asyncio.ensure_future(read_forever(dtls))
+    setattr(connection, aiortc_hooks._SINK,
+            aiortc_hooks._Sink(dtls, transport._receive_rtp, transport._receive_rtcp))
     return side
 
 
@@ -113,10 +180,12 @@ async def sides(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Side, Sid
     loop = asyncio.get_running_loop()
     _, native = await ingress.create_endpoint(MuxSocket, (request.param, 0))
     _, python = await loop.create_datagram_endpoint(MuxSocket, local_addr=(request.param, 0))
-    yield make_side(native), make_side(python)
-    for mux in (native, python):
-        assert mux.transport is not None
-        mux.transport.close()
+    pair = make_side(native), make_side(python)
+    yield pair
+    for side in pair:
+        side.task.cancel()
+        assert side.mux.transport is not None
+        side.mux.transport.close()
     await asyncio.sleep(0)
 
 
@@ -176,7 +245,7 @@ async def test_the_c_path_makes_the_calls_and_drops_of_the_python_path(
         forged[-1] ^= 1
         garbage = [bytes([n % 256]) + os.urandom(n) for n in (0, 1, 12, 13, 200, 300)] + [
             bytes([0x80, 96]) + bytes(11),  # RTP-looking, 13 bytes: fails authentication
-            bytes([0x80, 200]) + bytes(30),  # SRTCP-looking: aioice's path
+            bytes([0x80, 200]) + bytes(30),  # SRTCP-looking: fails authentication
             bytes([0x90, 96]) + bytes(30),  # an extension past the end
         ]
         alice.send(*good[:20], good[5], bytes(forged), *garbage, *good[20:], good[-1])
@@ -188,15 +257,78 @@ async def test_the_c_path_makes_the_calls_and_drops_of_the_python_path(
         await settle(sides, lambda side: seen(side) >= seen(python) and seen(side) > 40)
         await asyncio.sleep(0.1)
         assert native.calls == python.calls
-        assert native.to_aioice == python.to_aioice
+        # the C path also took the SRTCP-looking datagram, which aiortc drops
+        assert native.to_aioice == [data for data in python.to_aioice if not is_srtcp(data)]
+        assert native.rtcp == python.rtcp == []
         assert native.mux.dropped == python.mux.dropped >= 1 + len(garbage)  # all of mallory's
         assert len(native.calls) == len(good) + 3
         assert native.calls[-2][0] == "learnt" and native.calls[-1][0] == "learnt"
         assert native.calls[-1][2] == 44
-        # the media took the C path, STUN, the early packet and SRTCP did not
+        # the media took the C path, STUN and the early packet did not
         assert reader_of(native).taken >= len(good) + 3
         assert native.transport.last_packet_ms == max(native.arrivals)
         assert abs(native.arrivals[-1] - python.arrivals[-1]) < 1000
+    finally:
+        alice.close()
+        mallory.close()
+
+
+def is_srtcp(data: bytes) -> bool:
+    return len(data) > 1 and 127 < data[0] < 192 and 191 < data[1] < 209
+
+
+@pytest.mark.integration
+async def test_srtcp_takes_the_c_path_to_the_rtcp_handler_calls_of_aiortcs_path(
+        sides: tuple[Side, Side]) -> None:
+    native, python = sides
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    alice, mallory = Client(sides), Client(sides)
+    try:
+        alice.send(binding_request("aaaa", PASSWORD))
+        await settle(sides, lambda side: len(side.requests) == 1)
+        # DTLS not yet connected: aioice's queue, and aiortc has no key yet
+        alice.send(sender.protect_rtcp(rtcp.pli(9, CONSUMER_SSRC)))
+        await settle(sides, lambda side: len(side.to_aioice) == 1)
+        for side in sides:
+            connect(side)
+        reports = [
+            rtcp.sender_report(SSRC, ntp=0x1234567890ABCDEF, rtp_ts=90_000, packets=10, octets=999),
+            rtcp.receiver_report(9, CONSUMER_SSRC, fraction_lost=12, packets_lost=3,
+                                 highest_sequence=100, jitter=5, lsr=0x1234, dlsr=0x10),
+            rtcp.nack(9, CONSUMER_SSRC, [100, 101, 105]),
+            rtcp.nack(9, 0xDEAD, [7]),  # a stream this peer does not get: ignored
+            rtcp.pli(9, OTHER_CONSUMER_SSRC),
+            rtcp.remb(9, 800_000, [CONSUMER_SSRC, OTHER_CONSUMER_SSRC]),
+            # compound, as browsers send them
+            rtcp.receiver_report(9, OTHER_CONSUMER_SSRC, 0, 0, 5, 1, 0, 0)
+            + rtcp.remb(9, 300_000, [OTHER_CONSUMER_SSRC]) + rtcp.pli(9, CONSUMER_SSRC),
+        ]
+        protected = [sender.protect_rtcp(report) for report in reports]
+        forged = bytearray(sender.protect_rtcp(rtcp.pli(9, CONSUMER_SSRC)))
+        forged[-1] ^= 1
+        short = [bytes([0x80, 200]), bytes([0x81, 201]) + bytes(6), bytes([0x80, 206]) + bytes(14)]
+        last = sender.protect_rtcp(rtcp.pli(9, OTHER_CONSUMER_SSRC))
+        alice.send(*protected, protected[2], bytes(forged), *short, last)  # protected[2] replayed
+        mallory.send(sender.protect_rtcp(rtcp.pli(9, CONSUMER_SSRC)))  # nobody authenticated it
+        await settle(sides, lambda side: len(side.rtcp) >= 11 and side.mux.dropped == 1)
+        await asyncio.sleep(0.1)
+        assert native.rtcp == python.rtcp == [
+            ("sr", 0x1234567890ABCDEF, 90_000),
+            ("report", CONSUMER_SSRC, 12, 3, 5, 0x1234, 0x10),
+            ("nack", CONSUMER_SSRC, [100, 101, 105]),
+            ("keyframe", OTHER_CONSUMER_SSRC),
+            ("remb", CONSUMER_SSRC, 400_000), ("remb", OTHER_CONSUMER_SSRC, 400_000),
+            ("report", OTHER_CONSUMER_SSRC, 0, 0, 1, 0, 0),
+            ("remb", OTHER_CONSUMER_SSRC, 300_000),
+            ("keyframe", CONSUMER_SSRC),
+            ("keyframe", OTHER_CONSUMER_SSRC),
+        ]
+        assert native.mux.dropped == python.mux.dropped == 1
+        assert native.transport.last_packet_ms == python.transport.last_packet_ms == NOW_MS
+        # all of alice's SRTCP once connected took the C path; aiortc's path got it all
+        assert len(native.to_aioice) == 1
+        assert len(python.to_aioice) == 1 + len(protected) + 2 + len(short) + 1
+        assert reader_of(native).taken == len(protected) + 2 + len(short) + 1
     finally:
         alice.close()
         mallory.close()
@@ -220,7 +352,7 @@ async def test_media_follows_an_address_change_and_a_new_srtp_session(
         await settle(sides, lambda side: len(side.requests) == 2)
         after.send(*(sender.protect(rtp(seq)) for seq in range(7, 12)))
         await settle(sides, lambda side: len(side.calls) == 10)
-        # DTLS keyed again (a new handshake): the new session is adopted on the Python path
+        # DTLS keyed again (a new handshake): the new session is adopted
         new_key = bytes(range(1, 31))
         for side in sides:
             sink_of(side).dtls._rx_srtp = pylibsrtp.Session(
@@ -232,8 +364,7 @@ async def test_media_follows_an_address_change_and_a_new_srtp_session(
         assert native.calls == python.calls
         assert [call[3] for call in native.calls] == [*range(1, 6), *range(7, 17)]
         assert native.mux.dropped == python.mux.dropped == 1
-        # all but the first packet of each session, which the Python path adopts
-        assert reader_of(native).taken == 13
+        assert reader_of(native).taken == 15
     finally:
         before.close()
         after.close()

@@ -18,6 +18,7 @@ from aioice import stun
 from sfu import fastsend, ingress
 from sfu.api import CloseRoom, MediaError, OpenRoom
 from sfu.options import MediaOptions
+from sfu.transport import Transport
 from sfu.udp_mux import MuxSocket
 from sfu.worker import LocalMediaPlane
 from signalling.app.factory import media_options
@@ -55,6 +56,21 @@ async def test_aiortc_call_both_ways_through_one_port(
         monkeypatch.setattr(fastsend, "send_batch", fastsend.send_batch_python)
     else:
         assert fastsend.NATIVE and ingress.NATIVE
+    # RTCP by aiortc's DTLS transport (_on_rtcp), or handed over by the C reader
+    via_aiortc: list[bytes] = []
+    via_c: list[bytes] = []
+    receive_rtcp = Transport._receive_rtcp
+
+    async def on_rtcp(self: Transport, data: bytes) -> None:
+        via_aiortc.append(data)
+        receive_rtcp(self, data)
+
+    def receive(self: Transport, data: bytes) -> None:
+        via_c.append(data)
+        receive_rtcp(self, data)
+
+    monkeypatch.setattr(Transport, "_on_rtcp", on_rtcp)
+    monkeypatch.setattr(Transport, "_receive_rtcp", receive)
     assert plane.mux is not None
     hub = EventHub(plane)
     await plane.request(OpenRoom("call"))
@@ -83,6 +99,13 @@ async def test_aiortc_call_both_ways_through_one_port(
         # the media came in by the C reader when it is built, by the event loop's when not
         reader: Any = getattr(shared.transport, "reader", None)
         assert (reader.taken > 100) if helper == "native" else reader is None
+        # the viewers' reports and the publishers' SRs: by the C reader when it is built
+        for _ in range(50):
+            if len(via_c) + len(via_aiortc) >= 4:
+                break
+            await asyncio.sleep(0.1)
+        assert len(via_c if helper == "native" else via_aiortc) >= 4
+        assert via_c == [] if helper == "python" else len(via_aiortc) <= 1
     finally:
         for client in (alice_sees, bob_sees, alice, bob):
             await client.close()
