@@ -306,12 +306,19 @@ SCHEMAS: dict[str, Schema] = {
         ready_at=NUMBER, recovered=BOOLEAN, deleted_at=_nullable(NUMBER), deleted_by=_nullable(STRING),
     ),
     "SessionRecordings": _obj(session_id=STRING, recordings={"type": "array", "items": _ref("Recording")}),
-    "Ready": _obj(required=["status"], status={"enum": ["ready", "not_ready"]}, node=STRING, reason=STRING),
+    "Ready": _obj(
+        required=["status"], status={"enum": ["ready", "not_ready"]}, node=STRING, reason=STRING,
+        # with SFU worker processes (serve --sfu-workers N > 1), or as a signalling node (--role)
+        sfu_workers={"type": "array", "items": _obj(worker={"type": "integer", "minimum": 0}, up={"type": "boolean"})},
+        sfu_nodes={"type": "array",
+                   "items": _obj(node=STRING, up={"type": "boolean"}, draining={"type": "boolean"})},
+    ),
 }
 
 # Every error a route can answer, by status: what each means across the API.
 ERRORS: dict[int, str] = {
-    400: "Malformed input: `invalid_json`, `json_too_deep`, `invalid_text`, `schema_violation` or a code naming the field",
+    400: "Malformed input: `invalid_json`, `json_too_deep`, `invalid_text`, `schema_violation` or a code naming the field; "
+         "a request line or header over 8,190 bytes is refused by the HTTP parser itself (aiohttp), in text/plain",
     401: "No valid bearer token: `auth_required`, `token_invalid`, `token_expired`, `token_revoked`",
     403: "The token's role or user may not do this (`forbidden`), or the request's Origin is not allowed (`origin_forbidden`)",
     404: "No such resource (or not one the caller may see)",
@@ -701,21 +708,27 @@ def _paths() -> dict[str, Any]:
                 tag="media",
             ),
         }
-    # A path parameter the router cannot match (empty, or outside its pattern) is a 404 anywhere.
+    # A path parameter the router cannot match (empty, or outside its pattern) is a 404 anywhere;
+    # a request line over the HTTP parser's limit gets the parser's own text/plain 400, which only
+    # an operation taking parameters can be sent.
     for path, item in paths.items():
-        if "{" in path:
-            for method, op in item.items():
-                if method != "parameters":
-                    op["responses"].setdefault("404", {"$ref": "#/components/responses/E404"})
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            if "{" in path:
+                op["responses"].setdefault("404", {"$ref": "#/components/responses/E404"})
+            if "{" in path or op.get("parameters"):
+                op["responses"].setdefault("400", {"$ref": "#/components/responses/E400"})
     return paths
 
 
 @cache
 def document() -> dict[str, Any]:
-    responses = {
+    responses: dict[str, dict[str, Any]] = {
         f"E{status}": {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
         for status, text in ERRORS.items()
     }
+    responses["E400"]["content"]["text/plain"] = {"schema": STRING}  # the HTTP parser's own
     return {
         "openapi": "3.1.0",
         "info": {

@@ -68,3 +68,28 @@ async def test_unknown_api_paths_and_methods_answer_coded_json(client) -> None: 
     assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
     resp = await client.post("/whip/bad%20id")
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
+def response_of(path: str, method: str, status: str) -> dict[str, Any]:
+    found = openapi.document()["paths"][path][method]["responses"][status]
+    if "$ref" in found:
+        found = openapi.document()["components"]["responses"][found["$ref"].rsplit("/", 1)[1]]
+    return dict(found)
+
+
+async def test_a_request_line_over_the_parsers_limit_gets_a_documented_answer(client) -> None:  # type: ignore[no-untyped-def]
+    # (schemathesis found it: a long enough query string is refused before any route runs)
+    resp = await client.get("/api/experts", params={"q": "a" * 9000})
+    assert resp.status == 400
+    assert resp.content_type in response_of("/api/experts", "get", "400")["content"]
+    resp = await client.get(f"/api/recordings/{'a' * 9000}")
+    assert resp.status == 400
+    assert resp.content_type in response_of("/api/recordings/{file_id}", "get", "400")["content"]
+
+
+def test_readiness_with_workers_or_nodes_is_documented() -> None:
+    # (the shapes signalling.app.factory's readyz answers with an SFU worker pool and as a signalling node)
+    ready = Draft202012Validator(openapi.document()["components"]["schemas"]["Ready"])
+    ready.validate({"status": "ready", "node": "n", "sfu_workers": [{"worker": 0, "up": True}, {"worker": 1, "up": False}]})
+    ready.validate({"status": "not_ready", "reason": "no SFU node linked",
+                    "sfu_nodes": [{"node": "sfu-a", "up": False, "draining": True}]})
