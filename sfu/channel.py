@@ -5,8 +5,8 @@ msgpack map. ``t`` names the frame; the media messages inside are sfu.api's ``to
 a request or an event crosses the process boundary exactly as it would cross a network.
 
 pool -> worker: ``hello`` (MediaOptions, log level), ``request`` (an id and a request),
-``shutdown``. worker -> pool: ``ready``, ``reply`` / ``error`` (the request's id), ``event``,
-``load`` (every second), ``closed`` (after ``shutdown``).
+``shutdown``. worker -> pool: ``ready`` (or ``refused``, why, and the worker exits), ``reply`` /
+``error`` (the request's id), ``event``, ``load`` (every second), ``closed`` (after ``shutdown``).
 
 The same frames link a signalling node to an SFU node over TCP (sfu/node_link.py), after a
 handshake that proves both ends hold the shared link key: node -> signalling ``challenge``,

@@ -138,5 +138,11 @@ async def create_endpoint(protocol_factory: Callable[[], asyncio.DatagramProtoco
     except OSError:
         sock.close()
         raise
+    return endpoint_on(sock, protocol_factory)
+
+
+def endpoint_on(sock: socket.socket, protocol_factory: Callable[[], asyncio.DatagramProtocol]
+                ) -> tuple[SocketTransport, Any]:
+    """The same on a UDP socket already bound (non-blocking)."""
     protocol = protocol_factory()
-    return SocketTransport(loop, sock, protocol, native_reader), protocol
+    return SocketTransport(asyncio.get_running_loop(), sock, protocol, native_reader), protocol

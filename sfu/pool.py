@@ -118,7 +118,8 @@ class WorkerPool:
         if failed:
             await self.close()
             worker, exc = failed[0]
-            raise MediaError("media_unavailable", f"sfu worker {worker.index} did not start: {exc!r}") from exc
+            why = exc.message if isinstance(exc, MediaError) else repr(exc)
+            raise MediaError("media_unavailable", f"sfu worker {worker.index} did not start: {why}") from exc
         self._task(self._watch(), "sfu-pool-watch")
 
     async def request(self, message: Message) -> Message:
@@ -252,6 +253,8 @@ class WorkerPool:
             channel.send({"t": "hello", "options": self.options.to_dict(),
                           "log_level": logging.getLogger().getEffectiveLevel()})
             ready = await asyncio.wait_for(channel.receive(), START_SECONDS)
+            if ready["t"] == "refused":  # it cannot serve (its media port is taken): it exits
+                raise MediaError("media_unavailable", ready["reason"])
             if ready["t"] != "ready":
                 raise ChannelError(f"expected ready, got {ready['t']!r}")
         except BaseException:

@@ -32,7 +32,8 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from aioice import stun
@@ -47,6 +48,10 @@ Address = tuple[Any, ...]
 # of video, some 40 ms of 10 calls: any longer stall dropped media that publishers then had to
 # retransmit. Capped by net.core.rmem_max.
 RECEIVE_BUFFER = 1 << 20
+# Where the kernel takes the ports of sockets bound to port 0 (every outgoing connection's) from,
+# and the ports within it that it leaves alone.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
 
 
 class Endpoint(Protocol):
@@ -207,6 +212,7 @@ class UdpMux:
             raise ValueError("the media port must be 0 (any) or lie within 1024-65535")
         self.port = port
         self.sockets: dict[str, MuxSocket] = {}
+        self._bound: dict[str, socket.socket] = {}  # by ``bind``, for the first ``socket`` call
         self._lock = asyncio.Lock()
         self._dropped_before = 0  # by sockets closed since
 
@@ -215,21 +221,38 @@ class UdpMux:
         """Datagrams nobody owned (unknown, forged or unauthenticated), over this mux's life."""
         return self._dropped_before + sum(mux.dropped for mux in self.sockets.values())
 
+    def bind(self, addresses: Iterable[str]) -> None:
+        """Bind ``port`` on each of ``addresses`` now (the first room's connections then use these
+        sockets): a fixed port someone else holds fails the start, not every call later. Raises
+        OSError naming the address and port; nothing stays bound then."""
+        try:
+            for address in addresses:
+                if address not in self._bound and address not in self.sockets:
+                    self._bound[address] = _bind(address, self.port)
+        except OSError:
+            self.close()
+            raise
+
     async def socket(self, address: str) -> MuxSocket:
-        """The shared socket on ``address`` (bound on first use). Raises OSError when the port is
-        taken."""
+        """The shared socket on ``address`` (bound on first use, unless ``bind`` did). Raises
+        OSError when the port is taken."""
         async with self._lock:
             found = self.sockets.get(address)
             if found is not None:
                 if found.transport is not None and not found.transport.is_closing():
                     return found
                 self._dropped_before += found.dropped
+            sock = self._bound.pop(address, None) or _bind(address, self.port)
             transport: asyncio.DatagramTransport
-            if ingress.NATIVE:  # read in C (sfu/ingress.py)
-                transport, protocol = await ingress.create_endpoint(MuxSocket, (address, self.port))
-            else:
-                transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-                    MuxSocket, local_addr=(address, self.port))
+            try:
+                if ingress.NATIVE:  # read in C (sfu/ingress.py)
+                    transport, protocol = ingress.endpoint_on(sock, MuxSocket)
+                else:
+                    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                        MuxSocket, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
             self.sockets[address] = protocol
             logger.info("media on udp %s:%d (one port for this worker)", address,
                         transport.get_extra_info("sockname")[1])
@@ -241,3 +264,39 @@ class UdpMux:
             if mux.transport is not None:
                 mux.transport.close()
         self.sockets.clear()
+        for sock in self._bound.values():
+            sock.close()
+        self._bound.clear()
+
+
+def _bind(address: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket on ``address:port`` (an IP address: no lookup blocks the loop)."""
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind udp {address}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def ephemeral_overlap(first: int, last: int) -> tuple[int, int] | None:
+    """The kernel's ephemeral port range when ports ``first``-``last`` lie partly within it and
+    are not reserved (``ip_local_reserved_ports``): any socket of this host bound to port 0 (every
+    outgoing connection's) may take one of them first. None when they do not, or when /proc does
+    not say."""
+    try:
+        low, high = (int(n) for n in EPHEMERAL_RANGE.read_text().split())
+        reserved = RESERVED_PORTS.read_text().strip() if RESERVED_PORTS.exists() else ""
+    except (OSError, ValueError):
+        return None
+    held: set[int] = set()
+    for part in filter(None, reserved.split(",")):
+        start, _, end = part.partition("-")
+        held.update(range(int(start), int(end or start) + 1))
+    if any(low <= port <= high and port not in held for port in range(first, last + 1)):
+        return low, high
+    return None

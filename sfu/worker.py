@@ -71,10 +71,18 @@ class LocalMediaPlane:
         }
 
     def start(self) -> None:
-        """Take this process's media settings, before the first room: receivers build their
-        bitrate estimators lazily (``aiortc_hooks``), and full garbage collections wait for
-        departures (``gc_policy``; ``close`` gives the threshold back). Building a plane changes
-        nothing outside it."""
+        """Bind a fixed media port, then take this process's media settings, before the first
+        room: receivers build their bitrate estimators lazily (``aiortc_hooks``), and full garbage
+        collections wait for departures (``gc_policy``; ``close`` gives the threshold back).
+        Building a plane changes nothing outside it.
+
+        Raises ``MediaError("media_unavailable")`` naming the port when it is taken (and changes
+        nothing then): a start that fails, rather than every call's media failing later."""
+        if self.mux is not None and self.mux.port:
+            try:
+                self.mux.bind(self.options.network().addresses())
+            except OSError as exc:
+                raise MediaError("media_unavailable", str(exc.strerror)) from exc
         aiortc_hooks.lazy_bitrate_estimators()
         self.collector.install()
 

@@ -145,7 +145,12 @@ async def run(index: int, fd: int) -> int:
             format=f"%(asctime)s %(levelname)s sfu-worker-{index} %(name)s: %(message)s",
         )
         plane = LocalMediaPlane(MediaOptions.from_dict(hello["options"]).for_worker(index))
-        plane.start()  # aiortc's hooks and the GC policy, in this process
+        try:
+            plane.start()  # its media port, aiortc's hooks and the GC policy, in this process
+        except MediaError as exc:  # the pool's start fails, saying why
+            channel.send({"t": "refused", "reason": exc.message})
+            await channel.drain()
+            return 1
         server = WorkerServer(channel, plane)
         channel.send({"t": "ready", "pid": os.getpid()})
         await server.serve()

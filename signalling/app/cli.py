@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +21,9 @@ from ..auth.tokens import Role, TokenIssuer
 from ..billing.cli import billing
 from ..core.event_loop import install_event_loop
 from ..core.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 @click.group()
@@ -64,6 +69,8 @@ def serve(**options: Any) -> None:
     --role, signalling only or an SFU node only (docs/deployment.md)."""
     from aiohttp import web
 
+    from sfu.api import MediaError
+
     from .access_log import RedactedAccessLogger
     from . import shutdown_watchdog
     from .factory import create_app
@@ -79,12 +86,65 @@ def serve(**options: Any) -> None:
         settings.sfu_link_secret()  # refuse to start without one, rather than at the first link
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+    _check_media_ports(settings)
     drain = settings.sfu_drain_seconds if settings.role == "sfu" else 0.0
     shutdown_watchdog.install(app, settings.shutdown_dump_seconds and settings.shutdown_dump_seconds + drain)
     install_event_loop()
     click.echo(f"expertcall ({settings.role}) listening on http://{settings.host}:{settings.port}/", err=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=15,
-                access_log_class=RedactedAccessLogger)
+    try:
+        _run_app(web.AppRunner(app, handle_signals=True, access_log_class=RedactedAccessLogger, shutdown_timeout=15,
+                               keepalive_timeout=75),
+                 settings.host, settings.port)
+    except MediaError as exc:  # the media plane did not start (its port is taken): all closed again
+        raise click.ClickException(f"the media plane did not start: {exc.message}") from None
+
+
+def _run_app(runner: web.AppRunner, host: str, port: int) -> None:
+    """``web.run_app``, except that a start that fails closes what it had opened, in reverse
+    order, before its error shows: aiohttp's leaves a failed start's cleanup contexts to the
+    loop's end, which closes them all at once (billing's heartbeat then writes to a database
+    already closed)."""
+    from aiohttp import web
+
+    async def run() -> None:
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            await asyncio.Event().wait()  # until SIGINT or SIGTERM (GracefulExit)
+        finally:
+            await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(run())
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):  # the shutdown: run's cleanup, as run_app does it
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(main)
+    finally:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _check_media_ports(settings: Settings) -> None:
+    """Warn when fixed media ports lie in the kernel's ephemeral range: any outgoing connection
+    of this host may take one first, and the SFU then fails to start."""
+    from sfu.udp_mux import ephemeral_overlap
+
+    if settings.role == "signalling" or not settings.media_port:
+        return
+    last = settings.media_port + max(settings.sfu_workers, 1) - 1
+    ephemeral = ephemeral_overlap(settings.media_port, last)
+    if ephemeral is not None:
+        click.echo(f"warning: media ports {settings.media_port}-{last} overlap the kernel's ephemeral ports "
+                   f"{ephemeral[0]}-{ephemeral[1]}, which any outgoing connection may take: pick ports "
+                   f"outside it or reserve them (sysctl net.ipv4.ip_local_reserved_ports)", err=True)
 
 
 def _check_secret_flag(flag: str | None, settings: Settings) -> None:

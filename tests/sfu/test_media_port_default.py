@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sfu.api import OpenRoom
+from sfu import udp_mux
+from sfu.api import MediaError, OpenRoom
 from sfu.options import MediaOptions
 from sfu.pool import WorkerPool, WorkerState
 from sfu.udp_mux import UdpMux
@@ -24,6 +25,7 @@ from signalling.app.media_metrics import PlaneMetrics, WorkerMetrics
 from signalling.core import keys
 from signalling.core.settings import Settings
 from tests.media_clients import Publisher
+from tests.served import free_port, run_cli
 
 GARBAGE = b"\x80" + bytes(20)  # RTP-like, from an address no connection owns
 
@@ -123,7 +125,7 @@ def test_serve_takes_media_per_connection_and_refuses_a_low_media_port(
     from signalling.app.cli import main
 
     served: list[web.Application] = []
-    monkeypatch.setattr(web, "run_app", lambda app, **_: served.append(app))
+    monkeypatch.setattr("signalling.app.cli._run_app", lambda runner, *_: served.append(runner.app))
     monkeypatch.setattr("signalling.app.cli.install_event_loop", lambda: None)
     common = ["serve", "--data-dir", str(tmp_path), "--sfu-workers", "1", "--no-demo"]
     result = CliRunner().invoke(main, [*common, "--media-per-connection"], env={"EXPERTCALL_MEDIA_PORT": None})
@@ -184,3 +186,112 @@ def test_nodes_show_their_dropped_datagrams() -> None:
     node = WorkerState(0, dropped=7)
     WorkerMetrics(lambda: [node], registry, "node", lambda _: "sfu-a")
     assert 'expertcall_sfu_node_dropped_datagrams_total{node="sfu-a"} 7.0' in scrape(registry)
+
+
+# --- a fixed media port is bound at start ------------------------------------------------------
+
+
+def held_udp_port() -> socket.socket:
+    """A UDP socket on 127.0.0.1 holding a port: someone else's, as far as the SFU knows."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.unit
+async def test_a_fixed_media_port_is_held_from_the_start_and_serves_the_first_room() -> None:
+    with held_udp_port() as probe:
+        port = probe.getsockname()[1]
+    plane = LocalMediaPlane(MediaOptions(loopback=True, media_port=port))
+    plane.start()
+    try:
+        assert not port_is_free(port)  # before any room: nobody can take it from under the SFU
+        assert plane.mux is not None
+        mux = await plane.mux.socket("127.0.0.1")
+        assert mux.transport is not None and mux.transport.get_extra_info("sockname")[1] == port
+    finally:
+        await plane.close()
+    await until(lambda: port_is_free(port))  # the transport closes its socket on the next turn
+
+
+@pytest.mark.unit
+def test_a_taken_media_port_fails_the_start_naming_it() -> None:
+    with held_udp_port() as taken:
+        port = taken.getsockname()[1]
+        plane = LocalMediaPlane(MediaOptions(loopback=True, media_port=port))
+        with pytest.raises(MediaError) as refused:
+            plane.start()
+    assert refused.value.code == "media_unavailable"
+    assert f"127.0.0.1:{port}" in refused.value.message
+    assert not plane.collector._installed  # nothing of the plane took effect
+
+
+@pytest.mark.unit
+def test_a_port_left_to_the_kernel_is_still_bound_by_the_first_room() -> None:
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+    assert plane.mux is not None and not plane.mux.sockets and not plane.mux._bound
+
+
+@pytest.mark.integration
+async def test_a_pool_whose_worker_finds_its_port_taken_does_not_start() -> None:
+    """Worker 1's port (P + 1) is taken: the pool's start fails naming it, and worker 0, which
+    bound P, is stopped and lets P go."""
+    while True:
+        taken = held_udp_port()
+        base = taken.getsockname()[1] - 1
+        if port_is_free(base):
+            break
+        taken.close()
+    with taken:
+        pool = WorkerPool(MediaOptions(loopback=True, media_port=base), 2)
+        with pytest.raises(MediaError) as refused:
+            await pool.start()
+    assert refused.value.code == "media_unavailable"
+    assert "sfu worker 1" in refused.value.message and f"127.0.0.1:{base + 1}" in refused.value.message
+    assert all(w.process is None or w.process.poll() is not None for w in pool.workers)
+    assert port_is_free(base)
+
+
+@pytest.mark.integration
+def test_serve_with_a_taken_media_port_exits_saying_so(tmp_path: Path) -> None:
+    """The operator's view: a non-zero exit naming the port, not a server whose every call fails
+    with media_unavailable. The port the test holds came from the kernel's ephemeral range, so
+    the start warns about that too."""
+    with held_udp_port() as taken:
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "var"),
+                         "--media-loopback", "--sfu-workers", "1", "--media-port", str(port), "--no-demo",
+                         env={"EXPERTCALL_SECRET": "s" * 32}, cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"the media plane did not start: cannot bind udp 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"media ports {port}-{port} overlap the kernel's ephemeral ports" in result.stderr
+
+
+@pytest.mark.unit
+def test_media_ports_in_the_ephemeral_range_are_found_unless_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ephemeral, reserved = tmp_path / "ip_local_port_range", tmp_path / "ip_local_reserved_ports"
+    ephemeral.write_text("32768\t60999\n")
+    reserved.write_text("\n")
+    monkeypatch.setattr(udp_mux, "EPHEMERAL_RANGE", ephemeral)
+    monkeypatch.setattr(udp_mux, "RESERVED_PORTS", reserved)
+    assert udp_mux.ephemeral_overlap(24000, 24003) is None
+    assert udp_mux.ephemeral_overlap(32760, 32770) == (32768, 60999)
+    assert udp_mux.ephemeral_overlap(60999, 61002) == (32768, 60999)
+    reserved.write_text("8080,40000-40003\n")
+    assert udp_mux.ephemeral_overlap(40000, 40003) is None
+    assert udp_mux.ephemeral_overlap(40000, 40004) == (32768, 60999)
+    ephemeral.unlink()
+    assert udp_mux.ephemeral_overlap(40000, 40004) is None  # /proc does not say: no warning
