@@ -43,6 +43,8 @@ SFU_FOR = {
     # an SFU node (--role sfu): the plane, served to signalling nodes
     "signalling.app.sfu_node": frozenset({"sfu.worker", "sfu.pool", "sfu.node_server", "sfu.node_registry",
                                           "sfu.node_link"}),
+    # serve warns when the fixed media ports lie in the kernel's ephemeral range
+    "signalling.app.cli": frozenset({"sfu.udp_mux"}),
 }
 
 
