@@ -33,6 +33,7 @@ from sfu.channel import Channel, ChannelClosed, ChannelError
 from sfu.node_link import LinkRefused
 from sfu.node_registry import NodeRegistry
 from sfu.pool import WorkerPool
+from sfu.tasks import CANCEL_WAIT_SECONDS, cancel_and_wait
 from sfu.worker import LocalMediaPlane
 from sfu.worker_process import LOAD_INTERVAL, Load, answer
 
@@ -60,6 +61,9 @@ def load_of(plane: LocalMediaPlane | WorkerPool) -> LoadReport:
 
 
 class NodeServer:
+    # How long ``close`` waits for the load ticker (its registry call) to end once cancelled.
+    stop_seconds = CANCEL_WAIT_SECONDS
+
     def __init__(self, plane: MediaPlane, load: LoadReport, key: bytes, node_id: str,
                  registry: NodeRegistry | None = None) -> None:
         self.plane = plane
@@ -108,9 +112,8 @@ class NodeServer:
     async def close(self) -> None:
         """Withdraw, then hang up every link (their signalling nodes re-place the rooms)."""
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            # bounded: a cancellation landing inside a Redis command can be swallowed (redis-py)
+            await cancel_and_wait(self._ticker, timeout=self.stop_seconds)
             self._ticker = None
         if self.registry is not None:
             with contextlib.suppress(Exception):

@@ -45,6 +45,8 @@ SFU_FOR = {
                                           "sfu.node_link"}),
     # serve warns when the fixed media ports lie in the kernel's ephemeral range
     "signalling.app.cli": frozenset({"sfu.udp_mux"}),
+    # the bounded cancel-and-wait both planes stop their tasks with, written once
+    "signalling.core.tasks": frozenset({"sfu.tasks"}),
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from signalling.core.tasks import cancel_and_wait
+from sfu.tasks import cancel_and_wait
 
 
 async def swallows_one_cancellation(reached: asyncio.Event) -> None:
