@@ -19,6 +19,10 @@ import redis.asyncio as aioredis
 
 ANNOUNCE_SECONDS = 1.0
 TTL_SECONDS = 5
+# How long a registry command waits for Redis (redis-py before 8.0 waits forever unless told):
+# a frozen Redis then fails an announcement well within the entry's TTL, and never holds a
+# node's shutdown (withdraw, close) for longer than this per command.
+REDIS_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class NodeEntry:
 
 class NodeRegistry:
     def __init__(self, url: str, prefix: str = "expertcall", ttl: int = TTL_SECONDS) -> None:
-        self.redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self.redis = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=REDIS_SECONDS,
+                                             socket_timeout=REDIS_SECONDS)
         self.prefix = prefix
         self.ttl = ttl
 

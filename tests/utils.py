@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
@@ -187,3 +190,34 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def frozen_redis() -> AsyncIterator[str]:
+    """The URL of a "Redis" that accepts connections and never answers (a paused or partitioned
+    server: no reset, no reply)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+
+
+async def ends_within(seconds: float, awaitable: Awaitable[Any]) -> tuple[bool, BaseException | None]:
+    """Whether ``awaitable`` ended within ``seconds`` (and its exception): asyncio.wait cancels
+    nothing, so a wait that would hang is not ended by the check itself."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return False, None
+    return True, None if task.cancelled() else task.exception()

@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 
+from ..core.redis_timeouts import TIMEOUTS
 from ..core.tasks import cancel_and_wait
 from .base import EnvelopeHandler, LocalSender, Location
 from .memory import MAX_STASHED, MemoryBackend
@@ -66,7 +67,7 @@ class RedisBackend(MemoryBackend):
         # A blocking pool: a burst of requests waits for a connection instead of failing with
         # "Too many connections" (each handler holds one only for a command or two).
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=10, decode_responses=True
+            url, max_connections=max_connections, timeout=10, decode_responses=True, **TIMEOUTS
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix

@@ -58,6 +58,7 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
     """Read the metering stream with a consumer group; count every event exactly once."""
     from redis.asyncio import Redis
 
+    from ..core.redis_timeouts import TIMEOUTS
     from .feed_reader import FeedReaderStore, MeteringFeedReader
 
     settings = _settings(data_dir)
@@ -67,7 +68,7 @@ def consume(group: str, redis_url: str | None, db_path: str | None, stream: str 
     path = Path(db_path) if db_path else settings.data_dir / f"metering-consumer-{group}.sqlite3"
 
     async def run() -> None:
-        redis = Redis.from_url(url)
+        redis = Redis.from_url(url, **TIMEOUTS)
         store = FeedReaderStore(path)
         consumer = MeteringFeedReader(
             redis, store, stream=stream or settings.metering_stream, group=group,

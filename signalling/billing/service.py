@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from ..auth.tokens import TOKENS, Identity, Role, authenticate
 from ..core import keys
 from ..core.errors import http_error, int_param, read_json_value
+from ..core.redis_timeouts import TIMEOUTS
 from ..core.settings import SettingsError
 from . import receipts
 from .checkpointer import WalCheckpointer
@@ -81,7 +82,7 @@ async def billing_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("metering recovered %d open sessions", len(recovered))
     redis = relay = None
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis_url, **TIMEOUTS)
         relay = RedisRelay(outbox, redis, settings.metering_stream)
         relay.start()
     webhooks = WebhookSender(outbox, settings.webhook_urls, settings.webhook_secret)
