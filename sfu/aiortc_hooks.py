@@ -449,8 +449,10 @@ class RawSender:
         context = int(pylibsrtp.ffi.cast("uintptr_t", srtp._srtp[0]))
         fast.set(self._pair, srtp, context, self._addr, self._datagrams, self._addresses, self._mux)
 
-    def send_rtp(self, data: bytes) -> bool:
-        """True when sent; False when dropped (not connected, or the socket is full or gone)."""
+    def _ready(self) -> bool:
+        """Whether a packet may go now: connected, on the nominated pair (routed again when aioice
+        nominated another), its socket writable; keyed with the transport's current SRTP session
+        (taken when DTLS renewed it). The one check before every RTP and RTCP packet."""
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
@@ -460,6 +462,12 @@ class RawSender:
             return False
         if dtls._tx_srtp is not self._srtp:
             self._rekey(dtls._tx_srtp)
+        return True
+
+    def send_rtp(self, data: bytes) -> bool:
+        """True when sent; False when dropped (not connected, or the socket is full or gone)."""
+        if not self._ready():
+            return False
         if self._mux is not None:
             queued = self._queue(data, self._addr, self._datagrams, self._addresses)
             if queued == 1:
@@ -471,15 +479,8 @@ class RawSender:
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
-        dtls = self._dtls
-        if dtls._state is not State.CONNECTED:
+        if not self._ready():
             return False
-        if self._nominated.get(1) is not self._pair and not self._route():
-            return False
-        if not self._gate.writable:
-            return False
-        if dtls._tx_srtp is not self._srtp:
-            self._rekey(dtls._tx_srtp)
         if self._mux is not None:
             queued = self._rtcp_queue(data, self._addr, self._datagrams, self._addresses)
             if queued == 1:

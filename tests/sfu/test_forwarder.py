@@ -431,6 +431,65 @@ def rtcp_pli() -> bytes:
     return rtcp.pli(1, 2)
 
 
+@pytest.mark.parametrize("kind", ["rtp", "rtcp"])
+async def test_raw_sender_checks_rtp_and_rtcp_alike_before_each_packet(kind: str) -> None:
+    """Connected, on the pair aioice nominated now, writable, keyed with the session DTLS holds
+    now: both kinds of packet wait for the first and follow the others."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import pylibsrtp
+    from aiortc.rtcdtlstransport import State
+
+    from sfu.aiortc_hooks import RawSender, SrtpStunProtocol
+
+    loop = asyncio.get_running_loop()
+    received: list[tuple[int, bytes]] = []
+
+    def sink(index: int) -> type[asyncio.DatagramProtocol]:
+        class Sink(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                received.append((index, data))
+        return Sink
+
+    sinks = [(await loop.create_datagram_endpoint(sink(i), local_addr=("127.0.0.1", 0)))[0] for i in (0, 1)]
+    sockets = [await loop.create_datagram_endpoint(
+        lambda: SrtpStunProtocol(SimpleNamespace(protocol_lost=lambda _: None)),  # type: ignore[arg-type]
+        local_addr=("127.0.0.1", 0)) for _ in (0, 1)]
+    pairs = [SimpleNamespace(protocol=protocol, remote_addr=s.get_extra_info("sockname"))
+             for (_, protocol), s in zip(sockets, sinks)]
+
+    def session(key: bytes, direction: int) -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction))
+
+    first, second = bytes(30), bytes(range(30))
+    nominated: dict[int, object] = {}
+    dtls = SimpleNamespace(_state=State.CONNECTING, _tx_srtp=session(first, pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+                           transport=SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated)))
+    raw = RawSender(dtls)  # type: ignore[arg-type]
+    send = raw.send_rtp if kind == "rtp" else raw.send_rtcp
+    packets = iter([_packet(n, 0, b"\x10\x00key") if kind == "rtp" else rtcp_pli() for n in range(5)])
+    nominated[1] = pairs[0]
+    assert not send(next(packets))  # handshaking
+    dtls._state = State.CONNECTED
+    assert send(next(packets))
+    pairs[0].protocol.pause_writing()
+    assert not send(next(packets))  # the socket's buffer is full
+    pairs[0].protocol.resume_writing()
+    nominated[1] = pairs[1]  # aioice moved to another pair
+    dtls._tx_srtp = session(second, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)  # DTLS keyed again
+    assert send(next(packets))
+    await asyncio.sleep(0.05)
+    assert [index for index, _ in received] == [0, 1]
+    for (_, data), key in zip(received, (first, second)):
+        inbound = session(key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        assert (inbound.unprotect if kind == "rtp" else inbound.unprotect_rtcp)(data)
+    for transport, _ in sockets:
+        transport.close()
+    for s in sinks:
+        s.close()
+
+
 def test_a_full_mtu_payload_is_forwarded_and_protected_even_as_rtx() -> None:
     """A publisher on a 1,500-byte MTU (webrtcbin's default is 1,400 bytes of RTP) sends
     payloads up to ~1,450 bytes: each reaches the subscriber, with our longest header and as
