@@ -270,15 +270,18 @@ class UdpMux:
 
 
 def _bind(address: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket on ``address:port`` (an IP address: no lookup blocks the loop)."""
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(
-        address, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
-    sock = socket.socket(family, kind, proto)
+    """A non-blocking UDP socket on ``address:port`` (an IP address, as host candidates announce
+    it: no name lookup blocks the loop)."""
+    sock = None
     try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            address, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
+        sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         sock.bind(sockaddr)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise OSError(exc.errno, f"cannot bind udp {address}:{port}: {exc.strerror}") from None
     return sock
 
@@ -288,15 +291,15 @@ def ephemeral_overlap(first: int, last: int) -> tuple[int, int] | None:
     are not reserved (``ip_local_reserved_ports``): any socket of this host bound to port 0 (every
     outgoing connection's) may take one of them first. None when they do not, or when /proc does
     not say."""
+    held: set[int] = set()
     try:
         low, high = (int(n) for n in EPHEMERAL_RANGE.read_text().split())
         reserved = RESERVED_PORTS.read_text().strip() if RESERVED_PORTS.exists() else ""
+        for part in filter(None, reserved.split(",")):
+            start, _, end = part.partition("-")
+            held.update(range(int(start), int(end or start) + 1))
     except (OSError, ValueError):
         return None
-    held: set[int] = set()
-    for part in filter(None, reserved.split(",")):
-        start, _, end = part.partition("-")
-        held.update(range(int(start), int(end or start) + 1))
     if any(low <= port <= high and port not in held for port in range(first, last + 1)):
         return low, high
     return None
