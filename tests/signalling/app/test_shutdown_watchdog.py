@@ -16,7 +16,7 @@ DUMPED = "shutdown still running after"
 
 def test_a_stuck_shutdown_writes_the_stacks_once_naming_the_stuck_frame(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {"EXPERTCALL_SHUTDOWN_DUMP_SECONDS": "1"}
-    with serve(tmp_path, "--media-loopback", "--sfu-workers", "1", "--media-port", "46010", env=env,
+    with serve(tmp_path, "--media-loopback", "--sfu-workers", "1", env=env,
                module="tests.stuck_shutdown") as server:
         time.sleep(1.5)
         assert DUMPED not in server.log()  # armed by the shutdown, not by serving
