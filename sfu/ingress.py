@@ -124,25 +124,9 @@ def native_reader(protocol: asyncio.DatagramProtocol, transport: SocketTransport
     return Reader(transport.get_extra_info("socket").fileno(), protocol, failed)  # type: ignore[no-any-return]
 
 
-async def create_endpoint(protocol_factory: Callable[[], asyncio.DatagramProtocol],
-                          local_addr: tuple[str, int]) -> tuple[SocketTransport, Any]:
-    """loop.create_datagram_endpoint(protocol_factory, local_addr=...), read by the C Reader.
-    Raises OSError when the address is taken."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(*local_addr, type=socket.SOCK_DGRAM)
-    family = infos[0][0] if infos else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind(infos[0][4] if infos else local_addr)
-    except OSError:
-        sock.close()
-        raise
-    return endpoint_on(sock, protocol_factory)
-
-
 def endpoint_on(sock: socket.socket, protocol_factory: Callable[[], asyncio.DatagramProtocol]
                 ) -> tuple[SocketTransport, Any]:
-    """The same on a UDP socket already bound (non-blocking)."""
+    """A datagram endpoint on ``sock`` (a UDP socket already bound, non-blocking; sfu.udp_mux.bind_udp),
+    read by the C Reader."""
     protocol = protocol_factory()
     return SocketTransport(asyncio.get_running_loop(), sock, protocol, native_reader), protocol

@@ -228,7 +228,7 @@ class UdpMux:
         try:
             for address in addresses:
                 if address not in self._bound and address not in self.sockets:
-                    self._bound[address] = _bind(address, self.port)
+                    self._bound[address] = bind_udp(address, self.port)
         except OSError:
             self.close()
             raise
@@ -242,7 +242,7 @@ class UdpMux:
                 if found.transport is not None and not found.transport.is_closing():
                     return found
                 self._dropped_before += found.dropped
-            sock = self._bound.pop(address, None) or _bind(address, self.port)
+            sock = self._bound.pop(address, None) or bind_udp(address, self.port)
             transport: asyncio.DatagramTransport
             try:
                 if ingress.NATIVE:  # read in C (sfu/ingress.py)
@@ -269,7 +269,7 @@ class UdpMux:
         self._bound.clear()
 
 
-def _bind(address: str, port: int) -> socket.socket:
+def bind_udp(address: str, port: int) -> socket.socket:
     """A non-blocking UDP socket on ``address:port`` (an IP address, as host candidates announce
     it: no name lookup blocks the loop)."""
     sock = None

@@ -21,7 +21,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
 from sfu import aiortc_hooks, ingress, rtcp
 from sfu.transport import Transport
-from sfu.udp_mux import MuxSocket
+from sfu.udp_mux import MuxSocket, bind_udp
 
 pytestmark = pytest.mark.skipif(not ingress.NATIVE, reason="sfu/_ingress.c is not built")
 
@@ -178,7 +178,7 @@ def connect(side: Side) -> None:
 @pytest.fixture(params=["127.0.0.1", "::1"])
 async def sides(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Side, Side]]:
     loop = asyncio.get_running_loop()
-    _, native = await ingress.create_endpoint(MuxSocket, (request.param, 0))
+    _, native = ingress.endpoint_on(bind_udp(request.param, 0), MuxSocket)
     _, python = await loop.create_datagram_endpoint(MuxSocket, local_addr=(request.param, 0))
     pair = make_side(native), make_side(python)
     yield pair
