@@ -391,10 +391,11 @@ def python_batch_protector(session: pylibsrtp.Session, rtcp: bool = False) -> Pr
 class RawSender:
     """Sends plaintext RTP/RTCP on a connected DTLS transport without awaiting: SRTP-protect with
     the transport's context, then ``sendto`` on the nominated pair's socket. Silently drops while
-    the transport is not connected (a subscriber still handshaking, or gone). The pair's socket
-    and address are cached until aioice nominates another pair. On a worker's shared socket
-    (sfu.udp_mux) RTP and RTCP join the socket's batch, sent once per event-loop turn: the
-    router's reports of all its rooms leave by one sendmmsg, not a sendto each."""
+    the transport is not connected or ICE has no nominated pair (a subscriber still handshaking,
+    or gone). The pair's socket and address are cached until aioice nominates another pair. On a
+    worker's shared socket (sfu.udp_mux) RTP and RTCP join the socket's batch, sent once per
+    event-loop turn: the router's reports of all its rooms leave by one sendmmsg, not a sendto
+    each."""
 
     __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_fast", "_gate", "_mux",
                  "_nominated", "_pair", "_protect", "_queue", "_rtcp_queue", "_send_now",
@@ -421,10 +422,7 @@ class RawSender:
         self._datagrams: list[bytes] = []
         self._addresses: list[Any] = []
 
-    def _route(self) -> bool:
-        pair = self._nominated.get(1)
-        if pair is None:
-            return False
+    def _route(self, pair: Any) -> None:
         self._pair = pair
         self._sendto = self._send_now = pair.protocol.transport.sendto
         self._addr = pair.remote_addr
@@ -437,7 +435,6 @@ class RawSender:
         else:
             self._mux = None
         self._fast_route()
-        return True
 
     def _fast_route(self) -> None:
         fast, srtp = self._fast, self._srtp
@@ -456,8 +453,13 @@ class RawSender:
         dtls = self._dtls
         if dtls._state is not State.CONNECTED:
             return False
-        if self._nominated.get(1) is not self._pair and not self._route():
+        # no pair yet (ICE still checking while DTLS is up) or none any more (ICE closed):
+        # nowhere to send, so the packet is dropped, not counted as sent
+        pair = self._nominated.get(1)
+        if pair is None:
             return False
+        if pair is not self._pair:
+            self._route(pair)
         if not self._gate.writable:
             return False
         if dtls._tx_srtp is not self._srtp:
@@ -465,7 +467,8 @@ class RawSender:
         return True
 
     def send_rtp(self, data: bytes) -> bool:
-        """True when sent; False when dropped (not connected, or the socket is full or gone)."""
+        """True when sent; False when dropped (not connected, no nominated pair, or the socket
+        is full or gone)."""
         if not self._ready():
             return False
         if self._mux is not None:

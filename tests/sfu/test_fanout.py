@@ -16,6 +16,7 @@ from aiortc.rtcdtlstransport import State
 from sfu import consumer as consumer_module
 from sfu import fastsend
 from sfu import producer as producer_module
+from sfu import rtcp
 from sfu.aiortc_hooks import MuxedProtocol, RawSender
 from sfu.consumer import Consumer
 from sfu.forwarder import ExtensionLayout
@@ -309,3 +310,47 @@ def test_protected_datagrams_decrypt_to_the_rewritten_packets() -> None:
     sent = {p[2:4] for p in plaintexts}
     assert cache and all(p[2:4] in sent for p in cache)
     assert set(cache) & set(plaintexts)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_sender_with_no_nominated_pair_counts_nothing_as_sent(
+        native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connected but with no pair nominated by ICE (yet, or any more): nothing goes out, so
+    nothing counts as sent, in the C fan-out or in Python; packets go once a pair is nominated."""
+    if native:
+        assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    monkeypatch.setattr(producer_module, "_fanout", fastsend.native_fanout if native else None)
+    monkeypatch.setattr(producer_module, "_receive", fastsend.native_receive if native else None)
+    raw, _, datagrams, _ = _sender(1, 40000)
+    pair = raw._nominated.pop(1)  # DTLS up, ICE not yet nominated
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=FakeScheduler())
+    audio.attach_source(1234, None, 2, lambda d: True)
+    consumer = Consumer("c", audio, "bob", ssrc=0x1000, rtx_ssrc=0x2000,
+                        send_rtp=raw.send_rtp, send_rtcp=raw.send_rtcp)
+    consumer.fast_sender = raw
+    consumer.configure(100, 120, ExtensionLayout(audio_level_id=5))
+    audio.add_consumer(consumer)
+    consumer.resume()
+
+    def send(first: int, count: int) -> None:
+        for seq in range(first, first + count):
+            audio.receive(*_split(_packet(seq, seq * 960, b"\x01" * 60, pt=111, level=30)),
+                          3_900_000_000_000 + seq * 20)
+
+    send(1, 5)
+    consumer.retransmit([consumer._last_seq, (consumer._last_seq - 1) & 0xFFFF])  # a NACK
+    assert (consumer.packets, consumer.bytes, consumer.retransmitted) == (0, 0, 0)
+    assert consumer.packets_dropped == 5 and datagrams == []
+    assert not raw.send_rtp(_packet(99, 0, b"x")) and not raw.send_rtcp(rtcp.pli(1, 2))
+    raw._nominated[1] = pair  # ICE nominated a pair: packets go, and count
+    send(6, 5)
+    assert consumer.packets == len(datagrams) == 5 and consumer.packets_dropped == 5
+    assert not native or raw._fast.ready  # (the C fan-out's route to the pair, once routed)
+    consumer.retransmit([consumer._last_seq])
+    assert consumer.retransmitted == 1 and len(datagrams) == 6
+    raw._nominated.clear()  # ICE closed: the pair (and the C fan-out's route to it) is gone
+    send(11, 5)
+    consumer.retransmit([(consumer._last_seq - 1) & 0xFFFF])
+    assert consumer.packets == 5 and consumer.retransmitted == 1 and len(datagrams) == 6
+    assert consumer.packets_dropped == 10
