@@ -10,6 +10,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -90,26 +91,35 @@ def serve(**options: Any) -> None:
     drain = settings.sfu_drain_seconds if settings.role == "sfu" else 0.0
     shutdown_watchdog.install(app, settings.shutdown_dump_seconds and settings.shutdown_dump_seconds + drain)
     install_event_loop()
-    click.echo(f"expertcall ({settings.role}) listening on http://{settings.host}:{settings.port}/", err=True)
+
+    def started() -> None:
+        click.echo(f"expertcall ({settings.role}) listening on http://{settings.host}:{settings.port}/", err=True)
+
     try:
         _run_app(web.AppRunner(app, handle_signals=True, access_log_class=RedactedAccessLogger, shutdown_timeout=15,
                                keepalive_timeout=75),
-                 settings.host, settings.port)
+                 settings.host, settings.port, started)
     except MediaError as exc:  # the media plane did not start (its port is taken): all closed again
         raise click.ClickException(f"the media plane did not start: {exc.message}") from None
 
 
-def _run_app(runner: web.AppRunner, host: str, port: int) -> None:
+def _run_app(runner: web.AppRunner, host: str, port: int, started: Callable[[], None]) -> None:
     """``web.run_app``, except that a start that fails closes what it had opened, in reverse
     order, before its error shows: aiohttp's leaves a failed start's cleanup contexts to the
     loop's end, which closes them all at once (billing's heartbeat then writes to a database
-    already closed)."""
+    already closed). ``started()`` runs once every start-up step succeeded and the site
+    listens, never for a start that failed."""
     from aiohttp import web
 
     async def run() -> None:
         try:
             await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:  # the port is taken, or the address is not this host's
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+            started()
             await asyncio.Event().wait()  # until SIGINT or SIGTERM (GracefulExit)
         finally:
             await runner.cleanup()

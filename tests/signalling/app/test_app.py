@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import pytest
 
@@ -8,7 +10,7 @@ from signalling.auth.tokens import TOKENS
 from signalling.calls.node import SIGNALLING
 from signalling.core.settings import Settings, SettingsError
 
-from ...served import free_port, run_cli
+from ...served import free_port, run_cli, serve
 
 
 async def test_health_and_metrics(client) -> None:  # type: ignore[no-untyped-def]
@@ -102,6 +104,24 @@ def test_serve_refuses_a_role_without_redis_or_a_long_enough_sfu_secret(tmp_path
     refused = run_cli("serve", "--role", "signalling", "--redis", "redis://127.0.0.1:6379/0", "--data-dir", str(tmp_path),
                       env={"EXPERTCALL_SFU_SECRET": "short"}, cwd=tmp_path)
     assert refused.returncode != 0 and "sfu_secret must be at least 32" in refused.stderr, refused.stderr
+
+
+@pytest.mark.integration
+def test_serve_says_it_listens_only_once_it_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A start that fails (its port taken) exits 1 saying why, and never said it was listening; a
+    start that succeeds says so."""
+    common = ["--data-dir", str(tmp_path / "var"), "--media-loopback", "--sfu-workers", "1", "--no-demo"]
+    secret = {"EXPERTCALL_SECRET": "s" * 32}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = run_cli("serve", "--port", str(port), *common, env=secret, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in refused.stderr
+    assert "listening on" not in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    with serve(tmp_path, *common, env=secret) as served:
+        assert f"listening on http://127.0.0.1:{served.port}/" in served.log()
 
 
 async def test_not_ready_while_shutting_down(client) -> None:  # type: ignore[no-untyped-def]
