@@ -87,12 +87,16 @@ class RedisBackend(MemoryBackend):
         self._listener = asyncio.create_task(self._listen(), name=f"redis-listener-{self.node_id}")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            await cancel_and_wait(self._listener)
-            self._listener = None
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
-            self._pubsub = None
+        """Stop listening and release the connections, whether or not ``start`` ran (or
+        finished): the pool exists from the constructor on; safe to call twice."""
+        try:
+            if self._listener is not None:
+                await cancel_and_wait(self._listener)
+                self._listener = None
+            if self._pubsub is not None:
+                await self._pubsub.aclose()
+                self._pubsub = None
+        finally:
             await self.redis.aclose(close_connection_pool=True)
 
     async def _listen(self) -> None:
