@@ -39,7 +39,7 @@ from signalling.billing.store_sqlite import SqliteBillingStore
 from signalling.core.database import Database
 from signalling.core.event_loop import install_event_loop
 
-from . import metering_nodes
+from . import metering_nodes, redis_client
 from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,7 @@ async def run(
 ) -> dict[str, Any]:
     # A node does not see 10,000 sessions start in the same second: open them at up to 1000/s.
     ramp = ramp_seconds if ramp_seconds is not None else max(float(unit_seconds), sessions / 1000)
+    redis = await redis_client.connected(redis_url) if redis_url else None
     workdir = Path(tempfile.mkdtemp(prefix="expertcall-bench-metering-"))
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     charged: list[tuple[float, float]] = []  # (due, lateness)
@@ -81,13 +82,10 @@ async def run(
     checkpointer.start()
     meter = Meter(SqliteBillingStore(db), on_unit=on_unit)
     await meter.start()
-    redis = relay = consumer = None
+    relay = consumer = None
     stream = f"bench:{uuid.uuid4().hex}:metering"
     consumer_db = workdir / "consumer.sqlite3"
-    if redis_url:
-        from redis.asyncio import Redis
-
-        redis = Redis.from_url(redis_url)
+    if redis:
         relay = RedisRelay(meter.outbox, redis, stream, batch=2000, poll_seconds=0.05)
         relay.start()
         consumer = await asyncio.create_subprocess_exec(

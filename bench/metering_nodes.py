@@ -32,6 +32,7 @@ from signalling.billing.store_postgres import PostgresBillingStore
 from signalling.core.event_loop import install_event_loop
 from signalling.core.postgres import connect
 
+from . import redis_client
 from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def node(args: dict[str, Any]) -> dict[str, Any]:
     """One node: meter ``args["count"]`` sessions from ``args["first"]``, return its samples."""
-    from redis.asyncio import Redis
-
     charged: list[tuple[float, float]] = []
     ending = False
 
@@ -52,7 +51,7 @@ async def node(args: dict[str, Any]) -> dict[str, Any]:
     store = await PostgresBillingStore.open(pool)
     meter = Meter(store, node_id=args["node_id"], on_unit=on_unit)
     await meter.start()
-    redis = Redis.from_url(args["redis"])
+    redis = redis_client.connect(args["redis"])  # (run() checked that it answers)
     relay = RedisRelay(meter.outbox, redis, args["stream"], batch=2000, poll_seconds=0.05)
     relay.start()
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -94,9 +93,8 @@ async def run(
     *, sessions: int, duration: float, unit_seconds: int, redis_url: str, database: str, nodes: int,
     ramp_seconds: float | None = None,
 ) -> dict[str, Any]:
-    from redis.asyncio import Redis
-
     ramp = ramp_seconds if ramp_seconds is not None else max(float(unit_seconds), sessions / 1000)
+    redis = await redis_client.connected(redis_url)
     workdir = Path(tempfile.mkdtemp(prefix="expertcall-bench-metering-nodes-"))
     run_id = f"bench{uuid.uuid4().hex[:8]}"
     stream = f"bench:{run_id}:metering"
@@ -145,7 +143,8 @@ async def run(
     ledger_units, distinct_units = len(charges), len({p.id for p in charges})
     counted = consumed(consumer_db)
     await pool.close()
-    await Redis.from_url(redis_url).delete(stream)
+    await redis.delete(stream)
+    await redis.aclose()
     charged = [tuple(c) for r in results for c in r["charged"]]
     # The steady state: every session open on every node (a node that opened its sessions slower
     # than the ramp asked starts its steady state when it is done) until the first node ends.

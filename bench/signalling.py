@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import click
 
+from . import redis_client
 from .procfs import process_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,9 +171,7 @@ async def register_experts(urls: list[str], admin_token: str, expert_ids: list[s
 
 
 def delete_redis_prefix(redis_url: str, prefix: str) -> None:
-    from redis import Redis
-
-    client = Redis.from_url(redis_url)
+    client = redis_client.connect_sync(redis_url)
     try:
         batch = []
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
