@@ -318,7 +318,7 @@ class Recorder:
     """A consumer that keeps what the producer forwards to it: (seq, keyframe)."""
 
     remb_bitrate = 0
-    gate = SimpleNamespace(paused=False)
+    gate: Any = SimpleNamespace(paused=False)
 
     def __init__(self) -> None:
         self.forwarded: list[tuple[int, bool]] = []
