@@ -631,16 +631,19 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
  * packet as C members. receive(producer, data, b0, b1, seq, ts, offset, arrival_ms) -> True when
  * it took the packet the way Producer.receive would have: the next sequence number of a known
  * source, not oversized, not policed away, no NACK retry due, its audio level read, and for
- * video no GOP run being cached and no keyframe starting; then it fans the packet out. False,
- * with nothing changed, for everything else: Producer.receive's Python, the reference, does it. */
+ * video no keyframe starting (a packet inside the GOP run being cached is appended to it, or
+ * ends it, as Producer._cache_gop does); then it fans the packet out. False, with nothing
+ * changed, for everything else: Producer.receive's Python, the reference, does it. */
 
 static long long g_max_payload = -1;  /* sfu.forwarder.MAX_FORWARDED_PAYLOAD; -1: not configured */
+static long long g_gop_packets, g_gop_ms;  /* sfu.producer.GOP_MAX_PACKETS, GOP_MAX_AGE_MS */
 static PyObject *s_due_ms;
 
 typedef struct {
     PyObject_HEAD
     long long packets, bytes, last_arrival_ms, base_seq, max_seq, cycles, transit, bucket_ms,
-        level_sum, level_count, audio_level_id, waiting, epoch, clock_per_ms, keyframe_kind;
+        level_sum, level_count, audio_level_id, waiting, epoch, clock_per_ms, keyframe_kind,
+        gop_ms, gop_ts, gop_seq;
     double jitter, tokens, bytes_per_ms, bucket_size;
     char caching;
     PyObject *gop, *consumers, *nacks;
@@ -678,7 +681,10 @@ static PyMemberDef pb_members[] = {
     {"epoch", T_LONGLONG, offsetof(ProducerBase, epoch), 0, NULL},
     {"_clock_per_ms", T_LONGLONG, offsetof(ProducerBase, clock_per_ms), 0, NULL},
     {"_keyframe_kind", T_LONGLONG, offsetof(ProducerBase, keyframe_kind), 0,
-     "how receive() finds a keyframe start: 1 VP8, else it leaves the packet to Python"},
+     "how receive() finds a keyframe start: 1 VP8, 2 H.264, else it leaves the packet to Python"},
+    {"_gop_ms", T_LONGLONG, offsetof(ProducerBase, gop_ms), 0, NULL},
+    {"_gop_ts", T_LONGLONG, offsetof(ProducerBase, gop_ts), 0, NULL},
+    {"_gop_seq", T_LONGLONG, offsetof(ProducerBase, gop_seq), 0, NULL},
     {"_jitter", T_DOUBLE, offsetof(ProducerBase, jitter), 0, NULL},
     {"_tokens", T_DOUBLE, offsetof(ProducerBase, tokens), 0, NULL},
     {"_bytes_per_ms", T_DOUBLE, offsetof(ProducerBase, bytes_per_ms), 0, NULL},
@@ -739,48 +745,68 @@ static int vp8_keyframe_start(const unsigned char *p, Py_ssize_t n) {
     return pos < n && !(p[pos] & 0x01);
 }
 
-static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8 || !PyObject_TypeCheck(args[0], &ProducerBaseType) || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms)");
-        return NULL;
+/* sfu.forwarder.h264_keyframe_start: an IDR slice or an SPS, alone, in a STAP-A or starting an
+ * FU-A (RFC 6184) */
+static int h264_keyframe_nal(unsigned char b) { return (b & 0x1F) == 5 || (b & 0x1F) == 7; }
+
+static int h264_keyframe_start(const unsigned char *p, Py_ssize_t n) {
+    if (n < 1) return 0;
+    int nal = p[0] & 0x1F;
+    if (nal == 5 || nal == 7) return 1;
+    if (nal == 24) {
+        for (Py_ssize_t pos = 1; pos + 2 < n; pos += 2 + ((p[pos] << 8) | p[pos + 1]))
+            if (h264_keyframe_nal(p[pos + 2])) return 1;
+        return 0;
     }
-    ProducerBase *p = (ProducerBase *)args[0];
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[1]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
-    long long b0 = PyLong_AsLongLong(args[2]), b1 = PyLong_AsLongLong(args[3]),
-              seq = PyLong_AsLongLong(args[4]), ts = PyLong_AsLongLong(args[5]),
-              offset = PyLong_AsLongLong(args[6]), arrival_ms = PyLong_AsLongLong(args[7]);
-    if (PyErr_Occurred()) return NULL;
+    return nal == 28 && n > 1 && (p[1] & 0x80) && h264_keyframe_nal(p[1]);
+}
+
+/* receive() on C values: 1 taken, 0 for Producer.receive's Python, -1 on an exception. Also
+ * sfu._ingress's way in (the capsule _receive_capi), for a packet whose handler is
+ * Producer.receive: no Python frame, no int objects. */
+static int receive_packet(PyObject *producer, PyObject *data, long long b0, long long b1,
+                          long long seq, long long ts, long long offset, long long arrival_ms) {
+    if (!PyObject_TypeCheck(producer, &ProducerBaseType) || !PyBytes_CheckExact(data)) return 0;
+    ProducerBase *p = (ProducerBase *)producer;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
     if (g_max_payload < 0 || offset < 12 || offset > size || size - offset > g_max_payload ||
         p->base_seq < 0 || ((seq - p->max_seq) & 0xFFFF) != 1 || p->consumers == NULL ||
         !PyList_Check(p->consumers))
-        Py_RETURN_FALSE;
+        return 0;
     double tokens = 0;
     if (p->bytes_per_ms) {
         tokens = p->tokens + (double)(arrival_ms - p->bucket_ms) * p->bytes_per_ms;
         if (p->bucket_size < tokens) tokens = p->bucket_size;
-        if (tokens < (double)size) Py_RETURN_FALSE;  /* policed: counted in Python */
+        if (tokens < (double)size) return 0;  /* policed: counted in Python */
     }
     if (p->nacks != NULL) {
         PyObject *due = PyObject_GetAttr(p->nacks, s_due_ms);
-        if (due == NULL) return NULL;
+        if (due == NULL) return -1;
         long long due_ms = PyLong_AsLongLong(due);
         Py_DECREF(due);
-        if (due_ms == -1 && PyErr_Occurred()) return NULL;
-        if (due_ms && arrival_ms >= due_ms) Py_RETURN_FALSE;
+        if (due_ms == -1 && PyErr_Occurred()) return -1;
+        if (due_ms && arrival_ms >= due_ms) return 0;
     }
     int level = -1;
     if (p->audio_level_id) {
         level = audio_level(d, size, p->audio_level_id);
-        if (level == -2) Py_RETURN_FALSE;
+        if (level == -2) return 0;
     }
     const unsigned char *payload = d + offset;
     Py_ssize_t payload_len = size - offset;
     if (p->caching) {
-        if (p->gop != Py_None || p->keyframe_kind != 1 || vp8_keyframe_start(payload, payload_len))
-            Py_RETURN_FALSE;
+        /* a keyframe's start (a new run, its time on the scheduler's clock) is Python's */
+        if (p->keyframe_kind == 1) {
+            if (vp8_keyframe_start(payload, payload_len)) return 0;
+        } else if (p->keyframe_kind == 2) {
+            if (h264_keyframe_start(payload, payload_len)) return 0;
+        } else {
+            return 0;
+        }
+        if (p->gop == NULL || (p->gop != Py_None && !PyList_CheckExact(p->gop))) return 0;
     } else if (p->waiting > 0) {
-        Py_RETURN_FALSE;
+        return 0;
     }
 
     /* Producer.receive from here on, all of it */
@@ -801,22 +827,50 @@ static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         p->level_sum += level & 0x7F;
         p->level_count += 1;
     }
+    PyObject *piece = PyBytes_FromStringAndSize((const char *)payload, payload_len);
+    if (piece == NULL) return -1;
+    if (p->caching && p->gop != Py_None) {  /* Producer._cache_gop, past a keyframe's start */
+        if (PyList_GET_SIZE(p->gop) < g_gop_packets && arrival_ms - p->gop_ms <= g_gop_ms) {
+            PyObject *kept = Py_BuildValue("(OLLLL)", piece, b0 & 0x20, b1 & 0x80, seq, ts);
+            int appended = kept == NULL ? -1 : PyList_Append(p->gop, kept);
+            Py_XDECREF(kept);
+            if (appended < 0) { Py_DECREF(piece); return -1; }
+        } else {
+            Py_SETREF(p->gop, Py_NewRef(Py_None));
+        }
+    }
     PyObject *fargs = Py_BuildValue(
-        "(y#LLLLiLOLL)", (const char *)payload, payload_len, b0 & 0x20, b1 & 0x80, seq, ts, level,
+        "(NLLLLiLOLL)", piece, b0 & 0x20, b1 & 0x80, seq, ts, level,
         (arrival_ms * 262144 / 1000) & 0xFFFFFF, Py_False, p->epoch, arrival_ms);
-    if (fargs == NULL) return NULL;
+    if (fargs == NULL) return -1;
     PyObject *consumers = Py_NewRef(p->consumers);
     int r = fan_out(consumers, fargs);
     Py_DECREF(consumers);
     Py_DECREF(fargs);
-    if (r < 0) return NULL;
-    Py_RETURN_TRUE;
+    if (r < 0) return -1;
+    return 1;
 }
 
-static PyObject *configure_receive(PyObject *self, PyObject *arg) {
-    long long v = PyLong_AsLongLong(arg);
-    if (v == -1 && PyErr_Occurred()) return NULL;
-    g_max_payload = v;
+static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyObject_TypeCheck(args[0], &ProducerBaseType) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms)");
+        return NULL;
+    }
+    long long b0 = PyLong_AsLongLong(args[2]), b1 = PyLong_AsLongLong(args[3]),
+              seq = PyLong_AsLongLong(args[4]), ts = PyLong_AsLongLong(args[5]),
+              offset = PyLong_AsLongLong(args[6]), arrival_ms = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    int taken = receive_packet(args[0], args[1], b0, b1, seq, ts, offset, arrival_ms);
+    if (taken < 0) return NULL;
+    return PyBool_FromLong(taken);
+}
+
+static PyObject *configure_receive(PyObject *self, PyObject *args) {
+    long long max_payload, gop_packets, gop_ms;
+    if (!PyArg_ParseTuple(args, "LLL", &max_payload, &gop_packets, &gop_ms)) return NULL;
+    g_max_payload = max_payload;
+    g_gop_packets = gop_packets;
+    g_gop_ms = gop_ms;
     Py_RETURN_NONE;
 }
 
@@ -895,8 +949,8 @@ static PyMethodDef methods[] = {
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(producer, data, b0, b1, seq, ts, offset, arrival_ms) -> True when it took the "
      "packet (Producer.receive's plain case), False when Producer.receive must"},
-    {"configure_receive", configure_receive, METH_O,
-     "configure_receive(max_forwarded_payload) for receive()"},
+    {"configure_receive", configure_receive, METH_VARARGS,
+     "configure_receive(max_forwarded_payload, gop_max_packets, gop_max_age_ms) for receive()"},
     {"ring_move", ring_move, METH_VARARGS,
      "ring_move(cache, resent, size, out_seq) -> (cache, resent): Consumer._resize's move"},
     {"fanout", fanout, METH_VARARGS,
@@ -933,6 +987,13 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "ConsumerBase", (PyObject *)&ConsumerBaseType) < 0 ||
         PyModule_AddObjectRef(m, "ProducerBase", (PyObject *)&ProducerBaseType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *capi = PyCapsule_New((void *)receive_packet, "sfu._fastsend._receive_capi", NULL);
+    int added = capi == NULL ? -1 : PyModule_AddObjectRef(m, "_receive_capi", capi);
+    Py_XDECREF(capi);
+    if (added < 0) {
         Py_DECREF(m);
         return NULL;
     }

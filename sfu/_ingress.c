@@ -16,10 +16,11 @@
  * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
  * restarts, address changes and learnt SSRCs need no registration here.
  * configure(unprotect_fn, unprotect_rtcp_fn, connected, muxed_type, sink_name) (sfu.aiortc_hooks,
- * at import) and configure_transport(receive_rtp) (sfu.transport) give it libsrtp's
- * srtp_unprotect and srtp_unprotect_rtcp, aiortc's
- * connected state, the MuxedProtocol class, the _Sink's name and Transport._receive_rtp; until
- * then every datagram takes the Python path.
+ * at import) and configure_transport(receive_rtp, producer_receive) (sfu.transport) give it
+ * libsrtp's srtp_unprotect and srtp_unprotect_rtcp, aiortc's connected state, the MuxedProtocol
+ * class, the _Sink's name, Transport._receive_rtp and Producer.receive; until then every datagram
+ * takes the Python path. A handler that is a producer's receive gets the packet through
+ * sfu._fastsend's receive in C first (its plain case), then, if that declines, as a call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,6 +40,11 @@
 #define NTP_UNIX_OFFSET_MS 2208988800000LL
 
 typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
+/* sfu._fastsend's receive_packet: 1 taken, 0 for Producer.receive's Python, -1 on an exception */
+typedef int (*receive_fn)(PyObject *producer, PyObject *data, long long b0, long long b1,
+                          long long seq, long long ts, long long offset, long long arrival_ms);
+static receive_fn g_producer_fast;
+static PyObject *g_producer_receive;
 
 static unsigned long long g_unprotect, g_unprotect_rtcp;
 static PyObject *g_connected, *g_muxed_type, *g_sink_name, *g_receive_rtp;
@@ -127,12 +133,22 @@ static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) 
     handler = Py_XNewRef(PyDict_GetItemWithError(table, key));
     if (handler == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
     if (PyObject_SetAttr(transport, s_last_packet_ms, arrival) < 0) goto end;
+    unsigned seq = (p[2] << 8) | p[3];
+    unsigned long ts = ((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
+                       ((unsigned long)p[6] << 8) | p[7];
+    if (g_producer_fast != NULL && PyMethod_Check(handler) &&
+        PyMethod_GET_FUNCTION(handler) == g_producer_receive) {
+        long long ms = PyLong_AsLongLong(arrival);
+        if (ms == -1 && PyErr_Occurred()) goto end;
+        int taken = g_producer_fast(PyMethod_GET_SELF(handler), plain, p[0], p[1], seq, ts,
+                                    offset, ms);
+        if (taken != 0) { result = taken; goto end; }
+    }
     args[0] = Py_NewRef(plain);
     args[1] = as_int(p[0]);
     args[2] = as_int(p[1]);
-    args[3] = PyLong_FromLong((p[2] << 8) | p[3]);
-    args[4] = PyLong_FromUnsignedLong(((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
-                                      ((unsigned long)p[6] << 8) | p[7]);
+    args[3] = PyLong_FromLong(seq);
+    args[4] = PyLong_FromUnsignedLong(ts);
     args[5] = as_int((long)offset);
     args[6] = Py_NewRef(arrival);
     for (int i = 0; i < 7; i++) if (args[i] == NULL) goto end;
@@ -375,16 +391,27 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *configure_transport(PyObject *self, PyObject *receive_rtp) {
+static PyObject *configure_transport(PyObject *self, PyObject *args) {
+    PyObject *receive_rtp, *producer_receive;
+    if (!PyArg_ParseTuple(args, "OO", &receive_rtp, &producer_receive)) return NULL;
+    receive_fn fast = PyCapsule_Import("sfu._fastsend._receive_capi", 0);
+    if (fast == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError) && !PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear(); /* built without sfu._fastsend: every producer's receive is a call */
+    }
     Py_XSETREF(g_receive_rtp, Py_NewRef(receive_rtp));
+    Py_XSETREF(g_producer_receive, Py_NewRef(producer_receive));
+    g_producer_fast = fast;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(unprotect_fn, unprotect_rtcp_fn, connected_state, muxed_protocol_type, sink_name)"},
-    {"configure_transport", configure_transport, METH_O,
-     "configure_transport(Transport._receive_rtp): whose handler table the C path reads"},
+    {"configure_transport", configure_transport, METH_VARARGS,
+     "configure_transport(Transport._receive_rtp, Producer.receive): whose handler table the C "
+     "path reads, and the handler it may run in C"},
     {NULL, NULL, 0, NULL},
 };
 

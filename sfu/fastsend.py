@@ -14,9 +14,10 @@ in Python when it is not; both put the same bytes on the wire.
   ``Route`` a RawSender's route as the fan-out reads it (sfu.aiortc_hooks); ``ring_move`` is
   Consumer._resize's loop.
 - ``receive``: Producer.receive's plain case (the next packet of a known source, nothing to
-  police, ask for, cache or wait for) and its fan-out in one C call; False for the rest, which
-  Producer.receive's Python does. ``ProducerBase`` is Producer's base class, its per-packet
-  attributes in C.
+  police, ask for or wait for, no keyframe starting; a packet of the GOP run after a keyframe is
+  cached too) and its fan-out in one C call; False for the rest, which Producer.receive's Python
+  does. ``ProducerBase`` is Producer's base class, its per-packet attributes in C. sfu/_ingress.c
+  calls the same C entry through a capsule, without a Python frame.
   ``configure_fanout`` (sfu.aiortc_hooks, at import) gives it libsrtp's protect and aiortc's
   connected state; until then every consumer takes its Python path.
 """

@@ -24,8 +24,6 @@ from sfu.options import CongestionOptions
 # plain case (None: all of it in Python, the reference)
 _fanout = fastsend.native_fanout
 _receive = fastsend.native_receive
-if fastsend.configure_receive is not None:
-    fastsend.configure_receive(MAX_FORWARDED_PAYLOAD)
 MAX_ASKED = 256  # sequence numbers subscribers asked for that we had to ask the publisher for
 MIN_REMB = 150_000  # bps: the least we ever ask a video publisher for
 # libwebrtc drops a keyframe request that comes within 300 ms of the previous one
@@ -42,6 +40,10 @@ GOP_MAX_AGE_MS = 1000  # ...so a joiner starts at most this far behind, then cat
 # A joiner served from a run older than this asks for a fresh keyframe (PLI-throttled), so that
 # during a stream of joins the next ones find a young run.
 GOP_REFRESH_MS = 500
+if fastsend.configure_receive is not None:
+    fastsend.configure_receive(MAX_FORWARDED_PAYLOAD, GOP_MAX_PACKETS, GOP_MAX_AGE_MS)
+# the keyframe detectors the C receive has (_keyframe_kind); any other codec's video is Python's
+_KEYFRAME_KINDS = {"vp8": 1, "h264": 2}
 
 
 class Scheduler(Protocol):
@@ -142,7 +144,7 @@ class Producer(_Base, Generic[Listener]):
         self.rtcp_ssrc = random.getrandbits(32)
 
         self._is_keyframe_start = KEYFRAME_DETECTORS[codec.name]
-        self._keyframe_kind = 1 if codec.name == "vp8" else 0  # the detectors the C receive has
+        self._keyframe_kind = _KEYFRAME_KINDS.get(codec.name, 0)
         self._clock_per_ms = codec.clock_rate // 1000
         self.waiting_for_keyframe = 0  # consumers that start on the next keyframe
         # the run of video packets from the newest keyframe on, as forward() takes them:

@@ -762,4 +762,4 @@ class Transport:
 
 
 if ingress.configure_transport is not None:
-    ingress.configure_transport(Transport._receive_rtp)
+    ingress.configure_transport(Transport._receive_rtp, Producer.receive)

@@ -19,7 +19,11 @@ import pytest
 from aioice import stun
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
+from .test_fanout import Recorder
+
 from sfu import aiortc_hooks, ingress, rtcp
+from sfu import producer as producer_module
+from sfu.producer import Codec, Producer
 from sfu.transport import Transport
 from sfu.udp_mux import MuxSocket, bind_udp
 
@@ -422,6 +426,50 @@ async def test_a_failing_handler_is_reported_and_the_batch_goes_on(
     finally:
         loop.set_exception_handler(None)
         client.close()
+
+
+@pytest.mark.integration
+async def test_a_producers_plain_packets_go_to_its_c_receive_without_its_python(
+        sides: tuple[Side, Side]) -> None:
+    """A handler that is a producer's receive: the C reader runs the C receive itself, and
+    Producer.receive's Python only for what that declines (the first packet, a gap); what the
+    producer forwards and counts is the same as on the Python path."""
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    client = Client(sides)
+    pythons = [0, 0]  # Producer.receive's Python ran, on the native side, on the Python one
+    saved = producer_module._receive
+    assert saved is not None, "sfu/_fastsend.c is not built"
+    producers, recorders = [], []
+    for side in sides:
+        producer: Producer[Recorder] = Producer("a", "alice", "audio", Codec("audio/opus", 48000, 96),
+                                                max_bitrate=0, keyframe_interval=1.0)
+        recorder = Recorder()
+        producer.add_consumer(recorder)
+        side.transport._rtp[SSRC] = producer.receive
+        producers.append(producer)
+        recorders.append(recorder)
+
+    def receive(producer: Any, *args: Any) -> bool:
+        pythons[producers.index(producer)] += 1
+        assert saved is not None
+        return saved(producer, *args)
+
+    producer_module._receive = receive
+    try:
+        client.send(binding_request("aaaa", PASSWORD))
+        await settle(sides, lambda side: len(side.requests) == 1)
+        for side in sides:
+            connect(side)
+        client.send(*(sender.protect(rtp(seq)) for seq in range(1, 31) if seq != 15))
+        await settle(sides, lambda side: len(recorders[sides.index(side)].forwarded) == 29)
+    finally:
+        producer_module._receive = saved
+        client.close()
+    native, python = recorders
+    assert native.forwarded == python.forwarded == [(seq, False) for seq in range(1, 31) if seq != 15]
+    assert [(p.packets, p.bytes, p._max_seq, p.packets_lost) for p in producers] == \
+        [(29, 29 * 62, 30, 1)] * 2
+    assert pythons == [2, 29]
 
 
 class FullSocket:
