@@ -37,14 +37,10 @@ class FakeMux:
     def __init__(self) -> None:
         self.writable = True
         self.flushes = 0
-        self.datagrams: list[bytes] = []
-        self.addresses: list[Any] = []
+        self.batch = fastsend.new_batch()
 
     def schedule_flush(self) -> None:
         self.flushes += 1
-
-    def batch(self) -> tuple[list[bytes], list[Any]]:
-        return self.datagrams, self.addresses
 
 
 def _muxed_pair(mux: FakeMux, port: int) -> SimpleNamespace:
@@ -61,14 +57,14 @@ def _session(key: int) -> pylibsrtp.Session:
     return pylibsrtp.Session(policy=policy)
 
 
-def _sender(key: int, port: int) -> tuple[RawSender, FakeMux, list[bytes], list[Any]]:
+def _sender(key: int, port: int) -> tuple[RawSender, FakeMux]:
     """A RawSender routed to a shared socket's batch (by its first packet)."""
     mux = FakeMux()
     dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=_session(key),
                            transport=SimpleNamespace(_connection=SimpleNamespace(
                                _nominated={1: _muxed_pair(mux, port)})))
     raw = RawSender(dtls)  # type: ignore[arg-type]
-    return raw, mux, mux.datagrams, mux.addresses
+    return raw, mux
 
 
 def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
@@ -103,7 +99,7 @@ def _world(native: bool) -> dict[str, Any]:
     video.attach_source(1234, None, 0, lambda d: True)
     audio.attach_source(1234, None, 2, lambda d: True)
     consumers: dict[str, Consumer] = {}
-    senders: dict[str, tuple[RawSender, FakeMux, list[bytes], list[Any]]] = {}
+    senders: dict[str, tuple[RawSender, FakeMux]] = {}
     plain: dict[str, list[bytes]] = {}
 
     def add(name: str, producer: Producer[Consumer], layout: ExtensionLayout, *,
@@ -200,7 +196,7 @@ def _world(native: bool) -> dict[str, Any]:
             if n == 250:  # packets of the ring someone holds: the C fan-out must not rewrite them
                 held = [(p, bytes(p)) for p in consumers["abs_mid"]._cache if p is not None]
             if n == 350:  # aioice nominates another pair (an ICE restart): a new address
-                raw, mux = senders["mid"][:2]
+                raw, mux = senders["mid"]
                 raw._nominated[1] = _muxed_pair(mux, 41000)
             if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
                 senders["bare"][0]._dtls._tx_srtp = _session(99)
@@ -242,9 +238,9 @@ def _world(native: bool) -> dict[str, Any]:
     }
     return {
         "state": state,
-        # (the C fan-out queues the address resolved once, a fastsend Address, that sendmmsg takes)
-        "batches": {name: (list(d), [getattr(x, "address", x) for x in a], mux.flushes)
-                    for name, (_, mux, d, a) in senders.items()},
+        "batches": {name: ([d for d, _ in mux.batch.items()], [a for _, a in mux.batch.items()],
+                           mux.flushes)
+                    for name, (_, mux) in senders.items()},
         "plain": plain,
         "forwards": forwards,
         "received": received,
