@@ -358,9 +358,20 @@ static PyObject *configure(PyObject *self, PyObject *args) {
  * address, batch, mux) when it routes there, clear() when it does not. Per packet
  * the fan-out checks only identities in dicts it holds (the DTLS transport's state and session,
  * the nominated pair, the socket's gate): what RawSender.send_rtp checks, without a lookup by type. */
+/* Python 3.11 versions every dict (PEP 509; deprecated in 3.12): a tag that changes with any
+ * change of it. A route that route_ready() found ready stays so while the tags of its three dicts
+ * are the ones it was found ready with, and the four lookups are skipped. */
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSIONS 1
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
+
 typedef struct {
     PyObject_HEAD
     int ready;
+#ifdef DICT_VERSIONS
+    uint64_t seen_dtls, seen_nominated, seen_mux;  /* 0: not found ready since set() */
+#endif
     PyObject *dtls_dict, *nominated;
     PyObject *pair, *srtp, *address, *mux, *mux_dict;
     Batch *batch;
@@ -376,6 +387,9 @@ static int route_traverse(Route *r, visitproc visit, void *arg) {
 
 static void route_forget(Route *r) {
     r->ready = 0;
+#ifdef DICT_VERSIONS
+    r->seen_dtls = r->seen_nominated = r->seen_mux = 0;
+#endif
     Py_CLEAR(r->pair); Py_CLEAR(r->srtp); Py_CLEAR(r->address); Py_CLEAR(r->batch);
     Py_CLEAR(r->mux); Py_CLEAR(r->mux_dict);
 }
@@ -469,6 +483,11 @@ static PyTypeObject RouteType = {
  * must look, -1 on an exception. */
 static int route_ready(Route *r) {
     if (r == NULL || !r->ready) return 0;
+#ifdef DICT_VERSIONS
+    if (r->seen_dtls == DICT_VERSION(r->dtls_dict) &&
+        r->seen_nominated == DICT_VERSION(r->nominated) && r->seen_mux == DICT_VERSION(r->mux_dict))
+        return 1;
+#endif
     PyObject *v = PyDict_GetItemWithError(r->dtls_dict, s_state);
     if (v != g_connected) return PyErr_Occurred() ? -1 : 0;
     v = PyDict_GetItemWithError(r->nominated, s_one);
@@ -476,9 +495,14 @@ static int route_ready(Route *r) {
     v = PyDict_GetItemWithError(r->dtls_dict, s_tx_srtp);
     if (v != r->srtp) return PyErr_Occurred() ? -1 : 0;
     v = PyDict_GetItemWithError(r->mux_dict, s_writable);
-    if (v == Py_True) return 1;
     if (v == NULL) return PyErr_Occurred() ? -1 : 0;
-    return PyObject_IsTrue(v);
+    if (v != Py_True) return PyObject_IsTrue(v);
+#ifdef DICT_VERSIONS
+    r->seen_dtls = DICT_VERSION(r->dtls_dict);
+    r->seen_nominated = DICT_VERSION(r->nominated);
+    r->seen_mux = DICT_VERSION(r->mux_dict);
+#endif
+    return 1;
 }
 
 /* ConsumerBase: sfu.consumer.Consumer's base class, its per-packet fields as C members. */

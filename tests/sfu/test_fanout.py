@@ -305,3 +305,66 @@ def test_protected_datagrams_decrypt_to_the_rewritten_packets() -> None:
     sent = {p[2:4] for p in plaintexts}
     assert cache and all(p[2:4] in sent for p in cache)
     assert set(cache) & set(plaintexts)
+
+
+class _Dtls:
+    """A DTLS transport's attributes the sender reads, in an instance dict as aiortc's own."""
+
+    def __init__(self, nominated: dict[int, Any]) -> None:
+        self._state = State.CONNECTED
+        self._tx_srtp = _session(1)
+        self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated))
+
+
+def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
+    """The C fan-out skips its per-consumer lookups while the sender's DTLS transport, nominated
+    pairs and socket are unchanged: a change of any of them (by attribute stores the interpreter
+    has specialised, in a loop) reaches the next packet, as the Python path sees it."""
+    assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    mux = FakeMux()
+    nominated = {1: _muxed_pair(mux, 40000)}
+    dtls = _Dtls(nominated)
+    raw = RawSender(dtls)  # type: ignore[arg-type]
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=FakeScheduler())
+    audio.attach_source(1234, None, 0, lambda d: True)
+    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
+                        send_rtcp=raw.send_rtcp)
+    consumer.fast_sender = raw
+    consumer.configure(100, 120, ExtensionLayout())
+    audio.add_consumer(consumer)
+    consumer.resume()
+    forwards = 0
+    original = Consumer.forward
+
+    def counting(self: Consumer, *args: Any) -> None:
+        nonlocal forwards
+        forwards += 1
+        original(self, *args)
+
+    Consumer.forward = counting  # type: ignore[method-assign,assignment]
+    sent: list[tuple[int, int]] = []  # (sequence number, port) of what should be in the batch
+    receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
+        key=bytes([1]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    try:
+        for n in range(90):
+            connected = n % 7 not in (3, 4)
+            dtls._state = State.CONNECTED if connected else State.CLOSED
+            mux.writable = n % 11 != 5
+            if n == 40:  # aioice nominates another pair
+                nominated[1] = _muxed_pair(mux, 40001)
+            if n == 60:  # DTLS renewed the keys
+                dtls._tx_srtp = _session(2)
+                receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
+                    key=bytes([2]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+            audio.receive(*_split(_packet(n, n * 960, b"x" * 20, pt=111)), 3_900_000_000_000 + 20 * n)
+            if connected and mux.writable:
+                sent.append((n, 40001 if n >= 40 else 40000))
+            datagram, address = mux.batch.items()[-1]
+            if sent and sent[-1][0] == n:  # it was queued, keyed as the sender now is
+                out_seq = struct.unpack_from("!H", receiver.unprotect(datagram), 2)[0]
+                assert (out_seq - n) & 0xFFFF == consumer._seq_offset & 0xFFFF
+            assert (len(mux.batch), address[1]) == (len(sent), sent[-1][1]), n
+    finally:
+        Consumer.forward = original  # type: ignore[method-assign]
+    assert forwards < 45  # the C path took the plain packets
