@@ -1,11 +1,11 @@
-/* sfu._fastsend: a whole batch of UDP datagrams in one sendmmsg(2) call.
+/* sfu._fastsend: a shared socket's batch of SRTP datagrams, protected by libsrtp straight into
+ * one buffer and sent by sendmmsg(2) from it: no Python object per datagram.
  *
- * send_batch(fd, [data, ...], [(host, port) or Address, ...]) -> the number of datagrams the
- * kernel took.
- * Two lists rather than a list of pairs: a pair per datagram would be one more object for the
- * garbage collector to count, per packet per subscriber.
- * The same contract as sfu.fastsend.send_batch_python: a full socket buffer (EAGAIN) ends the
- * batch, what is left is dropped; any other error drops that one datagram and goes on.
+ * Batch(): the batch of one socket. protect_queue() and fanout() protect packets into it;
+ * send(sock) -> the number of datagrams the kernel took, by one sendmmsg per 64 datagrams. The
+ * same contract as sfu.fastsend.PyBatch, the Python fallback: a full socket buffer (EAGAIN) ends
+ * the send, what is left is dropped (the caller clears the batch); any other error drops that one
+ * datagram and goes on.
  * Built by setup.py at install time (optional: sfu/fastsend.py falls back to Python).
  */
 #define PY_SSIZE_T_CLEAN
@@ -23,8 +23,8 @@
 
 static int resolve(PyObject *addr, struct sockaddr_storage *out, socklen_t *len);
 
-/* Address((host, port)): an address resolved once, for a batch's addresses list (what fanout()
- * appends: a Route resolves its address when it is set, not sendmmsg per datagram).
+/* Address((host, port)): an address resolved once, for a Batch's datagrams (what fanout()
+ * queues: a Route resolves its address when it is set, not sendmmsg per datagram).
  * ``.address`` is the (host, port) it was made from. */
 typedef struct {
     PyObject_HEAD
@@ -62,20 +62,11 @@ static PyTypeObject AddressType = {
     .tp_name = "sfu._fastsend.Address",
     .tp_basicsize = sizeof(Address),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Address((host, port)): resolved once for send_batch",
+    .tp_doc = "Address((host, port)): resolved once for a Batch",
     .tp_new = address_new,
     .tp_dealloc = (destructor)address_dealloc,
     .tp_members = address_members,
 };
-
-static int fill_address(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
-    if (Py_IS_TYPE(addr, &AddressType)) {
-        *len = ((Address *)addr)->len;
-        memcpy(out, &((Address *)addr)->sa, (size_t)*len);
-        return 0;
-    }
-    return resolve(addr, out, len);
-}
 
 static int resolve(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
     if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) return -1;
@@ -101,32 +92,92 @@ static int resolve(PyObject *addr, struct sockaddr_storage *out, socklen_t *len)
     return -1;
 }
 
-static PyObject *send_batch(PyObject *self, PyObject *args) {
-    int fd;
-    PyObject *datas, *addresses;
-    if (!PyArg_ParseTuple(args, "iO!O!", &fd, &PyList_Type, &datas, &PyList_Type, &addresses))
-        return NULL;
+/* Batch(): one shared socket's datagrams of an event-loop turn, protected in place in one buffer.
+ * The buffer grows (doubling, from BATCH_FIRST) up to BATCH_LIMIT and is kept for the socket's
+ * life: a turn costs no allocation once the buffer fits it. A packet that would take the buffer
+ * past BATCH_LIMIT is dropped, as a full socket buffer drops the rest of a batch (a socket's send
+ * buffer holds far less). Each datagram holds its Address, whose sockaddr sendmmsg reads. */
+#define BATCH_FIRST (64 * 1024)
+#define BATCH_LIMIT (16 * 1024 * 1024)
+
+typedef struct {
+    size_t offset;
+    size_t len;
+    PyObject *address;  /* an Address */
+} datagram_t;
+
+typedef struct {
+    PyObject_HEAD
+    char *buf;
+    size_t used, size;
+    datagram_t *datagrams;
+    Py_ssize_t count, slots;
+} Batch;
+
+static void batch_empty(Batch *b) {
+    for (Py_ssize_t i = 0; i < b->count; i++) Py_DECREF(b->datagrams[i].address);
+    b->count = 0;
+    b->used = 0;
+}
+
+static void batch_dealloc(Batch *b) {
+    batch_empty(b);
+    PyMem_Free(b->buf);
+    PyMem_Free(b->datagrams);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+/* Where the next datagram of up to ``n`` bytes goes: NULL with an exception when memory ran out,
+ * NULL without one when the batch is at BATCH_LIMIT (the packet is dropped). */
+static char *batch_reserve(Batch *b, size_t n) {
+    if (b->count == b->slots) {
+        Py_ssize_t slots = b->slots ? b->slots * 2 : 256;
+        datagram_t *more = PyMem_Realloc(b->datagrams, (size_t)slots * sizeof(datagram_t));
+        if (more == NULL) { PyErr_NoMemory(); return NULL; }
+        b->datagrams = more;
+        b->slots = slots;
+    }
+    if (b->used + n > b->size) {
+        size_t size = b->size ? b->size : BATCH_FIRST;
+        while (size < b->used + n) size *= 2;
+        if (size > BATCH_LIMIT) size = BATCH_LIMIT;
+        if (b->used + n > size) return NULL;
+        char *more = PyMem_Realloc(b->buf, size);
+        if (more == NULL) { PyErr_NoMemory(); return NULL; }
+        b->buf = more;
+        b->size = size;
+    }
+    return b->buf + b->used;
+}
+
+/* the datagram batch_reserve gave the place of, ``len`` bytes long, to ``address`` */
+static void batch_commit(Batch *b, size_t len, PyObject *address) {
+    datagram_t *d = &b->datagrams[b->count++];
+    d->offset = b->used;
+    d->len = len;
+    d->address = Py_NewRef(address);
+    b->used += len;
+}
+
+static PyObject *batch_send(Batch *b, PyObject *sock) {
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0) return NULL;
     struct mmsghdr msgs[CHUNK];
     struct iovec iov[CHUNK];
-    struct sockaddr_storage addrs[CHUNK];
-    Py_ssize_t n = PyList_GET_SIZE(datas), i = 0;
-    if (PyList_GET_SIZE(addresses) < n) n = PyList_GET_SIZE(addresses);
+    Py_ssize_t i = 0;
     long sent = 0;
-    while (i < n) {
+    while (i < b->count) {
         int k = 0;
-        for (; i < n && k < CHUNK; i++) {
-            PyObject *data = PyList_GET_ITEM(datas, i);
-            if (!PyBytes_Check(data)) continue;
-            socklen_t addrlen;
-            if (fill_address(PyList_GET_ITEM(addresses, i), &addrs[k], &addrlen) < 0) continue;
-            iov[k].iov_base = PyBytes_AS_STRING(data);
-            iov[k].iov_len = (size_t)PyBytes_GET_SIZE(data);
+        for (; i < b->count && k < CHUNK; i++, k++) {
+            datagram_t *d = &b->datagrams[i];
+            Address *a = (Address *)d->address;
+            iov[k].iov_base = b->buf + d->offset;
+            iov[k].iov_len = d->len;
             memset(&msgs[k].msg_hdr, 0, sizeof(msgs[k].msg_hdr));
-            msgs[k].msg_hdr.msg_name = &addrs[k];
-            msgs[k].msg_hdr.msg_namelen = addrlen;
+            msgs[k].msg_hdr.msg_name = &a->sa;
+            msgs[k].msg_hdr.msg_namelen = a->len;
             msgs[k].msg_hdr.msg_iov = &iov[k];
             msgs[k].msg_hdr.msg_iovlen = 1;
-            k++;
         }
         int offset = 0;
         while (offset < k) {
@@ -144,42 +195,106 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     return PyLong_FromLong(sent);
 }
 
+static PyObject *batch_clear(Batch *b, PyObject *unused) {
+    batch_empty(b);
+    Py_RETURN_NONE;
+}
+
+static PyObject *batch_items(Batch *b, PyObject *unused) {
+    PyObject *items = PyList_New(b->count);
+    if (items == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < b->count; i++) {
+        datagram_t *d = &b->datagrams[i];
+        PyObject *item = Py_BuildValue("(y#O)", b->buf + d->offset, (Py_ssize_t)d->len,
+                                       ((Address *)d->address)->address);
+        if (item == NULL) { Py_DECREF(items); return NULL; }
+        PyList_SET_ITEM(items, i, item);
+    }
+    return items;
+}
+
+static Py_ssize_t batch_length(Batch *b) { return b->count; }
+
+static PyObject *batch_get_capacity(Batch *b, void *closure) { return PyLong_FromSize_t(b->size); }
+
+static PyMethodDef batch_methods[] = {
+    {"send", (PyCFunction)batch_send, METH_O,
+     "send(sock) -> datagrams the kernel took, by sendmmsg(2); a full socket buffer ends it"},
+    {"clear", (PyCFunction)batch_clear, METH_NOARGS, "empty (the buffer is kept)"},
+    {"items", (PyCFunction)batch_items, METH_NOARGS, "[(datagram, (host, port)), ...]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef batch_getset[] = {
+    {"capacity", (getter)batch_get_capacity, NULL, "the buffer's size in bytes", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods batch_sequence = {.sq_length = (lenfunc)batch_length};
+
+static PyTypeObject BatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._fastsend.Batch",
+    .tp_basicsize = sizeof(Batch),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Batch(): a shared socket's SRTP datagrams in one buffer, for sendmmsg(2)",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)batch_dealloc,
+    .tp_methods = batch_methods,
+    .tp_getset = batch_getset,
+    .tp_as_sequence = &batch_sequence,
+};
+
 /* libsrtp 2's srtp_protect, reached through the address pylibsrtp's cffi module gives for it:
  * the extension links against nothing but libc. */
 typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
 
-/* protect_queue(protect, session, owner, max_trailer, packet, address, datagrams, addresses)
- *   -> len(datagrams) after queueing, or -status when srtp_protect refused the packet.
- * SRTP-protects ``packet`` with libsrtp's ``session`` straight into a new bytes object (one
- * allocation, one copy) and appends it and ``address`` to the batch lists. ``owner`` is not
- * used: it is the object whose life keeps ``session`` valid (pylibsrtp's Session), passed so
- * that whoever binds the first arguments (functools.partial) holds it too. */
+/* libsrtp's protect (srtp_protect or srtp_protect_rtcp) of ``n`` bytes of plaintext at ``from``
+ * into the batch, to ``address``: 0 when queued or dropped (the batch at its limit), -1 with an
+ * exception, libsrtp's status (> 0) when it refused the packet. */
+static int protect_into(Batch *b, unsigned long long fn, unsigned long long context, int trailer,
+                        const char *from, Py_ssize_t n, PyObject *address) {
+    char *out = batch_reserve(b, (size_t)n + (size_t)trailer);
+    if (out == NULL) return PyErr_Occurred() ? -1 : 0;
+    memcpy(out, from, (size_t)n);
+    int len = (int)n;
+    int status = ((protect_fn)(uintptr_t)fn)((void *)(uintptr_t)context, out, &len);
+    if (status) return status;
+    batch_commit(b, (size_t)len, address);
+    return 0;
+}
+
+/* protect_queue(protect, session, owner, max_trailer, packet, address, batch)
+ *   -> len(batch) after queueing, or -status when srtp_protect refused the packet.
+ * SRTP-protects ``packet`` with libsrtp's ``session`` straight into ``batch`` (one copy), to
+ * ``address`` ((host, port) or an Address; one that is not a numeric address is not sent, as
+ * sendto would not). ``owner`` is not used: it is the object whose life keeps ``session`` valid
+ * (pylibsrtp's Session), passed so that whoever binds the first arguments (functools.partial)
+ * holds it too. */
 static PyObject *protect_queue(PyObject *self, PyObject *args) {
     unsigned long long fn, session;
     Py_buffer packet;
     int trailer;
-    PyObject *owner, *address, *datagrams, *addresses;
-    if (!PyArg_ParseTuple(args, "KKOiy*OO!O!", &fn, &session, &owner, &trailer, &packet, &address,
-                          &PyList_Type, &datagrams, &PyList_Type, &addresses))
+    PyObject *owner, *address;
+    Batch *batch;
+    if (!PyArg_ParseTuple(args, "KKOiy*OO!", &fn, &session, &owner, &trailer, &packet, &address,
+                          &BatchType, &batch))
         return NULL;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, packet.len + trailer);
-    if (out == NULL) { PyBuffer_Release(&packet); return NULL; }
-    memcpy(PyBytes_AS_STRING(out), packet.buf, (size_t)packet.len);
-    int len = (int)packet.len;
+    if (Py_IS_TYPE(address, &AddressType)) {
+        Py_INCREF(address);
+    } else if ((address = PyObject_CallOneArg((PyObject *)&AddressType, address)) == NULL) {
+        PyBuffer_Release(&packet);
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) && !PyErr_ExceptionMatches(PyExc_TypeError))
+            return NULL;
+        PyErr_Clear();
+        return PyLong_FromSsize_t(batch->count);
+    }
+    int r = protect_into(batch, fn, session, trailer, packet.buf, packet.len, address);
     PyBuffer_Release(&packet);
-    int status = ((protect_fn)(uintptr_t)fn)((void *)(uintptr_t)session, PyBytes_AS_STRING(out), &len);
-    if (status) {
-        Py_DECREF(out);
-        return PyLong_FromLong(-status);
-    }
-    if (_PyBytes_Resize(&out, len) < 0) return NULL;
-    if (PyList_Append(datagrams, out) < 0) { Py_DECREF(out); return NULL; }
-    Py_DECREF(out);
-    if (PyList_Append(addresses, address) < 0) {
-        PySequence_DelItem(datagrams, PyList_GET_SIZE(datagrams) - 1);
-        return NULL;
-    }
-    return PyLong_FromSsize_t(PyList_GET_SIZE(datagrams));
+    Py_DECREF(address);
+    if (r < 0) return NULL;
+    if (r > 0) return PyLong_FromLong(-r);
+    return PyLong_FromSsize_t(batch->count);
 }
 
 /* unprotect(unprotect_fn, session, owner, packet) -> the plaintext, or -status when libsrtp
@@ -240,28 +355,43 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 }
 
 /* Route(dtls, nominated): a RawSender's way to a shared socket. set(pair, session, context,
- * address, datagrams, addresses, mux) when it routes there, clear() when it does not. Per packet
+ * address, batch, mux) when it routes there, clear() when it does not. Per packet
  * the fan-out checks only identities in dicts it holds (the DTLS transport's state and session,
  * the nominated pair, the socket's gate): what RawSender.send_rtp checks, without a lookup by type. */
+/* Python 3.11 versions every dict (PEP 509; deprecated in 3.12): a tag that changes with any
+ * change of it. A route that route_ready() found ready stays so while the tags of its three dicts
+ * are the ones it was found ready with, and the four lookups are skipped. */
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSIONS 1
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
+
 typedef struct {
     PyObject_HEAD
     int ready;
+#ifdef DICT_VERSIONS
+    uint64_t seen_dtls, seen_nominated, seen_mux;  /* 0: not found ready since set() */
+#endif
     PyObject *dtls_dict, *nominated;
-    PyObject *pair, *srtp, *address, *datagrams, *addresses, *mux, *mux_dict;
+    PyObject *pair, *srtp, *address, *mux, *mux_dict;
+    Batch *batch;
     unsigned long long context;
 } Route;
 
 static int route_traverse(Route *r, visitproc visit, void *arg) {
     Py_VISIT(r->dtls_dict); Py_VISIT(r->nominated); Py_VISIT(r->pair); Py_VISIT(r->srtp);
-    Py_VISIT(r->address); Py_VISIT(r->datagrams); Py_VISIT(r->addresses); Py_VISIT(r->mux);
+    Py_VISIT(r->address); Py_VISIT(r->batch); Py_VISIT(r->mux);
     Py_VISIT(r->mux_dict);
     return 0;
 }
 
 static void route_forget(Route *r) {
     r->ready = 0;
-    Py_CLEAR(r->pair); Py_CLEAR(r->srtp); Py_CLEAR(r->address); Py_CLEAR(r->datagrams);
-    Py_CLEAR(r->addresses); Py_CLEAR(r->mux); Py_CLEAR(r->mux_dict);
+#ifdef DICT_VERSIONS
+    r->seen_dtls = r->seen_nominated = r->seen_mux = 0;
+#endif
+    Py_CLEAR(r->pair); Py_CLEAR(r->srtp); Py_CLEAR(r->address); Py_CLEAR(r->batch);
+    Py_CLEAR(r->mux); Py_CLEAR(r->mux_dict);
 }
 
 static int route_clear_refs(Route *r) {
@@ -288,11 +418,14 @@ static int route_init(Route *r, PyObject *args, PyObject *kwds) {
 }
 
 static PyObject *route_set(Route *r, PyObject *args) {
-    PyObject *pair, *srtp, *addr, *datagrams, *addresses, *mux;
+    PyObject *pair, *srtp, *addr, *batch, *mux;
     unsigned long long context;
-    if (!PyArg_ParseTuple(args, "OOKOO!O!O", &pair, &srtp, &context, &addr, &PyList_Type,
-                          &datagrams, &PyList_Type, &addresses, &mux))
+    if (!PyArg_ParseTuple(args, "OOKOOO", &pair, &srtp, &context, &addr, &batch, &mux))
         return NULL;
+    if (!Py_IS_TYPE(batch, &BatchType)) {  /* sfu.fastsend.PyBatch: RawSender's Python fills it */
+        route_forget(r);
+        Py_RETURN_NONE;
+    }
     PyObject *mux_dict = PyObject_GenericGetDict(mux, NULL);
     if (mux_dict == NULL) return NULL;
     PyObject *address = PyObject_CallOneArg((PyObject *)&AddressType, addr);
@@ -305,7 +438,7 @@ static PyObject *route_set(Route *r, PyObject *args) {
     }
     route_forget(r);
     r->pair = Py_NewRef(pair); r->srtp = Py_NewRef(srtp); r->address = address;
-    r->datagrams = Py_NewRef(datagrams); r->addresses = Py_NewRef(addresses);
+    r->batch = (Batch *)Py_NewRef(batch);
     r->mux = Py_NewRef(mux); r->mux_dict = mux_dict;
     r->context = context;
     r->ready = 1;
@@ -321,7 +454,7 @@ static PyObject *route_get_ready(Route *r, void *closure) { return PyBool_FromLo
 
 static PyMethodDef route_methods[] = {
     {"set", (PyCFunction)route_set, METH_VARARGS,
-     "set(pair, session, context, address, datagrams, addresses, mux)"},
+     "set(pair, session, context, address, batch, mux)"},
     {"clear", (PyCFunction)route_clear_method, METH_NOARGS, "not routed to a shared socket"},
     {NULL, NULL, 0, NULL},
 };
@@ -350,6 +483,11 @@ static PyTypeObject RouteType = {
  * must look, -1 on an exception. */
 static int route_ready(Route *r) {
     if (r == NULL || !r->ready) return 0;
+#ifdef DICT_VERSIONS
+    if (r->seen_dtls == DICT_VERSION(r->dtls_dict) &&
+        r->seen_nominated == DICT_VERSION(r->nominated) && r->seen_mux == DICT_VERSION(r->mux_dict))
+        return 1;
+#endif
     PyObject *v = PyDict_GetItemWithError(r->dtls_dict, s_state);
     if (v != g_connected) return PyErr_Occurred() ? -1 : 0;
     v = PyDict_GetItemWithError(r->nominated, s_one);
@@ -357,9 +495,14 @@ static int route_ready(Route *r) {
     v = PyDict_GetItemWithError(r->dtls_dict, s_tx_srtp);
     if (v != r->srtp) return PyErr_Occurred() ? -1 : 0;
     v = PyDict_GetItemWithError(r->mux_dict, s_writable);
-    if (v == Py_True) return 1;
     if (v == NULL) return PyErr_Occurred() ? -1 : 0;
-    return PyObject_IsTrue(v);
+    if (v != Py_True) return PyObject_IsTrue(v);
+#ifdef DICT_VERSIONS
+    r->seen_dtls = DICT_VERSION(r->dtls_dict);
+    r->seen_nominated = DICT_VERSION(r->nominated);
+    r->seen_mux = DICT_VERSION(r->mux_dict);
+#endif
+    return 1;
 }
 
 /* ConsumerBase: sfu.consumer.Consumer's base class, its per-packet fields as C members. */
@@ -537,28 +680,13 @@ static int forward_one(PyObject *obj, const packet_t *p) {
     }
 
     /* RawSender.send_rtp on a shared socket: protect into the batch */
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n + g_trailer);
-    if (out == NULL) return -1;
-    memcpy(PyBytes_AS_STRING(out), packet, (size_t)n);
-    int len = (int)n;
-    int status = ((protect_fn)(uintptr_t)g_protect)((void *)(uintptr_t)r->context,
-                                                    PyBytes_AS_STRING(out), &len);
+    int status = protect_into(r->batch, g_protect, r->context, g_trailer, packet, n, r->address);
+    if (status < 0) return -1;
     if (status) {
-        Py_DECREF(out);
         PyErr_Format(g_error, "srtp_protect failed (%d)", status);
         return -1;
     }
-    /* shorter than allocated rather than realloc()ed: it lives until the turn's flush */
-    Py_SET_SIZE(out, len);
-    PyBytes_AS_STRING(out)[len] = '\0';
-    int appended = PyList_Append(r->datagrams, out);
-    Py_DECREF(out);
-    if (appended < 0) return -1;
-    if (PyList_Append(r->addresses, r->address) < 0) {
-        PySequence_DelItem(r->datagrams, PyList_GET_SIZE(r->datagrams) - 1);
-        return -1;
-    }
-    if (PyList_GET_SIZE(r->datagrams) == 1) {
+    if (r->batch->count == 1) {
         PyObject *mux = Py_NewRef(r->mux);  /* the call may re-route */
         PyObject *done = PyObject_CallMethodNoArgs(mux, s_schedule_flush);
         Py_DECREF(mux);
@@ -959,10 +1087,8 @@ static PyMethodDef methods[] = {
     {"unprotect", unprotect, METH_VARARGS,
      "unprotect(unprotect_fn, session, owner, packet) -> plaintext, or -status"},
     {"protect_queue", protect_queue, METH_VARARGS,
-     "protect_queue(protect, session, owner, max_trailer, packet, address, datagrams, addresses) -> "
-     "len(datagrams), or -status"},
-    {"send_batch", send_batch, METH_VARARGS,
-     "send_batch(fd, [data, ...], [(host, port), ...]) -> datagrams sent, by sendmmsg(2)"},
+     "protect_queue(protect, session, owner, max_trailer, packet, address, batch) -> "
+     "len(batch), or -status"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -978,12 +1104,14 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     if ((s_fast = PyUnicode_InternFromString("_fast")) == NULL) return NULL;
     if ((s_due_ms = PyUnicode_InternFromString("due_ms")) == NULL) return NULL;
     if ((s_one = PyLong_FromLong(1)) == NULL) return NULL;
-    if (PyType_Ready(&AddressType) < 0 || PyType_Ready(&RouteType) < 0 ||
+    if (PyType_Ready(&AddressType) < 0 || PyType_Ready(&BatchType) < 0 ||
+        PyType_Ready(&RouteType) < 0 ||
         PyType_Ready(&ConsumerBaseType) < 0 || PyType_Ready(&ProducerBaseType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Address", (PyObject *)&AddressType) < 0 ||
+        PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) < 0 ||
         PyModule_AddObjectRef(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(m, "ConsumerBase", (PyObject *)&ConsumerBaseType) < 0 ||
         PyModule_AddObjectRef(m, "ProducerBase", (PyObject *)&ProducerBaseType) < 0) {

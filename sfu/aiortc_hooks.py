@@ -345,7 +345,7 @@ _SRTP_UNPROTECT = int(pylibsrtp.ffi.cast("uintptr_t",
                                          pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect")))
 _SRTP_UNPROTECT_RTCP = int(pylibsrtp.ffi.cast(
     "uintptr_t", pylibsrtp.ffi.addressof(pylibsrtp.lib, "srtp_unprotect_rtcp")))
-ProtectQueue = Callable[[bytes, Any, list[bytes], list[Any]], int]
+ProtectQueue = Callable[[bytes, Any, Any], int]
 
 
 if ingress.configure is not None:
@@ -357,12 +357,12 @@ if fastsend.configure_fanout is not None:
 
 
 def batch_protector(session: pylibsrtp.Session, rtcp: bool = False) -> ProtectQueue:
-    """``queue(packet, address, datagrams, addresses)``: SRTP-protect ``packet`` (SRTCP-protect
-    with ``rtcp``) with ``session`` and append it and ``address`` to a shared socket's batch
-    (sfu.udp_mux); returns the batch's length, or minus libsrtp's status when it refused the
-    packet. In C when sfu/_fastsend.c is built (libsrtp called on pylibsrtp's own context: one
-    copy, no Python frame), else with ``fast_protect``/``protect_rtcp``: the same bytes either
-    way."""
+    """``queue(packet, address, batch)``: SRTP-protect ``packet`` (SRTCP-protect with ``rtcp``)
+    with ``session`` into a shared socket's batch (sfu.udp_mux), to ``address``; returns the
+    batch's length, or minus libsrtp's status when it refused the packet. In C when
+    sfu/_fastsend.c is built (libsrtp called on pylibsrtp's own context, into the C batch's
+    buffer: one copy, no Python frame), else with ``fast_protect``/``protect_rtcp`` into a
+    fastsend.PyBatch: the same bytes either way."""
     if fastsend.native_protect_queue is not None:
         context = int(pylibsrtp.ffi.cast("uintptr_t", session._srtp[0]))
         # the partial holds the session, so its libsrtp context lives as long as the protector
@@ -377,13 +377,11 @@ def batch_protector(session: pylibsrtp.Session, rtcp: bool = False) -> ProtectQu
 def python_batch_protector(session: pylibsrtp.Session, rtcp: bool = False) -> ProtectQueue:
     protect = session.protect_rtcp if rtcp else fast_protect(session)
 
-    def queue(packet: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
+    def queue(packet: bytes, address: Any, batch: fastsend.PyBatch) -> int:
         try:
-            datagrams.append(protect(packet))
+            return batch.append(protect(packet), address)
         except pylibsrtp.Error:
             return -1
-        addresses.append(address)
-        return len(datagrams)
 
     return queue
 
@@ -397,7 +395,7 @@ class RawSender:
     event-loop turn: the router's reports of all its rooms leave by one sendmmsg, not a sendto
     each."""
 
-    __slots__ = ("_addr", "_addresses", "_datagrams", "_dtls", "_fast", "_gate", "_mux",
+    __slots__ = ("_addr", "_batch", "_dtls", "_fast", "_gate", "_mux",
                  "_nominated", "_pair", "_protect", "_queue", "_rtcp_queue", "_send_now",
                  "_sendto", "_srtp")
 
@@ -411,7 +409,7 @@ class RawSender:
         self._gate: Any = _OPEN
         self._srtp: pylibsrtp.Session | None = None
         # for the C fan-out (sfu/fastsend.py), with the helper built: set to (pair, session, its
-        # libsrtp context, address, the batch's two lists, the socket) on a shared socket, else
+        # libsrtp context, address, the batch, the socket) on a shared socket, else
         # cleared; one object for the sender's life, so consumers hold it (Consumer.fast_sender)
         self._fast: Any = fastsend.Route(dtls, self._nominated) if fastsend.Route is not None else None
         self._protect: Callable[[bytes], bytes] = _no_protect
@@ -419,8 +417,7 @@ class RawSender:
         self._mux: MuxSocket | None = None
         self._queue: ProtectQueue = _no_queue
         self._rtcp_queue: ProtectQueue = _no_queue
-        self._datagrams: list[bytes] = []
-        self._addresses: list[Any] = []
+        self._batch: Any = None
 
     def _route(self, pair: Any) -> None:
         self._pair = pair
@@ -431,7 +428,7 @@ class RawSender:
         if isinstance(pair.protocol, MuxedProtocol):  # goes out with the event-loop turn's batch
             self._mux = pair.protocol.socket
             self._gate = self._mux  # its plain attribute, not the protocol's property
-            self._datagrams, self._addresses = self._mux.batch()
+            self._batch = self._mux.batch
         else:
             self._mux = None
         self._fast_route()
@@ -444,7 +441,7 @@ class RawSender:
             fast.clear()
             return
         context = int(pylibsrtp.ffi.cast("uintptr_t", srtp._srtp[0]))
-        fast.set(self._pair, srtp, context, self._addr, self._datagrams, self._addresses, self._mux)
+        fast.set(self._pair, srtp, context, self._addr, self._batch, self._mux)
 
     def _ready(self) -> bool:
         """Whether a packet may go now: connected, on the nominated pair (routed again when aioice
@@ -472,7 +469,7 @@ class RawSender:
         if not self._ready():
             return False
         if self._mux is not None:
-            queued = self._queue(data, self._addr, self._datagrams, self._addresses)
+            queued = self._queue(data, self._addr, self._batch)
             if queued == 1:
                 self._mux.schedule_flush()
             elif queued < 0:
@@ -485,7 +482,7 @@ class RawSender:
         if not self._ready():
             return False
         if self._mux is not None:
-            queued = self._rtcp_queue(data, self._addr, self._datagrams, self._addresses)
+            queued = self._rtcp_queue(data, self._addr, self._batch)
             if queued == 1:
                 self._mux.schedule_flush()
             elif queued < 0:
@@ -518,7 +515,7 @@ def _no_protect(data: bytes) -> bytes:
     raise RuntimeError("no SRTP context yet")
 
 
-def _no_queue(data: bytes, address: Any, datagrams: list[bytes], addresses: list[Any]) -> int:
+def _no_queue(data: bytes, address: Any, batch: Any) -> int:
     raise RuntimeError("no SRTP context yet")
 
 

@@ -1,10 +1,12 @@
 """The fan-out's batch, in C when the helper (sfu/_fastsend.c, built at install time) is there and
 in Python when it is not; both put the same bytes on the wire.
 
-- ``send_batch``: a batch of datagrams on one socket, by ``sendmmsg`` or ``socket.sendto`` in a
-  loop; both stop at a full socket buffer.
+- ``Batch``: a shared socket's datagrams of one event-loop turn. In C, one buffer that libsrtp
+  protects into and ``sendmmsg`` sends from (no Python object per datagram); ``PyBatch``, the
+  fallback, a list that ``socket.sendto`` sends in a loop. ``send(sock)`` stops at a full socket
+  buffer; the caller then clears the batch, dropping the rest.
 - ``protect_queue``: SRTP-protect a packet with libsrtp (through pylibsrtp's session, see
-  sfu.aiortc_hooks.batch_protector) and append it and its address to the batch.
+  sfu.aiortc_hooks.batch_protector) into a C ``Batch``.
 - ``unprotect``: SRTP-unprotect an arriving packet the same way (sfu.aiortc_hooks.unprotector).
 - ``fanout``: one incoming packet to all of a producer's consumers (sfu.producer): for each, what
   Consumer.forward and RawSender.send_rtp do (header rewrite, NACK ring, protect into the batch,
@@ -25,16 +27,11 @@ in Python when it is not; both put the same bytes on the wire.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
-from typing import Any
-
-Datagrams = list[bytes]
-# the i-th datagram goes to the i-th address: (host, port), or the C fan-out's Address of one
-Addresses = list[Any]
-SendBatch = Callable[[socket.socket, Datagrams, Addresses], int]
+from typing import Any, Protocol
 
 try:
     from sfu._fastsend import (  # type: ignore[import-not-found]
+        Batch as NativeBatch,
         ConsumerBase,
         ProducerBase,
         Route,
@@ -44,35 +41,64 @@ try:
         receive as native_receive,
         ring_move as native_ring_move,
         protect_queue as native_protect_queue,
-        send_batch as _native_send_batch,
         unprotect as native_unprotect,
     )
 except ImportError:  # built without a compiler: the Python below
-    _native_send_batch = native_protect_queue = native_unprotect = None
+    NativeBatch = native_protect_queue = native_unprotect = None
     native_fanout = native_ring_move = configure_fanout = ConsumerBase = Route = None
     native_receive = configure_receive = ProducerBase = None
 
 
-def send_batch_python(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:
-    sendto = sock.sendto
-    sent = 0
-    for data, addr in zip(datagrams, addresses):
-        if addr.__class__ is not tuple:  # the C fan-out's Address (with send_batch patched)
-            addr = addr.address
-        try:
-            sendto(data, addr)
-        except BlockingIOError:
-            return sent
-        except OSError:
-            continue  # this datagram's error is its own
-        sent += 1
-    return sent
+class PyBatch:
+    """The Python fallback of the C ``Batch``: the protected datagrams and their (host, port)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[tuple[bytes, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, datagram: bytes, address: Any) -> int:
+        self._items.append((datagram, address))
+        return len(self._items)
+
+    def items(self) -> list[tuple[bytes, Any]]:
+        return list(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def send(self, sock: socket.socket) -> int:
+        sendto = sock.sendto
+        sent = 0
+        for data, addr in self._items:
+            try:
+                sendto(data, addr)
+            except BlockingIOError:
+                return sent
+            except OSError:
+                continue  # this datagram's error is its own
+            sent += 1
+        return sent
 
 
-def send_batch_native(sock: socket.socket, datagrams: Datagrams, addresses: Addresses) -> int:
-    return _native_send_batch(sock.fileno(), datagrams, addresses)  # type: ignore[misc,no-any-return]
+class Batch(Protocol):
+    """What a shared socket's batch is to its socket (sfu.udp_mux) and to tests."""
+
+    def __len__(self) -> int: ...
+
+    def items(self) -> list[tuple[bytes, Any]]: ...
+
+    def clear(self) -> None: ...
+
+    def send(self, sock: socket.socket) -> int: ...
 
 
-NATIVE = _native_send_batch is not None
-send_batch: SendBatch = (
-    send_batch_native if NATIVE else send_batch_python)
+NATIVE = NativeBatch is not None
+
+
+def new_batch() -> Batch:
+    """A batch for a shared socket: the C one when the helper is built."""
+    return NativeBatch() if NativeBatch is not None else PyBatch()  # type: ignore[no-any-return]

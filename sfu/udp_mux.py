@@ -2,9 +2,10 @@
 socket per address (mediasoup's WebRtcServer, LiveKit's single-port mode).
 
 A firewall then opens one port per worker, and a producer's fan-out leaves through one socket:
-RTP joins the socket's batch (``MuxSocket.batch``, filled by aiortc_hooks.RawSender, SRTP-protected
-by fastsend.protect_queue) and the datagrams one event-loop turn produces go out together, by one
-``sendmmsg`` when the C helper (sfu/_fastsend.c) is built; so does the SFU's own RTCP. STUN and
+RTP joins the socket's batch (``MuxSocket.batch``, filled by aiortc_hooks.RawSender and the C
+fan-out, SRTP-protected straight into it by fastsend.protect_queue) and the datagrams one event-loop
+turn produces go out together, by ``sendmmsg`` when the C helper (sfu/_fastsend.c) is built; so
+does the SFU's own RTCP. STUN and
 DTLS go at once, through asyncio's transport.
 
 Incoming datagrams are demultiplexed as RFC 7983 sorts them:
@@ -75,9 +76,8 @@ class MuxSocket(asyncio.DatagramProtocol):
         self.by_addr: dict[tuple[str, int], Endpoint] = {}
         self._authenticated: set[tuple[str, int]] = set()
         self.dropped = 0
-        # the turn's datagrams and their addresses, in two lists: no pair object per datagram
-        self._datagrams: list[bytes] = []
-        self._addresses: fastsend.Addresses = []
+        # the turn's datagrams (fastsend.Batch), the same for the socket's life: senders hold it
+        self.batch = fastsend.new_batch()
         self._sock: socket.socket | None = None
         # ``flush`` at the end of this event-loop turn: loop.call_soon bound in C (no Python
         # frame per batch); a no-op until the socket is made
@@ -106,8 +106,7 @@ class MuxSocket(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable = False
-        self._datagrams.clear()
-        self._addresses.clear()
+        self.batch.clear()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -178,25 +177,20 @@ class MuxSocket(asyncio.DatagramProtocol):
             del self.by_addr[addr]
             self._authenticated.discard(addr)
 
-    def batch(self) -> tuple[fastsend.Datagrams, fastsend.Addresses]:
-        """The batch's two lists, for a sender that appends to them itself (RawSender, through
-        fastsend.protect_queue); it calls ``schedule_flush`` when it made them non-empty."""
-        return self._datagrams, self._addresses
-
     def flush(self) -> None:
-        datagrams, addresses = self._datagrams, self._addresses
-        if not datagrams:
+        """Send the turn's batch. A sender queues into ``batch`` itself (RawSender, through
+        fastsend.protect_queue) and calls ``schedule_flush`` when it made it non-empty."""
+        batch = self.batch
+        if not len(batch):
             return
         try:
             if self._sock is not None and self.writable:
                 # a full socket buffer drops the rest of the batch, as RawSender drops media for
                 # a subscriber whose socket cannot take it: media is never queued without bound
-                fastsend.send_batch(self._sock, datagrams, addresses)
+                batch.send(self._sock)
         finally:
-            # the same lists for the whole life of the socket (senders hold them); emptied
-            # whatever happened, or no sender would schedule a flush again
-            datagrams.clear()
-            addresses.clear()
+            # emptied whatever happened, or no sender would schedule a flush again
+            batch.clear()
 
 
 def _nothing() -> None:

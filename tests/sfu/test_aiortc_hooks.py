@@ -15,7 +15,7 @@ from aioice import ice as aioice_ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
-from sfu import aiortc_hooks
+from sfu import aiortc_hooks, fastsend
 from tests.media_clients import client_pc
 
 pytestmark = pytest.mark.integration
@@ -229,10 +229,10 @@ def test_fast_protect_is_pylibsrtps_protect() -> None:
     assert pylibsrtp.ffi.typeof(pylibsrtp.lib.srtp_unprotect).cname == \
         "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
     queue = aiortc_hooks.batch_protector(session())
-    datagrams: list[bytes] = []
+    batch = fastsend.new_batch()
     packet = struct.pack("!BBHII", 0x80, 96, 7, 1000, 1234) + os.urandom(1200)
-    assert queue(packet, ("127.0.0.1", 9), datagrams, []) == 1
-    assert datagrams == [reference.protect(packet)]
+    assert queue(packet, ("127.0.0.1", 9), batch) == 1
+    assert batch.items() == [(reference.protect(packet), ("127.0.0.1", 9))]
 
 
 def test_rtcp_joins_the_batch_as_pylibsrtps_protect_rtcp_makes_it() -> None:
@@ -250,15 +250,14 @@ def test_rtcp_joins_the_batch_as_pylibsrtps_protect_rtcp_makes_it() -> None:
     assert pylibsrtp.ffi.typeof(pylibsrtp.lib.srtp_protect_rtcp).cname == \
         "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
     reports = [rtcp.pli(1, 2), rtcp.receiver_report(1, 2, 0, 0, 100, 0, 0, 0) + rtcp.remb(1, 500_000, [2])]
-    for queue in (aiortc_hooks.batch_protector(session(), rtcp=True),
-                  aiortc_hooks.python_batch_protector(session(), rtcp=True)):
+    for queue, batch in ((aiortc_hooks.batch_protector(session(), rtcp=True), fastsend.new_batch()),
+                         (aiortc_hooks.python_batch_protector(session(), rtcp=True),
+                          fastsend.PyBatch())):
         reference = session()
-        datagrams: list[bytes] = []
-        addresses: list[tuple[str, int]] = []
         for n, report in enumerate(reports, 1):
-            assert queue(report, ("127.0.0.1", 9), datagrams, addresses) == n
-        assert datagrams == [reference.protect_rtcp(report) for report in reports]
-        assert addresses == [("127.0.0.1", 9)] * 2
+            assert queue(report, ("127.0.0.1", 9), batch) == n
+        assert batch.items() == [(reference.protect_rtcp(report), ("127.0.0.1", 9))
+                                 for report in reports]
 
 
 def test_receivers_build_their_bitrate_estimator_only_when_packets_come() -> None:

@@ -38,14 +38,10 @@ class FakeMux:
     def __init__(self) -> None:
         self.writable = True
         self.flushes = 0
-        self.datagrams: list[bytes] = []
-        self.addresses: list[Any] = []
+        self.batch = fastsend.new_batch()
 
     def schedule_flush(self) -> None:
         self.flushes += 1
-
-    def batch(self) -> tuple[list[bytes], list[Any]]:
-        return self.datagrams, self.addresses
 
 
 def _muxed_pair(mux: FakeMux, port: int) -> SimpleNamespace:
@@ -62,14 +58,14 @@ def _session(key: int) -> pylibsrtp.Session:
     return pylibsrtp.Session(policy=policy)
 
 
-def _sender(key: int, port: int) -> tuple[RawSender, FakeMux, list[bytes], list[Any]]:
+def _sender(key: int, port: int) -> tuple[RawSender, FakeMux]:
     """A RawSender routed to a shared socket's batch (by its first packet)."""
     mux = FakeMux()
     dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=_session(key),
                            transport=SimpleNamespace(_connection=SimpleNamespace(
                                _nominated={1: _muxed_pair(mux, port)})))
     raw = RawSender(dtls)  # type: ignore[arg-type]
-    return raw, mux, mux.datagrams, mux.addresses
+    return raw, mux
 
 
 def _split(data: bytes) -> tuple[bytes, int, int, int, int, int]:
@@ -104,7 +100,7 @@ def _world(native: bool) -> dict[str, Any]:
     video.attach_source(1234, None, 0, lambda d: True)
     audio.attach_source(1234, None, 2, lambda d: True)
     consumers: dict[str, Consumer] = {}
-    senders: dict[str, tuple[RawSender, FakeMux, list[bytes], list[Any]]] = {}
+    senders: dict[str, tuple[RawSender, FakeMux]] = {}
     plain: dict[str, list[bytes]] = {}
 
     def add(name: str, producer: Producer[Consumer], layout: ExtensionLayout, *,
@@ -201,7 +197,7 @@ def _world(native: bool) -> dict[str, Any]:
             if n == 250:  # packets of the ring someone holds: the C fan-out must not rewrite them
                 held = [(p, bytes(p)) for p in consumers["abs_mid"]._cache if p is not None]
             if n == 350:  # aioice nominates another pair (an ICE restart): a new address
-                raw, mux = senders["mid"][:2]
+                raw, mux = senders["mid"]
                 raw._nominated[1] = _muxed_pair(mux, 41000)
             if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
                 senders["bare"][0]._dtls._tx_srtp = _session(99)
@@ -243,9 +239,9 @@ def _world(native: bool) -> dict[str, Any]:
     }
     return {
         "state": state,
-        # (the C fan-out queues the address resolved once, a fastsend Address, that sendmmsg takes)
-        "batches": {name: (list(d), [getattr(x, "address", x) for x in a], mux.flushes)
-                    for name, (_, mux, d, a) in senders.items()},
+        "batches": {name: ([d for d, _ in mux.batch.items()], [a for _, a in mux.batch.items()],
+                           mux.flushes)
+                    for name, (_, mux) in senders.items()},
         "plain": plain,
         "forwards": forwards,
         "received": received,
@@ -473,3 +469,66 @@ def test_the_c_receive_caches_the_gop_run_and_ends_it_as_python_does() -> None:
         assert native["taken"] == len(slow) - 1 + len(tail) // 2
     assert python["gop"] == [(last + 1, (last + 1) // 3 * 3000, 0), (last + 2, (last + 2) // 3 * 3000, 0)]
     assert python["gop_seq"] == last + 1
+
+
+class _Dtls:
+    """A DTLS transport's attributes the sender reads, in an instance dict as aiortc's own."""
+
+    def __init__(self, nominated: dict[int, Any]) -> None:
+        self._state = State.CONNECTED
+        self._tx_srtp = _session(1)
+        self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated))
+
+
+def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
+    """The C fan-out skips its per-consumer lookups while the sender's DTLS transport, nominated
+    pairs and socket are unchanged: a change of any of them (by attribute stores the interpreter
+    has specialised, in a loop) reaches the next packet, as the Python path sees it."""
+    assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    mux = FakeMux()
+    nominated = {1: _muxed_pair(mux, 40000)}
+    dtls = _Dtls(nominated)
+    raw = RawSender(dtls)  # type: ignore[arg-type]
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=FakeScheduler())
+    audio.attach_source(1234, None, 0, lambda d: True)
+    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
+                        send_rtcp=raw.send_rtcp)
+    consumer.fast_sender = raw
+    consumer.configure(100, 120, ExtensionLayout())
+    audio.add_consumer(consumer)
+    consumer.resume()
+    forwards = 0
+    original = Consumer.forward
+
+    def counting(self: Consumer, *args: Any) -> None:
+        nonlocal forwards
+        forwards += 1
+        original(self, *args)
+
+    Consumer.forward = counting  # type: ignore[method-assign,assignment]
+    sent: list[tuple[int, int]] = []  # (sequence number, port) of what should be in the batch
+    receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
+        key=bytes([1]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    try:
+        for n in range(90):
+            connected = n % 7 not in (3, 4)
+            dtls._state = State.CONNECTED if connected else State.CLOSED
+            mux.writable = n % 11 != 5
+            if n == 40:  # aioice nominates another pair
+                nominated[1] = _muxed_pair(mux, 40001)
+            if n == 60:  # DTLS renewed the keys
+                dtls._tx_srtp = _session(2)
+                receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
+                    key=bytes([2]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+            audio.receive(*_split(_packet(n, n * 960, b"x" * 20, pt=111)), 3_900_000_000_000 + 20 * n)
+            if connected and mux.writable:
+                sent.append((n, 40001 if n >= 40 else 40000))
+            datagram, address = mux.batch.items()[-1]
+            if sent and sent[-1][0] == n:  # it was queued, keyed as the sender now is
+                out_seq = struct.unpack_from("!H", receiver.unprotect(datagram), 2)[0]
+                assert (out_seq - n) & 0xFFFF == consumer._seq_offset & 0xFFFF
+            assert (len(mux.batch), address[1]) == (len(sent), sent[-1][1]), n
+    finally:
+        Consumer.forward = original  # type: ignore[method-assign]
+    assert forwards < 45  # the C path took the plain packets
