@@ -317,7 +317,7 @@ def test_a_sender_with_no_nominated_pair_counts_nothing_as_sent(
         assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
     monkeypatch.setattr(producer_module, "_fanout", fastsend.native_fanout if native else None)
     monkeypatch.setattr(producer_module, "_receive", fastsend.native_receive if native else None)
-    raw, _, datagrams, _ = _sender(1, 40000)
+    raw, mux = _sender(1, 40000)
     pair = raw._nominated.pop(1)  # DTLS up, ICE not yet nominated
     audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
                                          keyframe_interval=1.0, scheduler=FakeScheduler())
@@ -337,18 +337,18 @@ def test_a_sender_with_no_nominated_pair_counts_nothing_as_sent(
     send(1, 5)
     consumer.retransmit([consumer._last_seq, (consumer._last_seq - 1) & 0xFFFF])  # a NACK
     assert (consumer.packets, consumer.bytes, consumer.retransmitted) == (0, 0, 0)
-    assert consumer.packets_dropped == 5 and datagrams == []
+    assert consumer.packets_dropped == 5 and len(mux.batch) == 0
     assert not raw.send_rtp(_packet(99, 0, b"x")) and not raw.send_rtcp(rtcp.pli(1, 2))
     raw._nominated[1] = pair  # ICE nominated a pair: packets go, and count
     send(6, 5)
-    assert consumer.packets == len(datagrams) == 5 and consumer.packets_dropped == 5
+    assert consumer.packets == len(mux.batch) == 5 and consumer.packets_dropped == 5
     assert not native or raw._fast.ready  # (the C fan-out's route to the pair, once routed)
     consumer.retransmit([consumer._last_seq])
-    assert consumer.retransmitted == 1 and len(datagrams) == 6
+    assert consumer.retransmitted == 1 and len(mux.batch) == 6
     raw._nominated.clear()  # ICE closed: the pair (and the C fan-out's route to it) is gone
     send(11, 5)
     consumer.retransmit([(consumer._last_seq - 1) & 0xFFFF])
-    assert consumer.packets == 5 and consumer.retransmitted == 1 and len(datagrams) == 6
+    assert consumer.packets == 5 and consumer.retransmitted == 1 and len(mux.batch) == 6
     assert consumer.packets_dropped == 10
 
 
