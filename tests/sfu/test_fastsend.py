@@ -3,16 +3,27 @@ fallback put the same bytes on the wire."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
 import pylibsrtp
 
-from sfu import aiortc_hooks, fastsend
+from sfu import aiortc_hooks, fastsend, udp_mux
+
+from ..externals import require
 
 pytestmark = pytest.mark.unit
+
+CHUNK = 64  # datagrams per sendmmsg call (sfu/_fastsend.c)
 
 
 def _receive_all(sock: socket.socket) -> list[tuple[bytes, int]]:
@@ -138,3 +149,129 @@ def test_the_native_and_python_unprotectors_give_the_same_plaintext() -> None:
         forged = unprotect(protected[7][:-1] + bytes([protected[7][-1] ^ 1]))
         assert isinstance(replayed, int) and replayed < 0
         assert isinstance(forged, int) and forged < 0
+
+
+# setns(2)'s flag for a network namespace (os.setns only came with Python 3.12)
+CLONE_NEWNET = 0x40000000
+
+
+class SlowLoopback:
+    """A network namespace of the test's own whose loopback drains at 100 bytes a second (tbf):
+    what is sent there waits in the qdisc, holding its sender's socket buffer, so a small buffer
+    fills and stays full, which loopback alone never does (it frees the buffer as it sends)."""
+
+    def __init__(self) -> None:
+        self.name = f"expertcall-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+    def throttle(self) -> None:
+        """A fresh qdisc (a full token bucket of 1600 bytes, an empty queue): what queued before
+        is dropped, freeing the senders' buffers."""
+        self.run("tc", "-n", self.name, "qdisc", "del", "dev", "lo", "root")
+        done = self.run("tc", "-n", self.name, "qdisc", "add", "dev", "lo", "root",
+                        "tbf", "rate", "800bit", "burst", "1600", "limit", "1000000")
+        assert done.returncode == 0, done.stderr
+
+    def unthrottle(self) -> None:
+        done = self.run("tc", "-n", self.name, "qdisc", "del", "dev", "lo", "root")
+        assert done.returncode == 0, done.stderr
+
+    def sockets(self, count: int) -> list[socket.socket]:
+        """UDP sockets in the namespace: made by a thread that enters it (setns moves only the
+        calling thread), usable from any thread after."""
+        made: list[socket.socket] = []
+        failed: list[BaseException] = []
+
+        def make() -> None:
+            try:
+                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+                try:
+                    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), "setns")
+                finally:
+                    os.close(fd)
+                made.extend(socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count))
+            except BaseException as exc:  # re-raised in the test's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=make)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return made
+
+
+@pytest.fixture
+def slow_loopback() -> Iterator[SlowLoopback]:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("a network namespace of its own needs Linux and root")
+    require(shutil.which("ip") is not None and shutil.which("tc") is not None,
+            "iproute2 (ip, tc)")
+    net = SlowLoopback()
+    made = net.run("ip", "netns", "add", net.name)
+    if made.returncode != 0:  # a container without CAP_SYS_ADMIN: nothing to install
+        pytest.skip(f"cannot make a network namespace: {made.stderr.strip()}")
+    try:
+        up = net.run("ip", "-n", net.name, "link", "set", "lo", "up")
+        assert up.returncode == 0, up.stderr
+        net.throttle()
+        yield net
+    finally:
+        net.run("ip", "netns", "del", net.name)
+
+
+def _fill_and_flush(net: SlowLoopback, queue: aiortc_hooks.ProtectQueue,
+                    batch: fastsend.Batch) -> tuple[int, list[bytes], list[bytes], int]:
+    """A batch of 200 datagrams (more than three sendmmsg chunks) through a full socket buffer:
+    (what send() reported, what was queued, what arrived, what the batch took after)."""
+    net.throttle()
+    receiver, sender = net.sockets(2)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        receiver.settimeout(5)
+        sender.setblocking(False)
+        # some 120 kB of skbs: room for more than one chunk of these small datagrams
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 60000)
+        for n in range(200):
+            queue(_rtp(n, 100), receiver.getsockname(), batch)
+        queued = [datagram for datagram, _ in batch.items()]
+        sent = batch.send(sender)
+        assert len(batch) == 200  # send() leaves the clearing to its caller
+        arrived = [receiver.recv(2048)]  # the bucket's first 1600 bytes pass at once
+        receiver.setblocking(False)
+        arrived += [data for data, _ in _receive_all(receiver)]
+        receiver.settimeout(5)
+        # MuxSocket.flush: a full buffer drops the rest of the batch, raises nothing, and leaves
+        # the batch empty for the next turn, which goes out whole once the socket drains
+        mux = udp_mux.MuxSocket()
+        mux.batch, mux._sock, mux.writable = batch, sender, True
+        for n in range(200, 210):
+            queue(_rtp(n, 100), receiver.getsockname(), batch)
+        mux.flush()
+        assert len(batch) == 0
+        net.unthrottle()
+        for n in range(210, 220):
+            queue(_rtp(n, 100), receiver.getsockname(), batch)
+        after = batch.send(sender)
+        assert [receiver.recv(2048) for _ in range(after)] == [d for d, _ in batch.items()]
+        batch.clear()
+        return sent, queued, arrived, after
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_a_full_socket_buffer_ends_the_send_and_drops_the_rest(slow_loopback: SlowLoopback) -> None:
+    """sendmmsg refused with EAGAIN, part way through a chunk and past the first: send() reports
+    what the kernel took, no more, and raises nothing; the Python fallback does the same."""
+    native, python = (_fill_and_flush(slow_loopback, queue, batch) for queue, batch in _queues())
+    assert native == python
+    sent, queued, arrived, after = native
+    assert CHUNK < sent < 200
+    # what went out is the head of the batch, in order; nothing past the refusal
+    assert 1 <= len(arrived) <= sent and arrived == queued[:len(arrived)]
+    assert after == 10
