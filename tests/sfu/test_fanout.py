@@ -4,8 +4,10 @@ byte queued for the socket, every NACK ring slot and every counter the same."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,6 +44,27 @@ class FakeMux:
 
     def schedule_flush(self) -> None:
         self.flushes += 1
+
+
+class ForwardCount:
+    calls = 0  # of Consumer.forward, within counting_forwards()
+
+
+@contextlib.contextmanager
+def counting_forwards() -> Iterator[ForwardCount]:
+    """Counts Consumer.forward's calls while inside: the packets a fan-out left to the Python."""
+    count = ForwardCount()
+    original = Consumer.forward
+
+    def counting(self: Consumer, *args: Any) -> None:
+        count.calls += 1
+        original(self, *args)
+
+    Consumer.forward = counting  # type: ignore[method-assign,assignment]
+    try:
+        yield count
+    finally:
+        Consumer.forward = original  # type: ignore[method-assign]
 
 
 def _muxed_pair(mux: FakeMux, port: int) -> SimpleNamespace:
@@ -154,14 +177,6 @@ def _world(native: bool) -> dict[str, Any]:
         session.protect(struct.pack("!BBHII", 0x80, 100, (refused._last_seq + n) & 0xFFFF, 0,
                                     refused.ssrc) + b"x")
 
-    forwards = 0
-    original = Consumer.forward
-
-    def counting(self: Consumer, *args: Any) -> None:
-        nonlocal forwards
-        forwards += 1
-        original(self, *args)
-
     received = 0  # packets the C receive took whole
     trace: list[tuple[tuple[int, int, int, float, float, int], ...]] = []
 
@@ -178,57 +193,58 @@ def _world(native: bool) -> dict[str, Any]:
     consumer_module._ring_move = fastsend.native_ring_move if native else None
     # the wall clock (a replay's arrival time, when a NACK was answered) the same in both runs
     producer_module.current_ms = consumer_module.current_ms = lambda: 3_900_000_001_000
-    Consumer.forward = counting  # type: ignore[method-assign,assignment]
-    try:
-        seq, ts, arrival = 65400, 4_000_000_000, 3_900_000_000_000
-        for n in range(700):
-            if n == 300:  # the publisher reconnects: a new epoch, video waits for a keyframe
-                video.attach_source(1234, None, 0, lambda d: True)
-                audio.attach_source(1234, None, 2, lambda d: True)
-                seq, ts = 100, 50_000
-            if n == 120:
-                senders["gated"][1].writable = False  # the socket's buffer is full
-            if n == 160:
-                senders["gated"][1].writable = True
-            if n == 200:
-                gated.pause()
-            if n == 230:
-                gated.resume()
-            if n == 250:  # packets of the ring someone holds: the C fan-out must not rewrite them
-                held = [(p, bytes(p)) for p in consumers["abs_mid"]._cache if p is not None]
-            if n == 350:  # aioice nominates another pair (an ICE restart): a new address
-                raw, mux = senders["mid"]
-                raw._nominated[1] = _muxed_pair(mux, 41000)
-            if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
-                senders["bare"][0]._dtls._tx_srtp = _session(99)
-            if n % 100 == 50:  # NACKs mid-stream: the resent slots move with the rings' resizes
-                for consumer in consumers.values():
-                    consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in (1, 2, 5)])
-            arrival += 3 + n % 5
-            frame = n // 6
-            # (few keyframes: the packets of the GOP run a video producer caches after one are the
-            # C receive's too, the keyframe's start alone is Python's)
-            keyframe = n in (0, 301, 455)
-            payload = (KEY if keyframe else DELTA) + bytes([n & 0xFF]) * (n % 200)
-            vts = ts + frame * 3000
-            if n % 17 == 5:
-                seq += 1  # a packet lost on the way
-            if n % 23 == 7:  # a late one, older than the newest
-                video.receive(*_split(_packet(seq - 3, vts, payload)), arrival)
-            video.receive(*_split(_packet(seq, vts, payload, marker=n % 6 == 5)), arrival)
-            audio.receive(*_split(_packet(seq, ts + n * 960, bytes([n & 0xFF]) * 60, pt=111,
-                                          level=None if n % 11 == 0 else n % 100)), arrival)
-            seq += 1
-            # the producers' state as it moves (a reconnect resets some of it)
-            trace.append(tuple((p._cycles, p._max_seq, p.packets, p._jitter, p._tokens,
-                                len(p._gop) if p._gop is not None else -1) for p in (video, audio)))
-        for consumer in consumers.values():  # NACKs are answered from the ring the fan-out filled
-            consumer.rtt = 0.001
-            consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in range(0, 300, 7)])
-    finally:
-        Consumer.forward = original  # type: ignore[method-assign]
-        (producer_module._fanout, producer_module._receive, consumer_module._ring_move,
-         producer_module.current_ms, consumer_module.current_ms) = saved
+    with counting_forwards() as forwards:
+        try:
+            seq, ts, arrival = 65400, 4_000_000_000, 3_900_000_000_000
+            for n in range(700):
+                if n == 300:  # the publisher reconnects: a new epoch, video waits for a keyframe
+                    video.attach_source(1234, None, 0, lambda d: True)
+                    audio.attach_source(1234, None, 2, lambda d: True)
+                    seq, ts = 100, 50_000
+                if n == 120:
+                    senders["gated"][1].writable = False  # the socket's buffer is full
+                if n == 160:
+                    senders["gated"][1].writable = True
+                if n == 200:
+                    gated.pause()
+                if n == 230:
+                    gated.resume()
+                if n == 250:  # ring packets someone holds: the C fan-out must not rewrite them
+                    held = [(p, bytes(p)) for p in consumers["abs_mid"]._cache if p is not None]
+                if n == 350:  # aioice nominates another pair (an ICE restart): a new address
+                    raw, mux = senders["mid"]
+                    raw._nominated[1] = _muxed_pair(mux, 41000)
+                if n == 450:  # a new SRTP session (a DTLS restart): the sender picks it up
+                    senders["bare"][0]._dtls._tx_srtp = _session(99)
+                if n % 100 == 50:  # NACKs mid-stream: the resent slots move with the rings' resizes
+                    for consumer in consumers.values():
+                        consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in (1, 2, 5)])
+                arrival += 3 + n % 5
+                frame = n // 6
+                # (few keyframes: the packets of the GOP run a video producer caches after one
+                # are the C receive's too, the keyframe's start alone is Python's)
+                keyframe = n in (0, 301, 455)
+                payload = (KEY if keyframe else DELTA) + bytes([n & 0xFF]) * (n % 200)
+                vts = ts + frame * 3000
+                if n % 17 == 5:
+                    seq += 1  # a packet lost on the way
+                if n % 23 == 7:  # a late one, older than the newest
+                    video.receive(*_split(_packet(seq - 3, vts, payload)), arrival)
+                video.receive(*_split(_packet(seq, vts, payload, marker=n % 6 == 5)), arrival)
+                audio.receive(*_split(_packet(seq, ts + n * 960, bytes([n & 0xFF]) * 60, pt=111,
+                                              level=None if n % 11 == 0 else n % 100)), arrival)
+                seq += 1
+                # the producers' state as it moves (a reconnect resets some of it)
+                trace.append(tuple((p._cycles, p._max_seq, p.packets, p._jitter, p._tokens,
+                                    len(p._gop) if p._gop is not None else -1)
+                                   for p in (video, audio)))
+            # NACKs are answered from the ring the fan-out filled
+            for consumer in consumers.values():
+                consumer.rtt = 0.001
+                consumer.retransmit([(consumer._last_seq - k) & 0xFFFF for k in range(0, 300, 7)])
+        finally:
+            (producer_module._fanout, producer_module._receive, consumer_module._ring_move,
+             producer_module.current_ms, consumer_module.current_ms) = saved
 
     state = {
         name: {key: getattr(c, key) for key in (
@@ -243,7 +259,7 @@ def _world(native: bool) -> dict[str, Any]:
                            mux.flushes)
                     for name, (_, mux) in senders.items()},
         "plain": plain,
-        "forwards": forwards,
+        "forwards": forwards.calls,
         "received": received,
         "trace": trace,
         "producers": {p.kind: {key: getattr(p, key) for key in (
@@ -498,19 +514,10 @@ def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
     consumer.configure(100, 120, ExtensionLayout())
     audio.add_consumer(consumer)
     consumer.resume()
-    forwards = 0
-    original = Consumer.forward
-
-    def counting(self: Consumer, *args: Any) -> None:
-        nonlocal forwards
-        forwards += 1
-        original(self, *args)
-
-    Consumer.forward = counting  # type: ignore[method-assign,assignment]
     sent: list[tuple[int, int]] = []  # (sequence number, port) of what should be in the batch
     receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
         key=bytes([1]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
-    try:
+    with counting_forwards() as forwards:
         for n in range(90):
             connected = n % 7 not in (3, 4)
             dtls._state = State.CONNECTED if connected else State.CLOSED
@@ -529,6 +536,4 @@ def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
                 out_seq = struct.unpack_from("!H", receiver.unprotect(datagram), 2)[0]
                 assert (out_seq - n) & 0xFFFF == consumer._seq_offset & 0xFFFF
             assert (len(mux.batch), address[1]) == (len(sent), sent[-1][1]), n
-    finally:
-        Consumer.forward = original  # type: ignore[method-assign]
-    assert forwards < 45  # the C path took the plain packets
+    assert forwards.calls < 45  # the C path took the plain packets
