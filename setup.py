@@ -5,5 +5,8 @@ receives through the event loop's transport."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sfu._fastsend", ["sfu/_fastsend.c"], optional=True),
-                   Extension("sfu._ingress", ["sfu/_ingress.c"], optional=True)])
+# depends: rebuilt when their shared header changes (MANIFEST.in puts it in the sdist)
+setup(ext_modules=[Extension("sfu._fastsend", ["sfu/_fastsend.c"], depends=["sfu/_report.h"],
+                             optional=True),
+                   Extension("sfu._ingress", ["sfu/_ingress.c"], depends=["sfu/_report.h"],
+                             optional=True)])

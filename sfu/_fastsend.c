@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "_report.h"
+
 #define CHUNK 64
 #define MAX_HEADER 64
 
@@ -699,13 +701,8 @@ static int forward_one(PyObject *obj, const packet_t *p) {
 }
 
 static int call_failed(PyObject *c) {
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;  /* KeyboardInterrupt and such */
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL) PyException_SetTraceback(exc, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
+    PyObject *exc = take_exception();
+    if (exc == NULL) return -1;  /* KeyboardInterrupt and such */
     PyObject *done = PyObject_CallMethodOneArg(c, s_failed, exc);
     Py_DECREF(exc);
     if (done == NULL) return -1;

@@ -33,6 +33,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "_report.h"
+
 #define BATCH 32
 #define SLOT 65536 /* any UDP datagram: none is ever truncated */
 #define ROUNDS 8   /* recvmmsg calls per readiness at most: the loop's other work waits meanwhile */
@@ -265,13 +267,8 @@ static int handle(Reader *self, PyObject *by_addr, const char *data, Py_ssize_t 
 /* An exception from one datagram's handler goes to on_error(exc) (the loop's exception
  * handler); the batch goes on, as the event loop goes on after a failing callback. */
 static int report(Reader *self) {
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1; /* KeyboardInterrupt and such */
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL) PyException_SetTraceback(exc, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
+    PyObject *exc = take_exception();
+    if (exc == NULL) return -1; /* KeyboardInterrupt and such */
     PyObject *done = PyObject_CallOneArg(self->on_error, exc);
     Py_DECREF(exc);
     if (done == NULL) PyErr_WriteUnraisable(self->on_error);
