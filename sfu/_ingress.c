@@ -38,7 +38,7 @@
 #define BATCH 32
 #define SLOT 65536 /* any UDP datagram: none is ever truncated */
 #define ROUNDS 8   /* recvmmsg calls per readiness at most: the loop's other work waits meanwhile */
-#define CACHE 256  /* remote IPv4 addresses whose tuple is kept */
+#define CACHE 256  /* remote addresses whose tuple is kept, of each family */
 #define NTP_UNIX_OFFSET_MS 2208988800000LL
 
 typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
@@ -59,6 +59,14 @@ typedef struct {
     PyObject *addr;
 } cached_t;
 
+/* IPv6: the four values the event loop's tuple holds, its tuple and the (host, port) key */
+typedef struct {
+    struct in6_addr host;
+    uint32_t flowinfo, scope_id;
+    uint16_t port;
+    PyObject *addr, *key; /* NULL: a free slot */
+} cached6_t;
+
 typedef struct {
     PyObject_HEAD
     int fd;
@@ -68,6 +76,7 @@ typedef struct {
     struct sockaddr_storage names[BATCH];
     char *buffer;
     cached_t cache[CACHE];
+    cached6_t cache6[CACHE];
     Py_ssize_t taken; /* datagrams that took the C path: for the tests */
 } Reader;
 
@@ -77,7 +86,8 @@ static PyObject *as_int(long v) {
 }
 
 /* The address as the event loop gives it: (host, port) for IPv4, (host, port, flowinfo,
- * scope_id) for IPv6; *key gets the (host, port) that MuxSocket.by_addr is keyed by. */
+ * scope_id) for IPv6; *key gets the (host, port) that MuxSocket.by_addr is keyed by. Both are
+ * kept per remote address (cache, cache6): a peer's datagrams make no tuple each. */
 static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObject **key) {
     char host[INET6_ADDRSTRLEN];
     if (sa->ss_family == AF_INET) {
@@ -96,12 +106,30 @@ static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObje
     }
     if (sa->ss_family == AF_INET6) {
         const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
-        if (inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host)) == NULL) return NULL;
-        PyObject *addr = Py_BuildValue("(siII)", host, ntohs(v6->sin6_port),
-                                       ntohl(v6->sin6_flowinfo), v6->sin6_scope_id);
-        if (addr == NULL) return NULL;
-        if ((*key = PyTuple_GetSlice(addr, 0, 2)) == NULL) { Py_DECREF(addr); return NULL; }
-        return addr;
+        uint64_t hi, lo;
+        memcpy(&hi, v6->sin6_addr.s6_addr, 8);
+        memcpy(&lo, v6->sin6_addr.s6_addr + 8, 8);
+        uint64_t h = (hi ^ lo ^ v6->sin6_port ^ ((uint64_t)v6->sin6_flowinfo << 16) ^
+                      ((uint64_t)v6->sin6_scope_id << 40)) * 0x9E3779B97F4A7C15ULL;
+        cached6_t *slot = &self->cache6[(h >> 32) % CACHE]; /* the product's high bits mix all */
+        if (slot->addr == NULL || memcmp(&slot->host, &v6->sin6_addr, sizeof(slot->host)) ||
+            slot->port != v6->sin6_port || slot->flowinfo != v6->sin6_flowinfo ||
+            slot->scope_id != v6->sin6_scope_id) {
+            if (inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host)) == NULL) return NULL;
+            PyObject *addr = Py_BuildValue("(siII)", host, ntohs(v6->sin6_port),
+                                           ntohl(v6->sin6_flowinfo), v6->sin6_scope_id);
+            if (addr == NULL) return NULL;
+            PyObject *k = PyTuple_GetSlice(addr, 0, 2);
+            if (k == NULL) { Py_DECREF(addr); return NULL; }
+            Py_XSETREF(slot->addr, addr);
+            Py_XSETREF(slot->key, k);
+            slot->host = v6->sin6_addr;
+            slot->port = v6->sin6_port;
+            slot->flowinfo = v6->sin6_flowinfo;
+            slot->scope_id = v6->sin6_scope_id;
+        }
+        *key = Py_NewRef(slot->key);
+        return Py_NewRef(slot->addr);
     }
     *key = Py_NewRef(Py_None);
     return Py_NewRef(Py_None);
@@ -343,6 +371,7 @@ static int reader_clear(Reader *self) {
     Py_CLEAR(self->mux);
     Py_CLEAR(self->on_error);
     for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache[i].addr); self->cache[i].key = 0; }
+    for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache6[i].addr); Py_CLEAR(self->cache6[i].key); }
     return 0;
 }
 

@@ -472,6 +472,51 @@ async def test_a_producers_plain_packets_go_to_its_c_receive_without_its_python(
     assert pythons == [2, 29]
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("sides", ["::1"], indirect=True)
+async def test_an_ipv6_peers_address_tuple_is_made_once_and_still_sorts_its_datagrams(
+        sides: tuple[Side, Side]) -> None:
+    """As for IPv4, the C reader makes an IPv6 peer's (host, port, flowinfo, scope_id) and its
+    (host, port) key once, not per datagram: the Python path gets the same object each time,
+    equal to what the event loop gives, and each peer's datagrams still go where they belong."""
+    native, python = sides
+    got: tuple[list[Any], list[Any]] = ([], [])
+    for side, addrs in zip(sides, got):
+        def recording(data: bytes, addr: Any, original: Any = side.mux.datagram_received,
+                      addrs: list[Any] = addrs) -> None:
+            addrs.append(addr)
+            original(data, addr)
+
+        side.mux.datagram_received = recording  # type: ignore[method-assign]
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    alice, mallory = Client(sides), Client(sides)
+    dtls = bytes([22, 254, 253]) + bytes(20)  # nobody's: dropped
+    try:
+        for client in (alice, mallory, alice, mallory, alice):
+            client.send(dtls)
+        await settle(sides, lambda side: side.mux.dropped == 5)
+        native_addrs, python_addrs = got
+        assert native_addrs == python_addrs
+        ports = [alice.sock.getsockname()[1], mallory.sock.getsockname()[1]] * 3
+        assert [addr[:2] for addr in native_addrs] == [("::1", port) for port in ports[:5]]
+        assert all(addr is native_addrs[0] for addr in native_addrs[0::2])
+        assert all(addr is native_addrs[1] for addr in native_addrs[1::2])
+        alice.send(binding_request("aaaa", PASSWORD))
+        await settle(sides, lambda side: len(side.requests) == 1)
+        assert native_addrs[5] is native_addrs[0]
+        for side in sides:
+            connect(side)
+        alice.send(*(sender.protect(rtp(seq)) for seq in range(1, 4)))  # the C path, by the key
+        mallory.send(sender.protect(rtp(4)))
+        await settle(sides, lambda side: len(side.calls) == 3 and side.mux.dropped == 6)
+        assert native.calls == python.calls and [call[3] for call in native.calls] == [1, 2, 3]
+        assert native.mux.dropped == python.mux.dropped == 6
+        assert reader_of(native).taken == 3
+    finally:
+        alice.close()
+        mallory.close()
+
+
 class FullSocket:
     """A socket whose send buffer is full until ``full`` is cleared."""
 
