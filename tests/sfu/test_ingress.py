@@ -423,6 +423,8 @@ async def test_a_failing_handler_is_reported_and_the_batch_goes_on(
         await settle((native,), lambda side: len(calls) == 4)
         assert calls == [1, 2, 3, 4]
         assert [str(exc) for exc in reported] == ["boom"]
+        # with where it was raised, for the loop's handler to log (sfu/_report.h)
+        assert reported[0].__traceback__ is not None
     finally:
         loop.set_exception_handler(None)
         client.close()
