@@ -156,7 +156,7 @@ CLONE_NEWNET = 0x40000000
 
 
 class SlowLoopback:
-    """A network namespace of the test's own whose loopback drains at 100 bytes a second (tbf):
+    """A network namespace of the test's own whose loopback drains at 10 bytes a second (tbf):
     what is sent there waits in the qdisc, holding its sender's socket buffer, so a small buffer
     fills and stays full, which loopback alone never does (it frees the buffer as it sends)."""
 
@@ -171,7 +171,7 @@ class SlowLoopback:
         is dropped, freeing the senders' buffers."""
         self.run("tc", "-n", self.name, "qdisc", "del", "dev", "lo", "root")
         done = self.run("tc", "-n", self.name, "qdisc", "add", "dev", "lo", "root",
-                        "tbf", "rate", "800bit", "burst", "1600", "limit", "1000000")
+                        "tbf", "rate", "80bit", "burst", "1600", "limit", "1000000")
         assert done.returncode == 0, done.stderr
 
     def unthrottle(self) -> None:
