@@ -41,12 +41,19 @@ FRAMES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "reply": {"id": int, "message": dict},
     "error": {"id": int, "code": str, "message": str},
     "event": {"message": dict},
-    "load": {"rooms": int, "streams": int, "packets_per_second": _NUMBER, "cpu": _NUMBER, "dropped": int},
+    "load": {"rooms": int, "streams": int, "packets_per_second": _NUMBER, "cpu": _NUMBER},
     "closed": {},
     "challenge": {"node": str, "nonce": bytes},
     "auth": {"node": str, "nonce": bytes, "mac": bytes},
     "welcome": {"mac": bytes},
     "refused": {"reason": str},
+}
+
+# Fields added after a frame type's first version, with the value a frame without them means: SFU
+# nodes and signalling nodes are upgraded one at a time, so a peer one version behind leaves them
+# out. Present, they must have their type.
+OPTIONAL: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
+    "load": {"dropped": (int, 0), "draining": (bool, False)},
 }
 
 
@@ -70,7 +77,7 @@ def encode(frame: dict[str, Any]) -> bytes:
 
 
 def decode(payload: bytes) -> dict[str, Any]:
-    """One frame's payload, checked against FRAMES."""
+    """One frame's payload, checked against FRAMES and OPTIONAL (a missing optional field gets its default)."""
     try:
         frame = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
     except ChannelError:
@@ -80,14 +87,23 @@ def decode(payload: bytes) -> dict[str, Any]:
     if not isinstance(frame, dict):
         raise ChannelError(f"a frame must be a map, not {type(frame).__name__}")
     kind = frame.get("t")
-    fields = FRAMES.get(kind) if isinstance(kind, str) else None
-    if fields is None:
+    if not isinstance(kind, str) or kind not in FRAMES:
         raise ChannelError(f"unknown frame type {kind!r}")
+    fields = FRAMES[kind]
     for name, expected in fields.items():
-        value = frame.get(name)
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise ChannelError(f"{kind} frame: {name} is {type(value).__name__}, not {expected}")
+        _check(kind, name, frame.get(name), expected)
+    for name, (expected, default) in OPTIONAL.get(kind, {}).items():
+        if name in frame:
+            _check(kind, name, frame[name], expected)
+        else:
+            frame[name] = default
     return frame
+
+
+def _check(kind: str, name: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    # bool is an int to isinstance: only a field declared bool takes one
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise ChannelError(f"{kind} frame: {name} is {type(value).__name__}, not {expected}")
 
 
 def message_of(frame: dict[str, Any]) -> Message:

@@ -292,7 +292,7 @@ class WorkerPool:
                 elif kind == "load":
                     worker.streams, worker.packets_per_second = frame["streams"], float(frame["packets_per_second"])
                     worker.cpu, worker.placed, worker.dropped = float(frame["cpu"]), 0, frame["dropped"]
-                    worker.draining = frame.get("draining") is True
+                    worker.draining = frame["draining"]
                 elif kind == "closed":
                     return
                 else:

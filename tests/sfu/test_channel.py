@@ -111,12 +111,28 @@ def test_media_options_round_trip() -> None:
     (msgpack.packb({"t": "request", "id": True, "message": {"kind": "ok"}}), "id is bool"),
     (msgpack.packb({"t": "load", "rooms": 1, "streams": 2, "packets_per_second": "fast", "cpu": 0.5}),
      "packets_per_second is str"),
+    (msgpack.packb({"t": "load", "rooms": 1, "streams": 2, "packets_per_second": 1, "cpu": 0.5, "dropped": "3"}),
+     "dropped is str"),
+    (msgpack.packb({"t": "load", "rooms": 1, "streams": 2, "packets_per_second": 1, "cpu": 0.5, "dropped": True}),
+     "dropped is bool"),
+    (msgpack.packb({"t": "load", "rooms": 1, "streams": 2, "packets_per_second": 1, "cpu": 0.5, "draining": 1}),
+     "draining is int"),
     (msgpack.packb({"t": "event", "message": msgpack.ExtType(5, b"x")}), "extension type 5"),
     (msgpack.packb({1: "x"}), "not msgpack"),  # map keys must be strings
 ])
 def test_bad_frames_are_refused(payload: bytes, reason: str) -> None:
     with pytest.raises(ChannelError, match=reason):
         decode(payload)
+
+
+def test_a_load_frame_of_the_version_before_is_taken_with_its_later_fields_defaulted() -> None:
+    # an SFU node not yet upgraded reports no dropped count; only a draining node says draining
+    old = decode(msgpack.packb({"t": "load", "rooms": 1, "streams": 2, "packets_per_second": 3.5, "cpu": 0.25}))
+    assert old == {"t": "load", "rooms": 1, "streams": 2, "packets_per_second": 3.5, "cpu": 0.25,
+                   "dropped": 0, "draining": False}
+    new = decode(msgpack.packb({"t": "load", "rooms": 1, "streams": 2, "packets_per_second": 3, "cpu": 0,
+                                "dropped": 7, "draining": True}))
+    assert (new["dropped"], new["draining"]) == (7, True)
 
 
 def test_a_bad_message_inside_a_good_frame_is_refused() -> None:

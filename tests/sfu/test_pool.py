@@ -266,7 +266,8 @@ async def test_the_load_report_is_a_heartbeat_even_when_reading_the_load_fails(
     try:
         with caplog.at_level(logging.ERROR):
             frame = await asyncio.wait_for(Channel(peer_reader, peer_writer).receive(), 10)
-        assert frame == {"t": "load", "rooms": 0, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0, "dropped": 0}
+        assert frame == {"t": "load", "rooms": 0, "streams": 0, "packets_per_second": 0.0, "cpu": 0.0, "dropped": 0,
+                         "draining": False}
         assert "could not read this worker's load" in caplog.text
     finally:
         peer_writer.close()  # the pool is gone: the worker stops serving
