@@ -114,6 +114,9 @@ typedef struct {
     size_t used, size;
     datagram_t *datagrams;
     Py_ssize_t count, slots;
+    /* the socket's C reader (sfu/_ingress.c) is in its call and sends the batch at its end:
+     * a sender that makes the batch non-empty schedules no flush meanwhile */
+    char held;
 } Batch;
 
 static void batch_empty(Batch *b) {
@@ -227,6 +230,12 @@ static PyMethodDef batch_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef batch_members[] = {
+    {"held", T_BOOL, offsetof(Batch, held), 0,
+     "a reader sends the batch at the end of its call: no flush to schedule"},
+    {NULL},
+};
+
 static PyGetSetDef batch_getset[] = {
     {"capacity", (getter)batch_get_capacity, NULL, "the buffer's size in bytes", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -243,6 +252,7 @@ static PyTypeObject BatchType = {
     .tp_new = PyType_GenericNew,
     .tp_dealloc = (destructor)batch_dealloc,
     .tp_methods = batch_methods,
+    .tp_members = batch_members,
     .tp_getset = batch_getset,
     .tp_as_sequence = &batch_sequence,
 };
@@ -688,7 +698,7 @@ static int forward_one(PyObject *obj, const packet_t *p) {
         PyErr_Format(g_error, "srtp_protect failed (%d)", status);
         return -1;
     }
-    if (r->batch->count == 1) {
+    if (r->batch->count == 1 && !r->batch->held) {
         PyObject *mux = Py_NewRef(r->mux);  /* the call may re-route */
         PyObject *done = PyObject_CallMethodNoArgs(mux, s_schedule_flush);
         Py_DECREF(mux);

@@ -12,6 +12,10 @@
  * connection not yet connected. A new SRTP session (DTLS keyed, or keyed again) is adopted here
  * with _Sink.adopt, as SrtpStunProtocol.datagram_received does: a subscriber sends SRTCP only.
  *
+ * The socket's send batch (MuxSocket.batch) is held for the call: what the handlers forward joins
+ * it without a flush scheduled (Batch.held) and goes out by one send at the call's end, as
+ * MuxSocket.flush would send it: no Python frame and no event-loop callback per wake-up.
+ *
  * No state of its own: for every datagram it reads the Python tables (MuxSocket.by_addr, the
  * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
  * restarts, address changes and learnt SSRCs need no registration here.
@@ -51,7 +55,8 @@ static PyObject *g_producer_receive;
 static unsigned long long g_unprotect, g_unprotect_rtcp;
 static PyObject *g_connected, *g_muxed_type, *g_sink_name, *g_receive_rtp;
 static PyObject *s_by_addr, *s_datagram_received, *s_receiver, *s_dtls, *s_state, *s_rx_srtp,
-    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_rtp, *s_last_packet_ms;
+    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_rtp, *s_last_packet_ms, *s_batch,
+    *s_held, *s_sock, *s_writable, *s_send, *s_clear;
 static PyObject *small[256]; /* 0-255: b0, b1 and most payload offsets without an allocation */
 
 typedef struct {
@@ -70,7 +75,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int fd;
-    PyObject *mux, *on_error;
+    PyObject *mux, *batch, *on_error;
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
     struct sockaddr_storage names[BATCH];
@@ -310,7 +315,9 @@ static PyObject *now_ms(void) {
     return PyLong_FromLongLong((long long)t.tv_sec * 1000 + t.tv_nsec / 1000000 + NTP_UNIX_OFFSET_MS);
 }
 
-static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
+/* up to ROUNDS recvmmsg calls, each datagram handled: 0, or -1 with an exception that is not
+ * one handler's own */
+static int read_all(Reader *self) {
     for (int round = 0; round < ROUNDS; round++) {
         for (int i = 0; i < BATCH; i++) self->msgs[i].msg_hdr.msg_namelen = sizeof(self->names[i]);
         int got = recvmmsg(self->fd, self->msgs, BATCH, MSG_DONTWAIT, NULL);
@@ -319,7 +326,7 @@ static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
             continue; /* an ICMP error for one peer (asyncio's error_received, ignored) */
         }
         PyObject *arrival = now_ms();
-        if (arrival == NULL) return NULL;
+        if (arrival == NULL) return -1;
         PyObject *by_addr = PyObject_GetAttr(self->mux, s_by_addr);
         if (by_addr != NULL && !PyDict_Check(by_addr)) Py_CLEAR(by_addr);
         PyErr_Clear();
@@ -329,13 +336,67 @@ static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
                 report(self) < 0) {
                 Py_DECREF(arrival);
                 Py_XDECREF(by_addr);
-                return NULL;
+                return -1;
             }
         }
         Py_DECREF(arrival);
         Py_XDECREF(by_addr);
         if (got < BATCH) break; /* drained: no recvmmsg just to hear EAGAIN */
     }
+    return 0;
+}
+
+/* the batch sent when the socket is there and writable: 0, or -1 with an exception */
+static int send_batch(Reader *self) {
+    int r = -1;
+    PyObject *sock = NULL, *writable = NULL;
+    if ((sock = PyObject_GetAttr(self->mux, s_sock)) == NULL) goto end;
+    if ((writable = PyObject_GetAttr(self->mux, s_writable)) == NULL) goto end;
+    int open = sock == Py_None ? 0 : PyObject_IsTrue(writable);
+    if (open < 0) goto end;
+    if (open) {
+        /* a full socket buffer drops the rest: media is never queued without bound */
+        PyObject *done = PyObject_CallMethodOneArg(self->batch, s_send, sock);
+        if (done == NULL) goto end;
+        Py_DECREF(done);
+    }
+    r = 0;
+end:
+    Py_XDECREF(sock); Py_XDECREF(writable);
+    return r;
+}
+
+/* MuxSocket.flush for what the call queued: sent (send_batch), then emptied and let go whatever
+ * happened, so that senders schedule a flush again. 0, or -1 with an exception. */
+static int flush(Reader *self) {
+    PyObject *batch = self->batch;
+    Py_ssize_t n = PyObject_Length(batch);
+    int r = n > 0 ? send_batch(self) : (n < 0 ? -1 : 0);
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyObject *done = n ? PyObject_CallMethodNoArgs(batch, s_clear) : Py_NewRef(Py_None);
+    if (done == NULL || PyObject_SetAttr(batch, s_held, Py_False) < 0)
+        PyErr_WriteUnraisable(batch);
+    Py_XDECREF(done);
+    PyErr_Restore(type, exc, tb);
+    return r;
+}
+
+/* The socket's batch is held for the call: what the handlers forward (sfu/_fastsend.c's fan-out,
+ * RawSender) goes out by one send at its end, with no flush scheduled on the event loop. */
+static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
+    if (self->batch != NULL && PyObject_SetAttr(self->batch, s_held, Py_True) < 0) return NULL;
+    int r = read_all(self);
+    if (self->batch != NULL) {
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb); /* a KeyboardInterrupt waits for the send */
+        if (flush(self) < 0) {
+            if (type != NULL) PyErr_WriteUnraisable(self->mux);
+            else if (report(self) < 0) r = -1;
+        }
+        if (type != NULL) PyErr_Restore(type, exc, tb);
+    }
+    if (r < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -347,7 +408,14 @@ static int reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
         PyErr_NoMemory();
         return -1;
     }
+    /* the socket's batch (sfu.udp_mux.MuxSocket.batch), the same for its life */
+    PyObject *batch = PyObject_GetAttr(mux, s_batch);
+    if (batch == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear(); /* none: senders schedule their flush */
+    }
     self->fd = fd;
+    Py_XSETREF(self->batch, batch);
     Py_XSETREF(self->mux, Py_NewRef(mux));
     Py_XSETREF(self->on_error, Py_NewRef(on_error));
     for (int i = 0; i < BATCH; i++) {
@@ -363,12 +431,14 @@ static int reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
 
 static int reader_traverse(Reader *self, visitproc visit, void *arg) {
     Py_VISIT(self->mux);
+    Py_VISIT(self->batch);
     Py_VISIT(self->on_error);
     return 0;
 }
 
 static int reader_clear(Reader *self) {
     Py_CLEAR(self->mux);
+    Py_CLEAR(self->batch);
     Py_CLEAR(self->on_error);
     for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache[i].addr); self->cache[i].key = 0; }
     for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache6[i].addr); Py_CLEAR(self->cache6[i].key); }
@@ -459,6 +529,12 @@ PyMODINIT_FUNC PyInit__ingress(void) {
     INTERN(s_rtcp, "rtcp");
     INTERN(s_rtp, "_rtp");
     INTERN(s_last_packet_ms, "last_packet_ms");
+    INTERN(s_batch, "batch");
+    INTERN(s_held, "held");
+    INTERN(s_sock, "_sock");
+    INTERN(s_writable, "writable");
+    INTERN(s_send, "send");
+    INTERN(s_clear, "clear");
     for (int i = 0; i < 256; i++)
         if ((small[i] = PyLong_FromLong(i)) == NULL) return NULL;
     if (PyType_Ready(&ReaderType) < 0) return NULL;

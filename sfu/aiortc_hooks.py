@@ -470,7 +470,7 @@ class RawSender:
             return False
         if self._mux is not None:
             queued = self._queue(data, self._addr, self._batch)
-            if queued == 1:
+            if queued == 1 and not self._batch.held:
                 self._mux.schedule_flush()
             elif queued < 0:
                 raise pylibsrtp.Error(f"srtp_protect failed ({-queued})")
@@ -483,7 +483,7 @@ class RawSender:
             return False
         if self._mux is not None:
             queued = self._rtcp_queue(data, self._addr, self._batch)
-            if queued == 1:
+            if queued == 1 and not self._batch.held:
                 self._mux.schedule_flush()
             elif queued < 0:
                 raise pylibsrtp.Error(f"srtp_protect_rtcp failed ({-queued})")

@@ -52,10 +52,11 @@ except ImportError:  # built without a compiler: the Python below
 class PyBatch:
     """The Python fallback of the C ``Batch``: the protected datagrams and their (host, port)."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "held")
 
     def __init__(self) -> None:
         self._items: list[tuple[bytes, Any]] = []
+        self.held = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -86,6 +87,8 @@ class PyBatch:
 
 class Batch(Protocol):
     """What a shared socket's batch is to its socket (sfu.udp_mux) and to tests."""
+
+    held: bool  # the socket's C reader sends it at the end of its call (sfu/_ingress.c)
 
     def __len__(self) -> int: ...
 

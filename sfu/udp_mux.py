@@ -179,7 +179,9 @@ class MuxSocket(asyncio.DatagramProtocol):
 
     def flush(self) -> None:
         """Send the turn's batch. A sender queues into ``batch`` itself (RawSender, through
-        fastsend.protect_queue) and calls ``schedule_flush`` when it made it non-empty."""
+        fastsend.protect_queue) and calls ``schedule_flush`` when it made it non-empty, unless
+        the batch is ``held``: the C reader (sfu/_ingress.c) is in its call and does this at its
+        end."""
         batch = self.batch
         if not len(batch):
             return

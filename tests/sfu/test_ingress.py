@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -19,13 +20,16 @@ import pytest
 from aioice import stun
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 
-from .test_fanout import Recorder
+from .test_fanout import OPUS, Recorder, _muxed_pair, _session
 
 from sfu import aiortc_hooks, ingress, rtcp
 from sfu import producer as producer_module
+from sfu.consumer import Consumer
+from sfu.forwarder import ExtensionLayout
 from sfu.producer import Codec, Producer
 from sfu.transport import Transport
 from sfu.udp_mux import MuxSocket, bind_udp
+from .test_rtcp import FakeScheduler
 
 pytestmark = pytest.mark.skipif(not ingress.NATIVE, reason="sfu/_ingress.c is not built")
 
@@ -517,6 +521,67 @@ async def test_an_ipv6_peers_address_tuple_is_made_once_and_still_sorts_its_data
     finally:
         alice.close()
         mallory.close()
+
+
+@pytest.mark.integration
+async def test_what_a_reader_call_forwards_leaves_by_its_end_with_no_flush_scheduled() -> None:
+    """The reader sends its socket's batch at the end of its call: the C fan-out and RawSender's
+    Python queue into it and schedule no flush meanwhile. A send outside a reader call (a timer's
+    RTCP) still schedules one."""
+    _, mux = ingress.endpoint_on(bind_udp("127.0.0.1", 0), MuxSocket)
+    side = make_side(mux)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+    scheduled = 0
+    schedule = mux.schedule_flush
+
+    def counting() -> object:
+        nonlocal scheduled
+        scheduled += 1
+        return schedule()
+
+    mux.schedule_flush = counting
+    producer: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                            keyframe_interval=1.0, scheduler=FakeScheduler())
+    for index, fast in enumerate((True, False)):  # the C fan-out's path, RawSender.send_rtp's
+        dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=_session(1), transport=SimpleNamespace(
+            _connection=SimpleNamespace(_nominated={1: _muxed_pair(mux, receiver.getsockname()[1])})))
+        raw = aiortc_hooks.RawSender(dtls)  # type: ignore[arg-type]
+        consumer = Consumer(str(index), producer, "bob", ssrc=0x1000 + index, rtx_ssrc=0x2000 + index,
+                            send_rtp=raw.send_rtp, send_rtcp=raw.send_rtcp)
+        if fast:
+            consumer.fast_sender = raw
+        consumer.configure(111, None, ExtensionLayout())
+        producer.add_consumer(consumer)
+        consumer.resume()
+    side.transport._rtp[SSRC] = producer.receive
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    client = Client((side,))
+    try:
+        client.send(binding_request("aaaa", PASSWORD))
+        await settle((side,), lambda side: len(side.requests) == 1)
+        connect(side)
+        scheduled = 0
+        client.send(*(sender.protect(rtp(seq, pt=111)) for seq in range(1, 6)))
+        reader_of(side)()  # the loop's call, now: loopback has queued the datagrams
+        assert reader_of(side).taken == 5
+        assert (scheduled, len(mux.batch), mux.batch.held) == (0, 0, False)
+        receiver.setblocking(False)
+        got = [receiver.recv(2000) for _ in range(10)]  # all there, or BlockingIOError
+        assert sorted(struct.unpack_from("!I", data, 8)[0] for data in got) == [0x1000] * 5 + [0x1001] * 5
+        receiver.settimeout(2)
+        assert raw.send_rtcp(rtcp.pli(0x1001, SSRC))  # outside a reader call
+        assert scheduled == 1 and len(mux.batch) == 1
+        await asyncio.sleep(0)
+        assert receiver.recv(2000)[1] == 206
+        assert len(mux.batch) == 0
+    finally:
+        client.close()
+        receiver.close()
+        side.task.cancel()
+        mux.transport.close()  # type: ignore[union-attr]
+        await asyncio.sleep(0)
 
 
 class FullSocket:
