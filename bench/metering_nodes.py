@@ -28,7 +28,8 @@ from signalling.billing.money import Money
 from signalling.billing.posting import CHARGE
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
-from signalling.billing.store import BillingStore, StoredSession
+from signalling.billing.session_billing import claim_nothing
+from signalling.billing.store import BillingStore
 from signalling.billing.store_postgres import PostgresBillingStore
 from signalling.core.event_loop import install_event_loop
 from signalling.core.postgres import connect
@@ -37,14 +38,6 @@ from . import redis_client
 from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def recover_nothing(stored: StoredSession) -> int | None:
-    """A node's Meter claims no open session at start: each node meters only those it opens.
-    Without a claim it would take over every open session in the database: another node's
-    live ones when it starts after them (its process slow to come up), and an earlier run's
-    leftovers on every node at once, writing the same pause twice."""
-    return None
 
 
 async def run_events(store: BillingStore, after: int, run_id: str) -> int:
@@ -70,7 +63,10 @@ async def node(args: dict[str, Any]) -> dict[str, Any]:
     pool = await connect(args["database"], max_size=4)
     store = await PostgresBillingStore.open(pool)
     meter = Meter(store, node_id=args["node_id"], on_unit=on_unit)
-    await meter.start(recover_nothing)
+    # As the application's nodes do: claim nothing at start. Without a claim a Meter takes over
+    # every open session in the database: the other node's live ones when this process comes up
+    # after start_at, and an earlier run's leftovers on both nodes at once.
+    await meter.start(claim_nothing)
     redis = redis_client.connect(args["redis"])  # (run() checked that it answers)
     relay = RedisRelay(meter.outbox, redis, args["stream"], batch=2000, poll_seconds=0.05)
     relay.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.metering_nodes import recover_nothing, run_events
+from bench.metering_nodes import run_events
 from bench.metering_report import consumed
 from signalling.billing.feed_reader import Delivery, FeedReaderStore
 from signalling.billing.meter import Meter
@@ -33,21 +33,6 @@ async def test_a_run_counts_its_own_outbox_rows_whatever_the_cursor_skipped(post
         await meter.started("old-0", "e", "c", PRICE, BillingPolicy(), at=T0, fence=1)  # not this run's
         assert await store.last_seq() - before == 3
         assert await run_events(store, before, "run1") == 1
-    finally:
-        await pool.close()
-
-
-async def test_a_node_takes_over_no_session_open_in_the_database(postgres_url: str) -> None:
-    pool = await connect(postgres_url)
-    try:
-        store = await PostgresBillingStore.open(pool)
-        first = Meter(store, node_id="bench-node-1", clock=ManualClock())
-        await first.started("run1-0", "e", "c", PRICE, BillingPolicy(), at=T0, fence=1)
-        await first.media_live("run1-0", at=T0)
-        late = Meter(store, node_id="bench-node-2", clock=ManualClock(T0 + 5))
-        assert await late.start(recover_nothing) == []
-        await late.close()
-        assert [r.id for r in await store.events_after(0, 10)] == ["run1-0:started", "run1-0:resumed:0"]
     finally:
         await pool.close()
 
