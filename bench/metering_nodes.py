@@ -28,6 +28,8 @@ from signalling.billing.money import Money
 from signalling.billing.posting import CHARGE
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
+from signalling.billing.session_billing import claim_nothing
+from signalling.billing.store import BillingStore
 from signalling.billing.store_postgres import PostgresBillingStore
 from signalling.core.event_loop import install_event_loop
 from signalling.core.postgres import connect
@@ -36,6 +38,17 @@ from . import redis_client
 from .metering_report import by_second, consumed, summary
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run_events(store: BillingStore, after: int, run_id: str) -> int:
+    """The outbox rows of this run's sessions past cursor ``after``. Counted, not taken as
+    ``last_seq() - after``: PostgreSQL's identity skips values (an insert that meets ON CONFLICT
+    DO NOTHING, a rolled-back transaction), and other writers to the database add rows."""
+    n = 0
+    while page := await store.events_after(after, 1000):
+        n += sum(1 for row in page if row.id.startswith(f"{run_id}-"))
+        after = page[-1].seq
+    return n
 
 
 async def node(args: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +63,10 @@ async def node(args: dict[str, Any]) -> dict[str, Any]:
     pool = await connect(args["database"], max_size=4)
     store = await PostgresBillingStore.open(pool)
     meter = Meter(store, node_id=args["node_id"], on_unit=on_unit)
-    await meter.start()
+    # As the application's nodes do: claim nothing at start. Without a claim a Meter takes over
+    # every open session in the database: the other node's live ones when this process comes up
+    # after start_at, and an earlier run's leftovers on both nodes at once.
+    await meter.start(claim_nothing)
     redis = redis_client.connect(args["redis"])  # (run() checked that it answers)
     relay = RedisRelay(meter.outbox, redis, args["stream"], batch=2000, poll_seconds=0.05)
     relay.start()
@@ -123,25 +139,26 @@ async def run(
         )))
     counted_at_ramp = counted_at_end = 0
     await asyncio.sleep(max(0.0, start_at + ramp - time.time()))
-    counted_at_ramp = consumed(consumer_db)
+    counted_at_ramp = consumed(consumer_db, f"{run_id}-")
     await asyncio.sleep(duration)
-    counted_at_end = consumed(consumer_db)
+    counted_at_end = consumed(consumer_db, f"{run_id}-")
     results = []
     for out, child in children:
         _, err = await child.communicate()
         if child.returncode != 0:
             raise RuntimeError(f"bench node failed: {err.decode()[-2000:]}")
         results.append(json.loads(out.read_text()))
-    total_events = await store.last_seq() - seq_before
+    # This run's events on both sides: the relays also publish whatever else the outbox held.
+    total_events = await run_events(store, seq_before, run_id)
     deadline = time.time() + 120
-    while consumed(consumer_db) < total_events and time.time() < deadline:
+    while consumed(consumer_db, f"{run_id}-") < total_events and time.time() < deadline:
         await asyncio.sleep(0.2)
     consumer.send_signal(signal.SIGTERM)
     await consumer.communicate()
     # what the ledger charged this run's sessions, through the billing store's own interface
     charges = [p for i in range(sessions) for p in await store.postings(f"{run_id}-{i}") if p.kind == CHARGE]
     ledger_units, distinct_units = len(charges), len({p.id for p in charges})
-    counted = consumed(consumer_db)
+    counted = consumed(consumer_db, f"{run_id}-")
     await pool.close()
     await redis.delete(stream)
     await redis.aclose()

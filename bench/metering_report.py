@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
-def consumed(path: Path) -> int:
-    """Events the consumer process has committed so far (read from its own SQLite)."""
+def consumed(path: Path, prefix: str = "") -> int:
+    """Events the consumer process has committed so far (read from its own SQLite); with
+    ``prefix``, only those whose id starts with it (one run's sessions)."""
     if not path.exists():
         return 0
     try:
         with sqlite3.connect(path, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM consumed_events").fetchone()[0])
+            return int(conn.execute(
+                "SELECT count(*) FROM consumed_events WHERE substr(id, 1, length(?1)) = ?1", (prefix,)).fetchone()[0])
     except sqlite3.OperationalError:
         return 0
 

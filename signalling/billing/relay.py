@@ -19,6 +19,9 @@ from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+# How soon a closing relay asks again while another node's relay holds the outbox (one batch).
+BUSY_RETRY_SECONDS = 0.02
+
 
 class RedisRelay:
     def __init__(
@@ -45,8 +48,12 @@ class RedisRelay:
         self._waiter: asyncio.Event | None = None
         self._stopping = False
 
-    async def relay_once(self) -> int:
+    async def relay_once(self) -> int | None:
+        """Publish the oldest unrelayed events: how many (0: none are left), or None while
+        another node's relay holds the outbox."""
         async with self.outbox.store.relay_batch(self.batch) as rows:
+            if rows is None:
+                return None
             if not rows:
                 return 0
             pipe = self.redis.pipeline(transaction=False)
@@ -79,8 +86,11 @@ class RedisRelay:
             self.outbox.unsubscribe(self._waiter)
         try:
             async with asyncio.timeout(flush_timeout):
-                while await self.relay_once():
-                    pass
+                # Until this relay finds the outbox empty itself: another node's relay holding it
+                # may have read before our last events committed, and be stopping too.
+                while (n := await self.relay_once()) != 0:
+                    if n is None:
+                        await asyncio.sleep(BUSY_RETRY_SECONDS)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("metering relay stopped with events left in the outbox: %s", exc)
 

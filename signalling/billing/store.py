@@ -213,10 +213,10 @@ class BillingStore(abc.ABC):
     async def count_unrelayed(self) -> int: ...
 
     @abc.abstractmethod
-    def relay_batch(self, limit: int) -> AsyncContextManager[list[OutboxRow]]:
+    def relay_batch(self, limit: int) -> AsyncContextManager[list[OutboxRow] | None]:
         """The oldest events not yet relayed, for one relay at a time across every node sharing
-        the store (another node's relay holding it: an empty list). They are marked relayed when
-        the block exits without an exception."""
+        the store (another node's relay holding it: None, not an empty list, which would say
+        that nothing is left). They are marked relayed when the block exits without an exception."""
 
     @abc.abstractmethod
     def exclusive(self, name: str) -> AsyncContextManager[bool]:

@@ -346,11 +346,11 @@ class PostgresBillingStore(BillingStore):
         return int(await self.pool.fetchval("SELECT count(*) FROM metering_outbox WHERE NOT relayed"))
 
     @contextlib.asynccontextmanager
-    async def relay_batch(self, limit: int) -> AsyncIterator[list[OutboxRow]]:
+    async def relay_batch(self, limit: int) -> AsyncIterator[list[OutboxRow] | None]:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
-                    yield []  # another node's relay is at work
+                    yield None  # another node's relay is at work
                     return
                 rows = [OutboxRow(r["seq"], r["id"], r["type"], r["body"]) for r in await conn.fetch(
                     "SELECT seq, id, type, body FROM metering_outbox WHERE NOT relayed ORDER BY seq LIMIT $1", limit)]

@@ -343,7 +343,7 @@ class SqliteBillingStore(BillingStore):
         return int(row["n"]) if row else 0
 
     @contextlib.asynccontextmanager
-    async def relay_batch(self, limit: int) -> AsyncIterator[list[OutboxRow]]:
+    async def relay_batch(self, limit: int) -> AsyncIterator[list[OutboxRow] | None]:
         # One process owns this file's relay: the application runs one relay task.
         rows = [OutboxRow(r["seq"], r["id"], r["type"], r["body"]) for r in self.db.fetchall(
             "SELECT seq, id, type, body FROM metering_outbox WHERE relayed = 0 ORDER BY seq LIMIT ?", (limit,))]

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
 
 from signalling.billing.feed_reader import FeedReaderStore, MeteringFeedReader
+from signalling.billing.meter import Meter
 from signalling.billing.money import Money
 from signalling.billing.pricing import BillingPolicy, Price
 from signalling.billing.relay import RedisRelay
+from signalling.billing.store_postgres import PostgresBillingStore
+from signalling.core.postgres import connect
 
 from ...billing_helpers import T0, ManualClock, advance, make_meter
 
@@ -74,3 +78,41 @@ async def test_consumer_crash_between_commit_and_ack_counts_once(tmp_path, redis
     assert (restarted.received, restarted.counted, store.count()) == (5, 0, 5)
     assert store.totals() == {("e", "JPY"): {"units": 1, "gross": 0, "fee": 0, "payout": 0}}
     assert (await redis.xpending(stream, "g"))["pending"] == 0
+
+
+async def test_a_closing_relay_publishes_what_another_nodes_relay_read_too_early(postgres_url, redis, stream, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two nodes stopping together: the other node's relay holds the outbox with a read taken
+    before this node's last events committed, and finds nothing. This node's relay must not take
+    "the outbox is taken" for "the outbox is empty", or those events stay unpublished."""
+    pool = await connect(postgres_url)
+    try:
+        store = await PostgresBillingStore.open(pool)
+        meter = Meter(store, node_id="n1", clock=ManualClock())
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def other_node() -> None:
+            async with store.relay_batch(10) as rows:
+                assert rows == []
+                held.set()
+                await release.wait()
+        other = asyncio.create_task(other_node())
+        await held.wait()
+        await meter.started("s", "e", "c", Price.per_minute(Money(100, "USD")), BillingPolicy(), at=T0)
+        await meter.ended("s", at=T0 + 1)
+        original = store.relay_batch
+
+        @contextlib.asynccontextmanager
+        async def refused_then_released(limit):  # type: ignore[no-untyped-def]
+            async with original(limit) as rows:
+                yield rows
+            if not rows:
+                release.set()  # the other relay ends its round right after refusing this one
+        monkeypatch.setattr(store, "relay_batch", refused_then_released)
+        relay = RedisRelay(meter.outbox, redis, stream)
+        relay.start()
+        await relay.close()
+        await other
+        assert await store.count_unrelayed() == 0
+        assert [f[b"id"] for _, f in await redis.xrange(stream)] == [b"s:started", b"s:ended"]
+    finally:
+        await pool.close()
