@@ -5,7 +5,7 @@
  * send(sock) -> the number of datagrams the kernel took, by one sendmmsg per 64 datagrams. The
  * same contract as sfu.fastsend.PyBatch, the Python fallback: a full socket buffer (EAGAIN) ends
  * the send, what is left is dropped (the caller clears the batch); any other error drops that one
- * datagram and goes on.
+ * datagram and goes on. A closed socket sends nothing: 0, no exception.
  * Built by setup.py at install time (optional: sfu/fastsend.py falls back to Python).
  */
 #define PY_SSIZE_T_CLEAN
@@ -166,7 +166,12 @@ static void batch_commit(Batch *b, size_t len, PyObject *address) {
 
 static PyObject *batch_send(Batch *b, PyObject *sock) {
     int fd = PyObject_AsFileDescriptor(sock);
-    if (fd < 0) return NULL;
+    if (fd < 0) {
+        /* a closed socket (fileno() -1): nothing sent, as PyBatch's sendto fails each datagram */
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+        PyErr_Clear();
+        return PyLong_FromLong(0);
+    }
     struct mmsghdr msgs[CHUNK];
     struct iovec iov[CHUNK];
     Py_ssize_t i = 0;

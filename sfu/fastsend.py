@@ -3,8 +3,10 @@ in Python when it is not; both put the same bytes on the wire.
 
 - ``Batch``: a shared socket's datagrams of one event-loop turn. In C, one buffer that libsrtp
   protects into and ``sendmmsg`` sends from (no Python object per datagram); ``PyBatch``, the
-  fallback, a list that ``socket.sendto`` sends in a loop. ``send(sock)`` stops at a full socket
-  buffer; the caller then clears the batch, dropping the rest.
+  fallback, a list that ``socket.sendto`` sends in a loop. ``send(sock)`` returns how many
+  datagrams the kernel took and stops at a full socket buffer; the caller then clears the batch,
+  dropping the rest. Any other error drops that one datagram; a closed socket sends none: 0,
+  raising nothing, in both.
 - ``protect_queue``: SRTP-protect a packet with libsrtp (through pylibsrtp's session, see
   sfu.aiortc_hooks.batch_protector) into a C ``Batch``.
 - ``unprotect``: SRTP-unprotect an arriving packet the same way (sfu.aiortc_hooks.unprotector).

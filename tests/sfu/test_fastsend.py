@@ -90,6 +90,20 @@ def test_the_native_and_python_batches_send_identical_datagrams() -> None:
     assert receiver.unprotect(native[0][1]) == _rtp(6, 27)
 
 
+def test_a_closed_socket_sends_nothing_and_raises_nothing_in_both_batches() -> None:
+    """A socket closed under the batch (a worker shutting down, a flush after close): no
+    datagram goes out, send() says 0 and raises nothing, as for any other error that is the
+    datagrams' own; the batch is left to its caller to clear."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.close()
+    sent = []
+    for queue, batch in _queues():
+        for n in range(3):
+            queue(_rtp(n, 20), ("127.0.0.1", 9), batch)
+        sent.append((batch.send(closed), len(batch)))
+    assert sent == [(0, 3), (0, 3)]
+
+
 def test_the_native_and_python_protectors_queue_identical_srtp() -> None:
     packets = [_rtp(seq, seq * 37 % 1400) for seq in range(200)]
     queued = []
