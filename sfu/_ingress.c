@@ -42,7 +42,10 @@
 #define BATCH 32
 #define SLOT 65536 /* any UDP datagram: none is ever truncated */
 #define ROUNDS 8   /* recvmmsg calls per readiness at most: the loop's other work waits meanwhile */
-#define CACHE 256  /* remote addresses whose tuple is kept, of each family */
+#define SET_BITS 8 /* address tuples are kept in 256 sets of WAYS, of each family */
+#define SETS (1 << SET_BITS)
+#define WAYS 2     /* two peers in one set both keep their tuple (with 20 peers, likely) */
+#define GOLDEN 0x9E3779B97F4A7C15ULL /* the product's high bits mix all of the key */
 #define NTP_UNIX_OFFSET_MS 2208988800000LL
 
 typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
@@ -80,8 +83,8 @@ typedef struct {
     struct iovec iov[BATCH];
     struct sockaddr_storage names[BATCH];
     char *buffer;
-    cached_t cache[CACHE];
-    cached6_t cache6[CACHE];
+    cached_t cache[SETS][WAYS];    /* each set most recently used first */
+    cached6_t cache6[SETS][WAYS];
     Py_ssize_t taken; /* datagrams that took the C path: for the tests */
 } Reader;
 
@@ -90,24 +93,41 @@ static PyObject *as_int(long v) {
     return PyLong_FromLong(v);
 }
 
+static int same6(const cached6_t *c, const struct sockaddr_in6 *v6) {
+    return c->addr != NULL && !memcmp(&c->host, &v6->sin6_addr, sizeof(c->host)) &&
+           c->port == v6->sin6_port && c->flowinfo == v6->sin6_flowinfo &&
+           c->scope_id == v6->sin6_scope_id;
+}
+
 /* The address as the event loop gives it: (host, port) for IPv4, (host, port, flowinfo,
  * scope_id) for IPv6; *key gets the (host, port) that MuxSocket.by_addr is keyed by. Both are
- * kept per remote address (cache, cache6): a peer's datagrams make no tuple each. */
+ * kept per remote address (cache, cache6): a peer's datagrams make no tuple each. A set is
+ * chosen by the high bits of a multiplicative hash of the whole address (peers on one host
+ * differ in the port only) and holds WAYS peers, the least recently used one making way. */
 static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObject **key) {
     char host[INET6_ADDRSTRLEN];
     if (sa->ss_family == AF_INET) {
         const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
         uint64_t k = (((uint64_t)ntohl(v4->sin_addr.s_addr) << 16) | ntohs(v4->sin_port)) + 1;
-        cached_t *slot = &self->cache[(k ^ (k >> 16) ^ (k >> 32)) % CACHE];
-        if (slot->key != k) {
-            if (inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host)) == NULL) return NULL;
-            PyObject *addr = Py_BuildValue("(si)", host, ntohs(v4->sin_port));
-            if (addr == NULL) return NULL;
-            Py_XSETREF(slot->addr, addr);
-            slot->key = k;
+        cached_t *set = self->cache[(k * GOLDEN) >> (64 - SET_BITS)];
+        if (set[0].key != k) {
+            int way = 1;
+            while (way < WAYS && set[way].key != k) way++;
+            cached_t found, old = {0, NULL};
+            if (way < WAYS) found = set[way];
+            else {
+                if (inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host)) == NULL) return NULL;
+                PyObject *addr = Py_BuildValue("(si)", host, ntohs(v4->sin_port));
+                if (addr == NULL) return NULL;
+                found = (cached_t){k, addr};
+                old = set[--way]; /* the least recently used makes way */
+            }
+            memmove(set + 1, set, (size_t)way * sizeof(*set));
+            set[0] = found;
+            Py_XDECREF(old.addr);
         }
-        *key = Py_NewRef(slot->addr);
-        return Py_NewRef(slot->addr);
+        *key = Py_NewRef(set[0].addr);
+        return Py_NewRef(set[0].addr);
     }
     if (sa->ss_family == AF_INET6) {
         const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)sa;
@@ -115,26 +135,32 @@ static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObje
         memcpy(&hi, v6->sin6_addr.s6_addr, 8);
         memcpy(&lo, v6->sin6_addr.s6_addr + 8, 8);
         uint64_t h = (hi ^ lo ^ v6->sin6_port ^ ((uint64_t)v6->sin6_flowinfo << 16) ^
-                      ((uint64_t)v6->sin6_scope_id << 40)) * 0x9E3779B97F4A7C15ULL;
-        cached6_t *slot = &self->cache6[(h >> 32) % CACHE]; /* the product's high bits mix all */
-        if (slot->addr == NULL || memcmp(&slot->host, &v6->sin6_addr, sizeof(slot->host)) ||
-            slot->port != v6->sin6_port || slot->flowinfo != v6->sin6_flowinfo ||
-            slot->scope_id != v6->sin6_scope_id) {
-            if (inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host)) == NULL) return NULL;
-            PyObject *addr = Py_BuildValue("(siII)", host, ntohs(v6->sin6_port),
-                                           ntohl(v6->sin6_flowinfo), v6->sin6_scope_id);
-            if (addr == NULL) return NULL;
-            PyObject *k = PyTuple_GetSlice(addr, 0, 2);
-            if (k == NULL) { Py_DECREF(addr); return NULL; }
-            Py_XSETREF(slot->addr, addr);
-            Py_XSETREF(slot->key, k);
-            slot->host = v6->sin6_addr;
-            slot->port = v6->sin6_port;
-            slot->flowinfo = v6->sin6_flowinfo;
-            slot->scope_id = v6->sin6_scope_id;
+                      ((uint64_t)v6->sin6_scope_id << 40)) * GOLDEN;
+        cached6_t *set = self->cache6[h >> (64 - SET_BITS)];
+        if (!same6(&set[0], v6)) {
+            int way = 1;
+            while (way < WAYS && !same6(&set[way], v6)) way++;
+            cached6_t found, old = {.addr = NULL, .key = NULL};
+            if (way < WAYS) found = set[way];
+            else {
+                if (inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host)) == NULL) return NULL;
+                PyObject *addr = Py_BuildValue("(siII)", host, ntohs(v6->sin6_port),
+                                               ntohl(v6->sin6_flowinfo), v6->sin6_scope_id);
+                if (addr == NULL) return NULL;
+                PyObject *k = PyTuple_GetSlice(addr, 0, 2);
+                if (k == NULL) { Py_DECREF(addr); return NULL; }
+                found = (cached6_t){.host = v6->sin6_addr, .flowinfo = v6->sin6_flowinfo,
+                                    .scope_id = v6->sin6_scope_id, .port = v6->sin6_port,
+                                    .addr = addr, .key = k};
+                old = set[--way];
+            }
+            memmove(set + 1, set, (size_t)way * sizeof(*set));
+            set[0] = found;
+            Py_XDECREF(old.addr);
+            Py_XDECREF(old.key);
         }
-        *key = Py_NewRef(slot->key);
-        return Py_NewRef(slot->addr);
+        *key = Py_NewRef(set[0].key);
+        return Py_NewRef(set[0].addr);
     }
     *key = Py_NewRef(Py_None);
     return Py_NewRef(Py_None);
@@ -440,8 +466,13 @@ static int reader_clear(Reader *self) {
     Py_CLEAR(self->mux);
     Py_CLEAR(self->batch);
     Py_CLEAR(self->on_error);
-    for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache[i].addr); self->cache[i].key = 0; }
-    for (int i = 0; i < CACHE; i++) { Py_CLEAR(self->cache6[i].addr); Py_CLEAR(self->cache6[i].key); }
+    for (int i = 0; i < SETS; i++)
+        for (int j = 0; j < WAYS; j++) {
+            Py_CLEAR(self->cache[i][j].addr);
+            self->cache[i][j].key = 0;
+            Py_CLEAR(self->cache6[i][j].addr);
+            Py_CLEAR(self->cache6[i][j].key);
+        }
     return 0;
 }
 

@@ -234,6 +234,63 @@ def reader_of(side: Side) -> Any:
     return side.mux.transport.reader  # type: ignore[union-attr]
 
 
+def record_addresses(sides: tuple[Side, ...]) -> tuple[list[Any], ...]:
+    """Each side's list of the address tuples its Python path (mux.datagram_received) gets."""
+    got: tuple[list[Any], ...] = tuple([] for _ in sides)
+    for side, addrs in zip(sides, got):
+        def recording(data: bytes, addr: Any, original: Any = side.mux.datagram_received,
+                      addrs: list[Any] = addrs) -> None:
+            addrs.append(addr)
+            original(data, addr)
+
+        side.mux.datagram_received = recording  # type: ignore[method-assign]
+    return got
+
+
+GOLDEN = 0x9E3779B97F4A7C15
+MASK64 = (1 << 64) - 1
+
+
+def direct_mapped_slot(sockname: Any) -> int:
+    """The slot of the 256 that sfu/_ingress.c's address() kept a peer's tuple in, one peer a
+    slot, until 2-way sets and a multiplicative hash: for IPv4 peers on one host a function of
+    the port's low byte alone."""
+    host, port = sockname[:2]
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    if len(packed) == 4:
+        k = (int.from_bytes(packed, "big") << 16 | port) + 1
+        return (k ^ (k >> 16) ^ (k >> 32)) % 256
+    hi, lo = struct.unpack("<QQ", packed)  # as memcpy reads them on x86-64
+    wire_port = struct.unpack("<H", port.to_bytes(2, "big"))[0]
+    return (((hi ^ lo ^ wire_port) * GOLDEN & MASK64) >> 32) % 256  # flowinfo, scope_id: 0
+
+
+def cache_set(sockname: Any) -> int:
+    """The set of the cache that sfu/_ingress.c's address() keeps a peer's tuple in."""
+    host, port = sockname[:2]
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    if len(packed) == 4:
+        return (((int.from_bytes(packed, "big") << 16 | port) + 1) * GOLDEN & MASK64) >> 56
+    hi, lo = struct.unpack("<QQ", packed)
+    wire_port = struct.unpack("<H", port.to_bytes(2, "big"))[0]
+    return ((hi ^ lo ^ wire_port) * GOLDEN & MASK64) >> 56
+
+
+def clients_sharing_a_slot(sides: tuple[Side, ...], count: int,
+                           slot: Callable[[Any], int]) -> tuple[list[Client], list[Client]]:
+    """``count`` clients (bound by the kernel, as peers are) that ``slot`` puts in one slot of
+    the cache, and the others made on the way there (to close)."""
+    by_slot: dict[int, list[Client]] = {}
+    made: list[Client] = []
+    while True:
+        client = Client(sides)
+        made.append(client)
+        group = by_slot.setdefault(slot(client.sock.getsockname()), [])
+        group.append(client)
+        if len(group) == count:
+            return group, [other for other in made if other not in group]
+
+
 @pytest.mark.integration
 async def test_the_c_path_makes_the_calls_and_drops_of_the_python_path(
         sides: tuple[Side, Side]) -> None:
@@ -486,14 +543,7 @@ async def test_an_ipv6_peers_address_tuple_is_made_once_and_still_sorts_its_data
     (host, port) key once, not per datagram: the Python path gets the same object each time,
     equal to what the event loop gives, and each peer's datagrams still go where they belong."""
     native, python = sides
-    got: tuple[list[Any], list[Any]] = ([], [])
-    for side, addrs in zip(sides, got):
-        def recording(data: bytes, addr: Any, original: Any = side.mux.datagram_received,
-                      addrs: list[Any] = addrs) -> None:
-            addrs.append(addr)
-            original(data, addr)
-
-        side.mux.datagram_received = recording  # type: ignore[method-assign]
+    got = record_addresses(sides)
     sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
     alice, mallory = Client(sides), Client(sides)
     dtls = bytes([22, 254, 253]) + bytes(20)  # nobody's: dropped
@@ -521,6 +571,64 @@ async def test_an_ipv6_peers_address_tuple_is_made_once_and_still_sorts_its_data
     finally:
         alice.close()
         mallory.close()
+
+
+@pytest.mark.integration
+async def test_peers_whose_tuples_shared_a_cache_slot_each_keep_their_own(
+        sides: tuple[Side, Side]) -> None:
+    """Two peers on one host whose ports share a low byte (likely among some 20: a birthday)
+    took one slot of the C reader's direct-mapped address cache and evicted each other, so each
+    of their datagrams made its tuple again. Each keeps its own now: the Python path gets the
+    very same object for a peer every time, equal to the event loop's. A peer at a new port of
+    the same host and slot gets its own tuple, and the others still theirs."""
+    native, python = sides
+    got = record_addresses(sides)
+    (alice, bob, carol), others = clients_sharing_a_slot(sides, 3, direct_mapped_slot)
+    for other in others:
+        other.close()
+    dtls = bytes([22, 254, 253]) + bytes(20)  # nobody's: dropped, by the Python path
+    order = [alice, bob] * 4 + [carol, alice, carol, bob]
+    try:
+        for sent, client in enumerate(order, 1):
+            client.send(dtls)
+            await settle(sides, lambda side: side.mux.dropped == sent)
+        native_addrs, python_addrs = got
+        assert native_addrs == python_addrs
+        assert [addr[1] for addr in native_addrs] == [client.sock.getsockname()[1] for client in order]
+        first = {client: native_addrs[order.index(client)] for client in (alice, bob, carol)}
+        assert all(addr is first[alice] for addr in native_addrs[0:8:2])
+        assert all(addr is first[bob] for addr in native_addrs[1:8:2])
+    finally:
+        for client in (alice, bob, carol):
+            client.close()
+
+
+@pytest.mark.integration
+async def test_a_third_peer_in_a_cache_set_makes_way_and_every_tuple_stays_right(
+        sides: tuple[Side, Side]) -> None:
+    """Three peers in one set of two: the least recently used makes way for each new one, and
+    every datagram still gets its own address, equal to the event loop's; two that then
+    alternate keep their tuples again."""
+    native, python = sides
+    got = record_addresses(sides)
+    (alice, bob, carol), others = clients_sharing_a_slot(sides, 3, cache_set)
+    for other in others:
+        other.close()
+    dtls = bytes([22, 254, 253]) + bytes(20)
+    order = [alice, bob, carol] * 3 + [carol, bob, alice, bob, alice, bob]
+    try:
+        for sent, client in enumerate(order, 1):
+            client.send(dtls)
+            await settle(sides, lambda side: side.mux.dropped == sent)
+        native_addrs, python_addrs = got
+        assert native_addrs == python_addrs
+        assert [addr[1] for addr in native_addrs] == [client.sock.getsockname()[1] for client in order]
+        assert native_addrs[3] is not native_addrs[0]  # made again: cache_set is the C's set
+        assert native_addrs[-1] is native_addrs[-3] is native_addrs[-5]
+        assert native_addrs[-2] is native_addrs[-4]
+    finally:
+        for client in (alice, bob, carol):
+            client.close()
 
 
 @pytest.mark.integration
