@@ -7,6 +7,7 @@ aioice's queue is read by aiortc's own RTCDtlsTransport._recv_next, the referenc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -234,6 +235,23 @@ def reader_of(side: Side) -> Any:
     return side.mux.transport.reader  # type: ignore[union-attr]
 
 
+@contextlib.asynccontextmanager
+async def connected_client(
+        sides: tuple[Side, ...]) -> AsyncIterator[tuple[Client, pylibsrtp.Session]]:
+    """A client whose address every side authenticated (STUN) and whose connection there is
+    DTLS-connected, with the SRTP session that protects its media; closed at the end."""
+    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    client = Client(sides)
+    try:
+        client.send(binding_request("aaaa", PASSWORD))
+        await settle(sides, lambda side: len(side.requests) == 1)
+        for side in sides:
+            connect(side)
+        yield client, sender
+    finally:
+        client.close()
+
+
 def record_addresses(sides: tuple[Side, ...]) -> tuple[list[Any], ...]:
     """Each side's list of the address tuples its Python path (mux.datagram_received) gets."""
     got: tuple[list[Any], ...] = tuple([] for _ in sides)
@@ -277,9 +295,9 @@ def cache_set(sockname: Any) -> int:
 
 
 def clients_sharing_a_slot(sides: tuple[Side, ...], count: int,
-                           slot: Callable[[Any], int]) -> tuple[list[Client], list[Client]]:
+                           slot: Callable[[Any], int]) -> list[Client]:
     """``count`` clients (bound by the kernel, as peers are) that ``slot`` puts in one slot of
-    the cache, and the others made on the way there (to close)."""
+    the cache; the others made on the way there are closed."""
     by_slot: dict[int, list[Client]] = {}
     made: list[Client] = []
     while True:
@@ -288,7 +306,24 @@ def clients_sharing_a_slot(sides: tuple[Side, ...], count: int,
         group = by_slot.setdefault(slot(client.sock.getsockname()), [])
         group.append(client)
         if len(group) == count:
-            return group, [other for other in made if other not in group]
+            for other in made:
+                if other not in group:
+                    other.close()
+            return group
+
+
+async def addresses_given(sides: tuple[Side, Side], order: list[Client]) -> list[Any]:
+    """The address tuples the C reader gives the Python path for a datagram nobody owns from
+    each client in turn, checked equal to the event loop's and each the client's own."""
+    got = record_addresses(sides)
+    dtls = bytes([22, 254, 253]) + bytes(20)  # dropped, by the Python path
+    for sent, client in enumerate(order, 1):
+        client.send(dtls)
+        await settle(sides, lambda side: side.mux.dropped == sent)
+    native_addrs, python_addrs = got
+    assert native_addrs == python_addrs
+    assert [addr[1] for addr in native_addrs] == [client.sock.getsockname()[1] for client in order]
+    return native_addrs
 
 
 @pytest.mark.integration
@@ -440,13 +475,7 @@ async def test_a_connection_leaving_the_socket_gets_no_more_media(sides: tuple[S
     """An ICE restart's old connection releases its address: its media is dropped, not
     delivered through a table the C path would have kept."""
     native, python = sides
-    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    client = Client(sides)
-    try:
-        client.send(binding_request("aaaa", PASSWORD))
-        await settle(sides, lambda side: len(side.requests) == 1)
-        for side in sides:
-            connect(side)
+    async with connected_client(sides) as (client, sender):
         client.send(sender.protect(rtp(1)))
         await settle(sides, lambda side: len(side.calls) == 1)
         for side in sides:
@@ -455,8 +484,6 @@ async def test_a_connection_leaving_the_socket_gets_no_more_media(sides: tuple[S
         await settle(sides, lambda side: side.mux.dropped == 1)
         assert native.calls == python.calls and len(native.calls) == 1
         assert native.mux.dropped == python.mux.dropped == 1
-    finally:
-        client.close()
 
 
 @pytest.mark.integration
@@ -466,8 +493,6 @@ async def test_a_failing_handler_is_reported_and_the_batch_goes_on(
     loop = asyncio.get_running_loop()
     reported: list[BaseException] = []
     loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
-    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    client = Client((native,))
     calls: list[int] = []
 
     def handler(data: bytes, b0: int, b1: int, seq: int, ts: int, offset: int, ms: int) -> None:
@@ -475,20 +500,17 @@ async def test_a_failing_handler_is_reported_and_the_batch_goes_on(
         if seq == 2:
             raise RuntimeError("boom")
 
+    native.transport._rtp[SSRC] = handler
     try:
-        native.transport._rtp[SSRC] = handler
-        client.send(binding_request("aaaa", PASSWORD))
-        await settle((native,), lambda side: len(side.requests) == 1)
-        connect(native)
-        client.send(*(sender.protect(rtp(seq)) for seq in range(1, 5)))
-        await settle((native,), lambda side: len(calls) == 4)
-        assert calls == [1, 2, 3, 4]
-        assert [str(exc) for exc in reported] == ["boom"]
-        # with where it was raised, for the loop's handler to log (sfu/_report.h)
-        assert reported[0].__traceback__ is not None
+        async with connected_client((native,)) as (client, sender):
+            client.send(*(sender.protect(rtp(seq)) for seq in range(1, 5)))
+            await settle((native,), lambda side: len(calls) == 4)
+            assert calls == [1, 2, 3, 4]
+            assert [str(exc) for exc in reported] == ["boom"]
+            # with where it was raised, for the loop's handler to log (sfu/_report.h)
+            assert reported[0].__traceback__ is not None
     finally:
         loop.set_exception_handler(None)
-        client.close()
 
 
 @pytest.mark.integration
@@ -581,25 +603,13 @@ async def test_peers_whose_tuples_shared_a_cache_slot_each_keep_their_own(
     of their datagrams made its tuple again. Each keeps its own now: the Python path gets the
     very same object for a peer every time, equal to the event loop's. A peer at a new port of
     the same host and slot gets its own tuple, and the others still theirs."""
-    native, python = sides
-    got = record_addresses(sides)
-    (alice, bob, carol), others = clients_sharing_a_slot(sides, 3, direct_mapped_slot)
-    for other in others:
-        other.close()
-    dtls = bytes([22, 254, 253]) + bytes(20)  # nobody's: dropped, by the Python path
-    order = [alice, bob] * 4 + [carol, alice, carol, bob]
+    clients = alice, bob, carol = clients_sharing_a_slot(sides, 3, direct_mapped_slot)
     try:
-        for sent, client in enumerate(order, 1):
-            client.send(dtls)
-            await settle(sides, lambda side: side.mux.dropped == sent)
-        native_addrs, python_addrs = got
-        assert native_addrs == python_addrs
-        assert [addr[1] for addr in native_addrs] == [client.sock.getsockname()[1] for client in order]
-        first = {client: native_addrs[order.index(client)] for client in (alice, bob, carol)}
-        assert all(addr is first[alice] for addr in native_addrs[0:8:2])
-        assert all(addr is first[bob] for addr in native_addrs[1:8:2])
+        addrs = await addresses_given(sides, [alice, bob] * 4 + [carol, alice, carol, bob])
+        assert all(addr is addrs[0] for addr in addrs[0:8:2])
+        assert all(addr is addrs[1] for addr in addrs[1:8:2])
     finally:
-        for client in (alice, bob, carol):
+        for client in clients:
             client.close()
 
 
@@ -609,25 +619,15 @@ async def test_a_third_peer_in_a_cache_set_makes_way_and_every_tuple_stays_right
     """Three peers in one set of two: the least recently used makes way for each new one, and
     every datagram still gets its own address, equal to the event loop's; two that then
     alternate keep their tuples again."""
-    native, python = sides
-    got = record_addresses(sides)
-    (alice, bob, carol), others = clients_sharing_a_slot(sides, 3, cache_set)
-    for other in others:
-        other.close()
-    dtls = bytes([22, 254, 253]) + bytes(20)
-    order = [alice, bob, carol] * 3 + [carol, bob, alice, bob, alice, bob]
+    clients = alice, bob, carol = clients_sharing_a_slot(sides, 3, cache_set)
     try:
-        for sent, client in enumerate(order, 1):
-            client.send(dtls)
-            await settle(sides, lambda side: side.mux.dropped == sent)
-        native_addrs, python_addrs = got
-        assert native_addrs == python_addrs
-        assert [addr[1] for addr in native_addrs] == [client.sock.getsockname()[1] for client in order]
-        assert native_addrs[3] is not native_addrs[0]  # made again: cache_set is the C's set
-        assert native_addrs[-1] is native_addrs[-3] is native_addrs[-5]
-        assert native_addrs[-2] is native_addrs[-4]
+        addrs = await addresses_given(
+            sides, [alice, bob, carol] * 3 + [carol, bob, alice, bob, alice, bob])
+        assert addrs[3] is not addrs[0]  # made again: cache_set is the C's set
+        assert addrs[-1] is addrs[-3] is addrs[-5]
+        assert addrs[-2] is addrs[-4]
     finally:
-        for client in (alice, bob, carol):
+        for client in clients:
             client.close()
 
 
@@ -664,28 +664,24 @@ async def test_what_a_reader_call_forwards_leaves_by_its_end_with_no_flush_sched
         producer.add_consumer(consumer)
         consumer.resume()
     side.transport._rtp[SSRC] = producer.receive
-    sender = pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    client = Client((side,))
     try:
-        client.send(binding_request("aaaa", PASSWORD))
-        await settle((side,), lambda side: len(side.requests) == 1)
-        connect(side)
-        scheduled = 0
-        client.send(*(sender.protect(rtp(seq, pt=111)) for seq in range(1, 6)))
-        reader_of(side)()  # the loop's call, now: loopback has queued the datagrams
-        assert reader_of(side).taken == 5
-        assert (scheduled, len(mux.batch), mux.batch.held) == (0, 0, False)
-        receiver.setblocking(False)
-        got = [receiver.recv(2000) for _ in range(10)]  # all there, or BlockingIOError
-        assert sorted(struct.unpack_from("!I", data, 8)[0] for data in got) == [0x1000] * 5 + [0x1001] * 5
-        receiver.settimeout(2)
-        assert raw.send_rtcp(rtcp.pli(0x1001, SSRC))  # outside a reader call
-        assert scheduled == 1 and len(mux.batch) == 1
-        await asyncio.sleep(0)
-        assert receiver.recv(2000)[1] == 206
-        assert len(mux.batch) == 0
+        async with connected_client((side,)) as (client, sender):
+            scheduled = 0
+            client.send(*(sender.protect(rtp(seq, pt=111)) for seq in range(1, 6)))
+            reader_of(side)()  # the loop's call, now: loopback has queued the datagrams
+            assert reader_of(side).taken == 5
+            assert (scheduled, len(mux.batch), mux.batch.held) == (0, 0, False)
+            receiver.setblocking(False)
+            got = [receiver.recv(2000) for _ in range(10)]  # all there, or BlockingIOError
+            ssrcs = sorted(struct.unpack_from("!I", data, 8)[0] for data in got)
+            assert ssrcs == [0x1000] * 5 + [0x1001] * 5
+            receiver.settimeout(2)
+            assert raw.send_rtcp(rtcp.pli(0x1001, SSRC))  # outside a reader call
+            assert scheduled == 1 and len(mux.batch) == 1
+            await asyncio.sleep(0)
+            assert receiver.recv(2000)[1] == 206
+            assert len(mux.batch) == 0
     finally:
-        client.close()
         receiver.close()
         side.task.cancel()
         mux.transport.close()  # type: ignore[union-attr]
