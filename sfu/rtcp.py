@@ -39,7 +39,7 @@ def parse(data: bytes) -> list[AnyRtcpPacket]:
 def remb_bitrate(packet: RtcpPsfbPacket) -> tuple[int, list[int]] | None:
     try:
         return aiortc_rtp.unpack_remb_fci(packet.fci)
-    except ValueError:
+    except (ValueError, struct.error):  # struct's: more SSRCs counted than the packet holds
         return None
 
 

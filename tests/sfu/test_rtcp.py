@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiortc.rtp import (
@@ -19,6 +21,7 @@ from sfu import rtcp
 from sfu.consumer import CACHE_MS, RTX_BURST, Consumer
 from sfu.forwarder import ExtensionLayout, payload_offset
 from sfu.producer import Codec, Producer
+from sfu.transport import Transport
 
 VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
 
@@ -447,3 +450,58 @@ async def test_audio_and_retransmissions_are_policed() -> None:
         producer.receive_rtx(*_rtx_of(1, rtx_seq=i, size=1200), i)
     assert producer.packets_policed > 1500
     producer.close()
+
+
+class _Recorded:
+    """A subscriber's consumer as Transport._receive_rtcp sees it: each call it gets, recorded."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], ssrc: int) -> None:
+        self.calls, self.ssrc = calls, ssrc
+        self.producer = SimpleNamespace(bitrate=500_000 + ssrc % 7 * 100_000)
+
+    def retransmit(self, lost: list[int]) -> None:
+        self.calls.append(("nack", self.ssrc, list(lost)))
+
+    def handle_report(self, *report: int) -> None:
+        self.calls.append(("report", self.ssrc, *report))
+
+    def keyframe_requested(self) -> None:
+        self.calls.append(("keyframe", self.ssrc))
+
+    @property
+    def remb_bitrate(self) -> int:
+        raise AttributeError
+
+    @remb_bitrate.setter
+    def remb_bitrate(self, value: int) -> None:
+        self.calls.append(("remb", self.ssrc, value))
+
+
+PUBLISHED_SSRCS = (11, 12)
+CONSUMER_SSRCS = (21, 22, 23)
+
+
+def _recording_transport() -> tuple[Transport, list[tuple[Any, ...]]]:
+    """A Transport with just what _receive_rtcp uses: two published streams, three consumers."""
+    calls: list[tuple[Any, ...]] = []
+    transport = Transport.__new__(Transport)
+    transport.router = SimpleNamespace(now_ms=lambda: 5)  # type: ignore[assignment]
+    transport.last_packet_ms = 0
+    transport.producers = {str(ssrc): SimpleNamespace(  # type: ignore[misc]
+        ssrc=ssrc, handle_sender_report=lambda ntp, ts, s=ssrc: calls.append(("sr", s, ntp, ts)))
+        for ssrc in PUBLISHED_SSRCS}
+    transport._rtcp_consumers = {ssrc: _Recorded(calls, ssrc)  # type: ignore[misc]
+                                 for ssrc in CONSUMER_SSRCS}
+    return transport, calls
+
+
+def test_a_remb_listing_more_ssrcs_than_it_holds_is_ignored_not_raised() -> None:
+    """aiortc's unpack_remb_fci reads the SSRCs the REMB counts with struct, which raises
+    struct.error (not a ValueError) past the end: out of _receive_rtcp that ended aiortc's DTLS
+    receive loop, the peer's connection. Such a REMB is ignored as one without "REMB" is."""
+    transport, calls = _recording_transport()
+    bad_remb = bytearray(rtcp.remb(9, 300_000, [21]))
+    bad_remb[16] = 2  # two SSRCs, one there
+    transport._receive_rtcp(rtcp.receiver_report(9, 21, 1, 2, 3, 4, 5, 6) + bytes(bad_remb)
+                            + rtcp.pli(9, 22))
+    assert calls == [("report", 21, 1, 2, 4, 5, 6), ("keyframe", 22)]
