@@ -109,7 +109,7 @@ def _sdes_valid(data: bytes, pos: int, end: int, count: int) -> bool:
 
 def read_nack(data: bytes, pos: int, end: int, limit: int) -> list[int]:
     """The first ``limit`` sequence numbers a generic NACK's FCIs (from ``pos``) ask for, in
-    order, each PID then its BLP's: PID + n without wrapping at 65536, as aiortc gave them."""
+    order, each PID then its BLP's, modulo 65536 (aiortc's parser gave PID + n unwrapped)."""
     lost: list[int] = []
     for at in range(pos, end, 4):
         word = WORD.unpack_from(data, at)[0]
@@ -118,7 +118,7 @@ def read_nack(data: bytes, pos: int, end: int, limit: int) -> list[int]:
         blp = word & 0xFFFF
         while blp:
             low = blp & -blp
-            lost.append(pid + low.bit_length())
+            lost.append((pid + low.bit_length()) & 0xFFFF)
             blp ^= low
         if len(lost) >= limit:
             return lost[:limit]

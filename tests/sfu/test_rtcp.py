@@ -513,12 +513,37 @@ def test_a_remb_listing_more_ssrcs_than_it_holds_is_ignored_not_raised() -> None
     assert calls == [("report", 21, 1, 2, 4, 5, 6), ("keyframe", 22)]
 
 
+
+def test_a_nack_across_the_sequence_wrap_is_answered_from_the_cache() -> None:
+    """PID 65535 with BLP bit 0 asks for 65535 and 0. aiortc's parser gave 0 as 65536, which no
+    cache slot holds: it was asked of the publisher instead of resent, and never deduplicated."""
+    producer, upstream = _producer()
+    sent: list[bytes] = []
+    consumer = Consumer("c", producer, "bob", ssrc=77, rtx_ssrc=2,
+                        send_rtp=lambda d: sent.append(d) or True, send_rtcp=lambda d: True)
+    consumer._last_seq = 65530  # what it sends next crosses 65535 -> 0
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    for seq in range(1, 11):
+        _receive(producer, seq, 2 * seq)
+    assert consumer._last_seq == 4
+    transport, _ = _recording_transport()
+    transport._rtcp_consumers = {77: consumer}  # type: ignore[dict-item]
+    sent.clear()
+    upstream.clear()
+    transport._receive_rtcp(rtcp.nack(9, 77, [65535, 0]))
+    assert [struct.unpack_from("!H", d, 2)[0] for d in sent] == [65535, 0]
+    assert _nacked(upstream) == []
+    producer.close()
+
 # --- receiving: the walker against aiortc's parser ------------------------------------------
 
 
 def _aiortc_receive_rtcp(transport: Transport, data: bytes) -> None:
     """Transport._receive_rtcp, _on_sender_report and _on_psfb as they were up to the walker
-    (with the REMB fix above): aiortc's RtcpPacket.parse, whose ValueError dropped the compound."""
+    (with the REMB and NACK wrap fixes above): aiortc's RtcpPacket.parse, whose ValueError
+    dropped the compound."""
     transport.last_packet_ms = transport.router.now_ms()
     try:
         packets = RtcpPacket.parse(data)
@@ -536,7 +561,7 @@ def _aiortc_receive_rtcp(transport: Transport, data: bytes) -> None:
         elif isinstance(packet, RtcpRtpfbPacket):
             consumer = transport._rtcp_consumers.get(packet.media_ssrc)
             if consumer is not None and packet.fmt == rtcp.FMT_NACK and packet.lost:
-                consumer.retransmit(packet.lost[:128])
+                consumer.retransmit([seq & 0xFFFF for seq in packet.lost[:128]])  # (fix above)
             continue
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (rtcp.FMT_PLI, rtcp.FMT_FIR):
@@ -716,6 +741,6 @@ def test_the_walker_reads_what_senders_write() -> None:
         (sr_sdes, [("sr", 11, 0xE1234567_89ABCDEF, 123456)]),
         (rr_remb, [("report", 21, 3, -2, 12, 0xABCD, 0x10),
                    ("remb", 21, 545_454), ("remb", 22, 654_545)]),
-        (nack_fir, [("nack", 22, [65535, 65536, 65537, 20]), ("keyframe", 23)]),
+        (nack_fir, [("nack", 22, [65535, 0, 1, 20]), ("keyframe", 23)]),
     ]:
         assert _calls(_new_receive, data) == _calls(_aiortc_receive_rtcp, data) == calls
