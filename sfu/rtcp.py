@@ -1,9 +1,10 @@
-"""RTCP terminated per hop: the packets the SFU writes, and parsing of what it receives.
+"""RTCP terminated per hop: the packets the SFU writes, and reading what it receives.
 
 Each side of the SFU is its own RTP session (as in mediasoup): subscribers' NACKs are answered
 from a per-subscriber cache, their PLI/FIR become one throttled request to the publisher, and
-the SFU sends its own sender reports, receiver reports and REMB. Parsing reuses aiortc's RTCP
-classes (RTCP is a few packets per second, not the hot path).
+the SFU sends its own sender reports, receiver reports and REMB. What it receives is read in
+place (``walk`` and the readers below): a compound packet arrives every few hundred ms per
+stream and only a handful of its fields are used, so no object is built per packet.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from aiortc import rtp as aiortc_rtp
 
 RTCP_SR = 200
 RTCP_RR = 201
+RTCP_SDES = 202
+RTCP_BYE = 203
 RTCP_RTPFB = 205
 RTCP_PSFB = 206
 FMT_NACK = 1
@@ -21,26 +24,117 @@ FMT_PLI = 1
 FMT_FIR = 4
 FMT_REMB = 15
 
-AnyRtcpPacket = aiortc_rtp.AnyRtcpPacket
-RtcpSrPacket = aiortc_rtp.RtcpSrPacket
-RtcpRrPacket = aiortc_rtp.RtcpRrPacket
-RtcpRtpfbPacket = aiortc_rtp.RtcpRtpfbPacket
-RtcpPsfbPacket = aiortc_rtp.RtcpPsfbPacket
+_HEADER = struct.Struct("!BBH")
+SENDER = struct.Struct("!IQI")
+"""At an SR's payload: the sender's SSRC, NTP timestamp, RTP timestamp."""
+REPORT_BLOCK = struct.Struct("!II4xIII")
+"""A report block (24 bytes): SSRC, fraction lost << 24 | cumulative lost (24-bit signed),
+(extended highest sequence skipped), jitter, LSR, DLSR."""
+MEDIA_SSRC = struct.Struct("!4xI")
+"""At a feedback message's payload: the media source SSRC (after the sender's)."""
+WORD = struct.Struct("!I")
+_WORDS = [struct.Struct(f"!{n}I") for n in range(256)]
 
 
-def parse(data: bytes) -> list[AnyRtcpPacket]:
-    """Parse a compound RTCP packet; malformed input yields what parsed before the fault."""
-    try:
-        return aiortc_rtp.RtcpPacket.parse(data)
-    except ValueError:
-        return []
+def walk(data: bytes) -> list[tuple[int, int, int, int]]:
+    """The SR, RR, RTPFB and PSFB packets of a compound RTCP packet, in order, each as (packet
+    type, count or FMT, payload start, payload end less padding); other types are passed over.
+
+    A compound that aiortc's RtcpPacket.parse rejects is dropped whole, as before (it raised a
+    ValueError and nothing of it was handled; RFC 3550 A.2 discards an invalid compound too): a
+    header or packet cut short, version not 2, padding of 0 or more than the payload, an SR or
+    RR whose length is not its report count's, a feedback message under 8 bytes (RTPFB: or not
+    whole words), a BYE shorter than its count, an SDES chunk or item cut short as aiortc reads
+    them (it takes END for a 2-byte item and skips no padding between chunks: so do we)."""
+    packets: list[tuple[int, int, int, int]] = []
+    size = len(data)
+    pos = 0
+    while pos < size:
+        if size < pos + 4:
+            return []
+        b0, packet_type, length = _HEADER.unpack_from(data, pos)
+        if b0 >> 6 != 2:
+            return []
+        start = pos + 4
+        pos = end = start + 4 * length
+        if size < end:
+            return []
+        if b0 & 0x20:
+            padding = data[end - 1] if end > start else 0
+            if not padding or padding > end - start:
+                return []
+            end -= padding
+        count = b0 & 0x1F
+        if packet_type == RTCP_SR:
+            if end - start != 24 + 24 * count:
+                return []
+        elif packet_type == RTCP_RR:
+            if end - start != 4 + 24 * count:
+                return []
+        elif packet_type == RTCP_RTPFB:
+            if end - start < 8 or (end - start) % 4:
+                return []
+        elif packet_type == RTCP_PSFB:
+            if end - start < 8:
+                return []
+        elif packet_type == RTCP_SDES:
+            if not _sdes_valid(data, start, end, count):
+                return []
+            continue
+        elif packet_type == RTCP_BYE:
+            if end - start < 4 * count:
+                return []
+            continue
+        else:
+            continue
+        packets.append((packet_type, count, start, end))
+    return packets
 
 
-def remb_bitrate(packet: RtcpPsfbPacket) -> tuple[int, list[int]] | None:
-    try:
-        return aiortc_rtp.unpack_remb_fci(packet.fci)
-    except ValueError:
+def _sdes_valid(data: bytes, pos: int, end: int, count: int) -> bool:
+    """aiortc's RtcpSdesPacket.parse, without keeping what it reads."""
+    for _ in range(count):
+        if end < pos + 4:
+            return False
+        pos += 4
+        while pos < end - 1:
+            item_type = data[pos]
+            pos += 2 + data[pos + 1]
+            if end < pos:
+                return False
+            if item_type == 0:
+                break
+    return True
+
+
+def read_nack(data: bytes, pos: int, end: int, limit: int) -> list[int]:
+    """The first ``limit`` sequence numbers a generic NACK's FCIs (from ``pos``) ask for, in
+    order, each PID then its BLP's, modulo 65536 (aiortc's parser gave PID + n unwrapped)."""
+    lost: list[int] = []
+    for at in range(pos, end, 4):
+        word = WORD.unpack_from(data, at)[0]
+        pid = word >> 16
+        lost.append(pid)
+        blp = word & 0xFFFF
+        while blp:
+            low = blp & -blp
+            lost.append((pid + low.bit_length()) & 0xFFFF)
+            blp ^= low
+        if len(lost) >= limit:
+            return lost[:limit]
+    return lost
+
+
+def read_remb(data: bytes, pos: int, end: int) -> tuple[int, list[int]] | None:
+    """A REMB's (FCI from ``pos``) bitrate and SSRCs; None if it is no REMB, or counts more
+    SSRCs than it holds."""
+    if end - pos < 8 or not data.startswith(b"REMB", pos):
         return None
+    word = WORD.unpack_from(data, pos + 4)[0]  # SSRC count (8 bits), exponent (6), mantissa (18)
+    count = word >> 24
+    if pos + 8 + 4 * count > end:
+        return None
+    return (word & 0x3FFFF) << (word >> 18 & 0x3F), list(_WORDS[count].unpack_from(data, pos + 8))
 
 
 def _header(count: int, packet_type: int, length_bytes: int) -> bytes:

@@ -652,48 +652,50 @@ class Transport:
 
     def _receive_rtcp(self, data: bytes) -> None:
         """Plaintext RTCP, from aiortc's DTLS transport (through ``_on_rtcp``) or, on a socket
-        read in C (sfu/_ingress.c), straight from the datagram callback."""
+        read in C (sfu/_ingress.c), straight from the datagram callback. Read in place
+        (rtcp.walk): an invalid compound is dropped whole."""
         self.last_packet_ms = self.router.now_ms()
-        for packet in rtcp.parse(data):
-            if isinstance(packet, rtcp.RtcpSrPacket):
-                self._on_sender_report(packet)
-                reports = packet.reports
-            elif isinstance(packet, rtcp.RtcpRrPacket):
-                reports = packet.reports
-            elif isinstance(packet, rtcp.RtcpRtpfbPacket):
-                consumer = self._rtcp_consumers.get(packet.media_ssrc)
-                if consumer is not None and packet.fmt == rtcp.FMT_NACK and packet.lost:
-                    consumer.retransmit(packet.lost[:128])
-                continue
-            elif isinstance(packet, rtcp.RtcpPsfbPacket):
-                self._on_psfb(packet)
+        consumers = self._rtcp_consumers
+        for packet_type, count, start, end in rtcp.walk(data):
+            if packet_type == rtcp.RTCP_RR:
+                start += 4
+            elif packet_type == rtcp.RTCP_SR:
+                self._on_sender_report(*rtcp.SENDER.unpack_from(data, start))
+                start += 24
+            elif packet_type == rtcp.RTCP_RTPFB:
+                consumer = consumers.get(rtcp.MEDIA_SSRC.unpack_from(data, start)[0])
+                if consumer is not None and count == rtcp.FMT_NACK and end - start > 8:
+                    consumer.retransmit(rtcp.read_nack(data, start + 8, end, 128))
                 continue
             else:
+                self._on_psfb(data, count, start, end)
                 continue
-            for report in reports:
-                consumer = self._rtcp_consumers.get(report.ssrc)
+            for block in range(start, start + 24 * count, 24):
+                ssrc, lost, jitter, lsr, dlsr = rtcp.REPORT_BLOCK.unpack_from(data, block)
+                consumer = consumers.get(ssrc)
                 if consumer is not None:
-                    consumer.handle_report(report.fraction_lost, report.packets_lost,
-                                           report.jitter, report.lsr, report.dlsr)
+                    cumulative = lost & 0xFFFFFF  # 24-bit signed
+                    consumer.handle_report(lost >> 24, cumulative - ((cumulative & 0x800000) << 1),
+                                           jitter, lsr, dlsr)
 
-    def _on_sender_report(self, packet: rtcp.RtcpSrPacket) -> None:
+    def _on_sender_report(self, ssrc: int, ntp: int, rtp_ts: int) -> None:
         for producer in self.producers.values():
-            if producer.ssrc == packet.ssrc:
-                producer.handle_sender_report(packet.sender_info.ntp_timestamp,
-                                              packet.sender_info.rtp_timestamp)
+            if producer.ssrc == ssrc:
+                producer.handle_sender_report(ntp, rtp_ts)
 
-    def _on_psfb(self, packet: rtcp.RtcpPsfbPacket) -> None:
-        if packet.fmt in (rtcp.FMT_PLI, rtcp.FMT_FIR):
-            ssrcs = [packet.media_ssrc]
-            if packet.fmt == rtcp.FMT_FIR and len(packet.fci) >= 4:
-                ssrcs.append(int.from_bytes(packet.fci[:4], "big"))
+    def _on_psfb(self, data: bytes, fmt: int, start: int, end: int) -> None:
+        """A payload-specific feedback message, its payload at ``start:end`` of ``data``."""
+        if fmt in (rtcp.FMT_PLI, rtcp.FMT_FIR):
+            ssrcs = [rtcp.MEDIA_SSRC.unpack_from(data, start)[0]]
+            if fmt == rtcp.FMT_FIR and end - start >= 12:
+                ssrcs.append(rtcp.WORD.unpack_from(data, start + 8)[0])  # the first FCI's SSRC
             for ssrc in ssrcs:
                 consumer = self._rtcp_consumers.get(ssrc)
                 if consumer is not None:
                     consumer.keyframe_requested()
                     break
-        elif packet.fmt == rtcp.FMT_REMB:
-            remb = rtcp.remb_bitrate(packet)
+        elif fmt == rtcp.FMT_REMB:
+            remb = rtcp.read_remb(data, start + 8, end)
             if remb is not None:
                 bitrate, ssrcs = remb
                 consumers = [c for c in map(self._rtcp_consumers.get, ssrcs) if c is not None]

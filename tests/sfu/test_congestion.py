@@ -146,8 +146,7 @@ async def test_a_remb_for_several_streams_is_shared_not_given_to_each() -> None:
     v, _ = _sink(video, "carol", 40)
     a, _ = _sink(audio, "carol", 50)
     transport._rtcp_consumers = {40: v, 50: a}
-    (remb,) = RtcpPacket.parse(rtcp.remb(1, 1_000_000, [40, 50]))
-    transport._on_psfb(remb)  # type: ignore[arg-type]
+    transport._receive_rtcp(rtcp.remb(1, 1_000_000, [40, 50]))
     assert (v.remb_bitrate, a.remb_bitrate) == (950_000, 50_000)
     await transport.close()
     await router.close()

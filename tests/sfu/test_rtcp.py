@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import struct
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiortc.rtp import (
@@ -12,13 +16,18 @@ from aiortc.rtp import (
     RtcpPsfbPacket,
     RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
     RtcpSrPacket,
+    unpack_remb_fci,
 )
 
-from sfu import rtcp
+from sfu import congestion, rtcp
 from sfu.consumer import CACHE_MS, RTX_BURST, Consumer
 from sfu.forwarder import ExtensionLayout, payload_offset
 from sfu.producer import Codec, Producer
+from sfu.transport import Transport
 
 VP8 = Codec("video/VP8", 90000, 97, nack=True, pli=True, remb=True)
 
@@ -60,8 +69,8 @@ def test_builders_parse_back() -> None:
     assert isinstance(rr, RtcpRrPacket) and rr.reports[0].packets_lost == 3
     assert rr.reports[0].highest_sequence == 70000 and rr.reports[0].fraction_lost == 25
     assert isinstance(pli, RtcpPsfbPacket) and pli.fmt == rtcp.FMT_PLI
-    assert rtcp.remb_bitrate(remb)[0] == 300_000  # type: ignore[arg-type,index]
-    assert rtcp.parse(b"\x80\xc9garbage") == []
+    assert unpack_remb_fci(remb.fci)[0] == 300_000  # type: ignore[union-attr]
+    assert rtcp.walk(b"\x80\xc9garbage") == []
 
 
 async def test_keyframe_requests_are_throttled_but_never_lost() -> None:
@@ -199,7 +208,7 @@ def test_remb_follows_the_subscribers_that_can_take_the_stream_capped() -> None:
     producer.send_feedback()
     rr, remb = RtcpPacket.parse(upstream[-1])
     assert isinstance(rr, RtcpRrPacket) and rr.reports[0].ssrc == 1234
-    assert rtcp.remb_bitrate(remb) == (600_000, [1234])  # type: ignore[arg-type]
+    assert unpack_remb_fci(remb.fci) == (600_000, [1234])  # type: ignore[union-attr]
     for consumer in producer.consumers:
         consumer.remb_bitrate = 5_000_000
     assert producer.target_bitrate() == 1_000_000  # capped by the allowed bitrate
@@ -447,3 +456,291 @@ async def test_audio_and_retransmissions_are_policed() -> None:
         producer.receive_rtx(*_rtx_of(1, rtx_seq=i, size=1200), i)
     assert producer.packets_policed > 1500
     producer.close()
+
+
+class _Recorded:
+    """A subscriber's consumer as Transport._receive_rtcp sees it: each call it gets, recorded."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], ssrc: int) -> None:
+        self.calls, self.ssrc = calls, ssrc
+        self.producer = SimpleNamespace(bitrate=500_000 + ssrc % 7 * 100_000)
+
+    def retransmit(self, lost: list[int]) -> None:
+        self.calls.append(("nack", self.ssrc, list(lost)))
+
+    def handle_report(self, *report: int) -> None:
+        self.calls.append(("report", self.ssrc, *report))
+
+    def keyframe_requested(self) -> None:
+        self.calls.append(("keyframe", self.ssrc))
+
+    @property
+    def remb_bitrate(self) -> int:
+        raise AttributeError
+
+    @remb_bitrate.setter
+    def remb_bitrate(self, value: int) -> None:
+        self.calls.append(("remb", self.ssrc, value))
+
+
+PUBLISHED_SSRCS = (11, 12)
+CONSUMER_SSRCS = (21, 22, 23)
+
+
+def _recording_transport() -> tuple[Transport, list[tuple[Any, ...]]]:
+    """A Transport with just what _receive_rtcp uses: two published streams, three consumers."""
+    calls: list[tuple[Any, ...]] = []
+    transport = Transport.__new__(Transport)
+    transport.router = SimpleNamespace(now_ms=lambda: 5)
+    transport.last_packet_ms = 0
+    transport.producers = {str(ssrc): SimpleNamespace(  # type: ignore[misc]
+        ssrc=ssrc, handle_sender_report=lambda ntp, ts, s=ssrc: calls.append(("sr", s, ntp, ts)))
+        for ssrc in PUBLISHED_SSRCS}
+    transport._rtcp_consumers = {ssrc: _Recorded(calls, ssrc)  # type: ignore[misc]
+                                 for ssrc in CONSUMER_SSRCS}
+    return transport, calls
+
+
+def test_a_remb_listing_more_ssrcs_than_it_holds_is_ignored_not_raised() -> None:
+    """aiortc's unpack_remb_fci reads the SSRCs the REMB counts with struct, which raises
+    struct.error (not a ValueError) past the end: out of _receive_rtcp that ended aiortc's DTLS
+    receive loop, the peer's connection. Such a REMB is ignored as one without "REMB" is."""
+    transport, calls = _recording_transport()
+    bad_remb = bytearray(rtcp.remb(9, 300_000, [21]))
+    bad_remb[16] = 2  # two SSRCs, one there
+    transport._receive_rtcp(rtcp.receiver_report(9, 21, 1, 2, 3, 4, 5, 6) + bytes(bad_remb)
+                            + rtcp.pli(9, 22))
+    assert calls == [("report", 21, 1, 2, 4, 5, 6), ("keyframe", 22)]
+
+
+
+def test_a_nack_across_the_sequence_wrap_is_answered_from_the_cache() -> None:
+    """PID 65535 with BLP bit 0 asks for 65535 and 0. aiortc's parser gave 0 as 65536, which no
+    cache slot holds: it was asked of the publisher instead of resent, and never deduplicated."""
+    producer, upstream = _producer()
+    sent: list[bytes] = []
+    consumer = Consumer("c", producer, "bob", ssrc=77, rtx_ssrc=2,
+                        send_rtp=lambda d: sent.append(d) or True, send_rtcp=lambda d: True)
+    consumer._last_seq = 65530  # what it sends next crosses 65535 -> 0
+    consumer.configure(100, None, ExtensionLayout())
+    producer.add_consumer(consumer)
+    consumer.paused = False
+    for seq in range(1, 11):
+        _receive(producer, seq, 2 * seq)
+    assert consumer._last_seq == 4
+    transport, _ = _recording_transport()
+    transport._rtcp_consumers = {77: consumer}  # type: ignore[dict-item]
+    sent.clear()
+    upstream.clear()
+    transport._receive_rtcp(rtcp.nack(9, 77, [65535, 0]))
+    assert [struct.unpack_from("!H", d, 2)[0] for d in sent] == [65535, 0]
+    assert _nacked(upstream) == []
+    producer.close()
+
+# --- receiving: the walker against aiortc's parser ------------------------------------------
+
+
+def _aiortc_receive_rtcp(transport: Transport, data: bytes) -> None:
+    """Transport._receive_rtcp, _on_sender_report and _on_psfb as they were up to the walker
+    (with the REMB and NACK wrap fixes above): aiortc's RtcpPacket.parse, whose ValueError
+    dropped the compound."""
+    transport.last_packet_ms = transport.router.now_ms()
+    try:
+        packets = RtcpPacket.parse(data)
+    except ValueError:
+        packets = []
+    for packet in packets:
+        if isinstance(packet, RtcpSrPacket):
+            for producer in transport.producers.values():
+                if producer.ssrc == packet.ssrc:
+                    producer.handle_sender_report(packet.sender_info.ntp_timestamp,
+                                                  packet.sender_info.rtp_timestamp)
+            reports = packet.reports
+        elif isinstance(packet, RtcpRrPacket):
+            reports = packet.reports
+        elif isinstance(packet, RtcpRtpfbPacket):
+            consumer = transport._rtcp_consumers.get(packet.media_ssrc)
+            if consumer is not None and packet.fmt == rtcp.FMT_NACK and packet.lost:
+                consumer.retransmit([seq & 0xFFFF for seq in packet.lost[:128]])  # (fix above)
+            continue
+        elif isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (rtcp.FMT_PLI, rtcp.FMT_FIR):
+                ssrcs = [packet.media_ssrc]
+                if packet.fmt == rtcp.FMT_FIR and len(packet.fci) >= 4:
+                    ssrcs.append(int.from_bytes(packet.fci[:4], "big"))
+                for ssrc in ssrcs:
+                    consumer = transport._rtcp_consumers.get(ssrc)
+                    if consumer is not None:
+                        consumer.keyframe_requested()
+                        break
+            elif packet.fmt == rtcp.FMT_REMB:
+                try:
+                    remb = unpack_remb_fci(packet.fci)
+                except (ValueError, struct.error):
+                    continue
+                bitrate, remb_ssrcs = remb
+                consumers = [c for c in map(transport._rtcp_consumers.get, remb_ssrcs)
+                             if c is not None]
+                shares = congestion.share(bitrate, [c.producer.bitrate for c in consumers])
+                for consumer, estimate in zip(consumers, shares):
+                    consumer.remb_bitrate = estimate
+            continue
+        else:
+            continue
+        for report in reports:
+            consumer = transport._rtcp_consumers.get(report.ssrc)
+            if consumer is not None:
+                consumer.handle_report(report.fraction_lost, report.packets_lost,
+                                       report.jitter, report.lsr, report.dlsr)
+
+
+def _calls(receive: Callable[[Transport, bytes], None], data: bytes) -> list[tuple[Any, ...]]:
+    transport, calls = _recording_transport()
+    try:
+        receive(transport, data)
+    except Exception as exc:  # neither should raise: if one does, both must, alike
+        calls.append(("raised", type(exc).__name__))
+    assert transport.last_packet_ms == 5
+    return calls
+
+
+def _new_receive(transport: Transport, data: bytes) -> None:
+    transport._receive_rtcp(data)
+
+
+_SSRCS = (*PUBLISHED_SSRCS, *CONSUMER_SSRCS, *CONSUMER_SSRCS, 0, 0xFFFFFFFF, 77)
+
+
+def _word(rng: random.Random) -> int:
+    return rng.choice((0, 1, 0x7FFFFF, 0x800000, 0xFFFFFF, 0xFFFFFFFF, rng.getrandbits(32)))
+
+
+def _packet(rng: random.Random) -> bytes:
+    """One RTCP packet of a random type, valid more often than not."""
+    ssrc = rng.choice(_SSRCS)
+    blocks = [struct.pack("!IIIIII", rng.choice(_SSRCS), *(_word(rng) for _ in range(5)))
+              for _ in range(rng.choice((0, 1, 1, 2, 3)))]
+    kind = rng.randrange(12)
+    if kind == 0:  # SR
+        ssrc = rng.choice((*PUBLISHED_SSRCS, ssrc))
+        count, payload = len(blocks), struct.pack("!IQIII", ssrc, rng.getrandbits(64),
+                                                  *(_word(rng) for _ in range(3))) + b"".join(blocks)
+        packet_type = rtcp.RTCP_SR
+    elif kind == 1:  # RR
+        count, payload, packet_type = len(blocks), struct.pack("!I", ssrc) + b"".join(blocks), rtcp.RTCP_RR
+    elif kind == 2:  # SDES as aiortc writes it (chunks not word-aligned) or as RFC 3550 does
+        chunks = []
+        for _ in range(rng.choice((0, 1, 1, 2))):
+            chunk = struct.pack("!I", rng.choice(_SSRCS))
+            for _ in range(rng.choice((0, 1, 2))):
+                value = bytes(rng.getrandbits(8) for _ in range(rng.randrange(20)))
+                chunk += bytes([rng.randrange(1, 9), len(value)]) + value
+            chunk += b"\x00"
+            if rng.random() < 0.5:
+                chunk += bytes(-len(chunk) % 4)
+            chunks.append(chunk)
+        payload = b"".join(chunks)
+        payload += bytes(-len(payload) % 4)
+        count, packet_type = len(chunks), rtcp.RTCP_SDES
+    elif kind == 3:  # BYE
+        sources = [rng.choice(_SSRCS) for _ in range(rng.randrange(3))]
+        count, payload, packet_type = len(sources), b"".join(struct.pack("!I", s) for s in sources), rtcp.RTCP_BYE
+    elif kind in (4, 5):  # generic NACK, by our builder or random FCIs; now and then another FMT
+        if kind == 4:
+            sequence_numbers = [rng.randrange(65536) for _ in range(rng.randrange(1, 40))]
+            return rtcp.nack(ssrc, rng.choice(_SSRCS), sequence_numbers)
+        fcis = b"".join(struct.pack("!HH", rng.getrandbits(16), rng.choice((0, 0xFFFF, rng.getrandbits(16))))
+                        for _ in range(rng.choice((0, 1, 3, 40))))
+        count = rng.choice((rtcp.FMT_NACK, rtcp.FMT_NACK, 3))
+        payload, packet_type = struct.pack("!II", ssrc, rng.choice(_SSRCS)) + fcis, rtcp.RTCP_RTPFB
+    elif kind in (6, 7):  # PLI, FIR (with or without its FCI), SLI
+        count = rng.choice((rtcp.FMT_PLI, rtcp.FMT_FIR, rtcp.FMT_FIR, 2))
+        fci = rng.choice((b"", struct.pack("!II", rng.choice(_SSRCS), rng.getrandbits(32))))
+        payload = struct.pack("!II", ssrc, rng.choice(_SSRCS)) + fci
+        packet_type = rtcp.RTCP_PSFB
+    elif kind in (8, 9):  # REMB: valid, or not REMB, or counting more SSRCs than it holds
+        remb = bytearray(rtcp.remb(ssrc, rng.getrandbits(rng.randrange(1, 34)),
+                                   [rng.choice(_SSRCS) for _ in range(rng.randrange(4))]))
+        if rng.random() < 0.2:
+            remb[16] = rng.randrange(256)
+        if rng.random() < 0.1:
+            remb[12:16] = b"REMX"
+        return bytes(remb)
+    elif kind == 10:  # APP, XR and unknown types: passed over
+        packet_type = rng.choice((204, 207, 192, 0, 255))
+        count = rng.randrange(32)
+        payload = bytes(rng.getrandbits(8) for _ in range(4 * rng.randrange(4)))
+    else:  # anything in a valid header
+        packet_type, count = rng.choice((200, 201, 202, 203, 205, 206)), rng.randrange(32)
+        payload = bytes(rng.getrandbits(8) for _ in range(4 * rng.randrange(12)))
+    padding = 0x20 if rng.random() < 0.1 else 0
+    if padding:
+        pad = rng.choice((4, 4, 8, 1, 2, 3))
+        payload += bytes(pad - 1) + bytes([pad])
+        payload += bytes(-len(payload) % 4)
+    return struct.pack("!BBH", 0x80 | padding | count, packet_type, len(payload) // 4) + payload
+
+
+def _mutated(rng: random.Random, data: bytes) -> bytes:
+    damaged = bytearray(data)
+    how = rng.randrange(6)
+    if how == 0 and damaged:  # cut short
+        del damaged[rng.randrange(len(damaged)):]
+    elif how == 1 and damaged:  # bytes flipped, often in a header
+        for _ in range(rng.randrange(1, 4)):
+            damaged[rng.randrange(min(len(damaged), 8) if rng.random() < 0.5 else len(damaged))] ^= (
+                1 << rng.randrange(8))
+    elif how == 2:  # trailing junk
+        damaged += bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 9)))
+    elif how == 3 and len(damaged) > 3:  # another length or count
+        damaged[rng.choice((0, 2, 3))] = rng.randrange(256)
+    elif how == 4 and damaged:  # the padding bit
+        damaged[0] ^= 0x20
+    else:  # random bytes
+        damaged = bytearray(rng.getrandbits(8) for _ in range(rng.randrange(40)))
+        if damaged and rng.random() < 0.7:
+            damaged[0] = 0x80 | damaged[0] & 0x3F
+    return bytes(damaged)
+
+
+def test_the_walker_makes_the_handler_calls_aiortcs_parser_made() -> None:
+    """Transport._receive_rtcp reads RTCP in place (rtcp.walk) instead of with aiortc's parser:
+    on valid compounds of every type, and on cut, damaged and random ones, the consumers and
+    producers must get the same calls with the same values, and the same compounds be dropped."""
+    rng = random.Random(20261204)
+    valid = dropped = 0
+    kinds: collections.Counter[str] = collections.Counter()
+    for i in range(30_000):
+        data = b"".join(_packet(rng) for _ in range(rng.choice((1, 1, 2, 3, 5))))
+        if i % 2:
+            data = _mutated(rng, data)
+        expected = _calls(_aiortc_receive_rtcp, data)
+        assert _calls(_new_receive, data) == expected, data.hex()
+        kinds.update(call[0] for call in expected)
+        try:
+            RtcpPacket.parse(data)
+            valid += 1
+        except ValueError:
+            dropped += 1
+    # the inputs reached both sides of the checks, and every handler
+    assert valid > 10_000 and dropped > 10_000, (valid, dropped)
+    assert min(kinds[k] for k in ("sr", "report", "nack", "keyframe", "remb")) > 500, kinds
+    assert "raised" not in kinds
+
+
+def test_the_walker_reads_what_senders_write() -> None:
+    """The compounds of the microbenchmark: an aiortc sender's SR + SDES, a browser's RR + REMB,
+    and the SFU's own packets, through both readers."""
+    sr_sdes = bytes(RtcpSrPacket(ssrc=11, sender_info=RtcpSenderInfo(
+        ntp_timestamp=0xE1234567_89ABCDEF, rtp_timestamp=123456, packet_count=50, octet_count=9000)))
+    sr_sdes += bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=11, items=[(1, b"{6b3e0a3c-cname}")])]))
+    rr_remb = rtcp.receiver_report(9, 21, 3, -2, 70000, 12, 0xABCD, 0x10) + rtcp.remb(9, 1_200_000, [21, 22])
+    nack_fir = rtcp.nack(9, 22, [65535, 0, 1, 20]) + bytes(RtcpPsfbPacket(
+        fmt=rtcp.FMT_FIR, ssrc=9, media_ssrc=0, fci=struct.pack("!II", 23, 1 << 24)))
+    for data, calls in [
+        (sr_sdes, [("sr", 11, 0xE1234567_89ABCDEF, 123456)]),
+        (rr_remb, [("report", 21, 3, -2, 12, 0xABCD, 0x10),
+                   ("remb", 21, 545_454), ("remb", 22, 654_545)]),
+        (nack_fir, [("nack", 22, [65535, 0, 1, 20]), ("keyframe", 23)]),
+    ]:
+        assert _calls(_new_receive, data) == _calls(_aiortc_receive_rtcp, data) == calls
