@@ -44,8 +44,10 @@ def walk(data: bytes) -> list[tuple[int, int, int, int]]:
     ValueError and nothing of it was handled; RFC 3550 A.2 discards an invalid compound too): a
     header or packet cut short, version not 2, padding of 0 or more than the payload, an SR or
     RR whose length is not its report count's, a feedback message under 8 bytes (RTPFB: or not
-    whole words), a BYE shorter than its count, an SDES chunk or item cut short as aiortc reads
-    them (it takes END for a 2-byte item and skips no padding between chunks: so do we)."""
+    whole words), a BYE shorter than its count. An SDES is passed over unread, its items
+    unchecked: nothing here uses them, and aiortc's reading of them refused valid RFC 3550 chunks
+    (it takes END for a 2-byte item and skips no padding between chunks), dropping the RR and
+    REMB beside them."""
     packets: list[tuple[int, int, int, int]] = []
     size = len(data)
     pos = 0
@@ -77,10 +79,6 @@ def walk(data: bytes) -> list[tuple[int, int, int, int]]:
         elif packet_type == RTCP_PSFB:
             if end - start < 8:
                 return []
-        elif packet_type == RTCP_SDES:
-            if not _sdes_valid(data, start, end, count):
-                return []
-            continue
         elif packet_type == RTCP_BYE:
             if end - start < 4 * count:
                 return []
@@ -89,22 +87,6 @@ def walk(data: bytes) -> list[tuple[int, int, int, int]]:
             continue
         packets.append((packet_type, count, start, end))
     return packets
-
-
-def _sdes_valid(data: bytes, pos: int, end: int, count: int) -> bool:
-    """aiortc's RtcpSdesPacket.parse, without keeping what it reads."""
-    for _ in range(count):
-        if end < pos + 4:
-            return False
-        pos += 4
-        while pos < end - 1:
-            item_type = data[pos]
-            pos += 2 + data[pos + 1]
-            if end < pos:
-                return False
-            if item_type == 0:
-                break
-    return True
 
 
 def read_nack(data: bytes, pos: int, end: int, limit: int) -> list[int]:
