@@ -136,6 +136,7 @@ class Consumer(_Base):
         self._rtx_refill_ms = 0
         self.remb_bitrate = 0
         self.bitrate = 0  # bps over the last second, set by the router
+        self.bytes_at_report = -1  # self.bytes at the router's last report (-1: none yet)
         self.fraction_lost = 0
         self.packets_lost = 0
         self.jitter = 0
@@ -400,11 +401,12 @@ class Consumer(_Base):
         if sent is not None and dlsr:
             self.rtt = max(0.0, current_ntp() / 2**32 - sent - dlsr / 65536)
 
-    def send_sender_report(self) -> None:
-        """An SR for our outgoing stream (once it sent something), on ``report_clock``."""
+    def send_sender_report(self, ntp: int | None = None, now_ms: int | None = None) -> None:
+        """An SR for our outgoing stream (once it sent something), on ``report_clock``
+        (``ntp`` and ``now_ms``: current_ntp() and current_ms(), when the caller read them)."""
         if self.packets == 0 or self.closed:
             return
-        ntp, rtp_ts = self.report_clock()
+        ntp, rtp_ts = self.report_clock(ntp, now_ms)
         middle = (ntp >> 16) & 0xFFFFFFFF
         self._sr_sent = {middle: ntp / 2**32}
         self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
@@ -413,11 +415,13 @@ class Consumer(_Base):
         """A timestamp of the publisher's as this stream carries it (since the last re-base)."""
         return (publisher_ts + self._ts_offset) & 0xFFFFFFFF
 
-    def report_clock(self) -> tuple[int, int]:
+    def report_clock(self, ntp: int | None = None, now_ms: int | None = None) -> tuple[int, int]:
         """(NTP time now, our stream's RTP timestamp now): through the publisher's own NTP↔RTP
         mapping when it sent one (so audio and video of one publisher stay in sync at the
-        subscriber), else extrapolated from the last packet."""
-        ntp = current_ntp()
+        subscriber), else extrapolated from the last packet. ``ntp``/``now_ms``: the clock
+        already read (current_ntp(), current_ms()) by the caller."""
+        if ntp is None:
+            ntp = current_ntp()
         now = ntp / 2**32
         producer = self.producer
         if producer.sr_ntp and self._epoch == producer.epoch:
@@ -426,6 +430,7 @@ class Consumer(_Base):
             )
         else:
             rtp_ts = self._last_ts + int(
-                (current_ms() - self._last_ms) * self._clock_per_ms
+                ((current_ms() if now_ms is None else now_ms) - self._last_ms)
+                * self._clock_per_ms
             )
         return ntp, rtp_ts & 0xFFFFFFFF

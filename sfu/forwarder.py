@@ -37,10 +37,20 @@ def current_ms() -> int:
     return int(time.time() * 1000) + NTP_UNIX_OFFSET_MS
 
 
+def ms_of(unix: float) -> int:
+    """current_ms() at ``unix`` (a time.time() reading)."""
+    return int(unix * 1000) + NTP_UNIX_OFFSET_MS
+
+
 def current_ntp() -> int:
     """aiortc.clock.current_ntp_time() (64-bit NTP: seconds since 1900, 32 bits of fraction)
     without building datetime objects: sender reports and RTT take it for every stream."""
-    seconds, fraction = divmod(time.time(), 1.0)
+    return ntp_of(time.time())
+
+
+def ntp_of(unix: float) -> int:
+    """current_ntp() at ``unix`` (a time.time() reading)."""
+    seconds, fraction = divmod(unix, 1.0)
     return (int(seconds) + NTP_UNIX_OFFSET_MS // 1000) << 32 | int(fraction * 4294967296)
 
 

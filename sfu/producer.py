@@ -176,6 +176,7 @@ class Producer(_Base, Generic[Listener]):
         self.level_sum = 0  # audio levels (-dBov) since the router last looked
         self.level_count = 0
         self.bitrate = 0  # bps over the last second, set by the router
+        self.bytes_at_report = -1  # self.bytes at the router's last report (-1: none yet)
         self._nacks = UpstreamNacks()
         # seq -> (when, the consumers that asked for it): a packet the SFU had, gone from their
         # caches; its retransmission goes to them alone
@@ -544,8 +545,9 @@ class Producer(_Base, Generic[Listener]):
         self.sr_rtp = rtp_ts
         self.sr_received_at = time.time()
 
-    def send_feedback(self) -> None:
-        """Periodic RTCP to the publisher: a receiver report, and REMB with target_bitrate()."""
+    def send_feedback(self, now: float | None = None) -> None:
+        """Periodic RTCP to the publisher: a receiver report, and REMB with target_bitrate().
+        ``now``: time.time(), when the caller already read it."""
         if self.ssrc is None or self._base_seq < 0:
             return
         extended = self._cycles + self._max_seq
@@ -559,7 +561,9 @@ class Producer(_Base, Generic[Listener]):
         lost_interval = expected_interval - received_interval
         fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
         lsr = (self.sr_ntp >> 16) & 0xFFFFFFFF
-        dlsr = int((time.time() - self.sr_received_at) * 65536) if self.sr_ntp else 0
+        if now is None:
+            now = time.time()
+        dlsr = int((now - self.sr_received_at) * 65536) if self.sr_ntp else 0
         packet = rtcp.receiver_report(
             self.rtcp_ssrc, self.ssrc, min(fraction, 255), lost, extended,
             int(self._jitter), lsr, dlsr,

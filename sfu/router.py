@@ -28,7 +28,7 @@ from sfu.api import (
     TransportKind,
 )
 from sfu.consumer import Consumer
-from sfu.forwarder import current_ms
+from sfu.forwarder import current_ms, ms_of, ntp_of
 from sfu.network import NetworkOptions
 from sfu.udp_mux import UdpMux
 from sfu.options import MediaOptions
@@ -69,8 +69,6 @@ class Router:
         self._levels: dict[str, float] = {}
         self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        # bytes of each producer and consumer at its last report (gone with it)
-        self._bytes: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self.recorder: Recorder | None = None  # while the room is recorded
         self._ticks = 0
         self._ticker = _ticker(asyncio.get_running_loop())
@@ -260,19 +258,25 @@ class Router:
             self._update_media_state(participant, self.now_ms())
 
     def _update_media_state(self, participant: Participant, now_ms: int) -> None:
+        """Flowing: some transport connected, with a packet within the debounce window. Every
+        tick for every participant, so nothing is built unless the state changes."""
         window = self.options.media_state_debounce * 1000
-        transports = participant.transports()
-        connected = [t for t in transports if t.connected]
-        recent = any(now_ms - t.last_packet_ms < window for t in connected)
-        flowing = bool(connected) and recent
+        publish, subscribe = participant.publish, participant.subscribe
+        flowing = (
+            (publish is not None and publish.connected
+             and now_ms - publish.last_packet_ms < window)
+            or (subscribe is not None and subscribe.connected
+                and now_ms - subscribe.last_packet_ms < window)
+        )
         if flowing == participant.flowing:
             return
         participant.flowing = flowing
+        transports = participant.transports()
         if flowing:
             reason = "media"
         elif any(t.state == "failed" for t in transports):
             reason = "ice_failed"
-        elif not connected:
+        elif not any(t.connected for t in transports):
             reason = "disconnected"
         else:
             reason = "no_media"
@@ -311,23 +315,28 @@ class Router:
     def _report(self, slot: int) -> None:
         """RTCP and bitrates, once every RTCP_EVERY ticks for each stream, but for one slice of
         the consumers per tick (by SSRC): sender reports to a few hundred subscribers take
-        milliseconds, and a packet arriving behind one burst of them would wait all of it."""
+        milliseconds, and a packet arriving behind one burst of them would wait all of it.
+        One clock reading serves the whole tick's reports."""
         interval = TICK * RTCP_EVERY
-        before = self._bytes
+        now = time.time()
+        ntp = ntp_of(now)
+        now_ms = ms_of(now)
         for producer in self.producers.values():
             if slot == 0:
-                producer.send_feedback()
-                producer.bitrate = int((producer.bytes - before.get(producer, producer.bytes))
-                                       * 8 / interval)
-                before[producer] = producer.bytes
+                producer.send_feedback(now)
+                nbytes = producer.bytes
+                before = producer.bytes_at_report
+                producer.bitrate = int((nbytes - before) * 8 / interval) if before >= 0 else 0
+                producer.bytes_at_report = nbytes
                 if producer.kind == "video":
                     self._gate_video(producer, time.monotonic())
             for consumer in producer.consumers:
                 if consumer.ssrc % RTCP_EVERY == slot:
-                    consumer.send_sender_report()
-                    consumer.bitrate = int(
-                        (consumer.bytes - before.get(consumer, consumer.bytes)) * 8 / interval)
-                    before[consumer] = consumer.bytes
+                    consumer.send_sender_report(ntp, now_ms)
+                    nbytes = consumer.bytes
+                    before = consumer.bytes_at_report
+                    consumer.bitrate = int((nbytes - before) * 8 / interval) if before >= 0 else 0
+                    consumer.bytes_at_report = nbytes
 
     def _gate_video(self, producer: Producer[Consumer], now: float) -> None:
         """Pause or resume each subscriber's video of ``producer`` for congestion."""
