@@ -339,6 +339,7 @@ async def test_connections_share_one_certificate_and_one_ssl_context(
     context = certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80])
     assert certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80]) is context
     assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # (set_mode adds to, and returns, the mode)
     assert "ECDHE-RSA-AES128-GCM-SHA256" in SSL.Connection(context).get_cipher_list()
 
     first.addTransceiver("audio")
