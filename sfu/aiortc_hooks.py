@@ -242,6 +242,44 @@ def lazy_bitrate_estimators() -> None:
     aiortc_rtcrtpreceiver.RemoteBitrateEstimator = LazyRemoteBitrateEstimator  # type: ignore[misc,assignment]
 
 
+class LazyQueue:
+    """Stands in for a RemoteStreamTrack's asyncio.Queue, made on its first use. aiortc gives
+    every received track one (filled by its receiver's decoder thread, emptied by recv()); the
+    SFU's receivers never decode and nobody calls recv() on their tracks, so each stayed empty
+    for the connection's life: ~3 KiB apiece (four deques and an Event), four tracks a call. A
+    track that is used (a test client's, say) gets the real queue on first use and behaves as
+    before."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = asyncio.Queue()
+        return getattr(queue, name)
+
+
+_remote_track_init = aiortc_rtcrtpreceiver.RemoteStreamTrack.__init__
+
+
+def _lazy_remote_track_init(self: Any, kind: str, id: str | None = None) -> None:
+    """RemoteStreamTrack.__init__ (aiortc 1.16.0), with a LazyQueue for its queue."""
+    aiortc_rtcrtpreceiver.MediaStreamTrack.__init__(self)
+    self.kind = kind
+    if id is not None:
+        self._id = id
+    self._queue = LazyQueue()
+
+
+def lazy_track_queues() -> None:
+    """Make every RemoteStreamTrack created from now on in this process make its frame queue on
+    first use (process-wide and idempotent)."""
+    aiortc_rtcrtpreceiver.RemoteStreamTrack.__init__ = _lazy_remote_track_init  # type: ignore[method-assign]
+
+
 def disarm_receiver(
     receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
 ) -> None:

@@ -424,3 +424,32 @@ async def test_a_released_transceiver_still_negotiates_and_closes() -> None:
     await pc.getStats()
     await pc.close()
     await peer.close()
+
+
+async def test_remote_tracks_make_their_frame_queue_on_first_use() -> None:
+    from aiortc.mediastreams import MediaStreamError
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+    original = _source(aiortc_hooks._remote_track_init)
+    assert "super().__init__()" in original and "self._queue: asyncio.Queue = asyncio.Queue()" in original, (
+        "RemoteStreamTrack.__init__ changed: review _lazy_remote_track_init")
+    assert original.count("self.") == 3  # kind, _id and _queue: nothing _lazy_remote_track_init misses
+    assert "self._track._queue," in _source(RTCRtpReceiver.receive), (
+        "the receiver no longer hands the decoder its track's queue: review LazyQueue")
+    aiortc_hooks.lazy_track_queues()
+    aiortc_hooks.lazy_track_queues()  # again: harmless
+    track = RemoteStreamTrack(kind="video", id="t1")
+    assert (track.kind, track.id, track.readyState) == ("video", "t1", "live")
+    assert RemoteStreamTrack(kind="audio").id  # a fresh id when none is given
+    queue = track._queue
+    assert isinstance(queue, aiortc_hooks.LazyQueue) and queue._queue is None  # nothing made yet
+    # used as the decoder thread and recv() use it: the real queue, made on first use
+    waiting = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert isinstance(queue._queue, asyncio.Queue)
+    await queue.put("frame")
+    assert await waiting == "frame"
+    queue.put_nowait(None)  # the end of the stream
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    assert track.readyState == "ended"
