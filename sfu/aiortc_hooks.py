@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -257,9 +258,15 @@ class LazyQueue:
 
     def __getattr__(self, name: str) -> Any:
         queue = self._queue
-        if queue is None:
-            queue = self._queue = asyncio.Queue()
+        if queue is None:  # first use: by recv() on the loop, or by the decoder thread's put
+            with _LAZY_QUEUE_LOCK:  # (both at once must not make two)
+                queue = self._queue
+                if queue is None:
+                    queue = self._queue = asyncio.Queue()
         return getattr(queue, name)
+
+
+_LAZY_QUEUE_LOCK = threading.Lock()
 
 
 _remote_track_init = aiortc_rtcrtpreceiver.RemoteStreamTrack.__init__

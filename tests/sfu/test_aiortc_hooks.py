@@ -453,3 +453,35 @@ async def test_remote_tracks_make_their_frame_queue_on_first_use() -> None:
     with pytest.raises(MediaStreamError):
         await track.recv()
     assert track.readyState == "ended"
+
+
+def test_a_lazy_queue_used_from_two_threads_at_once_makes_one_queue() -> None:
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between the check and the making, if they can
+    try:
+        _use_lazy_queues_from_four_threads(1000)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _use_lazy_queues_from_four_threads(times: int) -> None:
+    import threading
+
+    for _ in range(times):
+        lazy = aiortc_hooks.LazyQueue()
+        start = threading.Barrier(4)
+        seen: list[object] = []
+
+        def use() -> None:
+            start.wait()
+            seen.append(lazy.put_nowait.__self__)  # the queue behind the bound method
+
+        threads = [threading.Thread(target=use) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(q) for q in seen}) == 1 and seen[0] is lazy._queue
