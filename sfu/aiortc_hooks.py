@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -240,6 +241,50 @@ def lazy_bitrate_estimators() -> None:
     lazily (process-wide and idempotent; RTCRtpReceiver.__init__ looks the name up in its module
     and _handle_rtp_packet only calls ``add``)."""
     aiortc_rtcrtpreceiver.RemoteBitrateEstimator = LazyRemoteBitrateEstimator  # type: ignore[misc,assignment]
+
+
+class LazyQueue:
+    """Stands in for a RemoteStreamTrack's asyncio.Queue, made on its first use. aiortc gives
+    every received track one (filled by its receiver's decoder thread, emptied by recv()); the
+    SFU's receivers never decode and nobody calls recv() on their tracks, so each stayed empty
+    for the connection's life: ~3 KiB apiece (four deques and an Event), four tracks a call. A
+    track that is used (a test client's, say) gets the real queue on first use and behaves as
+    before."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        queue = self._queue
+        if queue is None:  # first use: by recv() on the loop, or by the decoder thread's put
+            with _LAZY_QUEUE_LOCK:  # (both at once must not make two)
+                queue = self._queue
+                if queue is None:
+                    queue = self._queue = asyncio.Queue()
+        return getattr(queue, name)
+
+
+_LAZY_QUEUE_LOCK = threading.Lock()
+
+
+_remote_track_init = aiortc_rtcrtpreceiver.RemoteStreamTrack.__init__
+
+
+def _lazy_remote_track_init(self: Any, kind: str, id: str | None = None) -> None:
+    """RemoteStreamTrack.__init__ (aiortc 1.16.0), with a LazyQueue for its queue."""
+    aiortc_rtcrtpreceiver.MediaStreamTrack.__init__(self)
+    self.kind = kind
+    if id is not None:
+        self._id = id
+    self._queue = LazyQueue()
+
+
+def lazy_track_queues() -> None:
+    """Make every RemoteStreamTrack created from now on in this process make its frame queue on
+    first use (process-wide and idempotent)."""
+    aiortc_rtcrtpreceiver.RemoteStreamTrack.__init__ = _lazy_remote_track_init  # type: ignore[method-assign]
 
 
 def disarm_receiver(
@@ -654,7 +699,10 @@ class SharedCertificate(RTCCertificate):
     SSL_CTX for every connection: ~25 KiB of native memory each, four connections a call, and a
     key generation per connection. Each handshake still agrees ephemeral ECDHE keys (forward
     secrecy is unchanged); the session cache is off, or a shared context would keep a session
-    per handshake for five minutes."""
+    per handshake for five minutes. Its connections release their idle record buffers
+    (SSL_MODE_RELEASE_BUFFERS): after the handshake, DTLS carries only the rare data channel
+    message or alert (media is SRTP, outside OpenSSL), and each connection's read and write
+    buffers would otherwise stay allocated for its life (~10 KiB a connection, measured)."""
 
     def __init__(self, key: Any, cert: Any) -> None:
         super().__init__(key=key, cert=cert)
@@ -668,6 +716,7 @@ class SharedCertificate(RTCCertificate):
             context = super()._create_ssl_context(srtp_profiles)
             context.set_cipher_list(DTLS_CIPHERS)
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             self._contexts[key] = context
         return context
 

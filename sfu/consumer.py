@@ -31,6 +31,10 @@ CACHE_MS = 1000  # as long as the SFU itself would wait for a retransmission (sf
 MIN_CACHE = 64
 MAX_CACHE = 1024
 RING_STEP = 16  # sizes are multiples of this: a power of two would keep up to twice what is needed
+# A subscriber that negotiated no NACK for the stream (Opus as browsers and aiortc offer it) never
+# asks for a retransmission: its ring only lends the C fan-out the bytearrays it rewrites each
+# packet into, and stays this size (a turn, when _turned is called, every NO_NACK_CACHE packets).
+NO_NACK_CACHE = RING_STEP
 # A subscriber's NACKs are answered at most once per round trip per packet (a NACK repeated
 # sooner is a duplicate: the answer is still on its way), and within a budget of retransmitted
 # packets per second, so that a subscriber cannot turn the SFU into an amplifier.
@@ -88,6 +92,7 @@ class Consumer(_Base):
         # the NACK ring: the C fan-out rewrites its own bytearrays in place
         self._cache: list[bytes | bytearray | None] = [None] * MIN_CACHE
         self._size = MIN_CACHE
+        self._nack = True  # the subscriber negotiated NACK (configure()): the ring holds CACHE_MS
         # the packet that last took slot 0: its RTP timestamp (-1: none yet) and sequence number
         self._turn_ts = -1
         self._turn_seq = 0
@@ -144,8 +149,13 @@ class Consumer(_Base):
         self._sr_sent: dict[int, float] = {}  # middle 32 bits of NTP -> when
 
     def configure(self, payload_type: int, rtx_payload_type: int | None,
-                  extensions: ExtensionLayout) -> None:
+                  extensions: ExtensionLayout, nack: bool = True) -> None:
+        """``nack``: whether the subscriber negotiated NACK feedback for this stream; without
+        it the ring keeps NO_NACK_CACHE slots instead of CACHE_MS of packets."""
         self.payload_type = payload_type
+        self._nack = nack
+        if not nack and len(self._cache) != NO_NACK_CACHE:
+            self._resize(NO_NACK_CACHE, self._last_seq)
         self.rtx_payload_type = rtx_payload_type
         fmt, prefix, tail, words = extensions.header()
         self._pack = fmt.pack
@@ -275,6 +285,8 @@ class Consumer(_Base):
         """The ring came round (once every len(ring) packets): resize it to hold CACHE_MS at
         the rate of the turn just ended, in steps of RING_STEP (a ring that a keyframe's burst grew
         goes back at the next turn at the usual rate; a steady rate keeps its size)."""
+        if not self._nack:
+            return  # nothing is ever resent: the ring keeps NO_NACK_CACHE slots
         started, self._turn_ts = self._turn_ts, out_ts
         packets, self._turn_seq = (out_seq - self._turn_seq) & 0xFFFF, out_seq
         elapsed = (out_ts - started) & 0xFFFFFFFF

@@ -505,7 +505,7 @@ class Transport:
                 mid_id=_extension_id(headers, URI_MID), mid=transceiver.mid or "",
                 abs_send_time_id=_extension_id(headers, URI_ABS_SEND_TIME),
                 audio_level_id=_extension_id(headers, URI_AUDIO_LEVEL),
-            ))
+            ), nack=any(f.type == "nack" and not f.parameter for f in main.rtcpFeedback))
             self.consumers[transceiver.mid or consumer.id] = consumer
             if self.connected:
                 consumer.resume()

@@ -84,6 +84,7 @@ class LocalMediaPlane:
             except OSError as exc:
                 raise MediaError("media_unavailable", str(exc.strerror)) from exc
         aiortc_hooks.lazy_bitrate_estimators()
+        aiortc_hooks.lazy_track_queues()
         self.collector.install()
 
     def on_event(self, handler: EventHandler) -> None:

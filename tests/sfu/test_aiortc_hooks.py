@@ -339,6 +339,7 @@ async def test_connections_share_one_certificate_and_one_ssl_context(
     context = certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80])
     assert certificate._create_ssl_context([SRTP_AES128_CM_SHA1_80]) is context
     assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # (set_mode adds to, and returns, the mode)
     assert "ECDHE-RSA-AES128-GCM-SHA256" in SSL.Connection(context).get_cipher_list()
 
     first.addTransceiver("audio")
@@ -423,3 +424,64 @@ async def test_a_released_transceiver_still_negotiates_and_closes() -> None:
     await pc.getStats()
     await pc.close()
     await peer.close()
+
+
+async def test_remote_tracks_make_their_frame_queue_on_first_use() -> None:
+    from aiortc.mediastreams import MediaStreamError
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+    original = _source(aiortc_hooks._remote_track_init)
+    assert "super().__init__()" in original and "self._queue: asyncio.Queue = asyncio.Queue()" in original, (
+        "RemoteStreamTrack.__init__ changed: review _lazy_remote_track_init")
+    assert original.count("self.") == 3  # kind, _id and _queue: nothing _lazy_remote_track_init misses
+    assert "self._track._queue," in _source(RTCRtpReceiver.receive), (
+        "the receiver no longer hands the decoder its track's queue: review LazyQueue")
+    aiortc_hooks.lazy_track_queues()
+    aiortc_hooks.lazy_track_queues()  # again: harmless
+    track = RemoteStreamTrack(kind="video", id="t1")
+    assert (track.kind, track.id, track.readyState) == ("video", "t1", "live")
+    assert RemoteStreamTrack(kind="audio").id  # a fresh id when none is given
+    queue = track._queue
+    assert isinstance(queue, aiortc_hooks.LazyQueue) and queue._queue is None  # nothing made yet
+    # used as the decoder thread and recv() use it: the real queue, made on first use
+    waiting = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert isinstance(queue._queue, asyncio.Queue)
+    await queue.put("frame")
+    assert await waiting == "frame"
+    queue.put_nowait(None)  # the end of the stream
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    assert track.readyState == "ended"
+
+
+def test_a_lazy_queue_used_from_two_threads_at_once_makes_one_queue() -> None:
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between the check and the making, if they can
+    try:
+        _use_lazy_queues_from_four_threads(1000)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _use_lazy_queues_from_four_threads(times: int) -> None:
+    import threading
+
+    for _ in range(times):
+        lazy = aiortc_hooks.LazyQueue()
+        start = threading.Barrier(4)
+        seen: list[object] = []
+
+        def use() -> None:
+            start.wait()
+            seen.append(lazy.put_nowait.__self__)  # the queue behind the bound method
+
+        threads = [threading.Thread(target=use) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(q) for q in seen}) == 1 and seen[0] is lazy._queue

@@ -563,3 +563,27 @@ async def test_our_offers_carry_the_publishers_h264_parameter_sets(plane: LocalM
         assert f"sprop-parameter-sets={SPROP}" in first and "sprop" not in second
     finally:
         await pc.close()
+
+
+async def test_a_subscriber_that_negotiated_no_nack_gets_no_retransmission_cache(
+        plane: LocalMediaPlane) -> None:
+    """Opus as aiortc (and browsers) negotiate it has no NACK feedback: its consumer's ring keeps
+    only the few slots the fan-out rewrites packets in; the video consumer, with NACK, keeps
+    its cache."""
+    from sfu.consumer import MIN_CACHE, NO_NACK_CACHE
+
+    hub = EventHub(plane)
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await viewer.start()
+        transport = plane.rooms["room"].participants["bob"].subscribe
+        assert transport is not None
+        await plane.request(Offer("room", "alice", "publish", await _sendonly_offer("audio", "video")))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+                len(transport.consumers) < 2 or transport.pc.signalingState != "stable"):
+            await asyncio.sleep(0.02)
+        rings = {c.kind: len(c._cache) for c in transport.consumers.values()}
+        assert rings == {"audio": NO_NACK_CACHE, "video": MIN_CACHE}
+    finally:
+        await viewer.close()
