@@ -457,7 +457,6 @@ async def test_remote_tracks_make_their_frame_queue_on_first_use() -> None:
 
 def test_a_lazy_queue_used_from_two_threads_at_once_makes_one_queue() -> None:
     import sys
-    import threading
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # threads switch between the check and the making, if they can
