@@ -109,17 +109,20 @@ async def main() -> None:
         print(f"{len(packets)} packets, {paused} paused consumer-ticks, digest {hashing.hexdigest()}")
         return
 
+    def traffic(room: Router) -> None:
+        """The bytes a second brings, so the bitrates are not constant."""
+        for producer in room.producers.values():
+            producer.bytes += 12_500
+            producer._max_seq += 100
+            producer.packets += 100
+            for consumer in producer.consumers:
+                consumer.bytes += 12_500
+                consumer.packets += 100
+
     def run() -> None:
         for _ in range(ticks):
             for room in rooms:
-                # the bytes a second brings, so the bitrates are not constant
-                for producer in room.producers.values():
-                    producer.bytes += 12_500
-                    producer._max_seq += 100
-                    producer.packets += 100
-                    for consumer in producer.consumers:
-                        consumer.bytes += 12_500
-                        consumer.packets += 100
+                traffic(room)
                 room._tick()
 
     run()  # warm up
@@ -134,13 +137,7 @@ async def main() -> None:
     def bump() -> None:
         for _ in range(ticks):
             for room in rooms:
-                for producer in room.producers.values():
-                    producer.bytes += 12_500
-                    producer._max_seq += 100
-                    producer.packets += 100
-                    for consumer in producer.consumers:
-                        consumer.bytes += 12_500
-                        consumer.packets += 100
+                traffic(room)
 
     results = []
     for _ in range(args.repeat):

@@ -30,7 +30,7 @@ from sfu.forwarder import ExtensionLayout
 from sfu.producer import Codec, Producer
 from sfu.transport import Transport
 from sfu.udp_mux import MuxSocket, bind_udp
-from .test_rtcp import FakeScheduler
+from .test_rtcp import FakeScheduler, RecordingConsumer
 
 pytestmark = pytest.mark.skipif(not ingress.NATIVE, reason="sfu/_ingress.c is not built")
 
@@ -73,32 +73,6 @@ class Side:
     def port(self) -> int:
         assert self.mux.transport is not None
         return int(self.mux.transport.get_extra_info("sockname")[1])
-
-
-class RecordingConsumer:
-    """What Transport._receive_rtcp tells a consumer."""
-
-    def __init__(self, calls: list[tuple[Any, ...]], ssrc: int) -> None:
-        self.calls = calls
-        self.ssrc = ssrc
-        self.producer = SimpleNamespace(bitrate=1_000_000)
-
-    def retransmit(self, lost: list[int]) -> None:
-        self.calls.append(("nack", self.ssrc, list(lost)))
-
-    def handle_report(self, *report: int) -> None:
-        self.calls.append(("report", self.ssrc, *report))
-
-    def keyframe_requested(self) -> None:
-        self.calls.append(("keyframe", self.ssrc))
-
-    @property
-    def remb_bitrate(self) -> int:
-        raise AttributeError
-
-    @remb_bitrate.setter
-    def remb_bitrate(self, value: int) -> None:
-        self.calls.append(("remb", self.ssrc, value))
 
 
 def aiortc_dtls(side: Side, queue: asyncio.Queue[bytes]) -> Any:

@@ -458,12 +458,13 @@ async def test_audio_and_retransmissions_are_policed() -> None:
     producer.close()
 
 
-class _Recorded:
-    """A subscriber's consumer as Transport._receive_rtcp sees it: each call it gets, recorded."""
+class RecordingConsumer:
+    """A subscriber's consumer as Transport._receive_rtcp sees it: each call it gets, recorded
+    (``bitrate``: its producer's, which a REMB's share follows)."""
 
-    def __init__(self, calls: list[tuple[Any, ...]], ssrc: int) -> None:
+    def __init__(self, calls: list[tuple[Any, ...]], ssrc: int, bitrate: int = 1_000_000) -> None:
         self.calls, self.ssrc = calls, ssrc
-        self.producer = SimpleNamespace(bitrate=500_000 + ssrc % 7 * 100_000)
+        self.producer = SimpleNamespace(bitrate=bitrate)
 
     def retransmit(self, lost: list[int]) -> None:
         self.calls.append(("nack", self.ssrc, list(lost)))
@@ -496,7 +497,7 @@ def _recording_transport() -> tuple[Transport, list[tuple[Any, ...]]]:
     transport.producers = {str(ssrc): SimpleNamespace(  # type: ignore[misc]
         ssrc=ssrc, handle_sender_report=lambda ntp, ts, s=ssrc: calls.append(("sr", s, ntp, ts)))
         for ssrc in PUBLISHED_SSRCS}
-    transport._rtcp_consumers = {ssrc: _Recorded(calls, ssrc)  # type: ignore[misc]
+    transport._rtcp_consumers = {ssrc: RecordingConsumer(calls, ssrc, 500_000 + ssrc % 7 * 100_000)  # type: ignore[misc]
                                  for ssrc in CONSUMER_SSRCS}
     return transport, calls
 
