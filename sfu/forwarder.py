@@ -34,7 +34,7 @@ URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 def current_ms() -> int:
     """aiortc.clock.current_ms() (milliseconds since the NTP epoch, the clock aiortc stamps
     packet arrivals with) without building datetime objects: every packet is stamped."""
-    return int(time.time() * 1000) + NTP_UNIX_OFFSET_MS
+    return ms_of(time.time())
 
 
 def ms_of(unix: float) -> int:

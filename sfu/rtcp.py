@@ -33,7 +33,6 @@ REPORT_BLOCK = struct.Struct("!II4xIII")
 MEDIA_SSRC = struct.Struct("!4xI")
 """At a feedback message's payload: the media source SSRC (after the sender's)."""
 WORD = struct.Struct("!I")
-_WORDS = [struct.Struct(f"!{n}I") for n in range(256)]
 
 
 def walk(data: bytes) -> list[tuple[int, int, int, int]]:
@@ -116,7 +115,7 @@ def read_remb(data: bytes, pos: int, end: int) -> tuple[int, list[int]] | None:
     count = word >> 24
     if pos + 8 + 4 * count > end:
         return None
-    return (word & 0x3FFFF) << (word >> 18 & 0x3F), list(_WORDS[count].unpack_from(data, pos + 8))
+    return (word & 0x3FFFF) << (word >> 18 & 0x3F), list(struct.unpack_from(f"!{count}I", data, pos + 8))
 
 
 def _header(count: int, packet_type: int, length_bytes: int) -> bytes:
