@@ -766,3 +766,64 @@ def release_transceiver_state(transceiver: RTCRtpTransceiver) -> None:
 
 def _ignore_parameters(parameters: RTCRtpReceiveParameters) -> None:
     return None
+
+
+class ReleasedDtls:
+    """What stands in for a DTLS transport's SSL.Connection once release_dtls has freed it.
+    aiortc's RTCDtlsTransport goes on calling these: _recv_next for each DTLS record that still
+    arrives (and for a handshake timer, of which there is none any more), stop() to close. A
+    record from the peer is dropped unread: with the connection's keys gone nothing arriving over
+    DTLS can be authenticated, so nothing is acted upon (a retransmitted flight, an alert, a
+    close_notify: the peer's leaving is then seen by ICE consent or signalling). ``shutdown``
+    queues the close_notify made, encrypted and with the next sequence number, just before the
+    connection was freed, so stop() still tells the peer."""
+
+    __slots__ = ("_close_notify", "_pending")
+
+    def __init__(self, close_notify: bytes) -> None:
+        self._close_notify = close_notify
+        self._pending = b""
+
+    def DTLSv1_get_timeout(self) -> None:
+        return None
+
+    def bio_write(self, data: bytes) -> int:
+        return len(data)
+
+    def recv(self, bufsiz: int) -> bytes:
+        raise SSL.WantReadError()  # _recv_next: nothing to deliver
+
+    def send(self, data: bytes) -> int:  # RTCDtlsTransport._send_data: SCTP, never released
+        raise ConnectionError("this DTLS connection was released: it carries no data channel")
+
+    def shutdown(self) -> bool:
+        self._pending = self._close_notify
+        return True
+
+    def bio_read(self, bufsiz: int) -> bytes:
+        data, self._pending = self._pending, b""
+        if not data:
+            raise SSL.WantReadError()  # _write_ssl: nothing to send
+        return data
+
+
+def release_dtls(dtls: RTCDtlsTransport) -> bool:
+    """Free ``dtls``'s OpenSSL connection, which media no longer needs once the SRTP keys are
+    out of it: ~85 KiB of native memory after the handshake (scripts/dtls_memory.py), for four
+    connections a call. Only for a transport that carries no SCTP (data channels are DTLS
+    records), and only once the peer has shown its handshake is complete, by an SRTP or SRTCP
+    packet that this transport's keys authenticated: as DTLS server we keep our last flight for a
+    peer that lost it and sends its own again, and a peer with SRTP keys has had it. DTLS 1.2
+    only (in 1.3 the last flight waits for an ACK, and keys may be updated). True when released
+    now; False when not connected, already released, or carrying SCTP."""
+    ssl = dtls._ssl
+    if (dtls._state is not State.CONNECTED or type(ssl) is not SSL.Connection
+            or dtls._data_receiver is not None or ssl.get_protocol_version_name() != "DTLSv1.2"):
+        return False
+    ssl.shutdown()
+    try:
+        close_notify = ssl.bio_read(1500)
+    except SSL.Error:
+        close_notify = b""
+    dtls._ssl = ReleasedDtls(close_notify)  # type: ignore[assignment]
+    return True

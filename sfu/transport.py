@@ -233,6 +233,8 @@ class Transport:
         self._last_on: dict[RTCRtpTransceiver, Consumer] = {}  # a waiting m-line's last consumer
         self.pc = self._new_pc()
         self._raw: aiortc_hooks.RawSender | None = None
+        self._heard_at_connect = 0  # last_packet_ms when the connection last became connected
+        self._dtls_released: RTCPeerConnection | None = None  # the pc whose DTLS release_dtls freed
 
     def _new_pc(self) -> RTCPeerConnection:
         configuration = self.router.network.configuration()
@@ -261,6 +263,10 @@ class Transport:
                     raise MediaError("bad_state", "a client-offered subscribe transport cannot "
                                      "restart ICE: Leave it and offer a new one")
                 await self._restart_ice()
+            if (self._dtls_released is self.pc and self.pc.sctp is None
+                    and any(m.kind == "application" for m in description.media)):
+                raise MediaError("bad_state", "this connection's DTLS carries no data channel: "
+                                 "offer one in a connection's first offer (or restart ICE)")
             self._remote_ufrag = ufrag
             self.client_offers = True
             await self._set_remote(sdp, "offer")
@@ -738,9 +744,28 @@ class Transport:
         logger.info("room %s: %s %s transport %s", self.router.id, self.participant_id,
                     self.kind, self.state)
         if self.connected:
+            self._heard_at_connect = self.last_packet_ms
             for consumer in self.consumers.values():
                 consumer.resume()
         self.router.transport_state_changed(self)
+
+    def release_dtls(self) -> None:
+        """Free a publish connection's OpenSSL state (aiortc_hooks.release_dtls) once it has no
+        data channel and the client has sent media or RTCP since it connected: authenticated by
+        this connection's SRTP keys (the connected state comes before any packet they unprotect),
+        so its handshake is complete. Subscribe connections keep theirs: a client closing one
+        without signalling (WHEP) is seen by its close_notify, which only the OpenSSL
+        connection can authenticate, and their chat is a data channel. A publish connection
+        whose client leaves that way goes on as connected until ICE consent fails (its media
+        state says "no_media" meanwhile), as it stays in the room for a resume either way.
+        Every router tick: cheap until then."""
+        pc = self.pc
+        if (self._dtls_released is pc or self.kind != "publish" or not self.connected
+                or pc.sctp is not None or self.last_packet_ms == self._heard_at_connect):
+            return
+        for dtls in aiortc_hooks.dtls_transports(pc):
+            aiortc_hooks.release_dtls(dtls)
+        self._dtls_released = pc
 
     @property
     def connected(self) -> bool:

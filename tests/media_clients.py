@@ -190,6 +190,7 @@ class Publisher:
     amplitude: float = 0.5
     video_codec: str | None = None  # e.g. "video/H264"; default: aiortc's order (VP8 first)
     pc: RTCPeerConnection = field(default_factory=client_pc)
+    data_channel: bool = True  # offer the chat data channel on this connection
     chat_received: list[dict[str, Any]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -198,8 +199,9 @@ class Publisher:
             prefer_codec(self.pc.addTransceiver(self.video_track, direction="sendonly"), self.video_codec)
         if self.audio:
             self.pc.addTransceiver(ToneTrack(self.amplitude), direction="sendonly")
-        self.chat = self.pc.createDataChannel("chat")
-        self.chat.on("message", lambda m: self.chat_received.append(json.loads(m)))
+        if self.data_channel:
+            self.chat = self.pc.createDataChannel("chat")
+            self.chat.on("message", lambda m: self.chat_received.append(json.loads(m)))
         await publish_offer(self.plane, self.pc, self.room_id, self.participant_id)
 
     async def close(self) -> None:

@@ -4,7 +4,10 @@ them, these tests say exactly which one, before the SFU silently decodes or drop
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import re
+import weakref
 from types import SimpleNamespace
 
 import aioice
@@ -484,3 +487,49 @@ def _use_lazy_queues_from_four_threads(times: int) -> None:
         for thread in threads:
             thread.join()
         assert len({id(q) for q in seen}) == 1 and seen[0] is lazy._queue
+
+
+def test_a_connected_dtls_transport_uses_only_what_released_dtls_stands_in_for() -> None:
+    """release_dtls swaps RTCDtlsTransport._ssl for a ReleasedDtls: after the handshake aiortc
+    must call nothing else on it, and must take its SSL.Error as nothing to deliver or send."""
+    after_handshake = "".join(_source(method) for method in (
+        RTCDtlsTransport._recv_next, RTCDtlsTransport.stop, RTCDtlsTransport._write_ssl,
+        RTCDtlsTransport._send_data))
+    used = set(re.findall(r"self\._ssl\.(\w+)", after_handshake))
+    # DTLSv1_handle_timeout only follows a timeout from DTLSv1_get_timeout, which is None
+    assert used - {"DTLSv1_handle_timeout"} == {
+        name for name in dir(aiortc_hooks.ReleasedDtls) if not name.startswith("_")
+    }, f"RTCDtlsTransport now calls {sorted(used)} on _ssl after the handshake"
+    recv = _source(RTCDtlsTransport._recv_next)
+    assert "except SSL.Error:\n                data = b\"\"" in recv
+    assert "elif data and self._data_receiver:" in recv
+    assert "except SSL.Error:\n            data = b\"\"" in _source(RTCDtlsTransport._write_ssl)
+    # what release_dtls checks: no SCTP registered, connected
+    assert "self._data_receiver = receiver" in _source(RTCDtlsTransport._register_data_receiver)
+    assert "self._ssl: Optional[SSL.Connection] = None" in _source(RTCDtlsTransport.__init__)
+
+
+async def test_release_dtls_frees_the_openssl_connection_and_leaves_srtp() -> None:
+    offerer, answerer = client_pc(), client_pc()
+    for pc in (offerer, answerer):
+        aiortc_hooks.share_dtls_certificate(pc)
+        pc.addTransceiver("audio")
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+    try:
+        async with asyncio.timeout(10):
+            while not (offerer.connectionState == answerer.connectionState == "connected"):
+                await asyncio.sleep(0.01)
+        dtls = aiortc_hooks.dtls_transports(answerer)[0]
+        srtp = dtls._rx_srtp, dtls._tx_srtp
+        ssl = weakref.ref(dtls._ssl)
+        assert aiortc_hooks.release_dtls(dtls)
+        assert not aiortc_hooks.release_dtls(dtls)  # once
+        gc.collect()
+        assert ssl() is None and isinstance(dtls._ssl, aiortc_hooks.ReleasedDtls)
+        assert (dtls._rx_srtp, dtls._tx_srtp) == srtp and dtls.state == "connected"
+    finally:
+        await offerer.close()
+        await answerer.close()

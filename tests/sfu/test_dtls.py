@@ -4,18 +4,22 @@ non-browser stacks, has an RSA certificate."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
+from OpenSSL import SSL
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfu.api import OpenRoom
+from sfu.aiortc_hooks import ReleasedDtls, dtls_transports
+from sfu.api import Leave, MediaError, OpenRoom
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests import media_clients
-from tests.media_clients import EventHub, Publisher, Subscriber, client_pc
+from tests.media_clients import EventHub, Publisher, Subscriber, client_pc, publish_offer
+from tests.utils import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -58,5 +62,68 @@ async def test_media_flows_with_peers_of_either_key_in_either_dtls_role(
         assert len(viewer.frames) >= 5
     finally:
         await viewer.close()
+        await publisher.close()
+        await plane.close()
+
+
+def live_ssl_connections() -> int:
+    gc.collect()
+    return sum(type(o) is SSL.Connection for o in gc.get_objects())
+
+
+def held_ssl_connections(pcs: list[RTCPeerConnection]) -> int:
+    return sum(type(dtls._ssl) is SSL.Connection for pc in pcs for dtls in dtls_transports(pc))
+
+
+async def test_a_publish_connection_without_data_channel_frees_its_dtls_state_and_carries_on() -> None:
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+    await plane.request(OpenRoom("room"))
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", data_channel=False)
+    chatter = Publisher(plane, "room", "carol", video=False)  # offers its chat data channel
+    viewer = Subscriber(plane, hub, "room", "bob")
+    try:
+        await publisher.start()
+        await chatter.start()
+        await viewer.start()
+        await viewer.wait_frames(5, timeout=20)
+        router = plane.rooms["room"]
+        alice, carol = router.participants["alice"].publish, router.participants["carol"].publish
+        bob = router.participants["bob"].subscribe
+        assert alice is not None and carol is not None and bob is not None
+        assert viewer.pc is not None
+        released = dtls_transports(alice.pc)[0]
+        await eventually(lambda: isinstance(released._ssl, ReleasedDtls), timeout=10)
+
+        # gone for good, not merely unreferenced by aiortc: the SFU's other connections (carol's
+        # with its data channel, bob's subscribe one) and the clients' keep theirs
+        pcs = [alice.pc, carol.pc, bob.pc, publisher.pc, chatter.pc, viewer.pc]
+        assert held_ssl_connections([carol.pc, bob.pc]) == 2
+        assert live_ssl_connections() == held_ssl_connections(pcs) == 5
+
+        # media both ways on the released connection: alice's video reaches bob, and the SFU's
+        # RTCP (SRTP-protected without OpenSSL) reaches alice; chat on the data channels
+        client_dtls = dtls_transports(publisher.pc)[0]
+        rtcp_before = client_dtls._RTCDtlsTransport__rx_packets  # type: ignore[attr-defined]
+        frames = len(viewer.frames)
+        await viewer.wait_frames(frames + 10, timeout=20)
+        await eventually(lambda: client_dtls._RTCDtlsTransport__rx_packets > rtcp_before,  # type: ignore[attr-defined]
+                         timeout=10)
+        chatter.chat.send("hello")
+        await eventually(lambda: viewer.chat_received == [{"from": "carol", "message": "hello"}])
+
+        # a data channel offered later has no DTLS to run on: refused, not silently dead
+        publisher.pc.createDataChannel("late")
+        with pytest.raises(MediaError) as refused:
+            await publish_offer(plane, publisher.pc, "room", "alice")
+        assert refused.value.code == "bad_state"
+
+        # closing still tells the client: the close_notify made before the release is valid
+        await plane.request(Leave("room", "alice", "publish"))
+        await eventually(lambda: client_dtls.state == "closed", timeout=4)
+    finally:
+        await viewer.close()
+        await chatter.close()
         await publisher.close()
         await plane.close()
