@@ -768,26 +768,39 @@ def _ignore_parameters(parameters: RTCRtpReceiveParameters) -> None:
     return None
 
 
+# A consent check's retransmissions after the peer's DTLS alert (RFC 7675 checks, 0.5 s RTO
+# doubling in aioice): unanswered for 3.5 s, the peer has gone
+CONSENT_PROBE_RETRANSMISSIONS = 2
+DTLS_ALERT = 21  # the DTLS record content type
+
+
 class ReleasedDtls:
     """What stands in for a DTLS transport's SSL.Connection once release_dtls has freed it.
     aiortc's RTCDtlsTransport goes on calling these: _recv_next for each DTLS record that still
     arrives (and for a handshake timer, of which there is none any more), stop() to close. A
     record from the peer is dropped unread: with the connection's keys gone nothing arriving over
     DTLS can be authenticated, so nothing is acted upon (a retransmitted flight, an alert, a
-    close_notify: the peer's leaving is then seen by ICE consent or signalling). ``shutdown``
-    queues the close_notify made, encrypted and with the next sequence number, just before the
-    connection was freed, so stop() still tells the peer."""
+    close_notify). An alert is taken as a hint only: the peer that sends close_notify is closing
+    its connection, so its ICE agent is asked for consent at once (probe_consent), and the
+    connection closes when it does not answer, as after RFC 7675's 30 s, not before; a forged
+    alert costs a STUN check the peer answers. ``shutdown`` queues the close_notify made,
+    encrypted and with the next sequence number, just before the connection was freed, so stop()
+    still tells the peer."""
 
-    __slots__ = ("_close_notify", "_pending")
+    __slots__ = ("_close_notify", "_connection", "_pending", "_probe")
 
-    def __init__(self, close_notify: bytes) -> None:
+    def __init__(self, close_notify: bytes, connection: Any) -> None:
         self._close_notify = close_notify
+        self._connection = connection  # the aioice Connection under the DTLS transport
         self._pending = b""
+        self._probe: asyncio.Task[None] | None = None
 
     def DTLSv1_get_timeout(self) -> None:
         return None
 
     def bio_write(self, data: bytes) -> int:
+        if data[0] == DTLS_ALERT and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.ensure_future(probe_consent(self._connection))
         return len(data)
 
     def recv(self, bufsiz: int) -> bytes:
@@ -805,6 +818,24 @@ class ReleasedDtls:
         if not data:
             raise SSL.WantReadError()  # _write_ssl: nothing to send
         return data
+
+
+async def probe_consent(connection: Any) -> None:
+    """One consent check (RFC 7675, as aioice's Connection.query_consent sends them) on each of
+    ``connection``'s nominated pairs now; the connection closes, as when consent expires, if one
+    goes unanswered."""
+    password = connection.remote_password
+    if password is None:
+        return
+    for pair in list(connection._nominated.values()):
+        request = connection.build_request(pair, nominate=False)
+        try:
+            await pair.protocol.request(request, pair.remote_addr,
+                                        integrity_key=password.encode("utf8"),
+                                        retransmissions=CONSENT_PROBE_RETRANSMISSIONS)
+        except stun.TransactionError:
+            await connection.close()
+            return
 
 
 def release_dtls(dtls: RTCDtlsTransport) -> bool:
@@ -825,5 +856,5 @@ def release_dtls(dtls: RTCDtlsTransport) -> bool:
         close_notify = ssl.bio_read(1500)
     except SSL.Error:
         close_notify = b""
-    dtls._ssl = ReleasedDtls(close_notify)  # type: ignore[assignment]
+    dtls._ssl = ReleasedDtls(close_notify, dtls.transport._connection)  # type: ignore[assignment]
     return True

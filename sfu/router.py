@@ -307,8 +307,8 @@ class Router:
             now_ms = self.now_ms()
             for participant in list(self.participants.values()):
                 self._update_media_state(participant, now_ms)
-                if participant.publish is not None:
-                    participant.publish.release_dtls()
+                for transport in participant.transports():
+                    transport.release_dtls()
             self._update_speaker()
             self._report(self._ticks % RTCP_EVERY)
         except Exception:  # bookkeeping must never die with the room still open

@@ -750,18 +750,16 @@ class Transport:
         self.router.transport_state_changed(self)
 
     def release_dtls(self) -> None:
-        """Free a publish connection's OpenSSL state (aiortc_hooks.release_dtls) once it has no
-        data channel and the client has sent media or RTCP since it connected: authenticated by
-        this connection's SRTP keys (the connected state comes before any packet they unprotect),
-        so its handshake is complete. Subscribe connections keep theirs: a client closing one
-        without signalling (WHEP) is seen by its close_notify, which only the OpenSSL
-        connection can authenticate, and their chat is a data channel. A publish connection
-        whose client leaves that way goes on as connected until ICE consent fails (its media
-        state says "no_media" meanwhile), as it stays in the room for a resume either way.
-        Every router tick: cheap until then."""
+        """Free the connection's OpenSSL state (aiortc_hooks.release_dtls) once it has no data
+        channel and the client has sent media or RTCP since it connected: authenticated by this
+        connection's SRTP keys (the connected state comes before any packet they unprotect), so
+        its handshake is complete. That is every publish connection without chat, and WHEP's
+        subscribe connections; the SFU offers chat on its own subscribe offers. A client that
+        closes a released connection without signalling is seen by the consent check its
+        close_notify prompts (aiortc_hooks.ReleasedDtls), in seconds. Every router tick: cheap."""
         pc = self.pc
-        if (self._dtls_released is pc or self.kind != "publish" or not self.connected
-                or pc.sctp is not None or self.last_packet_ms == self._heard_at_connect):
+        if (self._dtls_released is pc or not self.connected or pc.sctp is not None
+                or self.last_packet_ms == self._heard_at_connect):
             return
         for dtls in aiortc_hooks.dtls_transports(pc):
             aiortc_hooks.release_dtls(dtls)

@@ -504,6 +504,14 @@ def test_a_connected_dtls_transport_uses_only_what_released_dtls_stands_in_for()
     assert "except SSL.Error:\n                data = b\"\"" in recv
     assert "elif data and self._data_receiver:" in recv
     assert "except SSL.Error:\n            data = b\"\"" in _source(RTCDtlsTransport._write_ssl)
+    # probe_consent sends the consent check aioice's own loop sends, and closes as it does
+    consent = _source(aioice_ice.Connection.query_consent)
+    for used_there in ("self._nominated.values()", "self.build_request(pair, nominate=False)",
+                       "pair.protocol.request(", "pair.remote_addr",
+                       'integrity_key=self.remote_password.encode("utf8")',
+                       "retransmissions=0", "except stun.TransactionError:",
+                       "return await self.close()"):
+        assert used_there in consent, f"aioice's query_consent no longer has {used_there}"
     # what release_dtls checks: no SCTP registered, connected
     assert "self._data_receiver = receiver" in _source(RTCDtlsTransport._register_data_receiver)
     assert "self._ssl: Optional[SSL.Connection] = None" in _source(RTCDtlsTransport.__init__)

@@ -4,21 +4,23 @@ non-browser stacks, has an RSA certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
 import pytest
 from OpenSSL import SSL
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfu.aiortc_hooks import ReleasedDtls, dtls_transports
-from sfu.api import Leave, MediaError, OpenRoom
+from sfu.api import Leave, MediaError, Offer, OpenRoom
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests import media_clients
-from tests.media_clients import EventHub, Publisher, Subscriber, client_pc, publish_offer
+from tests.media_clients import (LOOPBACK, EventHub, Publisher, Subscriber, answer_to, client_pc,
+                                 publish_offer)
 from tests.utils import eventually
 
 pytestmark = pytest.mark.integration
@@ -125,5 +127,72 @@ async def test_a_publish_connection_without_data_channel_frees_its_dtls_state_an
     finally:
         await viewer.close()
         await chatter.close()
+        await publisher.close()
+        await plane.close()
+
+
+async def test_a_client_closing_its_released_publish_connection_is_seen_at_once() -> None:
+    """Its close_notify cannot be authenticated any more, but it prompts a consent check that
+    the closed client leaves unanswered: the connection closes in seconds, not after RFC 7675's
+    30."""
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+    await plane.request(OpenRoom("room"))
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice", audio=False, data_channel=False)
+    viewer = Subscriber(plane, hub, "room", "bob")
+    try:
+        await publisher.start()
+        await viewer.start()
+        await viewer.wait_frames(5, timeout=20)
+        alice = plane.rooms["room"].participants["alice"].publish
+        assert alice is not None
+        await eventually(lambda: isinstance(dtls_transports(alice.pc)[0]._ssl, ReleasedDtls),
+                         timeout=10)
+        await publisher.close()
+        await eventually(lambda: alice.state == "closed", timeout=10)
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await plane.close()
+
+
+async def test_a_whep_viewer_without_data_channel_frees_its_dtls_state_and_still_leaves_on_close() -> None:
+    """A client-offered subscribe connection (WHEP) with no data channel: released once the
+    viewer's RTCP arrives, media goes on, and closing the client's connection (no Leave) takes
+    the viewer out of the room, by the consent check its close_notify prompts."""
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+    await plane.request(OpenRoom("room"))
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    pc = client_pc()
+    frames: list[object] = []
+
+    def on_track(track: Any) -> None:
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    try:
+        await publisher.start()
+        pc.addTransceiver("video", direction="recvonly")
+        LOOPBACK.prepare(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
+        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        router = plane.rooms["room"]
+        viewer = router.participants["viewer"].subscribe
+        assert viewer is not None and viewer.pc.sctp is None
+        await eventually(lambda: isinstance(dtls_transports(viewer.pc)[0]._ssl, ReleasedDtls),
+                         timeout=10)
+        count = len(frames)
+        await eventually(lambda: len(frames) >= count + 10, timeout=10)
+        await pc.close()
+        await eventually(lambda: "viewer" not in router.participants, timeout=10)
+    finally:
+        await pc.close()
         await publisher.close()
         await plane.close()
