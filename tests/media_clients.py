@@ -55,6 +55,22 @@ async def track_stats(plane: MediaPlane, room_id: str) -> list[dict[str, Any]]:
     return reply.tracks
 
 
+def video_frames(pc: RTCPeerConnection) -> list[Any]:
+    """The frames of every video track ``pc`` receives from now on, decoded as they come."""
+    frames: list[Any] = []
+
+    def on_track(track: MediaStreamTrack) -> None:
+        async def read() -> None:
+            while True:
+                frames.append(await track.recv())
+
+        if track.kind == "video":
+            asyncio.ensure_future(read())
+
+    pc.on("track", on_track)
+    return frames
+
+
 def client_pc() -> RTCPeerConnection:
     return RTCPeerConnection(
         RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
@@ -75,6 +91,17 @@ async def publish_offer(plane: MediaPlane, pc: RTCPeerConnection, room_id: str, 
     await pc.setLocalDescription(await pc.createOffer())
     answer = await answer_to(plane, Offer(room_id, participant_id, "publish", pc.localDescription.sdp))
     await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+
+
+async def subscribe_offer(plane: MediaPlane, pc: RTCPeerConnection, room_id: str,
+                          participant_id: str) -> str:
+    """WHEP's shape: offer ``pc``'s recvonly m-lines on the participant's subscribe transport,
+    apply the answer and return it."""
+    LOOPBACK.prepare(pc)
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await answer_to(plane, Offer(room_id, participant_id, "subscribe", pc.localDescription.sdp))
+    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+    return answer.sdp
 
 
 def _square(bit: int, complement: int) -> tuple[int, int]:

@@ -4,23 +4,22 @@ non-browser stacks, has an RSA certificate."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from typing import Any
 
 import pytest
 from OpenSSL import SSL
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfu.aiortc_hooks import ReleasedDtls, dtls_transports
-from sfu.api import Leave, MediaError, Offer, OpenRoom
+from sfu.api import Leave, MediaError, OpenRoom
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests import media_clients
-from tests.media_clients import (LOOPBACK, EventHub, Publisher, Subscriber, answer_to, client_pc,
-                                 publish_offer)
+from tests.media_clients import (EventHub, Publisher, Subscriber, client_pc, publish_offer,
+                                 subscribe_offer, video_frames)
 from tests.utils import eventually
 
 pytestmark = pytest.mark.integration
@@ -166,23 +165,11 @@ async def test_a_whep_viewer_without_data_channel_frees_its_dtls_state_and_still
     await plane.request(OpenRoom("room"))
     publisher = Publisher(plane, "room", "alice", audio=False)
     pc = client_pc()
-    frames: list[object] = []
-
-    def on_track(track: Any) -> None:
-        async def read() -> None:
-            while True:
-                frames.append(await track.recv())
-
-        asyncio.ensure_future(read())
-
-    pc.on("track", on_track)
+    frames = video_frames(pc)
     try:
         await publisher.start()
         pc.addTransceiver("video", direction="recvonly")
-        LOOPBACK.prepare(pc)
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
-        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        await subscribe_offer(plane, pc, "room", "viewer")
         router = plane.rooms["room"]
         viewer = router.participants["viewer"].subscribe
         assert viewer is not None and viewer.pc.sctp is None

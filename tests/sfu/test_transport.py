@@ -28,7 +28,8 @@ from sfu.api import (
 )
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
-from tests.media_clients import LOOPBACK, EventHub, Publisher, Subscriber, answer_to, client_pc
+from tests.media_clients import (LOOPBACK, EventHub, Publisher, Subscriber, answer_to, client_pc,
+                                 subscribe_offer, video_frames)
 
 pytestmark = pytest.mark.integration
 
@@ -169,26 +170,13 @@ async def test_client_offered_subscribe_transport(plane: LocalMediaPlane) -> Non
     """WHEP's shape: the viewer offers recvonly m-lines and gets the room's tracks in them."""
     publisher = Publisher(plane, "room", "alice")
     pc = client_pc()
-    frames: list[object] = []
-
-    def on_track(track) -> None:  # type: ignore[no-untyped-def]
-        async def read() -> None:
-            while True:
-                frames.append(await track.recv())
-
-        if track.kind == "video":
-            asyncio.ensure_future(read())
-
-    pc.on("track", on_track)
+    frames = video_frames(pc)
     try:
         await publisher.start()
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("audio", direction="recvonly")
-        LOOPBACK.prepare(pc)
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
-        assert "a=sendonly" in answer.sdp
-        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        answer = await subscribe_offer(plane, pc, "room", "viewer")
+        assert "a=sendonly" in answer
         deadline = time.monotonic() + 10
         while len(frames) < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -466,26 +454,13 @@ async def test_a_whep_m_line_carries_on_through_a_publisher_that_leaves_and_come
     renegotiate): the next track's packets must continue its sequence, or SRTP refuses every
     one of them as a replay (srtp_protect error 10) and the viewer stays frozen."""
     pc = client_pc()
-    frames: list[object] = []
-
-    def on_track(track) -> None:  # type: ignore[no-untyped-def]
-        async def read() -> None:
-            while True:
-                frames.append(await track.recv())
-
-        if track.kind == "video":
-            asyncio.ensure_future(read())
-
-    pc.on("track", on_track)
+    frames = video_frames(pc)
     first = Publisher(plane, "room", "alice", audio=False)
     second = Publisher(plane, "room", "carol", audio=False)
     try:
         await first.start()
         pc.addTransceiver("video", direction="recvonly")
-        LOOPBACK.prepare(pc)
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await answer_to(plane, Offer("room", "viewer", "subscribe", pc.localDescription.sdp))
-        await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+        await subscribe_offer(plane, pc, "room", "viewer")
         deadline = time.monotonic() + 10
         while len(frames) < 30 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
