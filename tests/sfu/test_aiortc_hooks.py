@@ -538,6 +538,13 @@ async def test_release_dtls_frees_the_openssl_connection_and_leaves_srtp() -> No
         gc.collect()
         assert ssl() is None and isinstance(dtls._ssl, aiortc_hooks.ReleasedDtls)
         assert (dtls._rx_srtp, dtls._tx_srtp) == srtp and dtls.state == "connected"
+        # an alert, which nobody can authenticate now (forged, say), only prompts a consent
+        # check: the live peer answers it, and the connection stays
+        released = dtls._ssl
+        released.bio_write(b"\x15\xfe\xfd" + bytes(24))
+        assert released._probe is not None
+        await released._probe
+        assert answerer.connectionState == "connected" and dtls.state == "connected"
     finally:
         await offerer.close()
         await answerer.close()
