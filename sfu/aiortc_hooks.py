@@ -806,7 +806,7 @@ class ReleasedDtls:
     def recv(self, bufsiz: int) -> bytes:
         raise SSL.WantReadError()  # _recv_next: nothing to deliver
 
-    def send(self, data: bytes) -> int:  # RTCDtlsTransport._send_data: SCTP, never released
+    def send(self, data: bytes) -> int:  # _send_data: SCTP's, and a transport with SCTP is kept
         raise ConnectionError("this DTLS connection was released: it carries no data channel")
 
     def shutdown(self) -> bool:
