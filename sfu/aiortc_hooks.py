@@ -14,6 +14,7 @@ import asyncio
 import functools
 import threading
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from OpenSSL import SSL
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import clock
+from aiortc import sdp as aiortc_sdp
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, State
 from aiortc.utils import random32
 from aiortc.rtcrtpparameters import (
@@ -766,3 +768,52 @@ def release_transceiver_state(transceiver: RTCRtpTransceiver) -> None:
 
 def _ignore_parameters(parameters: RTCRtpReceiveParameters) -> None:
     return None
+
+
+class CompactDescription:
+    """A negotiated session description that aiortc keeps on its peer connection, held as
+    zlib-compressed SDP text (~1.2 KiB) instead of aiortc's parsed objects (~21 KiB for an
+    audio, video and data channel offer with its candidates). aiortc reads a connection's
+    descriptions again only to negotiate once more (createOffer/createAnswer, the checks of
+    setLocal/RemoteDescription, addIceCandidate, the localDescription and remoteDescription
+    properties): the first attribute read parses the text back and keeps the result, which the
+    next negotiation replaces. aiortc's rendering is stable: the text parses back into a
+    description that renders the same."""
+
+    __slots__ = ("_parsed", "_text", "type")
+
+    def __init__(self, description: aiortc_sdp.SessionDescription) -> None:
+        self._text = zlib.compress(str(description).encode("utf8"))
+        self._parsed: aiortc_sdp.SessionDescription | None = None
+        self.type: str | None = description.type
+
+    def _description(self) -> aiortc_sdp.SessionDescription:
+        parsed = self._parsed
+        if parsed is None:
+            parsed = aiortc_sdp.SessionDescription.parse(zlib.decompress(self._text).decode("utf8"))
+            parsed.type = self.type
+            self._parsed, self._text = parsed, b""
+        return parsed
+
+    def __getattr__(self, name: str) -> Any:  # what aiortc reads: media, group, ... (parsed)
+        return getattr(self._description(), name)
+
+    def __str__(self) -> str:  # what wrap_session_description renders
+        if self._parsed is not None:
+            return str(self._parsed)
+        return zlib.decompress(self._text).decode("utf8")
+
+
+# RTCPeerConnection's four descriptions: its own and its peer's, current and pending
+_DESCRIPTIONS = tuple(f"_RTCPeerConnection__{state}{side}Description"
+                      for state in ("current", "pending") for side in ("Local", "Remote"))
+
+
+def compact_descriptions(pc: RTCPeerConnection) -> None:
+    """Keep ``pc``'s parsed session descriptions as CompactDescription. Call after each
+    negotiation's last step (the answer set, locally or remotely); repeated calls are
+    harmless."""
+    for name in _DESCRIPTIONS:
+        description = getattr(pc, name)
+        if type(description) is aiortc_sdp.SessionDescription:
+            setattr(pc, name, CompactDescription(description))

@@ -273,7 +273,9 @@ class Transport:
             await self.pc.setLocalDescription(answer)
             self._hook()
             self._configure_consumers()
-            return self.pc.localDescription.sdp
+            answer_sdp = self.pc.localDescription.sdp
+            aiortc_hooks.compact_descriptions(self.pc)  # negotiated: kept as text till the next
+            return answer_sdp
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
         try:
@@ -396,6 +398,7 @@ class Transport:
             await self._set_remote(sdp, "answer")
             self._hook()
             self._configure_consumers()
+            aiortc_hooks.compact_descriptions(self.pc)
             return self._renegotiate
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:

@@ -484,3 +484,53 @@ def _use_lazy_queues_from_four_threads(times: int) -> None:
         for thread in threads:
             thread.join()
         assert len({id(q) for q in seen}) == 1 and seen[0] is lazy._queue
+
+
+def test_peer_connections_keep_their_descriptions_where_compact_descriptions_looks() -> None:
+    init = _source(RTCPeerConnection.__init__)
+    for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote"):
+        assert f"self.__{name}Description: Optional[sdp.SessionDescription] = None" in init, (
+            f"RTCPeerConnection.__{name}Description is gone: review compact_descriptions"
+        )
+    # every read of a kept description goes through these two (or the two properties that render
+    # one), and reads attributes of it or renders it
+    source = _source(RTCPeerConnection)
+    assert source.count("__localDescription()") + source.count("__remoteDescription()") == 9, (
+        "RTCPeerConnection reads its descriptions in new places: review CompactDescription")
+    for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote"):
+        assert source.count(f"self.__{name}Description") == 3 + name.startswith("pending"), (
+            f"RTCPeerConnection uses __{name}Description in new places: review CompactDescription")
+    assert "sdp=str(session_description), type=session_description.type" in _source(
+        aiortc.rtcpeerconnection.wrap_session_description)
+
+
+async def test_compacted_descriptions_render_the_same_and_negotiate_again() -> None:
+    pc, peer = client_pc(), client_pc()
+    pc.addTransceiver("audio", direction="sendrecv")
+    pc.createDataChannel("chat")
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    before = (pc.localDescription.sdp, pc.remoteDescription.sdp)
+    aiortc_hooks.compact_descriptions(pc)
+    aiortc_hooks.compact_descriptions(pc)  # again: harmless
+    # (an offerer's own offer stays pending after the answer, in aiortc)
+    kept = [getattr(pc, f"_RTCPeerConnection__{name}Description")
+            for name in ("pendingLocal", "currentRemote")]
+    assert all(isinstance(d, aiortc_hooks.CompactDescription) for d in kept)
+    assert (pc.localDescription.sdp, pc.remoteDescription.sdp) == before
+    assert (pc.localDescription.type, pc.remoteDescription.type) == ("offer", "answer")
+    # a renegotiation reads them again (createOffer, the answer's check against the offer)
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    assert [t.mid for t in pc.getTransceivers()] == ["0", "2"]
+    assert pc.localDescription.sdp.startswith(before[0][:40])
+    aiortc_hooks.compact_descriptions(pc)
+    await pc.addIceCandidate(None)  # end of candidates: recorded in the remote description
+    assert "a=end-of-candidates" in pc.remoteDescription.sdp
+    await pc.close()
+    await peer.close()
