@@ -829,6 +829,11 @@ class CompactDescription:
             return str(self._parsed)
         return zlib.decompress(self._text).decode("utf8")
 
+    def compact(self) -> None:
+        """Back to text after a read parsed it (as written since, addIceCandidate's included)."""
+        if self._parsed is not None:
+            self._text, self._parsed = zlib.compress(str(self._parsed).encode("utf8")), None
+
 
 # RTCPeerConnection's four descriptions: its own and its peer's, current and pending
 _DESCRIPTIONS = tuple(f"_RTCPeerConnection__{state}{side}Description"
@@ -836,10 +841,13 @@ _DESCRIPTIONS = tuple(f"_RTCPeerConnection__{state}{side}Description"
 
 
 def compact_descriptions(pc: RTCPeerConnection) -> None:
-    """Keep ``pc``'s parsed session descriptions as CompactDescription. Call after each
-    negotiation's last step (the answer set, locally or remotely); repeated calls are
-    harmless."""
+    """Keep ``pc``'s parsed session descriptions as CompactDescription, and those parsed again
+    since as text again. Call after each negotiation's last step (the answer set, locally or
+    remotely), and once the connection started its receivers (aiortc reads the remote
+    description for their parameters once DTLS is up); repeated calls are harmless."""
     for name in _DESCRIPTIONS:
         description = getattr(pc, name)
         if type(description) is aiortc_sdp.SessionDescription:
             setattr(pc, name, CompactDescription(description))
+        elif type(description) is CompactDescription:
+            description.compact()

@@ -340,6 +340,9 @@ class Transport:
         return lambda params: self._attach_producer(mid, params)
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
+        # aiortc parsed the remote description again for these parameters: text again once it
+        # has started every receiver of the connection (within this event-loop turn)
+        asyncio.get_running_loop().call_soon(aiortc_hooks.compact_descriptions, self.pc)
         producer = self.producers.get(mid)
         if producer is None or self._raw is None:
             return

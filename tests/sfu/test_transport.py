@@ -616,3 +616,26 @@ async def test_negotiated_connections_keep_their_descriptions_compact(plane: Loc
         await plane.request(AnswerToServerOffer("room", "bob", "subscribe", pc.localDescription.sdp, 2))
     finally:
         await pc.close()
+
+
+async def test_a_connected_publishers_descriptions_stay_compact(plane: LocalMediaPlane) -> None:
+    """aiortc reads the remote description again (parsing it back) for the receive parameters
+    once DTLS is up: the transport makes it text again once its producers are attached."""
+    from sfu.aiortc_hooks import CompactDescription
+
+    publisher = Publisher(plane, "room", "alice")
+    try:
+        await publisher.start()
+        (transport,) = plane.rooms["room"].participants["alice"].transports()
+        deadline = time.monotonic() + 10
+        while not all(p.ssrc for p in transport.producers.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(transport.producers) == 2 and all(p.ssrc for p in transport.producers.values())
+        await asyncio.sleep(0)  # the event-loop turn in which the receivers started is over
+        kept = [getattr(transport.pc, f"_RTCPeerConnection__{name}Description")
+                for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote")]
+        assert [type(d) for d in kept if d is not None] == [CompactDescription] * 2
+        assert all(d._parsed is None for d in kept if d is not None)
+        assert transport.pc.remoteDescription.sdp.count("\nm=") == 3
+    finally:
+        await publisher.close()
