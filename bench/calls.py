@@ -224,7 +224,7 @@ def _one_line(s: dict[str, Any]) -> str:
     memory = s["memory_per_call_kb"]
     return (f"[{s['target']} {s['calls']} calls, round {s['round']}] {s['calls_up']} up, server "
             f"{s['server_cpu_seconds_per_second']:.3f} cores = {s['cpu_ms_per_call']} ms/s per call, "
-            f"{s['cpu_us_per_forwarded_packet']} us/pkt, {memory['uss']} KiB USS per call, "
+            f"{s['cpu_us_per_forwarded_packet']} us/pkt, {memory['uss']} KiB USS ({memory['anon']} anon) per call, "
             f"fps p50 {s['fps']['p50']} min {s['fps']['min']}, loss {s['packet_loss_pct']}% video "
             f"{s.get('audio_packet_loss_pct', '-')}% audio, first frame p50/p95 "
             f"{s['time_to_first_frame_ms']['p50']}/{s['time_to_first_frame_ms']['p95']} ms, latency p50/p99 "

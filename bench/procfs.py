@@ -85,19 +85,24 @@ class Memory:
     """Of a process tree, in KiB. RSS counts every page mapped, a library page shared with other
     processes included; PSS splits each shared page between the processes mapping it (what the
     tree costs the machine, but it falls when another process maps the same libraries, as the
-    bench's own clients do); USS counts the pages only this tree maps (what grows with calls)."""
+    bench's own clients do); USS counts the pages only this tree maps, a library page that no
+    other process maps included (so it too falls when the clients map the same libraries: by
+    ~1.5 MiB at once for the SFU, whose clients load the same venv's uvloop); anon counts the
+    memory the tree allocated (heap, mmap'd arenas, stacks): what grows with calls, and nothing
+    else."""
 
     rss_kb: int
     pss_kb: int
     uss_kb: int
     processes: int
+    anon_kb: int
 
 
-_ROLLUP = {"Rss": 0, "Pss": 1, "Private_Clean": 2, "Private_Dirty": 2}
+_ROLLUP = {"Rss": 0, "Pss": 1, "Private_Clean": 2, "Private_Dirty": 2, "Anonymous": 3}
 
 
 def tree_memory(root: int) -> Memory:
-    totals = [0, 0, 0]
+    totals = [0, 0, 0, 0]
     count = 0
     for pid in process_tree(root):
         try:
@@ -109,4 +114,4 @@ def tree_memory(root: int) -> Memory:
         except OSError:
             continue
         count += 1
-    return Memory(totals[0], totals[1], totals[2], count)
+    return Memory(totals[0], totals[1], totals[2], count, totals[3])

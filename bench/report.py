@@ -157,6 +157,7 @@ CALL_FIGURES = {
     "cpu_us_per_forwarded_packet": lambda r: r["cpu_us_per_forwarded_packet"],
     "uss_kb_per_call": lambda r: r["memory_per_call_kb"]["uss"],
     "rss_kb_per_call": lambda r: r["memory_per_call_kb"]["rss"],
+    "anon_kb_per_call": lambda r: r["memory_per_call_kb"]["anon"],
     "video_loss_pct": lambda r: r["packet_loss_pct"],
     "audio_loss_pct": lambda r: r.get("audio_packet_loss_pct"),
     "fps_min": lambda r: r["fps"]["min"],
@@ -166,7 +167,8 @@ CALL_FIGURES = {
     "client_cpu_cores": lambda r: r["client_cpu_seconds_per_second"],
     "loadavg_1min": lambda r: r["loadavg_1min_after"],
 }
-RATIO_FIGURES = ("cpu_ms_per_call", "cpu_us_per_forwarded_packet", "uss_kb_per_call", "rss_kb_per_call")
+RATIO_FIGURES = ("cpu_ms_per_call", "cpu_us_per_forwarded_packet", "uss_kb_per_call", "rss_kb_per_call",
+                 "anon_kb_per_call")
 
 
 def call_figures(calls: int, summary: dict[str, Any], idle: Any, loaded: Any, idle_cpu: float,
@@ -180,11 +182,13 @@ def call_figures(calls: int, summary: dict[str, Any], idle: Any, loaded: Any, id
         # Milliseconds of server CPU per second of one call.
         "cpu_ms_per_call": round(summary["server_cpu_seconds_per_second"] * 1000 / calls, 3),
         "idle_server_cpu_seconds_per_second": round(idle_cpu, 4),
-        "memory_kb": {"idle": {"uss": idle.uss_kb, "pss": idle.pss_kb, "rss": idle.rss_kb},
-                      "loaded": {"uss": loaded.uss_kb, "pss": loaded.pss_kb, "rss": loaded.rss_kb}},
-        # USS and RSS: PSS moves when the bench's clients map the libraries the server maps.
+        "memory_kb": {name: {"uss": m.uss_kb, "pss": m.pss_kb, "rss": m.rss_kb, "anon": m.anon_kb}
+                      for name, m in (("idle", idle), ("loaded", loaded))},
+        # PSS, and USS a little, move when the bench's clients map the libraries the server maps
+        # (bench.procfs.Memory): anon is the memory the calls cost
         "memory_per_call_kb": {"uss": round((loaded.uss_kb - idle.uss_kb) / calls, 1),
-                               "rss": round((loaded.rss_kb - idle.rss_kb) / calls, 1)},
+                               "rss": round((loaded.rss_kb - idle.rss_kb) / calls, 1),
+                               "anon": round((loaded.anon_kb - idle.anon_kb) / calls, 1)},
         "call_setup_ms": _percentiles(setup_ms, 50, 95, scale=1.0),
     }
 

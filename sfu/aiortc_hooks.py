@@ -14,6 +14,8 @@ import asyncio
 import functools
 import threading
 import uuid
+import weakref
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from OpenSSL import SSL
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import clock
+from aiortc import sdp as aiortc_sdp
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, State
 from aiortc.utils import random32
 from aiortc.rtcrtpparameters import (
@@ -78,15 +81,30 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
     setRemoteDescription/addTransceiver (new transports may appear); repeated calls are
     harmless."""
     for dtls in dtls_transports(pc):
-        if getattr(dtls, _HOOKED, False):
+        if type(dtls) is InterceptedDtlsTransport:
             continue
-        # RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) and
-        # self._handle_rtcp_data(data) with plaintext after SRTP unprotect.
-        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
-        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
+        _intercepted[dtls] = (on_rtp, on_rtcp)
+        dtls.__class__ = InterceptedDtlsTransport
         if rtp_sink is not None:
             setattr(dtls.transport.iceGatherer._connection, _SINK, _Sink(dtls, rtp_sink, rtcp_sink))
-        setattr(dtls, _HOOKED, True)
+
+
+class InterceptedDtlsTransport(RTCDtlsTransport):
+    """What intercept_packets turns an RTCDtlsTransport into: RTCDtlsTransport._recv_next awaits
+    self._handle_rtp_data(data, arrival_time_ms=...) and self._handle_rtcp_data(data) with
+    plaintext after SRTP unprotect, and here those go to the connection's handlers. A change of
+    class, not handlers set on the instance: a new attribute on aiortc's object would turn its
+    key-sharing __dict__ into a dict of its own, ~1.3 KiB more per transport."""
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        await _intercepted[self][0](data, arrival_time_ms=arrival_time_ms)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        await _intercepted[self][1](data)
+
+
+_intercepted: weakref.WeakKeyDictionary[RTCDtlsTransport, tuple[RtpHandler, RtcpHandler]] = \
+    weakref.WeakKeyDictionary()
 
 
 class _Sink:
@@ -290,16 +308,26 @@ def lazy_track_queues() -> None:
 def disarm_receiver(
     receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
 ) -> None:
-    """Replace ``receiver.receive`` so that the decoder thread, jitter buffer and RTCP task never
-    start; ``on_parameters`` gets the negotiated receive parameters instead."""
-    if getattr(receiver, _HOOKED, False):
+    """Make ``receiver`` a DisarmedReceiver, so that the decoder thread, jitter buffer and RTCP
+    task never start; ``on_parameters`` gets the negotiated receive parameters instead."""
+    if type(receiver) is DisarmedReceiver:
         return
+    _on_parameters[receiver] = on_parameters
+    receiver.__class__ = DisarmedReceiver
 
-    async def receive(parameters: RTCRtpReceiveParameters) -> None:
-        on_parameters(parameters)
 
-    receiver.receive = receive  # type: ignore[method-assign]
-    setattr(receiver, _HOOKED, True)
+class DisarmedReceiver(RTCRtpReceiver):
+    """An RTCRtpReceiver whose ``receive`` only hands the parameters on (see disarm_receiver).
+    A change of class, not a ``receive`` set on the instance: a new attribute on aiortc's
+    object would turn its key-sharing __dict__ into a dict of its own, ~1.4 KiB more per
+    receiver."""
+
+    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
+        _on_parameters[self](parameters)
+
+
+_on_parameters: weakref.WeakKeyDictionary[RTCRtpReceiver, Callable[[RTCRtpReceiveParameters], None]] = \
+    weakref.WeakKeyDictionary()
 
 
 def disarm_sender(sender: RTCRtpSender) -> None:
@@ -858,3 +886,60 @@ def release_dtls(dtls: RTCDtlsTransport) -> bool:
         close_notify = b""
     dtls._ssl = ReleasedDtls(close_notify, dtls.transport._connection)  # type: ignore[assignment]
     return True
+
+
+class CompactDescription:
+    """A negotiated session description that aiortc keeps on its peer connection, held as
+    zlib-compressed SDP text (~1.2 KiB) instead of aiortc's parsed objects (~21 KiB for an
+    audio, video and data channel offer with its candidates). aiortc reads a connection's
+    descriptions again only to negotiate once more (createOffer/createAnswer, the checks of
+    setLocal/RemoteDescription, addIceCandidate, the localDescription and remoteDescription
+    properties): the first attribute read parses the text back and keeps the result, which the
+    next negotiation replaces. aiortc's rendering is stable: the text parses back into a
+    description that renders the same."""
+
+    __slots__ = ("_parsed", "_text", "type")
+
+    def __init__(self, description: aiortc_sdp.SessionDescription) -> None:
+        self._text = zlib.compress(str(description).encode("utf8"))
+        self._parsed: aiortc_sdp.SessionDescription | None = None
+        self.type: str | None = description.type
+
+    def _description(self) -> aiortc_sdp.SessionDescription:
+        parsed = self._parsed
+        if parsed is None:
+            parsed = aiortc_sdp.SessionDescription.parse(zlib.decompress(self._text).decode("utf8"))
+            parsed.type = self.type
+            self._parsed, self._text = parsed, b""
+        return parsed
+
+    def __getattr__(self, name: str) -> Any:  # what aiortc reads: media, group, ... (parsed)
+        return getattr(self._description(), name)
+
+    def __str__(self) -> str:  # what wrap_session_description renders
+        if self._parsed is not None:
+            return str(self._parsed)
+        return zlib.decompress(self._text).decode("utf8")
+
+    def compact(self) -> None:
+        """Back to text after a read parsed it (as written since, addIceCandidate's included)."""
+        if self._parsed is not None:
+            self._text, self._parsed = zlib.compress(str(self._parsed).encode("utf8")), None
+
+
+# RTCPeerConnection's four descriptions: its own and its peer's, current and pending
+_DESCRIPTIONS = tuple(f"_RTCPeerConnection__{state}{side}Description"
+                      for state in ("current", "pending") for side in ("Local", "Remote"))
+
+
+def compact_descriptions(pc: RTCPeerConnection) -> None:
+    """Keep ``pc``'s parsed session descriptions as CompactDescription, and those parsed again
+    since as text again. Call after each negotiation's last step (the answer set, locally or
+    remotely), and once the connection started its receivers (aiortc reads the remote
+    description for their parameters once DTLS is up); repeated calls are harmless."""
+    for name in _DESCRIPTIONS:
+        description = getattr(pc, name)
+        if type(description) is aiortc_sdp.SessionDescription:
+            setattr(pc, name, CompactDescription(description))
+        elif type(description) is CompactDescription:
+            description.compact()

@@ -279,7 +279,9 @@ class Transport:
             await self.pc.setLocalDescription(answer)
             self._hook()
             self._configure_consumers()
-            return self.pc.localDescription.sdp
+            answer_sdp = self.pc.localDescription.sdp
+            aiortc_hooks.compact_descriptions(self.pc)  # negotiated: kept as text till the next
+            return answer_sdp
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
         try:
@@ -344,6 +346,9 @@ class Transport:
         return lambda params: self._attach_producer(mid, params)
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
+        # aiortc parsed the remote description again for these parameters: text again once it
+        # has started every receiver of the connection (within this event-loop turn)
+        asyncio.get_running_loop().call_soon(aiortc_hooks.compact_descriptions, self.pc)
         producer = self.producers.get(mid)
         if producer is None or self._raw is None:
             return
@@ -402,6 +407,7 @@ class Transport:
             await self._set_remote(sdp, "answer")
             self._hook()
             self._configure_consumers()
+            aiortc_hooks.compact_descriptions(self.pc)
             return self._renegotiate
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:

@@ -57,7 +57,7 @@ def test_two_calls_through_expertcall_and_janus_report_every_figure(tmp_path: Pa
         assert latency["samples"] > 0 and 0 <= latency["p50"] <= latency["p99"] < 1000
         memory = run["memory_kb"]
         assert 0 < memory["idle"]["uss"] <= memory["idle"]["pss"] <= memory["idle"]["rss"]
-        assert set(run["memory_per_call_kb"]) == {"uss", "rss"}
+        assert set(run["memory_per_call_kb"]) == {"uss", "rss", "anon"}
         assert all(p["sent_fps"] > 0 for p in run["per_subscriber"])
         assert run["publisher_stats"][0]["count"] == 4 and run["publisher_stats"][0]["frames_sent"] > 4 * 60
         assert run["call_setup_ms"]["p50"] > 0
@@ -162,6 +162,7 @@ def test_process_tree_cpu_and_memory_count_children() -> None:
         assert tree_cpu_seconds(parent.pid) >= 0.3 > tree_cpu_seconds(child) - 0.3
         memory = tree_memory(parent.pid)
         assert memory.processes == 2 and 0 < memory.uss_kb <= memory.pss_kb <= memory.rss_kb
+        assert 0 < memory.anon_kb < memory.rss_kb
         assert tree_memory(child).rss_kb < memory.rss_kb
         by_process = processes_cpu_seconds(parent.pid)
         assert by_process[parent.pid][0] == "main" and by_process[child][0] == "sfu-worker-7"
@@ -305,3 +306,21 @@ print(sorted(flags))
     shimmed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                              env={**os.environ, "LD_PRELOAD": str(shim)})
     assert plain.stdout.strip() == "[True]" and shimmed.stdout.strip() == "[False]"
+
+
+def test_memory_per_call_is_not_moved_by_library_pages_the_clients_come_to_share() -> None:
+    """The idle server's USS counts library pages only it maps; once the clients map the same
+    files, those pages are shared and leave its USS: a fixed offset that shrinks the USS figure
+    per call the fewer the calls. The anon figure counts what the server allocated."""
+    from bench.procfs import Memory
+    from bench.report import call_figures
+
+    summary = {"per_subscriber": [{"ok": True}] * 20, "server_cpu_seconds_per_second": 0.1}
+    idle = Memory(rss_kb=100_000, pss_kb=90_000, uss_kb=70_000, processes=1, anon_kb=60_000)
+    # 10 calls at 900 KiB each; 1,500 KiB of library pages turned shared meanwhile
+    loaded = Memory(rss_kb=109_000, pss_kb=98_000, uss_kb=70_000 + 9_000 - 1_500, processes=1,
+                    anon_kb=69_000)
+    figures = call_figures(10, summary, idle, loaded, 0.0, [1.0])
+    assert figures["memory_per_call_kb"]["anon"] == 900
+    assert figures["memory_per_call_kb"]["uss"] == 750
+    assert figures["memory_kb"]["loaded"]["anon"] == 69_000

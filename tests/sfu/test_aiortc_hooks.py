@@ -186,8 +186,12 @@ async def test_hooks_apply_to_a_live_connection() -> None:
         seen.append(data)
 
     aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp, sink)
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp, sink)  # again: harmless
     dtls = aiortc_hooks.dtls_transports(pc)[0]
-    assert dtls._handle_rtp_data is on_rtp
+    await dtls._handle_rtp_data(b"rtp", arrival_time_ms=1)
+    await dtls._handle_rtcp_data(b"rtcp")
+    assert seen == [b"rtp", b"rtcp"]
+    seen.clear()
     connection = dtls.transport.iceGatherer._connection
     installed = getattr(connection, "_expertcall_rtp_sink")
     assert installed.dtls is dtls and installed.deliver is sink
@@ -548,3 +552,76 @@ async def test_release_dtls_frees_the_openssl_connection_and_leaves_srtp() -> No
     finally:
         await offerer.close()
         await answerer.close()
+
+
+def test_peer_connections_keep_their_descriptions_where_compact_descriptions_looks() -> None:
+    init = _source(RTCPeerConnection.__init__)
+    for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote"):
+        assert f"self.__{name}Description: Optional[sdp.SessionDescription] = None" in init, (
+            f"RTCPeerConnection.__{name}Description is gone: review compact_descriptions"
+        )
+    # every read of a kept description goes through these two (or the two properties that render
+    # one), and reads attributes of it or renders it
+    source = _source(RTCPeerConnection)
+    assert source.count("__localDescription()") + source.count("__remoteDescription()") == 9, (
+        "RTCPeerConnection reads its descriptions in new places: review CompactDescription")
+    for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote"):
+        assert source.count(f"self.__{name}Description") == 3 + name.startswith("pending"), (
+            f"RTCPeerConnection uses __{name}Description in new places: review CompactDescription")
+    assert "sdp=str(session_description), type=session_description.type" in _source(
+        aiortc.rtcpeerconnection.wrap_session_description)
+
+
+async def test_compacted_descriptions_render_the_same_and_negotiate_again() -> None:
+    pc, peer = client_pc(), client_pc()
+    pc.addTransceiver("audio", direction="sendrecv")
+    pc.createDataChannel("chat")
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    before = (pc.localDescription.sdp, pc.remoteDescription.sdp)
+    aiortc_hooks.compact_descriptions(pc)
+    aiortc_hooks.compact_descriptions(pc)  # again: harmless
+    # (an offerer's own offer stays pending after the answer, in aiortc)
+    kept = [getattr(pc, f"_RTCPeerConnection__{name}Description")
+            for name in ("pendingLocal", "currentRemote")]
+    assert all(isinstance(d, aiortc_hooks.CompactDescription) for d in kept)
+    assert (pc.localDescription.sdp, pc.remoteDescription.sdp) == before
+    assert (pc.localDescription.type, pc.remoteDescription.type) == ("offer", "answer")
+    # a renegotiation reads them again (createOffer, the answer's check against the offer)
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    assert [t.mid for t in pc.getTransceivers()] == ["0", "2"]
+    assert pc.localDescription.sdp.startswith(before[0][:40])
+    aiortc_hooks.compact_descriptions(pc)
+    await pc.addIceCandidate(None)  # end of candidates: recorded in the remote description
+    assert "a=end-of-candidates" in pc.remoteDescription.sdp
+    await pc.close()
+    await peer.close()
+
+
+async def test_disarming_and_intercepting_add_no_attribute_to_aiortcs_objects() -> None:
+    """A new attribute on an aiortc object turns its key-sharing __dict__ into a dict of its own
+    (~1.4 KiB more per receiver and DTLS transport); the hooks change their class instead."""
+    import sys
+
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="recvonly")
+    receiver, dtls = transceiver.receiver, transceiver.receiver.transport
+    before = [(list(o.__dict__), sys.getsizeof(o.__dict__)) for o in (receiver, dtls)]
+
+    async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+        return None
+
+    async def on_rtcp(data: bytes) -> None:
+        return None
+
+    aiortc_hooks.disarm_receiver(receiver, lambda parameters: None)
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp)
+    assert [(list(o.__dict__), sys.getsizeof(o.__dict__)) for o in (receiver, dtls)] == before
+    assert isinstance(receiver, RTCRtpReceiver) and isinstance(dtls, RTCDtlsTransport)
+    await pc.close()

@@ -562,3 +562,55 @@ async def test_a_subscriber_that_negotiated_no_nack_gets_no_retransmission_cache
         assert rings == {"audio": NO_NACK_CACHE, "video": MIN_CACHE}
     finally:
         await viewer.close()
+
+
+async def test_negotiated_connections_keep_their_descriptions_compact(plane: LocalMediaPlane) -> None:
+    """Once an offer/answer is done, each transport's connection keeps its SDP as compact text,
+    not as aiortc's parsed objects (~20 KiB each); a later renegotiation still works."""
+    from sfu.aiortc_hooks import CompactDescription
+
+    hub = EventHub(plane)
+    await plane.request(Offer("room", "alice", "publish", await _sendonly_offer("audio")))
+    await plane.request(Subscribe("room", "bob"))
+    pc, answer = await _answer(hub.of(ServerOffer)[-1])
+    try:
+        await plane.request(AnswerToServerOffer("room", "bob", "subscribe", answer, 1))
+        router = plane.rooms["room"]
+        for participant in ("alice", "bob"):
+            for transport in router.participants[participant].transports():
+                kept = [getattr(transport.pc, f"_RTCPeerConnection__{name}Description")
+                        for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote")]
+                assert [d for d in kept if d is not None]
+                assert all(isinstance(d, CompactDescription) for d in kept if d is not None)
+        # a second track: the SFU offers bob again, from its compacted descriptions
+        await plane.request(Offer("room", "carol", "publish", await _sendonly_offer("video")))
+        offer = hub.of(ServerOffer)[-1]
+        assert offer.offer_id == 2 and offer.sdp.count("\nm=") == 3
+        await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await plane.request(AnswerToServerOffer("room", "bob", "subscribe", pc.localDescription.sdp, 2))
+    finally:
+        await pc.close()
+
+
+async def test_a_connected_publishers_descriptions_stay_compact(plane: LocalMediaPlane) -> None:
+    """aiortc reads the remote description again (parsing it back) for the receive parameters
+    once DTLS is up: the transport makes it text again once its producers are attached."""
+    from sfu.aiortc_hooks import CompactDescription
+
+    publisher = Publisher(plane, "room", "alice")
+    try:
+        await publisher.start()
+        (transport,) = plane.rooms["room"].participants["alice"].transports()
+        deadline = time.monotonic() + 10
+        while not all(p.ssrc for p in transport.producers.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(transport.producers) == 2 and all(p.ssrc for p in transport.producers.values())
+        await asyncio.sleep(0)  # the event-loop turn in which the receivers started is over
+        kept = [getattr(transport.pc, f"_RTCPeerConnection__{name}Description")
+                for name in ("currentLocal", "currentRemote", "pendingLocal", "pendingRemote")]
+        assert [type(d) for d in kept if d is not None] == [CompactDescription] * 2
+        assert all(d._parsed is None for d in kept if d is not None)
+        assert transport.pc.remoteDescription.sdp.count("\nm=") == 3
+    finally:
+        await publisher.close()
