@@ -14,7 +14,6 @@ import asyncio
 import functools
 import threading
 import uuid
-import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -81,30 +80,15 @@ def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHa
     setRemoteDescription/addTransceiver (new transports may appear); repeated calls are
     harmless."""
     for dtls in dtls_transports(pc):
-        if type(dtls) is InterceptedDtlsTransport:
+        if getattr(dtls, _HOOKED, False):
             continue
-        _intercepted[dtls] = (on_rtp, on_rtcp)
-        dtls.__class__ = InterceptedDtlsTransport
+        # RTCDtlsTransport._recv_next awaits self._handle_rtp_data(data, arrival_time_ms=...) and
+        # self._handle_rtcp_data(data) with plaintext after SRTP unprotect.
+        dtls._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
+        dtls._handle_rtcp_data = on_rtcp  # type: ignore[method-assign,assignment]
         if rtp_sink is not None:
             setattr(dtls.transport.iceGatherer._connection, _SINK, _Sink(dtls, rtp_sink, rtcp_sink))
-
-
-class InterceptedDtlsTransport(RTCDtlsTransport):
-    """What intercept_packets turns an RTCDtlsTransport into: RTCDtlsTransport._recv_next awaits
-    self._handle_rtp_data(data, arrival_time_ms=...) and self._handle_rtcp_data(data) with
-    plaintext after SRTP unprotect, and here those go to the connection's handlers. A change of
-    class, not handlers set on the instance: a new attribute on aiortc's object would turn its
-    key-sharing __dict__ into a dict of its own, ~1.3 KiB more per transport."""
-
-    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
-        await _intercepted[self][0](data, arrival_time_ms=arrival_time_ms)
-
-    async def _handle_rtcp_data(self, data: bytes) -> None:
-        await _intercepted[self][1](data)
-
-
-_intercepted: weakref.WeakKeyDictionary[RTCDtlsTransport, tuple[RtpHandler, RtcpHandler]] = \
-    weakref.WeakKeyDictionary()
+        setattr(dtls, _HOOKED, True)
 
 
 class _Sink:
@@ -308,26 +292,16 @@ def lazy_track_queues() -> None:
 def disarm_receiver(
     receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
 ) -> None:
-    """Make ``receiver`` a DisarmedReceiver, so that the decoder thread, jitter buffer and RTCP
-    task never start; ``on_parameters`` gets the negotiated receive parameters instead."""
-    if type(receiver) is DisarmedReceiver:
+    """Replace ``receiver.receive`` so that the decoder thread, jitter buffer and RTCP task never
+    start; ``on_parameters`` gets the negotiated receive parameters instead."""
+    if getattr(receiver, _HOOKED, False):
         return
-    _on_parameters[receiver] = on_parameters
-    receiver.__class__ = DisarmedReceiver
 
+    async def receive(parameters: RTCRtpReceiveParameters) -> None:
+        on_parameters(parameters)
 
-class DisarmedReceiver(RTCRtpReceiver):
-    """An RTCRtpReceiver whose ``receive`` only hands the parameters on (see disarm_receiver).
-    A change of class, not a ``receive`` set on the instance: a new attribute on aiortc's
-    object would turn its key-sharing __dict__ into a dict of its own, ~1.4 KiB more per
-    receiver."""
-
-    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
-        _on_parameters[self](parameters)
-
-
-_on_parameters: weakref.WeakKeyDictionary[RTCRtpReceiver, Callable[[RTCRtpReceiveParameters], None]] = \
-    weakref.WeakKeyDictionary()
+    receiver.receive = receive  # type: ignore[method-assign]
+    setattr(receiver, _HOOKED, True)
 
 
 def disarm_sender(sender: RTCRtpSender) -> None:
