@@ -5,6 +5,7 @@ non-browser stacks, has an RSA certificate."""
 from __future__ import annotations
 
 import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -183,3 +184,34 @@ async def test_a_whep_viewer_without_data_channel_frees_its_dtls_state_and_still
         await pc.close()
         await publisher.close()
         await plane.close()
+
+
+async def test_a_closed_room_leaves_none_of_its_connections_alive() -> None:
+    """The hooks keep nothing of a connection beyond its life: its peer connection, DTLS
+    transports (with their OpenSSL state) and receivers are freed once the room closes. A hook
+    map keyed weakly by a DTLS transport, whose value (the Transport's bound handlers) led back
+    to the key, once kept every connection alive for the life of the process."""
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+    await plane.request(OpenRoom("room"))
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice")
+    viewer = Subscriber(plane, hub, "room", "bob")
+    try:
+        await publisher.start()
+        await viewer.start()
+        await viewer.wait_frames(5, timeout=20)
+        router = plane.rooms["room"]
+        pcs = [transport.pc for participant in router.participants.values()
+               for transport in participant.transports()]
+        assert len(pcs) == 2
+        objects: list[Any] = [*pcs, *(dtls for pc in pcs for dtls in dtls_transports(pc)),
+                              *(t.receiver for pc in pcs for t in pc.getTransceivers())]
+        alive = [weakref.ref(o) for o in objects]
+        del router, pcs, objects
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await plane.close()
+    gc.collect()
+    assert [ref() for ref in alive if ref() is not None] == []
