@@ -215,7 +215,7 @@ def test_calls_through_a_signalling_node_and_an_sfu_node_count_both_processes(tm
 def _run(target: str, round_: int, calls: int, cpu: float, clean: bool = True, uss: float = 2000.0) -> dict[str, Any]:
     return {"target": target, "round": round_, "calls": calls, "clean": clean,
             "server_cpu_seconds_per_second": cpu, "cpu_ms_per_call": cpu * 1000 / calls,
-            "cpu_us_per_forwarded_packet": cpu * 1e6 / (calls * 430), "memory_per_call_kb": {"uss": uss, "rss": uss},
+            "cpu_us_per_forwarded_packet": cpu * 1e6 / (calls * 430), "memory_per_call_kb": {"uss": uss, "rss": uss, "anon": uss},
             "packet_loss_pct": 0.0, "audio_packet_loss_pct": 0.0, "fps": {"min": 30.0},
             "time_to_first_frame_ms": {"p95": 200.0}, "added_latency_ms": {"p50": 0.5, "p99": 3.0},
             "client_cpu_seconds_per_second": 0.3, "loadavg_1min_after": 1.5}
@@ -229,6 +229,7 @@ def test_ratios_pair_rounds_and_the_ceiling_needs_every_round_clean() -> None:
     ratios = call_ratios(runs, "janus")["per_count"]
     assert ratios["10"]["cpu_ms_per_call"] == {"median": 2.0, "min": 1.5, "max": 2.5, "rounds": [2.0, 1.5, 2.5]}
     assert ratios["10"]["uss_kb_per_call"]["median"] == 0.5
+    assert ratios["10"]["anon_kb_per_call"]["median"] == 0.5
     assert "50" not in ratios  # Janus did not run at 50
     # 50 calls were not clean in round 2: the ceiling comes from 10, at the median of its rounds.
     assert calls_per_core([r for r in runs if r["target"] == "expertcall"]) == {
