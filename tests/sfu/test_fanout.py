@@ -497,6 +497,20 @@ class _Dtls:
         self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated))
 
 
+def _audio_through(raw: RawSender, nack: bool) -> tuple[Producer[Consumer], Consumer]:
+    """An audio producer and one resumed consumer of it that sends through ``raw``."""
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=FakeScheduler())
+    audio.attach_source(1234, None, 0, lambda d: True)
+    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
+                        send_rtcp=raw.send_rtcp)
+    consumer.fast_sender = raw
+    consumer.configure(100, 120, ExtensionLayout(), nack=nack)
+    audio.add_consumer(consumer)
+    consumer.resume()
+    return audio, consumer
+
+
 def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
     """The C fan-out skips its per-consumer lookups while the sender's DTLS transport, nominated
     pairs and socket are unchanged: a change of any of them (by attribute stores the interpreter
@@ -506,15 +520,7 @@ def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
     nominated = {1: _muxed_pair(mux, 40000)}
     dtls = _Dtls(nominated)
     raw = RawSender(dtls)  # type: ignore[arg-type]
-    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
-                                         keyframe_interval=1.0, scheduler=FakeScheduler())
-    audio.attach_source(1234, None, 0, lambda d: True)
-    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
-                        send_rtcp=raw.send_rtcp)
-    consumer.fast_sender = raw
-    consumer.configure(100, 120, ExtensionLayout())
-    audio.add_consumer(consumer)
-    consumer.resume()
+    audio, consumer = _audio_through(raw, nack=True)
     sent: list[tuple[int, int]] = []  # (sequence number, port) of what should be in the batch
     receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
         key=bytes([1]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
@@ -546,15 +552,7 @@ def test_a_ring_without_nack_turns_in_the_c_fan_out() -> None:
     the C fan-out's too, and every packet goes out as the Python path sends it."""
     assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
     raw, mux = _sender(1, 40000)
-    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
-                                         keyframe_interval=1.0, scheduler=FakeScheduler())
-    audio.attach_source(1234, None, 0, lambda d: True)
-    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
-                        send_rtcp=raw.send_rtcp)
-    consumer.fast_sender = raw
-    consumer.configure(100, 120, ExtensionLayout(), nack=False)
-    audio.add_consumer(consumer)
-    consumer.resume()
+    audio, consumer = _audio_through(raw, nack=False)
     with counting_forwards() as forwards:
         audio.receive(*_split(_packet(0, 0, b"x" * 20, pt=111)), 3_900_000_000_000)
         first = forwards.calls  # (the first packet sets the stream up in Python)
