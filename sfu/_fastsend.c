@@ -525,7 +525,7 @@ static int route_ready(Route *r) {
 /* ConsumerBase: sfu.consumer.Consumer's base class, its per-packet fields as C members. */
 typedef struct {
     PyObject_HEAD
-    char paused, waiting;
+    char paused, waiting, nack;
     long long epoch, seq_offset, ts_offset, last_seq, last_ts, last_ms, packets, bytes, size;
     PyObject *cache;        /* the NACK ring: a list of packets (bytearrays C reuses, or bytes) */
     PyObject *fast_sender;  /* the RawSender, or None */
@@ -595,6 +595,8 @@ static int cb_set_header(ConsumerBase *c, PyObject *value, void *closure) {
 
 static PyMemberDef cb_members[] = {
     {"paused", T_BOOL, offsetof(ConsumerBase, paused), 0, NULL},
+    {"_nack", T_BOOL, offsetof(ConsumerBase, nack), 0,
+     "the subscriber negotiated NACK: only then may a turn of the ring resize it"},
     {"_waiting", T_BOOL, offsetof(ConsumerBase, waiting), 0, NULL},
     {"_epoch", T_LONGLONG, offsetof(ConsumerBase, epoch), 0, NULL},
     {"_seq_offset", T_LONGLONG, offsetof(ConsumerBase, seq_offset), 0, NULL},
@@ -659,7 +661,9 @@ static int forward_one(PyObject *obj, const packet_t *p) {
     unsigned long out_ts = (unsigned long)((p->ts + c->ts_offset) & 0xFFFFFFFFLL);
     Py_ssize_t slot = (Py_ssize_t)(out_seq % (unsigned long long)c->size);
     int newest = ((out_seq - (unsigned)c->last_seq) & 0xFFFF) < 0x8000;
-    if (newest && slot == 0) return 0;  /* the ring turns: Consumer._turned may resize it */
+    /* the ring turns: Consumer._turned may resize it (a ring without NACK keeps its size: the
+     * turn of audio as browsers offer it, every NO_NACK_CACHE packets, stays here) */
+    if (newest && slot == 0 && c->nack) return 0;
 
     unsigned char header[MAX_HEADER];
     size_t hlen = (size_t)c->hlen;

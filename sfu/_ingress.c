@@ -18,13 +18,17 @@
  *
  * No state of its own: for every datagram it reads the Python tables (MuxSocket.by_addr, the
  * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
- * restarts, address changes and learnt SSRCs need no registration here.
- * configure(unprotect_fn, unprotect_rtcp_fn, connected, muxed_type, sink_name) (sfu.aiortc_hooks,
- * at import) and configure_transport(receive_rtp, producer_receive) (sfu.transport) give it
- * libsrtp's srtp_unprotect and srtp_unprotect_rtcp, aiortc's connected state, the MuxedProtocol
- * class, the _Sink's name, Transport._receive_rtp and Producer.receive; until then every datagram
- * takes the Python path. A handler that is a producer's receive gets the packet through
- * sfu._fastsend's receive in C first (its plain case), then, if that declines, as a call.
+ * restarts, address changes and learnt SSRCs need no registration here. What it found for an
+ * address (chain_t) spares the reads of the endpoint's receiver, its _Sink, the sink's DTLS
+ * transport and that one's state and SRTP session while the dicts they came from are unchanged
+ * (CPython 3.11's dict versions), as sfu/_fastsend.c's Route spares its sender's lookups.
+ * configure(unprotect_fn, unprotect_rtcp_fn, connected, muxed_type, sink_name, sink_type)
+ * (sfu.aiortc_hooks, at import) and configure_transport(receive_rtp, producer_receive)
+ * (sfu.transport) give it libsrtp's srtp_unprotect and srtp_unprotect_rtcp, aiortc's connected
+ * state, the MuxedProtocol class, the _Sink's name and class, Transport._receive_rtp and
+ * Producer.receive; until then every datagram takes the Python path. A handler that is a
+ * producer's receive gets the packet through sfu._fastsend's receive in C first (its plain case),
+ * then, if that declines, as a call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -62,9 +66,35 @@ static PyObject *s_by_addr, *s_datagram_received, *s_receiver, *s_dtls, *s_state
     *s_held, *s_sock, *s_writable, *s_send, *s_clear;
 static PyObject *small[256]; /* 0-255: b0, b1 and most payload offsets without an allocation */
 
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSIONS 1
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
+
+/* The _Sink's slots (sfu.aiortc_hooks._Sink.__slots__): their offsets in a _Sink */
+enum { SINK_DTLS, SINK_SESSION, SINK_CONTEXT, SINK_DELIVER, SINK_RTCP, SINK_SLOTS };
+static const char *const sink_slot_names[SINK_SLOTS] = {"dtls", "session", "context", "deliver",
+                                                         "rtcp"};
+static PyTypeObject *g_sink_type; /* NULL: nothing is kept in a chain_t */
+static Py_ssize_t g_sink_offset[SINK_SLOTS];
+
+/* What fast() found for one address: its MuxedProtocol, that one's receiver (the aioice
+ * Connection), the receiver's _Sink, the sink's DTLS transport and that one's receiving SRTP
+ * session, with the versions of the three instance dicts they were read from. None of them is
+ * owned: each is only looked at when the object before it in the chain is the one found and its
+ * dict has that version still. A version is never given to two dicts, nor twice to one
+ * (CPython 3.11 numbers every dict's making and change from one counter), so an unchanged
+ * version means an unchanged dict that holds the next object alive: a connection that left is
+ * not kept alive by it, and one that changed is read afresh. */
+typedef struct {
+    PyObject *endpoint, *receiver, *sink, *dtls, *srtp;
+    uint64_t v_endpoint, v_receiver, v_dtls; /* 0: nothing known */
+} chain_t;
+
 typedef struct {
     uint64_t key; /* address << 16 | port, +1 so that 0 is free */
     PyObject *addr;
+    chain_t chain;
 } cached_t;
 
 /* IPv6: the four values the event loop's tuple holds, its tuple and the (host, port) key */
@@ -73,6 +103,7 @@ typedef struct {
     uint32_t flowinfo, scope_id;
     uint16_t port;
     PyObject *addr, *key; /* NULL: a free slot */
+    chain_t chain;
 } cached6_t;
 
 typedef struct {
@@ -104,7 +135,8 @@ static int same6(const cached6_t *c, const struct sockaddr_in6 *v6) {
  * kept per remote address (cache, cache6): a peer's datagrams make no tuple each. A set is
  * chosen by the high bits of a multiplicative hash of the whole address (peers on one host
  * differ in the port only) and holds WAYS peers, the least recently used one making way. */
-static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObject **key) {
+static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObject **key,
+                         chain_t **chain) {
     char host[INET6_ADDRSTRLEN];
     if (sa->ss_family == AF_INET) {
         const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
@@ -113,13 +145,13 @@ static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObje
         if (set[0].key != k) {
             int way = 1;
             while (way < WAYS && set[way].key != k) way++;
-            cached_t found, old = {0, NULL};
+            cached_t found, old = {0};
             if (way < WAYS) found = set[way];
             else {
                 if (inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host)) == NULL) return NULL;
                 PyObject *addr = Py_BuildValue("(si)", host, ntohs(v4->sin_port));
                 if (addr == NULL) return NULL;
-                found = (cached_t){k, addr};
+                found = (cached_t){.key = k, .addr = addr};
                 old = set[--way]; /* the least recently used makes way */
             }
             memmove(set + 1, set, (size_t)way * sizeof(*set));
@@ -127,6 +159,7 @@ static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObje
             Py_XDECREF(old.addr);
         }
         *key = Py_NewRef(set[0].addr);
+        *chain = &set[0].chain;
         return Py_NewRef(set[0].addr);
     }
     if (sa->ss_family == AF_INET6) {
@@ -160,8 +193,10 @@ static PyObject *address(Reader *self, const struct sockaddr_storage *sa, PyObje
             Py_XDECREF(old.key);
         }
         *key = Py_NewRef(set[0].key);
+        *chain = &set[0].chain;
         return Py_NewRef(set[0].addr);
     }
+    *chain = NULL;
     *key = Py_NewRef(Py_None);
     return Py_NewRef(Py_None);
 }
@@ -223,11 +258,52 @@ end:
     return result;
 }
 
+#ifdef DICT_VERSIONS
+/* the version of obj's instance dict (made if it had none), 0 when it has none */
+static uint64_t dict_version(PyObject *obj) {
+    PyObject **dict = _PyObject_GetDictPtr(obj);
+    if (dict != NULL && *dict != NULL) return DICT_VERSION(*dict);
+    PyErr_Clear(); /* (no memory to make it: nothing is kept) */
+    return 0;
+}
+
+/* whether obj's instance dict holds ``value`` under ``name``: what was read is what the dict
+ * version covers, not a class attribute */
+static int held_in_dict(PyObject *obj, PyObject *name, PyObject *value) {
+    PyObject **dict = _PyObject_GetDictPtr(obj);
+    if (dict == NULL || *dict == NULL || !PyDict_CheckExact(*dict)) { PyErr_Clear(); return 0; }
+    PyObject *v = PyDict_GetItemWithError(*dict, name);
+    PyErr_Clear();
+    return v == value;
+}
+
+/* a slot of a _Sink (borrowed), NULL when unset */
+static PyObject *sink_slot(PyObject *sink, int slot) {
+    return *(PyObject **)((char *)sink + g_sink_offset[slot]);
+}
+
+/* the sink and SRTP session ``chain`` holds for ``endpoint`` (borrowed), if it holds still:
+ * the endpoint's receiver, its _Sink and the sink's DTLS transport are the ones read then, and
+ * that transport is connected with the session it had */
+static PyObject *chain_sink(const chain_t *chain, PyObject *endpoint) {
+    if (chain == NULL || chain->v_endpoint == 0 || chain->endpoint != endpoint ||
+        dict_version(endpoint) != chain->v_endpoint ||
+        dict_version(chain->receiver) != chain->v_receiver)
+        return NULL;
+    /* (a _Sink's slots change with no dict: its DTLS transport is read, then checked) */
+    if (sink_slot(chain->sink, SINK_DTLS) != chain->dtls ||
+        dict_version(chain->dtls) != chain->v_dtls)
+        return NULL;
+    return chain->sink;
+}
+#endif
+
 /* SrtpStunProtocol.datagram_received's short cut for an RTP datagram from ``key``, or with
  * ``rtcp`` the one of aiortc's DTLS transport for SRTCP: 1 done (delivered, or dropped as aiortc
  * drops a replayed or forged packet), 0 for the Python path, -1 on an exception. Nothing is
- * decided here that the Python path would decide otherwise. */
-static int fast(PyObject *by_addr, PyObject *key, const char *data, Py_ssize_t n,
+ * decided here that the Python path would decide otherwise. ``chain``: what was found for the
+ * address (NULL: nothing is kept). */
+static int fast(PyObject *by_addr, PyObject *key, chain_t *chain, const char *data, Py_ssize_t n,
                 PyObject *arrival, int rtcp) {
     if (!(rtcp ? g_unprotect_rtcp : g_unprotect) || g_muxed_type == NULL) return 0;
     PyObject *endpoint = PyDict_GetItemWithError(by_addr, key);
@@ -237,12 +313,32 @@ static int fast(PyObject *by_addr, PyObject *key, const char *data, Py_ssize_t n
     PyObject *receiver = NULL, *dict = NULL, *sink = NULL, *dtls = NULL, *state = NULL,
              *srtp = NULL, *session = NULL, *context = NULL, *deliver = NULL, *plain = NULL;
     Py_INCREF(endpoint);
+#ifdef DICT_VERSIONS
+    PyObject *known = chain_sink(chain, endpoint);
+    if (known != NULL && sink_slot(known, SINK_SESSION) == chain->srtp) {
+        sink = Py_NewRef(known);
+        session = Py_NewRef(chain->srtp);
+        context = Py_XNewRef(sink_slot(sink, SINK_CONTEXT));
+        deliver = Py_XNewRef(sink_slot(sink, rtcp ? SINK_RTCP : SINK_DELIVER));
+        if (context == NULL || deliver == NULL) { result = 0; goto end; }
+        goto unprotect;
+    }
+    /* the versions come before the reads: a change meanwhile leaves nothing kept */
+    chain_t found = {.endpoint = endpoint, .v_endpoint = dict_version(endpoint)};
+#endif
     if ((receiver = PyObject_GetAttr(endpoint, s_receiver)) == NULL) goto end;
     /* the aioice Connection's own __dict__, as receiver.__dict__.get(_SINK) */
     if ((dict = PyObject_GenericGetDict(receiver, NULL)) == NULL) { PyErr_Clear(); result = 0; goto end; }
+#ifdef DICT_VERSIONS
+    found.receiver = receiver;
+    found.v_receiver = DICT_VERSION(dict);
+#endif
     sink = Py_XNewRef(PyDict_GetItemWithError(dict, g_sink_name));
     if (sink == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
     if ((dtls = PyObject_GetAttr(sink, s_dtls)) == NULL) goto end;
+#ifdef DICT_VERSIONS
+    found.v_dtls = dict_version(dtls);
+#endif
     if ((state = PyObject_GetAttr(dtls, s_state)) == NULL) goto end;
     if ((srtp = PyObject_GetAttr(dtls, s_rx_srtp)) == NULL) goto end;
     if ((session = PyObject_GetAttr(sink, s_session)) == NULL) goto end;
@@ -252,21 +348,41 @@ static int fast(PyObject *by_addr, PyObject *key, const char *data, Py_ssize_t n
         if (done == NULL) goto end;
         Py_DECREF(done);
     }
-    if ((context = PyObject_GetAttr(sink, s_context)) == NULL) goto end;
-    unsigned long long ctx = PyLong_AsUnsignedLongLong(context);
-    if (ctx == (unsigned long long)-1 && PyErr_Occurred()) goto end;
-    if (!ctx) { result = 0; goto end; }
-    if ((deliver = PyObject_GetAttr(sink, rtcp ? s_rtcp : s_deliver)) == NULL) goto end;
-    if (deliver == Py_None) { result = 0; goto end; } /* no RTCP sink: aiortc's path */
-
-    if ((plain = PyBytes_FromStringAndSize(data, n)) == NULL) goto end;
-    int len = (int)n;
-    srtp_fn unprotect = (srtp_fn)(uintptr_t)(rtcp ? g_unprotect_rtcp : g_unprotect);
-    if (unprotect((void *)(uintptr_t)ctx, PyBytes_AS_STRING(plain), &len)) {
-        result = 1;
-        goto end;
+#ifdef DICT_VERSIONS
+    /* kept for the next datagram if nothing changed since the versions were read (the adopt
+     * may have run anything) and the sink is a _Sink whose slots are read in place */
+    if (chain != NULL && (PyObject *)Py_TYPE(sink) == (PyObject *)g_sink_type &&
+        found.v_endpoint && found.v_receiver && found.v_dtls &&
+        dict_version(endpoint) == found.v_endpoint && DICT_VERSION(dict) == found.v_receiver &&
+        dict_version(dtls) == found.v_dtls && sink_slot(sink, SINK_DTLS) == dtls &&
+        sink_slot(sink, SINK_SESSION) == srtp && held_in_dict(endpoint, s_receiver, receiver) &&
+        held_in_dict(dtls, s_state, state) && held_in_dict(dtls, s_rx_srtp, srtp)) {
+        found.sink = sink;
+        found.dtls = dtls;
+        found.srtp = srtp;
+        *chain = found;
     }
-    if (_PyBytes_Resize(&plain, len) < 0) goto end;
+#endif
+    if ((context = PyObject_GetAttr(sink, s_context)) == NULL) goto end;
+    if ((deliver = PyObject_GetAttr(sink, rtcp ? s_rtcp : s_deliver)) == NULL) goto end;
+#ifdef DICT_VERSIONS
+unprotect:
+#endif
+    {
+        unsigned long long ctx = PyLong_AsUnsignedLongLong(context);
+        if (ctx == (unsigned long long)-1 && PyErr_Occurred()) goto end;
+        if (!ctx) { result = 0; goto end; }
+        if (deliver == Py_None) { result = 0; goto end; } /* no RTCP sink: aiortc's path */
+
+        if ((plain = PyBytes_FromStringAndSize(data, n)) == NULL) goto end;
+        int len = (int)n;
+        srtp_fn unprotect = (srtp_fn)(uintptr_t)(rtcp ? g_unprotect_rtcp : g_unprotect);
+        if (unprotect((void *)(uintptr_t)ctx, PyBytes_AS_STRING(plain), &len)) {
+            result = 1;
+            goto end;
+        }
+        if (_PyBytes_Resize(&plain, len) < 0) goto end;
+    }
     if (rtcp) {
         PyObject *done = PyObject_CallOneArg(deliver, plain);
         result = done == NULL ? -1 : 1;
@@ -294,16 +410,18 @@ end:
 /* One datagram: 0, or -1 with an exception set. */
 static int handle(Reader *self, PyObject *by_addr, const char *data, Py_ssize_t n,
                   const struct sockaddr_storage *name, PyObject *arrival) {
-    PyObject *key = NULL, *addr = address(self, name, &key);
+    PyObject *key = NULL;
+    chain_t *chain = NULL;
+    PyObject *addr = address(self, name, &key, &chain);
     if (addr == NULL) return -1;
     const unsigned char *p = (const unsigned char *)data;
     int r = 0;
     /* RTP (version 2) and not SRTCP (RFC 5761), as SrtpStunProtocol.datagram_received sorts */
     if (n > 12 && p[0] > 127 && p[0] < 192 && !(p[1] > 191 && p[1] < 224) && by_addr != NULL)
-        r = fast(by_addr, key, data, n, arrival, 0);
+        r = fast(by_addr, key, chain, data, n, arrival, 0);
     /* SRTCP as aiortc's DTLS transport sorts it (aiortc.rtp.is_rtcp: second byte 192-208) */
     else if (n > 1 && p[0] > 127 && p[0] < 192 && p[1] > 191 && p[1] < 209 && by_addr != NULL)
-        r = fast(by_addr, key, data, n, arrival, 1);
+        r = fast(by_addr, key, chain, data, n, arrival, 1);
     if (r == 0) {
         PyObject *bytes = PyBytes_FromStringAndSize(data, n);
         if (bytes == NULL) r = -1;
@@ -504,12 +622,27 @@ static PyTypeObject ReaderType = {
     .tp_members = reader_members,
 };
 
+/* the offsets of sink_type's slots, or none kept (NULL) when a name is not a slot of its own */
+static int configure_sink(PyTypeObject *sink_type) {
+    Py_CLEAR(g_sink_type);
+    for (int i = 0; i < SINK_SLOTS; i++) {
+        PyObject *d = PyDict_GetItemString(sink_type->tp_dict, sink_slot_names[i]);
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return 0;
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return 0;
+        g_sink_offset[i] = m->offset;
+    }
+    g_sink_type = (PyTypeObject *)Py_NewRef(sink_type);
+    return 0;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     unsigned long long fn, rtcp_fn;
-    PyObject *connected, *muxed_type, *sink_name;
-    if (!PyArg_ParseTuple(args, "KKOO!U", &fn, &rtcp_fn, &connected, &PyType_Type, &muxed_type,
-                          &sink_name))
+    PyObject *connected, *muxed_type, *sink_name, *sink_type;
+    if (!PyArg_ParseTuple(args, "KKOO!UO!", &fn, &rtcp_fn, &connected, &PyType_Type, &muxed_type,
+                          &sink_name, &PyType_Type, &sink_type))
         return NULL;
+    configure_sink((PyTypeObject *)sink_type);
     g_unprotect = fn;
     g_unprotect_rtcp = rtcp_fn;
     Py_XSETREF(g_connected, Py_NewRef(connected));
@@ -535,7 +668,8 @@ static PyObject *configure_transport(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(unprotect_fn, unprotect_rtcp_fn, connected_state, muxed_protocol_type, sink_name)"},
+     "configure(unprotect_fn, unprotect_rtcp_fn, connected_state, muxed_protocol_type, sink_name, "
+     "sink_type)"},
     {"configure_transport", configure_transport, METH_VARARGS,
      "configure_transport(Transport._receive_rtp, Producer.receive): whose handler table the C "
      "path reads, and the handler it may run in C"},

@@ -396,7 +396,8 @@ ProtectQueue = Callable[[bytes, Any, Any], int]
 
 
 if ingress.configure is not None:
-    ingress.configure(_SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP, State.CONNECTED, MuxedProtocol, _SINK)
+    ingress.configure(_SRTP_UNPROTECT, _SRTP_UNPROTECT_RTCP, State.CONNECTED, MuxedProtocol, _SINK,
+                      _Sink)
 
 if fastsend.configure_fanout is not None:
     fastsend.configure_fanout(_SRTP_PROTECT, pylibsrtp.SRTP_MAX_TRAILER_LEN, State.CONNECTED,

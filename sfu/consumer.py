@@ -54,9 +54,9 @@ def _ring_size(packets: float) -> int:
 
 
 # With sfu/_fastsend.c built, the attributes the fan-out reads and writes per packet (paused,
-# _waiting, _epoch, the offsets, _last_seq/_ts/_ms, packets, bytes, _size, _cache, fast_sender,
-# _fast_header) are C members of this base class: every assignment here is what the C fan-out
-# reads next, and what it counts is what these read, with no per-packet Python int or dict.
+# _waiting, _nack, _epoch, the offsets, _last_seq/_ts/_ms, packets, bytes, _size, _cache,
+# fast_sender, _fast_header) are C members of this base class: every assignment here is what the C
+# fan-out reads next, and what it counts is what these read, with no per-packet Python int or dict.
 if TYPE_CHECKING or fastsend.ConsumerBase is None:
     _Base = object
 else:

@@ -20,7 +20,7 @@ from sfu import fastsend
 from sfu import producer as producer_module
 from sfu import rtcp
 from sfu.aiortc_hooks import MuxedProtocol, RawSender
-from sfu.consumer import Consumer
+from sfu.consumer import NO_NACK_CACHE, Consumer
 from sfu.forwarder import ExtensionLayout
 from sfu.producer import Codec, Producer
 
@@ -128,7 +128,7 @@ def _world(native: bool) -> dict[str, Any]:
 
     def add(name: str, producer: Producer[Consumer], layout: ExtensionLayout, *,
             fast: bool = True, resume: bool = True, broken: bool = False,
-            closes: str = "") -> Consumer:
+            closes: str = "", nack: bool = True) -> Consumer:
         index = len(consumers)
         if fast:
             senders[name] = _sender(index + 1, 40000 + index)
@@ -149,7 +149,7 @@ def _world(native: bool) -> dict[str, Any]:
 
             consumer = Consumer(name, producer, name, ssrc=0x1000 + index, rtx_ssrc=0x2000 + index,
                                 send_rtp=send, send_rtcp=lambda d: True)
-        consumer.configure(100 + index, 120 + index, layout)
+        consumer.configure(100 + index, 120 + index, layout, nack=nack)
         producer.add_consumer(consumer)
         if resume:
             consumer.resume()
@@ -169,6 +169,7 @@ def _world(native: bool) -> dict[str, Any]:
     add("level_mid", audio, ExtensionLayout(mid_id=4, mid="2", audio_level_id=1))
     add("level", audio, ExtensionLayout(audio_level_id=5))
     add("audio_bare", audio, ExtensionLayout())
+    add("audio_no_nack", audio, ExtensionLayout(mid_id=4, mid="3"), nack=False)
 
     # "refused": its SRTP session already protected the sequence numbers it is about to send,
     # so libsrtp refuses them as replays (a raise in the fan-out, counted in send_errors)
@@ -496,6 +497,20 @@ class _Dtls:
         self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated))
 
 
+def _audio_through(raw: RawSender, nack: bool) -> tuple[Producer[Consumer], Consumer]:
+    """An audio producer and one resumed consumer of it that sends through ``raw``."""
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=FakeScheduler())
+    audio.attach_source(1234, None, 0, lambda d: True)
+    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
+                        send_rtcp=raw.send_rtcp)
+    consumer.fast_sender = raw
+    consumer.configure(100, 120, ExtensionLayout(), nack=nack)
+    audio.add_consumer(consumer)
+    consumer.resume()
+    return audio, consumer
+
+
 def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
     """The C fan-out skips its per-consumer lookups while the sender's DTLS transport, nominated
     pairs and socket are unchanged: a change of any of them (by attribute stores the interpreter
@@ -505,15 +520,7 @@ def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
     nominated = {1: _muxed_pair(mux, 40000)}
     dtls = _Dtls(nominated)
     raw = RawSender(dtls)  # type: ignore[arg-type]
-    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
-                                         keyframe_interval=1.0, scheduler=FakeScheduler())
-    audio.attach_source(1234, None, 0, lambda d: True)
-    consumer = Consumer("c", audio, "c", ssrc=0x1000, rtx_ssrc=0x2000, send_rtp=raw.send_rtp,
-                        send_rtcp=raw.send_rtcp)
-    consumer.fast_sender = raw
-    consumer.configure(100, 120, ExtensionLayout())
-    audio.add_consumer(consumer)
-    consumer.resume()
+    audio, consumer = _audio_through(raw, nack=True)
     sent: list[tuple[int, int]] = []  # (sequence number, port) of what should be in the batch
     receiver = pylibsrtp.Session(policy=pylibsrtp.Policy(
         key=bytes([1]) * 30, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
@@ -537,3 +544,21 @@ def test_the_c_fan_out_sees_every_change_of_a_senders_state() -> None:
                 assert (out_seq - n) & 0xFFFF == consumer._seq_offset & 0xFFFF
             assert (len(mux.batch), address[1]) == (len(sent), sent[-1][1]), n
     assert forwards.calls < 45  # the C path took the plain packets
+
+
+def test_a_ring_without_nack_turns_in_the_c_fan_out() -> None:
+    """A subscriber that negotiated no NACK (Opus as browsers offer it) keeps a ring of
+    NO_NACK_CACHE slots that no turn resizes: its turns, one every NO_NACK_CACHE packets, are
+    the C fan-out's too, and every packet goes out as the Python path sends it."""
+    assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    raw, mux = _sender(1, 40000)
+    audio, consumer = _audio_through(raw, nack=False)
+    with counting_forwards() as forwards:
+        audio.receive(*_split(_packet(0, 0, b"x" * 20, pt=111)), 3_900_000_000_000)
+        first = forwards.calls  # (the first packet sets the stream up in Python)
+        for n in range(1, 5 * NO_NACK_CACHE + 1):
+            audio.receive(*_split(_packet(n, n * 960, b"x" * 20, pt=111)),
+                          3_900_000_000_000 + 20 * n)
+    assert forwards.calls == first
+    assert consumer.packets == len(mux.batch) == 5 * NO_NACK_CACHE + 1
+    assert len(consumer._cache) == NO_NACK_CACHE

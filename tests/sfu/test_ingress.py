@@ -444,6 +444,60 @@ async def test_media_follows_an_address_change_and_a_new_srtp_session(
         after.close()
 
 
+async def test_the_c_path_sees_every_change_of_what_it_keeps_per_address(
+        sides: tuple[Side, Side]) -> None:
+    """The C path keeps what it found for an address (the connection's receiver, _Sink, DTLS
+    transport and SRTP session) while the dicts it read them from are unchanged: a change of any
+    of them (by attribute stores the interpreter has specialised, in a loop) reaches the next
+    datagram, as the Python path sees it."""
+    native, python = sides
+    new_key = bytes(range(1, 31))
+
+    def recording(side: Side, tag: str) -> Callable[[bytes, int], None]:
+        def deliver(data: bytes, arrival_ms: int) -> None:
+            side.calls.append((tag, data))
+        return deliver
+
+    replaced: list[Any] = []  # kept alive: what the C path found must not be mistaken for them
+    async with connected_client(sides) as (client, sender):
+        for n in range(1, 81):
+            for side in sides:
+                sink = sink_of(side)
+                protocol: Any = side.mux.by_ufrag["aaaa"]
+                replaced += [sink, sink.dtls, protocol.receiver]
+                if n % 9 in (4, 5):  # (stored only when it changes: in between, all is kept)
+                    sink.dtls._state = State.CLOSED if n % 9 == 4 else State.CONNECTED
+                if n % 13 == 6:  # another _Sink on the connection, with a handler of its own
+                    sink = aiortc_hooks._Sink(sink.dtls, recording(side, "sink"),
+                                              side.transport._receive_rtcp)
+                    setattr(protocol.receiver, aiortc_hooks._SINK, sink)
+                if n % 11 == 8:  # its handler replaced (as filter_rtp_input does)
+                    sink.deliver = recording(side, "deliver")
+                if n % 17 == 10:  # another connection object behind the same endpoint
+                    protocol.receiver = SimpleNamespace(**vars(protocol.receiver))
+                if n == 50:  # DTLS keyed again
+                    sink.dtls._rx_srtp = pylibsrtp.Session(
+                        pylibsrtp.Policy(key=new_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+                if n == 65:  # another DTLS transport behind the sink
+                    dtls = aiortc_dtls(side, asyncio.Queue())
+                    dtls._state = State.CONNECTED
+                    dtls._rx_srtp = pylibsrtp.Session(
+                        pylibsrtp.Policy(key=new_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+                    sink.dtls = dtls
+            if n == 50:
+                sender = pylibsrtp.Session(
+                    pylibsrtp.Policy(key=new_key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+            before = [len(side.calls) for side in sides]
+            client.send(sender.protect(rtp(n)))
+            await settle(sides, lambda side: len(side.calls) > before[sides.index(side)])
+        assert native.calls == python.calls
+        assert len(native.calls) == 80
+        assert {call[0] for call in native.calls if isinstance(call[0], str)} == {
+            "aiortc", "sink", "deliver"}
+        assert reader_of(native).taken == sum(
+            1 for call in native.calls if call[0] != "aiortc")
+
+
 @pytest.mark.integration
 async def test_a_connection_leaving_the_socket_gets_no_more_media(sides: tuple[Side, Side]) -> None:
     """An ICE restart's old connection releases its address: its media is dropped, not
