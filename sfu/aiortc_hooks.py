@@ -69,6 +69,16 @@ def _ice_connections(pc: RTCPeerConnection) -> Iterator[Any]:
         yield dtls.transport.iceGatherer._connection
 
 
+def drop_spent_check_lists(pc: RTCPeerConnection) -> None:
+    """Drop each ICE connection's ``_check_list_state``, the asyncio.Queue (~2.5 KiB) that only
+    carries the check list's outcome to aioice's connect(): once connect() has taken it and
+    started the consent checks, aioice puts nothing more there (every put waits on
+    ``_check_list_done``, already set) and never reads it again. For a connected ``pc``."""
+    for connection in _ice_connections(pc):
+        if connection._query_consent_task is not None:
+            connection._check_list_state = None
+
+
 def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler,
                       rtp_sink: RtpSink | None = None, rtcp_sink: RtcpSink | None = None) -> None:
     """Send every decrypted RTP/RTCP datagram of ``pc`` to our handlers instead of aiortc's

@@ -598,3 +598,23 @@ async def test_compacted_descriptions_render_the_same_and_negotiate_again() -> N
     assert "a=end-of-candidates" in pc.remoteDescription.sdp
     await pc.close()
     await peer.close()
+
+
+def test_aioice_uses_the_check_list_queue_only_until_connect_starts_consent_checks() -> None:
+    """drop_spent_check_lists drops Connection._check_list_state once _query_consent_task is
+    set: connect() must have read the queue before, and every put must wait on
+    _check_list_done, which is set with the put that connect() reads."""
+    source = _source(aioice_ice.Connection)
+    assert "self._query_consent_task: asyncio.Task[None] | None = None" in source
+    assert source.count("self._check_list_state") == 5  # its creation, one get, three puts
+    for guarded_put in (
+        "if not self._check_list_done:\n            self._check_list_state.put_nowait(ICE_FAILED)",
+        'if not self._check_list_done:\n                self.__log_info("ICE completed")\n'
+        "                self._check_list_state.put_nowait(ICE_COMPLETED)",
+        'if not self._check_list_done:\n            self.__log_info("ICE failed")\n'
+        "            self._check_list_state.put_nowait(ICE_FAILED)",
+    ):
+        assert guarded_put in source, f"aioice no longer has {guarded_put!r}"
+    connect = _source(aioice_ice.Connection.connect)
+    assert connect.index("await self._check_list_state.get()") < connect.index(
+        "self._query_consent_task = asyncio.create_task(")

@@ -614,3 +614,21 @@ async def test_a_connected_publishers_descriptions_stay_compact(plane: LocalMedi
         assert transport.pc.remoteDescription.sdp.count("\nm=") == 3
     finally:
         await publisher.close()
+
+
+async def test_a_connected_transport_keeps_no_ice_check_list_queue(plane: LocalMediaPlane) -> None:
+    """aioice's per-connection queue for the check list's outcome is spent once connected."""
+    from sfu.aiortc_hooks import _ice_connections
+
+    publisher = Publisher(plane, "room", "alice")
+    try:
+        await publisher.start()
+        (transport,) = plane.rooms["room"].participants["alice"].transports()
+        deadline = time.monotonic() + 10
+        while not transport.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert transport.connected
+        connections = list(_ice_connections(transport.pc))
+        assert connections and all(c._check_list_state is None for c in connections)
+    finally:
+        await publisher.close()
