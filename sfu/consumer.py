@@ -64,6 +64,21 @@ else:
 
 
 class Consumer(_Base):
+    # No per-instance __dict__: 56 attributes are past what a key-sharing dict holds (30), so
+    # each Consumer had a dict of its own, ~1.5 KiB. Those the C base already has are left out
+    # (a slot of the same name would hide its member from the C fan-out).
+    __slots__ = tuple(name for name in (
+        "id", "producer", "participant_id", "kind", "ssrc", "rtx_ssrc", "closed", "on_close",
+        "_send_rtp", "_send_rtcp", "fast_sender", "_cache", "_size", "_nack", "_turn_ts",
+        "_turn_seq", "payload_type", "rtx_payload_type", "_pack", "_ext_prefix", "_ext_tail",
+        "_ext_words", "_dynamic", "_fast_header", "_epoch", "_seq_offset", "_ts_offset",
+        "_last_seq", "_last_ts", "_last_ms", "_rtx_seq", "_clock_per_ms", "paused", "gate",
+        "_waiting", "packets", "bytes", "packets_dropped", "send_errors", "retransmitted", "nacks",
+        "nacks_ignored", "plis", "plis_ignored", "_pli_ms", "_rtx_ms", "_rtx_tokens",
+        "_rtx_refill_ms", "remb_bitrate", "bitrate", "bytes_at_report", "fraction_lost",
+        "packets_lost", "jitter", "rtt", "_sr_sent",
+    ) if not hasattr(_Base, name))
+
     def __init__(
         self,
         consumer_id: str,
