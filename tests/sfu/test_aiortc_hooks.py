@@ -186,8 +186,12 @@ async def test_hooks_apply_to_a_live_connection() -> None:
         seen.append(data)
 
     aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp, sink)
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp, sink)  # again: harmless
     dtls = aiortc_hooks.dtls_transports(pc)[0]
-    assert dtls._handle_rtp_data is on_rtp
+    await dtls._handle_rtp_data(b"rtp", arrival_time_ms=1)
+    await dtls._handle_rtcp_data(b"rtcp")
+    assert seen == [b"rtp", b"rtcp"]
+    seen.clear()
     connection = dtls.transport.iceGatherer._connection
     installed = getattr(connection, "_expertcall_rtp_sink")
     assert installed.dtls is dtls and installed.deliver is sink
@@ -396,7 +400,7 @@ async def test_a_side_aiortc_already_started_keeps_its_state() -> None:
     transceiver.sender._RTCRtpSender__started = True  # type: ignore[attr-defined]  # as after send()
     aiortc_hooks.release_transceiver_state(transceiver)
     assert transceiver.sender._RTCRtpSender__rtp_started is not None  # type: ignore[attr-defined]
-    assert not getattr(transceiver.sender, "_expertcall_hooked", False)
+    assert type(transceiver.sender) is RTCRtpSender
     assert transceiver.receiver._RTCRtpReceiver__jitter_buffer is None  # type: ignore[attr-defined]
     transceiver.sender._RTCRtpSender__started = False  # type: ignore[attr-defined]  # nothing to stop
     await pc.close()
@@ -618,3 +622,50 @@ def test_aioice_uses_the_check_list_queue_only_until_connect_starts_consent_chec
     connect = _source(aioice_ice.Connection.connect)
     assert connect.index("await self._check_list_state.get()") < connect.index(
         "self._query_consent_task = asyncio.create_task(")
+
+
+def test_disarmed_receivers_and_intercepted_transports_keep_their_handlers_where_aiortc_no_longer_looks() -> None:
+    """DisarmedReceiver keeps its handler in __rtcp_task, which only receive() (replaced) sets and
+    only a started receiver's stop() reads; InterceptedDtlsTransport keeps its handlers on its
+    RtpRouter, set once in __init__ and reached only through self._rtp_router."""
+    assert _methods_reading(RTCRtpReceiver, "self.__rtcp_task") == {"__init__", "receive", "stop"}
+    assert _source(RTCRtpReceiver.stop).index("if self.__started:") < _source(
+        RTCRtpReceiver.stop).index("self.__rtcp_task")
+    init = _source(RTCDtlsTransport.__init__)
+    assert "self._rtp_router = RtpRouter()" in init
+    assert _source(RTCDtlsTransport).count("self._rtp_router =") == 1
+    assert "._rtp_router" not in _source(aiortc.rtcpeerconnection)
+    assert "._rtp_router" not in _source(aiortc.rtcrtpreceiver)
+    assert "._rtp_router" not in _source(aiortc.rtcrtpsender)
+
+
+async def test_disarming_and_intercepting_add_no_attribute_to_aiortcs_objects() -> None:
+    """A new attribute on an aiortc object turns its key-sharing __dict__ into a dict of its own
+    (~1.8 KiB more per receiver, ~3 KiB per DTLS transport); the hooks change their class
+    instead, and keep their handlers in attributes aiortc already has."""
+    import sys
+
+    pc = client_pc()
+    transceiver = pc.addTransceiver("video", direction="recvonly")
+    receiver, sender = transceiver.receiver, transceiver.sender
+    dtls = receiver.transport
+    objects = (receiver, sender, dtls)
+    before = [(list(vars(o)), sys.getsizeof(vars(o))) for o in objects]
+    seen: list[object] = []
+
+    async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+        seen.append(data)
+
+    async def on_rtcp(data: bytes) -> None:
+        seen.append(data)
+
+    aiortc_hooks.disarm_receiver(receiver, seen.append)
+    aiortc_hooks.disarm_sender(sender)
+    aiortc_hooks.intercept_packets(pc, on_rtp, on_rtcp)
+    assert [(list(vars(o)), sys.getsizeof(vars(o))) for o in objects] == before
+    assert isinstance(receiver, RTCRtpReceiver) and isinstance(dtls, RTCDtlsTransport)
+    await receiver.receive("parameters")  # type: ignore[arg-type]
+    await dtls._handle_rtp_data(b"rtp", arrival_time_ms=1)
+    await dtls._handle_rtcp_data(b"rtcp")
+    assert seen == ["parameters", b"rtp", b"rtcp"]
+    await pc.close()
