@@ -62,7 +62,7 @@ static PyObject *g_producer_receive;
 static unsigned long long g_unprotect, g_unprotect_rtcp;
 static PyObject *g_connected, *g_muxed_type, *g_sink_name, *g_receive_rtp;
 static PyObject *s_by_addr, *s_datagram_received, *s_receiver, *s_dtls, *s_state, *s_rx_srtp,
-    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_rtp, *s_last_packet_ms, *s_batch,
+    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_batch,
     *s_held, *s_sock, *s_writable, *s_send, *s_clear;
 static PyObject *small[256]; /* 0-255: b0, b1 and most payload offsets without an allocation */
 
@@ -212,6 +212,52 @@ static Py_ssize_t payload_offset(const unsigned char *p, Py_ssize_t n) {
     return offset <= n ? offset : -1;
 }
 
+/* TransportBase: sfu.transport.Transport's base class, the two attributes receive_rtp reads and
+ * writes per packet as C members (the SSRC's handler table ``_rtp``, ``last_packet_ms``): no
+ * attribute lookup, no change of the Transport's dict per packet. Python reads and sets them as
+ * before. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *rtp;
+    long long last_packet_ms;
+} TransportBase;
+
+static int tb_traverse(TransportBase *t, visitproc visit, void *arg) {
+    Py_VISIT(t->rtp);
+    return 0;
+}
+
+static int tb_clear(TransportBase *t) {
+    Py_CLEAR(t->rtp);
+    return 0;
+}
+
+static void tb_dealloc(TransportBase *t) {
+    PyObject_GC_UnTrack(t);
+    tb_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyMemberDef tb_members[] = {
+    {"_rtp", T_OBJECT_EX, offsetof(TransportBase, rtp), 0, "SSRC -> its packet handler"},
+    {"last_packet_ms", T_LONGLONG, offsetof(TransportBase, last_packet_ms), 0,
+     "the arrival time of the last RTP or RTCP packet heard"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TransportBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._ingress.TransportBase",
+    .tp_basicsize = sizeof(TransportBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "sfu.transport.Transport's per-packet state, in C for the reader",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)tb_dealloc,
+    .tp_traverse = (traverseproc)tb_traverse,
+    .tp_clear = (inquiry)tb_clear,
+    .tp_members = tb_members,
+};
+
 /* Transport._receive_rtp for an SSRC it knows: 1 done, 0 for the Python (it learns the SSRC),
  * -1 on an exception. */
 static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) {
@@ -221,21 +267,22 @@ static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) 
     if (offset < 0) return 1; /* (a packet shorter than 12 bytes too) */
     unsigned long ssrc = ((unsigned long)p[8] << 24) | ((unsigned long)p[9] << 16) |
                          ((unsigned long)p[10] << 8) | p[11];
+    if (!PyObject_TypeCheck(transport, &TransportBaseType)) return 0;
+    TransportBase *t = (TransportBase *)transport;
+    long long ms = PyLong_AsLongLong(arrival);
+    if (ms == -1 && PyErr_Occurred()) return -1;
     int result = -1;
-    PyObject *table = NULL, *key = NULL, *handler = NULL, *args[7] = {NULL};
-    if ((table = PyObject_GetAttr(transport, s_rtp)) == NULL) goto end;
-    if (!PyDict_Check(table)) { result = 0; goto end; }
+    PyObject *table = Py_XNewRef(t->rtp), *key = NULL, *handler = NULL, *args[7] = {NULL};
+    if (table == NULL || !PyDict_Check(table)) { result = 0; goto end; }
     if ((key = PyLong_FromUnsignedLong(ssrc)) == NULL) goto end;
     handler = Py_XNewRef(PyDict_GetItemWithError(table, key));
     if (handler == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
-    if (PyObject_SetAttr(transport, s_last_packet_ms, arrival) < 0) goto end;
+    t->last_packet_ms = ms;
     unsigned seq = (p[2] << 8) | p[3];
     unsigned long ts = ((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
                        ((unsigned long)p[6] << 8) | p[7];
     if (g_producer_fast != NULL && PyMethod_Check(handler) &&
         PyMethod_GET_FUNCTION(handler) == g_producer_receive) {
-        long long ms = PyLong_AsLongLong(arrival);
-        if (ms == -1 && PyErr_Occurred()) goto end;
         int taken = g_producer_fast(PyMethod_GET_SELF(handler), plain, p[0], p[1], seq, ts,
                                     offset, ms);
         if (taken != 0) { result = taken; goto end; }
@@ -692,8 +739,6 @@ PyMODINIT_FUNC PyInit__ingress(void) {
     INTERN(s_context, "context");
     INTERN(s_deliver, "deliver");
     INTERN(s_rtcp, "rtcp");
-    INTERN(s_rtp, "_rtp");
-    INTERN(s_last_packet_ms, "last_packet_ms");
     INTERN(s_batch, "batch");
     INTERN(s_held, "held");
     INTERN(s_sock, "_sock");
@@ -702,9 +747,13 @@ PyMODINIT_FUNC PyInit__ingress(void) {
     INTERN(s_clear, "clear");
     for (int i = 0; i < 256; i++)
         if ((small[i] = PyLong_FromLong(i)) == NULL) return NULL;
-    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&TransportBaseType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddObjectRef(m, "TransportBase", (PyObject *)&TransportBaseType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
