@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "_batch_capi.h"
 #include "_report.h"
 
 #define CHUNK 64
@@ -226,6 +227,14 @@ static PyObject *batch_items(Batch *b, PyObject *unused) {
 static Py_ssize_t batch_length(Batch *b) { return b->count; }
 
 static PyObject *batch_get_capacity(Batch *b, void *closure) { return PyLong_FromSize_t(b->size); }
+
+static Py_ssize_t capi_count(PyObject *b) { return ((Batch *)b)->count; }
+static PyObject *capi_send(PyObject *b, PyObject *sock) { return batch_send((Batch *)b, sock); }
+static void capi_empty(PyObject *b) { batch_empty((Batch *)b); }
+static void capi_hold(PyObject *b, int held) { ((Batch *)b)->held = (char)held; }
+
+static PyTypeObject BatchType;
+static const batch_capi_t batch_capi = {&BatchType, capi_count, capi_send, capi_empty, capi_hold};
 
 static PyMethodDef batch_methods[] = {
     {"send", (PyCFunction)batch_send, METH_O,
@@ -1176,6 +1185,10 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     PyObject *capi = PyCapsule_New((void *)receive_packet, "sfu._fastsend._receive_capi", NULL);
     int added = capi == NULL ? -1 : PyModule_AddObjectRef(m, "_receive_capi", capi);
     Py_XDECREF(capi);
+    PyObject *batch = added < 0 ? NULL
+        : PyCapsule_New((void *)&batch_capi, "sfu._fastsend._batch_capi", NULL);
+    added = batch == NULL ? -1 : PyModule_AddObjectRef(m, "_batch_capi", batch);
+    Py_XDECREF(batch);
     if (added < 0) {
         Py_DECREF(m);
         return NULL;

@@ -14,7 +14,9 @@
  *
  * The socket's send batch (MuxSocket.batch) is held for the call: what the handlers forward joins
  * it without a flush scheduled (Batch.held) and goes out by one send at the call's end, as
- * MuxSocket.flush would send it: no Python frame and no event-loop callback per wake-up.
+ * MuxSocket.flush would send it: no Python frame and no event-loop callback per wake-up. A batch
+ * that is sfu._fastsend's Batch is held, sent and emptied through its capsule _batch_capi, with
+ * no attribute set and no method called.
  *
  * No state of its own: for every datagram it reads the Python tables (MuxSocket.by_addr, the
  * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
@@ -41,6 +43,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "_batch_capi.h"
 #include "_report.h"
 
 #define BATCH 32
@@ -57,6 +60,7 @@ typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
 typedef int (*receive_fn)(PyObject *producer, PyObject *data, long long b0, long long b1,
                           long long seq, long long ts, long long offset, long long arrival_ms);
 static receive_fn g_producer_fast;
+static const batch_capi_t *g_batch; /* sfu._fastsend's Batch in C; NULL: its Python methods */
 static PyObject *g_producer_receive;
 
 static unsigned long long g_unprotect, g_unprotect_rtcp;
@@ -537,8 +541,13 @@ static int read_all(Reader *self) {
     return 0;
 }
 
+/* the reader's batch as sfu._fastsend's Batch in C, or NULL (a Python one: its methods) */
+static const batch_capi_t *native_batch(Reader *self) {
+    return g_batch != NULL && Py_TYPE(self->batch) == g_batch->type ? g_batch : NULL;
+}
+
 /* the batch sent when the socket is there and writable: 0, or -1 with an exception */
-static int send_batch(Reader *self) {
+static int send_batch(Reader *self, const batch_capi_t *native) {
     int r = -1;
     PyObject *sock = NULL, *writable = NULL;
     if ((sock = PyObject_GetAttr(self->mux, s_sock)) == NULL) goto end;
@@ -547,7 +556,8 @@ static int send_batch(Reader *self) {
     if (open < 0) goto end;
     if (open) {
         /* a full socket buffer drops the rest: media is never queued without bound */
-        PyObject *done = PyObject_CallMethodOneArg(self->batch, s_send, sock);
+        PyObject *done = native ? native->send(self->batch, sock)
+                                : PyObject_CallMethodOneArg(self->batch, s_send, sock);
         if (done == NULL) goto end;
         Py_DECREF(done);
     }
@@ -561,14 +571,20 @@ end:
  * happened, so that senders schedule a flush again. 0, or -1 with an exception. */
 static int flush(Reader *self) {
     PyObject *batch = self->batch;
-    Py_ssize_t n = PyObject_Length(batch);
-    int r = n > 0 ? send_batch(self) : (n < 0 ? -1 : 0);
+    const batch_capi_t *native = native_batch(self);
+    Py_ssize_t n = native ? native->count(batch) : PyObject_Length(batch);
+    int r = n > 0 ? send_batch(self, native) : (n < 0 ? -1 : 0);
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
-    PyObject *done = n ? PyObject_CallMethodNoArgs(batch, s_clear) : Py_NewRef(Py_None);
-    if (done == NULL || PyObject_SetAttr(batch, s_held, Py_False) < 0)
-        PyErr_WriteUnraisable(batch);
-    Py_XDECREF(done);
+    if (native) {
+        native->empty(batch);
+        native->hold(batch, 0);
+    } else {
+        PyObject *done = n ? PyObject_CallMethodNoArgs(batch, s_clear) : Py_NewRef(Py_None);
+        if (done == NULL || PyObject_SetAttr(batch, s_held, Py_False) < 0)
+            PyErr_WriteUnraisable(batch);
+        Py_XDECREF(done);
+    }
     PyErr_Restore(type, exc, tb);
     return r;
 }
@@ -576,7 +592,11 @@ static int flush(Reader *self) {
 /* The socket's batch is held for the call: what the handlers forward (sfu/_fastsend.c's fan-out,
  * RawSender) goes out by one send at its end, with no flush scheduled on the event loop. */
 static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
-    if (self->batch != NULL && PyObject_SetAttr(self->batch, s_held, Py_True) < 0) return NULL;
+    if (self->batch != NULL) {
+        const batch_capi_t *native = native_batch(self);
+        if (native) native->hold(self->batch, 1);
+        else if (PyObject_SetAttr(self->batch, s_held, Py_True) < 0) return NULL;
+    }
     int r = read_all(self);
     if (self->batch != NULL) {
         PyObject *type, *exc, *tb;
@@ -707,9 +727,13 @@ static PyObject *configure_transport(PyObject *self, PyObject *args) {
             return NULL;
         PyErr_Clear(); /* built without sfu._fastsend: every producer's receive is a call */
     }
+    const batch_capi_t *batch = NULL;
+    if (fast != NULL && (batch = PyCapsule_Import("sfu._fastsend._batch_capi", 0)) == NULL)
+        return NULL;
     Py_XSETREF(g_receive_rtp, Py_NewRef(receive_rtp));
     Py_XSETREF(g_producer_receive, Py_NewRef(producer_receive));
     g_producer_fast = fast;
+    g_batch = batch;
     Py_RETURN_NONE;
 }
 
