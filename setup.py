@@ -6,7 +6,7 @@ receives through the event loop's transport."""
 from setuptools import Extension, setup
 
 # depends: rebuilt when their shared header changes (MANIFEST.in puts it in the sdist)
-setup(ext_modules=[Extension("sfu._fastsend", ["sfu/_fastsend.c"], depends=["sfu/_report.h"],
+setup(ext_modules=[Extension("sfu._fastsend", ["sfu/_fastsend.c"], depends=["sfu/_report.h", "sfu/_batch_capi.h"],
                              optional=True),
-                   Extension("sfu._ingress", ["sfu/_ingress.c"], depends=["sfu/_report.h"],
+                   Extension("sfu._ingress", ["sfu/_ingress.c"], depends=["sfu/_report.h", "sfu/_batch_capi.h"],
                              optional=True)])

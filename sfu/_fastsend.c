@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "_batch_capi.h"
 #include "_report.h"
 
 #define CHUNK 64
@@ -226,6 +227,14 @@ static PyObject *batch_items(Batch *b, PyObject *unused) {
 static Py_ssize_t batch_length(Batch *b) { return b->count; }
 
 static PyObject *batch_get_capacity(Batch *b, void *closure) { return PyLong_FromSize_t(b->size); }
+
+static Py_ssize_t capi_count(PyObject *b) { return ((Batch *)b)->count; }
+static PyObject *capi_send(PyObject *b, PyObject *sock) { return batch_send((Batch *)b, sock); }
+static void capi_empty(PyObject *b) { batch_empty((Batch *)b); }
+static void capi_hold(PyObject *b, int held) { ((Batch *)b)->held = (char)held; }
+
+static PyTypeObject BatchType;
+static const batch_capi_t batch_capi = {&BatchType, capi_count, capi_send, capi_empty, capi_hold};
 
 static PyMethodDef batch_methods[] = {
     {"send", (PyCFunction)batch_send, METH_O,
@@ -729,32 +738,58 @@ static int call_failed(PyObject *c) {
     return 0;
 }
 
+/* The fan-out's packet: its C values, and the Python arguments of Consumer.forward, made only
+ * when a consumer's Python needs them (``piece``: the payload as bytes, ``args``: the tuple). */
+typedef struct {
+    packet_t p;
+    PyObject *piece, *args;
+} fan_t;
+
+/* Consumer.forward's arguments (borrowed from ``f``), NULL with an exception */
+static PyObject *forward_args(fan_t *f) {
+    if (f->args != NULL) return f->args;
+    if (f->piece == NULL &&
+        (f->piece = PyBytes_FromStringAndSize(f->p.payload, f->p.payload_len)) == NULL)
+        return NULL;
+    f->args = Py_BuildValue("(OLLLLiLOLL)", f->piece, f->p.padding, f->p.marker, f->p.seq,
+                            f->p.ts, (int)f->p.level, f->p.abs24, Py_False, f->p.epoch,
+                            f->p.arrival_ms);
+    return f->args;
+}
+
+#define FAN_STACK 8 /* consumers held on the stack: a copy of the list without an allocation */
+
 /* the loop of fanout(): 0, or -1 with an exception that is not one consumer's own */
-static int fan_out(PyObject *consumers, PyObject *fargs) {
-    PyObject **a = &PyTuple_GET_ITEM(fargs, 0);
-    packet_t p = {
-        PyBytes_AS_STRING(a[0]), PyBytes_GET_SIZE(a[0]),
-        PyLong_AsLongLong(a[1]), PyLong_AsLongLong(a[2]), PyLong_AsLongLong(a[3]),
-        PyLong_AsLongLong(a[4]), PyLong_AsLongLong(a[5]), PyLong_AsLongLong(a[6]),
-        PyLong_AsLongLong(a[8]), PyLong_AsLongLong(a[9]),
-    };
-    if (PyErr_Occurred()) return -1;
+static int fan_out(PyObject *consumers, fan_t *f) {
     /* iterate over a copy: a consumer's Python may close it (and remove it from the list) */
-    PyObject *targets = PyList_GetSlice(consumers, 0, PyList_GET_SIZE(consumers));
-    if (targets == NULL) return -1;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(targets); i++) {
-        PyObject *c = PyList_GET_ITEM(targets, i);
-        int r = forward_one(c, &p);
+    PyObject *stack[FAN_STACK], *copy = NULL, **targets = stack;
+    Py_ssize_t n = PyList_GET_SIZE(consumers);
+    if (n > FAN_STACK) {
+        if ((copy = PyList_GetSlice(consumers, 0, n)) == NULL) return -1;
+        targets = &PyList_GET_ITEM(copy, 0);
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) stack[i] = Py_NewRef(PyList_GET_ITEM(consumers, i));
+    }
+    int result = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = targets[i];
+        int r = forward_one(c, &f->p);
         if (r == 0) {
-            PyObject *done = PyObject_CallMethodObjArgs(c, s_forward, a[0], a[1], a[2], a[3],
-                                                        a[4], a[5], a[6], a[7], a[8], a[9], NULL);
+            PyObject *a = forward_args(f);
+            if (a == NULL) { result = -1; break; } /* no memory: not the consumer's fault */
+            PyObject *done = PyObject_CallMethodObjArgs(
+                c, s_forward, PyTuple_GET_ITEM(a, 0), PyTuple_GET_ITEM(a, 1),
+                PyTuple_GET_ITEM(a, 2), PyTuple_GET_ITEM(a, 3), PyTuple_GET_ITEM(a, 4),
+                PyTuple_GET_ITEM(a, 5), PyTuple_GET_ITEM(a, 6), PyTuple_GET_ITEM(a, 7),
+                PyTuple_GET_ITEM(a, 8), PyTuple_GET_ITEM(a, 9), NULL);
             if (done != NULL) { Py_DECREF(done); continue; }
             r = -1;
         }
-        if (r < 0 && call_failed(c) < 0) { Py_DECREF(targets); return -1; }
+        if (r < 0 && call_failed(c) < 0) { result = -1; break; }
     }
-    Py_DECREF(targets);
-    return 0;
+    if (copy != NULL) Py_DECREF(copy);
+    else for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(stack[i]);
+    return result;
 }
 
 static PyObject *fanout(PyObject *self, PyObject *args) {
@@ -765,7 +800,15 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "fanout: (payload: bytes, ...) of 10 arguments");
         return NULL;
     }
-    if (fan_out(consumers, fargs) < 0) return NULL;
+    PyObject **a = &PyTuple_GET_ITEM(fargs, 0);
+    fan_t f = {
+        {PyBytes_AS_STRING(a[0]), PyBytes_GET_SIZE(a[0]),
+         PyLong_AsLongLong(a[1]), PyLong_AsLongLong(a[2]), PyLong_AsLongLong(a[3]),
+         PyLong_AsLongLong(a[4]), PyLong_AsLongLong(a[5]), PyLong_AsLongLong(a[6]),
+         PyLong_AsLongLong(a[8]), PyLong_AsLongLong(a[9])},
+        a[0], fargs,
+    };
+    if (PyErr_Occurred() || fan_out(consumers, &f) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -971,28 +1014,33 @@ static int receive_packet(PyObject *producer, PyObject *data, long long b0, long
         p->level_sum += level & 0x7F;
         p->level_count += 1;
     }
-    PyObject *piece = PyBytes_FromStringAndSize((const char *)payload, payload_len);
-    if (piece == NULL) return -1;
+    fan_t f = {
+        {(const char *)payload, payload_len, b0 & 0x20, b1 & 0x80, seq, ts, level,
+         (arrival_ms * 262144 / 1000) & 0xFFFFFF, p->epoch, arrival_ms},
+        NULL, NULL,
+    };
+    int r = 0;
     if (p->caching && p->gop != Py_None) {  /* Producer._cache_gop, past a keyframe's start */
         if (PyList_GET_SIZE(p->gop) < g_gop_packets && arrival_ms - p->gop_ms <= g_gop_ms) {
-            PyObject *kept = Py_BuildValue("(OLLLL)", piece, b0 & 0x20, b1 & 0x80, seq, ts);
-            int appended = kept == NULL ? -1 : PyList_Append(p->gop, kept);
+            /* one bytes object for the GOP and the consumers' Python, as Producer.receive has */
+            f.piece = PyBytes_FromStringAndSize((const char *)payload, payload_len);
+            PyObject *kept = f.piece == NULL ? NULL
+                : Py_BuildValue("(OLLLL)", f.piece, b0 & 0x20, b1 & 0x80, seq, ts);
+            r = kept == NULL ? -1 : PyList_Append(p->gop, kept);
             Py_XDECREF(kept);
-            if (appended < 0) { Py_DECREF(piece); return -1; }
         } else {
             Py_SETREF(p->gop, Py_NewRef(Py_None));
         }
     }
-    PyObject *fargs = Py_BuildValue(
-        "(NLLLLiLOLL)", piece, b0 & 0x20, b1 & 0x80, seq, ts, level,
-        (arrival_ms * 262144 / 1000) & 0xFFFFFF, Py_False, p->epoch, arrival_ms);
-    if (fargs == NULL) return -1;
-    PyObject *consumers = Py_NewRef(p->consumers);
-    int r = fan_out(consumers, fargs);
-    Py_DECREF(consumers);
-    Py_DECREF(fargs);
-    if (r < 0) return -1;
-    return 1;
+    if (r == 0) {
+        /* (the payload stays in ``data``, which the caller holds, all through the fan-out) */
+        PyObject *consumers = Py_NewRef(p->consumers);
+        r = fan_out(consumers, &f);
+        Py_DECREF(consumers);
+    }
+    Py_XDECREF(f.piece);
+    Py_XDECREF(f.args);
+    return r < 0 ? -1 : 1;
 }
 
 static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1137,6 +1185,10 @@ PyMODINIT_FUNC PyInit__fastsend(void) {
     PyObject *capi = PyCapsule_New((void *)receive_packet, "sfu._fastsend._receive_capi", NULL);
     int added = capi == NULL ? -1 : PyModule_AddObjectRef(m, "_receive_capi", capi);
     Py_XDECREF(capi);
+    PyObject *batch = added < 0 ? NULL
+        : PyCapsule_New((void *)&batch_capi, "sfu._fastsend._batch_capi", NULL);
+    added = batch == NULL ? -1 : PyModule_AddObjectRef(m, "_batch_capi", batch);
+    Py_XDECREF(batch);
     if (added < 0) {
         Py_DECREF(m);
         return NULL;

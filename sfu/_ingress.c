@@ -14,7 +14,9 @@
  *
  * The socket's send batch (MuxSocket.batch) is held for the call: what the handlers forward joins
  * it without a flush scheduled (Batch.held) and goes out by one send at the call's end, as
- * MuxSocket.flush would send it: no Python frame and no event-loop callback per wake-up.
+ * MuxSocket.flush would send it: no Python frame and no event-loop callback per wake-up. A batch
+ * that is sfu._fastsend's Batch is held, sent and emptied through its capsule _batch_capi, with
+ * no attribute set and no method called.
  *
  * No state of its own: for every datagram it reads the Python tables (MuxSocket.by_addr, the
  * connection's aiortc_hooks._Sink and DTLS transport, Transport._rtp), so ICE, consent, DTLS,
@@ -41,6 +43,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "_batch_capi.h"
 #include "_report.h"
 
 #define BATCH 32
@@ -57,12 +60,13 @@ typedef int (*srtp_fn)(void *ctx, void *packet, int *len);
 typedef int (*receive_fn)(PyObject *producer, PyObject *data, long long b0, long long b1,
                           long long seq, long long ts, long long offset, long long arrival_ms);
 static receive_fn g_producer_fast;
+static const batch_capi_t *g_batch; /* sfu._fastsend's Batch in C; NULL: its Python methods */
 static PyObject *g_producer_receive;
 
 static unsigned long long g_unprotect, g_unprotect_rtcp;
 static PyObject *g_connected, *g_muxed_type, *g_sink_name, *g_receive_rtp;
 static PyObject *s_by_addr, *s_datagram_received, *s_receiver, *s_dtls, *s_state, *s_rx_srtp,
-    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_rtp, *s_last_packet_ms, *s_batch,
+    *s_session, *s_adopt, *s_context, *s_deliver, *s_rtcp, *s_batch,
     *s_held, *s_sock, *s_writable, *s_send, *s_clear;
 static PyObject *small[256]; /* 0-255: b0, b1 and most payload offsets without an allocation */
 
@@ -212,6 +216,52 @@ static Py_ssize_t payload_offset(const unsigned char *p, Py_ssize_t n) {
     return offset <= n ? offset : -1;
 }
 
+/* TransportBase: sfu.transport.Transport's base class, the two attributes receive_rtp reads and
+ * writes per packet as C members (the SSRC's handler table ``_rtp``, ``last_packet_ms``): no
+ * attribute lookup, no change of the Transport's dict per packet. Python reads and sets them as
+ * before. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *rtp;
+    long long last_packet_ms;
+} TransportBase;
+
+static int tb_traverse(TransportBase *t, visitproc visit, void *arg) {
+    Py_VISIT(t->rtp);
+    return 0;
+}
+
+static int tb_clear(TransportBase *t) {
+    Py_CLEAR(t->rtp);
+    return 0;
+}
+
+static void tb_dealloc(TransportBase *t) {
+    PyObject_GC_UnTrack(t);
+    tb_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyMemberDef tb_members[] = {
+    {"_rtp", T_OBJECT_EX, offsetof(TransportBase, rtp), 0, "SSRC -> its packet handler"},
+    {"last_packet_ms", T_LONGLONG, offsetof(TransportBase, last_packet_ms), 0,
+     "the arrival time of the last RTP or RTCP packet heard"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TransportBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu._ingress.TransportBase",
+    .tp_basicsize = sizeof(TransportBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "sfu.transport.Transport's per-packet state, in C for the reader",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)tb_dealloc,
+    .tp_traverse = (traverseproc)tb_traverse,
+    .tp_clear = (inquiry)tb_clear,
+    .tp_members = tb_members,
+};
+
 /* Transport._receive_rtp for an SSRC it knows: 1 done, 0 for the Python (it learns the SSRC),
  * -1 on an exception. */
 static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) {
@@ -221,21 +271,22 @@ static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) 
     if (offset < 0) return 1; /* (a packet shorter than 12 bytes too) */
     unsigned long ssrc = ((unsigned long)p[8] << 24) | ((unsigned long)p[9] << 16) |
                          ((unsigned long)p[10] << 8) | p[11];
+    if (!PyObject_TypeCheck(transport, &TransportBaseType)) return 0;
+    TransportBase *t = (TransportBase *)transport;
+    long long ms = PyLong_AsLongLong(arrival);
+    if (ms == -1 && PyErr_Occurred()) return -1;
     int result = -1;
-    PyObject *table = NULL, *key = NULL, *handler = NULL, *args[7] = {NULL};
-    if ((table = PyObject_GetAttr(transport, s_rtp)) == NULL) goto end;
-    if (!PyDict_Check(table)) { result = 0; goto end; }
+    PyObject *table = Py_XNewRef(t->rtp), *key = NULL, *handler = NULL, *args[7] = {NULL};
+    if (table == NULL || !PyDict_Check(table)) { result = 0; goto end; }
     if ((key = PyLong_FromUnsignedLong(ssrc)) == NULL) goto end;
     handler = Py_XNewRef(PyDict_GetItemWithError(table, key));
     if (handler == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
-    if (PyObject_SetAttr(transport, s_last_packet_ms, arrival) < 0) goto end;
+    t->last_packet_ms = ms;
     unsigned seq = (p[2] << 8) | p[3];
     unsigned long ts = ((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |
                        ((unsigned long)p[6] << 8) | p[7];
     if (g_producer_fast != NULL && PyMethod_Check(handler) &&
         PyMethod_GET_FUNCTION(handler) == g_producer_receive) {
-        long long ms = PyLong_AsLongLong(arrival);
-        if (ms == -1 && PyErr_Occurred()) goto end;
         int taken = g_producer_fast(PyMethod_GET_SELF(handler), plain, p[0], p[1], seq, ts,
                                     offset, ms);
         if (taken != 0) { result = taken; goto end; }
@@ -490,8 +541,13 @@ static int read_all(Reader *self) {
     return 0;
 }
 
+/* the reader's batch as sfu._fastsend's Batch in C, or NULL (a Python one: its methods) */
+static const batch_capi_t *native_batch(Reader *self) {
+    return g_batch != NULL && Py_TYPE(self->batch) == g_batch->type ? g_batch : NULL;
+}
+
 /* the batch sent when the socket is there and writable: 0, or -1 with an exception */
-static int send_batch(Reader *self) {
+static int send_batch(Reader *self, const batch_capi_t *native) {
     int r = -1;
     PyObject *sock = NULL, *writable = NULL;
     if ((sock = PyObject_GetAttr(self->mux, s_sock)) == NULL) goto end;
@@ -500,7 +556,8 @@ static int send_batch(Reader *self) {
     if (open < 0) goto end;
     if (open) {
         /* a full socket buffer drops the rest: media is never queued without bound */
-        PyObject *done = PyObject_CallMethodOneArg(self->batch, s_send, sock);
+        PyObject *done = native ? native->send(self->batch, sock)
+                                : PyObject_CallMethodOneArg(self->batch, s_send, sock);
         if (done == NULL) goto end;
         Py_DECREF(done);
     }
@@ -514,14 +571,20 @@ end:
  * happened, so that senders schedule a flush again. 0, or -1 with an exception. */
 static int flush(Reader *self) {
     PyObject *batch = self->batch;
-    Py_ssize_t n = PyObject_Length(batch);
-    int r = n > 0 ? send_batch(self) : (n < 0 ? -1 : 0);
+    const batch_capi_t *native = native_batch(self);
+    Py_ssize_t n = native ? native->count(batch) : PyObject_Length(batch);
+    int r = n > 0 ? send_batch(self, native) : (n < 0 ? -1 : 0);
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
-    PyObject *done = n ? PyObject_CallMethodNoArgs(batch, s_clear) : Py_NewRef(Py_None);
-    if (done == NULL || PyObject_SetAttr(batch, s_held, Py_False) < 0)
-        PyErr_WriteUnraisable(batch);
-    Py_XDECREF(done);
+    if (native) {
+        native->empty(batch);
+        native->hold(batch, 0);
+    } else {
+        PyObject *done = n ? PyObject_CallMethodNoArgs(batch, s_clear) : Py_NewRef(Py_None);
+        if (done == NULL || PyObject_SetAttr(batch, s_held, Py_False) < 0)
+            PyErr_WriteUnraisable(batch);
+        Py_XDECREF(done);
+    }
     PyErr_Restore(type, exc, tb);
     return r;
 }
@@ -529,7 +592,11 @@ static int flush(Reader *self) {
 /* The socket's batch is held for the call: what the handlers forward (sfu/_fastsend.c's fan-out,
  * RawSender) goes out by one send at its end, with no flush scheduled on the event loop. */
 static PyObject *reader_call(Reader *self, PyObject *args, PyObject *kwargs) {
-    if (self->batch != NULL && PyObject_SetAttr(self->batch, s_held, Py_True) < 0) return NULL;
+    if (self->batch != NULL) {
+        const batch_capi_t *native = native_batch(self);
+        if (native) native->hold(self->batch, 1);
+        else if (PyObject_SetAttr(self->batch, s_held, Py_True) < 0) return NULL;
+    }
     int r = read_all(self);
     if (self->batch != NULL) {
         PyObject *type, *exc, *tb;
@@ -660,9 +727,13 @@ static PyObject *configure_transport(PyObject *self, PyObject *args) {
             return NULL;
         PyErr_Clear(); /* built without sfu._fastsend: every producer's receive is a call */
     }
+    const batch_capi_t *batch = NULL;
+    if (fast != NULL && (batch = PyCapsule_Import("sfu._fastsend._batch_capi", 0)) == NULL)
+        return NULL;
     Py_XSETREF(g_receive_rtp, Py_NewRef(receive_rtp));
     Py_XSETREF(g_producer_receive, Py_NewRef(producer_receive));
     g_producer_fast = fast;
+    g_batch = batch;
     Py_RETURN_NONE;
 }
 
@@ -692,8 +763,6 @@ PyMODINIT_FUNC PyInit__ingress(void) {
     INTERN(s_context, "context");
     INTERN(s_deliver, "deliver");
     INTERN(s_rtcp, "rtcp");
-    INTERN(s_rtp, "_rtp");
-    INTERN(s_last_packet_ms, "last_packet_ms");
     INTERN(s_batch, "batch");
     INTERN(s_held, "held");
     INTERN(s_sock, "_sock");
@@ -702,9 +771,13 @@ PyMODINIT_FUNC PyInit__ingress(void) {
     INTERN(s_clear, "clear");
     for (int i = 0; i < 256; i++)
         if ((small[i] = PyLong_FromLong(i)) == NULL) return NULL;
-    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&TransportBaseType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddObjectRef(m, "TransportBase", (PyObject *)&TransportBaseType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

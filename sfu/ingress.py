@@ -22,11 +22,12 @@ from typing import Any
 try:
     from sfu._ingress import (  # type: ignore[import-not-found]
         Reader,
+        TransportBase,
         configure,
         configure_transport,
     )
 except ImportError:  # built without a compiler: the event loop's datagram transport
-    Reader = configure = configure_transport = None
+    Reader = TransportBase = configure = configure_transport = None
 
 NATIVE = Reader is not None
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import (
     RTCBundlePolicy,
@@ -207,7 +207,15 @@ class TransportListener(Protocol):
         ...
 
 
-class Transport:
+# With sfu/_ingress.c built, ``_rtp`` and ``last_packet_ms`` are C members of this base class:
+# the reader looks the handler up and stamps the packet's arrival with no attribute lookup.
+if TYPE_CHECKING or ingress.TransportBase is None:
+    _Base = object
+else:
+    _Base = ingress.TransportBase
+
+
+class Transport(_Base):
     def __init__(self, router: TransportListener, participant_id: str, kind: TransportKind) -> None:
         self.router = router
         self.participant_id = participant_id

@@ -170,6 +170,9 @@ def _world(native: bool) -> dict[str, Any]:
     add("level", audio, ExtensionLayout(audio_level_id=5))
     add("audio_bare", audio, ExtensionLayout())
     add("audio_no_nack", audio, ExtensionLayout(mid_id=4, mid="3"), nack=False)
+    # (audio has few consumers, video many: the C fan-out's two ways of copying the list)
+    add("audio_closer", audio, ExtensionLayout(), fast=False, closes="audio_victim")
+    add("audio_victim", audio, ExtensionLayout(mid_id=4, mid="4"))
 
     # "refused": its SRTP session already protected the sequence numbers it is about to send,
     # so libsrtp refuses them as replays (a raise in the fan-out, counted in send_errors)
@@ -291,6 +294,8 @@ def test_the_c_fan_out_sends_and_keeps_what_the_python_one_does() -> None:
     assert state["refused"]["send_errors"] > 0 and state["broken"]["send_errors"] > 0
     assert state["paused"]["packets"] == 0
     assert 0 < state["victim"]["packets"] < state["bare"]["packets"] and state["victim"]["_cache"] == []
+    assert 0 < state["audio_victim"]["packets"] < state["audio_bare"]["packets"]
+    assert state["audio_victim"]["_cache"] == []
     assert ("127.0.0.1", 41000) in python["batches"]["mid"][1]
     assert native["held"] and python["held"]
     assert all(s["retransmitted"] for n, s in state.items() if n not in ("paused", "broken", "victim"))

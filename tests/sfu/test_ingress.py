@@ -347,6 +347,27 @@ async def test_the_c_path_makes_the_calls_and_drops_of_the_python_path(
         mallory.close()
 
 
+@pytest.mark.integration
+async def test_the_c_path_reads_and_stamps_the_transports_attributes_as_python_sets_them(
+        sides: tuple[Side, Side]) -> None:
+    native, python = sides
+    async with connected_client(sides) as (alice, sender):
+        alice.send(sender.protect(rtp(2)))
+        await settle(sides, lambda side: len(side.calls) == 1)
+        for side in sides:
+            assert side.transport.last_packet_ms == side.arrivals[-1] > 0
+            # the table replaced whole and the stamp set, by Python, between two packets
+            side.transport._rtp = {SSRC: lambda data, *rest, side=side: side.calls.append(("new", rest[2]))}
+            side.transport.last_packet_ms = 7
+        alice.send(sender.protect(rtp(3)))
+        await settle(sides, lambda side: len(side.calls) == 2)
+        assert native.calls[1] == python.calls[1] == ("new", 3)
+        assert reader_of(native).taken == 2
+        for side in sides:
+            assert 7 < side.transport.last_packet_ms
+            assert abs(side.transport.last_packet_ms - side.arrivals[-1]) < 1000
+
+
 def is_srtcp(data: bytes) -> bool:
     return len(data) > 1 and 127 < data[0] < 192 and 191 < data[1] < 209
 
