@@ -346,7 +346,9 @@ class Producer(_Base, Generic[Listener]):
             _fanout(self.consumers, (payload, padding, marker, seq, ts, level, abs24, keyframe,
                                      epoch, arrival_ms))
             return
-        for consumer in self.consumers:
+        # a copy, as the C fan-out walks: a consumer closed by another's sending (and so taken
+        # off the list) must not take this packet from the one after it
+        for consumer in tuple(self.consumers):
             try:  # (free in CPython 3.11 until something raises)
                 consumer.forward(payload, padding, marker, seq, ts, level, abs24, keyframe,
                                  epoch, arrival_ms)
@@ -441,7 +443,7 @@ class Producer(_Base, Generic[Listener]):
             gop.append((payload, b0 & 0x20, b1 & 0x80, original_seq, ts))  # a repaired hole
         keyframe = self.waiting_for_keyframe > 0 and self._is_keyframe_start(payload)
         abs24 = (arrival_ms * 262144 // 1000) & 0xFFFFFF
-        for consumer in targets:
+        for consumer in tuple(targets):  # a copy, as in receive()
             try:
                 consumer.forward(payload, b0 & 0x20, b1 & 0x80, original_seq, ts, level, abs24,
                                  keyframe, self.epoch, arrival_ms)

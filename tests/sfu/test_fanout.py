@@ -567,3 +567,40 @@ def test_a_ring_without_nack_turns_in_the_c_fan_out() -> None:
     assert forwards.calls == first
     assert consumer.packets == len(mux.batch) == 5 * NO_NACK_CACHE + 1
     assert len(consumer._cache) == NO_NACK_CACHE
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_consumer_closed_during_the_fan_out_leaves_the_others_their_packet(
+        native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer whose sending closes another one (as a subscriber's transport closing all its
+    consumers would) does not take the packet from the consumer after it: the C fan-out walks a
+    copy of the list, and the Python one must do the same."""
+    if native:
+        assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    monkeypatch.setattr(producer_module, "_fanout", fastsend.native_fanout if native else None)
+    monkeypatch.setattr(producer_module, "_receive", fastsend.native_receive if native else None)
+    audio: Producer[Consumer] = Producer("a", "alice", "audio", OPUS, max_bitrate=0,
+                                         keyframe_interval=1.0, scheduler=FakeScheduler())
+    audio.attach_source(1234, None, 2, lambda d: True)
+    sent: dict[str, list[int]] = {"first": [], "closer": [], "last": []}
+    consumers: dict[str, Consumer] = {}
+
+    def sender(name: str) -> Any:
+        def send_rtp(data: bytes) -> bool:
+            sent[name].append(struct.unpack_from("!H", data, 2)[0])
+            if name == "closer":
+                consumers["first"].close()
+            return True
+        return send_rtp
+
+    for i, name in enumerate(sent):
+        consumer = Consumer(name, audio, "bob", ssrc=0x1000 + i, rtx_ssrc=0x2000 + i,
+                            send_rtp=sender(name), send_rtcp=lambda d: True)
+        consumer.configure(111, None, ExtensionLayout())
+        audio.add_consumer(consumer)
+        consumer.resume()
+        consumers[name] = consumer
+    audio.receive(*_split(_packet(1, 960, b"\x01" * 60, pt=111)), 3_900_000_000_000)
+    assert [len(sent[name]) for name in sent] == [1, 1, 1]
+    assert audio.consumers == [consumers["closer"], consumers["last"]]
+    audio.close()
