@@ -862,6 +862,10 @@ class ReleasedDtls:
         raise ConnectionError("this DTLS connection was released: it carries no data channel")
 
     def shutdown(self) -> bool:
+        # stop(): the transport closes anyway, so a consent check still running has no purpose
+        # (and would retransmit over a closed socket for up to 3.5 s)
+        if self._probe is not None:
+            self._probe.cancel()
         self._pending = self._close_notify
         return True
 

@@ -549,6 +549,14 @@ async def test_release_dtls_frees_the_openssl_connection_and_leaves_srtp() -> No
         assert released._probe is not None
         await released._probe
         assert answerer.connectionState == "connected" and dtls.state == "connected"
+        # the peer goes: its close_notify starts a check nobody answers, and when our side
+        # closes meanwhile, the check goes with it rather than retransmitting for 3.5 s
+        await offerer.close()
+        await asyncio.sleep(0.2)
+        probe = released._probe
+        assert probe is not None and not probe.done()
+        await answerer.close()
+        assert probe.cancelled()
     finally:
         await offerer.close()
         await answerer.close()
