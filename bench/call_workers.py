@@ -10,8 +10,9 @@ A call is set up the way each server's applications set one up:
 
 - expertcall: both connect to ``/ws`` and say ``hello``; the expert goes online, the client sends
   ``help.request``, the expert accepts the ``ring``; then each publishes with a ``media.offer``
-  and answers the server's ``media.offer``s for its subscribe transport (the first, and the
-  renegotiation that adds the other side's tracks). The session is billed per minute.
+  (``chat: false``: no data channel, as Janus's calls have none) and answers the server's
+  ``media.offer``s for its subscribe transport (the first, and the renegotiation that adds the
+  other side's tracks). The session is billed per minute.
 - Janus: each participant opens a Janus session (its own WebSocket) and attaches a VideoRoom
   handle; the expert creates the call's room; each joins it as a publisher with its offer, then
   attaches a second handle, subscribes to the other's feed and answers Janus's offer.
@@ -155,7 +156,10 @@ class ExpertcallCalls:
         sock.handlers["media.offer"] = on_offer
 
         async def exchange(offer: str) -> str:
-            ref = await sock.send("media.offer", session_id=session_id, transport="publish", sdp=offer)
+            # Light clients never chat (nor do Janus's here, which negotiate no data channel): no
+            # "chat" channel on the subscribe transport, as for a native client without chat.
+            ref = await sock.send("media.offer", session_id=session_id, transport="publish", sdp=offer,
+                                  chat=False)
             _, reply = await sock.expect(lambda m: m.get("ref") == ref and m.get("type") == "media.answer",
                                          "publish answer")
             return str(reply["sdp"])

@@ -108,12 +108,18 @@ class Offer(Message):
 @dataclass(frozen=True)
 class Subscribe(Message):
     """Open the participant's subscribe transport; the SFU's offer (every other participant's
-    tracks plus a "chat" data channel) follows as a ``ServerOffer`` event. Sent again after a
-    resume, it replaces the transport (a fresh ICE/DTLS session). Replies ``Ok``."""
+    tracks, plus a "chat" data channel when ``chat``) follows as a ``ServerOffer`` event. Sent
+    again after a resume, it replaces the transport (a fresh ICE/DTLS session) and states
+    ``chat`` anew. Replies ``Ok``.
+
+    ``chat=False``: a client that never chats gets no data channel, so the connection needs no
+    SCTP association and its DTLS state is freed once media flows (``Transport.release_dtls``).
+    With no track to offer yet, the ``ServerOffer`` then waits for the first one."""
 
     kind: ClassVar[str] = "subscribe"
     room_id: str
     participant_id: str
+    chat: bool = True
 
 
 @dataclass(frozen=True)

@@ -105,13 +105,15 @@ class Router:
             raise MediaError("unknown_transport", f"{participant_id} has no {kind} transport")
         return transport
 
-    async def subscribe(self, participant_id: str) -> None:
-        """(Re)create the participant's subscribe transport, offering every track in the room.
-        A resume replaces the old transport: aiortc cannot restart ICE in place."""
+    async def subscribe(self, participant_id: str, chat: bool = True) -> None:
+        """(Re)create the participant's subscribe transport, offering every track in the room,
+        and the "chat" data channel when ``chat``. A resume replaces the old transport: aiortc
+        cannot restart ICE in place."""
         participant = self.participant(participant_id)
         if participant.subscribe is not None:
             await self._close_transport(participant.subscribe, "replaced", announce=False)
         transport = self.transport(participant_id, "subscribe")
+        transport.offers_chat = chat
         for producer in self.producers_for(participant_id):
             transport.add_consumer(producer)
         await self._offer(transport)

@@ -228,6 +228,7 @@ class Transport(_Base):
         self.producers: dict[str, Producer[Consumer]] = {}  # by the client's mid
         self.consumers: dict[str, Consumer] = {}  # by our mid (or by producer id until known)
         self.chat: RTCDataChannel | None = None
+        self.offers_chat = True  # our own offers open a "chat" data channel (sfu.api.Subscribe)
         self._rtp: dict[int, PacketHandler] = {}
         self._rtcp_consumers: dict[int, Consumer] = {}
         self._mid_ext_id = 0
@@ -384,7 +385,9 @@ class Transport(_Base):
 
     async def create_offer(self) -> tuple[str, int] | None:
         """Our (re)offer on a subscribe transport, or None while one is awaiting its answer
-        (the change is then offered once that answer arrives)."""
+        (the change is then offered once that answer arrives), or while there is nothing to
+        offer: no track yet and no chat (an offer without media sections cannot be answered);
+        the first track's offer then opens the connection."""
         async with self._lock:
             if self.closed:
                 return None
@@ -392,8 +395,10 @@ class Transport(_Base):
                 self._renegotiate = True
                 return None
             self._renegotiate = False
-            if self.chat is None:
+            if self.chat is None and self.offers_chat:
                 self._open_chat(self.pc.createDataChannel("chat"))
+            if self.chat is None and not self.pc.getTransceivers():
+                return None
             self._hook()
             offer = await self.pc.createOffer()
             sdp = _declare_parameter_sets(offer.sdp, self._rtcp_consumers)
@@ -768,10 +773,11 @@ class Transport(_Base):
         """Free the connection's OpenSSL state (aiortc_hooks.release_dtls) once it has no data
         channel and the client has sent media or RTCP since it connected: authenticated by this
         connection's SRTP keys (the connected state comes before any packet they unprotect), so
-        its handshake is complete. That is every publish connection without chat, and WHEP's
-        subscribe connections; the SFU offers chat on its own subscribe offers. A client that
-        closes a released connection without signalling is seen by the consent check its
-        close_notify prompts (aiortc_hooks.ReleasedDtls), in seconds. Every router tick: cheap."""
+        its handshake is complete. That is every publish connection without chat, WHEP's
+        subscribe connections, and subscribe connections the SFU offered without chat
+        (``sfu.api.Subscribe``). A client that closes a released connection without signalling
+        is seen by the consent check its close_notify prompts (aiortc_hooks.ReleasedDtls), in
+        seconds. Every router tick: cheap."""
         pc = self.pc
         if (self._dtls_released is pc or not self.connected or pc.sctp is not None
                 or self.last_packet_ms == self._heard_at_connect):

@@ -157,7 +157,9 @@ class LocalMediaPlane:
         return answer
 
     async def _subscribe(self, message: Subscribe) -> Message:
-        await self._room(message.room_id).subscribe(message.participant_id)
+        if not isinstance(message.chat, bool):
+            raise MediaError("bad_message", "chat must be true or false")
+        await self._room(message.room_id).subscribe(message.participant_id, message.chat)
         return Ok()
 
     async def _answer(self, message: AnswerToServerOffer) -> Message:

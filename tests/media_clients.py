@@ -246,6 +246,7 @@ class Subscriber:
     participant_id: str
     decode: bool = True
     loss: float = 0.0
+    with_chat: bool = True  # sfu.api.Subscribe: the SFU's offer opens the "chat" data channel
     pc: RTCPeerConnection | None = None
     frames: list[tuple[float, int]] = field(default_factory=list)
     audio_frames: int = 0
@@ -260,7 +261,7 @@ class Subscriber:
     async def start(self) -> None:
         self.hub.register(self.participant_id, self)
         self._new_pc()
-        await self.plane.request(Subscribe(self.room_id, self.participant_id))
+        await self.plane.request(Subscribe(self.room_id, self.participant_id, self.with_chat))
 
     def _new_pc(self) -> None:
         self.pc = client_pc()

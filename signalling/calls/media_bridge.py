@@ -98,6 +98,9 @@ class MediaBridge:
         assert self.plane is not None
         ref = msg.get("id")
         type_, transport, room = msg["type"], msg["transport"], session.id
+        if "chat" in msg and transport != "publish":
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "chat: only a publish offer says whether "
+                                "the subscribe transport opens chat")
         try:
             if type_ == "media.offer":
                 await self.queues.media_started(session.id)
@@ -109,8 +112,9 @@ class MediaBridge:
                     # docs/media-api.md: the control plane opens the participant's subscribe
                     # transport, and replaces it when a resume restarts publish from a new
                     # connection; the SFU's offer follows as a ServerOffer (a media.offer).
+                    # Each publish offer says whether it opens chat (schema: a boolean).
                     await self.backend.deliver(user_id, out)
-                    await self.plane.request(Subscribe(room, user_id))
+                    await self.plane.request(Subscribe(room, user_id, msg.get("chat", True)))
                     return
             elif type_ == "media.answer":
                 await self.plane.request(AnswerToServerOffer(room, user_id, transport, msg["sdp"], msg["offer_id"]))

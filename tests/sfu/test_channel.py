@@ -51,6 +51,7 @@ EVERY_MESSAGE: list[Message] = [
     CloseRoom("r", "ended"),
     Offer("r", "alice", "publish", SDP),
     Subscribe("r", "alice"),
+    Subscribe("r", "alice", chat=False),
     AnswerToServerOffer("r", "alice", "subscribe", SDP, 2),
     AddIceCandidate("r", "alice", "publish", {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host",
                                               "sdpMid": "0", "sdpMLineIndex": 0}),
@@ -90,6 +91,11 @@ def test_every_api_message_round_trips_through_msgpack() -> None:
             assert int.from_bytes(wire[:4], "big") == len(wire) - 4
             back = message_of(decode(wire[4:]))
             assert back == original and type(back) is type(original)
+
+
+def test_a_field_left_out_by_an_older_sender_takes_its_default() -> None:
+    frame = {"t": "request", "id": 7, "message": {"kind": "subscribe", "room_id": "r", "participant_id": "bob"}}
+    assert message_of(decode(encode(frame)[4:])) == Subscribe("r", "bob", chat=True)
 
 
 def test_media_options_round_trip() -> None:

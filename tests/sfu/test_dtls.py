@@ -15,7 +15,7 @@ from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfu.aiortc_hooks import ReleasedDtls, dtls_transports
-from sfu.api import Leave, MediaError, OpenRoom
+from sfu.api import Leave, MediaError, OpenRoom, ServerOffer, Subscribe
 from sfu.options import MediaOptions
 from sfu.worker import LocalMediaPlane
 from tests import media_clients
@@ -182,6 +182,43 @@ async def test_a_whep_viewer_without_data_channel_frees_its_dtls_state_and_still
         await eventually(lambda: "viewer" not in router.participants, timeout=10)
     finally:
         await pc.close()
+        await publisher.close()
+        await plane.close()
+
+
+async def test_a_subscribe_connection_offered_without_chat_frees_its_dtls_state_after_a_resume_too() -> None:
+    """Subscribe(chat=False): the SFU offers no data channel (and, with no track yet, nothing:
+    the first track's offer opens the connection), so the connection needs no SCTP and is
+    released once the viewer's RTCP arrives; media goes on. A resume (Subscribe again, from a
+    new client connection) states the choice again, and its connection is released too."""
+    plane = LocalMediaPlane(MediaOptions(loopback=True))
+    plane.start()
+    await plane.request(OpenRoom("room"))
+    hub = EventHub(plane)
+    viewer = Subscriber(plane, hub, "room", "bob", with_chat=False)
+    publisher = Publisher(plane, "room", "alice", audio=False)
+    try:
+        await viewer.start()
+        await publisher.start()
+        router = plane.rooms["room"]
+        for resumed in (False, True):
+            if resumed:  # a new client connection, and the control plane's Subscribe again
+                old = viewer.pc
+                assert old is not None
+                viewer._new_pc()
+                await plane.request(Subscribe("room", "bob", chat=False))
+                await old.close()
+            await viewer.wait_frames(len(viewer.frames) + 5, timeout=20)
+            bob = router.participants["bob"].subscribe
+            assert bob is not None and bob.pc.sctp is None and bob.chat is None
+            await eventually(lambda: isinstance(dtls_transports(bob.pc)[0]._ssl, ReleasedDtls),
+                             timeout=10)
+            await viewer.wait_frames(len(viewer.frames) + 10, timeout=20)
+        offers = [o for o in hub.of(ServerOffer) if o.participant_id == "bob"]
+        assert [o.offer_id for o in offers] == [1, 1]  # the first waited for the track
+        assert all("m=video" in o.sdp and "m=application" not in o.sdp for o in offers)
+    finally:
+        await viewer.close()
         await publisher.close()
         await plane.close()
 

@@ -100,6 +100,7 @@ async def test_other_bad_requests(plane: LocalMediaPlane) -> None:
         assert await _refused(
             plane, AddIceCandidate("room", "alice", "publish", candidate)
         ) == "bad_candidate"
+    assert await _refused(plane, Subscribe("room", "bob", chat="no")) == "bad_message"  # type: ignore[arg-type]
     with pytest.raises(MediaError) as info:
         Message.from_dict({"kind": "launch_missiles"})
     assert info.value.code == "bad_message"

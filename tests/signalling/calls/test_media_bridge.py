@@ -14,9 +14,10 @@ from sfu.api import (
     ServerOffer,
     Subscribe,
 )
+from signalling.auth.tokens import TOKENS
 from signalling.core.settings import Settings
 
-from ...utils import FakePlane, Peer, build_app
+from ...utils import FakePlane, Peer, build_app, kill
 
 
 @pytest.fixture
@@ -148,6 +149,37 @@ async def test_a_publish_offer_opens_the_subscribe_transport(aiohttp_client, set
         assert plane.requests[-1] == Subscribe(sid, "alice")
     await alice.request("media.offer", session_id=sid, transport="subscribe", sdp="v=0 whep")
     assert plane.kinds()[-1] == "offer"
+
+
+async def test_a_publish_offer_says_whether_the_subscribe_transport_opens_chat(aiohttp_client, settings, plane) -> None:  # type: ignore[no-untyped-def]
+    """``chat: false`` reaches the SFU on the Subscribe that follows, and again from a resumed
+    socket's offer (which replaces the subscribe transport); left out, chat is on."""
+    client = await aiohttp_client(build_app(settings, plane))
+    expert, alice, sid = await paired(client)
+    answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 a", chat=False)
+    assert answer["type"] == "media.answer"
+    assert plane.requests[-1] == Subscribe(sid, "alice", chat=False)
+
+    kill(alice)
+    back = Peer(await client.ws_connect("/ws"))
+    token = client.app[TOKENS].mint("alice", "client")
+    assert (await back.request("resume", token=token, resume_token=alice.welcome["resume_token"]))["resumed"]
+    answer = await back.request("media.offer", session_id=sid, transport="publish", sdp="v=0 b", chat=False)
+    assert answer["type"] == "media.answer"
+    assert plane.requests[-1] == Subscribe(sid, "alice", chat=False)
+    await back.request("media.offer", session_id=sid, transport="publish", sdp="v=0 c")
+    assert plane.requests[-1] == Subscribe(sid, "alice", chat=True)
+
+
+async def test_a_bad_chat_flag_is_refused(aiohttp_client, settings, plane) -> None:  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(build_app(settings, plane))
+    expert, alice, sid = await paired(client)
+    sent = len(plane.requests)
+    bad = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0", chat="no")
+    assert (bad["code"], bad["message"]) == ("invalid_message", "chat: 'no' is not of type 'boolean'")
+    whep = await alice.request("media.offer", session_id=sid, transport="subscribe", sdp="v=0", chat=False)
+    assert whep["code"] == "invalid_message" and whep["message"].startswith("chat: only a publish offer")
+    assert len(plane.requests) == sent
 
 
 async def test_a_paused_video_is_told_to_the_subscriber_and_the_publisher(aiohttp_client, settings, plane) -> None:  # type: ignore[no-untyped-def]

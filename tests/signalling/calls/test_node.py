@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sfu.api import Subscribe
 from signalling.calls.node import SIGNALLING
 
 from ...utils import Peer, eventually, shut_down
@@ -23,10 +24,12 @@ async def test_client_on_a_pairs_with_expert_on_b(two_nodes) -> None:  # type: i
     assert (await alice.expect("session.state", state="accepted"))["session"]["id"] == sid
     # The room lives on the accepting node; alice's media is forwarded there from node A.
     assert plane_b.kinds() == ["open_room"] and plane_a.kinds() == []
-    answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice")
+    answer = await alice.request("media.offer", session_id=sid, transport="publish", sdp="v=0 alice",
+                                 chat=False)
     assert answer["type"] == "media.answer" and answer["sdp"] == "answer-to:alice:publish"
-    # The publish offer is followed by a Subscribe, on the room's node too.
+    # The publish offer is followed by a Subscribe, on the room's node too, with its chat choice.
     await eventually(lambda: plane_b.kinds() == ["open_room", "offer", "subscribe"])
+    assert plane_b.requests[-1] == Subscribe(sid, "alice", chat=False)
     assert plane_a.kinds() == []
 
     plane_b.flowing(sid, "alice", True)
