@@ -69,6 +69,8 @@ class Router:
         self._levels: dict[str, float] = {}
         self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # connected transports whose DTLS state release_dtls may still free (in connect order)
+        self._releasing: dict[Transport, None] = {}
         self.recorder: Recorder | None = None  # while the room is recorded
         self._ticks = 0
         self._ticker = _ticker(asyncio.get_running_loop())
@@ -166,6 +168,7 @@ class Router:
 
     async def _close_transport(self, transport: Transport, reason: str,
                                announce: bool = True) -> None:
+        self._releasing.pop(transport, None)
         participant = self.participants.get(transport.participant_id)
         if participant is not None and getattr(participant, transport.kind) is transport:
             setattr(participant, transport.kind, None)
@@ -253,6 +256,8 @@ class Router:
                 self._emit(MediaState(self.id, participant.id, False, _now(), "disconnected"))
 
     def transport_state_changed(self, transport: Transport) -> None:
+        if transport.connected:
+            self._releasing[transport] = None
         participant = self.participants.get(transport.participant_id)
         if participant is not None:
             self._update_media_state(participant, self.now_ms())
@@ -307,8 +312,9 @@ class Router:
             now_ms = self.now_ms()
             for participant in list(self.participants.values()):
                 self._update_media_state(participant, now_ms)
-                for transport in participant.transports():
-                    transport.release_dtls()
+            for transport in list(self._releasing):
+                if transport.release_dtls():
+                    del self._releasing[transport]
             self._update_speaker()
             self._report(self._ticks % RTCP_EVERY)
         except Exception:  # bookkeeping must never die with the room still open

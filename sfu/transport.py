@@ -764,21 +764,26 @@ class Transport(_Base):
                 consumer.resume()
         self.router.transport_state_changed(self)
 
-    def release_dtls(self) -> None:
+    def release_dtls(self) -> bool:
         """Free the connection's OpenSSL state (aiortc_hooks.release_dtls) once it has no data
         channel and the client has sent media or RTCP since it connected: authenticated by this
         connection's SRTP keys (the connected state comes before any packet they unprotect), so
         its handshake is complete. That is every publish connection without chat, and WHEP's
         subscribe connections; the SFU offers chat on its own subscribe offers. A client that
         closes a released connection without signalling is seen by the consent check its
-        close_notify prompts (aiortc_hooks.ReleasedDtls), in seconds. Every router tick: cheap."""
+        close_notify prompts (aiortc_hooks.ReleasedDtls), in seconds. The router calls it each
+        tick from the connection's connected state on, until it returns True: nothing more to
+        do until the transport connects again (released, keeping its data channel, or no longer
+        connected)."""
         pc = self.pc
-        if (self._dtls_released is pc or not self.connected or pc.sctp is not None
-                or self.last_packet_ms == self._heard_at_connect):
-            return
+        if self._dtls_released is pc or not self.connected or pc.sctp is not None:
+            return True
+        if self.last_packet_ms == self._heard_at_connect:
+            return False  # no packet since it connected yet
         for dtls in aiortc_hooks.dtls_transports(pc):
             aiortc_hooks.release_dtls(dtls)
         self._dtls_released = pc
+        return True
 
     @property
     def connected(self) -> bool:
