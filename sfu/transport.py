@@ -243,6 +243,7 @@ class Transport(_Base):
         self._raw: aiortc_hooks.RawSender | None = None
         self._heard_at_connect = 0  # last_packet_ms when the connection last became connected
         self._dtls_released: RTCPeerConnection | None = None  # the pc whose DTLS release_dtls freed
+        self._compact_due = False  # _compact is scheduled
 
     def _new_pc(self) -> RTCPeerConnection:
         configuration = self.router.network.configuration()
@@ -355,8 +356,10 @@ class Transport(_Base):
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
         # aiortc parsed the remote description again for these parameters: text again once it
-        # has started every receiver of the connection (within this event-loop turn)
-        asyncio.get_running_loop().call_soon(aiortc_hooks.compact_descriptions, self.pc)
+        # has started every receiver of the connection (within this event-loop turn), once
+        if not self._compact_due:
+            self._compact_due = True
+            asyncio.get_running_loop().call_soon(self._compact)
         producer = self.producers.get(mid)
         if producer is None or self._raw is None:
             return
@@ -381,6 +384,10 @@ class Transport(_Base):
             self._rtx_pts[rtx_pt] = (
                 producer if self._rtx_pts.get(rtx_pt, producer) is producer else None
             )
+
+    def _compact(self) -> None:
+        self._compact_due = False
+        aiortc_hooks.compact_descriptions(self.pc)
 
     async def create_offer(self) -> tuple[str, int] | None:
         """Our (re)offer on a subscribe transport, or None while one is awaiting its answer
