@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sfu import rtcp
 from sfu.api import (
     ActiveSpeaker,
     MediaError,
@@ -322,16 +323,19 @@ class Router:
 
     def _report(self, slot: int) -> None:
         """RTCP and bitrates, once every RTCP_EVERY ticks for each stream, but for one slice of
-        the consumers per tick (by SSRC): sender reports to a few hundred subscribers take
-        milliseconds, and a packet arriving behind one burst of them would wait all of it.
-        One clock reading serves the whole tick's reports."""
+        the subscribers per tick (by participant): sender reports to a few hundred subscribers
+        take milliseconds, and a packet arriving behind one burst of them would wait all of it.
+        Each connection's reports of the tick leave in one compound packet (rtcp.join): a
+        subscriber's streams share its slice, a publisher's get theirs at once. One clock
+        reading serves the whole tick's reports."""
         interval = TICK * RTCP_EVERY
         now = time.time()
         ntp = ntp_of(now)
         now_ms = ms_of(now)
+        compounds: rtcp.Compounds = {}
         for producer in self.producers.values():
             if slot == 0:
-                producer.send_feedback(now)
+                producer.send_feedback(now, compounds)
                 nbytes = producer.bytes
                 before = producer.bytes_at_report
                 producer.bitrate = int((nbytes - before) * 8 / interval) if before >= 0 else 0
@@ -339,12 +343,13 @@ class Router:
                 if producer.kind == "video":
                     self._gate_video(producer, time.monotonic())
             for consumer in producer.consumers:
-                if consumer.ssrc % RTCP_EVERY == slot:
-                    consumer.send_sender_report(ntp, now_ms)
+                if hash(consumer.participant_id) % RTCP_EVERY == slot:
+                    consumer.send_sender_report(ntp, now_ms, compounds)
                     nbytes = consumer.bytes
                     before = consumer.bytes_at_report
                     consumer.bitrate = int((nbytes - before) * 8 / interval) if before >= 0 else 0
                     consumer.bytes_at_report = nbytes
+        rtcp.send_all(compounds)
 
     def _gate_video(self, producer: Producer[Consumer], now: float) -> None:
         """Pause or resume each subscriber's video of ``producer`` for congestion."""
