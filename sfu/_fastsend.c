@@ -355,8 +355,8 @@ static PyObject *unprotect(PyObject *self, PyObject *args) {
  * extension is built), so Python's own writes (a re-base, a pause, a resize) are what C reads,
  * and C's counters are what Python reads. A RawSender's route is a Route, which the sender sets
  * when it (re)routes and which holds the address already resolved. Whatever is not the plain case
- * (no route, waiting for a keyframe, a new epoch, a new pair or SRTP session, a closed gate, the
- * ring turning, configure() not called) goes to the consumer's own Python, which stays the
+ * (no route, waiting for a keyframe, a new epoch, a new pair or SRTP session, a closed gate,
+ * configure() not called) goes to the consumer's own Python, which stays the
  * reference: consumer.forward. An exception from one consumer goes to its consumer.failed(exc),
  * and the fan-out carries on. configure(protect_fn, connected, error) sets libsrtp's
  * srtp_protect, the DTLS state that means connected and the exception srtp_protect failures
@@ -670,9 +670,16 @@ static int forward_one(PyObject *obj, const packet_t *p) {
     unsigned long out_ts = (unsigned long)((p->ts + c->ts_offset) & 0xFFFFFFFFLL);
     Py_ssize_t slot = (Py_ssize_t)(out_seq % (unsigned long long)c->size);
     int newest = ((out_seq - (unsigned)c->last_seq) & 0xFFFF) < 0x8000;
-    /* the ring turns: Consumer._turned may resize it (a ring without NACK keeps its size: the
-     * turn of audio as browsers offer it, every NO_NACK_CACHE packets, stays here) */
-    if (newest && slot == 0 && c->nack) return 0;
+    /* the ring turns: Consumer._turned, in Python, may resize it (a ring without NACK keeps its
+     * size: the turn of audio as browsers offer it, every NO_NACK_CACHE packets, is not called),
+     * and the packet goes on here into the ring as it now is, as Consumer.forward does */
+    if (newest && slot == 0 && c->nack) {
+        PyObject *done = PyObject_CallMethod(obj, "_turned", "Ik", out_seq, out_ts);
+        if (done == NULL) return -1;
+        Py_DECREF(done);
+        if (c->size <= 0) return 0;
+        slot = (Py_ssize_t)(out_seq % (unsigned long long)c->size);
+    }
 
     unsigned char header[MAX_HEADER];
     size_t hlen = (size_t)c->hlen;

@@ -220,11 +220,43 @@ static Py_ssize_t payload_offset(const unsigned char *p, Py_ssize_t n) {
  * writes per packet as C members (the SSRC's handler table ``_rtp``, ``last_packet_ms``): no
  * attribute lookup, no change of the Transport's dict per packet. Python reads and sets them as
  * before. */
+#define SEEN 4 /* SSRCs whose handlers a transport keeps at hand: a publisher's audio, video, RTX */
+
 typedef struct {
     PyObject_HEAD
     PyObject *rtp;
     long long last_packet_ms;
+#ifdef DICT_VERSIONS
+    /* the handlers of the last SSRCs looked up in ``rtp`` at its version ``seen_version`` (0:
+     * none), borrowed from it: valid while that version holds (a new dict has a new version),
+     * so a packet needs no int object and no dict lookup */
+    uint64_t seen_version;
+    int seen_count;
+    unsigned long seen_ssrc[SEEN];
+    PyObject *seen_handler[SEEN];
+#endif
 } TransportBase;
+
+#ifdef DICT_VERSIONS
+/* the handler ``table`` (t->rtp) holds for ``ssrc``, as kept (a new reference), else NULL */
+static PyObject *seen_handler(TransportBase *t, PyObject *table, unsigned long ssrc) {
+    if (DICT_VERSION(table) != t->seen_version) {
+        t->seen_version = DICT_VERSION(table);
+        t->seen_count = 0;
+        return NULL;
+    }
+    for (int i = 0; i < t->seen_count; i++)
+        if (t->seen_ssrc[i] == ssrc) return Py_NewRef(t->seen_handler[i]);
+    return NULL;
+}
+
+/* keep ``handler``, just read from ``table`` for ``ssrc`` (seen_handler came first) */
+static void keep_handler(TransportBase *t, unsigned long ssrc, PyObject *handler) {
+    int i = t->seen_count < SEEN ? t->seen_count++ : (int)(ssrc % SEEN);
+    t->seen_ssrc[i] = ssrc;
+    t->seen_handler[i] = handler;
+}
+#endif
 
 static int tb_traverse(TransportBase *t, visitproc visit, void *arg) {
     Py_VISIT(t->rtp);
@@ -278,9 +310,17 @@ static int receive_rtp(PyObject *transport, PyObject *plain, PyObject *arrival) 
     int result = -1;
     PyObject *table = Py_XNewRef(t->rtp), *key = NULL, *handler = NULL, *args[7] = {NULL};
     if (table == NULL || !PyDict_Check(table)) { result = 0; goto end; }
-    if ((key = PyLong_FromUnsignedLong(ssrc)) == NULL) goto end;
-    handler = Py_XNewRef(PyDict_GetItemWithError(table, key));
-    if (handler == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+#ifdef DICT_VERSIONS
+    handler = seen_handler(t, table, ssrc);
+#endif
+    if (handler == NULL) {
+        if ((key = PyLong_FromUnsignedLong(ssrc)) == NULL) goto end;
+        handler = Py_XNewRef(PyDict_GetItemWithError(table, key));
+        if (handler == NULL) { result = PyErr_Occurred() ? -1 : 0; goto end; }
+#ifdef DICT_VERSIONS
+        keep_handler(t, ssrc, handler);
+#endif
+    }
     t->last_packet_ms = ms;
     unsigned seq = (p[2] << 8) | p[3];
     unsigned long ts = ((unsigned long)p[4] << 24) | ((unsigned long)p[5] << 16) |

@@ -428,15 +428,21 @@ class Consumer(_Base):
         if sent is not None and dlsr:
             self.rtt = max(0.0, current_ntp() / 2**32 - sent - dlsr / 65536)
 
-    def send_sender_report(self, ntp: int | None = None, now_ms: int | None = None) -> None:
+    def send_sender_report(self, ntp: int | None = None, now_ms: int | None = None,
+                           compounds: rtcp.Compounds | None = None) -> None:
         """An SR for our outgoing stream (once it sent something), on ``report_clock``
-        (``ntp`` and ``now_ms``: current_ntp() and current_ms(), when the caller read them)."""
+        (``ntp`` and ``now_ms``: current_ntp() and current_ms(), when the caller read them);
+        ``compounds``: joined to the connection's compound there (rtcp.join) instead of sent."""
         if self.packets == 0 or self.closed:
             return
         ntp, rtp_ts = self.report_clock(ntp, now_ms)
         middle = (ntp >> 16) & 0xFFFFFFFF
         self._sr_sent = {middle: ntp / 2**32}
-        self._send_rtcp(rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes))
+        packet = rtcp.sender_report(self.ssrc, ntp, rtp_ts, self.packets, self.bytes)
+        if compounds is None:
+            self._send_rtcp(packet)
+        else:
+            rtcp.join(compounds, self._send_rtcp, packet)
 
     def outgoing_timestamp(self, publisher_ts: int) -> int:
         """A timestamp of the publisher's as this stream carries it (since the last re-base)."""

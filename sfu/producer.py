@@ -563,9 +563,11 @@ class Producer(_Base, Generic[Listener]):
         self.sr_rtp = rtp_ts
         self.sr_received_at = time.time()
 
-    def send_feedback(self, now: float | None = None) -> None:
+    def send_feedback(self, now: float | None = None,
+                      compounds: rtcp.Compounds | None = None) -> None:
         """Periodic RTCP to the publisher: a receiver report, and REMB with target_bitrate().
-        ``now``: time.time(), when the caller already read it."""
+        ``now``: time.time(), when the caller already read it; ``compounds``: joined to the
+        connection's compound there (rtcp.join) instead of sent."""
         if self.ssrc is None or self._base_seq < 0:
             return
         extended = self._cycles + self._max_seq
@@ -588,7 +590,10 @@ class Producer(_Base, Generic[Listener]):
         )
         if self.kind == "video" and self.codec.remb:
             packet += rtcp.remb(self.rtcp_ssrc, self.target_bitrate(), [self.ssrc])
-        self._send_rtcp(packet)
+        if compounds is None:
+            self._send_rtcp(packet)
+        else:
+            rtcp.join(compounds, self._send_rtcp, packet)
 
     def target_bitrate(self) -> int:
         """What the publisher is asked for: the subscribers that can take the stream decide,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sfu import rtcp
 from sfu.api import (
     ActiveSpeaker,
     MediaError,
@@ -69,6 +70,8 @@ class Router:
         self._levels: dict[str, float] = {}
         self._offer_tasks: dict[Transport, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # connected transports whose DTLS state release_dtls may still free (in connect order)
+        self._releasing: dict[Transport, None] = {}
         self.recorder: Recorder | None = None  # while the room is recorded
         self._ticks = 0
         self._ticker = _ticker(asyncio.get_running_loop())
@@ -168,6 +171,7 @@ class Router:
 
     async def _close_transport(self, transport: Transport, reason: str,
                                announce: bool = True) -> None:
+        self._releasing.pop(transport, None)
         participant = self.participants.get(transport.participant_id)
         if participant is not None and getattr(participant, transport.kind) is transport:
             setattr(participant, transport.kind, None)
@@ -255,6 +259,8 @@ class Router:
                 self._emit(MediaState(self.id, participant.id, False, _now(), "disconnected"))
 
     def transport_state_changed(self, transport: Transport) -> None:
+        if transport.connected:
+            self._releasing[transport] = None
         participant = self.participants.get(transport.participant_id)
         if participant is not None:
             self._update_media_state(participant, self.now_ms())
@@ -309,8 +315,9 @@ class Router:
             now_ms = self.now_ms()
             for participant in list(self.participants.values()):
                 self._update_media_state(participant, now_ms)
-                for transport in participant.transports():
-                    transport.release_dtls()
+            for transport in list(self._releasing):
+                if transport.release_dtls():
+                    del self._releasing[transport]
             self._update_speaker()
             self._report(self._ticks % RTCP_EVERY)
         except Exception:  # bookkeeping must never die with the room still open
@@ -318,16 +325,19 @@ class Router:
 
     def _report(self, slot: int) -> None:
         """RTCP and bitrates, once every RTCP_EVERY ticks for each stream, but for one slice of
-        the consumers per tick (by SSRC): sender reports to a few hundred subscribers take
-        milliseconds, and a packet arriving behind one burst of them would wait all of it.
-        One clock reading serves the whole tick's reports."""
+        the subscribers per tick (by participant): sender reports to a few hundred subscribers
+        take milliseconds, and a packet arriving behind one burst of them would wait all of it.
+        Each connection's reports of the tick leave in one compound packet (rtcp.join): a
+        subscriber's streams share its slice, a publisher's get theirs at once. One clock
+        reading serves the whole tick's reports."""
         interval = TICK * RTCP_EVERY
         now = time.time()
         ntp = ntp_of(now)
         now_ms = ms_of(now)
+        compounds: rtcp.Compounds = {}
         for producer in self.producers.values():
             if slot == 0:
-                producer.send_feedback(now)
+                producer.send_feedback(now, compounds)
                 nbytes = producer.bytes
                 before = producer.bytes_at_report
                 producer.bitrate = int((nbytes - before) * 8 / interval) if before >= 0 else 0
@@ -335,12 +345,13 @@ class Router:
                 if producer.kind == "video":
                     self._gate_video(producer, time.monotonic())
             for consumer in producer.consumers:
-                if consumer.ssrc % RTCP_EVERY == slot:
-                    consumer.send_sender_report(ntp, now_ms)
+                if hash(consumer.participant_id) % RTCP_EVERY == slot:
+                    consumer.send_sender_report(ntp, now_ms, compounds)
                     nbytes = consumer.bytes
                     before = consumer.bytes_at_report
                     consumer.bitrate = int((nbytes - before) * 8 / interval) if before >= 0 else 0
                     consumer.bytes_at_report = nbytes
+        rtcp.send_all(compounds)
 
     def _gate_video(self, producer: Producer[Consumer], now: float) -> None:
         """Pause or resume each subscriber's video of ``producer`` for congestion."""

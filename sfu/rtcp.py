@@ -10,6 +10,7 @@ stream and only a handful of its fields are used, so no object is built per pack
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from aiortc import rtp as aiortc_rtp
 
@@ -159,6 +160,30 @@ def receiver_report(
     )
     body = struct.pack("!I", sender_ssrc) + block
     return _header(1, RTCP_RR, len(body)) + body
+
+
+# The reports of one pass, by the sender of the connection they go on: each connection's in one
+# compound packet (one SRTCP protection and one datagram, not one per stream; RFC 3550 6.1).
+Compounds = dict[Callable[[bytes], bool], bytes]
+COMPOUND_MAX = 1200  # bytes: one datagram with SRTCP's trailer, within any path's MTU
+
+
+def join(compounds: Compounds, send: Callable[[bytes], bool], packet: bytes) -> None:
+    """Add ``packet`` to the compound that ``send`` will carry (send_all); one that would grow
+    past COMPOUND_MAX leaves first."""
+    queued = compounds.get(send)
+    if queued is None:
+        compounds[send] = packet
+    elif len(queued) + len(packet) > COMPOUND_MAX:
+        send(queued)
+        compounds[send] = packet
+    else:
+        compounds[send] = queued + packet
+
+
+def send_all(compounds: Compounds) -> None:
+    for send, packet in compounds.items():
+        send(packet)
 
 
 def sender_report(ssrc: int, ntp: int, rtp_ts: int, packets: int, octets: int) -> bytes:

@@ -244,6 +244,7 @@ class Transport(_Base):
         self._raw: aiortc_hooks.RawSender | None = None
         self._heard_at_connect = 0  # last_packet_ms when the connection last became connected
         self._dtls_released: RTCPeerConnection | None = None  # the pc whose DTLS release_dtls freed
+        self._compact_due = False  # _compact is scheduled
 
     def _new_pc(self) -> RTCPeerConnection:
         configuration = self.router.network.configuration()
@@ -356,8 +357,10 @@ class Transport(_Base):
 
     def _attach_producer(self, mid: str, params: RTCRtpReceiveParameters) -> None:
         # aiortc parsed the remote description again for these parameters: text again once it
-        # has started every receiver of the connection (within this event-loop turn)
-        asyncio.get_running_loop().call_soon(aiortc_hooks.compact_descriptions, self.pc)
+        # has started every receiver of the connection (within this event-loop turn), once
+        if not self._compact_due:
+            self._compact_due = True
+            asyncio.get_running_loop().call_soon(self._compact)
         producer = self.producers.get(mid)
         if producer is None or self._raw is None:
             return
@@ -382,6 +385,10 @@ class Transport(_Base):
             self._rtx_pts[rtx_pt] = (
                 producer if self._rtx_pts.get(rtx_pt, producer) is producer else None
             )
+
+    def _compact(self) -> None:
+        self._compact_due = False
+        aiortc_hooks.compact_descriptions(self.pc)
 
     async def create_offer(self) -> tuple[str, int] | None:
         """Our (re)offer on a subscribe transport, or None while one is awaiting its answer
@@ -769,7 +776,7 @@ class Transport(_Base):
                 consumer.resume()
         self.router.transport_state_changed(self)
 
-    def release_dtls(self) -> None:
+    def release_dtls(self) -> bool:
         """Free the connection's OpenSSL state (aiortc_hooks.release_dtls) once it has no data
         channel and the client has sent media or RTCP since it connected: authenticated by this
         connection's SRTP keys (the connected state comes before any packet they unprotect), so
@@ -777,14 +784,18 @@ class Transport(_Base):
         subscribe connections, and subscribe connections the SFU offered without chat
         (``sfu.api.Subscribe``). A client that closes a released connection without signalling
         is seen by the consent check its close_notify prompts (aiortc_hooks.ReleasedDtls), in
-        seconds. Every router tick: cheap."""
+        seconds. The router calls it each tick from the connection's connected state on, until
+        it returns True: nothing more to do until the transport connects again (released,
+        keeping its data channel, or no longer connected)."""
         pc = self.pc
-        if (self._dtls_released is pc or not self.connected or pc.sctp is not None
-                or self.last_packet_ms == self._heard_at_connect):
-            return
+        if self._dtls_released is pc or not self.connected or pc.sctp is not None:
+            return True
+        if self.last_packet_ms == self._heard_at_connect:
+            return False  # no packet since it connected yet
         for dtls in aiortc_hooks.dtls_transports(pc):
             aiortc_hooks.release_dtls(dtls)
         self._dtls_released = pc
+        return True
 
     @property
     def connected(self) -> bool:

@@ -63,6 +63,7 @@ window.inbound = async () => {
   (await sub.getStats()).forEach(s => {
     if (s.type === "inbound-rtp") out[s.kind] = {frames: s.framesDecoded || 0,
       packets: s.packetsReceived, width: s.frameWidth || 0};
+    if (s.type === "remote-outbound-rtp") out["reports_" + s.kind] = s.reportsSent;
   });
   return out;
 };
@@ -166,6 +167,15 @@ async def test_chromium_publishes_and_subscribes_through_the_sfu() -> None:
                 assert stats, f"Chromium decoded too little: {await page.evaluate('inbound()')}"
                 assert stats["video"]["width"] == 160
                 assert stats.get("audio", {}).get("packets", 0) > 0
+
+                # the SFU's sender reports for both streams (one compound packet a second on
+                # the connection) are each read as their stream's
+                async def reported():  # type: ignore[no-untyped-def]
+                    stats = await page.evaluate("inbound()")
+                    return stats if min(stats.get("reports_audio", 0),
+                                        stats.get("reports_video", 0)) >= 2 else None
+
+                assert await _until(reported), await page.evaluate("inbound()")
             finally:
                 await browser.close()
     await viewer.close()

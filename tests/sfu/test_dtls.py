@@ -4,6 +4,7 @@ non-browser stacks, has an RSA certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from typing import Any
@@ -17,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sfu.aiortc_hooks import ReleasedDtls, dtls_transports
 from sfu.api import Leave, MediaError, OpenRoom, ServerOffer, Subscribe
 from sfu.options import MediaOptions
+from sfu.router import TICK
+from sfu.transport import Transport
 from sfu.worker import LocalMediaPlane
 from tests import media_clients
 from tests.media_clients import (EventHub, Publisher, Subscriber, client_pc, publish_offer,
@@ -131,10 +134,21 @@ async def test_a_publish_connection_without_data_channel_frees_its_dtls_state_an
         await plane.close()
 
 
-async def test_a_client_closing_its_released_publish_connection_is_seen_at_once() -> None:
+async def test_a_client_closing_its_released_publish_connection_is_seen_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Its close_notify cannot be authenticated any more, but it prompts a consent check that
     the closed client leaves unanswered: the connection closes in seconds, not after RFC 7675's
-    30."""
+    30. Meanwhile, from a connection's connected state on, each router tick tries to release
+    its DTLS state until that is done (alice's publish connection, after her first packet) or
+    cannot be (bob's subscribe connection, with its chat channel), and then leaves it alone."""
+    calls: list[Transport] = []
+    release = Transport.release_dtls
+
+    def counting(self: Transport) -> bool:
+        calls.append(self)
+        return release(self)
+
+    monkeypatch.setattr(Transport, "release_dtls", counting)
     plane = LocalMediaPlane(MediaOptions(loopback=True))
     plane.start()
     await plane.request(OpenRoom("room"))
@@ -145,10 +159,17 @@ async def test_a_client_closing_its_released_publish_connection_is_seen_at_once(
         await publisher.start()
         await viewer.start()
         await viewer.wait_frames(5, timeout=20)
-        alice = plane.rooms["room"].participants["alice"].publish
-        assert alice is not None
+        router = plane.rooms["room"]
+        alice = router.participants["alice"].publish
+        bob = router.participants["bob"].subscribe
+        assert alice is not None and bob is not None and bob.pc.sctp is not None
         await eventually(lambda: isinstance(dtls_transports(alice.pc)[0]._ssl, ReleasedDtls),
                          timeout=10)
+        await eventually(lambda: bob in calls, timeout=10)
+        calls.clear()
+        await asyncio.sleep(4 * TICK)
+        assert calls == []
+        assert isinstance(dtls_transports(bob.pc)[0]._ssl, SSL.Connection)
         await publisher.close()
         await eventually(lambda: alice.state == "closed", timeout=10)
     finally:

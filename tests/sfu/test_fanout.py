@@ -569,6 +569,40 @@ def test_a_ring_without_nack_turns_in_the_c_fan_out() -> None:
     assert len(consumer._cache) == NO_NACK_CACHE
 
 
+def test_a_ring_with_nack_turns_in_the_c_fan_out() -> None:
+    """A subscriber that negotiated NACK: at each turn of its ring only Consumer._turned runs in
+    Python (it may resize the ring); the packet itself stays the C fan-out's, and lands in the
+    ring as it is after the resize."""
+    assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    raw, mux = _sender(1, 40000)
+    audio, consumer = _audio_through(raw, nack=True)
+    turns: list[int] = []
+    turned = Consumer._turned
+
+    def counting(self: Consumer, out_seq: int, out_ts: int) -> None:
+        turns.append(out_seq)
+        turned(self, out_seq, out_ts)
+
+    Consumer._turned = counting  # type: ignore[method-assign]
+    try:
+        with counting_forwards() as forwards:
+            audio.receive(*_split(_packet(0, 0, b"x" * 20, pt=111)), 3_900_000_000_000)
+            first = forwards.calls  # (the first packet sets the stream up in Python)
+            n = 400
+            for seq in range(1, n + 1):
+                audio.receive(*_split(_packet(seq, seq * 960, b"x" * 20, pt=111)),
+                              3_900_000_000_000 + 20 * seq)
+    finally:
+        Consumer._turned = turned  # type: ignore[method-assign]
+    assert turns  # the ring came round, and was sized to the stream's rate
+    assert forwards.calls == first
+    assert consumer.packets == len(mux.batch) == n + 1
+    last = consumer._last_seq
+    newest = consumer._cache[last % consumer._size]
+    assert newest is not None and struct.unpack_from("!H", newest, 2)[0] == last
+    assert sum(p is not None for p in consumer._cache) >= 50  # a second of 20 ms packets
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_a_consumer_closed_during_the_fan_out_leaves_the_others_their_packet(
         native: bool, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -368,6 +368,34 @@ async def test_the_c_path_reads_and_stamps_the_transports_attributes_as_python_s
             assert abs(side.transport.last_packet_ms - side.arrivals[-1]) < 1000
 
 
+@pytest.mark.integration
+async def test_the_c_path_sees_each_change_of_the_ssrc_table_in_place(
+        sides: tuple[Side, Side]) -> None:
+    """The reader keeps the handlers of the SSRCs it looked up while the transport's table is
+    unchanged: a handler replaced, an SSRC added or removed in place between two packets (the
+    same dict), each is what the next packet finds."""
+    native, python = sides
+    async with connected_client(sides) as (alice, sender):
+        alice.send(sender.protect(rtp(2)))
+        alice.send(sender.protect(rtp(3, ssrc=OTHER_SSRC, pt=100)))  # learnt: now in the table
+        await settle(sides, lambda side: len(side.calls) == 2)
+        for side in sides:
+            assert side.calls[1][0] == "learnt" and OTHER_SSRC in side.transport._rtp
+            side.transport._rtp[SSRC] = lambda data, *rest, side=side: side.calls.append(
+                ("replaced", rest[2]))
+            side.transport._rtp[OTHER_SSRC] = lambda data, *rest, side=side: side.calls.append(
+                ("other", rest[2]))
+        alice.send(sender.protect(rtp(4)))
+        alice.send(sender.protect(rtp(5, ssrc=OTHER_SSRC)))
+        await settle(sides, lambda side: len(side.calls) == 4)
+        for side in sides:
+            del side.transport._rtp[SSRC]
+        alice.send(sender.protect(rtp(6)))  # no handler, not learnt (payload type 96): dropped
+        alice.send(sender.protect(rtp(7, ssrc=OTHER_SSRC)))
+        await settle(sides, lambda side: len(side.calls) == 5)
+        assert native.calls[2:] == python.calls[2:] == [("replaced", 4), ("other", 5), ("other", 7)]
+
+
 def is_srtcp(data: bytes) -> bool:
     return len(data) > 1 and 127 < data[0] < 192 and 191 < data[1] < 209
 

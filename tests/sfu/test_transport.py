@@ -594,11 +594,22 @@ async def test_negotiated_connections_keep_their_descriptions_compact(plane: Loc
         await pc.close()
 
 
-async def test_a_connected_publishers_descriptions_stay_compact(plane: LocalMediaPlane) -> None:
+async def test_a_connected_publishers_descriptions_stay_compact(
+        plane: LocalMediaPlane, monkeypatch: pytest.MonkeyPatch) -> None:
     """aiortc reads the remote description again (parsing it back) for the receive parameters
-    once DTLS is up: the transport makes it text again once its producers are attached."""
+    once DTLS is up: the transport makes it text again once its producers are attached, once
+    for all of them (and once after the answer)."""
+    from sfu import aiortc_hooks
     from sfu.aiortc_hooks import CompactDescription
 
+    compacted: list[Any] = []
+    compact = aiortc_hooks.compact_descriptions
+
+    def counting(pc: Any) -> None:
+        compacted.append(pc)
+        compact(pc)
+
+    monkeypatch.setattr(aiortc_hooks, "compact_descriptions", counting)
     publisher = Publisher(plane, "room", "alice")
     try:
         await publisher.start()
@@ -613,6 +624,7 @@ async def test_a_connected_publishers_descriptions_stay_compact(plane: LocalMedi
         assert [type(d) for d in kept if d is not None] == [CompactDescription] * 2
         assert all(d._parsed is None for d in kept if d is not None)
         assert transport.pc.remoteDescription.sdp.count("\nm=") == 3
+        assert compacted.count(transport.pc) == 2
     finally:
         await publisher.close()
 
