@@ -11,9 +11,11 @@ loudly if any name used here moves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import uuid
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -734,6 +736,50 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
 def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
     """The header extensions (with the remote side's ids) agreed for this m-line."""
     return list(transceiver._headerExtensions)
+
+
+# What a transceiver keeps of a negotiation: its codecs (each with its RTCP feedback and fmtp
+# dict), its header extensions, its codec preferences; lists of aiortc's parameter dataclasses
+_NEGOTIATED = ("_codecs", "_headerExtensions", "_preferred_codecs")
+# One object per distinct value, held by the transceivers that use it: a value no live transceiver
+# keeps leaves the table (no connection is kept alive by it, nor the table grown by clients)
+_shared_parameters: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as a hashable key that tells apart what renders differently (types, order)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), *(_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    if isinstance(value, dict):
+        return (dict, *((_frozen(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, *map(_frozen, value))
+    return (type(value), value)
+
+
+def _share(parameters: Any) -> Any:
+    key = _frozen(parameters)
+    try:
+        shared = _shared_parameters.get(key)
+    except TypeError:  # an unhashable value somewhere in it: kept as it is
+        return parameters
+    if shared is None:
+        _shared_parameters[key] = shared = parameters
+    return shared
+
+
+def share_negotiated_parameters(pc: RTCPeerConnection) -> None:
+    """Make ``pc``'s transceivers keep one process-wide object per distinct codec, header
+    extension and codec preference instead of their own: aiortc makes them per transceiver at
+    each negotiation (a deep copy of its codecs with the agreed payload type and feedback, the
+    remote description's extensions, a capability per preference), ~1.2 KiB an m-line, the same
+    values on every connection. aiortc only reads them once made (its own offers already share
+    its module-level CODECS and HEADER_EXTENSIONS objects between connections), and so does the
+    SFU (dataclasses.replace or a copy of ``parameters`` where it changes one). Call after each
+    negotiation; repeated calls are harmless."""
+    for transceiver in pc.getTransceivers():
+        for name in _NEGOTIATED:
+            setattr(transceiver, name, [_share(item) for item in getattr(transceiver, name)])
 
 
 # --- memory: per-connection state the SFU does not need (issue 15) ----------------------------

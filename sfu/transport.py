@@ -288,8 +288,14 @@ class Transport(_Base):
             self._hook()
             self._configure_consumers()
             answer_sdp = self.pc.localDescription.sdp
-            aiortc_hooks.compact_descriptions(self.pc)  # negotiated: kept as text till the next
+            self._negotiated()
             return answer_sdp
+
+    def _negotiated(self) -> None:
+        """A negotiation ended: its descriptions kept as text till the next, and the parameters
+        it left on the transceivers shared with every other connection's."""
+        aiortc_hooks.compact_descriptions(self.pc)
+        aiortc_hooks.share_negotiated_parameters(self.pc)
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
         try:
@@ -415,7 +421,7 @@ class Transport(_Base):
             await self._set_remote(sdp, "answer")
             self._hook()
             self._configure_consumers()
-            aiortc_hooks.compact_descriptions(self.pc)
+            self._negotiated()
             return self._renegotiate
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
