@@ -216,6 +216,15 @@ else:
 
 
 class Transport(_Base):
+    # No per-instance __dict__ (as Consumer and Producer); those the C base already has are left
+    # out (a slot of the same name would hide its member from the C reader).
+    __slots__ = tuple(name for name in (
+        "router", "participant_id", "kind", "closed", "client_offers", "state", "last_packet_ms",
+        "offer_id", "producers", "consumers", "chat", "_rtp", "_rtcp_consumers", "_mid_ext_id",
+        "_rtx_pts", "_pts", "_remote_ufrag", "_renegotiate", "_lock", "_unconfigured",
+        "_waiting", "_last_on", "pc", "_raw", "_heard_at_connect", "_dtls_released",
+    ) if not hasattr(_Base, name))
+
     def __init__(self, router: TransportListener, participant_id: str, kind: TransportKind) -> None:
         self.router = router
         self.participant_id = participant_id
