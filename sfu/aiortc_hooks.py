@@ -746,6 +746,13 @@ _NEGOTIATED = ("_codecs", "_headerExtensions", "_preferred_codecs")
 _shared_parameters: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
 
 
+class _SharedList(list[Any]):
+    """A list of shared parameters, itself shared: a list, as aiortc keeps them, that the table
+    can refer to weakly."""
+
+    __slots__ = ("__weakref__",)
+
+
 def _frozen(value: Any) -> Any:
     """``value`` as a hashable key that tells apart what renders differently (types, order)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -770,16 +777,19 @@ def _share(parameters: Any) -> Any:
 
 def share_negotiated_parameters(pc: RTCPeerConnection) -> None:
     """Make ``pc``'s transceivers keep one process-wide object per distinct codec, header
-    extension and codec preference instead of their own: aiortc makes them per transceiver at
-    each negotiation (a deep copy of its codecs with the agreed payload type and feedback, the
-    remote description's extensions, a capability per preference), ~1.2 KiB an m-line, the same
-    values on every connection. aiortc only reads them once made (its own offers already share
-    its module-level CODECS and HEADER_EXTENSIONS objects between connections), and so does the
-    SFU (dataclasses.replace or a copy of ``parameters`` where it changes one). Call after each
+    extension and codec preference, and per list of them, instead of their own: aiortc makes
+    them per transceiver at each negotiation (a deep copy of its codecs with the agreed payload
+    type and feedback, the remote description's extensions, a capability per preference),
+    ~1.5 KiB an m-line, the same values on every connection. aiortc only reads them once made
+    (its own offers already share its module-level CODECS and HEADER_EXTENSIONS objects between
+    connections; a new negotiation replaces the lists), and so does the SFU
+    (dataclasses.replace or a copy of ``parameters`` where it changes one). Call after each
     negotiation; repeated calls are harmless."""
     for transceiver in pc.getTransceivers():
         for name in _NEGOTIATED:
-            setattr(transceiver, name, [_share(item) for item in getattr(transceiver, name)])
+            kept = getattr(transceiver, name)
+            if type(kept) is not _SharedList:
+                setattr(transceiver, name, _share(_SharedList(map(_share, kept))))
 
 
 # --- memory: per-connection state the SFU does not need (issue 15) ----------------------------
