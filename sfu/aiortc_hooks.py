@@ -71,14 +71,27 @@ def _ice_connections(pc: RTCPeerConnection) -> Iterator[Any]:
         yield dtls.transport.iceGatherer._connection
 
 
-def drop_spent_check_lists(pc: RTCPeerConnection) -> None:
-    """Drop each ICE connection's ``_check_list_state``, the asyncio.Queue (~2.5 KiB) that only
-    carries the check list's outcome to aioice's connect(): once connect() has taken it and
-    started the consent checks, aioice puts nothing more there (every put waits on
-    ``_check_list_done``, already set) and never reads it again. For a connected ``pc``."""
+# An Event already set: what a started RTCIceTransport's later start() calls wait on
+_STARTED = asyncio.Event()
+_STARTED.set()
+
+
+def drop_spent_ice_state(pc: RTCPeerConnection) -> None:
+    """Drop what ICE kept of connecting, for a connected ``pc``. Each ICE connection's
+    ``_check_list_state``, the asyncio.Queue (~2.5 KiB) that only carries the check list's
+    outcome to aioice's connect(): once connect() has taken it and started the consent checks,
+    aioice puts nothing more there (every put waits on ``_check_list_done``, already set) and
+    never reads it again. Each ICE transport's ``__start``, the asyncio.Event (~0.9 KiB) that
+    aiortc sets once its start() is done and that later start() calls (one per m-line and
+    negotiation) only wait on: one Event already set serves them all."""
     for connection in _ice_connections(pc):
         if connection._query_consent_task is not None:
             connection._check_list_state = None
+    for dtls in dtls_transports(pc):
+        ice: Any = dtls.transport  # (its private __start)
+        start = ice._RTCIceTransport__start
+        if start is not None and start.is_set():
+            ice._RTCIceTransport__start = _STARTED
 
 
 def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler,

@@ -774,7 +774,7 @@ class Transport(_Base):
                     self.kind, self.state)
         if self.connected:
             self._heard_at_connect = self.last_packet_ms
-            aiortc_hooks.drop_spent_check_lists(pc)
+            aiortc_hooks.drop_spent_ice_state(pc)
             for consumer in self.consumers.values():
                 consumer.resume()
         self.router.transport_state_changed(self)

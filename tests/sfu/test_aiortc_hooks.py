@@ -606,7 +606,7 @@ async def test_compacted_descriptions_render_the_same_and_negotiate_again() -> N
 
 
 def test_aioice_uses_the_check_list_queue_only_until_connect_starts_consent_checks() -> None:
-    """drop_spent_check_lists drops Connection._check_list_state once _query_consent_task is
+    """drop_spent_ice_state drops Connection._check_list_state once _query_consent_task is
     set: connect() must have read the queue before, and every put must wait on
     _check_list_done, which is set with the put that connect() reads."""
     source = _source(aioice_ice.Connection)
@@ -623,6 +623,22 @@ def test_aioice_uses_the_check_list_queue_only_until_connect_starts_consent_chec
     connect = _source(aioice_ice.Connection.connect)
     assert connect.index("await self._check_list_state.get()") < connect.index(
         "self._query_consent_task = asyncio.create_task(")
+
+
+def test_aiortc_sets_an_ice_transports_start_event_once_and_then_only_waits_on_it() -> None:
+    """drop_spent_ice_state gives a started RTCIceTransport one shared Event, already set, for
+    its own: start() must set it only when done, and nothing may clear it or set another."""
+    transport = _source(aiortc.rtcicetransport.RTCIceTransport)
+    assert transport.count("self.__start") == 5, (
+        "RTCIceTransport uses __start in new places: review drop_spent_ice_state")
+    start = _source(aiortc.rtcicetransport.RTCIceTransport.start)
+    for line in ("if self.__start is not None:\n            await self.__start.wait()\n"
+                 "            return\n        self.__start = asyncio.Event()",
+                 "        self.__start.set()\n"):
+        assert line in start, f"RTCIceTransport.start no longer has {line!r}"
+    assert start.index("await self._connection.connect()") < start.index("self.__start.set()")
+    assert "self.__start: Optional[asyncio.Event] = None" in _source(
+        aiortc.rtcicetransport.RTCIceTransport.__init__)
 
 
 def test_disarmed_receivers_and_intercepted_transports_keep_their_handlers_where_aiortc_no_longer_looks() -> None:

@@ -617,7 +617,8 @@ async def test_a_connected_publishers_descriptions_stay_compact(plane: LocalMedi
 
 
 async def test_a_connected_transport_keeps_no_ice_check_list_queue(plane: LocalMediaPlane) -> None:
-    """aioice's per-connection queue for the check list's outcome is spent once connected."""
+    """aioice's per-connection queue for the check list's outcome is spent once connected, and
+    so is aiortc's per-transport Event for its start."""
     from sfu.aiortc_hooks import _ice_connections
 
     publisher = Publisher(plane, "room", "alice")
@@ -630,6 +631,11 @@ async def test_a_connected_transport_keeps_no_ice_check_list_queue(plane: LocalM
         assert transport.connected
         connections = list(_ice_connections(transport.pc))
         assert connections and all(c._check_list_state is None for c in connections)
+        # and its ICE transport keeps the one start Event, already set, that all share
+        from sfu.aiortc_hooks import _STARTED, dtls_transports
+
+        assert all(d.transport._RTCIceTransport__start is _STARTED  # type: ignore[attr-defined]
+                   for d in dtls_transports(transport.pc))
     finally:
         await publisher.close()
 
