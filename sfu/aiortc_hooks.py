@@ -11,9 +11,11 @@ loudly if any name used here moves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import uuid
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -69,14 +71,27 @@ def _ice_connections(pc: RTCPeerConnection) -> Iterator[Any]:
         yield dtls.transport.iceGatherer._connection
 
 
-def drop_spent_check_lists(pc: RTCPeerConnection) -> None:
-    """Drop each ICE connection's ``_check_list_state``, the asyncio.Queue (~2.5 KiB) that only
-    carries the check list's outcome to aioice's connect(): once connect() has taken it and
-    started the consent checks, aioice puts nothing more there (every put waits on
-    ``_check_list_done``, already set) and never reads it again. For a connected ``pc``."""
+# An Event already set: what a started RTCIceTransport's later start() calls wait on
+_STARTED = asyncio.Event()
+_STARTED.set()
+
+
+def drop_spent_ice_state(pc: RTCPeerConnection) -> None:
+    """Drop what ICE kept of connecting, for a connected ``pc``. Each ICE connection's
+    ``_check_list_state``, the asyncio.Queue (~2.5 KiB) that only carries the check list's
+    outcome to aioice's connect(): once connect() has taken it and started the consent checks,
+    aioice puts nothing more there (every put waits on ``_check_list_done``, already set) and
+    never reads it again. Each ICE transport's ``__start``, the asyncio.Event (~0.9 KiB) that
+    aiortc sets once its start() is done and that later start() calls (one per m-line and
+    negotiation) only wait on: one Event already set serves them all."""
     for connection in _ice_connections(pc):
         if connection._query_consent_task is not None:
             connection._check_list_state = None
+    for dtls in dtls_transports(pc):
+        ice: Any = dtls.transport  # (its private __start)
+        start = ice._RTCIceTransport__start
+        if start is not None and start.is_set():
+            ice._RTCIceTransport__start = _STARTED
 
 
 def intercept_packets(pc: RTCPeerConnection, on_rtp: RtpHandler, on_rtcp: RtcpHandler,
@@ -734,6 +749,60 @@ def filter_rtp_input(pc: RTCPeerConnection, keep: Callable[[bytes], bool]) -> No
 def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
     """The header extensions (with the remote side's ids) agreed for this m-line."""
     return list(transceiver._headerExtensions)
+
+
+# What a transceiver keeps of a negotiation: its codecs (each with its RTCP feedback and fmtp
+# dict), its header extensions, its codec preferences; lists of aiortc's parameter dataclasses
+_NEGOTIATED = ("_codecs", "_headerExtensions", "_preferred_codecs")
+# One object per distinct value, held by the transceivers that use it: a value no live transceiver
+# keeps leaves the table (no connection is kept alive by it, nor the table grown by clients)
+_shared_parameters: weakref.WeakValueDictionary[tuple[Any, ...], Any] = weakref.WeakValueDictionary()
+
+
+class _SharedList(list[Any]):
+    """A list of shared parameters, itself shared: a list, as aiortc keeps them, that the table
+    can refer to weakly."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` as a hashable key that tells apart what renders differently (types, order)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), *(_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)))
+    if isinstance(value, dict):
+        return (dict, *((_frozen(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, *map(_frozen, value))
+    return (type(value), value)
+
+
+def _share(parameters: Any) -> Any:
+    key = _frozen(parameters)
+    try:
+        shared = _shared_parameters.get(key)
+    except TypeError:  # an unhashable value somewhere in it: kept as it is
+        return parameters
+    if shared is None:
+        _shared_parameters[key] = shared = parameters
+    return shared
+
+
+def share_negotiated_parameters(pc: RTCPeerConnection) -> None:
+    """Make ``pc``'s transceivers keep one process-wide object per distinct codec, header
+    extension and codec preference, and per list of them, instead of their own: aiortc makes
+    them per transceiver at each negotiation (a deep copy of its codecs with the agreed payload
+    type and feedback, the remote description's extensions, a capability per preference),
+    ~1.5 KiB an m-line, the same values on every connection. aiortc only reads them once made
+    (its own offers already share its module-level CODECS and HEADER_EXTENSIONS objects between
+    connections; a new negotiation replaces the lists), and so does the SFU
+    (dataclasses.replace or a copy of ``parameters`` where it changes one). Call after each
+    negotiation; repeated calls are harmless."""
+    for transceiver in pc.getTransceivers():
+        for name in _NEGOTIATED:
+            kept = getattr(transceiver, name)
+            if type(kept) is not _SharedList:
+                setattr(transceiver, name, _share(_SharedList(map(_share, kept))))
 
 
 # --- memory: per-connection state the SFU does not need (issue 15) ----------------------------

@@ -216,6 +216,16 @@ else:
 
 
 class Transport(_Base):
+    # No per-instance __dict__ (as Consumer and Producer); those the C base already has are left
+    # out (a slot of the same name would hide its member from the C reader).
+    __slots__ = tuple(name for name in (
+        "router", "participant_id", "kind", "closed", "client_offers", "state", "last_packet_ms",
+        "offer_id", "producers", "consumers", "chat", "_rtp", "_rtcp_consumers", "_mid_ext_id",
+        "_rtx_pts", "_pts", "_remote_ufrag", "_renegotiate", "_lock", "_unconfigured",
+        "_waiting", "_last_on", "pc", "_raw", "_heard_at_connect", "_dtls_released", "offers_chat",
+        "_compact_due",
+    ) if not hasattr(_Base, name))
+
     def __init__(self, router: TransportListener, participant_id: str, kind: TransportKind) -> None:
         self.router = router
         self.participant_id = participant_id
@@ -290,8 +300,14 @@ class Transport(_Base):
             self._hook()
             self._configure_consumers()
             answer_sdp = self.pc.localDescription.sdp
-            aiortc_hooks.compact_descriptions(self.pc)  # negotiated: kept as text till the next
+            self._negotiated()
             return answer_sdp
+
+    def _negotiated(self) -> None:
+        """A negotiation ended: its descriptions kept as text till the next, and the parameters
+        it left on the transceivers shared with every other connection's."""
+        aiortc_hooks.compact_descriptions(self.pc)
+        aiortc_hooks.share_negotiated_parameters(self.pc)
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
         try:
@@ -427,7 +443,7 @@ class Transport(_Base):
             await self._set_remote(sdp, "answer")
             self._hook()
             self._configure_consumers()
-            aiortc_hooks.compact_descriptions(self.pc)
+            self._negotiated()
             return self._renegotiate
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
@@ -771,7 +787,7 @@ class Transport(_Base):
                     self.kind, self.state)
         if self.connected:
             self._heard_at_connect = self.last_packet_ms
-            aiortc_hooks.drop_spent_check_lists(pc)
+            aiortc_hooks.drop_spent_ice_state(pc)
             for consumer in self.consumers.values():
                 consumer.resume()
         self.router.transport_state_changed(self)

@@ -9,6 +9,7 @@ import inspect
 import re
 import weakref
 from types import SimpleNamespace
+from typing import Any
 
 import aioice
 import aiortc
@@ -613,7 +614,7 @@ async def test_compacted_descriptions_render_the_same_and_negotiate_again() -> N
 
 
 def test_aioice_uses_the_check_list_queue_only_until_connect_starts_consent_checks() -> None:
-    """drop_spent_check_lists drops Connection._check_list_state once _query_consent_task is
+    """drop_spent_ice_state drops Connection._check_list_state once _query_consent_task is
     set: connect() must have read the queue before, and every put must wait on
     _check_list_done, which is set with the put that connect() reads."""
     source = _source(aioice_ice.Connection)
@@ -630,6 +631,22 @@ def test_aioice_uses_the_check_list_queue_only_until_connect_starts_consent_chec
     connect = _source(aioice_ice.Connection.connect)
     assert connect.index("await self._check_list_state.get()") < connect.index(
         "self._query_consent_task = asyncio.create_task(")
+
+
+def test_aiortc_sets_an_ice_transports_start_event_once_and_then_only_waits_on_it() -> None:
+    """drop_spent_ice_state gives a started RTCIceTransport one shared Event, already set, for
+    its own: start() must set it only when done, and nothing may clear it or set another."""
+    transport = _source(aiortc.rtcicetransport.RTCIceTransport)
+    assert transport.count("self.__start") == 5, (
+        "RTCIceTransport uses __start in new places: review drop_spent_ice_state")
+    start = _source(aiortc.rtcicetransport.RTCIceTransport.start)
+    for line in ("if self.__start is not None:\n            await self.__start.wait()\n"
+                 "            return\n        self.__start = asyncio.Event()",
+                 "        self.__start.set()\n"):
+        assert line in start, f"RTCIceTransport.start no longer has {line!r}"
+    assert start.index("await self._connection.connect()") < start.index("self.__start.set()")
+    assert "self.__start: Optional[asyncio.Event] = None" in _source(
+        aiortc.rtcicetransport.RTCIceTransport.__init__)
 
 
 def test_disarmed_receivers_and_intercepted_transports_keep_their_handlers_where_aiortc_no_longer_looks() -> None:
@@ -677,3 +694,114 @@ async def test_disarming_and_intercepting_add_no_attribute_to_aiortcs_objects() 
     await dtls._handle_rtcp_data(b"rtcp")
     assert seen == ["parameters", b"rtp", b"rtcp"]
     await pc.close()
+
+
+# Every write aiortc makes to a field of its codec, RTCP feedback and header extension
+# parameters, or to a transceiver's lists of them (other than assigning a new list)
+_PARAMETER_WRITE = re.compile(
+    r"\.(mimeType|clockRate|channels|payloadType|rtcpFeedback|parameters|parameter|uri)\s*=[^=]"
+    r"|\.(rtcpFeedback|parameters|headerExtensions|codecs|_codecs|_headerExtensions"
+    r"|_preferred_codecs)(\[[^]]*\]\s*=[^=]|\.(append|update|pop|insert|clear|extend|remove|sort"
+    r"|setdefault|reverse)\()")
+
+
+def test_aiortc_changes_negotiated_parameters_only_while_making_them() -> None:
+    """share_negotiated_parameters gives every connection's transceivers the same objects: aiortc
+    must never change one a transceiver keeps. It writes to them only in the SDP parser (objects
+    it is making) and in find_common_codecs (on a deep copy, before the transceiver gets it)."""
+    from pathlib import Path
+
+    writes = sorted(f"{path.name}: {line.strip()}"
+                    for path in Path(aiortc.__file__).parent.rglob("*.py")
+                    for line in path.read_text().splitlines() if _PARAMETER_WRITE.search(line))
+    assert writes == [
+        "rtcpeerconnection.py: codec.payloadType = c.payloadType",
+        "rtcpeerconnection.py: codec.rtcpFeedback = list(",
+        "sdp.py: codec.parameters = parameters_from_sdp(format_desc)",
+        "sdp.py: codec.rtcpFeedback.append(",
+        "sdp.py: current_media.rtp.codecs.append(codec)",
+        "sdp.py: current_media.rtp.headerExtensions.append(extension)",
+    ], "aiortc changes codec or header extension parameters in new places: review " \
+       "share_negotiated_parameters"
+    common = _source(aiortc.rtcpeerconnection.find_common_codecs)
+    assert common.index("codec = copy.deepcopy(codec)") < common.index("codec.payloadType =")
+    parse = _source(aiortc.sdp.SessionDescription.parse)
+    assert "codec = RTCRtpCodecParameters(" in parse and "extension = RTCRtpHeaderExtensionParameters(" in parse
+    transceiver = _source(RTCRtpTransceiver)
+    for name in aiortc_hooks._NEGOTIATED:
+        assert f"self.{name}: list[" in transceiver, f"RTCRtpTransceiver.{name} is gone"
+
+
+async def _negotiated_pair() -> tuple[RTCPeerConnection, RTCPeerConnection]:
+    pc, peer = client_pc(), client_pc()
+    pc.addTransceiver("audio", direction="sendonly")
+    video = pc.addTransceiver("video", direction="sendonly")
+    video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                               if c.mimeType in ("video/VP8", "video/rtx")])
+    await pc.setLocalDescription(await pc.createOffer())
+    await peer.setRemoteDescription(pc.localDescription)
+    await peer.setLocalDescription(await peer.createAnswer())
+    await pc.setRemoteDescription(peer.localDescription)
+    await _connected(pc, peer)
+    return pc, peer
+
+
+async def _connected(*pcs: RTCPeerConnection) -> None:
+    """(A connection closed while it connects stays alive, in aiortc's connect task.)"""
+    for _ in range(200):
+        if all(pc.connectionState == "connected" for pc in pcs):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not connected")
+
+
+def _negotiated(pc: RTCPeerConnection) -> list[list[Any]]:
+    return [getattr(t, name) for t in pc.getTransceivers() for name in aiortc_hooks._NEGOTIATED]
+
+
+def _share_all(pairs: list[tuple[RTCPeerConnection, RTCPeerConnection]]) -> list[weakref.ref[object]]:
+    """Share the parameters of two negotiated pairs, check them, and return weak references to
+    all of them (a function: the test holds none of them itself)."""
+    before = [_negotiated(pc) for pair in pairs for pc in pair]
+    assert before[0][0] is not before[2][0] and before[0][0] == before[2][0]  # aiortc: copies
+    for pair in pairs:
+        for pc in pair:
+            aiortc_hooks.share_negotiated_parameters(pc)
+            aiortc_hooks.share_negotiated_parameters(pc)  # again: harmless
+    after = [_negotiated(pc) for pair in pairs for pc in pair]
+    assert after == before
+    for mine, theirs in ((after[0], after[2]), (after[1], after[3])):  # offerers, answerers
+        for own, other in zip(mine, theirs):
+            assert own is other
+            assert all(a is b for a, b in zip(own, other))
+    assert after[0][0][0].rtcpFeedback is after[2][0][0].rtcpFeedback
+    return [weakref.ref(item) for lists in after for items in lists for item in items]
+
+
+async def test_connections_share_their_negotiated_parameters_and_free_them() -> None:
+    """Two connections negotiated alike keep the same codec, feedback and header extension
+    objects, equal to what each had; they go once no connection keeps them."""
+    pairs = [await _negotiated_pair() for _ in range(2)]
+    negotiated = repr(_negotiated(pairs[0][0]))
+    kept = _share_all(pairs)
+    assert kept
+    # a renegotiation starts from the shared objects and replaces them
+    first, first_peer = pairs[0]
+    first.addTransceiver("audio", direction="sendonly")
+    await first.setLocalDescription(await first.createOffer())
+    await first_peer.setRemoteDescription(first.localDescription)
+    await first_peer.setLocalDescription(await first_peer.createAnswer())
+    await first.setRemoteDescription(first_peer.localDescription)
+    await _connected(first, first_peer)
+    assert len(first.getTransceivers()) == 3
+    assert repr(_negotiated(first)[:6]) == negotiated
+    for pair in pairs:
+        for pc in pair:
+            await pc.close()
+    del pairs, pair, pc, first, first_peer
+    for _ in range(40):  # (their connect tasks end in a later event-loop turn)
+        gc.collect()
+        if all(ref() is None for ref in kept):
+            break
+        await asyncio.sleep(0.05)
+    assert [ref() for ref in kept if ref() is not None] == []

@@ -630,7 +630,8 @@ async def test_a_connected_publishers_descriptions_stay_compact(
 
 
 async def test_a_connected_transport_keeps_no_ice_check_list_queue(plane: LocalMediaPlane) -> None:
-    """aioice's per-connection queue for the check list's outcome is spent once connected."""
+    """aioice's per-connection queue for the check list's outcome is spent once connected, and
+    so is aiortc's per-transport Event for its start."""
     from sfu.aiortc_hooks import _ice_connections
 
     publisher = Publisher(plane, "room", "alice")
@@ -643,5 +644,29 @@ async def test_a_connected_transport_keeps_no_ice_check_list_queue(plane: LocalM
         assert transport.connected
         connections = list(_ice_connections(transport.pc))
         assert connections and all(c._check_list_state is None for c in connections)
+        # and its ICE transport keeps the one start Event, already set, that all share
+        from sfu.aiortc_hooks import _STARTED, dtls_transports
+
+        assert all(d.transport._RTCIceTransport__start is _STARTED  # type: ignore[attr-defined]
+                   for d in dtls_transports(transport.pc))
     finally:
+        await publisher.close()
+
+
+async def test_transports_keep_no_attribute_dict(plane: LocalMediaPlane) -> None:
+    """Every attribute a publish and a subscribe transport set while carrying media is a slot, or
+    a member of the C base: no per-instance __dict__ (four transports a two-party call)."""
+    hub = EventHub(plane)
+    publisher = Publisher(plane, "room", "alice")
+    viewer = Subscriber(plane, hub, "room", "bob", decode=False)
+    try:
+        await publisher.start()
+        await viewer.start()
+        await viewer.wait_frames(5)
+        transports = [t for p in plane.rooms["room"].participants.values() for t in p.transports()]
+        assert sorted(t.kind for t in transports) == ["publish", "subscribe"]
+        for transport in transports:
+            assert not hasattr(transport, "__dict__"), sorted(vars(transport))
+    finally:
+        await viewer.close()
         await publisher.close()
