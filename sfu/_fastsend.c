@@ -674,9 +674,17 @@ static int forward_one(PyObject *obj, const packet_t *p) {
      * size: the turn of audio as browsers offer it, every NO_NACK_CACHE packets, is not called),
      * and the packet goes on here into the ring as it now is, as Consumer.forward does */
     if (newest && slot == 0 && c->nack) {
+        /* Python runs: ``r`` is held meanwhile, and must still be the consumer's route after */
+        Py_INCREF(r);
         PyObject *done = PyObject_CallMethod(obj, "_turned", "Ik", out_seq, out_ts);
+        int rerouted = c->route != r;
+        Py_DECREF(r);
         if (done == NULL) return -1;
         Py_DECREF(done);
+        if (rerouted) {
+            PyErr_SetString(PyExc_RuntimeError, "Consumer._turned changed the consumer's route");
+            return -1;
+        }
         if (c->size <= 0) return 0;
         slot = (Py_ssize_t)(out_seq % (unsigned long long)c->size);
     }

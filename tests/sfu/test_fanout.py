@@ -603,6 +603,37 @@ def test_a_ring_with_nack_turns_in_the_c_fan_out() -> None:
     assert sum(p is not None for p in consumer._cache) >= 50  # a second of 20 ms packets
 
 
+def test_a_ring_turn_that_changes_the_route_sends_nothing_on_the_old_one() -> None:
+    """The C fan-out checked the consumer's route before Consumer._turned ran in Python: a turn
+    that changed it (here: no sender any more) must not have the packet sent where it was
+    routed; the consumer is told (failed), and the fan-out carries on."""
+    assert fastsend.native_fanout is not None, "sfu/_fastsend.c was not built"
+    raw, mux = _sender(1, 40000)
+    audio, consumer = _audio_through(raw, nack=True)
+    turned = Consumer._turned
+    failures: list[Exception] = []
+
+    def unrouting(self: Consumer, out_seq: int, out_ts: int) -> None:
+        turned(self, out_seq, out_ts)
+        self.fast_sender = None
+
+    audio.receive(*_split(_packet(0, 0, b"x" * 20, pt=111)), 3_900_000_000_000)
+    Consumer._turned = unrouting  # type: ignore[method-assign]
+    failed = Consumer.failed
+    Consumer.failed = lambda self, exc: failures.append(exc)  # type: ignore[method-assign]
+    try:
+        seq = 0
+        while not failures and seq < 400:
+            seq += 1
+            audio.receive(*_split(_packet(seq, seq * 960, b"x" * 20, pt=111)),
+                          3_900_000_000_000 + 20 * seq)
+    finally:
+        Consumer._turned = turned  # type: ignore[method-assign]
+        Consumer.failed = failed  # type: ignore[method-assign]
+    assert [type(exc) for exc in failures] == [RuntimeError]
+    assert consumer.packets == len(mux.batch) == seq  # the turn's packet was not sent
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_a_consumer_closed_during_the_fan_out_leaves_the_others_their_packet(
         native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
