@@ -125,16 +125,21 @@ class Call:
 async def live_call(tmp_path: Path, prefix: str, sfu_env: dict[str, str] | None = None) -> AsyncIterator[Call]:
     """Two SFU nodes (``sfu_env`` added to their environment) and a signalling node, each a
     process, and a call through them; whatever still runs at the end is SIGKILLed."""
-    sfu_nodes = {name: Server(tmp_path / name, free_port(), name=name, env={**role_env("sfu", prefix, name), **(sfu_env or {})},
-                              ready="/readyz") for name in ("sfu-a", "sfu-b")}
-    server = Server(tmp_path / "signalling", free_port(), name="signalling",
-                    env=role_env("signalling", prefix, "signalling-1"), ready="/readyz")
+    sfu_nodes: dict[str, Server] = {}
     sides: list[Side] = []
     planes: list[SocketPlane] = []
-    for node in sfu_nodes.values():
-        await node.start()
-    await server.start()
+    server: Server | None = None
     try:
+        # each port picked just before its server starts: a node started earlier takes an
+        # ephemeral port for its internal endpoint, which could be one free_port() found free
+        for name in ("sfu-a", "sfu-b"):
+            sfu_nodes[name] = node = Server(tmp_path / name, free_port(), name=name,
+                                            env={**role_env("sfu", prefix, name), **(sfu_env or {})},
+                                            ready="/readyz")
+            await node.start()
+        server = Server(tmp_path / "signalling", free_port(), name="signalling",
+                        env=role_env("signalling", prefix, "signalling-1"), ready="/readyz")
+        await server.start()
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(20):
                 while sorted(n["node"] for n in (await ready(http, server))["sfu_nodes"] if n["up"]) != ["sfu-a", "sfu-b"]:
@@ -173,7 +178,7 @@ async def live_call(tmp_path: Path, prefix: str, sfu_env: dict[str, str] | None 
             await side.close()
         for plane in planes:
             await plane.close()
-        for node in (server, *sfu_nodes.values()):
+        for node in (*([server] if server is not None else []), *sfu_nodes.values()):
             if node.proc is not None and node.proc.poll() is None:
                 node.stop(signal.SIGKILL)
 
